@@ -1,0 +1,96 @@
+"""CEL expressions: compile once per node, evaluate per message.
+
+An expression sees two variables: `msg` (the message body) and `meta` (its metadata).
+
+JSON → CEL mapping (our choice, documented in the README): a JSON integer is a CEL `int`, a JSON
+number with a fraction or exponent is a `double`, strings are `string`, arrays `list`, objects
+`map`, `null` is `null_type`. CEL has no implicit int/double arithmetic, so `msg.amount * 1.2`
+fails when `amount` arrives as `5` rather than `5.0`; write `double(msg.amount) * 1.2`. An
+expression whose types are wrong for every input (`1 * 1.2`) is reported offline by `validate`.
+
+The runtime is Google's CEL (cel-expr-python); `engine.celc`, when present, compiles an
+expression to a Python closure with the same semantics and is preferred (see issue 10).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+from cel_expr_python import cel
+
+__all__ = ["CelError", "EvalError", "Expr", "compile_expr"]
+
+
+class CelError(Exception):
+    """An expression that does not parse or type-check. `line`/`col` are 1-based inside it."""
+
+    def __init__(self, message: str, line: int = 1, col: int = 1):
+        super().__init__(message)
+        self.message = message
+        self.line = line
+        self.col = col
+
+
+class EvalError(Exception):
+    """Evaluating an expression failed for one message (missing field, no overload...)."""
+
+
+_ENV = cel.NewEnv(variables={"msg": cel.Type.DYN, "meta": cel.Type.DYN})
+_POS = re.compile(r"<input>:(\d+):(\d+): (.*)")
+_ERROR = cel.Type.ERROR
+
+
+def _parse_error(exc: Exception) -> CelError:
+    text = str(exc)
+    m = _POS.search(text)
+    if not m:
+        return CelError(text.removeprefix("INVALID_ARGUMENT: ").strip())
+    message = m.group(3).strip()
+    return CelError(message, int(m.group(1)), int(m.group(2)) + 1)
+
+
+class Expr:
+    """A compiled expression. Call it with `(body, meta)`; raises `EvalError` on failure."""
+
+    __slots__ = ("source", "compiled", "fn")
+
+    def __init__(self, source: str, fn: Callable[[Any, Any], Any], compiled: bool):
+        self.source = source
+        self.fn = fn
+        self.compiled = compiled  # True when running as generated Python, False on the runtime
+
+    def __call__(self, body: Any, meta: Any = None) -> Any:
+        return self.fn(body, meta if meta is not None else {})
+
+    def __repr__(self) -> str:
+        return f"Expr({self.source!r}, compiled={self.compiled})"
+
+
+def _runtime_fn(program: Any) -> Callable[[Any, Any], Any]:
+    def evaluate(body: Any, meta: Any) -> Any:
+        value = program.eval(data={"msg": body, "meta": meta})
+        if value.type() == _ERROR:
+            raise EvalError(str(value.value()))
+        return value.plain_value()
+
+    return evaluate
+
+
+def compile_expr(source: str, allow_compiler: bool = True) -> Expr:
+    """Parse and type-check `source`; raise `CelError` with its position if it is not valid CEL."""
+    try:
+        program = _ENV.compile(source)
+    except RuntimeError as exc:
+        raise _parse_error(exc) from None
+    if allow_compiler:
+        try:
+            from engine import celc  # type: ignore[attr-defined]
+        except ImportError:
+            celc = None
+        if celc is not None:
+            fn = celc.try_compile(source)
+            if fn is not None:
+                return Expr(source, fn, compiled=True)
+    return Expr(source, _runtime_fn(program), compiled=False)

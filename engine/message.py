@@ -1,0 +1,199 @@
+"""Messages and the end-to-end acknowledgement contract.
+
+A `Msg` is what flows on an edge: the body (any JSON value), `meta` (source, subject or key,
+timestamps, headers, delivery attempt) and an `Ack`. Edges carry *lists* of messages.
+
+The ack contract (connectors build on it):
+
+* A source gives every message it emits an `Ack` owned by the source's `AckTracker`, with one
+  pending reference.
+* When a node sends a message to k > 1 places (fan-out, multicast), it calls `ack.retain(k - 1)`.
+* A reference is released (`ack.release()`) when a sink has committed the message, when an
+  operator filtered it out, or when a dead-letter sink committed it. A message that replaces
+  another one (map) keeps its ack; one that replaces many (batch, window) gets a `CompositeAck`
+  that releases all of them when it is released itself.
+* A reference that cannot be honoured (a sink gave up after retries, the graph stopped with an
+  unwired error) is released with `ack.fail(reason)`. The owner then sees a failed outcome.
+* When the last reference is gone the owner is told once: `AckTracker` collects the tokens of
+  completed and failed messages; the runtime hands them to the source in batches
+  (`Source.commit(tokens)` / `Source.reject(failures)`), so upstream acks are batched too.
+
+No await happens per message: releasing is a counter decrement and, at zero, a list append.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = ["Ack", "AckTracker", "CompositeAck", "Msg", "NOOP_ACK", "DELIVERED", "FILTERED", "DEAD_LETTERED"]
+
+# Outcome flags a releaser sets on an ack before releasing it; the tracker classifies a settled
+# message as delivered if any branch delivered it, else dead-lettered, else filtered.
+DELIVERED = 1
+FILTERED = 2
+DEAD_LETTERED = 4
+
+
+class Msg:
+    """One message: body, metadata, ack and an approximate size in bytes."""
+
+    __slots__ = ("body", "meta", "ack", "size")
+
+    def __init__(self, body: Any, meta: dict[str, Any] | None = None, ack: Ack | None = None, size: int = 0):
+        self.body = body
+        self.meta = meta if meta is not None else {}
+        self.ack = ack if ack is not None else NOOP_ACK
+        self.size = size
+
+    def derive(self, body: Any) -> Msg:
+        """A new message with another body that stands for this one (same meta, ack and size)."""
+        return Msg(body, self.meta, self.ack, self.size)
+
+    def __repr__(self) -> str:
+        return f"Msg({self.body!r}, meta={self.meta!r})"
+
+
+class Ack:
+    """A reference-counted acknowledgement owned by a tracker (or a composite)."""
+
+    __slots__ = ("pending", "owner", "token", "error", "outcome")
+
+    def __init__(self, owner: AckTracker | CompositeAck | None, token: Any = None, pending: int = 1):
+        self.pending = pending
+        self.owner = owner
+        self.token = token
+        self.error: str | None = None
+        self.outcome = 0
+
+    def retain(self, n: int = 1) -> None:
+        self.pending += n
+
+    def release(self) -> None:
+        self.pending -= 1
+        if self.pending == 0 and self.owner is not None:
+            self.owner.settle(self)
+
+    def fail(self, reason: str) -> None:
+        if self.error is None:
+            self.error = reason
+        self.release()
+
+    def finish(self, outcome: int) -> None:
+        """Release with an outcome flag (DELIVERED, FILTERED or DEAD_LETTERED)."""
+        self.outcome |= outcome
+        self.release()
+
+    @property
+    def settled(self) -> bool:
+        return self.pending <= 0
+
+
+class _NoopAck(Ack):
+    """For messages nobody waits for (tests, generated ad hoc)."""
+
+    __slots__ = ()
+
+    def retain(self, n: int = 1) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+    def fail(self, reason: str) -> None:
+        pass
+
+    def finish(self, outcome: int) -> None:
+        pass
+
+
+NOOP_ACK = _NoopAck(None)
+
+
+class CompositeAck(Ack):
+    """An ack that stands for many (the output of batch and window): settles all of them."""
+
+    __slots__ = ("children",)
+
+    def __init__(self, children: Iterable[Ack]):
+        super().__init__(None)
+        self.owner = self  # type: ignore[assignment]
+        self.children = list(children)
+
+    def settle(self, ack: Ack) -> None:
+        if self.error is None:
+            for child in self.children:
+                child.finish(self.outcome)
+        else:
+            for child in self.children:
+                child.fail(self.error)
+
+
+class AckTracker:
+    """Collects settled acks of one source, and counts what is still in flight."""
+
+    __slots__ = ("completed", "failed", "in_flight", "_wake", "_room", "limit", "entered", "delivered",
+                 "filtered", "dead_lettered", "nacked")
+
+    def __init__(self, limit: int = 0):
+        self.completed: list[Any] = []
+        self.failed: list[tuple[Any, str]] = []
+        self.in_flight = 0
+        self.limit = limit  # max unsettled messages; 0 means no limit
+        self.entered = 0
+        self.delivered = 0
+        self.filtered = 0
+        self.dead_lettered = 0
+        self.nacked = 0
+        self._wake: asyncio.Event | None = None
+        self._room: asyncio.Event | None = None
+
+    def new(self, token: Any = None) -> Ack:
+        self.in_flight += 1
+        self.entered += 1
+        return Ack(self, token)
+
+    def settle(self, ack: Ack) -> None:
+        self.in_flight -= 1
+        if ack.error is None:
+            self.completed.append(ack.token)
+            outcome = ack.outcome
+            if outcome & DELIVERED:
+                self.delivered += 1
+            elif outcome & DEAD_LETTERED:
+                self.dead_lettered += 1
+            else:
+                self.filtered += 1
+        else:
+            self.nacked += 1
+            self.failed.append((ack.token, ack.error))
+        if self._wake is not None and not self._wake.is_set():
+            self._wake.set()
+        if self._room is not None and not self._room.is_set() and self.has_room():
+            self._room.set()
+
+    def has_room(self) -> bool:
+        return self.limit <= 0 or self.in_flight < self.limit
+
+    def take(self) -> tuple[list[Any], list[tuple[Any, str]]]:
+        done, failed = self.completed, self.failed
+        self.completed, self.failed = [], []
+        return done, failed
+
+    async def wait_settled(self) -> None:
+        """Wait until something has settled since the last `take`."""
+        if self.completed or self.failed:
+            return
+        if self._wake is None:
+            self._wake = asyncio.Event()
+        self._wake.clear()
+        await self._wake.wait()
+
+    async def wait_room(self) -> None:
+        """Wait until fewer than `limit` messages are in flight."""
+        while not self.has_room():
+            if self._room is None:
+                self._room = asyncio.Event()
+            self._room.clear()
+            await self._room.wait()

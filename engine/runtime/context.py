@@ -1,0 +1,57 @@
+"""What a running node can reach: its connections' settings, schemas, a clock, shared resources."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+__all__ = ["NodeContext", "Resources"]
+
+
+class Resources:
+    """Clients shared by the nodes of one run (one NATS connection per `connections` entry...)."""
+
+    def __init__(self) -> None:
+        self._items: dict[str, Any] = {}
+        self._closers: list[Callable[[], Awaitable[None]]] = []
+
+    async def get(self, key: str, factory: Callable[[], Awaitable[Any]],
+                  close: Callable[[Any], Awaitable[None]] | None = None) -> Any:
+        if key not in self._items:
+            item = await factory()
+            self._items[key] = item
+            if close is not None:
+                self._closers.append(lambda: close(item))
+        return self._items[key]
+
+    async def close(self) -> None:
+        while self._closers:
+            try:
+                await self._closers.pop()()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                logging.getLogger("streamdag").exception("closing a shared resource failed")
+        self._items.clear()
+
+
+class NodeContext:
+    def __init__(self, node_id: str, connections: dict[str, dict[str, Any]], schemas: dict[str, Any],
+                 resources: Resources, base_dir: str = ".", clock: Callable[[], float] = time.time):
+        self.node_id = node_id
+        self.connections = connections
+        self.schemas = schemas
+        self.resources = resources
+        self.base_dir = base_dir
+        self.clock = clock
+        self.log = logging.getLogger(f"streamdag.node.{node_id}")
+
+    def connection(self, name: str) -> dict[str, Any]:
+        """Settings of a named connection, `${ENV}` already interpolated."""
+        return self.connections[name]
+
+    def path(self, p: str) -> str:
+        """A path from the config, relative to the graph file's folder."""
+        import os
+
+        return p if os.path.isabs(p) else os.path.join(self.base_dir, p)
