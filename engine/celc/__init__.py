@@ -1,0 +1,114 @@
+"""CEL compiled to Python: parse once, generate the source of one function, compile it once.
+
+`try_compile(source)` returns a callable `(body, meta) -> value` with the semantics and results of
+cel-expr-python (`plain_value()`), or None when the expression uses something the compiler does not
+translate; the engine then evaluates it on the runtime (`engine.expr`). `explain(source)` says why an
+expression is not compiled. The few cases the generated code cannot reproduce exactly at run time
+(iterating a map in `map`/`filter`, whose order is the runtime's hash order; map literals mixing
+`1`, `1u` and `true` keys) are handed to the runtime for that message only, so results never differ.
+
+Trust: the expression is untrusted. The generator only emits its own templates (CEL names become
+generated temporaries, field names and literals become Python literals via `repr`), the output is
+checked against a syntax whitelist (`sandbox.check_source`) and runs without builtins.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from engine.celc import values as V
+from engine.celc.codegen import generate
+from engine.celc.parser import ParseError, Unsupported, parse
+from engine.celc.sandbox import UnsafeCode, check_source
+
+__all__ = ["compile_program", "explain", "python_source", "try_compile"]
+
+Evaluator = Callable[..., Any]
+
+
+def _eval_error(exc: BaseException) -> Exception:
+    """Translate an exception raised while evaluating into `engine.expr.EvalError`."""
+    from engine.expr import EvalError
+
+    if isinstance(exc, EvalError):
+        return exc
+    if isinstance(exc, V.CelFailure):
+        return EvalError(str(exc))
+    if isinstance(exc, KeyError):
+        return EvalError(f"no such key: {exc.args[0]!r}" if exc.args else "no such key")
+    if isinstance(exc, TypeError):
+        return EvalError(f"no matching overload ({exc})")
+    if isinstance(exc, IndexError):
+        return EvalError("index out of range")
+    if isinstance(exc, ZeroDivisionError):
+        return EvalError("divide by zero")
+    if isinstance(exc, RecursionError):
+        return EvalError("value nested too deeply")
+    return EvalError(f"{type(exc).__name__}: {exc}")
+
+
+def python_source(source: str, variables: Sequence[str] = ("msg", "meta"), macros: bool = True) -> str:
+    """The generated Python source for `source` (for inspection and tests); raises if unsupported."""
+    params = {name: f"_a{i}" for i, name in enumerate(variables)}
+    src, _ = generate(parse(source, macros), params)
+    return src
+
+
+def compile_program(
+    source: str,
+    variables: Sequence[str],
+    runtime: Callable[..., Any] | None,
+    macros: bool = True,
+) -> Evaluator:
+    """Compile `source` to a function of the `variables` (positional, in order).
+
+    `runtime` evaluates the same arguments on the full runtime; it is called for a message the
+    generated code defers. Raises ParseError, Unsupported or UnsafeCode.
+    """
+    params = {name: f"_a{i}" for i, name in enumerate(variables)}
+    src, consts = generate(parse(source, macros), params)
+
+    def no_runtime(*_args: Any) -> Any:
+        raise _eval_error(V.CelFailure("expression needs the full CEL runtime for this input"))
+
+    names = {**consts, "_Defer": V.Defer, "_runtime": runtime or no_runtime, "_fail": _eval_error}
+    check_source(src, params.values(), names)
+    scope: dict[str, Any] = {"__builtins__": {}, **names}
+    exec(compile(src, f"<cel {source[:40]!r}>", "exec"), scope)  # noqa: S102 - checked above
+    return scope["_cel"]
+
+
+def _lazy_runtime(source: str) -> Callable[[Any, Any], Any]:
+    """The runtime evaluator for `source`, built on first use (only deferred messages need it)."""
+    holder: list[Callable[[Any, Any], Any]] = []
+
+    def evaluate(body: Any, meta: Any) -> Any:
+        if not holder:
+            from engine.expr import compile_expr
+
+            holder.append(compile_expr(source, allow_compiler=False).fn)
+        return holder[0](body, meta)
+
+    return evaluate
+
+
+@functools.lru_cache(maxsize=1024)
+def _compile_cached(source: str) -> tuple[Evaluator | None, str | None]:
+    try:
+        fn = compile_program(source, ("msg", "meta"), _lazy_runtime(source))
+    except (ParseError, Unsupported, UnsafeCode, RecursionError, V.CelFailure) as exc:
+        kind = "not valid CEL" if isinstance(exc, ParseError) else "not supported by the compiler"
+        return None, f"{kind}: {exc}"
+    return fn, None
+
+
+def try_compile(source: str) -> Evaluator | None:
+    """A compiled `(body, meta) -> value` for `source`, or None when the runtime must evaluate it."""
+    return _compile_cached(source)[0]
+
+
+def explain(source: str) -> str | None:
+    """Why `source` is not compiled to Python (None when it is)."""
+    return _compile_cached(source)[1]
