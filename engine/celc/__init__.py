@@ -76,7 +76,11 @@ def compile_program(
     names = {**consts, "_Defer": V.Defer, "_runtime": runtime or no_runtime, "_fail": _eval_error}
     check_source(src, params.values(), names)
     scope: dict[str, Any] = {"__builtins__": {}, **names}
-    exec(compile(src, f"<cel {source[:40]!r}>", "exec"), scope)  # noqa: S102 - checked above
+    try:
+        code = compile(src, "<cel>", "exec")
+    except (SyntaxError, MemoryError, RecursionError) as exc:  # e.g. more than 20 nested blocks
+        raise Unsupported(f"generated code too deeply nested ({exc})") from None
+    exec(code, scope)  # noqa: S102 - checked by check_source above, no builtins
     return scope["_cel"]
 
 

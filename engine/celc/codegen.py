@@ -266,20 +266,36 @@ class Gen:
         return self.function(node, scope)
 
     def logic(self, fn: str, left: Node, right: Node, scope: dict[str, str]) -> Code:
+        """`a && b && ...` (or `||`) as flat statements: the first deciding operand wins, an error
+        or non-bool operand is absorbed when another operand decides, else it is raised."""
+        operands: list[Node] = []
+
+        def flatten(n: Node) -> None:
+            if isinstance(n, Call) and n.fn == fn and n.target is None:
+                flatten(n.args[0])
+                flatten(n.args[1])
+            else:
+                operands.append(n)
+
+        flatten(left)
+        flatten(right)
         decide, other = ("False", "True") if fn == "_&&_" else ("True", "False")
-        slow = "_and_slow" if fn == "_&&_" else "_or_slow"
-        res = self.tmp()
-        lv = self.captured(left, scope)
-        self.emit(f"if {lv} is {decide}:")
-        self.emit(f"    {res} = {decide}")
-        self.emit("else:")
-        self.level += 1
-        rv = self.captured(right, scope)
-        self.emit(f"if {lv} is {other} and ({rv} is True or {rv} is False):")
-        self.emit(f"    {res} = {rv}")
-        self.emit("else:")
-        self.emit(f"    {res} = {slow}({lv}, {rv})")
-        self.level -= 1
+        res, err = self.tmp(), self.tmp()
+        self.emit(f"{res} = None")
+        self.emit(f"{err} = None")
+        for i, operand in enumerate(operands):
+            if i:
+                self.emit(f"if {res} is None:")
+                self.level += 1
+            v = self.captured(operand, scope)
+            self.emit(f"if {v} is {decide}:")
+            self.emit(f"    {res} = {decide}")
+            self.emit(f"elif {v} is not {other} and {err} is None:")
+            self.emit(f"    {err} = {v}")
+            if i:
+                self.level -= 1
+        self.emit(f"if {res} is None:")
+        self.emit(f"    {res} = {other} if {err} is None else {self.helper(_fail_from)}({err}, {fn!r})")
         return Code(res, "bool")
 
     def ternary(self, cond: Node, a: Node, b: Node, scope: dict[str, str]) -> Code:
@@ -313,31 +329,27 @@ class Gen:
                 return Code(f"({other.expr} {op} {lit.expr})", "bool", other.safe)
             if lit_node.kind in ("bool", "null"):
                 return Code(f"({other.expr} {'is not' if neg else 'is'} {lit.expr})", "bool", other.safe)
-            if lit_node.kind in ("int", "uint", "double"):  # numbers equal across kinds, never a bool
+            if lit_node.kind in ("int", "uint", "double") and abs(lit_node.value) <= 2**53:
+                # numbers equal across kinds (exactly, as the literal is small), never a bool
                 ob, ref = self.once(other)
                 if neg:
                     return Code(f"({ob} != {lit.expr} or type({ref}) is _bool)", "bool", other.safe)
                 return Code(f"({ob} == {lit.expr} and type({ref}) is not _bool)", "bool", other.safe)
-        if a.type == b.type and a.type in ("string", "int", "double", "bool") or (
-            a.type in ("int", "double") and b.type in ("int", "double")
-        ):
+        if a.type == b.type and a.type in ("string", "int", "double", "bool"):
             return Code(f"({a.expr} {op} {b.expr})", "bool", a.safe and b.safe)
         return Code(f"{self.helper(V.ne if neg else V.eq)}({a.expr}, {b.expr})", "bool")
 
     def compare(self, fn: str, args: tuple[Node, ...], scope: dict[str, str]) -> Code:
         a, b = self.gen(args[0], scope), self.gen(args[1], scope)
         op, helper = _INLINE_CMP[fn], self.helper(_CMP_HELPER[fn])
-        num = ("int", "double")
-        if a.type in num and b.type in num or a.type == b.type == "string":
+        if a.type == b.type and a.type in ("int", "double", "string"):
             return Code(f"({a.expr} {op} {b.expr})", "bool", a.safe and b.safe)
         for lit_node, lit, other, lit_left in ((args[0], a, b, True), (args[1], b, a, False)):
             if not isinstance(lit_node, Lit) or lit_node.kind not in ("int", "double", "string"):
                 continue
             ob, ref = self.once(other)
-            if lit_node.kind == "string":
-                test = f"type({ob}) is _str"
-            else:
-                test = f"(type({ob}) is _float or type({ref}) is _int)"
+            # same kind only: an int meeting a double compares as double, in the helper
+            test = f"type({ob}) is " + {"string": "_str", "double": "_float", "int": "_int"}[lit_node.kind]
             left, right = (lit.expr, ref) if lit_left else (ref, lit.expr)
             return Code(f"({left} {op} {right} if {test} else {helper}({left}, {right}))", "bool")
         return Code(f"{helper}({a.expr}, {b.expr})", "bool")

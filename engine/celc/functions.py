@@ -82,7 +82,7 @@ def to_int(v: Any) -> int:
     if t is bool:
         return int(v)
     if t is float:
-        if math.isnan(v) or not -9.223372036854775808e18 <= v < 9.223372036854775808e18:
+        if math.isnan(v) or not -9.223372036854775808e18 < v < 9.223372036854775808e18:
             raise CelFailure("double out of int64 range")
         return int(v)
     if t is str:
@@ -106,7 +106,7 @@ def to_uint(v: Any) -> UInt:
     """uint(): from int (non-negative), uint, double (truncated, in range), string (decimal)."""
     t = type(v)
     if t is float:
-        if math.isnan(v) or not -1.0 < v < 1.8446744073709551616e19:
+        if math.isnan(v) or not 0.0 <= v < 1.8446744073709551616e19:
             raise CelFailure("double out of uint64 range")
         return UInt(int(v))
     if t is str:

@@ -249,6 +249,8 @@ def eq(a: Any, b: Any) -> bool:
     if ta is tb and ta is not list and ta is not dict:
         return bool(a == b)
     if ta in _NUMERIC and tb in _NUMERIC:
+        if ta is float or tb is float:
+            return float(a) == float(b)
         return bool(a == b)
     if ta in _BYTES and tb in _BYTES:
         return bytes(a) == bytes(b)
@@ -270,37 +272,43 @@ def ne(a: Any, b: Any) -> bool:
     return not eq(a, b)
 
 
-def _ordered(fn: str, a: Any, b: Any) -> None:
+def _ordered(fn: str, a: Any, b: Any) -> tuple[Any, Any]:
+    """The operands as Python compares them like CEL: an int or uint meeting a double is converted
+    to double first (so 2**63 - 1 is not less than 2.0**63)."""
     ta, tb = type(a), type(b)
     if ta in _NUMERIC and tb in _NUMERIC:
         _kind(a), _kind(b)
-        return
+        if ta is float and tb is not float:
+            return a, float(b)
+        if tb is float and ta is not float:
+            return float(a), b
+        return a, b
     if (ta is tb and ta in (str, bool)) or (ta in _BYTES and tb in _BYTES):
-        return
+        return a, b
     raise no_overload(fn, a, b)
 
 
 def lt(a: Any, b: Any) -> bool:
     """CEL `<`."""
-    _ordered("_<_", a, b)
+    a, b = _ordered("_<_", a, b)
     return bool(a < b)
 
 
 def le(a: Any, b: Any) -> bool:
     """CEL `<=`."""
-    _ordered("_<=_", a, b)
+    a, b = _ordered("_<=_", a, b)
     return bool(a <= b)
 
 
 def gt(a: Any, b: Any) -> bool:
     """CEL `>`."""
-    _ordered("_>_", a, b)
+    a, b = _ordered("_>_", a, b)
     return bool(a > b)
 
 
 def ge(a: Any, b: Any) -> bool:
     """CEL `>=`."""
-    _ordered("_>=_", a, b)
+    a, b = _ordered("_>=_", a, b)
     return bool(a >= b)
 
 
@@ -387,9 +395,11 @@ def make_map(pairs: list[tuple[Any, Any]]) -> dict:
             continue
         if type(k) is float:
             raise CelFailure("invalid map key type: double")
-        _key_kind(k)
-        if k in out:  # Python equates 1, 1u and True: let the runtime decide such maps
-            raise Defer()
+        kind = _key_kind(k)
+        if k in out:  # Python equates 1, 1u and True; CEL only 1 and 1u (a duplicate key)
+            if any(_key_kind(o) != kind for o in out if o == k):
+                raise Defer()
+            raise CelFailure(f"duplicate key in map: {k!r}")
         out[k] = v
     return out
 
