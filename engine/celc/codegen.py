@@ -18,6 +18,7 @@ from engine.celc.parser import Call, Comprehension, Ident, ListLit, Lit, MapLit,
 
 __all__ = ["Code", "Gen", "generate"]
 
+_NOERR = object()  # "no error seen yet" (None is a CEL value, so it cannot mark that)
 _SCALARS = frozenset({"int", "double", "bool", "string", "null"})
 _INLINE_CMP = {"_<_": "<", "_<=_": "<=", "_>_": ">", "_>=_": ">="}
 _CMP_HELPER = {"_<_": V.lt, "_<=_": V.le, "_>_": V.gt, "_>=_": V.ge}
@@ -46,7 +47,7 @@ class Gen:
         self.consts: dict[str, object] = {
             "_Exc": Exception, "_Err": V.ErrBox, "_and_slow": V.and_slow, "_or_slow": V.or_slow,
             "_float": float, "_int": int, "_str": str, "_list": list, "_dict": dict, "_bool": bool,
-            "_len": len, "_append": list.append, "type": type,
+            "_len": len, "_append": list.append, "type": type, "_NOERR": _NOERR,
         }
         self._by_id: dict[int, str] = {}
 
@@ -184,7 +185,7 @@ class Gen:
             stop, keep = ("False", "True") if kind == "all" else ("True", "False")
             err = self.tmp()
             self.emit(f"{res} = {keep}")
-            self.emit(f"{err} = None")
+            self.emit(f"{err} = _NOERR")
             self.emit(f"for {var} in {items}:")
             self.level += 1
             p = self.captured(node.body, inner)
@@ -194,7 +195,7 @@ class Gen:
             self.emit(f"if {p} is not {keep}:")
             self.emit(f"    {err} = {p}")
             self.level -= 1
-            self.emit(f"if {err} is not None and {res} is {keep}:")
+            self.emit(f"if {err} is not _NOERR and {res} is {keep}:")
             self.emit(f"    {res} = {self.helper(_fail_from)}({err}, {kind!r})")
             return Code(res, "bool")
         if kind == "exists_one":
@@ -282,7 +283,7 @@ class Gen:
         decide, other = ("False", "True") if fn == "_&&_" else ("True", "False")
         res, err = self.tmp(), self.tmp()
         self.emit(f"{res} = None")
-        self.emit(f"{err} = None")
+        self.emit(f"{err} = _NOERR")
         for i, operand in enumerate(operands):
             if i:
                 self.emit(f"if {res} is None:")
@@ -290,12 +291,12 @@ class Gen:
             v = self.captured(operand, scope)
             self.emit(f"if {v} is {decide}:")
             self.emit(f"    {res} = {decide}")
-            self.emit(f"elif {v} is not {other} and {err} is None:")
+            self.emit(f"elif {v} is not {other} and {err} is _NOERR:")
             self.emit(f"    {err} = {v}")
             if i:
                 self.level -= 1
         self.emit(f"if {res} is None:")
-        self.emit(f"    {res} = {other} if {err} is None else {self.helper(_fail_from)}({err}, {fn!r})")
+        self.emit(f"    {res} = {other} if {err} is _NOERR else {self.helper(_fail_from)}({err}, {fn!r})")
         return Code(res, "bool")
 
     def ternary(self, cond: Node, a: Node, b: Node, scope: dict[str, str]) -> Code:
