@@ -15,6 +15,7 @@ checked against a syntax whitelist (`sandbox.check_source`) and runs without bui
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -77,7 +78,9 @@ def compile_program(
     check_source(src, params.values(), names)
     scope: dict[str, Any] = {"__builtins__": {}, **names}
     try:
-        code = compile(src, "<cel>", "exec")
+        with warnings.catch_warnings():  # e.g. SyntaxWarning for ''['x'], which CEL defines as an error
+            warnings.simplefilter("ignore")
+            code = compile(src, "<cel>", "exec")
     except (SyntaxError, MemoryError, RecursionError) as exc:  # e.g. more than 20 nested blocks
         raise Unsupported(f"generated code too deeply nested ({exc})") from None
     exec(code, scope)  # noqa: S102 - checked by check_source above, no builtins

@@ -10,6 +10,7 @@ constants in `Gen.consts`; `engine.celc.sandbox` checks that before anything is 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine.celc import values as V
@@ -418,15 +419,13 @@ class Gen:
         return Code(f"{self.helper(FUNCTIONS[key])}({', '.join(c.expr for c in codes)})", result)
 
 
-def _pattern_matcher(pattern: object):  # type: ignore[no-untyped-def]
-    search = pattern.search  # type: ignore[attr-defined]
-
-    def match(s: object) -> bool:
+def _pattern_matcher(match: Callable[[str], bool]) -> Callable[[object], bool]:
+    def matches(s: object) -> bool:
         if type(s) is not str:
             raise V.no_overload("matches", s)
-        return search(s) is not None
+        return match(s)
 
-    return match
+    return matches
 
 
 def _raise_overload(fn: str, value: object) -> None:

@@ -11,8 +11,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-import re2
-
+from engine.celc.regex import Matcher, compile_matcher
 from engine.celc.values import INT64_MAX, INT64_MIN, UINT64_MAX, CelFailure, UInt, no_overload, _kind
 
 __all__ = ["FUNCTIONS", "compile_pattern", "format_double", "matches"]
@@ -48,28 +47,26 @@ def ends_with(s: Any, x: Any) -> bool:
     return s.endswith(x)
 
 
-_RE2_OPTIONS = re2.Options()
-_RE2_OPTIONS.log_errors = False
-_PATTERNS: dict[str, Any] = {}
+_PATTERNS: dict[str, Matcher] = {}
 
 
-def compile_pattern(pattern: str) -> Any:
-    """An RE2 pattern (CEL's regex dialect, linear time), cached; raises CelFailure if invalid."""
-    p = _PATTERNS.get(pattern)
-    if p is None:
+def compile_pattern(pattern: str) -> Matcher:
+    """A matcher for an RE2 pattern (CEL's regex dialect), cached; raises CelFailure if invalid."""
+    m = _PATTERNS.get(pattern)
+    if m is None:
         try:
-            p = re2.compile(pattern, options=_RE2_OPTIONS)
+            m = compile_matcher(pattern)
         except Exception as exc:
             raise CelFailure(f"invalid regular expression {pattern!r}: {exc}") from None
         if len(_PATTERNS) < 1024:
-            _PATTERNS[pattern] = p
-    return p
+            _PATTERNS[pattern] = m
+    return m
 
 
 def matches(s: Any, pattern: Any) -> bool:
-    """`s.matches(pattern)`: RE2 search anywhere in the string."""
+    """`s.matches(pattern)`: does the RE2 pattern match anywhere in the string."""
     _strings("matches", s, pattern)
-    return compile_pattern(pattern).search(s) is not None
+    return compile_pattern(pattern)(s)
 
 
 _INT_TEXT = re.compile(r"\s*[+-]?[0-9]+\s*", re.ASCII)
