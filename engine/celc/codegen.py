@@ -19,7 +19,6 @@ from engine.celc.parser import Call, Comprehension, Ident, ListLit, Lit, MapLit,
 
 __all__ = ["Code", "Gen", "generate"]
 
-_NOERR = object()  # "no error seen yet" (None is a CEL value, so it cannot mark that)
 _SCALARS = frozenset({"int", "double", "bool", "string", "null"})
 _INLINE_CMP = {"_<_": "<", "_<=_": "<=", "_>_": ">", "_>=_": ">="}
 _CMP_HELPER = {"_<_": V.lt, "_<=_": V.le, "_>_": V.gt, "_>=_": V.ge}
@@ -46,9 +45,9 @@ class Gen:
         self.count = 0
         self.params = params
         self.consts: dict[str, object] = {
-            "_Exc": Exception, "_Err": V.ErrBox, "_and_slow": V.and_slow, "_or_slow": V.or_slow,
+            "_Exc": Exception, "_Err": V.ErrBox, "_pick": V.pick_error,
             "_float": float, "_int": int, "_str": str, "_list": list, "_dict": dict, "_bool": bool,
-            "_len": len, "_append": list.append, "type": type, "_NOERR": _NOERR,
+            "_len": len, "_append": list.append, "type": type, "_NOERR": V.NOERR,
         }
         self._by_id: dict[int, str] = {}
 
@@ -111,6 +110,8 @@ class Gen:
         if isinstance(node, Ident):
             if node.name in scope:
                 return Code(scope[node.name], None, True)
+            if node.name in V.TYPE_NAMES:
+                return Code(self.const(V.CelType(node.name), "y"), "type", True)
             raise Unsupported(f"identifier {node.name!r}")
         if isinstance(node, Select):
             operand = self.gen(node.operand, scope)
@@ -194,7 +195,7 @@ class Gen:
             self.emit(f"    {res} = {stop}")
             self.emit("    break")
             self.emit(f"if {p} is not {keep}:")
-            self.emit(f"    {err} = {p}")
+            self.emit(f"    {err} = _pick({err}, {p})")
             self.level -= 1
             self.emit(f"if {err} is not _NOERR and {res} is {keep}:")
             self.emit(f"    {res} = {self.helper(_fail_from)}({err}, {kind!r})")
@@ -292,8 +293,8 @@ class Gen:
             v = self.captured(operand, scope)
             self.emit(f"if {v} is {decide}:")
             self.emit(f"    {res} = {decide}")
-            self.emit(f"elif {v} is not {other} and {err} is _NOERR:")
-            self.emit(f"    {err} = {v}")
+            self.emit(f"elif {v} is not {other}:")
+            self.emit(f"    {err} = _pick({err}, {v})")
             if i:
                 self.level -= 1
         self.emit(f"if {res} is None:")

@@ -11,8 +11,10 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from engine.celc.chrono import ACCESSORS, Duration, Timestamp, format_duration, format_timestamp
+from engine.celc.chrono import to_duration, to_timestamp
 from engine.celc.regex import Matcher, compile_matcher
-from engine.celc.values import INT64_MAX, INT64_MIN, UINT64_MAX, CelFailure, UInt, no_overload, _kind
+from engine.celc.values import INT64_MAX, INT64_MIN, UINT64_MAX, CelFailure, UInt, _kind, no_overload, type_of
 
 __all__ = ["FUNCTIONS", "compile_pattern", "format_double", "matches"]
 
@@ -78,6 +80,8 @@ def to_int(v: Any) -> int:
     t = type(v)
     if t is bool:
         return int(v)
+    if t is Timestamp:
+        return v.ns // 1_000_000_000
     if t is float:
         if math.isnan(v) or not -9.223372036854775808e18 < v < 9.223372036854775808e18:
             raise CelFailure("double out of int64 range")
@@ -193,6 +197,10 @@ def to_string(v: Any) -> str:
             return bytes(v).decode("utf-8")
         except UnicodeDecodeError:
             raise CelFailure("malformed UTF-8 bytes") from None
+    if t is Timestamp:
+        return format_timestamp(v)
+    if t is Duration:
+        return format_duration(v)
     if _kind(v) in ("int", "uint"):
         return str(int(v))
     raise no_overload("string", v)
@@ -244,4 +252,8 @@ FUNCTIONS: dict[tuple[str, bool, int], Callable[..., Any]] = {
     ("bytes", False, 1): to_bytes,
     ("bool", False, 1): to_bool,
     ("dyn", False, 1): dyn,
+    ("type", False, 1): type_of,
+    ("timestamp", False, 1): to_timestamp,
+    ("duration", False, 1): to_duration,
+    **{(name, True, n): fn for name, fn in ACCESSORS.items() for n in (0, 1)},
 }

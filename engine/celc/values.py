@@ -17,11 +17,11 @@ __all__ = [
     "INT64_MIN",
     "UINT64_MAX",
     "CelFailure",
+    "CelType",
     "Defer",
     "ErrBox",
     "UInt",
     "add",
-    "and_slow",
     "div",
     "eq",
     "ge",
@@ -38,11 +38,12 @@ __all__ = [
     "ne",
     "no_overload",
     "not_",
-    "or_slow",
+    "pick_error",
     "plain",
     "select_has",
     "sub",
     "type_name",
+    "type_of",
 ]
 
 INT64_MIN, INT64_MAX, UINT64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
@@ -74,6 +75,25 @@ class ErrBox:
         self.exc = exc
 
 
+class CelType:
+    """A CEL type value, such as the result of `type(1)` or the identifier `int`."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is CelType and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash(("type", self.name))
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+TYPE_NAMES = ("int", "uint", "double", "bool", "string", "bytes", "list", "map", "null_type", "type")
 _NUMERIC = (int, float, UInt)
 _BYTES = (bytes, bytearray)
 
@@ -85,8 +105,18 @@ def type_name(v: Any) -> str:
         return "bool"
     if t is int:
         return "int" if INT64_MIN <= v <= INT64_MAX else "uint"
+    if t is CelType:
+        return "type"
     return {UInt: "uint", float: "double", str: "string", bytes: "bytes", bytearray: "bytes",
-            type(None): "null_type", list: "list", dict: "map"}.get(t, t.__name__)
+            type(None): "null_type", list: "list", dict: "map"}.get(t) or _TIME_NAMES.get(t.__name__, t.__name__)
+
+
+_TIME_NAMES = {"Timestamp": "google.protobuf.Timestamp", "Duration": "google.protobuf.Duration"}
+
+
+def type_of(v: Any) -> CelType:
+    """`type(v)`."""
+    return CelType(type_name(v))
 
 
 def no_overload(fn: str, *args: Any) -> CelFailure:
@@ -140,6 +170,8 @@ def add(a: Any, b: Any) -> Any:
         return a + b
     if ta in _BYTES and tb in _BYTES:
         return bytes(a) + bytes(b)
+    if ta.__name__ in _TIME_NAMES or tb.__name__ in _TIME_NAMES:
+        return _time_arith("_+_", a, b)
     k, a, b = _arith("_+_", a, b)
     if k == "int":
         return _int_result(a + b)
@@ -152,12 +184,36 @@ def sub(a: Any, b: Any) -> Any:
     """CEL `-` on numbers of one kind."""
     if type(a) is float and type(b) is float:
         return a - b
+    if type(a).__name__ in _TIME_NAMES or type(b).__name__ in _TIME_NAMES:
+        return _time_arith("_-_", a, b)
     k, a, b = _arith("_-_", a, b)
     if k == "int":
         return _int_result(a - b)
     if k == "uint":
         return _uint_result(a - b)
     return a - b
+
+
+def _time_arith(fn: str, a: Any, b: Any) -> Any:
+    """Timestamp and duration arithmetic (timestamp ± duration, timestamp - timestamp, duration ± duration)."""
+    from engine.celc.chrono import Duration, Timestamp
+
+    ta, tb = type(a), type(b)
+    if fn == "_+_":
+        if ta is Timestamp and tb is Duration:
+            return Timestamp(a.ns + b.ns)
+        if ta is Duration and tb is Timestamp:
+            return Timestamp(a.ns + b.ns)
+        if ta is Duration and tb is Duration:
+            return Duration(_int_result(a.ns + b.ns))  # arithmetic stays within int64 nanoseconds
+    else:
+        if ta is Timestamp and tb is Duration:
+            return Timestamp(a.ns - b.ns)
+        if ta is Timestamp and tb is Timestamp:
+            return Duration(_int_result(a.ns - b.ns))
+        if ta is Duration and tb is Duration:
+            return Duration(_int_result(a.ns - b.ns))
+    raise no_overload(fn, a, b)
 
 
 def mul(a: Any, b: Any) -> Any:
@@ -221,26 +277,19 @@ def not_(a: Any) -> bool:
     raise no_overload("!_", a)
 
 
+NOERR = object()  # "no error seen yet" in generated code (None is a CEL value, so it cannot mark that)
+
+
+def pick_error(current: Any, new: Any) -> Any:
+    """The error to keep when an operand fails: the first one, unless a later one must defer to
+    the runtime (the runtime might find a deciding value there)."""
+    if current is NOERR or (type(new) is ErrBox and type(new.exc) is Defer):
+        return new
+    return current
+
+
 def _err_of(v: Any, fn: str) -> BaseException:
     return v.exc if type(v) is ErrBox else no_overload(fn, v)
-
-
-def and_slow(left: Any, right: Any) -> bool:
-    """`left && right` when not both are plain booleans (the fast path is inline)."""
-    if left is False or right is False:
-        return False
-    if left is True:
-        raise _err_of(right, "_&&_")
-    raise _err_of(left, "_&&_")
-
-
-def or_slow(left: Any, right: Any) -> bool:
-    """`left || right` when not both are plain booleans (the fast path is inline)."""
-    if left is True or right is True:
-        return True
-    if left is False:
-        raise _err_of(right, "_||_")
-    raise _err_of(left, "_||_")
 
 
 def eq(a: Any, b: Any) -> bool:
@@ -283,7 +332,7 @@ def _ordered(fn: str, a: Any, b: Any) -> tuple[Any, Any]:
         if tb is float and ta is not float:
             return float(a), b
         return a, b
-    if (ta is tb and ta in (str, bool)) or (ta in _BYTES and tb in _BYTES):
+    if (ta is tb and (ta in (str, bool) or ta.__name__ in _TIME_NAMES)) or (ta in _BYTES and tb in _BYTES):
         return a, b
     raise no_overload(fn, a, b)
 
@@ -437,4 +486,8 @@ def plain(v: Any) -> Any:
         return out
     if t is bytes or t is bytearray:
         return bytearray(v)
+    if t.__name__ in _TIME_NAMES:
+        return v.to_python()
+    if t is CelType:
+        raise Defer()  # the runtime's own type objects are the result
     raise CelFailure(f"non-CEL value of type {t.__name__}")

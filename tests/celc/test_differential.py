@@ -13,13 +13,14 @@ from tests.celc.differential import outcome_of_compiled, outcome_of_runtime, sam
 
 INPUTS: list[Any] = [
     {"amount": 12.5, "tags": ["a", "b"], "id": 7, "name": "héllo", "ok": True, "n": None,
-     "items": [{"price": 1.5, "qty": 2}, {"price": 3.0, "qty": 1}], "m": {"x": 1, "y": "z"}},
+     "items": [{"price": 1.5, "qty": 2}, {"price": 3.0, "qty": 1}], "m": {"x": 1, "y": "z"},
+     "ts": "2024-02-29T23:59:59.123456789+01:00", "d": "1h30m0.5s"},
     {"amount": 3, "tags": [], "id": -9223372036854775808, "name": "", "ok": False, "n": 1,
-     "items": [], "m": {}},
+     "items": [], "m": {}, "ts": "1969-12-31T23:59:59.5Z", "d": "-1.000000001s"},
     {"amount": "12", "tags": "a", "id": 9223372036854775807, "name": "abc", "ok": 1,
-     "items": [{"price": "x"}], "m": []},
+     "items": [{"price": "x"}], "m": [], "ts": "2020-13-01T00:00:00Z", "d": "1d"},
     {"amount": float("nan"), "tags": ["a", 1, 1.0, True, None], "id": 2**63, "name": "ABC\n",
-     "ok": None, "items": [1, 2], "m": {"x": [1, 2]}},
+     "ok": None, "items": [1, 2], "m": {"x": [1, 2]}, "ts": 1700000000, "d": 5},
     {"amount": -0.0, "id": 2**64 - 1, "name": "x" * 50, "tags": [["a"]], "items": {"k": 1}},
     {},
     {"amount": 1e308, "id": 0, "name": "0x10", "tags": ["a"], "items": [{"price": 2.0, "qty": 2**62}]},
@@ -66,6 +67,20 @@ EXPRESSIONS = [
     "msg.tags.exists(t, t == 'a') ? msg.amount * 2.0 : 0.0", "msg.id > 0 ? msg.id : -msg.id",
     "(msg.amount > 1.0) == (msg.id > 1)", "!(msg.ok || msg.ok)", "1u + uint(msg.id)",
     "msg.id == 9223372036854775807", "msg.amount == 9007199254740993",
+    "timestamp(msg.ts)", "duration(msg.d)", "timestamp(msg.id)", "string(timestamp(msg.ts))",
+    "string(duration(msg.d))", "int(timestamp(msg.ts))", "timestamp(msg.ts) > timestamp('2020-01-01T00:00:00Z')",
+    "timestamp(msg.ts) + duration('1h')", "duration('1h') + timestamp(msg.ts)", "timestamp(msg.ts) - duration(msg.d)",
+    "timestamp(msg.ts) - timestamp('2020-01-01T00:00:00Z')", "duration(msg.d) + duration(msg.d)",
+    "duration(msg.d) < duration('1s')", "timestamp(msg.ts) == timestamp(msg.ts)",
+    "timestamp(msg.ts).getFullYear()", "timestamp(msg.ts).getMonth()", "timestamp(msg.ts).getDate()",
+    "timestamp(msg.ts).getDayOfMonth()", "timestamp(msg.ts).getDayOfWeek()", "timestamp(msg.ts).getDayOfYear()",
+    "timestamp(msg.ts).getHours()", "timestamp(msg.ts).getMinutes()", "timestamp(msg.ts).getSeconds()",
+    "timestamp(msg.ts).getMilliseconds()", "timestamp(msg.ts).getHours('Europe/Paris')",
+    "timestamp(msg.ts).getDayOfWeek('America/St_Johns')", "timestamp(msg.ts).getHours('-09:30')",
+    "timestamp(msg.ts).getHours(msg.name)", "duration(msg.d).getHours()", "duration(msg.d).getMinutes()",
+    "duration(msg.d).getSeconds()", "duration(msg.d).getMilliseconds()",
+    "type(msg.id) == int", "type(msg.amount) == double", "type(msg.m) == map", "type(msg.id)",
+    "type(msg.tags) == list ? 1 : 2", "type(timestamp(msg.ts)) == type(timestamp(0))",
 ]
 
 
@@ -88,10 +103,12 @@ def test_compiled_matches_runtime_on_table(src: str) -> None:
 _LEAVES = st.sampled_from([
     "msg.a", "msg.b", "msg.s", "msg.l", "msg.m", "msg.t", "msg.n", "msg.m.k", "msg.l[0]", "msg.x",
     "1", "-3", "0", "9223372036854775807", "2u", "0u", "1.5", "-0.0", "0.0", "1e300", "'a'", "''",
-    "'ab'", "true", "false", "null", "[]", "[1, 'a']", "{}", "{'k': 1}", "b'a'",
+    "'ab'", "true", "false", "null", "[]", "[1, 'a']", "{}", "{'k': 1}", "b'a'", "int", "string",
+    "timestamp('2020-01-01T00:00:00Z')", "duration('-1.5s')", "'1h'", "'2001-02-03T04:05:06.7-08:00'",
 ])
 _UNARY = ["!{}", "-{}", "size({})", "int({})", "double({})", "string({})", "uint({})", "dyn({})",
-          "has({}.k)", "[{}]", "{{'k': {}}}", "bool({})", "{}.size()"]
+          "has({}.k)", "[{}]", "{{'k': {}}}", "bool({})", "{}.size()", "type({})", "timestamp({})",
+          "duration({})", "{}.getHours()", "string({}.getSeconds())"]
 _BINARY = ["{} + {}", "{} - {}", "{} * {}", "{} / {}", "{} % {}", "{} == {}", "{} != {}",
            "{} < {}", "{} <= {}", "{} > {}", "{} >= {}", "{} && {}", "{} || {}", "{} in {}",
            "[{}, {}]", "{}[{}]", "{}.contains({})", "{}.startsWith({})", "{}.exists(x, x == {})",
