@@ -24,7 +24,7 @@ from engine.celc.codegen import generate
 from engine.celc.parser import ParseError, Unsupported, parse
 from engine.celc.sandbox import UnsafeCode, check_source
 
-__all__ = ["compile_program", "explain", "python_source", "try_compile"]
+__all__ = ["compile_program", "explain", "python_source", "try_compile", "try_compile_batch"]
 
 Evaluator = Callable[..., Any]
 
@@ -62,20 +62,33 @@ def compile_program(
     variables: Sequence[str],
     runtime: Callable[..., Any] | None,
     macros: bool = True,
+    batch: bool = False,
 ) -> Evaluator:
     """Compile `source` to a function of the `variables` (positional, in order).
 
     `runtime` evaluates the same arguments on the full runtime; it is called for a message the
-    generated code defers. Raises ParseError, Unsupported or UnsafeCode.
+    generated code defers. With `batch` the function takes one sequence per variable and returns a
+    list of results, an EvalError in place of each failed one. Raises ParseError, Unsupported or
+    UnsafeCode.
     """
     params = {name: f"_a{i}" for i, name in enumerate(variables)}
-    src, consts = generate(parse(source, macros), params)
+    src, consts = generate(parse(source, macros), params, batch=batch)
 
     def no_runtime(*_args: Any) -> Any:
         raise _eval_error(V.CelFailure("expression needs the full CEL runtime for this input"))
 
-    names = {**consts, "_Defer": V.Defer, "_runtime": runtime or no_runtime, "_fail": _eval_error}
-    check_source(src, params.values(), names)
+    run = runtime or no_runtime
+
+    def runtime_or_error(*args: Any) -> Any:
+        try:
+            return run(*args)
+        except Exception as exc:
+            return _eval_error(exc)
+
+    names = {**consts, "_Defer": V.Defer, "_runtime": run, "_fail": _eval_error}
+    if batch:
+        names["_runtime_or_error"] = runtime_or_error
+    check_source(src, [*params.values(), *(f"_b{i}" for i in range(len(params))), "_out"], names)
     scope: dict[str, Any] = {"__builtins__": {}, **names}
     try:
         with warnings.catch_warnings():  # e.g. SyntaxWarning for ''['x'], which CEL defines as an error
@@ -96,15 +109,18 @@ def _lazy_runtime(source: str) -> Callable[[Any, Any], Any]:
             from engine.expr import compile_expr
 
             holder.append(compile_expr(source, allow_compiler=False).fn)
-        return holder[0](body, meta)
+        try:
+            return holder[0](body, meta)
+        except RuntimeError as exc:  # the runtime raises instead of returning some errors (duplicate map keys)
+            raise _eval_error(V.CelFailure(str(exc))) from None
 
     return evaluate
 
 
 @functools.lru_cache(maxsize=1024)
-def _compile_cached(source: str) -> tuple[Evaluator | None, str | None]:
+def _compile_cached(source: str, batch: bool = False) -> tuple[Evaluator | None, str | None]:
     try:
-        fn = compile_program(source, ("msg", "meta"), _lazy_runtime(source))
+        fn = compile_program(source, ("msg", "meta"), _lazy_runtime(source), batch=batch)
     except (ParseError, Unsupported, UnsafeCode, RecursionError, V.CelFailure) as exc:
         kind = "not valid CEL" if isinstance(exc, ParseError) else "not supported by the compiler"
         return None, f"{kind}: {exc}"
@@ -114,6 +130,13 @@ def _compile_cached(source: str) -> tuple[Evaluator | None, str | None]:
 def try_compile(source: str) -> Evaluator | None:
     """A compiled `(body, meta) -> value` for `source`, or None when the runtime must evaluate it."""
     return _compile_cached(source)[0]
+
+
+def try_compile_batch(source: str) -> Callable[[Sequence[Any], Sequence[Any]], list[Any]] | None:
+    """A compiled `(bodies, metas) -> results` evaluating `source` over a whole batch in one loop,
+    or None when the runtime must evaluate it. `results[i]` is the value for `bodies[i]` (with
+    `metas[i]`), or the `engine.expr.EvalError` that message raised."""
+    return _compile_cached(source, True)[0]
 
 
 def explain(source: str) -> str | None:

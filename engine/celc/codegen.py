@@ -406,8 +406,8 @@ class Gen:
             pattern = compile_pattern(args[1].value)
             return Code(f"{self.const(_pattern_matcher(pattern), 'm')}({codes[0].expr})", "bool")
         if name == "size":
-            return Code(f"_len({codes[0].expr})" if codes[0].type in ("string", "list", "map", "bytes")
-                        else f"{self.helper(FUNCTIONS[key])}({codes[0].expr})", "int")
+            # len() agrees with size() on every JSON-shaped value and raises TypeError otherwise
+            return Code(f"_len({codes[0].expr})", "int")
         if name in ("contains", "startsWith", "endsWith"):
             impl = {"contains": str.__contains__, "startsWith": str.startswith, "endsWith": str.endswith}[name]
             return Code(f"{self.const(impl, 's')}({codes[0].expr}, {codes[1].expr})", "bool")
@@ -439,9 +439,17 @@ def _fail_from(err: object, fn: str) -> None:
     raise V.no_overload(fn, err)
 
 
-def generate(node: Node, params: dict[str, str], plain: bool = True) -> tuple[str, dict[str, object]]:
-    """Python source of `def _cel(<params>)` evaluating `node`, and the constants it needs."""
+def generate(
+    node: Node, params: dict[str, str], plain: bool = True, batch: bool = False
+) -> tuple[str, dict[str, object]]:
+    """Python source of `def _cel(<params>)` evaluating `node`, and the constants it needs.
+
+    With `batch`, `_cel` takes one sequence per parameter and returns a list with one entry per
+    position: the value, or the EvalError for that message (one bad message does not stop the rest).
+    """
     g = Gen(params)
+    if batch:
+        g.level = 2
     code = g.gen(node, dict(params))
     result = code.expr
     if plain and isinstance(node, MapLit | ListLit) and code.expr[:1] in "[{":
@@ -449,16 +457,34 @@ def generate(node: Node, params: dict[str, str], plain: bool = True) -> tuple[st
         result = code.expr
     elif plain and code.type not in _SCALARS:
         result = f"{g.helper(V.plain)}({result})"
-    g.emit(f"return {result}")
-    body = "\n".join("    " + line for line in g.lines)
     args = ", ".join(params.values())
+    if not batch:
+        g.emit(f"return {result}")
+        body = "\n".join("    " + line for line in g.lines)
+        src = (
+            f"def _cel({args}):\n"
+            "    try:\n"
+            f"{body}\n"
+            "    except _Defer:\n"
+            f"        return _runtime({args})\n"
+            "    except _Exc as _e:\n"
+            "        raise _fail(_e) from None\n"
+        )
+        return src, g.consts
+    g.emit(f"_append(_out, {result})")
+    body = "\n".join("    " + line for line in g.lines)
+    columns = ", ".join(f"_b{i}" for i in range(len(params)))
+    g.consts.update({"_zip": zip, "_runtime_or_error": None})
     src = (
-        f"def _cel({args}):\n"
-        "    try:\n"
+        f"def _cel({columns}):\n"
+        "    _out = []\n"
+        f"    for {args}{',' if len(params) == 1 else ''} in _zip({columns}):\n"
+        "        try:\n"
         f"{body}\n"
-        "    except _Defer:\n"
-        f"        return _runtime({args})\n"
-        "    except _Exc as _e:\n"
-        "        raise _fail(_e) from None\n"
+        "        except _Defer:\n"
+        f"            _append(_out, _runtime_or_error({args}))\n"
+        "        except _Exc as _e:\n"
+        "            _append(_out, _fail(_e))\n"
+        "    return _out\n"
     )
     return src, g.consts

@@ -147,3 +147,23 @@ def test_compiled_matches_runtime_on_random_expressions(src: str, msgs: list[dic
         if got is None:
             return
         assert same_outcome(want, got), (src, msg, want, got)
+
+
+@pytest.mark.parametrize("src", EXPRESSIONS)
+def test_batch_matches_one_by_one(src: str) -> None:
+    from engine.celc import try_compile, try_compile_batch
+    from engine.expr import EvalError
+
+    one, batch = try_compile(src), try_compile_batch(src)
+    if one is None or batch is None:
+        pytest.skip("not compiled")
+    metas = [{"source": "t"}] * len(INPUTS)
+    results = batch(INPUTS, metas)
+    assert len(results) == len(INPUTS)
+    for msg, meta, got in zip(INPUTS, metas, results):
+        try:
+            want: tuple[str, Any] = ("value", one(msg, meta))
+        except EvalError:
+            want = ("error", None)
+        got_outcome = ("error", None) if isinstance(got, EvalError) else ("value", got)
+        assert same_outcome(want, got_outcome), (msg, want, got)
