@@ -111,7 +111,7 @@ def to_uint(v: Any) -> UInt:
             raise CelFailure("double out of uint64 range")
         return UInt(int(v))
     if t is str:
-        if not _INT_TEXT.fullmatch(v):
+        if not _INT_TEXT.fullmatch(v) or "-" in v:
             raise CelFailure("cannot convert string to uint")
         r = int(v)
         if not 0 <= r <= UINT64_MAX:
@@ -155,7 +155,7 @@ def to_double(v: Any) -> float:
 def format_double(d: float) -> str:
     """A double as CEL's string() writes it: shortest round-trip digits, %g-style exponent."""
     if math.isnan(d):
-        return "nan"
+        return "-nan" if math.copysign(1.0, d) < 0 else "nan"
     if math.isinf(d):
         return "inf" if d > 0 else "-inf"
     if d == 0.0:
