@@ -17,8 +17,13 @@ from engine.expr import compile_expr
 
 N = 1000
 MESSAGES = [
-    {"id": i, "amount": float(i % 40), "tags": ["a", "b"] if i % 3 else ["c"], "name": f"user-{i}@example.com",
-     "items": [{"price": float(j), "qty": j} for j in range(i % 5)]}
+    {
+        "id": i,
+        "amount": float(i % 40),
+        "tags": ["a", "b"] if i % 3 else ["c"],
+        "name": f"user-{i}@example.com",
+        "items": [{"price": float(j), "qty": j} for j in range(i % 5)],
+    }
     for i in range(N)
 ]
 META: dict[str, Any] = {"source": "bench"}

@@ -82,7 +82,7 @@ def compile_program(
     def runtime_or_error(*args: Any) -> Any:
         try:
             return run(*args)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure is that message's error entry
             return _eval_error(exc)
 
     names = {**consts, "_Defer": V.Defer, "_runtime": run, "_fail": _eval_error}
@@ -111,7 +111,9 @@ def _lazy_runtime(source: str) -> Callable[[Any, Any], Any]:
             holder.append(compile_expr(source, allow_compiler=False).fn)
         try:
             return holder[0](body, meta)
-        except RuntimeError as exc:  # the runtime raises instead of returning some errors (duplicate map keys)
+        except (
+            RuntimeError
+        ) as exc:  # the runtime raises instead of returning some errors (duplicate map keys)
             raise _eval_error(V.CelFailure(str(exc))) from None
 
     return evaluate
@@ -122,7 +124,11 @@ def _compile_cached(source: str, batch: bool = False) -> tuple[Evaluator | None,
     try:
         fn = compile_program(source, ("msg", "meta"), _lazy_runtime(source), batch=batch)
     except (ParseError, Unsupported, UnsafeCode, RecursionError, V.CelFailure) as exc:
-        kind = "not valid CEL" if isinstance(exc, ParseError) else "not supported by the compiler"
+        kind = (
+            "the compiler's parser rejects it"
+            if isinstance(exc, ParseError)
+            else "not supported by the compiler"
+        )
         return None, f"{kind}: {exc}"
     return fn, None
 

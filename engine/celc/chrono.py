@@ -21,7 +21,7 @@ NS = 1_000_000_000
 _MIN_TS = -62135596800 * NS  # 0001-01-01T00:00:00Z
 _MAX_TS = 253402300799 * NS + NS - 1  # 9999-12-31T23:59:59.999999999Z
 _MAX_DUR = 315576000000 * NS + NS - 1
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 class Timestamp:
@@ -112,7 +112,12 @@ def parse_timestamp(text: str) -> Timestamp:
         date = dt.date(year, month, day)
     except ValueError:
         raise Defer() from None
-    if hour > 23 or minute > 59 or second > 60 or (m.group(9) and (int(m.group(10)) > 23 or int(m.group(11)) > 59)):
+    if (
+        hour > 23
+        or minute > 59
+        or second > 60
+        or (m.group(9) and (int(m.group(10)) > 23 or int(m.group(11)) > 59))
+    ):
         raise Defer()
     frac = (m.group(7) or "").ljust(9, "0")
     days = date.toordinal() - dt.date(1970, 1, 1).toordinal()
@@ -207,14 +212,14 @@ _OFFSET = re.compile(r"([+-]?)(\d{2}):(\d{2})", re.ASCII)
 @lru_cache(maxsize=256)
 def _zone(name: str) -> dt.tzinfo:
     if name == "":
-        return dt.timezone.utc
+        return dt.UTC
     m = _OFFSET.fullmatch(name)
     if m and int(m.group(2)) < 24 and int(m.group(3)) < 60:
         minutes = int(m.group(2)) * 60 + int(m.group(3))
         return dt.timezone(dt.timedelta(minutes=-minutes if m.group(1) == "-" else minutes))
     try:
         return ZoneInfo(name)
-    except Exception:
+    except (ValueError, OSError, KeyError):  # ZoneInfoNotFoundError is a KeyError
         raise Defer() from None  # unknown here; the runtime's zone rules decide (error or value)
 
 
@@ -257,7 +262,8 @@ ACCESSORS = {
     "getMinutes": _accessor("getMinutes", lambda d, t: d.minute, lambda ns: _trunc_div(ns, 60 * NS)),
     "getSeconds": _accessor("getSeconds", lambda d, t: d.second, lambda ns: _trunc_div(ns, NS)),
     "getMilliseconds": _accessor(
-        "getMilliseconds", lambda d, t: (t.ns % NS) // 1_000_000,
+        "getMilliseconds",
+        lambda d, t: (t.ns % NS) // 1_000_000,
         lambda ns: _trunc_div(abs(ns) % NS, 1_000_000) * (1 if ns >= 0 else -1),
     ),
 }

@@ -22,8 +22,13 @@ __all__ = ["Code", "Gen", "generate"]
 _SCALARS = frozenset({"int", "double", "bool", "string", "null"})
 _INLINE_CMP = {"_<_": "<", "_<=_": "<=", "_>_": ">", "_>=_": ">="}
 _CMP_HELPER = {"_<_": V.lt, "_<=_": V.le, "_>_": V.gt, "_>=_": V.ge}
-_ARITH = {"_+_": ("+", V.add), "_-_": ("-", V.sub), "_*_": ("*", V.mul), "_/_": ("/", V.div),
-          "_%_": ("%", V.mod)}
+_ARITH = {
+    "_+_": ("+", V.add),
+    "_-_": ("-", V.sub),
+    "_*_": ("*", V.mul),
+    "_/_": ("/", V.div),
+    "_%_": ("%", V.mod),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,9 +50,19 @@ class Gen:
         self.count = 0
         self.params = params
         self.consts: dict[str, object] = {
-            "_Exc": Exception, "_Err": V.ErrBox, "_pick": V.pick_error,
-            "_float": float, "_int": int, "_str": str, "_list": list, "_dict": dict, "_bool": bool,
-            "_len": len, "_append": list.append, "type": type, "_NOERR": V.NOERR,
+            "_Exc": Exception,
+            "_Err": V.ErrBox,
+            "_pick": V.pick_error,
+            "_float": float,
+            "_int": int,
+            "_str": str,
+            "_list": list,
+            "_dict": dict,
+            "_bool": bool,
+            "_len": len,
+            "_append": list.append,
+            "type": type,
+            "_NOERR": V.NOERR,
         }
         self._by_id: dict[int, str] = {}
 
@@ -204,10 +219,10 @@ class Gen:
             self.emit(f"{res} = 0")
             self.emit(f"for {var} in {items}:")
             self.level += 1
-            lines, p = self.sub_block(node.body, inner, self.level)
+            lines, body = self.sub_block(node.body, inner, self.level)
             self.lines.extend(lines)
             pt = self.tmp()
-            self.emit(f"{pt} = {p.expr}")
+            self.emit(f"{pt} = {body.expr}")
             self.emit(f"if {pt} is True:")
             self.emit(f"    {res} += 1")
             self.emit(f"elif {pt} is not False:")
@@ -221,10 +236,10 @@ class Gen:
         if node.pred is not None or kind == "filter":
             pred = node.pred if kind == "map" else node.body
             assert pred is not None
-            lines, p = self.sub_block(pred, inner, self.level)
+            lines, cond = self.sub_block(pred, inner, self.level)
             self.lines.extend(lines)
             pt = self.tmp()
-            self.emit(f"{pt} = {p.expr}")
+            self.emit(f"{pt} = {cond.expr}")
             self.emit(f"if {pt} is not True:")
             self.emit(f"    if {pt} is False:")
             self.emit("        continue")
@@ -258,7 +273,9 @@ class Gen:
                 return Code(f"{self.helper(V.not_)}({a.expr})", "bool")
             if fn == "-_":
                 a = self.gen(args[0], scope)
-                return Code(f"{self.helper(V.neg)}({a.expr})", a.type if a.type in ("int", "double") else None)
+                return Code(
+                    f"{self.helper(V.neg)}({a.expr})", a.type if a.type in ("int", "double") else None
+                )
             if fn == "@in":
                 return self.membership(args, scope)
             if fn == "_[_]":
@@ -363,7 +380,9 @@ class Gen:
         helper = self.helper(helper_fn)
         if fn != "_%_":
             for lit_node, lit, other, lit_left in ((args[0], a, b, True), (args[1], b, a, False)):
-                if not (isinstance(lit_node, Lit) and lit_node.kind == "double" and math.isfinite(lit_node.value)):
+                if not (
+                    isinstance(lit_node, Lit) and lit_node.kind == "double" and math.isfinite(lit_node.value)
+                ):
                     continue
                 if fn == "_/_" and (lit_left or lit_node.value == 0.0):
                     continue
@@ -383,15 +402,20 @@ class Gen:
     def membership(self, args: tuple[Node, ...], scope: dict[str, str]) -> Code:
         x, c = self.gen(args[0], scope), self.gen(args[1], scope)
         node_c = args[1]
-        if isinstance(node_c, ListLit) and node_c.items and all(
-            isinstance(i, Lit) and i.kind == "string" for i in node_c.items
+        if (
+            isinstance(node_c, ListLit)
+            and node_c.items
+            and all(isinstance(i, Lit) and i.kind == "string" for i in node_c.items)
         ):
             options = tuple(i.value for i in node_c.items)  # type: ignore[attr-defined]
             return Code(f"({x.expr} in {self.const(options, 'k')})", "bool", x.safe)
         if x.type == "string":
             cb, cr = self.once(c)
-            return Code(f"({x.expr} in {cr} if type({cb}) is _dict or type({cr}) is _list "
-                        f"else {self.helper(V.is_in)}({x.expr}, {cr}))", "bool")
+            return Code(
+                f"({x.expr} in {cr} if type({cb}) is _dict or type({cr}) is _list "
+                f"else {self.helper(V.is_in)}({x.expr}, {cr}))",
+                "bool",
+            )
         return Code(f"{self.helper(V.is_in)}({x.expr}, {c.expr})", "bool")
 
     def function(self, node: Call, scope: dict[str, str]) -> Code:
@@ -399,7 +423,7 @@ class Gen:
         key = (node.fn, member, len(node.args))
         if key not in FUNCTIONS:
             raise Unsupported(f"function {node.fn!r}")
-        args = ([node.target] if member else []) + list(node.args)  # type: ignore[list-item]
+        args: list[Node] = ([node.target] if node.target is not None else []) + list(node.args)
         codes = [self.gen(a, scope) for a in args]
         name = node.fn
         if name == "matches" and isinstance(args[1], Lit) and args[1].kind == "string":
@@ -409,14 +433,23 @@ class Gen:
             # len() agrees with size() on every JSON-shaped value and raises TypeError otherwise
             return Code(f"_len({codes[0].expr})", "int")
         if name in ("contains", "startsWith", "endsWith"):
-            impl = {"contains": str.__contains__, "startsWith": str.startswith, "endsWith": str.endswith}[name]
+            impl = {"contains": str.__contains__, "startsWith": str.startswith, "endsWith": str.endswith}[
+                name
+            ]
             return Code(f"{self.const(impl, 's')}({codes[0].expr}, {codes[1].expr})", "bool")
         if name == "string" and codes[0].type == "string":
             return codes[0]
         if name == "double" and codes[0].type == "double":
             return codes[0]
-        result = {"int": "int", "uint": "uint", "double": "double", "string": "string", "bytes": "bytes",
-                  "bool": "bool", "matches": "bool"}.get(name)
+        result = {
+            "int": "int",
+            "uint": "uint",
+            "double": "double",
+            "string": "string",
+            "bytes": "bytes",
+            "bool": "bool",
+            "matches": "bool",
+        }.get(name)
         return Code(f"{self.helper(FUNCTIONS[key])}({', '.join(c.expr for c in codes)})", result)
 
 

@@ -11,9 +11,16 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from engine.celc.chrono import ACCESSORS, Duration, Timestamp, format_duration, format_timestamp
-from engine.celc.chrono import to_duration, to_timestamp
-from engine.celc.regex import Matcher, compile_matcher
+from engine.celc.chrono import (
+    ACCESSORS,
+    Duration,
+    Timestamp,
+    format_duration,
+    format_timestamp,
+    to_duration,
+    to_timestamp,
+)
+from engine.celc.regex import Matcher, PatternError, compile_matcher
 from engine.celc.values import INT64_MAX, INT64_MIN, UINT64_MAX, CelFailure, UInt, _kind, no_overload, type_of
 
 __all__ = ["FUNCTIONS", "compile_pattern", "format_double", "matches"]
@@ -58,7 +65,7 @@ def compile_pattern(pattern: str) -> Matcher:
     if m is None:
         try:
             m = compile_matcher(pattern)
-        except Exception as exc:
+        except PatternError as exc:
             raise CelFailure(f"invalid regular expression {pattern!r}: {exc}") from None
         if len(_PATTERNS) < 1024:
             _PATTERNS[pattern] = m
@@ -179,7 +186,7 @@ def format_double(d: float) -> str:
     if x >= 0:
         if len(digits) <= x + 1:
             return sign + digits + "0" * (x + 1 - len(digits))
-        return sign + digits[: x + 1] + "." + digits[x + 1:]
+        return sign + digits[: x + 1] + "." + digits[x + 1 :]
     return sign + "0." + "0" * (-x - 1) + digits
 
 
@@ -216,8 +223,18 @@ def to_bytes(v: Any) -> bytes:
     raise no_overload("bytes", v)
 
 
-_BOOL_TEXT = {"1": True, "t": True, "true": True, "TRUE": True, "True": True,
-              "0": False, "f": False, "false": False, "FALSE": False, "False": False}
+_BOOL_TEXT = {
+    "1": True,
+    "t": True,
+    "true": True,
+    "TRUE": True,
+    "True": True,
+    "0": False,
+    "f": False,
+    "false": False,
+    "FALSE": False,
+    "False": False,
+}
 
 
 def to_bool(v: Any) -> bool:

@@ -107,16 +107,56 @@ _TOKEN = re.compile(
 )
 
 RESERVED = frozenset(
-    "as break const continue else for function if import let loop package namespace return var void while".split()
+    [
+        "as",
+        "break",
+        "const",
+        "continue",
+        "else",
+        "for",
+        "function",
+        "if",
+        "import",
+        "let",
+        "loop",
+        "package",
+        "namespace",
+        "return",
+        "var",
+        "void",
+        "while",
+    ]
 )
-_SIMPLE_ESC = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v",
-               "\\": "\\", "'": "'", '"': '"', "`": "`", "?": "?"}
+_SIMPLE_ESC = {
+    "a": "\a",
+    "b": "\b",
+    "f": "\f",
+    "n": "\n",
+    "r": "\r",
+    "t": "\t",
+    "v": "\v",
+    "\\": "\\",
+    "'": "'",
+    '"': '"',
+    "`": "`",
+    "?": "?",
+}
 _MACROS = {"all": 2, "exists": 2, "exists_one": 2, "filter": 2}
 _BINARY = {  # token -> (left binding power, CEL function)
-    "||": (1, "_||_"), "&&": (2, "_&&_"),
-    "==": (3, "_==_"), "!=": (3, "_!=_"), "<": (3, "_<_"), "<=": (3, "_<=_"),
-    ">": (3, "_>_"), ">=": (3, "_>=_"), "in": (3, "@in"),
-    "+": (4, "_+_"), "-": (4, "_-_"), "*": (5, "_*_"), "/": (5, "_/_"), "%": (5, "_%_"),
+    "||": (1, "_||_"),
+    "&&": (2, "_&&_"),
+    "==": (3, "_==_"),
+    "!=": (3, "_!=_"),
+    "<": (3, "_<_"),
+    "<=": (3, "_<=_"),
+    ">": (3, "_>_"),
+    ">=": (3, "_>=_"),
+    "in": (3, "@in"),
+    "+": (4, "_+_"),
+    "-": (4, "_-_"),
+    "*": (5, "_*_"),
+    "/": (5, "_/_"),
+    "%": (5, "_%_"),
 }
 INT64_MIN, INT64_MAX, UINT64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
 
@@ -142,7 +182,7 @@ def _decode_string(body: str, raw: bool, is_bytes: bool) -> str | bytes:
             parts.extend(s.encode() if is_bytes else s)
             i += 2
         elif e in "xX":
-            h = body[i + 2:i + 4]
+            h = body[i + 2 : i + 4]
             if len(h) != 2 or not all(ch in "0123456789abcdefABCDEF" for ch in h):
                 raise ParseError("bad \\x escape")
             parts.append(int(h, 16) if is_bytes else chr(int(h, 16)))
@@ -151,7 +191,7 @@ def _decode_string(body: str, raw: bool, is_bytes: bool) -> str | bytes:
             if is_bytes:
                 raise Unsupported("\\u escape in bytes literal")
             width = 4 if e == "u" else 8
-            h = body[i + 2:i + 2 + width]
+            h = body[i + 2 : i + 2 + width]
             if len(h) != width or not all(ch in "0123456789abcdefABCDEF" for ch in h):
                 raise ParseError("bad \\u escape")
             cp = int(h, 16)
@@ -160,7 +200,7 @@ def _decode_string(body: str, raw: bool, is_bytes: bool) -> str | bytes:
             parts.append(chr(cp))
             i += 2 + width
         elif e in "0123":
-            o = body[i + 1:i + 4]
+            o = body[i + 1 : i + 4]
             if len(o) != 3 or not all(ch in "01234567" for ch in o):
                 raise ParseError("bad octal escape")
             parts.append(int(o, 8) if is_bytes else chr(int(o, 8)))
@@ -187,7 +227,7 @@ def _tokenize(src: str) -> list[tuple[str, Any, int]]:
             raise Unsupported("quoted identifiers")
         if kind == "str":
             prefix = text.rstrip("\"'").lower()
-            quote = text[len(prefix):]
+            quote = text[len(prefix) :]
             start = m.end()
             j = start
             while True:
@@ -206,10 +246,6 @@ def _tokenize(src: str) -> list[tuple[str, Any, int]]:
             toks.append(("bytes" if is_bytes else "str", _decode_string(body, "r" in prefix, is_bytes), i))
             i = j + len(quote)
             continue
-        if kind == "ident" and i + len(text) < n and src[i + len(text)] in "\"'" and text.lower() in (
-            "r", "b", "rb", "br"
-        ):
-            raise ParseError("unreachable string prefix")  # pragma: no cover - the str group matches first
         toks.append((kind, text, i))  # type: ignore[arg-type]
         i = m.end()
     toks.append(("eof", None, n))

@@ -16,9 +16,10 @@ from collections.abc import Callable
 
 import re2
 
-__all__ = ["Matcher", "compile_matcher", "translate"]
+__all__ = ["Matcher", "PatternError", "compile_matcher", "translate"]
 
 Matcher = Callable[[str], bool]
+PatternError = re2.error  # raised for a pattern that is not valid RE2
 
 _RE2_OPTIONS = re2.Options()
 _RE2_OPTIONS.log_errors = False

@@ -34,8 +34,8 @@ __all__ = [
     "make_map",
     "mod",
     "mul",
-    "neg",
     "ne",
+    "neg",
     "no_overload",
     "not_",
     "pick_error",
@@ -107,8 +107,16 @@ def type_name(v: Any) -> str:
         return "int" if INT64_MIN <= v <= INT64_MAX else "uint"
     if t is CelType:
         return "type"
-    return {UInt: "uint", float: "double", str: "string", bytes: "bytes", bytearray: "bytes",
-            type(None): "null_type", list: "list", dict: "map"}.get(t) or _TIME_NAMES.get(t.__name__, t.__name__)
+    return {
+        UInt: "uint",
+        float: "double",
+        str: "string",
+        bytes: "bytes",
+        bytearray: "bytes",
+        type(None): "null_type",
+        list: "list",
+        dict: "map",
+    }.get(t) or _TIME_NAMES.get(t.__name__, t.__name__)
 
 
 _TIME_NAMES = {"Timestamp": "google.protobuf.Timestamp", "Duration": "google.protobuf.Duration"}

@@ -24,7 +24,7 @@ from engine.celc.parser import ParseError, Unsupported
 from engine.celc.sandbox import UnsafeCode
 from engine.celc.values import CelFailure, UInt
 
-__all__ = ["CONFORMANCE_DIR", "FileResult", "load", "run_file", "main"]
+__all__ = ["CONFORMANCE_DIR", "FileResult", "load", "main", "run_file"]
 
 CONFORMANCE_DIR = os.environ.get(
     "CEL_CONFORMANCE_DIR",
@@ -41,9 +41,16 @@ _EXTENSIONS = {
     "optionals.json": lambda: [ext_optional.ExtOptional()],
 }
 _PRIMITIVE = {
-    "int": cel.Type.INT, "uint": cel.Type.UINT, "double": cel.Type.DOUBLE, "bool": cel.Type.BOOL,
-    "string": cel.Type.STRING, "bytes": cel.Type.BYTES, "null_type": cel.Type.NULL, "dyn": cel.Type.DYN,
-    "google.protobuf.Timestamp": cel.Type.TIMESTAMP, "google.protobuf.Duration": cel.Type.DURATION,
+    "int": cel.Type.INT,
+    "uint": cel.Type.UINT,
+    "double": cel.Type.DOUBLE,
+    "bool": cel.Type.BOOL,
+    "string": cel.Type.STRING,
+    "bytes": cel.Type.BYTES,
+    "null_type": cel.Type.NULL,
+    "dyn": cel.Type.DYN,
+    "google.protobuf.Timestamp": cel.Type.TIMESTAMP,
+    "google.protobuf.Duration": cel.Type.DURATION,
 }
 
 
@@ -79,7 +86,7 @@ def to_python(value: dict, uint_class: type = int) -> Any:
     if kind == "uint":
         return uint_class(int(v))
     if kind == "double":
-        return float(v) if isinstance(v, str) else float(v)
+        return float(v)  # "NaN", "Infinity" and "-Infinity" arrive as strings
     if kind in ("string", "bool"):
         return v
     if kind == "null":
@@ -112,7 +119,9 @@ def matches(expected: dict, actual: Any) -> bool:
     if kind == "bytes_b64":
         return type(actual) in (bytes, bytearray) and bytes(actual) == base64.b64decode(v)
     if kind == "list":
-        return type(actual) is list and len(actual) == len(v) and all(matches(e, a) for e, a in zip(v, actual))
+        return (
+            type(actual) is list and len(actual) == len(v) and all(matches(e, a) for e, a in zip(v, actual))
+        )
     if kind == "map":
         if type(actual) is not dict or len(actual) != len(v):
             return False
@@ -153,12 +162,15 @@ def _check(kind: str, want: Any, outcome: tuple[str, Any]) -> bool:
 def _runtime_outcome(test: dict, fname: str) -> tuple[str, Any]:
     variables = {d["name"]: cel_type(d["type"]) for d in test.get("type_env", []) if "type" in d}
     try:
-        env = cel.NewEnv(variables=variables, container=test.get("container") or None,
-                         extensions=_EXTENSIONS.get(fname, lambda: [])())
+        env = cel.NewEnv(
+            variables=variables,
+            container=test.get("container") or None,
+            extensions=_EXTENSIONS.get(fname, list)(),
+        )
         program = env.compile(test["expr"], disable_check=test["disable_check"])
         data = {k: to_python(v) for k, v in test.get("bindings", {}).items()}
         value = program.eval(data=data)
-    except Exception as exc:  # compile errors and errors the runtime raises instead of returning
+    except Exception as exc:  # noqa: BLE001 - compile errors, and errors the runtime raises
         return "error", str(exc)
     if value.type() == cel.Type.ERROR:
         return "error", str(value.value())
@@ -184,7 +196,7 @@ def _compiler_outcome(test: dict, fname: str) -> tuple[str, Any] | None:
     args = [to_python(test["bindings"][n], UInt) for n in names]
     try:
         return "value", fn(*args)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure counts as the test's error outcome
         return "error", str(exc)
 
 
@@ -205,7 +217,9 @@ def run_file(path: str) -> FileResult:
                 c["bad_data"] += 1
                 continue
             try:
-                c["runtime_pass" if _check(kind, want, _runtime_outcome(test, fname)) else "runtime_fail"] += 1
+                c[
+                    "runtime_pass" if _check(kind, want, _runtime_outcome(test, fname)) else "runtime_fail"
+                ] += 1
                 outcome = _compiler_outcome(test, fname)
                 if outcome is None:
                     c["fallback"] += 1
@@ -233,7 +247,16 @@ def files() -> list[str]:
 
 def main() -> None:
     """Print pass counts per file for the compiler and the runtime."""
-    cols = ("tests", "skipped", "bad_data", "compiled_pass", "compiled_fail", "fallback", "runtime_pass", "runtime_fail")
+    cols = (
+        "tests",
+        "skipped",
+        "bad_data",
+        "compiled_pass",
+        "compiled_fail",
+        "fallback",
+        "runtime_pass",
+        "runtime_fail",
+    )
     print(f"{'file':22}" + "".join(f"{c:>14}" for c in cols))
     total: Counter = Counter()
     failures: list[str] = []

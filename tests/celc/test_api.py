@@ -23,7 +23,8 @@ def test_engine_prefers_the_compiler() -> None:
         ("[1, 2].sortBy(x, x)", "function"),
         ("msg.a.?b", "optional"),
         ("google.protobuf.Timestamp{seconds: 1}", "message"),
-        ("cel.bind(x, 1, x)", "bind"), ("foo + 1", "identifier"),
+        ("cel.bind(x, 1, x)", "bind"),
+        ("foo + 1", "identifier"),
     ],
 )
 def test_unsupported_expressions_fall_back_with_a_reason(src: str, reason: str) -> None:
@@ -40,8 +41,13 @@ def test_results_are_plain_values_like_the_runtime() -> None:
     fn = try_compile("[1u, b'a', timestamp('2020-01-01T00:00:00.5Z'), duration('1.5s'), {'k': 2u}]")
     assert fn is not None
     out = fn({}, {})
-    assert out == [1, bytearray(b"a"), dt.datetime(2020, 1, 1, 0, 0, 0, 500000, tzinfo=dt.timezone.utc),
-                   dt.timedelta(seconds=1.5), {"k": 2}]
+    assert out == [
+        1,
+        bytearray(b"a"),
+        dt.datetime(2020, 1, 1, 0, 0, 0, 500000, tzinfo=dt.UTC),
+        dt.timedelta(seconds=1.5),
+        {"k": 2},
+    ]
     assert type(out[0]) is int and type(out[1]) is bytearray and type(out[4]["k"]) is int
 
 

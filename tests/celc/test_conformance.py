@@ -10,9 +10,21 @@ from tests.celc import conformance
 
 FILES = conformance.files()
 # Feature areas the compiler claims: most of each of these files compiles (the rest falls back).
-CLAIMED = {"basic.json", "comparisons.json", "conversions.json", "fields.json", "fp_math.json",
-           "integer_math.json", "lists.json", "logic.json", "macros.json", "parse.json",
-           "plumbing.json", "string.json", "timestamps.json"}
+CLAIMED = {
+    "basic.json",
+    "comparisons.json",
+    "conversions.json",
+    "fields.json",
+    "fp_math.json",
+    "integer_math.json",
+    "lists.json",
+    "logic.json",
+    "macros.json",
+    "parse.json",
+    "plumbing.json",
+    "string.json",
+    "timestamps.json",
+}
 
 pytestmark = pytest.mark.skipif(not FILES, reason="conformance data not found")
 

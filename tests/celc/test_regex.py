@@ -10,8 +10,30 @@ from engine.celc.regex import compile_matcher, translate
 
 _OPTS = re2.Options()
 _OPTS.log_errors = False
-_ATOMS = ["a", "b", "é", ".", "\\d", "\\w", "\\s", "\\S", "\\b", "\\.", "[ab]", "[^a]", "[a-c\\d]",
-          "[\\s]", "^", "$", "(a|b)", "(?:ab)", "x", "\n", "\\$", "[.]"]
+_ATOMS = [
+    "a",
+    "b",
+    "é",
+    ".",
+    "\\d",
+    "\\w",
+    "\\s",
+    "\\S",
+    "\\b",
+    "\\.",
+    "[ab]",
+    "[^a]",
+    "[a-c\\d]",
+    "[\\s]",
+    "^",
+    "$",
+    "(a|b)",
+    "(?:ab)",
+    "x",
+    "\n",
+    "\\$",
+    "[.]",
+]
 _QUANT = ["", "", "", "*", "+", "?", "*?", "+?", "??"]
 _TEXT = st.text(alphabet="abcé x.\n\t\v1٣$_", max_size=8)
 

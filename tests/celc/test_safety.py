@@ -27,7 +27,7 @@ ESCAPES = [
     "type(msg).__name__",
     "msg['\\'); import os; (\\'']",
     "msg['\\n__import__(\"os\")\\n']",
-    "msg.a.startsWith(\"\\\"\\\"\\\"; import os\")",
+    'msg.a.startsWith("\\"\\"\\"; import os")',
     "'''\\'''' + msg.a",
     "[1].map(_runtime, _runtime)",
     "[1].map(_Exc, _Exc)",
@@ -46,7 +46,7 @@ ESCAPES = [
     "dyn(msg).__len__()",
     "{'__builtins__': 1}.__builtins__",
 ]
-MSG = {"a": "x", "__class__": "boom", "\n__import__(\"os\")\n": 1, "__dict__": 2}
+MSG = {"a": "x", "__class__": "boom", '\n__import__("os")\n': 1, "__dict__": 2}
 
 
 @pytest.mark.parametrize("src", ESCAPES)
