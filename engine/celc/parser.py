@@ -1,7 +1,7 @@
 """A small CEL parser (Pratt): source text -> AST of plain nodes, with macros expanded.
 
 It accepts the CEL grammar the compiler translates; anything else (message construction, optional
-syntax `?.`/`[?`, quoted identifiers, leading-dot names) raises `Unsupported`, and the caller falls
+syntax `?.`/`[?`, leading-dot names) raises `Unsupported`, and the caller falls
 back to the full runtime. Malformed text raises `ParseError` (the runtime reports it better).
 """
 
@@ -101,7 +101,7 @@ _TOKEN = re.compile(
   | (?P<str>(?:[rR][bB]?|[bB][rR]?)?(?:\"\"\"|'''|"|'))
   | (?P<ident>[_a-zA-Z][_a-zA-Z0-9]*)
   | (?P<op>==|!=|<=|>=|&&|\|\||[<>+\-*/%!?:.,()\[\]{}])
-  | (?P<quoted>`)
+  | (?P<quoted>`[A-Za-z0-9_.\-/ ]+`)
     """,
     re.VERBOSE,
 )
@@ -223,8 +223,10 @@ def _tokenize(src: str) -> list[tuple[str, Any, int]]:
         if kind == "ws":
             i = m.end()
             continue
-        if kind == "quoted":
-            raise Unsupported("quoted identifiers")
+        if kind == "quoted":  # a field name such as `content-type`, only valid after '.'
+            toks.append(("qident", text[1:-1], i))
+            i = m.end()
+            continue
         if kind == "str":
             prefix = text.rstrip("\"'").lower()
             quote = text[len(prefix) :]
@@ -364,6 +366,9 @@ class _Parser:
                 kind, name, off = self.next()
                 if kind == "op" and name == "?":
                     raise Unsupported("optional field selection")
+                if kind == "qident" and not self.at("("):
+                    node = Select(node, name)
+                    continue
                 if kind != "ident":
                     raise ParseError(f"expected field name at {off}")
                 if self.at("("):
