@@ -15,6 +15,7 @@ checked against a syntax whitelist (`sandbox.check_source`) and runs without bui
 from __future__ import annotations
 
 import functools
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -40,7 +41,7 @@ def _eval_error(exc: BaseException) -> Exception:
     if isinstance(exc, KeyError):
         return EvalError(f"no such key: {exc.args[0]!r}" if exc.args else "no such key")
     if isinstance(exc, TypeError):
-        return EvalError(f"no matching overload ({exc})")
+        return EvalError(_type_error_text(str(exc)))
     if isinstance(exc, IndexError):
         return EvalError("index out of range")
     if isinstance(exc, ZeroDivisionError):
@@ -48,6 +49,37 @@ def _eval_error(exc: BaseException) -> Exception:
     if isinstance(exc, RecursionError):
         return EvalError("value nested too deeply")
     return EvalError(f"{type(exc).__name__}: {exc}")
+
+
+_TYPE_ERRORS = (  # Python's wording of a failed inline operation -> what it means in CEL
+    (
+        re.compile(r"'(\w+)' object is not subscriptable|(\w+) indices must be"),
+        "field selection on {} (not a map)",
+    ),
+    (re.compile(r"object of type '(\w+)' has no len"), "no matching overload for 'size' applied to ({})"),
+    (re.compile(r"descriptor '(startswith|endswith|__contains__)'"), "no matching overload for '{}'"),
+    (re.compile(r"(startswith|endswith) first arg|'in <string>' requires"), "no matching overload for '{}'"),
+)
+_CEL_NAMES = {
+    "startswith": "startsWith",
+    "endswith": "endsWith",
+    "__contains__": "contains",
+    None: "contains",
+    "NoneType": "null",
+    "str": "string",
+    "float": "double",
+    "dict": "map",
+    "string": "string",
+}
+
+
+def _type_error_text(text: str) -> str:
+    for pattern, template in _TYPE_ERRORS:
+        m = pattern.search(text)
+        if m:
+            name = next((g for g in m.groups() if g), None)
+            return template.format(_CEL_NAMES.get(name, name))
+    return f"no matching overload ({text})"
 
 
 def python_source(source: str, variables: Sequence[str] = ("msg", "meta"), macros: bool = True) -> str:

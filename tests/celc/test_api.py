@@ -103,3 +103,22 @@ def test_generated_source_is_inspectable() -> None:
     src = python_source("msg.a.b > 1.5")
     assert src.startswith("def _cel(")
     assert "['a']['b']" in src
+
+
+@pytest.mark.parametrize(
+    ("src", "body", "message"),
+    [
+        ("msg.a.b", {"a": 1}, "field selection on int"),
+        ("msg.a.b", {"a": None}, "field selection on null"),
+        ("msg.a.b", {}, "no such key: 'a'"),
+        ("size(msg.a)", {"a": 1}, "no matching overload for 'size'"),
+        ("msg.a.startsWith('x')", {"a": 1}, "no matching overload for 'startsWith'"),
+        ("msg.a + 1", {"a": "x"}, "no matching overload for '_+_' applied to (string, int)"),
+        ("msg.a / 0", {"a": 1}, "divide by zero"),
+    ],
+)
+def test_error_messages_speak_cel(src: str, body: dict, message: str) -> None:
+    fn = try_compile(src)
+    assert fn is not None
+    with pytest.raises(EvalError, match=message.replace("(", r"\(").replace(")", r"\)").replace("+", r"\+")):
+        fn(body, {})
