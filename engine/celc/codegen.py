@@ -169,12 +169,21 @@ class Gen:
 
         def item(n: Node) -> str:
             c = self.gen(n, scope)
-            return c.expr if c.type in _SCALARS else f"{conv}({c.expr})"
+            return c.expr if c.type in _SCALARS else self.plain_inline(c, conv)
 
         if isinstance(node, ListLit):
             return Code("[" + ", ".join(item(i) for i in node.items) + "]", "list")
         body = ", ".join(f"{k.value!r}: {item(v)}" for k, v in node.entries)  # type: ignore[attr-defined]
         return Code("{" + body + "}", "map")
+
+    def plain_inline(self, code: Code, conv: str) -> str:
+        """`plain(x)` with the common JSON scalars (str, float, bool, in-range int) checked inline."""
+        bind, ref = self.once(code)
+        scalar = (
+            f"type({bind}) is _str or type({ref}) is _float or type({ref}) is _bool"
+            f" or type({ref}) is _int and {V.INT64_MIN} <= {ref} <= {V.UINT64_MAX}"
+        )
+        return f"({ref} if {scalar} else {conv}({ref}))"
 
     def map_literal(self, node: MapLit, scope: dict[str, str]) -> Code:
         keys = [k for k, _ in node.entries]
@@ -488,6 +497,8 @@ def generate(
     if plain and isinstance(node, MapLit | ListLit) and code.expr[:1] in "[{":
         code = g.gen_plain_literal(node, dict(params))  # convert element by element, not the whole
         result = code.expr
+    elif plain and code.type is None:
+        result = g.plain_inline(code, g.helper(V.plain))
     elif plain and code.type not in _SCALARS:
         result = f"{g.helper(V.plain)}({result})"
     args = ", ".join(params.values())
