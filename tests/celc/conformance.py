@@ -26,12 +26,13 @@ from engine.celc.values import CelFailure, UInt
 
 __all__ = ["CONFORMANCE_DIR", "FileResult", "load", "main", "run_file"]
 
-CONFORMANCE_DIR = os.environ.get(
-    "CEL_CONFORMANCE_DIR",
-    os.path.join(os.path.dirname(__file__), "..", "..", "..", "..", "shared", "cel-conformance"),
-)
-if not os.path.isdir(CONFORMANCE_DIR):
-    CONFORMANCE_DIR = "/work/shared/cel-conformance"
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_CANDIDATES = [  # shared/ lies beside the checkout (CI, /work/main) or two levels up (worktrees)
+    os.environ.get("CEL_CONFORMANCE_DIR", ""),
+    os.path.join(_REPO, "..", "shared", "cel-conformance"),
+    os.path.join(_REPO, "..", "..", "shared", "cel-conformance"),
+]
+CONFORMANCE_DIR = next((c for c in _CANDIDATES if c and os.path.isdir(c)), _CANDIDATES[1])
 
 _EXTENSIONS = {
     "math_ext.json": lambda: [ext_math.ExtMath()],
