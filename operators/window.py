@@ -10,8 +10,10 @@ Time comes from `ctx.clock` (wall clock, seconds) so tests drive it exactly.
 
 from __future__ import annotations
 
+import math
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -25,13 +27,20 @@ from engine.runtime.outputs import Outputs
 from operators.window_aggregates import AGGREGATE_OPS, make_aggregate
 from operators.windowing import Emission, Watermark, WindowStore
 
-__all__ = ["AggregateSpec", "Duration", "Window", "WindowConfig", "parse_duration", "parse_event_time",
-           "format_time"]
+__all__ = [
+    "AggregateSpec",
+    "Duration",
+    "Window",
+    "WindowConfig",
+    "format_time",
+    "parse_duration",
+    "parse_event_time",
+]
 
 _UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _PART = re.compile(r"(\d+(?:\.\d+)?)(us|ms|s|m|h|d)")
 _DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:us|ms|s|m|h|d))+$")
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 _EPOCH_SCALE = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": 0.001}
 
@@ -50,8 +59,9 @@ Duration = Annotated[
     float,
     BeforeValidator(parse_duration),
     Field(ge=0),
-    WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0},
-                              {"type": "string", "pattern": _DURATION.pattern}]}),
+    WithJsonSchema(
+        {"anyOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": _DURATION.pattern}]}
+    ),
 ]
 
 
@@ -62,9 +72,9 @@ def _us(seconds: float | None) -> int:
 def parse_event_time(value: Any, epoch_unit: str = "s") -> int:
     """Microseconds since the epoch from an RFC 3339 string, an epoch number or a CEL timestamp."""
     if isinstance(value, bool):
-        raise ValueError("event time is a bool, not a timestamp")
+        raise TypeError("event time is a bool, not a timestamp")
     if isinstance(value, (int, float)):
-        if value != value or value in (float("inf"), float("-inf")):
+        if not math.isfinite(value):
             raise ValueError(f"event time {value!r} is not a finite number")
         return round(value * _EPOCH_SCALE[epoch_unit])
     if isinstance(value, str):
@@ -77,11 +87,12 @@ def parse_event_time(value: Any, epoch_unit: str = "s") -> int:
         return (parsed - _EPOCH) // _US
     if isinstance(value, datetime):
         if value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
+            value = value.replace(tzinfo=UTC)
         return (value - _EPOCH) // _US
-    raise ValueError(f"event time must be an RFC 3339 string or an epoch number, got {type(value).__name__}")
+    raise TypeError(f"event time must be an RFC 3339 string or an epoch number, got {type(value).__name__}")
 
 
+@lru_cache(maxsize=4096)  # windows of many keys share their edges
 def format_time(us: int) -> str:
     """RFC 3339 in UTC with a `Z`, microseconds only when not zero."""
     return (_EPOCH + timedelta(microseconds=us)).isoformat().replace("+00:00", "Z")
@@ -93,11 +104,13 @@ class AggregateSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     op: Literal["count", "sum", "min", "max", "avg", "first", "last", "collect", "count_distinct"] = Field(
         description="count (items, or non-null values of `expr`), sum, min, max, avg, first and last "
-                    "(by event time), collect (values in event-time order, at most `limit`), "
-                    "count_distinct. Null values are skipped except by first, last and collect.",
-        examples=["sum"])
-    expr: CelExpr | None = Field(None, description="Value to aggregate; optional for count only.",
-                                 examples=["double(msg.amount)"])
+        "(by event time), collect (values in event-time order, at most `limit`), "
+        "count_distinct. Null values are skipped except by first, last and collect.",
+        examples=["sum"],
+    )
+    expr: CelExpr | None = Field(
+        None, description="Value to aggregate; optional for count only.", examples=["double(msg.amount)"]
+    )
     limit: int = Field(100, ge=1, le=1_000_000, description="collect: most values kept (the earliest).")
 
     @model_validator(mode="after")
@@ -113,33 +126,64 @@ class WindowConfig(NodeConfig):
     """Group items into windows per key and emit one message of aggregates per closed window."""
 
     kind: Literal["tumbling", "sliding", "session"] = Field(
-        description="tumbling (size), sliding (size and slide) or session (gap).", examples=["tumbling"])
-    size: Duration | None = Field(None, gt=0, description="Window length (tumbling, sliding).", examples=["1m"])
-    slide: Duration | None = Field(None, gt=0, description="Distance between sliding window starts; "
-                                   "at most `size`.", examples=["10s"])
-    gap: Duration | None = Field(None, gt=0, description="Session: inactivity that ends a session.",
-                                 examples=["30m"])
-    offset: Duration = Field(0, description="Alignment of window starts (tumbling, sliding): starts are "
-                             "offset + k*slide from the epoch.", examples=["0s"])
-    key: CelExpr | None = Field(None, description="Key of the window (a string, number, bool or null); "
-                                "unset: one global window.", examples=["msg.user"])
-    time: Literal["processing", "event"] = Field("processing", description="processing: arrival wall "
-                                                 "clock; event: the `timestamp` expression.")
-    timestamp: CelExpr | None = Field(None, description="Event time: an RFC 3339 string, an epoch number "
-                                      "(see epoch_unit) or a CEL timestamp.", examples=["msg.ts"])
+        description="tumbling (size), sliding (size and slide) or session (gap).", examples=["tumbling"]
+    )
+    size: Duration | None = Field(
+        None, gt=0, description="Window length (tumbling, sliding).", examples=["1m"]
+    )
+    slide: Duration | None = Field(
+        None, gt=0, description="Distance between sliding window starts; at most `size`.", examples=["10s"]
+    )
+    gap: Duration | None = Field(
+        None, gt=0, description="Session: inactivity that ends a session.", examples=["30m"]
+    )
+    offset: Duration = Field(
+        0,
+        description="Alignment of window starts (tumbling, sliding): starts are "
+        "offset + k*slide from the epoch.",
+        examples=["0s"],
+    )
+    key: CelExpr | None = Field(
+        None,
+        description="Key of the window (a string, number, bool or null); unset: one global window.",
+        examples=["msg.user"],
+    )
+    time: Literal["processing", "event"] = Field(
+        "processing", description="processing: arrival wall clock; event: the `timestamp` expression."
+    )
+    timestamp: CelExpr | None = Field(
+        None,
+        description="Event time: an RFC 3339 string, an epoch number (see epoch_unit) or a CEL timestamp.",
+        examples=["msg.ts"],
+    )
     epoch_unit: Literal["s", "ms", "us", "ns"] = Field("s", description="Unit of numeric event times.")
-    max_out_of_orderness: Duration = Field(0, description="Event time: watermark = highest event time "
-                                           "seen minus this.", examples=["5s"])
-    allowed_lateness: Duration = Field(0, description="Event time: how long a closed window is kept for "
-                                       "late items (each re-emits it as an update).", examples=["1m"])
-    idle_timeout: Duration | None = Field(None, gt=0, description="Event time: after this much wall "
-                                          "clock with no items, the watermark advances with the wall "
-                                          "clock so windows close on a quiet stream.", examples=["30s"])
-    tick_interval: Duration = Field(0.5, gt=0, description="How often (seconds) the wall clock is checked "
-                                    "(processing time, idle_timeout).")
+    max_out_of_orderness: Duration = Field(
+        0, description="Event time: watermark = highest event time seen minus this.", examples=["5s"]
+    )
+    allowed_lateness: Duration = Field(
+        0,
+        description="Event time: how long a closed window is kept for "
+        "late items (each re-emits it as an update).",
+        examples=["1m"],
+    )
+    idle_timeout: Duration | None = Field(
+        None,
+        gt=0,
+        description="Event time: after this much wall "
+        "clock with no items, the watermark advances with the wall "
+        "clock so windows close on a quiet stream.",
+        examples=["30s"],
+    )
+    tick_interval: Duration = Field(
+        0.5,
+        gt=0,
+        description="How often (seconds) the wall clock is checked (processing time, idle_timeout).",
+    )
     aggregates: dict[str, AggregateSpec] = Field(
-        default_factory=dict, description="Name -> aggregate; the output's `aggregates` map.",
-        examples=[{"n": {"op": "count"}, "total": {"op": "sum", "expr": "msg.amount"}}])
+        default_factory=dict,
+        description="Name -> aggregate; the output's `aggregates` map.",
+        examples=[{"n": {"op": "count"}, "total": {"op": "sum", "expr": "msg.amount"}}],
+    )
 
     @model_validator(mode="after")
     def _rules(self) -> WindowConfig:
@@ -151,7 +195,9 @@ class WindowConfig(NodeConfig):
             if self.slide is None:
                 raise ValueError("a sliding window needs 'slide'")
             if self.size is not None and self.slide > self.size:
-                raise ValueError("'slide' must not exceed 'size' (items between windows would belong to none)")
+                raise ValueError(
+                    "'slide' must not exceed 'size' (items between windows would belong to none)"
+                )
         if self.kind == "session":
             if self.gap is None:
                 raise ValueError("a session window needs 'gap'")
@@ -162,8 +208,17 @@ class WindowConfig(NodeConfig):
         if self.time == "event" and self.timestamp is None:
             raise ValueError("time: event needs a 'timestamp' expression")
         if self.time == "processing":
-            extra = [f for f in ("timestamp", "max_out_of_orderness", "allowed_lateness", "idle_timeout",
-                                 "epoch_unit") if f in self.model_fields_set]
+            extra = [
+                f
+                for f in (
+                    "timestamp",
+                    "max_out_of_orderness",
+                    "allowed_lateness",
+                    "idle_timeout",
+                    "epoch_unit",
+                )
+                if f in self.model_fields_set
+            ]
             if extra:
                 raise ValueError(f"{', '.join(extra)}: only for time: event")
         return self
@@ -186,9 +241,15 @@ class Window(Operator):
         self._aggs = [make_aggregate(n, s.op, s.expr is not None, s.limit) for n, s in zip(names, specs)]
         self._exprs: list[Expr | None] = [compile_expr(s.expr) if s.expr else None for s in specs]
         assert all(a.op in AGGREGATE_OPS for a in self._aggs)
-        self.store = WindowStore(config.kind, self._aggs, size=_us(config.size), slide=_us(config.slide),
-                                 gap=_us(config.gap), offset=_us(config.offset),
-                                 lateness=_us(config.allowed_lateness))
+        self.store = WindowStore(
+            config.kind,
+            self._aggs,
+            size=_us(config.size),
+            slide=_us(config.slide),
+            gap=_us(config.gap),
+            offset=_us(config.offset),
+            lateness=_us(config.allowed_lateness),
+        )
         self.watermark = Watermark(_us(config.max_out_of_orderness), config.idle_timeout)
         self._last_now = float("-inf")
         needs_clock = not self._event or config.idle_timeout is not None
@@ -197,15 +258,20 @@ class Window(Operator):
     def _now(self, now: float | None = None) -> float:
         """Wall clock, never going backwards."""
         now = self.ctx.clock() if now is None else now
-        if now > self._last_now:
-            self._last_now = now
+        self._last_now = max(self._last_now, now)
         return self._last_now
 
     def process(self, batch: list[Msg], out: Outputs) -> None:
         """Assign each item to its windows, emitting windows as the watermark passes them."""
         now = self._now()
         emit = out.port("out")
-        store, watermark, key_expr, time_expr, event = self.store, self.watermark, self._key, self._time, self._event
+        store, watermark, key_expr, time_expr, event = (
+            self.store,
+            self.watermark,
+            self._key,
+            self._time,
+            self._event,
+        )
         exprs, unit = self._exprs, self.config.epoch_unit
         if not event:
             self._send(store.advance(int(now * 1_000_000)), emit)
@@ -217,7 +283,9 @@ class Window(Operator):
             try:
                 key = key_expr(body, meta) if key_expr is not None else None
                 if isinstance(key, (dict, list)):
-                    raise ValueError(f"window key must be a string, number, bool or null, got {type(key).__name__}")
+                    raise TypeError(
+                        f"window key must be a string, number, bool or null, got {type(key).__name__}"
+                    )
                 t = parse_event_time(time_expr(body, meta), unit) if event else t_now  # type: ignore[misc]
                 values = [e(body, meta) if e is not None else True for e in exprs]
             except (EvalError, ValueError, TypeError) as exc:
@@ -230,8 +298,14 @@ class Window(Operator):
             if late:
                 if targets:
                     msg.ack.retain(1)
-                out.port("late").append(Msg(body, {**meta, "window_late": True,
-                                                   "window_watermark": format_time(store.wm)}, msg.ack, msg.size))
+                out.port("late").append(
+                    Msg(
+                        body,
+                        {**meta, "window_late": True, "window_watermark": format_time(store.wm)},
+                        msg.ack,
+                        msg.size,
+                    )
+                )
             if targets or not late:  # a new session has no targets yet
                 store.add(key, t, values, msg.ack, targets)
             if event and watermark.observe(t):
@@ -257,7 +331,7 @@ class Window(Operator):
                 "key": e.key,
                 "start": format_time(e.start),
                 "end": format_time(e.end),
-                "count": e.count,
+                "count": e.items,
                 "aggregates": e.results,
                 "update": bool(e.replaces),
             }

@@ -12,12 +12,12 @@ then by arrival.
 from __future__ import annotations
 
 import heapq
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 
-__all__ = ["AGGREGATE_OPS", "Aggregate", "make_aggregate", "json_safe"]
+__all__ = ["AGGREGATE_OPS", "Aggregate", "json_safe", "make_aggregate"]
 
 AGGREGATE_OPS = ("count", "sum", "min", "max", "avg", "first", "last", "collect", "count_distinct")
 
@@ -26,8 +26,8 @@ def json_safe(value: Any) -> Any:
     """A value any JSON encoder accepts: CEL timestamps become RFC 3339, durations seconds."""
     if isinstance(value, datetime):
         if value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+            value = value.replace(tzinfo=UTC)
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
     if isinstance(value, timedelta):
         return value.total_seconds()
     if isinstance(value, bytes):
@@ -61,6 +61,8 @@ class Aggregate:
 
     op = ""
     uses_value = True  # False for a bare `count`: no expression is evaluated
+    checks_value = False  # True when `check` can refuse a value (so it must be called)
+    checks_state = False  # True when the refusal depends on the window's state (min/max)
 
     def __init__(self, name: str):
         self.name = name
@@ -101,11 +103,12 @@ class Count(Aggregate):
 
 class Sum(Aggregate):
     op = "sum"
+    checks_value = True
 
     def check(self, state: Any, value: Any) -> str | None:
         if value is None or _is_number(value):
             return None
-        return f"aggregate {self.name!r} (sum) needs a number, got {type(value).__name__}"
+        return f"aggregate {self.name!r} ({self.op}) needs a number, got {type(value).__name__}"
 
     def add(self, state: Any, value: Any, t: int, seq: int) -> Any:
         if value is None:
@@ -134,13 +137,11 @@ class Avg(Sum):
     def result(self, state: Any) -> Any:
         return None if state is None else state[0] / state[1]
 
-    def check(self, state: Any, value: Any) -> str | None:
-        reason = super().check(state, value)
-        return reason.replace("(sum)", "(avg)") if reason else None
-
 
 class Min(Aggregate):
     op = "min"
+    checks_value = True
+    checks_state = True
 
     def check(self, state: Any, value: Any) -> str | None:
         if value is None:
@@ -256,7 +257,12 @@ def make_aggregate(name: str, op: str, has_expr: bool, limit: int = 100) -> Aggr
     if op == "collect":
         return Collect(name, limit)
     classes: dict[str, type[Aggregate]] = {
-        "sum": Sum, "avg": Avg, "min": Min, "max": Max, "first": First, "last": Last,
+        "sum": Sum,
+        "avg": Avg,
+        "min": Min,
+        "max": Max,
+        "first": First,
+        "last": Last,
         "count_distinct": CountDistinct,
     }
     return classes[op](name)

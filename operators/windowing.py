@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 
 from operators.window_aggregates import Aggregate
 
-__all__ = ["Emission", "Watermark", "WindowStore", "NEG_INF"]
+__all__ = ["NEG_INF", "Emission", "Watermark", "WindowStore"]
 
 NEG_INF = -(1 << 62)
 
@@ -36,7 +36,7 @@ class Emission(NamedTuple):
     key: Any
     start: int
     end: int
-    count: int
+    items: int
     results: dict[str, Any]
     replaces: list[tuple[int, int]]  # earlier emissions this one supersedes; empty = first emission
     acks: list[Any]
@@ -45,7 +45,7 @@ class Emission(NamedTuple):
 class _Window:
     """State of one window (or session) of one key."""
 
-    __slots__ = ("key", "start", "end", "count", "states", "acks", "emitted", "alive", "seq")
+    __slots__ = ("acks", "alive", "count", "emitted", "end", "key", "seq", "start", "states")
 
     def __init__(self, key: Any, start: int, end: int, states: list[Any], seq: int):
         self.key = key
@@ -65,7 +65,7 @@ class Watermark:
     After `idle_timeout` seconds of wall clock without items, event time is assumed to advance
     with the wall clock from the last item: `wm = max_event + idle − out_of_orderness`."""
 
-    __slots__ = ("ooo", "idle_timeout", "max_event", "value", "last_arrival")
+    __slots__ = ("idle_timeout", "last_arrival", "max_event", "ooo", "value")
 
     def __init__(self, ooo: int, idle_timeout: float | None):
         self.ooo = ooo
@@ -100,8 +100,16 @@ class Watermark:
 class WindowStore:
     """Windows of every key for one window definition; `add` items, `advance` the watermark."""
 
-    def __init__(self, kind: str, aggregates: list[Aggregate], size: int = 0, slide: int = 0,
-                 gap: int = 0, offset: int = 0, lateness: int = 0):
+    def __init__(
+        self,
+        kind: str,
+        aggregates: list[Aggregate],
+        size: int = 0,
+        slide: int = 0,
+        gap: int = 0,
+        offset: int = 0,
+        lateness: int = 0,
+    ):
         self.kind = kind
         self.aggregates = aggregates
         self.size = size
@@ -109,6 +117,7 @@ class WindowStore:
         self.gap = gap
         self.offset = offset
         self.lateness = lateness
+        self._checked = [i for i, a in enumerate(aggregates) if a.checks_value]
         self._reset()
 
     def _reset(self) -> None:
@@ -128,7 +137,9 @@ class WindowStore:
 
     # ----- adding items -----------------------------------------------------------------------
 
-    def check(self, key: Hashable, t: int, values: list[Any]) -> tuple[list[_Window | tuple[int, int]], bool, str | None]:
+    def check(
+        self, key: Hashable, t: int, values: list[Any]
+    ) -> tuple[list[_Window | tuple[int, int]], bool, str | None]:
         """Where an item goes, before anything changes: (targets, too_late_somewhere, error)."""
         if self.kind == "session":
             return self._check_session(key, t, values)
@@ -149,20 +160,26 @@ class WindowStore:
         return targets, late, error
 
     def _check_values(self, targets: list[Any], values: list[Any]) -> str | None:
-        for window in targets:
-            if isinstance(window, _Window):
-                for agg, state, value in zip(self.aggregates, window.states, values):
-                    reason = agg.check(state, value)
-                    if reason:
-                        return reason
-        for agg, value in zip(self.aggregates, values):
-            reason = agg.check(agg.new(), value)
+        aggregates = self.aggregates
+        for i in self._checked:
+            value = values[i]
+            if value is None:
+                continue
+            agg = aggregates[i]
+            reason = agg.check(None, value)
+            if reason is None and agg.checks_state:
+                for window in targets:
+                    if isinstance(window, _Window):
+                        reason = agg.check(window.states[i], value)
+                        if reason:
+                            break
             if reason:
                 return reason
         return None
 
-    def add(self, key: Hashable, t: int, values: list[Any], ack: Any,
-            targets: list[_Window | tuple[int, int]]) -> None:
+    def add(
+        self, key: Hashable, t: int, values: list[Any], ack: Any, targets: list[_Window | tuple[int, int]]
+    ) -> None:
         """Fold an item (already `check`ed) into its windows; its ack is held once per window."""
         self._seq += 1
         seq = self._seq
@@ -206,8 +223,9 @@ class WindowStore:
             return [], True, None
         return targets, False, self._check_values(targets, values)
 
-    def _add_session(self, key: Hashable, t: int, values: list[Any], ack: Any, targets: list[Any],
-                     seq: int) -> None:
+    def _add_session(
+        self, key: Hashable, t: int, values: list[Any], ack: Any, targets: list[Any], seq: int
+    ) -> None:
         sessions = self._sessions.setdefault(key, [])
         if not targets:
             window = _Window(key, t, t + self.gap, [a.new() for a in self.aggregates], seq)
@@ -320,8 +338,9 @@ class WindowStore:
         if not window.acks:
             return
         results = {a.name: a.result(s) for a, s in zip(self.aggregates, window.states)}
-        out.append(Emission(window.key, window.start, window.end, window.count, results,
-                            window.emitted, window.acks))
+        out.append(
+            Emission(window.key, window.start, window.end, window.count, results, window.emitted, window.acks)
+        )
         window.acks = []
         window.emitted = [(window.start, window.end)]
 

@@ -35,8 +35,13 @@ def new_out() -> Outputs:
 
 
 def event(**extra: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {"kind": "tumbling", "size": 10, "time": "event", "timestamp": "msg.t",
-                            "aggregates": {"n": {"op": "count"}}}
+    base: dict[str, Any] = {
+        "kind": "tumbling",
+        "size": 10,
+        "time": "event",
+        "timestamp": "msg.t",
+        "aggregates": {"n": {"op": "count"}},
+    }
     base.update(extra)
     return base
 
@@ -50,8 +55,15 @@ def feed(op: Window, bodies: list[dict[str, Any]], tracker: AckTracker | None = 
 
 
 def spans(msgs: list[Msg]) -> list[tuple[Any, float, float, int]]:
-    return [(m.body["key"], parse_event_time(m.body["start"]) / 1e6, parse_event_time(m.body["end"]) / 1e6,
-             m.body["count"]) for m in msgs]
+    return [
+        (
+            m.body["key"],
+            parse_event_time(m.body["start"]) / 1e6,
+            parse_event_time(m.body["end"]) / 1e6,
+            m.body["count"],
+        )
+        for m in msgs
+    ]
 
 
 # ----- assignment and boundaries ---------------------------------------------------------------
@@ -207,8 +219,10 @@ def test_late_item_bridging_two_emitted_sessions_replaces_both() -> None:
     assert spans(first) == [(None, 0, 10, 1), (None, 18, 28, 1)]
     (update,) = feed(op, [{"t": 9}])["out"]
     assert spans([update]) == [(None, 0, 28, 3)]
-    assert update.body["replaces"] == [{"start": format_time(0), "end": format_time(10_000_000)},
-                                       {"start": format_time(18_000_000), "end": format_time(28_000_000)}]
+    assert update.body["replaces"] == [
+        {"start": format_time(0), "end": format_time(10_000_000)},
+        {"start": format_time(18_000_000), "end": format_time(28_000_000)},
+    ]
 
 
 def test_session_item_before_a_purged_session_end_is_too_late() -> None:
@@ -225,7 +239,9 @@ def test_pending_update_is_emitted_before_its_window_is_purged() -> None:
     feed(op, [{"t": 1}, {"t": 12}])
     res = feed(op, [{"t": 2}, {"t": 100}])  # late item, then a jump that purges [0,10) in the same batch
     assert sorted((m.body["start"], m.body["count"], m.body["update"]) for m in res["out"]) == [
-        (format_time(0), 2, True), (format_time(10_000_000), 1, False)]
+        (format_time(0), 2, True),
+        (format_time(10_000_000), 1, False),
+    ]
 
 
 # ----- acks -------------------------------------------------------------------------------
@@ -298,26 +314,44 @@ def test_min_over_mixed_types_rejects_the_item_without_touching_the_window() -> 
 
 def test_every_aggregate_over_one_window() -> None:
     aggs = {
-        "n": {"op": "count"}, "nv": {"op": "count", "expr": "msg.v"}, "s": {"op": "sum", "expr": "msg.v"},
-        "lo": {"op": "min", "expr": "msg.v"}, "hi": {"op": "max", "expr": "msg.v"},
-        "avg": {"op": "avg", "expr": "msg.v"}, "first": {"op": "first", "expr": "msg.id"},
-        "last": {"op": "last", "expr": "msg.id"}, "ids": {"op": "collect", "expr": "msg.id", "limit": 2},
-        "tags": {"op": "count_distinct", "expr": "msg.tag"}, "when": {"op": "max", "expr": "timestamp(msg.ts)"},
+        "n": {"op": "count"},
+        "nv": {"op": "count", "expr": "msg.v"},
+        "s": {"op": "sum", "expr": "msg.v"},
+        "lo": {"op": "min", "expr": "msg.v"},
+        "hi": {"op": "max", "expr": "msg.v"},
+        "avg": {"op": "avg", "expr": "msg.v"},
+        "first": {"op": "first", "expr": "msg.id"},
+        "last": {"op": "last", "expr": "msg.id"},
+        "ids": {"op": "collect", "expr": "msg.id", "limit": 2},
+        "tags": {"op": "count_distinct", "expr": "msg.tag"},
+        "when": {"op": "max", "expr": "timestamp(msg.ts)"},
     }
     op = make(**event(timestamp="msg.ts", max_out_of_orderness=60, aggregates=aggs))
-    feed(op, [
-        {"id": "c", "ts": "2024-05-01T10:00:03Z", "v": 5, "tag": {"a": 1, "b": 2}},
-        {"id": "a", "ts": "2024-05-01T12:00:01+02:00", "v": None, "tag": {"b": 2, "a": 1}},
-        {"id": "b", "ts": "2024-05-01T10:00:02.5Z", "v": -1.5, "tag": "x"},
-    ])
+    feed(
+        op,
+        [
+            {"id": "c", "ts": "2024-05-01T10:00:03Z", "v": 5, "tag": {"a": 1, "b": 2}},
+            {"id": "a", "ts": "2024-05-01T12:00:01+02:00", "v": None, "tag": {"b": 2, "a": 1}},
+            {"id": "b", "ts": "2024-05-01T10:00:02.5Z", "v": -1.5, "tag": "x"},
+        ],
+    )
     out = new_out()
     op.flush(out)
     (w,) = out.take()["out"]
     assert w.body["start"] == "2024-05-01T10:00:00Z" and w.body["end"] == "2024-05-01T10:00:10Z"
     assert w.body["count"] == 3
     assert w.body["aggregates"] == {
-        "n": 3, "nv": 2, "s": 3.5, "lo": -1.5, "hi": 5, "avg": 1.75, "first": "a", "last": "c",
-        "ids": ["a", "b"], "tags": 2, "when": "2024-05-01T10:00:03Z",
+        "n": 3,
+        "nv": 2,
+        "s": 3.5,
+        "lo": -1.5,
+        "hi": 5,
+        "avg": 1.75,
+        "first": "a",
+        "last": "c",
+        "ids": ["a", "b"],
+        "tags": 2,
+        "when": "2024-05-01T10:00:03Z",
     }
 
 
@@ -350,8 +384,10 @@ def test_epoch_units_and_rfc3339_offsets() -> None:
         ({"kind": "tumbling", "size": 5, "time": "event"}, "needs a 'timestamp'"),
         ({"kind": "tumbling", "size": 5, "allowed_lateness": 5}, "only for time: event"),
         ({"kind": "tumbling", "size": 5, "aggregates": {"s": {"op": "sum"}}}, "needs an 'expr'"),
-        ({"kind": "tumbling", "size": 5, "aggregates": {"s": {"op": "sum", "expr": "1", "limit": 3}}},
-         "collect' only"),
+        (
+            {"kind": "tumbling", "size": 5, "aggregates": {"s": {"op": "sum", "expr": "1", "limit": 3}}},
+            "collect' only",
+        ),
         ({"kind": "tumbling", "size": 5, "bogus": 1}, "Extra inputs"),
     ],
 )

@@ -7,6 +7,7 @@ nulls), delivered in random batches with random disorder. The operator's output 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import defaultdict
 from typing import Any
@@ -44,13 +45,22 @@ def ref_aggregates(items: list[dict[str, Any]]) -> dict[str, Any]:
     items = sorted(items, key=lambda i: (i["t"], i["id"]))
     vs = [i["v"] for i in items if i["v"] is not None]
     return {
-        "n": len(items), "nv": len(vs), "sum": sum(vs) if vs else None, "min": min(vs, default=None),
-        "max": max(vs, default=None), "avg": sum(vs) / len(vs) if vs else None, "first": items[0]["id"],
-        "last": items[-1]["id"], "ids": [i["id"] for i in items[:3]], "distinct": len(set(vs)),
+        "n": len(items),
+        "nv": len(vs),
+        "sum": sum(vs) if vs else None,
+        "min": min(vs, default=None),
+        "max": max(vs, default=None),
+        "avg": sum(vs) / len(vs) if vs else None,
+        "first": items[0]["id"],
+        "last": items[-1]["id"],
+        "ids": [i["id"] for i in items[:3]],
+        "distinct": len(set(vs)),
     }
 
 
-def ref_windows(cfg: dict[str, Any], arrivals: list[dict[str, Any]]) -> tuple[dict[Key, dict[str, Any]], set[int]]:
+def ref_windows(
+    cfg: dict[str, Any], arrivals: list[dict[str, Any]]
+) -> tuple[dict[Key, dict[str, Any]], set[int]]:
     """Final windows and the ids of items that must reach `late`, by brute force.
 
     Tumbling/sliding: the watermark is simulated item by item; an item misses a window whose
@@ -164,8 +174,12 @@ def streams(draw: st.DrawFn, disorder: float) -> list[list[dict[str, Any]]]:
     """Items in arrival order, split into batches; each arrives at most `disorder` s after a later one."""
     n = draw(st.integers(0, 40))
     items = [
-        {"id": i, "k": draw(st.sampled_from("abc")), "t": draw(st.integers(0, 120)) / 2,
-         "v": draw(st.one_of(st.none(), st.integers(-5, 5)))}
+        {
+            "id": i,
+            "k": draw(st.sampled_from("abc")),
+            "t": draw(st.integers(0, 120)) / 2,
+            "v": draw(st.one_of(st.none(), st.integers(-5, 5))),
+        }
         for i in range(n)
     ]
     jitter = [draw(st.integers(0, int(disorder * 2))) / 2 for _ in range(n)]
@@ -175,7 +189,7 @@ def streams(draw: st.DrawFn, disorder: float) -> list[list[dict[str, Any]]]:
         item["id"] = seq
     cuts = sorted(draw(st.lists(st.integers(0, n), max_size=6)))
     bounds = [0, *cuts, n]
-    return [arrivals[a:b] for a, b in zip(bounds, bounds[1:])]
+    return [arrivals[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 def flat(batches: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -191,8 +205,9 @@ def unkeyed(cfg: dict[str, Any], items: list[dict[str, Any]]) -> list[dict[str, 
 
 @PROPS
 @given(st.sampled_from(["tumbling", "sliding"]).flatmap(window_configs), st.data())
-def test_tumbling_and_sliding_equal_the_reference_for_disorder_within_lateness(cfg: dict[str, Any],
-                                                                               data: st.DataObject) -> None:
+def test_tumbling_and_sliding_equal_the_reference_for_disorder_within_lateness(
+    cfg: dict[str, Any], data: st.DataObject
+) -> None:
     bound = cfg["max_out_of_orderness"] + cfg["allowed_lateness"]
     batches = data.draw(streams(bound))
     emitted, late, tracker = run(cfg, batches)
@@ -207,8 +222,9 @@ def test_tumbling_and_sliding_equal_the_reference_for_disorder_within_lateness(c
 
 @PROPS
 @given(st.sampled_from(["tumbling", "sliding"]).flatmap(window_configs), st.data())
-def test_too_late_items_reach_the_late_port_and_the_rest_still_matches(cfg: dict[str, Any],
-                                                                       data: st.DataObject) -> None:
+def test_too_late_items_reach_the_late_port_and_the_rest_still_matches(
+    cfg: dict[str, Any], data: st.DataObject
+) -> None:
     batches = data.draw(streams(disorder=20))
     emitted, late, tracker = run(cfg, batches)
     items = unkeyed(cfg, flat(batches))
@@ -221,8 +237,9 @@ def test_too_late_items_reach_the_late_port_and_the_rest_still_matches(cfg: dict
 
 @PROPS
 @given(window_configs("session"), st.data())
-def test_sessions_equal_the_reference_for_disorder_within_lateness(cfg: dict[str, Any],
-                                                                   data: st.DataObject) -> None:
+def test_sessions_equal_the_reference_for_disorder_within_lateness(
+    cfg: dict[str, Any], data: st.DataObject
+) -> None:
     bound = cfg["max_out_of_orderness"] + cfg["allowed_lateness"]
     batches = data.draw(streams(bound))
     emitted, late, tracker = run(cfg, batches)
@@ -235,7 +252,8 @@ def test_sessions_equal_the_reference_for_disorder_within_lateness(cfg: dict[str
 @PROPS
 @given(window_configs("session"), st.data())
 def test_sessions_with_too_late_items_equal_the_reference_over_the_accepted_items(
-        cfg: dict[str, Any], data: st.DataObject) -> None:
+    cfg: dict[str, Any], data: st.DataObject
+) -> None:
     batches = data.draw(streams(disorder=20))
     emitted, late, tracker = run(cfg, batches)
     items = unkeyed(cfg, flat(batches))
@@ -249,8 +267,9 @@ def test_sessions_with_too_late_items_equal_the_reference_over_the_accepted_item
 
 @PROPS
 @given(window_configs("session"), st.data())
-def test_sessions_are_the_same_for_any_arrival_order_within_lateness(cfg: dict[str, Any],
-                                                                     data: st.DataObject) -> None:
+def test_sessions_are_the_same_for_any_arrival_order_within_lateness(
+    cfg: dict[str, Any], data: st.DataObject
+) -> None:
     bound = cfg["max_out_of_orderness"] + cfg["allowed_lateness"]
     first = flat(data.draw(streams(bound)))
     # the same items in another order within the bound, in other batches
@@ -261,10 +280,11 @@ def test_sessions_are_the_same_for_any_arrival_order_within_lateness(cfg: dict[s
     for arrivals in (first, second):
         for seq, item in enumerate(arrivals):
             item["id"] = seq  # arrival numbers differ between the two orders
-        emitted, late, _ = run(cfg, [arrivals[: len(arrivals) // 2], arrivals[len(arrivals) // 2:]])
+        emitted, late, _ = run(cfg, [arrivals[: len(arrivals) // 2], arrivals[len(arrivals) // 2 :]])
         assert late == []
-        views.append({k: (a["n"], a["sum"], a["min"], a["max"], a["distinct"])
-                      for k, a in final_view(emitted).items()})
+        views.append(
+            {k: (a["n"], a["sum"], a["min"], a["max"], a["distinct"]) for k, a in final_view(emitted).items()}
+        )
     assert views[0] == views[1]
 
 
@@ -289,9 +309,15 @@ def test_processing_time_windows_equal_the_reference_by_arrival_clock(kind: str,
         if data.draw(st.booleans()):
             op.tick(clock[0], out)
         else:
-            batch = [{"id": len(items) + j, "k": data.draw(st.sampled_from("ab")),
-                      "v": data.draw(st.integers(0, 3)), "t": clock[0]}
-                     for j in range(data.draw(st.integers(1, 3)))]
+            batch = [
+                {
+                    "id": len(items) + j,
+                    "k": data.draw(st.sampled_from("ab")),
+                    "v": data.draw(st.integers(0, 3)),
+                    "t": clock[0],
+                }
+                for j in range(data.draw(st.integers(1, 3)))
+            ]
             items += batch
             op.process([Msg(b) for b in batch], out)
         emitted += out.take()["out"]
