@@ -407,3 +407,46 @@ def test_window_is_registered_as_a_node_type() -> None:
     (ep,) = [e for e in entry_points(group="streamdag.nodes") if e.name == "window"]
     assert ep.load() is Window
     assert Window.output_ports(WindowConfig(kind="tumbling", size=1)) == ("out", "late")
+
+
+def test_idle_session_closes_when_the_wall_clock_passes_its_gap() -> None:
+    clock = Clock(100.0)
+    op = make(clock, **event(kind="session", size=None, gap=60, idle_timeout=10))
+    feed(op, [{"t": 1_000}, {"t": 1_030}])  # session [1000, 1090)
+    out = new_out()
+    op.tick(150.0, out)  # idle 50 s: watermark 1080 < 1090, the session may still grow
+    assert out.take()["out"] == []
+    op.tick(160.0, out)  # idle 60 s: watermark 1090
+    assert spans(out.take()["out"]) == [(None, 1_000, 1_090, 2)]
+
+
+def test_processing_clock_going_backwards_never_makes_items_late() -> None:
+    clock = Clock(100.0)
+    op = make(clock, kind="tumbling", size=10, aggregates={"n": {"op": "count"}})
+    feed(op, [{}])
+    clock.now = 111.0
+    assert spans(feed(op, [{}])["out"]) == [(None, 100, 110, 1)]
+    clock.now = 95.0  # wall clock stepped back: items still count from the latest time seen
+    res = feed(op, [{}])
+    assert res["late"] == [] and res["out"] == []
+    out = new_out()
+    op.flush(out)
+    assert spans(out.take()["out"]) == [(None, 110, 120, 2)]
+
+
+def test_every_cel_expression_of_the_config_is_found_for_offline_checks() -> None:
+    from engine.api import cel_fields
+
+    config = WindowConfig(
+        kind="session",
+        gap=5,
+        key="msg.user",
+        time="event",
+        timestamp="msg.ts",
+        aggregates={"n": {"op": "count"}, "total": {"op": "sum", "expr": "msg.amount"}},
+    )
+    assert sorted(cel_fields(config)) == [
+        (("aggregates", "total", "expr"), "msg.amount"),
+        (("key",), "msg.user"),
+        (("timestamp",), "msg.ts"),
+    ]
