@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Annotated, Any, Literal
@@ -19,7 +20,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
 
-from engine.api import CelExpr, NodeConfig, Operator
+from engine.api import CelExpr, CheckContext, CheckIssue, NodeConfig, Operator
 from engine.expr import EvalError, Expr, compile_expr
 from engine.message import CompositeAck, Msg
 from engine.runtime.context import NodeContext
@@ -63,6 +64,14 @@ Duration = Annotated[
         {"anyOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": _DURATION.pattern}]}
     ),
 ]
+
+
+def _size(body: dict[str, Any]) -> int:
+    """Approximate encoded size of an output body (for byte-bounded edges)."""
+    try:
+        return len(orjson.dumps(body, default=str))
+    except (TypeError, orjson.JSONEncodeError):  # e.g. an integer beyond 64 bits: estimate
+        return len(repr(body))
 
 
 def _us(seconds: float | None) -> int:
@@ -230,6 +239,19 @@ class Window(Operator):
     Config = WindowConfig
     ports = ("out", "late")
 
+    @classmethod
+    def check(cls, config: Any, ctx: CheckContext) -> Iterable[CheckIssue]:
+        """Warn when event-time windows could wait forever for a watermark that cannot move."""
+        if config.time == "event" and config.idle_timeout is None:
+            yield CheckIssue(
+                ("time",),
+                "W320",
+                "event-time window without idle_timeout: it holds its items' acks, so if the source "
+                "stops (max_in_flight / max_ack_pending reached, or a quiet stream) no newer item moves "
+                "the watermark and open windows close only at end of input",
+                severity="warning",
+            )
+
     def __init__(self, node_id: str, config: WindowConfig, ctx: NodeContext):
         super().__init__(node_id, config, ctx)
         self._key: Expr | None = compile_expr(config.key) if config.key else None
@@ -252,6 +274,7 @@ class Window(Operator):
         )
         self.watermark = Watermark(_us(config.max_out_of_orderness), config.idle_timeout)
         self._last_now = float("-inf")
+        self.late_items = 0  # items sent to `late` so far
         needs_clock = not self._event or config.idle_timeout is not None
         self.tick_interval = config.tick_interval if needs_clock else None
 
@@ -296,6 +319,12 @@ class Window(Operator):
                 out.error(msg, f"window: {error}")
                 continue
             if late:
+                self.late_items += 1
+                if self.late_items == 1:
+                    self.ctx.log.warning(
+                        "window %s: items arrive too late (beyond allowed_lateness); they go to port 'late'",
+                        self.id,
+                    )
                 if targets:
                     msg.ack.retain(1)
                 out.port("late").append(
@@ -340,4 +369,4 @@ class Window(Operator):
             acks = e.acks
             ack = acks[0] if len(acks) == 1 else CompositeAck(acks)
             meta = {"window_key": e.key, "window_start": body["start"], "window_end": body["end"]}
-            emit.append(Msg(body, meta, ack, len(orjson.dumps(body, default=str))))
+            emit.append(Msg(body, meta, ack, _size(body)))

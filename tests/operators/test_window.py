@@ -450,3 +450,21 @@ def test_every_cel_expression_of_the_config_is_found_for_offline_checks() -> Non
         (("key",), "msg.user"),
         (("timestamp",), "msg.ts"),
     ]
+
+
+def test_event_time_without_idle_timeout_is_warned_offline() -> None:
+    from engine.api import CheckContext
+
+    (issue,) = Window.check(WindowConfig(**event()), CheckContext())
+    assert issue.code == "W320" and issue.severity == "warning" and issue.loc == ("time",)
+    assert list(Window.check(WindowConfig(**event(idle_timeout=5)), CheckContext())) == []
+    assert list(Window.check(WindowConfig(kind="tumbling", size=5), CheckContext())) == []
+
+
+def test_output_with_an_integer_beyond_64_bits_still_goes_out() -> None:
+    op = make(**event(aggregates={"s": {"op": "sum", "expr": "msg.v"}}))
+    feed(op, [{"t": 1, "v": 2**62}, {"t": 2, "v": 2**62}])
+    out = new_out()
+    op.flush(out)
+    (w,) = out.take()["out"]
+    assert w.body["aggregates"] == {"s": 2**63} and w.size > 0
