@@ -262,6 +262,7 @@ class Window(Operator):
         self._names = names
         self._aggs = [make_aggregate(n, s.op, s.expr is not None, s.limit) for n, s in zip(names, specs)]
         self._exprs: list[Expr | None] = [compile_expr(s.expr) if s.expr else None for s in specs]
+        self._fns = [e.fn if e is not None else None for e in self._exprs]  # skip a call layer per item
         assert all(a.op in AGGREGATE_OPS for a in self._aggs)
         self.store = WindowStore(
             config.kind,
@@ -295,7 +296,7 @@ class Window(Operator):
             self._time,
             self._event,
         )
-        exprs, unit = self._exprs, self.config.epoch_unit
+        fns, unit = self._fns, self.config.epoch_unit
         if not event:
             self._send(store.advance(int(now * 1_000_000)), emit)
             t_now = int(now * 1_000_000)
@@ -310,7 +311,7 @@ class Window(Operator):
                         f"window key must be a string, number, bool or null, got {type(key).__name__}"
                     )
                 t = parse_event_time(time_expr(body, meta), unit) if event else t_now  # type: ignore[misc]
-                values = [e(body, meta) if e is not None else True for e in exprs]
+                values = [f(body, meta) if f is not None else True for f in fns]
             except (EvalError, ValueError, TypeError) as exc:
                 out.error(msg, f"window: {exc}")
                 continue

@@ -143,13 +143,19 @@ class WindowStore:
         """Where an item goes, before anything changes: (targets, too_late_somewhere, error)."""
         if self.kind == "session":
             return self._check_session(key, t, values)
-        wm, lateness = self.wm, self.lateness
+        wm, lateness, size = self.wm, self.lateness, self.size
+        if self.kind == "tumbling":  # the hot path: one window
+            start = t - (t - self.offset) % size
+            if start + size + lateness <= wm:
+                return [], True, None
+            window = self._windows.get((key, start))
+            one: list[_Window | tuple[int, int]] = [window if window is not None else (start, start + size)]
+            return one, False, self._check_values(one, values) if self._checked else None
         targets: list[_Window | tuple[int, int]] = []
         late = False
-        first = t - (t - self.offset) % self.slide
-        start = first
-        while start > t - self.size:
-            end = start + self.size
+        start = t - (t - self.offset) % self.slide
+        while start > t - size:
+            end = start + size
             if end + lateness <= wm:
                 late = True
             else:
