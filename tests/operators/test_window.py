@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -280,13 +281,13 @@ def test_sliding_ack_is_held_by_every_window_of_the_item() -> None:
 @pytest.mark.parametrize(
     ("body", "reason"),
     [
-        ({"k": "a"}, "key not found"),  # no timestamp
+        ({"k": "a"}, "(no such key|key not found).*t"),  # no timestamp
         ({"t": "yesterday", "k": "a"}, "not an RFC 3339 timestamp"),
         ({"t": "2024-01-01T00:00:00", "k": "a"}, "no UTC offset"),
         ({"t": True, "k": "a"}, "bool"),
         ({"t": 1, "k": {"x": 1}}, "window key must be"),
         ({"t": 1, "k": "a", "v": "ten"}, "needs a number"),
-        ({"t": 1}, "key not found"),  # no key
+        ({"t": 1}, "(no such key|key not found).*k"),  # no key
     ],
 )
 def test_bad_items_go_to_errors_and_change_nothing(body: dict[str, Any], reason: str) -> None:
@@ -294,7 +295,7 @@ def test_bad_items_go_to_errors_and_change_nothing(body: dict[str, Any], reason:
     feed(op, [{"t": 1, "k": "a", "v": 1}])
     res = feed(op, [body])
     (err,) = res["errors"]
-    assert reason.lower() in err.body["error"].lower() and err.body["payload"] == body
+    assert re.search(reason, err.body["error"], re.IGNORECASE) and err.body["payload"] == body
     out = new_out()
     op.flush(out)
     assert [m.body["aggregates"] for m in out.take()["out"]] == [{"s": 1}]
