@@ -31,6 +31,7 @@ from operators.windowing import Emission, Watermark, WindowStore
 __all__ = [
     "AggregateSpec",
     "Duration",
+    "PositiveDuration",
     "Window",
     "WindowConfig",
     "format_time",
@@ -56,13 +57,18 @@ def parse_duration(value: Any) -> Any:
     return value
 
 
+_DURATION_TEXT = {"type": "string", "pattern": _DURATION.pattern}
 Duration = Annotated[
     float,
     BeforeValidator(parse_duration),
     Field(ge=0),
-    WithJsonSchema(
-        {"anyOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": _DURATION.pattern}]}
-    ),
+    WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0}, _DURATION_TEXT]}),
+]
+PositiveDuration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    Field(gt=0),
+    WithJsonSchema({"anyOf": [{"type": "number", "exclusiveMinimum": 0}, _DURATION_TEXT]}),
 ]
 
 
@@ -137,14 +143,14 @@ class WindowConfig(NodeConfig):
     kind: Literal["tumbling", "sliding", "session"] = Field(
         description="tumbling (size), sliding (size and slide) or session (gap).", examples=["tumbling"]
     )
-    size: Duration | None = Field(
-        None, gt=0, description="Window length (tumbling, sliding).", examples=["1m"]
+    size: PositiveDuration | None = Field(
+        None, description="Window length (tumbling, sliding).", examples=["1m"]
     )
-    slide: Duration | None = Field(
-        None, gt=0, description="Distance between sliding window starts; at most `size`.", examples=["10s"]
+    slide: PositiveDuration | None = Field(
+        None, description="Distance between sliding window starts; at most `size`.", examples=["10s"]
     )
-    gap: Duration | None = Field(
-        None, gt=0, description="Session: inactivity that ends a session.", examples=["30m"]
+    gap: PositiveDuration | None = Field(
+        None, description="Session: inactivity that ends a session.", examples=["30m"]
     )
     offset: Duration = Field(
         0,
@@ -175,17 +181,15 @@ class WindowConfig(NodeConfig):
         "late items (each re-emits it as an update).",
         examples=["1m"],
     )
-    idle_timeout: Duration | None = Field(
+    idle_timeout: PositiveDuration | None = Field(
         None,
-        gt=0,
         description="Event time: after this much wall "
         "clock with no items, the watermark advances with the wall "
         "clock so windows close on a quiet stream.",
         examples=["30s"],
     )
-    tick_interval: Duration = Field(
+    tick_interval: PositiveDuration = Field(
         0.5,
-        gt=0,
         description="How often (seconds) the wall clock is checked (processing time, idle_timeout).",
     )
     aggregates: dict[str, AggregateSpec] = Field(
