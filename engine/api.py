@@ -175,7 +175,7 @@ def cel_fields(model: BaseModel, prefix: tuple[str | int, ...] = ()) -> Iterator
         if value is None:
             continue
         annotation = info.annotation
-        is_cel = any(m is CEL for m in info.metadata) or _is_cel(annotation)
+        is_cel = any(m is CEL for m in info.metadata) or _is_cel(_unwrap_optional(annotation))
         path = (*prefix, info.alias or name)
         yield from _walk(annotation, value, path, is_cel)
 
