@@ -364,6 +364,12 @@ def _check_edges(c: _Checker, nodes: dict[str, ResolvedNode], nodes_raw: dict[st
         c.add(("nodes", cycle[0][1], "inputs"), "E214", f"cycle: {path}")
     except nx.NetworkXNoCycle:
         pass
+    for node_id, node in nodes.items():
+        for port in node.ports:
+            if port != "errors" and (node_id, port) not in consumed:
+                c.add(("nodes", node_id), "W301",
+                      f"nodes.{node_id}: output port '{port}' is not consumed "
+                      "(messages sent there are acknowledged and counted as filtered)", severity="warning")
     dl = spec.defaults.dead_letter
     if dl is not None:
         if dl not in nodes or nodes[dl].kind != "sink":
