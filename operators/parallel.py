@@ -4,7 +4,8 @@ Each incoming micro-batch is cut into chunks of `chunk` messages. With an async 
 (one whose `process` returns an awaitable: I/O such as lookups), up to `concurrency` chunks are in
 flight at once, across incoming batches: `process` returns as soon as a slot is free, and finished
 chunks are emitted then, on the next tick (every 20 ms) or at end of input. `ordered: true` emits
-chunks in arrival order (a slow chunk holds back later ones); `ordered: false` as they finish.
+chunks in arrival order (a slow chunk holds back later ones, and counts against `concurrency`
+until it is emitted); `ordered: false` emits them as they finish.
 A synchronous inner operator runs its chunks one after the other (the event loop has one thread;
 for CPU-bound work there is nothing to gain). Each slot has its own inner instance, so inner
 state is never shared between concurrent calls. If the inner `process` raises, that chunk's
@@ -76,7 +77,6 @@ class Parallel(Operator):
         self.free = [cls(f"{node_id}[{i}]", inner_config, ctx) for i in range(config.concurrency)]
         self.instances = list(self.free)
         self.pending: deque[asyncio.Future[_Done]] = deque()
-        self.slot = asyncio.Semaphore(config.concurrency)
 
     @classmethod
     def output_ports(cls, config: ParallelConfig) -> tuple[str, ...]:
@@ -104,7 +104,10 @@ class Parallel(Operator):
             for err in exc.errors():
                 loc = ("operator", "config", *(p for p in err["loc"] if isinstance(p, (str, int))))
                 code = "E201" if err["type"] == "extra_forbidden" else "E202"
-                what = "unknown field" if code == "E201" else err["msg"]
+                what = err["msg"]
+                if code == "E201":
+                    hint = registry.closest(str(loc[-1]), list(inner.Config.model_fields)) if len(loc) == 3 else None
+                    what = "unknown field" + (f" (did you mean '{hint}'?)" if hint else "")
                 issues.append(CheckIssue(loc, code, what))
             return issues
         issues = []
@@ -140,17 +143,17 @@ class Parallel(Operator):
             lists[ERRORS] = [error_envelope(m, self.id, reason) for m in chunk]
         finally:
             self.free.append(op)
-            self.slot.release()
         return lists, outputs.stats.filtered
 
     async def process(self, batch: list[Msg], out: Outputs) -> None:
-        size = self.config.chunk
+        size, window = self.config.chunk, self.config.concurrency
         for i in range(0, len(batch), size):
-            if self.slot.locked():
+            # at most `concurrency` chunks running or finished-but-held (ordered mode holds chunks
+            # that finished behind a slow one), so memory stays bounded
+            while len(self.pending) >= window:
                 await self._wait_one()
                 self._emit(out)
-            await self.slot.acquire()
-            op = self.free.pop()
+            op = self.free.pop()  # running <= pending < concurrency, so an instance is free
             self.pending.append(asyncio.ensure_future(self._run_chunk(op, batch[i:i + size])))
         await asyncio.sleep(0)  # let chunks that finish without waiting do so before emitting
         self._emit(out)

@@ -335,7 +335,8 @@ def _check_config(c: _Checker, node_id: str, npath: Path, cls: type[Node], type_
         pos = None
         if issue.offset is not None:
             pos = _cel_pos(c.loaded.pos(ipath, prefer_value=True), 1, issue.offset + 1)
-        c.add(ipath, issue.code, f"{'.'.join(str(p) for p in ipath)}: {issue.message}", value=True,
+        # an unknown field (E201) points at its key, like the graph-level E201; other issues at the value
+        c.add(ipath, issue.code, f"{'.'.join(str(p) for p in ipath)}: {issue.message}", value=issue.code != "E201",
               severity=issue.severity, pos=pos)
 
 
