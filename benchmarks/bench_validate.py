@@ -69,7 +69,9 @@ def test_every_violation(benchmark: Any, lib: str) -> None:
 
 def test_validate_operator_batch(benchmark: Any) -> None:
     """The operator on a micro-batch of 1,000 (valid pass, invalid become error envelopes)."""
-    op = Validate("v", ValidateConfig.model_validate({"schema": SCHEMA}), NodeContext("v", {}, {}, Resources()))
+    op = Validate(
+        "v", ValidateConfig.model_validate({"schema": SCHEMA}), NodeContext("v", {}, {}, Resources())
+    )
     msgs = [Msg(b) for b in BODIES]
     out = Outputs("v", ("out",), NodeStats("v", "operator", "validate"))
 

@@ -23,10 +23,15 @@ class BatchConfig(NodeConfig):
     """Emit a list of bodies per group; flush on count, bytes or age (whichever comes first)."""
 
     count: int | None = Field(100, ge=1, le=1_000_000, description="Messages per group.", examples=[500])
-    bytes: int | None = Field(None, ge=1, description="Largest group size in bytes (one larger message goes alone).",
-                              examples=[1_048_576])
-    period: float | None = Field(None, gt=0, le=86_400, description="Seconds after which a group is emitted anyway.",
-                                 examples=[1.0])
+    bytes: int | None = Field(
+        None,
+        ge=1,
+        description="Largest group size in bytes (one larger message goes alone).",
+        examples=[1_048_576],
+    )
+    period: float | None = Field(
+        None, gt=0, le=86_400, description="Seconds after which a group is emitted anyway.", examples=[1.0]
+    )
 
     @model_validator(mode="after")
     def _some_limit(self) -> BatchConfig:
@@ -78,5 +83,10 @@ class Batch(Operator):
         items, size = self.items, self.size
         self.items, self.size = [], 0
         first = items[0].meta
-        meta = {"source": first.get("source"), "batch_count": len(items), "batch_bytes": size, "first_meta": first}
+        meta = {
+            "source": first.get("source"),
+            "batch_count": len(items),
+            "batch_bytes": size,
+            "first_meta": first,
+        }
         return Msg([m.body for m in items], meta, CompositeAck(m.ack for m in items), size)

@@ -33,7 +33,9 @@ class CompressConfig(NodeConfig):
     """Compress each message's body (JSON-encoded first unless it is already bytes)."""
 
     codec: Literal["gzip", "zstd"] = Field("zstd", description="Compression codec.", examples=["zstd"])
-    level: int | None = Field(None, ge=1, le=22, description="Codec level (gzip 1-9, zstd 1-22); codec default if unset.")
+    level: int | None = Field(
+        None, ge=1, le=22, description="Codec level (gzip 1-9, zstd 1-22); codec default if unset."
+    )
 
     @model_validator(mode="after")
     def _level_in_range(self) -> CompressConfig:

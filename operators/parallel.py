@@ -27,6 +27,7 @@ from engine.api import CheckContext, CheckIssue, NodeConfig, Operator, cel_field
 from engine.expr import CelError, compile_expr
 from engine.message import Msg
 from engine.runtime.outputs import ERRORS, Outputs, error_envelope
+from engine.runtime.stats import NodeStats
 
 __all__ = ["InnerOperator", "Parallel", "ParallelConfig"]
 
@@ -72,7 +73,9 @@ class Parallel(Operator):
         super().__init__(node_id, config, ctx)
         cls, inner_config = _inner(config)
         if cls is None:
-            raise ValueError(f"parallel: invalid inner operator {config.operator.type!r} (run `streamdag validate`)")
+            raise ValueError(
+                f"parallel: invalid inner operator {config.operator.type!r} (run `streamdag validate`)"
+            )
         self.inner_ports = tuple(dict.fromkeys((*cls.output_ports(inner_config), ERRORS)))
         self.free = [cls(f"{node_id}[{i}]", inner_config, ctx) for i in range(config.concurrency)]
         self.instances = list(self.free)
@@ -93,10 +96,19 @@ class Parallel(Operator):
             return [CheckIssue(("operator", "type"), "E200", str(exc))]
         if inner is None:
             hint = registry.closest(name, registry.names())
-            return [CheckIssue(("operator", "type"), "E200", f"unknown node type '{name}'"
-                               + (f" (did you mean '{hint}'?)" if hint else ""))]
+            return [
+                CheckIssue(
+                    ("operator", "type"),
+                    "E200",
+                    f"unknown node type '{name}'" + (f" (did you mean '{hint}'?)" if hint else ""),
+                )
+            ]
         if inner.kind != "operator":
-            return [CheckIssue(("operator", "type"), "E202", f"'{name}' is a {inner.kind}; parallel runs operators")]
+            return [
+                CheckIssue(
+                    ("operator", "type"), "E202", f"'{name}' is a {inner.kind}; parallel runs operators"
+                )
+            ]
         try:
             inner_config = inner.Config.model_validate(config.operator.config)
         except ValidationError as exc:
@@ -106,7 +118,11 @@ class Parallel(Operator):
                 code = "E201" if err["type"] == "extra_forbidden" else "E202"
                 what = err["msg"]
                 if code == "E201":
-                    hint = registry.closest(str(loc[-1]), list(inner.Config.model_fields)) if len(loc) == 3 else None
+                    hint = (
+                        registry.closest(str(loc[-1]), list(inner.Config.model_fields))
+                        if len(loc) == 3
+                        else None
+                    )
                     what = "unknown field" + (f" (did you mean '{hint}'?)" if hint else "")
                 issues.append(CheckIssue(loc, code, what))
             return issues
@@ -115,8 +131,14 @@ class Parallel(Operator):
             try:
                 compile_expr(source, allow_compiler=False)
             except CelError as exc:
-                issues.append(CheckIssue(("operator", "config", *fpath), "E203", f"CEL: {exc.message}",
-                                         offset=exc.col - 1 if exc.line == 1 else None))
+                issues.append(
+                    CheckIssue(
+                        ("operator", "config", *fpath),
+                        "E203",
+                        f"CEL: {exc.message}",
+                        offset=exc.col - 1 if exc.line == 1 else None,
+                    )
+                )
         for issue in inner.check(inner_config, ctx):
             issue.loc = ("operator", "config", *issue.loc)
             issues.append(issue)
@@ -131,7 +153,7 @@ class Parallel(Operator):
             await op.stop()
 
     async def _run_chunk(self, op: Operator, chunk: list[Msg]) -> _Done:
-        outputs = Outputs(op.id, self.inner_ports, _ChunkStats())
+        outputs = Outputs(op.id, self.inner_ports, NodeStats(op.id, "operator", self.config.operator.type))
         try:
             result = op.process(chunk, outputs)
             if inspect.isawaitable(result):
@@ -154,7 +176,7 @@ class Parallel(Operator):
                 await self._wait_one()
                 self._emit(out)
             op = self.free.pop()  # running <= pending < concurrency, so an instance is free
-            self.pending.append(asyncio.ensure_future(self._run_chunk(op, batch[i:i + size])))
+            self.pending.append(asyncio.ensure_future(self._run_chunk(op, batch[i : i + size])))
         await asyncio.sleep(0)  # let chunks that finish without waiting do so before emitting
         self._emit(out)
 
@@ -202,10 +224,3 @@ class Parallel(Operator):
             r = op.flush(out)
             if inspect.isawaitable(r):
                 await r
-
-
-class _ChunkStats:
-    """The counters an inner operator may touch through its `Outputs` (only `filtered` is kept)."""
-
-    def __init__(self) -> None:
-        self.filtered = 0

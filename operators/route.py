@@ -29,7 +29,7 @@ from engine.expr import EvalError, compile_expr
 from engine.message import Msg
 from engine.runtime.outputs import Outputs
 
-__all__ = ["Route", "RouteConfig", "UNMATCHED", "jump_hash"]
+__all__ = ["UNMATCHED", "Route", "RouteConfig", "jump_hash"]
 
 UNMATCHED = "unmatched"
 _RESERVED = ("errors", UNMATCHED)
@@ -48,7 +48,9 @@ class RouteConfig(NodeConfig):
         examples=[{"vip": 'msg.user in ["u1", "u2"]', "rest": "true"}],
     )
     ports: list[str] | None = Field(
-        None, min_length=1, description="Port names (modes `multicast`, `round_robin`, `consistent_hash`).",
+        None,
+        min_length=1,
+        description="Port names (modes `multicast`, `round_robin`, `consistent_hash`).",
         examples=[["p0", "p1", "p2"]],
     )
     key: CelExpr | None = Field(None, description="CEL key for `consistent_hash`.", examples=["msg.user"])

@@ -85,7 +85,9 @@ class Validate(Operator):
         if isinstance(config.schema_, (dict, bool)):
             import jsonschema  # the graph checker reports schemas `jsonschema` rejects (E218) itself
 
-            checker = jsonschema.validators.validator_for(config.schema_, default=jsonschema.Draft202012Validator)
+            checker = jsonschema.validators.validator_for(
+                config.schema_, default=jsonschema.Draft202012Validator
+            )
             if _rejected_by_jsonschema(checker, config.schema_):
                 return ()
             try:
@@ -117,7 +119,9 @@ class Validate(Operator):
             total += 1
             if total <= cap:
                 keyword = str(err.schema_path[-1]) if len(err.schema_path) else ""
-                violations.append({"path": _pointer(err.instance_path), "message": err.message, "keyword": keyword})
+                violations.append(
+                    {"path": _pointer(err.instance_path), "message": err.message, "keyword": keyword}
+                )
         listed = "; ".join(f"{v['path']}: {v['message']}" for v in violations)
         more = f"; ... and {total - cap} more" if total > cap else ""
         env = error_envelope(m, self.id, f"schema: {total} violation(s): {listed}{more}")

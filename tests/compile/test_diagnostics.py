@@ -69,7 +69,7 @@ def test_fixture_reports_its_code_at_its_position(path: Path) -> None:
 
 
 def test_every_code_has_a_fixture() -> None:
-    documented = set(re.findall(r"^([EW]\d{3}) |\s{2,}([EW]\d{3}) ", diagnostics.__doc__ or "", re.M))
+    documented = set(re.findall(r"^([EW]\d{3}) |\s{2,}([EW]\d{3}) ", diagnostics.__doc__ or "", re.MULTILINE))
     codes = {c for pair in documented for c in pair if c} - NOT_HERE
     covered = {_expected(p)[0] for p in _fixtures()}
     assert codes, "no codes found in engine/compile/diagnostics.py"

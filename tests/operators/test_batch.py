@@ -28,7 +28,9 @@ class Clock:
 
 def make(config: dict[str, Any], clock: Clock | None = None) -> tuple[Batch, Outputs]:
     ctx = NodeContext("b", {}, {}, Resources(), clock=clock or Clock())
-    return Batch("b", BatchConfig.model_validate(config), ctx), Outputs("b", ("out",), NodeStats("b", "operator", "batch"))
+    return Batch("b", BatchConfig.model_validate(config), ctx), Outputs(
+        "b", ("out",), NodeStats("b", "operator", "batch")
+    )
 
 
 def msgs(tracker: AckTracker, n: int, size: int = 10, start: int = 0) -> list[Msg]:
@@ -51,7 +53,11 @@ def test_count_flush_and_remainder_at_end() -> None:
 def test_bytes_limit_and_an_oversized_message_goes_alone() -> None:
     op, out = make({"count": None, "bytes": 100})
     tracker = AckTracker()
-    batch = msgs(tracker, 3, size=40) + [Msg({"big": 1}, {}, tracker.new("big"), 500)] + msgs(tracker, 2, size=40, start=3)
+    batch = (
+        msgs(tracker, 3, size=40)
+        + [Msg({"big": 1}, {}, tracker.new("big"), 500)]
+        + msgs(tracker, 2, size=40, start=3)
+    )
     op.process(batch, out)
     op.flush(out)
     groups = out.take()["out"]
@@ -101,7 +107,9 @@ def test_needs_some_limit() -> None:
         BatchConfig.model_validate({"count": None})
 
 
-def test_end_to_end_groups_are_written_and_every_item_acked(write_graph: Any, run: Any, tmp_path: Path) -> None:
+def test_end_to_end_groups_are_written_and_every_item_acked(
+    write_graph: Any, run: Any, tmp_path: Path
+) -> None:
     path = write_graph("""\
         version: 1
         name: b

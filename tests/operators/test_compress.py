@@ -67,7 +67,11 @@ def test_bad_inputs_go_to_errors_and_keep_their_ack() -> None:
     errors = [m.body["error"] for m in lists["errors"]]
     assert len(errors) == 7 and all(e.startswith("decompress: ") for e in errors)
     assert "unknown magic" in errors[0] and "truncated zstd" in errors[1] and "not base64" in errors[3]
-    assert "dict, not bytes" in errors[4] and errors[5].startswith("decompress: json:") and "trailing" in errors[6]
+    assert (
+        "dict, not bytes" in errors[4]
+        and errors[5].startswith("decompress: json:")
+        and "trailing" in errors[6]
+    )
     assert [m.body["meta"]["seq"] for m in lists["errors"]] == [0, 1, 2, 3, 4, 5, 7]
 
 
@@ -97,7 +101,8 @@ def test_gzip_level_range() -> None:
 
 def test_end_to_end_through_files(write_graph: Any, run: Any, tmp_path: Path) -> None:
     """compress -> file_sink (ndjson: base64 lines; raw: one gzip stream) -> file_source -> decompress."""
-    write_graph("""\
+    write_graph(
+        """\
         version: 1
         name: c1
         defaults: {dead_letter: dead}
@@ -107,17 +112,24 @@ def test_end_to_end_through_files(write_graph: Any, run: Any, tmp_path: Path) ->
           b64: {type: file_sink, inputs: [pack], config: {path: packed.ndjson}}
           raw: {type: file_sink, inputs: [pack], config: {path: packed.gz, format: raw}}
           dead: {type: file_sink, inputs: [src.errors], config: {path: dead.ndjson}}
-    """, "write.yaml")
+    """,
+        "write.yaml",
+    )
     report = run(tmp_path / "write.yaml")
     assert report.error is None and report.balanced and report.totals()["delivered"] == 500
     # raw: concatenated gzip members are one valid gzip stream (of the JSON bodies, with no separator)
-    text, docs, decoder = gzip.decompress((tmp_path / "packed.gz").read_bytes()).decode(), [], json.JSONDecoder()
+    text, docs, decoder = (
+        gzip.decompress((tmp_path / "packed.gz").read_bytes()).decode(),
+        [],
+        json.JSONDecoder(),
+    )
     while text:
         doc, end = decoder.raw_decode(text)
         docs.append(doc)
         text = text[end:]
     assert docs == [{"n": i, "pad": f"x{i}"} for i in range(500)]
-    write_graph("""\
+    write_graph(
+        """\
         version: 1
         name: c2
         defaults: {dead_letter: dead}
@@ -126,13 +138,21 @@ def test_end_to_end_through_files(write_graph: Any, run: Any, tmp_path: Path) ->
           unpack: {type: decompress, inputs: [read], config: {parse: json}}
           out: {type: file_sink, inputs: [unpack], config: {path: back.ndjson}}
           dead: {type: file_sink, inputs: [read.errors], config: {path: dead2.ndjson}}
-    """, "read.yaml")
+    """,
+        "read.yaml",
+    )
     with open(tmp_path / "packed.ndjson", "ab") as fh:  # one line that is JSON but not compressed data
         fh.write(b'"bm90IGd6aXA="\n')
     report = run(tmp_path / "read.yaml")
     assert report.error is None and report.balanced
-    assert report.totals() == {"entered": 501, "delivered": 500, "filtered": 0, "dead_lettered": 1,
-                               "nacked": 0, "in_flight": 0}
+    assert report.totals() == {
+        "entered": 501,
+        "delivered": 500,
+        "filtered": 0,
+        "dead_lettered": 1,
+        "nacked": 0,
+        "in_flight": 0,
+    }
     back = [orjson.loads(x) for x in (tmp_path / "back.ndjson").read_bytes().splitlines()]
     assert back == [{"n": i, "pad": f"x{i}"} for i in range(500)]
     [dead] = [orjson.loads(x) for x in (tmp_path / "dead2.ndjson").read_bytes().splitlines()]

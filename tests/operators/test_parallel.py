@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 import pytest
@@ -27,10 +27,10 @@ class Gated(Operator):
     """Async test operator: each chunk waits for GATES[first i] (when set up), tracks concurrency."""
 
     Config = GatedConfig
-    gates: dict[int, asyncio.Event] = {}
+    gates: ClassVar[dict[int, asyncio.Event]] = {}
     running = 0
     peak = 0
-    started: list[int] = []
+    started: ClassVar[list[int]] = []
 
     async def process(self, batch: list[Msg], out: Outputs) -> None:
         cls = type(self)
@@ -79,7 +79,9 @@ async def _settle() -> None:
 
 
 def test_sync_inner_operator_keeps_order_and_ports() -> None:
-    op, out = make({"operator": {"type": "route", "config": {"routes": {"even": "msg.i % 2 == 0"}}}, "chunk": 3})
+    op, out = make(
+        {"operator": {"type": "route", "config": {"routes": {"even": "msg.i % 2 == 0"}}}, "chunk": 3}
+    )
     assert op.inner_ports == ("even", "unmatched", "errors")
 
     async def go() -> dict[str, list[Msg]]:
@@ -126,7 +128,9 @@ def test_bounded_concurrency_and_order(ordered: bool) -> None:
 
 
 def test_failing_chunk_goes_to_errors_alone() -> None:
-    op, out = make({"operator": {"type": "ops_gated", "config": {"fail_on": 5}}, "chunk": 4, "concurrency": 2})
+    op, out = make(
+        {"operator": {"type": "ops_gated", "config": {"fail_on": 5}}, "chunk": 4, "concurrency": 2}
+    )
 
     async def go() -> dict[str, list[Msg]]:
         await op.process(batch(AckTracker(), 0, 12), out)
@@ -163,8 +167,14 @@ def test_end_to_end_unordered_with_inner_map(write_graph: Any, run: Any, tmp_pat
     """)
     report = run(path)
     assert report.error is None and report.balanced
-    assert report.totals() == {"entered": 3000, "delivered": 2000, "filtered": 1000, "dead_lettered": 0,
-                               "nacked": 0, "in_flight": 0}
+    assert report.totals() == {
+        "entered": 3000,
+        "delivered": 2000,
+        "filtered": 1000,
+        "dead_lettered": 0,
+        "nacked": 0,
+        "in_flight": 0,
+    }
     assert report.stats["check"].filtered == 1000
     rows = [orjson.loads(x) for x in (tmp_path / "out.ndjson").read_bytes().splitlines()]
     assert sorted(r["n"] for r in rows) == [n for n in range(3000) if n % 3]
@@ -191,9 +201,17 @@ def test_offline_checks_of_the_inner_node(write_graph: Any) -> None:
     graph, diags = check_text(path.read_text(), str(path))
     assert graph is None
     got = [(d.code, d.line, d.col) for d in diags if d.severity == "error"]
-    assert got == [("E200", 6, 64), ("E202", 7, 77), ("E201", 7, 78), ("E203", 8, 90), ("E202", 9, 64),
-                   ("E211", 14, 54)]
+    assert got == [
+        ("E200", 6, 64),
+        ("E202", 7, 77),
+        ("E201", 7, 78),
+        ("E203", 8, 90),
+        ("E202", 9, 64),
+        ("E211", 14, 54),
+    ]
     msgs = {d.code: d.message for d in diags}
-    assert "inner" not in msgs["E201"] and msgs["E201"].endswith("operator.config.exprr: unknown field (did you mean 'expr'?)")
+    assert "inner" not in msgs["E201"] and msgs["E201"].endswith(
+        "operator.config.exprr: unknown field (did you mean 'expr'?)"
+    )
     assert "did you mean 'map'" in msgs["E200"] and "ports: hi, unmatched, errors" in msgs["E211"]
     assert [d.code for d in diags if d.severity == "warning"] == ["W301"]  # e.unmatched

@@ -103,13 +103,16 @@ def test_consistent_hash_key_error_goes_to_errors() -> None:
     assert len(lists["errors"]) == 1 and len(lists["a"]) + len(lists["b"]) == 1
 
 
-@pytest.mark.parametrize("config", [
-    {"mode": "first"},
-    {"mode": "all", "routes": {"a": "true"}, "ports": ["a"]},
-    {"mode": "multicast", "routes": {"a": "true"}},
-    {"mode": "consistent_hash", "ports": ["a", "b"]},
-    {"mode": "round_robin", "ports": ["a"], "key": "msg.k"},
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"mode": "first"},
+        {"mode": "all", "routes": {"a": "true"}, "ports": ["a"]},
+        {"mode": "multicast", "routes": {"a": "true"}},
+        {"mode": "consistent_hash", "ports": ["a", "b"]},
+        {"mode": "round_robin", "ports": ["a"], "key": "msg.k"},
+    ],
+)
 def test_config_rules(config: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         RouteConfig.model_validate(config)
@@ -146,13 +149,19 @@ nodes:
 
 def test_end_to_end_fan_out_settles_each_message_once(write_graph: Any, run: Any, tmp_path: Path) -> None:
     path = write_graph(GRAPH)
-    graph, diags = check_text(path.read_text(), str(path))
+    _, diags = check_text(path.read_text(), str(path))
     # `huge` is declared but nothing consumes it: validate warns (its messages would count as filtered)
     assert [(d.code, d.line) for d in diags] == [("W301", 8)] and "'huge'" in diags[0].message
     report = run(path)
     assert report.error is None and report.balanced
-    assert report.totals() == {"entered": 1000, "delivered": 1000, "filtered": 0, "dead_lettered": 0,
-                               "nacked": 0, "in_flight": 0}
+    assert report.totals() == {
+        "entered": 1000,
+        "delivered": 1000,
+        "filtered": 0,
+        "dead_lettered": 0,
+        "nacked": 0,
+        "in_flight": 0,
+    }
     small = [orjson.loads(x)["n"] for x in (tmp_path / "small.ndjson").read_bytes().splitlines()]
     evens = [orjson.loads(x)["n"] for x in (tmp_path / "even.ndjson").read_bytes().splitlines()]
     assert small == list(range(500))
@@ -194,4 +203,7 @@ def test_offline_reserved_port_name_and_bad_cel(write_graph: Any) -> None:
     """)
     graph, diags = check_text(path.read_text(), str(path))
     assert graph is None
-    assert [(d.code, d.line, d.col) for d in diags if d.severity == "error"] == [("E202", 10, 24), ("E203", 10, 44)]
+    assert [(d.code, d.line, d.col) for d in diags if d.severity == "error"] == [
+        ("E202", 10, 24),
+        ("E203", 10, 44),
+    ]

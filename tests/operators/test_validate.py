@@ -34,17 +34,22 @@ def run_batch(op: Validate, bodies: list[Any]) -> tuple[dict[str, list[Msg]], Ac
 
 def test_valid_pass_invalid_go_to_errors_with_every_violation() -> None:
     op = make({"schema": "order"}, {"order": ORDER})
-    lists, tracker = run_batch(op, [
-        {"id": 1, "user": "u1", "amount": 5},
-        {"id": -1, "user": "", "amount": "x"},
-        {"id": 2, "user": "u2", "amount": 9.5, "tags": ["a"]},
-    ])
+    lists, tracker = run_batch(
+        op,
+        [
+            {"id": 1, "user": "u1", "amount": 5},
+            {"id": -1, "user": "", "amount": "x"},
+            {"id": 2, "user": "u2", "amount": 9.5, "tags": ["a"]},
+        ],
+    )
     assert [m.body["id"] for m in lists["out"]] == [1, 2]
     [bad] = lists["errors"]
     assert bad.body["node"] == "v" and bad.body["payload"] == {"id": -1, "user": "", "amount": "x"}
     assert [v["path"] for v in bad.body["violations"]] == ["/id", "/user", "/amount"]
     assert [v["keyword"] for v in bad.body["violations"]] == ["minimum", "minLength", "type"]
-    assert bad.body["error"].startswith("schema: 3 violation(s): /id: -1 is less than the minimum of 0; /user:")
+    assert bad.body["error"].startswith(
+        "schema: 3 violation(s): /id: -1 is less than the minimum of 0; /user:"
+    )
     assert bad.ack is lists["errors"][0].ack and tracker.in_flight == 3  # nothing settled by validate itself
 
 
@@ -54,7 +59,9 @@ def test_violations_are_capped() -> None:
     lists, _ = run_batch(op, [{f"f{i}": i for i in range(30)}])
     [bad] = lists["errors"]
     assert len(bad.body["violations"]) == 4 and bad.body["violations_truncated"] == 26
-    assert bad.body["error"].startswith("schema: 30 violation(s):") and bad.body["error"].endswith("and 26 more")
+    assert bad.body["error"].startswith("schema: 30 violation(s):") and bad.body["error"].endswith(
+        "and 26 more"
+    )
 
 
 def test_body_that_is_not_json_goes_to_errors() -> None:
@@ -118,14 +125,25 @@ def test_end_to_end_every_message_accounted_for(tmp_path: Path, run: Any) -> Non
     path.write_text(GRAPH.format(order=json.dumps(str(ROOT / "schemas/examples/order.json")), schema="order"))
     report = run(path)
     assert report.error is None and report.balanced
-    assert report.totals() == {"entered": 201, "delivered": 198, "filtered": 0, "dead_lettered": 3,
-                               "nacked": 0, "in_flight": 0}
+    assert report.totals() == {
+        "entered": 201,
+        "delivered": 198,
+        "filtered": 0,
+        "dead_lettered": 3,
+        "nacked": 0,
+        "in_flight": 0,
+    }
     ok = [orjson.loads(x) for x in (tmp_path / "ok.ndjson").read_bytes().splitlines()]
     assert [o["id"] for o in ok] == [i for i in range(200) if i not in (17, 99)]
     dead = [orjson.loads(x) for x in (tmp_path / "dead.ndjson").read_bytes().splitlines()]
     by_node = sorted((d["node"], d["meta"]["line"]) for d in dead)
     assert by_node == [("check", 18), ("check", 100), ("read", 201)]
-    assert {v["path"] for d in dead if d["node"] == "check" for v in d["violations"]} == {"/", "/id", "/user", "/amount"}
+    assert {v["path"] for d in dead if d["node"] == "check" for v in d["violations"]} == {
+        "/",
+        "/id",
+        "/user",
+        "/amount",
+    }
 
 
 def test_offline_unknown_schema_name_and_invalid_inline_schema(tmp_path: Path) -> None:
