@@ -36,9 +36,11 @@ class NatsHandle:
         self.nc: Any = None
         self.js: Any = None
         self.listeners: list[Callable[[], Awaitable[None]]] = []
+        self.closing = False
 
     async def _reconnected(self) -> None:
-        log.warning("nats connection %r reconnected to %s", self.name, self.nc.connected_url)
+        url = self.nc.connected_url
+        log.warning("nats connection %r reconnected to %s", self.name, url.netloc if url else "?")
         for listener in list(self.listeners):
             try:
                 await listener()
@@ -46,7 +48,8 @@ class NatsHandle:
                 log.exception("reconnect handler failed")
 
     async def _disconnected(self) -> None:
-        log.warning("nats connection %r lost; reconnecting", self.name)
+        if not self.closing:
+            log.warning("nats connection %r lost; reconnecting", self.name)
 
     async def _error(self, exc: Exception) -> None:
         log.warning("nats connection %r: %s", self.name, exc)
@@ -86,6 +89,7 @@ class NatsHandle:
         return self
 
     async def close(self) -> None:
+        self.closing = True
         if self.nc is not None and not self.nc.is_closed:
             try:
                 await self.nc.drain()
