@@ -185,3 +185,72 @@ class MemorySinkLocal:
 
     async def stop(self) -> None:
         pass
+
+
+@pytest.mark.services
+def test_consumer_settings_reach_the_server_and_a_conflicting_durable_is_refused():
+    async def main() -> None:
+        nc = await connect()
+        js = nc.jetstream()
+        p = unique()
+        await add_stream(js, p, subjects=[p + ".>"])
+        resources = Resources()
+        try:
+            cfg = JetStreamSourceConfig(connection="nats", stream=p, durable="d", subjects=[p + ".a.>"],
+                                        ack_wait="45s", max_deliver=4, backoff=["1s", "5s"], max_ack_pending=2000,
+                                        batch=500)
+            src = JetStreamSource("src", cfg, make_ctx("src", NATS_URL, resources))
+            await src.start()
+            await src.stop()
+            c = (await js.consumer_info(p, "d")).config
+            # the server replaces ack_wait with backoff[0]
+            assert (c.ack_wait, c.max_deliver, c.backoff, c.max_ack_pending) == (1, 4, [1, 5], 2000)
+            assert c.filter_subject == p + ".a.>" and getattr(c.ack_policy, "value", c.ack_policy) == "explicit"
+            plain = cfg.model_copy(update={"backoff": [], "durable": "e"})
+            other_src = JetStreamSource("src", plain, make_ctx("src", NATS_URL, resources))
+            await other_src.start()
+            await other_src.stop()
+            assert (await js.consumer_info(p, "e")).config.ack_wait == 45
+            # binding again with the same settings is fine
+            again = JetStreamSource("src", cfg, make_ctx("src", NATS_URL, resources))
+            await again.start()
+            await again.stop()
+            other = cfg.model_copy(update={"deliver": "new"})
+            clash = JetStreamSource("src", other, make_ctx("src", NATS_URL, resources))
+            with pytest.raises(Exception, match="cannot create or bind consumer 'd'"):
+                await clash.start()
+        finally:
+            await resources.close()
+            await js.delete_stream(p)
+            await nc.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.services
+@pytest.mark.parametrize("codec, data, body", [("text", b"h\xc3\xa9", "hé"), ("bytes", b"\x00\x01", b"\x00\x01")])
+def test_text_and_bytes_codecs(codec, data, body):
+    async def main() -> None:
+        nc = await connect()
+        js = nc.jetstream()
+        p = unique()
+        await add_stream(js, p, subjects=[p + ".>"])
+        resources = Resources()
+        try:
+            await js.publish(p + ".a", data)
+            src = JetStreamSource("src", JetStreamSourceConfig(connection="nats", stream=p, durable="d", codec=codec),
+                                  make_ctx("src", NATS_URL, resources))
+            got: list = []
+
+            class Collect(MemorySinkLocal):
+                async def write(self, batch):  # noqa: ANN001, ANN202
+                    got.extend(m.body for m in batch)
+
+            await Pipe(src, Collect()).run(lambda: bool(got) and src.acked == 1)
+            assert got == [body]
+        finally:
+            await resources.close()
+            await js.delete_stream(p)
+            await nc.close()
+
+    asyncio.run(main())

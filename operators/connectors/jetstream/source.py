@@ -56,8 +56,9 @@ class JetStreamSourceConfig(NodeConfig):
     max_deliver: int = Field(5, ge=1, description="Deliveries before a failing message is dead-lettered.")
     max_ack_pending: int | None = Field(None, ge=1, description="Unacked messages the server allows; default: "
                                         "the larger of 4 x batch and the graph's in-flight capacity.")
-    backoff: list[Duration] = Field(default_factory=list, description="Redelivery delays after ack_wait "
-                                    "expiries (server side), e.g. [1s, 5s, 30s].")
+    backoff: list[Duration] = Field(default_factory=list, description="Server-side redelivery delays by "
+                                    "delivery count, e.g. [1s, 5s, 30s]; replaces ack_wait (the server waits "
+                                    "backoff[0] for the first delivery).")
     batch: int = Field(1000, ge=1, le=100_000, description="Messages asked for per pull request.")
     max_bytes: Size | None = Field(None, ge=1, description="Bytes asked for per pull request (e.g. 4MB).")
     expires: Duration = Field(5.0, gt=0, description="Seconds a pull request waits for new messages.")
@@ -255,9 +256,13 @@ class JetStreamSource(Source):
         req: dict[str, Any] = {"batch": n, "expires": int(self.config.expires * 1e9)}
         if self.config.max_bytes:
             req["max_bytes"] = self.config.max_bytes
-        await self._h.nc.publish(  # type: ignore[union-attr]
-            f"$JS.API.CONSUMER.MSG.NEXT.{self.config.stream}.{self.config.durable}",
-            orjson.dumps(req), reply=self._req_subject)
+        try:
+            await self._h.nc.publish(  # type: ignore[union-attr]
+                f"$JS.API.CONSUMER.MSG.NEXT.{self.config.stream}.{self.config.durable}",
+                orjson.dumps(req), reply=self._req_subject)
+        except Exception as exc:  # noqa: BLE001 - connection closed or its buffer full while reconnecting
+            log.warning("node %s: pull request not sent (%s); retrying", self.id, exc)
+            self._req_left = 1  # counts as open: the watchdog re-sends it after `expires`
 
     async def run(self, out: SourceOutput) -> None:
         self._out = out
@@ -388,7 +393,8 @@ class JetStreamSource(Source):
             self._held, self._held_n = kept, n
 
     async def _tick_in_progress(self) -> None:
-        period = self.config.ack_wait / 3
+        cfg = self.config
+        period = min([cfg.ack_wait, *cfg.backoff]) / 3  # with backoff, the server waits backoff[n], not ack_wait
         while True:
             await asyncio.sleep(period)
             cutoff = time.monotonic() - period
