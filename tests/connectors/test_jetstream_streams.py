@@ -254,3 +254,32 @@ def test_text_and_bytes_codecs(codec, data, body):
             await nc.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("inner, outer, ok", [
+    ("orders.new", "orders.>", True), ("orders.*", "orders.>", True), ("orders.>", "orders.>", True),
+    ("orders", "orders.>", False), ("orders.>", "orders.*", False), ("orders.a.b", "orders.*", False),
+    ("orders.a", "orders.*", True), ("orders.*", "orders.a", False), ("x.a", "orders.>", False),
+    ("orders.a.b", "orders.*.b", True), ("orders", "orders", True),
+])
+def test_subject_within(inner, outer, ok):
+    from operators.connectors.jetstream.streams import subject_within
+
+    assert subject_within(inner, outer) is ok
+
+
+def test_offline_checks_against_declared_streams():
+    from engine.api import CheckContext
+    from operators.connectors.jetstream.sink import JetStreamSink
+
+    conns = {"nats": {"type": "nats", "streams": {"ORDERS": {"subjects": ["orders.>"]}}}}
+    ctx = CheckContext(connections=conns)
+    src = JetStreamSourceConfig(connection="nats", stream="ORDERS", durable="d", subjects=["orders.eu.*", "shop.>"])
+    issues = JetStreamSource.check(src, ctx)
+    assert [(i.loc, i.code) for i in issues] == [(("subjects", 1), "E240")]
+    undeclared = JetStreamSourceConfig(connection="nats", stream="OTHER", durable="d")
+    assert [i.code for i in JetStreamSource.check(undeclared, ctx)] == ["W340"]
+    ok_sink = JetStreamSinkConfig(connection="nats", subject="orders.clean")
+    bad_sink = JetStreamSinkConfig(connection="nats", subject="clean.orders")
+    assert JetStreamSink.check(ok_sink, ctx) == []
+    assert [i.code for i in JetStreamSink.check(bad_sink, ctx)] == ["W341"]

@@ -17,12 +17,13 @@ from typing import Any
 import orjson
 from pydantic import Field, model_validator
 
-from engine.api import CelExpr, NodeConfig, Sink
+from engine.api import CelExpr, CheckContext, CheckIssue, NodeConfig, Sink
 from engine.expr import EvalError, compile_expr
 from engine.message import Msg
 from engine.spec.connections import Duration
 
 from .connection import NatsHandle, nats_handle
+from .streams import subject_within
 
 __all__ = ["JetStreamPublishError", "JetStreamSink", "JetStreamSinkConfig"]
 
@@ -101,6 +102,18 @@ class JetStreamSink(Sink):
         self.published = 0
         self.duplicates = 0
         self.rejected = 0
+
+    @classmethod
+    def check(cls, config: JetStreamSinkConfig, ctx: CheckContext) -> list[CheckIssue]:
+        """W341: a fixed subject no declared stream captures (it may exist on the server; else 503 at run time)."""
+        conn = ctx.connections.get(config.connection)
+        streams = (conn or {}).get("streams") or {}
+        if not streams or config.subject is None:
+            return []
+        if any(subject_within(config.subject, s) for st in streams.values() for s in st["subjects"]):
+            return []
+        return [CheckIssue(("subject",), "W341", f"no stream declared under connection {config.connection!r} "
+                           f"stores subject {config.subject!r}", "warning")]
 
     def metrics(self) -> dict[str, int]:
         """Counters beside the runtime's: stored, deduplicated by the server, rejected."""

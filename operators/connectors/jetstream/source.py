@@ -30,6 +30,7 @@ from engine.runtime.outputs import SourceOutput
 from engine.spec.connections import Duration, Size
 
 from .connection import JetStreamConnectionError, NatsHandle, nats_handle
+from .streams import subject_within
 from .wire import write_lines
 
 __all__ = ["JetStreamSource", "JetStreamSourceConfig", "parse_ack_subject"]
@@ -120,15 +121,21 @@ class JetStreamSource(Source):
 
     @classmethod
     def check(cls, config: JetStreamSourceConfig, ctx: CheckContext) -> list[CheckIssue]:
+        """E240: a filter subject outside the declared stream; W340: a stream nobody declares or creates."""
         conn = ctx.connections.get(config.connection)
         if conn is None or conn.get("type") != "nats":
             return []
-        streams = conn.get("streams") or {}
-        if config.stream not in streams and not config.subjects:
-            return [CheckIssue(("stream",), "W301", f"stream {config.stream!r} is not declared under connection "
-                               f"{config.connection!r} and the source has no subjects: it must exist already",
+        declared = (conn.get("streams") or {}).get(config.stream)
+        if declared is None:
+            if config.subjects:
+                return []
+            return [CheckIssue(("stream",), "W340", f"stream {config.stream!r} is not declared under connection "
+                               f"{config.connection!r} and the source has no subjects to create it: it must exist",
                                "warning")]
-        return []
+        return [CheckIssue(("subjects", i), "E240", f"filter subject {f!r} is outside stream {config.stream!r} "
+                           f"(subjects {declared['subjects']})")
+                for i, f in enumerate(config.subjects)
+                if not any(subject_within(f, s) for s in declared["subjects"])]
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 

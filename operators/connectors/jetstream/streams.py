@@ -7,13 +7,24 @@ from typing import Any
 
 from engine.spec.connections import NatsStream
 
-__all__ = ["StreamConflictError", "ensure_streams", "stream_config", "stream_conflicts"]
+__all__ = ["StreamConflictError", "ensure_streams", "stream_config", "stream_conflicts", "subject_within"]
 
 log = logging.getLogger("streamdag.jetstream")
 
 
 class StreamConflictError(RuntimeError):
     """An existing stream's config differs from its declaration: fix one of them (nothing is changed)."""
+
+
+def subject_within(inner: str, outer: str) -> bool:
+    """True if every subject `inner` matches (wildcards allowed) is also matched by `outer`."""
+    a, b = inner.split("."), outer.split(".")
+    for i, tok in enumerate(b):
+        if tok == ">":
+            return i < len(a)
+        if i >= len(a) or a[i] == ">" or (tok != "*" and (a[i] == "*" or a[i] != tok)):
+            return False
+    return len(a) == len(b)
 
 
 def stream_config(name: str, spec: NatsStream) -> Any:
