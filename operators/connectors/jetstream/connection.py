@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from engine.spec.connections import NatsConnection
 
 from .streams import ensure_streams
+from .wire import Tap
 
 if TYPE_CHECKING:
     from engine.runtime.context import NodeContext
@@ -28,13 +29,14 @@ class JetStreamConnectionError(RuntimeError):
 
 
 class NatsHandle:
-    """A connected client (`nc`), its JetStream context (`js`) and reconnect listeners."""
+    """A connected client (`nc`), its JetStream context (`js`), its raw `tap` and reconnect listeners."""
 
     def __init__(self, name: str, settings: NatsConnection):
         self.name = name
         self.settings = settings
         self.nc: Any = None
         self.js: Any = None
+        self.tap: Tap | None = None
         self.listeners: list[Callable[[], Awaitable[None]]] = []
         self.closing = False
 
@@ -81,6 +83,7 @@ class NatsHandle:
         except Exception as exc:
             raise JetStreamConnectionError(f"connection {self.name!r}: cannot connect to {s.url}: {exc!r}") from exc
         self.js = self.nc.jetstream()
+        self.tap = Tap(self.nc)
         try:
             await ensure_streams(self.js, s.streams)
         except Exception:

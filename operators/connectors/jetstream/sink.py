@@ -122,24 +122,27 @@ class JetStreamSink(Sink):
     async def start(self) -> None:
         self._h = await nats_handle(self.ctx, self.config.connection)
         self._prefix = self._h.nc.new_inbox()
-        self._sub = await self._h.nc.subscribe(self._prefix + ".*", cb=self._on_ack)
+        self._sub = await self._h.tap.subscribe(self._prefix + ".*", self._on_ack)  # type: ignore[union-attr]
         self._prefix_len = len(self._prefix) + 1
 
     async def stop(self) -> None:
         if self._sub is not None:
+            self._h.tap.forget(self._sub)  # type: ignore[union-attr]
             try:
                 await self._sub.unsubscribe()
             except Exception:  # noqa: BLE001 - connection already gone
                 pass
             self._sub = None
 
-    async def _on_ack(self, msg: Any) -> None:
-        pos = self._waiting.pop(int(msg.subject[self._prefix_len:]), None)
+    def _on_ack(self, subject: str, reply: str, data: bytes, headers: dict[str, str] | None,
+                status: str | None) -> None:
+        pos = self._waiting.pop(int(subject[self._prefix_len:]), None)
         if pos is None:
             return  # a PubAck that came after its batch timed out
-        data = msg.data
-        if not data and msg.headers and msg.headers.get("Status") == "503":
+        if status == "503":
             self._results[pos] = "no stream listens on this subject (503 no responders)"
+        elif status is not None:
+            self._results[pos] = f"server answered {status} {(headers or {}).get('Description', '')}".strip()
         elif data.startswith(b'{"error"'):
             err = orjson.loads(data)["error"]
             self._results[pos] = f"server rejected the message: {err.get('description')} (code {err.get('err_code')})"

@@ -31,7 +31,7 @@ from engine.spec.connections import Duration, Size
 
 from .connection import JetStreamConnectionError, NatsHandle, nats_handle
 from .streams import subject_within
-from .wire import write_lines
+from .wire import Tap, write_lines
 
 __all__ = ["JetStreamSource", "JetStreamSourceConfig", "parse_ack_subject"]
 
@@ -106,7 +106,7 @@ class JetStreamSource(Source):
         self._h: NatsHandle | None = None
         self._sub: Any = None
         self._inbox = ""
-        self._buf: list[Any] = []
+        self._buf: list[tuple[str, str, bytes, dict[str, str] | None]] = []  # subject, reply, data, headers
         self._dead: list[Msg] = []
         self._wake = asyncio.Event()
         self._req_n = 0  # pull requests sent
@@ -145,7 +145,7 @@ class JetStreamSource(Source):
         await self._ensure_consumer()
         nc = self._h.nc
         self._inbox = nc.new_inbox()
-        self._sub = await nc.subscribe(self._inbox + ".*", cb=self._on_msg)
+        self._sub = await self._h.tap.subscribe(self._inbox + ".*", self._on_msg)  # type: ignore[union-attr]
         self._h.listeners.append(self._on_reconnect)
 
     async def stop(self) -> None:
@@ -154,6 +154,7 @@ class JetStreamSource(Source):
         if self._on_reconnect in self._h.listeners:
             self._h.listeners.remove(self._on_reconnect)
         if self._sub is not None:
+            self._h.tap.forget(self._sub)  # type: ignore[union-attr]
             try:
                 await self._sub.unsubscribe()
             except Exception:  # noqa: BLE001 - connection already gone
@@ -162,7 +163,7 @@ class JetStreamSource(Source):
         # Messages received but never emitted go back to the server at once.
         leftovers, self._buf = self._buf, []
         if leftovers and not self._h.nc.is_closed:
-            await write_lines(self._h.nc, [(m.reply, b"-NAK") for m in leftovers if m.reply])
+            await write_lines(self._h.nc, [(m[1], b"-NAK") for m in leftovers])
             await self._h.nc.flush()
 
     async def _ensure_stream(self) -> None:
@@ -214,23 +215,21 @@ class JetStreamSource(Source):
 
     # -- receiving -------------------------------------------------------------------------------------------
 
-    async def _on_msg(self, msg: Any) -> None:
-        if msg.reply:
-            self._buf.append(msg)
+    def _on_msg(self, subject: str, reply: str, data: bytes, headers: dict[str, str] | None,
+                status: str | None) -> None:
+        if reply:
+            self._buf.append((subject, reply, data, headers))
             self._req_left -= 1
             if len(self._buf) == 1 or self._req_left <= 0:
                 self._wake.set()
             return
-        headers = msg.headers or {}
-        status = headers.get("Status")
-        if status in _STATUS_DONE and msg.subject == self._req_subject:
+        if status in _STATUS_DONE and subject == self._req_subject:
             self._req_left = 0
             self._wake.set()
             if status == "409":
-                desc = headers.get("Description") or next((v for k, v in headers.items() if str(k).endswith(
-                    "DESCRIPTION")), "")
+                desc = (headers or {}).get("Description", "")
                 log.warning("node %s: pull request ended: 409 %s", self.id, desc)
-                if "Deleted" in str(desc):
+                if "Deleted" in desc:
                     asyncio.ensure_future(self._recreate_consumer())
 
     async def _recreate_consumer(self) -> None:
@@ -315,22 +314,20 @@ class JetStreamSource(Source):
         await out.stopping.wait()
         self._wake.set()
 
-    def _decode(self, raw: list[Any]) -> tuple[list[Msg], list[Msg]]:
-        """Build messages (body, meta, ack) from nats-py messages in one tight loop."""
+    def _decode(self, raw: list[tuple[str, str, bytes, dict[str, str] | None]]) -> tuple[list[Msg], list[Msg]]:
+        """Build messages (body, meta, ack) from raw frames in one tight loop."""
         new_ack = self._out.tracker.new  # type: ignore[union-attr]
         codec = self.config.codec
         loads = orjson.loads
         msgs: list[Msg] = []
         errors: list[Msg] = []
-        for m in raw:
-            reply = m.reply
+        for subject, reply, data, headers in raw:
             t = reply.split(".")
             o = 2 if len(t) == 9 else 4
             delivered = int(t[o + 2])
-            meta = {"subject": m.subject, "stream": t[o], "consumer": t[o + 1], "delivered": delivered,
+            meta = {"subject": subject, "stream": t[o], "consumer": t[o + 1], "delivered": delivered,
                     "seq": int(t[o + 3]), "consumer_seq": int(t[o + 4]), "timestamp": int(t[o + 5]) / 1e9,
-                    "headers": m.headers or {}}
-            data = m.data
+                    "headers": headers or {}}
             ack = new_ack()
             if delivered > 1:
                 self.redeliveries += 1
