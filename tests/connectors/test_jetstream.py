@@ -246,7 +246,7 @@ def test_default_msg_id_comes_from_source_identity():
             assert await snk.write([Msg({"v": 1}, {"stream": "S", "seq": 5})]) == []
             assert snk.duplicates == 1
             ids = [(await env.js.get_msg(env.p + "_OUT", s)).headers["Nats-Msg-Id"] for s in (1, 2)]
-            assert ids == ["S:5", "S:5#1"]
+            assert ids == ["snk:S:5", "snk:S:5#1"]
             await snk.stop()
 
     arun(main())
@@ -273,3 +273,35 @@ def test_long_running_work_sends_in_progress():
 def test_parse_ack_subject_v1_and_v2():
     assert parse_ack_subject("$JS.ACK.S.C.2.10.7.1700000000000000000.3") == ("S", "C", 2, 10, 7, 1.7e9)
     assert parse_ack_subject("$JS.ACK.dom.hash.S.C.1.11.8.1700000000000000000.0.tok")[:5] == ("S", "C", 1, 11, 8)
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_tap_gives_the_same_frames_on_the_fast_and_the_public_path(fast):
+    from operators.connectors.jetstream.wire import Tap
+
+    async def main() -> None:
+        nc = await connect()
+        p = unique()
+        got: list = []
+        try:
+            tap = Tap(nc, fast=fast)
+            assert tap.fast is fast
+            done = asyncio.Event()
+
+            def handler(subject, reply, data, headers, status):  # noqa: ANN001, ANN202
+                got.append((subject, reply, data, headers, status))
+                if len(got) == 3:
+                    done.set()
+
+            await tap.subscribe(p + ".*", handler)
+            await nc.publish(p + ".a", b"one", reply="r.1")
+            await nc.publish(p + ".b", b"two", headers={"K": "v 1", "Nats-Msg-Id": "x"})
+            await nc.publish("jetstream_nobody." + p, b"", reply=p + ".c")  # 503 no responders comes back
+            await asyncio.wait_for(done.wait(), 5)
+            assert got[0] == (p + ".a", "r.1", b"one", None, None)
+            assert got[1] == (p + ".b", "", b"two", {"K": "v 1", "Nats-Msg-Id": "x"}, None)
+            assert got[2][0] == p + ".c" and got[2][4] == "503"
+        finally:
+            await nc.close()
+
+    arun(main())

@@ -48,7 +48,7 @@ class JetStreamSinkConfig(NodeConfig):
                                         examples=[{"X-Source": "meta.subject"}])
     copy_headers: bool = Field(False, description="Copy the incoming message's headers (`meta.headers`).")
     msg_id: CelExpr | None = Field(None, description="CEL expression for `Nats-Msg-Id` (deduplication). Default: "
-                                   "`<stream>:<seq>` of a JetStream source message, else `meta.id` if present.",
+                                   "`<node>:<stream>:<seq>` of a JetStream source message, else `<node>:<meta.id>`.",
                                    examples=["string(msg.id)"])
     max_in_flight: int = Field(1000, ge=1, le=100_000, description="Publishes awaiting their PubAck at once.")
     ack_timeout: Duration = Field(5.0, gt=0, description="Seconds to wait for PubAcks before retrying the batch.")
@@ -164,9 +164,9 @@ class JetStreamSink(Sink):
         if self._msg_id is not None:
             mid = str(self._msg_id(body, meta))
         elif "stream" in meta and "seq" in meta:
-            mid = f"{meta['stream']}:{meta['seq']}"
+            mid = f"{self.id}:{meta['stream']}:{meta['seq']}"
         elif "id" in meta:
-            mid = str(meta["id"])
+            mid = f"{self.id}:{meta['id']}"
         else:
             mid = ""
         if mid and self._msg_id is None:  # several outputs of one input: number them within the batch

@@ -36,10 +36,10 @@ def parse_headers(raw: bytes) -> tuple[dict[str, str], str | None]:
 class Tap:
     """Routes frames of chosen subscriptions (by sid) to plain functions, past nats-py's machinery."""
 
-    def __init__(self, nc: Any):
+    def __init__(self, nc: Any, fast: bool = True):
         self.nc = nc
         self.handlers: dict[int, Handler] = {}
-        self.fast = callable(getattr(nc, "_process_msg", None))
+        self.fast = fast and callable(getattr(nc, "_process_msg", None))
         if self.fast:
             original = nc._process_msg
             handlers = self.handlers
