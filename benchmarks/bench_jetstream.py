@@ -61,8 +61,9 @@ async def plain_loop(n: int, batch: int = 1000) -> float:
     p = await _setup(nc, n)
     js = nc.jetstream(publish_async_max_pending=batch)
     try:
-        sub = await js.pull_subscribe(p + ".in.>", durable="plain", stream=p + "_IN",
-                                      config=ConsumerConfig(max_ack_pending=4 * batch))
+        sub = await js.pull_subscribe(
+            p + ".in.>", durable="plain", stream=p + "_IN", config=ConsumerConfig(max_ack_pending=4 * batch)
+        )
         t0 = time.perf_counter()
         done = 0
         while done < n:
@@ -71,8 +72,11 @@ async def plain_loop(n: int, batch: int = 1000) -> float:
             for m in msgs:
                 out = orjson.dumps(enrich(orjson.loads(m.data)))
                 md = m.metadata
-                futs.append(await js.publish_async(p + ".out.x", out,
-                                                   headers={"Nats-Msg-Id": f"{md.stream}:{md.sequence.stream}"}))
+                futs.append(
+                    await js.publish_async(
+                        p + ".out.x", out, headers={"Nats-Msg-Id": f"{md.stream}:{md.sequence.stream}"}
+                    )
+                )
             await asyncio.gather(*futs)
             for m in msgs:
                 await m.ack()
@@ -90,10 +94,16 @@ async def streamdag_pipeline(n: int, batch: int = 1000) -> float:
     p = await _setup(nc, n)
     resources = Resources()
     try:
-        src = JetStreamSource("src", JetStreamSourceConfig(connection="nats", stream=p + "_IN", durable="sd",
-                                                           batch=batch), make_ctx("src", URL, resources))
-        snk = JetStreamSink("snk", JetStreamSinkConfig(connection="nats", subject=p + ".out.x",
-                                                       max_in_flight=batch), make_ctx("snk", URL, resources))
+        src = JetStreamSource(
+            "src",
+            JetStreamSourceConfig(connection="nats", stream=p + "_IN", durable="sd", batch=batch),
+            make_ctx("src", URL, resources),
+        )
+        snk = JetStreamSink(
+            "snk",
+            JetStreamSinkConfig(connection="nats", subject=p + ".out.x", max_in_flight=batch),
+            make_ctx("snk", URL, resources),
+        )
         pipe = Pipe(src, snk, lambda body, meta: enrich(body), limit=4 * batch)
         t0 = time.perf_counter()
         await pipe.run(lambda: src.acked >= n, timeout=300)
@@ -115,7 +125,11 @@ def measure(n: int) -> dict[str, float]:
         pass
     plain = asyncio.run(plain_loop(n))
     engine = asyncio.run(streamdag_pipeline(n))
-    return {"plain_msgs_per_s": round(plain), "streamdag_msgs_per_s": round(engine), "ratio": round(engine / plain, 2)}
+    return {
+        "plain_msgs_per_s": round(plain),
+        "streamdag_msgs_per_s": round(engine),
+        "ratio": round(engine / plain, 2),
+    }
 
 
 def test_jetstream_map_jetstream(benchmark):  # noqa: ANN001

@@ -7,8 +7,16 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-__all__ = ["Connection", "HttpConnection", "NatsConnection", "NatsStream", "PostgresConnection", "RedisConnection",
-           "parse_duration", "parse_size"]
+__all__ = [
+    "Connection",
+    "HttpConnection",
+    "NatsConnection",
+    "NatsStream",
+    "PostgresConnection",
+    "RedisConnection",
+    "parse_duration",
+    "parse_size",
+]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
@@ -21,7 +29,7 @@ def parse_duration(value: Any) -> float:
         return float(value)
     m = _DURATION.match(str(value))
     if not m:
-        raise ValueError(f"not a duration: {value!r} (use a number of seconds or e.g. 500ms, 30s, 5m, 1h, 7d)")
+        raise ValueError(f"not a duration: {value!r} (a number of seconds, or e.g. 500ms, 30s, 5m, 1h, 7d)")
     return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
 
 
@@ -50,7 +58,7 @@ _STREAM_NAME = re.compile(r"^[^.*>\s/\\]+$")
 class NatsStream(_Base):
     """A JetStream stream to create if missing (declared under a nats connection's `streams`)."""
 
-    subjects: list[str] = Field(min_length=1, description="Subjects stored by the stream.", examples=[["orders.>"]])
+    subjects: list[str] = Field(min_length=1, description="Subjects it stores.", examples=[["orders.>"]])
     retention: Literal["limits", "interest", "workqueue"] = Field("limits", description="Retention policy.")
     max_age: Duration = Field(0, description="Oldest message kept (e.g. 7d); 0 = unlimited.", examples=["7d"])
     max_msg_size: Size = Field(-1, ge=-1, description="Largest message accepted (e.g. 1MB); -1 = server max.")
@@ -58,7 +66,7 @@ class NatsStream(_Base):
     max_bytes: Size = Field(-1, ge=-1, description="Bytes kept (e.g. 10GB); -1 = unlimited.")
     storage: Literal["file", "memory"] = Field("file", description="Where messages are stored.")
     replicas: int = Field(1, ge=1, le=5, description="Copies kept in a cluster.")
-    duplicate_window: Duration = Field(120, description="Window in which `Nats-Msg-Id` deduplicates (e.g. 2m).")
+    duplicate_window: Duration = Field(120, description="How long `Nats-Msg-Id` deduplicates (e.g. 2m).")
     discard: Literal["old", "new"] = Field("old", description="What a full stream discards.")
 
     @model_validator(mode="after")

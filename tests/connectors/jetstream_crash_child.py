@@ -24,9 +24,14 @@ from operators.connectors.jetstream.source import JetStreamSource, JetStreamSour
 
 async def main(url: str, stream: str, subject: str, n: int, hold_after: int) -> None:
     resources = Resources()
-    src = JetStreamSource("src", JetStreamSourceConfig(connection="nats", stream=stream, durable="d", batch=100,
-                                                       ack_wait=2.0), make_ctx("src", url, resources))
-    snk = JetStreamSink("snk", JetStreamSinkConfig(connection="nats", subject=subject), make_ctx("snk", url, resources))
+    src = JetStreamSource(
+        "src",
+        JetStreamSourceConfig(connection="nats", stream=stream, durable="d", batch=100, ack_wait=2.0),
+        make_ctx("src", url, resources),
+    )
+    snk = JetStreamSink(
+        "snk", JetStreamSinkConfig(connection="nats", subject=subject), make_ctx("snk", url, resources)
+    )
     writes = [0]
     real_write = snk.write
 
@@ -57,8 +62,17 @@ async def main(url: str, stream: str, subject: str, n: int, hold_after: int) -> 
     watcher = asyncio.ensure_future(watch())
     await pipe.run(done.is_set, timeout=60)
     watcher.cancel()
-    print(json.dumps({"published": snk.published, "duplicates": snk.duplicates, "acked": src.acked,
-                      "redeliveries": src.redeliveries}), flush=True)
+    print(
+        json.dumps(
+            {
+                "published": snk.published,
+                "duplicates": snk.duplicates,
+                "acked": src.acked,
+                "redeliveries": src.redeliveries,
+            }
+        ),
+        flush=True,
+    )
     await resources.close()
 
 

@@ -85,8 +85,11 @@ class PrivateServer:
         return f"nats://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([NATS_SERVER, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", self.dir],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [NATS_SERVER, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", self.dir],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     async def wait_ready(self, timeout: float = 10.0) -> None:
         async def up() -> bool:
@@ -96,6 +99,7 @@ class PrivateServer:
                 return True
             except OSError:
                 return False
+
         await wait_for(up, timeout, "private nats-server")
 
     def stop(self) -> None:

@@ -21,7 +21,9 @@ __all__ = ["FAIL", "Pipe", "make_ctx"]
 FAIL = object()  # a step returns this to fail a message's ack (as a sink that gave up would)
 
 
-def make_ctx(node_id: str, url: str, resources: Resources, streams: dict[str, Any] | None = None) -> NodeContext:
+def make_ctx(
+    node_id: str, url: str, resources: Resources, streams: dict[str, Any] | None = None
+) -> NodeContext:
     conn = {"type": "nats", "url": url, "streams": streams or {}}
     return NodeContext(node_id, {"nats": conn}, {}, resources)
 
@@ -29,12 +31,21 @@ def make_ctx(node_id: str, url: str, resources: Resources, streams: dict[str, An
 class Pipe:
     """Runs `source` -> `step(body, meta)` -> `sink`; errors go to `dead` (a sink) when given."""
 
-    def __init__(self, source: Any, sink: Any, step: Callable[[Any, dict], Any] | None = None,
-                 dead: Any = None, limit: int = 0, queue: int = 4):
+    def __init__(
+        self,
+        source: Any,
+        sink: Any,
+        step: Callable[[Any, dict], Any] | None = None,
+        dead: Any = None,
+        limit: int = 0,
+        queue: int = 4,
+    ):
         self.source, self.sink, self.step, self.dead = source, sink, step, dead
         self.tracker = AckTracker(limit)
         self.q: asyncio.Queue[dict[str, list[Msg]]] = asyncio.Queue(queue)
-        self.out = SourceOutput("src", self.tracker, self.q.put, NodeStats("src", "source", "jetstream_source"))
+        self.out = SourceOutput(
+            "src", self.tracker, self.q.put, NodeStats("src", "source", "jetstream_source")
+        )
         self.sink_errors: list[tuple[Msg, str]] = []
         self.retries = 0
         self.hold_acks = asyncio.Event()  # set: acks stay in the tracker (crash tests)
@@ -105,8 +116,11 @@ class Pipe:
         for node in (self.source, self.sink, self.dead):
             if node is not None:
                 await node.start()
-        tasks = [asyncio.ensure_future(self._work()), asyncio.ensure_future(self._acks()),
-                 asyncio.ensure_future(self.source.run(self.out))]
+        tasks = [
+            asyncio.ensure_future(self._work()),
+            asyncio.ensure_future(self._acks()),
+            asyncio.ensure_future(self.source.run(self.out)),
+        ]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         try:

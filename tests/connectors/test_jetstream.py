@@ -185,12 +185,19 @@ def test_undecodable_message_goes_to_errors_and_is_acked_once_dead_lettered():
 def test_oversized_and_unroutable_messages_go_to_errors_with_reason():
     async def main() -> None:
         async with Env(max_msg_size=200) as env:
-            await env.publish([orjson.dumps({"id": 1, "pad": ""}), orjson.dumps({"id": 2, "pad": "x" * 500}),
-                               orjson.dumps({"id": 3, "pad": "", "nowhere": True})])
+            await env.publish(
+                [
+                    orjson.dumps({"id": 1, "pad": ""}),
+                    orjson.dumps({"id": 2, "pad": "x" * 500}),
+                    orjson.dumps({"id": 3, "pad": "", "nowhere": True}),
+                ]
+            )
             dead = MemorySink()
             src = env.source()
-            snk = env.sink(subject=None, subject_expr=f"has(msg.nowhere) ? 'jetstream_nostream.{env.p}' : "
-                                                      f"'{env.p}.out.x'")
+            snk = env.sink(
+                subject=None,
+                subject_expr=f"has(msg.nowhere) ? 'jetstream_nostream.{env.p}' : '{env.p}.out.x'",
+            )
             pipe = Pipe(src, snk, None, dead=dead)
             await pipe.run(lambda: src.acked >= 3)
             assert [b["id"] for b in await env.out_bodies()] == [1]
@@ -272,7 +279,13 @@ def test_long_running_work_sends_in_progress():
 
 def test_parse_ack_subject_v1_and_v2():
     assert parse_ack_subject("$JS.ACK.S.C.2.10.7.1700000000000000000.3") == ("S", "C", 2, 10, 7, 1.7e9)
-    assert parse_ack_subject("$JS.ACK.dom.hash.S.C.1.11.8.1700000000000000000.0.tok")[:5] == ("S", "C", 1, 11, 8)
+    assert parse_ack_subject("$JS.ACK.dom.hash.S.C.1.11.8.1700000000000000000.0.tok")[:5] == (
+        "S",
+        "C",
+        1,
+        11,
+        8,
+    )
 
 
 @pytest.mark.parametrize("fast", [True, False])

@@ -27,8 +27,10 @@ CHILD = os.path.join(os.path.dirname(__file__), "jetstream_crash_child.py")
 
 async def stored_ids(js, stream: str) -> list[int]:  # noqa: ANN001
     info = await js.stream_info(stream)
-    return [orjson.loads((await js.get_msg(stream, s)).data)["id"]
-            for s in range(info.state.first_seq, info.state.last_seq + 1)]
+    return [
+        orjson.loads((await js.get_msg(stream, s)).data)["id"]
+        for s in range(info.state.first_seq, info.state.last_seq + 1)
+    ]
 
 
 def test_kill_9_between_fetch_and_ack_then_restart_loses_and_duplicates_nothing():
@@ -92,11 +94,18 @@ def test_server_restart_mid_run_resumes_without_loss_or_duplicates():
         for i in range(n // 2):
             await js.publish(f"{p}.in.a", orjson.dumps({"id": i}))
         resources = Resources()
-        src = JetStreamSource("src", JetStreamSourceConfig(connection="nats", stream=p + "_IN", durable="d",
-                                                           batch=100, ack_wait=2.0, expires=1.0),
-                              make_ctx("src", server.url, resources))
-        snk = JetStreamSink("snk", JetStreamSinkConfig(connection="nats", subject=p + ".out.x", ack_timeout=1.0),
-                            make_ctx("snk", server.url, resources))
+        src = JetStreamSource(
+            "src",
+            JetStreamSourceConfig(
+                connection="nats", stream=p + "_IN", durable="d", batch=100, ack_wait=2.0, expires=1.0
+            ),
+            make_ctx("src", server.url, resources),
+        )
+        snk = JetStreamSink(
+            "snk",
+            JetStreamSinkConfig(connection="nats", subject=p + ".out.x", ack_timeout=1.0),
+            make_ctx("snk", server.url, resources),
+        )
         restarted = asyncio.Event()
 
         def step(body, meta):  # noqa: ANN001, ANN202
@@ -116,7 +125,9 @@ def test_server_restart_mid_run_resumes_without_loss_or_duplicates():
             for i in range(n // 2, n):
                 while True:
                     try:
-                        await js.publish(f"{p}.in.a", orjson.dumps({"id": i}), headers={"Nats-Msg-Id": str(i)})
+                        await js.publish(
+                            f"{p}.in.a", orjson.dumps({"id": i}), headers={"Nats-Msg-Id": str(i)}
+                        )
                         break
                     except Exception:  # noqa: BLE001 - JetStream not ready yet after the restart
                         await asyncio.sleep(0.1)
@@ -146,4 +157,3 @@ def test_server_restart_mid_run_resumes_without_loss_or_duplicates():
         asyncio.run(main())
     finally:
         server.cleanup()
-

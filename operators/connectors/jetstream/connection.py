@@ -81,7 +81,9 @@ class NatsHandle:
                 **kwargs,
             )
         except Exception as exc:
-            raise JetStreamConnectionError(f"connection {self.name!r}: cannot connect to {s.url}: {exc!r}") from exc
+            raise JetStreamConnectionError(
+                f"connection {self.name!r}: cannot connect to {s.url}: {exc!r}"
+            ) from exc
         self.js = self.nc.jetstream()
         self.tap = Tap(self.nc)
         try:

@@ -42,16 +42,25 @@ class JetStreamSinkConfig(NodeConfig):
 
     connection: str = Field(description="Name of a `nats` connection.", examples=["nats"])
     subject: str | None = Field(None, description="Fixed subject to publish to.", examples=["clean.orders"])
-    subject_expr: CelExpr | None = Field(None, description="CEL expression giving each message's subject.",
-                                         examples=["'orders.' + msg.region"])
-    headers: dict[str, CelExpr] = Field(default_factory=dict, description="Headers to set, each a CEL expression.",
-                                        examples=[{"X-Source": "meta.subject"}])
+    subject_expr: CelExpr | None = Field(
+        None, description="CEL expression giving each message's subject.", examples=["'orders.' + msg.region"]
+    )
+    headers: dict[str, CelExpr] = Field(
+        default_factory=dict,
+        description="Headers to set, each a CEL expression.",
+        examples=[{"X-Source": "meta.subject"}],
+    )
     copy_headers: bool = Field(False, description="Copy the incoming message's headers (`meta.headers`).")
-    msg_id: CelExpr | None = Field(None, description="CEL expression for `Nats-Msg-Id` (deduplication). Default: "
-                                   "`<node>:<stream>:<seq>` of a JetStream source message, else `<node>:<meta.id>`.",
-                                   examples=["string(msg.id)"])
+    msg_id: CelExpr | None = Field(
+        None,
+        description="CEL expression for `Nats-Msg-Id` (deduplication). Default: "
+        "`<node>:<stream>:<seq>` of a JetStream source message, else `<node>:<meta.id>`.",
+        examples=["string(msg.id)"],
+    )
     max_in_flight: int = Field(1000, ge=1, le=100_000, description="Publishes awaiting their PubAck at once.")
-    ack_timeout: Duration = Field(5.0, gt=0, description="Seconds to wait for PubAcks before retrying the batch.")
+    ack_timeout: Duration = Field(
+        5.0, gt=0, description="Seconds to wait for PubAcks before retrying the batch."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> JetStreamSinkConfig:
@@ -66,7 +75,9 @@ class JetStreamSinkConfig(NodeConfig):
 
 
 def _header_value(v: Any) -> bytes:
-    text = v if isinstance(v, str) else orjson.dumps(v).decode() if not isinstance(v, (int, float)) else str(v)
+    text = (
+        v if isinstance(v, str) else orjson.dumps(v).decode() if not isinstance(v, (int, float)) else str(v)
+    )
     return text.replace("\r", " ").replace("\n", " ").strip().encode()
 
 
@@ -105,15 +116,22 @@ class JetStreamSink(Sink):
 
     @classmethod
     def check(cls, config: JetStreamSinkConfig, ctx: CheckContext) -> list[CheckIssue]:
-        """W341: a fixed subject no declared stream captures (it may exist on the server; else 503 at run time)."""
+        """W341: a fixed subject no declared stream stores (one may exist on the server; else 503 at run)."""
         conn = ctx.connections.get(config.connection)
         streams = (conn or {}).get("streams") or {}
         if not streams or config.subject is None:
             return []
         if any(subject_within(config.subject, s) for st in streams.values() for s in st["subjects"]):
             return []
-        return [CheckIssue(("subject",), "W341", f"no stream declared under connection {config.connection!r} "
-                           f"stores subject {config.subject!r}", "warning")]
+        return [
+            CheckIssue(
+                ("subject",),
+                "W341",
+                f"no stream declared under connection {config.connection!r} "
+                f"stores subject {config.subject!r}",
+                "warning",
+            )
+        ]
 
     def metrics(self) -> dict[str, int]:
         """Counters beside the runtime's: stored, deduplicated by the server, rejected."""
@@ -134,9 +152,10 @@ class JetStreamSink(Sink):
                 pass
             self._sub = None
 
-    def _on_ack(self, subject: str, reply: str, data: bytes, headers: dict[str, str] | None,
-                status: str | None) -> None:
-        pos = self._waiting.pop(int(subject[self._prefix_len:]), None)
+    def _on_ack(
+        self, subject: str, reply: str, data: bytes, headers: dict[str, str] | None, status: str | None
+    ) -> None:
+        pos = self._waiting.pop(int(subject[self._prefix_len :]), None)
         if pos is None:
             return  # a PubAck that came after its batch timed out
         if status == "503":
@@ -145,7 +164,9 @@ class JetStreamSink(Sink):
             self._results[pos] = f"server answered {status} {(headers or {}).get('Description', '')}".strip()
         elif data.startswith(b'{"error"'):
             err = orjson.loads(data)["error"]
-            self._results[pos] = f"server rejected the message: {err.get('description')} (code {err.get('err_code')})"
+            self._results[pos] = (
+                f"server rejected the message: {err.get('description')} (code {err.get('err_code')})"
+            )
         elif b'"duplicate"' in data:
             self.duplicates += 1
         self._left -= 1
@@ -191,7 +212,7 @@ class JetStreamSink(Sink):
         step = self.config.max_in_flight
         async with self._lock:
             for i in range(0, len(batch), step):
-                await self._publish_chunk(batch[i:i + step], failed)
+                await self._publish_chunk(batch[i : i + step], failed)
         self.rejected += len(failed)
         return failed
 
@@ -214,12 +235,16 @@ class JetStreamSink(Sink):
                 continue
             total = len(hdr) + len(payload)
             if total > max_payload:
-                failed.append((msg, f"message of {total} bytes exceeds the server's max_payload of {max_payload}"))
+                failed.append(
+                    (msg, f"message of {total} bytes exceeds the server's max_payload of {max_payload}")
+                )
                 continue
             seq += 1
             waiting[seq] = len(sent)
             sent.append(msg)
-            lines.append(b"HPUB %s %s.%d %d %d\r\n%s%s\r\n" % (subject, prefix, seq, len(hdr), total, hdr, payload))
+            lines.append(
+                b"HPUB %s %s.%d %d %d\r\n%s%s\r\n" % (subject, prefix, seq, len(hdr), total, hdr, payload)
+            )
         self._seq = seq
         if not sent:
             return
@@ -234,10 +259,12 @@ class JetStreamSink(Sink):
         except asyncio.TimeoutError:
             missing = len(self._waiting)
             self._waiting = {}
-            raise JetStreamPublishError(f"{missing} of {len(sent)} PubAcks missing after {self.config.ack_timeout}s "
-                                        f"(server down or restarting?)") from None
+            raise JetStreamPublishError(
+                f"{missing} of {len(sent)} PubAcks missing after {self.config.ack_timeout}s "
+                f"(server down or restarting?)"
+            ) from None
         stored = 0
-        for msg, result in zip(sent, self._results):
+        for msg, result in zip(sent, self._results, strict=True):
             if result is None:
                 stored += 1
             else:

@@ -31,7 +31,7 @@ from engine.spec.connections import Duration, Size
 
 from .connection import JetStreamConnectionError, NatsHandle, nats_handle
 from .streams import subject_within
-from .wire import Tap, write_lines
+from .wire import write_lines
 
 __all__ = ["JetStreamSource", "JetStreamSourceConfig", "parse_ack_subject"]
 
@@ -45,28 +45,51 @@ class JetStreamSourceConfig(NodeConfig):
 
     connection: str = Field(description="Name of a `nats` connection.", examples=["nats"])
     stream: str = Field(description="Stream to read.", examples=["ORDERS"])
-    durable: str = Field(description="Durable consumer name; created if missing, else bound.",
-                         examples=["orders-etl"])
-    subjects: list[str] = Field(default_factory=list, description="Filter subjects (all of the stream if empty). "
-                                "Also the stream's subjects if the stream must be created.", examples=[["orders.>"]])
+    durable: str = Field(
+        description="Durable consumer name; created if missing, else bound.", examples=["orders-etl"]
+    )
+    subjects: list[str] = Field(
+        default_factory=list,
+        description="Filter subjects (all of the stream if empty). "
+        "Also the stream's subjects if the stream must be created.",
+        examples=[["orders.>"]],
+    )
     deliver: Literal["all", "new", "last", "by_start_sequence", "by_start_time"] = Field(
-        "all", description="Where a new consumer starts.")
-    start_sequence: int | None = Field(None, ge=1, description="First stream sequence (deliver: by_start_sequence).")
-    start_time: datetime | None = Field(None, description="First message time, ISO 8601 (deliver: by_start_time).")
+        "all", description="Where a new consumer starts."
+    )
+    start_sequence: int | None = Field(
+        None, ge=1, description="First stream sequence (deliver: by_start_sequence)."
+    )
+    start_time: datetime | None = Field(
+        None, description="First message time, ISO 8601 (deliver: by_start_time)."
+    )
     ack_wait: Duration = Field(30.0, gt=0, description="Seconds before an unacked message is redelivered.")
     max_deliver: int = Field(5, ge=1, description="Deliveries before a failing message is dead-lettered.")
-    max_ack_pending: int | None = Field(None, ge=1, description="Unacked messages the server allows; default: "
-                                        "the larger of 4 x batch and the graph's in-flight capacity.")
-    backoff: list[Duration] = Field(default_factory=list, description="Server-side redelivery delays by "
-                                    "delivery count, e.g. [1s, 5s, 30s]; replaces ack_wait (the server waits "
-                                    "backoff[0] for the first delivery).")
+    max_ack_pending: int | None = Field(
+        None,
+        ge=1,
+        description="Unacked messages the server allows; default: "
+        "the larger of 4 x batch and the graph's in-flight capacity.",
+    )
+    backoff: list[Duration] = Field(
+        default_factory=list,
+        description="Server-side redelivery delays by "
+        "delivery count, e.g. [1s, 5s, 30s]; replaces ack_wait (the server waits "
+        "backoff[0] for the first delivery).",
+    )
     batch: int = Field(1000, ge=1, le=100_000, description="Messages asked for per pull request.")
     max_bytes: Size | None = Field(None, ge=1, description="Bytes asked for per pull request (e.g. 4MB).")
     expires: Duration = Field(5.0, gt=0, description="Seconds a pull request waits for new messages.")
-    codec: Literal["json", "text", "bytes"] = Field("json", description="How a message's data becomes its body.")
-    retry: RetryPolicy = Field(default_factory=lambda: RetryPolicy(initial_backoff=1.0, max_backoff=60.0),
-                               description="Nak delay of a failed message, by delivery count.")
-    in_progress: bool = Field(True, description="Send `in progress` for messages held longer than ack_wait/3.")
+    codec: Literal["json", "text", "bytes"] = Field(
+        "json", description="How a message's data becomes its body."
+    )
+    retry: RetryPolicy = Field(
+        default_factory=lambda: RetryPolicy.model_validate({"initial_backoff": 1.0, "max_backoff": 60.0}),
+        description="Nak delay of a failed message, by delivery count.",
+    )
+    in_progress: bool = Field(
+        True, description="Send `in progress` for messages held longer than ack_wait/3."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> JetStreamSourceConfig:
@@ -129,13 +152,24 @@ class JetStreamSource(Source):
         if declared is None:
             if config.subjects:
                 return []
-            return [CheckIssue(("stream",), "W340", f"stream {config.stream!r} is not declared under connection "
-                               f"{config.connection!r} and the source has no subjects to create it: it must exist",
-                               "warning")]
-        return [CheckIssue(("subjects", i), "E240", f"filter subject {f!r} is outside stream {config.stream!r} "
-                           f"(subjects {declared['subjects']})")
-                for i, f in enumerate(config.subjects)
-                if not any(subject_within(f, s) for s in declared["subjects"])]
+            return [
+                CheckIssue(
+                    ("stream",),
+                    "W340",
+                    f"stream {config.stream!r} is not declared under connection "
+                    f"{config.connection!r} and the source has no subjects to create it: it must exist",
+                    "warning",
+                )
+            ]
+        return [
+            CheckIssue(
+                ("subjects", i),
+                "E240",
+                f"filter subject {f!r} is outside stream {config.stream!r} (subjects {declared['subjects']})",
+            )
+            for i, f in enumerate(config.subjects)
+            if not any(subject_within(f, s) for s in declared["subjects"])
+        ]
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
@@ -177,7 +211,8 @@ class JetStreamSource(Source):
             if not cfg.subjects:
                 raise JetStreamConnectionError(
                     f"node {self.id!r}: stream {cfg.stream!r} does not exist; declare it under "
-                    f"connections.{cfg.connection}.streams or give the source its subjects") from None
+                    f"connections.{cfg.connection}.streams or give the source its subjects"
+                ) from None
             await js.add_stream(StreamConfig(name=cfg.stream, subjects=list(cfg.subjects)))
             log.info("node %s: created stream %s with subjects %s", self.id, cfg.stream, cfg.subjects)
 
@@ -185,9 +220,13 @@ class JetStreamSource(Source):
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
         cfg = self.config
-        policy = {"all": DeliverPolicy.ALL, "new": DeliverPolicy.NEW, "last": DeliverPolicy.LAST,
-                  "by_start_sequence": DeliverPolicy.BY_START_SEQUENCE,
-                  "by_start_time": DeliverPolicy.BY_START_TIME}[cfg.deliver]
+        policy = {
+            "all": DeliverPolicy.ALL,
+            "new": DeliverPolicy.NEW,
+            "last": DeliverPolicy.LAST,
+            "by_start_sequence": DeliverPolicy.BY_START_SEQUENCE,
+            "by_start_time": DeliverPolicy.BY_START_TIME,
+        }[cfg.deliver]
         return ConsumerConfig(
             durable_name=cfg.durable,
             ack_policy=AckPolicy.EXPLICIT,
@@ -211,12 +250,14 @@ class JetStreamSource(Source):
             raise JetStreamConnectionError(
                 f"node {self.id!r}: cannot create or bind consumer {self.config.durable!r} on stream "
                 f"{self.config.stream!r}: {exc} (an existing durable with another deliver policy or filter "
-                f"cannot be changed: delete it or pick another name)") from exc
+                f"cannot be changed: delete it or pick another name)"
+            ) from exc
 
     # -- receiving -------------------------------------------------------------------------------------------
 
-    def _on_msg(self, subject: str, reply: str, data: bytes, headers: dict[str, str] | None,
-                status: str | None) -> None:
+    def _on_msg(
+        self, subject: str, reply: str, data: bytes, headers: dict[str, str] | None, status: str | None
+    ) -> None:
         if reply:
             self._buf.append((subject, reply, data, headers))
             self._req_left -= 1
@@ -265,7 +306,9 @@ class JetStreamSource(Source):
         try:
             await self._h.nc.publish(  # type: ignore[union-attr]
                 f"$JS.API.CONSUMER.MSG.NEXT.{self.config.stream}.{self.config.durable}",
-                orjson.dumps(req), reply=self._req_subject)
+                orjson.dumps(req),
+                reply=self._req_subject,
+            )
         except Exception as exc:  # noqa: BLE001 - connection closed or its buffer full while reconnecting
             log.warning("node %s: pull request not sent (%s); retrying", self.id, exc)
             self._req_left = 1  # counts as open: the watchdog re-sends it after `expires`
@@ -278,8 +321,13 @@ class JetStreamSource(Source):
                 self.max_ack_pending = cap
                 await self._ensure_consumer()
             else:
-                log.warning("node %s: max_ack_pending %d is below the graph's capacity %d: operators that hold "
-                            "messages (windows) may wait forever", self.id, self.max_ack_pending, cap)
+                log.warning(
+                    "node %s: max_ack_pending %d is below the graph's capacity %d: operators that hold "
+                    "messages (windows) may wait forever",
+                    self.id,
+                    self.max_ack_pending,
+                    cap,
+                )
         relay = asyncio.ensure_future(self._relay_stop(out))
         ticker = asyncio.ensure_future(self._tick_in_progress()) if self.config.in_progress else None
         watchdog = self.config.expires + 2.0
@@ -314,7 +362,9 @@ class JetStreamSource(Source):
         await out.stopping.wait()
         self._wake.set()
 
-    def _decode(self, raw: list[tuple[str, str, bytes, dict[str, str] | None]]) -> tuple[list[Msg], list[Msg]]:
+    def _decode(
+        self, raw: list[tuple[str, str, bytes, dict[str, str] | None]]
+    ) -> tuple[list[Msg], list[Msg]]:
         """Build messages (body, meta, ack) from raw frames in one tight loop."""
         new_ack = self._out.tracker.new  # type: ignore[union-attr]
         codec = self.config.codec
@@ -325,9 +375,16 @@ class JetStreamSource(Source):
             t = reply.split(".")
             o = 2 if len(t) == 9 else 4
             delivered = int(t[o + 2])
-            meta = {"subject": subject, "stream": t[o], "consumer": t[o + 1], "delivered": delivered,
-                    "seq": int(t[o + 3]), "consumer_seq": int(t[o + 4]), "timestamp": int(t[o + 5]) / 1e9,
-                    "headers": headers or {}}
+            meta = {
+                "subject": subject,
+                "stream": t[o],
+                "consumer": t[o + 1],
+                "delivered": delivered,
+                "seq": int(t[o + 3]),
+                "consumer_seq": int(t[o + 4]),
+                "timestamp": int(t[o + 5]) / 1e9,
+                "headers": headers or {},
+            }
             ack = new_ack()
             if delivered > 1:
                 self.redeliveries += 1
@@ -363,15 +420,25 @@ class JetStreamSource(Source):
         tracker = self._out.tracker if self._out is not None else None
         for (reply, msg), reason in failures:
             if msg is None:
-                log.error("node %s: dead-lettering a message failed (%s); terminating it: %s", self.id, reason, reply)
+                log.error(
+                    "node %s: dead-lettering a message failed (%s); terminating it: %s",
+                    self.id,
+                    reason,
+                    reply,
+                )
                 lines.append((reply, b"+TERM"))
                 self.termed += 1
                 continue
             delivered = msg.meta.get("delivered", 1)
             if delivered >= cfg.max_deliver and tracker is not None and self._out is not None:
                 dead = Msg(msg.body, msg.meta, tracker.new((reply, None)), msg.size)
-                self._dead.append(self._out.error(
-                    dead, f"{reason} (delivered {delivered} times, max_deliver {cfg.max_deliver})", delivered))
+                self._dead.append(
+                    self._out.error(
+                        dead,
+                        f"{reason} (delivered {delivered} times, max_deliver {cfg.max_deliver})",
+                        delivered,
+                    )
+                )
                 continue
             delay = int(cfg.retry.backoff(delivered, random.random()) * 1e9)
             lines.append((reply, b'-NAK {"delay":%d}' % delay))
@@ -398,16 +465,21 @@ class JetStreamSource(Source):
 
     async def _tick_in_progress(self) -> None:
         cfg = self.config
-        period = min([cfg.ack_wait, *cfg.backoff]) / 3  # with backoff, the server waits backoff[n], not ack_wait
+        period = (
+            min([cfg.ack_wait, *cfg.backoff]) / 3
+        )  # with backoff, the server waits backoff[n], not ack_wait
         while True:
             await asyncio.sleep(period)
             cutoff = time.monotonic() - period
-            lines = []
+            lines: list[tuple[str, bytes]] = []
             for t, batch in self._held:
                 if t > cutoff:
                     break
-                lines.extend((m.ack.token[0], b"+WPI") for m in batch
-                             if not m.ack.settled and m.ack.token and m.ack.token[1] is not None)
+                lines.extend(
+                    (m.ack.token[0], b"+WPI")
+                    for m in batch
+                    if not m.ack.settled and m.ack.token and m.ack.token[1] is not None
+                )
             if lines:
                 log.debug("node %s: %d messages in progress", self.id, len(lines))
                 await write_lines(self._h.nc, lines)  # type: ignore[union-attr]

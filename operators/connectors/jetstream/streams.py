@@ -76,8 +76,11 @@ def stream_conflicts(spec: NatsStream, existing: Any) -> list[str]:
         "duplicate_window": float(existing.duplicate_window or 0),
         "discard": _value(existing.discard),
     }
-    return [f"{k}: declared {declared[k]!r}, server has {actual[k]!r}" for k in declared
-            if declared[k] != actual[k]]
+    return [
+        f"{k}: declared {declared[k]!r}, server has {actual[k]!r}"
+        for k in declared
+        if declared[k] != actual[k]
+    ]
 
 
 async def ensure_streams(js: Any, streams: dict[str, NatsStream]) -> list[str]:

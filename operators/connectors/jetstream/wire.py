@@ -44,7 +44,9 @@ class Tap:
             original = nc._process_msg
             handlers = self.handlers
 
-            async def process_msg(sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+            async def process_msg(
+                sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+            ) -> None:
                 handler = handlers.get(sid)
                 if handler is None:
                     await original(sid, subject, reply, data, headers)
@@ -59,6 +61,7 @@ class Tap:
 
     async def subscribe(self, subject: str, handler: Handler) -> Any:
         """Subscribe `subject`; every message goes to `handler` (synchronously, in arrival order)."""
+
         async def fallback(msg: Any) -> None:
             headers = dict(msg.headers) if msg.headers else None
             status = headers.get("Status") if headers else None
