@@ -1,7 +1,9 @@
 """JetStream -> map -> JetStream: streamdag's connectors beside a plain nats-py loop, same run, same work.
 
 Both read N JSON messages from a stream through a durable pull consumer, add a field, publish the
-result with `Nats-Msg-Id` to a second stream, and ack each input only after its PubAck.
+result with `Nats-Msg-Id` to a second stream, and ack each input only after its PubAck. The engine
+side is a real graph (YAML -> check -> Runner) with a CEL map; the clock stops when the consumer's
+ack floor reaches N.
 Run: `python -m pytest benchmarks/bench_jetstream.py -s` (or `python benchmarks/bench_jetstream.py [N]`).
 Figures are noisy on a shared 2-core machine: client and server share the cores with other work.
 """
@@ -20,13 +22,6 @@ from nats.js.api import ConsumerConfig, StreamConfig
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
-sys.path.insert(0, os.path.join(HERE, "..", "tests", "connectors"))
-
-from jetstream_pipe import Pipe, make_ctx  # noqa: E402
-
-from engine.runtime.context import Resources  # noqa: E402
-from operators.connectors.jetstream.sink import JetStreamSink, JetStreamSinkConfig  # noqa: E402
-from operators.connectors.jetstream.source import JetStreamSource, JetStreamSourceConfig  # noqa: E402
 
 URL = os.environ.get("STREAMDAG_TEST_NATS", "nats://127.0.0.1:4222")
 BODY = {"id": 0, "customer": "c-1234", "amount": 12.5, "items": [1, 2, 3], "note": "x" * 40}
@@ -88,30 +83,56 @@ async def plain_loop(n: int, batch: int = 1000) -> float:
         await nc.close()
 
 
+GRAPH = """
+version: 1
+name: bench_jetstream
+defaults: {{max_in_flight: {inflight}, batch_size: {batch}}}
+connections:
+  nats: {{type: nats, url: "{url}"}}
+nodes:
+  read:
+    type: jetstream_source
+    config: {{connection: nats, stream: {p}_IN, durable: sd, batch: {batch}}}
+  enrich:
+    type: map
+    inputs: [read]
+    config: {{expr: '{{"id": msg.id, "customer": msg.customer, "amount": msg.amount, "items": msg.items,
+                      "note": msg.note, "total": msg.amount * 1.2}}'}}
+  write:
+    type: jetstream_sink
+    inputs: [enrich]
+    config: {{connection: nats, subject: {p}.out.x, max_in_flight: {batch}}}
+"""
+
+
 async def streamdag_pipeline(n: int, batch: int = 1000) -> float:
-    """The same work through jetstream_source -> map -> jetstream_sink with the engine's ack contract."""
+    """The same work as a graph run by the engine: jetstream_source -> map (CEL) -> jetstream_sink."""
+    from engine.compile.validate import check_text
+    from engine.runtime.scheduler import Runner
+
     nc = await nats.connect(URL)
     p = await _setup(nc, n)
-    resources = Resources()
+    js = nc.jetstream()
     try:
-        src = JetStreamSource(
-            "src",
-            JetStreamSourceConfig(connection="nats", stream=p + "_IN", durable="sd", batch=batch),
-            make_ctx("src", URL, resources),
-        )
-        snk = JetStreamSink(
-            "snk",
-            JetStreamSinkConfig(connection="nats", subject=p + ".out.x", max_in_flight=batch),
-            make_ctx("snk", URL, resources),
-        )
-        pipe = Pipe(src, snk, lambda body, meta: enrich(body), limit=4 * batch)
+        graph, diags = check_text(GRAPH.format(p=p, url=URL, batch=batch, inflight=8 * batch), "bench.yaml")
+        assert graph is not None, diags
+        runner = Runner(graph)
         t0 = time.perf_counter()
-        await pipe.run(lambda: src.acked >= n, timeout=300)
+        run = asyncio.ensure_future(runner.run())
+        while True:
+            await asyncio.sleep(0.02)
+            try:
+                info = await js.consumer_info(p + "_IN", "sd")
+            except Exception:  # noqa: BLE001 - not created yet
+                continue
+            if info.ack_floor.stream_seq >= n:
+                break
         rate = n / (time.perf_counter() - t0)
-        assert snk.published == n
+        runner.stop()
+        report = await run
+        assert report.error is None and (await js.stream_info(p + "_OUT")).state.messages == n
         return rate
     finally:
-        await resources.close()
         await _teardown(nc, p)
         await nc.close()
 

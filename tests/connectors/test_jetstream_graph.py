@@ -34,17 +34,26 @@ def test_example_graph_validates_offline():
 def _graph(p: str) -> str:
     """The example graph with this test's own stream, subject and consumer names."""
     text = EXAMPLE.read_text()
-    for old, new in (("ORDERS", p + "_IN"), ("CLEAN", p + "_OUT"), ("DEAD", p + "_DEAD"),
-                     ("orders.>", p + ".in.>"), ("clean.>", p + ".out.>"), ("dead.>", p + ".dead.>"),
-                     ("clean.orders", p + ".out.orders"), ("dead.orders", p + ".dead.orders")):
+    for old, new in (
+        ("ORDERS", p + "_IN"),
+        ("CLEAN", p + "_OUT"),
+        ("DEAD", p + "_DEAD"),
+        ("orders.>", p + ".in.>"),
+        ("clean.>", p + ".out.>"),
+        ("dead.>", p + ".dead.>"),
+        ("clean.orders", p + ".out.orders"),
+        ("dead.orders", p + ".dead.orders"),
+    ):
         text = text.replace(old, new)
     return text.replace("batch: 1000", "batch: 200").replace("ack_wait: 30s", "ack_wait: 3s")
 
 
 async def _ids(js, stream: str) -> list:  # noqa: ANN001
     info = await js.stream_info(stream)
-    return [orjson.loads((await js.get_msg(stream, s)).data).get("id")
-            for s in range(info.state.first_seq, info.state.last_seq + 1)]
+    return [
+        orjson.loads((await js.get_msg(stream, s)).data).get("id")
+        for s in range(info.state.first_seq, info.state.last_seq + 1)
+    ]
 
 
 @pytest.mark.services
@@ -61,8 +70,9 @@ def test_streamdag_run_killed_with_sigkill_then_restarted_delivers_everything_on
         procs: list[asyncio.subprocess.Process] = []
 
         async def start() -> asyncio.subprocess.Process:
-            proc = await asyncio.create_subprocess_exec(*STREAMDAG, "run", "-q", str(graph), env=env, cwd=str(ROOT),
-                                                        stderr=subprocess.PIPE)
+            proc = await asyncio.create_subprocess_exec(
+                *STREAMDAG, "run", "-q", str(graph), env=env, cwd=str(ROOT), stderr=subprocess.PIPE
+            )
             procs.append(proc)
             return proc
 
@@ -77,7 +87,9 @@ def test_streamdag_run_killed_with_sigkill_then_restarted_delivers_everything_on
             await wait_for(lambda: _exists(js, p + "_IN"), 20, "streams provisioned by streamdag run")
             for i in range(n):
                 amount = "not a number" if i == 77 else i % 250  # id 77 fails in the map -> DEAD
-                await nc.publish(f"{p}.in.new", orjson.dumps({"id": i, "customer": f"c{i % 9}", "amount": amount}))
+                await nc.publish(
+                    f"{p}.in.new", orjson.dumps({"id": i, "customer": f"c{i % 9}", "amount": amount})
+                )
             await nc.flush()
 
             async def mid_flight() -> bool:
@@ -95,7 +107,12 @@ def test_streamdag_run_killed_with_sigkill_then_restarted_delivers_everything_on
 
             async def done() -> bool:
                 c = await consumer()
-                return c is not None and c.num_pending == 0 and c.num_ack_pending == 0 and c.delivered.stream_seq >= n
+                return (
+                    c is not None
+                    and c.num_pending == 0
+                    and c.num_ack_pending == 0
+                    and c.delivered.stream_seq >= n
+                )
 
             await wait_for(done, 60, "every message acked after the restart")
             second.send_signal(signal.SIGTERM)
@@ -104,7 +121,10 @@ def test_streamdag_run_killed_with_sigkill_then_restarted_delivers_everything_on
             out = await _ids(js, p + "_OUT")
             assert sorted(out) == [i for i in range(n) if i != 77]  # all delivered, none twice
             dead = (await js.get_msg(p + "_DEAD", 1)).data
-            assert orjson.loads(dead)["payload"]["id"] == 77 and (await js.stream_info(p + "_DEAD")).state.messages == 1
+            assert (
+                orjson.loads(dead)["payload"]["id"] == 77
+                and (await js.stream_info(p + "_DEAD")).state.messages == 1
+            )
         finally:
             for proc in procs:
                 if proc.returncode is None:

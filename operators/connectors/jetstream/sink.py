@@ -101,6 +101,8 @@ class JetStreamSink(Sink):
         self._subject_expr = compile_expr(config.subject_expr) if config.subject_expr else None
         self._msg_id = compile_expr(config.msg_id) if config.msg_id else None
         self._headers = [(k.encode(), compile_expr(v)) for k, v in config.headers.items()]
+        self._subject = (config.subject or "").encode()
+        self._plain = not self._headers and not config.copy_headers
         self._h: NatsHandle | None = None
         self._sub: Any = None
         self._prefix = ""
@@ -177,11 +179,12 @@ class JetStreamSink(Sink):
         """(subject, header block, payload) of one message; raises ValueError / EvalError."""
         body, meta = msg.body, msg.meta
         if self._subject_expr is None:
-            subject = self.config.subject
+            subject = self._subject
         else:
-            subject = self._subject_expr(body, meta)
-            if not isinstance(subject, str) or not _SUBJECT.match(subject):
-                raise ValueError(f"subject_expr gave {subject!r}, not a valid subject")
+            value = self._subject_expr(body, meta)
+            if not isinstance(value, str) or not _SUBJECT.match(value):
+                raise ValueError(f"subject_expr gave {value!r}, not a valid subject")
+            subject = value.encode()
         if self._msg_id is not None:
             mid = str(self._msg_id(body, meta))
         elif "stream" in meta and "seq" in meta:
@@ -195,6 +198,11 @@ class JetStreamSink(Sink):
             ids[mid] = k + 1
             if k:
                 mid = f"{mid}#{k}"
+        if self._plain:  # the common case: only the message id
+            hdr_block = (
+                b"NATS/1.0\r\nNats-Msg-Id: %s\r\n\r\n" % _header_value(mid) if mid else b"NATS/1.0\r\n\r\n"
+            )
+            return subject, hdr_block, _payload(body)
         hdr = [b"NATS/1.0\r\n"]
         if mid:
             hdr.append(b"Nats-Msg-Id: %s\r\n" % _header_value(mid))
@@ -205,7 +213,7 @@ class JetStreamSink(Sink):
         for key, expr in self._headers:
             hdr.append(b"%s: %s\r\n" % (key, _header_value(expr(body, meta))))
         hdr.append(b"\r\n")
-        return subject.encode(), b"".join(hdr), _payload(body)  # type: ignore[union-attr]
+        return subject, b"".join(hdr), _payload(body)
 
     async def write(self, batch: list[Msg]) -> list[tuple[Msg, str]] | None:
         failed: list[tuple[Msg, str]] = []
