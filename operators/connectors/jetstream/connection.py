@@ -11,6 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from engine.errors import ConnectorError
 from engine.spec.connections import NatsConnection
 
 from .streams import ensure_streams
@@ -24,7 +25,7 @@ __all__ = ["JetStreamConnectionError", "NatsHandle", "nats_handle"]
 log = logging.getLogger("streamdag.jetstream")
 
 
-class JetStreamConnectionError(RuntimeError):
+class JetStreamConnectionError(ConnectorError):
     """The NATS server could not be reached or refused a JetStream request at start."""
 
 
@@ -89,6 +90,7 @@ class NatsHandle:
         try:
             await ensure_streams(self.js, s.streams)
         except Exception:
+            self.closing = True
             await self.nc.close()
             raise
         return self

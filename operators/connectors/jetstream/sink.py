@@ -18,6 +18,7 @@ import orjson
 from pydantic import Field, model_validator
 
 from engine.api import CelExpr, CheckContext, CheckIssue, NodeConfig, Sink
+from engine.errors import ConnectionLost
 from engine.expr import EvalError, compile_expr
 from engine.message import Msg
 from engine.spec.connections import Duration
@@ -33,7 +34,7 @@ _SUBJECT = re.compile(r"^[^\s*>.]+(\.[^\s*>.]+)*$")
 _HEADER_KEY = re.compile(r"^[!-9;-~]+$")
 
 
-class JetStreamPublishError(RuntimeError):
+class JetStreamPublishError(ConnectionLost):
     """PubAcks did not come back in time (server down or restarting): the batch is retried."""
 
 

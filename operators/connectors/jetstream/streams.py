@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from engine.errors import ConfigError
 from engine.spec.connections import NatsStream
 
 __all__ = ["StreamConflictError", "ensure_streams", "stream_config", "stream_conflicts", "subject_within"]
@@ -12,7 +13,7 @@ __all__ = ["StreamConflictError", "ensure_streams", "stream_config", "stream_con
 log = logging.getLogger("streamdag.jetstream")
 
 
-class StreamConflictError(RuntimeError):
+class StreamConflictError(ConfigError):
     """An existing stream's config differs from its declaration: fix one of them (nothing is changed)."""
 
 
