@@ -118,6 +118,8 @@ def test_streamdag_run_killed_with_sigkill_then_restarted_delivers_everything_on
             second.send_signal(signal.SIGTERM)
             _, err = await asyncio.wait_for(second.communicate(), 30)
             assert second.returncode == 0, err.decode()[-2000:]
+            # max_ack_pending follows the graph's capacity (defaults.max_in_flight: 50000)
+            assert (await consumer()).config.max_ack_pending == 50_000
             out = await _ids(js, p + "_OUT")
             assert sorted(out) == [i for i in range(n) if i != 77]  # all delivered, none twice
             dead = (await js.get_msg(p + "_DEAD", 1)).data
