@@ -1,0 +1,258 @@
+"""What the PostgreSQL nodes share: identifier checks, the pool per named connection, value conversion.
+
+`postgres_sink`, `postgres_source` and `pg_lookup` each open no connection of their own: they ask
+`pool_for(ctx, name)` for the one asyncpg pool of the named `connections:` entry (kept in the run's
+shared resources, closed at the end of the run). Names from the config are validated offline by
+`identifier_issues` (E220) and double-quoted at run time by `quote_ident`; message content only
+ever travels as bind parameters or COPY data, never as SQL text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as _dt
+import decimal
+import re
+import uuid
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from engine.api import CheckIssue
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from engine.runtime.context import NodeContext
+
+__all__ = [
+    "IDENT_RE",
+    "TYPE_RE",
+    "identifier_issues",
+    "db_message",
+    "is_row_error",
+    "is_transient",
+    "json_value",
+    "pool_for",
+    "quote_ident",
+    "quote_qualified",
+    "split_qualified",
+    "to_text",
+    "type_issues",
+    "value_getter",
+    "check_all",
+]
+
+# A plain SQL identifier: what we accept for tables and columns (no quoting tricks needed, ≤ 63 bytes).
+_INF = float("inf")
+IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
+# A SQL type name as written in a column declaration: `bigint`, `numeric(12,2)`, `timestamp with time
+# zone`, `text[]`, `varchar(40)`. Only letters, digits, spaces, one parenthesised size, array brackets.
+TYPE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_ ]{0,62}(\(\s*\d+\s*(,\s*\d+\s*)?\))?(\[\])*\Z")
+
+
+def split_qualified(name: str) -> tuple[str | None, str]:
+    """`schema.table` → (schema, table); `table` → (None, table)."""
+    schema, dot, table = name.rpartition(".")
+    return (schema, table) if dot else (None, table)
+
+
+def quote_ident(name: str) -> str:
+    """Double-quote one identifier (names are validated first; quoting is a second fence)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_qualified(name: str) -> str:
+    """Quote `table` or `schema.table`."""
+    schema, table = split_qualified(name)
+    return quote_ident(table) if schema is None else f"{quote_ident(schema)}.{quote_ident(table)}"
+
+
+def identifier_issues(loc: tuple[str | int, ...], name: str, what: str, qualified: bool = False) -> list[CheckIssue]:
+    """E220 issues for a table (`qualified`: may be `schema.table`) or column name that is not a plain identifier."""
+    parts = name.split(".") if qualified else [name]
+    if len(parts) > 2 or not all(IDENT_RE.match(p) for p in parts):
+        form = "name or schema.name" if qualified else "name"
+        return [CheckIssue(loc, "E220", f"{what} {name!r} is not a safe SQL identifier: use a {form} of letters, "
+                                        "digits and _ (not starting with a digit, at most 63 characters)")]
+    return []
+
+
+def type_issues(loc: tuple[str | int, ...], sql_type: str) -> list[CheckIssue]:
+    """E220 for a column type that is not a plain SQL type name."""
+    if TYPE_RE.match(sql_type.strip()):
+        return []
+    return [CheckIssue(loc, "E220", f"column type {sql_type!r} is not a plain SQL type name "
+                                    "(like bigint, numeric(12,2), timestamptz, text[])")]
+
+
+def check_all(issues: Iterable[CheckIssue]) -> None:
+    """Raise the first error issue (used at start, so a config that skipped `validate` is still safe)."""
+    for issue in issues:
+        if issue.severity == "error":
+            raise ValueError(f"{'.'.join(map(str, issue.loc))}: {issue.code} {issue.message}")
+
+
+def to_text(value: Any, json_column: bool) -> str | None:
+    """A message value as the text PostgreSQL parses with the column type's input function.
+
+    JSON/JSONB columns get the value as JSON (so a string becomes `"x"`); other columns get the
+    plain text form (`true`, `42`, `1.5`), and objects/arrays become JSON text."""
+    if value is None:
+        return None
+    if json_column:
+        return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    if isinstance(value, str):
+        return value
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, (int, decimal.Decimal)):
+        return str(value)
+    if isinstance(value, float):
+        if value != value:
+            return "NaN"
+        if value in (_INF, -_INF):
+            return "Infinity" if value > 0 else "-Infinity"
+        return repr(value)
+    if isinstance(value, (dict, list, tuple)):
+        return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return "\\x" + value.hex()
+    return str(value)
+
+
+def json_value(value: Any) -> Any:
+    """A value read from PostgreSQL as a JSON-friendly one (what a message body may hold).
+
+    Numeric → int when integral else float; timestamps, dates, times → ISO 8601 text; uuid → text;
+    bytea → hex text; arrays and records recursively; json/jsonb arrive decoded already."""
+    if value is None or isinstance(value, (str, bool, int, float, dict)):
+        return value
+    if isinstance(value, decimal.Decimal):
+        return int(value) if value == value.to_integral_value() and value.is_finite() else float(value)
+    if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
+        return value.isoformat()
+    if isinstance(value, _dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    if isinstance(value, (list, tuple)):
+        return [json_value(v) for v in value]
+    return str(value)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A failure of the connection or the server (retry the whole batch), not of the data."""
+    import asyncpg
+    from asyncpg.exceptions import _base
+
+    if isinstance(exc, _base.DataError):  # a value the driver could not encode: the row's fault
+        return False
+    if isinstance(exc, (OSError, asyncio.TimeoutError, ConnectionError, asyncpg.InterfaceError)):
+        return True
+    return isinstance(exc, (
+        asyncpg.PostgresConnectionError,          # 08xxx: connection lost, refused, resolution unknown
+        asyncpg.exceptions.OperatorInterventionError,  # 57xxx: terminated by admin, shutdown, cannot connect now
+        asyncpg.exceptions.InsufficientResourcesError,  # 53xxx: too many connections, out of memory/disk
+        asyncpg.exceptions.TransactionRollbackError,  # 40xxx: serialization failure, deadlock
+    ))
+
+
+def is_row_error(exc: BaseException) -> bool:
+    """A failure caused by the data of some row (bad value, constraint): isolate the row, keep the rest."""
+    import asyncpg
+    from asyncpg.exceptions import _base
+
+    return isinstance(exc, (
+        _base.DataError,                                   # driver could not encode a value
+        asyncpg.exceptions.DataError,                      # 22xxx: bad input syntax, out of range...
+        asyncpg.exceptions.IntegrityConstraintViolationError,  # 23xxx: unique, not null, check, fk
+        asyncpg.exceptions.CardinalityViolationError,      # 21000: one key twice in one statement
+        asyncpg.exceptions.ProgramLimitExceededError,      # 54xxx: index row too large...
+    ))
+
+
+def db_message(exc: BaseException) -> str:
+    """The database's words for a failure: SQLSTATE, message and detail."""
+    state = getattr(exc, "sqlstate", None)
+    text = getattr(exc, "message", None) or str(exc)
+    detail = getattr(exc, "detail", None)
+    if detail:
+        text = f"{text} ({detail})"
+    return f"postgres {state}: {text}" if state else f"postgres: {text}"
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    """Decode json/jsonb to Python values on read; accept Python values (or JSON text) on write."""
+
+    def encode(value: Any) -> str:
+        return value if isinstance(value, str) else orjson.dumps(value, default=str).decode()
+
+    for typename in ("json", "jsonb"):
+        await conn.set_type_codec(typename, encoder=encode, decoder=orjson.loads, schema="pg_catalog")
+
+
+async def pool_for(ctx: NodeContext, name: str) -> asyncpg.Pool:
+    """The asyncpg pool of the named connection, shared by every node of the run that names it."""
+    import asyncpg
+
+    settings = ctx.connection(name)
+    app_name = settings.get("application_name") or "streamdag"
+
+    async def create() -> asyncpg.Pool:
+        return await asyncpg.create_pool(
+            settings.get("dsn") or "postgresql://root@127.0.0.1:5432/test",
+            min_size=settings.get("min_size", 1),
+            max_size=settings.get("max_size", 4),
+            timeout=settings.get("connect_timeout", 5.0),
+            command_timeout=settings.get("command_timeout"),
+            server_settings={"application_name": app_name},
+            init=_init_connection,
+        )
+
+    async def close(pool: asyncpg.Pool) -> None:
+        try:
+            await asyncio.wait_for(pool.close(), 5.0)
+        except (asyncio.TimeoutError, OSError):
+            pool.terminate()
+
+    return await ctx.resources.get(f"postgres:{name}", create, close)
+
+
+_PATH_RE = re.compile(r"(msg|meta)((?:\.[A-Za-z_][A-Za-z0-9_]*)*)\Z")
+
+
+def value_getter(source: str) -> Callable[[Any, Any], Any]:
+    """A function `(body, meta) -> value` for a CEL expression.
+
+    Plain field paths (`msg`, `msg.customer.id`, `meta.key`) are read directly from the dicts, with
+    CEL's semantics (a missing key is an `EvalError`); anything else runs through `compile_expr`."""
+    from engine.expr import EvalError, compile_expr
+
+    m = _PATH_RE.match(source.strip())
+    if m is None:
+        return compile_expr(source)
+    root_is_msg = m.group(1) == "msg"
+    parts = [p for p in m.group(2).split(".") if p]
+
+    def get(body: Any, meta: Any) -> Any:
+        value = body if root_is_msg else meta
+        for part in parts:
+            if not isinstance(value, dict):
+                raise EvalError(f"no such key: {part} (not a map)")
+            try:
+                value = value[part]
+            except KeyError:
+                raise EvalError(f"no such key: {part}") from None
+        return value
+
+    if not parts:
+        return (lambda body, meta: body) if root_is_msg else (lambda body, meta: meta)
+    return get
