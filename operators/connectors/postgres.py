@@ -155,7 +155,8 @@ def is_transient(exc: BaseException) -> bool:
 
     if isinstance(exc, _base.DataError):  # a value the driver could not encode: the row's fault
         return False
-    if isinstance(exc, (OSError, asyncio.TimeoutError, ConnectionError, asyncpg.InterfaceError)):
+    if isinstance(exc, (OSError, asyncio.TimeoutError, ConnectionError, asyncpg.InterfaceError,
+                        _base.InternalClientError)):  # a session killed while idle in the pool
         return True
     return isinstance(exc, (
         asyncpg.PostgresConnectionError,          # 08xxx: connection lost, refused, resolution unknown

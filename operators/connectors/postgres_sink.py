@@ -297,47 +297,57 @@ class PostgresSink(Sink):
 
     async def _transaction(self, rows: list[tuple[str | None, ...]], msgs: list[Msg]) -> list[tuple[Msg, str]]:
         """One transaction: the whole batch, or (after a row error) its halves under savepoints."""
-        async with self.pool.acquire() as conn:
-            if self._path(len(rows), top=True) == "copy":
-                pid = conn.get_server_pid()
-                if pid not in self._staged:  # outside the transaction, so a rollback keeps it
-                    await conn.execute(self._stage_ddl)
-                    self._staged.add(pid)
-            tx = conn.transaction()
-            await tx.start()
+        conn = await self.pool.acquire()
+        try:
+            return await self._in_transaction(conn, rows, msgs)
+        finally:
             try:
-                xid = await conn.fetchval("SELECT pg_current_xact_id()::text")
-                try:
-                    await self._execute(conn, rows, top=True)
-                    failed: list[tuple[Msg, str]] = []
-                except Exception as exc:
-                    if not is_row_error(exc):
-                        raise
-                    await tx.rollback()
-                    tx = conn.transaction()
-                    await tx.start()
-                    xid = await conn.fetchval("SELECT pg_current_xact_id()::text")
-                    failed = await self._isolate(conn, rows, msgs, exc)
-            except BaseException:
-                if not conn.is_closed():
-                    try:
-                        await tx.rollback()
-                    except Exception:  # noqa: BLE001 - the connection is going away anyway
-                        pass
-                raise
+                await self.pool.release(conn)
+            except Exception as exc:  # noqa: BLE001 - the pool drops a broken connection; the outcome stands
+                self.ctx.log.debug("postgres_sink %s: releasing a connection failed: %s", self.id, exc)
+
+    async def _in_transaction(self, conn: Any, rows: list[tuple[str | None, ...]],
+                              msgs: list[Msg]) -> list[tuple[Msg, str]]:
+        if self._path(len(rows), top=True) == "copy":
+            pid = conn.get_server_pid()
+            if pid not in self._staged:  # outside the transaction, so a rollback keeps it
+                await conn.execute(self._stage_ddl)
+                self._staged.add(pid)
+        tx = conn.transaction()
+        await tx.start()
+        try:
+            xid = await conn.fetchval("SELECT pg_current_xact_id()::text")
             try:
-                await tx.commit()
+                await self._execute(conn, rows, top=True)
+                failed: list[tuple[Msg, str]] = []
             except Exception as exc:
-                if not is_transient(exc) or not await self._committed(xid):
+                if not is_row_error(exc):
                     raise
-            return failed
+                await tx.rollback()
+                tx = conn.transaction()
+                await tx.start()
+                xid = await conn.fetchval("SELECT pg_current_xact_id()::text")
+                failed = await self._isolate(conn, rows, msgs, exc)
+        except BaseException:
+            try:
+                await tx.rollback()
+            except Exception:  # noqa: BLE001 - the connection is gone; the server rolls back
+                pass
+            raise
+        try:
+            await tx.commit()
+        except Exception as exc:
+            # The answer to COMMIT was lost: ask the server what became of the transaction.
+            if not is_transient(exc) or not await self._committed(xid):
+                raise
+        return failed
 
     async def _committed(self, xid: str) -> bool:
         """After a commit whose answer was lost: did it commit? Asks on another connection until known."""
         for attempt in range(1, self.config.retry.max_attempts + 1):
             try:
                 async with self.pool.acquire() as conn:
-                    status = await conn.fetchval("SELECT pg_xact_status($1::xid8)", xid)
+                    status = await conn.fetchval("SELECT pg_xact_status($1::text::xid8)", xid)
                 if status != "in progress":
                     self.ctx.log.warning("postgres_sink %s: lost commit of xact %s resolved: %s", self.id, xid, status)
                     return status == "committed"
