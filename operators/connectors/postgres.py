@@ -33,6 +33,8 @@ __all__ = [
     "db_message",
     "is_row_error",
     "is_transient",
+    "json_text",
+    "plain_text",
     "json_value",
     "pool_for",
     "quote_ident",
@@ -94,36 +96,52 @@ def check_all(issues: Iterable[CheckIssue]) -> None:
             raise ValueError(f"{'.'.join(map(str, issue.loc))}: {issue.code} {issue.message}")
 
 
-def to_text(value: Any, json_column: bool) -> str | None:
-    """A message value as the text PostgreSQL parses with the column type's input function.
+def _float_text(value: float) -> str:
+    if value != value:
+        return "NaN"
+    if value in (_INF, -_INF):
+        return "Infinity" if value > 0 else "-Infinity"
+    return repr(value)
 
-    JSON/JSONB columns get the value as JSON (so a string becomes `"x"`); other columns get the
-    plain text form (`true`, `42`, `1.5`), and objects/arrays become JSON text."""
+
+def json_text(value: Any) -> str | None:
+    """A value as JSON text, for json/jsonb columns (a string becomes `"x"`); None stays NULL."""
     if value is None:
         return None
-    if json_column:
-        return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
-    if isinstance(value, str):
+    return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def plain_text(value: Any) -> str | None:
+    """A value as the text PostgreSQL's input function for the column type parses (`true`, `42`, `1.5`).
+
+    Objects and arrays become JSON text; timestamps ISO 8601; bytes `\\x…` hex; None stays NULL."""
+    t = type(value)
+    if t is str:
         return value
-    if value is True:
-        return "true"
-    if value is False:
-        return "false"
+    if t is int:
+        return str(value)
+    if value is None:
+        return None
+    if t is float:
+        return _float_text(value)
+    if t is bool:
+        return "true" if value else "false"
     if isinstance(value, (int, decimal.Decimal)):
         return str(value)
     if isinstance(value, float):
-        if value != value:
-            return "NaN"
-        if value in (_INF, -_INF):
-            return "Infinity" if value > 0 else "-Infinity"
-        return repr(value)
+        return _float_text(value)
     if isinstance(value, (dict, list, tuple)):
         return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
     if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
         return value.isoformat()
-    if isinstance(value, bytes):
-        return "\\x" + value.hex()
+    if isinstance(value, (bytes, bytearray)):
+        return "\\x" + bytes(value).hex()
     return str(value)
+
+
+def to_text(value: Any, json_column: bool) -> str | None:
+    """`json_text` for json/jsonb columns, else `plain_text`."""
+    return json_text(value) if json_column else plain_text(value)
 
 
 def json_value(value: Any) -> Any:
@@ -256,4 +274,16 @@ def value_getter(source: str) -> Callable[[Any, Any], Any]:
 
     if not parts:
         return (lambda body, meta: body) if root_is_msg else (lambda body, meta: meta)
+    if len(parts) == 1:
+        key = parts[0]
+
+        def get_one(body: Any, meta: Any) -> Any:
+            try:
+                return (body if root_is_msg else meta)[key]
+            except KeyError:
+                raise EvalError(f"no such key: {key}") from None
+            except (TypeError, IndexError):
+                raise EvalError(f"no such key: {key} (not a map)") from None
+
+        return get_one
     return get

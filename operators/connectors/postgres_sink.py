@@ -32,7 +32,8 @@ from operators.connectors.postgres import (
     pool_for,
     quote_ident,
     quote_qualified,
-    to_text,
+    json_text,
+    plain_text,
     type_issues,
     value_getter,
 )
@@ -278,21 +279,30 @@ class PostgresSink(Sink):
         return out
 
     def _rows(self, batch: list[Msg]) -> tuple[list[tuple[str | None, ...]], list[Msg], list[tuple[Msg, str]]]:
-        """Evaluate the column expressions: text rows, their messages, and messages that failed."""
+        """Evaluate the column expressions: text rows, their messages, and messages that failed.
+
+        Column by column in tight loops; if any expression fails, again message by message to
+        single out the failing messages (they go to `errors` naming the column)."""
+        convs = [json_text if js else plain_text for js in (self.json_cols or [False] * len(self.names))]
+        try:
+            columns = [[conv(get(m.body, m.meta)) for m in batch] for get, conv in zip(self.getters, convs)]
+            return list(zip(*columns)), batch, []
+        except EvalError:
+            pass
         rows: list[tuple[str | None, ...]] = []
         msgs: list[Msg] = []
         failed: list[tuple[Msg, str]] = []
-        cols = list(zip(self.names, self.getters, self.json_cols or [False] * len(self.names)))
         for msg in batch:
-            body, meta = msg.body, msg.meta
-            try:
-                row = tuple([to_text(get(body, meta), js) for _, get, js in cols])
-            except EvalError as exc:
-                name = next(n for n, g, _ in cols if _fails(g, body, meta))
-                failed.append((msg, f"column {name}: {exc}"))
-                continue
-            rows.append(row)
-            msgs.append(msg)
+            row = []
+            for name, get, conv in zip(self.names, self.getters, convs):
+                try:
+                    row.append(conv(get(msg.body, msg.meta)))
+                except EvalError as exc:
+                    failed.append((msg, f"column {name}: {exc}"))
+                    break
+            else:
+                rows.append(tuple(row))
+                msgs.append(msg)
         return rows, msgs, failed
 
     async def _transaction(self, rows: list[tuple[str | None, ...]], msgs: list[Msg]) -> list[tuple[Msg, str]]:
@@ -407,11 +417,3 @@ class PostgresSink(Sink):
             tuples.append("(" + ", ".join(f"${base + j + 1}::text" for j in range(n)) + f", {i + 1})")
         src = f"(VALUES {', '.join(tuples)}) AS s({', '.join(map(quote_ident, self.names))}, __ord)"
         await conn.execute(self._insert.format(src=src), *[v for r in rows for v in r])
-
-
-def _fails(get: Any, body: Any, meta: Any) -> bool:
-    try:
-        get(body, meta)
-    except EvalError:
-        return True
-    return False
