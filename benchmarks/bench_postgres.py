@@ -1,6 +1,6 @@
 """postgres_sink throughput beside plain asyncpg doing the same writes, in the same run.
 
-Run as a script for the table of figures (`python benchmarks/bench_postgres.py [rows]`), or with
+Run as a script for the table of figures (`python benchmarks/bench_postgres.py [rows [rounds [batch]]]`), or with
 pytest-benchmark (`pytest benchmarks/bench_postgres.py --benchmark-only`). The machine is shared
 (2 cores, other helpers' tests): figures are noisy, compare within one run only.
 
@@ -160,6 +160,7 @@ if __name__ == "__main__":
 
     rows = int(sys.argv[1]) if len(sys.argv) > 1 else 30_000
     rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 3
+    BATCH = int(sys.argv[3]) if len(sys.argv) > 3 else BATCH
     figures = uvloop.run(table_of_figures(rows, rounds))
     base = figures[0][1].rate
     print(f"{'':<36} {'rows/s':>10}  {'vs plain':>8}  {'client µs/row':>13}  {'server µs/row':>13}")

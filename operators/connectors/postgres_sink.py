@@ -41,6 +41,7 @@ from operators.connectors.postgres import (
 __all__ = ["ColumnSpec", "PostgresSink", "PostgresSinkConfig"]
 
 Mode = Literal["insert", "insert_ignore", "upsert", "last_write_wins"]
+Columns = list[list[str | None]]  # a batch as text values, one list per column
 WritePath = Literal["auto", "values", "unnest", "copy"]
 _MAX_PARAMS = 32767
 # Batches at least this large go through COPY under `write_path: auto` (below it, unnest is faster).
@@ -249,23 +250,23 @@ class PostgresSink(Sink):
     # ---- write ------------------------------------------------------------------------------------
 
     async def write(self, batch: list[Msg]) -> list[tuple[Msg, str]]:
-        rows, msgs, failed = self._rows(batch)
-        if not rows:
+        columns, msgs, failed = self._columns(batch)
+        if not msgs:
             return failed
         if not self.types:  # create_table with inferred types: decided by the first batch
             async with self.pool.acquire() as conn:
                 await self._create(conn, [tuple(self._raw(m)) for m in msgs])
-            rows, msgs, failed = self._rows(batch)
+            columns, msgs, failed = self._columns(batch)
         attempt = 1
         while True:
             try:
-                return failed + await self._transaction(rows, msgs)
+                return failed + await self._transaction(columns, msgs)
             except Exception as exc:
                 if not is_transient(exc) or attempt >= self.config.retry.max_attempts:
                     raise
                 delay = self.config.retry.backoff(attempt, self._rand.random())
                 self.ctx.log.warning("postgres_sink %s: %s; retrying the batch of %d in %.2fs (attempt %d)",
-                                     self.id, db_message(exc), len(rows), delay, attempt + 1)
+                                     self.id, db_message(exc), len(msgs), delay, attempt + 1)
                 await asyncio.sleep(delay)
                 attempt += 1
 
@@ -278,15 +279,16 @@ class PostgresSink(Sink):
                 out.append(None)
         return out
 
-    def _rows(self, batch: list[Msg]) -> tuple[list[tuple[str | None, ...]], list[Msg], list[tuple[Msg, str]]]:
-        """Evaluate the column expressions: text rows, their messages, and messages that failed.
+    def _columns(self, batch: list[Msg]) -> tuple[Columns, list[Msg], list[tuple[Msg, str]]]:
+        """Evaluate the column expressions: text values column by column, their messages, and the
+        messages that failed.
 
         Column by column in tight loops; if any expression fails, again message by message to
         single out the failing messages (they go to `errors` naming the column)."""
         convs = [json_text if js else plain_text for js in (self.json_cols or [False] * len(self.names))]
         try:
             columns = [[conv(get(m.body, m.meta)) for m in batch] for get, conv in zip(self.getters, convs)]
-            return list(zip(*columns)), batch, []
+            return columns, batch, []
         except EvalError:
             pass
         rows: list[tuple[str | None, ...]] = []
@@ -303,9 +305,9 @@ class PostgresSink(Sink):
             else:
                 rows.append(tuple(row))
                 msgs.append(msg)
-        return rows, msgs, failed
+        return [list(c) for c in zip(*rows)] or [[] for _ in self.names], msgs, failed
 
-    async def _transaction(self, rows: list[tuple[str | None, ...]], msgs: list[Msg]) -> list[tuple[Msg, str]]:
+    async def _transaction(self, rows: Columns, msgs: list[Msg]) -> list[tuple[Msg, str]]:
         """One transaction: the whole batch, or (after a row error) its halves under savepoints."""
         conn = await self.pool.acquire()
         try:
@@ -316,9 +318,8 @@ class PostgresSink(Sink):
             except Exception as exc:  # noqa: BLE001 - the pool drops a broken connection; the outcome stands
                 self.ctx.log.debug("postgres_sink %s: releasing a connection failed: %s", self.id, exc)
 
-    async def _in_transaction(self, conn: Any, rows: list[tuple[str | None, ...]],
-                              msgs: list[Msg]) -> list[tuple[Msg, str]]:
-        if self._path(len(rows), top=True) == "copy":
+    async def _in_transaction(self, conn: Any, rows: Columns, msgs: list[Msg]) -> list[tuple[Msg, str]]:
+        if self._path(len(msgs), top=True) == "copy":
             pid = conn.get_server_pid()
             if pid not in self._staged:  # outside the transaction, so a rollback keeps it
                 await conn.execute(self._stage_ddl)
@@ -367,14 +368,14 @@ class PostgresSink(Sink):
             await asyncio.sleep(self.config.retry.backoff(attempt, self._rand.random()))
         raise TimeoutError(f"postgres_sink {self.id}: could not learn whether transaction {xid} committed")
 
-    async def _isolate(self, conn: Any, rows: list[tuple[str | None, ...]], msgs: list[Msg],
+    async def _isolate(self, conn: Any, rows: Columns, msgs: list[Msg],
                        exc: BaseException) -> list[tuple[Msg, str]]:
         """Write `rows` in halves under savepoints; a single row that fails is reported, not written."""
-        if len(rows) == 1:
+        if len(msgs) == 1:
             return [(msgs[0], db_message(exc))]
-        mid = len(rows) // 2
+        mid = len(msgs) // 2
         failed: list[tuple[Msg, str]] = []
-        for part, part_msgs in ((rows[:mid], msgs[:mid]), (rows[mid:], msgs[mid:])):
+        for part, part_msgs in (([c[:mid] for c in rows], msgs[:mid]), ([c[mid:] for c in rows], msgs[mid:])):
             try:
                 async with conn.transaction():
                     await self._execute(conn, part, top=False)
@@ -393,19 +394,20 @@ class PostgresSink(Sink):
             return "copy" if n >= COPY_THRESHOLD else "unnest"
         return path
 
-    async def _execute(self, conn: Any, rows: list[tuple[str | None, ...]], top: bool) -> None:
-        path = self._path(len(rows), top)
+    async def _execute(self, conn: Any, columns: Columns, top: bool) -> None:
+        path = self._path(len(columns[0]), top)
         if path == "unnest":
-            await conn.execute(self._unnest_sql, *[list(c) for c in zip(*rows)])
+            await conn.execute(self._unnest_sql, *columns)
         elif path == "copy":
-            await self._copy(conn, rows)
+            await self._copy(conn, columns)
         else:
+            rows = list(zip(*columns))
             n = self._values_chunk
             for start in range(0, len(rows), n):
                 await self._values(conn, rows[start:start + n])
 
-    async def _copy(self, conn: Any, rows: list[tuple[str | None, ...]]) -> None:
-        records = [(*r, i) for i, r in enumerate(rows, 1)]
+    async def _copy(self, conn: Any, columns: Columns) -> None:
+        records = list(zip(*columns, range(1, len(columns[0]) + 1)))
         await conn.copy_records_to_table(self.stage, records=records, columns=[*self.names, "__ord"])
         await conn.execute(self._copy_sql)
 
