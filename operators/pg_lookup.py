@@ -50,8 +50,8 @@ class PgLookupConfig(NodeConfig):
                                                 "pass: send on with `into` set to null.")
     cache_ttl: float = Field(30.0, ge=0, description="Seconds a row (or a miss) is remembered; 0 = no cache.")
     cache_size: int = Field(10_000, ge=0, description="Most keys remembered (oldest dropped first).")
-    retry: RetryPolicy = Field(default_factory=lambda: RetryPolicy(max_attempts=10, initial_backoff=0.1,
-                                                                   max_backoff=5.0),
+    retry: RetryPolicy = Field(default_factory=lambda: RetryPolicy.model_validate({"max_attempts": 10,
+                                                                                  "max_backoff": 5.0}),
                                description="Retries of a batch's query after a lost connection.")
 
 

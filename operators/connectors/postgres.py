@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as _dt
 import decimal
+import math
 import re
 import uuid
 from collections.abc import Callable, Iterable
@@ -29,13 +30,14 @@ if TYPE_CHECKING:
 __all__ = [
     "IDENT_RE",
     "TYPE_RE",
-    "identifier_issues",
+    "check_all",
     "db_message",
+    "identifier_issues",
     "is_row_error",
     "is_transient",
     "json_text",
-    "plain_text",
     "json_value",
+    "plain_text",
     "pool_for",
     "quote_ident",
     "quote_qualified",
@@ -43,7 +45,6 @@ __all__ = [
     "to_text",
     "type_issues",
     "value_getter",
-    "check_all",
 ]
 
 # A plain SQL identifier: what we accept for tables and columns (no quoting tricks needed, ≤ 63 bytes).
@@ -97,7 +98,7 @@ def check_all(issues: Iterable[CheckIssue]) -> None:
 
 
 def _float_text(value: float) -> str:
-    if value != value:
+    if math.isnan(value):
         return "NaN"
     if value in (_INF, -_INF):
         return "Infinity" if value > 0 else "-Infinity"
@@ -239,7 +240,7 @@ async def pool_for(ctx: NodeContext, name: str) -> asyncpg.Pool:
     async def close(pool: asyncpg.Pool) -> None:
         try:
             await asyncio.wait_for(pool.close(), 5.0)
-        except (asyncio.TimeoutError, OSError):
+        except (TimeoutError, OSError):
             pool.terminate()
 
     return await ctx.resources.get(f"postgres:{name}", create, close)

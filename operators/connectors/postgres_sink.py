@@ -29,11 +29,11 @@ from operators.connectors.postgres import (
     identifier_issues,
     is_row_error,
     is_transient,
+    json_text,
+    plain_text,
     pool_for,
     quote_ident,
     quote_qualified,
-    json_text,
-    plain_text,
     type_issues,
     value_getter,
 )
@@ -82,7 +82,7 @@ class PostgresSinkConfig(NodeConfig):
                                "inferred: `msg`/`meta` → jsonb, else from the first batch's values).")
     write_path: WritePath = Field("auto", description="How a batch is sent; auto picks by batch size.")
     retry: RetryPolicy = Field(
-        default_factory=lambda: RetryPolicy(max_attempts=30, initial_backoff=0.1, max_backoff=5.0),
+        default_factory=lambda: RetryPolicy.model_validate({"max_attempts": 30, "max_backoff": 5.0}),
         description="Retries of a batch after a lost connection or server restart (the batch is kept).")
 
     @model_validator(mode="after")
@@ -342,8 +342,8 @@ class PostgresSink(Sink):
         except BaseException:
             try:
                 await tx.rollback()
-            except Exception:  # noqa: BLE001 - the connection is gone; the server rolls back
-                pass
+            except Exception as err:  # noqa: BLE001 - the connection is gone; the server rolls back
+                self.ctx.log.debug("postgres_sink %s: rollback failed: %s", self.id, err)
             raise
         try:
             await tx.commit()

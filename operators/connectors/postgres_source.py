@@ -60,7 +60,8 @@ class PostgresSourceConfig(NodeConfig):
                                     "value); from the beginning if unset.")
     stop_at_end: bool = Field(False, description="Finish once caught up (a batch job) instead of waiting for rows.")
     retry: RetryPolicy = Field(
-        default_factory=lambda: RetryPolicy(max_attempts=1_000_000, initial_backoff=0.2, max_backoff=10.0),
+        default_factory=lambda: RetryPolicy.model_validate(
+            {"max_attempts": 1_000_000, "initial_backoff": 0.2, "max_backoff": 10.0}),
         description="Backoff between reads after a lost connection (a reader keeps trying by default).")
 
     @model_validator(mode="after")
@@ -265,5 +266,5 @@ class PostgresSource(Source):
         if self._listener is not None:
             try:
                 await self._listener.close()
-            except Exception:  # noqa: BLE001 - closing is best effort
-                pass
+            except Exception as exc:  # noqa: BLE001 - closing is best effort
+                self.ctx.log.debug("postgres_source %s: closing the listener failed: %s", self.id, exc)
