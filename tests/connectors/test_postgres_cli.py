@@ -92,7 +92,7 @@ def test_source_resumes_after_kill_9(names: dict[str, str], tmp_path: Path) -> N
     assert written["upto"] == stored          # every row up to the stored position was committed
     assert written["c"] >= stored             # rows past it may be committed but not yet acked
 
-    done = subprocess.run([*STREAMDAG, "run", "--set", "nodes.read.config.stop_at_end=true", str(graph)],
+    done = subprocess.run(check=False, args=[*STREAMDAG, "run", "--set", "nodes.read.config.stop_at_end=true", str(graph)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     entered = int(re.search(r"integrity OK: (\d+) in", done.stderr).group(1))  # type: ignore[union-attr]
@@ -106,9 +106,9 @@ def test_example_graph_validates_and_runs(tmp_path: Path) -> None:
     table = f"postgres_ex_{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     path = str(ROOT / "graphs" / "orders_to_postgres.yaml")
-    assert subprocess.run([*STREAMDAG, "validate", path], cwd=ROOT, env=env, capture_output=True).returncode == 0
+    assert subprocess.run(check=False, args=[*STREAMDAG, "validate", path], cwd=ROOT, env=env, capture_output=True).returncode == 0
     try:
-        done = subprocess.run([*STREAMDAG, "run", "--set", f"nodes.store.config.table={table}",
+        done = subprocess.run(check=False, args=[*STREAMDAG, "run", "--set", f"nodes.store.config.table={table}",
                                "--set", f"nodes.dead.config.path={tmp_path / 'dead.ndjson'}", path],
                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
@@ -123,7 +123,7 @@ def test_example_graph_validates_and_runs(tmp_path: Path) -> None:
 def test_validate_reports_unsafe_identifiers_with_position(tmp_path: Path) -> None:
     graph = tmp_path / "bad.yaml"
     graph.write_text(GRAPH.format(dsn=DSN, app="x", outbox="outbox", pos="pos", target='"orders; drop"'))
-    out = subprocess.run([*STREAMDAG, "validate", str(graph)], cwd=ROOT, capture_output=True, text=True,
+    out = subprocess.run(check=False, args=[*STREAMDAG, "validate", str(graph)], cwd=ROOT, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode != 0
     assert re.search(r"bad\.yaml:\d+:\d+: E220 .*table 'orders; drop' is not a safe SQL identifier", out.stdout + out.stderr)
