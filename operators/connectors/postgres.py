@@ -219,6 +219,13 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(typename, encoder=encode, decoder=orjson.loads, schema="pg_catalog")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool reset hook: keep the session as it is (asyncpg already rolls back an open transaction).
+
+    The default reset (`RESET ALL; UNLISTEN *; ...`) is one more round trip per batch; our nodes set
+    no session state besides the sink's temporary staging table, which is meant to stay."""
+
+
 async def pool_for(ctx: NodeContext, name: str) -> asyncpg.Pool:
     """The asyncpg pool of the named connection, shared by every node of the run that names it."""
     import asyncpg
@@ -235,6 +242,7 @@ async def pool_for(ctx: NodeContext, name: str) -> asyncpg.Pool:
             command_timeout=settings.get("command_timeout"),
             server_settings={"application_name": app_name},
             init=_init_connection,
+            reset=_keep_session,
         )
 
     async def close(pool: asyncpg.Pool) -> None:

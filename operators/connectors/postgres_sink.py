@@ -238,7 +238,10 @@ class PostgresSink(Sink):
                 if cfg.mode == "last_write_wins":
                     v = quote_ident(cfg.version or "")
                     conflict += f" WHERE EXCLUDED.{v} IS NOT NULL AND (t.{v} IS NULL OR t.{v} < EXCLUDED.{v})"
-        self._insert = f"INSERT INTO {self.table} AS t ({col_list}) {select}{conflict}"
+        # The transaction id comes back with the write (one round trip less): a data-modifying WITH
+        # runs whether or not the outer query reads it.
+        self._insert = (f"WITH w AS (INSERT INTO {self.table} AS t ({col_list}) {select}{conflict}) "
+                        "SELECT pg_current_xact_id()::text")
         n = len(cols)
         params = ", ".join(f"${i + 1}::text[]" for i in range(n))
         self._unnest_sql = self._insert.format(src=f"unnest({params}) WITH ORDINALITY AS s({col_list}, __ord)")
@@ -327,9 +330,8 @@ class PostgresSink(Sink):
         tx = conn.transaction()
         await tx.start()
         try:
-            xid = await conn.fetchval("SELECT pg_current_xact_id()::text")
             try:
-                await self._execute(conn, rows, top=True)
+                xid = await self._execute(conn, rows, top=True)
                 failed: list[tuple[Msg, str]] = []
             except Exception as exc:
                 if not is_row_error(exc):
@@ -394,28 +396,30 @@ class PostgresSink(Sink):
             return "copy" if n >= COPY_THRESHOLD else "unnest"
         return path
 
-    async def _execute(self, conn: Any, columns: Columns, top: bool) -> None:
+    async def _execute(self, conn: Any, columns: Columns, top: bool) -> str:
+        """Write the rows; returns the id of the transaction they were written in."""
         path = self._path(len(columns[0]), top)
         if path == "unnest":
-            await conn.execute(self._unnest_sql, *columns)
-        elif path == "copy":
-            await self._copy(conn, columns)
-        else:
-            rows = list(zip(*columns))
-            n = self._values_chunk
-            for start in range(0, len(rows), n):
-                await self._values(conn, rows[start:start + n])
+            return await conn.fetchval(self._unnest_sql, *columns)
+        if path == "copy":
+            return await self._copy(conn, columns)
+        rows = list(zip(*columns))
+        n = self._values_chunk
+        xid = ""
+        for start in range(0, len(rows), n):
+            xid = await self._values(conn, rows[start:start + n])
+        return xid
 
-    async def _copy(self, conn: Any, columns: Columns) -> None:
+    async def _copy(self, conn: Any, columns: Columns) -> str:
         records = list(zip(*columns, range(1, len(columns[0]) + 1)))
         await conn.copy_records_to_table(self.stage, records=records, columns=[*self.names, "__ord"])
-        await conn.execute(self._copy_sql)
+        return await conn.fetchval(self._copy_sql)
 
-    async def _values(self, conn: Any, rows: list[tuple[str | None, ...]]) -> None:
+    async def _values(self, conn: Any, rows: list[tuple[str | None, ...]]) -> str:
         n = len(self.names)
         tuples = []
         for i in range(len(rows)):
             base = i * n
             tuples.append("(" + ", ".join(f"${base + j + 1}::text" for j in range(n)) + f", {i + 1})")
         src = f"(VALUES {', '.join(tuples)}) AS s({', '.join(map(quote_ident, self.names))}, __ord)"
-        await conn.execute(self._insert.format(src=src), *[v for r in rows for v in r])
+        return await conn.fetchval(self._insert.format(src=src), *[v for r in rows for v in r])
