@@ -127,3 +127,33 @@ def test_validate_reports_unsafe_identifiers_with_position(tmp_path: Path) -> No
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert out.returncode != 0
     assert re.search(r"bad\.yaml:\d+:\d+: E220 .*table 'orders; drop' is not a safe SQL identifier", out.stdout + out.stderr)
+
+
+LOOKUP_GRAPH = """
+version: 1
+name: lookup
+connections:
+  pg: {{type: postgres}}
+nodes:
+  orders:
+    type: generate
+    config: {{count: 3, template: '{{"customer": msg.i}}'}}
+  enrich:
+    type: pg_lookup
+    inputs: [orders]
+    config: {{connection: pg, table: customers, key_column: id, key: msg.customer, on_miss: {on_miss}}}
+  out:
+    type: stdout
+    inputs: [enrich, enrich.missing]
+"""
+
+
+@pytest.mark.parametrize("on_miss, ok", [("missing", True), ("pass", False)])
+def test_lookup_missing_port_exists_only_when_configured(tmp_path: Path, on_miss: str, ok: bool) -> None:
+    graph = tmp_path / "lookup.yaml"
+    graph.write_text(LOOKUP_GRAPH.format(on_miss=on_miss))
+    out = subprocess.run(check=False, args=[*STREAMDAG, "validate", str(graph)], cwd=ROOT, capture_output=True,
+                         text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert (out.returncode == 0) == ok, out.stdout + out.stderr
+    if not ok:
+        assert "E211" in out.stdout + out.stderr and "missing" in out.stdout + out.stderr

@@ -53,7 +53,8 @@ class Harness:
                                                    "position_table": positions, "position_key": "k",
                                                    "batch_size": 10, **config})
         self.res = Resources()
-        ctx = NodeContext("src", {"pg": {"dsn": DSN, "application_name": "postgres_test_src"}}, {}, self.res)
+        self.app = f"postgres_test_src_{uuid.uuid4().hex[:8]}"
+        ctx = NodeContext("src", {"pg": {"dsn": DSN, "application_name": self.app}}, {}, self.res)
         self.source = PostgresSource("src", cfg, ctx)
         self.tracker = AckTracker()
         self.received: list[Msg] = []
@@ -177,8 +178,8 @@ def test_notify_wakes_the_reader(names: tuple[str, str]) -> None:
         await insert(table, 1)
         # Wait for the reader's LISTEN, then notify: with a 60 s poll only the NOTIFY can deliver in time.
         async with asyncio.timeout(10):
-            while not await sql("SELECT 1 FROM pg_stat_activity WHERE application_name = 'postgres_test_src' "
-                                "AND query ILIKE $1", f"%LISTEN%{channel}%"):
+            while not await sql("SELECT 1 FROM pg_stat_activity WHERE application_name = $1 "
+                                "AND query ILIKE $2", h.app, f"%LISTEN%{channel}%"):
                 await asyncio.sleep(0.01)
         await sql(f'NOTIFY "{channel}"')
         msgs = await h.until(1)
@@ -230,3 +231,30 @@ def test_config_rules_and_identifiers() -> None:
         PostgresSourceConfig.model_validate({"connection": "pg", "cursor": "id"})
     cfg = PostgresSourceConfig.model_validate({"connection": "pg", "table": "x y", "cursor": "id;", "listen": "a-b"})
     assert {i.loc for i in PostgresSource.check(cfg, CheckContext())} == {("table",), ("cursor",), ("listen",)}
+
+
+def test_reader_survives_its_sessions_being_cut(names: tuple[str, str]) -> None:
+    table, positions = names
+
+    async def main() -> None:
+        await insert(table, 5)
+        h = Harness(table, positions, poll_interval=0.02,
+                    retry={"max_attempts": 100, "initial_backoff": 0.01, "max_backoff": 0.05})
+        await h.source.start()
+        task = asyncio.create_task(h.source.run(h.out))
+        first = await h.until(5)
+        killed = await sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+                           h.app)
+        assert killed
+        await insert(table, 5)
+        msgs = await h.until(10)
+        assert [m.body["id"] for m in msgs] == list(range(1, 11))
+        for m in first + msgs[5:]:
+            m.ack.release()
+        await h.settle()
+        assert await stored(positions) == "10"
+        h.out.stopping.set()
+        await task
+        await h.close()
+
+    asyncio.run(main())
