@@ -265,7 +265,9 @@ class PostgresSink(Sink):
             try:
                 return failed + await self._transaction(columns, msgs)
             except Exception as exc:
-                if not is_transient(exc) or attempt >= self.config.retry.max_attempts:
+                if self.stage in str(exc):  # a new session behind a reused pid: no staging table yet
+                    self._staged.clear()
+                elif not is_transient(exc) or attempt >= self.config.retry.max_attempts:
                     raise
                 delay = self.config.retry.backoff(attempt, self._rand.random())
                 self.ctx.log.warning("postgres_sink %s: %s; retrying the batch of %d in %.2fs (attempt %d)",

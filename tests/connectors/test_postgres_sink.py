@@ -278,3 +278,20 @@ def test_lost_commit_is_resolved_by_transaction_status(table: str, app: str) -> 
             await res.close()
 
     assert run(main()) == (True, False)
+
+
+def test_copy_path_recreates_a_lost_staging_table(table: str, app: str) -> None:
+    sink, res = make(table, app, mode="upsert", key=["id"], write_path="copy")
+
+    async def main() -> None:
+        await sink.start()
+        try:
+            assert await sink.write([Msg({"id": 1, "version": 1, "total": 1})]) == []
+            async with sink.pool.acquire() as conn:  # the session loses its temp table behind our back
+                await conn.execute(f'DROP TABLE "{sink.stage}"')
+            assert await sink.write([Msg({"id": 2, "version": 1, "total": 2})]) == []
+        finally:
+            await res.close()
+
+    run(main())
+    assert sorted(rows(table)) == [1, 2]
