@@ -367,6 +367,12 @@ class PostgresSink(Sink):
                     self.ctx.log.warning("postgres_sink %s: lost commit of xact %s resolved: %s", self.id, xid, status)
                     return status == "committed"
             except Exception as exc:
+                if getattr(exc, "sqlstate", None) == "22023":  # "transaction ID … is in the future"
+                    # After a crash the server's xid counter restarts below ours: the transaction left
+                    # no commit record (replaying one would have advanced the counter), so it did not commit.
+                    self.ctx.log.warning("postgres_sink %s: lost commit of xact %s resolved: not committed "
+                                         "(server recovered before it)", self.id, xid)
+                    return False
                 if not is_transient(exc):
                     raise
             await asyncio.sleep(self.config.retry.backoff(attempt, self._rand.random()))
