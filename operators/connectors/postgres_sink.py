@@ -172,7 +172,9 @@ class PostgresSink(Sink):
 
     async def _introspect(self, conn: Any) -> dict[str, tuple[str, str]] | None:
         rows = await conn.fetch(
-            "SELECT a.attname, format_type(a.atttypid, a.atttypmod), t.typname FROM pg_attribute a "
+            # The type without its modifier: an explicit cast to varchar(3) would cut a longer value
+            # silently, while the assignment of the INSERT rejects it (that row goes to `errors`).
+            "SELECT a.attname, format_type(a.atttypid, NULL), t.typname FROM pg_attribute a "
             "JOIN pg_type t ON t.oid = a.atttypid WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 "
             "AND NOT a.attisdropped", self.table)
         if not rows:
@@ -265,9 +267,10 @@ class PostgresSink(Sink):
             try:
                 return failed + await self._transaction(columns, msgs)
             except Exception as exc:
-                if self.stage in str(exc):  # a new session behind a reused pid: no staging table yet
+                stale_stage = self.stage in str(exc)  # a new session behind a reused pid: no staging table
+                if stale_stage:
                     self._staged.clear()
-                elif not is_transient(exc) or attempt >= self.config.retry.max_attempts:
+                if not (stale_stage or is_transient(exc)) or attempt >= self.config.retry.max_attempts:
                     raise
                 delay = self.config.retry.backoff(attempt, self._rand.random())
                 self.ctx.log.warning("postgres_sink %s: %s; retrying the batch of %d in %.2fs (attempt %d)",

@@ -295,3 +295,15 @@ def test_copy_path_recreates_a_lost_staging_table(table: str, app: str) -> None:
 
     run(main())
     assert sorted(rows(table)) == [1, 2]
+
+
+def test_too_long_value_is_an_error_not_a_silent_cut(table: str, app: str) -> None:
+    run(sql(f'CREATE TABLE "{table}" (id bigint PRIMARY KEY, code varchar(3), amount numeric(5,2))'))
+    sink, res = make(table, app, mode="upsert", key=["id"], create_table=False,
+                     columns={"id": "msg.id", "code": "msg.code", "amount": "msg.amount"})
+    (failed,) = run(write_all(sink, res, [{"id": 1, "code": "abc", "amount": 1.234},
+                                          {"id": 2, "code": "abcdef", "amount": 1},
+                                          {"id": 3, "code": "x", "amount": 12345}]))
+    assert sorted((m.body["id"], r.split(":")[0]) for m, r in failed) == [(2, "postgres 22001"), (3, "postgres 22003")]
+    got = run(sql(f'SELECT id, code, amount::text AS a FROM "{table}"'))
+    assert [tuple(r) for r in got] == [(1, "abc", "1.23")]
