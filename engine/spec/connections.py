@@ -124,8 +124,11 @@ class PostgresConnection(_Base):
 
     type: Literal["postgres"]
     dsn: str = Field("postgresql://root@127.0.0.1:5432/test", description="libpq-style DSN.")
-    min_size: int = Field(1, ge=0)
-    max_size: int = Field(4, ge=1)
+    min_size: int = Field(1, ge=0, description="Connections the pool keeps open.")
+    max_size: int = Field(4, ge=1, description="Most connections the pool opens (one pool per connection name).")
+    application_name: str = Field("streamdag", description="Shown in pg_stat_activity; lets you find the run's sessions.")
+    connect_timeout: float = Field(5.0, gt=0, description="Seconds for one connection attempt.")
+    command_timeout: float | None = Field(None, gt=0, description="Seconds one statement may take; unset = no limit.")
 
 
 class HttpConnection(_Base):
