@@ -1,0 +1,77 @@
+"""One redis-py asyncio client per named connection, shared through `ctx.resources`, and durations.
+
+`parse_duration` / `Duration` live here (pure, no I/O) so every Redis node reads `ttl: 1h` the same
+way; the engine may adopt them later.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Annotated, Any
+
+from pydantic import BeforeValidator, Field
+
+if TYPE_CHECKING:
+    from engine.runtime.context import NodeContext
+
+__all__ = ["Duration", "parse_duration", "redis_client", "CONNECTION_ERRORS"]
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number (seconds) or a string like `250ms`, `30s`, `5m`, `1h`, `7d`."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string like 30s, 5m, 1h, 7d")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            return float(m.group(1)) * _UNITS[m.group(2) or "s"]
+    raise ValueError(f"invalid duration {value!r}: use seconds or a string like 250ms, 30s, 5m, 1h, 7d")
+
+
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    Field(json_schema_extra={"format": "duration"}),
+]
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    from redis import exceptions as rex
+
+    return (rex.ConnectionError, rex.TimeoutError, rex.BusyLoadingError, ConnectionError, OSError)
+
+
+CONNECTION_ERRORS = _connection_errors()
+
+
+async def redis_client(ctx: NodeContext, name: str) -> Any:
+    """The shared `redis.asyncio.Redis` of connection `name` (created on first use, closed at the end)."""
+    import redis.asyncio as aredis
+
+    settings = ctx.connection(name)
+    if settings.get("type", "redis") != "redis":
+        raise ValueError(f"connection {name!r} is a {settings.get('type')!r} connection, not redis")
+
+    async def factory() -> Any:
+        kwargs: dict[str, Any] = {}
+        if settings.get("socket_timeout") is not None:
+            kwargs["socket_timeout"] = settings["socket_timeout"]
+        if settings.get("connect_timeout") is not None:
+            kwargs["socket_connect_timeout"] = settings["connect_timeout"]
+        if settings.get("client_name"):
+            kwargs["client_name"] = settings["client_name"]
+        if settings.get("max_connections"):
+            kwargs["max_connections"] = settings["max_connections"]
+        return aredis.Redis.from_url(settings.get("url", "redis://127.0.0.1:6379/0"), **kwargs)
+
+    async def close(client: Any) -> None:
+        await client.aclose()
+
+    return await ctx.resources.get(f"redis:{name}", factory, close)
