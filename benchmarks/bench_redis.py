@@ -20,11 +20,11 @@ import pytest
 import redis.asyncio as aredis
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "tests" / "connectors"))
-from redis_harness import REDIS_URL, Run, make_ctx  # noqa: E402
+from redis_harness import REDIS_URL, Run, make_ctx
 
-from engine.message import Msg  # noqa: E402
-from engine.runtime.context import Resources  # noqa: E402
-from operators.connectors.redis_streams import (  # noqa: E402
+from engine.message import Msg
+from engine.runtime.context import Resources
+from operators.connectors.redis_streams import (
     RedisStreamSink,
     RedisStreamSinkConfig,
     RedisStreamSource,

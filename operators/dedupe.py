@@ -92,8 +92,8 @@ class Dedupe(Operator):
         except CONNECTION_ERRORS as exc:
             raise ConnectionError(f"redis {self.config.connection}: dedupe failed: {exc}") from exc
         send = out.port("out").append
-        for (msg, ident), previous in zip(checked, results):
-            if previous is None or previous == ident:
+        for (msg, mine), previous in zip(checked, results):
+            if previous is None or previous == mine:
                 send(msg)
                 self.passed += 1
             else:

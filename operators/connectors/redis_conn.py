@@ -14,7 +14,7 @@ from pydantic import BeforeValidator, Field
 if TYPE_CHECKING:
     from engine.runtime.context import NodeContext
 
-__all__ = ["Duration", "parse_duration", "redis_client", "CONNECTION_ERRORS"]
+__all__ = ["CONNECTION_ERRORS", "Duration", "parse_duration", "redis_client"]
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -23,7 +23,7 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 def parse_duration(value: Any) -> float:
     """Seconds from a number (seconds) or a string like `250ms`, `30s`, `5m`, `1h`, `7d`."""
     if isinstance(value, bool):
-        raise ValueError("a duration is a number of seconds or a string like 30s, 5m, 1h, 7d")
+        raise ValueError("a duration is a number of seconds or a string like 30s, 5m, 1h, 7d")  # noqa: TRY004 - pydantic reports ValueError
     if isinstance(value, (int, float)):
         if value < 0:
             raise ValueError("a duration cannot be negative")

@@ -17,6 +17,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, ClassVar, Literal, TypeVar
 
 import orjson
@@ -111,8 +112,8 @@ class RedisStreamSource(Source):
                     await self._recover(out, own=False)
                     next_claim = time.monotonic() + cfg.claim_interval
                 await out.wait_room()
-                resp = await self._retrying(
-                    lambda: self._client.xreadgroup(cfg.group, self.consumer, streams, count=cfg.batch, block=block_ms))
+                resp = await self._retrying(partial(
+                    self._client.xreadgroup, cfg.group, self.consumer, streams, count=cfg.batch, block=block_ms))
                 entries = resp[0][1] if resp else []
                 if entries:
                     await self._emit(entries, None, out)
@@ -166,8 +167,8 @@ class RedisStreamSource(Source):
         start = "-"
         while not out.stopping.is_set():
             kwargs: dict[str, Any] = {"consumername": self.consumer} if own else {"idle": min_idle}
-            pending = await self._retrying(lambda: self._client.xpending_range(
-                cfg.stream, cfg.group, start, "+", cfg.batch, **kwargs))
+            pending = await self._retrying(partial(
+                self._client.xpending_range, cfg.stream, cfg.group, start, "+", cfg.batch, **kwargs))
             if not pending:
                 return
             start = "(" + pending[-1]["message_id"].decode()
@@ -175,8 +176,8 @@ class RedisStreamSource(Source):
                       if p["message_id"] not in self._inflight}
             if counts:
                 await out.wait_room()
-                claimed = await self._retrying(lambda: self._client.xclaim(
-                    cfg.stream, cfg.group, self.consumer, min_idle, list(counts)))
+                claimed = await self._retrying(partial(
+                    self._client.xclaim, cfg.stream, cfg.group, self.consumer, min_idle, list(counts)))
                 claimed = [e for e in claimed if e[0] is not None]
                 if claimed:
                     self.reclaimed += len(claimed)

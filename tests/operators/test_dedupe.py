@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "connectors"))
-from redis_harness import REDIS_URL, aio, make_ctx, unique  # noqa: E402
+from redis_harness import REDIS_URL, aio, make_ctx, unique
 
-from engine.message import FILTERED, AckTracker, Msg  # noqa: E402
-from engine.runtime.context import Resources  # noqa: E402
-from engine.runtime.outputs import Outputs  # noqa: E402
-from engine.runtime.stats import NodeStats  # noqa: E402
-from operators.dedupe import Dedupe, DedupeConfig  # noqa: E402
+from engine.message import AckTracker, Msg
+from engine.runtime.context import Resources
+from engine.runtime.outputs import Outputs
+from engine.runtime.stats import NodeStats
+from operators.dedupe import Dedupe, DedupeConfig
 
 pytestmark = pytest.mark.services
 
