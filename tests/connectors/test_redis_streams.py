@@ -259,13 +259,15 @@ async def test_survives_a_redis_restart_without_losing_its_place() -> None:
         server.kill()
 
 
+@pytest.mark.parametrize("method", ["script", "xadd"])
 @aio
-async def test_stream_sink_writes_exact_entries_and_trims(keys) -> None:
+async def test_stream_sink_writes_exact_entries_and_trims(keys, method) -> None:
     r = connect()
     stream = unique()
     keys.append(stream)
     res = Resources()
-    cfg = RedisStreamSinkConfig(connection="cache", stream=stream, maxlen=1000, fields={"user": "msg.user"})
+    cfg = RedisStreamSinkConfig(connection="cache", stream=stream, maxlen=1000, fields={"user": "msg.user"},
+                                method=method)
     sink = RedisStreamSink("out", cfg, make_ctx("out", res))
     await sink.start()
     batch = [Msg({"user": f"u{i}", "n": i}) for i in range(3000)]
@@ -280,11 +282,16 @@ async def test_stream_sink_writes_exact_entries_and_trims(keys) -> None:
         ({"n": 1}, "fields"), ({"user": "x", "v": {1, 2}}, "body does not encode as JSON"), (b"raw", "fields")]
     last = await r.xrevrange(stream, count=1)
     assert last[0][1] == {b"body": b'{"user":5}', b"user": b"5"}
-    exact = RedisStreamSink("out2", RedisStreamSinkConfig(connection="cache", stream=stream + "x", maxlen=None),
-                            make_ctx("out2", res))
+    exact = RedisStreamSink("out2", RedisStreamSinkConfig(connection="cache", stream=stream + "x", maxlen=None,
+                                                          method=method), make_ctx("out2", res))
     keys.append(stream + "x")
     await exact.start()
-    assert await exact.write([Msg(i) for i in range(1233)] + [Msg(b"raw-bytes")]) == []
-    assert await r.xlen(stream + "x") == 1234
+    assert await exact.write([Msg(i) for i in range(2233)] + [Msg(b"raw-bytes")]) == []
+    assert await r.xlen(stream + "x") == 2234
     assert (await r.xrevrange(stream + "x", count=1))[0][1] == {b"body": b"raw-bytes"}
+    assert [int(e[1][b"body"]) for e in await r.xrange(stream + "x", count=5)] == [0, 1, 2, 3, 4]
+    exact._sha = "0" * 40  # as after a server restart: NOSCRIPT, so the script is loaded again
+    await r.set(stream + "x", "not a stream")  # every XADD fails alone with WRONGTYPE
+    failed = await exact.write([Msg(1), Msg(2)])
+    assert [m.body for m, _ in failed] == [1, 2] and all("WRONGTYPE" in reason for _, reason in failed)
     await res.close()
