@@ -59,7 +59,10 @@ class RedisStreamSourceConfig(NodeConfig):
         "$", description="Where a group created by this source starts: `$` new entries only, `0` the whole stream.")
     min_idle: Duration = Field(60.0, gt=0, description="Entries pending longer than this in any consumer "
                                "are claimed and delivered again.", examples=["60s", "5m"])
-    claim_interval: Duration = Field(30.0, gt=0, description="Time between two reclaim passes (one runs at start).")
+    claim_interval: Duration = Field(
+        20.0, gt=0, description="Time between two reclaim passes (one runs at start). Each pass also resets the "
+        "idle time of this consumer's own slow in-flight entries, so other consumers do not take them while "
+        "they are being processed: keep it below half of `min_idle`.")
     max_deliver: int = Field(5, ge=1, description="Deliveries before an entry goes to the errors port "
                              "(dead letter) instead of being delivered again.")
     reconnect_max_backoff: Duration = Field(5.0, gt=0, description="Longest wait between reconnection attempts.")
@@ -90,6 +93,7 @@ class RedisStreamSource(Source):
         self.reclaimed = 0
         self.dead_lettered = 0
         self.reconnects = 0
+        self.kept_alive = 0
 
     async def start(self) -> None:
         self._client = await redis_client(self.ctx, self.config.connection)
@@ -109,6 +113,7 @@ class RedisStreamSource(Source):
                 if self._to_ack:
                     await self._flush_acks()
                 if time.monotonic() >= next_claim:
+                    await self._keep_alive()
                     await self._recover(out, own=False)
                     next_claim = time.monotonic() + cfg.claim_interval
                 await out.wait_room()
@@ -183,6 +188,28 @@ class RedisStreamSource(Source):
                     self.reclaimed += len(claimed)
                     self.ctx.log.info("claimed %d pending entries of %s", len(claimed), cfg.stream)
                     await self._emit(claimed, counts, out)
+            if len(pending) < cfg.batch:
+                return
+
+    async def _keep_alive(self) -> None:
+        """Reset the idle time of our in-flight entries idle >= claim_interval (XCLAIM JUSTID: no count)."""
+        cfg = self.config
+        if not self._inflight:
+            return
+        idle = int(cfg.claim_interval * 1000)
+        start = "-"
+        while True:
+            pending = await self._retrying(partial(
+                self._client.xpending_range, cfg.stream, cfg.group, start, "+", cfg.batch,
+                consumername=self.consumer, idle=idle))
+            if not pending:
+                return
+            start = "(" + pending[-1]["message_id"].decode()
+            ids = [p["message_id"] for p in pending if p["message_id"] in self._inflight]
+            if ids:
+                await self._retrying(partial(self._client.xclaim, cfg.stream, cfg.group, self.consumer, 0, ids,
+                                             justid=True))
+                self.kept_alive += len(ids)
             if len(pending) < cfg.batch:
                 return
 

@@ -79,6 +79,8 @@ class Run:
         self.stats = NodeStats(source.id, "source", "redis_stream_source")
         self.out = SourceOutput(source.id, self.tracker, self._send, self.stats)
         self.delivered: list[Msg] = []
+        self.hold = False  # when set, delivered messages stay unsettled in `held` (a slow downstream)
+        self.held: list[Msg] = []
         self.dead: list[Msg] = []
         self.changed = asyncio.Event()
         self._sink: SinkFn | None = None
@@ -93,12 +95,21 @@ class Run:
         for m in msgs:
             if id(m) in failed:
                 m.ack.fail(failed[id(m)])
+            elif self.hold:
+                self.held.append(m)
             else:
                 self.delivered.append(m)
                 m.ack.finish(DELIVERED)
         for m in errors:
             self.dead.append(m)
             m.ack.finish(DEAD_LETTERED)
+        self.changed.set()
+
+    def release_held(self) -> None:
+        held, self.held = self.held, []
+        for m in held:
+            self.delivered.append(m)
+            m.ack.finish(DELIVERED)
         self.changed.set()
 
     async def _commit_loop(self) -> None:

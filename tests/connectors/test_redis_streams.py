@@ -167,6 +167,30 @@ async def test_failing_entry_is_dead_lettered_after_max_deliver(keys) -> None:
     await res.close()
 
 
+@aio
+async def test_slow_in_flight_entries_are_kept_from_other_consumers(keys) -> None:
+    r = connect()
+    stream = unique()
+    keys.append(stream)
+    await fill(r, stream, [orjson.dumps({"n": i}) for i in range(5)])
+    res = Resources()
+    src = source(stream, res, start="0", min_idle="300ms", claim_interval="30ms", block="10ms")
+    run = Run(src)
+    run.hold = True  # the downstream takes its time: entries stay in flight
+    await run.start(None)
+    t0 = asyncio.get_running_loop().time()
+    await run.wait_for(lambda: src.kept_alive >= 15 and asyncio.get_running_loop().time() - t0 > 0.5)
+    # in flight longer than min_idle, yet never idle that long: another consumer cannot take them
+    assert await r.xautoclaim(stream, "g", "thief", 300, "0-0", count=10) == [b"0-0", [], []]
+    info = await r.xpending_range(stream, "g", "-", "+", 10)
+    assert {p["consumer"] for p in info} == {src.consumer.encode()} and len(info) == 5
+    assert all(p["times_delivered"] == 1 for p in info)
+    run.release_held()
+    await run.finish()
+    assert sorted(m.body["n"] for m in run.delivered) == list(range(5))
+    assert (await r.xpending(stream, "g"))["pending"] == 0
+
+
 WORKER = textwrap.dedent("""
     import asyncio, sys
     import redis.asyncio as aredis
