@@ -66,8 +66,8 @@ def unique(prefix: str = "redis") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-def make_ctx(node_id: str, resources: Resources, url: str = REDIS_URL) -> NodeContext:
-    return NodeContext(node_id, {"cache": {"type": "redis", "url": url}}, {}, resources)
+def make_ctx(node_id: str, resources: Resources, url: str = REDIS_URL, **settings: Any) -> NodeContext:
+    return NodeContext(node_id, {"cache": {"type": "redis", "url": url, **settings}}, {}, resources)
 
 
 class Run:

@@ -283,6 +283,37 @@ async def test_survives_a_redis_restart_without_losing_its_place() -> None:
         server.kill()
 
 
+@aio
+async def test_connections_killed_mid_run_lose_and_repeat_nothing(keys) -> None:
+    """CLIENT KILL of the source's own connections (by its client name) between a write and its XACK."""
+    r = connect()
+    stream, name = unique(), unique("redis-client")
+    keys.append(stream)
+    await fill(r, stream, [orjson.dumps({"n": i}) for i in range(300)])
+    res = Resources()
+    config = RedisStreamSourceConfig(connection="cache", stream=stream, group="g", start="0", batch=100,
+                                     block="10ms", reconnect_max_backoff="50ms")
+    src = RedisStreamSource("src", config, make_ctx("src", res, client_name=name))
+    run = Run(src)
+    killed: list[int] = []
+
+    async def sink(msgs: list[Msg]):
+        if not killed:
+            clients = await r.client_list()
+            for c in clients:
+                if c["name"] == name:
+                    await r.client_kill_filter(_id=c["id"])
+                    killed.append(int(c["id"]))
+        return []
+
+    await run.start(sink)
+    await run.wait_for(lambda: len(run.delivered) == 300)
+    await run.finish()
+    assert killed and [m.body["n"] for m in run.delivered] == list(range(300))
+    assert (await r.xpending(stream, "g"))["pending"] == 0
+    await res.close()
+
+
 @pytest.mark.parametrize("method", ["script", "xadd"])
 @aio
 async def test_stream_sink_writes_exact_entries_and_trims(keys, method) -> None:
