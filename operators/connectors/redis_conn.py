@@ -51,13 +51,21 @@ def _connection_errors() -> tuple[type[BaseException], ...]:
 CONNECTION_ERRORS = _connection_errors()
 
 
+def _safe(url: str) -> str:
+    """The URL without its password, for messages."""
+    return re.sub(r"//([^:@/]*):[^@/]*@", r"//\1:***@", url)
+
+
 async def redis_client(ctx: NodeContext, name: str) -> Any:
-    """The shared `redis.asyncio.Redis` of connection `name` (created on first use, closed at the end)."""
+    """The shared `redis.asyncio.Redis` of connection `name`: created and pinged on first use (a clear
+    `ConnectionError` if Redis cannot be reached), closed with the run's resources."""
     import redis.asyncio as aredis
 
     settings = ctx.connection(name)
     if settings.get("type", "redis") != "redis":
         raise ValueError(f"connection {name!r} is a {settings.get('type')!r} connection, not redis")
+
+    url = settings.get("url", "redis://127.0.0.1:6379/0")
 
     async def factory() -> Any:
         kwargs: dict[str, Any] = {}
@@ -69,9 +77,15 @@ async def redis_client(ctx: NodeContext, name: str) -> Any:
             kwargs["client_name"] = settings["client_name"]
         if settings.get("max_connections"):
             kwargs["max_connections"] = settings["max_connections"]
-        return aredis.Redis.from_url(settings.get("url", "redis://127.0.0.1:6379/0"), **kwargs)
+        # no await in here: two nodes starting at once must not both create a client
+        return aredis.Redis.from_url(url, **kwargs)
 
     async def close(client: Any) -> None:
         await client.aclose()
 
-    return await ctx.resources.get(f"redis:{name}", factory, close)
+    client = await ctx.resources.get(f"redis:{name}", factory, close)
+    try:
+        await client.ping()
+    except CONNECTION_ERRORS as exc:
+        raise ConnectionError(f"redis connection {name!r} ({_safe(url)}): cannot connect: {exc}") from exc
+    return client

@@ -12,7 +12,17 @@ import orjson
 import pytest
 import redis.asyncio as aredis
 from pydantic import ValidationError
-from redis_harness import REDIS_URL, PrivateRedis, Run, aio, group_exists, make_ctx, redis_keys, unique
+from redis_harness import (
+    REDIS_URL,
+    PrivateRedis,
+    Run,
+    aio,
+    free_port,
+    group_exists,
+    make_ctx,
+    redis_keys,
+    unique,
+)
 
 from engine.message import Msg
 from engine.runtime.context import Resources
@@ -58,6 +68,17 @@ def test_durations() -> None:
         RedisStreamSourceConfig(connection="c", stream="s", group="g", min_idle="soon")
     with pytest.raises(ValidationError, match="overwrite the body field"):
         RedisStreamSinkConfig(connection="c", stream="s", fields={"body": "msg.x"})
+
+
+@aio
+async def test_unreachable_redis_fails_at_start_with_a_clear_error() -> None:
+    res = Resources()
+    url = f"redis://user:secret@127.0.0.1:{free_port()}/0"
+    src = RedisStreamSource("events_in", RedisStreamSourceConfig(connection="cache", stream="s", group="g"),
+                            make_ctx("events_in", res, url))
+    with pytest.raises(ConnectionError, match=r"redis connection 'cache' \(redis://user:\*\*\*@127.0.0.1:\d+/0\)"):
+        await src.start()
+    await res.close()
 
 
 @aio
