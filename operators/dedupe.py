@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 from pydantic import Field
 
 from engine.api import CelExpr, NodeConfig, Operator
+from engine.errors import ConnectionLost
 from engine.expr import EvalError, compile_expr
 from engine.message import Msg
 from engine.runtime.outputs import Outputs
@@ -90,7 +91,7 @@ class Dedupe(Operator):
         try:
             results = await pipe.execute()
         except CONNECTION_ERRORS as exc:
-            raise ConnectionError(f"redis {self.config.connection}: dedupe failed: {exc}") from exc
+            raise ConnectionLost(f"redis {self.config.connection}: dedupe failed: {exc}") from exc
         send = out.port("out").append
         for (msg, mine), previous in zip(checked, results):
             if previous is None or previous == mine:

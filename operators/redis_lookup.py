@@ -15,6 +15,7 @@ import orjson
 from pydantic import Field
 
 from engine.api import CelExpr, NodeConfig, Operator
+from engine.errors import ConnectionLost
 from engine.expr import EvalError, compile_expr
 from engine.message import Msg
 from engine.runtime.outputs import Outputs
@@ -92,7 +93,7 @@ class RedisLookup(Operator):
                     pipe.hgetall(k)
                 values = await pipe.execute()
         except CONNECTION_ERRORS as exc:
-            raise ConnectionError(f"redis {self.config.connection}: lookup failed: {exc}") from exc
+            raise ConnectionLost(f"redis {self.config.connection}: lookup failed: {exc}") from exc
         on_miss, into = self.config.on_miss, self.config.into
         send = out.port("out").append
         for (msg, key), raw in zip(keyed, values):

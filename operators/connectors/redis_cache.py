@@ -16,6 +16,7 @@ from pydantic import Field, model_validator
 from redis.exceptions import NoScriptError
 
 from engine.api import CelExpr, NodeConfig, Sink
+from engine.errors import ConnectionLost
 from engine.expr import EvalError, compile_expr
 from engine.message import Msg
 from operators.connectors.redis_conn import CONNECTION_ERRORS, Duration, redis_client
@@ -169,7 +170,7 @@ class RedisCacheSink(Sink):
         try:
             results = await pipe.execute(raise_on_error=False)
         except CONNECTION_ERRORS as exc:
-            raise ConnectionError(f"redis {self.config.connection}: cache write failed: {exc}") from exc
+            raise ConnectionLost(f"redis {self.config.connection}: cache write failed: {exc}") from exc
         noscript: list[Msg] = []
         for msg, res in zip(sent, results):
             if isinstance(res, NoScriptError):

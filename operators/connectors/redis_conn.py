@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BeforeValidator, Field
 
+from engine.errors import ConnectorError
+
 if TYPE_CHECKING:
     from engine.runtime.context import NodeContext
 
@@ -58,7 +60,7 @@ def _safe(url: str) -> str:
 
 async def redis_client(ctx: NodeContext, name: str) -> Any:
     """The shared `redis.asyncio.Redis` of connection `name`: created and pinged on first use (a clear
-    `ConnectionError` if Redis cannot be reached), closed with the run's resources."""
+    `ConnectorError` if Redis cannot be reached), closed with the run's resources."""
     import redis.asyncio as aredis
 
     settings = ctx.connection(name)
@@ -87,5 +89,5 @@ async def redis_client(ctx: NodeContext, name: str) -> Any:
     try:
         await client.ping()
     except CONNECTION_ERRORS as exc:
-        raise ConnectionError(f"redis connection {name!r} ({_safe(url)}): cannot connect: {exc}") from exc
+        raise ConnectorError(f"redis connection {name!r} ({_safe(url)}): cannot connect: {exc}") from exc
     return client

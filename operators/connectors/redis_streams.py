@@ -18,13 +18,14 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import orjson
-from pydantic import Field, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 from redis.exceptions import NoScriptError, ResponseError
 
 from engine.api import CelExpr, NodeConfig, Sink, Source
+from engine.errors import ConnectionLost
 from engine.expr import EvalError, compile_expr
 from engine.message import Msg
 from engine.runtime.outputs import SourceOutput
@@ -55,8 +56,9 @@ class RedisStreamSourceConfig(NodeConfig):
     batch: int = Field(1000, ge=1, le=100_000, description="Entries per XREADGROUP / claim round.")
     block: Duration = Field(1.0, gt=0, description="Longest wait of one XREADGROUP for new entries "
                             "(also bounds how long stopping takes).", examples=["1s", "200ms"])
-    start: Literal["$", "0"] = Field(
-        "$", description="Where a group created by this source starts: `$` new entries only, `0` the whole stream.")
+    start: Annotated[Literal["$", "0"], BeforeValidator(lambda v: "0" if v == 0 and v is not False else v)] = Field(
+        "$", description="Where a group created by this source starts: `$` new entries only, `0` the whole stream "
+        "(`0` unquoted in YAML is accepted too).")
     min_idle: Duration = Field(60.0, gt=0, description="Entries pending longer than this in any consumer "
                                "are claimed and delivered again.", examples=["60s", "5m"])
     claim_interval: Duration = Field(
@@ -415,7 +417,7 @@ class RedisStreamSink(Sink):
             else:
                 results = await self._run_xadd(values)
         except CONNECTION_ERRORS as exc:
-            raise ConnectionError(f"redis {self.config.connection}: XADD to {self.config.stream} failed: {exc}") from exc
+            raise ConnectionLost(f"redis {self.config.connection}: XADD to {self.config.stream} failed: {exc}") from exc
         for msg, res in zip(sent, results):
             if isinstance(res, Exception):
                 failed.append((msg, f"XADD failed: {res}"))

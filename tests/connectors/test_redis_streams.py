@@ -24,6 +24,7 @@ from redis_harness import (
     unique,
 )
 
+from engine.errors import ConnectorError
 from engine.message import Msg
 from engine.runtime.context import Resources
 from operators.connectors.redis_conn import parse_duration
@@ -76,7 +77,7 @@ async def test_unreachable_redis_fails_at_start_with_a_clear_error() -> None:
     url = f"redis://user:secret@127.0.0.1:{free_port()}/0"
     src = RedisStreamSource("events_in", RedisStreamSourceConfig(connection="cache", stream="s", group="g"),
                             make_ctx("events_in", res, url))
-    with pytest.raises(ConnectionError, match=r"redis connection 'cache' \(redis://user:\*\*\*@127.0.0.1:\d+/0\)"):
+    with pytest.raises(ConnectorError, match=r"redis connection 'cache' \(redis://user:\*\*\*@127.0.0.1:\d+/0\)"):
         await src.start()
     await res.close()
 
