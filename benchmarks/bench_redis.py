@@ -2,7 +2,8 @@
 
 Both sides do the same work on the same number of entries: XREADGROUP in batches of 1000, decode
 JSON, add a field, encode, append with MAXLEN ~ 10000, XACK after the appends returned. Plain
-redis-py appends with a pipeline of XADD; streamdag's sink is measured with both of its methods
+redis-py appends with a pipeline of XADD and maps in Python; streamdag runs the graph source ->
+map (CEL) -> sink with its scheduler, and its sink is measured with both of its methods
 (`script`, the default: EVALSHA appending 1000 entries server-side; `xadd`: the same pipeline). Run with
 `python -m pytest benchmarks/bench_redis.py -s` (needs Redis on 127.0.0.1:6379); figures are
 noisy when other work shares the machine.
@@ -12,27 +13,18 @@ from __future__ import annotations
 
 import asyncio
 import random
-import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
 import redis.asyncio as aredis
 
-sys.path.insert(0, str(Path(__file__).parent.parent / "tests" / "connectors"))
-from redis_harness import REDIS_URL, Run, make_ctx
+from engine.compile.validate import check_text
+from engine.runtime.scheduler import Runner
 
-from engine.message import Msg
-from engine.runtime.context import Resources
-from operators.connectors.redis_streams import (
-    RedisStreamSink,
-    RedisStreamSinkConfig,
-    RedisStreamSource,
-    RedisStreamSourceConfig,
-)
+REDIS_URL = "redis://127.0.0.1:6379/0"
 
 N = 50_000
 BATCH = 1000
@@ -72,25 +64,35 @@ async def plain(r: Any, src: str, dst: str) -> float:
     return time.perf_counter() - t0
 
 
+GRAPH = """
+version: 1
+name: bench_redis
+defaults: {batch_size: 1000}
+connections:
+  cache: {type: redis, url: "%(url)s"}
+nodes:
+  src:
+    type: redis_stream_source
+    config: {connection: cache, stream: "%(src)s", group: g, batch: 1000, block: 100ms, exit_when_idle: true}
+  price:
+    type: map
+    inputs: [src]
+    config: {expr: '{"id": msg.id, "user": msg.user, "amount": msg.amount, "amount_cents": msg.amount * 100}'}
+  out:
+    type: redis_stream_sink
+    inputs: [price]
+    config: {connection: cache, stream: "%(dst)s", method: %(method)s}
+"""
+
+
 async def streamdag(src: str, dst: str, method: str = "script") -> float:
-    """Our source -> a map in a tight loop -> our sink, acks through the ack contract."""
-    res = Resources()
-    source = RedisStreamSource("in", RedisStreamSourceConfig(
-        connection="cache", stream=src, group="g", batch=BATCH, block="100ms", exit_when_idle=True),
-        make_ctx("in", res))
-    sink = RedisStreamSink("out", RedisStreamSinkConfig(connection="cache", stream=dst, method=method), make_ctx("out", res))
-    await sink.start()
-
-    async def map_then_sink(msgs: list[Msg]) -> Any:
-        return await sink.write([m.derive(transform(m.body)) for m in msgs])
-
-    run = Run(source)
+    """The graph src -> map (CEL) -> sink, run by the scheduler, acks through the ack contract."""
+    graph, diags = check_text(GRAPH % {"url": REDIS_URL, "src": src, "dst": dst, "method": method})
+    assert graph is not None, diags
     t0 = time.perf_counter()
-    await (await run.start(map_then_sink))
-    await run.finish()
+    report = await Runner(graph).run()
     elapsed = time.perf_counter() - t0
-    assert len(run.delivered) == N
-    await res.close()
+    assert report.error is None and report.totals()["delivered"] == N, report.totals()
     return elapsed
 
 
@@ -122,6 +124,7 @@ async def one_round() -> tuple[float, float, float]:
 
 
 @pytest.mark.services
+@pytest.mark.timeout(900)
 def test_stream_map_stream(benchmark: Any) -> None:
     rates: list[tuple[float, float, float]] = []
 
