@@ -16,7 +16,7 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
@@ -24,7 +24,7 @@ import orjson
 from pydantic import BeforeValidator, Field, model_validator
 from redis.exceptions import NoScriptError, ResponseError
 
-from engine.api import CelExpr, NodeConfig, Sink, Source
+from engine.api import CelExpr, CheckContext, CheckIssue, NodeConfig, Sink, Source
 from engine.errors import ConnectionLost
 from engine.expr import EvalError, compile_expr
 from engine.message import Msg
@@ -82,6 +82,13 @@ class RedisStreamSource(Source):
     Config: ClassVar[type[NodeConfig]] = RedisStreamSourceConfig
     connection_types: ClassVar[tuple[str, ...]] = ("redis",)
     config: RedisStreamSourceConfig
+
+    @classmethod
+    def check(cls, config: Any, ctx: CheckContext) -> Iterable[CheckIssue]:
+        if config.claim_interval * 2 > config.min_idle:
+            yield CheckIssue(("claim_interval",), "W351", f"claim_interval ({config.claim_interval:g}s) should be "
+                             f"below half of min_idle ({config.min_idle:g}s): slow in-flight entries may otherwise "
+                             "be claimed by other consumers while still being processed", "warning")
 
     def __init__(self, node_id: str, config: RedisStreamSourceConfig, ctx: Any):
         super().__init__(node_id, config, ctx)

@@ -55,3 +55,14 @@ async def test_redis_events_graph_end_to_end() -> None:
         if found:
             await r.delete(*found)
         await r.aclose()
+
+
+def test_example_graph_validates_and_claim_interval_is_checked() -> None:
+    from engine.compile.validate import check_file
+
+    graph, diags = check_file(GRAPH)
+    assert graph is not None and diags == []
+    graph, diags = check_file(GRAPH, overrides=["nodes.events_in.config.min_idle=30s"])
+    assert graph is not None
+    assert [(d.code, d.line) for d in diags] == [("W351", 13)]
+    assert "claim_interval (20s) should be below half of min_idle (30s)" in diags[0].message
