@@ -82,7 +82,7 @@ def _number(value: Any) -> Decimal | None:
 
 async def check_consistency(
     dsn: str, table: str, key_column: str, redis_url: str, key_prefix: str, *,
-    version_column: str | None = None, mode: Literal["hash", "value"] = "hash",
+    version_column: str | None = None, mode: Literal["hash", "value"] = "value",
     version_field: str = "_version", version_suffix: str = ":version", batch: int = 1000, examples: int = 10,
 ) -> ConsistencyReport:
     """Compare `table` with the Redis keys `<key_prefix><key>` and return the report."""
@@ -170,7 +170,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version-column", help="column compared with the cached version")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--key-prefix", required=True, help='cache key = prefix + key, e.g. "user:"')
-    parser.add_argument("--mode", choices=("hash", "value"), default="hash", help="how redis_cache_sink stored it")
+    parser.add_argument("--mode", choices=("hash", "value"), default="value",
+                        help="how redis_cache_sink stored it (its `mode`)")
     parser.add_argument("--version-field", default="_version")
     parser.add_argument("--version-suffix", default=":version")
     parser.add_argument("--min-score", type=float, default=1.0, help="exit 1 below this score")

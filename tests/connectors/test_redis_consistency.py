@@ -71,13 +71,15 @@ async def test_pipeline_writing_both_is_consistent_then_differences_are_found(ke
         await res.close()
         keys.extend(f"{prefix}{i}" for i in range(200))
 
-        report = await check_consistency(DSN, name, "id", REDIS_URL, prefix, version_column="version", batch=50)
+        report = await check_consistency(DSN, name, "id", REDIS_URL, prefix, version_column="version", batch=50,
+                                         mode="hash")
         assert (report.rows, report.cached, report.matched, report.score) == (200, 200, 200, 1.0)
 
         await r.delete(f"{prefix}5")
         await pg.execute(f'DELETE FROM "{name}" WHERE id = 6')
         await pg.execute(f'UPDATE "{name}" SET version = 4 WHERE id = 7')
-        report = await check_consistency(DSN, name, "id", REDIS_URL, prefix, version_column="version", batch=50)
+        report = await check_consistency(DSN, name, "id", REDIS_URL, prefix, version_column="version", batch=50,
+                                         mode="hash")
         assert (report.missing_in_redis, report.missing_in_postgres, report.version_mismatch) == (1, 1, 1)
         assert report.matched == 197 and report.score == pytest.approx(197 / 200)
         assert report.examples["version_mismatch"] == [f"{prefix}7 (postgres 4, redis 3)"]
@@ -86,7 +88,7 @@ async def test_pipeline_writing_both_is_consistent_then_differences_are_found(ke
         parser = argparse.ArgumentParser()
         add_arguments(parser)
         args = parser.parse_args(["--table", name, "--key-column", "id", "--key-prefix", prefix,
-                                  "--version-column", "version", "--min-score", "0.98"])
+                                  "--version-column", "version", "--min-score", "0.98", "--mode", "hash"])
         assert await asyncio.to_thread(main, args) == 0
         assert "consistency score 0.9850" in capsys.readouterr().out
         args.min_score, args.json = 0.999, True
@@ -96,3 +98,28 @@ async def test_pipeline_writing_both_is_consistent_then_differences_are_found(ke
         await pg.execute(f'DROP TABLE IF EXISTS "{name}"')
         await pg.close()
         await r.aclose()
+
+
+@aio
+async def test_value_mode_skips_version_keys_and_works_without_versions(keys) -> None:
+    name = unique("redis_cc").replace("-", "_")
+    prefix = name + ":"
+    pg = await asyncpg.connect(DSN)
+    await pg.execute(f'CREATE TABLE "{name}" (k text PRIMARY KEY, version bigint NOT NULL)')
+    try:
+        await pg.executemany(f'INSERT INTO "{name}" VALUES ($1, $2)', [(f"k{i}", i) for i in range(30)])
+        res = Resources()
+        sink = RedisCacheSink("c", RedisCacheSinkConfig(connection="cache", key=f'"{prefix}" + msg.k',
+                                                        version="msg.version"), make_ctx("c", res))
+        await sink.start()
+        assert await sink.write([Msg({"k": f"k{i}", "version": i}) for i in range(30)]) == []
+        await res.close()
+        keys.extend([f"{prefix}k{i}" for i in range(30)] + [f"{prefix}k{i}:version" for i in range(30)])
+        report = await check_consistency(DSN, name, "k", REDIS_URL, prefix, version_column="version", mode="value")
+        assert (report.rows, report.cached, report.matched, report.score) == (30, 30, 30, 1.0)
+        await pg.execute(f'DELETE FROM "{name}" WHERE k = $1', "k3")
+        report = await check_consistency(DSN, name, "k", REDIS_URL, prefix)  # keys only
+        assert (report.rows, report.matched, report.missing_in_postgres, report.version_mismatch) == (29, 29, 1, 0)
+    finally:
+        await pg.execute(f'DROP TABLE IF EXISTS "{name}"')
+        await pg.close()
