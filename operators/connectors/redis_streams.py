@@ -310,8 +310,20 @@ class RedisStreamSource(Source):
             self._dead.difference_update(ids)
 
     async def stop(self) -> None:
-        if self._to_ack:
-            await self._flush_acks()
+        """Send the last acks; forget a generated consumer name that holds nothing (no pile of dead names)."""
+        if self._client is None:
+            return
+        try:
+            if self._to_ack:
+                await self._flush_acks()
+            if self.config.consumer is None and not self._to_ack:
+                cfg = self.config
+                mine = await self._client.xpending_range(cfg.stream, cfg.group, "-", "+", 1,
+                                                         consumername=self.consumer)
+                if not mine:
+                    await self._client.xgroup_delconsumer(cfg.stream, cfg.group, self.consumer)
+        except (*CONNECTION_ERRORS, ResponseError) as exc:
+            self.ctx.log.warning("could not clean up consumer %s: %s", self.consumer, exc)
 
 
 # One EVALSHA appends a whole chunk. KEYS: stream. ARGV: maxlen ('' for none), '~' or '=', number of

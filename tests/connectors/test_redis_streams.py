@@ -112,6 +112,7 @@ async def test_reads_every_entry_once_and_acks_after_commit(keys) -> None:
     assert min(pending_seen) > 0
     assert (await r.xpending(stream, "g"))["pending"] == 0
     assert run.tracker.delivered == 2600 and run.tracker.dead_lettered == 2
+    assert await r.xinfo_consumers(stream, "g") == []  # a generated consumer name holding nothing is removed
     await res.close()
 
 
