@@ -30,7 +30,7 @@ class DedupeConfig(NodeConfig):
 
     connection: str = Field(description="Name of a `redis` connection.", examples=["cache"])
     key: CelExpr = Field(description="CEL expression giving the deduplication key.", examples=["msg.event_id"])
-    ttl: Duration = Field(86400.0, gt=0, description="How long a key is remembered (the window).",
+    ttl: Duration = Field(86400.0, description="How long a key is remembered (the window).",
                           examples=["1h", "7d"])
     prefix: str | None = Field(None, description="Redis key prefix; `streamdag:dedupe:<node id>:` if unset. "
                                "Processes sharing a prefix share the window.")

@@ -65,7 +65,7 @@ class RedisCacheSinkConfig(NodeConfig):
     mode: Literal["value", "hash"] = Field(
         "value", description="`value`: SET (strings as is, other values as JSON); `hash`: the map's fields "
         "as a hash (replacing the previous hash; non-string field values as JSON).")
-    ttl: Duration | None = Field(None, gt=0, description="Expiry of each key; none if unset.", examples=["1h", 600])
+    ttl: Duration | None = Field(None, description="Expiry of each key; none if unset.", examples=["1h", 600])
     version: CelExpr | None = Field(None, description="CEL expression giving a numeric version: an older "
                                     "version never overwrites a newer one.", examples=["msg.version"])
     version_field: str = Field("_version", description="Hash field holding the version (mode hash).")

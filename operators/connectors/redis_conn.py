@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BeforeValidator, Field
+from pydantic import BeforeValidator, WithJsonSchema
 
 from engine.errors import ConnectorError
 
@@ -37,10 +37,21 @@ def parse_duration(value: Any) -> float:
     raise ValueError(f"invalid duration {value!r}: use seconds or a string like 250ms, 30s, 5m, 1h, 7d")
 
 
+def _positive_duration(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError("a duration must be greater than zero")
+    return seconds
+
+
+# A positive duration in config models: seconds or a string; JSON Schema accepts both forms.
 Duration = Annotated[
     float,
-    BeforeValidator(parse_duration),
-    Field(json_schema_extra={"format": "duration"}),
+    BeforeValidator(_positive_duration),
+    WithJsonSchema({"anyOf": [
+        {"type": "number", "exclusiveMinimum": 0, "description": "seconds"},
+        {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*$", "examples": ["30s", "5m", "1h", "7d"]},
+    ]}),
 ]
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import random
+import sys
+from pathlib import Path
 
 import orjson
 import pytest
 import redis.asyncio as aredis
-from redis_harness import REDIS_URL, aio, make_ctx, redis_keys, unique
 
 from engine.message import Msg
 from engine.runtime.context import Resources
@@ -15,6 +16,9 @@ from engine.runtime.outputs import Outputs
 from engine.runtime.stats import NodeStats
 from operators.connectors.redis_cache import RedisCacheSink, RedisCacheSinkConfig
 from operators.redis_lookup import RedisLookup, RedisLookupConfig
+
+sys.path.insert(0, str(Path(__file__).parent))  # the harness, whether or not tests/connectors is a package
+from redis_harness import REDIS_URL, aio, make_ctx, redis_keys, unique
 
 pytestmark = pytest.mark.services
 

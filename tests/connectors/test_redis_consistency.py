@@ -5,18 +5,22 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import sys
+from pathlib import Path
 
 import asyncpg
 import orjson
 import pytest
 import redis.asyncio as aredis
-from redis_harness import REDIS_URL, Run, aio, make_ctx, redis_keys, unique
 
 from engine.message import Msg
 from engine.runtime.context import Resources
 from operators.connectors.consistency import add_arguments, check_consistency, main, quote_table
 from operators.connectors.redis_cache import RedisCacheSink, RedisCacheSinkConfig
 from operators.connectors.redis_streams import RedisStreamSource, RedisStreamSourceConfig
+
+sys.path.insert(0, str(Path(__file__).parent))  # the harness, whether or not tests/connectors is a package
+from redis_harness import REDIS_URL, Run, aio, make_ctx, redis_keys, unique
 
 pytestmark = pytest.mark.services
 DSN = "postgresql://root@127.0.0.1:5432/test"

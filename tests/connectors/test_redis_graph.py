@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import orjson
 import pytest
 import redis.asyncio as aredis
-from redis_harness import REDIS_URL, aio, unique
 
 from engine.compile.validate import load_graph
 from engine.runtime.scheduler import Runner
+
+sys.path.insert(0, str(Path(__file__).parent))  # the harness, whether or not tests/connectors is a package
+from redis_harness import REDIS_URL, aio, unique
 
 pytestmark = pytest.mark.services
 GRAPH = str(Path(__file__).parents[2] / "graphs" / "redis_events.yaml")

@@ -7,22 +7,12 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import orjson
 import pytest
 import redis.asyncio as aredis
 from pydantic import ValidationError
-from redis_harness import (
-    REDIS_URL,
-    PrivateRedis,
-    Run,
-    aio,
-    free_port,
-    group_exists,
-    make_ctx,
-    redis_keys,
-    unique,
-)
 
 from engine.errors import ConnectorError
 from engine.message import Msg
@@ -33,6 +23,19 @@ from operators.connectors.redis_streams import (
     RedisStreamSinkConfig,
     RedisStreamSource,
     RedisStreamSourceConfig,
+)
+
+sys.path.insert(0, str(Path(__file__).parent))  # the harness, whether or not tests/connectors is a package
+from redis_harness import (
+    REDIS_URL,
+    PrivateRedis,
+    Run,
+    aio,
+    free_port,
+    group_exists,
+    make_ctx,
+    redis_keys,
+    unique,
 )
 
 pytestmark = pytest.mark.services
@@ -67,6 +70,8 @@ def test_durations() -> None:
             parse_duration(bad)
     with pytest.raises(ValidationError, match="invalid duration"):
         RedisStreamSourceConfig(connection="c", stream="s", group="g", min_idle="soon")
+    with pytest.raises(ValidationError, match="greater than zero"):
+        RedisStreamSourceConfig(connection="c", stream="s", group="g", block="0s")
     with pytest.raises(ValidationError, match="overwrite the body field"):
         RedisStreamSinkConfig(connection="c", stream="s", fields={"body": "msg.x"})
 
@@ -257,7 +262,7 @@ async def test_kill_9_between_read_and_ack_then_restart(keys) -> None:
     keys += [stream, seen, seen + ":writes"]
     await fill(r, stream, [orjson.dumps({"n": i}) for i in range(350)])
     here = os.path.dirname(__file__)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([here, os.getcwd()])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([here, str(Path(__file__).parents[2])])}
     args = [sys.executable, "-c", WORKER, stream, seen]
     proc = await asyncio.create_subprocess_exec(*args, "1", here, stdout=subprocess.PIPE, env=env)
     line = await asyncio.wait_for(proc.stdout.readline(), 20)
