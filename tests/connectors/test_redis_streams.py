@@ -202,14 +202,14 @@ async def test_slow_in_flight_entries_are_kept_from_other_consumers(keys) -> Non
     keys.append(stream)
     await fill(r, stream, [orjson.dumps({"n": i}) for i in range(5)])
     res = Resources()
-    src = source(stream, res, start="0", min_idle="300ms", claim_interval="30ms", block="10ms")
+    src = source(stream, res, start="0", min_idle="800ms", claim_interval="30ms", block="10ms")
     run = Run(src)
     run.hold = True  # the downstream takes its time: entries stay in flight
     await run.start(None)
     t0 = asyncio.get_running_loop().time()
-    await run.wait_for(lambda: src.kept_alive >= 15 and asyncio.get_running_loop().time() - t0 > 0.5)
+    await run.wait_for(lambda: src.kept_alive >= 15 and asyncio.get_running_loop().time() - t0 > 1.0)
     # in flight longer than min_idle, yet never idle that long: another consumer cannot take them
-    assert await r.xautoclaim(stream, "g", "thief", 300, "0-0", count=10) == [b"0-0", [], []]
+    assert await r.xautoclaim(stream, "g", "thief", 800, "0-0", count=10) == [b"0-0", [], []]
     info = await r.xpending_range(stream, "g", "-", "+", 10)
     assert {p["consumer"] for p in info} == {src.consumer.encode()} and len(info) == 5
     assert all(p["times_delivered"] == 1 for p in info)
