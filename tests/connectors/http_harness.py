@@ -9,8 +9,12 @@ exactly as a full edge makes a real source wait. The ack loop hands settled toke
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
+from collections.abc import Callable, Coroutine
 from typing import Any
+
+import aiohttp
 
 import orjson
 
@@ -21,7 +25,7 @@ from engine.runtime.stats import NodeStats
 from operators.connectors.http import HttpSource
 from operators.connectors.http_config import HttpSourceConfig
 
-__all__ = ["Gateway"]
+__all__ = ["Gateway", "aio", "post"]
 
 
 class Gateway:
@@ -88,3 +92,20 @@ class Gateway:
             return []
         with open(self.sink_path, "rb") as fh:
             return [orjson.loads(line) for line in fh if line.strip()]
+
+
+def aio(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
+    """Run an async test on a fresh event loop, with a 30 s cap."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        asyncio.run(asyncio.wait_for(fn(*args, **kwargs), 30))
+
+    return wrapper
+
+
+async def post(session: aiohttp.ClientSession, url: str, body: bytes, **headers: str) -> tuple[int, Any, Any]:
+    """POST `body` (JSON unless a Content_Type says otherwise): (status, JSON reply, headers)."""
+    hdrs = {"Content-Type": "application/json", **{k.replace("_", "-"): v for k, v in headers.items()}}
+    async with session.post(url, data=body, headers=hdrs) as resp:
+        return resp.status, await resp.json(content_type=None), resp.headers

@@ -3,33 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import gzip
 import tracemalloc
-from collections.abc import Callable, Coroutine
 from typing import Any
 
 import aiohttp
 import orjson
 import pytest
 import zstandard
-from http_harness import Gateway
+from http_harness import Gateway, aio, post
 
 from operators.connectors.http_body import IngestError, decode_body
-
-
-def aio(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> None:
-        asyncio.run(asyncio.wait_for(fn(*args, **kwargs), 30))
-
-    return wrapper
-
-
-async def post(session: aiohttp.ClientSession, url: str, body: bytes, **headers: str) -> tuple[int, Any, Any]:
-    hdrs = {"Content-Type": "application/json", **{k.replace("_", "-"): v for k, v in headers.items()}}
-    async with session.post(url, data=body, headers=hdrs) as resp:
-        return resp.status, await resp.json(content_type=None), resp.headers
 
 
 @aio
