@@ -87,6 +87,7 @@ class HttpSource(Source):
         self.in_flight = 0  # admitted items not yet settled
         self.queue: list[Msg] = []  # admitted, not yet handed to the graph
         self.wake = asyncio.Event()
+        self.idle = asyncio.Event()  # set when no admitted item is unsettled (for a clean stop)
         self.idem: OrderedDict[tuple[str, str], _Idem] = OrderedDict()
         self.seq = itertools.count(1)
         self.server: Any = None
@@ -109,6 +110,7 @@ class HttpSource(Source):
         if cfg.auth is not None:
             self.auth = Authenticator(cfg.auth, load_credentials(cfg.auth, self.ctx.path))
         self.server = HttpServer(self.handle, max_body=cfg.max_body_bytes, max_connections=cfg.max_connections,
+                                 max_buffered=max(cfg.max_buffered_bytes, cfg.max_body_bytes),
                                  head_check=self.head_check, retry_after=cfg.retry_after)
         self.address = await self.server.start(cfg.host, cfg.port)
         self.ctx.log.info("http_source %s listening on http://%s:%d%s", self.id, *self.address, cfg.path)
@@ -126,10 +128,13 @@ class HttpSource(Source):
 
     async def _drain(self, pump: asyncio.Task[None]) -> None:
         """Let admitted requests finish (queue sent, acks back) for up to `ack_timeout` seconds."""
-        deadline = time.monotonic() + self.config.ack_timeout
-        while (self.queue or self.in_flight) and time.monotonic() < deadline and not pump.done():
-            self.wake.set()
-            await asyncio.sleep(0.01)
+        if self.in_flight and not pump.done():
+            self.idle.clear()
+            try:
+                await asyncio.wait_for(self.idle.wait(), self.config.ack_timeout)
+            except TimeoutError:
+                self.ctx.log.warning("http_source %s stopped with %d item(s) unacknowledged", self.id,
+                                     self.in_flight)
         pump.cancel()
 
     async def stop(self) -> None:
@@ -139,12 +144,18 @@ class HttpSource(Source):
 
     async def _pump(self, out: Any) -> None:
         """Hand admitted items to the graph in batches; waits while the graph has no room."""
-        while True:
-            await self.wake.wait()
-            self.wake.clear()
-            while self.queue:
-                batch, self.queue = self.queue, []
-                await out.send(batch)
+        try:
+            while True:
+                await self.wake.wait()
+                self.wake.clear()
+                while self.queue:
+                    batch, self.queue = self.queue, []
+                    await out.send(batch)
+        except Exception:
+            # the graph is gone: refuse new requests; waiting ones get 504 at their ack_timeout
+            self.accepting = False
+            self.ctx.log.exception("http_source %s cannot hand items to the graph", self.id)
+            raise
 
     # -- acks from the runtime
     async def commit(self, tokens: list[Any]) -> None:
@@ -153,6 +164,8 @@ class HttpSource(Source):
             if req.remaining == 0 and not req.future.done():
                 req.future.set_result(None)
         self.in_flight -= len(tokens)
+        if self.in_flight == 0:
+            self.idle.set()
 
     async def reject(self, failures: list[tuple[Any, str]]) -> None:
         for (req, index), reason in failures:
@@ -161,6 +174,8 @@ class HttpSource(Source):
             if req.remaining == 0 and not req.future.done():
                 req.future.set_result(None)
         self.in_flight -= len(failures)
+        if self.in_flight == 0:
+            self.idle.set()
         self.counts["late_failures"] += len(failures) if self.config.ack == "received" else 0
 
     # -- HTTP
@@ -226,9 +241,10 @@ class HttpSource(Source):
         key = req.headers.get("idempotency-key")
         entry = None
         if key is not None and cfg.idempotency_cache:
-            replay, entry = self._idempotency(cred, key, data)
+            replay, entry = self._idempotency(cred, key, hashlib.blake2b(data, digest_size=16).digest())
             if replay is not None:
                 return replay
+        del data  # the items are what stays in memory from here on
         try:
             status, payload = await self._admit(req, items, single, key, cred)
         except BaseException:
@@ -246,10 +262,9 @@ class HttpSource(Source):
         return IngestError(503, "unavailable", "the graph has no room; retry later",
                            {"retry_after": self.config.retry_after})
 
-    def _idempotency(self, cred: str, key: str, data: bytes) -> tuple[Any, _Idem | None]:
+    def _idempotency(self, cred: str, key: str, digest: bytes) -> tuple[Any, _Idem | None]:
         """A reply to replay (or a conflict) for a known key; else the new entry to fill in."""
         now = time.monotonic()
-        digest = hashlib.blake2b(data, digest_size=16).digest()
         idem = self.idem
         while idem:  # expire from the oldest
             first = next(iter(idem.values()))

@@ -72,6 +72,8 @@ class HttpSourceConfig(NodeConfig):
     ack_timeout: float = Field(30.0, gt=0, description="Seconds to wait for acks before replying 504.")
     max_in_flight: int = Field(
         20000, ge=1, description="Most admitted items not yet settled; beyond it requests get 503.")
+    max_buffered_bytes: int = Field(
+        64 << 20, ge=1, description="Request body bytes held in memory over all connections (503 beyond).")
     max_connections: int = Field(1024, ge=1, description="Open connections beyond this are refused with 503.")
     retry_after: int = Field(1, ge=1, description="`Retry-After` seconds sent with 503.")
     idempotency_expr: CelExpr | None = Field(

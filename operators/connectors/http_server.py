@@ -71,7 +71,7 @@ def _error(status: int, code: str, message: str) -> Response:
 
 class _Conn(asyncio.Protocol):
     __slots__ = ("server", "transport", "parser", "url", "headers", "body", "body_size", "queue", "worker",
-                 "peer", "last_active", "busy", "closing", "refused", "header_name")
+                 "peer", "last_active", "busy", "closing", "refused", "held")
 
     def __init__(self, server: HttpServer):
         self.server = server
@@ -88,6 +88,7 @@ class _Conn(asyncio.Protocol):
         self.busy = False
         self.closing = False
         self.refused: Response | None = None
+        self.held = 0  # body bytes this connection counts against the server's buffer budget
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -105,6 +106,7 @@ class _Conn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.conns.discard(self)
+        self._release()
         self.closing = True
         if self.worker is not None and not self.worker.done():
             self.worker.cancel()
@@ -157,12 +159,21 @@ class _Conn(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         if self.refused is not None:
             return
+        server = self.server
         self.body_size += len(body)
-        if self.body_size > self.server.max_body:
-            resp = _error(413, "too_large", f"body exceeds max_body_bytes ({self.server.max_body} bytes)")
+        if self.body_size > server.max_body:
+            resp = _error(413, "too_large", f"body exceeds max_body_bytes ({server.max_body} bytes)")
             self.refused = resp
             self._fail(resp)
             return
+        if server.buffered + len(body) > server.max_buffered:
+            resp = _error(503, "busy", "too many request bodies in memory; retry later")
+            resp.headers.append(("Retry-After", str(server.retry_after)))
+            self.refused = resp
+            self._fail(resp)
+            return
+        server.buffered += len(body)
+        self.held += len(body)
         self.body.append(body)
 
     def on_message_complete(self) -> None:
@@ -199,6 +210,7 @@ class _Conn(asyncio.Protocol):
                 resp = _error(500, "internal", "internal error")
             finally:
                 self.busy = False
+                self._release()
             self.last_active = time.monotonic()
             if self.transport is None or self.transport.is_closing():
                 return
@@ -209,6 +221,11 @@ class _Conn(asyncio.Protocol):
                 return
         if self.transport is not None and not self.closing:
             self.transport.resume_reading()
+
+    def _release(self) -> None:
+        """Give this connection's body bytes back to the buffer budget."""
+        self.server.buffered -= self.held
+        self.held = 0
 
     def _fail(self, resp: Response) -> None:
         """Answer and close: the stream cannot be trusted (parse error) or is left unread (413)."""
@@ -224,9 +241,12 @@ class HttpServer:
     """Serve `handler` on host:port. `start()` returns the bound (host, port)."""
 
     def __init__(self, handler: Handler, *, max_body: int, max_connections: int = 1024,
-                 head_check: HeadCheck | None = None, idle_timeout: float = 30.0, retry_after: int = 1):
+                 max_buffered: int = 64 << 20, head_check: HeadCheck | None = None, idle_timeout: float = 30.0,
+                 retry_after: int = 1):
         self.handler = handler
         self.max_body = max_body
+        self.max_buffered = max_buffered  # request body bytes held at once, all connections together
+        self.buffered = 0
         self.max_connections = max_connections
         self.head_check = head_check
         self.idle_timeout = idle_timeout

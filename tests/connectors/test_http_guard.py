@@ -182,3 +182,22 @@ def test_check_refuses_an_open_listener_without_auth() -> None:
     assert list(HttpSource.check(HttpSourceConfig(host="localhost", schema="s"), ctx)) == []
     cfg = HttpSourceConfig(host="10.0.0.1", auth={"env": "X"}, schema="missing")
     assert [i.code for i in HttpSource.check(cfg, ctx)] == ["E802"]
+
+
+@aio
+async def test_body_bytes_held_over_all_connections_are_bounded(tmp_path: Any) -> None:
+    """Requests waiting for acks keep their bodies; past max_buffered_bytes new bodies get 503."""
+    async with Gateway(tmp_path, max_body_bytes=1500, max_buffered_bytes=2000) as gw, \
+            aiohttp.ClientSession() as s:
+        gw.gate.clear()
+        body = orjson.dumps([{"pad": "x" * 380}, {"pad": "y" * 380}])  # ~800 bytes
+        waiting = [asyncio.ensure_future(post(s, gw.ingest_url, body)) for _ in range(2)]
+        while gw.source.counts["accepted"] < 4:
+            await asyncio.sleep(0.005)
+        st, reply, hdrs = await post(s, gw.ingest_url, body)
+        assert (st, reply["error"], hdrs["Retry-After"]) == (503, "busy", "1")
+        gw.gate.set()
+        assert [(await w)[0] for w in waiting] == [202, 202]
+        assert gw.source.server.buffered == 0
+        assert (await post(s, gw.ingest_url, body))[0] == 202
+        assert len(gw.lines()) == 6
