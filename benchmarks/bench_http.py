@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["load", "run_server_case", "run_gateway_case"]
+__all__ = ["load", "run_gateway_case", "run_server_case"]
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)

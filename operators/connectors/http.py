@@ -43,7 +43,7 @@ def _reply(status: int, payload: dict[str, Any], headers: list[tuple[str, str]] 
 class _Request:
     """One admitted request waiting for its items' acks; `(self, index)` is each item's token."""
 
-    __slots__ = ("remaining", "failures", "future")
+    __slots__ = ("failures", "future", "remaining")
 
     def __init__(self, n: int, future: asyncio.Future[None]):
         self.remaining = n
@@ -54,7 +54,7 @@ class _Request:
 class _Idem:
     """A remembered Idempotency-Key: the body's digest and, once done, the reply to replay."""
 
-    __slots__ = ("digest", "status", "payload", "expires")
+    __slots__ = ("digest", "expires", "payload", "status")
 
     def __init__(self, digest: bytes, expires: float):
         self.digest = digest

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from operators.connectors.http_config import AuthConfig, BucketConfig
 
-__all__ = ["Authenticator", "TokenBucket", "BucketSet", "load_credentials"]
+__all__ = ["Authenticator", "BucketSet", "TokenBucket", "load_credentials"]
 
 
 def _parse(text: str, sep: str, origin: str) -> list[tuple[str, bytes]]:
@@ -61,8 +61,8 @@ class Authenticator:
             if scheme.lower() != "bearer" or not token.strip():
                 return None
             return token.strip().encode()
-        value = headers.get(self.header)
-        return value.strip().encode() if value else None
+        key = headers.get(self.header)
+        return key.strip().encode() if key else None
 
     def identify(self, headers: dict[str, str]) -> str | None:
         """The name of the matching credential, or None (→ 401)."""
@@ -79,7 +79,7 @@ class Authenticator:
 class TokenBucket:
     """`rate` tokens a second up to `capacity`; `take()` returns 0 when granted, else seconds to wait."""
 
-    __slots__ = ("rate", "capacity", "tokens", "stamp")
+    __slots__ = ("capacity", "rate", "stamp", "tokens")
 
     def __init__(self, rate: float, capacity: float, now: float):
         self.rate = rate

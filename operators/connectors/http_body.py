@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["IngestError", "decode_body", "parse_items", "SchemaCheck", "media_type"]
+__all__ = ["IngestError", "SchemaCheck", "decode_body", "media_type", "parse_items"]
 
 _CHUNK = 64 * 1024  # decompressed bytes produced per step; the cap is checked after each step
 JSON_TYPES = frozenset({"application/json", "text/json"})

@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import Any, cast
 
 import httptools
 
@@ -70,8 +70,23 @@ def _error(status: int, code: str, message: str) -> Response:
 
 
 class _Conn(asyncio.Protocol):
-    __slots__ = ("server", "transport", "parser", "url", "headers", "body", "body_size", "queue", "worker",
-                 "peer", "last_active", "busy", "closing", "refused", "held")
+    __slots__ = (
+        "body",
+        "body_size",
+        "busy",
+        "closing",
+        "headers",
+        "held",
+        "last_active",
+        "parser",
+        "peer",
+        "queue",
+        "refused",
+        "server",
+        "transport",
+        "url",
+        "worker",
+    )
 
     def __init__(self, server: HttpServer):
         self.server = server
@@ -92,15 +107,16 @@ class _Conn(asyncio.Protocol):
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
+        self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if peer else ""
         server = self.server
         if len(server.conns) >= server.max_connections:
             resp = _error(503, "too_many_connections", "connection limit reached; retry later")
             resp.headers.append(("Retry-After", str(server.retry_after)))
-            self.transport.write(resp.encode(False))
-            self.transport.close()
+            transport.write(resp.encode(False))
+            transport.close()
             return
         server.conns.add(self)
 
@@ -205,7 +221,7 @@ class _Conn(asyncio.Protocol):
                 resp = await handler(req)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - a handler bug answers 500, the server goes on
+            except Exception:
                 log.exception("http handler failed on %s %s", req.method, req.path)
                 resp = _error(500, "internal", "internal error")
             finally:

@@ -15,7 +15,6 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import aiohttp
-
 import orjson
 
 from engine.message import DELIVERED, AckTracker, Msg
@@ -79,7 +78,7 @@ class Gateway:
         self.ingest_url = self.url + self.cfg.path
         return self
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         self.gate.set()
         self.out.stopping.set()
         await asyncio.wait_for(self.tasks[0], 10)
@@ -95,11 +94,12 @@ class Gateway:
 
 
 def aio(fn: Callable[..., Coroutine[Any, Any, None]]) -> Callable[..., None]:
-    """Run an async test on a fresh event loop, with a 30 s cap."""
+    """Run an async test on a fresh uvloop event loop (as the runtime does), with a 30 s cap."""
+    import uvloop
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> None:
-        asyncio.run(asyncio.wait_for(fn(*args, **kwargs), 30))
+        uvloop.run(asyncio.wait_for(fn(*args, **kwargs), 30))
 
     return wrapper
 

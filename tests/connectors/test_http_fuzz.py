@@ -16,8 +16,8 @@ import pytest
 schemathesis = pytest.importorskip("schemathesis")
 requests = pytest.importorskip("requests")
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from http_harness import Gateway  # noqa: E402
+from http_harness import Gateway
+from hypothesis import HealthCheck, given, settings
 
 SCHEMA = {"type": "object", "required": ["id"],
           "properties": {"id": {"type": "integer"}, "tag": {"type": "string", "maxLength": 8}}}
@@ -49,7 +49,7 @@ class _Running:
         assert self.ready.wait(10)
         return self.gw
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.loop.call_soon_threadsafe(self.done.set)
         self.thread.join(10)
 
