@@ -31,7 +31,8 @@ class Gateway:
     """`async with Gateway(tmp_path, **config) as gw:` → `gw.url`, `gw.lines()`, `gw.gate`."""
 
     def __init__(self, tmp_path: Any, connections: dict[str, dict[str, Any]] | None = None,
-                 schemas: dict[str, Any] | None = None, poison: str | None = None, **config: Any):
+                 schemas: dict[str, Any] | None = None, poison: str | None = None, sink_delay: float = 0.0,
+                 **config: Any):
         config.setdefault("port", 0)
         self.cfg = HttpSourceConfig.model_validate(config)
         self.sink_path = os.path.join(str(tmp_path), "sink.ndjson")
@@ -40,11 +41,14 @@ class Gateway:
         self.gate = asyncio.Event()
         self.gate.set()
         self.poison = poison  # items whose body has this key are failed by the sink
+        self.sink_delay = sink_delay  # seconds each batch takes to commit (a slow sink)
         self.batches: list[int] = []
         self.tasks: list[asyncio.Task[Any]] = []
 
     async def _send(self, lists: dict[str, list[Msg]]) -> None:
         await self.gate.wait()
+        if self.sink_delay:
+            await asyncio.sleep(self.sink_delay)
         msgs = lists["out"]
         self.batches.append(len(msgs))
         good = [m for m in msgs if not (self.poison and isinstance(m.body, dict) and self.poison in m.body)]

@@ -201,3 +201,51 @@ async def test_body_bytes_held_over_all_connections_are_bounded(tmp_path: Any) -
         assert gw.source.server.buffered == 0
         assert (await post(s, gw.ingest_url, body))[0] == 202
         assert len(gw.lines()) == 6
+
+
+@aio
+async def test_429_and_503_under_load_lose_nothing(tmp_path: Any) -> None:
+    """30 clients against a slow sink, a global rate limit and a small in-flight cap: every item of
+    every 202 is in the sink exactly once, no item of any refused request is."""
+    limits = {"global": {"rate": 300, "burst": 30}}
+    async with Gateway(tmp_path, sink_delay=0.01, max_in_flight=60, rate_limit=limits) as gw:
+        outcomes: dict[tuple[int, int], int] = {}
+
+        async def client(c: int, session: aiohttp.ClientSession) -> None:
+            for r in range(40):
+                items = [{"c": c, "r": r, "i": i} for i in range(3)]
+                st, _, hdrs = await post(session, gw.ingest_url, orjson.dumps(items))
+                if st in (429, 503):
+                    assert int(hdrs["Retry-After"]) >= 1
+                outcomes[(c, r)] = st
+
+        conn = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=conn) as s:
+            await asyncio.gather(*(client(c, s) for c in range(30)))
+        counts = {st: sum(1 for v in outcomes.values() if v == st) for st in set(outcomes.values())}
+        assert set(counts) == {202, 429, 503}, counts
+        got = [(line["body"]["c"], line["body"]["r"], line["body"]["i"]) for line in gw.lines()]
+        assert len(got) == len(set(got))  # no duplicates
+        assert {(c, r) for c, r, _ in got} == {k for k, v in outcomes.items() if v == 202}
+        assert len(got) == 3 * counts[202]
+        assert gw.source.in_flight == 0 and gw.source.server.buffered == 0
+
+
+@aio
+async def test_stop_lets_waiting_requests_finish(tmp_path: Any) -> None:
+    gw = Gateway(tmp_path)
+    async with gw, aiohttp.ClientSession() as s:
+        gw.gate.clear()
+        waiting = asyncio.ensure_future(post(s, gw.ingest_url, b'{"n": 1}'))
+        while gw.source.counts["accepted"] < 1:
+            await asyncio.sleep(0.005)
+        gw.out.stopping.set()  # SIGTERM: stop admitting, drain what was admitted
+        st, body, _ = await post(s, gw.ingest_url, b'{"n": 2}')
+        assert (st, body["error"]) == (503, "unavailable")
+        async with s.get(gw.url + "/readyz") as resp:
+            assert resp.status == 503
+        assert not gw.tasks[0].done()  # run() is waiting for the admitted request's ack
+        gw.gate.set()
+        assert (await waiting)[0] == 202
+        await asyncio.wait_for(gw.tasks[0], 5)
+    assert [line["body"]["n"] for line in gw.lines()] == [1]
