@@ -111,7 +111,8 @@ class HttpSource(Source):
             self.auth = Authenticator(cfg.auth, load_credentials(cfg.auth, self.ctx.path))
         self.server = HttpServer(self.handle, max_body=cfg.max_body_bytes, max_connections=cfg.max_connections,
                                  max_buffered=max(cfg.max_buffered_bytes, cfg.max_body_bytes),
-                                 head_check=self.head_check, retry_after=cfg.retry_after)
+                                 head_check=self.head_check, retry_after=cfg.retry_after,
+                                 idle_timeout=cfg.idle_timeout)
         self.address = await self.server.start(cfg.host, cfg.port)
         self.ctx.log.info("http_source %s listening on http://%s:%d%s", self.id, *self.address, cfg.path)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import math
 import os
@@ -46,12 +47,13 @@ def load_credentials(cfg: AuthConfig, resolve_path: Callable[[str], str] = lambd
 
 class Authenticator:
     """Finds the credential a request presents. Every secret is compared (no early exit), each with
-    `hmac.compare_digest`, so timing tells nothing of which secret or how much of one matched."""
+    `hmac.compare_digest` over SHA-256 digests (equal lengths), so timing tells nothing of which
+    secret, how much of one, or how long one is."""
 
     def __init__(self, cfg: AuthConfig, creds: list[tuple[str, bytes]]):
         self.scheme = cfg.scheme
         self.header = cfg.header.lower()
-        self.creds = creds
+        self.creds = [(name, hashlib.sha256(secret).digest()) for name, secret in creds]
         self.challenge = 'Bearer realm="ingest"' if cfg.scheme == "bearer" else f'ApiKey header="{cfg.header}"'
 
     def presented(self, headers: dict[str, str]) -> bytes | None:
@@ -70,6 +72,7 @@ class Authenticator:
         if secret is None:
             return None
         found: str | None = None
+        secret = hashlib.sha256(secret).digest()
         for name, cred in self.creds:
             if hmac.compare_digest(secret, cred) and found is None:
                 found = name

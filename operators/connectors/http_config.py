@@ -75,6 +75,8 @@ class HttpSourceConfig(NodeConfig):
     max_buffered_bytes: int = Field(
         64 << 20, ge=1, description="Request body bytes held in memory over all connections (503 beyond).")
     max_connections: int = Field(1024, ge=1, description="Open connections beyond this are refused with 503.")
+    idle_timeout: float = Field(
+        30.0, gt=0, description="Seconds before closing an idle connection, or one still sending its request.")
     retry_after: int = Field(1, ge=1, description="`Retry-After` seconds sent with 503.")
     idempotency_expr: CelExpr | None = Field(
         None, description="CEL over each item giving its message id (instead of the Idempotency-Key header).",

@@ -81,6 +81,7 @@ class _Conn(asyncio.Protocol):
         "parser",
         "peer",
         "queue",
+        "reading_since",
         "refused",
         "server",
         "transport",
@@ -104,6 +105,7 @@ class _Conn(asyncio.Protocol):
         self.closing = False
         self.refused: Response | None = None
         self.held = 0  # body bytes this connection counts against the server's buffer budget
+        self.reading_since = 0.0  # when the request being received began (0: none)
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -121,11 +123,12 @@ class _Conn(asyncio.Protocol):
         server.conns.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # A handler still running is not cancelled: it finishes (bounded by the gateway's
+        # ack_timeout) so its outcome is recorded, e.g. for an Idempotency-Key retry.
         self.server.conns.discard(self)
-        self._release()
         self.closing = True
-        if self.worker is not None and not self.worker.done():
-            self.worker.cancel()
+        if not self.busy:
+            self._release()
 
     def data_received(self, data: bytes) -> None:
         self.last_active = time.monotonic()
@@ -143,6 +146,7 @@ class _Conn(asyncio.Protocol):
 
     # -- httptools callbacks
     def on_message_begin(self) -> None:
+        self.reading_since = time.monotonic()
         self.url = b""
         self.headers = {}
         self.body = []
@@ -193,6 +197,7 @@ class _Conn(asyncio.Protocol):
         self.body.append(body)
 
     def on_message_complete(self) -> None:
+        self.reading_since = 0.0
         if self.refused is not None or self.closing:
             return
         parsed = httptools.parse_url(self.url)
@@ -280,12 +285,15 @@ class HttpServer:
         return sock[0], sock[1]
 
     async def _sweep(self) -> None:
-        """Close connections idle (no bytes, no request in progress) longer than `idle_timeout`."""
+        """Close connections idle (no bytes, no request in progress) longer than `idle_timeout`, and
+        those taking longer than that to send one request (slow clients trickling bytes)."""
         while True:
             await asyncio.sleep(min(1.0, self.idle_timeout / 2))
             limit = time.monotonic() - self.idle_timeout
             for conn in list(self.conns):
-                if not conn.busy and not conn.queue and conn.last_active < limit and conn.transport:
+                if conn.transport is None or conn.busy or conn.queue:
+                    continue
+                if conn.last_active < limit or 0 < conn.reading_since < limit:
                     conn.transport.close()
 
     async def stop(self) -> None:

@@ -249,3 +249,46 @@ async def test_stop_lets_waiting_requests_finish(tmp_path: Any) -> None:
         assert (await waiting)[0] == 202
         await asyncio.wait_for(gw.tasks[0], 5)
     assert [line["body"]["n"] for line in gw.lines()] == [1]
+
+
+@aio
+async def test_a_client_that_hangs_up_keeps_its_idempotent_outcome(tmp_path: Any) -> None:
+    async with Gateway(tmp_path) as gw, aiohttp.ClientSession() as s:
+        gw.gate.clear()
+        host, port = gw.source.address
+        r, w = await asyncio.open_connection(host, port)
+        w.write(b"POST /api/v1/data/ingest HTTP/1.1\r\nHost: x\r\nIdempotency-Key: hang\r\n"
+                b"Content-Length: 8\r\n\r\n{\"n\": 1}")
+        while gw.source.counts["accepted"] < 1:
+            await asyncio.sleep(0.005)
+        w.close()  # the client gives up before the ack
+        st, body, _ = await post(s, gw.ingest_url, b'{"n": 1}', Idempotency_Key="hang")
+        assert (st, body["error"]) == (409, "in_progress")
+        gw.gate.set()
+        while not gw.lines():
+            await asyncio.sleep(0.005)
+        st, body, hdrs = await post(s, gw.ingest_url, b'{"n": 1}', Idempotency_Key="hang")
+        assert (st, hdrs.get("Idempotent-Replayed")) == (202, "true")
+        assert len(gw.lines()) == 1
+
+
+@aio
+async def test_slow_and_idle_clients_are_disconnected(tmp_path: Any) -> None:
+    async with Gateway(tmp_path, idle_timeout=0.3) as gw:
+        host, port = gw.source.address
+        r_idle, w_idle = await asyncio.open_connection(host, port)
+        r, w = await asyncio.open_connection(host, port)
+        head = b"POST /api/v1/data/ingest HTTP/1.1\r\nHost: x\r\n"
+
+        async def trickle() -> None:
+            for b in head * 20:  # one byte every 50 ms: active, but never a whole request
+                if w.is_closing():
+                    return
+                w.write(bytes([b]))
+                await asyncio.sleep(0.05)
+
+        t = asyncio.ensure_future(trickle())
+        assert await asyncio.wait_for(r.read(), 5) == b""  # closed by the server
+        assert await asyncio.wait_for(r_idle.read(), 5) == b""
+        t.cancel()
+        w_idle.close()
