@@ -1,0 +1,405 @@
+"""Graph file -> checked `Graph`, or every problem at once (pure: reads files, opens no connection)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from engine import registry
+from engine.api import CheckContext, Node, RetryPolicy, cel_fields
+from engine.compile.diagnostics import Diagnostic, GraphInvalid
+from engine.expr import CelError, compile_expr
+from engine.spec.models import NODE_ID_PATTERN, GraphSpec
+from engine.spec.source_map import Loaded, Pos, YamlError, interpolate_env, load_yaml
+
+__all__ = ["Graph", "ResolvedNode", "check_file", "check_text", "load_graph"]
+
+Path = tuple[str | int, ...]
+
+
+@dataclass
+class ResolvedNode:
+    id: str
+    type: str
+    cls: type[Node]
+    config: Any
+    inputs: list[tuple[str, str]]  # (upstream node, port)
+    ports: tuple[str, ...]  # output ports, `errors` included
+    retry: RetryPolicy
+    capacity: int
+    capacity_bytes: int
+    batch_size: int
+
+    @property
+    def kind(self) -> str:
+        return self.cls.kind
+
+
+@dataclass
+class Graph:
+    path: str
+    spec: GraphSpec
+    nodes: dict[str, ResolvedNode]
+    schemas: dict[str, Any]
+    connections: dict[str, dict[str, Any]]
+    warnings: list[Diagnostic] = field(default_factory=list)
+    cel: list[tuple[str, str, bool]] = field(default_factory=list)  # (node, expression, compiled)
+
+    @property
+    def base_dir(self) -> str:
+        return os.path.dirname(os.path.abspath(self.path))
+
+
+class _Checker:
+    def __init__(self, path: str, loaded: Loaded):
+        self.path = path
+        self.loaded = loaded
+        self.diags: list[Diagnostic] = []
+
+    def add(self, path: Path, code: str, message: str, *, value: bool = False, severity: str = "error",
+            pos: Pos | None = None) -> None:
+        p = pos or self.loaded.pos(path, prefer_value=value)
+        self.diags.append(Diagnostic(p.line, p.col, code, message, self.path, severity))  # type: ignore[arg-type]
+
+    def pydantic_errors(self, exc: ValidationError, prefix: Path, data: Any, model: type[BaseModel],
+                        unknown_code: str = "E100", value_code: str = "E101") -> None:
+        for err in exc.errors():
+            loc = _data_path(data, err["loc"])
+            full = (*prefix, *loc)
+            dotted = ".".join(str(x) for x in full)
+            if err["type"] == "extra_forbidden":
+                known = _fields_at(model, err["loc"][:-1])
+                hint = registry.closest(str(loc[-1]), known) if known else None
+                msg = f"{dotted}: unknown field '{loc[-1]}'" + (f" (did you mean '{hint}'?)" if hint else "")
+                self.add(full, unknown_code, msg)
+            elif err["type"] == "missing":
+                self.add(full, "E102" if unknown_code == "E100" else value_code, f"{dotted}: required field missing")
+            else:
+                self.add(full, value_code, f"{dotted}: {err['msg']}", value=True)
+
+
+def _data_path(data: Any, loc: tuple[Any, ...]) -> Path:
+    """Pydantic's `loc` without the union tags and wrapper names that are not in the data."""
+    out: list[str | int] = []
+    cur = data
+    for i, part in enumerate(loc):
+        if isinstance(cur, dict) and part in cur:
+            out.append(part)
+            cur = cur[part]
+        elif isinstance(cur, list) and isinstance(part, int) and part < len(cur):
+            out.append(part)
+            cur = cur[part]
+        elif i == len(loc) - 1:
+            out.append(part)
+    return tuple(out)
+
+
+def _fields_at(model: Any, loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the model found at `loc` (for "did you mean")."""
+    ann: Any = model
+    for part in loc:
+        ann = _strip(ann)
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            f = ann.model_fields.get(part)
+            if f is None:
+                matches = [m for m in _union(ann) if isinstance(m, type) and issubclass(m, BaseModel)]
+                return []
+            ann = f.annotation
+        elif get_origin(ann) is dict:
+            ann = get_args(ann)[1]
+        elif get_origin(ann) is list:
+            ann = get_args(ann)[0]
+        else:
+            members = [m for m in _union(ann) if isinstance(m, type) and issubclass(m, BaseModel)]
+            tagged = [m for m in members if "type" in m.model_fields and part in get_args(m.model_fields["type"].annotation)]
+            if tagged:
+                ann = tagged[0]
+            else:
+                return []
+    ann = _strip(ann)
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return list(ann.model_fields)
+    return []
+
+
+def _strip(ann: Any) -> Any:
+    from typing import Annotated
+
+    while get_origin(ann) is Annotated:
+        ann = get_args(ann)[0]
+    members = [a for a in get_args(ann) if a is not type(None)] if get_origin(ann) is not None else []
+    if members and len(members) == 1 and type(None) in get_args(ann):
+        return _strip(members[0])
+    return ann
+
+
+def _union(ann: Any) -> tuple[Any, ...]:
+    return get_args(_strip(ann))
+
+
+def _cel_pos(base: Pos, line: int, col: int) -> Pos:
+    if base.style in ("|", ">"):
+        return Pos(base.line + line, col)
+    shift = 1 if base.style in ("'", '"') else 0
+    if line == 1:
+        return Pos(base.line, base.col + shift + col - 1)
+    return Pos(base.line + line - 1, col)
+
+
+def _load_schema(ref: str | dict[str, Any], base_dir: str) -> Any:
+    if isinstance(ref, dict):
+        return ref
+    with open(os.path.join(base_dir, ref), encoding="utf-8") as fh:
+        text = fh.read()
+    return json.loads(text) if ref.endswith(".json") else yaml.safe_load(text)
+
+
+def _schema_problem(schema: Any) -> str | None:
+    import jsonschema
+
+    if not isinstance(schema, (dict, bool)):
+        return "a JSON Schema must be an object or a boolean"
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    try:
+        cls.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path)
+        return f"{exc.message}" + (f" at /{where}" if where else "")
+    return None
+
+
+def _apply_overrides(data: dict[str, Any], overrides: list[str]) -> None:
+    """`--set nodes.read.config.path=x.ndjson`: the value is read as YAML (numbers, booleans)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set takes path=value, got {item!r}")
+        parts = key.split(".")
+        cur = data
+        for part in parts[:-1]:
+            cur = cur.setdefault(part, {})
+        cur[parts[-1]] = yaml.safe_load(raw) if raw else ""
+
+
+def check_text(text: str, path: str = "<graph>", env: dict[str, str] | None = None,
+               overrides: list[str] | None = None) -> tuple[Graph | None, list[Diagnostic]]:
+    """Check a graph; return it (None when it has errors) and every diagnostic, sorted."""
+    base_dir = os.path.dirname(os.path.abspath(path))
+    try:
+        loaded = load_yaml(text)
+    except YamlError as exc:
+        return None, [Diagnostic(exc.line, exc.col, "E001", f"YAML syntax error: {exc.message}", path)]
+    c = _Checker(path, loaded)
+    for dpath, pos in loaded.duplicates:
+        what = "node id" if len(dpath) == 2 and dpath[0] == "nodes" else "key"
+        c.add(dpath, "E002", f"duplicate {what} '{dpath[-1]}'", pos=pos)
+    data = loaded.data
+    if not isinstance(data, dict):
+        c.add((), "E101", "a graph file must be a mapping with version, name and nodes")
+        return None, sorted(c.diags)
+    if overrides:
+        _apply_overrides(data, overrides)
+    missing: list[tuple[Path, str]] = []
+    data = interpolate_env(data, env, (), missing)
+    for mpath, name in missing:
+        c.add(mpath, "E110", f"environment variable {name} is not set and has no default (use ${{{name}:-default}})", value=True)
+
+    try:
+        spec = GraphSpec.model_validate(data)
+    except ValidationError as exc:
+        c.pydantic_errors(exc, (), data, GraphSpec)
+        spec = None
+    if spec is None:
+        # still check what can be checked per node, so every error shows in one run
+        nodes_raw = data.get("nodes") if isinstance(data.get("nodes"), dict) else {}
+        _check_nodes(c, nodes_raw, data, {}, {}, None)
+        return None, sorted(c.diags)
+
+    connections = {name: conn.model_dump() for name, conn in spec.connections.items()}
+    schemas: dict[str, Any] = {}
+    for name, ref in spec.schemas.items():
+        try:
+            schema = _load_schema(ref, base_dir)
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            c.add(("schemas", name), "E219", f"schemas.{name}: cannot read schema file {ref!r}: {exc}", value=True)
+            continue
+        problem = _schema_problem(schema)
+        if problem:
+            c.add(("schemas", name), "E218", f"schemas.{name}: invalid JSON Schema: {problem}", value=True)
+        else:
+            schemas[name] = schema
+    graph_nodes, cel = _check_nodes(c, data["nodes"], data, connections, spec.schemas, spec)
+    if any(d.severity == "error" for d in c.diags):
+        return None, sorted(c.diags)
+    graph = Graph(path, spec, graph_nodes, schemas, connections, cel=cel)
+    graph.warnings = [d for d in c.diags if d.severity == "warning"]
+    return graph, sorted(c.diags)
+
+
+def _check_nodes(c: _Checker, nodes_raw: dict[str, Any], data: dict[str, Any], connections: dict[str, Any],
+                 schema_names: dict[str, Any], spec: GraphSpec | None) -> tuple[dict[str, ResolvedNode], list[tuple[str, str, bool]]]:
+    import re
+
+    resolved: dict[str, ResolvedNode] = {}
+    shells: dict[str, tuple[type[Node], list[tuple[str, str]], tuple[str, ...] | None]] = {}
+    cel: list[tuple[str, str, bool]] = []
+    check_ctx = CheckContext(connections=connections, schemas=dict(schema_names))
+    defaults = spec.defaults if spec else None
+    for node_id, raw in nodes_raw.items():
+        npath: Path = ("nodes", node_id)
+        if not re.match(NODE_ID_PATTERN, str(node_id)):
+            c.add(npath, "E101", f"nodes.{node_id}: a node id is letters, digits, '_' and '-' (no dots)")
+        if not isinstance(raw, dict) or not isinstance(raw.get("type"), str):
+            continue  # reported by the GraphSpec pass
+        type_name = raw["type"]
+        cls = None
+        try:
+            cls = registry.load(type_name)
+        except registry.RegistryError as exc:
+            c.add((*npath, "type"), "E200", str(exc), value=True)
+            continue
+        if cls is None:
+            hint = registry.closest(type_name, registry.names())
+            c.add((*npath, "type"), "E200", f"nodes.{node_id}.type: unknown node type '{type_name}'"
+                  + (f" (did you mean '{hint}'?)" if hint else ""), value=True)
+            continue
+        raw_config = raw.get("config") or {}
+        inputs = [(ref.partition(".")[0], ref.partition(".")[2] or "out")
+                  for ref in raw.get("inputs") or [] if isinstance(ref, str)]
+        config = None
+        if isinstance(raw_config, dict):
+            try:
+                config = cls.Config.model_validate(raw_config)
+            except ValidationError as exc:
+                c.pydantic_errors(exc, (*npath, "config"), raw_config, cls.Config, "E201", "E202")
+        if config is None:
+            # keep the node for the edge checks; its ports are unknown when they depend on the config
+            shells[node_id] = (cls, inputs, None if "output_ports" in vars(cls) else
+                               tuple(dict.fromkeys((*cls.output_ports(None), "errors"))))
+            continue
+        _check_config(c, node_id, npath, cls, type_name, config, connections, schema_names, spec, check_ctx, cel)
+        ports = tuple(dict.fromkeys((*cls.output_ports(config), "errors")))
+        shells[node_id] = (cls, inputs, ports)
+        if defaults is None:
+            continue
+        resolved[node_id] = ResolvedNode(
+            id=node_id, type=type_name, cls=cls, config=config, inputs=inputs, ports=ports,
+            retry=spec.nodes[node_id].retry or defaults.retry if spec else RetryPolicy(),
+            capacity=spec.nodes[node_id].capacity or defaults.capacity,
+            capacity_bytes=defaults.capacity_bytes,
+            batch_size=spec.nodes[node_id].batch_size or defaults.batch_size,
+        )
+    _check_edges(c, shells, nodes_raw, spec)
+    return resolved, cel
+
+
+def _check_config(c: _Checker, node_id: str, npath: Path, cls: type[Node], type_name: str, config: Any,
+                  connections: dict[str, Any], schema_names: dict[str, Any], spec: GraphSpec | None,
+                  check_ctx: CheckContext, cel: list[tuple[str, str, bool]]) -> None:
+    """CEL, connection and schema references, and the node type's own checks."""
+    for fpath, source in cel_fields(config):
+        cpath = (*npath, "config", *fpath)
+        try:
+            expr = compile_expr(source)
+            cel.append((node_id, source, expr.compiled))
+        except CelError as exc:
+            pos = _cel_pos(c.loaded.pos(cpath, prefer_value=True), exc.line, exc.col)
+            dotted = ".".join(str(p) for p in cpath)
+            c.add(cpath, "E203", f"{dotted}: CEL: {exc.message}", pos=pos)
+    conn = getattr(config, "connection", None)
+    if isinstance(conn, str):
+        if conn not in connections and spec is not None:
+            hint = registry.closest(conn, list(connections))
+            c.add((*npath, "config", "connection"), "E215", f"nodes.{node_id}.config.connection: unknown connection '{conn}'"
+                  + (f" (did you mean '{hint}'?)" if hint else ""), value=True)
+        elif conn in connections and cls.connection_types and connections[conn]["type"] not in cls.connection_types:
+            c.add((*npath, "config", "connection"), "E216",
+                  f"nodes.{node_id}.config.connection: '{conn}' is a {connections[conn]['type']} connection; "
+                  f"{type_name} needs {' or '.join(cls.connection_types)}", value=True)
+    schema_ref = getattr(config, "schema_", None) if hasattr(config, "schema_") else getattr(config, "schema", None)
+    if isinstance(schema_ref, str) and spec is not None and schema_ref not in schema_names:
+        hint = registry.closest(schema_ref, list(schema_names))
+        c.add((*npath, "config", "schema"), "E217", f"nodes.{node_id}.config.schema: unknown schema '{schema_ref}'"
+              + (f" (did you mean '{hint}'?)" if hint else ""), value=True)
+    elif isinstance(schema_ref, dict):
+        problem = _schema_problem(schema_ref)
+        if problem:
+            c.add((*npath, "config", "schema"), "E218", f"nodes.{node_id}.config.schema: invalid JSON Schema: {problem}")
+    for issue in cls.check(config, check_ctx):
+        ipath = (*npath, "config", *issue.loc)
+        pos = None
+        if issue.offset is not None:
+            pos = _cel_pos(c.loaded.pos(ipath, prefer_value=True), 1, issue.offset + 1)
+        c.add(ipath, issue.code, f"{'.'.join(str(p) for p in ipath)}: {issue.message}", value=True,
+              severity=issue.severity, pos=pos)
+
+
+def _check_edges(c: _Checker, shells: dict[str, tuple[type[Node], list[tuple[str, str]], tuple[str, ...] | None]],
+                 nodes_raw: dict[str, Any], spec: GraphSpec | None) -> None:
+    import networkx as nx
+
+    dag = nx.DiGraph()
+    dag.add_nodes_from(shells)
+    consumed: set[tuple[str, str]] = set()
+    for node_id, (cls, inputs, _ports) in shells.items():
+        refs = nodes_raw[node_id].get("inputs") or []
+        if cls.kind == "source" and refs:
+            c.add(("nodes", node_id, "inputs"), "E212", f"nodes.{node_id}.inputs: a source takes no inputs")
+        if cls.kind != "source" and not refs:
+            c.add(("nodes", node_id), "E213", f"nodes.{node_id}: a {cls.kind} needs at least one input")
+        for i, (up, port) in enumerate(inputs):
+            ipath = ("nodes", node_id, "inputs", i)
+            if up not in nodes_raw:
+                hint = registry.closest(up, list(nodes_raw))
+                c.add(ipath, "E210", f"nodes.{node_id}.inputs[{i}]: unknown node '{up}'"
+                      + (f" (did you mean '{hint}'?)" if hint else ""), value=True)
+                continue
+            if up not in shells:
+                continue  # that node has its own errors
+            up_ports = shells[up][2]
+            if up_ports is not None and port not in up_ports:
+                hint = registry.closest(port, up_ports)
+                c.add(ipath, "E211", f"nodes.{node_id}.inputs[{i}]: node '{up}' has no port '{port}' "
+                      f"(ports: {', '.join(up_ports)})" + (f"; did you mean '{hint}'?" if hint else ""), value=True)
+                continue
+            consumed.add((up, port))
+            dag.add_edge(up, node_id)
+    try:
+        cycle = nx.find_cycle(dag)
+        path = " -> ".join([u for u, _ in cycle] + [cycle[0][0]])
+        c.add(("nodes", cycle[0][1], "inputs"), "E214", f"cycle: {path}")
+    except nx.NetworkXNoCycle:
+        pass
+    dl = spec.defaults.dead_letter if spec is not None else None
+    if dl is not None:
+        if dl not in shells or shells[dl][0].kind != "sink":
+            c.add(("defaults", "dead_letter"), "E221", f"defaults.dead_letter: '{dl}' is not a sink of this graph", value=True)
+    else:
+        for node_id in shells:
+            if (node_id, "errors") not in consumed:
+                c.add(("nodes", node_id), "W300",
+                      f"nodes.{node_id}: errors port is not consumed and no defaults.dead_letter is set "
+                      "(a failing message would stop the graph)", severity="warning")
+
+
+def check_file(path: str, env: dict[str, str] | None = None, overrides: list[str] | None = None
+               ) -> tuple[Graph | None, list[Diagnostic]]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        return None, [Diagnostic(1, 1, "E001", f"cannot read graph file: {exc.strerror}", path)]
+    return check_text(text, path, env, overrides)
+
+
+def load_graph(path: str, env: dict[str, str] | None = None, overrides: list[str] | None = None) -> Graph:
+    """A checked graph, or `GraphInvalid` with every error."""
+    graph, diags = check_file(path, env, overrides)
+    if graph is None:
+        raise GraphInvalid([d for d in diags if d.severity == "error"])
+    return graph

@@ -1,0 +1,92 @@
+"""A node's bounded input: batches from all its input edges, limited in messages and bytes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+from engine.message import Msg
+
+__all__ = ["Channel"]
+
+
+class Channel:
+    """Bounded FIFO of message batches with several writers and one reader.
+
+    A writer waits while the channel holds `capacity` messages or `capacity_bytes` bytes (a batch
+    larger than the capacity is let in alone, so an oversized batch cannot deadlock). The reader
+    takes up to `max_n` messages at once, merging small batches. When every writer has closed and
+    the queue is empty, `get` returns None.
+    """
+
+    __slots__ = ("capacity", "capacity_bytes", "count", "bytes", "high_water", "_q", "_writers",
+                 "_readable", "_writable")
+
+    def __init__(self, capacity: int, capacity_bytes: int, writers: int):
+        self.capacity = capacity
+        self.capacity_bytes = capacity_bytes
+        self.count = 0
+        self.bytes = 0
+        self.high_water = 0  # most messages ever held: tests assert the bound with it
+        self._q: deque[tuple[list[Msg], int]] = deque()
+        self._writers = writers
+        self._readable = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+
+    @property
+    def closed(self) -> bool:
+        return self._writers <= 0
+
+    async def put(self, batch: list[Msg]) -> None:
+        if not batch:
+            return
+        size = 0
+        for m in batch:
+            size += m.size
+        while self.count and (self.count + len(batch) > self.capacity or self.bytes + size > self.capacity_bytes):
+            self._writable.clear()
+            await self._writable.wait()
+        self._q.append((batch, size))
+        self.count += len(batch)
+        self.bytes += size
+        if self.count > self.high_water:
+            self.high_water = self.count
+        self._readable.set()
+
+    def close_writer(self) -> None:
+        self._writers -= 1
+        self._readable.set()
+
+    async def get(self, max_n: int, timeout: float | None = None) -> list[Msg] | None:
+        """Up to `max_n` messages; [] on timeout; None once closed and drained."""
+        while not self._q:
+            if self._writers <= 0:
+                return None
+            self._readable.clear()
+            if timeout is None:
+                await self._readable.wait()
+            else:
+                try:
+                    await asyncio.wait_for(self._readable.wait(), timeout)
+                except TimeoutError:
+                    return []
+        batch, size = self._q.popleft()
+        if len(batch) > max_n:  # take a part; the rest stays first in line
+            rest = batch[max_n:]
+            batch = batch[:max_n]
+            rest_size = 0
+            for m in rest:
+                rest_size += m.size
+            self._q.appendleft((rest, rest_size))
+            size -= rest_size
+        elif len(batch) < max_n and self._q:
+            batch = list(batch)
+            while self._q and len(batch) + len(self._q[0][0]) <= max_n:
+                more, more_size = self._q.popleft()
+                batch.extend(more)
+                size += more_size
+        self.count -= len(batch)
+        self.bytes -= size
+        self._writable.set()
+        return batch

@@ -1,0 +1,346 @@
+"""Runs a checked graph: one task per node, bounded channels between them, acks back to sources.
+
+Finite sources end the run when drained; `stop()` (SIGTERM/SIGINT) makes every source return,
+after which in-flight messages drain through the graph, sinks commit, acks reach the sources, and
+the run ends. A message on an `errors` port that nothing consumes (and no `defaults.dead_letter`)
+stops the graph with `UnhandledError`; its ack fails, so the source does not acknowledge it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.api import Operator, Sink, Source
+from engine.compile.validate import Graph, ResolvedNode
+from engine.errors import NodeStartError, UnhandledError
+from engine.message import DEAD_LETTERED, DELIVERED, AckTracker, Msg
+from engine.runtime.channel import Channel
+from engine.runtime.context import NodeContext, Resources
+from engine.runtime.outputs import ERRORS, Outputs, SourceOutput, error_envelope
+from engine.runtime.stats import NodeStats
+
+__all__ = ["RunReport", "Runner"]
+
+log = logging.getLogger("streamdag.runtime")
+
+
+@dataclass
+class RunReport:
+    graph: str
+    seconds: float
+    stats: dict[str, NodeStats]
+    sources: dict[str, AckTracker]
+    error: BaseException | None = None
+    stopped_by_signal: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def balanced(self) -> bool:
+        """Every message that entered is delivered, filtered, dead-lettered or explicitly failed."""
+        return all(
+            t.entered == t.delivered + t.filtered + t.dead_lettered + t.nacked + t.in_flight and t.in_flight == 0
+            for t in self.sources.values()
+        )
+
+    def totals(self) -> dict[str, int]:
+        keys = ("entered", "delivered", "filtered", "dead_lettered", "nacked", "in_flight")
+        return {k: sum(getattr(t, k) for t in self.sources.values()) for k in keys}
+
+
+class Runner:
+    """Instantiates the nodes of a graph and runs them."""
+
+    def __init__(self, graph: Graph, clock: Any = time.time):
+        self.graph = graph
+        self.resources = Resources()
+        self.clock = clock
+        self.nodes: dict[str, Any] = {}
+        self.stats: dict[str, NodeStats] = {}
+        self.channels: dict[str, Channel] = {}
+        self.routes: dict[tuple[str, str], list[str]] = {}
+        self.trackers: dict[str, AckTracker] = {}
+        self.outputs: dict[str, SourceOutput] = {}
+        self.dead_letter_sinks: set[str] = set()
+        self._fatal: BaseException | None = None
+        self._fatal_event = asyncio.Event()
+        self._stopping = False
+        self._wire()
+
+    # -- set-up -----------------------------------------------------------------------------------
+    def _wire(self) -> None:
+        g = self.graph
+        dl = g.spec.defaults.dead_letter
+        for node_id, rn in g.nodes.items():
+            ctx = NodeContext(node_id, g.connections, g.schemas, self.resources, g.base_dir, self.clock)
+            self.nodes[node_id] = rn.cls(node_id, rn.config, ctx)
+            self.stats[node_id] = NodeStats(node_id, rn.kind, rn.type)
+            if rn.kind != "source":
+                self.channels[node_id] = Channel(rn.capacity, rn.capacity_bytes, len(rn.inputs))
+            for up, port in rn.inputs:
+                self.routes.setdefault((up, port), []).append(node_id)
+            if rn.kind == "sink" and (node_id == dl or (rn.inputs and all(p == ERRORS for _, p in rn.inputs))):
+                self.dead_letter_sinks.add(node_id)
+        if dl is not None:
+            for node_id in g.nodes:
+                if node_id != dl and (node_id, ERRORS) not in self.routes:
+                    self.routes[(node_id, ERRORS)] = [dl]
+                    self.channels[dl]._writers += 1
+
+    # -- dispatch ---------------------------------------------------------------------------------
+    async def _dispatch(self, node_id: str, lists: dict[str, list[Msg]]) -> None:
+        stats = self.stats[node_id]
+        for port, msgs in lists.items():
+            if not msgs:
+                continue
+            if port == ERRORS:
+                stats.errors += len(msgs)
+            else:
+                stats.emitted += len(msgs)
+            targets = self.routes.get((node_id, port))
+            if not targets:
+                if port == ERRORS:
+                    self._unhandled(node_id, msgs)
+                    continue
+                for m in msgs:  # an unconsumed port (validate warns): nothing waits for these
+                    m.ack.finish(0)
+                stats.filtered += len(msgs)
+                continue
+            if len(targets) > 1:
+                extra = len(targets) - 1
+                for m in msgs:
+                    m.ack.retain(extra)
+            for target in targets:
+                await self.channels[target].put(msgs)
+
+    def _unhandled(self, node_id: str, msgs: list[Msg]) -> None:
+        reason = msgs[0].body.get("error") if isinstance(msgs[0].body, dict) else "error"
+        for m in msgs:
+            m.ack.fail(f"unhandled error in {node_id}: {m.body.get('error') if isinstance(m.body, dict) else ''}")
+        self._set_fatal(UnhandledError(
+            f"node '{node_id}' sent {len(msgs)} message(s) to its errors port, which nothing consumes "
+            f"(first: {reason}); wire '{node_id}.errors' to a sink or set defaults.dead_letter"))
+
+    def _set_fatal(self, exc: BaseException) -> None:
+        if self._fatal is None:
+            self._fatal = exc
+            log.error("graph stopping: %s", exc)
+        self._fatal_event.set()
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop reading from sources; what is in flight drains and is acknowledged."""
+        self._stopping = True
+        for out in self.outputs.values():
+            out.stopping.set()
+
+    # -- node loops -------------------------------------------------------------------------------
+    async def _retrying(self, rn: ResolvedNode, call: Any, batch: list[Msg], outputs: Outputs | None) -> Any:
+        """Run `call()` with the node's retry policy; on exhaustion, the batch goes to errors."""
+        attempt = 1
+        while True:
+            try:
+                result = call()
+                if inspect.isawaitable(result):
+                    result = await result
+                return result
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a failing batch must not stop the graph
+                reason = f"{type(exc).__name__}: {exc}"
+                if outputs is not None:
+                    outputs.take()  # discard what the failed attempt emitted
+                if attempt >= rn.retry.max_attempts:
+                    log.warning("node %s: giving up after %d attempt(s): %s", rn.id, attempt, reason)
+                    await self._dispatch(rn.id, {ERRORS: [error_envelope(m, rn.id, reason, attempt) for m in batch]})
+                    return _FAILED
+                self.stats[rn.id].retries += 1
+                delay = rn.retry.backoff(attempt, random.random())
+                log.info("node %s: attempt %d failed (%s); retrying in %.2fs", rn.id, attempt, reason, delay)
+                await asyncio.sleep(delay)
+                attempt += 1
+
+    async def _run_operator(self, rn: ResolvedNode) -> None:
+        op: Operator = self.nodes[rn.id]
+        stats = self.stats[rn.id]
+        inbox = self.channels[rn.id]
+        outputs = Outputs(rn.id, rn.ports, stats)
+        tick = op.tick_interval
+        next_tick = self.clock() + tick if tick else None
+        while True:
+            timeout = max(0.0, next_tick - self.clock()) if next_tick is not None else None
+            batch = await inbox.get(rn.batch_size, timeout)
+            if batch is None:
+                break
+            if batch:
+                stats.received += len(batch)
+                stats.batches += 1
+                t0 = time.perf_counter()
+                result = await self._retrying(rn, lambda b=batch: op.process(b, outputs), batch, outputs)
+                stats.busy_seconds += time.perf_counter() - t0
+                if result is not _FAILED:
+                    await self._dispatch(rn.id, outputs.take())
+            if next_tick is not None and self.clock() >= next_tick:
+                r = op.tick(self.clock(), outputs)
+                if r is not None:
+                    await r
+                await self._dispatch(rn.id, outputs.take())
+                next_tick = self.clock() + tick  # type: ignore[operator]
+        r = op.flush(outputs)
+        if r is not None:
+            await r
+        await self._dispatch(rn.id, outputs.take())
+
+    async def _run_sink(self, rn: ResolvedNode) -> None:
+        sink: Sink = self.nodes[rn.id]
+        stats = self.stats[rn.id]
+        inbox = self.channels[rn.id]
+        outcome = DEAD_LETTERED if rn.id in self.dead_letter_sinks else DELIVERED
+        while True:
+            batch = await inbox.get(rn.batch_size)
+            if batch is None:
+                break
+            stats.received += len(batch)
+            stats.batches += 1
+            t0 = time.perf_counter()
+            failures = await self._retrying(rn, lambda b=batch: sink.write(b), batch, None)
+            stats.busy_seconds += time.perf_counter() - t0
+            if failures is _FAILED:
+                continue
+            failed_ids = {id(m) for m, _ in failures} if failures else ()
+            committed = 0
+            for m in batch:
+                if id(m) not in failed_ids:
+                    m.ack.finish(outcome)
+                    committed += 1
+            stats.committed += committed
+            if outcome == DEAD_LETTERED:
+                stats.dead_lettered += committed
+            if failures:
+                await self._dispatch(rn.id, {ERRORS: [error_envelope(m, rn.id, reason) for m, reason in failures]})
+
+    async def _run_source(self, rn: ResolvedNode) -> None:
+        src: Source = self.nodes[rn.id]
+        out = self.outputs[rn.id]
+        try:
+            await src.run(out)
+        finally:
+            await self._drain_acks(rn.id, src, wait=False)
+
+    async def _ack_loop(self, node_id: str) -> None:
+        src: Source = self.nodes[node_id]
+        tracker = self.trackers[node_id]
+        while True:
+            await tracker.wait_settled()
+            await self._drain_acks(node_id, src, wait=False)
+
+    async def _drain_acks(self, node_id: str, src: Source, wait: bool) -> None:
+        tracker = self.trackers[node_id]
+        done, failed = tracker.take()
+        if done:
+            await src.commit(done)
+        if failed:
+            await src.reject(failed)
+
+    # -- the run ----------------------------------------------------------------------------------
+    async def run(self) -> RunReport:
+        t0 = time.perf_counter()
+        g = self.graph
+        error: BaseException | None = None
+        started: list[str] = []
+        try:
+            for node_id in _start_order(g):
+                try:
+                    await self.nodes[node_id].start()
+                except Exception as exc:
+                    raise NodeStartError(f"node '{node_id}' ({g.nodes[node_id].type}) failed to start: {exc}") from exc
+                started.append(node_id)
+            error = await self._run_tasks()
+        except NodeStartError as exc:
+            error = exc
+        finally:
+            for node_id in reversed(started):
+                try:
+                    await self.nodes[node_id].stop()
+                except Exception:  # noqa: BLE001
+                    log.exception("node %s failed to stop cleanly", node_id)
+            await self.resources.close()
+        return RunReport(g.spec.name, time.perf_counter() - t0, self.stats, self.trackers,
+                         error or self._fatal, self._stopping and self._fatal is None)
+
+    async def _run_tasks(self) -> BaseException | None:
+        g = self.graph
+        node_tasks: dict[str, asyncio.Task[None]] = {}
+        ack_tasks: list[asyncio.Task[None]] = []
+        for node_id, rn in g.nodes.items():
+            if rn.kind == "source":
+                tracker = AckTracker(limit=g.spec.defaults.max_in_flight)
+                self.trackers[node_id] = tracker
+                self.outputs[node_id] = SourceOutput(
+                    node_id, tracker, lambda lists, n=node_id: self._dispatch(n, lists), self.stats[node_id])
+                if self._stopping:
+                    self.outputs[node_id].stopping.set()
+        for node_id, rn in g.nodes.items():
+            runner = {"source": self._run_source, "operator": self._run_operator, "sink": self._run_sink}[rn.kind]
+            node_tasks[node_id] = asyncio.create_task(self._guard(rn, runner), name=f"node:{node_id}")
+            if rn.kind == "source":
+                ack_tasks.append(asyncio.create_task(self._ack_loop(node_id), name=f"acks:{node_id}"))
+        fatal_wait = asyncio.create_task(self._fatal_event.wait())
+        pending = set(node_tasks.values())
+        while pending:
+            done, pending = await asyncio.wait(pending | {fatal_wait}, return_when=asyncio.FIRST_COMPLETED)
+            pending.discard(fatal_wait)
+            if fatal_wait in done and self._fatal is not None and isinstance(self._fatal, NodeCrash):
+                break
+            if fatal_wait in done:
+                fatal_wait = asyncio.create_task(asyncio.Event().wait())
+        # every node finished (or a node crashed): hand the last acks to the sources
+        for t in pending:
+            t.cancel()
+        for t in ack_tasks:
+            t.cancel()
+        fatal_wait.cancel()
+        await asyncio.gather(*pending, *ack_tasks, fatal_wait, return_exceptions=True)
+        for node_id in self.trackers:
+            try:
+                await self._drain_acks(node_id, self.nodes[node_id], wait=False)
+            except Exception as exc:  # noqa: BLE001
+                log.error("source %s failed to acknowledge: %s", node_id, exc)
+        return self._fatal
+
+    async def _guard(self, rn: ResolvedNode, runner: Any) -> None:
+        try:
+            await runner(rn)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("node %s crashed", rn.id)
+            self._set_fatal(NodeCrash(f"node '{rn.id}' ({rn.type}) crashed: {type(exc).__name__}: {exc}"))
+        finally:
+            for target in self._targets_of(rn.id):
+                self.channels[target].close_writer()
+
+    def _targets_of(self, node_id: str) -> list[str]:
+        out = []
+        for (up, _port), targets in self.routes.items():
+            if up == node_id:
+                out.extend(targets)
+        return out
+
+
+class NodeCrash(UnhandledError):
+    """A node's own code raised outside of a batch (a bug or a lost resource)."""
+
+
+_FAILED = object()
+
+
+def _start_order(g: Graph) -> list[str]:
+    """Sinks first, then operators, then sources, so nothing reads before its consumers are ready."""
+    order = {"sink": 0, "operator": 1, "source": 2}
+    return sorted(g.nodes, key=lambda n: order[g.nodes[n].kind])

@@ -1,0 +1,58 @@
+"""The graph file as pydantic models: the generic shape (node configs are checked in a second pass)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from engine.api import RetryPolicy
+from engine.spec.connections import Connection
+
+__all__ = ["Defaults", "GraphSpec", "NodeSpec", "NODE_ID_PATTERN"]
+
+NODE_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*$"
+
+
+class Defaults(BaseModel):
+    """Settings every node gets unless it sets its own."""
+
+    model_config = ConfigDict(extra="forbid")
+    capacity: int = Field(8192, ge=1, description="Messages an edge (a node's input) holds before its writers wait.")
+    capacity_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Bytes an edge holds before its writers wait.")
+    batch_size: int = Field(1000, ge=1, description="Largest micro-batch a node takes from its input.")
+    max_in_flight: int = Field(
+        50_000, ge=1, description="Unacknowledged messages a source may have in the graph before it waits."
+    )
+    retry: RetryPolicy = Field(default_factory=RetryPolicy, description="Retry policy for failing batches.")
+    dead_letter: str | None = Field(
+        None, description="A sink that receives from every `errors` port not wired explicitly."
+    )
+
+
+class NodeSpec(BaseModel):
+    """One node: its type, where its input comes from, and the type's own config."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: str = Field(description="Node type (see `streamdag schema`).", examples=["map"])
+    inputs: list[str] = Field(default_factory=list, description="Upstream nodes as `node` or `node.port`.")
+    config: dict[str, Any] = Field(default_factory=dict, description="The node type's settings.")
+    description: str | None = None
+    retry: RetryPolicy | None = Field(None, description="Overrides `defaults.retry` for this node.")
+    capacity: int | None = Field(None, ge=1, description="Overrides `defaults.capacity` for this node's input.")
+    batch_size: int | None = Field(None, ge=1, description="Overrides `defaults.batch_size`.")
+
+
+class GraphSpec(BaseModel):
+    """A pipeline: connections, schemas, defaults and nodes."""
+
+    model_config = ConfigDict(extra="forbid")
+    version: Literal[1] = Field(description="Graph format version.")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Pipeline name (metrics, consumer names).")
+    description: str | None = None
+    connections: dict[str, Connection] = Field(default_factory=dict)
+    schemas: dict[str, str | dict[str, Any]] = Field(
+        default_factory=dict, description="Name → JSON Schema file (relative to the graph file) or inline schema."
+    )
+    defaults: Defaults = Field(default_factory=Defaults)
+    nodes: dict[str, NodeSpec] = Field(min_length=1)

@@ -1,0 +1,45 @@
+"""`filter`: keep the messages for which a CEL expression is true; the others are done (acked)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from engine.api import CelExpr, NodeConfig, Operator
+from engine.expr import EvalError, compile_expr
+from engine.message import FILTERED, Msg
+from engine.runtime.outputs import Outputs
+
+__all__ = ["Filter", "FilterConfig"]
+
+
+class FilterConfig(NodeConfig):
+    """Keep messages whose expression is `true`; a non-boolean result is an error."""
+
+    expr: CelExpr = Field(description="A boolean CEL expression.", examples=["msg.total > 100.0"])
+
+
+class Filter(Operator):
+    Config = FilterConfig
+
+    def __init__(self, node_id: str, config: FilterConfig, ctx) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(node_id, config, ctx)
+        self.expr = compile_expr(config.expr)
+
+    def process(self, batch: list[Msg], out: Outputs) -> None:
+        fn = self.expr.fn
+        ok = out.port("out")
+        dropped = 0
+        for m in batch:
+            try:
+                keep = fn(m.body, m.meta)
+            except EvalError as exc:
+                out.error(m, f"filter: {exc}")
+                continue
+            if keep is True:
+                ok.append(m)
+            elif keep is False:
+                dropped += 1
+                m.ack.finish(FILTERED)
+            else:
+                out.error(m, f"filter: expression gave {type(keep).__name__}, not bool")
+        out.stats.filtered += dropped

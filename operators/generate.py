@@ -1,0 +1,74 @@
+"""`generate`: a built-in source of synthetic messages (demos, tests, benchmarks)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from pydantic import Field
+
+from engine.api import CelExpr, NodeConfig, Source
+from engine.expr import EvalError, compile_expr
+from engine.message import Msg
+from engine.runtime.outputs import SourceOutput
+
+__all__ = ["Generate", "GenerateConfig"]
+
+
+class GenerateConfig(NodeConfig):
+    """Emit `count` messages (or run until stopped), optionally at a fixed rate."""
+
+    count: int | None = Field(None, ge=0, description="Messages in all; unset runs until stopped.")
+    rate: float | None = Field(None, gt=0, description="Messages per second; unset is as fast as possible.")
+    template: CelExpr | None = Field(
+        None,
+        description="CEL expression for each body; `msg.i` is the message number (0-based). "
+        'Default: {"i": i, "ts": <epoch seconds>}.',
+        examples=['{"id": msg.i, "user": "u" + string(msg.i % 5), "amount": double(msg.i % 200)}'],
+    )
+    batch: int = Field(500, ge=1, le=100_000, description="Messages per emitted batch.")
+
+
+class Generate(Source):
+    Config = GenerateConfig
+
+    def __init__(self, node_id: str, config: GenerateConfig, ctx: Any) -> None:
+        super().__init__(node_id, config, ctx)
+        self.expr = compile_expr(config.template) if config.template else None
+
+    def total(self) -> int | None:
+        return self.config.count
+
+    async def run(self, out: SourceOutput) -> None:
+        cfg = self.config
+        i = 0
+        started = time.monotonic()
+        fn = self.expr.fn if self.expr else None
+        tracker = out.tracker
+        while not out.stopping.is_set() and (cfg.count is None or i < cfg.count):
+            await out.wait_room()
+            n = cfg.batch if cfg.count is None else min(cfg.batch, cfg.count - i)
+            if cfg.rate is not None:
+                due = started + (i + n) / cfg.rate
+                delay = due - time.monotonic()
+                if delay > 0:
+                    try:
+                        await asyncio.wait_for(out.stopping.wait(), delay)
+                        break
+                    except TimeoutError:
+                        pass
+            now = time.time()
+            msgs: list[Msg] = []
+            errors: list[Msg] = []
+            for j in range(i, i + n):
+                meta = {"source": self.id, "seq": j, "timestamp": now}
+                if fn is None:
+                    msgs.append(Msg({"i": j, "ts": now}, meta, tracker.new(j), 32))
+                    continue
+                try:
+                    msgs.append(Msg(fn({"i": j}, meta), meta, tracker.new(j), 64))
+                except EvalError as exc:
+                    errors.append(out.error(Msg({"i": j}, meta, tracker.new(j)), f"template: {exc}"))
+            i += n
+            await out.send(msgs, errors)

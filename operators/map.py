@@ -1,0 +1,35 @@
+"""`map`: replace each message body with the value of a CEL expression."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from engine.api import CelExpr, NodeConfig, Operator
+from engine.expr import EvalError, compile_expr
+from engine.message import Msg
+from engine.runtime.outputs import Outputs
+
+__all__ = ["Map", "MapConfig"]
+
+
+class MapConfig(NodeConfig):
+    """Replace the body with a CEL expression over `msg` (body) and `meta`."""
+
+    expr: CelExpr = Field(description="The new body.", examples=['{"id": msg.id, "total": msg.amount * 1.2}'])
+
+
+class Map(Operator):
+    Config = MapConfig
+
+    def __init__(self, node_id: str, config: MapConfig, ctx) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(node_id, config, ctx)
+        self.expr = compile_expr(config.expr)
+
+    def process(self, batch: list[Msg], out: Outputs) -> None:
+        fn = self.expr.fn
+        ok = out.port("out")
+        for m in batch:
+            try:
+                ok.append(Msg(fn(m.body, m.meta), m.meta, m.ack, m.size))
+            except EvalError as exc:
+                out.error(m, f"map: {exc}")
