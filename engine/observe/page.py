@@ -57,7 +57,8 @@ function update(cur) {{
   const rows = [];
   for (const [id, n] of Object.entries(cur.nodes)) {{
     const p = prev && prev.nodes[id];
-    const rin = p ? (n.in - p.in) / dt : 0, rout = p ? (n.out - p.out) / dt : 0;
+    const outKey = n.kind === "sink" ? "committed" : "out";  // a sink's output is what it commits
+    const rin = p ? (n.in - p.in) / dt : 0, rout = p ? (n[outKey] - p[outKey]) / dt : 0;
     const rate = n.kind === "source" ? rout : rin;
     const q = n.queue, fill = q ? q.depth / Math.max(1, q.capacity) : 0;
     const g = document.getElementById("node-" + id);
