@@ -26,13 +26,17 @@ class DeadLetterLog:
         self._used = 0
         self._suppressed = 0
 
+    def flush(self) -> None:
+        """Log how many lines the limit held back (at each new second, and at the end of a run)."""
+        if self._suppressed:
+            deadletter_log.warning("%d more dead-lettered message(s) not logged one by one", self._suppressed,
+                                   extra={"event": "dead_lettered_suppressed", "count": self._suppressed})
+            self._suppressed = 0
+
     def allow(self, now: float) -> bool:
         if now - self._window >= 1.0:
-            if self._suppressed:
-                deadletter_log.warning("%d more dead-lettered message(s) not logged one by one",
-                                       self._suppressed, extra={"event": "dead_lettered_suppressed",
-                                                                "count": self._suppressed})
-            self._window, self._used, self._suppressed = now, 0, 0
+            self.flush()
+            self._window, self._used = now, 0
         if self._used < self.limit_per_second:
             self._used += 1
             return True

@@ -87,7 +87,10 @@ class Monitor:
 
     async def _loop(self) -> None:
         while True:
-            await self.check()
+            try:
+                await self.check()
+            except Exception:  # noqa: BLE001 - the watcher must outlive a bad hook
+                log.exception("monitor pass failed")
             await asyncio.sleep(self.interval)
 
     async def check(self) -> None:
@@ -145,6 +148,7 @@ class Monitor:
                 value = hook()
                 if inspect.isawaitable(value):
                     value = await asyncio.wait_for(value, self.lag_timeout)
+                value = None if value is None else int(value)
             except Exception as exc:  # noqa: BLE001 - lag is best effort (a lost connection, a timeout)
                 log.debug("source %s: lag() failed: %s", node_id, exc)
                 self.lag.pop(node_id, None)
@@ -152,7 +156,7 @@ class Monitor:
             if value is None:
                 self.lag.pop(node_id, None)
             else:
-                self.lag[node_id] = int(value)
+                self.lag[node_id] = value
 
     @property
     def mismatched(self) -> list[str]:

@@ -6,6 +6,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from engine.observe.events import dead_letter_policy
 from engine.observe.monitor import Monitor
 from engine.observe.server import MetricsServer
 
@@ -40,3 +41,4 @@ class Observers:
         if self.server is not None:
             await self.server.close()
         await self.monitor.stop()
+        dead_letter_policy.flush()
