@@ -244,6 +244,15 @@ EXPRESSIONS = [
     "type(msg.id)",
     "type(msg.tags) == list ? 1 : 2",
     "type(timestamp(msg.ts)) == type(timestamp(0))",
+    "msg.id % 7",
+    "msg.id / 7",
+    "msg.id + 1",
+    "1 - msg.id",
+    "msg.id * -3",
+    "-9223372036854775808 % msg.n",
+    "-9223372036854775808 / msg.n",
+    "msg.id % -1",
+    "msg.n % 7 + msg.id / 2",
 ]
 
 
