@@ -482,6 +482,11 @@ class Gen:
             return codes[0]
         if name == "double" and codes[0].type == "double":
             return codes[0]
+        if name in ("string", "double") and codes[0].type in (None, "int"):  # the common int argument inline
+            ob, ref = self.once(codes[0])
+            conv = "_str" if name == "string" else "_float"
+            test = f"type({ob}) is _int and {V.INT64_MIN} <= {ref} <= {V.UINT64_MAX}"
+            return Code(f"({conv}({ref}) if {test} else {self.helper(FUNCTIONS[key])}({ref}))", name)
         result = {
             "int": "int",
             "uint": "uint",
