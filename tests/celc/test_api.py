@@ -122,3 +122,16 @@ def test_error_messages_speak_cel(src: str, body: dict, message: str) -> None:
     assert fn is not None
     with pytest.raises(EvalError, match=message.replace("(", r"\(").replace(")", r"\)").replace("+", r"\+")):
         fn(body, {})
+
+
+def test_runtime_nulls_cannot_exhaust_none() -> None:
+    """cel-expr-python drops a reference to None per null; engine.expr gives None a reserve."""
+    import sys
+
+    runtime = compile_expr("msg.a", allow_compiler=False)
+    before = sys.getrefcount(None)
+    for _ in range(2000):
+        assert runtime({"a": None}) is None
+    if sys.version_info < (3, 12):
+        assert sys.getrefcount(None) > 2**39  # far from zero whatever the runtime drops
+        assert before - sys.getrefcount(None) < 10**6
