@@ -135,3 +135,10 @@ def test_runtime_nulls_cannot_exhaust_none() -> None:
     if sys.version_info < (3, 12):
         assert sys.getrefcount(None) > 2**39  # far from zero whatever the runtime drops
         assert before - sys.getrefcount(None) < 10**6
+
+
+def test_strings_keep_nul_characters() -> None:
+    """The runtime truncates strings at U+0000; CEL strings (and the compiled code) do not."""
+    fn = try_compile("[size(msg.s), msg.s == 'a', msg.s + '!']")
+    assert fn is not None
+    assert fn({"s": "a\x00b"}, {}) == [3, False, "a\x00b!"]
