@@ -19,7 +19,7 @@ import sys
 import time
 from typing import Any
 
-from benchmarks.jetstream_pg import BASELINES, Names, expected_kept, run_engine
+from benchmarks.jetstream_pg import BASELINES, Names, expected_kept, run_engine, warm
 from benchmarks.machine import PG_DSN, load_average, peak_rss_mb, reset_peak_rss
 from benchmarks.publisher import publish
 
@@ -56,6 +56,7 @@ async def one_run(variant: str, n: int, mode: str, rate: float = 0) -> dict[str,
     nc = await nats.connect()
     js = nc.jetstream()
     conn = await asyncpg.connect(PG_DSN)
+    warm()
     names = Names(variant.replace("-", "_"))
     await names.create(js, conn)
     lat: list[float] = []
