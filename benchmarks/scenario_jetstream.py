@@ -74,19 +74,21 @@ async def one_run(variant: str, n: int, mode: str, rate: float = 0) -> dict[str,
         reset_peak_rss()
         load = load_average()
         ready = asyncio.Event()
-        t_start = time.time()
+        t_start, c0 = time.time(), time.process_time()
         task = asyncio.ensure_future(VARIANTS[variant](names, n, on_commit, ready))
         pub: dict[str, Any] = {}
         if mode != "backlog":
             await asyncio.wait([asyncio.ensure_future(ready.wait()), task], return_when=asyncio.FIRST_COMPLETED)
             pub = await _publisher(names.subject, n, rate)
         result = await task
+        cpu = time.process_time() - c0
         t0 = pub.get("t0", t_start)
         seconds = result["done"] - t0
         rows = await conn.fetchval(f"SELECT count(*) FROM {names.table}")
         assert rows == expected_kept(n), (variant, rows, expected_kept(n))
         rec = {"variant": variant, "mode": mode, "messages": n, "seconds": round(seconds, 3),
-               "msg_per_s": round(n / seconds), "peak_rss_mb": peak_rss_mb(), "load_average": load,
+               "msg_per_s": round(n / seconds),
+               "cpu_us_per_msg": round(cpu / n * 1e6, 2), "peak_rss_mb": peak_rss_mb(), "load_average": load,
                **percentiles(lat)}
         if pub:
             rec["published_per_s"] = pub["rate"]

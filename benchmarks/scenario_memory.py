@@ -144,13 +144,14 @@ def run_scenario(compress: bool, n: int = N) -> list[dict[str, Any]]:
         gc.collect()
         reset_peak_rss()
         load = load_average()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         got = fn(n, compress)
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         if variant != "engine" or not compress:
             assert got == want, (variant, got, want)
         records.append({"scenario": name, "variant": variant, "messages": n, "seconds": round(seconds, 3),
-                        "msg_per_s": round(n / seconds), "peak_rss_mb": peak_rss_mb(), "load_average": load})
+                        "msg_per_s": round(n / seconds),
+                        "msg_per_cpu_s": round(n / cpu), "cpu_us_per_msg": round(cpu / n * 1e6, 2), "peak_rss_mb": peak_rss_mb(), "load_average": load})
     return records
 
 
