@@ -410,6 +410,7 @@ class JetStreamSource(Source):
                 self.termed += 1
             else:
                 lines.append((reply, b"+ACK"))
+                msg.ack.token = None  # msg -> ack -> token -> msg is a cycle: break it, no GC pass needed
         self.acked += len(tokens)
         await write_lines(self._h.nc, lines)  # type: ignore[union-attr]
         self._wake.set()
@@ -429,6 +430,7 @@ class JetStreamSource(Source):
                 lines.append((reply, b"+TERM"))
                 self.termed += 1
                 continue
+            msg.ack.token = None  # break the msg -> ack -> token cycle (see commit)
             delivered = msg.meta.get("delivered", 1)
             if delivered >= cfg.max_deliver and tracker is not None and self._out is not None:
                 dead = Msg(msg.body, msg.meta, tracker.new((reply, None)), msg.size)
