@@ -15,6 +15,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
+from types import CoroutineType
 from typing import Any
 
 from engine.api import Operator, Sink, Source
@@ -151,7 +152,8 @@ class Runner:
         while True:
             try:
                 result = call()
-                if inspect.isawaitable(result):
+                # CoroutineType first: `inspect.isawaitable` is an ABC isinstance check, costly per batch
+                if result is not None and (type(result) is CoroutineType or inspect.isawaitable(result)):
                     result = await result
                 return result
             except asyncio.CancelledError:

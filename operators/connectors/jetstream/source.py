@@ -452,9 +452,21 @@ class JetStreamSource(Source):
     # -- in progress -----------------------------------------------------------------------------------------
 
     def _hold(self, msgs: list[Msg], errors: list[Msg]) -> None:
-        """Remember emitted messages for `+WPI`; compact when settled ones pile up."""
-        self._held.append((time.monotonic(), msgs + errors))
+        """Remember emitted messages for `+WPI`; drop settled batches from the front (acks mostly come
+        back in order, so that is cheap), and compact the whole deque when settled ones pile up."""
+        held = self._held
+        held.append((time.monotonic(), msgs + errors))
         self._held_n += len(msgs) + len(errors)
+        while held:
+            head = held[0][1]
+            for m in head:
+                if m.ack.pending > 0:
+                    break
+            else:
+                held.popleft()
+                self._held_n -= len(head)
+                continue
+            break
         if self._held_n > 2 * self._limit() + self.config.batch:
             kept: deque[tuple[float, list[Msg]]] = deque()
             n = 0
