@@ -2,7 +2,7 @@
 
 The engine runs a real graph (YAML -> check -> Runner). Beside it, in the same process, two
 hand-written loops do the same work with the same CEL functions and jsonschema-rs:
-`baseline-plain` one message at a time, `baseline-tuned` batch-wise (batched CEL, list
+`baseline-plain` one message at a time, `baseline-batched` batch-wise (batched CEL, list
 comprehensions). N comes from BENCH_MEMORY_N (default 1,000,000).
 """
 
@@ -129,7 +129,7 @@ def run_tuned(n: int, compress: bool) -> tuple[int, int]:
 
 
 VARIANTS: dict[str, Callable[[int, bool], tuple[int, int]]] = {
-    "engine": run_engine, "baseline-plain": run_plain, "baseline-tuned": run_tuned}
+    "engine": run_engine, "baseline-plain": run_plain, "baseline-batched": run_tuned}
 
 
 def run_scenario(compress: bool, n: int = N) -> list[dict[str, Any]]:
