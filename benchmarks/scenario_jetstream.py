@@ -127,10 +127,10 @@ def run_latency(seconds: float = LATENCY_SECONDS, rates: tuple[int, ...] = (5000
     names = variants or ["engine", "baseline-tuned", "baseline-lean"]
     out: list[dict[str, Any]] = []
     highest = 0
+    engine_ok = True
     for rate in (*rates, *probe):
-        if rate in probe and highest < rate - (probe[0] - rates[-1] if rate == probe[0] else 10000) and rate != probe[0]:
-            break
-        engine_ok = True
+        if rate in probe and not engine_ok:
+            break  # the engine fell behind at the previous rate: no higher probe
         for v in names:
             rec = uvloop.run(one_run(v, int(rate * seconds), "rate", rate))
             rec["scenario"] = f"3 latency @{rate // 1000}k/s"
@@ -140,8 +140,6 @@ def run_latency(seconds: float = LATENCY_SECONDS, rates: tuple[int, ...] = (5000
                 engine_ok = rec["kept_up"]
                 if engine_ok:
                     highest = max(highest, rate)
-        if rate in probe and not engine_ok:
-            break
     for rec in out:
         rec["engine_highest_sustained"] = highest
     return out
