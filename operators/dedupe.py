@@ -20,7 +20,7 @@ from engine.errors import ConnectionLost
 from engine.expr import EvalError, compile_expr
 from engine.message import Msg
 from engine.runtime.outputs import Outputs
-from operators.connectors.redis_conn import CONNECTION_ERRORS, Duration, redis_client
+from operators.connectors.redis_conn import CONNECTION_ERRORS, Duration, raise_if_cancelled, redis_client
 
 __all__ = ["Dedupe", "DedupeConfig"]
 
@@ -92,6 +92,7 @@ class Dedupe(Operator):
             results = await pipe.execute()
         except CONNECTION_ERRORS as exc:
             raise ConnectionLost(f"redis {self.config.connection}: dedupe failed: {exc}") from exc
+        raise_if_cancelled()
         send = out.port("out").append
         for (msg, mine), previous in zip(checked, results):
             if previous is None or previous == mine:

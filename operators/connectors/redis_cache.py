@@ -19,7 +19,7 @@ from engine.api import CelExpr, NodeConfig, Sink
 from engine.errors import ConnectionLost
 from engine.expr import EvalError, compile_expr
 from engine.message import Msg
-from operators.connectors.redis_conn import CONNECTION_ERRORS, Duration, redis_client
+from operators.connectors.redis_conn import CONNECTION_ERRORS, Duration, raise_if_cancelled, redis_client
 
 __all__ = ["CAS_SCRIPT", "RedisCacheSink", "RedisCacheSinkConfig", "encode_value"]
 
@@ -171,6 +171,7 @@ class RedisCacheSink(Sink):
             results = await pipe.execute(raise_on_error=False)
         except CONNECTION_ERRORS as exc:
             raise ConnectionLost(f"redis {self.config.connection}: cache write failed: {exc}") from exc
+        raise_if_cancelled()
         noscript: list[Msg] = []
         for msg, res in zip(sent, results):
             if isinstance(res, NoScriptError):

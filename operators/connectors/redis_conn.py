@@ -6,6 +6,7 @@ way; the engine may adopt them later.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -62,6 +63,16 @@ def _connection_errors() -> tuple[type[BaseException], ...]:
 
 
 CONNECTION_ERRORS = _connection_errors()
+
+
+def raise_if_cancelled() -> None:
+    """Re-raise a cancellation that the client swallowed.
+
+    With uvloop, redis-py 8 can return normally from a pipeline whose task was cancelled meanwhile
+    (seen in `Runner` shutdown: the ack task then waited forever). Called after each batch's I/O."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _safe(url: str) -> str:

@@ -29,7 +29,7 @@ from engine.errors import ConnectionLost
 from engine.expr import EvalError, compile_expr
 from engine.message import Msg
 from engine.runtime.outputs import SourceOutput
-from operators.connectors.redis_conn import CONNECTION_ERRORS, Duration, redis_client
+from operators.connectors.redis_conn import CONNECTION_ERRORS, Duration, raise_if_cancelled, redis_client
 
 __all__ = ["XADD_SCRIPT", "RedisStreamSink", "RedisStreamSinkConfig", "RedisStreamSource", "RedisStreamSourceConfig"]
 
@@ -151,7 +151,9 @@ class RedisStreamSource(Source):
         attempt = 0
         while True:
             try:
-                return await call()
+                result = await call()
+                raise_if_cancelled()
+                return result
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
@@ -273,6 +275,7 @@ class RedisStreamSource(Source):
         """XACK the ids, pipelined; if Redis is unreachable they are kept and sent with the next ones."""
         self._to_ack.extend(tokens)
         await self._flush_acks()
+        raise_if_cancelled()
 
     async def reject(self, failures: list[tuple[Any, str]]) -> None:
         """Failed entries stay pending and are claimed again after `min_idle` (counting toward max_deliver).
@@ -437,6 +440,7 @@ class RedisStreamSink(Sink):
                 results = await self._run_xadd(values)
         except CONNECTION_ERRORS as exc:
             raise ConnectionLost(f"redis {self.config.connection}: XADD to {self.config.stream} failed: {exc}") from exc
+        raise_if_cancelled()
         for msg, res in zip(sent, results):
             if isinstance(res, Exception):
                 failed.append((msg, f"XADD failed: {res}"))
