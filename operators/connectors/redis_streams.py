@@ -29,7 +29,8 @@ from engine.errors import ConnectionLost
 from engine.expr import EvalError, compile_expr
 from engine.message import Msg
 from engine.runtime.outputs import SourceOutput
-from operators.connectors.redis_conn import CONNECTION_ERRORS, Duration, raise_if_cancelled, redis_client
+from engine.spec.units import PositiveDuration
+from operators.connectors.redis_conn import CONNECTION_ERRORS, raise_if_cancelled, redis_client
 
 __all__ = ["XADD_SCRIPT", "RedisStreamSink", "RedisStreamSinkConfig", "RedisStreamSource", "RedisStreamSourceConfig"]
 
@@ -54,20 +55,20 @@ class RedisStreamSourceConfig(NodeConfig):
     format: Literal["json", "text", "bytes"] = Field(
         "json", description="How the body field decodes: JSON (orjson), UTF-8 text, or raw bytes.")
     batch: int = Field(1000, ge=1, le=100_000, description="Entries per XREADGROUP / claim round.")
-    block: Duration = Field(1.0, description="Longest wait of one XREADGROUP for new entries "
+    block: PositiveDuration = Field(1.0, description="Longest wait of one XREADGROUP for new entries "
                             "(also bounds how long stopping takes).", examples=["1s", "200ms"])
     start: Annotated[Literal["$", "0"], BeforeValidator(lambda v: "0" if v == 0 and v is not False else v)] = Field(
         "$", description="Where a group created by this source starts: `$` new entries only, `0` the whole stream "
         "(`0` unquoted in YAML is accepted too).")
-    min_idle: Duration = Field(60.0, description="Entries pending longer than this in any consumer "
+    min_idle: PositiveDuration = Field(60.0, description="Entries pending longer than this in any consumer "
                                "are claimed and delivered again.", examples=["60s", "5m"])
-    claim_interval: Duration = Field(
+    claim_interval: PositiveDuration = Field(
         20.0, description="Time between two reclaim passes (one runs at start). Each pass also resets the "
         "idle time of this consumer's own slow in-flight entries, so other consumers do not take them while "
         "they are being processed: keep it below half of `min_idle`.")
     max_deliver: int = Field(5, ge=1, description="Deliveries before an entry goes to the errors port "
                              "(dead letter) instead of being delivered again.")
-    reconnect_max_backoff: Duration = Field(5.0, description="Longest wait between reconnection attempts.")
+    reconnect_max_backoff: PositiveDuration = Field(5.0, description="Longest wait between reconnection attempts.")
     exit_when_idle: bool = Field(False, description="Return once a read finds nothing new and nothing is in "
                                  "flight (backfills, tests); otherwise run until stopped.")
 
