@@ -25,7 +25,7 @@ from pydantic import BeforeValidator, Field, model_validator
 from redis.exceptions import NoScriptError, ResponseError
 
 from engine.api import CelExpr, CheckContext, CheckIssue, NodeConfig, Sink, Source
-from engine.errors import ConnectionLost
+from engine.errors import ConfigError, ConnectionLost
 from engine.expr import EvalError, compile_expr
 from engine.message import Msg
 from engine.runtime.outputs import SourceOutput
@@ -150,17 +150,22 @@ class RedisStreamSource(Source):
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
         """Run a Redis call; on connection loss wait with backoff and retry until stopped."""
         attempt = 0
+        lost_group = False
         while True:
             try:
+                if lost_group:
+                    await self._ensure_group()
+                    lost_group = False
                 result = await call()
                 raise_if_cancelled()
                 return result
             except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                self.ctx.log.warning("group %s is gone from %s: recreating it", self.config.group,
-                                     self.config.stream)
-                await self._ensure_group()
+                if "NOGROUP" not in str(exc) or lost_group:
+                    raise ConfigError(f"redis stream {self.config.stream!r}, group {self.config.group!r}: "
+                                      f"{exc}") from exc
+                self.ctx.log.warning("group %s is gone from %s (a restart without persistence?): recreating "
+                                     "it from %s", self.config.group, self.config.stream, self.config.start)
+                lost_group = True
             except CONNECTION_ERRORS as exc:
                 attempt += 1
                 self.reconnects += 1
@@ -304,11 +309,14 @@ class RedisStreamSource(Source):
             pipe = self._client.pipeline(transaction=False)
             for i in range(0, len(ids), _ACK_CHUNK):
                 pipe.execute_command("XACK", self.config.stream, self.config.group, *ids[i:i + _ACK_CHUNK])
-            await pipe.execute()
+            results = await pipe.execute(raise_on_error=False)
         except CONNECTION_ERRORS as exc:
             self.ctx.log.warning("XACK of %d entries postponed: %s", len(ids), exc)
             self._to_ack[:0] = ids
             return
+        for res in results:  # NOGROUP (group destroyed): nothing is pending any more; other errors: report
+            if isinstance(res, Exception):
+                self.ctx.log.error("XACK on %s/%s failed: %s", self.config.stream, self.config.group, res)
         self._inflight.difference_update(ids)
         if self._dead:
             self._dead.difference_update(ids)

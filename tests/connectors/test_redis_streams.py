@@ -14,7 +14,7 @@ import pytest
 import redis.asyncio as aredis
 from pydantic import ValidationError
 
-from engine.errors import ConnectorError
+from engine.errors import ConfigError, ConnectorError
 from engine.message import Msg
 from engine.runtime.context import Resources
 from operators.connectors.redis_streams import (
@@ -131,6 +131,30 @@ async def test_group_from_dollar_skips_history(keys) -> None:
     await run.wait_for(lambda: len(run.delivered) == 3)
     await run.finish()
     assert [m.body for m in run.delivered] == [{"new": 1}] * 3
+    await res.close()
+
+
+@aio
+async def test_destroyed_group_is_recreated_and_a_wrong_key_type_is_a_config_error(keys) -> None:
+    r = connect()
+    stream, wrong = unique(), unique()
+    keys += [stream, wrong]
+    res = Resources()
+    run = Run(source(stream, res, block="10ms"))
+    await run.start(None)
+    await run.wait_for(lambda: group_exists(stream))
+    await fill(r, stream, [b'{"n": 1}'])
+    await run.wait_for(lambda: len(run.delivered) == 1)
+    await r.xgroup_destroy(stream, "g")
+    await run.wait_for(lambda: group_exists(stream))  # NOGROUP on the next read: created again from $
+    await fill(r, stream, [b'{"n": 2}'])
+    await run.wait_for(lambda: len(run.delivered) == 2)
+    await run.finish()
+    assert [m.body["n"] for m in run.delivered] == [1, 2]
+    await r.set(wrong, "not a stream")
+    bad = Run(source(wrong, res))
+    with pytest.raises(ConfigError, match=f"redis stream '{wrong}', group 'g': .*WRONGTYPE"):
+        await asyncio.wait_for(await bad.start(None), 10)
     await res.close()
 
 
