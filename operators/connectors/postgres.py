@@ -191,6 +191,7 @@ def is_row_error(exc: BaseException) -> bool:
     from asyncpg.exceptions import _base
 
     return isinstance(exc, (
+        UnicodeError,                                      # a string with lone surrogates
         _base.DataError,                                   # driver could not encode a value
         asyncpg.exceptions.DataError,                      # 22xxx: bad input syntax, out of range...
         asyncpg.exceptions.IntegrityConstraintViolationError,  # 23xxx: unique, not null, check, fk
