@@ -27,6 +27,7 @@ from engine.api import CheckContext, CheckIssue, NodeConfig, RetryPolicy, Source
 from engine.message import Msg
 from operators.connectors.postgres import (
     check_all,
+    connect_args,
     db_message,
     identifier_issues,
     is_transient,
@@ -207,10 +208,9 @@ class PostgresSource(Source):
     async def _listen(self) -> None:
         import asyncpg
 
-        settings = self.ctx.connection(self.config.connection)
+        dsn, server_settings = connect_args(self.ctx.connection(self.config.connection))
         try:
-            self._listener = await asyncpg.connect(
-                settings.get("dsn"), server_settings={"application_name": settings.get("application_name") or "streamdag"})
+            self._listener = await asyncpg.connect(dsn, server_settings=server_settings)
             await self._listener.add_listener(self.config.listen, lambda *_: self._wake.set())
         except Exception as exc:
             if not is_transient(exc):
