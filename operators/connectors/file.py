@@ -40,7 +40,7 @@ class FileSource(Source):
         tracker = out.tracker
         loads = orjson.loads
         raw_lines = cfg.format == "lines"
-        meta = {"source": self.id, "path": cfg.path}  # shared by the messages: the line is the ack token
+        sid, spath = self.id, cfg.path
         with open(path, "rb") as fh:
             lineno = 0
             while not out.stopping.is_set():
@@ -60,13 +60,14 @@ class FileSource(Source):
                 for i, raw in enumerate(lines):
                     line = raw.rstrip(b"\r\n")
                     ack = acks[i]
+                    meta = {"source": sid, "path": spath, "line": numbers[i]}
                     if raw_lines:
                         msgs.append(Msg(line.decode("utf-8", "replace"), meta, ack, len(raw)))
                         continue
                     try:
                         msgs.append(Msg(loads(line), meta, ack, len(raw)))
                     except orjson.JSONDecodeError as exc:
-                        bad = Msg(line.decode("utf-8", "replace"), {**meta, "line": numbers[i]}, ack, len(raw))
+                        bad = Msg(line.decode("utf-8", "replace"), meta, ack, len(raw))
                         errors.append(out.error(bad, f"line {numbers[i]}: invalid JSON: {exc}"))
                 await out.send(msgs, errors)
 
