@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection
 from typing import Any
 
 __all__ = ["DeadLetterLog", "deadletter_log", "dead_letter_policy", "log_dead_letters"]
@@ -47,13 +46,11 @@ class DeadLetterLog:
 dead_letter_policy = DeadLetterLog()
 
 
-def log_dead_letters(sink: str, batch: list[Any], skip: Collection[int] = ()) -> None:
-    """One warning per message committed by dead-letter sink `sink` (`skip`: ids of failed ones)."""
+def log_dead_letters(sink: str, committed: list[Any]) -> None:
+    """One warning per message committed by dead-letter sink `sink`."""
     policy = dead_letter_policy
     now = time.monotonic()
-    for m in batch:
-        if skip and id(m) in skip:
-            continue
+    for m in committed:
         if not policy.allow(now):
             continue
         body = m.body if isinstance(m.body, dict) else {}
