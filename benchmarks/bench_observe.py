@@ -51,6 +51,7 @@ def _run(path: Path) -> Runner:
 @pytest.mark.parametrize("hooks", ["off", "on"])
 def test_pipeline(benchmark, graph_path: Path, hooks: str, monkeypatch: pytest.MonkeyPatch) -> None:
     if hooks == "off":
+
         def plain(self: NodeStats, n: int, seconds: float) -> None:
             self.busy_seconds += seconds
 

@@ -10,7 +10,7 @@ import logging
 import time
 from typing import Any
 
-__all__ = ["DeadLetterLog", "deadletter_log", "dead_letter_policy", "log_dead_letters"]
+__all__ = ["DeadLetterLog", "dead_letter_policy", "deadletter_log", "log_dead_letters"]
 
 deadletter_log = logging.getLogger("streamdag.deadletter")
 
@@ -28,8 +28,11 @@ class DeadLetterLog:
     def flush(self) -> None:
         """Log how many lines the limit held back (at each new second, and at the end of a run)."""
         if self._suppressed:
-            deadletter_log.warning("%d more dead-lettered message(s) not logged one by one", self._suppressed,
-                                   extra={"event": "dead_lettered_suppressed", "count": self._suppressed})
+            deadletter_log.warning(
+                "%d more dead-lettered message(s) not logged one by one",
+                self._suppressed,
+                extra={"event": "dead_lettered_suppressed", "count": self._suppressed},
+            )
             self._suppressed = 0
 
     def allow(self, now: float) -> bool:

@@ -40,22 +40,38 @@ class Reconciliation:
     @property
     def unaccounted(self) -> int:
         """Messages that entered but are neither settled nor in flight (negative: settled twice)."""
-        return self.entered - (self.delivered + self.filtered + self.dead_lettered + self.failed + self.in_flight)
+        return self.entered - (
+            self.delivered + self.filtered + self.dead_lettered + self.failed + self.in_flight
+        )
 
     @property
     def balanced(self) -> bool:
         return self.unaccounted == 0 and self.in_flight >= 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"entered": self.entered, "delivered": self.delivered, "filtered": self.filtered,
-                "dead_lettered": self.dead_lettered, "failed": self.failed, "in_flight": self.in_flight,
-                "unaccounted": self.unaccounted, "balanced": self.balanced}
+        return {
+            "entered": self.entered,
+            "delivered": self.delivered,
+            "filtered": self.filtered,
+            "dead_lettered": self.dead_lettered,
+            "failed": self.failed,
+            "in_flight": self.in_flight,
+            "unaccounted": self.unaccounted,
+            "balanced": self.balanced,
+        }
 
 
 def reconcile(source: str, tracker: Any) -> Reconciliation:
     """The ledger of one `AckTracker` (read in one go: the scheduler is single-threaded)."""
-    return Reconciliation(source, tracker.entered, tracker.delivered, tracker.filtered, tracker.dead_lettered,
-                          tracker.nacked, tracker.in_flight)
+    return Reconciliation(
+        source,
+        tracker.entered,
+        tracker.delivered,
+        tracker.filtered,
+        tracker.dead_lettered,
+        tracker.nacked,
+        tracker.in_flight,
+    )
 
 
 @dataclass
@@ -89,7 +105,7 @@ class Monitor:
         while True:
             try:
                 await self.check()
-            except Exception:  # noqa: BLE001 - the watcher must outlive a bad hook
+            except Exception:
                 log.exception("monitor pass failed")
             await asyncio.sleep(self.interval)
 
@@ -106,13 +122,25 @@ class Monitor:
             before = self.ledgers.get(source)
             self.ledgers[source] = now
             if not now.balanced and (before is None or before.balanced):
-                log.error("integrity mismatch at source %s: %d in != %d delivered + %d filtered + %d dead-lettered "
-                          "+ %d failed + %d in flight (%+d unaccounted)", source, now.entered, now.delivered,
-                          now.filtered, now.dead_lettered, now.failed, now.in_flight, now.unaccounted,
-                          extra={"event": "integrity_mismatch", "node": source, **now.as_dict()})
+                log.error(
+                    "integrity mismatch at source %s: %d in != %d delivered + %d filtered + %d dead-lettered "
+                    "+ %d failed + %d in flight (%+d unaccounted)",
+                    source,
+                    now.entered,
+                    now.delivered,
+                    now.filtered,
+                    now.dead_lettered,
+                    now.failed,
+                    now.in_flight,
+                    now.unaccounted,
+                    extra={"event": "integrity_mismatch", "node": source, **now.as_dict()},
+                )
             elif now.balanced and before is not None and not before.balanced:
-                log.warning("integrity at source %s balances again", source,
-                            extra={"event": "integrity_restored", "node": source, **now.as_dict()})
+                log.warning(
+                    "integrity at source %s balances again",
+                    source,
+                    extra={"event": "integrity_restored", "node": source, **now.as_dict()},
+                )
 
     def check_connections(self) -> None:
         for node_id, node in self.runner.nodes.items():
@@ -131,11 +159,19 @@ class Monitor:
                 if before is None or before == bool(up):
                     continue
                 if up:
-                    log.warning("connection %s of node %s regained", name, node_id,
-                                extra={"event": "connection_regained", "node": node_id, "connection": name})
+                    log.warning(
+                        "connection %s of node %s regained",
+                        name,
+                        node_id,
+                        extra={"event": "connection_regained", "node": node_id, "connection": name},
+                    )
                 else:
-                    log.error("connection %s of node %s lost", name, node_id,
-                              extra={"event": "connection_lost", "node": node_id, "connection": name})
+                    log.error(
+                        "connection %s of node %s lost",
+                        name,
+                        node_id,
+                        extra={"event": "connection_lost", "node": node_id, "connection": name},
+                    )
 
     async def refresh_lag(self) -> None:
         for node_id, rn in self.runner.graph.nodes.items():

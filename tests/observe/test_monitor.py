@@ -52,8 +52,10 @@ def test_lag_and_connection_hooks(write_graph, caplog: pytest.LogCaptureFixture)
         obs = await Observers.start(runner, metrics_port=0, interval=0.02)
         run = asyncio.create_task(runner.run())
         mon = obs.monitor
-        await until(lambda: mon.lag.get("src") == 7 and runner.trackers and runner.trackers["src"].delivered == 25,
-                    "lag and delivery")
+        await until(
+            lambda: mon.lag.get("src") == 7 and runner.trackers and runner.trackers["src"].delivered == 25,
+            "lag and delivery",
+        )
         STATE.update(up=False, lag=3)
         await until(lambda: mon.connections.get(("src", "primary")) is False and mon.lag["src"] == 3, "lost")
         down = render_metrics(obs.server.registry).decode()  # type: ignore[union-attr]

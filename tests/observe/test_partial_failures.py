@@ -30,8 +30,13 @@ def test_retries_rejections_and_latency_counts(write_graph) -> None:
     got = {}
     for fam in text_string_to_metric_families(render_metrics(make_registry(runner, process=False)).decode()):
         for s in fam.samples:
-            got[(s.name, s.labels.get("node") or s.labels.get("sink") or s.labels.get("source"),
-                 s.labels.get("outcome"))] = s.value
+            got[
+                (
+                    s.name,
+                    s.labels.get("node") or s.labels.get("sink") or s.labels.get("source"),
+                    s.labels.get("outcome"),
+                )
+            ] = s.value
     assert got[("streamdag_node_retries_total", "picky", None)] == 1
     assert got[("streamdag_node_committed_total", "picky", None)] == 100
     assert got[("streamdag_node_errors_total", "picky", None)] == 100

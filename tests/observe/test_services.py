@@ -37,7 +37,7 @@ async def _delete(stream: str) -> None:
     nc = await nats.connect("nats://127.0.0.1:4222")
     try:
         await nc.jetstream().delete_stream(stream)
-    except Exception:  # noqa: BLE001 - already gone
+    except Exception:  # noqa: BLE001, S110 - already gone
         pass
     finally:
         await nc.close()
@@ -71,9 +71,16 @@ def test_jetstream_graph_metrics(tmp_path: Path) -> None:
     """
     run = start_run(tmp_path, graph)
     try:
-        sm = wait_for(lambda: (s := scrape(run)) and value(s, "streamdag_node_committed_total", node="out") == N
-                      and value(s, "streamdag_source_in_flight", source="src") == 0 and s,
-                      30, "every JetStream message committed and acknowledged")
+        sm = wait_for(
+            lambda: (
+                (s := scrape(run))
+                and value(s, "streamdag_node_committed_total", node="out") == N
+                and value(s, "streamdag_source_in_flight", source="src") == 0
+                and s
+            ),
+            30,
+            "every JetStream message committed and acknowledged",
+        )
         assert value(sm, "streamdag_source_settled_total", source="src", outcome="delivered") == N
         assert value(sm, "streamdag_integrity_mismatch", source="src") == 0
         # JetStream stamps each message on publish: latency = publish -> file commit, for all N

@@ -15,16 +15,32 @@ from tests.observe.conftest import LiveRun
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install -y chromium); status page not rendered")
+    CHROMIUM is None,
+    reason="chromium is not installed (Debian: apt-get install -y chromium); status page not rendered",
+)
 
 
 def chromium(profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """Headless Chromium with a private profile; virtual time lets the page poll /api/stats twice."""
     return subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
-         "--virtual-time-budget=3500", *args],
-        capture_output=True, text=True, timeout=90)
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            "--disable-dev-shm-usage",
+            f"--user-data-dir={profile}",
+            "--virtual-time-budget=3500",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -47,7 +63,9 @@ def test_status_page_renders_live_stats(live_run: LiveRun, tmp_path: Path) -> No
 
 def test_status_page_screenshot(live_run: LiveRun, tmp_path: Path) -> None:
     shot = tmp_path / "status.png"
-    proc = chromium(tmp_path / "profile", f"--screenshot={shot}", "--window-size=1000,700", live_run.url + "/")
+    proc = chromium(
+        tmp_path / "profile", f"--screenshot={shot}", "--window-size=1000,700", live_run.url + "/"
+    )
     assert shot.exists(), proc.stderr[-2000:]
     assert png_size(shot) == (1000, 700)
     assert shot.stat().st_size > 10_000  # a drawn page, not a blank one
