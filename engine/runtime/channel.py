@@ -19,17 +19,8 @@ class Channel:
     the queue is empty, `get` returns None.
     """
 
-    __slots__ = (
-        "_q",
-        "_readable",
-        "_writable",
-        "_writers",
-        "bytes",
-        "capacity",
-        "capacity_bytes",
-        "count",
-        "high_water",
-    )
+    __slots__ = ("capacity", "capacity_bytes", "count", "bytes", "high_water", "_q", "_writers",
+                 "_readable", "_writable")
 
     def __init__(self, capacity: int, capacity_bytes: int, writers: int):
         self.capacity = capacity
@@ -59,7 +50,8 @@ class Channel:
         self._q.append((batch, size))
         self.count += len(batch)
         self.bytes += size
-        self.high_water = max(self.high_water, self.count)
+        if self.count > self.high_water:
+            self.high_water = self.count
         self._readable.set()
 
     def close_writer(self) -> None:

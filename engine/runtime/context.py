@@ -30,7 +30,7 @@ class Resources:
         while self._closers:
             try:
                 await self._closers.pop()()
-            except Exception:
+            except Exception:  # noqa: BLE001 - closing is best effort
                 logging.getLogger("streamdag").exception("closing a shared resource failed")
         self._items.clear()
 

@@ -10,7 +10,7 @@ from engine.message import FILTERED, Msg
 if TYPE_CHECKING:
     from engine.runtime.stats import NodeStats
 
-__all__ = ["ERRORS", "Outputs", "SourceOutput", "error_envelope"]
+__all__ = ["Outputs", "SourceOutput", "error_envelope", "ERRORS"]
 
 ERRORS = "errors"
 
@@ -33,7 +33,7 @@ def error_envelope(msg: Msg, node: str, reason: str, attempt: int = 1) -> Msg:
 class Outputs:
     """Per-port output lists of one `process` call; the runtime sends them downstream after."""
 
-    __slots__ = ("lists", "node_id", "stats")
+    __slots__ = ("node_id", "lists", "stats")
 
     def __init__(self, node_id: str, ports: tuple[str, ...], stats: NodeStats):
         self.node_id = node_id

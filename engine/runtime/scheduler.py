@@ -21,8 +21,7 @@ from engine.api import Operator, Sink, Source
 from engine.compile.validate import Graph, ResolvedNode
 from engine.errors import NodeStartError, UnhandledError
 from engine.message import DEAD_LETTERED, DELIVERED, AckTracker, Msg
-from engine.observe.events import deadletter_log
-from engine.observe.events import log_dead_letters as _log_dead_letters
+from engine.observe.events import deadletter_log, log_dead_letters as _log_dead_letters
 from engine.runtime.channel import Channel
 from engine.runtime.context import NodeContext, Resources
 from engine.runtime.outputs import ERRORS, Outputs, SourceOutput, error_envelope
@@ -220,6 +219,7 @@ class Runner:
             stats.observe_batch(len(batch), time.perf_counter() - t0)
             if failures is _FAILED:
                 continue
+            failed_ids: set[int] = set()
             if failures:
                 failed_ids = {id(m) for m, _ in failures}
                 done = [m for m in batch if id(m) not in failed_ids]
@@ -285,7 +285,7 @@ class Runner:
             for node_id in reversed(started):
                 try:
                     await self.nodes[node_id].stop()
-                except Exception:
+                except Exception:  # noqa: BLE001
                     log.exception("node %s failed to stop cleanly", node_id)
             await self.resources.close()
         if self._stopping:
