@@ -25,6 +25,10 @@ class DeadLetterLog:
         self._used = 0
         self._suppressed = 0
 
+    def reset(self) -> None:
+        """Forget the current second's budget (a new run, or a test)."""
+        self._window, self._used, self._suppressed = 0.0, 0, 0
+
     def flush(self) -> None:
         """Log how many lines the limit held back (at each new second, and at the end of a run)."""
         if self._suppressed:

@@ -168,13 +168,21 @@ class GraphCollector(Collector):
             "1 when a node's connection is up, from its connection_state() hook.",
             labels=["graph", "node", "connection"],
         )
+        stalled = GaugeMetricFamily(
+            "streamdag_source_stalled_seconds",
+            "Seconds a source has had messages in flight without any settling (0 when idle or moving).",
+            labels=labels,
+        )
         if self.monitor is not None:
+            for source, secs in list(self.monitor.stalled.items()):
+                stalled.add_metric([graph, source], secs)
             for source, value in list(self.monitor.lag.items()):
                 lag.add_metric([graph, source], value)
             for (node_id, name), up in list(self.monitor.connections.items()):
                 conn.add_metric([graph, node_id, name], 1 if up else 0)
         yield lag
         yield conn
+        yield stalled
 
 
 def _histogram(name: str, doc: str, items: list[tuple[list[str], Histogram]], labels: list[str]) -> Metric:

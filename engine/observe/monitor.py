@@ -84,6 +84,10 @@ class Monitor:
     ledgers: dict[str, Reconciliation] = field(default_factory=dict)
     lag: dict[str, int] = field(default_factory=dict)
     connections: dict[tuple[str, str], bool] = field(default_factory=dict)
+    # seconds a source has had messages in flight without any of them settling (0 when idle or moving);
+    # a window operator holds messages on purpose, so this is a gauge to watch, not an alarm
+    stalled: dict[str, float] = field(default_factory=dict)
+    _progress: dict[str, tuple[int, float]] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
     passes: int = 0
     _task: asyncio.Task[None] | None = None
@@ -117,10 +121,18 @@ class Monitor:
         self.passes += 1
 
     def check_integrity(self) -> None:
+        t = time.monotonic()
         for source, tracker in list(self.runner.trackers.items()):
             now = reconcile(source, tracker)
             before = self.ledgers.get(source)
             self.ledgers[source] = now
+            settled = now.entered - now.in_flight
+            last = self._progress.get(source)
+            if last is None or last[0] != settled or now.in_flight <= 0:
+                self._progress[source] = (settled, t)
+                self.stalled[source] = 0.0
+            else:
+                self.stalled[source] = t - last[1]
             if not now.balanced and (before is None or before.balanced):
                 log.error(
                     "integrity mismatch at source %s: %d in != %d delivered + %d filtered + %d dead-lettered "

@@ -31,7 +31,7 @@ _PAGE = """<!doctype html>
 <table id="nodes"><thead><tr><th>node</th><th>type</th><th>in/s</th><th>out/s</th><th>queue</th>
 <th>p99 batch</th><th>errors</th><th>filtered</th><th>dead-lettered</th></tr></thead><tbody></tbody></table>
 <table id="sources"><thead><tr><th>source</th><th>in</th><th>delivered</th><th>filtered</th><th>dead-lettered</th>
-<th>failed</th><th>in flight</th><th>lag</th><th>integrity</th></tr></thead><tbody></tbody></table>
+<th>failed</th><th>in flight</th><th>stalled</th><th>lag</th><th>integrity</th></tr></thead><tbody></tbody></table>
 <script>
 "use strict";
 let prev = null;
@@ -78,7 +78,7 @@ function update(cur) {{
   for (const [id, s] of Object.entries(cur.sources)) {{
     mismatch = mismatch || !s.balanced;
     srows.push(row([esc(id), s.entered, s.delivered, s.filtered, s.dead_lettered, s.failed, s.in_flight,
-      s.lag === null ? "-" : s.lag, s.balanced ? "ok" : "MISMATCH (" + s.unaccounted + ")"]));
+      s.stalled_seconds ? s.stalled_seconds.toFixed(0) + " s" : "-", s.lag === null ? "-" : s.lag, s.balanced ? "ok" : "MISMATCH (" + s.unaccounted + ")"]));
   }}
   document.querySelector("#sources tbody").innerHTML = srows.join("");
   const st = document.getElementById("status");

@@ -25,6 +25,7 @@ class Observers:
         cls, runner: Any, metrics_port: int | None = None, host: str = "127.0.0.1", interval: float = 1.0
     ) -> Observers:
         """Start watching `runner`; with `metrics_port` (0: any free port), serve it over HTTP."""
+        dead_letter_policy.reset()
         monitor = Monitor(runner, interval=interval)
         monitor.start()
         server = None

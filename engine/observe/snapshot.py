@@ -48,6 +48,7 @@ def stats_snapshot(runner: Any, monitor: Monitor | None = None) -> dict[str, Any
         sources[source] = {
             **reconcile(source, tracker).as_dict(),
             "lag": monitor.lag.get(source) if monitor is not None else None,
+            "stalled_seconds": monitor.stalled.get(source, 0.0) if monitor is not None else None,
         }
     edges = [
         {"from": up, "port": port, "to": down}

@@ -22,6 +22,12 @@ from engine.observe.histogram import quantile
 
 __all__ = ["Scrape", "build_view", "metrics_url", "parse_metrics", "run_top"]
 
+_SOURCE_GAUGES = {
+    "streamdag_source_in_flight": "in_flight",
+    "streamdag_integrity_mismatch": "mismatch",
+    "streamdag_source_lag_messages": "lag",
+    "streamdag_source_stalled_seconds": "stalled",
+}
 _COUNTERS = {
     "messages_in": "in",
     "messages_out": "out",
@@ -84,16 +90,8 @@ def parse_metrics(text: str, now: float | None = None) -> Scrape:
                 s.sources.setdefault(lab["source"], {})["entered"] = value
             elif name == "streamdag_source_settled_total":
                 s.sources.setdefault(lab["source"], {})[lab["outcome"]] = value
-            elif name in (
-                "streamdag_source_in_flight",
-                "streamdag_integrity_mismatch",
-                "streamdag_source_lag_messages",
-            ):
-                key = {
-                    "streamdag_source_in_flight": "in_flight",
-                    "streamdag_integrity_mismatch": "mismatch",
-                    "streamdag_source_lag_messages": "lag",
-                }[name]
+            elif name in _SOURCE_GAUGES:
+                key = _SOURCE_GAUGES[name]
                 s.sources.setdefault(lab["source"], {})[key] = value
             elif name == "streamdag_connection_up":
                 s.connections[(lab["node"], lab["connection"])] = value > 0
@@ -173,7 +171,18 @@ def build_view(prev: Scrape | None, cur: Scrape, url: str = "") -> Group:
             str(int(n.get("dead_lettered", 0))),
         )
     sources = Table(expand=False, header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
-    for col in ("source", "in", "delivered", "filtered", "dlq", "failed", "in flight", "lag", "integrity"):
+    for col in (
+        "source",
+        "in",
+        "delivered",
+        "filtered",
+        "dlq",
+        "failed",
+        "in flight",
+        "stalled",
+        "lag",
+        "integrity",
+    ):
         sources.add_column(col, justify="left" if col == "source" else "right", no_wrap=True)
     for source, s in cur.sources.items():
         ok = not s.get("mismatch")
@@ -183,6 +192,7 @@ def build_view(prev: Scrape | None, cur: Scrape, url: str = "") -> Group:
                 str(int(s.get(k, 0)))
                 for k in ("entered", "delivered", "filtered", "dead_lettered", "failed", "in_flight")
             ),
+            f"{s['stalled']:.0f}s" if s.get("stalled") else "-",
             str(int(s["lag"])) if "lag" in s else "-",
             Text("ok" if ok else "MISMATCH", style="green" if ok else "bold red"),
         )

@@ -82,6 +82,7 @@ DEAD = """
 
 
 def test_dead_letter_lines_name_node_and_reason_not_payload(write_graph, stream: io.StringIO) -> None:
+    dead_letter_policy.reset()
     report = run_graph(write_graph(DEAD))
     assert report.balanced and report.totals()["dead_lettered"] == 4
     dl = [x for x in lines(stream) if x.get("event") == "dead_lettered"]
@@ -94,7 +95,7 @@ def test_dead_letter_lines_name_node_and_reason_not_payload(write_graph, stream:
 def test_dead_letter_payload_when_asked_and_rate_limit(write_graph, stream: io.StringIO) -> None:
     saved = (dead_letter_policy.include_payload, dead_letter_policy.limit_per_second)
     dead_letter_policy.include_payload, dead_letter_policy.limit_per_second = True, 2
-    dead_letter_policy._window = 0.0
+    dead_letter_policy.reset()
     try:
         run_graph(write_graph(DEAD))
         dead_letter_policy.flush()

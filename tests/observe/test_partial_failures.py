@@ -50,3 +50,34 @@ def test_retries_rejections_and_latency_counts(write_graph) -> None:
     # the failed first attempt is part of that batch's processing time
     batches = got[("streamdag_node_batches_total", "picky", None)]
     assert batches >= 1 and got[("streamdag_node_batch_seconds_count", "picky", None)] == batches
+
+
+EXHAUST = """
+    version: 1
+    name: exhaust
+    defaults: {dead_letter: dead, retry: {max_attempts: 2, initial_backoff: 0.001}}
+    nodes:
+      gen: {type: generate, config: {count: 30, batch: 30}}
+      down: {type: test_sink, inputs: [gen], config: {fail_first: 1000}}
+      dead: {type: file_sink, inputs: [down.errors], config: {path: dead.ndjson}}
+"""
+
+
+def test_retries_exhausted_is_one_event_line(write_graph, caplog) -> None:
+    import logging
+
+    from engine.observe.events import dead_letter_policy
+
+    RECORD.clear()
+    caplog.set_level(logging.INFO, logger="streamdag")
+    dead_letter_policy.reset()
+    report = asyncio.run(Runner(load_graph(str(write_graph(EXHAUST)))).run())
+    dead_letter_policy.flush()
+    assert report.balanced and report.totals()["dead_lettered"] == 30
+    (ev,) = [r for r in caplog.records if getattr(r, "event", None) == "retries_exhausted"]
+    assert ev.node == "down" and ev.attempts == 2 and ev.messages == 30  # type: ignore[attr-defined]
+    assert "ConnectionError: store unavailable" in ev.reason  # type: ignore[attr-defined]
+    dead = [r for r in caplog.records if getattr(r, "event", None) == "dead_lettered"]
+    assert len(dead) == 20 and {r.node for r in dead} == {"down"}  # type: ignore[attr-defined]
+    (held,) = [r for r in caplog.records if getattr(r, "event", None) == "dead_lettered_suppressed"]
+    assert held.count == 10  # type: ignore[attr-defined]  # 20 lines a second at most, the rest counted

@@ -45,7 +45,9 @@ def test_progress_counts_to_the_known_total(write_graph) -> None:
     asyncio.run(scenario())
     text = buf.getvalue()
     assert "finite" in text and "3000/3000" in text and "100%" in text and "msg/s" in text
-    assert "0/3000" in text or any(f"{n}/3000" in text for n in range(100, 3000, 100))  # it moved along the way
+    assert "0/3000" in text or any(
+        f"{n}/3000" in text for n in range(100, 3000, 100)
+    )  # it moved along the way
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
