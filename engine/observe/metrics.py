@@ -165,7 +165,7 @@ class GraphCollector(Collector):
         )
         conn = GaugeMetricFamily(
             "streamdag_connection_up",
-            "1 when a node's connection is up, from its connection_state() hook.",
+            "1 when a connection is up: a node's connection_state() hook, or a shared client (node \"\").",
             labels=["graph", "node", "connection"],
         )
         stalled = GaugeMetricFamily(

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Monitor", "Reconciliation", "reconcile"]
+__all__ = ["Monitor", "Reconciliation", "reconcile", "resource_up"]
 
 log = logging.getLogger("streamdag.monitor")
 
@@ -72,6 +72,22 @@ def reconcile(source: str, tracker: Any) -> Reconciliation:
         tracker.nacked,
         tracker.in_flight,
     )
+
+
+def resource_up(resource: Any) -> bool | None:
+    """Whether a shared client is connected, when it can tell without I/O: its own
+    `connection_up()`, or an `is_connected` flag on it or on its `.nc` (a NATS client); else None."""
+    hook = getattr(resource, "connection_up", None)
+    try:
+        if callable(hook):
+            return bool(hook())
+        for obj in (resource, getattr(resource, "nc", None)):
+            flag = getattr(obj, "is_connected", None) if obj is not None else None
+            if isinstance(flag, bool):
+                return flag
+    except Exception:  # noqa: BLE001 - a probe must not stop the watcher
+        return None
+    return None
 
 
 @dataclass
@@ -155,35 +171,35 @@ class Monitor:
                 )
 
     def check_connections(self) -> None:
+        states: dict[tuple[str, str], bool] = {}
         for node_id, node in self.runner.nodes.items():
             hook = getattr(node, "connection_state", None)
             if hook is None:
                 continue
             try:
-                states = hook() or {}
+                for name, up in (hook() or {}).items():
+                    states[(node_id, str(name))] = bool(up)
             except Exception as exc:  # noqa: BLE001 - a broken hook must not stop the watcher
                 log.debug("node %s: connection_state() failed: %s", node_id, exc)
+        # shared clients (one per `connections` entry) say it themselves when they can
+        for key, resource in list(getattr(self.runner.resources, "_items", {}).items()):
+            up = resource_up(resource)
+            if up is not None:
+                states[("", str(key))] = up
+        for key, up in states.items():
+            before = self.connections.get(key)
+            self.connections[key] = up
+            if before is None or before == up:
                 continue
-            for name, up in states.items():
-                key = (node_id, str(name))
-                before = self.connections.get(key)
-                self.connections[key] = bool(up)
-                if before is None or before == bool(up):
-                    continue
-                if up:
-                    log.warning(
-                        "connection %s of node %s regained",
-                        name,
-                        node_id,
-                        extra={"event": "connection_regained", "node": node_id, "connection": name},
-                    )
-                else:
-                    log.error(
-                        "connection %s of node %s lost",
-                        name,
-                        node_id,
-                        extra={"event": "connection_lost", "node": node_id, "connection": name},
-                    )
+            node_id, name = key
+            where = f"of node {node_id}" if node_id else "(shared)"
+            extra = {"connection": name, **({"node": node_id} if node_id else {})}
+            if up:
+                log.warning(
+                    "connection %s %s regained", name, where, extra={"event": "connection_regained", **extra}
+                )
+            else:
+                log.error("connection %s %s lost", name, where, extra={"event": "connection_lost", **extra})
 
     async def refresh_lag(self) -> None:
         for node_id, rn in self.runner.graph.nodes.items():

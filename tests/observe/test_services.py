@@ -95,3 +95,64 @@ def test_jetstream_graph_metrics(tmp_path: Path) -> None:
             run.proc.kill()
         asyncio.run(_delete(stream))
     assert len((tmp_path / "out.ndjson").read_text().splitlines()) == N
+
+
+def test_connection_lost_and_regained_on_a_private_nats_server(tmp_path: Path, caplog) -> None:
+    """Our own nats-server (never the shared one) is stopped and started again under a running graph."""
+    import logging
+
+    from engine.compile.validate import load_graph
+    from engine.observe.metrics import render_metrics
+    from engine.observe.session import Observers
+    from engine.runtime.scheduler import Runner
+    from tests.connectors.jetstream_fixtures import PrivateServer
+    from tests.observe.test_monitor import events, until
+
+    caplog.set_level(logging.INFO, logger="streamdag")
+    srv = PrivateServer()
+    srv.start()
+    tag = uuid.uuid4().hex[:8]
+    path = tmp_path / "g.yaml"
+    path.write_text(f"""
+version: 1
+name: conn
+connections:
+  nats: {{type: nats, url: "{srv.url}", reconnect_wait: 0.1}}
+nodes:
+  src:
+    type: jetstream_source
+    config: {{connection: nats, stream: OPERATE_{tag.upper()}, durable: c{tag}, subjects: ["operate_{tag}.>"]}}
+  out: {{type: file_sink, inputs: [src], config: {{path: out.ndjson}}}}
+  dead: {{type: file_sink, inputs: [src.errors, out.errors], config: {{path: dead.ndjson}}}}
+""")
+    key = ("", "nats:nats")
+
+    async def scenario() -> tuple[str, str]:
+        await srv.wait_ready()
+        runner = Runner(load_graph(str(path)))
+        obs = await Observers.start(runner, metrics_port=0, interval=0.05)
+        run = asyncio.create_task(runner.run())
+        try:
+            await until(lambda: obs.monitor.connections.get(key) is True, "connected", 20)
+            srv.stop()
+            await until(lambda: obs.monitor.connections.get(key) is False, "the loss to be seen", 20)
+            down = render_metrics(obs.server.registry).decode()  # type: ignore[union-attr]
+            srv.start()
+            await until(lambda: obs.monitor.connections.get(key) is True, "the reconnection", 30)
+            up = render_metrics(obs.server.registry).decode()  # type: ignore[union-attr]
+        finally:
+            runner.stop()
+            await asyncio.wait_for(run, 30)
+            await obs.close()
+        return down, up
+
+    try:
+        down, up = asyncio.run(scenario())
+    finally:
+        srv.cleanup()
+    gauge = 'streamdag_connection_up{connection="nats:nats",graph="conn",node=""}'
+    assert f"{gauge} 0.0" in down and f"{gauge} 1.0" in up
+    (lost,) = events(caplog, "connection_lost")
+    (regained,) = events(caplog, "connection_regained")
+    assert lost.levelno == logging.ERROR and lost.connection == "nats:nats"  # type: ignore[attr-defined]
+    assert regained.created > lost.created
