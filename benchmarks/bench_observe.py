@@ -4,7 +4,9 @@ time of one `/metrics` scrape.
 
     .venv/bin/python -m pytest benchmarks/bench_observe.py --benchmark-only --benchmark-columns=mean,median,ops
 
-The machine is shared: figures are noisy while other work runs; compare the two rows of one run.
+The machine is shared: wall-clock figures are noisy while other work runs. CPU seconds are steadier:
+
+    .venv/bin/python benchmarks/bench_observe.py      # median CPU seconds, hooks off and on, 6 rounds each
 """
 
 from __future__ import annotations
@@ -65,3 +67,32 @@ def test_scrape(benchmark, graph_path: Path) -> None:
     registry = make_registry(runner)
     text = benchmark(render_metrics, registry)
     assert b"streamdag_end_to_end_latency_seconds_count" in text
+
+
+def _cpu_seconds(path: Path, hooks: bool) -> float:
+    import time
+
+    saved = (NodeStats.observe_batch, Histogram.observe_ages)
+    if not hooks:
+        NodeStats.observe_batch = lambda self, n, seconds: None  # type: ignore[method-assign,assignment]
+        Histogram.observe_ages = lambda self, now, msgs: None  # type: ignore[method-assign,assignment]
+    try:
+        t0 = time.process_time()
+        _run(path)
+        return time.process_time() - t0
+    finally:
+        NodeStats.observe_batch, Histogram.observe_ages = saved  # type: ignore[method-assign]
+
+
+if __name__ == "__main__":
+    import statistics
+    import tempfile
+
+    g = Path(tempfile.mkdtemp()) / "g.yaml"
+    g.write_text(GRAPH)
+    rounds: dict[bool, list[float]] = {False: [], True: []}
+    for _ in range(6):
+        for hooks in (False, True):
+            rounds[hooks].append(_cpu_seconds(g, hooks))
+    off, on = statistics.median(rounds[False]), statistics.median(rounds[True])
+    print(f"{N} messages, median CPU seconds: hooks off {off:.3f}, on {on:.3f} ({(on / off - 1) * 100:+.1f} %)")
