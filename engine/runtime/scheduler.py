@@ -255,7 +255,13 @@ class Runner:
         tracker = self.trackers[node_id]
         while True:
             await tracker.wait_settled()
-            await self._drain_acks(node_id, src, wait=False)
+            try:
+                await self._drain_acks(node_id, src, wait=False)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a failed upstream ack means redelivery, not a dead loop
+                log.error("source %s: acknowledging upstream failed (%s: %s); those messages will be "
+                          "redelivered by the source", node_id, type(exc).__name__, exc)
 
     async def _drain_acks(self, node_id: str, src: Source, wait: bool) -> None:
         tracker = self.trackers[node_id]
