@@ -236,16 +236,17 @@ class WindowStore:
         if not targets:
             window = _Window(key, t, t + self.gap, [a.new() for a in self.aggregates], seq)
             sessions.append(window)
+            old_end = None  # a new session: schedule it
         else:
             window = targets[0]
+            old_end = window.end  # its fire/purge entries are for this end: any change reschedules
             for other in targets[1:]:
                 self._absorb(window, other)
                 sessions.remove(other)
-        old_end = window.end
         window.start = min(window.start, t)
         window.end = max(window.end, t + self.gap)
         self._fold(window, values, ack, t, seq)
-        if window.end != old_end or not targets:
+        if window.end != old_end:
             self._schedule_session(window)
         if window.end <= self.wm:
             self._dirty[id(window)] = window
@@ -323,8 +324,10 @@ class WindowStore:
         if not self._dirty:
             return []
         out: list[Emission] = []
+        wm = self.wm
         for window in sorted(self._dirty.values(), key=lambda w: (w.end, w.seq)):
-            self._emit(window, out)
+            if window.end <= wm:  # a session a late item extended past the watermark waits for it
+                self._emit(window, out)
         self._dirty.clear()
         return out
 

@@ -61,8 +61,12 @@ class FileSource(Source):
                     try:
                         msgs.append(Msg(loads(line), meta, ack, len(raw)))
                     except orjson.JSONDecodeError as exc:
-                        errors.append(out.error(Msg(line.decode("utf-8", "replace"), meta, ack, len(raw)),
-                                                f"line {lineno}: invalid JSON: {exc}"))
+                        errors.append(
+                            out.error(
+                                Msg(line.decode("utf-8", "replace"), meta, ack, len(raw)),
+                                f"line {lineno}: invalid JSON: {exc}",
+                            )
+                        )
                 await out.send(msgs, errors)
 
 

@@ -469,3 +469,13 @@ def test_output_with_an_integer_beyond_64_bits_still_goes_out() -> None:
     op.flush(out)
     (w,) = out.take()["out"]
     assert w.body["aggregates"] == {"s": 2**63} and w.size > 0
+
+
+def test_session_extended_past_the_watermark_by_late_items_waits_for_it() -> None:
+    op = make(**event(kind="session", size=None, gap=10, allowed_lateness=100))
+    assert spans(feed(op, [{"t": 0}, {"t": 12}])["out"]) == [(None, 0, 10, 1)]  # watermark 12
+    # t=1 updates the closed [0,11); t=8 then bridges it with [12,22): [0,22) is open again
+    assert feed(op, [{"t": 1}, {"t": 8}])["out"] == []
+    (update,) = feed(op, [{"t": 22}])["out"]  # watermark 22 closes [0,22)
+    assert spans([update]) == [(None, 0, 22, 4)]
+    assert update.body["replaces"] == [{"start": format_time(0), "end": format_time(10_000_000)}]
