@@ -49,7 +49,7 @@ def _parse_error(exc: Exception) -> CelError:
     if not m:
         return CelError(text.removeprefix("INVALID_ARGUMENT: ").strip())
     message = m.group(3).strip()
-    return CelError(message, int(m.group(1)), int(m.group(2)) + 1)
+    return CelError(message, int(m.group(1)), int(m.group(2)))  # CEL's <input>:line:col is 1-based already
 
 
 class Expr:
