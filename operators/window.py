@@ -11,65 +11,34 @@ Time comes from `ctx.clock` (wall clock, seconds) so tests drive it exactly.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from engine.api import CelExpr, CheckContext, CheckIssue, NodeConfig, Operator
 from engine.expr import EvalError, Expr, compile_expr
 from engine.message import CompositeAck, Msg
 from engine.runtime.context import NodeContext
 from engine.runtime.outputs import Outputs
+from engine.spec.units import Duration, PositiveDuration
 from operators.window_aggregates import AGGREGATE_OPS, make_aggregate
 from operators.windowing import Emission, Watermark, WindowStore
 
 __all__ = [
     "AggregateSpec",
-    "Duration",
-    "PositiveDuration",
     "Window",
     "WindowConfig",
     "format_time",
-    "parse_duration",
     "parse_event_time",
 ]
 
-_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_PART = re.compile(r"(\d+(?:\.\d+)?)(us|ms|s|m|h|d)")
-_DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:us|ms|s|m|h|d))+$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 _EPOCH_SCALE = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": 0.001}
-
-
-def parse_duration(value: Any) -> Any:
-    """Seconds from a number or a string such as `250ms`, `30s`, `5m`, `1h30m`, `1d`."""
-    if isinstance(value, str):
-        text = value.strip().replace(" ", "")
-        if not _DURATION.match(text):
-            raise ValueError(f"invalid duration {value!r}: use seconds or e.g. '250ms', '30s', '5m', '1h30m'")
-        return sum(float(n) * _UNITS[u] for n, u in _PART.findall(text))
-    return value
-
-
-_DURATION_TEXT = {"type": "string", "pattern": _DURATION.pattern}
-Duration = Annotated[
-    float,
-    BeforeValidator(parse_duration),
-    Field(ge=0),
-    WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0}, _DURATION_TEXT]}),
-]
-PositiveDuration = Annotated[
-    float,
-    BeforeValidator(parse_duration),
-    Field(gt=0),
-    WithJsonSchema({"anyOf": [{"type": "number", "exclusiveMinimum": 0}, _DURATION_TEXT]}),
-]
 
 
 def _size(body: dict[str, Any]) -> int:

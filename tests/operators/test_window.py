@@ -13,7 +13,8 @@ from engine.message import DELIVERED, AckTracker, Msg
 from engine.runtime.context import NodeContext, Resources
 from engine.runtime.outputs import Outputs
 from engine.runtime.stats import NodeStats
-from operators.window import Window, WindowConfig, format_time, parse_duration, parse_event_time
+from engine.spec.units import parse_duration
+from operators.window import Window, WindowConfig, format_time, parse_event_time
 
 
 class Clock:
