@@ -132,6 +132,7 @@ class WindowStore:
         # sessions: per key a short list; heaps of (time, seq, window, end) checked lazily
         self._sessions: dict[Hashable, list[_Window]] = {}
         self._purged_until: dict[Hashable, int] = {}
+        self._prune_at = 1024
         self._session_fire: list[tuple[int, int, _Window, int]] = []
         self._session_purge: list[tuple[int, int, _Window, int]] = []
 
@@ -315,9 +316,11 @@ class WindowStore:
                 if end > self._purged_until.get(key, NEG_INF):
                     self._purged_until[key] = end
         # forget purge horizons no item can fall before any more without being too late anyway
-        if len(self._purged_until) > 2 * len(self._sessions) + 1024:
+        # (amortised: only once the map has doubled since the last pass)
+        if len(self._purged_until) > self._prune_at:
             horizon = wm - self.gap - self.lateness
             self._purged_until = {k: v for k, v in self._purged_until.items() if v > horizon}
+            self._prune_at = 2 * len(self._purged_until) + 1024
 
     def take_updates(self) -> list[Emission]:
         """Windows that fired already and received (allowed) late items since: emit them again."""
