@@ -480,3 +480,12 @@ def test_session_extended_past_the_watermark_by_late_items_waits_for_it() -> Non
     (update,) = feed(op, [{"t": 22}])["out"]  # watermark 22 closes [0,22)
     assert spans([update]) == [(None, 0, 22, 4)]
     assert update.body["replaces"] == [{"start": format_time(0), "end": format_time(10_000_000)}]
+
+
+def test_session_purge_horizons_are_forgotten_without_losing_too_late_detection() -> None:
+    op = make(**event(kind="session", size=None, gap=5, key="msg.k"))
+    feed(op, [{"t": 0, "k": f"k{i}"} for i in range(3000)])
+    feed(op, [{"t": 100, "k": "other"}, {"t": 200, "k": "other"}])  # purges 3000 sessions, then prunes
+    assert len(op.store._purged_until) < 3000
+    res = feed(op, [{"t": 3, "k": "k7"}, {"t": 198, "k": "k7"}])
+    assert [m.body["t"] for m in res["late"]] == [3] and res["errors"] == []
