@@ -288,6 +288,9 @@ class Window(Operator):
             except (EvalError, ValueError, TypeError) as exc:
                 out.error(msg, f"window: {exc}")
                 continue
+            except Exception as exc:  # noqa: BLE001 - a bad item must not fail (and replay) the batch
+                out.error(msg, f"window: {type(exc).__name__}: {exc}")
+                continue
             targets, late, error = store.check(key, t, values)
             if error is not None:
                 out.error(msg, f"window: {error}")

@@ -489,3 +489,19 @@ def test_session_purge_horizons_are_forgotten_without_losing_too_late_detection(
     assert len(op.store._purged_until) < 3000
     res = feed(op, [{"t": 3, "k": "k7"}, {"t": 198, "k": "k7"}])
     assert [m.body["t"] for m in res["late"]] == [3] and res["errors"] == []
+
+
+def test_an_unexpected_exception_from_an_expression_is_that_items_error() -> None:
+    op = make(**event(aggregates={"n": {"op": "count"}}))
+
+    def broken(body: Any, meta: Any) -> Any:
+        if body.get("boom"):
+            raise RuntimeError("duplicate map key")
+        return body["t"]
+
+    op._time.fn = broken  # type: ignore[union-attr]  # stands in for a runtime that raises
+    res = feed(op, [{"t": 1}, {"t": 2, "boom": True}, {"t": 3}])
+    assert [e.body["error"] for e in res["errors"]] == ["window: RuntimeError: duplicate map key"]
+    out = new_out()
+    op.flush(out)
+    assert spans(out.take()["out"]) == [(None, 0, 10, 2)]
