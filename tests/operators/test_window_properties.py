@@ -181,7 +181,7 @@ def window_configs(draw: st.DrawFn, kind: str) -> dict[str, Any]:
         cfg["size"] = draw(st.sampled_from([2, 5, 10]))
         cfg["offset"] = draw(st.sampled_from([0, 1.5]))
         if kind == "sliding":
-            cfg["slide"] = draw(st.sampled_from([s for s in (0.5, 1, 2.5, 5, 10) if s <= cfg["size"]]))
+            cfg["slide"] = draw(st.sampled_from([s for s in (0.5, 1, 2, 2.5, 5, 10) if s <= cfg["size"]]))
     cfg["max_out_of_orderness"] = draw(st.sampled_from([0, 3]))
     cfg["allowed_lateness"] = draw(st.sampled_from([0, 4]))
     if draw(st.booleans()):
