@@ -161,6 +161,12 @@ class WindowConfig(NodeConfig):
         0.5,
         description="How often (seconds) the wall clock is checked (processing time, idle_timeout).",
     )
+    on_drain: Literal["flush", "redeliver"] = Field(
+        "flush",
+        description="When the graph is stopped (SIGTERM) rather than at end of input: flush emits the "
+        "open windows as they are; redeliver fails their items' acks, so a source that redelivers "
+        "(JetStream) hands them again after the restart and the windows are rebuilt whole.",
+    )
     aggregates: dict[str, AggregateSpec] = Field(
         default_factory=dict,
         description="Name -> aggregate; the output's `aggregates` map.",
@@ -328,7 +334,19 @@ class Window(Operator):
             self._send(self.store.advance(self.watermark.value), emit)
 
     def flush(self, out: Outputs) -> None:
-        """End of input: emit every open window (and pending updates)."""
+        """End of input: emit every open window (and pending updates); see `on_drain` for a stop."""
+        if self.config.on_drain == "redeliver" and getattr(self.ctx, "draining", False):
+            held = self.store.discard()
+            reason = f"window {self.id}: graph stopped with the window open (on_drain: redeliver)"
+            for ack in held:
+                ack.fail(reason)
+            if held:
+                self.ctx.log.warning(
+                    "window %s: stopped with %d open item(s); their acks failed for redelivery",
+                    self.id,
+                    len(held),
+                )
+            return
         self._send(self.store.flush(), out.port("out"))
 
     def _send(self, emissions: list[Emission], emit: list[Msg]) -> None:

@@ -346,6 +346,16 @@ class WindowStore:
         self._reset()
         return out
 
+    def discard(self) -> list[Any]:
+        """Forget every window; the acks they held that no emission carries (one per hold)."""
+        if self.kind == "session":
+            held = [w for ws in self._sessions.values() for w in ws]
+        else:
+            held = list(self._windows.values())
+        acks = [ack for window in held for ack in window.acks]
+        self._reset()
+        return acks
+
     def _emit(self, window: _Window, out: list[Emission]) -> None:
         if not window.acks:
             return

@@ -143,6 +143,8 @@ class Runner:
         self._stopping = True
         for out in self.outputs.values():
             out.stopping.set()
+        for node in self.nodes.values():  # nodes that hold messages (window) tell a drain from end of input
+            node.ctx.draining = True
 
     # -- node loops -------------------------------------------------------------------------------
     async def _retrying(self, rn: ResolvedNode, call: Any, batch: list[Msg], outputs: Outputs | None) -> Any:

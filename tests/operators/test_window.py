@@ -505,3 +505,36 @@ def test_an_unexpected_exception_from_an_expression_is_that_items_error() -> Non
     out = new_out()
     op.flush(out)
     assert spans(out.take()["out"]) == [(None, 0, 10, 2)]
+
+
+@pytest.mark.parametrize("on_drain", ["flush", "redeliver"])
+def test_a_stop_flushes_or_fails_open_windows_for_redelivery(on_drain: str) -> None:
+    tracker = AckTracker()
+    op = make(**event(kind="sliding", size=10, slide=5, on_drain=on_drain))
+    closed = feed(op, [{"t": 1}, {"t": 7}, {"t": 11}], tracker)["out"]  # watermark 11
+    assert spans(closed) == [(None, -5, 5, 1), (None, 0, 10, 2)]
+    for m in closed:
+        m.ack.finish(DELIVERED)
+    assert tracker.take()[0] == [0]  # t=1 is done; t=7 and t=11 are still held by open windows
+    op.ctx.draining = True  # what the scheduler sets on SIGTERM
+    out = new_out()
+    op.flush(out)
+    emitted = out.take()["out"]
+    if on_drain == "flush":
+        assert spans(emitted) == [(None, 5, 15, 2), (None, 10, 20, 1)]
+        for m in emitted:
+            m.ack.finish(DELIVERED)
+        assert sorted(tracker.take()[0]) == [1, 2]
+    else:
+        assert emitted == [] and op.store.open_windows == 0
+        done, failed = tracker.take()
+        assert done == [] and sorted(t for t, _ in failed) == [1, 2]
+        assert "on_drain: redeliver" in failed[0][1] and tracker.in_flight == 0
+
+
+def test_end_of_input_flushes_even_with_on_drain_redeliver() -> None:
+    op = make(**event(on_drain="redeliver"))
+    feed(op, [{"t": 1}])
+    out = new_out()
+    op.flush(out)
+    assert spans(out.take()["out"]) == [(None, 0, 10, 1)]
