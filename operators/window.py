@@ -25,7 +25,7 @@ from engine.message import CompositeAck, Msg
 from engine.runtime.context import NodeContext
 from engine.runtime.outputs import Outputs
 from engine.spec.units import Duration, PositiveDuration
-from operators.window_aggregates import AGGREGATE_OPS, make_aggregate
+from operators.window_aggregates import make_aggregate
 from operators.windowing import Emission, Watermark, WindowStore
 
 __all__ = [
@@ -236,13 +236,12 @@ class Window(Operator):
         self._key: Expr | None = compile_expr(config.key) if config.key else None
         self._time: Expr | None = compile_expr(config.timestamp) if config.timestamp else None
         self._event = config.time == "event"
-        names = list(config.aggregates)
         specs = list(config.aggregates.values())
-        self._names = names
-        self._aggs = [make_aggregate(n, s.op, s.expr is not None, s.limit) for n, s in zip(names, specs)]
+        self._aggs = [
+            make_aggregate(n, s.op, s.expr is not None, s.limit) for n, s in config.aggregates.items()
+        ]
         self._exprs: list[Expr | None] = [compile_expr(s.expr) if s.expr else None for s in specs]
         self._fns = [e.fn if e is not None else None for e in self._exprs]  # skip a call layer per item
-        assert all(a.op in AGGREGATE_OPS for a in self._aggs)
         self.store = WindowStore(
             config.kind,
             self._aggs,
