@@ -11,10 +11,13 @@ half-open `[start, end)`: an item exactly at `end` belongs to the next window.
 A window fires when the watermark reaches its end (`wm >= end`): with `wm = max event time −
 max_out_of_orderness`, no on-time item can still fall in it. It is kept `allowed_lateness` longer
 (purged once `wm >= end + allowed_lateness`); a late item that reaches a kept window updates it
-and the window is emitted again as an update. An item none of whose windows is kept any more is
-too late (`WindowStore.add` returns it so the operator sends it to `late`). For sessions an item
-is also too late if it falls before the end of a purged session of its key, since it would have
-merged with it: that keeps sessions the same for every arrival order within the lateness.
+and the window is emitted again as an update. An item with a window no longer kept is too late
+there (`WindowStore.check` says so; the operator sends it to `late`). For sessions an item is also
+too late if it falls before the end of a purged session of its key, since it would have merged
+with it: that keeps sessions the same for every arrival order within the lateness.
+
+Use: `check(key, t, values)` (nothing changes; says where the item goes, or why it cannot), then
+`add(...)`; `advance(wm)`, `take_updates()` and `flush()` return `Emission`s to send.
 """
 
 from __future__ import annotations
