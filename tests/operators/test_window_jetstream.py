@@ -14,10 +14,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "connectors"))
 
-from jetstream_fixtures import NATS_URL, add_stream, connect, unique, wait_for  # noqa: E402
+from jetstream_fixtures import NATS_URL, add_stream, connect, unique, wait_for
 
-from engine.compile.validate import load_graph  # noqa: E402
-from engine.runtime.scheduler import Runner  # noqa: E402
+from engine.compile.validate import load_graph
+from engine.runtime.scheduler import Runner
 
 GRAPH = """
 version: 1
