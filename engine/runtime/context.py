@@ -54,6 +54,8 @@ class NodeContext:
         self.resources = resources
         self.base_dir = base_dir
         self.clock = clock
+        # set by the scheduler on stop (SIGTERM): `flush` then means "graph stopping", not "end of input"
+        self.draining = False
         self.log = logging.getLogger(f"streamdag.node.{node_id}")
 
     def connection(self, name: str) -> dict[str, Any]:

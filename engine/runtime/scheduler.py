@@ -143,6 +143,10 @@ class Runner:
         self._stopping = True
         for out in self.outputs.values():
             out.stopping.set()
+        for node in self.nodes.values():  # nodes that hold messages (window) tell a drain from end of input
+            ctx = getattr(node, "ctx", None)
+            if ctx is not None:
+                ctx.draining = True
 
     # -- node loops -------------------------------------------------------------------------------
     async def _retrying(self, rn: ResolvedNode, call: Any, batch: list[Msg], outputs: Outputs | None) -> Any:
