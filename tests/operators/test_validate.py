@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,9 @@ ORDER = json.loads((ROOT / "schemas" / "examples" / "order.json").read_text())
 
 def make(config: dict[str, Any], schemas: dict[str, Any] | None = None) -> Validate:
     ctx = NodeContext("v", {}, schemas or {}, Resources())
-    return Validate("v", ValidateConfig.model_validate(config), ctx)
+    op = Validate("v", ValidateConfig.model_validate(config), ctx)
+    asyncio.run(op.start())
+    return op
 
 
 def run_batch(op: Validate, bodies: list[Any]) -> tuple[dict[str, list[Msg]], AckTracker]:
@@ -169,3 +172,21 @@ def test_orders_example_graph_runs_from_the_cli(tmp_path: Path, capsys: pytest.C
     assert {r["user"] for r in rows["vip"]} <= {"u1", "u2"} and len(rows["vip"]) == 10
     assert all(r["user"] not in ("u1", "u2") and r["total"] > 100.0 for r in rows["out"])
     assert sorted(d["node"] for d in rows["dead"]) == ["check", "check", "check", "read"]
+
+
+def test_remote_refs_are_never_fetched(tmp_path: Path, run: Any) -> None:
+    """Inline: E218 offline. From a schema file: the node fails to start with a clear error, no data flows."""
+    remote = {"$ref": "https://schemas.example.invalid/order.json"}
+    (tmp_path / "remote.json").write_text(json.dumps(remote))
+    (tmp_path / "in.ndjson").write_text('{"id": 1}\n')
+    path = tmp_path / "g.yaml"
+    path.write_text(GRAPH.format(order='"remote.json"', schema="order"))
+    report = run(path)
+    assert "failed to start: schema does not compile" in str(report.error) and "Retrieval is disabled" in str(
+        report.error
+    )
+    assert report.totals()["entered"] == 0
+    text = GRAPH.format(order='"remote.json"', schema=json.dumps(remote))
+    graph, diags = check_text(text, str(path))
+    assert graph is None and [d.code for d in diags if d.severity == "error"] == ["E218"]
+    assert "Retrieval is disabled" in diags[0].message
