@@ -23,7 +23,7 @@ class FileSourceConfig(NodeConfig):
     path: str = Field(description="File to read, relative to the graph file.", examples=["orders.ndjson"])
     format: Literal["ndjson", "lines"] = Field("ndjson", description="`lines` gives each line as a string.")
     batch: int = Field(1000, ge=1, le=100_000, description="Lines per emitted batch.")
-    skip_blank: bool = Field(True, description="Ignore empty lines.")
+    skip_blank: bool = Field(True, description="Ignore empty lines (they are not messages).")
 
 
 class FileSource(Source):
@@ -40,6 +40,7 @@ class FileSource(Source):
         tracker = out.tracker
         loads = orjson.loads
         raw_lines = cfg.format == "lines"
+        sid, spath = self.id, cfg.path
         with open(path, "rb") as fh:
             lineno = 0
             while not out.stopping.is_set():
@@ -49,21 +50,25 @@ class FileSource(Source):
                     break
                 msgs: list[Msg] = []
                 errors: list[Msg] = []
-                for raw in lines:
-                    lineno += 1
+                first = lineno + 1
+                lineno += len(lines)
+                numbers = list(range(first, lineno + 1))
+                if cfg.skip_blank and any(len(raw) <= 2 and not raw.strip() for raw in lines):
+                    kept = [(n, raw) for n, raw in zip(numbers, lines) if raw.strip()]
+                    numbers, lines = [n for n, _ in kept], [raw for _, raw in kept]
+                acks = tracker.new_many(numbers)
+                for i, raw in enumerate(lines):
                     line = raw.rstrip(b"\r\n")
-                    if not line and cfg.skip_blank:
-                        continue
-                    meta = {"source": self.id, "path": cfg.path, "line": lineno}
-                    ack = tracker.new(lineno)
+                    ack = acks[i]
+                    meta = {"source": sid, "path": spath, "line": numbers[i]}
                     if raw_lines:
                         msgs.append(Msg(line.decode("utf-8", "replace"), meta, ack, len(raw)))
                         continue
                     try:
                         msgs.append(Msg(loads(line), meta, ack, len(raw)))
                     except orjson.JSONDecodeError as exc:
-                        errors.append(out.error(Msg(line.decode("utf-8", "replace"), meta, ack, len(raw)),
-                                                f"line {lineno}: invalid JSON: {exc}"))
+                        bad = Msg(line.decode("utf-8", "replace"), meta, ack, len(raw))
+                        errors.append(out.error(bad, f"line {numbers[i]}: invalid JSON: {exc}"))
                 await out.send(msgs, errors)
 
 
