@@ -18,34 +18,7 @@ __all__ = [
     "parse_size",
 ]
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
-
-
-def parse_duration(value: Any) -> float:
-    """Seconds from a number or a string like `500ms`, `30s`, `5m`, `1h`, `7d`, `2w`."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    m = _DURATION.match(str(value))
-    if not m:
-        raise ValueError(f"not a duration: {value!r} (a number of seconds, or e.g. 500ms, 30s, 5m, 1h, 7d)")
-    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-
-
-def parse_size(value: Any) -> int:
-    """Bytes from a number or a string like `512KB`, `1MB`, `1MiB`, `2GB` (K = 1024, as NATS does)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    m = _SIZE.match(str(value))
-    if not m:
-        raise ValueError(f"not a size: {value!r} (use a number of bytes or e.g. 512KB, 1MB, 2GB)")
-    unit = (m.group(2) or "B").upper()[0]
-    return int(float(m.group(1)) * {"B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}[unit])
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
-Size = Annotated[int, BeforeValidator(parse_size)]
+from engine.spec.units import Duration, Size, parse_duration, parse_size  # noqa: E402  (re-exported)
 
 
 class _Base(BaseModel):
