@@ -105,6 +105,7 @@ class Route(Operator):
         self.conditions = [(p, compile_expr(c).fn) for p, c in (config.routes or {}).items()]
         self.key = compile_expr(config.key).fn if config.key else None
         self.turn = 0
+        self.slots: dict[bytes, int] = {}  # consistent_hash: key -> port index, keys repeat (users, ids)
 
     @classmethod
     def output_ports(cls, config: RouteConfig) -> tuple[str, ...]:
@@ -196,10 +197,16 @@ class Route(Operator):
         n = len(lists)
         key = self.key
         assert key is not None
+        slots = self.slots
         for m in batch:
             try:
-                k = key(m.body, m.meta)
-            except EvalError as exc:
+                k = _key_bytes(key(m.body, m.meta))
+            except (EvalError, TypeError) as exc:
                 out.error(m, f"route key: {exc}")
                 continue
-            lists[jump_hash(_key_bytes(k), n)].append(m)
+            slot = slots.get(k)
+            if slot is None:
+                if len(slots) >= 65_536:  # bounded: many distinct keys just lose the cache
+                    slots.clear()
+                slot = slots[k] = jump_hash(k, n)
+            lists[slot].append(m)
