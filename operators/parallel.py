@@ -43,6 +43,8 @@ class ParallelConfig(NodeConfig):
 
 
 class Parallel(Operator):
+    """Run an operator on chunks with bounded concurrency; the node's ports are the inner operator's."""
+
     Config = ParallelConfig
     tick_interval = 0.02
 

@@ -97,6 +97,8 @@ def _key_bytes(value: Any) -> bytes:
 
 
 class Route(Operator):
+    """Send each message to ports chosen by CEL conditions, or spread messages over `ports`."""
+
     Config = RouteConfig
 
     def __init__(self, node_id: str, config: RouteConfig, ctx: Any) -> None:
@@ -127,6 +129,18 @@ class Route(Operator):
             elif name in seen:
                 yield CheckIssue(loc, "E202", f"port '{name}' is listed twice")
             seen.add(name)
+        if config.mode == "first" and config.routes:
+            conditions = list(config.routes.items())
+            for i, (name, cond) in enumerate(conditions[:-1]):
+                if cond.strip() == "true":
+                    later = ", ".join(n for n, _ in conditions[i + 1 :])
+                    yield CheckIssue(
+                        ("routes", name),
+                        "W302",
+                        f"route '{name}' matches everything, so {later} can never match (mode: first)",
+                        severity="warning",
+                    )
+                    break
 
     def process(self, batch: list[Msg], out: Outputs) -> None:
         mode = self.config.mode
