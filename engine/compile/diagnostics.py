@@ -15,6 +15,7 @@ E220 unsafe SQL identifier         E221 dead_letter is not a sink of this graph
 E230+ connector-specific checks (see each connector's docs)
 W300 an errors port that nothing consumes (warning)
 W301 an output port (not errors) that nothing consumes, such as a route's `unmatched` (warning)
+W302 a route that can never match: it comes after a `true` one in mode first (warning)
 """
 
 from __future__ import annotations
