@@ -25,8 +25,9 @@ def _entry_points() -> dict[str, object]:
     return {ep.name: ep for ep in entry_points(group=GROUP)}
 
 
-def names() -> list[str]:
-    return sorted(set(_entry_points()) | set(_extra))
+def names(installed_only: bool = False) -> list[str]:
+    """Registered type names; `installed_only` leaves out types added with `register()`."""
+    return sorted(set(_entry_points()) | (set() if installed_only else set(_extra)))
 
 
 def register(name: str, cls: type[Node]) -> None:

@@ -14,7 +14,7 @@ def graph_schema() -> dict[str, Any]:
     schema = GraphSpec.model_json_schema()
     defs = schema.setdefault("$defs", {})
     variants = []
-    for name in registry.names():
+    for name in registry.names(installed_only=True):
         cls = registry.load(name)
         if cls is None:
             continue

@@ -72,7 +72,15 @@ class Channel:
                 except TimeoutError:
                     return []
         batch, size = self._q.popleft()
-        if len(batch) < max_n and self._q:
+        if len(batch) > max_n:  # take a part; the rest stays first in line
+            rest = batch[max_n:]
+            batch = batch[:max_n]
+            rest_size = 0
+            for m in rest:
+                rest_size += m.size
+            self._q.appendleft((rest, rest_size))
+            size -= rest_size
+        elif len(batch) < max_n and self._q:
             batch = list(batch)
             while self._q and len(batch) + len(self._q[0][0]) <= max_n:
                 more, more_size = self._q.popleft()

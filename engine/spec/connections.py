@@ -115,8 +115,13 @@ class RedisConnection(_Base):
     """A Redis server."""
 
     type: Literal["redis"]
-    url: str = Field("redis://127.0.0.1:6379/0", description="redis:// or rediss:// URL.")
-    socket_timeout: float | None = Field(None, gt=0)
+    url: str = Field("redis://127.0.0.1:6379/0", description="redis:// or rediss:// URL (database in the path).",
+                     examples=["redis://127.0.0.1:6379/0"])
+    socket_timeout: float | None = Field(None, gt=0, description="Seconds a command may take; none by default "
+                                         "(blocking stream reads bound themselves with `block`).")
+    connect_timeout: float = Field(2.0, gt=0, description="Seconds for one connection attempt.")
+    client_name: str | None = Field(None, description="CLIENT SETNAME of every connection (shown by CLIENT LIST).")
+    max_connections: int | None = Field(None, ge=1, description="Pool size limit; unlimited if unset.")
 
 
 class PostgresConnection(_Base):
@@ -124,8 +129,11 @@ class PostgresConnection(_Base):
 
     type: Literal["postgres"]
     dsn: str = Field("postgresql://root@127.0.0.1:5432/test", description="libpq-style DSN.")
-    min_size: int = Field(1, ge=0)
-    max_size: int = Field(4, ge=1)
+    min_size: int = Field(1, ge=0, description="Connections the pool keeps open.")
+    max_size: int = Field(4, ge=1, description="Most connections the pool opens (one pool per connection name).")
+    application_name: str = Field("streamdag", description="Shown in pg_stat_activity; lets you find the run's sessions.")
+    connect_timeout: float = Field(5.0, gt=0, description="Seconds for one connection attempt.")
+    command_timeout: float | None = Field(None, gt=0, description="Seconds one statement may take; unset = no limit.")
 
 
 class HttpConnection(_Base):

@@ -1,0 +1,313 @@
+"""A small HTTP/1.1 server: asyncio.Protocol + httptools (llhttp), chosen by measurement
+(`benchmarks/bench_http.py`; see docs/http.md).
+
+It does what the gateway needs and no more: keep-alive and pipelining (requests on one connection
+are answered in order, reading pauses while one is being handled, so a connection holds at most one
+body), `Expect: 100-continue`, a body cap checked on `Content-Length` before the body is read and
+again while it streams in (chunked), a connection cap, and an idle timeout against slow clients.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any, cast
+
+import httptools
+
+__all__ = ["HttpServer", "Request", "Response"]
+
+log = logging.getLogger("streamdag.http")
+
+
+@dataclass(slots=True)
+class Request:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]  # names lower-cased; a repeated header keeps the last value
+    body: bytes
+    peer: str
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    body: bytes = b""
+    content_type: str = "application/json"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    close: bool = False  # close the connection after this response
+
+    def encode(self, keep_alive: bool) -> bytes:
+        try:
+            reason = HTTPStatus(self.status).phrase
+        except ValueError:
+            reason = "Unknown"
+        lines = [f"HTTP/1.1 {self.status} {reason}\r\nContent-Length: {len(self.body)}\r\n"]
+        if self.body:
+            lines.append(f"Content-Type: {self.content_type}\r\n")
+        for k, v in self.headers:
+            lines.append(f"{k}: {v}\r\n")
+        if not keep_alive or self.close:
+            lines.append("Connection: close\r\n")
+        lines.append("\r\n")
+        return "".join(lines).encode("latin-1") + self.body
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+# Called with (method, path, headers) before the body is read; a Response refuses the request early.
+HeadCheck = Callable[[str, str, dict[str, str]], Response | None]
+
+
+def _error(status: int, code: str, message: str) -> Response:
+    import orjson
+
+    return Response(status, orjson.dumps({"error": code, "message": message}), close=True)
+
+
+class _Conn(asyncio.Protocol):
+    __slots__ = (
+        "body",
+        "body_size",
+        "busy",
+        "closing",
+        "headers",
+        "held",
+        "last_active",
+        "parser",
+        "peer",
+        "queue",
+        "reading_since",
+        "refused",
+        "server",
+        "transport",
+        "url",
+        "worker",
+    )
+
+    def __init__(self, server: HttpServer):
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.url = b""
+        self.headers: dict[str, str] = {}
+        self.body: list[bytes] = []
+        self.body_size = 0
+        self.queue: list[tuple[Request, bool]] = []
+        self.worker: asyncio.Task[None] | None = None
+        self.peer = ""
+        self.last_active = time.monotonic()
+        self.busy = False
+        self.closing = False
+        self.refused: Response | None = None
+        self.held = 0  # body bytes this connection counts against the server's buffer budget
+        self.reading_since = 0.0  # when the request being received began (0: none)
+
+    # -- asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if peer else ""
+        server = self.server
+        if len(server.conns) >= server.max_connections:
+            resp = _error(503, "too_many_connections", "connection limit reached; retry later")
+            resp.headers.append(("Retry-After", str(server.retry_after)))
+            transport.write(resp.encode(False))
+            transport.close()
+            return
+        server.conns.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # A handler still running is not cancelled: it finishes (bounded by the gateway's
+        # ack_timeout) so its outcome is recorded, e.g. for an Idempotency-Key retry.
+        self.server.conns.discard(self)
+        self.closing = True
+        if not self.busy:
+            self._release()
+
+    def data_received(self, data: bytes) -> None:
+        self.last_active = time.monotonic()
+        if self.closing:
+            return
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(_error(400, "bad_request", "protocol upgrade is not supported"))
+        except httptools.HttpParserError as exc:
+            if self.refused is not None:
+                self._fail(self.refused)
+            else:
+                self._fail(_error(400, "bad_request", f"malformed HTTP request: {exc}"))
+
+    # -- httptools callbacks
+    def on_message_begin(self) -> None:
+        self.reading_since = time.monotonic()
+        self.url = b""
+        self.headers = {}
+        self.body = []
+        self.body_size = 0
+        self.refused = None
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        parsed = httptools.parse_url(self.url)
+        path = parsed.path.decode("latin-1") if parsed.path else "/"
+        method = self.parser.get_method().decode("latin-1")
+        resp = self.server.head_check(method, path, self.headers) if self.server.head_check else None
+        if resp is None:
+            cl = self.headers.get("content-length")
+            if cl is not None and cl.isdigit() and int(cl) > self.server.max_body:
+                resp = _error(413, "too_large", f"body exceeds max_body_bytes ({self.server.max_body} bytes)")
+        if resp is not None:
+            resp.close = True  # the body stays unread, so the connection cannot be reused
+            self.refused = resp
+            self._fail(resp)
+            return
+        if self.headers.get("expect", "").lower() == "100-continue" and self.transport is not None:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def on_body(self, body: bytes) -> None:
+        if self.refused is not None:
+            return
+        server = self.server
+        self.body_size += len(body)
+        if self.body_size > server.max_body:
+            resp = _error(413, "too_large", f"body exceeds max_body_bytes ({server.max_body} bytes)")
+            self.refused = resp
+            self._fail(resp)
+            return
+        if server.buffered + len(body) > server.max_buffered:
+            resp = _error(503, "busy", "too many request bodies in memory; retry later")
+            resp.headers.append(("Retry-After", str(server.retry_after)))
+            self.refused = resp
+            self._fail(resp)
+            return
+        server.buffered += len(body)
+        self.held += len(body)
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.reading_since = 0.0
+        if self.refused is not None or self.closing:
+            return
+        parsed = httptools.parse_url(self.url)
+        req = Request(
+            self.parser.get_method().decode("latin-1"),
+            parsed.path.decode("latin-1") if parsed.path else "/",
+            parsed.query.decode("latin-1") if parsed.query else "",
+            self.headers,
+            b"".join(self.body),
+            self.peer,
+        )
+        self.body = []
+        self.queue.append((req, self.parser.should_keep_alive()))
+        if self.transport is not None:
+            self.transport.pause_reading()  # one request at a time per connection: memory stays bounded
+        if self.worker is None or self.worker.done():
+            self.worker = asyncio.get_running_loop().create_task(self._work())
+
+    # -- internals
+    async def _work(self) -> None:
+        handler = self.server.handler
+        while self.queue and not self.closing:
+            req, keep_alive = self.queue.pop(0)
+            self.busy = True
+            try:
+                resp = await handler(req)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("http handler failed on %s %s", req.method, req.path)
+                resp = _error(500, "internal", "internal error")
+            finally:
+                self.busy = False
+                self._release()
+            self.last_active = time.monotonic()
+            if self.transport is None or self.transport.is_closing():
+                return
+            self.transport.write(resp.encode(keep_alive))
+            if resp.close or not keep_alive:
+                self.closing = True
+                self.transport.close()
+                return
+        if self.transport is not None and not self.closing:
+            self.transport.resume_reading()
+
+    def _release(self) -> None:
+        """Give this connection's body bytes back to the buffer budget."""
+        self.server.buffered -= self.held
+        self.held = 0
+
+    def _fail(self, resp: Response) -> None:
+        """Answer and close: the stream cannot be trusted (parse error) or is left unread (413)."""
+        if self.closing or self.transport is None:
+            return
+        self.closing = True
+        self.queue.clear()
+        self.transport.write(resp.encode(False))
+        self.transport.close()
+
+
+class HttpServer:
+    """Serve `handler` on host:port. `start()` returns the bound (host, port)."""
+
+    def __init__(self, handler: Handler, *, max_body: int, max_connections: int = 1024,
+                 max_buffered: int = 64 << 20, head_check: HeadCheck | None = None, idle_timeout: float = 30.0,
+                 retry_after: int = 1):
+        self.handler = handler
+        self.max_body = max_body
+        self.max_buffered = max_buffered  # request body bytes held at once, all connections together
+        self.buffered = 0
+        self.max_connections = max_connections
+        self.head_check = head_check
+        self.idle_timeout = idle_timeout
+        self.retry_after = retry_after
+        self.conns: set[_Conn] = set()
+        self._server: asyncio.base_events.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: _Conn(self), host, port, backlog=1024,
+                                                reuse_address=True)
+        self._sweeper = loop.create_task(self._sweep())
+        sock = self._server.sockets[0].getsockname()
+        return sock[0], sock[1]
+
+    async def _sweep(self) -> None:
+        """Close connections idle (no bytes, no request in progress) longer than `idle_timeout`, and
+        those taking longer than that to send one request (slow clients trickling bytes)."""
+        while True:
+            await asyncio.sleep(min(1.0, self.idle_timeout / 2))
+            limit = time.monotonic() - self.idle_timeout
+            for conn in list(self.conns):
+                if conn.transport is None or conn.busy or conn.queue:
+                    continue
+                if conn.last_active < limit or 0 < conn.reading_since < limit:
+                    conn.transport.close()
+
+    async def stop(self) -> None:
+        """Stop accepting, then close every connection (in-flight handlers are cancelled)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.conns):
+            if conn.transport is not None:
+                conn.transport.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+        self._server = None
+
+    def stats(self) -> dict[str, Any]:
+        return {"connections": len(self.conns)}

@@ -1,0 +1,65 @@
+"""Every example graph validates; the committed graph schema is current; pictures render."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from engine.cli import main
+from engine.compile.schema import graph_schema
+from engine.compile.validate import check_file, load_graph
+from engine.compile import render
+
+ROOT = Path(__file__).resolve().parents[2]
+GRAPHS = sorted((ROOT / "graphs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", GRAPHS, ids=[p.name for p in GRAPHS])
+def test_example_graph_validates(path: Path) -> None:
+    graph, diags = check_file(str(path))
+    assert graph is not None, "\n".join(d.format() for d in diags)
+    assert [d for d in diags if d.severity == "error"] == []
+    # the generated schema accepts it too (editors check graph files with it)
+    jsonschema.validate(yaml.safe_load(path.read_text()), graph_schema())
+
+
+def test_committed_schema_is_current() -> None:
+    committed = json.loads((ROOT / "schemas" / "graph.schema.json").read_text())
+    assert committed == graph_schema(), "run: streamdag schema > schemas/graph.schema.json"
+
+
+def test_schema_is_a_valid_json_schema() -> None:
+    jsonschema.Draft202012Validator.check_schema(graph_schema())
+
+
+def test_schema_rejects_unknown_config_field() -> None:
+    doc = {"version": 1, "name": "x", "nodes": {"m": {"type": "map", "inputs": ["a"], "config": {"exp": "1"}}}}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(doc, graph_schema())
+
+
+def test_pictures_include_ports_and_error_edges() -> None:
+    graph = load_graph(str(ROOT / "graphs" / "demo.yaml"))
+    mermaid = render.to_mermaid(graph)
+    assert "orders --> price" in mermaid and "price -. errors .-> dead" in mermaid
+    dot = render.to_dot(graph)
+    assert '"price" -> "dead" [style=dashed, color=red, label="errors"]' in dot
+    svg = render.to_svg(graph)
+    assert svg.startswith("<svg") and svg.count('class="node"') == len(graph.nodes)
+
+
+def test_cli_validate_reports_every_error_and_exit_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nname: bad\nnodes:\n  a:\n    type: generat\n  b:\n    type: map\n    inputs: [zz]\n"
+                   "    config: {expr: 'msg +'}\n")
+    assert main(["validate", str(bad)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    codes = [line.split(": ")[1].split()[0] for line in out if line.startswith(str(bad)) and "warning:" not in line]
+    assert codes == ["E200", "E210", "E203"]
+    assert out[0].startswith(f"{bad}:5:11: E200") and "did you mean 'generate'" in out[0]
+    assert main(["validate", str(ROOT / "graphs" / "demo.yaml")]) == 0
+    assert capsys.readouterr().out.strip().endswith("ok (5 nodes)")

@@ -1,0 +1,77 @@
+"""Node types used only by the runtime tests (registered with engine.registry.register)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from pydantic import Field
+
+from engine import registry
+from engine.api import NodeConfig, Sink, Source
+from engine.message import Msg
+from engine.runtime.outputs import SourceOutput
+
+__all__ = ["GATES", "RECORD", "RecordingSource", "GatedSink"]
+
+RECORD: dict[str, Any] = {}
+GATES: dict[str, asyncio.Event] = {}
+
+
+class RecordingSourceConfig(NodeConfig):
+    count: int = Field(100, ge=0)
+    batch: int = Field(10, ge=1)
+
+
+class RecordingSource(Source):
+    """Emits {"i": n}; records what the runtime commits and rejects."""
+
+    Config = RecordingSourceConfig
+
+    async def run(self, out: SourceOutput) -> None:
+        RECORD.setdefault(self.id, {"committed": [], "rejected": [], "max_in_flight": 0})
+        i = 0
+        while i < self.config.count and not out.stopping.is_set():
+            await out.wait_room()
+            n = min(self.config.batch, self.config.count - i)
+            await out.send([Msg({"i": j}, {"seq": j}, out.tracker.new(j), 100) for j in range(i, i + n)])
+            rec = RECORD[self.id]
+            rec["max_in_flight"] = max(rec["max_in_flight"], out.tracker.in_flight)
+            i += n
+
+    async def commit(self, tokens: list[Any]) -> None:
+        RECORD[self.id]["committed"].extend(tokens)
+
+    async def reject(self, failures: list[tuple[Any, str]]) -> None:
+        RECORD[self.id]["rejected"].extend(failures)
+
+
+class GatedSinkConfig(NodeConfig):
+    gate: str | None = None
+    fail_first: int = Field(0, ge=0, description="Raise on the first N write calls.")
+    reject_if_odd: bool = False
+    delay: float = 0.0
+
+
+class GatedSink(Sink):
+    """Waits on GATES[gate] before each write; records committed bodies and the input queue depth."""
+
+    Config = GatedSinkConfig
+
+    async def write(self, batch: list[Msg]) -> list[tuple[Msg, str]] | None:
+        rec = RECORD.setdefault(self.id, {"bodies": [], "calls": 0})
+        rec["calls"] += 1
+        if self.config.gate:
+            await GATES[self.config.gate].wait()
+        if self.config.delay:
+            await asyncio.sleep(self.config.delay)
+        if rec["calls"] <= self.config.fail_first:
+            raise ConnectionError("store unavailable")
+        failures = [(m, "odd") for m in batch if self.config.reject_if_odd and m.body["i"] % 2]
+        bad = {id(m) for m, _ in failures}
+        rec["bodies"].extend(m.body for m in batch if id(m) not in bad)
+        return failures
+
+
+registry.register("test_source", RecordingSource)
+registry.register("test_sink", GatedSink)

@@ -1,0 +1,199 @@
+"""The runtime's contracts: bounded edges, end-to-end acks, errors ports, retries, drain on stop."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from engine.compile.validate import load_graph
+from engine.runtime.scheduler import Runner
+from tests.conftest import run_graph
+from tests.runtime.test_nodes import GATES, RECORD
+
+
+@pytest.fixture(autouse=True)
+def _clean() -> None:
+    RECORD.clear()
+    GATES.clear()
+
+
+def test_slow_sink_bounds_memory(write_graph) -> None:
+    path = write_graph("""
+        version: 1
+        name: bp
+        defaults: {capacity: 200, max_in_flight: 100000}
+        nodes:
+          src: {type: test_source, config: {count: 5000, batch: 50}}
+          m: {type: map, inputs: [src], config: {expr: 'msg'}}
+          slow: {type: test_sink, inputs: [m], config: {delay: 0.001}, batch_size: 50}
+          dead: {type: file_sink, inputs: [src.errors, m.errors, slow.errors], config: {path: dead.ndjson}}
+    """)
+    graph = load_graph(str(path))
+    runner = Runner(graph)
+    report = asyncio.run(runner.run())
+    assert report.error is None and report.balanced
+    assert len(RECORD["slow"]["bodies"]) == 5000
+    for name in ("m", "slow"):
+        assert runner.channels[name].high_water <= 200, name
+    # the bound: each node's input (200) + what each node holds (a batch: map 200, sink 50) + a source batch
+    assert RECORD["src"]["max_in_flight"] <= (200 + 200) + (200 + 50) + 50
+
+
+def test_max_in_flight_caps_unacknowledged_messages(write_graph) -> None:
+    path = write_graph("""
+        version: 1
+        name: cap
+        defaults: {capacity: 10000, max_in_flight: 120}
+        nodes:
+          src: {type: test_source, config: {count: 3000, batch: 40}}
+          slow: {type: test_sink, inputs: [src], config: {delay: 0.0005}, batch_size: 40}
+          dead: {type: file_sink, inputs: [src.errors, slow.errors], config: {path: dead.ndjson}}
+    """)
+    report = run_graph(path)
+    assert report.balanced and len(RECORD["slow"]["bodies"]) == 3000
+    assert RECORD["src"]["max_in_flight"] <= 120 + 40 - 1
+
+
+def test_fan_out_acks_only_after_every_branch_commits(write_graph) -> None:
+    path = write_graph("""
+        version: 1
+        name: fan
+        defaults: {dead_letter: dead}
+        nodes:
+          src: {type: test_source, config: {count: 40, batch: 10}}
+          fast: {type: test_sink, inputs: [src]}
+          gated: {type: test_sink, inputs: [src], config: {gate: g}}
+          dead: {type: file_sink, inputs: [src.errors], config: {path: dead.ndjson}}
+    """)
+
+    async def scenario() -> None:
+        GATES["g"] = asyncio.Event()
+        runner = Runner(load_graph(str(path)))
+        task = asyncio.create_task(runner.run())
+        while len(RECORD.get("fast", {}).get("bodies", [])) < 40:
+            await asyncio.sleep(0)
+        for _ in range(50):  # let the ack loop run: nothing may be committed yet
+            await asyncio.sleep(0)
+        assert RECORD["src"]["committed"] == []
+        assert runner.trackers["src"].in_flight == 40
+        GATES["g"].set()
+        report = await task
+        assert report.balanced and report.totals()["delivered"] == 40
+
+    asyncio.run(scenario())
+    assert sorted(RECORD["src"]["committed"]) == list(range(40))
+
+
+def test_filtered_and_dead_lettered_messages_are_acknowledged(write_graph, tmp_path) -> None:
+    path = write_graph("""
+        version: 1
+        name: acks
+        defaults: {dead_letter: dead}
+        nodes:
+          src: {type: test_source, config: {count: 30, batch: 7}}
+          pick: {type: filter, inputs: [src], config: {expr: 'msg.i % 3 != 0'}}
+          boom: {type: map, inputs: [pick], config: {expr: 'msg.i % 2 == 0 ? msg : msg.nope'}}
+          out: {type: test_sink, inputs: [boom]}
+          dead: {type: file_sink, inputs: [boom.errors], config: {path: dead.ndjson}}
+    """)
+    report = run_graph(path)
+    t = report.totals()
+    assert report.balanced
+    assert (t["entered"], t["filtered"], t["delivered"], t["dead_lettered"]) == (30, 10, 10, 10)
+    assert sorted(RECORD["src"]["committed"]) == list(range(30))
+    lines = (tmp_path / "dead.ndjson").read_text().splitlines()
+    assert len(lines) == 10
+    import json
+
+    first = json.loads(lines[0])
+    assert first["node"] == "boom" and first["attempt"] == 1 and "nope" in first["error"]
+    assert first["payload"]["i"] % 2 == 1
+
+
+def test_unconsumed_errors_port_stops_the_graph_without_acking(write_graph) -> None:
+    path = write_graph("""
+        version: 1
+        name: stop
+        nodes:
+          src: {type: test_source, config: {count: 20, batch: 5}}
+          boom: {type: map, inputs: [src], config: {expr: 'msg.i == 7 ? msg.nope : msg'}}
+          out: {type: test_sink, inputs: [boom]}
+    """)
+    report = run_graph(path)
+    assert report.error is not None and "boom" in str(report.error)
+    assert 7 not in RECORD["src"]["committed"]
+    assert [tok for tok, _ in RECORD["src"]["rejected"]] == [7]
+
+
+def test_sink_retries_then_commits_once(write_graph) -> None:
+    path = write_graph("""
+        version: 1
+        name: retry
+        defaults: {dead_letter: dead, retry: {max_attempts: 3, initial_backoff: 0.001}}
+        nodes:
+          src: {type: test_source, config: {count: 10, batch: 10}}
+          out: {type: test_sink, inputs: [src], config: {fail_first: 2}}
+          dead: {type: file_sink, inputs: [src.errors], config: {path: dead.ndjson}}
+    """)
+    report = run_graph(path)
+    assert report.balanced and report.stats["out"].retries == 2
+    assert [b["i"] for b in RECORD["out"]["bodies"]] == list(range(10))
+
+
+def test_retries_exhausted_go_to_dead_letter_with_attempts(write_graph, tmp_path) -> None:
+    path = write_graph("""
+        version: 1
+        name: retry2
+        defaults: {dead_letter: dead, retry: {max_attempts: 2, initial_backoff: 0.001}}
+        nodes:
+          src: {type: test_source, config: {count: 4, batch: 4}}
+          out: {type: test_sink, inputs: [src], config: {fail_first: 5}}
+          dead: {type: file_sink, inputs: [src.errors], config: {path: dead.ndjson}}
+    """)
+    report = run_graph(path)
+    assert report.balanced and report.totals()["dead_lettered"] == 4
+    import json
+
+    rows = [json.loads(x) for x in (tmp_path / "dead.ndjson").read_text().splitlines()]
+    assert {r["attempt"] for r in rows} == {2} and {r["node"] for r in rows} == {"out"}
+
+
+def test_per_message_sink_failures_go_to_errors_and_the_rest_commits(write_graph, tmp_path) -> None:
+    path = write_graph("""
+        version: 1
+        name: partial
+        nodes:
+          src: {type: test_source, config: {count: 10, batch: 10}}
+          out: {type: test_sink, inputs: [src], config: {reject_if_odd: true}}
+          dead: {type: file_sink, inputs: [out.errors, src.errors], config: {path: dead.ndjson}}
+    """)
+    report = run_graph(path)
+    assert report.balanced
+    assert [b["i"] for b in RECORD["out"]["bodies"]] == [0, 2, 4, 6, 8]
+    assert report.totals()["dead_lettered"] == 5
+
+
+def test_stop_drains_in_flight_and_acks_everything(write_graph) -> None:
+    path = write_graph("""
+        version: 1
+        name: drain
+        defaults: {dead_letter: dead}
+        nodes:
+          src: {type: generate, config: {batch: 100}}
+          out: {type: test_sink, inputs: [src], config: {delay: 0.0005}}
+          dead: {type: file_sink, inputs: [src.errors], config: {path: dead.ndjson}}
+    """)
+
+    async def scenario():
+        runner = Runner(load_graph(str(path)))
+        task = asyncio.create_task(runner.run())
+        while len(RECORD.get("out", {}).get("bodies", [])) < 1000:
+            await asyncio.sleep(0.001)
+        runner.stop()
+        return await task
+
+    report = asyncio.run(scenario())
+    t = report.totals()
+    assert report.error is None and report.balanced and report.stopped_by_signal
+    assert t["in_flight"] == 0 and t["delivered"] == t["entered"] == len(RECORD["out"]["bodies"])
