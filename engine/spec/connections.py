@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 __all__ = [
     "Connection",
@@ -18,53 +18,7 @@ __all__ = [
     "parse_size",
 ]
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*$", re.IGNORECASE)
-
-
-def parse_duration(value: Any) -> float:
-    """Seconds from a number or a string like `500ms`, `30s`, `5m`, `1h`, `7d`, `2w`."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    m = _DURATION.match(str(value))
-    if not m:
-        raise ValueError(f"not a duration: {value!r} (a number of seconds, or e.g. 500ms, 30s, 5m, 1h, 7d)")
-    return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
-
-
-def parse_size(value: Any) -> int:
-    """Bytes from a number or a string like `512KB`, `1MB`, `1MiB`, `2GB` (K = 1024, as NATS does)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    m = _SIZE.match(str(value))
-    if not m:
-        raise ValueError(f"not a size: {value!r} (use a number of bytes or e.g. 512KB, 1MB, 2GB)")
-    unit = (m.group(2) or "B").upper()[0]
-    return int(float(m.group(1)) * {"B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}[unit])
-
-
-# The JSON Schema (editors, `streamdag schema`) accepts what the validators accept: a number or a unit string.
-Duration = Annotated[
-    float,
-    BeforeValidator(parse_duration),
-    Field(ge=0),
-    WithJsonSchema(
-        {"anyOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": _DURATION.pattern}]}
-    ),
-]
-Size = Annotated[
-    int,
-    BeforeValidator(parse_size),
-    WithJsonSchema(
-        {
-            "anyOf": [
-                {"type": "integer"},
-                {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*([KMGTkmgt]i?[Bb]?|[Bb])?\s*$"},
-            ]
-        }
-    ),
-]
+from engine.spec.units import Duration, Size, parse_duration, parse_size  # noqa: E402  (re-exported)
 
 
 class _Base(BaseModel):
@@ -134,21 +88,12 @@ class RedisConnection(_Base):
     """A Redis server."""
 
     type: Literal["redis"]
-    url: str = Field(
-        "redis://127.0.0.1:6379/0",
-        description="redis:// or rediss:// URL (database in the path).",
-        examples=["redis://127.0.0.1:6379/0"],
-    )
-    socket_timeout: float | None = Field(
-        None,
-        gt=0,
-        description="Seconds a command may take; none by default "
-        "(blocking stream reads bound themselves with `block`).",
-    )
+    url: str = Field("redis://127.0.0.1:6379/0", description="redis:// or rediss:// URL (database in the path).",
+                     examples=["redis://127.0.0.1:6379/0"])
+    socket_timeout: float | None = Field(None, gt=0, description="Seconds a command may take; none by default "
+                                         "(blocking stream reads bound themselves with `block`).")
     connect_timeout: float = Field(2.0, gt=0, description="Seconds for one connection attempt.")
-    client_name: str | None = Field(
-        None, description="CLIENT SETNAME of every connection (shown by CLIENT LIST)."
-    )
+    client_name: str | None = Field(None, description="CLIENT SETNAME of every connection (shown by CLIENT LIST).")
     max_connections: int | None = Field(None, ge=1, description="Pool size limit; unlimited if unset.")
 
 
@@ -158,16 +103,10 @@ class PostgresConnection(_Base):
     type: Literal["postgres"]
     dsn: str = Field("postgresql://root@127.0.0.1:5432/test", description="libpq-style DSN.")
     min_size: int = Field(1, ge=0, description="Connections the pool keeps open.")
-    max_size: int = Field(
-        4, ge=1, description="Most connections the pool opens (one pool per connection name)."
-    )
-    application_name: str = Field(
-        "streamdag", description="Shown in pg_stat_activity; lets you find the run's sessions."
-    )
+    max_size: int = Field(4, ge=1, description="Most connections the pool opens (one pool per connection name).")
+    application_name: str = Field("streamdag", description="Shown in pg_stat_activity; lets you find the run's sessions.")
     connect_timeout: float = Field(5.0, gt=0, description="Seconds for one connection attempt.")
-    command_timeout: float | None = Field(
-        None, gt=0, description="Seconds one statement may take; unset = no limit."
-    )
+    command_timeout: float | None = Field(None, gt=0, description="Seconds one statement may take; unset = no limit.")
 
 
 class HttpConnection(_Base):

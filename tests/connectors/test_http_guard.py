@@ -8,7 +8,7 @@ from typing import Any
 
 import aiohttp
 import orjson
-from http_harness import Gateway, aio, post
+from tests.connectors.http_harness import Gateway, aio, post
 
 from engine.api import CheckContext
 from operators.connectors.http import HttpSource
