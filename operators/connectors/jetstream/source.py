@@ -27,7 +27,7 @@ from pydantic import Field, model_validator
 from engine.api import CheckContext, CheckIssue, NodeConfig, RetryPolicy, Source
 from engine.message import Msg
 from engine.runtime.outputs import SourceOutput
-from engine.spec.connections import Duration, Size
+from engine.spec.units import Duration, Size
 
 from .connection import JetStreamConnectionError, NatsHandle, nats_handle
 from .streams import subject_within
