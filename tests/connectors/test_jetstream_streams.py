@@ -204,8 +204,8 @@ def test_deliver_policies(deliver):
 
             pipe = Pipe(src, Collect())
             expect = {
-                "by_start_sequence": [6, 7, 8, 9, 10],
-                "by_start_time": [6, 7, 8, 9, 10],
+                "by_start_sequence": [6, 7, 8, 9, 10, 11, 12],
+                "by_start_time": [6, 7, 8, 9, 10, 11, 12],
                 "new": [11, 12],
                 "last": [10, 11, 12],
             }[deliver]
