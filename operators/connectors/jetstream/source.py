@@ -249,6 +249,13 @@ class JetStreamSource(Source):
     async def _ensure_consumer(self) -> None:
         from nats.js.errors import Error as JsError
 
+        version = self._h.nc.connected_server_version  # type: ignore[union-attr]
+        if len(self.config.subjects) > 1 and (version.major, version.minor) < (2, 10):
+            raise JetStreamConnectionError(
+                f"node {self.id!r}: several filter subjects need nats-server 2.10 or later (this one is "
+                f"{version.major}.{version.minor}.{version.patch}); an older server would ignore them and "
+                f"deliver the whole stream"
+            )
         try:
             await self._h.js.add_consumer(self.config.stream, self._consumer_config())  # type: ignore[union-attr]
         except JsError as exc:
@@ -465,8 +472,11 @@ class JetStreamSource(Source):
     # -- in progress -----------------------------------------------------------------------------------------
 
     def _hold(self, msgs: list[Msg], errors: list[Msg]) -> None:
-        """Remember emitted messages for `+WPI`; compact when settled ones pile up."""
-        self._held.append((time.monotonic(), msgs + errors))
+        """Remember emitted messages for `+WPI`; drop settled batches, compact when settled ones pile up."""
+        held = self._held
+        while held and all(m.ack.settled for m in held[0][1]):  # usually batches settle in order
+            self._held_n -= len(held.popleft()[1])
+        held.append((time.monotonic(), msgs + errors))
         self._held_n += len(msgs) + len(errors)
         if self._held_n > 2 * self._limit() + self.config.batch:
             kept: deque[tuple[float, list[Msg]]] = deque()
@@ -480,9 +490,8 @@ class JetStreamSource(Source):
 
     async def _tick_in_progress(self) -> None:
         cfg = self.config
-        period = (
-            min([cfg.ack_wait, *cfg.backoff]) / 3
-        )  # with backoff, the server waits backoff[n], not ack_wait
+        # with backoff, the server waits backoff[n] instead of ack_wait
+        period = min([cfg.ack_wait, *cfg.backoff]) / 3
         while True:
             await asyncio.sleep(period)
             cutoff = time.monotonic() - period
