@@ -200,6 +200,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return asyncio.run(_run(args, graph))
 
 
+def _add_plugin_commands(sub: Any) -> None:
+    """Subcommands contributed through the `streamdag.commands` entry points (e.g. check-consistency).
+
+    Each entry point names a module with `add_arguments(parser)` and `main(args) -> int`; the engine
+    finds them by name, never by importing `operators`."""
+    from importlib.metadata import entry_points
+
+    for ep in sorted(entry_points(group="streamdag.commands"), key=lambda e: e.name):
+        try:
+            module = ep.load()
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the CLI
+            logging.getLogger("streamdag").warning("command %s failed to load: %s", ep.name, exc)
+            continue
+        doc = (module.__doc__ or "").strip().splitlines()
+        sp = sub.add_parser(ep.name, help=doc[0].split(": ", 1)[-1] if doc else None)
+        module.add_arguments(sp)
+        sp.set_defaults(fn=module.main)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamdag", description="Declarative dataflow graphs.")
     p.add_argument("--log-level", action="append", default=[], metavar="LEVEL|node.ID=LEVEL",
@@ -236,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("schema", help="print the JSON Schema of the graph format")
     s.set_defaults(fn=_cmd_schema)
+    _add_plugin_commands(sub)
     return p
 
 
