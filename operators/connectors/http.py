@@ -75,7 +75,7 @@ class HttpSource(Source):
         self.buckets: BucketSet | None = None
         if cfg.rate_limit is not None:
             self.buckets = BucketSet(cfg.rate_limit.global_, cfg.rate_limit.per_credential)
-        schema = ctx.schemas.get(cfg.json_schema) if isinstance(cfg.json_schema, str) else cfg.json_schema
+        schema = ctx.schemas.get(cfg.schema_) if isinstance(cfg.schema_, str) else cfg.schema_
         self.item_schema: dict[str, Any] | None = schema
         self.schema = SchemaCheck(schema) if schema is not None else None
         self.id_expr = None

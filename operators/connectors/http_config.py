@@ -84,7 +84,7 @@ class HttpSourceConfig(NodeConfig):
     idempotency_cache: int = Field(
         10000, ge=0, description="Idempotency-Key replies remembered for replay (per process; 0 turns it off).")
     idempotency_ttl: float = Field(300.0, gt=0, description="Seconds a remembered reply is replayed.")
-    json_schema: str | dict[str, Any] | None = Field(
+    schema_: str | dict[str, Any] | None = Field(
         None, alias="schema",
         description="JSON Schema every item must satisfy (a name from `schemas:` or inline); "
                     "a request with any invalid item gets 422 and none of its items enter the graph.")
@@ -106,14 +106,13 @@ def is_loopback(host: str) -> bool:
 
 
 def check_config(config: HttpSourceConfig, ctx: CheckContext) -> Iterable[CheckIssue]:
-    """Offline checks: an open listener needs auth; a named schema must exist."""
+    """Offline checks: E250 an open listener needs auth; W251 a decoded cap below the wire cap.
+    (An unknown `schema` name is the validator's E217, an invalid inline one E218.)"""
     if not is_loopback(config.host) and config.auth is None:
-        yield CheckIssue(("host",), "E801",
+        yield CheckIssue(("host",), "E250",
                          f"http_source listens on non-loopback address {config.host!r} without `auth`; "
                          "add `auth` or bind to 127.0.0.1")
-    if isinstance(config.json_schema, str) and config.json_schema not in ctx.schemas:
-        yield CheckIssue(("schema",), "E802", f"unknown schema {config.json_schema!r} (not in `schemas:`)")
     if config.max_decompressed_bytes < config.max_body_bytes:
-        yield CheckIssue(("max_decompressed_bytes",), "W801",
+        yield CheckIssue(("max_decompressed_bytes",), "W251",
                          "max_decompressed_bytes is below max_body_bytes: uncompressed bodies are capped by it",
                          severity="warning")

@@ -16,7 +16,7 @@ import pytest
 schemathesis = pytest.importorskip("schemathesis")
 requests = pytest.importorskip("requests")
 
-from http_harness import Gateway
+from tests.connectors.http_harness import Gateway
 from hypothesis import HealthCheck, given, settings
 
 SCHEMA = {"type": "object", "required": ["id"],

@@ -11,7 +11,7 @@ import aiohttp
 import orjson
 import pytest
 import zstandard
-from http_harness import Gateway, aio, post
+from tests.connectors.http_harness import Gateway, aio, post
 
 from operators.connectors.http_body import IngestError, decode_body
 
