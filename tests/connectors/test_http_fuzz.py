@@ -69,7 +69,7 @@ def test_fuzz_ingest_against_its_openapi_document(gateway: Gateway) -> None:
     statuses: set[int] = set()
     session = requests.Session()
 
-    @settings(max_examples=80, deadline=None, database=None,
+    @settings(max_examples=50, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))
     @given(case=operation.as_strategy())
     def run(case: Any) -> None:
