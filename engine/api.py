@@ -174,7 +174,7 @@ def cel_fields(model: BaseModel, prefix: tuple[str | int, ...] = ()) -> Iterator
         value = getattr(model, name)
         if value is None:
             continue
-        annotation = info.annotation
+        annotation = _unwrap_optional(info.annotation)  # `CelExpr | None` and `dict[str, CelExpr] | None` too
         is_cel = any(m is CEL for m in info.metadata) or _is_cel(annotation)
         path = (*prefix, info.alias or name)
         yield from _walk(annotation, value, path, is_cel)

@@ -50,12 +50,34 @@ def _cmd_graph(args: argparse.Namespace) -> int:
     except GraphInvalid as exc:
         print(exc, file=sys.stderr)
         return EXIT_INVALID
+    if args.format == "png":
+        return _graph_png(render.to_dot(graph), args.output)
     text = {"mermaid": render.to_mermaid, "dot": render.to_dot, "svg": render.to_svg}[args.format](graph)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as fh:
             fh.write(text)
     else:
         sys.stdout.write(text)
+    return EXIT_OK
+
+
+def _graph_png(dot_text: str, output: str | None) -> int:
+    """`graph --format png` through Graphviz; without `dot`, a clear error and exit 2."""
+    from engine.observe.png import dot_to_png
+
+    try:
+        png = dot_to_png(dot_text)
+    except (RuntimeError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_RUN_ERROR
+    if output:
+        with open(output, "wb") as fh:
+            fh.write(png)
+    elif sys.stdout.isatty():
+        print("error: PNG is binary: give -o FILE or redirect stdout", file=sys.stderr)
+        return EXIT_RUN_ERROR
+    else:
+        sys.stdout.buffer.write(png)
     return EXIT_OK
 
 
@@ -96,6 +118,11 @@ async def _run(args: argparse.Namespace, graph: Any) -> int:
     from engine.runtime.scheduler import Runner
 
     runner = Runner(graph)
+    try:
+        observers = await _start_observers(runner, args)
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_RUN_ERROR
     loop = asyncio.get_running_loop()
     signals = 0
 
@@ -119,12 +146,42 @@ async def _run(args: argparse.Namespace, graph: Any) -> int:
         if progress:
             progress.cancel()
             sys.stderr.write("\n")
+        await observers.close()
     if not args.quiet:
         _summary(report, sys.stderr)
+        _latency_summary(report, sys.stderr)
     if report.error is not None:
         print(f"error: {report.error}", file=sys.stderr)
         return EXIT_RUN_ERROR
     return EXIT_OK if report.balanced else EXIT_INTEGRITY
+
+
+async def _start_observers(runner: Any, args: argparse.Namespace) -> Any:
+    """The integrity monitor, and the metrics/status server when `--metrics-port` is given."""
+    from engine.observe.events import dead_letter_policy
+    from engine.observe.session import Observers
+
+    dead_letter_policy.include_payload = bool(getattr(args, "log_payloads", False))
+    return await Observers.start(runner, getattr(args, "metrics_port", None),
+                                 getattr(args, "metrics_host", "127.0.0.1"))
+
+
+def _latency_summary(report: Any, out: Any) -> None:
+    """End-to-end latency (source timestamp to commit) per sink, when sources stamp messages."""
+    from engine.observe.snapshot import histogram_quantile
+
+    for s in report.stats.values():
+        h = getattr(s, "end_to_end", None)
+        if s.kind == "sink" and h is not None and h.count:
+            p50, p99 = histogram_quantile(0.5, h), histogram_quantile(0.99, h)
+            print(f"latency {s.node_id}: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms "  # type: ignore[operator]
+                  f"(source timestamp to commit, {h.count:,} messages)", file=out)
+
+
+def _cmd_top(args: argparse.Namespace) -> int:
+    from engine.observe.top import run_top
+
+    return run_top(args.url, interval=args.interval, once=args.once)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -145,7 +202,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamdag", description="Declarative dataflow graphs.")
-    p.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING, ERROR")
+    p.add_argument("--log-level", action="append", default=[], metavar="LEVEL|node.ID=LEVEL",
+                   help="DEBUG, INFO (default), WARNING, ERROR; or node.ID=LEVEL; repeatable")
     sub = p.add_subparsers(dest="command", required=True)
 
     v = sub.add_parser("validate", help="check graph files offline; every problem at once")
@@ -159,24 +217,55 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
                    help="override a setting, e.g. nodes.read.config.path=x.ndjson")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress and no summary")
+    _add_observe_args(r)
     r.set_defaults(fn=_cmd_run)
 
     g = sub.add_parser("graph", help="draw the graph")
     g.add_argument("file")
-    g.add_argument("--format", choices=["mermaid", "dot", "svg"], default="mermaid")
+    g.add_argument("--format", choices=["mermaid", "dot", "svg", "png"], default="mermaid")
     g.add_argument("-o", "--output")
     g.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
     g.set_defaults(fn=_cmd_graph)
+
+    t = sub.add_parser("top", help="live view of a running graph (served with `run --metrics-port`)")
+    t.add_argument("url", nargs="?", default="http://127.0.0.1:9464",
+                   help="the run's metrics address (default http://127.0.0.1:9464)")
+    t.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
+    t.add_argument("--once", action="store_true", help="print one view (rates over one interval) and exit")
+    t.set_defaults(fn=_cmd_top)
 
     s = sub.add_parser("schema", help="print the JSON Schema of the graph format")
     s.set_defaults(fn=_cmd_schema)
     return p
 
 
+def _add_observe_args(r: argparse.ArgumentParser) -> None:
+    """`run` options for metrics, the status page and logs (engine.observe)."""
+    r.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="serve /metrics (Prometheus), /api/stats and a status page / on this port (0: any free)")
+    r.add_argument("--metrics-host", default="127.0.0.1", help="address to bind the metrics port (default 127.0.0.1)")
+    r.add_argument("--log-level", dest="run_log_levels", action="append", default=[], metavar="LEVEL|node.ID=LEVEL",
+                   help="log level, or one node's level (node.price=DEBUG); repeatable")
+    r.add_argument("--log-format", choices=["auto", "json", "text"], default=None,
+                   help="auto (default): JSON lines unless stderr is a terminal")
+    r.add_argument("--log-payloads", action="store_true", help="include payloads in dead-letter log lines")
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    from engine.observe.logs import setup_logging
+
+    specs = [*(args.log_level if isinstance(args.log_level, list) else [args.log_level]),
+             *getattr(args, "run_log_levels", [])]
+    try:
+        setup_logging(specs, getattr(args, "log_format", None) or "auto")
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_INVALID) from exc
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    _setup_logging(args)
     return int(args.fn(args))
 
 

@@ -40,6 +40,7 @@ class EvalError(Exception):
 _ENV = cel.NewEnv(variables={"msg": cel.Type.DYN, "meta": cel.Type.DYN})
 _POS = re.compile(r"<input>:(\d+):(\d+): (.*)")
 _ERROR = cel.Type.ERROR
+_NULL = cel.Type.NULL
 
 
 def _parse_error(exc: Exception) -> CelError:
@@ -48,7 +49,7 @@ def _parse_error(exc: Exception) -> CelError:
     if not m:
         return CelError(text.removeprefix("INVALID_ARGUMENT: ").strip())
     message = m.group(3).strip()
-    return CelError(message, int(m.group(1)), int(m.group(2)) + 1)
+    return CelError(message, int(m.group(1)), int(m.group(2)))  # CEL's <input>:line:col is 1-based already
 
 
 class Expr:
@@ -71,8 +72,11 @@ class Expr:
 def _runtime_fn(program: Any) -> Callable[[Any, Any], Any]:
     def evaluate(body: Any, meta: Any) -> Any:
         value = program.eval(data={"msg": body, "meta": meta})
-        if value.type() == _ERROR:
+        kind = value.type()
+        if kind == _ERROR:
             raise EvalError(str(value.value()))
+        if kind == _NULL:  # plain_value() of a null drops a reference to None (cel-expr-python 0.1.3)
+            return None
         return value.plain_value()
 
     return evaluate

@@ -154,6 +154,13 @@ class AckTracker:
         self.entered += 1
         return Ack(self, token)
 
+    def new_many(self, tokens: list[Any]) -> list[Ack]:
+        """Acks for a whole batch at once (cheaper than `new` in a loop)."""
+        n = len(tokens)
+        self.in_flight += n
+        self.entered += n
+        return [Ack(self, t) for t in tokens]
+
     def settle(self, ack: Ack) -> None:
         self.in_flight -= 1
         if ack.error is None:

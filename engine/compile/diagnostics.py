@@ -14,6 +14,7 @@ E218 invalid JSON Schema           E219 schema file not found or unreadable
 E220 unsafe SQL identifier         E221 dead_letter is not a sink of this graph
 E230+ connector-specific checks (see each connector's docs)
 W300 an errors port that nothing consumes (warning)
+W301 an output port (not errors) that nothing consumes, such as a route's `unmatched` (warning)
 """
 
 from __future__ import annotations

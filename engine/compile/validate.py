@@ -60,6 +60,7 @@ class _Checker:
         self.path = path
         self.loaded = loaded
         self.diags: list[Diagnostic] = []
+        self.lines: list[str] = []  # the file's text, for positions inside block scalars
 
     def add(self, path: Path, code: str, message: str, *, value: bool = False, severity: str = "error",
             pos: Pos | None = None) -> None:
@@ -142,13 +143,32 @@ def _union(ann: Any) -> tuple[Any, ...]:
     return get_args(_strip(ann))
 
 
-def _cel_pos(base: Pos, line: int, col: int) -> Pos:
+def _cel_pos(base: Pos, line: int, col: int, lines: list[str] | None = None) -> Pos:
+    """Where (line, col) inside a string value is in the file (block scalars need the file's lines)."""
     if base.style in ("|", ">"):
-        return Pos(base.line + line, col)
+        return _block_pos(base, line, col, lines or [])
     shift = 1 if base.style in ("'", '"') else 0
     if line == 1:
         return Pos(base.line, base.col + shift + col - 1)
     return Pos(base.line + line - 1, col)
+
+
+def _block_pos(base: Pos, line: int, col: int, lines: list[str]) -> Pos:
+    """`|` keeps lines (add the block's indentation); `>` folds them into one (walk the offset back)."""
+    block = lines[base.line:]  # the block's lines start after the indicator's line
+    first = next((t for t in block if t.strip()), "")
+    indent = len(first) - len(first.lstrip(" "))
+    if base.style == "|" or line > 1:
+        return Pos(base.line + line, indent + col)
+    offset = col - 1
+    for i, text in enumerate(block):
+        if text.strip() and len(text) - len(text.lstrip(" ")) < indent:
+            break
+        piece = text[indent:]
+        if offset <= len(piece):
+            return Pos(base.line + 1 + i, indent + offset + 1)
+        offset -= len(piece) + 1  # a folded line break is one space
+    return Pos(base.line + 1, indent + col)
 
 
 def _load_schema(ref: str | dict[str, Any], base_dir: str) -> Any:
@@ -160,16 +180,22 @@ def _load_schema(ref: str | dict[str, Any], base_dir: str) -> Any:
 
 
 def _schema_problem(schema: Any) -> str | None:
+    issue = _schema_issue(schema)
+    return issue[0] if issue else None
+
+
+def _schema_issue(schema: Any) -> tuple[str, Path] | None:
+    """What is wrong with a JSON Schema, and where inside it (for the diagnostic's position)."""
     import jsonschema
 
     if not isinstance(schema, (dict, bool)):
-        return "a JSON Schema must be an object or a boolean"
+        return "a JSON Schema must be an object or a boolean", ()
     cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
     try:
         cls.check_schema(schema)
     except jsonschema.SchemaError as exc:
         where = "/".join(str(p) for p in exc.absolute_path)
-        return f"{exc.message}" + (f" at /{where}" if where else "")
+        return f"{exc.message}" + (f" at /{where}" if where else ""), tuple(exc.absolute_path)
     return None
 
 
@@ -195,6 +221,7 @@ def check_text(text: str, path: str = "<graph>", env: dict[str, str] | None = No
     except YamlError as exc:
         return None, [Diagnostic(exc.line, exc.col, "E001", f"YAML syntax error: {exc.message}", path)]
     c = _Checker(path, loaded)
+    c.lines = text.splitlines()
     for dpath, pos in loaded.duplicates:
         what = "node id" if len(dpath) == 2 and dpath[0] == "nodes" else "key"
         c.add(dpath, "E002", f"duplicate {what} '{dpath[-1]}'", pos=pos)
@@ -228,9 +255,10 @@ def check_text(text: str, path: str = "<graph>", env: dict[str, str] | None = No
         except (OSError, ValueError, yaml.YAMLError) as exc:
             c.add(("schemas", name), "E219", f"schemas.{name}: cannot read schema file {ref!r}: {exc}", value=True)
             continue
-        problem = _schema_problem(schema)
-        if problem:
-            c.add(("schemas", name), "E218", f"schemas.{name}: invalid JSON Schema: {problem}", value=True)
+        issue = _schema_issue(schema)
+        if issue:  # an inline schema: point at the bad keyword; a file: at its name
+            at = ("schemas", name, *issue[1]) if isinstance(ref, dict) else ("schemas", name)
+            c.add(at, "E218", f"schemas.{name}: invalid JSON Schema: {issue[0]}", value=True)
         else:
             schemas[name] = schema
     graph_nodes, cel = _check_nodes(c, data["nodes"], data, connections, spec.schemas, spec)
@@ -308,7 +336,7 @@ def _check_config(c: _Checker, node_id: str, npath: Path, cls: type[Node], type_
             expr = compile_expr(source)
             cel.append((node_id, source, expr.compiled))
         except CelError as exc:
-            pos = _cel_pos(c.loaded.pos(cpath, prefer_value=True), exc.line, exc.col)
+            pos = _cel_pos(c.loaded.pos(cpath, prefer_value=True), exc.line, exc.col, c.lines)
             dotted = ".".join(str(p) for p in cpath)
             c.add(cpath, "E203", f"{dotted}: CEL: {exc.message}", pos=pos)
     conn = getattr(config, "connection", None)
@@ -327,15 +355,17 @@ def _check_config(c: _Checker, node_id: str, npath: Path, cls: type[Node], type_
         c.add((*npath, "config", "schema"), "E217", f"nodes.{node_id}.config.schema: unknown schema '{schema_ref}'"
               + (f" (did you mean '{hint}'?)" if hint else ""), value=True)
     elif isinstance(schema_ref, dict):
-        problem = _schema_problem(schema_ref)
-        if problem:
-            c.add((*npath, "config", "schema"), "E218", f"nodes.{node_id}.config.schema: invalid JSON Schema: {problem}")
+        issue = _schema_issue(schema_ref)
+        if issue:
+            c.add((*npath, "config", "schema", *issue[1]), "E218",
+                  f"nodes.{node_id}.config.schema: invalid JSON Schema: {issue[0]}", value=True)
     for issue in cls.check(config, check_ctx):
         ipath = (*npath, "config", *issue.loc)
         pos = None
         if issue.offset is not None:
-            pos = _cel_pos(c.loaded.pos(ipath, prefer_value=True), 1, issue.offset + 1)
-        c.add(ipath, issue.code, f"{'.'.join(str(p) for p in ipath)}: {issue.message}", value=True,
+            pos = _cel_pos(c.loaded.pos(ipath, prefer_value=True), 1, issue.offset + 1, c.lines)
+        # an unknown field (E201) points at its key, like the graph-level E201; other issues at the value
+        c.add(ipath, issue.code, f"{'.'.join(str(p) for p in ipath)}: {issue.message}", value=issue.code != "E201",
               severity=issue.severity, pos=pos)
 
 
@@ -346,12 +376,15 @@ def _check_edges(c: _Checker, shells: dict[str, tuple[type[Node], list[tuple[str
     dag = nx.DiGraph()
     dag.add_nodes_from(shells)
     consumed: set[tuple[str, str]] = set()
+    for node_id, raw in nodes_raw.items():  # a consumer with errors of its own still consumes (no W300/W301)
+        if node_id not in shells and isinstance(raw, dict) and isinstance(raw.get("inputs"), list):
+            consumed.update((r.partition(".")[0], r.partition(".")[2] or "out") for r in raw["inputs"] if isinstance(r, str))
     for node_id, (cls, inputs, _ports) in shells.items():
         refs = nodes_raw[node_id].get("inputs") or []
         if cls.kind == "source" and refs:
             c.add(("nodes", node_id, "inputs"), "E212", f"nodes.{node_id}.inputs: a source takes no inputs")
         if cls.kind != "source" and not refs:
-            c.add(("nodes", node_id), "E213", f"nodes.{node_id}: a {cls.kind} needs at least one input")
+            c.add(("nodes", node_id), "E213", f"nodes.{node_id}: {'an' if cls.kind == 'operator' else 'a'} {cls.kind} needs at least one input")
         for i, (up, port) in enumerate(inputs):
             ipath = ("nodes", node_id, "inputs", i)
             if up not in nodes_raw:
@@ -375,6 +408,12 @@ def _check_edges(c: _Checker, shells: dict[str, tuple[type[Node], list[tuple[str
         c.add(("nodes", cycle[0][1], "inputs"), "E214", f"cycle: {path}")
     except nx.NetworkXNoCycle:
         pass
+    for node_id, (_cls, _inputs, ports) in shells.items():
+        for port in ports or ():
+            if port != "errors" and (node_id, port) not in consumed:
+                c.add(("nodes", node_id), "W301",
+                      f"nodes.{node_id}: output port '{port}' is not consumed "
+                      "(messages sent there are acknowledged and counted as filtered)", severity="warning")
     dl = spec.defaults.dead_letter if spec is not None else None
     if dl is not None:
         if dl not in shells or shells[dl][0].kind != "sink":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from engine.observe.histogram import SIZE_BUCKETS, Histogram
+
 __all__ = ["NodeStats"]
 
 
@@ -22,6 +24,17 @@ class NodeStats:
     batches: int = 0
     busy_seconds: float = 0.0
     latencies: list[float] = field(default_factory=list, repr=False)  # recent per-batch seconds
+    # read by engine.observe at scrape time: per-batch processing seconds and sizes, and (sinks)
+    # seconds from a message's meta["timestamp"] to its commit
+    batch_seconds: Histogram = field(default_factory=Histogram, repr=False)
+    batch_sizes: Histogram = field(default_factory=lambda: Histogram(SIZE_BUCKETS), repr=False)
+    end_to_end: Histogram = field(default_factory=Histogram, repr=False)
+
+    def observe_batch(self, n: int, seconds: float) -> None:
+        """One processed batch: counts, busy time and the two histograms (once per batch)."""
+        self.busy_seconds += seconds
+        self.batch_seconds.observe(seconds)
+        self.batch_sizes.observe(n)
 
     def as_dict(self) -> dict[str, int | float | str]:
         return {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import sys
 from typing import Any, BinaryIO, Literal
@@ -22,7 +23,7 @@ class FileSourceConfig(NodeConfig):
     path: str = Field(description="File to read, relative to the graph file.", examples=["orders.ndjson"])
     format: Literal["ndjson", "lines"] = Field("ndjson", description="`lines` gives each line as a string.")
     batch: int = Field(1000, ge=1, le=100_000, description="Lines per emitted batch.")
-    skip_blank: bool = Field(True, description="Ignore empty lines.")
+    skip_blank: bool = Field(True, description="Ignore empty lines (they are not messages).")
 
 
 class FileSource(Source):
@@ -39,6 +40,7 @@ class FileSource(Source):
         tracker = out.tracker
         loads = orjson.loads
         raw_lines = cfg.format == "lines"
+        sid, spath = self.id, cfg.path
         with open(path, "rb") as fh:
             lineno = 0
             while not out.stopping.is_set():
@@ -48,44 +50,65 @@ class FileSource(Source):
                     break
                 msgs: list[Msg] = []
                 errors: list[Msg] = []
-                for raw in lines:
-                    lineno += 1
+                first = lineno + 1
+                lineno += len(lines)
+                numbers = list(range(first, lineno + 1))
+                if cfg.skip_blank and any(len(raw) <= 2 and not raw.strip() for raw in lines):
+                    kept = [(n, raw) for n, raw in zip(numbers, lines) if raw.strip()]
+                    numbers, lines = [n for n, _ in kept], [raw for _, raw in kept]
+                acks = tracker.new_many(numbers)
+                for i, raw in enumerate(lines):
                     line = raw.rstrip(b"\r\n")
-                    if not line and cfg.skip_blank:
-                        continue
-                    meta = {"source": self.id, "path": cfg.path, "line": lineno}
-                    ack = tracker.new(lineno)
+                    ack = acks[i]
+                    meta = {"source": sid, "path": spath, "line": numbers[i]}
                     if raw_lines:
                         msgs.append(Msg(line.decode("utf-8", "replace"), meta, ack, len(raw)))
                         continue
                     try:
                         msgs.append(Msg(loads(line), meta, ack, len(raw)))
                     except orjson.JSONDecodeError as exc:
-                        errors.append(out.error(Msg(line.decode("utf-8", "replace"), meta, ack, len(raw)),
-                                                f"line {lineno}: invalid JSON: {exc}"))
+                        bad = Msg(line.decode("utf-8", "replace"), meta, ack, len(raw))
+                        errors.append(out.error(bad, f"line {numbers[i]}: invalid JSON: {exc}"))
                 await out.send(msgs, errors)
 
 
 class FileSinkConfig(NodeConfig):
-    """Write each message as one NDJSON line."""
+    """Write each message as one NDJSON line (a bytes body as a base64 JSON string), or raw."""
 
     path: str = Field(description="File to write, relative to the graph file.", examples=["out.ndjson"])
     mode: Literal["overwrite", "append"] = Field("overwrite", description="Truncate at start, or append.")
     fsync: bool = Field(False, description="fsync after every batch (slower; survives a power cut).")
     with_meta: bool = Field(False, description='Write {"body": ..., "meta": ...} instead of the body.')
+    format: Literal["ndjson", "raw"] = Field(
+        "ndjson", description="`raw` writes bytes and string bodies as they are, with no separator "
+        "(concatenated gzip members or zstd frames are still one valid stream); other bodies go to `errors`.")
+
+
+def _encode_raw(batch: list[Msg]) -> tuple[bytes, list[tuple[Msg, str]]]:
+    parts: list[bytes] = []
+    failed: list[tuple[Msg, str]] = []
+    for m in batch:
+        body = m.body
+        if isinstance(body, (bytes, bytearray)):
+            parts.append(bytes(body))
+        elif isinstance(body, str):
+            parts.append(body.encode())
+        else:
+            failed.append((m, f"format raw takes bytes or string bodies, not {type(body).__name__}"))
+    return b"".join(parts), failed
 
 
 def _encode(batch: list[Msg], with_meta: bool) -> bytes:
     dumps = orjson.dumps
     opt = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
     if with_meta:
-        return b"".join(dumps({"body": m.body, "meta": m.meta}, default=str, option=opt) for m in batch)
+        return b"".join(dumps({"body": m.body, "meta": m.meta}, default=_default, option=opt) for m in batch)
     return b"".join(dumps(m.body, default=_default, option=opt) for m in batch)
 
 
 def _default(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
+    if isinstance(value, (bytes, bytearray)):  # lossless, and the line stays JSON (decompress reads it back)
+        return base64.b64encode(value).decode("ascii")
     return str(value)
 
 
@@ -103,12 +126,18 @@ class FileSink(Sink):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self.fh = open(path, "ab" if self.config.mode == "append" else "wb")  # noqa: SIM115
 
-    async def write(self, batch: list[Msg]) -> None:
+    async def write(self, batch: list[Msg]) -> list[tuple[Msg, str]] | None:
         assert self.fh is not None
-        self.fh.write(_encode(batch, self.config.with_meta))
+        failed = None
+        if self.config.format == "raw":
+            data, failed = _encode_raw(batch)
+        else:
+            data = _encode(batch, self.config.with_meta)
+        self.fh.write(data)
         self.fh.flush()
         if self.config.fsync:
             os.fsync(self.fh.fileno())
+        return failed
 
     async def stop(self) -> None:
         if self.fh is not None:

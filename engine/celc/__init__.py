@@ -1,0 +1,182 @@
+"""CEL compiled to Python: parse once, generate the source of one function, compile it once.
+
+`try_compile(source)` returns a callable `(body, meta) -> value` with the semantics and results of
+cel-expr-python (`plain_value()`), or None when the expression uses something the compiler does not
+translate; the engine then evaluates it on the runtime (`engine.expr`). `explain(source)` says why an
+expression is not compiled. The few cases the generated code cannot reproduce exactly at run time
+(iterating a map in `map`/`filter`, whose order is the runtime's hash order; map literals mixing
+`1`, `1u` and `true` keys) are handed to the runtime for that message only, so results never differ.
+
+Trust: the expression is untrusted. The generator only emits its own templates (CEL names become
+generated temporaries, field names and literals become Python literals via `repr`), the output is
+checked against a syntax whitelist (`sandbox.check_source`) and runs without builtins.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from engine.celc import values as V
+from engine.celc.codegen import generate
+from engine.celc.parser import ParseError, Unsupported, parse
+from engine.celc.sandbox import UnsafeCode, check_source
+
+__all__ = ["compile_program", "explain", "python_source", "try_compile", "try_compile_batch"]
+
+Evaluator = Callable[..., Any]
+
+
+def _eval_error(exc: BaseException) -> Exception:
+    """Translate an exception raised while evaluating into `engine.expr.EvalError`."""
+    from engine.expr import EvalError
+
+    if isinstance(exc, EvalError):
+        return exc
+    if isinstance(exc, V.CelFailure):
+        return EvalError(str(exc))
+    if isinstance(exc, KeyError):
+        return EvalError(f"no such key: {exc.args[0]!r}" if exc.args else "no such key")
+    if isinstance(exc, TypeError):
+        return EvalError(_type_error_text(str(exc)))
+    if isinstance(exc, IndexError):
+        return EvalError("index out of range")
+    if isinstance(exc, ZeroDivisionError):
+        return EvalError("divide by zero")
+    if isinstance(exc, RecursionError):
+        return EvalError("value nested too deeply")
+    return EvalError(f"{type(exc).__name__}: {exc}")
+
+
+_TYPE_ERRORS = (  # Python's wording of a failed inline operation -> what it means in CEL
+    (
+        re.compile(r"'(\w+)' object is not subscriptable|(\w+) indices must be"),
+        "field selection on {} (not a map)",
+    ),
+    (re.compile(r"object of type '(\w+)' has no len"), "no matching overload for 'size' applied to ({})"),
+    (re.compile(r"descriptor '(startswith|endswith|__contains__)'"), "no matching overload for '{}'"),
+    (re.compile(r"(startswith|endswith) first arg|'in <string>' requires"), "no matching overload for '{}'"),
+)
+_CEL_NAMES = {
+    "startswith": "startsWith",
+    "endswith": "endsWith",
+    "__contains__": "contains",
+    None: "contains",
+    "NoneType": "null",
+    "str": "string",
+    "float": "double",
+    "dict": "map",
+    "string": "string",
+}
+
+
+def _type_error_text(text: str) -> str:
+    for pattern, template in _TYPE_ERRORS:
+        m = pattern.search(text)
+        if m:
+            name = next((g for g in m.groups() if g), None)
+            return template.format(_CEL_NAMES.get(name, name))
+    return f"no matching overload ({text})"
+
+
+def python_source(source: str, variables: Sequence[str] = ("msg", "meta"), macros: bool = True) -> str:
+    """The generated Python source for `source` (for inspection and tests); raises if unsupported."""
+    params = {name: f"_a{i}" for i, name in enumerate(variables)}
+    src, _ = generate(parse(source, macros), params)
+    return src
+
+
+def compile_program(
+    source: str,
+    variables: Sequence[str],
+    runtime: Callable[..., Any] | None,
+    macros: bool = True,
+    batch: bool = False,
+) -> Evaluator:
+    """Compile `source` to a function of the `variables` (positional, in order).
+
+    `runtime` evaluates the same arguments on the full runtime; it is called for a message the
+    generated code defers. With `batch` the function takes one sequence per variable and returns a
+    list of results, an EvalError in place of each failed one. Raises ParseError, Unsupported or
+    UnsafeCode.
+    """
+    params = {name: f"_a{i}" for i, name in enumerate(variables)}
+    src, consts = generate(parse(source, macros), params, batch=batch)
+
+    def no_runtime(*_args: Any) -> Any:
+        raise _eval_error(V.CelFailure("expression needs the full CEL runtime for this input"))
+
+    run = runtime or no_runtime
+
+    def runtime_or_error(*args: Any) -> Any:
+        try:
+            return run(*args)
+        except Exception as exc:  # noqa: BLE001 - any failure is that message's error entry
+            return _eval_error(exc)
+
+    names = {**consts, "_Defer": V.Defer, "_runtime": run, "_fail": _eval_error}
+    if batch:
+        names["_runtime_or_error"] = runtime_or_error
+    check_source(src, [*params.values(), *(f"_b{i}" for i in range(len(params))), "_out"], names)
+    scope: dict[str, Any] = {"__builtins__": {}, **names}
+    try:
+        with warnings.catch_warnings():  # e.g. SyntaxWarning for ''['x'], which CEL defines as an error
+            warnings.simplefilter("ignore")
+            code = compile(src, "<cel>", "exec")
+    except (SyntaxError, MemoryError, RecursionError) as exc:  # e.g. more than 20 nested blocks
+        raise Unsupported(f"generated code too deeply nested ({exc})") from None
+    exec(code, scope)  # noqa: S102 - checked by check_source above, no builtins
+    return scope["_cel"]
+
+
+def _lazy_runtime(source: str) -> Callable[[Any, Any], Any]:
+    """The runtime evaluator for `source`, built on first use (only deferred messages need it)."""
+    holder: list[Callable[[Any, Any], Any]] = []
+
+    def evaluate(body: Any, meta: Any) -> Any:
+        if not holder:
+            from engine.expr import compile_expr
+
+            holder.append(compile_expr(source, allow_compiler=False).fn)
+        try:
+            return holder[0](body, meta)
+        except (
+            RuntimeError
+        ) as exc:  # the runtime raises instead of returning some errors (duplicate map keys)
+            raise _eval_error(V.CelFailure(str(exc))) from None
+
+    return evaluate
+
+
+@functools.lru_cache(maxsize=1024)
+def _compile_cached(source: str, batch: bool = False) -> tuple[Evaluator | None, str | None]:
+    try:
+        fn = compile_program(source, ("msg", "meta"), _lazy_runtime(source), batch=batch)
+    except (ParseError, Unsupported, UnsafeCode, RecursionError, V.CelFailure) as exc:
+        kind = (
+            "the compiler's parser rejects it"
+            if isinstance(exc, ParseError)
+            else "not supported by the compiler"
+        )
+        return None, f"{kind}: {exc}"
+    return fn, None
+
+
+def try_compile(source: str) -> Evaluator | None:
+    """A compiled `(body, meta) -> value` for `source`, or None when the runtime must evaluate it."""
+    return _compile_cached(source)[0]
+
+
+def try_compile_batch(source: str) -> Callable[[Sequence[Any], Sequence[Any]], list[Any]] | None:
+    """A compiled `(bodies, metas) -> results` evaluating `source` over a whole batch in one loop,
+    or None when the runtime must evaluate it. `results[i]` is the value for `bodies[i]` (with
+    `metas[i]`), or the `engine.expr.EvalError` that message raised."""
+    return _compile_cached(source, True)[0]
+
+
+def explain(source: str) -> str | None:
+    """Why `source` is not compiled to Python (None when it is)."""
+    return _compile_cached(source)[1]

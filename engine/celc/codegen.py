@@ -1,0 +1,534 @@
+"""Translate a CEL AST into the Python source of one function, with inline fast paths.
+
+Every node becomes a Python expression string; control flow (`&&`, `||`, `?:`, macros) becomes
+statements emitted before that expression, so a node's statements run only where CEL evaluates it.
+Errors are Python exceptions; `&&`, `||` and the macros catch them into `ErrBox` values to absorb them
+as CEL does. The source only ever names the function's parameters, its own temporaries and the
+constants in `Gen.consts`; `engine.celc.sandbox` checks that before anything is compiled.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from engine.celc import values as V
+from engine.celc.functions import FUNCTIONS, compile_pattern
+from engine.celc.parser import Call, Comprehension, Ident, ListLit, Lit, MapLit, Node, Select, Unsupported
+
+__all__ = ["Code", "Gen", "generate"]
+
+_SCALARS = frozenset({"int", "double", "bool", "string", "null"})
+_INLINE_CMP = {"_<_": "<", "_<=_": "<=", "_>_": ">", "_>=_": ">="}
+_CMP_HELPER = {"_<_": V.lt, "_<=_": V.le, "_>_": V.gt, "_>=_": V.ge}
+_ARITH = {
+    "_+_": ("+", V.add),
+    "_-_": ("-", V.sub),
+    "_*_": ("*", V.mul),
+    "_/_": ("/", V.div),
+    "_%_": ("%", V.mod),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Code:
+    """A Python expression for a node: `type` is its CEL type when known statically (None: dyn);
+    `safe` means evaluating it cannot raise."""
+
+    expr: str
+    type: str | None = None
+    safe: bool = False
+
+
+class Gen:
+    """Emits the body of one function; `consts` are the names the body may use besides its locals."""
+
+    def __init__(self, params: dict[str, str]):
+        self.lines: list[str] = []
+        self.level = 1
+        self.count = 0
+        self.params = params
+        self.consts: dict[str, object] = {
+            "_Exc": Exception,
+            "_Err": V.ErrBox,
+            "_pick": V.pick_error,
+            "_float": float,
+            "_int": int,
+            "_str": str,
+            "_list": list,
+            "_dict": dict,
+            "_bool": bool,
+            "_len": len,
+            "_append": list.append,
+            "type": type,
+            "_NOERR": V.NOERR,
+        }
+        self._by_id: dict[int, str] = {}
+
+    # -- plumbing -----------------------------------------------------------------------------
+    def tmp(self) -> str:
+        self.count += 1
+        return f"_t{self.count}"
+
+    def emit(self, line: str) -> None:
+        self.lines.append("    " * self.level + line)
+
+    def const(self, obj: object, hint: str = "c") -> str:
+        """A name bound to `obj` in the function's globals."""
+        key = id(obj)
+        if key in self._by_id:
+            return self._by_id[key]
+        name = f"_{hint}{len(self.consts)}"
+        self.consts[name] = obj
+        self._by_id[key] = name
+        return name
+
+    def helper(self, fn: object) -> str:
+        return self.const(fn, "h")
+
+    def once(self, code: Code) -> tuple[str, str]:
+        """(binding, reference): evaluate `code` once inside an expression via `:=` unless trivial."""
+        if code.expr.isidentifier():  # a parameter, temporary or constant: reading it is free
+            return code.expr, code.expr
+        t = self.tmp()
+        return f"({t} := {code.expr})", t
+
+    def sub_block(self, node: Node, scope: dict[str, str], level: int) -> tuple[list[str], Code]:
+        """Generate `node` into a separate list of lines at indentation `level`."""
+        saved_lines, saved_level = self.lines, self.level
+        self.lines, self.level = [], level
+        try:
+            code = self.gen(node, scope)
+            return self.lines, code
+        finally:
+            self.lines, self.level = saved_lines, saved_level
+
+    def captured(self, node: Node, scope: dict[str, str]) -> str:
+        """Emit statements evaluating `node` into a temporary, holding an error as `ErrBox`."""
+        out = self.tmp()
+        lines, code = self.sub_block(node, scope, self.level + 1)
+        if code.safe and not lines:
+            self.emit(f"{out} = {code.expr}")
+            return out
+        self.emit("try:")
+        self.lines.extend(lines)
+        self.emit(f"    {out} = {code.expr}")
+        self.emit("except _Exc as _e:")
+        self.emit(f"    {out} = _Err(_e)")
+        return out
+
+    # -- nodes --------------------------------------------------------------------------------
+    def gen(self, node: Node, scope: dict[str, str]) -> Code:
+        if isinstance(node, Lit):
+            return self.literal(node)
+        if isinstance(node, Ident):
+            if node.name in scope:
+                return Code(scope[node.name], None, True)
+            if node.name in V.TYPE_NAMES:
+                return Code(self.const(V.CelType(node.name), "y"), "type", True)
+            raise Unsupported(f"identifier {node.name!r}")
+        if isinstance(node, Select):
+            operand = self.gen(node.operand, scope)
+            if node.test:
+                return Code(f"{self.helper(V.select_has)}({operand.expr}, {node.field!r})", "bool")
+            return Code(f"{operand.expr}[{node.field!r}]")
+        if isinstance(node, ListLit):
+            items = [self.gen(i, scope) for i in node.items]
+            return Code("[" + ", ".join(i.expr for i in items) + "]", "list", all(i.safe for i in items))
+        if isinstance(node, MapLit):
+            return self.map_literal(node, scope)
+        if isinstance(node, Comprehension):
+            return self.comprehension(node, scope)
+        if isinstance(node, Call):
+            return self.call(node, scope)
+        raise Unsupported(type(node).__name__)
+
+    def literal(self, node: Lit) -> Code:
+        v = node.value
+        if node.kind == "int":
+            return Code(f"({v})" if v < 0 else repr(v), "int", True)
+        if node.kind == "uint":
+            return Code(self.const(V.UInt(v), "u"), "uint", True)
+        if node.kind == "double":
+            if math.isfinite(v):
+                return Code(f"({v!r})" if v < 0 or str(v).startswith("-") else repr(v), "double", True)
+            return Code(self.const(v, "d"), "double", True)
+        if node.kind == "string":
+            return Code(repr(v), "string", True)
+        if node.kind == "bytes":
+            return Code(repr(v), "bytes", True)
+        if node.kind == "bool":
+            return Code("True" if v else "False", "bool", True)
+        return Code("None", "null", True)
+
+    def gen_plain_literal(self, node: MapLit | ListLit, scope: dict[str, str]) -> Code:
+        """A list or string-keyed map literal whose elements are converted to plain values."""
+        self.lines = []
+        conv = self.helper(V.plain)
+
+        def item(n: Node) -> str:
+            c = self.gen(n, scope)
+            return c.expr if c.type in _SCALARS else self.plain_inline(c, conv)
+
+        if isinstance(node, ListLit):
+            return Code("[" + ", ".join(item(i) for i in node.items) + "]", "list")
+        body = ", ".join(f"{k.value!r}: {item(v)}" for k, v in node.entries)  # type: ignore[attr-defined]
+        return Code("{" + body + "}", "map")
+
+    def plain_inline(self, code: Code, conv: str) -> str:
+        """`plain(x)` with the common JSON scalars (str, float, bool, in-range int) checked inline."""
+        bind, ref = self.once(code)
+        scalar = (
+            f"type({bind}) is _str or type({ref}) is _float or type({ref}) is _bool"
+            f" or type({ref}) is _int and {V.INT64_MIN} <= {ref} <= {V.UINT64_MAX}"
+        )
+        return f"({ref} if {scalar} else {conv}({ref}))"
+
+    def map_literal(self, node: MapLit, scope: dict[str, str]) -> Code:
+        keys = [k for k, _ in node.entries]
+        if all(isinstance(k, Lit) and k.kind == "string" for k in keys):
+            names = [k.value for k in keys]  # type: ignore[attr-defined]
+            if len(set(names)) != len(names):
+                raise Unsupported("duplicate keys in a map literal")
+            vals = [self.gen(v, scope) for _, v in node.entries]
+            body = ", ".join(f"{n!r}: {v.expr}" for n, v in zip(names, vals))
+            return Code("{" + body + "}", "map", all(v.safe for v in vals))
+        pairs = [(self.gen(k, scope), self.gen(v, scope)) for k, v in node.entries]
+        body = ", ".join(f"({k.expr}, {v.expr})" for k, v in pairs)
+        return Code(f"{self.helper(V.make_map)}([{body}])", "map")
+
+    def comprehension(self, node: Comprehension, scope: dict[str, str]) -> Code:
+        rng = self.gen(node.range, scope)
+        items = self.tmp()
+        keep_order = node.kind in ("map", "filter")
+        self.emit(f"{items} = {self.helper(V.iter_range)}({rng.expr}, {keep_order})")
+        var = self.tmp().replace("_t", "_v")
+        inner = {**scope, node.var: var}
+        res = self.tmp()
+        kind = node.kind
+        if kind in ("all", "exists"):
+            stop, keep = ("False", "True") if kind == "all" else ("True", "False")
+            err = self.tmp()
+            self.emit(f"{res} = {keep}")
+            self.emit(f"{err} = _NOERR")
+            self.emit(f"for {var} in {items}:")
+            self.level += 1
+            p = self.captured(node.body, inner)
+            self.emit(f"if {p} is {stop}:")
+            self.emit(f"    {res} = {stop}")
+            self.emit("    break")
+            self.emit(f"if {p} is not {keep}:")
+            self.emit(f"    {err} = _pick({err}, {p})")
+            self.level -= 1
+            self.emit(f"if {err} is not _NOERR and {res} is {keep}:")
+            self.emit(f"    {res} = {self.helper(_fail_from)}({err}, {kind!r})")
+            return Code(res, "bool")
+        if kind == "exists_one":
+            self.emit(f"{res} = 0")
+            self.emit(f"for {var} in {items}:")
+            self.level += 1
+            lines, body = self.sub_block(node.body, inner, self.level)
+            self.lines.extend(lines)
+            pt = self.tmp()
+            self.emit(f"{pt} = {body.expr}")
+            self.emit(f"if {pt} is True:")
+            self.emit(f"    {res} += 1")
+            self.emit(f"elif {pt} is not False:")
+            self.emit(f"    {self.helper(_raise_overload)}('exists_one', {pt})")
+            self.level -= 1
+            return Code(f"({res} == 1)", "bool")
+        # map / filter
+        self.emit(f"{res} = []")
+        self.emit(f"for {var} in {items}:")
+        self.level += 1
+        if node.pred is not None or kind == "filter":
+            pred = node.pred if kind == "map" else node.body
+            assert pred is not None
+            lines, cond = self.sub_block(pred, inner, self.level)
+            self.lines.extend(lines)
+            pt = self.tmp()
+            self.emit(f"{pt} = {cond.expr}")
+            self.emit(f"if {pt} is not True:")
+            self.emit(f"    if {pt} is False:")
+            self.emit("        continue")
+            self.emit(f"    {self.helper(_raise_overload)}({kind!r}, {pt})")
+        if kind == "filter":
+            self.emit(f"_append({res}, {var})")
+        else:
+            lines, e = self.sub_block(node.body, inner, self.level)
+            self.lines.extend(lines)
+            self.emit(f"_append({res}, {e.expr})")
+        self.level -= 1
+        return Code(res, "list")
+
+    def call(self, node: Call, scope: dict[str, str]) -> Code:
+        fn, args = node.fn, node.args
+        if node.target is None:
+            if fn == "_&&_" or fn == "_||_":
+                return self.logic(fn, args[0], args[1], scope)
+            if fn == "_?_:_":
+                return self.ternary(args[0], args[1], args[2], scope)
+            if fn in ("_==_", "_!=_"):
+                return self.equality(fn, args, scope)
+            if fn in _INLINE_CMP:
+                return self.compare(fn, args, scope)
+            if fn in _ARITH:
+                return self.arith(fn, args, scope)
+            if fn == "!_":
+                a = self.gen(args[0], scope)
+                if a.type == "bool" and a.safe:
+                    return Code(f"(not {a.expr})", "bool", True)
+                return Code(f"{self.helper(V.not_)}({a.expr})", "bool")
+            if fn == "-_":
+                a = self.gen(args[0], scope)
+                return Code(
+                    f"{self.helper(V.neg)}({a.expr})", a.type if a.type in ("int", "double") else None
+                )
+            if fn == "@in":
+                return self.membership(args, scope)
+            if fn == "_[_]":
+                c, i = self.gen(args[0], scope), self.gen(args[1], scope)
+                if isinstance(args[1], Lit) and args[1].kind == "string":
+                    return Code(f"{c.expr}[{i.expr}]")
+                return Code(f"{self.helper(V.index)}({c.expr}, {i.expr})")
+        return self.function(node, scope)
+
+    def logic(self, fn: str, left: Node, right: Node, scope: dict[str, str]) -> Code:
+        """`a && b && ...` (or `||`) as flat statements: the first deciding operand wins, an error
+        or non-bool operand is absorbed when another operand decides, else it is raised."""
+        operands: list[Node] = []
+
+        def flatten(n: Node) -> None:
+            if isinstance(n, Call) and n.fn == fn and n.target is None:
+                flatten(n.args[0])
+                flatten(n.args[1])
+            else:
+                operands.append(n)
+
+        flatten(left)
+        flatten(right)
+        decide, other = ("False", "True") if fn == "_&&_" else ("True", "False")
+        res, err = self.tmp(), self.tmp()
+        self.emit(f"{res} = None")
+        self.emit(f"{err} = _NOERR")
+        for i, operand in enumerate(operands):
+            if i:
+                self.emit(f"if {res} is None:")
+                self.level += 1
+            v = self.captured(operand, scope)
+            self.emit(f"if {v} is {decide}:")
+            self.emit(f"    {res} = {decide}")
+            self.emit(f"elif {v} is not {other}:")
+            self.emit(f"    {err} = _pick({err}, {v})")
+            if i:
+                self.level -= 1
+        self.emit(f"if {res} is None:")
+        self.emit(f"    {res} = {other} if {err} is _NOERR else {self.helper(_fail_from)}({err}, {fn!r})")
+        return Code(res, "bool")
+
+    def ternary(self, cond: Node, a: Node, b: Node, scope: dict[str, str]) -> Code:
+        c = self.gen(cond, scope)
+        la, ca = self.sub_block(a, scope, self.level + 1)
+        lb, cb = self.sub_block(b, scope, self.level + 1)
+        typ = ca.type if ca.type == cb.type else None
+        bind, ref = self.once(c)
+        bad = f"{self.helper(_raise_overload)}('?:', {ref})"
+        if not la and not lb:
+            return Code(f"({ca.expr} if {bind} is True else {cb.expr} if {ref} is False else {bad})", typ)
+        res = self.tmp()
+        self.emit(f"if {bind} is True:")
+        self.lines.extend(la)
+        self.emit(f"    {res} = {ca.expr}")
+        self.emit(f"elif {ref} is False:")
+        self.lines.extend(lb)
+        self.emit(f"    {res} = {cb.expr}")
+        self.emit("else:")
+        self.emit(f"    {bad}")
+        return Code(res, typ)
+
+    def equality(self, fn: str, args: tuple[Node, ...], scope: dict[str, str]) -> Code:
+        a, b = self.gen(args[0], scope), self.gen(args[1], scope)
+        neg = fn == "_!=_"
+        op = "!=" if neg else "=="
+        for lit_node, lit, other in ((args[0], a, b), (args[1], b, a)):
+            if not isinstance(lit_node, Lit):
+                continue
+            if lit_node.kind in ("string", "bytes"):  # Python never equates str/bytes with another type
+                return Code(f"({other.expr} {op} {lit.expr})", "bool", other.safe)
+            if lit_node.kind in ("bool", "null"):
+                return Code(f"({other.expr} {'is not' if neg else 'is'} {lit.expr})", "bool", other.safe)
+            if lit_node.kind in ("int", "uint", "double") and abs(lit_node.value) <= 2**53:
+                # numbers equal across kinds (exactly, as the literal is small), never a bool
+                ob, ref = self.once(other)
+                if neg:
+                    return Code(f"({ob} != {lit.expr} or type({ref}) is _bool)", "bool", other.safe)
+                return Code(f"({ob} == {lit.expr} and type({ref}) is not _bool)", "bool", other.safe)
+        if a.type == b.type and a.type in ("string", "int", "double", "bool"):
+            return Code(f"({a.expr} {op} {b.expr})", "bool", a.safe and b.safe)
+        return Code(f"{self.helper(V.ne if neg else V.eq)}({a.expr}, {b.expr})", "bool")
+
+    def compare(self, fn: str, args: tuple[Node, ...], scope: dict[str, str]) -> Code:
+        a, b = self.gen(args[0], scope), self.gen(args[1], scope)
+        op, helper = _INLINE_CMP[fn], self.helper(_CMP_HELPER[fn])
+        if a.type == b.type and a.type in ("int", "double", "string"):
+            return Code(f"({a.expr} {op} {b.expr})", "bool", a.safe and b.safe)
+        for lit_node, lit, other, lit_left in ((args[0], a, b, True), (args[1], b, a, False)):
+            if not isinstance(lit_node, Lit) or lit_node.kind not in ("int", "double", "string"):
+                continue
+            ob, ref = self.once(other)
+            # same kind only: an int meeting a double compares as double, in the helper
+            test = f"type({ob}) is " + {"string": "_str", "double": "_float", "int": "_int"}[lit_node.kind]
+            left, right = (lit.expr, ref) if lit_left else (ref, lit.expr)
+            return Code(f"({left} {op} {right} if {test} else {helper}({left}, {right}))", "bool")
+        return Code(f"{helper}({a.expr}, {b.expr})", "bool")
+
+    def arith(self, fn: str, args: tuple[Node, ...], scope: dict[str, str]) -> Code:
+        a, b = self.gen(args[0], scope), self.gen(args[1], scope)
+        op, helper_fn = _ARITH[fn]
+        helper = self.helper(helper_fn)
+        if fn != "_%_":
+            for lit_node, lit, other, lit_left in ((args[0], a, b, True), (args[1], b, a, False)):
+                if not (
+                    isinstance(lit_node, Lit) and lit_node.kind == "double" and math.isfinite(lit_node.value)
+                ):
+                    continue
+                if fn == "_/_" and (lit_left or lit_node.value == 0.0):
+                    continue
+                left, right = (lit.expr, "{}") if lit_left else ("{}", lit.expr)
+                if other.type == "double":
+                    expr = f"({left} {op} {right})".format(other.expr)
+                    return Code(expr, "double", other.safe)
+                ob, ref = self.once(other)
+                inline = f"{left} {op} {right}".format(ref)
+                slow = f"{helper}({left}, {right})".replace("{}", ref)
+                return Code(f"({inline} if type({ob}) is _float else {slow})", "double")
+            if fn == "_+_" and a.type == b.type == "string":
+                return Code(f"({a.expr} + {b.expr})", "string", a.safe and b.safe)
+        typ = a.type if a.type == b.type and a.type in ("int", "uint", "double", "string", "list") else None
+        return Code(f"{helper}({a.expr}, {b.expr})", typ)
+
+    def membership(self, args: tuple[Node, ...], scope: dict[str, str]) -> Code:
+        x, c = self.gen(args[0], scope), self.gen(args[1], scope)
+        node_c = args[1]
+        if (
+            isinstance(node_c, ListLit)
+            and node_c.items
+            and all(isinstance(i, Lit) and i.kind == "string" for i in node_c.items)
+        ):
+            options = tuple(i.value for i in node_c.items)  # type: ignore[attr-defined]
+            return Code(f"({x.expr} in {self.const(options, 'k')})", "bool", x.safe)
+        if x.type == "string":
+            cb, cr = self.once(c)
+            return Code(
+                f"({x.expr} in {cr} if type({cb}) is _dict or type({cr}) is _list "
+                f"else {self.helper(V.is_in)}({x.expr}, {cr}))",
+                "bool",
+            )
+        return Code(f"{self.helper(V.is_in)}({x.expr}, {c.expr})", "bool")
+
+    def function(self, node: Call, scope: dict[str, str]) -> Code:
+        member = node.target is not None
+        key = (node.fn, member, len(node.args))
+        if key not in FUNCTIONS:
+            raise Unsupported(f"function {node.fn!r}")
+        args: list[Node] = ([node.target] if node.target is not None else []) + list(node.args)
+        codes = [self.gen(a, scope) for a in args]
+        name = node.fn
+        if name == "matches" and isinstance(args[1], Lit) and args[1].kind == "string":
+            pattern = compile_pattern(args[1].value)
+            return Code(f"{self.const(_pattern_matcher(pattern), 'm')}({codes[0].expr})", "bool")
+        if name == "size":
+            # len() agrees with size() on every JSON-shaped value and raises TypeError otherwise
+            return Code(f"_len({codes[0].expr})", "int")
+        if name in ("contains", "startsWith", "endsWith"):
+            impl = {"contains": str.__contains__, "startsWith": str.startswith, "endsWith": str.endswith}[
+                name
+            ]
+            return Code(f"{self.const(impl, 's')}({codes[0].expr}, {codes[1].expr})", "bool")
+        if name == "string" and codes[0].type == "string":
+            return codes[0]
+        if name == "double" and codes[0].type == "double":
+            return codes[0]
+        result = {
+            "int": "int",
+            "uint": "uint",
+            "double": "double",
+            "string": "string",
+            "bytes": "bytes",
+            "bool": "bool",
+            "matches": "bool",
+        }.get(name)
+        return Code(f"{self.helper(FUNCTIONS[key])}({', '.join(c.expr for c in codes)})", result)
+
+
+def _pattern_matcher(match: Callable[[str], bool]) -> Callable[[object], bool]:
+    def matches(s: object) -> bool:
+        if type(s) is not str:
+            raise V.no_overload("matches", s)
+        return match(s)
+
+    return matches
+
+
+def _raise_overload(fn: str, value: object) -> None:
+    raise V.no_overload(fn, value)
+
+
+def _fail_from(err: object, fn: str) -> None:
+    if type(err) is V.ErrBox:
+        raise err.exc
+    raise V.no_overload(fn, err)
+
+
+def generate(
+    node: Node, params: dict[str, str], plain: bool = True, batch: bool = False
+) -> tuple[str, dict[str, object]]:
+    """Python source of `def _cel(<params>)` evaluating `node`, and the constants it needs.
+
+    With `batch`, `_cel` takes one sequence per parameter and returns a list with one entry per
+    position: the value, or the EvalError for that message (one bad message does not stop the rest).
+    """
+    g = Gen(params)
+    if batch:
+        g.level = 2
+    code = g.gen(node, dict(params))
+    result = code.expr
+    if plain and isinstance(node, MapLit | ListLit) and code.expr[:1] in "[{":
+        code = g.gen_plain_literal(node, dict(params))  # convert element by element, not the whole
+        result = code.expr
+    elif plain and code.type is None:
+        result = g.plain_inline(code, g.helper(V.plain))
+    elif plain and code.type not in _SCALARS:
+        result = f"{g.helper(V.plain)}({result})"
+    args = ", ".join(params.values())
+    if not batch:
+        g.emit(f"return {result}")
+        body = "\n".join("    " + line for line in g.lines)
+        src = (
+            f"def _cel({args}):\n"
+            "    try:\n"
+            f"{body}\n"
+            "    except _Defer:\n"
+            f"        return _runtime({args})\n"
+            "    except _Exc as _e:\n"
+            "        raise _fail(_e) from None\n"
+        )
+        return src, g.consts
+    g.emit(f"_append(_out, {result})")
+    body = "\n".join("    " + line for line in g.lines)
+    columns = ", ".join(f"_b{i}" for i in range(len(params)))
+    g.consts.update({"_zip": zip, "_runtime_or_error": None})
+    src = (
+        f"def _cel({columns}):\n"
+        "    _out = []\n"
+        f"    for {args}{',' if len(params) == 1 else ''} in _zip({columns}):\n"
+        "        try:\n"
+        f"{body}\n"
+        "        except _Defer:\n"
+        f"            _append(_out, _runtime_or_error({args}))\n"
+        "        except _Exc as _e:\n"
+        "            _append(_out, _fail(_e))\n"
+        "    return _out\n"
+    )
+    return src, g.consts

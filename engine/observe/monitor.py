@@ -1,0 +1,163 @@
+"""The watcher of a running graph: integrity per source, source lag, connection state.
+
+It runs beside the scheduler (one task, once a second by default), so the hot path never pays
+for it. Each pass reconciles every source's ack counters,
+
+    entered = delivered + filtered + dead-lettered + failed + in flight,   in flight >= 0,
+
+keeps the result for the metrics, and logs an error the moment a source stops balancing (and a
+line when it balances again). It also asks sources for their lag (`async def lag() -> int | None`,
+optional) and nodes for their connections (`def connection_state() -> dict[str, bool]`, optional),
+and logs connection lost / regained on each change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Monitor", "Reconciliation", "reconcile"]
+
+log = logging.getLogger("streamdag.monitor")
+
+
+@dataclass
+class Reconciliation:
+    """One source's ledger at one moment."""
+
+    source: str
+    entered: int
+    delivered: int
+    filtered: int
+    dead_lettered: int
+    failed: int
+    in_flight: int
+
+    @property
+    def unaccounted(self) -> int:
+        """Messages that entered but are neither settled nor in flight (negative: settled twice)."""
+        return self.entered - (self.delivered + self.filtered + self.dead_lettered + self.failed + self.in_flight)
+
+    @property
+    def balanced(self) -> bool:
+        return self.unaccounted == 0 and self.in_flight >= 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"entered": self.entered, "delivered": self.delivered, "filtered": self.filtered,
+                "dead_lettered": self.dead_lettered, "failed": self.failed, "in_flight": self.in_flight,
+                "unaccounted": self.unaccounted, "balanced": self.balanced}
+
+
+def reconcile(source: str, tracker: Any) -> Reconciliation:
+    """The ledger of one `AckTracker` (read in one go: the scheduler is single-threaded)."""
+    return Reconciliation(source, tracker.entered, tracker.delivered, tracker.filtered, tracker.dead_lettered,
+                          tracker.nacked, tracker.in_flight)
+
+
+@dataclass
+class Monitor:
+    """Watches a `Runner`; `start()` launches the loop, `stop()` ends it after a last pass."""
+
+    runner: Any
+    interval: float = 1.0
+    lag_timeout: float = 1.0
+    ledgers: dict[str, Reconciliation] = field(default_factory=dict)
+    lag: dict[str, int] = field(default_factory=dict)
+    connections: dict[tuple[str, str], bool] = field(default_factory=dict)
+    started: float = field(default_factory=time.time)
+    passes: int = 0
+    _task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="observe:monitor")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        self.check_integrity()
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.check()
+            except Exception:  # noqa: BLE001 - the watcher must outlive a bad hook
+                log.exception("monitor pass failed")
+            await asyncio.sleep(self.interval)
+
+    async def check(self) -> None:
+        """One pass: integrity, connections, lag."""
+        self.check_integrity()
+        self.check_connections()
+        await self.refresh_lag()
+        self.passes += 1
+
+    def check_integrity(self) -> None:
+        for source, tracker in list(self.runner.trackers.items()):
+            now = reconcile(source, tracker)
+            before = self.ledgers.get(source)
+            self.ledgers[source] = now
+            if not now.balanced and (before is None or before.balanced):
+                log.error("integrity mismatch at source %s: %d in != %d delivered + %d filtered + %d dead-lettered "
+                          "+ %d failed + %d in flight (%+d unaccounted)", source, now.entered, now.delivered,
+                          now.filtered, now.dead_lettered, now.failed, now.in_flight, now.unaccounted,
+                          extra={"event": "integrity_mismatch", "node": source, **now.as_dict()})
+            elif now.balanced and before is not None and not before.balanced:
+                log.warning("integrity at source %s balances again", source,
+                            extra={"event": "integrity_restored", "node": source, **now.as_dict()})
+
+    def check_connections(self) -> None:
+        for node_id, node in self.runner.nodes.items():
+            hook = getattr(node, "connection_state", None)
+            if hook is None:
+                continue
+            try:
+                states = hook() or {}
+            except Exception as exc:  # noqa: BLE001 - a broken hook must not stop the watcher
+                log.debug("node %s: connection_state() failed: %s", node_id, exc)
+                continue
+            for name, up in states.items():
+                key = (node_id, str(name))
+                before = self.connections.get(key)
+                self.connections[key] = bool(up)
+                if before is None or before == bool(up):
+                    continue
+                if up:
+                    log.warning("connection %s of node %s regained", name, node_id,
+                                extra={"event": "connection_regained", "node": node_id, "connection": name})
+                else:
+                    log.error("connection %s of node %s lost", name, node_id,
+                              extra={"event": "connection_lost", "node": node_id, "connection": name})
+
+    async def refresh_lag(self) -> None:
+        for node_id, rn in self.runner.graph.nodes.items():
+            if rn.kind != "source":
+                continue
+            hook = getattr(self.runner.nodes[node_id], "lag", None)
+            if hook is None:
+                continue
+            try:
+                value = hook()
+                if inspect.isawaitable(value):
+                    value = await asyncio.wait_for(value, self.lag_timeout)
+                value = None if value is None else int(value)
+            except Exception as exc:  # noqa: BLE001 - lag is best effort (a lost connection, a timeout)
+                log.debug("source %s: lag() failed: %s", node_id, exc)
+                self.lag.pop(node_id, None)
+                continue
+            if value is None:
+                self.lag.pop(node_id, None)
+            else:
+                self.lag[node_id] = value
+
+    @property
+    def mismatched(self) -> list[str]:
+        return [s for s, r in self.ledgers.items() if not r.balanced]

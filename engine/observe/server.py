@@ -1,0 +1,90 @@
+"""The HTTP endpoint of a running graph, an asyncio server inside the run's own loop.
+
+`GET /metrics` Prometheus text, `GET /api/stats` JSON, `GET /` the status page, `GET /healthz`.
+It speaks just enough HTTP/1.1 for Prometheus, curl and browsers: one request per connection."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import orjson
+
+from engine.observe.metrics import CONTENT_TYPE, make_registry, render_metrics
+from engine.observe.monitor import Monitor
+from engine.observe.page import status_page
+from engine.observe.snapshot import stats_snapshot
+
+__all__ = ["MetricsServer"]
+
+log = logging.getLogger("streamdag.observe")
+
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
+
+
+class MetricsServer:
+    """Serves one runner's metrics; `port=0` picks a free port (see `.port` after `start`)."""
+
+    def __init__(self, runner: Any, monitor: Monitor | None = None, host: str = "127.0.0.1", port: int = 0):
+        self.runner = runner
+        self.monitor = monitor
+        self.host = host
+        self.port = port
+        self.registry = make_registry(runner, monitor)
+        self._page = status_page(runner.graph).encode()
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("metrics on http://%s:%d/metrics, status page on http://%s:%d/", self.host, self.port,
+                 self.host, self.port, extra={"event": "metrics_listening", "port": self.port})
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    def respond(self, method: str, path: str) -> tuple[int, str, bytes]:
+        """Status, content type and body for one request (no I/O: tests call it directly too)."""
+        if method not in ("GET", "HEAD"):
+            return 405, "text/plain; charset=utf-8", b"only GET\n"
+        path = path.split("?", 1)[0]
+        if path == "/metrics":
+            return 200, CONTENT_TYPE, render_metrics(self.registry)
+        if path == "/api/stats":
+            return 200, "application/json", orjson.dumps(stats_snapshot(self.runner, self.monitor))
+        if path in ("/", "/index.html"):
+            return 200, "text/html; charset=utf-8", self._page
+        if path == "/healthz":
+            return 200, "text/plain; charset=utf-8", b"ok\n"
+        return 404, "text/plain; charset=utf-8", b"not found: try /metrics, /api/stats or /\n"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            parts = head.split(b"\r\n", 1)[0].decode("latin-1").split()
+            if len(parts) != 3:
+                status, ctype, body = 400, "text/plain; charset=utf-8", b"bad request line\n"
+                method = "GET"
+            else:
+                method = parts[0]
+                status, ctype, body = self.respond(method, parts[1])
+            writer.write(
+                f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                "Cache-Control: no-store\r\nConnection: close\r\n\r\n".encode("latin-1"))
+            if method != "HEAD":
+                writer.write(body)
+            await writer.drain()
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
+            pass  # the client went away or sent garbage: nothing to answer
+        except Exception:  # noqa: BLE001 - a failing scrape must never stop the graph
+            log.exception("metrics request failed")
+        finally:
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except (ConnectionError, OSError):
+                pass

@@ -1,0 +1,281 @@
+"""`jetstream_sink`: publish to JetStream, acking upstream only after the server's PubAck.
+
+Lean path: each chunk of up to `max_in_flight` messages is written as raw `HPUB` lines in one
+socket write, each with its own reply subject under one wildcard inbox; `write` returns once
+every PubAck of the batch is in. `Nats-Msg-Id` makes a replay after a crash a server-side
+duplicate (counted in `duplicates`), not a second copy. A message the server rejects (too
+large, no stream for the subject, CEL error) is returned as failed, so it goes to `errors`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from typing import Any
+
+import orjson
+from pydantic import Field, model_validator
+
+from engine.api import CelExpr, CheckContext, CheckIssue, NodeConfig, Sink
+from engine.errors import ConnectionLost
+from engine.expr import EvalError, compile_expr
+from engine.message import Msg
+from engine.spec.connections import Duration
+
+from .connection import NatsHandle, nats_handle
+from .streams import subject_within
+
+__all__ = ["JetStreamPublishError", "JetStreamSink", "JetStreamSinkConfig"]
+
+log = logging.getLogger("streamdag.jetstream")
+
+_SUBJECT = re.compile(r"^[^\s*>.]+(\.[^\s*>.]+)*$")
+_HEADER_KEY = re.compile(r"^[!-9;-~]+$")
+
+
+class JetStreamPublishError(ConnectionLost):
+    """PubAcks did not come back in time (server down or restarting): the batch is retried."""
+
+
+class JetStreamSinkConfig(NodeConfig):
+    """Publish each message to a JetStream subject and wait for the stream to store it."""
+
+    connection: str = Field(description="Name of a `nats` connection.", examples=["nats"])
+    subject: str | None = Field(None, description="Fixed subject to publish to.", examples=["clean.orders"])
+    subject_expr: CelExpr | None = Field(
+        None, description="CEL expression giving each message's subject.", examples=["'orders.' + msg.region"]
+    )
+    headers: dict[str, CelExpr] = Field(
+        default_factory=dict,
+        description="Headers to set, each a CEL expression.",
+        examples=[{"X-Source": "meta.subject"}],
+    )
+    copy_headers: bool = Field(False, description="Copy the incoming message's headers (`meta.headers`).")
+    msg_id: CelExpr | None = Field(
+        None,
+        description="CEL expression for `Nats-Msg-Id` (deduplication). Default: "
+        "`<node>:<stream>:<seq>` of a JetStream source message, else `<node>:<meta.id>`.",
+        examples=["string(msg.id)"],
+    )
+    max_in_flight: int = Field(1000, ge=1, le=100_000, description="Publishes awaiting their PubAck at once.")
+    ack_timeout: Duration = Field(
+        5.0, gt=0, description="Seconds to wait for PubAcks before retrying the batch."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> JetStreamSinkConfig:
+        if (self.subject is None) == (self.subject_expr is None):
+            raise ValueError("set exactly one of subject and subject_expr")
+        if self.subject is not None and not _SUBJECT.match(self.subject):
+            raise ValueError(f"invalid subject {self.subject!r} (no spaces or wildcards, no empty tokens)")
+        for key in self.headers:
+            if not _HEADER_KEY.match(key):
+                raise ValueError(f"invalid header name {key!r}")
+        return self
+
+
+def _header_value(v: Any) -> bytes:
+    text = (
+        v if isinstance(v, str) else orjson.dumps(v).decode() if not isinstance(v, (int, float)) else str(v)
+    )
+    return text.replace("\r", " ").replace("\n", " ").strip().encode()
+
+
+def _payload(body: Any) -> bytes:
+    if isinstance(body, bytes):
+        return body
+    if isinstance(body, str):
+        return body.encode()
+    return orjson.dumps(body)
+
+
+class JetStreamSink(Sink):
+    """Deduplicating JetStream publisher; see the module docstring."""
+
+    Config = JetStreamSinkConfig
+    connection_types = ("nats",)
+
+    def __init__(self, node_id: str, config: JetStreamSinkConfig, ctx: Any):
+        super().__init__(node_id, config, ctx)
+        self.config: JetStreamSinkConfig = config
+        self._subject_expr = compile_expr(config.subject_expr) if config.subject_expr else None
+        self._msg_id = compile_expr(config.msg_id) if config.msg_id else None
+        self._headers = [(k.encode(), compile_expr(v)) for k, v in config.headers.items()]
+        self._subject = (config.subject or "").encode()
+        self._plain = not self._headers and not config.copy_headers
+        self._h: NatsHandle | None = None
+        self._sub: Any = None
+        self._prefix = ""
+        self._seq = 0
+        self._waiting: dict[int, int] = {}  # reply number -> position in the chunk
+        self._results: list[str | None] = []
+        self._left = 0
+        self._done = asyncio.Event()
+        self._lock = asyncio.Lock()  # one chunk in flight per sink: PubAcks are matched to it
+        self.published = 0
+        self.duplicates = 0
+        self.rejected = 0
+
+    @classmethod
+    def check(cls, config: JetStreamSinkConfig, ctx: CheckContext) -> list[CheckIssue]:
+        """W341: a fixed subject no declared stream stores (one may exist on the server; else 503 at run)."""
+        conn = ctx.connections.get(config.connection)
+        streams = (conn or {}).get("streams") or {}
+        if not streams or config.subject is None:
+            return []
+        if any(subject_within(config.subject, s) for st in streams.values() for s in st["subjects"]):
+            return []
+        return [
+            CheckIssue(
+                ("subject",),
+                "W341",
+                f"no stream declared under connection {config.connection!r} "
+                f"stores subject {config.subject!r}",
+                "warning",
+            )
+        ]
+
+    def metrics(self) -> dict[str, int]:
+        """Counters beside the runtime's: stored, deduplicated by the server, rejected."""
+        return {"published": self.published, "duplicates": self.duplicates, "rejected": self.rejected}
+
+    async def start(self) -> None:
+        self._h = await nats_handle(self.ctx, self.config.connection)
+        self._prefix = self._h.nc.new_inbox()
+        self._sub = await self._h.tap.subscribe(self._prefix + ".*", self._on_ack)  # type: ignore[union-attr]
+        self._prefix_len = len(self._prefix) + 1
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            self._h.tap.forget(self._sub)  # type: ignore[union-attr]
+            try:
+                await self._sub.unsubscribe()
+            except Exception:  # noqa: BLE001 - connection already gone
+                pass
+            self._sub = None
+
+    def _on_ack(
+        self, subject: str, reply: str, data: bytes, headers: dict[str, str] | None, status: str | None
+    ) -> None:
+        pos = self._waiting.pop(int(subject[self._prefix_len :]), None)
+        if pos is None:
+            return  # a PubAck that came after its batch timed out
+        if status == "503":
+            self._results[pos] = "no stream listens on this subject (503 no responders)"
+        elif status is not None:
+            self._results[pos] = f"server answered {status} {(headers or {}).get('Description', '')}".strip()
+        elif data.startswith(b'{"error"'):
+            err = orjson.loads(data)["error"]
+            self._results[pos] = (
+                f"server rejected the message: {err.get('description')} (code {err.get('err_code')})"
+            )
+        elif b'"duplicate"' in data:
+            self.duplicates += 1
+        self._left -= 1
+        if self._left <= 0:
+            self._done.set()
+
+    def _encode(self, msg: Msg, ids: dict[str, int]) -> tuple[bytes, bytes, bytes]:
+        """(subject, header block, payload) of one message; raises ValueError / EvalError."""
+        body, meta = msg.body, msg.meta
+        if self._subject_expr is None:
+            subject = self._subject
+        else:
+            value = self._subject_expr(body, meta)
+            if not isinstance(value, str) or not _SUBJECT.match(value):
+                raise ValueError(f"subject_expr gave {value!r}, not a valid subject")
+            subject = value.encode()
+        if self._msg_id is not None:
+            mid = str(self._msg_id(body, meta))
+        elif "stream" in meta and "seq" in meta:
+            mid = f"{self.id}:{meta['stream']}:{meta['seq']}"
+        elif "id" in meta:
+            mid = f"{self.id}:{meta['id']}"
+        else:
+            mid = ""
+        if mid and self._msg_id is None:  # several outputs of one input: number them within the batch
+            k = ids.get(mid, 0)
+            ids[mid] = k + 1
+            if k:
+                mid = f"{mid}#{k}"
+        if self._plain:  # the common case: only the message id
+            hdr_block = (
+                b"NATS/1.0\r\nNats-Msg-Id: %s\r\n\r\n" % _header_value(mid) if mid else b"NATS/1.0\r\n\r\n"
+            )
+            return subject, hdr_block, _payload(body)
+        hdr = [b"NATS/1.0\r\n"]
+        if mid:
+            hdr.append(b"Nats-Msg-Id: %s\r\n" % _header_value(mid))
+        if self.config.copy_headers:
+            for k, v in (meta.get("headers") or {}).items():
+                if k != "Nats-Msg-Id" and _HEADER_KEY.match(k):
+                    hdr.append(b"%s: %s\r\n" % (k.encode(), _header_value(v)))
+        for key, expr in self._headers:
+            hdr.append(b"%s: %s\r\n" % (key, _header_value(expr(body, meta))))
+        hdr.append(b"\r\n")
+        return subject, b"".join(hdr), _payload(body)
+
+    async def write(self, batch: list[Msg]) -> list[tuple[Msg, str]] | None:
+        failed: list[tuple[Msg, str]] = []
+        step = self.config.max_in_flight
+        async with self._lock:
+            for i in range(0, len(batch), step):
+                await self._publish_chunk(batch[i : i + step], failed)
+        self.rejected += len(failed)
+        return failed
+
+    async def _publish_chunk(self, chunk: list[Msg], failed: list[tuple[Msg, str]]) -> None:
+        nc = self._h.nc  # type: ignore[union-attr]
+        if nc.is_closed:
+            raise JetStreamPublishError("the NATS connection is closed")
+        max_payload = nc.max_payload
+        prefix = self._prefix.encode()
+        ids: dict[str, int] = {}
+        lines: list[bytes] = []
+        sent: list[Msg] = []
+        waiting: dict[int, int] = {}
+        seq = self._seq
+        for msg in chunk:
+            try:
+                subject, hdr, payload = self._encode(msg, ids)
+            except (EvalError, ValueError, TypeError, orjson.JSONEncodeError) as exc:
+                failed.append((msg, f"cannot build the message: {exc}"))
+                continue
+            total = len(hdr) + len(payload)
+            if total > max_payload:
+                failed.append(
+                    (msg, f"message of {total} bytes exceeds the server's max_payload of {max_payload}")
+                )
+                continue
+            seq += 1
+            waiting[seq] = len(sent)
+            sent.append(msg)
+            lines.append(
+                b"HPUB %s %s.%d %d %d\r\n%s%s\r\n" % (subject, prefix, seq, len(hdr), total, hdr, payload)
+            )
+        self._seq = seq
+        if not sent:
+            return
+        self._waiting = waiting
+        self._results = [None] * len(sent)
+        self._left = len(sent)
+        self._done.clear()
+        await nc._send_command(b"".join(lines))
+        await nc._flush_pending()
+        try:
+            await asyncio.wait_for(self._done.wait(), self.config.ack_timeout)
+        except asyncio.TimeoutError:
+            missing = len(self._waiting)
+            self._waiting = {}
+            raise JetStreamPublishError(
+                f"{missing} of {len(sent)} PubAcks missing after {self.config.ack_timeout}s "
+                f"(server down or restarting?)"
+            ) from None
+        stored = 0
+        for msg, result in zip(sent, self._results, strict=True):
+            if result is None:
+                stored += 1
+            else:
+                failed.append((msg, result))
+        self.published += stored

@@ -1,0 +1,485 @@
+"""`jetstream_source`: a durable pull consumer whose acks follow the graph's end-to-end ack contract.
+
+Lean path: the source sends its own pull requests (`$JS.API.CONSUMER.MSG.NEXT`) on one core
+subscription and writes acks as raw protocol lines, one socket write per batch of acks, instead
+of nats-py's `fetch()` + one `await msg.ack()` per message. It keeps at most `max_ack_pending`
+messages unsettled: it asks the server only for as many as the graph has room for.
+
+Outcomes: a completed message gets `+ACK`; a failed one `-NAK` with a delay from `retry`; once
+failed on its `max_deliver`-th delivery it goes to the `errors` port (its delivery count in meta
+and in `attempt`) and gets `+TERM` when the dead-letter sink has committed it. Messages held
+longer than a third of `ack_wait` get `+WPI` (in progress) so the server does not redeliver them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import deque
+from datetime import datetime
+from typing import Any, Literal
+
+import orjson
+from pydantic import Field, model_validator
+
+from engine.api import CheckContext, CheckIssue, NodeConfig, RetryPolicy, Source
+from engine.message import Msg
+from engine.runtime.outputs import SourceOutput
+from engine.spec.connections import Duration, Size
+
+from .connection import JetStreamConnectionError, NatsHandle, nats_handle
+from .streams import subject_within
+from .wire import write_lines
+
+__all__ = ["JetStreamSource", "JetStreamSourceConfig", "parse_ack_subject"]
+
+log = logging.getLogger("streamdag.jetstream")
+
+_STATUS_DONE = {"404", "408", "409"}
+
+
+class JetStreamSourceConfig(NodeConfig):
+    """Read a JetStream stream through a durable pull consumer (created if missing, else bound)."""
+
+    connection: str = Field(description="Name of a `nats` connection.", examples=["nats"])
+    stream: str = Field(description="Stream to read.", examples=["ORDERS"])
+    durable: str = Field(
+        description="Durable consumer name; created if missing, else bound.", examples=["orders-etl"]
+    )
+    subjects: list[str] = Field(
+        default_factory=list,
+        description="Filter subjects (all of the stream if empty). "
+        "Also the stream's subjects if the stream must be created.",
+        examples=[["orders.>"]],
+    )
+    deliver: Literal["all", "new", "last", "by_start_sequence", "by_start_time"] = Field(
+        "all", description="Where a new consumer starts."
+    )
+    start_sequence: int | None = Field(
+        None, ge=1, description="First stream sequence (deliver: by_start_sequence)."
+    )
+    start_time: datetime | None = Field(
+        None, description="First message time, ISO 8601 (deliver: by_start_time)."
+    )
+    ack_wait: Duration = Field(30.0, gt=0, description="Seconds before an unacked message is redelivered.")
+    max_deliver: int = Field(5, ge=1, description="Deliveries before a failing message is dead-lettered.")
+    max_ack_pending: int | None = Field(
+        None,
+        ge=1,
+        description="Unacked messages the server allows; default: "
+        "the larger of 4 x batch and the graph's in-flight capacity.",
+    )
+    backoff: list[Duration] = Field(
+        default_factory=list,
+        description="Server-side redelivery delays by "
+        "delivery count, e.g. [1s, 5s, 30s]; replaces ack_wait (the server waits "
+        "backoff[0] for the first delivery).",
+    )
+    batch: int = Field(1000, ge=1, le=100_000, description="Messages asked for per pull request.")
+    max_bytes: Size | None = Field(None, ge=1, description="Bytes asked for per pull request (e.g. 4MB).")
+    expires: Duration = Field(5.0, gt=0, description="Seconds a pull request waits for new messages.")
+    codec: Literal["json", "text", "bytes"] = Field(
+        "json", description="How a message's data becomes its body."
+    )
+    retry: RetryPolicy = Field(
+        default_factory=lambda: RetryPolicy.model_validate({"initial_backoff": 1.0, "max_backoff": 60.0}),
+        description="Nak delay of a failed message, by delivery count.",
+    )
+    in_progress: bool = Field(
+        True, description="Send `in progress` for messages held longer than ack_wait/3."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> JetStreamSourceConfig:
+        if self.deliver == "by_start_sequence" and self.start_sequence is None:
+            raise ValueError("deliver: by_start_sequence needs start_sequence")
+        if self.deliver == "by_start_time" and self.start_time is None:
+            raise ValueError("deliver: by_start_time needs start_time")
+        if self.start_sequence is not None and self.deliver != "by_start_sequence":
+            raise ValueError("start_sequence is only used with deliver: by_start_sequence")
+        if self.start_time is not None and self.deliver != "by_start_time":
+            raise ValueError("start_time is only used with deliver: by_start_time")
+        if self.backoff and len(self.backoff) >= self.max_deliver:
+            raise ValueError(f"backoff has {len(self.backoff)} delays; max_deliver must be larger")
+        if self.max_ack_pending is not None and self.max_ack_pending < self.batch:
+            raise ValueError(f"max_ack_pending ({self.max_ack_pending}) is smaller than batch ({self.batch})")
+        if "." in self.durable or "*" in self.durable or ">" in self.durable:
+            raise ValueError(f"durable {self.durable!r} may not contain '.', '*' or '>'")
+        return self
+
+
+def parse_ack_subject(reply: str) -> tuple[str, str, int, int, int, float]:
+    """(stream, consumer, delivered, stream seq, consumer seq, timestamp) from a `$JS.ACK...` subject."""
+    t = reply.split(".")
+    o = 2 if len(t) == 9 else 4  # v1: $JS.ACK.<stream>...; v2 adds <domain>.<account hash>
+    return t[o], t[o + 1], int(t[o + 2]), int(t[o + 3]), int(t[o + 4]), int(t[o + 5]) / 1e9
+
+
+class JetStreamSource(Source):
+    """Durable pull consumer; see the module docstring for its ack behaviour."""
+
+    Config = JetStreamSourceConfig
+    connection_types = ("nats",)
+
+    def __init__(self, node_id: str, config: JetStreamSourceConfig, ctx: Any):
+        super().__init__(node_id, config, ctx)
+        self.config: JetStreamSourceConfig = config
+        self._h: NatsHandle | None = None
+        self._sub: Any = None
+        self._inbox = ""
+        self._buf: list[tuple[str, str, bytes, dict[str, str] | None]] = []  # subject, reply, data, headers
+        self._dead: list[Msg] = []
+        self._wake = asyncio.Event()
+        self._req_n = 0  # pull requests sent
+        self._req_subject = ""  # reply subject of the open request
+        self._req_left = 0  # messages the open request may still bring
+        self._req_sent = 0.0
+        self._held: deque[tuple[float, list[Msg]]] = deque()
+        self._held_n = 0
+        self._out: SourceOutput | None = None
+        self.max_ack_pending = config.max_ack_pending or max(1000, 4 * config.batch)
+        self.acked = self.naked = self.termed = self.redeliveries = 0
+
+    @classmethod
+    def check(cls, config: JetStreamSourceConfig, ctx: CheckContext) -> list[CheckIssue]:
+        """E240: a filter subject outside the declared stream; W340: a stream nobody declares or creates."""
+        conn = ctx.connections.get(config.connection)
+        if conn is None or conn.get("type") != "nats":
+            return []
+        declared = (conn.get("streams") or {}).get(config.stream)
+        if declared is None:
+            if config.subjects:
+                return []
+            return [
+                CheckIssue(
+                    ("stream",),
+                    "W340",
+                    f"stream {config.stream!r} is not declared under connection "
+                    f"{config.connection!r} and the source has no subjects to create it: it must exist",
+                    "warning",
+                )
+            ]
+        return [
+            CheckIssue(
+                ("subjects", i),
+                "E240",
+                f"filter subject {f!r} is outside stream {config.stream!r} (subjects {declared['subjects']})",
+            )
+            for i, f in enumerate(config.subjects)
+            if not any(subject_within(f, s) for s in declared["subjects"])
+        ]
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._h = await nats_handle(self.ctx, self.config.connection)
+        await self._ensure_stream()
+        await self._ensure_consumer()
+        nc = self._h.nc
+        self._inbox = nc.new_inbox()
+        self._sub = await self._h.tap.subscribe(self._inbox + ".*", self._on_msg)  # type: ignore[union-attr]
+        self._h.listeners.append(self._on_reconnect)
+
+    async def stop(self) -> None:
+        if self._h is None:
+            return
+        if self._on_reconnect in self._h.listeners:
+            self._h.listeners.remove(self._on_reconnect)
+        if self._sub is not None:
+            self._h.tap.forget(self._sub)  # type: ignore[union-attr]
+            try:
+                await self._sub.unsubscribe()
+            except Exception:  # noqa: BLE001 - connection already gone
+                pass
+            self._sub = None
+        # Messages received but never emitted go back to the server at once.
+        leftovers, self._buf = self._buf, []
+        if leftovers and not self._h.nc.is_closed:
+            await write_lines(self._h.nc, [(m[1], b"-NAK") for m in leftovers])
+            await self._h.nc.flush()
+
+    async def _ensure_stream(self) -> None:
+        from nats.js.api import StreamConfig
+        from nats.js.errors import NotFoundError
+
+        js, cfg = self._h.js, self.config  # type: ignore[union-attr]
+        try:
+            await js.stream_info(cfg.stream)
+        except NotFoundError:
+            if not cfg.subjects:
+                raise JetStreamConnectionError(
+                    f"node {self.id!r}: stream {cfg.stream!r} does not exist; declare it under "
+                    f"connections.{cfg.connection}.streams or give the source its subjects"
+                ) from None
+            await js.add_stream(StreamConfig(name=cfg.stream, subjects=list(cfg.subjects)))
+            log.info("node %s: created stream %s with subjects %s", self.id, cfg.stream, cfg.subjects)
+
+    def _consumer_config(self) -> Any:
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+        cfg = self.config
+        policy = {
+            "all": DeliverPolicy.ALL,
+            "new": DeliverPolicy.NEW,
+            "last": DeliverPolicy.LAST,
+            "by_start_sequence": DeliverPolicy.BY_START_SEQUENCE,
+            "by_start_time": DeliverPolicy.BY_START_TIME,
+        }[cfg.deliver]
+        return ConsumerConfig(
+            durable_name=cfg.durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=policy,
+            opt_start_seq=cfg.start_sequence,
+            opt_start_time=cfg.start_time.isoformat() if cfg.start_time else None,  # type: ignore[arg-type]
+            ack_wait=cfg.ack_wait,
+            max_deliver=cfg.max_deliver,
+            backoff=list(cfg.backoff) or None,
+            filter_subject=cfg.subjects[0] if len(cfg.subjects) == 1 else None,
+            filter_subjects=list(cfg.subjects) if len(cfg.subjects) > 1 else None,
+            max_ack_pending=self.max_ack_pending,
+        )
+
+    async def _ensure_consumer(self) -> None:
+        from nats.js.errors import Error as JsError
+
+        try:
+            await self._h.js.add_consumer(self.config.stream, self._consumer_config())  # type: ignore[union-attr]
+        except JsError as exc:
+            raise JetStreamConnectionError(
+                f"node {self.id!r}: cannot create or bind consumer {self.config.durable!r} on stream "
+                f"{self.config.stream!r}: {exc} (an existing durable with another deliver policy or filter "
+                f"cannot be changed: delete it or pick another name)"
+            ) from exc
+
+    # -- receiving -------------------------------------------------------------------------------------------
+
+    def _on_msg(
+        self, subject: str, reply: str, data: bytes, headers: dict[str, str] | None, status: str | None
+    ) -> None:
+        if reply:
+            self._buf.append((subject, reply, data, headers))
+            self._req_left -= 1
+            if len(self._buf) == 1 or self._req_left <= 0:
+                self._wake.set()
+            return
+        if status in _STATUS_DONE and subject == self._req_subject:
+            self._req_left = 0
+            self._wake.set()
+            if status == "409":
+                desc = (headers or {}).get("Description", "")
+                log.warning("node %s: pull request ended: 409 %s", self.id, desc)
+                if "Deleted" in desc:
+                    asyncio.ensure_future(self._recreate_consumer())
+
+    async def _recreate_consumer(self) -> None:
+        try:
+            await self._ensure_consumer()
+        except Exception:  # noqa: BLE001 - retried at the next 409
+            log.exception("node %s: re-creating consumer failed", self.id)
+
+    async def _on_reconnect(self) -> None:
+        self._req_left = 0  # the open pull request died with the old connection
+        self._wake.set()
+
+    def _limit(self) -> int:
+        tracker = self._out.tracker if self._out is not None else None
+        cap = getattr(tracker, "limit", 0) or 0
+        return min(self.max_ack_pending, cap) if cap > 0 else self.max_ack_pending
+
+    async def _request(self) -> None:
+        """Send a pull request for as many messages as the graph has room for."""
+        tracker = self._out.tracker  # type: ignore[union-attr]
+        limit = self._limit()
+        room = limit - tracker.in_flight - len(self._buf)
+        n = min(self.config.batch, room)
+        if n <= 0 or n < min(self.config.batch, max(1, limit // 4)):
+            return
+        self._req_n += 1
+        self._req_subject = f"{self._inbox}.{self._req_n}"
+        self._req_left = n
+        self._req_sent = time.monotonic()
+        req: dict[str, Any] = {"batch": n, "expires": int(self.config.expires * 1e9)}
+        if self.config.max_bytes:
+            req["max_bytes"] = self.config.max_bytes
+        try:
+            await self._h.nc.publish(  # type: ignore[union-attr]
+                f"$JS.API.CONSUMER.MSG.NEXT.{self.config.stream}.{self.config.durable}",
+                orjson.dumps(req),
+                reply=self._req_subject,
+            )
+        except Exception as exc:  # noqa: BLE001 - connection closed or its buffer full while reconnecting
+            log.warning("node %s: pull request not sent (%s); retrying", self.id, exc)
+            self._req_left = 1  # counts as open: the watchdog re-sends it after `expires`
+
+    async def run(self, out: SourceOutput) -> None:
+        self._out = out
+        cap = getattr(out.tracker, "limit", 0) or 0
+        if cap > self.max_ack_pending:
+            if self.config.max_ack_pending is None:
+                self.max_ack_pending = cap
+                await self._ensure_consumer()
+            else:
+                log.warning(
+                    "node %s: max_ack_pending %d is below the graph's capacity %d: operators that hold "
+                    "messages (windows) may wait forever",
+                    self.id,
+                    self.max_ack_pending,
+                    cap,
+                )
+        relay = asyncio.ensure_future(self._relay_stop(out))
+        ticker = asyncio.ensure_future(self._tick_in_progress()) if self.config.in_progress else None
+        watchdog = self.config.expires + 2.0
+        try:
+            while not out.stopping.is_set():
+                if self._req_left <= 0:
+                    await self._request()
+                if not self._buf and not self._dead:
+                    self._wake.clear()
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), watchdog)
+                    except asyncio.TimeoutError:
+                        if self._req_left > 0 and time.monotonic() - self._req_sent > watchdog:
+                            self._req_left = 0  # the request got lost (no 408 came): send another
+                    continue
+                raw, self._buf = self._buf, []
+                if self._req_left <= 0:
+                    await self._request()  # overlap the next round trip with this batch's work
+                msgs, errors = self._decode(raw)
+                if self._dead:
+                    errors.extend(self._dead)
+                    self._dead = []
+                if ticker is not None:
+                    self._hold(msgs, errors)
+                await out.send(msgs, errors)
+        finally:
+            relay.cancel()
+            if ticker is not None:
+                ticker.cancel()
+
+    async def _relay_stop(self, out: SourceOutput) -> None:
+        await out.stopping.wait()
+        self._wake.set()
+
+    def _decode(
+        self, raw: list[tuple[str, str, bytes, dict[str, str] | None]]
+    ) -> tuple[list[Msg], list[Msg]]:
+        """Build messages (body, meta, ack) from raw frames in one tight loop."""
+        new_ack = self._out.tracker.new  # type: ignore[union-attr]
+        codec = self.config.codec
+        loads = orjson.loads
+        msgs: list[Msg] = []
+        errors: list[Msg] = []
+        for subject, reply, data, headers in raw:
+            t = reply.split(".")
+            o = 2 if len(t) == 9 else 4
+            delivered = int(t[o + 2])
+            meta = {
+                "subject": subject,
+                "stream": t[o],
+                "consumer": t[o + 1],
+                "delivered": delivered,
+                "seq": int(t[o + 3]),
+                "consumer_seq": int(t[o + 4]),
+                "timestamp": int(t[o + 5]) / 1e9,
+                "headers": headers or {},
+            }
+            ack = new_ack()
+            if delivered > 1:
+                self.redeliveries += 1
+            try:
+                body = loads(data) if codec == "json" else data.decode() if codec == "text" else data
+            except ValueError as exc:
+                bad = Msg(data, meta, ack, len(data))
+                ack.token = (reply, bad)
+                errors.append(self._out.error(bad, f"cannot decode as {codec}: {exc}", delivered))  # type: ignore
+                continue
+            msg = Msg(body, meta, ack, len(data))
+            ack.token = (reply, msg)
+            msgs.append(msg)
+        return msgs, errors
+
+    # -- acks ------------------------------------------------------------------------------------------------
+
+    async def commit(self, tokens: list[Any]) -> None:
+        lines = []
+        for reply, msg in tokens:
+            if msg is None:
+                lines.append((reply, b"+TERM"))
+                self.termed += 1
+            else:
+                lines.append((reply, b"+ACK"))
+        self.acked += len(tokens)
+        await write_lines(self._h.nc, lines)  # type: ignore[union-attr]
+        self._wake.set()
+
+    async def reject(self, failures: list[tuple[Any, str]]) -> None:
+        lines = []
+        cfg = self.config
+        tracker = self._out.tracker if self._out is not None else None
+        for (reply, msg), reason in failures:
+            if msg is None:
+                log.error(
+                    "node %s: dead-lettering a message failed (%s); terminating it: %s",
+                    self.id,
+                    reason,
+                    reply,
+                )
+                lines.append((reply, b"+TERM"))
+                self.termed += 1
+                continue
+            delivered = msg.meta.get("delivered", 1)
+            if delivered >= cfg.max_deliver and tracker is not None and self._out is not None:
+                dead = Msg(msg.body, msg.meta, tracker.new((reply, None)), msg.size)
+                self._dead.append(
+                    self._out.error(
+                        dead,
+                        f"{reason} (delivered {delivered} times, max_deliver {cfg.max_deliver})",
+                        delivered,
+                    )
+                )
+                continue
+            delay = int(cfg.retry.backoff(delivered, random.random()) * 1e9)
+            lines.append((reply, b'-NAK {"delay":%d}' % delay))
+            self.naked += 1
+        if lines:
+            await write_lines(self._h.nc, lines)  # type: ignore[union-attr]
+        self._wake.set()
+
+    # -- in progress -----------------------------------------------------------------------------------------
+
+    def _hold(self, msgs: list[Msg], errors: list[Msg]) -> None:
+        """Remember emitted messages for `+WPI`; compact when settled ones pile up."""
+        self._held.append((time.monotonic(), msgs + errors))
+        self._held_n += len(msgs) + len(errors)
+        if self._held_n > 2 * self._limit() + self.config.batch:
+            kept: deque[tuple[float, list[Msg]]] = deque()
+            n = 0
+            for t, batch in self._held:
+                live = [m for m in batch if not m.ack.settled]
+                if live:
+                    kept.append((t, live))
+                    n += len(live)
+            self._held, self._held_n = kept, n
+
+    async def _tick_in_progress(self) -> None:
+        cfg = self.config
+        period = (
+            min([cfg.ack_wait, *cfg.backoff]) / 3
+        )  # with backoff, the server waits backoff[n], not ack_wait
+        while True:
+            await asyncio.sleep(period)
+            cutoff = time.monotonic() - period
+            lines: list[tuple[str, bytes]] = []
+            for t, batch in self._held:
+                if t > cutoff:
+                    break
+                lines.extend(
+                    (m.ack.token[0], b"+WPI")
+                    for m in batch
+                    if not m.ack.settled and m.ack.token and m.ack.token[1] is not None
+                )
+            if lines:
+                log.debug("node %s: %d messages in progress", self.id, len(lines))
+                await write_lines(self._h.nc, lines)  # type: ignore[union-attr]

@@ -1,0 +1,298 @@
+"""What the PostgreSQL nodes share: identifier checks, the pool per named connection, value conversion.
+
+`postgres_sink`, `postgres_source` and `pg_lookup` each open no connection of their own: they ask
+`pool_for(ctx, name)` for the one asyncpg pool of the named `connections:` entry (kept in the run's
+shared resources, closed at the end of the run). Names from the config are validated offline by
+`identifier_issues` (E220) and double-quoted at run time by `quote_ident`; message content only
+ever travels as bind parameters or COPY data, never as SQL text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as _dt
+import decimal
+import math
+import re
+import uuid
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from engine.api import CheckIssue
+
+if TYPE_CHECKING:
+    import asyncpg
+
+    from engine.runtime.context import NodeContext
+
+__all__ = [
+    "IDENT_RE",
+    "TYPE_RE",
+    "check_all",
+    "db_message",
+    "identifier_issues",
+    "is_row_error",
+    "is_transient",
+    "json_text",
+    "json_value",
+    "plain_text",
+    "pool_for",
+    "quote_ident",
+    "quote_qualified",
+    "split_qualified",
+    "to_text",
+    "type_issues",
+    "value_getter",
+]
+
+# A plain SQL identifier: what we accept for tables and columns (no quoting tricks needed, ≤ 63 bytes).
+_INF = float("inf")
+IDENT_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}\Z")
+# A SQL type name as written in a column declaration: `bigint`, `numeric(12,2)`, `timestamp with time
+# zone`, `text[]`, `varchar(40)`. Only letters, digits, spaces, one parenthesised size, array brackets.
+TYPE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_ ]{0,62}(\(\s*\d+\s*(,\s*\d+\s*)?\))?(\[\])*\Z")
+
+
+def split_qualified(name: str) -> tuple[str | None, str]:
+    """`schema.table` → (schema, table); `table` → (None, table)."""
+    schema, dot, table = name.rpartition(".")
+    return (schema, table) if dot else (None, table)
+
+
+def quote_ident(name: str) -> str:
+    """Double-quote one identifier (names are validated first; quoting is a second fence)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_qualified(name: str) -> str:
+    """Quote `table` or `schema.table`."""
+    schema, table = split_qualified(name)
+    return quote_ident(table) if schema is None else f"{quote_ident(schema)}.{quote_ident(table)}"
+
+
+def identifier_issues(loc: tuple[str | int, ...], name: str, what: str, qualified: bool = False) -> list[CheckIssue]:
+    """E220 issues for a table (`qualified`: may be `schema.table`) or column name that is not a plain identifier."""
+    parts = name.split(".") if qualified else [name]
+    if len(parts) > 2 or not all(IDENT_RE.match(p) for p in parts):
+        form = "name or schema.name" if qualified else "name"
+        return [CheckIssue(loc, "E220", f"{what} {name!r} is not a safe SQL identifier: use a {form} of letters, "
+                                        "digits and _ (not starting with a digit, at most 63 characters)")]
+    return []
+
+
+def type_issues(loc: tuple[str | int, ...], sql_type: str) -> list[CheckIssue]:
+    """E220 for a column type that is not a plain SQL type name."""
+    if TYPE_RE.match(sql_type.strip()):
+        return []
+    return [CheckIssue(loc, "E220", f"column type {sql_type!r} is not a plain SQL type name "
+                                    "(like bigint, numeric(12,2), timestamptz, text[])")]
+
+
+def check_all(issues: Iterable[CheckIssue]) -> None:
+    """Raise the first error issue (used at start, so a config that skipped `validate` is still safe)."""
+    for issue in issues:
+        if issue.severity == "error":
+            raise ValueError(f"{'.'.join(map(str, issue.loc))}: {issue.code} {issue.message}")
+
+
+def _float_text(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    if value in (_INF, -_INF):
+        return "Infinity" if value > 0 else "-Infinity"
+    return repr(value)
+
+
+def json_text(value: Any) -> str | None:
+    """A value as JSON text, for json/jsonb columns (a string becomes `"x"`); None stays NULL."""
+    if value is None:
+        return None
+    return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def plain_text(value: Any) -> str | None:
+    """A value as the text PostgreSQL's input function for the column type parses (`true`, `42`, `1.5`).
+
+    Objects and arrays become JSON text; timestamps ISO 8601; bytes `\\x…` hex; None stays NULL."""
+    t = type(value)
+    if t is str:
+        return value
+    if t is int:
+        return str(value)
+    if value is None:
+        return None
+    if t is float:
+        return _float_text(value)
+    if t is bool:
+        return "true" if value else "false"
+    if isinstance(value, (int, decimal.Decimal)):
+        return str(value)
+    if isinstance(value, float):
+        return _float_text(value)
+    if isinstance(value, (dict, list, tuple)):
+        return orjson.dumps(value, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
+    if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
+        return value.isoformat()
+    if isinstance(value, (bytes, bytearray)):
+        return "\\x" + bytes(value).hex()
+    return str(value)
+
+
+def to_text(value: Any, json_column: bool) -> str | None:
+    """`json_text` for json/jsonb columns, else `plain_text`."""
+    return json_text(value) if json_column else plain_text(value)
+
+
+def json_value(value: Any) -> Any:
+    """A value read from PostgreSQL as a JSON-friendly one (what a message body may hold).
+
+    Numeric → int when integral else float; timestamps, dates, times → ISO 8601 text; uuid → text;
+    bytea → hex text; arrays and records recursively; json/jsonb arrive decoded already."""
+    if value is None or isinstance(value, (str, bool, int, float, dict)):
+        return value
+    if isinstance(value, decimal.Decimal):
+        return int(value) if value == value.to_integral_value() and value.is_finite() else float(value)
+    if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
+        return value.isoformat()
+    if isinstance(value, _dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).hex()
+    if isinstance(value, (list, tuple)):
+        return [json_value(v) for v in value]
+    return str(value)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A failure of the connection or the server (retry the whole batch), not of the data."""
+    import asyncpg
+    from asyncpg.exceptions import _base
+
+    if isinstance(exc, _base.DataError):  # a value the driver could not encode: the row's fault
+        return False
+    if isinstance(exc, (OSError, asyncio.TimeoutError, ConnectionError, asyncpg.InterfaceError,
+                        _base.InternalClientError)):  # a session killed while idle in the pool
+        return True
+    return isinstance(exc, (
+        asyncpg.PostgresConnectionError,          # 08xxx: connection lost, refused, resolution unknown
+        asyncpg.exceptions.OperatorInterventionError,  # 57xxx: terminated by admin, shutdown, cannot connect now
+        asyncpg.exceptions.InsufficientResourcesError,  # 53xxx: too many connections, out of memory/disk
+        asyncpg.exceptions.TransactionRollbackError,  # 40xxx: serialization failure, deadlock
+    ))
+
+
+def is_row_error(exc: BaseException) -> bool:
+    """A failure caused by the data of some row (bad value, constraint): isolate the row, keep the rest."""
+    import asyncpg
+    from asyncpg.exceptions import _base
+
+    return isinstance(exc, (
+        _base.DataError,                                   # driver could not encode a value
+        asyncpg.exceptions.DataError,                      # 22xxx: bad input syntax, out of range...
+        asyncpg.exceptions.IntegrityConstraintViolationError,  # 23xxx: unique, not null, check, fk
+        asyncpg.exceptions.CardinalityViolationError,      # 21000: one key twice in one statement
+        asyncpg.exceptions.ProgramLimitExceededError,      # 54xxx: index row too large...
+    ))
+
+
+def db_message(exc: BaseException) -> str:
+    """The database's words for a failure: SQLSTATE, message and detail."""
+    state = getattr(exc, "sqlstate", None)
+    text = getattr(exc, "message", None) or str(exc)
+    detail = getattr(exc, "detail", None)
+    if detail:
+        text = f"{text} ({detail})"
+    return f"postgres {state}: {text}" if state else f"postgres: {text}"
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    """Decode json/jsonb to Python values on read; accept Python values (or JSON text) on write."""
+
+    def encode(value: Any) -> str:
+        return value if isinstance(value, str) else orjson.dumps(value, default=str).decode()
+
+    for typename in ("json", "jsonb"):
+        await conn.set_type_codec(typename, encoder=encode, decoder=orjson.loads, schema="pg_catalog")
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Pool reset hook: keep the session as it is (asyncpg already rolls back an open transaction).
+
+    The default reset (`RESET ALL; UNLISTEN *; ...`) is one more round trip per batch; our nodes set
+    no session state besides the sink's temporary staging table, which is meant to stay."""
+
+
+async def pool_for(ctx: NodeContext, name: str) -> asyncpg.Pool:
+    """The asyncpg pool of the named connection, shared by every node of the run that names it."""
+    import asyncpg
+
+    settings = ctx.connection(name)
+    app_name = settings.get("application_name") or "streamdag"
+
+    async def create() -> asyncpg.Pool:
+        return await asyncpg.create_pool(
+            settings.get("dsn") or "postgresql://root@127.0.0.1:5432/test",
+            min_size=settings.get("min_size", 1),
+            max_size=settings.get("max_size", 4),
+            timeout=settings.get("connect_timeout", 5.0),
+            command_timeout=settings.get("command_timeout"),
+            server_settings={"application_name": app_name},
+            init=_init_connection,
+            reset=_keep_session,
+        )
+
+    async def close(pool: asyncpg.Pool) -> None:
+        try:
+            await asyncio.wait_for(pool.close(), 5.0)
+        except (TimeoutError, OSError):
+            pool.terminate()
+
+    return await ctx.resources.get(f"postgres:{name}", create, close)
+
+
+_PATH_RE = re.compile(r"(msg|meta)((?:\.[A-Za-z_][A-Za-z0-9_]*)*)\Z")
+
+
+def value_getter(source: str) -> Callable[[Any, Any], Any]:
+    """A function `(body, meta) -> value` for a CEL expression.
+
+    Plain field paths (`msg`, `msg.customer.id`, `meta.key`) are read directly from the dicts, with
+    CEL's semantics (a missing key is an `EvalError`); anything else runs through `compile_expr`."""
+    from engine.expr import EvalError, compile_expr
+
+    m = _PATH_RE.match(source.strip())
+    if m is None:
+        return compile_expr(source)
+    root_is_msg = m.group(1) == "msg"
+    parts = [p for p in m.group(2).split(".") if p]
+
+    def get(body: Any, meta: Any) -> Any:
+        value = body if root_is_msg else meta
+        for part in parts:
+            if not isinstance(value, dict):
+                raise EvalError(f"no such key: {part} (not a map)")
+            try:
+                value = value[part]
+            except KeyError:
+                raise EvalError(f"no such key: {part}") from None
+        return value
+
+    if not parts:
+        return (lambda body, meta: body) if root_is_msg else (lambda body, meta: meta)
+    if len(parts) == 1:
+        key = parts[0]
+
+        def get_one(body: Any, meta: Any) -> Any:
+            try:
+                return (body if root_is_msg else meta)[key]
+            except KeyError:
+                raise EvalError(f"no such key: {key}") from None
+            except (TypeError, IndexError):
+                raise EvalError(f"no such key: {key} (not a map)") from None
+
+        return get_one
+    return get

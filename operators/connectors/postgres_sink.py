@@ -1,0 +1,436 @@
+"""`postgres_sink`: each batch in one transaction, idempotent modes, bad rows isolated, reconnects.
+
+Values travel as text and are cast by PostgreSQL to the column's type in the statement, so a bad
+value fails with the database's own message and message content never becomes SQL text. A batch
+is written in one statement (multi-row VALUES, `unnest` of text arrays, or COPY into a temporary
+staging table + INSERT … SELECT; see docs/postgres.md for the figures behind `write_path: auto`).
+If the statement fails because of some row, the transaction is retried with the batch split in
+halves under savepoints until the bad rows are isolated; the rest commits in the same transaction.
+A lost connection retries the whole batch with backoff; a commit whose outcome was lost is resolved
+with `pg_xact_status`, so a batch is committed once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+from collections.abc import Iterable
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from engine.api import CelExpr, CheckContext, CheckIssue, NodeConfig, RetryPolicy, Sink
+from engine.expr import EvalError
+from engine.message import Msg
+from operators.connectors.postgres import (
+    check_all,
+    db_message,
+    identifier_issues,
+    is_row_error,
+    is_transient,
+    json_text,
+    plain_text,
+    pool_for,
+    quote_ident,
+    quote_qualified,
+    type_issues,
+    value_getter,
+)
+
+__all__ = ["ColumnSpec", "PostgresSink", "PostgresSinkConfig"]
+
+Mode = Literal["insert", "insert_ignore", "upsert", "last_write_wins"]
+Columns = list[list[str | None]]  # a batch as text values, one list per column
+WritePath = Literal["auto", "values", "unnest", "copy"]
+_MAX_PARAMS = 32767
+# Batches at least this large go through COPY under `write_path: auto` (below it, unnest is faster).
+COPY_THRESHOLD = 2000
+
+
+class ColumnSpec(BaseModel):
+    """One column: the CEL expression giving its value and, for `create_table`, its SQL type."""
+
+    model_config = ConfigDict(extra="forbid")
+    expr: CelExpr = Field(description="CEL over `msg` and `meta`.", examples=["msg.id", "msg"])
+    type: str | None = Field(None, description="SQL type used by `create_table` (else inferred).",
+                             examples=["bigint", "numeric(12,2)", "jsonb"])
+
+
+def _expand_column(value: Any) -> Any:
+    return {"expr": value} if isinstance(value, str) else value
+
+
+Column = Annotated[ColumnSpec, BeforeValidator(_expand_column, json_schema_input_type=str | ColumnSpec)]
+
+
+class PostgresSinkConfig(NodeConfig):
+    """Write messages as rows of a PostgreSQL table, one transaction per batch."""
+
+    connection: str = Field(description="Name of a `type: postgres` entry in `connections`.", examples=["pg"])
+    table: str = Field(description="Target table, `name` or `schema.name`.", examples=["orders"])
+    mode: Mode = Field("insert", description="insert: a conflict is an error; insert_ignore: ON CONFLICT DO "
+                       "NOTHING; upsert: ON CONFLICT DO UPDATE (last message wins); last_write_wins: update "
+                       "only when `version` is greater than the stored one.")
+    key: list[str] = Field(default_factory=list, description="Conflict columns (a primary key or unique index).",
+                           examples=[["id"]])
+    version: str | None = Field(None, description="Column compared by last_write_wins.", examples=["version"])
+    columns: dict[str, Column] = Field(
+        min_length=1, description="column: CEL expression, or {expr, type}. `msg` alone stores the whole "
+        "message (jsonb).", examples=[{"id": "msg.id", "total": {"expr": "msg.total", "type": "numeric"}}])
+    create_table: bool = Field(False, description="Create the table if missing (types from `type`, else "
+                               "inferred: `msg`/`meta` → jsonb, else from the first batch's values).")
+    write_path: WritePath = Field("auto", description="How a batch is sent; auto picks by batch size.")
+    retry: RetryPolicy = Field(
+        default_factory=lambda: RetryPolicy.model_validate({"max_attempts": 30, "max_backoff": 5.0}),
+        description="Retries of a batch after a lost connection or server restart (the batch is kept).")
+
+    @model_validator(mode="after")
+    def _rules(self) -> PostgresSinkConfig:
+        if self.mode != "insert" and not self.key:
+            raise ValueError(f"mode {self.mode} needs `key` (the conflict columns)")
+        if self.mode == "last_write_wins" and not self.version:
+            raise ValueError("mode last_write_wins needs `version` (the column compared)")
+        if self.version and self.mode != "last_write_wins":
+            raise ValueError("`version` is only used by mode last_write_wins")
+        unknown = [k for k in [*self.key, *([self.version] if self.version else [])] if k not in self.columns]
+        if unknown:
+            raise ValueError(f"key/version column(s) {unknown} are not in `columns`")
+        if self.version in self.key:
+            raise ValueError("`version` cannot be part of `key`")
+        return self
+
+
+def _infer_type(source: str, values: Iterable[Any]) -> str:
+    """SQL type of an undeclared column for create_table: from the expression, else the first value."""
+    if source.strip() in ("msg", "meta"):
+        return "jsonb"
+    for v in values:
+        if v is None:
+            continue
+        if isinstance(v, bool):
+            return "boolean"
+        if isinstance(v, int):
+            return "bigint"
+        if isinstance(v, float):
+            return "double precision"
+        if isinstance(v, (dict, list)):
+            return "jsonb"
+        return "text"
+    return "text"
+
+
+class PostgresSink(Sink):
+    """Writes batches to a table; see the module docstring for the guarantees."""
+
+    Config: ClassVar[type[NodeConfig]] = PostgresSinkConfig
+    connection_types: ClassVar[tuple[str, ...]] = ("postgres",)
+    config: PostgresSinkConfig
+
+    @classmethod
+    def check(cls, config: Any, ctx: CheckContext) -> Iterable[CheckIssue]:
+        """E220: table, column, key, version names and column types must be plain identifiers/types."""
+        issues = identifier_issues(("table",), config.table, "table", qualified=True)
+        for name, col in config.columns.items():
+            issues += identifier_issues(("columns", name), name, "column")
+            if col.type is not None:
+                issues += type_issues(("columns", name, "type"), col.type)
+        for i, k in enumerate(config.key):
+            issues += identifier_issues(("key", i), k, "key column")
+        if config.version:
+            issues += identifier_issues(("version",), config.version, "version column")
+        return issues
+
+    def __init__(self, node_id: str, config: PostgresSinkConfig, ctx: Any):
+        super().__init__(node_id, config, ctx)
+        self.names = list(config.columns)
+        self.getters = [value_getter(c.expr) for c in config.columns.values()]
+        self.table = quote_qualified(config.table)
+        digest = hashlib.sha1(f"{node_id}/{config.table}".encode()).hexdigest()[:12]
+        self.stage = f"streamdag_stage_{digest}"
+        self.types: dict[str, str] = {}
+        self.json_cols: list[bool] = []
+        self.pool: Any = None
+        self._staged: set[int] = set()  # server pids whose session has the staging table
+        self._rand = random.Random()
+
+    # ---- start: introspect or create the table, build the statements ---------------------------
+
+    async def start(self) -> None:
+        check_all(self.check(self.config, CheckContext()))
+        self.pool = await pool_for(self.ctx, self.config.connection)
+        async with self.pool.acquire() as conn:
+            found = await self._introspect(conn)
+            if found is None:
+                if not self.config.create_table:
+                    raise RuntimeError(f"postgres_sink {self.id}: table {self.config.table!r} does not exist "
+                                       "(create it, or set create_table: true)")
+                if all(c.type or c.expr.strip() in ("msg", "meta") for c in self.config.columns.values()):
+                    await self._create(conn, [])
+            else:
+                await self._check_table(conn, found)
+
+    async def _introspect(self, conn: Any) -> dict[str, tuple[str, str]] | None:
+        rows = await conn.fetch(
+            # The type without its modifier: an explicit cast to varchar(3) would cut a longer value
+            # silently, while the assignment of the INSERT rejects it (that row goes to `errors`).
+            "SELECT a.attname, format_type(a.atttypid, NULL), t.typname FROM pg_attribute a "
+            "JOIN pg_type t ON t.oid = a.atttypid WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 "
+            "AND NOT a.attisdropped", self.table)
+        if not rows:
+            return None
+        return {r[0]: (r[1], r[2]) for r in rows}
+
+    async def _check_table(self, conn: Any, found: dict[str, tuple[str, str]]) -> None:
+        missing = [c for c in self.names if c not in found]
+        if missing:
+            raise RuntimeError(f"postgres_sink {self.id}: table {self.config.table!r} has no column(s) "
+                               f"{', '.join(missing)} (has: {', '.join(sorted(found))})")
+        if self.config.mode != "insert":
+            ok = await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = to_regclass($1) AND i.indisunique "
+                "AND i.indpred IS NULL AND i.indexprs IS NULL AND (SELECT array_agg(a.attname::text ORDER BY "
+                "a.attname::text) FROM pg_attribute a WHERE a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey))"
+                " = $2::text[])", self.table, sorted(self.config.key))
+            if not ok:
+                raise RuntimeError(f"postgres_sink {self.id}: mode {self.config.mode} needs a primary key or "
+                                   f"unique index on ({', '.join(self.config.key)}) of {self.config.table!r}")
+        self.types = {c: found[c][0] for c in self.names}
+        self.json_cols = [found[c][1] in ("json", "jsonb") for c in self.names]
+        self._build_sql()
+
+    async def _create(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
+        decl = []
+        for i, (name, col) in enumerate(self.config.columns.items()):
+            sql_type = col.type or _infer_type(col.expr, (r[i] for r in rows))
+            decl.append(f"{quote_ident(name)} {sql_type}")
+        if self.config.key:
+            decl.append(f"PRIMARY KEY ({', '.join(map(quote_ident, self.config.key))})")
+        await conn.execute(f"CREATE TABLE IF NOT EXISTS {self.table} ({', '.join(decl)})")
+        self.ctx.log.info("created table %s", self.config.table)
+        found = await self._introspect(conn)
+        assert found is not None
+        await self._check_table(conn, found)
+
+    def _build_sql(self) -> None:
+        """The INSERT … SELECT around a row source, for this table and mode."""
+        cfg = self.config
+        cols = [quote_ident(c) for c in self.names]
+        col_list = ", ".join(cols)
+        casts = ", ".join(f"s.{q}::{self.types[c]} AS {q}" for q, c in zip(cols, self.names))
+        keys = [quote_ident(k) for k in cfg.key]
+        if cfg.mode in ("upsert", "last_write_wins"):
+            # ON CONFLICT DO UPDATE may touch a row once per statement: keep one row per key.
+            order = [*keys]
+            if cfg.mode == "last_write_wins":
+                order += [f"{quote_ident(cfg.version or '')} DESC NULLS LAST", "__ord"]  # ties: first arrival
+            else:
+                order.append("__ord DESC")  # upsert: the last message of the batch wins
+            select = (f"SELECT DISTINCT ON ({', '.join(keys)}) {col_list} FROM (SELECT {casts}, s.__ord FROM {{src}})"
+                      f" AS d ORDER BY {', '.join(order)}")
+        else:
+            select = f"SELECT {casts} FROM {{src}}"
+        conflict = ""
+        if cfg.mode != "insert":
+            updates = [f"{q} = EXCLUDED.{q}" for q, c in zip(cols, self.names) if c not in cfg.key]
+            if cfg.mode == "insert_ignore" or not updates:
+                conflict = f" ON CONFLICT ({', '.join(keys)}) DO NOTHING"
+            else:
+                conflict = f" ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {', '.join(updates)}"
+                if cfg.mode == "last_write_wins":
+                    v = quote_ident(cfg.version or "")
+                    conflict += f" WHERE EXCLUDED.{v} IS NOT NULL AND (t.{v} IS NULL OR t.{v} < EXCLUDED.{v})"
+        # The transaction id comes back with the write (one round trip less): a data-modifying WITH
+        # runs whether or not the outer query reads it.
+        self._insert = (f"WITH w AS (INSERT INTO {self.table} AS t ({col_list}) {select}{conflict}) "
+                        "SELECT pg_current_xact_id()::text")
+        n = len(cols)
+        params = ", ".join(f"${i + 1}::text[]" for i in range(n))
+        self._unnest_sql = self._insert.format(src=f"unnest({params}) WITH ORDINALITY AS s({col_list}, __ord)")
+        self._copy_sql = self._insert.format(src=f"{quote_ident(self.stage)} AS s")
+        self._stage_ddl = (f"CREATE TEMP TABLE IF NOT EXISTS {quote_ident(self.stage)} "
+                           f"({', '.join(f'{q} text' for q in cols)}, __ord bigint) ON COMMIT DELETE ROWS")
+        self._values_chunk = max(1, _MAX_PARAMS // n)
+
+    # ---- write ------------------------------------------------------------------------------------
+
+    async def write(self, batch: list[Msg]) -> list[tuple[Msg, str]]:
+        columns, msgs, failed = self._columns(batch)
+        if not msgs:
+            return failed
+        if not self.types:  # create_table with inferred types: decided by the first batch
+            async with self.pool.acquire() as conn:
+                await self._create(conn, [tuple(self._raw(m)) for m in msgs])
+            columns, msgs, failed = self._columns(batch)
+        attempt = 1
+        while True:
+            try:
+                return failed + await self._transaction(columns, msgs)
+            except Exception as exc:
+                stale_stage = self.stage in str(exc)  # a new session behind a reused pid: no staging table
+                if stale_stage:
+                    self._staged.clear()
+                if not (stale_stage or is_transient(exc)) or attempt >= self.config.retry.max_attempts:
+                    raise
+                delay = self.config.retry.backoff(attempt, self._rand.random())
+                self.ctx.log.warning("postgres_sink %s: %s; retrying the batch of %d in %.2fs (attempt %d)",
+                                     self.id, db_message(exc), len(msgs), delay, attempt + 1)
+                await asyncio.sleep(delay)
+                attempt += 1
+
+    def _raw(self, msg: Msg) -> list[Any]:
+        out = []
+        for get in self.getters:
+            try:
+                out.append(get(msg.body, msg.meta))
+            except EvalError:
+                out.append(None)
+        return out
+
+    def _columns(self, batch: list[Msg]) -> tuple[Columns, list[Msg], list[tuple[Msg, str]]]:
+        """Evaluate the column expressions: text values column by column, their messages, and the
+        messages that failed.
+
+        Column by column in tight loops; if any expression fails, again message by message to
+        single out the failing messages (they go to `errors` naming the column)."""
+        convs = [json_text if js else plain_text for js in (self.json_cols or [False] * len(self.names))]
+        try:
+            columns = [[conv(get(m.body, m.meta)) for m in batch] for get, conv in zip(self.getters, convs)]
+            return columns, batch, []
+        except EvalError:
+            pass
+        rows: list[tuple[str | None, ...]] = []
+        msgs: list[Msg] = []
+        failed: list[tuple[Msg, str]] = []
+        for msg in batch:
+            row = []
+            for name, get, conv in zip(self.names, self.getters, convs):
+                try:
+                    row.append(conv(get(msg.body, msg.meta)))
+                except EvalError as exc:
+                    failed.append((msg, f"column {name}: {exc}"))
+                    break
+            else:
+                rows.append(tuple(row))
+                msgs.append(msg)
+        return [list(c) for c in zip(*rows)] or [[] for _ in self.names], msgs, failed
+
+    async def _transaction(self, rows: Columns, msgs: list[Msg]) -> list[tuple[Msg, str]]:
+        """One transaction: the whole batch, or (after a row error) its halves under savepoints."""
+        conn = await self.pool.acquire()
+        try:
+            return await self._in_transaction(conn, rows, msgs)
+        finally:
+            try:
+                await self.pool.release(conn)
+            except Exception as exc:  # noqa: BLE001 - the pool drops a broken connection; the outcome stands
+                self.ctx.log.debug("postgres_sink %s: releasing a connection failed: %s", self.id, exc)
+
+    async def _in_transaction(self, conn: Any, rows: Columns, msgs: list[Msg]) -> list[tuple[Msg, str]]:
+        if self._path(len(msgs), top=True) == "copy":
+            pid = conn.get_server_pid()
+            if pid not in self._staged:  # outside the transaction, so a rollback keeps it
+                await conn.execute(self._stage_ddl)
+                self._staged.add(pid)
+        tx = conn.transaction()
+        await tx.start()
+        try:
+            try:
+                xid = await self._execute(conn, rows, top=True)
+                failed: list[tuple[Msg, str]] = []
+            except Exception as exc:
+                if not is_row_error(exc):
+                    raise
+                await tx.rollback()
+                tx = conn.transaction()
+                await tx.start()
+                xid = await conn.fetchval("SELECT pg_current_xact_id()::text")
+                failed = await self._isolate(conn, rows, msgs, exc)
+        except BaseException:
+            try:
+                await tx.rollback()
+            except Exception as err:  # noqa: BLE001 - the connection is gone; the server rolls back
+                self.ctx.log.debug("postgres_sink %s: rollback failed: %s", self.id, err)
+            raise
+        try:
+            await tx.commit()
+        except Exception as exc:
+            # The answer to COMMIT was lost: ask the server what became of the transaction.
+            if not is_transient(exc) or not await self._committed(xid):
+                raise
+        return failed
+
+    async def _committed(self, xid: str) -> bool:
+        """After a commit whose answer was lost: did it commit? Asks on another connection until known."""
+        for attempt in range(1, self.config.retry.max_attempts + 1):
+            try:
+                async with self.pool.acquire() as conn:
+                    status = await conn.fetchval("SELECT pg_xact_status($1::text::xid8)", xid)
+                if status != "in progress":
+                    self.ctx.log.warning("postgres_sink %s: lost commit of xact %s resolved: %s", self.id, xid, status)
+                    return status == "committed"
+            except Exception as exc:
+                if getattr(exc, "sqlstate", None) == "22023":  # "transaction ID … is in the future"
+                    # After a crash the server's xid counter restarts below ours: the transaction left
+                    # no commit record (replaying one would have advanced the counter), so it did not commit.
+                    self.ctx.log.warning("postgres_sink %s: lost commit of xact %s resolved: not committed "
+                                         "(server recovered before it)", self.id, xid)
+                    return False
+                if not is_transient(exc):
+                    raise
+            await asyncio.sleep(self.config.retry.backoff(attempt, self._rand.random()))
+        raise TimeoutError(f"postgres_sink {self.id}: could not learn whether transaction {xid} committed")
+
+    async def _isolate(self, conn: Any, rows: Columns, msgs: list[Msg],
+                       exc: BaseException) -> list[tuple[Msg, str]]:
+        """Write `rows` in halves under savepoints; a single row that fails is reported, not written."""
+        if len(msgs) == 1:
+            return [(msgs[0], db_message(exc))]
+        mid = len(msgs) // 2
+        failed: list[tuple[Msg, str]] = []
+        for part, part_msgs in (([c[:mid] for c in rows], msgs[:mid]), ([c[mid:] for c in rows], msgs[mid:])):
+            try:
+                async with conn.transaction():
+                    await self._execute(conn, part, top=False)
+            except Exception as err:
+                if not is_row_error(err):
+                    raise
+                failed += await self._isolate(conn, part, part_msgs, err)
+        return failed
+
+    def _path(self, n: int, top: bool) -> str:
+        """The write path for `n` rows; halves of a split batch always go through unnest."""
+        path = self.config.write_path
+        if not top:
+            return "unnest"
+        if path == "auto":
+            return "copy" if n >= COPY_THRESHOLD else "unnest"
+        return path
+
+    async def _execute(self, conn: Any, columns: Columns, top: bool) -> str:
+        """Write the rows; returns the id of the transaction they were written in."""
+        path = self._path(len(columns[0]), top)
+        if path == "unnest":
+            return await conn.fetchval(self._unnest_sql, *columns)
+        if path == "copy":
+            return await self._copy(conn, columns)
+        rows = list(zip(*columns))
+        n = self._values_chunk
+        xid = ""
+        for start in range(0, len(rows), n):
+            xid = await self._values(conn, rows[start:start + n])
+        return xid
+
+    async def _copy(self, conn: Any, columns: Columns) -> str:
+        records = list(zip(*columns, range(1, len(columns[0]) + 1)))
+        await conn.copy_records_to_table(self.stage, records=records, columns=[*self.names, "__ord"])
+        return await conn.fetchval(self._copy_sql)
+
+    async def _values(self, conn: Any, rows: list[tuple[str | None, ...]]) -> str:
+        n = len(self.names)
+        tuples = []
+        for i in range(len(rows)):
+            base = i * n
+            tuples.append("(" + ", ".join(f"${base + j + 1}::text" for j in range(n)) + f", {i + 1})")
+        src = f"(VALUES {', '.join(tuples)}) AS s({', '.join(map(quote_ident, self.names))}, __ord)"
+        return await conn.fetchval(self._insert.format(src=src), *[v for r in rows for v in r])

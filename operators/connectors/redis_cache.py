@@ -1,0 +1,184 @@
+"""`redis_cache_sink`: each message as a value or a hash under a key from CEL, with a TTL.
+
+With `version`, writes go through one Lua compare-and-set script: an entry whose stored version is
+newer than the message's is left alone, so replays and out-of-order deliveries converge to the
+same state as a PostgreSQL table written with last-write-wins on the same version (equal versions
+overwrite). The version lives in the hash (`version_field`) or, for plain values, in a sibling key
+`<key><version_suffix>`, which gets the same TTL.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+import orjson
+from pydantic import Field, model_validator
+from redis.exceptions import NoScriptError
+
+from engine.api import CelExpr, NodeConfig, Sink
+from engine.errors import ConnectionLost
+from engine.expr import EvalError, compile_expr
+from engine.message import Msg
+from operators.connectors.redis_conn import CONNECTION_ERRORS, Duration, redis_client
+
+__all__ = ["CAS_SCRIPT", "RedisCacheSink", "RedisCacheSinkConfig", "encode_value"]
+
+# KEYS: key, version key. ARGV: mode ('v'|'h'), ttl ms (0: none), version ('': none), version field,
+# then the value (mode v) or field/value pairs (mode h). Returns 1 when written, 0 when stale.
+CAS_SCRIPT = """
+local mode, ttl, ver = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+if ver ~= '' then
+  local cur
+  if mode == 'h' then cur = redis.call('HGET', KEYS[1], ARGV[4]) else cur = redis.call('GET', KEYS[2]) end
+  if cur and tonumber(cur) and tonumber(cur) > tonumber(ver) then return 0 end
+end
+if mode == 'h' then
+  redis.call('DEL', KEYS[1])
+  if #ARGV > 4 then redis.call('HSET', KEYS[1], unpack(ARGV, 5)) end
+  if ver ~= '' then redis.call('HSET', KEYS[1], ARGV[4], ver) end
+else
+  redis.call('SET', KEYS[1], ARGV[5])
+  if ver ~= '' then redis.call('SET', KEYS[2], ver) end
+end
+if ttl > 0 then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+  if ver ~= '' and mode == 'v' then redis.call('PEXPIRE', KEYS[2], ttl) end
+end
+return 1
+"""
+
+
+def encode_value(value: Any) -> bytes | str:
+    """How a value is stored: strings and bytes as they are, anything else as JSON (orjson)."""
+    if isinstance(value, (str, bytes)):
+        return value
+    return orjson.dumps(value)
+
+
+class RedisCacheSinkConfig(NodeConfig):
+    """Write each message under a key built by CEL, as a value or a hash, with a TTL and optional version."""
+
+    connection: str = Field(description="Name of a `redis` connection.", examples=["cache"])
+    key: CelExpr = Field(description="CEL expression giving the key.", examples=['"user:" + msg.user'])
+    value: CelExpr | None = Field(None, description="CEL expression of what to store; the whole body if unset.",
+                                  examples=["msg.profile"])
+    mode: Literal["value", "hash"] = Field(
+        "value", description="`value`: SET (strings as is, other values as JSON); `hash`: the map's fields "
+        "as a hash (replacing the previous hash; non-string field values as JSON).")
+    ttl: Duration | None = Field(None, description="Expiry of each key; none if unset.", examples=["1h", 600])
+    version: CelExpr | None = Field(None, description="CEL expression giving a numeric version: an older "
+                                    "version never overwrites a newer one.", examples=["msg.version"])
+    version_field: str = Field("_version", description="Hash field holding the version (mode hash).")
+    version_suffix: str = Field(":version", description="Suffix of the sibling key holding the version "
+                                "(mode value).")
+
+    @model_validator(mode="after")
+    def _check(self) -> RedisCacheSinkConfig:
+        if not self.version_suffix:
+            raise ValueError("version_suffix must not be empty")
+        return self
+
+
+class RedisCacheSink(Sink):
+    """One pipeline per batch: SET ... PX, or the compare-and-set script for hashes and versions."""
+
+    Config: ClassVar[type[NodeConfig]] = RedisCacheSinkConfig
+    connection_types: ClassVar[tuple[str, ...]] = ("redis",)
+    config: RedisCacheSinkConfig
+
+    def __init__(self, node_id: str, config: RedisCacheSinkConfig, ctx: Any):
+        super().__init__(node_id, config, ctx)
+        self._key = compile_expr(config.key)
+        self._value = compile_expr(config.value) if config.value else None
+        self._version = compile_expr(config.version) if config.version else None
+        self._ttl_ms = int(config.ttl * 1000) if config.ttl else 0
+        self._client: Any = None
+        self._sha = ""
+        self.stale = 0  # messages skipped because the cache held a newer version
+        self.written = 0
+
+    async def start(self) -> None:
+        self._client = await redis_client(self.ctx, self.config.connection)
+        self._sha = await self._client.script_load(CAS_SCRIPT)
+
+    def _entry(self, msg: Msg) -> tuple[str, list[Any], str]:
+        """(key, value args, version) of one message; raises ValueError with the reason."""
+        body, meta = msg.body, msg.meta
+        try:
+            key = self._key(body, meta)
+        except EvalError as exc:
+            raise ValueError(f"key: {exc}") from None
+        if not isinstance(key, (str, int)) or isinstance(key, bool) or key == "":
+            raise ValueError(f"key: expected a non-empty string, got {key!r}")
+        try:
+            value = self._value(body, meta) if self._value is not None else body
+        except EvalError as exc:
+            raise ValueError(f"value: {exc}") from None
+        version = ""
+        if self._version is not None:
+            try:
+                v = self._version(body, meta)
+            except EvalError as exc:
+                raise ValueError(f"version: {exc}") from None
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ValueError(f"version: expected a number, got {v!r}")
+            version = repr(v)
+        if self.config.mode == "hash":
+            if not isinstance(value, dict):
+                raise ValueError(f"mode hash needs a map, got {type(value).__name__}")
+            args = [part for k, v in value.items() if k != self.config.version_field
+                    for part in (str(k), encode_value(v))]
+        else:
+            try:
+                args = [encode_value(value)]
+            except TypeError as exc:
+                raise ValueError(f"value does not encode as JSON: {exc}") from None
+        return str(key), args, version
+
+    async def write(self, batch: list[Msg]) -> list[tuple[Msg, str]] | None:
+        failed, noscript = await self._write(batch)
+        if noscript:  # the server lost its script cache (restart, SCRIPT FLUSH): load it and redo those
+            self._sha = await self._client.script_load(CAS_SCRIPT)
+            again, noscript = await self._write(noscript)
+            failed += again + [(m, "redis: NOSCRIPT") for m in noscript]
+        return failed
+
+    async def _write(self, batch: list[Msg]) -> tuple[list[tuple[Msg, str]], list[Msg]]:
+        failed: list[tuple[Msg, str]] = []
+        sent: list[Msg] = []
+        pipe = self._client.pipeline(transaction=False)
+        mode = "h" if self.config.mode == "hash" else "v"
+        ttl = self._ttl_ms
+        plain = mode == "v" and self._version is None
+        for msg in batch:
+            try:
+                key, args, version = self._entry(msg)
+            except (ValueError, TypeError) as exc:
+                failed.append((msg, str(exc)))
+                continue
+            if plain:
+                if ttl:
+                    pipe.execute_command("SET", key, args[0], "PX", ttl)
+                else:
+                    pipe.execute_command("SET", key, args[0])
+            else:
+                pipe.execute_command("EVALSHA", self._sha, 2, key, key + self.config.version_suffix,
+                                     mode, ttl, version, self.config.version_field, *args)
+            sent.append(msg)
+        if not sent:
+            return failed, []
+        try:
+            results = await pipe.execute(raise_on_error=False)
+        except CONNECTION_ERRORS as exc:
+            raise ConnectionLost(f"redis {self.config.connection}: cache write failed: {exc}") from exc
+        noscript: list[Msg] = []
+        for msg, res in zip(sent, results):
+            if isinstance(res, NoScriptError):
+                noscript.append(msg)
+            elif isinstance(res, Exception):
+                failed.append((msg, f"redis: {res}"))
+            elif res == 0:
+                self.stale += 1
+            else:
+                self.written += 1
+        return failed, noscript

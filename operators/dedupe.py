@@ -1,0 +1,102 @@
+"""`dedupe`: drop messages whose key was seen within a window, shared by processes through Redis.
+
+One pipeline per batch of `SET <prefix><key> <identity> PX <ttl> NX GET`: the first message with a
+key claims it; later ones are duplicates, acked (`out.drop`) and counted. The value stored is the
+identity of the delivery that claimed the key (the source entry's `meta.id` by default), so a
+redelivery of that same message after a crash — claimed, but never committed downstream — passes
+again instead of being lost. Needs Redis >= 7.0 (SET with both NX and GET).
+"""
+
+from __future__ import annotations
+
+import uuid
+from itertools import count
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from engine.api import CelExpr, NodeConfig, Operator
+from engine.errors import ConnectionLost
+from engine.expr import EvalError, compile_expr
+from engine.message import Msg
+from engine.runtime.outputs import Outputs
+from operators.connectors.redis_conn import CONNECTION_ERRORS, Duration, redis_client
+
+__all__ = ["Dedupe", "DedupeConfig"]
+
+
+class DedupeConfig(NodeConfig):
+    """Drop messages whose key (CEL) was already seen within `ttl`; duplicates are acked and counted."""
+
+    connection: str = Field(description="Name of a `redis` connection.", examples=["cache"])
+    key: CelExpr = Field(description="CEL expression giving the deduplication key.", examples=["msg.event_id"])
+    ttl: Duration = Field(86400.0, description="How long a key is remembered (the window).",
+                          examples=["1h", "7d"])
+    prefix: str | None = Field(None, description="Redis key prefix; `streamdag:dedupe:<node id>:` if unset. "
+                               "Processes sharing a prefix share the window.")
+    identity: CelExpr | None = Field(
+        None, description="CEL expression identifying one delivery of a message, so its own redelivery "
+        "passes; `meta.id` (the source's entry id) when the message has one.", examples=["meta.id"])
+
+
+class Dedupe(Operator):
+    """SET NX GET per key, one pipeline per batch."""
+
+    Config: ClassVar[type[NodeConfig]] = DedupeConfig
+    connection_types: ClassVar[tuple[str, ...]] = ("redis",)
+    config: DedupeConfig
+
+    def __init__(self, node_id: str, config: DedupeConfig, ctx: Any):
+        super().__init__(node_id, config, ctx)
+        self._key = compile_expr(config.key)
+        self._identity = compile_expr(config.identity) if config.identity else None
+        self._prefix = config.prefix if config.prefix is not None else f"streamdag:dedupe:{node_id}:"
+        self._ttl_ms = max(1, int(config.ttl * 1000))
+        self._token = uuid.uuid4().hex[:12]
+        self._seq = count()
+        self._client: Any = None
+        self.duplicates = 0
+        self.passed = 0
+
+    async def start(self) -> None:
+        self._client = await redis_client(self.ctx, self.config.connection)
+
+    def _ident(self, msg: Msg) -> str:
+        if self._identity is not None:
+            return str(self._identity(msg.body, msg.meta))
+        mid = msg.meta.get("id")
+        if mid is not None:
+            return f"{msg.meta.get('stream', '')}/{mid}"
+        return f"{self._token}:{next(self._seq)}"  # no identity: never equal to another delivery
+
+    async def process(self, batch: list[Msg], out: Outputs) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        checked: list[tuple[Msg, bytes]] = []
+        prefix, ttl = self._prefix, self._ttl_ms
+        for msg in batch:
+            try:
+                key = self._key(msg.body, msg.meta)
+                ident = self._ident(msg)
+            except EvalError as exc:
+                out.error(msg, f"dedupe key: {exc}")
+                continue
+            if isinstance(key, bool) or not isinstance(key, (str, int, float)):
+                out.error(msg, f"dedupe key: expected a string or number, got {key!r}")
+                continue
+            # get=True tells redis-py to return the old value instead of parsing "OK"
+            pipe.execute_command("SET", f"{prefix}{key}", ident, "PX", ttl, "NX", "GET", get=True)
+            checked.append((msg, ident.encode()))
+        if not checked:
+            return
+        try:
+            results = await pipe.execute()
+        except CONNECTION_ERRORS as exc:
+            raise ConnectionLost(f"redis {self.config.connection}: dedupe failed: {exc}") from exc
+        send = out.port("out").append
+        for (msg, mine), previous in zip(checked, results):
+            if previous is None or previous == mine:
+                send(msg)
+                self.passed += 1
+            else:
+                self.duplicates += 1
+                out.drop(msg)

@@ -1,0 +1,226 @@
+"""`parallel`: run an inner operator on sub-batches with bounded concurrency, ordered or not.
+
+Each incoming micro-batch is cut into chunks of `chunk` messages. With an async inner operator
+(one whose `process` returns an awaitable: I/O such as lookups), up to `concurrency` chunks are in
+flight at once, across incoming batches: `process` returns as soon as a slot is free, and finished
+chunks are emitted then, on the next tick (every 20 ms) or at end of input. `ordered: true` emits
+chunks in arrival order (a slow chunk holds back later ones, and counts against `concurrency`
+until it is emitted); `ordered: false` emits them as they finish.
+A synchronous inner operator runs its chunks one after the other (the event loop has one thread;
+for CPU-bound work there is nothing to gain). Each slot has its own inner instance, so inner
+state is never shared between concurrent calls. If the inner `process` raises, that chunk's
+messages go to `errors` (the node's retry policy does not re-run chunks already in flight).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from engine import registry
+from engine.api import CheckContext, CheckIssue, NodeConfig, Operator, cel_fields
+from engine.expr import CelError, compile_expr
+from engine.message import Msg
+from engine.runtime.outputs import ERRORS, Outputs, error_envelope
+from engine.runtime.stats import NodeStats
+
+__all__ = ["InnerOperator", "Parallel", "ParallelConfig"]
+
+_Done = tuple[dict[str, list[Msg]], int]  # a finished chunk: its outputs per port, and how many it filtered
+
+
+class InnerOperator(BaseModel):
+    """The operator `parallel` runs: a node type and its config, as in a graph node."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: str = Field(description="An operator type (not a source or sink).", examples=["map"])
+    config: dict[str, Any] = Field(default_factory=dict, description="That type's config.")
+
+
+class ParallelConfig(NodeConfig):
+    """Run `operator` on chunks of each batch, `concurrency` chunks at a time."""
+
+    operator: InnerOperator = Field(examples=[{"type": "map", "config": {"expr": "msg"}}])
+    concurrency: int = Field(4, ge=1, le=1024, description="Chunks in flight at once.")
+    chunk: int = Field(100, ge=1, le=100_000, description="Messages per chunk.")
+    ordered: bool = Field(True, description="Keep input order in the output (else emit as chunks finish).")
+
+
+def _inner(config: ParallelConfig) -> tuple[type[Operator] | None, Any]:
+    """The inner operator's class and validated config; (None, None) when either is invalid."""
+    try:
+        cls = registry.load(config.operator.type)
+    except registry.RegistryError:
+        return None, None
+    if cls is None or cls.kind != "operator":
+        return None, None
+    try:
+        return cls, cls.Config.model_validate(config.operator.config)  # type: ignore[return-value]
+    except ValidationError:
+        return None, None
+
+
+class Parallel(Operator):
+    Config = ParallelConfig
+    tick_interval = 0.02
+
+    def __init__(self, node_id: str, config: ParallelConfig, ctx: Any) -> None:
+        super().__init__(node_id, config, ctx)
+        cls, inner_config = _inner(config)
+        if cls is None:
+            raise ValueError(
+                f"parallel: invalid inner operator {config.operator.type!r} (run `streamdag validate`)"
+            )
+        self.inner_ports = tuple(dict.fromkeys((*cls.output_ports(inner_config), ERRORS)))
+        self.free = [cls(f"{node_id}[{i}]", inner_config, ctx) for i in range(config.concurrency)]
+        self.instances = list(self.free)
+        self.pending: deque[asyncio.Future[_Done]] = deque()
+
+    @classmethod
+    def output_ports(cls, config: ParallelConfig) -> tuple[str, ...]:
+        inner, inner_config = _inner(config)
+        return inner.output_ports(inner_config) if inner is not None else ("out",)
+
+    @classmethod
+    def check(cls, config: ParallelConfig, ctx: CheckContext) -> Iterable[CheckIssue]:
+        """The inner node's type and config, checked like a graph node's (codes E200-E203)."""
+        name = config.operator.type
+        try:
+            inner = registry.load(name)
+        except registry.RegistryError as exc:
+            return [CheckIssue(("operator", "type"), "E200", str(exc))]
+        if inner is None:
+            hint = registry.closest(name, registry.names())
+            return [
+                CheckIssue(
+                    ("operator", "type"),
+                    "E200",
+                    f"unknown node type '{name}'" + (f" (did you mean '{hint}'?)" if hint else ""),
+                )
+            ]
+        if inner.kind != "operator":
+            return [
+                CheckIssue(
+                    ("operator", "type"), "E202", f"'{name}' is a {inner.kind}; parallel runs operators"
+                )
+            ]
+        try:
+            inner_config = inner.Config.model_validate(config.operator.config)
+        except ValidationError as exc:
+            issues = []
+            for err in exc.errors():
+                loc = ("operator", "config", *(p for p in err["loc"] if isinstance(p, (str, int))))
+                code = "E201" if err["type"] == "extra_forbidden" else "E202"
+                what = err["msg"]
+                if code == "E201":
+                    hint = (
+                        registry.closest(str(loc[-1]), list(inner.Config.model_fields))
+                        if len(loc) == 3
+                        else None
+                    )
+                    what = "unknown field" + (f" (did you mean '{hint}'?)" if hint else "")
+                issues.append(CheckIssue(loc, code, what))
+            return issues
+        issues = []
+        for fpath, source in cel_fields(inner_config):
+            try:
+                compile_expr(source, allow_compiler=False)
+            except CelError as exc:
+                issues.append(
+                    CheckIssue(
+                        ("operator", "config", *fpath),
+                        "E203",
+                        f"CEL: {exc.message}",
+                        offset=exc.col - 1 if exc.line == 1 else None,
+                    )
+                )
+        for issue in inner.check(inner_config, ctx):
+            issue.loc = ("operator", "config", *issue.loc)
+            issues.append(issue)
+        return issues
+
+    async def start(self) -> None:
+        for op in self.instances:
+            await op.start()
+
+    async def stop(self) -> None:
+        for op in self.instances:
+            await op.stop()
+
+    async def _run_chunk(self, op: Operator, chunk: list[Msg]) -> _Done:
+        outputs = Outputs(op.id, self.inner_ports, NodeStats(op.id, "operator", self.config.operator.type))
+        try:
+            result = op.process(chunk, outputs)
+            if inspect.isawaitable(result):
+                await result
+            lists = outputs.take()
+        except Exception as exc:  # noqa: BLE001 - one failing chunk must not stop the others
+            reason = f"{type(exc).__name__}: {exc}"
+            lists = {p: [] for p in self.inner_ports}
+            lists[ERRORS] = [error_envelope(m, self.id, reason) for m in chunk]
+        finally:
+            self.free.append(op)
+        return lists, outputs.stats.filtered
+
+    async def process(self, batch: list[Msg], out: Outputs) -> None:
+        size, window = self.config.chunk, self.config.concurrency
+        for i in range(0, len(batch), size):
+            # at most `concurrency` chunks running or finished-but-held (ordered mode holds chunks
+            # that finished behind a slow one), so memory stays bounded
+            while len(self.pending) >= window:
+                await self._wait_one()
+                self._emit(out)
+            op = self.free.pop()  # running <= pending < concurrency, so an instance is free
+            self.pending.append(asyncio.ensure_future(self._run_chunk(op, batch[i : i + size])))
+        await asyncio.sleep(0)  # let chunks that finish without waiting do so before emitting
+        self._emit(out)
+
+    async def _wait_one(self) -> None:
+        if self.config.ordered:
+            await asyncio.wait([self.pending[0]])
+        else:
+            await asyncio.wait(self.pending, return_when=asyncio.FIRST_COMPLETED)
+
+    def _emit(self, out: Outputs) -> None:
+        """Move finished chunks' outputs to `out` (in order: only the finished head of the queue)."""
+        if self.config.ordered:
+            while self.pending and self.pending[0].done():
+                self._merge(self.pending.popleft().result(), out)
+        else:
+            keep: deque[asyncio.Future[_Done]] = deque()
+            for fut in self.pending:
+                if fut.done():
+                    self._merge(fut.result(), out)
+                else:
+                    keep.append(fut)
+            self.pending = keep
+
+    @staticmethod
+    def _merge(done: _Done, out: Outputs) -> None:
+        lists, filtered = done
+        out.stats.filtered += filtered
+        for port, msgs in lists.items():
+            if msgs:
+                out.lists[port].extend(msgs)
+
+    async def tick(self, now: float, out: Outputs) -> None:
+        self._emit(out)
+        if self.instances[0].tick_interval:
+            for op in self.instances:
+                r = op.tick(now, out)
+                if inspect.isawaitable(r):
+                    await r
+
+    async def flush(self, out: Outputs) -> None:
+        if self.pending:
+            await asyncio.wait(self.pending)
+        self._emit(out)
+        for op in self.instances:
+            r = op.flush(out)
+            if inspect.isawaitable(r):
+                await r

@@ -1,0 +1,205 @@
+"""`route`: send each message to named ports chosen by CEL conditions, or spread it over ports.
+
+Modes:
+* `first` (default): `routes` maps port → boolean CEL; the first true condition (in file order) wins.
+* `all`: every port whose condition is true gets the message (fan-out: the ack waits for each copy).
+* `multicast`: every port in `ports` gets every message.
+* `round_robin`: ports in `ports` take turns, message by message.
+* `consistent_hash`: a CEL `key` picks the port, the same key always the same port (jump consistent
+  hash, so appending a port moves only ~1/n of the keys).
+
+A message that matches no route in `first`/`all` goes to the `unmatched` port. That port exists only
+when no route's condition is the literal `true`; if nothing consumes it, such messages are counted
+as filtered (acknowledged) and `streamdag validate` warns about it (W301). A condition that fails to
+evaluate or gives a non-boolean sends the message to `errors`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import orjson
+from pydantic import Field, model_validator
+
+from engine.api import CelExpr, CheckContext, CheckIssue, NodeConfig, Operator
+from engine.expr import EvalError, compile_expr
+from engine.message import Msg
+from engine.runtime.outputs import Outputs
+
+__all__ = ["UNMATCHED", "Route", "RouteConfig", "jump_hash"]
+
+UNMATCHED = "unmatched"
+_RESERVED = ("errors", UNMATCHED)
+_PORT = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+
+
+class RouteConfig(NodeConfig):
+    """Choose output ports per message: by condition (`first`, `all`) or over a list of `ports`."""
+
+    mode: Literal["first", "all", "multicast", "round_robin", "consistent_hash"] = Field(
+        "first", description="How ports are chosen (see the operator's docs)."
+    )
+    routes: dict[str, CelExpr] | None = Field(
+        None,
+        description="Port name → boolean CEL condition (modes `first` and `all`), in order.",
+        examples=[{"vip": 'msg.user in ["u1", "u2"]', "rest": "true"}],
+    )
+    ports: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Port names (modes `multicast`, `round_robin`, `consistent_hash`).",
+        examples=[["p0", "p1", "p2"]],
+    )
+    key: CelExpr | None = Field(None, description="CEL key for `consistent_hash`.", examples=["msg.user"])
+
+    @model_validator(mode="after")
+    def _fields_for_mode(self) -> RouteConfig:
+        by_condition = self.mode in ("first", "all")
+        if by_condition and not self.routes:
+            raise ValueError(f"mode '{self.mode}' needs `routes` (port: condition)")
+        if by_condition and (self.ports or self.key):
+            raise ValueError(f"mode '{self.mode}' takes `routes`, not `ports` or `key`")
+        if not by_condition and not self.ports:
+            raise ValueError(f"mode '{self.mode}' needs `ports`")
+        if not by_condition and self.routes:
+            raise ValueError(f"mode '{self.mode}' takes `ports`, not `routes`")
+        if (self.mode == "consistent_hash") != (self.key is not None):
+            raise ValueError("`key` is required by mode 'consistent_hash' and only used there")
+        return self
+
+    def port_names(self) -> list[str]:
+        return list(self.routes) if self.routes else list(self.ports or ())
+
+    def has_catch_all(self) -> bool:
+        return bool(self.routes) and any(c.strip() == "true" for c in self.routes.values())  # type: ignore[union-attr]
+
+
+def jump_hash(key: bytes, buckets: int) -> int:
+    """Jump consistent hash (Lamping & Veach 2014) of a stable 64-bit digest of `key`."""
+    h = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little")
+    b, j = -1, 0
+    while j < buckets:
+        b = j
+        h = (h * 2862933555777941757 + 1) & 0xFFFFFFFFFFFFFFFF
+        j = int((b + 1) * ((1 << 31) / ((h >> 33) + 1)))
+    return b
+
+
+def _key_bytes(value: Any) -> bytes:
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, bytes):
+        return value
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+
+
+class Route(Operator):
+    Config = RouteConfig
+
+    def __init__(self, node_id: str, config: RouteConfig, ctx: Any) -> None:
+        super().__init__(node_id, config, ctx)
+        self.names = config.port_names()
+        self.conditions = [(p, compile_expr(c).fn) for p, c in (config.routes or {}).items()]
+        self.key = compile_expr(config.key).fn if config.key else None
+        self.turn = 0
+
+    @classmethod
+    def output_ports(cls, config: RouteConfig) -> tuple[str, ...]:
+        names = tuple(config.port_names())
+        if config.mode in ("first", "all") and not config.has_catch_all():
+            return (*names, UNMATCHED)
+        return names
+
+    @classmethod
+    def check(cls, config: RouteConfig, ctx: CheckContext) -> Iterable[CheckIssue]:
+        field = "routes" if config.routes else "ports"
+        seen: set[str] = set()
+        for i, name in enumerate(config.port_names()):
+            loc: tuple[str | int, ...] = (field, name) if field == "routes" else (field, i)
+            if name in _RESERVED:
+                yield CheckIssue(loc, "E202", f"'{name}' is a reserved port name")
+            elif not _PORT.match(name):
+                yield CheckIssue(loc, "E202", f"port name '{name}' must be letters, digits, '_' and '-'")
+            elif name in seen:
+                yield CheckIssue(loc, "E202", f"port '{name}' is listed twice")
+            seen.add(name)
+
+    def process(self, batch: list[Msg], out: Outputs) -> None:
+        mode = self.config.mode
+        if mode == "first":
+            self._first(batch, out)
+        elif mode == "all":
+            self._all(batch, out)
+        elif mode == "multicast":
+            lists = [out.port(p) for p in self.names]
+            extra = len(lists) - 1
+            for m in batch:
+                if extra:
+                    m.ack.retain(extra)
+                for lst in lists:
+                    lst.append(Msg(m.body, m.meta, m.ack, m.size))
+        elif mode == "round_robin":
+            lists = [out.port(p) for p in self.names]
+            n, turn = len(lists), self.turn
+            for m in batch:
+                lists[turn % n].append(m)
+                turn += 1
+            self.turn = turn % n
+        else:
+            self._hash(batch, out)
+
+    def _first(self, batch: list[Msg], out: Outputs) -> None:
+        conds = [(out.port(p), fn) for p, fn in self.conditions]
+        unmatched = out.lists.get(UNMATCHED)
+        for m in batch:
+            body, meta = m.body, m.meta
+            try:
+                for lst, fn in conds:
+                    hit = fn(body, meta)
+                    if hit is True:
+                        lst.append(m)
+                        break
+                    if hit is not False:
+                        raise EvalError(f"condition gave {type(hit).__name__}, not bool")
+                else:
+                    (unmatched if unmatched is not None else out.port(UNMATCHED)).append(m)
+            except EvalError as exc:
+                out.error(m, f"route: {exc}")
+
+    def _all(self, batch: list[Msg], out: Outputs) -> None:
+        conds = [(out.port(p), fn) for p, fn in self.conditions]
+        for m in batch:
+            hits: list[list[Msg]] = []
+            try:
+                for lst, fn in conds:
+                    hit = fn(m.body, m.meta)
+                    if hit is True:
+                        hits.append(lst)
+                    elif hit is not False:
+                        raise EvalError(f"condition gave {type(hit).__name__}, not bool")
+            except EvalError as exc:
+                out.error(m, f"route: {exc}")
+                continue
+            if not hits:
+                out.port(UNMATCHED).append(m)
+                continue
+            if len(hits) > 1:
+                m.ack.retain(len(hits) - 1)
+            for lst in hits:  # one Msg per copy: a sink fed by two of the ports commits each copy
+                lst.append(Msg(m.body, m.meta, m.ack, m.size))
+
+    def _hash(self, batch: list[Msg], out: Outputs) -> None:
+        lists = [out.port(p) for p in self.names]
+        n = len(lists)
+        key = self.key
+        assert key is not None
+        for m in batch:
+            try:
+                k = key(m.body, m.meta)
+            except EvalError as exc:
+                out.error(m, f"route key: {exc}")
+                continue
+            lists[jump_hash(_key_bytes(k), n)].append(m)

@@ -1,0 +1,377 @@
+"""The `window` operator: tumbling, sliding and session windows on processing or event time.
+
+Per item: evaluate the key and the event time (failures go to `errors`), fold the aggregates into
+the item's windows (`operators.windowing.WindowStore`), and move the watermark. A window closed by
+the watermark becomes one message on `out` whose ack stands for the acks of its items, so each
+item's ack resolves only when its window is committed downstream. Items too late for every window
+they belong to go to `late`, unchanged but for `meta.window_late`; nothing is dropped.
+Time comes from `ctx.clock` (wall clock, seconds) so tests drive it exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
+
+from engine.api import CelExpr, CheckContext, CheckIssue, NodeConfig, Operator
+from engine.expr import EvalError, Expr, compile_expr
+from engine.message import CompositeAck, Msg
+from engine.runtime.context import NodeContext
+from engine.runtime.outputs import Outputs
+from operators.window_aggregates import AGGREGATE_OPS, make_aggregate
+from operators.windowing import Emission, Watermark, WindowStore
+
+__all__ = [
+    "AggregateSpec",
+    "Duration",
+    "PositiveDuration",
+    "Window",
+    "WindowConfig",
+    "format_time",
+    "parse_duration",
+    "parse_event_time",
+]
+
+_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_PART = re.compile(r"(\d+(?:\.\d+)?)(us|ms|s|m|h|d)")
+_DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:us|ms|s|m|h|d))+$")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+_EPOCH_SCALE = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": 0.001}
+
+
+def parse_duration(value: Any) -> Any:
+    """Seconds from a number or a string such as `250ms`, `30s`, `5m`, `1h30m`, `1d`."""
+    if isinstance(value, str):
+        text = value.strip().replace(" ", "")
+        if not _DURATION.match(text):
+            raise ValueError(f"invalid duration {value!r}: use seconds or e.g. '250ms', '30s', '5m', '1h30m'")
+        return sum(float(n) * _UNITS[u] for n, u in _PART.findall(text))
+    return value
+
+
+_DURATION_TEXT = {"type": "string", "pattern": _DURATION.pattern}
+Duration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    Field(ge=0),
+    WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0}, _DURATION_TEXT]}),
+]
+PositiveDuration = Annotated[
+    float,
+    BeforeValidator(parse_duration),
+    Field(gt=0),
+    WithJsonSchema({"anyOf": [{"type": "number", "exclusiveMinimum": 0}, _DURATION_TEXT]}),
+]
+
+
+def _size(body: dict[str, Any]) -> int:
+    """Approximate encoded size of an output body (for byte-bounded edges)."""
+    try:
+        return len(orjson.dumps(body, default=str))
+    except (TypeError, orjson.JSONEncodeError):  # e.g. an integer beyond 64 bits: estimate
+        return len(repr(body))
+
+
+def _us(seconds: float | None) -> int:
+    return 0 if seconds is None else round(seconds * 1_000_000)
+
+
+def parse_event_time(value: Any, epoch_unit: str = "s") -> int:
+    """Microseconds since the epoch from an RFC 3339 string, an epoch number or a CEL timestamp."""
+    if isinstance(value, bool):
+        raise TypeError("event time is a bool, not a timestamp")
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise ValueError(f"event time {value!r} is not a finite number")
+        return round(value * _EPOCH_SCALE[epoch_unit])
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.upper())
+        except ValueError:
+            raise ValueError(f"event time {value!r} is not an RFC 3339 timestamp") from None
+        if parsed.tzinfo is None:
+            raise ValueError(f"event time {value!r} has no UTC offset (RFC 3339 needs 'Z' or '+hh:mm')")
+        return (parsed - _EPOCH) // _US
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return (value - _EPOCH) // _US
+    raise TypeError(f"event time must be an RFC 3339 string or an epoch number, got {type(value).__name__}")
+
+
+@lru_cache(maxsize=4096)  # windows of many keys share their edges
+def format_time(us: int) -> str:
+    """RFC 3339 in UTC with a `Z`, microseconds only when not zero."""
+    return (_EPOCH + timedelta(microseconds=us)).isoformat().replace("+00:00", "Z")
+
+
+class AggregateSpec(BaseModel):
+    """One aggregate of each window: an operation over a CEL expression."""
+
+    model_config = ConfigDict(extra="forbid")
+    op: Literal["count", "sum", "min", "max", "avg", "first", "last", "collect", "count_distinct"] = Field(
+        description="count (items, or non-null values of `expr`), sum, min, max, avg, first and last "
+        "(by event time), collect (values in event-time order, at most `limit`), "
+        "count_distinct. Null values are skipped except by first, last and collect.",
+        examples=["sum"],
+    )
+    expr: CelExpr | None = Field(
+        None, description="Value to aggregate; optional for count only.", examples=["double(msg.amount)"]
+    )
+    limit: int = Field(100, ge=1, le=1_000_000, description="collect: most values kept (the earliest).")
+
+    @model_validator(mode="after")
+    def _rules(self) -> AggregateSpec:
+        if self.expr is None and self.op != "count":
+            raise ValueError(f"aggregate op {self.op!r} needs an 'expr'")
+        if self.op != "collect" and "limit" in self.model_fields_set:
+            raise ValueError("'limit' applies to op 'collect' only")
+        return self
+
+
+class WindowConfig(NodeConfig):
+    """Group items into windows per key and emit one message of aggregates per closed window."""
+
+    kind: Literal["tumbling", "sliding", "session"] = Field(
+        description="tumbling (size), sliding (size and slide) or session (gap).", examples=["tumbling"]
+    )
+    size: PositiveDuration | None = Field(
+        None, description="Window length (tumbling, sliding).", examples=["1m"]
+    )
+    slide: PositiveDuration | None = Field(
+        None, description="Distance between sliding window starts; at most `size`.", examples=["10s"]
+    )
+    gap: PositiveDuration | None = Field(
+        None, description="Session: inactivity that ends a session.", examples=["30m"]
+    )
+    offset: Duration = Field(
+        0,
+        description="Alignment of window starts (tumbling, sliding): starts are "
+        "offset + k*slide from the epoch.",
+        examples=["0s"],
+    )
+    key: CelExpr | None = Field(
+        None,
+        description="Key of the window (a string, number, bool or null); unset: one global window.",
+        examples=["msg.user"],
+    )
+    time: Literal["processing", "event"] = Field(
+        "processing", description="processing: arrival wall clock; event: the `timestamp` expression."
+    )
+    timestamp: CelExpr | None = Field(
+        None,
+        description="Event time: an RFC 3339 string, an epoch number (see epoch_unit) or a CEL timestamp.",
+        examples=["msg.ts"],
+    )
+    epoch_unit: Literal["s", "ms", "us", "ns"] = Field("s", description="Unit of numeric event times.")
+    max_out_of_orderness: Duration = Field(
+        0, description="Event time: watermark = highest event time seen minus this.", examples=["5s"]
+    )
+    allowed_lateness: Duration = Field(
+        0,
+        description="Event time: how long a closed window is kept for "
+        "late items (each re-emits it as an update).",
+        examples=["1m"],
+    )
+    idle_timeout: PositiveDuration | None = Field(
+        None,
+        description="Event time: after this much wall "
+        "clock with no items, the watermark advances with the wall "
+        "clock so windows close on a quiet stream.",
+        examples=["30s"],
+    )
+    tick_interval: PositiveDuration = Field(
+        0.5,
+        description="How often (seconds) the wall clock is checked (processing time, idle_timeout).",
+    )
+    aggregates: dict[str, AggregateSpec] = Field(
+        default_factory=dict,
+        description="Name -> aggregate; the output's `aggregates` map.",
+        examples=[{"n": {"op": "count"}, "total": {"op": "sum", "expr": "msg.amount"}}],
+    )
+
+    @model_validator(mode="after")
+    def _rules(self) -> WindowConfig:
+        if self.kind in ("tumbling", "sliding") and self.size is None:
+            raise ValueError(f"a {self.kind} window needs 'size'")
+        if self.kind != "sliding" and self.slide is not None:
+            raise ValueError("'slide' applies to sliding windows only")
+        if self.kind == "sliding":
+            if self.slide is None:
+                raise ValueError("a sliding window needs 'slide'")
+            if self.size is not None and self.slide > self.size:
+                raise ValueError(
+                    "'slide' must not exceed 'size' (items between windows would belong to none)"
+                )
+        if self.kind == "session":
+            if self.gap is None:
+                raise ValueError("a session window needs 'gap'")
+            if self.size is not None or "offset" in self.model_fields_set:
+                raise ValueError("'size' and 'offset' do not apply to session windows")
+        elif self.gap is not None:
+            raise ValueError("'gap' applies to session windows only")
+        if self.time == "event" and self.timestamp is None:
+            raise ValueError("time: event needs a 'timestamp' expression")
+        if self.time == "processing":
+            extra = [
+                f
+                for f in (
+                    "timestamp",
+                    "max_out_of_orderness",
+                    "allowed_lateness",
+                    "idle_timeout",
+                    "epoch_unit",
+                )
+                if f in self.model_fields_set
+            ]
+            if extra:
+                raise ValueError(f"{', '.join(extra)}: only for time: event")
+        return self
+
+
+class Window(Operator):
+    """Windowed aggregation; see the module docstring and docs/window.md."""
+
+    Config = WindowConfig
+    ports = ("out", "late")
+
+    @classmethod
+    def check(cls, config: Any, ctx: CheckContext) -> Iterable[CheckIssue]:
+        """Warn when event-time windows could wait forever for a watermark that cannot move."""
+        if config.time == "event" and config.idle_timeout is None:
+            yield CheckIssue(
+                ("time",),
+                "W320",
+                "event-time window without idle_timeout: it holds its items' acks, so if the source "
+                "stops (max_in_flight / max_ack_pending reached, or a quiet stream) no newer item moves "
+                "the watermark and open windows close only at end of input",
+                severity="warning",
+            )
+
+    def __init__(self, node_id: str, config: WindowConfig, ctx: NodeContext):
+        super().__init__(node_id, config, ctx)
+        self._key: Expr | None = compile_expr(config.key) if config.key else None
+        self._time: Expr | None = compile_expr(config.timestamp) if config.timestamp else None
+        self._event = config.time == "event"
+        names = list(config.aggregates)
+        specs = list(config.aggregates.values())
+        self._names = names
+        self._aggs = [make_aggregate(n, s.op, s.expr is not None, s.limit) for n, s in zip(names, specs)]
+        self._exprs: list[Expr | None] = [compile_expr(s.expr) if s.expr else None for s in specs]
+        self._fns = [e.fn if e is not None else None for e in self._exprs]  # skip a call layer per item
+        assert all(a.op in AGGREGATE_OPS for a in self._aggs)
+        self.store = WindowStore(
+            config.kind,
+            self._aggs,
+            size=_us(config.size),
+            slide=_us(config.slide),
+            gap=_us(config.gap),
+            offset=_us(config.offset),
+            lateness=_us(config.allowed_lateness),
+        )
+        self.watermark = Watermark(_us(config.max_out_of_orderness), config.idle_timeout)
+        self._last_now = float("-inf")
+        self.late_items = 0  # items sent to `late` so far
+        needs_clock = not self._event or config.idle_timeout is not None
+        self.tick_interval = config.tick_interval if needs_clock else None
+
+    def _now(self, now: float | None = None) -> float:
+        """Wall clock, never going backwards."""
+        now = self.ctx.clock() if now is None else now
+        self._last_now = max(self._last_now, now)
+        return self._last_now
+
+    def process(self, batch: list[Msg], out: Outputs) -> None:
+        """Assign each item to its windows, emitting windows as the watermark passes them."""
+        now = self._now()
+        emit = out.port("out")
+        store, watermark, key_expr, time_expr, event = (
+            self.store,
+            self.watermark,
+            self._key,
+            self._time,
+            self._event,
+        )
+        fns, unit = self._fns, self.config.epoch_unit
+        if not event:
+            self._send(store.advance(int(now * 1_000_000)), emit)
+            t_now = int(now * 1_000_000)
+        elif batch:
+            watermark.last_arrival = now
+        for msg in batch:
+            body, meta = msg.body, msg.meta
+            try:
+                key = key_expr(body, meta) if key_expr is not None else None
+                if isinstance(key, (dict, list)):
+                    raise TypeError(
+                        f"window key must be a string, number, bool or null, got {type(key).__name__}"
+                    )
+                t = parse_event_time(time_expr(body, meta), unit) if event else t_now  # type: ignore[misc]
+                values = [f(body, meta) if f is not None else True for f in fns]
+            except (EvalError, ValueError, TypeError) as exc:
+                out.error(msg, f"window: {exc}")
+                continue
+            targets, late, error = store.check(key, t, values)
+            if error is not None:
+                out.error(msg, f"window: {error}")
+                continue
+            if late:
+                self.late_items += 1
+                if self.late_items == 1:
+                    self.ctx.log.warning(
+                        "window %s: items arrive too late (beyond allowed_lateness); they go to port 'late'",
+                        self.id,
+                    )
+                if targets:
+                    msg.ack.retain(1)
+                out.port("late").append(
+                    Msg(
+                        body,
+                        {**meta, "window_late": True, "window_watermark": format_time(store.wm)},
+                        msg.ack,
+                        msg.size,
+                    )
+                )
+            if targets or not late:  # a new session has no targets yet
+                store.add(key, t, values, msg.ack, targets)
+            if event and watermark.observe(t):
+                self._send(store.advance(watermark.value), emit)
+        self._send(store.take_updates(), emit)
+
+    def tick(self, now: float, out: Outputs) -> None:
+        """Wall clock: close processing-time windows, or advance an idle event-time watermark."""
+        now = self._now(now)
+        emit = out.port("out")
+        if not self._event:
+            self._send(self.store.advance(int(now * 1_000_000)), emit)
+        elif self.watermark.on_idle(now):
+            self._send(self.store.advance(self.watermark.value), emit)
+
+    def flush(self, out: Outputs) -> None:
+        """End of input: emit every open window (and pending updates)."""
+        self._send(self.store.flush(), out.port("out"))
+
+    def _send(self, emissions: list[Emission], emit: list[Msg]) -> None:
+        for e in emissions:
+            body: dict[str, Any] = {
+                "key": e.key,
+                "start": format_time(e.start),
+                "end": format_time(e.end),
+                "count": e.items,
+                "aggregates": e.results,
+                "update": bool(e.replaces),
+            }
+            if e.replaces:
+                body["replaces"] = [{"start": format_time(s), "end": format_time(x)} for s, x in e.replaces]
+            acks = e.acks
+            ack = acks[0] if len(acks) == 1 else CompositeAck(acks)
+            meta = {"window_key": e.key, "window_start": body["start"], "window_end": body["end"]}
+            emit.append(Msg(body, meta, ack, _size(body)))

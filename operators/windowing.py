@@ -1,0 +1,358 @@
+"""The window core: assigners, watermark and window state. Pure and synchronous (no I/O, no asyncio).
+
+All times are integer microseconds since the Unix epoch, so window edges are exact. Windows are
+half-open `[start, end)`: an item exactly at `end` belongs to the next window.
+
+* tumbling: `start = t - (t - offset) mod size`.
+* sliding: every `[s, s + size)` with `s ≡ offset (mod slide)` that contains `t` (size/slide windows).
+* session: items closer than `gap` (strictly) belong together; a session is
+  `[first item, last item + gap)`, and an item that bridges two sessions merges them.
+
+A window fires when the watermark reaches its end (`wm >= end`): with `wm = max event time −
+max_out_of_orderness`, no on-time item can still fall in it. It is kept `allowed_lateness` longer
+(purged once `wm >= end + allowed_lateness`); a late item that reaches a kept window updates it
+and the window is emitted again as an update. An item none of whose windows is kept any more is
+too late (`WindowStore.add` returns it so the operator sends it to `late`). For sessions an item
+is also too late if it falls before the end of a purged session of its key, since it would have
+merged with it: that keeps sessions the same for every arrival order within the lateness.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Hashable
+from typing import Any, NamedTuple
+
+from operators.window_aggregates import Aggregate
+
+__all__ = ["NEG_INF", "Emission", "Watermark", "WindowStore"]
+
+NEG_INF = -(1 << 62)
+
+
+class Emission(NamedTuple):
+    """One window to send downstream: what it holds and the acks it releases when committed."""
+
+    key: Any
+    start: int
+    end: int
+    items: int
+    results: dict[str, Any]
+    replaces: list[tuple[int, int]]  # earlier emissions this one supersedes; empty = first emission
+    acks: list[Any]
+
+
+class _Window:
+    """State of one window (or session) of one key."""
+
+    __slots__ = ("acks", "alive", "count", "emitted", "end", "key", "seq", "start", "states")
+
+    def __init__(self, key: Any, start: int, end: int, states: list[Any], seq: int):
+        self.key = key
+        self.start = start
+        self.end = end
+        self.count = 0
+        self.states = states
+        self.acks: list[Any] = []  # acks of items not yet carried by an emission
+        self.emitted: list[tuple[int, int]] = []  # [start, end) of earlier emissions it replaces
+        self.alive = True
+        self.seq = seq  # tie-breaker for heaps
+
+
+class Watermark:
+    """Event-time watermark: max event time − out-of-orderness, pushed on by wall-clock idleness.
+
+    After `idle_timeout` seconds of wall clock without items, event time is assumed to advance
+    with the wall clock from the last item: `wm = max_event + idle − out_of_orderness`."""
+
+    __slots__ = ("idle_timeout", "last_arrival", "max_event", "ooo", "value")
+
+    def __init__(self, ooo: int, idle_timeout: float | None):
+        self.ooo = ooo
+        self.idle_timeout = idle_timeout
+        self.max_event = NEG_INF
+        self.value = NEG_INF
+        self.last_arrival: float | None = None
+
+    def observe(self, t: int) -> bool:
+        """An item at event time `t`; True when the watermark moved."""
+        if t > self.max_event:
+            self.max_event = t
+            if t - self.ooo > self.value:
+                self.value = t - self.ooo
+                return True
+        return False
+
+    def on_idle(self, now: float) -> bool:
+        """Wall-clock check (tick); True when idleness moved the watermark."""
+        if self.idle_timeout is None or self.last_arrival is None or self.max_event == NEG_INF:
+            return False
+        idle = now - self.last_arrival
+        if idle < self.idle_timeout:
+            return False
+        candidate = self.max_event + int(idle * 1_000_000) - self.ooo
+        if candidate > self.value:
+            self.value = candidate
+            return True
+        return False
+
+
+class WindowStore:
+    """Windows of every key for one window definition; `add` items, `advance` the watermark."""
+
+    def __init__(
+        self,
+        kind: str,
+        aggregates: list[Aggregate],
+        size: int = 0,
+        slide: int = 0,
+        gap: int = 0,
+        offset: int = 0,
+        lateness: int = 0,
+    ):
+        self.kind = kind
+        self.aggregates = aggregates
+        self.size = size
+        self.slide = slide if kind == "sliding" else size
+        self.gap = gap
+        self.offset = offset
+        self.lateness = lateness
+        self._checked = [i for i, a in enumerate(aggregates) if a.checks_value]
+        self._reset()
+
+    def _reset(self) -> None:
+        self.wm = NEG_INF
+        self._seq = 0
+        self._dirty: dict[int, _Window] = {}  # fired windows with new items, by id()
+        # tumbling / sliding: windows by (key, start); fire and purge by end
+        self._windows: dict[tuple[Hashable, int], _Window] = {}
+        self._by_end: dict[int, list[_Window]] = {}
+        self._fire: list[int] = []
+        self._purge: list[int] = []
+        # sessions: per key a short list; heaps of (time, seq, window, end) checked lazily
+        self._sessions: dict[Hashable, list[_Window]] = {}
+        self._purged_until: dict[Hashable, int] = {}
+        self._session_fire: list[tuple[int, int, _Window, int]] = []
+        self._session_purge: list[tuple[int, int, _Window, int]] = []
+
+    # ----- adding items -----------------------------------------------------------------------
+
+    def check(
+        self, key: Hashable, t: int, values: list[Any]
+    ) -> tuple[list[_Window | tuple[int, int]], bool, str | None]:
+        """Where an item goes, before anything changes: (targets, too_late_somewhere, error)."""
+        if self.kind == "session":
+            return self._check_session(key, t, values)
+        wm, lateness, size = self.wm, self.lateness, self.size
+        if self.kind == "tumbling":  # the hot path: one window
+            start = t - (t - self.offset) % size
+            if start + size + lateness <= wm:
+                return [], True, None
+            window = self._windows.get((key, start))
+            one: list[_Window | tuple[int, int]] = [window if window is not None else (start, start + size)]
+            return one, False, self._check_values(one, values) if self._checked else None
+        targets: list[_Window | tuple[int, int]] = []
+        late = False
+        start = t - (t - self.offset) % self.slide
+        while start > t - size:
+            end = start + size
+            if end + lateness <= wm:
+                late = True
+            else:
+                window = self._windows.get((key, start))
+                targets.append(window if window is not None else (start, end))
+            start -= self.slide
+        error = self._check_values(targets, values)
+        return targets, late, error
+
+    def _check_values(self, targets: list[Any], values: list[Any]) -> str | None:
+        aggregates = self.aggregates
+        for i in self._checked:
+            value = values[i]
+            if value is None:
+                continue
+            agg = aggregates[i]
+            reason = agg.check(None, value)
+            if reason is None and agg.checks_state:
+                for window in targets:
+                    if isinstance(window, _Window):
+                        reason = agg.check(window.states[i], value)
+                        if reason:
+                            break
+            if reason:
+                return reason
+        return None
+
+    def add(
+        self, key: Hashable, t: int, values: list[Any], ack: Any, targets: list[_Window | tuple[int, int]]
+    ) -> None:
+        """Fold an item (already `check`ed) into its windows; its ack is held once per window."""
+        self._seq += 1
+        seq = self._seq
+        if self.kind == "session":
+            self._add_session(key, t, values, ack, targets, seq)
+            return
+        if len(targets) > 1:
+            ack.retain(len(targets) - 1)
+        for target in targets:
+            window = target if isinstance(target, _Window) else self._open(key, *target)
+            self._fold(window, values, ack, t, seq)
+            if window.end <= self.wm:
+                self._dirty[id(window)] = window
+
+    def _open(self, key: Hashable, start: int, end: int) -> _Window:
+        window = _Window(key, start, end, [a.new() for a in self.aggregates], self._seq)
+        self._windows[(key, start)] = window
+        bucket = self._by_end.get(end)
+        if bucket is None:
+            self._by_end[end] = bucket = []
+            heapq.heappush(self._fire if end > self.wm else self._purge, end)
+        bucket.append(window)
+        return window
+
+    def _fold(self, window: _Window, values: list[Any], ack: Any, t: int, seq: int) -> None:
+        states = window.states
+        for i, agg in enumerate(self.aggregates):
+            states[i] = agg.add(states[i], values[i], t, seq)
+        window.count += 1
+        window.acks.append(ack)
+
+    # ----- sessions -----------------------------------------------------------------------------
+
+    def _check_session(self, key: Hashable, t: int, values: list[Any]) -> tuple[list[Any], bool, str | None]:
+        if t < self._purged_until.get(key, NEG_INF):
+            return [], True, None
+        end = t + self.gap
+        targets = [s for s in self._sessions.get(key, ()) if s.start < end and t < s.end]
+        merged_end = max([end, *(s.end for s in targets)])
+        if merged_end + self.lateness <= self.wm:
+            return [], True, None
+        return targets, False, self._check_values(targets, values)
+
+    def _add_session(
+        self, key: Hashable, t: int, values: list[Any], ack: Any, targets: list[Any], seq: int
+    ) -> None:
+        sessions = self._sessions.setdefault(key, [])
+        if not targets:
+            window = _Window(key, t, t + self.gap, [a.new() for a in self.aggregates], seq)
+            sessions.append(window)
+        else:
+            window = targets[0]
+            for other in targets[1:]:
+                self._absorb(window, other)
+                sessions.remove(other)
+        old_end = window.end
+        window.start = min(window.start, t)
+        window.end = max(window.end, t + self.gap)
+        self._fold(window, values, ack, t, seq)
+        if window.end != old_end or not targets:
+            self._schedule_session(window)
+        if window.end <= self.wm:
+            self._dirty[id(window)] = window
+
+    def _absorb(self, window: _Window, other: _Window) -> None:
+        for i, agg in enumerate(self.aggregates):
+            window.states[i] = agg.merge(window.states[i], other.states[i])
+        window.count += other.count
+        window.acks.extend(other.acks)
+        window.emitted.extend(other.emitted)
+        window.start = min(window.start, other.start)
+        window.end = max(window.end, other.end)
+        other.alive = False
+        self._dirty.pop(id(other), None)
+
+    def _schedule_session(self, window: _Window) -> None:
+        entry = (window.end, window.seq, window, window.end)
+        if window.end > self.wm:
+            heapq.heappush(self._session_fire, entry)
+        else:
+            heapq.heappush(self._session_purge, (window.end + self.lateness, *entry[1:]))
+
+    # ----- time -------------------------------------------------------------------------------
+
+    def advance(self, wm: int) -> list[Emission]:
+        """Move the watermark to `wm`: emit the windows it closes, purge those past lateness."""
+        if wm <= self.wm:
+            return []
+        self.wm = wm
+        out: list[Emission] = []
+        if self.kind == "session":
+            self._advance_sessions(wm, out)
+        else:
+            fire, purge = self._fire, self._purge
+            while fire and fire[0] <= wm:
+                end = heapq.heappop(fire)
+                for window in self._by_end[end]:
+                    self._emit(window, out)
+                heapq.heappush(purge, end)
+            while purge and purge[0] + self.lateness <= wm:
+                end = heapq.heappop(purge)
+                for window in self._by_end.pop(end):
+                    del self._windows[(window.key, window.start)]
+                    if self._dirty.pop(id(window), None) is not None:
+                        self._emit(window, out)  # a pending update goes out before the state does
+        return out
+
+    def _advance_sessions(self, wm: int, out: list[Emission]) -> None:
+        fire, purge = self._session_fire, self._session_purge
+        while fire and fire[0][0] <= wm:
+            _, seq, window, end = heapq.heappop(fire)
+            if window.alive and window.end == end:
+                self._emit(window, out)
+                heapq.heappush(purge, (end + self.lateness, seq, window, end))
+        while purge and purge[0][0] <= wm:
+            _, _, window, end = heapq.heappop(purge)
+            if window.alive and window.end == end:
+                window.alive = False
+                if self._dirty.pop(id(window), None) is not None:
+                    self._emit(window, out)
+                sessions = self._sessions[window.key]
+                sessions.remove(window)
+                if not sessions:
+                    del self._sessions[window.key]
+                key = window.key
+                if end > self._purged_until.get(key, NEG_INF):
+                    self._purged_until[key] = end
+        # forget purge horizons no item can fall before any more without being too late anyway
+        if len(self._purged_until) > 2 * len(self._sessions) + 1024:
+            horizon = wm - self.gap - self.lateness
+            self._purged_until = {k: v for k, v in self._purged_until.items() if v > horizon}
+
+    def take_updates(self) -> list[Emission]:
+        """Windows that fired already and received (allowed) late items since: emit them again."""
+        if not self._dirty:
+            return []
+        out: list[Emission] = []
+        for window in sorted(self._dirty.values(), key=lambda w: (w.end, w.seq)):
+            self._emit(window, out)
+        self._dirty.clear()
+        return out
+
+    def flush(self) -> list[Emission]:
+        """End of input: emit every window still holding unemitted items, then forget all state."""
+        out = self.take_updates()
+        if self.kind == "session":
+            pending = [w for ws in self._sessions.values() for w in ws]
+        else:
+            pending = list(self._windows.values())
+        for window in sorted(pending, key=lambda w: (w.end, w.seq)):
+            self._emit(window, out)
+        self._reset()
+        return out
+
+    def _emit(self, window: _Window, out: list[Emission]) -> None:
+        if not window.acks:
+            return
+        results = {a.name: a.result(s) for a, s in zip(self.aggregates, window.states)}
+        out.append(
+            Emission(window.key, window.start, window.end, window.count, results, window.emitted, window.acks)
+        )
+        window.acks = []
+        window.emitted = [(window.start, window.end)]
+
+    @property
+    def open_windows(self) -> int:
+        """Windows (or sessions) held in memory."""
+        if self.kind == "session":
+            return sum(len(ws) for ws in self._sessions.values())
+        return len(self._windows)

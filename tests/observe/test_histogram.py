@@ -1,0 +1,44 @@
+"""The hot-path histogram: bucket counts like Prometheus' `le`, ages from meta, quantiles."""
+
+from __future__ import annotations
+
+import random
+from bisect import bisect_left
+
+import pytest
+
+from engine.message import Msg
+from engine.observe.histogram import LATENCY_BUCKETS, Histogram, quantile
+from engine.observe.snapshot import histogram_quantile
+
+
+def test_observe_ages_matches_one_by_one() -> None:
+    rnd = random.Random(7)
+    now = 1_795_000_000.0
+    ages = [rnd.choice([0.0, 0.001, 0.05, 2.5]) if i % 3 == 0 else rnd.expovariate(20) for i in range(2000)]
+    msgs = [Msg(i, {"timestamp": now - a}) for i, a in enumerate(ages)]
+    msgs += [Msg("x", {}), Msg("y", {"timestamp": "2026-01-01T00:00:00Z"}), Msg("z", {"timestamp": None})]
+    h = Histogram()
+    h.observe_ages(now, msgs)
+    naive = [0] * (len(LATENCY_BUCKETS) + 1)
+    for m in msgs[:2000]:
+        naive[bisect_left(LATENCY_BUCKETS, now - m.meta["timestamp"])] += 1
+    assert h.counts == naive and h.count == 2000  # the three without a numeric stamp are left out
+    assert h.sum == pytest.approx(sum(now - m.meta["timestamp"] for m in msgs[:2000]), abs=1e-6)
+
+
+def test_observe_ages_of_nothing_measurable() -> None:
+    h = Histogram()
+    h.observe_ages(10.0, [])
+    h.observe_ages(10.0, [Msg(1, {"timestamp": "soon"})])
+    assert h.count == 0 and sum(h.counts) == 0
+
+
+def test_cumulative_and_quantile() -> None:
+    h = Histogram((0.1, 1.0))
+    for v in (0.05, 0.1, 0.5, 0.7, 3.0):
+        h.observe(v)
+    assert h.cumulative() == [("0.1", 2), ("1.0", 4), ("+Inf", 5)]
+    assert quantile(0.5, [(0.1, 2.0), (1.0, 4.0), (float("inf"), 5.0)]) == pytest.approx(0.1 + 0.9 * 0.5 / 2)
+    assert histogram_quantile(0.99, h) == 1.0  # beyond the last bound: the last finite bound
+    assert histogram_quantile(0.99, Histogram()) is None
