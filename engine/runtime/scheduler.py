@@ -219,6 +219,7 @@ class Runner:
             stats.observe_batch(len(batch), time.perf_counter() - t0)
             if failures is _FAILED:
                 continue
+            failed_ids: set[int] = set()
             if failures:
                 failed_ids = {id(m) for m, _ in failures}
                 done = [m for m in batch if id(m) not in failed_ids]

@@ -16,8 +16,9 @@ import pytest
 schemathesis = pytest.importorskip("schemathesis")
 requests = pytest.importorskip("requests")
 
-from tests.connectors.http_harness import Gateway
 from hypothesis import HealthCheck, given, settings
+
+from tests.connectors.http_harness import Gateway
 
 SCHEMA = {"type": "object", "required": ["id"],
           "properties": {"id": {"type": "integer"}, "tag": {"type": "string", "maxLength": 8}}}

@@ -11,7 +11,7 @@ import aiohttp
 import orjson
 
 from engine.compile.validate import check_file, load_graph
-from engine.runtime.scheduler import RunReport, Runner
+from engine.runtime.scheduler import Runner, RunReport
 from tests.connectors.http_harness import aio, post
 from tests.runtime.test_nodes import GATES, RECORD  # registers test_sink (a sink held shut by a gate)
 

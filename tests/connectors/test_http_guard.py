@@ -8,11 +8,11 @@ from typing import Any
 
 import aiohttp
 import orjson
-from tests.connectors.http_harness import Gateway, aio, post
 
 from engine.api import CheckContext
 from operators.connectors.http import HttpSource
 from operators.connectors.http_config import HttpSourceConfig
+from tests.connectors.http_harness import Gateway, aio, post
 
 
 @aio
@@ -256,7 +256,7 @@ async def test_a_client_that_hangs_up_keeps_its_idempotent_outcome(tmp_path: Any
     async with Gateway(tmp_path) as gw, aiohttp.ClientSession() as s:
         gw.gate.clear()
         host, port = gw.source.address
-        r, w = await asyncio.open_connection(host, port)
+        _, w = await asyncio.open_connection(host, port)
         w.write(b"POST /api/v1/data/ingest HTTP/1.1\r\nHost: x\r\nIdempotency-Key: hang\r\n"
                 b"Content-Length: 8\r\n\r\n{\"n\": 1}")
         while gw.source.counts["accepted"] < 1:

@@ -11,9 +11,9 @@ import aiohttp
 import orjson
 import pytest
 import zstandard
-from tests.connectors.http_harness import Gateway, aio, post
 
 from operators.connectors.http_body import IngestError, decode_body
+from tests.connectors.http_harness import Gateway, aio, post
 
 
 @aio
