@@ -14,13 +14,21 @@ expression to a Python closure with the same semantics and is preferred (see iss
 
 from __future__ import annotations
 
+import ctypes
 import re
+import sys
 from collections.abc import Callable
 from typing import Any
 
 from cel_expr_python import cel
 
 __all__ = ["CelError", "EvalError", "Expr", "compile_expr"]
+
+# cel-expr-python 0.1.3 drops a reference to None for every null it returns or converts; on
+# Python 3.11 the interpreter aborts once None's count reaches zero ("none_dealloc", after ~10**4
+# nulls). Give None the effectively endless count that Python 3.12+ gives it (immortal objects).
+if sys.version_info < (3, 12):
+    ctypes.c_ssize_t.from_address(id(None)).value += 1 << 40
 
 
 class CelError(Exception):

@@ -405,8 +405,40 @@ class Gen:
                 return Code(f"({inline} if type({ob}) is _float else {slow})", "double")
             if fn == "_+_" and a.type == b.type == "string":
                 return Code(f"({a.expr} + {b.expr})", "string", a.safe and b.safe)
+        int_fast = self.int_literal_arith(fn, args, a, b, helper)
+        if int_fast is not None:
+            return int_fast
         typ = a.type if a.type == b.type and a.type in ("int", "uint", "double", "string", "list") else None
         return Code(f"{helper}({a.expr}, {b.expr})", typ)
+
+    def int_literal_arith(
+        self, fn: str, args: tuple[Node, ...], a: Code, b: Code, helper: str
+    ) -> Code | None:
+        """`x op 7` (or `7 op x`) inline for an int64 `x` when the result needs no overflow check
+        beyond a range test; anything else goes to the helper, which raises CEL's errors."""
+        lo, hi = V.INT64_MIN, V.INT64_MAX
+        lit_left = isinstance(args[0], Lit) and args[0].kind == "int"
+        lit_right = isinstance(args[1], Lit) and args[1].kind == "int"
+        if lit_left == lit_right or (a.type if lit_right else b.type) not in (None, "int"):
+            return None
+        other = a if lit_right else b
+        lit = b.expr if lit_right else a.expr
+        op = _ARITH[fn][0]
+        ob, ref = self.once(other)
+        if fn in ("_%_", "_/_"):
+            if not lit_right or args[1].value <= 0:  # type: ignore[attr-defined]
+                return None
+            py = "%" if fn == "_%_" else "//"  # equal to CEL's for a non-negative dividend
+            return Code(
+                f"({ref} {py} {lit} if type({ob}) is _int and 0 <= {ref} <= {hi} else {helper}({ref}, {lit}))",
+                "int",
+            )
+        r = self.tmp()
+        left, right = (ref, lit) if lit_right else (lit, ref)
+        test = (
+            f"type({ob}) is _int and {lo} <= {ref} <= {hi} and {lo} <= ({r} := {left} {op} {right}) <= {hi}"
+        )
+        return Code(f"({r} if {test} else {helper}({left}, {right}))", "int")
 
     def membership(self, args: tuple[Node, ...], scope: dict[str, str]) -> Code:
         x, c = self.gen(args[0], scope), self.gen(args[1], scope)
@@ -450,6 +482,11 @@ class Gen:
             return codes[0]
         if name == "double" and codes[0].type == "double":
             return codes[0]
+        if name in ("string", "double") and codes[0].type in (None, "int"):  # the common int argument inline
+            ob, ref = self.once(codes[0])
+            conv = "_str" if name == "string" else "_float"
+            test = f"type({ob}) is _int and {V.INT64_MIN} <= {ref} <= {V.UINT64_MAX}"
+            return Code(f"({conv}({ref}) if {test} else {self.helper(FUNCTIONS[key])}({ref}))", name)
         result = {
             "int": "int",
             "uint": "uint",

@@ -139,6 +139,8 @@ def to_double(v: Any) -> float:
     t = type(v)
     if t is float:
         return v
+    if t is int and INT64_MIN <= v <= UINT64_MAX:
+        return float(v)
     if t is str:
         if not v.isascii() or "_" in v:
             raise CelFailure("cannot convert string to double")
@@ -195,6 +197,8 @@ def to_string(v: Any) -> str:
     t = type(v)
     if t is str:
         return v
+    if t is int and INT64_MIN <= v <= UINT64_MAX:
+        return str(v)
     if t is bool:
         return "true" if v else "false"
     if t is float:

@@ -170,6 +170,8 @@ def _arith(fn: str, a: Any, b: Any) -> tuple[str, Any, Any]:
 def add(a: Any, b: Any) -> Any:
     """CEL `+`: numbers of one kind, strings, bytes, lists."""
     ta, tb = type(a), type(b)
+    if ta is int and tb is int and INT64_MIN <= a <= INT64_MAX and INT64_MIN <= b <= INT64_MAX:
+        return _int_result(a + b)
     if ta is float and tb is float:
         return a + b
     if ta is str and tb is str:
@@ -190,6 +192,8 @@ def add(a: Any, b: Any) -> Any:
 
 def sub(a: Any, b: Any) -> Any:
     """CEL `-` on numbers of one kind."""
+    if type(a) is int and type(b) is int and INT64_MIN <= a <= INT64_MAX and INT64_MIN <= b <= INT64_MAX:
+        return _int_result(a - b)
     if type(a) is float and type(b) is float:
         return a - b
     if type(a).__name__ in _TIME_NAMES or type(b).__name__ in _TIME_NAMES:
@@ -226,6 +230,8 @@ def _time_arith(fn: str, a: Any, b: Any) -> Any:
 
 def mul(a: Any, b: Any) -> Any:
     """CEL `*` on numbers of one kind."""
+    if type(a) is int and type(b) is int and INT64_MIN <= a <= INT64_MAX and INT64_MIN <= b <= INT64_MAX:
+        return _int_result(a * b)
     if type(a) is float and type(b) is float:
         return a * b
     k, a, b = _arith("_*_", a, b)
@@ -238,6 +244,8 @@ def mul(a: Any, b: Any) -> Any:
 
 def div(a: Any, b: Any) -> Any:
     """CEL `/`: integer division truncates toward zero; double division follows IEEE 754."""
+    if type(a) is int and type(b) is int and 0 <= a <= INT64_MAX and 0 < b <= INT64_MAX:
+        return a // b  # the common case, where floor division is truncation
     k, a, b = _arith("_/_", a, b)
     if k == "double":
         if b == 0.0:
@@ -255,11 +263,15 @@ def div(a: Any, b: Any) -> Any:
 
 def mod(a: Any, b: Any) -> Any:
     """CEL `%` on int or uint; the result takes the sign of the dividend."""
+    if type(a) is int and type(b) is int and 0 <= a <= INT64_MAX and 0 < b <= INT64_MAX:
+        return a % b  # the common case, where Python's % is CEL's
     k, a, b = _arith("_%_", a, b)
     if k == "double":
         raise no_overload("_%_", a, b)
     if b == 0:
         raise CelFailure("modulus by zero")
+    if k == "int" and a == INT64_MIN and b == -1:
+        raise CelFailure("integer overflow")  # as the runtime does (the quotient overflows)
     r = abs(a) % abs(b)
     if a < 0:
         r = -r

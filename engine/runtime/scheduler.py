@@ -234,8 +234,7 @@ class Runner:
             committed = len(done)
             stats.committed += committed
             # end-to-end latency: one clock read per batch, ages from each message's meta
-            stats.end_to_end.observe_ages(self.clock(), [m for m in batch if id(m) not in failed_ids]
-                                          if failed_ids else batch)
+            stats.end_to_end.observe_ages(self.clock(), done)
             if outcome == DEAD_LETTERED:
                 stats.dead_lettered += committed
                 if deadletter_log.isEnabledFor(logging.WARNING):

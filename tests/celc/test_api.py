@@ -122,3 +122,23 @@ def test_error_messages_speak_cel(src: str, body: dict, message: str) -> None:
     assert fn is not None
     with pytest.raises(EvalError, match=message.replace("(", r"\(").replace(")", r"\)").replace("+", r"\+")):
         fn(body, {})
+
+
+def test_runtime_nulls_cannot_exhaust_none() -> None:
+    """cel-expr-python drops a reference to None per null; engine.expr gives None a reserve."""
+    import sys
+
+    runtime = compile_expr("msg.a", allow_compiler=False)
+    before = sys.getrefcount(None)
+    for _ in range(2000):
+        assert runtime({"a": None}) is None
+    if sys.version_info < (3, 12):
+        assert sys.getrefcount(None) > 2**39  # far from zero whatever the runtime drops
+        assert before - sys.getrefcount(None) < 10**6
+
+
+def test_strings_keep_nul_characters() -> None:
+    """The runtime truncates strings at U+0000; CEL strings (and the compiled code) do not."""
+    fn = try_compile("[size(msg.s), msg.s == 'a', msg.s + '!']")
+    assert fn is not None
+    assert fn({"s": "a\x00b"}, {}) == [3, False, "a\x00b!"]
