@@ -102,6 +102,11 @@ class HttpSource(Source):
     def check(cls, config: Any, ctx: CheckContext) -> Iterable[CheckIssue]:
         return check_config(config, ctx)
 
+    def metrics(self) -> dict[str, int]:
+        """Counters beside the runtime's: requests, items accepted, requests refused, in flight."""
+        conns = len(self.server.conns) if self.server is not None else 0
+        return {**self.counts, "in_flight": self.in_flight, "connections": conns}
+
     # -- lifecycle
     async def start(self) -> None:
         from operators.connectors.http_server import HttpServer

@@ -229,6 +229,8 @@ async def test_429_and_503_under_load_lose_nothing(tmp_path: Any) -> None:
         assert {(c, r) for c, r, _ in got} == {k for k, v in outcomes.items() if v == 202}
         assert len(got) == 3 * counts[202]
         assert gw.source.in_flight == 0 and gw.source.server.buffered == 0
+        m = gw.source.metrics()
+        assert (m["accepted"], m["requests"], m["rejected"]) == (len(got), len(outcomes), len(outcomes) - counts[202])
 
 
 @aio
