@@ -211,8 +211,9 @@ class HttpSource(Source):
                 headers = [("Retry-After", str(exc.extra.pop("retry_after")))] if "retry_after" in exc.extra else []
                 return _reply(exc.status, exc.body(), headers)
         if req.method != "GET":
-            return _reply(405 if req.path in ("/healthz", "/readyz", "/openapi.json") else 404,
-                          {"error": "not_found", "message": f"{req.method} {req.path} is not served"})
+            if req.path in ("/healthz", "/readyz", "/openapi.json"):
+                return _reply(405, {"error": "method_not_allowed", "message": "use GET"}, [("Allow", "GET")])
+            return _reply(404, {"error": "not_found", "message": f"{req.method} {req.path} is not served"})
         if req.path == "/healthz":
             return _reply(200, {"status": "ok"})
         if req.path == "/readyz":
@@ -234,8 +235,8 @@ class HttpSource(Source):
             if wait:
                 raise IngestError(429, "rate_limited", f"rate limit exceeded; retry in {wait} s",
                                   {"retry_after": wait})
-        if not self.accepting or self.in_flight >= cfg.max_in_flight:
-            raise self._busy()
+        if not self.accepting or self.in_flight >= cfg.max_in_flight or not self.tracker.has_room():
+            raise self._busy()  # the tracker's limit is the graph's `defaults.max_in_flight`
         mtype = media_type(req.headers.get("content-type"))
         data = decode_body(req.body, req.headers.get("content-encoding"), cfg.max_decompressed_bytes)
         items, single = parse_items(data, mtype, cfg.max_batch)
