@@ -34,8 +34,7 @@ async def test_http_to_jetstream_retries_do_not_duplicate(tmp_path: Path) -> Non
             type: nats
             url: {NATS_URL}
             streams:
-              # explicit sizes: main's Size type refuses the -1 defaults when the sink re-validates
-              {name}: {{subjects: ["{subject}"], duplicate_window: 2m, max_msg_size: 1MB, max_bytes: 64MB}}
+              {name}: {{subjects: ["{subject}"], duplicate_window: 2m}}
         nodes:
           ingest: {{type: http_source, config: {{port: 0, idempotency_cache: 0}}}}
           out: {{type: jetstream_sink, inputs: [ingest], config: {{connection: nats, subject: {subject}}}}}
