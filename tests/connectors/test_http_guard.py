@@ -160,6 +160,13 @@ async def test_pipelining_keepalive_expect_continue_and_oversize_on_the_raw_sock
         w.write(req.replace(b"Content-Length: 8", b"Transfer-Encoding: chunked"))
         w.write(b"400\r\n" + b" " * 1024 + b"\r\n")
         assert (await r.read()).startswith(b"HTTP/1.1 413")
+        # endless headers are cut off at 64 KiB
+        r, w = await asyncio.open_connection(host, port)
+        w.write(b"P")
+        await w.drain()
+        await asyncio.sleep(0.02)  # a first chunk of one byte, then the rest
+        w.write(b"OST /api/v1/data/ingest HTTP/1.1\r\n" + b"X-Pad: " + b"a" * 70_000 + b"\r\n")
+        assert (await asyncio.wait_for(r.read(), 5)).startswith(b"HTTP/1.1 431")
         # garbage is a 400
         r, w = await asyncio.open_connection(host, port)
         w.write(b"NOT HTTP\r\n\r\n")
