@@ -3,8 +3,10 @@
 
 It does what the gateway needs and no more: keep-alive and pipelining (requests on one connection
 are answered in order, reading pauses while one is being handled, so a connection holds at most one
-body), `Expect: 100-continue`, a body cap checked on `Content-Length` before the body is read and
-again while it streams in (chunked), a connection cap, and an idle timeout against slow clients.
+body), `Expect: 100-continue`, a 64 KiB cap on request line + headers (431), a body cap checked on
+`Content-Length` before the body is read and again while it streams in (chunked), a budget of body
+bytes held over all connections (503 past it), a connection cap, and timeouts for idle connections
+and for clients that trickle a request.
 """
 
 from __future__ import annotations
