@@ -182,7 +182,10 @@ class HttpSource(Source):
         self.in_flight -= len(failures)
         if self.in_flight == 0:
             self.idle.set()
-        self.counts["late_failures"] += len(failures) if self.config.ack == "received" else 0
+        if self.config.ack == "received" and failures:  # the client already got 202: say so here
+            self.counts["late_failures"] += len(failures)
+            self.ctx.log.warning("http_source %s: %d item(s) acknowledged to clients (ack: received) then "
+                                 "failed downstream; first: %s", self.id, len(failures), failures[0][1])
 
     # -- HTTP
     def head_check(self, method: str, path: str, headers: dict[str, str]) -> Any:

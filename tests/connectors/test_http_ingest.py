@@ -126,6 +126,16 @@ async def test_received_mode_replies_before_commit(tmp_path: Any) -> None:
 
 
 @aio
+async def test_received_mode_counts_failures_after_the_reply(tmp_path: Any) -> None:
+    async with Gateway(tmp_path, ack="received", poison="bad") as gw, aiohttp.ClientSession() as s:
+        st, body, _ = await post(s, gw.ingest_url, b'[{"n": 1}, {"bad": 1}]')
+        assert (st, body["accepted"]) == (202, 2)  # the weaker promise: said before the sink's verdict
+        while gw.source.in_flight:
+            await asyncio.sleep(0.005)
+        assert gw.source.metrics()["late_failures"] == 1 and len(gw.lines()) == 1
+
+
+@aio
 async def test_items_the_sink_fails_are_reported_502_with_their_index(tmp_path: Any) -> None:
     async with Gateway(tmp_path, poison="bad") as gw, aiohttp.ClientSession() as s:
         st, body, _ = await post(s, gw.ingest_url, b'[{"n": 1}, {"bad": 1}, {"n": 3}]')
