@@ -238,7 +238,7 @@ class Runner:
             if outcome == DEAD_LETTERED:
                 stats.dead_lettered += committed
                 if deadletter_log.isEnabledFor(logging.WARNING):
-                    _log_dead_letters(rn.id, batch, failed_ids)
+                    _log_dead_letters(rn.id, done)
             if failures:
                 await self._dispatch(rn.id, {ERRORS: [error_envelope(m, rn.id, reason) for m, reason in failures]})
 
