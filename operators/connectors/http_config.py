@@ -11,14 +11,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from engine.api import CelExpr, CheckContext, CheckIssue, NodeConfig
 from engine.spec.units import PositiveDuration, Size
 
-__all__ = ["AuthConfig", "BucketConfig", "HttpSourceConfig", "RateLimitConfig", "check_config", "is_loopback"]
+__all__ = ["HttpAuthConfig", "HttpBucketConfig", "HttpSourceConfig", "HttpRateLimitConfig", "check_config", "is_loopback"]
 
 
 class _Sub(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class AuthConfig(_Sub):
+class HttpAuthConfig(_Sub):
     """Who may post: bearer tokens or API keys, read from the environment and/or a file."""
 
     scheme: Literal["bearer", "api_key"] = Field(
@@ -32,13 +32,13 @@ class AuthConfig(_Sub):
         examples=["secrets/ingest_tokens.txt"])
 
     @model_validator(mode="after")
-    def _one_source(self) -> AuthConfig:
+    def _one_source(self) -> HttpAuthConfig:
         if not self.env and not self.file:
             raise ValueError("auth needs `env` or `file` (or both) to read credentials from")
         return self
 
 
-class BucketConfig(_Sub):
+class HttpBucketConfig(_Sub):
     """A token bucket: `rate` requests per second on average, bursts of up to `burst`."""
 
     rate: float = Field(gt=0, description="Requests per second refilled.", examples=[10000])
@@ -48,11 +48,11 @@ class BucketConfig(_Sub):
         return float(self.burst) if self.burst is not None else max(1.0, self.rate)
 
 
-class RateLimitConfig(_Sub):
+class HttpRateLimitConfig(_Sub):
     """Request rate limits; a request over either gets 429 with `Retry-After`."""
 
-    global_: BucketConfig | None = Field(None, alias="global", description="Limit over all clients.")
-    per_credential: BucketConfig | None = Field(
+    global_: HttpBucketConfig | None = Field(None, alias="global", description="Limit over all clients.")
+    per_credential: HttpBucketConfig | None = Field(
         None, description="Limit per credential (per client address when auth is off).")
 
 
@@ -89,8 +89,8 @@ class HttpSourceConfig(NodeConfig):
         None, alias="schema",
         description="JSON Schema every item must satisfy (a name from `schemas:` or inline); "
                     "a request with any invalid item gets 422 and none of its items enter the graph.")
-    auth: AuthConfig | None = Field(None, description="Credentials; required when `host` is not loopback.")
-    rate_limit: RateLimitConfig | None = Field(None, description="Token buckets, global and per credential.")
+    auth: HttpAuthConfig | None = Field(None, description="Credentials; required when `host` is not loopback.")
+    rate_limit: HttpRateLimitConfig | None = Field(None, description="Token buckets, global and per credential.")
     readiness_timeout: PositiveDuration = Field(0.5, gt=0, description="Seconds to reach each connection in /readyz.")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
