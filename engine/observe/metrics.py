@@ -183,6 +183,21 @@ class GraphCollector(Collector):
         yield lag
         yield conn
         yield stalled
+        extra = CounterMetricFamily(
+            "streamdag_node_events",
+            "A node type's own counters from its metrics() hook (e.g. jetstream_sink duplicates dropped "
+            "by the server's Nats-Msg-Id window).",
+            labels=["graph", "node", "event"],
+        )
+        for node_id, node in list(r.nodes.items()):
+            hook = getattr(node, "metrics", None)
+            if callable(hook):
+                try:
+                    for event, value in hook().items():
+                        extra.add_metric([graph, node_id, event], value)
+                except Exception:  # noqa: BLE001 - a scrape must not fail because one node's hook did
+                    continue
+        yield extra
 
 
 def _histogram(name: str, doc: str, items: list[tuple[list[str], Histogram]], labels: list[str]) -> Metric:
