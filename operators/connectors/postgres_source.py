@@ -146,9 +146,17 @@ class PostgresSource(Source):
         self._next_sql = f"{select} WHERE q.{cursor} > $1::text::{ctype} ORDER BY q.{cursor} LIMIT $2"
         self._delete_sql = (f"DELETE FROM {quote_qualified(cfg.table)} WHERE {cursor} <= $1::text::{ctype}"
                             if cfg.delete_acked and cfg.table else None)
+        self._lag_sql = f"SELECT count(*) FROM ({base}) AS q WHERE $1::text IS NULL OR q.{cursor} > $1::text::{ctype}"
         self._save_sql = (f"INSERT INTO {ptable} (name, position) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE "
                           "SET position = EXCLUDED.position, updated_at = now()")
         self.ctx.log.info("postgres_source %s: starting after position %r", self.id, self.position)
+
+    async def lag(self) -> int | None:
+        """Rows after the stored position: the backlog not yet acknowledged by the graph."""
+        if self.pool is None:
+            return None
+        async with self.pool.acquire() as conn:
+            return int(await conn.fetchval(self._lag_sql, self.position))
 
     async def run(self, out: Any) -> None:
         cfg = self.config

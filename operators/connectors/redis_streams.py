@@ -105,6 +105,17 @@ class RedisStreamSource(Source):
         self.reconnects = 0
         self.kept_alive = 0
 
+    async def lag(self) -> int | None:
+        """Entries not yet delivered to the group (XINFO GROUPS `lag`, Redis 7+), else None."""
+        if self._client is None:
+            return None
+        for group in await self._client.xinfo_groups(self.config.stream):
+            name = group.get("name", group.get(b"name"))
+            if name in (self.config.group, self.config.group.encode()):
+                lag = group.get("lag", group.get(b"lag"))
+                return int(lag) if lag is not None else None
+        return None
+
     async def start(self) -> None:
         self._client = await redis_client(self.ctx, self.config.connection)
 

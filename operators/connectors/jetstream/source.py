@@ -178,6 +178,13 @@ class JetStreamSource(Source):
 
     # -- lifecycle -------------------------------------------------------------------------------------------
 
+    async def lag(self) -> int | None:
+        """Messages in the stream this consumer has not been delivered yet (`num_pending`)."""
+        if self._h is None:
+            return None
+        info = await self._h.js.consumer_info(self.config.stream, self.config.durable)  # type: ignore[union-attr]
+        return int(info.num_pending or 0)
+
     async def start(self) -> None:
         self._h = await nats_handle(self.ctx, self.config.connection)
         await self._ensure_stream()
