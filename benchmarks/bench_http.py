@@ -12,15 +12,18 @@ Two parts, each a pytest-benchmark test (`pytest benchmarks/bench_http.py -s`) a
    every batch: 1-message and 1,000-message requests; requests/s, messages/s, p50/p95/p99.
 
 The load generator is a separate process (raw sockets, keep-alive, C connections each sending its
-next request when the previous reply arrived), so client and server each get a core of the two.
+next request when the previous reply arrived); server and client are pinned to a core each
+(`BENCH_PIN=0` to turn off), so each server is measured on the one core our engine runs on.
 Figures on this shared 2-core machine are noisy when other work runs: compare within one run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -31,6 +34,9 @@ import orjson
 
 __all__ = ["load", "run_gateway_case", "run_server_case"]
 
+# Server on one core, load generator on the other (BENCH_PIN=0 to turn off): granian runs its HTTP
+# in extra threads, so unpinned it borrows the client's core and looks faster per core than it is.
+PIN = (0, 1) if os.environ.get("BENCH_PIN", "1") != "0" and len(os.sched_getaffinity(0)) >= 2 else None
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 if ROOT not in sys.path:
@@ -64,8 +70,10 @@ def load(host: str, port: int, body: bytes, conns: int, seconds: float, path: st
     """Run the load generator in a child process; returns rps, percentiles (ms) and status counts."""
     spec = {"host": host, "port": port, "body": body.decode(), "conns": conns, "seconds": seconds,
             "path": path, "headers": headers or {}}
-    proc = subprocess.run([sys.executable, __file__, "--load", json.dumps(spec)], capture_output=True,
-                          text=True, timeout=seconds + 60, check=True)
+    cmd = [sys.executable, __file__, "--load", json.dumps(spec)]
+    if PIN and shutil.which("taskset"):
+        cmd = ["taskset", "-c", str(PIN[1]), *cmd]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, check=True)
     return json.loads(proc.stdout)
 
 
@@ -95,6 +103,20 @@ def _load_main(spec: dict[str, Any]) -> None:
     print(json.dumps({"requests": len(lat), "seconds": round(elapsed, 3), "rps": round(len(lat) / elapsed),
                       "p50_ms": pct(0.50), "p95_ms": pct(0.95), "p99_ms": pct(0.99),
                       "statuses": {str(k): v for k, v in statuses.items()}}))
+
+
+@contextlib.contextmanager
+def _pinned() -> Any:
+    """Run the server (this process and the threads it starts) on core PIN[0] only."""
+    if not PIN:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {PIN[0]})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 # ---------------------------------------------------------------- servers under test
@@ -188,7 +210,8 @@ def run_server_case(name: str, n: int = 1, conns: int = 32, seconds: float = 3.0
         finally:
             await stop()
 
-    return {"server": name, "items": n, **uvloop.run(main())}
+    with _pinned():
+        return {"server": name, "items": n, **uvloop.run(main())}
 
 
 def run_gateway_case(n: int, conns: int = 32, seconds: float = 3.0, ack: str = "committed") -> dict[str, Any]:
@@ -240,7 +263,8 @@ def run_gateway_case(n: int, conns: int = 32, seconds: float = 3.0, ack: str = "
         result["mean_batch"] = round(committed / max(1, batches), 1)
         return result
 
-    return {"server": f"gateway({ack})", "items": n, **uvloop.run(main())}
+    with _pinned():
+        return {"server": f"gateway({ack})", "items": n, **uvloop.run(main())}
 
 
 # ---------------------------------------------------------------- pytest-benchmark entry points

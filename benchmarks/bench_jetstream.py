@@ -3,7 +3,8 @@
 Both read N JSON messages from a stream through a durable pull consumer, add a field, publish the
 result with `Nats-Msg-Id` to a second stream, and ack each input only after its PubAck. The engine
 side is a real graph (YAML -> check -> Runner) with a CEL map; the clock stops when the consumer's
-ack floor reaches N.
+ack floor reaches N. Each figure comes with the client process's CPU time per message (the
+engine's includes its consumer-info polling), which is steadier than msg/s on a busy machine.
 Run: `python -m pytest benchmarks/bench_jetstream.py -s` (or `python benchmarks/bench_jetstream.py [N]`).
 Figures are noisy on a shared 2-core machine: client and server share the cores with other work.
 """
@@ -31,11 +32,12 @@ def enrich(body: dict) -> dict:
     return {**body, "total": body["amount"] * 1.2}
 
 
-async def _setup(nc, n: int) -> str:  # noqa: ANN001
+async def _setup(nc, n: int, out: bool = True) -> str:  # noqa: ANN001
     js = nc.jetstream()
     p = f"jetstream_bench_{uuid.uuid4().hex[:8]}"
     await js.add_stream(StreamConfig(name=p + "_IN", subjects=[p + ".in.>"]))
-    await js.add_stream(StreamConfig(name=p + "_OUT", subjects=[p + ".out.>"]))
+    if out:
+        await js.add_stream(StreamConfig(name=p + "_OUT", subjects=[p + ".out.>"]))
     for i in range(n):
         await nc.publish(p + ".in.a", orjson.dumps({**BODY, "id": i}))
     await nc.flush()
@@ -44,13 +46,13 @@ async def _setup(nc, n: int) -> str:  # noqa: ANN001
     return p
 
 
-async def _teardown(nc, p: str) -> None:  # noqa: ANN001
+async def _teardown(nc, p: str, out: bool = True) -> None:  # noqa: ANN001
     js = nc.jetstream()
-    for s in ("_IN", "_OUT"):
+    for s in ("_IN", "_OUT") if out else ("_IN",):
         await js.delete_stream(p + s)
 
 
-async def plain_loop(n: int, batch: int = 1000) -> float:
+async def plain_loop(n: int, batch: int = 1000) -> tuple[float, float]:
     """nats-py as documented: fetch(batch), publish_async per message, await PubAcks, ack per message."""
     nc = await nats.connect(URL)
     p = await _setup(nc, n)
@@ -59,7 +61,7 @@ async def plain_loop(n: int, batch: int = 1000) -> float:
         sub = await js.pull_subscribe(
             p + ".in.>", durable="plain", stream=p + "_IN", config=ConsumerConfig(max_ack_pending=4 * batch)
         )
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         done = 0
         while done < n:
             msgs = await sub.fetch(batch, timeout=5)
@@ -77,7 +79,7 @@ async def plain_loop(n: int, batch: int = 1000) -> float:
                 await m.ack()
             done += len(msgs)
         await nc.flush()
-        return n / (time.perf_counter() - t0)
+        return n / (time.perf_counter() - t0), (time.process_time() - c0) / n * 1e6
     finally:
         await _teardown(nc, p)
         await nc.close()
@@ -105,7 +107,7 @@ nodes:
 """
 
 
-async def streamdag_pipeline(n: int, batch: int = 1000) -> float:
+async def streamdag_pipeline(n: int, batch: int = 1000) -> tuple[float, float]:
     """The same work as a graph run by the engine: jetstream_source -> map (CEL) -> jetstream_sink."""
     from engine.compile.validate import check_text
     from engine.runtime.scheduler import Runner
@@ -117,23 +119,120 @@ async def streamdag_pipeline(n: int, batch: int = 1000) -> float:
         graph, diags = check_text(GRAPH.format(p=p, url=URL, batch=batch, inflight=8 * batch), "bench.yaml")
         assert graph is not None, diags
         runner = Runner(graph)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         run = asyncio.ensure_future(runner.run())
         while True:
             await asyncio.sleep(0.02)
+            if run.done():
+                raise RuntimeError(f"the graph stopped early: {run.result().error}")
             try:
                 info = await js.consumer_info(p + "_IN", "sd")
             except Exception:  # noqa: BLE001 - not created yet
                 continue
             if info.ack_floor.stream_seq >= n:
                 break
-        rate = n / (time.perf_counter() - t0)
+        rate = n / (time.perf_counter() - t0), (time.process_time() - c0) / n * 1e6
         runner.stop()
         report = await run
         assert report.error is None and (await js.stream_info(p + "_OUT")).state.messages == n
         return rate
     finally:
         await _teardown(nc, p)
+        await nc.close()
+
+
+CONSUME = """
+version: 1
+name: bench_jetstream_consume
+defaults: {{max_in_flight: {inflight}, batch_size: {batch}}}
+connections:
+  nats: {{type: nats, url: "{url}"}}
+nodes:
+  read:
+    type: jetstream_source
+    config: {{connection: nats, stream: {p}_IN, durable: sd, batch: {batch}}}
+  write:
+    type: file_sink
+    inputs: [read]
+    config: {{path: /dev/null}}
+"""
+
+
+async def lean_consume(n: int, batch: int = 1000) -> tuple[float, float]:
+    """The issue's lean nats-py consumer: own pull requests on a core subscription, AckAll per batch."""
+    from nats.js.api import AckPolicy
+
+    nc = await nats.connect(URL)
+    p = await _setup(nc, n, out=False)
+    js = nc.jetstream()
+    try:
+        await js.add_consumer(
+            p + "_IN",
+            ConsumerConfig(durable_name="lean", ack_policy=AckPolicy.ALL, max_ack_pending=4 * batch),
+        )
+        inbox = nc.new_inbox()
+        buf: list = []
+        ready = asyncio.Event()
+        want = [0]
+
+        async def on_msg(m) -> None:  # noqa: ANN001
+            buf.append(m)
+            if len(buf) >= want[0]:
+                ready.set()
+
+        await nc.subscribe(inbox, cb=on_msg)
+        t0, c0 = time.perf_counter(), time.process_time()
+        done = 0
+        while done < n:
+            want[0] = min(batch, n - done)
+            ready.clear()
+            request = orjson.dumps({"batch": want[0], "expires": 2_000_000_000})
+            await nc.publish(f"$JS.API.CONSUMER.MSG.NEXT.{p}_IN.lean", request, reply=inbox)
+            await ready.wait()
+            msgs = buf[:]
+            buf.clear()
+            for m in msgs:
+                orjson.loads(m.data)
+            await nc.publish(msgs[-1].reply, b"+ACK")
+            done += len(msgs)
+        await nc.flush()
+        return n / (time.perf_counter() - t0), (time.process_time() - c0) / n * 1e6
+    finally:
+        await _teardown(nc, p, out=False)
+        await nc.close()
+
+
+async def streamdag_consume(n: int, batch: int = 1000) -> tuple[float, float]:
+    """jetstream_source -> file_sink(/dev/null) through the Runner: the source's consuming speed."""
+    from engine.compile.validate import check_text
+    from engine.runtime.scheduler import Runner
+
+    nc = await nats.connect(URL)
+    p = await _setup(nc, n, out=False)
+    js = nc.jetstream()
+    try:
+        graph, diags = check_text(CONSUME.format(p=p, url=URL, batch=batch, inflight=8 * batch), "bench.yaml")
+        assert graph is not None, diags
+        runner = Runner(graph)
+        t0, c0 = time.perf_counter(), time.process_time()
+        run = asyncio.ensure_future(runner.run())
+        while True:
+            await asyncio.sleep(0.02)
+            if run.done():
+                raise RuntimeError(f"the graph stopped early: {run.result().error}")
+            try:
+                info = await js.consumer_info(p + "_IN", "sd")
+            except Exception:  # noqa: BLE001 - not created yet
+                continue
+            if info.ack_floor.stream_seq >= n:
+                break
+        rate = n / (time.perf_counter() - t0), (time.process_time() - c0) / n * 1e6
+        runner.stop()
+        report = await run
+        assert report.error is None
+        return rate
+    finally:
+        await _teardown(nc, p, out=False)
         await nc.close()
 
 
@@ -144,12 +243,21 @@ def measure(n: int) -> dict[str, float]:
         uvloop.install()
     except ImportError:
         pass
-    plain = asyncio.run(plain_loop(n))
-    engine = asyncio.run(streamdag_pipeline(n))
+    plain, plain_cpu = asyncio.run(plain_loop(n))
+    engine, engine_cpu = asyncio.run(streamdag_pipeline(n))
+    lean, lean_cpu = asyncio.run(lean_consume(n))
+    consume, consume_cpu = asyncio.run(streamdag_consume(n))
     return {
         "plain_msgs_per_s": round(plain),
         "streamdag_msgs_per_s": round(engine),
         "ratio": round(engine / plain, 2),
+        "plain_cpu_us_per_msg": round(plain_cpu, 1),
+        "streamdag_cpu_us_per_msg": round(engine_cpu, 1),
+        "lean_consume_msgs_per_s": round(lean),
+        "streamdag_consume_msgs_per_s": round(consume),
+        "consume_ratio": round(consume / lean, 2),
+        "lean_consume_cpu_us_per_msg": round(lean_cpu, 1),
+        "streamdag_consume_cpu_us_per_msg": round(consume_cpu, 1),
     }
 
 

@@ -18,6 +18,7 @@ import os
 import sys
 import time
 import uuid
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import asyncpg
@@ -158,24 +159,29 @@ NULL_SINK = """
 """
 
 
+def load_bench_graph(n: int, mode: str, table: str, null_sink: bool) -> Any:
+    """The benchmark graph, written to a temporary file and loaded (validated) like `streamdag run` does."""
+    import tempfile
+
+    from engine.compile.validate import load_graph
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "bench.yaml"
+        text = GRAPH.format(dsn=DSN, n=n, batch=BATCH, table=table, mode=mode)
+        if null_sink:
+            text = text[:text.index("  store:")] + NULL_SINK
+        path.write_text(text)
+        return load_graph(str(path))
+
+
 async def bench_graph(n: int, mode: str, null_sink: bool = False) -> float:
     """Rows/s of the whole graph generate → map → postgres_sink, run by the real scheduler.
 
     `null_sink` swaps the sink for a file sink into /dev/null: the ceiling set by generate and map."""
-    import tempfile
-
-    from engine.compile.validate import load_graph
     from engine.runtime.scheduler import Runner
 
     table = f"postgres_bench_{uuid.uuid4().hex[:8]}"
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "bench.yaml")
-        with open(path, "w") as f:
-            text = GRAPH.format(dsn=DSN, n=n, batch=BATCH, table=table, mode=mode)
-            if null_sink:
-                text = text[:text.index("  store:")] + NULL_SINK
-            f.write(text)
-        graph = load_graph(path)
+    graph = load_bench_graph(n, mode, table, null_sink)
     try:
         report = await Runner(graph).run()
         assert report.error is None and report.balanced, report.error

@@ -9,6 +9,7 @@ Divide the mean by 1,000 for the cost per message. The machine is shared: figure
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,7 @@ def test_validate_operator_batch(benchmark: Any) -> None:
     op = Validate(
         "v", ValidateConfig.model_validate({"schema": SCHEMA}), NodeContext("v", {}, {}, Resources())
     )
+    asyncio.run(op.start())
     msgs = [Msg(b) for b in BODIES]
     out = Outputs("v", ("out",), NodeStats("v", "operator", "validate"))
 

@@ -8,7 +8,6 @@ import json
 import logging
 import signal
 import sys
-import time
 from typing import Any
 
 from engine.compile.diagnostics import GraphInvalid
@@ -96,24 +95,6 @@ def _summary(report: Any, out: Any) -> None:
           f"  [{report.seconds:.2f}s, {rate:,.0f} msg/s]", file=out)
 
 
-async def _progress(runner: Any, stream: Any) -> None:
-    """One status line on a terminal, refreshed twice a second."""
-    totals = {nid: runner.nodes[nid].total() for nid, rn in runner.graph.nodes.items() if rn.kind == "source"}
-    known = sum(v for v in totals.values() if v) if totals and all(totals.values()) else None
-    t0 = time.perf_counter()
-    while True:
-        await asyncio.sleep(0.5)
-        done = sum(t.entered - t.in_flight for t in runner.trackers.values())
-        rate = done / max(1e-9, time.perf_counter() - t0)
-        if known:
-            frac = done / known
-            bar = "#" * int(frac * 30)
-            stream.write(f"\r[{bar:<30}] {done:,}/{known:,} ({frac:.0%}) {rate:,.0f} msg/s ")
-        else:
-            stream.write(f"\r{done:,} messages settled, {rate:,.0f} msg/s ")
-        stream.flush()
-
-
 async def _run(args: argparse.Namespace, graph: Any) -> int:
     from engine.runtime.scheduler import Runner
 
@@ -139,13 +120,13 @@ async def _run(args: argparse.Namespace, graph: Any) -> int:
         loop.add_signal_handler(sig, on_signal)
     progress = None
     if sys.stderr.isatty() and not args.quiet:
-        progress = asyncio.create_task(_progress(runner, sys.stderr))
+        progress = _start_progress(runner)
     try:
         report = await runner.run()
     finally:
         if progress:
             progress.cancel()
-            sys.stderr.write("\n")
+            await asyncio.gather(progress, return_exceptions=True)
         await observers.close()
     if not args.quiet:
         _summary(report, sys.stderr)
@@ -164,6 +145,13 @@ async def _start_observers(runner: Any, args: argparse.Namespace) -> Any:
     dead_letter_policy.include_payload = bool(getattr(args, "log_payloads", False))
     return await Observers.start(runner, getattr(args, "metrics_port", None),
                                  getattr(args, "metrics_host", "127.0.0.1"))
+
+
+def _start_progress(runner: Any) -> asyncio.Task[None]:
+    """A rich progress bar on stderr (a terminal) while the run lasts."""
+    from engine.observe.progress import show_progress
+
+    return asyncio.create_task(show_progress(runner), name="observe:progress")
 
 
 def _latency_summary(report: Any, out: Any) -> None:
@@ -198,6 +186,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return uvloop.run(_run(args, graph))
     except ImportError:
         return asyncio.run(_run(args, graph))
+
+
+def _add_plugin_commands(sub: Any) -> None:
+    """Subcommands contributed through the `streamdag.commands` entry points (e.g. check-consistency).
+
+    Each entry point names a module with `add_arguments(parser)` and `main(args) -> int`; the engine
+    finds them by name, never by importing `operators`."""
+    from importlib.metadata import entry_points
+
+    for ep in sorted(entry_points(group="streamdag.commands"), key=lambda e: e.name):
+        try:
+            module = ep.load()
+        except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the CLI
+            logging.getLogger("streamdag").warning("command %s failed to load: %s", ep.name, exc)
+            continue
+        doc = (module.__doc__ or "").strip().splitlines()
+        sp = sub.add_parser(ep.name, help=doc[0].split(": ", 1)[-1] if doc else None)
+        module.add_arguments(sp)
+        sp.set_defaults(fn=module.main)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -236,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("schema", help="print the JSON Schema of the graph format")
     s.set_defaults(fn=_cmd_schema)
+    _add_plugin_commands(sub)
     return p
 
 

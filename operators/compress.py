@@ -58,9 +58,7 @@ class Compress(Operator):
     def _compress(self, data: bytes) -> bytes:
         if self.config.codec == "zstd":
             return self._zstd.compress(data)  # type: ignore[no-any-return]
-        # mtime=0 keeps the output deterministic (same input, same bytes)
-        c = zlib.compressobj(self._level, zlib.DEFLATED, 31)
-        return c.compress(data) + c.flush()
+        return zlib.compress(data, self._level, wbits=31)  # a gzip member (mtime 0: same input, same bytes)
 
     def process(self, batch: list[Msg], out: Outputs) -> None:
         ok = out.port("out")

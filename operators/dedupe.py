@@ -20,7 +20,8 @@ from engine.errors import ConnectionLost
 from engine.expr import EvalError, compile_expr
 from engine.message import Msg
 from engine.runtime.outputs import Outputs
-from operators.connectors.redis_conn import CONNECTION_ERRORS, Duration, redis_client
+from engine.spec.units import PositiveDuration
+from operators.connectors.redis_conn import CONNECTION_ERRORS, raise_if_cancelled, redis_client
 
 __all__ = ["Dedupe", "DedupeConfig"]
 
@@ -30,7 +31,7 @@ class DedupeConfig(NodeConfig):
 
     connection: str = Field(description="Name of a `redis` connection.", examples=["cache"])
     key: CelExpr = Field(description="CEL expression giving the deduplication key.", examples=["msg.event_id"])
-    ttl: Duration = Field(86400.0, description="How long a key is remembered (the window).",
+    ttl: PositiveDuration = Field(86400.0, description="How long a key is remembered (the window).",
                           examples=["1h", "7d"])
     prefix: str | None = Field(None, description="Redis key prefix; `streamdag:dedupe:<node id>:` if unset. "
                                "Processes sharing a prefix share the window.")
@@ -92,6 +93,7 @@ class Dedupe(Operator):
             results = await pipe.execute()
         except CONNECTION_ERRORS as exc:
             raise ConnectionLost(f"redis {self.config.connection}: dedupe failed: {exc}") from exc
+        raise_if_cancelled()
         send = out.port("out").append
         for (msg, mine), previous in zip(checked, results):
             if previous is None or previous == mine:

@@ -20,26 +20,17 @@ from collections import deque
 from collections.abc import Iterable
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
-from engine import registry
-from engine.api import CheckContext, CheckIssue, NodeConfig, Operator, cel_fields
-from engine.expr import CelError, compile_expr
+from engine.api import CheckContext, CheckIssue, NodeConfig, Operator
 from engine.message import Msg
 from engine.runtime.outputs import ERRORS, Outputs, error_envelope
 from engine.runtime.stats import NodeStats
+from operators.inner import InnerOperator, check_inner, load_inner
 
-__all__ = ["InnerOperator", "Parallel", "ParallelConfig"]
+__all__ = ["Parallel", "ParallelConfig"]
 
 _Done = tuple[dict[str, list[Msg]], int]  # a finished chunk: its outputs per port, and how many it filtered
-
-
-class InnerOperator(BaseModel):
-    """The operator `parallel` runs: a node type and its config, as in a graph node."""
-
-    model_config = ConfigDict(extra="forbid")
-    type: str = Field(description="An operator type (not a source or sink).", examples=["map"])
-    config: dict[str, Any] = Field(default_factory=dict, description="That type's config.")
 
 
 class ParallelConfig(NodeConfig):
@@ -51,27 +42,15 @@ class ParallelConfig(NodeConfig):
     ordered: bool = Field(True, description="Keep input order in the output (else emit as chunks finish).")
 
 
-def _inner(config: ParallelConfig) -> tuple[type[Operator] | None, Any]:
-    """The inner operator's class and validated config; (None, None) when either is invalid."""
-    try:
-        cls = registry.load(config.operator.type)
-    except registry.RegistryError:
-        return None, None
-    if cls is None or cls.kind != "operator":
-        return None, None
-    try:
-        return cls, cls.Config.model_validate(config.operator.config)  # type: ignore[return-value]
-    except ValidationError:
-        return None, None
-
-
 class Parallel(Operator):
+    """Run an operator on chunks with bounded concurrency; the node's ports are the inner operator's."""
+
     Config = ParallelConfig
     tick_interval = 0.02
 
     def __init__(self, node_id: str, config: ParallelConfig, ctx: Any) -> None:
         super().__init__(node_id, config, ctx)
-        cls, inner_config = _inner(config)
+        cls, inner_config = load_inner(config.operator)
         if cls is None:
             raise ValueError(
                 f"parallel: invalid inner operator {config.operator.type!r} (run `streamdag validate`)"
@@ -83,66 +62,13 @@ class Parallel(Operator):
 
     @classmethod
     def output_ports(cls, config: ParallelConfig) -> tuple[str, ...]:
-        inner, inner_config = _inner(config)
+        inner, inner_config = load_inner(config.operator)
         return inner.output_ports(inner_config) if inner is not None else ("out",)
 
     @classmethod
     def check(cls, config: ParallelConfig, ctx: CheckContext) -> Iterable[CheckIssue]:
         """The inner node's type and config, checked like a graph node's (codes E200-E203)."""
-        name = config.operator.type
-        try:
-            inner = registry.load(name)
-        except registry.RegistryError as exc:
-            return [CheckIssue(("operator", "type"), "E200", str(exc))]
-        if inner is None:
-            hint = registry.closest(name, registry.names())
-            return [
-                CheckIssue(
-                    ("operator", "type"),
-                    "E200",
-                    f"unknown node type '{name}'" + (f" (did you mean '{hint}'?)" if hint else ""),
-                )
-            ]
-        if inner.kind != "operator":
-            return [
-                CheckIssue(
-                    ("operator", "type"), "E202", f"'{name}' is a {inner.kind}; parallel runs operators"
-                )
-            ]
-        try:
-            inner_config = inner.Config.model_validate(config.operator.config)
-        except ValidationError as exc:
-            issues = []
-            for err in exc.errors():
-                loc = ("operator", "config", *(p for p in err["loc"] if isinstance(p, (str, int))))
-                code = "E201" if err["type"] == "extra_forbidden" else "E202"
-                what = err["msg"]
-                if code == "E201":
-                    hint = (
-                        registry.closest(str(loc[-1]), list(inner.Config.model_fields))
-                        if len(loc) == 3
-                        else None
-                    )
-                    what = "unknown field" + (f" (did you mean '{hint}'?)" if hint else "")
-                issues.append(CheckIssue(loc, code, what))
-            return issues
-        issues = []
-        for fpath, source in cel_fields(inner_config):
-            try:
-                compile_expr(source, allow_compiler=False)
-            except CelError as exc:
-                issues.append(
-                    CheckIssue(
-                        ("operator", "config", *fpath),
-                        "E203",
-                        f"CEL: {exc.message}",
-                        offset=exc.col - 1 if exc.line == 1 else None,
-                    )
-                )
-        for issue in inner.check(inner_config, ctx):
-            issue.loc = ("operator", "config", *issue.loc)
-            issues.append(issue)
-        return issues
+        return check_inner(config.operator, ctx, "parallel")
 
     async def start(self) -> None:
         for op in self.instances:

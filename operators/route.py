@@ -97,6 +97,8 @@ def _key_bytes(value: Any) -> bytes:
 
 
 class Route(Operator):
+    """Send each message to ports chosen by CEL conditions, or spread messages over `ports`."""
+
     Config = RouteConfig
 
     def __init__(self, node_id: str, config: RouteConfig, ctx: Any) -> None:
@@ -105,6 +107,7 @@ class Route(Operator):
         self.conditions = [(p, compile_expr(c).fn) for p, c in (config.routes or {}).items()]
         self.key = compile_expr(config.key).fn if config.key else None
         self.turn = 0
+        self.slots: dict[bytes, int] = {}  # consistent_hash: key -> port index, keys repeat (users, ids)
 
     @classmethod
     def output_ports(cls, config: RouteConfig) -> tuple[str, ...]:
@@ -126,6 +129,18 @@ class Route(Operator):
             elif name in seen:
                 yield CheckIssue(loc, "E202", f"port '{name}' is listed twice")
             seen.add(name)
+        if config.mode == "first" and config.routes:
+            conditions = list(config.routes.items())
+            for i, (name, cond) in enumerate(conditions[:-1]):
+                if cond.strip() == "true":
+                    later = ", ".join(n for n, _ in conditions[i + 1 :])
+                    yield CheckIssue(
+                        ("routes", name),
+                        "W302",
+                        f"route '{name}' matches everything, so {later} can never match (mode: first)",
+                        severity="warning",
+                    )
+                    break
 
     def process(self, batch: list[Msg], out: Outputs) -> None:
         mode = self.config.mode
@@ -196,10 +211,16 @@ class Route(Operator):
         n = len(lists)
         key = self.key
         assert key is not None
+        slots = self.slots
         for m in batch:
             try:
-                k = key(m.body, m.meta)
-            except EvalError as exc:
+                k = _key_bytes(key(m.body, m.meta))
+            except (EvalError, TypeError) as exc:
                 out.error(m, f"route key: {exc}")
                 continue
-            lists[jump_hash(_key_bytes(k), n)].append(m)
+            slot = slots.get(k)
+            if slot is None:
+                if len(slots) >= 65_536:  # bounded: many distinct keys just lose the cache
+                    slots.clear()
+                slot = slots[k] = jump_hash(k, n)
+            lists[slot].append(m)

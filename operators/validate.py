@@ -44,10 +44,12 @@ class ValidateConfig(NodeConfig):
 
 
 def build_validator(schema: Any, draft: str = "2020-12", formats: bool = False) -> Any:
-    """A jsonschema-rs validator: the draft named by `$schema`, else `draft`. Never fetches remote refs."""
+    """A jsonschema-rs validator: the draft named by `$schema`, else `draft`.
+
+    Offline: a `$ref` to a remote document is an error, never a fetch (validate and run need no network)."""
     if isinstance(schema, dict) and "$schema" in schema:
-        return jsonschema_rs.validator_for(schema, validate_formats=formats)
-    return _DRAFTS[draft](schema, validate_formats=formats)
+        return jsonschema_rs.validator_for(schema, validate_formats=formats, offline=True)
+    return _DRAFTS[draft](schema, validate_formats=formats, offline=True)
 
 
 def _rejected_by_jsonschema(checker: Any, schema: Any) -> bool:
@@ -74,10 +76,16 @@ class Validate(Operator):
 
     def __init__(self, node_id: str, config: ValidateConfig, ctx: Any) -> None:
         super().__init__(node_id, config, ctx)
-        schema = config.schema_
-        if isinstance(schema, str):
-            schema = ctx.schemas[schema]
-        self.validator = build_validator(schema, config.draft, config.formats)
+        self.validator: Any = None
+
+    async def start(self) -> None:
+        """Compile the schema (a remote `$ref` fails here, before any data flows)."""
+        cfg = self.config
+        schema = self.ctx.schemas[cfg.schema_] if isinstance(cfg.schema_, str) else cfg.schema_
+        try:
+            self.validator = build_validator(schema, cfg.draft, cfg.formats)
+        except (jsonschema_rs.ValidationError, jsonschema_rs.ReferencingError, ValueError) as exc:
+            raise ValueError(f"schema does not compile: {str(exc).splitlines()[0]}") from None
 
     @classmethod
     def check(cls, config: ValidateConfig, ctx: CheckContext) -> Iterable[CheckIssue]:
@@ -92,7 +100,7 @@ class Validate(Operator):
                 return ()
             try:
                 build_validator(config.schema_, config.draft, config.formats)
-            except (jsonschema_rs.ValidationError, ValueError) as exc:
+            except (jsonschema_rs.ValidationError, jsonschema_rs.ReferencingError, ValueError) as exc:
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 return [CheckIssue(("schema",), "E218", f"invalid JSON Schema: {first}")]
         return ()

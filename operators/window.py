@@ -11,65 +11,34 @@ Time comes from `ctx.clock` (wall clock, seconds) so tests drive it exactly.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from engine.api import CelExpr, CheckContext, CheckIssue, NodeConfig, Operator
 from engine.expr import EvalError, Expr, compile_expr
 from engine.message import CompositeAck, Msg
 from engine.runtime.context import NodeContext
 from engine.runtime.outputs import Outputs
-from operators.window_aggregates import AGGREGATE_OPS, make_aggregate
+from engine.spec.units import Duration, PositiveDuration
+from operators.window_aggregates import make_aggregate
 from operators.windowing import Emission, Watermark, WindowStore
 
 __all__ = [
     "AggregateSpec",
-    "Duration",
-    "PositiveDuration",
     "Window",
     "WindowConfig",
     "format_time",
-    "parse_duration",
     "parse_event_time",
 ]
 
-_UNITS = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_PART = re.compile(r"(\d+(?:\.\d+)?)(us|ms|s|m|h|d)")
-_DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:us|ms|s|m|h|d))+$")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 _EPOCH_SCALE = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": 0.001}
-
-
-def parse_duration(value: Any) -> Any:
-    """Seconds from a number or a string such as `250ms`, `30s`, `5m`, `1h30m`, `1d`."""
-    if isinstance(value, str):
-        text = value.strip().replace(" ", "")
-        if not _DURATION.match(text):
-            raise ValueError(f"invalid duration {value!r}: use seconds or e.g. '250ms', '30s', '5m', '1h30m'")
-        return sum(float(n) * _UNITS[u] for n, u in _PART.findall(text))
-    return value
-
-
-_DURATION_TEXT = {"type": "string", "pattern": _DURATION.pattern}
-Duration = Annotated[
-    float,
-    BeforeValidator(parse_duration),
-    Field(ge=0),
-    WithJsonSchema({"anyOf": [{"type": "number", "minimum": 0}, _DURATION_TEXT]}),
-]
-PositiveDuration = Annotated[
-    float,
-    BeforeValidator(parse_duration),
-    Field(gt=0),
-    WithJsonSchema({"anyOf": [{"type": "number", "exclusiveMinimum": 0}, _DURATION_TEXT]}),
-]
 
 
 def _size(body: dict[str, Any]) -> int:
@@ -192,6 +161,12 @@ class WindowConfig(NodeConfig):
         0.5,
         description="How often (seconds) the wall clock is checked (processing time, idle_timeout).",
     )
+    on_drain: Literal["flush", "redeliver"] = Field(
+        "flush",
+        description="When the graph is stopped (SIGTERM) rather than at end of input: flush emits the "
+        "open windows as they are; redeliver fails their items' acks, so a source that redelivers "
+        "(JetStream) hands them again after the restart and the windows are rebuilt whole.",
+    )
     aggregates: dict[str, AggregateSpec] = Field(
         default_factory=dict,
         description="Name -> aggregate; the output's `aggregates` map.",
@@ -261,13 +236,12 @@ class Window(Operator):
         self._key: Expr | None = compile_expr(config.key) if config.key else None
         self._time: Expr | None = compile_expr(config.timestamp) if config.timestamp else None
         self._event = config.time == "event"
-        names = list(config.aggregates)
         specs = list(config.aggregates.values())
-        self._names = names
-        self._aggs = [make_aggregate(n, s.op, s.expr is not None, s.limit) for n, s in zip(names, specs)]
+        self._aggs = [
+            make_aggregate(n, s.op, s.expr is not None, s.limit) for n, s in config.aggregates.items()
+        ]
         self._exprs: list[Expr | None] = [compile_expr(s.expr) if s.expr else None for s in specs]
         self._fns = [e.fn if e is not None else None for e in self._exprs]  # skip a call layer per item
-        assert all(a.op in AGGREGATE_OPS for a in self._aggs)
         self.store = WindowStore(
             config.kind,
             self._aggs,
@@ -319,6 +293,9 @@ class Window(Operator):
             except (EvalError, ValueError, TypeError) as exc:
                 out.error(msg, f"window: {exc}")
                 continue
+            except Exception as exc:  # noqa: BLE001 - a bad item must not fail (and replay) the batch
+                out.error(msg, f"window: {type(exc).__name__}: {exc}")
+                continue
             targets, late, error = store.check(key, t, values)
             if error is not None:
                 out.error(msg, f"window: {error}")
@@ -356,7 +333,19 @@ class Window(Operator):
             self._send(self.store.advance(self.watermark.value), emit)
 
     def flush(self, out: Outputs) -> None:
-        """End of input: emit every open window (and pending updates)."""
+        """End of input: emit every open window (and pending updates); see `on_drain` for a stop."""
+        if self.config.on_drain == "redeliver" and getattr(self.ctx, "draining", False):
+            held = self.store.discard()
+            reason = f"window {self.id}: graph stopped with the window open (on_drain: redeliver)"
+            for ack in held:
+                ack.fail(reason)
+            if held:
+                self.ctx.log.warning(
+                    "window %s: stopped with %d open item(s); their acks failed for redelivery",
+                    self.id,
+                    len(held),
+                )
+            return
         self._send(self.store.flush(), out.port("out"))
 
     def _send(self, emissions: list[Emission], emit: list[Msg]) -> None:

@@ -11,10 +11,13 @@ half-open `[start, end)`: an item exactly at `end` belongs to the next window.
 A window fires when the watermark reaches its end (`wm >= end`): with `wm = max event time −
 max_out_of_orderness`, no on-time item can still fall in it. It is kept `allowed_lateness` longer
 (purged once `wm >= end + allowed_lateness`); a late item that reaches a kept window updates it
-and the window is emitted again as an update. An item none of whose windows is kept any more is
-too late (`WindowStore.add` returns it so the operator sends it to `late`). For sessions an item
-is also too late if it falls before the end of a purged session of its key, since it would have
-merged with it: that keeps sessions the same for every arrival order within the lateness.
+and the window is emitted again as an update. An item with a window no longer kept is too late
+there (`WindowStore.check` says so; the operator sends it to `late`). For sessions an item is also
+too late if it falls before the end of a purged session of its key, since it would have merged
+with it: that keeps sessions the same for every arrival order within the lateness.
+
+Use: `check(key, t, values)` (nothing changes; says where the item goes, or why it cannot), then
+`add(...)`; `advance(wm)`, `take_updates()` and `flush()` return `Emission`s to send.
 """
 
 from __future__ import annotations
@@ -132,6 +135,7 @@ class WindowStore:
         # sessions: per key a short list; heaps of (time, seq, window, end) checked lazily
         self._sessions: dict[Hashable, list[_Window]] = {}
         self._purged_until: dict[Hashable, int] = {}
+        self._prune_at = 1024
         self._session_fire: list[tuple[int, int, _Window, int]] = []
         self._session_purge: list[tuple[int, int, _Window, int]] = []
 
@@ -236,16 +240,17 @@ class WindowStore:
         if not targets:
             window = _Window(key, t, t + self.gap, [a.new() for a in self.aggregates], seq)
             sessions.append(window)
+            old_end = None  # a new session: schedule it
         else:
             window = targets[0]
+            old_end = window.end  # its fire/purge entries are for this end: any change reschedules
             for other in targets[1:]:
                 self._absorb(window, other)
                 sessions.remove(other)
-        old_end = window.end
         window.start = min(window.start, t)
         window.end = max(window.end, t + self.gap)
         self._fold(window, values, ack, t, seq)
-        if window.end != old_end or not targets:
+        if window.end != old_end:
             self._schedule_session(window)
         if window.end <= self.wm:
             self._dirty[id(window)] = window
@@ -314,17 +319,21 @@ class WindowStore:
                 if end > self._purged_until.get(key, NEG_INF):
                     self._purged_until[key] = end
         # forget purge horizons no item can fall before any more without being too late anyway
-        if len(self._purged_until) > 2 * len(self._sessions) + 1024:
+        # (amortised: only once the map has doubled since the last pass)
+        if len(self._purged_until) > self._prune_at:
             horizon = wm - self.gap - self.lateness
             self._purged_until = {k: v for k, v in self._purged_until.items() if v > horizon}
+            self._prune_at = 2 * len(self._purged_until) + 1024
 
     def take_updates(self) -> list[Emission]:
         """Windows that fired already and received (allowed) late items since: emit them again."""
         if not self._dirty:
             return []
         out: list[Emission] = []
+        wm = self.wm
         for window in sorted(self._dirty.values(), key=lambda w: (w.end, w.seq)):
-            self._emit(window, out)
+            if window.end <= wm:  # a session a late item extended past the watermark waits for it
+                self._emit(window, out)
         self._dirty.clear()
         return out
 
@@ -339,6 +348,16 @@ class WindowStore:
             self._emit(window, out)
         self._reset()
         return out
+
+    def discard(self) -> list[Any]:
+        """Forget every window; the acks they held that no emission carries (one per hold)."""
+        if self.kind == "session":
+            held = [w for ws in self._sessions.values() for w in ws]
+        else:
+            held = list(self._windows.values())
+        acks = [ack for window in held for ack in window.acks]
+        self._reset()
+        return acks
 
     def _emit(self, window: _Window, out: list[Emission]) -> None:
         if not window.acks:

@@ -12,9 +12,15 @@ E213 operator or sink without inputs                                 E214 cycle
 E215 unknown connection            E216 connection of the wrong type E217 unknown schema
 E218 invalid JSON Schema           E219 schema file not found or unreadable
 E220 unsafe SQL identifier         E221 dead_letter is not a sink of this graph
-E230+ connector-specific checks (see each connector's docs)
+E240 JetStream filter subject outside the declared stream
+E250 http_source on a non-loopback address without auth
 W300 an errors port that nothing consumes (warning)
 W301 an output port (not errors) that nothing consumes, such as a route's `unmatched` (warning)
+W302 a route that can never match: it comes after a `true` one in mode first (warning)
+W320 event-time window without idle_timeout: a quiet source never closes its windows (warning)
+W340 JetStream stream neither declared nor creatable   W341 sink subject that no declared stream stores
+W251 http_source max_decompressed_bytes below max_body_bytes (warning)
+W351 redis claim_interval not below half of min_idle (warning)
 """
 
 from __future__ import annotations

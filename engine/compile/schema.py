@@ -18,10 +18,11 @@ def graph_schema() -> dict[str, Any]:
         cls = registry.load(name)
         if cls is None:
             continue
-        cfg = cls.Config.model_json_schema(ref_template="#/$defs/{model}")
+        # every node type's models live under its own prefix, so two plugins' `RateLimitConfig`s can't clash
+        cfg = cls.Config.model_json_schema(ref_template=f"#/$defs/{name}.{{model}}")
         for k, v in cfg.pop("$defs", {}).items():
-            defs.setdefault(k, v)
-        title = f"{cls.Config.__name__}"
+            defs[f"{name}.{k}"] = v
+        title = f"{name}.{cls.Config.__name__}"
         defs[title] = cfg
         node = NodeSpec.model_json_schema(ref_template="#/$defs/{model}")
         for k, v in node.pop("$defs", {}).items():

@@ -369,6 +369,13 @@ def _check_config(c: _Checker, node_id: str, npath: Path, cls: type[Node], type_
               severity=issue.severity, pos=pos)
 
 
+def _raw_dead_letter(data: Any) -> str | None:
+    """`defaults.dead_letter` read from the raw data when the graph model failed (no spurious W300)."""
+    defaults = data.get("defaults") if isinstance(data, dict) else None
+    dl = defaults.get("dead_letter") if isinstance(defaults, dict) else None
+    return dl if isinstance(dl, str) else None
+
+
 def _check_edges(c: _Checker, shells: dict[str, tuple[type[Node], list[tuple[str, str]], tuple[str, ...] | None]],
                  nodes_raw: dict[str, Any], spec: GraphSpec | None) -> None:
     import networkx as nx
@@ -414,7 +421,7 @@ def _check_edges(c: _Checker, shells: dict[str, tuple[type[Node], list[tuple[str
                 c.add(("nodes", node_id), "W301",
                       f"nodes.{node_id}: output port '{port}' is not consumed "
                       "(messages sent there are acknowledged and counted as filtered)", severity="warning")
-    dl = spec.defaults.dead_letter if spec is not None else None
+    dl = spec.defaults.dead_letter if spec is not None else _raw_dead_letter(c.loaded.data)
     if dl is not None:
         if dl not in shells or shells[dl][0].kind != "sink":
             c.add(("defaults", "dead_letter"), "E221", f"defaults.dead_letter: '{dl}' is not a sink of this graph", value=True)

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection
 from typing import Any
 
-__all__ = ["DeadLetterLog", "deadletter_log", "dead_letter_policy", "log_dead_letters"]
+__all__ = ["DeadLetterLog", "dead_letter_policy", "deadletter_log", "log_dead_letters"]
 
 deadletter_log = logging.getLogger("streamdag.deadletter")
 
@@ -26,11 +25,18 @@ class DeadLetterLog:
         self._used = 0
         self._suppressed = 0
 
+    def reset(self) -> None:
+        """Forget the current second's budget (a new run, or a test)."""
+        self._window, self._used, self._suppressed = 0.0, 0, 0
+
     def flush(self) -> None:
         """Log how many lines the limit held back (at each new second, and at the end of a run)."""
         if self._suppressed:
-            deadletter_log.warning("%d more dead-lettered message(s) not logged one by one", self._suppressed,
-                                   extra={"event": "dead_lettered_suppressed", "count": self._suppressed})
+            deadletter_log.warning(
+                "%d more dead-lettered message(s) not logged one by one",
+                self._suppressed,
+                extra={"event": "dead_lettered_suppressed", "count": self._suppressed},
+            )
             self._suppressed = 0
 
     def allow(self, now: float) -> bool:
@@ -47,13 +53,11 @@ class DeadLetterLog:
 dead_letter_policy = DeadLetterLog()
 
 
-def log_dead_letters(sink: str, batch: list[Any], skip: Collection[int] = ()) -> None:
-    """One warning per message committed by dead-letter sink `sink` (`skip`: ids of failed ones)."""
+def log_dead_letters(sink: str, committed: list[Any]) -> None:
+    """One warning per message committed by dead-letter sink `sink`."""
     policy = dead_letter_policy
     now = time.monotonic()
-    for m in batch:
-        if skip and id(m) in skip:
-            continue
+    for m in committed:
         if not policy.allow(now):
             continue
         body = m.body if isinstance(m.body, dict) else {}

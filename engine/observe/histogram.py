@@ -6,15 +6,33 @@ metrics collector at scrape time (the scheduler is single-threaded, so no lock i
 from __future__ import annotations
 
 from bisect import bisect_left
-from math import fsum
 from collections.abc import Sequence
+from math import fsum
 from typing import Any
 
-__all__ = ["Histogram", "LATENCY_BUCKETS", "SIZE_BUCKETS", "quantile"]
+__all__ = ["LATENCY_BUCKETS", "SIZE_BUCKETS", "Histogram", "quantile"]
 
 # seconds: 100 µs .. 60 s
-LATENCY_BUCKETS: tuple[float, ...] = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                                      0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+)
 # messages per batch
 SIZE_BUCKETS: tuple[float, ...] = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 
@@ -22,7 +40,7 @@ SIZE_BUCKETS: tuple[float, ...] = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 250
 class Histogram:
     """Counts per bucket (`le` upper bounds, +Inf last), a sum and a count."""
 
-    __slots__ = ("bounds", "counts", "sum", "count")
+    __slots__ = ("bounds", "count", "counts", "sum")
 
     def __init__(self, bounds: Sequence[float] = LATENCY_BUCKETS):
         self.bounds = tuple(bounds)

@@ -48,11 +48,13 @@ class LevelFilter(logging.Filter):
         if self.per_node:
             node = getattr(record, "node", None)
             if node is None and record.name.startswith("streamdag.node."):
-                node = record.name[len("streamdag.node."):]
+                node = record.name[len("streamdag.node.") :]
             if node is not None and node in self.per_node:
                 return record.levelno >= self.per_node[node]
         name = record.name
-        if not name.startswith("streamdag") or any(name == n or name.startswith(n + ".") for n in self.loggers):
+        if not name.startswith("streamdag") or any(
+            name == n or name.startswith(n + ".") for n in self.loggers
+        ):
             return True
         return record.levelno >= self.default
 
@@ -60,7 +62,7 @@ class LevelFilter(logging.Filter):
 def _level(text: str) -> int:
     value = logging.getLevelName(text.strip().upper())
     if not isinstance(value, int):
-        raise ValueError(f"unknown log level {text!r}: use DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        raise ValueError(f"unknown log level {text!r}: use DEBUG, INFO, WARNING, ERROR or CRITICAL")  # noqa: TRY004
     return value
 
 
@@ -78,7 +80,7 @@ def parse_levels(specs: list[str]) -> tuple[int, dict[str, int], dict[str, int]]
                 continue
             name, level = item.split("=", 1)
             if name.startswith("node."):
-                per_node[name[len("node."):]] = _level(level)
+                per_node[name[len("node.") :]] = _level(level)
             else:
                 per_logger[name] = _level(level)
     return default, per_node, per_logger
@@ -91,8 +93,11 @@ def setup_logging(specs: list[str], fmt: str = "auto", stream: IO[str] | None = 
     if fmt == "auto":
         fmt = "text" if getattr(stream, "isatty", lambda: False)() else "json"
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else
-                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(
+        JsonFormatter()
+        if fmt == "json"
+        else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )
     handler.addFilter(LevelFilter(default, per_node, tuple(per_logger)))
     root = logging.getLogger()
     for h in list(root.handlers):

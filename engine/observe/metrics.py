@@ -18,7 +18,7 @@ from prometheus_client.registry import Collector
 from engine.observe.histogram import Histogram
 from engine.observe.monitor import Monitor, reconcile
 
-__all__ = ["GraphCollector", "make_registry", "render_metrics", "CONTENT_TYPE"]
+__all__ = ["CONTENT_TYPE", "GraphCollector", "make_registry", "render_metrics"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -52,11 +52,14 @@ class GraphCollector(Collector):
         info = GaugeMetricFamily("streamdag_run_info", "The graph this process runs.", labels=["graph"])
         info.add_metric([graph], 1)
         yield info
-        up = GaugeMetricFamily("streamdag_run_uptime_seconds", "Seconds since the run started.", labels=["graph"])
+        up = GaugeMetricFamily(
+            "streamdag_run_uptime_seconds", "Seconds since the run started.", labels=["graph"]
+        )
         up.add_metric([graph], time.time() - self.started)
         yield up
-        draining = GaugeMetricFamily("streamdag_run_draining", "1 while the graph drains after a stop.",
-                                     labels=["graph"])
+        draining = GaugeMetricFamily(
+            "streamdag_run_draining", "1 while the graph drains after a stop.", labels=["graph"]
+        )
         draining.add_metric([graph], 1 if getattr(r, "_stopping", False) else 0)
         yield draining
 
@@ -68,34 +71,52 @@ class GraphCollector(Collector):
             for s in stats:
                 fam.add_metric([graph, s.node_id, s.kind, s.type], getattr(s, attr))
             yield fam
-        busy = CounterMetricFamily("streamdag_node_busy_seconds", "Seconds a node spent processing batches.",
-                                   labels=labels)
+        busy = CounterMetricFamily(
+            "streamdag_node_busy_seconds", "Seconds a node spent processing batches.", labels=labels
+        )
         for s in stats:
             busy.add_metric([graph, s.node_id, s.kind, s.type], s.busy_seconds)
         yield busy
-        yield _histogram("streamdag_node_batch_seconds", "Processing time of one batch (all attempts).",
-                         [([graph, s.node_id], s.batch_seconds) for s in stats if s.kind != "source"],
-                         ["graph", "node"])
-        yield _histogram("streamdag_node_batch_size", "Messages per processed batch.",
-                         [([graph, s.node_id], s.batch_sizes) for s in stats if s.kind != "source"],
-                         ["graph", "node"])
-        yield _histogram("streamdag_end_to_end_latency_seconds",
-                         "Seconds from a message's source timestamp (meta.timestamp) to its commit by this sink.",
-                         [([graph, s.node_id], s.end_to_end) for s in stats if s.kind == "sink"],
-                         ["graph", "sink"])
+        yield _histogram(
+            "streamdag_node_batch_seconds",
+            "Processing time of one batch (all attempts).",
+            [([graph, s.node_id], s.batch_seconds) for s in stats if s.kind != "source"],
+            ["graph", "node"],
+        )
+        yield _histogram(
+            "streamdag_node_batch_size",
+            "Messages per processed batch.",
+            [([graph, s.node_id], s.batch_sizes) for s in stats if s.kind != "source"],
+            ["graph", "node"],
+        )
+        yield _histogram(
+            "streamdag_end_to_end_latency_seconds",
+            "Seconds from a message's source timestamp (meta.timestamp) to its commit by this sink.",
+            [([graph, s.node_id], s.end_to_end) for s in stats if s.kind == "sink"],
+            ["graph", "sink"],
+        )
 
     def _edges(self, r: Any, graph: str) -> Iterator[Metric]:
         labels = ["graph", "node"]
-        depth = GaugeMetricFamily("streamdag_edge_queue_depth",
-                                  "Messages waiting in a node's input channel (all its input edges).", labels=labels)
-        size = GaugeMetricFamily("streamdag_edge_queue_bytes", "Bytes waiting in a node's input channel.",
-                                 labels=labels)
-        cap = GaugeMetricFamily("streamdag_edge_queue_capacity", "Capacity of a node's input channel, in messages.",
-                                labels=labels)
-        cap_b = GaugeMetricFamily("streamdag_edge_queue_capacity_bytes",
-                                  "Capacity of a node's input channel, in bytes.", labels=labels)
-        high = GaugeMetricFamily("streamdag_edge_queue_high_water",
-                                 "Most messages a node's input channel has held.", labels=labels)
+        depth = GaugeMetricFamily(
+            "streamdag_edge_queue_depth",
+            "Messages waiting in a node's input channel (all its input edges).",
+            labels=labels,
+        )
+        size = GaugeMetricFamily(
+            "streamdag_edge_queue_bytes", "Bytes waiting in a node's input channel.", labels=labels
+        )
+        cap = GaugeMetricFamily(
+            "streamdag_edge_queue_capacity", "Capacity of a node's input channel, in messages.", labels=labels
+        )
+        cap_b = GaugeMetricFamily(
+            "streamdag_edge_queue_capacity_bytes",
+            "Capacity of a node's input channel, in bytes.",
+            labels=labels,
+        )
+        high = GaugeMetricFamily(
+            "streamdag_edge_queue_high_water", "Most messages a node's input channel has held.", labels=labels
+        )
         for node_id, ch in r.channels.items():
             lv = [graph, node_id]
             depth.add_metric(lv, ch.count)
@@ -107,19 +128,25 @@ class GraphCollector(Collector):
 
     def _sources(self, r: Any, graph: str) -> Iterator[Metric]:
         labels = ["graph", "source"]
-        entered = CounterMetricFamily("streamdag_source_messages", "Messages a source emitted (acks created).",
-                                      labels=labels)
-        settled = CounterMetricFamily("streamdag_source_settled",
-                                      "Messages of a source settled, by outcome (failed: not acknowledged).",
-                                      labels=[*labels, "outcome"])
-        in_flight = GaugeMetricFamily("streamdag_source_in_flight", "Messages of a source not yet settled.",
-                                      labels=labels)
+        entered = CounterMetricFamily(
+            "streamdag_source_messages", "Messages a source emitted (acks created).", labels=labels
+        )
+        settled = CounterMetricFamily(
+            "streamdag_source_settled",
+            "Messages of a source settled, by outcome (failed: not acknowledged).",
+            labels=[*labels, "outcome"],
+        )
+        in_flight = GaugeMetricFamily(
+            "streamdag_source_in_flight", "Messages of a source not yet settled.", labels=labels
+        )
         unaccounted = GaugeMetricFamily(
             "streamdag_integrity_unaccounted",
             "in - (delivered + filtered + dead-lettered + failed + in flight) per source; 0 when whole.",
-            labels=labels)
-        alert = GaugeMetricFamily("streamdag_integrity_mismatch", "1 when a source's ledger does not balance.",
-                                  labels=labels)
+            labels=labels,
+        )
+        alert = GaugeMetricFamily(
+            "streamdag_integrity_mismatch", "1 when a source's ledger does not balance.", labels=labels
+        )
         for source, tracker in list(r.trackers.items()):
             led = reconcile(source, tracker)
             lv = [graph, source]
@@ -130,18 +157,47 @@ class GraphCollector(Collector):
             unaccounted.add_metric(lv, led.unaccounted)
             alert.add_metric(lv, 0 if led.balanced else 1)
         yield from (entered, settled, in_flight, unaccounted, alert)
-        lag = GaugeMetricFamily("streamdag_source_lag_messages",
-                                "Messages waiting upstream of a source (JetStream pending, Redis group lag, "
-                                "PostgreSQL backlog), from the source's lag() hook.", labels=labels)
-        conn = GaugeMetricFamily("streamdag_connection_up", "1 when a node's connection is up, from its "
-                                 "connection_state() hook.", labels=["graph", "node", "connection"])
+        lag = GaugeMetricFamily(
+            "streamdag_source_lag_messages",
+            "Messages waiting upstream of a source (JetStream pending, Redis group lag, "
+            "PostgreSQL backlog), from the source's lag() hook.",
+            labels=labels,
+        )
+        conn = GaugeMetricFamily(
+            "streamdag_connection_up",
+            "1 when a connection is up: a node's connection_state() hook, or a shared client (node \"\").",
+            labels=["graph", "node", "connection"],
+        )
+        stalled = GaugeMetricFamily(
+            "streamdag_source_stalled_seconds",
+            "Seconds a source has had messages in flight without any settling (0 when idle or moving).",
+            labels=labels,
+        )
         if self.monitor is not None:
+            for source, secs in list(self.monitor.stalled.items()):
+                stalled.add_metric([graph, source], secs)
             for source, value in list(self.monitor.lag.items()):
                 lag.add_metric([graph, source], value)
             for (node_id, name), up in list(self.monitor.connections.items()):
                 conn.add_metric([graph, node_id, name], 1 if up else 0)
         yield lag
         yield conn
+        yield stalled
+        extra = CounterMetricFamily(
+            "streamdag_node_events",
+            "A node type's own counters from its metrics() hook (e.g. jetstream_sink duplicates dropped "
+            "by the server's Nats-Msg-Id window).",
+            labels=["graph", "node", "event"],
+        )
+        for node_id, node in list(r.nodes.items()):
+            hook = getattr(node, "metrics", None)
+            if callable(hook):
+                try:
+                    for event, value in hook().items():
+                        extra.add_metric([graph, node_id, event], value)
+                except Exception:  # noqa: BLE001 - a scrape must not fail because one node's hook did
+                    continue
+        yield extra
 
 
 def _histogram(name: str, doc: str, items: list[tuple[list[str], Histogram]], labels: list[str]) -> Metric:

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Monitor", "Reconciliation", "reconcile"]
+__all__ = ["Monitor", "Reconciliation", "reconcile", "resource_up"]
 
 log = logging.getLogger("streamdag.monitor")
 
@@ -40,22 +40,54 @@ class Reconciliation:
     @property
     def unaccounted(self) -> int:
         """Messages that entered but are neither settled nor in flight (negative: settled twice)."""
-        return self.entered - (self.delivered + self.filtered + self.dead_lettered + self.failed + self.in_flight)
+        return self.entered - (
+            self.delivered + self.filtered + self.dead_lettered + self.failed + self.in_flight
+        )
 
     @property
     def balanced(self) -> bool:
         return self.unaccounted == 0 and self.in_flight >= 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"entered": self.entered, "delivered": self.delivered, "filtered": self.filtered,
-                "dead_lettered": self.dead_lettered, "failed": self.failed, "in_flight": self.in_flight,
-                "unaccounted": self.unaccounted, "balanced": self.balanced}
+        return {
+            "entered": self.entered,
+            "delivered": self.delivered,
+            "filtered": self.filtered,
+            "dead_lettered": self.dead_lettered,
+            "failed": self.failed,
+            "in_flight": self.in_flight,
+            "unaccounted": self.unaccounted,
+            "balanced": self.balanced,
+        }
 
 
 def reconcile(source: str, tracker: Any) -> Reconciliation:
     """The ledger of one `AckTracker` (read in one go: the scheduler is single-threaded)."""
-    return Reconciliation(source, tracker.entered, tracker.delivered, tracker.filtered, tracker.dead_lettered,
-                          tracker.nacked, tracker.in_flight)
+    return Reconciliation(
+        source,
+        tracker.entered,
+        tracker.delivered,
+        tracker.filtered,
+        tracker.dead_lettered,
+        tracker.nacked,
+        tracker.in_flight,
+    )
+
+
+def resource_up(resource: Any) -> bool | None:
+    """Whether a shared client is connected, when it can tell without I/O: its own
+    `connection_up()`, or an `is_connected` flag on it or on its `.nc` (a NATS client); else None."""
+    hook = getattr(resource, "connection_up", None)
+    try:
+        if callable(hook):
+            return bool(hook())
+        for obj in (resource, getattr(resource, "nc", None)):
+            flag = getattr(obj, "is_connected", None) if obj is not None else None
+            if isinstance(flag, bool):
+                return flag
+    except Exception:  # noqa: BLE001 - a probe must not stop the watcher
+        return None
+    return None
 
 
 @dataclass
@@ -68,6 +100,10 @@ class Monitor:
     ledgers: dict[str, Reconciliation] = field(default_factory=dict)
     lag: dict[str, int] = field(default_factory=dict)
     connections: dict[tuple[str, str], bool] = field(default_factory=dict)
+    # seconds a source has had messages in flight without any of them settling (0 when idle or moving);
+    # a window operator holds messages on purpose, so this is a gauge to watch, not an alarm
+    stalled: dict[str, float] = field(default_factory=dict)
+    _progress: dict[str, tuple[int, float]] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
     passes: int = 0
     _task: asyncio.Task[None] | None = None
@@ -89,7 +125,7 @@ class Monitor:
         while True:
             try:
                 await self.check()
-            except Exception:  # noqa: BLE001 - the watcher must outlive a bad hook
+            except Exception:
                 log.exception("monitor pass failed")
             await asyncio.sleep(self.interval)
 
@@ -101,41 +137,69 @@ class Monitor:
         self.passes += 1
 
     def check_integrity(self) -> None:
+        t = time.monotonic()
         for source, tracker in list(self.runner.trackers.items()):
             now = reconcile(source, tracker)
             before = self.ledgers.get(source)
             self.ledgers[source] = now
+            settled = now.entered - now.in_flight
+            last = self._progress.get(source)
+            if last is None or last[0] != settled or now.in_flight <= 0:
+                self._progress[source] = (settled, t)
+                self.stalled[source] = 0.0
+            else:
+                self.stalled[source] = t - last[1]
             if not now.balanced and (before is None or before.balanced):
-                log.error("integrity mismatch at source %s: %d in != %d delivered + %d filtered + %d dead-lettered "
-                          "+ %d failed + %d in flight (%+d unaccounted)", source, now.entered, now.delivered,
-                          now.filtered, now.dead_lettered, now.failed, now.in_flight, now.unaccounted,
-                          extra={"event": "integrity_mismatch", "node": source, **now.as_dict()})
+                log.error(
+                    "integrity mismatch at source %s: %d in != %d delivered + %d filtered + %d dead-lettered "
+                    "+ %d failed + %d in flight (%+d unaccounted)",
+                    source,
+                    now.entered,
+                    now.delivered,
+                    now.filtered,
+                    now.dead_lettered,
+                    now.failed,
+                    now.in_flight,
+                    now.unaccounted,
+                    extra={"event": "integrity_mismatch", "node": source, **now.as_dict()},
+                )
             elif now.balanced and before is not None and not before.balanced:
-                log.warning("integrity at source %s balances again", source,
-                            extra={"event": "integrity_restored", "node": source, **now.as_dict()})
+                log.warning(
+                    "integrity at source %s balances again",
+                    source,
+                    extra={"event": "integrity_restored", "node": source, **now.as_dict()},
+                )
 
     def check_connections(self) -> None:
+        states: dict[tuple[str, str], bool] = {}
         for node_id, node in self.runner.nodes.items():
             hook = getattr(node, "connection_state", None)
             if hook is None:
                 continue
             try:
-                states = hook() or {}
+                for name, up in (hook() or {}).items():
+                    states[(node_id, str(name))] = bool(up)
             except Exception as exc:  # noqa: BLE001 - a broken hook must not stop the watcher
                 log.debug("node %s: connection_state() failed: %s", node_id, exc)
+        # shared clients (one per `connections` entry) say it themselves when they can
+        for key, resource in list(getattr(self.runner.resources, "_items", {}).items()):
+            up = resource_up(resource)
+            if up is not None:
+                states[("", str(key))] = up
+        for key, up in states.items():
+            before = self.connections.get(key)
+            self.connections[key] = up
+            if before is None or before == up:
                 continue
-            for name, up in states.items():
-                key = (node_id, str(name))
-                before = self.connections.get(key)
-                self.connections[key] = bool(up)
-                if before is None or before == bool(up):
-                    continue
-                if up:
-                    log.warning("connection %s of node %s regained", name, node_id,
-                                extra={"event": "connection_regained", "node": node_id, "connection": name})
-                else:
-                    log.error("connection %s of node %s lost", name, node_id,
-                              extra={"event": "connection_lost", "node": node_id, "connection": name})
+            node_id, name = key
+            where = f"of node {node_id}" if node_id else "(shared)"
+            extra = {"connection": name, **({"node": node_id} if node_id else {})}
+            if up:
+                log.warning(
+                    "connection %s %s regained", name, where, extra={"event": "connection_regained", **extra}
+                )
+            else:
+                log.error("connection %s %s lost", name, where, extra={"event": "connection_lost", **extra})
 
     async def refresh_lag(self) -> None:
         for node_id, rn in self.runner.graph.nodes.items():

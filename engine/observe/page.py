@@ -31,7 +31,7 @@ _PAGE = """<!doctype html>
 <table id="nodes"><thead><tr><th>node</th><th>type</th><th>in/s</th><th>out/s</th><th>queue</th>
 <th>p99 batch</th><th>errors</th><th>filtered</th><th>dead-lettered</th></tr></thead><tbody></tbody></table>
 <table id="sources"><thead><tr><th>source</th><th>in</th><th>delivered</th><th>filtered</th><th>dead-lettered</th>
-<th>failed</th><th>in flight</th><th>lag</th><th>integrity</th></tr></thead><tbody></tbody></table>
+<th>failed</th><th>in flight</th><th>stalled</th><th>lag</th><th>integrity</th></tr></thead><tbody></tbody></table>
 <script>
 "use strict";
 let prev = null;
@@ -52,7 +52,34 @@ function label(g, cls, text, dy) {{
 }}
 function row(cells) {{ return "<tr>" + cells.map((c) => "<td>" + c + "</td>").join("") + "</tr>"; }}
 function esc(s) {{ return String(s).replace(/[&<>"]/g, (c) => ({{"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}})[c]); }}
+// the drawing's edges end on the left middle of their target's box: find each edge's target once
+let edgeTargets = null;
+function findEdgeTargets() {{
+  const boxes = [];
+  for (const g of document.querySelectorAll("g.node")) {{
+    const r = g.querySelector("rect");
+    boxes.push([g.id.slice(5), +r.getAttribute("x"), +r.getAttribute("y") + +r.getAttribute("height") / 2]);
+  }}
+  const out = [];
+  for (const line of document.querySelectorAll("#graph line")) {{
+    const x2 = +line.getAttribute("x2"), y2 = +line.getAttribute("y2");
+    const hit = boxes.find((b) => Math.abs(b[1] - x2) < 0.5 && Math.abs(b[2] - y2) < 0.5);
+    if (hit) out.push([line, hit[0], line.getAttribute("stroke")]);
+  }}
+  return out;
+}}
+function colorEdges(cur) {{
+  edgeTargets = edgeTargets || findEdgeTargets();
+  for (const [line, target, base] of edgeTargets) {{
+    const q = cur.nodes[target] && cur.nodes[target].queue;
+    const fill = q ? q.depth / Math.max(1, q.capacity) : 0;
+    line.setAttribute("stroke", fill > 0.8 ? "#dc2626" : fill > 0.5 ? "#d97706" : base);
+    line.setAttribute("stroke-width", String(1 + Math.round(fill * 4)));
+    line.setAttribute("data-fill", fill.toFixed(2));
+  }}
+}}
 function update(cur) {{
+  colorEdges(cur);
   const dt = prev ? Math.max(1e-3, cur.time - prev.time) : null;
   const rows = [];
   for (const [id, n] of Object.entries(cur.nodes)) {{
@@ -78,7 +105,7 @@ function update(cur) {{
   for (const [id, s] of Object.entries(cur.sources)) {{
     mismatch = mismatch || !s.balanced;
     srows.push(row([esc(id), s.entered, s.delivered, s.filtered, s.dead_lettered, s.failed, s.in_flight,
-      s.lag === null ? "-" : s.lag, s.balanced ? "ok" : "MISMATCH (" + s.unaccounted + ")"]));
+      s.stalled_seconds ? s.stalled_seconds.toFixed(0) + " s" : "-", s.lag === null ? "-" : s.lag, s.balanced ? "ok" : "MISMATCH (" + s.unaccounted + ")"]));
   }}
   document.querySelector("#sources tbody").innerHTML = srows.join("");
   const st = document.getElementById("status");

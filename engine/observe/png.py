@@ -16,9 +16,13 @@ def dot_to_png(dot_text: str, timeout: float = 30.0) -> bytes:
     """Lay out DOT text with Graphviz and return the PNG bytes."""
     exe = shutil.which("dot")
     if exe is None:
-        raise GraphvizMissing("PNG output needs Graphviz's `dot` on PATH (Debian: apt-get install graphviz); "
-                              "`--format svg` needs nothing")
-    proc = subprocess.run([exe, "-Tpng"], input=dot_text.encode(), capture_output=True, timeout=timeout, check=False)
+        raise GraphvizMissing(
+            "PNG output needs Graphviz's `dot` on PATH (Debian: apt-get install graphviz); "
+            "`--format svg` needs nothing"
+        )
+    proc = subprocess.run(
+        [exe, "-Tpng"], input=dot_text.encode(), capture_output=True, timeout=timeout, check=False
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"dot failed ({proc.returncode}): {proc.stderr.decode(errors='replace').strip()}")
     return proc.stdout

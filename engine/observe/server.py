@@ -38,8 +38,14 @@ class MetricsServer:
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
-        log.info("metrics on http://%s:%d/metrics, status page on http://%s:%d/", self.host, self.port,
-                 self.host, self.port, extra={"event": "metrics_listening", "port": self.port})
+        log.info(
+            "metrics on http://%s:%d/metrics, status page on http://%s:%d/",
+            self.host,
+            self.port,
+            self.host,
+            self.port,
+            extra={"event": "metrics_listening", "port": self.port},
+        )
 
     async def close(self) -> None:
         if self._server is not None:
@@ -74,13 +80,14 @@ class MetricsServer:
                 status, ctype, body = self.respond(method, parts[1])
             writer.write(
                 f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                "Cache-Control: no-store\r\nConnection: close\r\n\r\n".encode("latin-1"))
+                "Cache-Control: no-store\r\nConnection: close\r\n\r\n".encode("latin-1")
+            )
             if method != "HEAD":
                 writer.write(body)
             await writer.drain()
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
             pass  # the client went away or sent garbage: nothing to answer
-        except Exception:  # noqa: BLE001 - a failing scrape must never stop the graph
+        except Exception:
             log.exception("metrics request failed")
         finally:
             writer.close()

@@ -21,9 +21,11 @@ class Observers:
     server: MetricsServer | None = None
 
     @classmethod
-    async def start(cls, runner: Any, metrics_port: int | None = None, host: str = "127.0.0.1",
-                    interval: float = 1.0) -> Observers:
+    async def start(
+        cls, runner: Any, metrics_port: int | None = None, host: str = "127.0.0.1", interval: float = 1.0
+    ) -> Observers:
         """Start watching `runner`; with `metrics_port` (0: any free port), serve it over HTTP."""
+        dead_letter_policy.reset()
         monitor = Monitor(runner, interval=interval)
         monitor.start()
         server = None
@@ -33,7 +35,9 @@ class Observers:
                 await server.start()
             except OSError as exc:
                 await monitor.stop()
-                raise OSError(f"cannot serve metrics on {host}:{metrics_port}: {exc.strerror or exc}") from exc
+                raise OSError(
+                    f"cannot serve metrics on {host}:{metrics_port}: {exc.strerror or exc}"
+                ) from exc
         return cls(monitor, server)
 
     async def close(self) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 from engine.observe.histogram import Histogram, quantile
 from engine.observe.monitor import Monitor, reconcile
 
-__all__ = ["stats_snapshot", "histogram_quantile"]
+__all__ = ["histogram_quantile", "stats_snapshot"]
 
 
 def histogram_quantile(q: float, h: Histogram) -> float | None:
@@ -33,14 +33,28 @@ def stats_snapshot(runner: Any, monitor: Monitor | None = None) -> dict[str, Any
             "busy_seconds": s.busy_seconds,
             "p99_batch_seconds": histogram_quantile(0.99, s.batch_seconds),
             "p99_end_to_end_seconds": histogram_quantile(0.99, s.end_to_end) if s.kind == "sink" else None,
-            "queue": None if ch is None else {"depth": ch.count, "capacity": ch.capacity, "bytes": ch.bytes,
-                                              "capacity_bytes": ch.capacity_bytes, "high_water": ch.high_water},
+            "queue": None
+            if ch is None
+            else {
+                "depth": ch.count,
+                "capacity": ch.capacity,
+                "bytes": ch.bytes,
+                "capacity_bytes": ch.capacity_bytes,
+                "high_water": ch.high_water,
+            },
         }
     sources = {}
     for source, tracker in list(runner.trackers.items()):
-        sources[source] = {**reconcile(source, tracker).as_dict(),
-                           "lag": monitor.lag.get(source) if monitor is not None else None}
-    edges = [{"from": up, "port": port, "to": down} for (up, port), downs in runner.routes.items() for down in downs]
+        sources[source] = {
+            **reconcile(source, tracker).as_dict(),
+            "lag": monitor.lag.get(source) if monitor is not None else None,
+            "stalled_seconds": monitor.stalled.get(source, 0.0) if monitor is not None else None,
+        }
+    edges = [
+        {"from": up, "port": port, "to": down}
+        for (up, port), downs in runner.routes.items()
+        for down in downs
+    ]
     return {
         "graph": runner.graph.spec.name,
         "time": time.time(),
@@ -48,6 +62,8 @@ def stats_snapshot(runner: Any, monitor: Monitor | None = None) -> dict[str, Any
         "nodes": nodes,
         "edges": edges,
         "sources": sources,
-        "connections": [{"node": n, "connection": c, "up": up}
-                        for (n, c), up in (monitor.connections.items() if monitor is not None else ())],
+        "connections": [
+            {"node": n, "connection": c, "up": up}
+            for (n, c), up in (monitor.connections.items() if monitor is not None else ())
+        ],
     }

@@ -22,8 +22,21 @@ from engine.observe.histogram import quantile
 
 __all__ = ["Scrape", "build_view", "metrics_url", "parse_metrics", "run_top"]
 
-_COUNTERS = {"messages_in": "in", "messages_out": "out", "errors": "errors", "filtered": "filtered",
-             "committed": "committed", "dead_lettered": "dead_lettered", "retries": "retries"}
+_SOURCE_GAUGES = {
+    "streamdag_source_in_flight": "in_flight",
+    "streamdag_integrity_mismatch": "mismatch",
+    "streamdag_source_lag_messages": "lag",
+    "streamdag_source_stalled_seconds": "stalled",
+}
+_COUNTERS = {
+    "messages_in": "in",
+    "messages_out": "out",
+    "errors": "errors",
+    "filtered": "filtered",
+    "committed": "committed",
+    "dead_lettered": "dead_lettered",
+    "retries": "retries",
+}
 
 
 @dataclass
@@ -42,7 +55,7 @@ def metrics_url(url: str) -> str:
     """Accept `host:port`, `http://host:port` or a full `/metrics` URL."""
     if "://" not in url:
         url = "http://" + url
-    scheme, rest = url.split("://", 1)
+    rest = url.split("://", 1)[1]
     if "/" not in rest or rest.endswith("/"):
         url = url.rstrip("/") + "/metrics"
     return url
@@ -61,9 +74,11 @@ def parse_metrics(text: str, now: float | None = None) -> Scrape:
             elif name == "streamdag_run_draining":
                 s.draining = value > 0
             elif name.startswith("streamdag_node_") and name.endswith("_total"):
-                key = _COUNTERS.get(name[len("streamdag_node_"):-len("_total")])
+                key = _COUNTERS.get(name[len("streamdag_node_") : -len("_total")])
                 if key:
-                    node = s.nodes.setdefault(lab["node"], {"type": lab.get("type", ""), "kind": lab.get("kind", "")})
+                    node = s.nodes.setdefault(
+                        lab["node"], {"type": lab.get("type", ""), "kind": lab.get("kind", "")}
+                    )
                     node[key] = value
             elif name == "streamdag_node_batch_seconds_bucket":
                 _bucket(s.nodes.setdefault(lab["node"], {}), "batch_buckets", lab["le"], value)
@@ -75,9 +90,8 @@ def parse_metrics(text: str, now: float | None = None) -> Scrape:
                 s.sources.setdefault(lab["source"], {})["entered"] = value
             elif name == "streamdag_source_settled_total":
                 s.sources.setdefault(lab["source"], {})[lab["outcome"]] = value
-            elif name in ("streamdag_source_in_flight", "streamdag_integrity_mismatch", "streamdag_source_lag_messages"):
-                key = {"streamdag_source_in_flight": "in_flight", "streamdag_integrity_mismatch": "mismatch",
-                       "streamdag_source_lag_messages": "lag"}[name]
+            elif name in _SOURCE_GAUGES:
+                key = _SOURCE_GAUGES[name]
                 s.sources.setdefault(lab["source"], {})[key] = value
             elif name == "streamdag_connection_up":
                 s.connections[(lab["node"], lab["connection"])] = value > 0
@@ -124,9 +138,18 @@ def build_view(prev: Scrape | None, cur: Scrape, url: str = "") -> Group:
     """The renderable of one refresh: a header, one row per node, one per source."""
     dt = max(1e-6, cur.time - prev.time) if prev else None
     nodes = Table(expand=False, header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
-    for col, just in (("node", "left"), ("type", "left"), ("in/s", "right"), ("out/s", "right"), ("queue", "left"),
-                      ("p99", "right"), ("e2e p99", "right"), ("err", "right"), ("retry", "right"),
-                      ("dlq", "right")):
+    for col, just in (
+        ("node", "left"),
+        ("type", "left"),
+        ("in/s", "right"),
+        ("out/s", "right"),
+        ("queue", "left"),
+        ("p99", "right"),
+        ("e2e p99", "right"),
+        ("err", "right"),
+        ("retry", "right"),
+        ("dlq", "right"),
+    ):
         nodes.add_column(col, justify=just, no_wrap=True)  # type: ignore[arg-type]
     for node_id, n in cur.nodes.items():
         p = prev.nodes.get(node_id) if prev else None
@@ -135,22 +158,49 @@ def build_view(prev: Scrape | None, cur: Scrape, url: str = "") -> Group:
         rout = (n.get(out_key, 0) - p.get(out_key, 0)) / dt if p and dt else 0.0
         queue: Text | str = _fill_bar(n.get("queue", 0), n["capacity"]) if "capacity" in n else "-"
         errors = int(n.get("errors", 0))
-        nodes.add_row(node_id, n.get("type", ""), _rate(rin) if n.get("kind") != "source" else "-", _rate(rout),
-                      queue, _ms(_p99(p, n, "batch_buckets")), _ms(_p99(p, n, "e2e_buckets")),
-                      Text(str(errors), style="red" if errors else ""), str(int(n.get("retries", 0))),
-                      str(int(n.get("dead_lettered", 0))))
+        nodes.add_row(
+            node_id,
+            n.get("type", ""),
+            _rate(rin) if n.get("kind") != "source" else "-",
+            _rate(rout),
+            queue,
+            _ms(_p99(p, n, "batch_buckets")),
+            _ms(_p99(p, n, "e2e_buckets")),
+            Text(str(errors), style="red" if errors else ""),
+            str(int(n.get("retries", 0))),
+            str(int(n.get("dead_lettered", 0))),
+        )
     sources = Table(expand=False, header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
-    for col in ("source", "in", "delivered", "filtered", "dlq", "failed", "in flight", "lag", "integrity"):
+    for col in (
+        "source",
+        "in",
+        "delivered",
+        "filtered",
+        "dlq",
+        "failed",
+        "in flight",
+        "stalled",
+        "lag",
+        "integrity",
+    ):
         sources.add_column(col, justify="left" if col == "source" else "right", no_wrap=True)
     for source, s in cur.sources.items():
         ok = not s.get("mismatch")
-        sources.add_row(source, *(str(int(s.get(k, 0))) for k in ("entered", "delivered", "filtered",
-                                                                   "dead_lettered", "failed", "in_flight")),
-                        str(int(s["lag"])) if "lag" in s else "-",
-                        Text("ok" if ok else "MISMATCH", style="green" if ok else "bold red"))
+        sources.add_row(
+            source,
+            *(
+                str(int(s.get(k, 0)))
+                for k in ("entered", "delivered", "filtered", "dead_lettered", "failed", "in_flight")
+            ),
+            f"{s['stalled']:.0f}s" if s.get("stalled") else "-",
+            str(int(s["lag"])) if "lag" in s else "-",
+            Text("ok" if ok else "MISMATCH", style="green" if ok else "bold red"),
+        )
     state = "draining" if cur.draining else "running"
-    head = Text(f"streamdag top  {cur.graph}  {state}  {url}  {time.strftime('%H:%M:%S', time.localtime(cur.time))}",
-                style="bold")
+    head = Text(
+        f"streamdag top  {cur.graph}  {state}  {url}  {time.strftime('%H:%M:%S', time.localtime(cur.time))}",
+        style="bold",
+    )
     down = [f"{n}/{c}" for (n, c), up in cur.connections.items() if not up]
     parts: list[Any] = [head, nodes, sources]
     if down:
@@ -159,7 +209,7 @@ def build_view(prev: Scrape | None, cur: Scrape, url: str = "") -> Group:
 
 
 def fetch(url: str, timeout: float = 2.0) -> str:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - the user's own URL
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
         return resp.read().decode("utf-8")
 
 

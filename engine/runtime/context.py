@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -15,16 +16,25 @@ class Resources:
 
     def __init__(self) -> None:
         self._items: dict[str, Any] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
         self._closers: list[Callable[[], Awaitable[None]]] = []
 
     async def get(self, key: str, factory: Callable[[], Awaitable[Any]],
                   close: Callable[[Any], Awaitable[None]] | None = None) -> Any:
-        if key not in self._items:
-            item = await factory()
-            self._items[key] = item
-            if close is not None:
-                self._closers.append(lambda: close(item))
+        if key in self._items:
+            return self._items[key]
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:  # two nodes starting at once must share one client, not make two
+            if key not in self._items:
+                item = await factory()
+                self._items[key] = item
+                if close is not None:
+                    self._closers.append(lambda: close(item))
         return self._items[key]
+
+    def items(self) -> dict[str, Any]:
+        """The shared clients by key (read-only view for monitors)."""
+        return dict(self._items)
 
     async def close(self) -> None:
         while self._closers:
@@ -44,6 +54,8 @@ class NodeContext:
         self.resources = resources
         self.base_dir = base_dir
         self.clock = clock
+        # set by the scheduler on stop (SIGTERM): `flush` then means "graph stopping", not "end of input"
+        self.draining = False
         self.log = logging.getLogger(f"streamdag.node.{node_id}")
 
     def connection(self, name: str) -> dict[str, Any]:

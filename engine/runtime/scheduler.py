@@ -144,6 +144,10 @@ class Runner:
         self._stopping = True
         for out in self.outputs.values():
             out.stopping.set()
+        for node in self.nodes.values():  # nodes that hold messages (window) tell a drain from end of input
+            ctx = getattr(node, "ctx", None)
+            if ctx is not None:
+                ctx.draining = True
 
     # -- node loops -------------------------------------------------------------------------------
     async def _retrying(self, rn: ResolvedNode, call: Any, batch: list[Msg], outputs: Outputs | None) -> Any:
@@ -240,7 +244,7 @@ class Runner:
             if outcome == DEAD_LETTERED:
                 stats.dead_lettered += committed
                 if deadletter_log.isEnabledFor(logging.WARNING):
-                    _log_dead_letters(rn.id, batch, failed_ids)
+                    _log_dead_letters(rn.id, done)
             if failures:
                 await self._dispatch(rn.id, {ERRORS: [error_envelope(m, rn.id, reason) for m, reason in failures]})
 
@@ -257,7 +261,13 @@ class Runner:
         tracker = self.trackers[node_id]
         while True:
             await tracker.wait_settled()
-            await self._drain_acks(node_id, src, wait=False)
+            try:
+                await self._drain_acks(node_id, src, wait=False)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a failed upstream ack means redelivery, not a dead loop
+                log.error("source %s: acknowledging upstream failed (%s: %s); those messages will be "
+                          "redelivered by the source", node_id, type(exc).__name__, exc)
 
     async def _drain_acks(self, node_id: str, src: Source, wait: bool) -> None:
         tracker = self.trackers[node_id]

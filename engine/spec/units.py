@@ -55,8 +55,8 @@ PositiveDuration = Annotated[
     WithJsonSchema({"anyOf": [{"type": "number", "exclusiveMinimum": 0, "description": "seconds"}, _DURATION_TEXT]}),
 ]
 Size = Annotated[
-    int, BeforeValidator(parse_size), Field(ge=0),
-    WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 0, "description": "bytes"},
+    int, BeforeValidator(parse_size),
+    WithJsonSchema({"anyOf": [{"type": "integer", "description": "bytes (-1: no limit, where a setting allows it)"},
                               {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*([KMGTkmgt]i?[Bb]?|[Bb])?\s*$",
                                "examples": ["512KB", "1MB", "2GB"]}]}),
 ]

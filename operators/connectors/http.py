@@ -75,7 +75,7 @@ class HttpSource(Source):
         self.buckets: BucketSet | None = None
         if cfg.rate_limit is not None:
             self.buckets = BucketSet(cfg.rate_limit.global_, cfg.rate_limit.per_credential)
-        schema = ctx.schemas.get(cfg.json_schema) if isinstance(cfg.json_schema, str) else cfg.json_schema
+        schema = ctx.schemas.get(cfg.schema_) if isinstance(cfg.schema_, str) else cfg.schema_
         self.item_schema: dict[str, Any] | None = schema
         self.schema = SchemaCheck(schema) if schema is not None else None
         self.id_expr = None
@@ -101,6 +101,11 @@ class HttpSource(Source):
     @classmethod
     def check(cls, config: Any, ctx: CheckContext) -> Iterable[CheckIssue]:
         return check_config(config, ctx)
+
+    def metrics(self) -> dict[str, int]:
+        """Counters beside the runtime's: requests, items accepted, requests refused, in flight."""
+        conns = len(self.server.conns) if self.server is not None else 0
+        return {**self.counts, "in_flight": self.in_flight, "connections": conns}
 
     # -- lifecycle
     async def start(self) -> None:
@@ -177,7 +182,10 @@ class HttpSource(Source):
         self.in_flight -= len(failures)
         if self.in_flight == 0:
             self.idle.set()
-        self.counts["late_failures"] += len(failures) if self.config.ack == "received" else 0
+        if self.config.ack == "received" and failures:  # the client already got 202: say so here
+            self.counts["late_failures"] += len(failures)
+            self.ctx.log.warning("http_source %s: %d item(s) acknowledged to clients (ack: received) then "
+                                 "failed downstream; first: %s", self.id, len(failures), failures[0][1])
 
     # -- HTTP
     def head_check(self, method: str, path: str, headers: dict[str, str]) -> Any:
@@ -206,8 +214,9 @@ class HttpSource(Source):
                 headers = [("Retry-After", str(exc.extra.pop("retry_after")))] if "retry_after" in exc.extra else []
                 return _reply(exc.status, exc.body(), headers)
         if req.method != "GET":
-            return _reply(405 if req.path in ("/healthz", "/readyz", "/openapi.json") else 404,
-                          {"error": "not_found", "message": f"{req.method} {req.path} is not served"})
+            if req.path in ("/healthz", "/readyz", "/openapi.json"):
+                return _reply(405, {"error": "method_not_allowed", "message": "use GET"}, [("Allow", "GET")])
+            return _reply(404, {"error": "not_found", "message": f"{req.method} {req.path} is not served"})
         if req.path == "/healthz":
             return _reply(200, {"status": "ok"})
         if req.path == "/readyz":
@@ -229,8 +238,8 @@ class HttpSource(Source):
             if wait:
                 raise IngestError(429, "rate_limited", f"rate limit exceeded; retry in {wait} s",
                                   {"retry_after": wait})
-        if not self.accepting or self.in_flight >= cfg.max_in_flight:
-            raise self._busy()
+        if not self.accepting or self.in_flight >= cfg.max_in_flight or not self.tracker.has_room():
+            raise self._busy()  # the tracker's limit is the graph's `defaults.max_in_flight`
         mtype = media_type(req.headers.get("content-type"))
         data = decode_body(req.body, req.headers.get("content-encoding"), cfg.max_decompressed_bytes)
         items, single = parse_items(data, mtype, cfg.max_batch)

@@ -10,7 +10,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from operators.connectors.http_config import AuthConfig, BucketConfig
+from operators.connectors.http_config import HttpAuthConfig, HttpBucketConfig
 
 __all__ = ["Authenticator", "BucketSet", "TokenBucket", "load_credentials"]
 
@@ -28,7 +28,7 @@ def _parse(text: str, sep: str, origin: str) -> list[tuple[str, bytes]]:
     return creds
 
 
-def load_credentials(cfg: AuthConfig, resolve_path: Callable[[str], str] = lambda p: p) -> list[tuple[str, bytes]]:
+def load_credentials(cfg: HttpAuthConfig, resolve_path: Callable[[str], str] = lambda p: p) -> list[tuple[str, bytes]]:
     """(name, secret) pairs from `cfg.env` and `cfg.file`; raises ValueError when there are none."""
     creds: list[tuple[str, bytes]] = []
     if cfg.env:
@@ -50,7 +50,7 @@ class Authenticator:
     `hmac.compare_digest` over SHA-256 digests (equal lengths), so timing tells nothing of which
     secret, how much of one, or how long one is."""
 
-    def __init__(self, cfg: AuthConfig, creds: list[tuple[str, bytes]]):
+    def __init__(self, cfg: HttpAuthConfig, creds: list[tuple[str, bytes]]):
         self.scheme = cfg.scheme
         self.header = cfg.header.lower()
         self.creds = [(name, hashlib.sha256(secret).digest()) for name, secret in creds]
@@ -103,7 +103,7 @@ class TokenBucket:
 class BucketSet:
     """A global bucket and one per key (LRU-bounded so unknown clients cannot grow memory)."""
 
-    def __init__(self, global_: BucketConfig | None, per_key: BucketConfig | None,
+    def __init__(self, global_: HttpBucketConfig | None, per_key: HttpBucketConfig | None,
                  clock: Callable[[], float] = time.monotonic, max_keys: int = 100_000):
         self.clock = clock
         now = clock()

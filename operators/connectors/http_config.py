@@ -9,15 +9,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from engine.api import CelExpr, CheckContext, CheckIssue, NodeConfig
+from engine.spec.units import PositiveDuration, Size
 
-__all__ = ["AuthConfig", "BucketConfig", "HttpSourceConfig", "RateLimitConfig", "check_config", "is_loopback"]
+__all__ = ["HttpAuthConfig", "HttpBucketConfig", "HttpSourceConfig", "HttpRateLimitConfig", "check_config", "is_loopback"]
 
 
 class _Sub(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class AuthConfig(_Sub):
+class HttpAuthConfig(_Sub):
     """Who may post: bearer tokens or API keys, read from the environment and/or a file."""
 
     scheme: Literal["bearer", "api_key"] = Field(
@@ -31,13 +32,13 @@ class AuthConfig(_Sub):
         examples=["secrets/ingest_tokens.txt"])
 
     @model_validator(mode="after")
-    def _one_source(self) -> AuthConfig:
+    def _one_source(self) -> HttpAuthConfig:
         if not self.env and not self.file:
             raise ValueError("auth needs `env` or `file` (or both) to read credentials from")
         return self
 
 
-class BucketConfig(_Sub):
+class HttpBucketConfig(_Sub):
     """A token bucket: `rate` requests per second on average, bursts of up to `burst`."""
 
     rate: float = Field(gt=0, description="Requests per second refilled.", examples=[10000])
@@ -47,11 +48,11 @@ class BucketConfig(_Sub):
         return float(self.burst) if self.burst is not None else max(1.0, self.rate)
 
 
-class RateLimitConfig(_Sub):
+class HttpRateLimitConfig(_Sub):
     """Request rate limits; a request over either gets 429 with `Retry-After`."""
 
-    global_: BucketConfig | None = Field(None, alias="global", description="Limit over all clients.")
-    per_credential: BucketConfig | None = Field(
+    global_: HttpBucketConfig | None = Field(None, alias="global", description="Limit over all clients.")
+    per_credential: HttpBucketConfig | None = Field(
         None, description="Limit per credential (per client address when auth is off).")
 
 
@@ -62,20 +63,20 @@ class HttpSourceConfig(NodeConfig):
     port: int = Field(8080, ge=0, le=65535, description="TCP port; 0 picks a free one (tests).")
     path: str = Field("/api/v1/data/ingest", pattern=r"^/", description="Path of the ingest endpoint.")
     max_batch: int = Field(1000, ge=1, description="Most items in one request (array or NDJSON lines).")
-    max_body_bytes: int = Field(4 << 20, ge=1, description="Largest request body on the wire (413 beyond).")
-    max_decompressed_bytes: int = Field(
+    max_body_bytes: Size = Field(4 << 20, ge=1, description="Largest request body on the wire (413 beyond).")
+    max_decompressed_bytes: Size = Field(
         16 << 20, ge=1, description="Largest body after gzip/zstd decoding; decoding stops there (413).")
     ack: Literal["committed", "received"] = Field(
         "committed",
         description="`committed`: reply 202 once every item's ack resolved downstream (durable). "
                     "`received`: reply 202 on admission, before the graph has committed (weaker).")
-    ack_timeout: float = Field(30.0, gt=0, description="Seconds to wait for acks before replying 504.")
+    ack_timeout: PositiveDuration = Field(30.0, gt=0, description="Seconds to wait for acks before replying 504.")
     max_in_flight: int = Field(
         20000, ge=1, description="Most admitted items not yet settled; beyond it requests get 503.")
-    max_buffered_bytes: int = Field(
+    max_buffered_bytes: Size = Field(
         64 << 20, ge=1, description="Request body bytes held in memory over all connections (503 beyond).")
     max_connections: int = Field(1024, ge=1, description="Open connections beyond this are refused with 503.")
-    idle_timeout: float = Field(
+    idle_timeout: PositiveDuration = Field(
         30.0, gt=0, description="Seconds before closing an idle connection, or one still sending its request.")
     retry_after: int = Field(1, ge=1, description="`Retry-After` seconds sent with 503.")
     idempotency_expr: CelExpr | None = Field(
@@ -83,14 +84,14 @@ class HttpSourceConfig(NodeConfig):
         examples=["msg.order_id"])
     idempotency_cache: int = Field(
         10000, ge=0, description="Idempotency-Key replies remembered for replay (per process; 0 turns it off).")
-    idempotency_ttl: float = Field(300.0, gt=0, description="Seconds a remembered reply is replayed.")
-    json_schema: str | dict[str, Any] | None = Field(
+    idempotency_ttl: PositiveDuration = Field(300.0, gt=0, description="Seconds a remembered reply is replayed.")
+    schema_: str | dict[str, Any] | None = Field(
         None, alias="schema",
         description="JSON Schema every item must satisfy (a name from `schemas:` or inline); "
                     "a request with any invalid item gets 422 and none of its items enter the graph.")
-    auth: AuthConfig | None = Field(None, description="Credentials; required when `host` is not loopback.")
-    rate_limit: RateLimitConfig | None = Field(None, description="Token buckets, global and per credential.")
-    readiness_timeout: float = Field(0.5, gt=0, description="Seconds to reach each connection in /readyz.")
+    auth: HttpAuthConfig | None = Field(None, description="Credentials; required when `host` is not loopback.")
+    rate_limit: HttpRateLimitConfig | None = Field(None, description="Token buckets, global and per credential.")
+    readiness_timeout: PositiveDuration = Field(0.5, gt=0, description="Seconds to reach each connection in /readyz.")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -106,14 +107,13 @@ def is_loopback(host: str) -> bool:
 
 
 def check_config(config: HttpSourceConfig, ctx: CheckContext) -> Iterable[CheckIssue]:
-    """Offline checks: an open listener needs auth; a named schema must exist."""
+    """Offline checks: E250 an open listener needs auth; W251 a decoded cap below the wire cap.
+    (An unknown `schema` name is the validator's E217, an invalid inline one E218.)"""
     if not is_loopback(config.host) and config.auth is None:
-        yield CheckIssue(("host",), "E801",
+        yield CheckIssue(("host",), "E250",
                          f"http_source listens on non-loopback address {config.host!r} without `auth`; "
                          "add `auth` or bind to 127.0.0.1")
-    if isinstance(config.json_schema, str) and config.json_schema not in ctx.schemas:
-        yield CheckIssue(("schema",), "E802", f"unknown schema {config.json_schema!r} (not in `schemas:`)")
     if config.max_decompressed_bytes < config.max_body_bytes:
-        yield CheckIssue(("max_decompressed_bytes",), "W801",
+        yield CheckIssue(("max_decompressed_bytes",), "W251",
                          "max_decompressed_bytes is below max_body_bytes: uncompressed bodies are capped by it",
                          severity="warning")

@@ -58,6 +58,7 @@ def openapi_document(cfg: HttpSourceConfig, item_schema: dict[str, Any] | None) 
             "409": _error("A request with the same Idempotency-Key is in progress."),
             "413": _error("Body, decoded body or batch too large."),
             "415": _error("Unsupported Content-Type or Content-Encoding."),
+            "431": _error("Request line and headers too large."),
             "422": _error("Items failing the schema (none of the request's items were accepted)."),
             "429": _error("Rate limited.", retry_after=True),
             "502": _error("Some items were not committed downstream."),

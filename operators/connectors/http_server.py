@@ -3,8 +3,10 @@
 
 It does what the gateway needs and no more: keep-alive and pipelining (requests on one connection
 are answered in order, reading pauses while one is being handled, so a connection holds at most one
-body), `Expect: 100-continue`, a body cap checked on `Content-Length` before the body is read and
-again while it streams in (chunked), a connection cap, and an idle timeout against slow clients.
+body), `Expect: 100-continue`, a 64 KiB cap on request line + headers (431), a body cap checked on
+`Content-Length` before the body is read and again while it streams in (chunked), a budget of body
+bytes held over all connections (503 past it), a connection cap, and timeouts for idle connections
+and for clients that trickle a request.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class Response:
         return "".join(lines).encode("latin-1") + self.body
 
 
+MAX_HEAD = 64 * 1024  # request line + headers; llhttp itself sets no limit
 Handler = Callable[[Request], Awaitable[Response]]
 # Called with (method, path, headers) before the body is read; a Response refuses the request early.
 HeadCheck = Callable[[str, str, dict[str, str]], Response | None]
@@ -75,6 +78,7 @@ class _Conn(asyncio.Protocol):
         "body_size",
         "busy",
         "closing",
+        "head_size",
         "headers",
         "held",
         "last_active",
@@ -94,6 +98,7 @@ class _Conn(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.url = b""
+        self.head_size = 0  # while a head is being read: 1 + its bytes so far (capped: MAX_HEAD); else 0
         self.headers: dict[str, str] = {}
         self.body: list[bytes] = []
         self.body_size = 0
@@ -136,6 +141,11 @@ class _Conn(asyncio.Protocol):
             return
         try:
             self.parser.feed_data(data)
+            if self.head_size and not self.closing:  # headers still incomplete after this chunk
+                self.head_size += len(data)
+                if self.head_size > MAX_HEAD:
+                    self._fail(_error(431, "headers_too_large",
+                                      f"request line and headers exceed {MAX_HEAD} bytes"))
         except httptools.HttpParserUpgrade:
             self._fail(_error(400, "bad_request", "protocol upgrade is not supported"))
         except httptools.HttpParserError as exc:
@@ -147,6 +157,7 @@ class _Conn(asyncio.Protocol):
     # -- httptools callbacks
     def on_message_begin(self) -> None:
         self.reading_since = time.monotonic()
+        self.head_size = 1  # in the head: data_received counts it (httptools buffers header values)
         self.url = b""
         self.headers = {}
         self.body = []
@@ -160,6 +171,7 @@ class _Conn(asyncio.Protocol):
         self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
     def on_headers_complete(self) -> None:
+        self.head_size = 0
         parsed = httptools.parse_url(self.url)
         path = parsed.path.decode("latin-1") if parsed.path else "/"
         method = self.parser.get_method().decode("latin-1")

@@ -191,6 +191,7 @@ def is_row_error(exc: BaseException) -> bool:
     from asyncpg.exceptions import _base
 
     return isinstance(exc, (
+        UnicodeError,                                      # a string with lone surrogates
         _base.DataError,                                   # driver could not encode a value
         asyncpg.exceptions.DataError,                      # 22xxx: bad input syntax, out of range...
         asyncpg.exceptions.IntegrityConstraintViolationError,  # 23xxx: unique, not null, check, fk
@@ -226,21 +227,29 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     no session state besides the sink's temporary staging table, which is meant to stay."""
 
 
+DEFAULT_DSN = "postgresql://root@127.0.0.1:5432/test"
+
+
+def connect_args(settings: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """DSN and server settings (application_name) of a named connection's settings."""
+    return settings.get("dsn") or DEFAULT_DSN, {"application_name": settings.get("application_name") or "streamdag"}
+
+
 async def pool_for(ctx: NodeContext, name: str) -> asyncpg.Pool:
     """The asyncpg pool of the named connection, shared by every node of the run that names it."""
     import asyncpg
 
     settings = ctx.connection(name)
-    app_name = settings.get("application_name") or "streamdag"
+    dsn, server_settings = connect_args(settings)
 
     async def create() -> asyncpg.Pool:
         return await asyncpg.create_pool(
-            settings.get("dsn") or "postgresql://root@127.0.0.1:5432/test",
+            dsn,
             min_size=settings.get("min_size", 1),
             max_size=settings.get("max_size", 4),
             timeout=settings.get("connect_timeout", 5.0),
             command_timeout=settings.get("command_timeout"),
-            server_settings={"application_name": app_name},
+            server_settings=server_settings,
             init=_init_connection,
             reset=_keep_session,
         )

@@ -297,7 +297,7 @@ class PostgresSink(Sink):
         try:
             columns = [[conv(get(m.body, m.meta)) for m in batch] for get, conv in zip(self.getters, convs)]
             return columns, batch, []
-        except EvalError:
+        except (EvalError, TypeError, ValueError):  # ValueError/TypeError: a value JSON cannot encode
             pass
         rows: list[tuple[str | None, ...]] = []
         msgs: list[Msg] = []
@@ -307,7 +307,7 @@ class PostgresSink(Sink):
             for name, get, conv in zip(self.names, self.getters, convs):
                 try:
                     row.append(conv(get(msg.body, msg.meta)))
-                except EvalError as exc:
+                except (EvalError, TypeError, ValueError) as exc:
                     failed.append((msg, f"column {name}: {exc}"))
                     break
             else:

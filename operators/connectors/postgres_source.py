@@ -6,7 +6,8 @@ LIMIT batch_size`), and the position is kept in a table of its own (`position_ta
 acked early waits for every row before it. A restart (even after kill -9) resumes after the stored
 position, so rows in flight at the crash are read again (at-least-once; pair it with an idempotent
 sink). Rows whose acks failed are read again: the source waits for the rest in flight to settle and
-rewinds to the stored position. With `listen`, a NOTIFY on that channel wakes the reader at once;
+rewinds to the stored position. `delete_acked` deletes the rows up to the stored position in the
+transaction that stores it (outbox clean-up). With `listen`, a NOTIFY on that channel wakes the reader at once;
 `poll_interval` stays the fallback.
 
 The cursor must be unique and increase in commit order (a bigserial filled by one writer, or an
@@ -27,6 +28,7 @@ from engine.api import CheckContext, CheckIssue, NodeConfig, RetryPolicy, Source
 from engine.message import Msg
 from operators.connectors.postgres import (
     check_all,
+    connect_args,
     db_message,
     identifier_issues,
     is_transient,
@@ -58,6 +60,8 @@ class PostgresSourceConfig(NodeConfig):
     position_key: str | None = Field(None, description="Row of `position_table` for this source; the node id if unset.")
     start_after: str | None = Field(None, description="Position to start after when none is stored (text of a cursor "
                                     "value); from the beginning if unset.")
+    delete_acked: bool = Field(False, description="Delete rows of `table` up to the stored position once acked "
+                               "(outbox clean-up), in the transaction that stores the position.")
     stop_at_end: bool = Field(False, description="Finish once caught up (a batch job) instead of waiting for rows.")
     retry: RetryPolicy = Field(
         default_factory=lambda: RetryPolicy.model_validate(
@@ -68,6 +72,8 @@ class PostgresSourceConfig(NodeConfig):
     def _one_source(self) -> PostgresSourceConfig:
         if (self.table is None) == (self.query is None):
             raise ValueError("give exactly one of `table` or `query`")
+        if self.delete_acked and self.table is None:
+            raise ValueError("`delete_acked` needs `table` (rows of a query cannot be deleted)")
         if self.columns is not None and self.table is None:
             raise ValueError("`columns` goes with `table`; write the select list into `query`")
         return self
@@ -138,9 +144,19 @@ class PostgresSource(Source):
         select = f"SELECT q.*, q.{cursor}::text AS {_POS} FROM ({base}) AS q"
         self._first_sql = f"{select} ORDER BY q.{cursor} LIMIT $1"
         self._next_sql = f"{select} WHERE q.{cursor} > $1::text::{ctype} ORDER BY q.{cursor} LIMIT $2"
+        self._delete_sql = (f"DELETE FROM {quote_qualified(cfg.table)} WHERE {cursor} <= $1::text::{ctype}"
+                            if cfg.delete_acked and cfg.table else None)
+        self._lag_sql = f"SELECT count(*) FROM ({base}) AS q WHERE $1::text IS NULL OR q.{cursor} > $1::text::{ctype}"
         self._save_sql = (f"INSERT INTO {ptable} (name, position) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE "
                           "SET position = EXCLUDED.position, updated_at = now()")
         self.ctx.log.info("postgres_source %s: starting after position %r", self.id, self.position)
+
+    async def lag(self) -> int | None:
+        """Rows after the stored position: the backlog not yet acknowledged by the graph."""
+        if self.pool is None:
+            return None
+        async with self.pool.acquire() as conn:
+            return int(await conn.fetchval(self._lag_sql, self.position))
 
     async def run(self, out: Any) -> None:
         cfg = self.config
@@ -207,10 +223,9 @@ class PostgresSource(Source):
     async def _listen(self) -> None:
         import asyncpg
 
-        settings = self.ctx.connection(self.config.connection)
+        dsn, server_settings = connect_args(self.ctx.connection(self.config.connection))
         try:
-            self._listener = await asyncpg.connect(
-                settings.get("dsn"), server_settings={"application_name": settings.get("application_name") or "streamdag"})
+            self._listener = await asyncpg.connect(dsn, server_settings=server_settings)
             await self._listener.add_listener(self.config.listen, lambda *_: self._wake.set())
         except Exception as exc:
             if not is_transient(exc):
@@ -251,8 +266,10 @@ class PostgresSource(Source):
         if not self._dirty:
             return
         try:
-            async with self.pool.acquire() as conn:
+            async with self.pool.acquire() as conn, conn.transaction():
                 await conn.execute(self._save_sql, self.key, self.position)
+                if self._delete_sql is not None:
+                    await conn.execute(self._delete_sql, self.position)
             self._dirty = False
         except Exception as exc:
             if not is_transient(exc):

@@ -19,7 +19,8 @@ from engine.api import CelExpr, NodeConfig, Sink
 from engine.errors import ConnectionLost
 from engine.expr import EvalError, compile_expr
 from engine.message import Msg
-from operators.connectors.redis_conn import CONNECTION_ERRORS, Duration, redis_client
+from engine.spec.units import PositiveDuration
+from operators.connectors.redis_conn import CONNECTION_ERRORS, raise_if_cancelled, redis_client
 
 __all__ = ["CAS_SCRIPT", "RedisCacheSink", "RedisCacheSinkConfig", "encode_value"]
 
@@ -65,7 +66,7 @@ class RedisCacheSinkConfig(NodeConfig):
     mode: Literal["value", "hash"] = Field(
         "value", description="`value`: SET (strings as is, other values as JSON); `hash`: the map's fields "
         "as a hash (replacing the previous hash; non-string field values as JSON).")
-    ttl: Duration | None = Field(None, description="Expiry of each key; none if unset.", examples=["1h", 600])
+    ttl: PositiveDuration | None = Field(None, description="Expiry of each key; none if unset.", examples=["1h", 600])
     version: CelExpr | None = Field(None, description="CEL expression giving a numeric version: an older "
                                     "version never overwrites a newer one.", examples=["msg.version"])
     version_field: str = Field("_version", description="Hash field holding the version (mode hash).")
@@ -171,6 +172,7 @@ class RedisCacheSink(Sink):
             results = await pipe.execute(raise_on_error=False)
         except CONNECTION_ERRORS as exc:
             raise ConnectionLost(f"redis {self.config.connection}: cache write failed: {exc}") from exc
+        raise_if_cancelled()
         noscript: list[Msg] = []
         for msg, res in zip(sent, results):
             if isinstance(res, NoScriptError):

@@ -1,58 +1,17 @@
-"""One redis-py asyncio client per named connection, shared through `ctx.resources`, and durations.
-
-`parse_duration` / `Duration` live here (pure, no I/O) so every Redis node reads `ttl: 1h` the same
-way; the engine may adopt them later.
-"""
+"""One redis-py asyncio client per named connection, shared through `ctx.resources`."""
 
 from __future__ import annotations
 
+import asyncio
 import re
-from typing import TYPE_CHECKING, Annotated, Any
-
-from pydantic import BeforeValidator, WithJsonSchema
+from typing import TYPE_CHECKING, Any
 
 from engine.errors import ConnectorError
 
 if TYPE_CHECKING:
     from engine.runtime.context import NodeContext
 
-__all__ = ["CONNECTION_ERRORS", "Duration", "parse_duration", "redis_client"]
-
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-
-
-def parse_duration(value: Any) -> float:
-    """Seconds from a number (seconds) or a string like `250ms`, `30s`, `5m`, `1h`, `7d`."""
-    if isinstance(value, bool):
-        raise ValueError("a duration is a number of seconds or a string like 30s, 5m, 1h, 7d")  # noqa: TRY004 - pydantic reports ValueError
-    if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
-        return float(value)
-    if isinstance(value, str):
-        m = _DURATION.match(value)
-        if m:
-            return float(m.group(1)) * _UNITS[m.group(2) or "s"]
-    raise ValueError(f"invalid duration {value!r}: use seconds or a string like 250ms, 30s, 5m, 1h, 7d")
-
-
-def _positive_duration(value: Any) -> float:
-    seconds = parse_duration(value)
-    if seconds <= 0:
-        raise ValueError("a duration must be greater than zero")
-    return seconds
-
-
-# A positive duration in config models: seconds or a string; JSON Schema accepts both forms.
-Duration = Annotated[
-    float,
-    BeforeValidator(_positive_duration),
-    WithJsonSchema({"anyOf": [
-        {"type": "number", "exclusiveMinimum": 0, "description": "seconds"},
-        {"type": "string", "pattern": r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*$", "examples": ["30s", "5m", "1h", "7d"]},
-    ]}),
-]
+__all__ = ["CONNECTION_ERRORS", "raise_if_cancelled", "redis_client"]
 
 
 def _connection_errors() -> tuple[type[BaseException], ...]:
@@ -62,6 +21,16 @@ def _connection_errors() -> tuple[type[BaseException], ...]:
 
 
 CONNECTION_ERRORS = _connection_errors()
+
+
+def raise_if_cancelled() -> None:
+    """Re-raise a cancellation that the client swallowed.
+
+    With uvloop, redis-py 8 can return normally from a pipeline whose task was cancelled meanwhile
+    (seen in `Runner` shutdown: the ack task then waited forever). Called after each batch's I/O."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _safe(url: str) -> str:

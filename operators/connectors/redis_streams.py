@@ -25,11 +25,12 @@ from pydantic import BeforeValidator, Field, model_validator
 from redis.exceptions import NoScriptError, ResponseError
 
 from engine.api import CelExpr, CheckContext, CheckIssue, NodeConfig, Sink, Source
-from engine.errors import ConnectionLost
+from engine.errors import ConfigError, ConnectionLost
 from engine.expr import EvalError, compile_expr
 from engine.message import Msg
 from engine.runtime.outputs import SourceOutput
-from operators.connectors.redis_conn import CONNECTION_ERRORS, Duration, redis_client
+from engine.spec.units import PositiveDuration
+from operators.connectors.redis_conn import CONNECTION_ERRORS, raise_if_cancelled, redis_client
 
 __all__ = ["XADD_SCRIPT", "RedisStreamSink", "RedisStreamSinkConfig", "RedisStreamSource", "RedisStreamSourceConfig"]
 
@@ -54,20 +55,20 @@ class RedisStreamSourceConfig(NodeConfig):
     format: Literal["json", "text", "bytes"] = Field(
         "json", description="How the body field decodes: JSON (orjson), UTF-8 text, or raw bytes.")
     batch: int = Field(1000, ge=1, le=100_000, description="Entries per XREADGROUP / claim round.")
-    block: Duration = Field(1.0, description="Longest wait of one XREADGROUP for new entries "
+    block: PositiveDuration = Field(1.0, description="Longest wait of one XREADGROUP for new entries "
                             "(also bounds how long stopping takes).", examples=["1s", "200ms"])
     start: Annotated[Literal["$", "0"], BeforeValidator(lambda v: "0" if v == 0 and v is not False else v)] = Field(
         "$", description="Where a group created by this source starts: `$` new entries only, `0` the whole stream "
         "(`0` unquoted in YAML is accepted too).")
-    min_idle: Duration = Field(60.0, description="Entries pending longer than this in any consumer "
+    min_idle: PositiveDuration = Field(60.0, description="Entries pending longer than this in any consumer "
                                "are claimed and delivered again.", examples=["60s", "5m"])
-    claim_interval: Duration = Field(
+    claim_interval: PositiveDuration = Field(
         20.0, description="Time between two reclaim passes (one runs at start). Each pass also resets the "
         "idle time of this consumer's own slow in-flight entries, so other consumers do not take them while "
         "they are being processed: keep it below half of `min_idle`.")
     max_deliver: int = Field(5, ge=1, description="Deliveries before an entry goes to the errors port "
                              "(dead letter) instead of being delivered again.")
-    reconnect_max_backoff: Duration = Field(5.0, description="Longest wait between reconnection attempts.")
+    reconnect_max_backoff: PositiveDuration = Field(5.0, description="Longest wait between reconnection attempts.")
     exit_when_idle: bool = Field(False, description="Return once a read finds nothing new and nothing is in "
                                  "flight (backfills, tests); otherwise run until stopped.")
 
@@ -103,6 +104,17 @@ class RedisStreamSource(Source):
         self.dead_lettered = 0
         self.reconnects = 0
         self.kept_alive = 0
+
+    async def lag(self) -> int | None:
+        """Entries not yet delivered to the group (XINFO GROUPS `lag`, Redis 7+), else None."""
+        if self._client is None:
+            return None
+        for group in await self._client.xinfo_groups(self.config.stream):
+            name = group.get("name", group.get(b"name"))
+            if name in (self.config.group, self.config.group.encode()):
+                lag = group.get("lag", group.get(b"lag"))
+                return int(lag) if lag is not None else None
+        return None
 
     async def start(self) -> None:
         self._client = await redis_client(self.ctx, self.config.connection)
@@ -149,15 +161,22 @@ class RedisStreamSource(Source):
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
         """Run a Redis call; on connection loss wait with backoff and retry until stopped."""
         attempt = 0
+        lost_group = False
         while True:
             try:
-                return await call()
+                if lost_group:
+                    await self._ensure_group()
+                    lost_group = False
+                result = await call()
+                raise_if_cancelled()
+                return result
             except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                self.ctx.log.warning("group %s is gone from %s: recreating it", self.config.group,
-                                     self.config.stream)
-                await self._ensure_group()
+                if "NOGROUP" not in str(exc) or lost_group:
+                    raise ConfigError(f"redis stream {self.config.stream!r}, group {self.config.group!r}: "
+                                      f"{exc}") from exc
+                self.ctx.log.warning("group %s is gone from %s (a restart without persistence?): recreating "
+                                     "it from %s", self.config.group, self.config.stream, self.config.start)
+                lost_group = True
             except CONNECTION_ERRORS as exc:
                 attempt += 1
                 self.reconnects += 1
@@ -273,6 +292,7 @@ class RedisStreamSource(Source):
         """XACK the ids, pipelined; if Redis is unreachable they are kept and sent with the next ones."""
         self._to_ack.extend(tokens)
         await self._flush_acks()
+        raise_if_cancelled()
 
     async def reject(self, failures: list[tuple[Any, str]]) -> None:
         """Failed entries stay pending and are claimed again after `min_idle` (counting toward max_deliver).
@@ -300,11 +320,14 @@ class RedisStreamSource(Source):
             pipe = self._client.pipeline(transaction=False)
             for i in range(0, len(ids), _ACK_CHUNK):
                 pipe.execute_command("XACK", self.config.stream, self.config.group, *ids[i:i + _ACK_CHUNK])
-            await pipe.execute()
+            results = await pipe.execute(raise_on_error=False)
         except CONNECTION_ERRORS as exc:
             self.ctx.log.warning("XACK of %d entries postponed: %s", len(ids), exc)
             self._to_ack[:0] = ids
             return
+        for res in results:  # NOGROUP (group destroyed): nothing is pending any more; other errors: report
+            if isinstance(res, Exception):
+                self.ctx.log.error("XACK on %s/%s failed: %s", self.config.stream, self.config.group, res)
         self._inflight.difference_update(ids)
         if self._dead:
             self._dead.difference_update(ids)
@@ -322,7 +345,7 @@ class RedisStreamSource(Source):
                                                          consumername=self.consumer)
                 if not mine:
                     await self._client.xgroup_delconsumer(cfg.stream, cfg.group, self.consumer)
-        except (*CONNECTION_ERRORS, ResponseError) as exc:
+        except CONNECTION_ERRORS + (ResponseError,) as exc:
             self.ctx.log.warning("could not clean up consumer %s: %s", self.consumer, exc)
 
 
@@ -437,6 +460,7 @@ class RedisStreamSink(Sink):
                 results = await self._run_xadd(values)
         except CONNECTION_ERRORS as exc:
             raise ConnectionLost(f"redis {self.config.connection}: XADD to {self.config.stream} failed: {exc}") from exc
+        raise_if_cancelled()
         for msg, res in zip(sent, results):
             if isinstance(res, Exception):
                 failed.append((msg, f"XADD failed: {res}"))

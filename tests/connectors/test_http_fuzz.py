@@ -16,8 +16,9 @@ import pytest
 schemathesis = pytest.importorskip("schemathesis")
 requests = pytest.importorskip("requests")
 
-from tests.connectors.http_harness import Gateway
 from hypothesis import HealthCheck, given, settings
+
+from tests.connectors.http_harness import Gateway
 
 SCHEMA = {"type": "object", "required": ["id"],
           "properties": {"id": {"type": "integer"}, "tag": {"type": "string", "maxLength": 8}}}
@@ -69,7 +70,7 @@ def test_fuzz_ingest_against_its_openapi_document(gateway: Gateway) -> None:
     statuses: set[int] = set()
     session = requests.Session()
 
-    @settings(max_examples=80, deadline=None, database=None,
+    @settings(max_examples=50, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))
     @given(case=operation.as_strategy())
     def run(case: Any) -> None:

@@ -11,9 +11,9 @@ import aiohttp
 import orjson
 import pytest
 import zstandard
-from tests.connectors.http_harness import Gateway, aio, post
 
 from operators.connectors.http_body import IngestError, decode_body
+from tests.connectors.http_harness import Gateway, aio, post
 
 
 @aio
@@ -72,8 +72,10 @@ async def test_bad_input_names_the_problem_and_nothing_enters(tmp_path: Any) -> 
 
 
 def test_a_compression_bomb_is_refused_within_bounded_memory() -> None:
-    bomb = gzip.compress(b"\0" * (200 << 20), 9)  # 200 MiB → ~200 KB
-    zbomb = zstandard.ZstdCompressor().compress(b"\0" * (200 << 20))
+    zeros = b"\0" * (64 << 20)
+    bomb = gzip.compress(zeros, 1)  # 64 MiB → ~280 KB
+    zbomb = zstandard.ZstdCompressor().compress(zeros)  # 64 MiB → ~2 KB
+    del zeros
     for data, enc in ((bomb, "gzip"), (zbomb, "zstd")):
         tracemalloc.start()
         with pytest.raises(IngestError) as info:
@@ -121,6 +123,16 @@ async def test_received_mode_replies_before_commit(tmp_path: Any) -> None:
         gw.gate.set()
         while len(gw.lines()) < 2:
             await asyncio.sleep(0.005)
+
+
+@aio
+async def test_received_mode_counts_failures_after_the_reply(tmp_path: Any) -> None:
+    async with Gateway(tmp_path, ack="received", poison="bad") as gw, aiohttp.ClientSession() as s:
+        st, body, _ = await post(s, gw.ingest_url, b'[{"n": 1}, {"bad": 1}]')
+        assert (st, body["accepted"]) == (202, 2)  # the weaker promise: said before the sink's verdict
+        while gw.source.in_flight:
+            await asyncio.sleep(0.005)
+        assert gw.source.metrics()["late_failures"] == 1 and len(gw.lines()) == 1
 
 
 @aio

@@ -204,8 +204,8 @@ def test_deliver_policies(deliver):
 
             pipe = Pipe(src, Collect())
             expect = {
-                "by_start_sequence": [6, 7, 8, 9, 10],
-                "by_start_time": [6, 7, 8, 9, 10],
+                "by_start_sequence": [6, 7, 8, 9, 10, 11, 12],
+                "by_start_time": [6, 7, 8, 9, 10, 11, 12],
                 "new": [11, 12],
                 "last": [10, 11, 12],
             }[deliver]
@@ -358,3 +358,33 @@ def test_offline_checks_against_declared_streams():
     bad_sink = JetStreamSinkConfig(connection="nats", subject="clean.orders")
     assert JetStreamSink.check(ok_sink, ctx) == []
     assert [i.code for i in JetStreamSink.check(bad_sink, ctx)] == ["W341"]
+
+
+@pytest.mark.services
+def test_several_filter_subjects_on_an_old_server_are_refused_not_ignored():
+    async def main() -> None:
+        nc = await connect()
+        js = nc.jetstream()
+        p = unique()
+        await add_stream(js, p, subjects=[p + ".>"])
+        resources = Resources()
+        try:
+            cfg = JetStreamSourceConfig(
+                connection="nats", stream=p, durable="d", subjects=[p + ".a", p + ".b"]
+            )
+            src = JetStreamSource("src", cfg, make_ctx("src", NATS_URL, resources))
+            v = nc.connected_server_version
+            if (v.major, v.minor) >= (2, 10):
+                await src.start()
+                c = (await js.consumer_info(p, "d")).config
+                assert sorted(c.filter_subjects or []) == [p + ".a", p + ".b"]
+                await src.stop()
+            else:
+                with pytest.raises(Exception, match="need nats-server 2.10"):
+                    await src.start()
+        finally:
+            await resources.close()
+            await js.delete_stream(p)
+            await nc.close()
+
+    asyncio.run(main())

@@ -307,3 +307,19 @@ def test_too_long_value_is_an_error_not_a_silent_cut(table: str, app: str) -> No
     assert sorted((m.body["id"], r.split(":")[0]) for m, r in failed) == [(2, "postgres 22001"), (3, "postgres 22003")]
     got = run(sql(f'SELECT id, code, amount::text AS a FROM "{table}"'))
     assert [tuple(r) for r in got] == [(1, "abc", "1.23")]
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("with_json", [True, False])
+def test_unstorable_strings_are_row_errors(table: str, app: str, path: str, with_json: bool) -> None:
+    columns = {"id": {"expr": "msg.id", "type": "bigint"}, "name": {"expr": "msg.name", "type": "text"}}
+    if with_json:
+        columns["body"] = "msg"
+    sink, res = make(table, app, mode="upsert", key=["id"], write_path=path, columns=columns)
+    (failed,) = run(write_all(sink, res, [{"id": 1, "name": "ok"}, {"id": 2, "name": "a\x00b"},
+                                          {"id": 3, "name": "\ud800"}]))
+    reasons = {m.body["id"]: r for m, r in failed}
+    assert sorted(reasons) == [2, 3]
+    assert "22021" in reasons[2] and "0x00" in reasons[2]
+    assert "surrogates not allowed" in reasons[3]
+    assert [tuple(r) for r in run(sql(f'SELECT id, name FROM "{table}"'))] == [(1, "ok")]

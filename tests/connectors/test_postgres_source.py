@@ -258,3 +258,24 @@ def test_reader_survives_its_sessions_being_cut(names: tuple[str, str]) -> None:
         await h.close()
 
     asyncio.run(main())
+
+
+def test_delete_acked_cleans_the_outbox_up_to_the_position(names: tuple[str, str]) -> None:
+    table, positions = names
+
+    async def main() -> None:
+        await insert(table, 12)
+        h = Harness(table, positions, stop_at_end=True, delete_acked=True)
+        await h.source.start()
+        await h.source.run(h.out)
+        for m in h.received[:7] + h.received[9:]:
+            m.ack.release()
+        await h.settle()
+        left = [r["id"] for r in await sql(f'SELECT id FROM "{table}" ORDER BY id')]
+        assert left == [8, 9, 10, 11, 12] and await stored(positions) == "7"
+        await h.close()
+
+    asyncio.run(main())
+    with pytest.raises(ValidationError, match="`delete_acked` needs `table`"):
+        PostgresSourceConfig.model_validate({"connection": "pg", "query": "SELECT 1 AS id", "cursor": "id",
+                                             "delete_acked": True})

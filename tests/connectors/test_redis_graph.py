@@ -69,3 +69,91 @@ def test_example_graph_validates_and_claim_interval_is_checked() -> None:
     assert graph is not None
     assert [(d.code, d.line) for d in diags] == [("W351", 13)]
     assert "claim_interval (20s) should be below half of min_idle (30s)" in diags[0].message
+
+
+CRASH_GRAPH = """
+version: 1
+name: redis_crash
+defaults: {max_in_flight: 200, batch_size: 100}
+connections:
+  cache: {type: redis, url: "%(url)s"}
+nodes:
+  events_in:
+    type: redis_stream_source
+    config: {connection: cache, stream: "%(stream)s", group: g, consumer: worker-1, start: "0", batch: 100,
+             block: 20ms}
+  cache:
+    type: redis_cache_sink
+    inputs: [events_in]
+    config: {connection: cache, key: '"%(p)s:e:" + msg.id', value: msg.id, ttl: 10m}
+  log:
+    type: redis_stream_sink
+    inputs: [events_in]
+    config: {connection: cache, stream: "%(p)s.log", maxlen: null}
+"""
+
+
+@aio
+async def test_streamdag_run_killed_9_then_terminated_then_resumed(tmp_path: Path) -> None:
+    """`streamdag run` killed with SIGKILL mid-run, rerun and stopped with SIGTERM, rerun to the end:
+    every entry lands in the (idempotent) cache exactly once, nothing stays pending."""
+    import asyncio
+    import signal
+    import subprocess
+    import sys
+
+    p = unique("redis-crash")
+    stream, n = f"{p}.events", 8_000
+    r = aredis.Redis.from_url(REDIS_URL)
+    graph = tmp_path / "crash.yaml"
+    graph.write_text(CRASH_GRAPH % {"url": REDIS_URL, "stream": stream, "p": p})
+    pipe = r.pipeline(transaction=False)
+    for i in range(n):
+        pipe.xadd(stream, {"body": orjson.dumps({"id": f"{i:05d}"})})
+    await pipe.execute()
+    cli = [sys.executable, "-m", "engine.cli", "run", str(graph), "-q"]
+    root = str(Path(__file__).parents[2])
+
+    async def start(*extra: str) -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(*cli, *extra, cwd=root, stderr=subprocess.PIPE)
+
+    async def wait_log(more_than: int) -> int:
+        deadline = asyncio.get_running_loop().time() + 30
+        while (length := await r.xlen(f"{p}.log")) <= more_than:
+            assert asyncio.get_running_loop().time() < deadline, "no progress"
+            await asyncio.sleep(0.01)
+        return int(length)
+
+    try:
+        proc = await start()
+        seen = await wait_log(0)
+        proc.send_signal(signal.SIGKILL)
+        await proc.wait()
+        assert seen < n, "the run ended before the kill: make it longer"
+        pending = (await r.xpending(stream, "g"))["pending"]
+        assert pending > 0  # read, not acked: a crash between read and ack
+
+        proc = await start()
+        await wait_log(await r.xlen(f"{p}.log"))
+        proc.send_signal(signal.SIGTERM)  # graceful: what was read is written and acked before exit
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 0, err.decode()
+        assert (await r.xpending(stream, "g"))["pending"] == 0
+
+        proc = await start("--set", "nodes.events_in.config.exit_when_idle=true")
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err.decode()
+        keys = [k async for k in r.scan_iter(match=f"{p}:e:*", count=5000)]
+        assert len(keys) == n  # every entry processed, once per key
+        assert await r.xlen(f"{p}.log") >= n  # at least once: the entries the kill left pending came again
+        assert (await r.xpending(stream, "g"))["pending"] == 0
+        logged = [orjson.loads(f[b"body"])["id"] for _, f in await r.xrange(f"{p}.log")]
+        assert set(logged) == {f"{i:05d}" for i in range(n)}
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        found = [k async for k in r.scan_iter(match=f"{p}*", count=5000)]
+        for i in range(0, len(found), 1000):
+            await r.delete(*found[i:i + 1000])
+        await r.aclose()

@@ -14,10 +14,9 @@ import pytest
 import redis.asyncio as aredis
 from pydantic import ValidationError
 
-from engine.errors import ConnectorError
+from engine.errors import ConfigError, ConnectorError
 from engine.message import Msg
 from engine.runtime.context import Resources
-from operators.connectors.redis_conn import parse_duration
 from operators.connectors.redis_streams import (
     RedisStreamSink,
     RedisStreamSinkConfig,
@@ -62,15 +61,12 @@ def source(stream: str, resources: Resources, **cfg) -> RedisStreamSource:
     return RedisStreamSource("events_in", config, make_ctx("events_in", resources, cfg.pop("url", REDIS_URL)))
 
 
-def test_durations() -> None:
-    assert parse_duration("1h") == 3600 and parse_duration("30s") == 30 and parse_duration(5) == 5.0
-    assert parse_duration("250ms") == 0.25 and parse_duration("7d") == 7 * 86400 and parse_duration("5m") == 300
-    for bad in ("1y", "-3s", "", True, -1, "h"):
-        with pytest.raises(ValueError):
-            parse_duration(bad)
+def test_config_durations_and_fields() -> None:
+    cfg = RedisStreamSourceConfig(connection="c", stream="s", group="g", min_idle="5m", block="250ms", start=0)
+    assert (cfg.min_idle, cfg.block, cfg.start) == (300.0, 0.25, "0")
     with pytest.raises(ValidationError, match="invalid duration"):
         RedisStreamSourceConfig(connection="c", stream="s", group="g", min_idle="soon")
-    with pytest.raises(ValidationError, match="greater than zero"):
+    with pytest.raises(ValidationError, match="greater than 0"):
         RedisStreamSourceConfig(connection="c", stream="s", group="g", block="0s")
     with pytest.raises(ValidationError, match="overwrite the body field"):
         RedisStreamSinkConfig(connection="c", stream="s", fields={"body": "msg.x"})
@@ -135,6 +131,30 @@ async def test_group_from_dollar_skips_history(keys) -> None:
     await run.wait_for(lambda: len(run.delivered) == 3)
     await run.finish()
     assert [m.body for m in run.delivered] == [{"new": 1}] * 3
+    await res.close()
+
+
+@aio
+async def test_destroyed_group_is_recreated_and_a_wrong_key_type_is_a_config_error(keys) -> None:
+    r = connect()
+    stream, wrong = unique(), unique()
+    keys += [stream, wrong]
+    res = Resources()
+    run = Run(source(stream, res, block="10ms"))
+    await run.start(None)
+    await run.wait_for(lambda: group_exists(stream))
+    await fill(r, stream, [b'{"n": 1}'])
+    await run.wait_for(lambda: len(run.delivered) == 1)
+    await r.xgroup_destroy(stream, "g")
+    await run.wait_for(lambda: group_exists(stream))  # NOGROUP on the next read: created again from $
+    await fill(r, stream, [b'{"n": 2}'])
+    await run.wait_for(lambda: len(run.delivered) == 2)
+    await run.finish()
+    assert [m.body["n"] for m in run.delivered] == [1, 2]
+    await r.set(wrong, "not a stream")
+    bad = Run(source(wrong, res))
+    with pytest.raises(ConfigError, match=f"redis stream '{wrong}', group 'g': .*WRONGTYPE"):
+        await asyncio.wait_for(await bad.start(None), 10)
     await res.close()
 
 

@@ -91,9 +91,24 @@ def start_run(graph_dir: Path, yaml_text: str, *extra: str) -> LiveRun:
     path = graph_dir / "graph.yaml"
     path.write_text(textwrap.dedent(yaml_text))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "run", str(path), "--metrics-port", "0", "--log-format", "json", *extra],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=graph_dir,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        [
+            sys.executable,
+            "-m",
+            "engine.cli",
+            "run",
+            str(path),
+            "--metrics-port",
+            "0",
+            "--log-format",
+            "json",
+            *extra,
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+        cwd=graph_dir,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     run = LiveRun(proc, dir=graph_dir)
 
     def pump() -> None:

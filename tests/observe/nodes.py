@@ -12,7 +12,7 @@ from engine.api import NodeConfig, Source
 from engine.message import Msg
 from engine.runtime.outputs import SourceOutput
 
-__all__ = ["HookSource", "STATE"]
+__all__ = ["STATE", "HookSource"]
 
 STATE: dict[str, Any] = {"lag": 7, "up": True}
 
@@ -28,8 +28,12 @@ class HookSource(Source):
 
     async def run(self, out: SourceOutput) -> None:
         now = time.time()
-        await out.send([Msg({"i": i}, {"source": self.id, "seq": i, "timestamp": now}, out.tracker.new(i))
-                        for i in range(self.config.count)])
+        await out.send(
+            [
+                Msg({"i": i}, {"source": self.id, "seq": i, "timestamp": now}, out.tracker.new(i))
+                for i in range(self.config.count)
+            ]
+        )
         await out.stopping.wait()
 
     async def lag(self) -> int | None:

@@ -40,11 +40,16 @@ def test_parse_levels() -> None:
 
 
 def test_json_when_not_a_terminal_with_extra_fields(stream: io.StringIO) -> None:
-    logging.getLogger("streamdag.runtime").warning("node %s: giving up", "price",
-                                                   extra={"event": "retries_exhausted", "node": "price"})
+    logging.getLogger("streamdag.runtime").warning(
+        "node %s: giving up", "price", extra={"event": "retries_exhausted", "node": "price"}
+    )
     (line,) = lines(stream)
     assert line["level"] == "warning" and line["logger"] == "streamdag.runtime"
-    assert line["msg"] == "node price: giving up" and line["event"] == "retries_exhausted" and line["node"] == "price"
+    assert (
+        line["msg"] == "node price: giving up"
+        and line["event"] == "retries_exhausted"
+        and line["node"] == "price"
+    )
     assert isinstance(line["ts"], float)
 
 
@@ -77,6 +82,7 @@ DEAD = """
 
 
 def test_dead_letter_lines_name_node_and_reason_not_payload(write_graph, stream: io.StringIO) -> None:
+    dead_letter_policy.reset()
     report = run_graph(write_graph(DEAD))
     assert report.balanced and report.totals()["dead_lettered"] == 4
     dl = [x for x in lines(stream) if x.get("event") == "dead_lettered"]
@@ -89,7 +95,7 @@ def test_dead_letter_lines_name_node_and_reason_not_payload(write_graph, stream:
 def test_dead_letter_payload_when_asked_and_rate_limit(write_graph, stream: io.StringIO) -> None:
     saved = (dead_letter_policy.include_payload, dead_letter_policy.limit_per_second)
     dead_letter_policy.include_payload, dead_letter_policy.limit_per_second = True, 2
-    dead_letter_policy._window = 0.0
+    dead_letter_policy.reset()
     try:
         run_graph(write_graph(DEAD))
         dead_letter_policy.flush()
@@ -103,15 +109,35 @@ def test_dead_letter_payload_when_asked_and_rate_limit(write_graph, stream: io.S
 
 
 def test_bad_log_level_is_a_clear_cli_error(tmp_path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "--log-level", "LOUD", "schema"],
-                          capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "--log-level", "LOUD", "schema"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert proc.returncode == 1 and "unknown log level 'LOUD'" in proc.stderr
 
 
 def test_run_log_level_per_node_on_the_cli(write_graph) -> None:
     path = write_graph(DEAD)
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "run", str(path), "--log-level", "ERROR",
-                           "--log-level", "node.price=WARNING"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "engine.cli",
+            "run",
+            str(path),
+            "--log-level",
+            "ERROR",
+            "--log-level",
+            "node.price=WARNING",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     events = [json.loads(x) for x in proc.stderr.splitlines() if x.startswith("{")]
     assert [e["event"] for e in events] == ["dead_lettered"] * 4  # price's warnings pass, INFO lines do not

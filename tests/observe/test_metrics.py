@@ -32,8 +32,12 @@ def scrape(run: LiveRun) -> dict[Any, float]:
 
 
 def test_metrics_while_running(live_run: LiveRun) -> None:
-    sm = wait_for(lambda: (s := scrape(live_run)) and value(s, "streamdag_node_committed_total", node="out") >= 300
-                  and s, what="the sink to commit 300 messages")
+    sm = wait_for(
+        lambda: (
+            (s := scrape(live_run)) and value(s, "streamdag_node_committed_total", node="out") >= 300 and s
+        ),
+        what="the sink to commit 300 messages",
+    )
     node = {"graph": "observed"}
     assert value(sm, "streamdag_run_info", graph="observed") == 1
     assert value(sm, "streamdag_run_draining", **node) == 0
@@ -59,8 +63,10 @@ def test_metrics_while_running(live_run: LiveRun) -> None:
     mean = value(sm, "streamdag_end_to_end_latency_seconds_sum", sink="out") / e2e
     assert 0 <= mean < 5.0
     # the source ledger balances while running
-    ledger = {o: value(sm, "streamdag_source_settled_total", source="gen", outcome=o)
-              for o in ("delivered", "filtered", "dead_lettered", "failed")}
+    ledger = {
+        o: value(sm, "streamdag_source_settled_total", source="gen", outcome=o)
+        for o in ("delivered", "filtered", "dead_lettered", "failed")
+    }
     entered = value(sm, "streamdag_source_messages_total", source="gen")
     in_flight = value(sm, "streamdag_source_in_flight", source="gen")
     assert entered == sum(ledger.values()) + in_flight and ledger["delivered"] >= 300
@@ -71,8 +77,10 @@ def test_metrics_while_running(live_run: LiveRun) -> None:
 
 def test_rates_move_between_scrapes(live_run: LiveRun) -> None:
     first = value(scrape(live_run), "streamdag_node_committed_total", node="out")
-    wait_for(lambda: value(scrape(live_run), "streamdag_node_committed_total", node="out") > first + 100,
-             what="more commits")
+    wait_for(
+        lambda: value(scrape(live_run), "streamdag_node_committed_total", node="out") > first + 100,
+        what="more commits",
+    )
 
 
 def test_api_stats_and_status_page(live_run: LiveRun) -> None:
@@ -100,7 +108,9 @@ def test_unknown_path_is_404(live_run: LiveRun) -> None:
 
 def test_sigterm_drains_and_logs_json(tmp_path) -> None:
     run = start_run(tmp_path, RATE_GRAPH)
-    wait_for(lambda: value(scrape(run), "streamdag_node_committed_total", node="out") > 0, what="first commits")
+    wait_for(
+        lambda: value(scrape(run), "streamdag_node_committed_total", node="out") > 0, what="first commits"
+    )
     assert run.stop() == 0
     events = run.events()
     kinds = [e.get("event") for e in events]
@@ -120,8 +130,14 @@ def test_port_in_use_is_a_clear_error(tmp_path, live_run: LiveRun) -> None:
 
     path = tmp_path / "g.yaml"
     path.write_text(textwrap.dedent(RATE_GRAPH))
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "run", str(path), "--metrics-port", str(live_run.port)],
-                          capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "run", str(path), "--metrics-port", str(live_run.port)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+        check=False,
+    )
     assert proc.returncode == 2
     assert f"cannot serve metrics on 127.0.0.1:{live_run.port}" in proc.stderr
     assert not (tmp_path / "out.ndjson").exists() or (tmp_path / "out.ndjson").read_text() == ""

@@ -52,8 +52,10 @@ def test_lag_and_connection_hooks(write_graph, caplog: pytest.LogCaptureFixture)
         obs = await Observers.start(runner, metrics_port=0, interval=0.02)
         run = asyncio.create_task(runner.run())
         mon = obs.monitor
-        await until(lambda: mon.lag.get("src") == 7 and runner.trackers and runner.trackers["src"].delivered == 25,
-                    "lag and delivery")
+        await until(
+            lambda: mon.lag.get("src") == 7 and runner.trackers and runner.trackers["src"].delivered == 25,
+            "lag and delivery",
+        )
         STATE.update(up=False, lag=3)
         await until(lambda: mon.connections.get(("src", "primary")) is False and mon.lag["src"] == 3, "lost")
         down = render_metrics(obs.server.registry).decode()  # type: ignore[union-attr]
@@ -120,3 +122,41 @@ def test_a_failing_hook_does_not_stop_the_run(write_graph) -> None:
         await obs.close()
 
     asyncio.run(scenario())
+
+
+STALL = """
+    version: 1
+    name: stall
+    nodes:
+      src: {type: generate, config: {count: 40, batch: 40}}
+      held: {type: test_sink, inputs: [src], config: {gate: operate_stall}}
+      dead: {type: file_sink, inputs: [src.errors, held.errors], config: {path: dead.ndjson}}
+"""
+
+
+def test_stalled_seconds_grow_while_nothing_settles(write_graph) -> None:
+    from tests.runtime.test_nodes import GATES, RECORD
+
+    RECORD.clear()
+    runner = Runner(load_graph(str(write_graph(STALL))))
+
+    async def scenario() -> str:
+        GATES["operate_stall"] = asyncio.Event()
+        obs = await Observers.start(runner, metrics_port=0, interval=0.02)
+        run = asyncio.create_task(runner.run())
+        await until(lambda: obs.monitor.stalled.get("src", 0) > 0.2, "the stall gauge to grow")
+        text = render_metrics(obs.server.registry).decode()  # type: ignore[union-attr]
+        GATES["operate_stall"].set()
+        await until(
+            lambda: runner.trackers["src"].delivered == 40 and obs.monitor.stalled["src"] == 0, "recovery"
+        )
+        assert (await run).balanced
+        await obs.close()
+        return text
+
+    text = asyncio.run(scenario())
+    line = next(
+        x for x in text.splitlines() if x.startswith('streamdag_source_stalled_seconds{graph="stall"')
+    )
+    assert float(line.split()[-1]) > 0.2
+    assert 'streamdag_source_in_flight{graph="stall",source="src"} 40.0' in text

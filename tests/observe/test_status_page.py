@@ -15,16 +15,32 @@ from tests.observe.conftest import LiveRun
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install -y chromium); status page not rendered")
+    CHROMIUM is None,
+    reason="chromium is not installed (Debian: apt-get install -y chromium); status page not rendered",
+)
 
 
 def chromium(profile: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """Headless Chromium with a private profile; virtual time lets the page poll /api/stats twice."""
     return subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--no-first-run", "--disable-dev-shm-usage", f"--user-data-dir={profile}",
-         "--virtual-time-budget=3500", *args],
-        capture_output=True, text=True, timeout=90)
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            "--disable-dev-shm-usage",
+            f"--user-data-dir={profile}",
+            "--virtual-time-budget=3500",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
 
 
 def png_size(path: Path) -> tuple[int, int]:
@@ -43,11 +59,15 @@ def test_status_page_renders_live_stats(live_run: LiveRun, tmp_path: Path) -> No
     status = re.search(r'<div id="status"[^>]*>(.*?)</div>', dom)
     assert status and status.group(1).startswith("running") and "updated" in status.group(1), status
     assert "<td>ok</td>" in dom  # integrity column of the source table
+    # every edge (gen->price, price->out and three errors edges into dead) shows its target's queue fill
+    assert len(re.findall(r'<line [^>]*data-fill="[0-9.]+"', dom)) == len(re.findall("<line ", dom)) == 5
 
 
 def test_status_page_screenshot(live_run: LiveRun, tmp_path: Path) -> None:
     shot = tmp_path / "status.png"
-    proc = chromium(tmp_path / "profile", f"--screenshot={shot}", "--window-size=1000,700", live_run.url + "/")
+    proc = chromium(
+        tmp_path / "profile", f"--screenshot={shot}", "--window-size=1000,700", live_run.url + "/"
+    )
     assert shot.exists(), proc.stderr[-2000:]
     assert png_size(shot) == (1000, 700)
     assert shot.stat().st_size > 10_000  # a drawn page, not a blank one

@@ -29,9 +29,14 @@ def test_metrics_url_forms() -> None:
 
 def test_view_from_two_scrapes(live_run: LiveRun) -> None:
     first = parse_metrics(get(live_run.url + "/metrics").decode())
-    second = wait_for(lambda: (s := parse_metrics(get(live_run.url + "/metrics").decode()))
-                      and s.nodes["out"]["committed"] > first.nodes["out"]["committed"] + 200 and s,
-                      what="200 more commits")
+    second = wait_for(
+        lambda: (
+            (s := parse_metrics(get(live_run.url + "/metrics").decode()))
+            and s.nodes["out"]["committed"] > first.nodes["out"]["committed"] + 200
+            and s
+        ),
+        what="200 more commits",
+    )
     assert second.graph == "observed" and second.nodes["price"]["capacity"] == 4000
     text = render(build_view(first, second, live_run.url))
     assert "streamdag top  observed  running" in text
@@ -41,7 +46,9 @@ def test_view_from_two_scrapes(live_run: LiveRun) -> None:
     # node, type, in/s, out/s, queue bar, fill %, p99, e2e p99, err, retry, dlq
     assert rows["price"][1] == "map" and rows["out"][1] == "file_sink" and rows["gen"][1] == "generate"
     rate = rows["out"][3]
-    assert re.fullmatch(r"[\d.]+k?", rate) and float(rate.rstrip("k")) * (1000 if rate.endswith("k") else 1) > 0
+    assert (
+        re.fullmatch(r"[\d.]+k?", rate) and float(rate.rstrip("k")) * (1000 if rate.endswith("k") else 1) > 0
+    )
     assert re.search(r"\d+%", " ".join(rows["price"]))  # queue fill
     assert re.search(r"[\d.]+ms", " ".join(rows["out"]))  # p99 batch and end-to-end
     assert rows["price"][-3:] == ["0", "0", "0"]  # errors, retries, dead-lettered
@@ -49,39 +56,64 @@ def test_view_from_two_scrapes(live_run: LiveRun) -> None:
 
 
 def test_view_shows_integrity_mismatch_and_lost_connection() -> None:
-    text = "\n".join([
-        'streamdag_run_info{graph="g"} 1.0',
-        'streamdag_node_messages_out_total{graph="g",kind="source",node="s",type="t"} 10.0',
-        'streamdag_source_messages_total{graph="g",source="s"} 10.0',
-        'streamdag_integrity_mismatch{graph="g",source="s"} 1.0',
-        'streamdag_source_lag_messages{graph="g",source="s"} 42.0',
-        'streamdag_connection_up{graph="g",node="s",connection="nats"} 0.0',
-    ]) + "\n"
+    text = """streamdag_run_info{graph="g"} 1.0
+streamdag_node_messages_out_total{graph="g",kind="source",node="s",type="t"} 10.0
+streamdag_source_messages_total{graph="g",source="s"} 10.0
+streamdag_integrity_mismatch{graph="g",source="s"} 1.0
+streamdag_source_lag_messages{graph="g",source="s"} 42.0
+streamdag_connection_up{graph="g",node="s",connection="nats"} 0.0
+"""
     out = render(build_view(None, parse_metrics(text)))
     assert "MISMATCH" in out and "connections down: s/nats" in out and "42" in out
 
 
 def test_top_once_against_a_live_run(live_run: LiveRun) -> None:
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "top", "--once", "--interval", "0.5", live_run.url],
-                          capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "top", "--once", "--interval", "0.5", live_run.url],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "observed" in proc.stdout and "price" in proc.stdout and "file_sink" in proc.stdout
 
 
 def test_top_once_unreachable_is_a_clear_error() -> None:
-    proc = subprocess.run([sys.executable, "-m", "engine.cli", "top", "--once", "127.0.0.1:9"],
-                          capture_output=True, text=True, timeout=30)
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "top", "--once", "127.0.0.1:9"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert proc.returncode == 2 and "cannot scrape http://127.0.0.1:9/metrics" in proc.stdout
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 def test_top_under_tmux(live_run: LiveRun) -> None:
     sock = f"operate-{uuid.uuid4().hex[:8]}"  # a private tmux server: kill-server only ends ours
-    subprocess.run(["tmux", "-L", sock, "new-session", "-d", "-x", "130", "-y", "30",
-                    f"env -u COLUMNS -u LINES {sys.executable} -m engine.cli top {live_run.url}"], check=True)
+    subprocess.run(
+        [
+            "tmux",
+            "-L",
+            sock,
+            "new-session",
+            "-d",
+            "-x",
+            "130",
+            "-y",
+            "30",
+            f"env -u COLUMNS -u LINES {sys.executable} -m engine.cli top {live_run.url}",
+        ],
+        check=True,
+    )
     try:
+
         def screen() -> str:
-            return subprocess.run(["tmux", "-L", sock, "capture-pane", "-p"], capture_output=True, text=True).stdout
+            return subprocess.run(
+                ["tmux", "-L", sock, "capture-pane", "-p"], capture_output=True, text=True, check=False
+            ).stdout
 
         def shows_rates() -> str | None:
             s = screen()
@@ -92,4 +124,4 @@ def test_top_under_tmux(live_run: LiveRun) -> None:
         s = wait_for(shows_rates, 20, "top to show the sink's rate")
         assert "streamdag top  observed  running" in s and "price" in s and "integrity" in s
     finally:
-        subprocess.run(["tmux", "-L", sock, "kill-server"], capture_output=True)
+        subprocess.run(["tmux", "-L", sock, "kill-server"], capture_output=True, check=False)

@@ -127,3 +127,24 @@ def test_end_to_end_groups_are_written_and_every_item_acked(
     assert [len(g) for g in groups] == [100] * 10 + [50]
     assert [b["n"] for g in groups for b in g] == list(range(1050))
     assert report.stats["group"].received == 1050 and report.stats["group"].emitted == 11
+
+
+def test_end_to_end_period_flush_through_the_scheduler_tick(
+    write_graph: Any, run: Any, tmp_path: Path
+) -> None:
+    """A slow source (one message every 4 ms) and a 10 ms period: groups leave long before count."""
+    path = write_graph("""\
+        version: 1
+        name: b2
+        defaults: {dead_letter: dead}
+        nodes:
+          src: {type: generate, config: {count: 40, rate: 250, batch: 1, template: '{"n": msg.i}'}}
+          group: {type: batch, inputs: [src], config: {count: 1000, period: 0.01}}
+          out: {type: file_sink, inputs: [group], config: {path: groups.ndjson}}
+          dead: {type: file_sink, inputs: [src.errors], config: {path: dead.ndjson}}
+    """)
+    report = run(path)
+    assert report.error is None and report.balanced and report.totals()["delivered"] == 40
+    groups = [orjson.loads(x) for x in (tmp_path / "groups.ndjson").read_bytes().splitlines()]
+    assert len(groups) >= 4 and max(len(g) for g in groups) < 40
+    assert [b["n"] for g in groups for b in g] == list(range(40))

@@ -173,3 +173,37 @@ def test_raw_file_sink_sends_non_bytes_to_errors(write_graph: Any, run: Any, tmp
     report = run(tmp_path / "graph.yaml")
     assert report.balanced and report.totals()["delivered"] == 5 and report.totals()["dead_lettered"] == 5
     assert (tmp_path / "out.txt").read_bytes() == b"02468"
+
+
+def test_archive_example_graph(tmp_path: Path) -> None:
+    """graphs/archive.yaml: every event ends up in exactly one shard file, users never split."""
+    from engine.cli import main
+
+    root = Path(__file__).resolve().parents[2]
+    files = [tmp_path / "a0.zst", tmp_path / "a1.zst"]
+    sets = [
+        "--set",
+        f"nodes.file0.config.path={files[0]}",
+        "--set",
+        f"nodes.file1.config.path={files[1]}",
+        "--set",
+        f"nodes.dead.config.path={tmp_path / 'dead.ndjson'}",
+        "--set",
+        "nodes.events.config.count=3000",
+    ]
+    assert main(["run", str(root / "graphs" / "archive.yaml"), "-q", *sets]) == 0
+    shards = []
+    for f in files:
+        text = (
+            zstandard.ZstdDecompressor().stream_reader(f.open("rb"), read_across_frames=True).read().decode()
+        )
+        rows, decoder = [], json.JSONDecoder()
+        while text:
+            group, end = decoder.raw_decode(text)
+            assert 1 <= len(group) <= 500
+            rows.extend(group)
+            text = text[end:]
+        shards.append(rows)
+    assert sorted(r["id"] for s in shards for r in s) == list(range(3000))
+    assert not {r["user"] for r in shards[0]} & {r["user"] for r in shards[1]}
+    assert [r["id"] for r in shards[0]] == sorted(r["id"] for r in shards[0])  # ordered: true keeps order

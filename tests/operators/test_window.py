@@ -13,7 +13,8 @@ from engine.message import DELIVERED, AckTracker, Msg
 from engine.runtime.context import NodeContext, Resources
 from engine.runtime.outputs import Outputs
 from engine.runtime.stats import NodeStats
-from operators.window import Window, WindowConfig, format_time, parse_duration, parse_event_time
+from engine.spec.units import parse_duration
+from operators.window import Window, WindowConfig, format_time, parse_event_time
 
 
 class Clock:
@@ -469,3 +470,71 @@ def test_output_with_an_integer_beyond_64_bits_still_goes_out() -> None:
     op.flush(out)
     (w,) = out.take()["out"]
     assert w.body["aggregates"] == {"s": 2**63} and w.size > 0
+
+
+def test_session_extended_past_the_watermark_by_late_items_waits_for_it() -> None:
+    op = make(**event(kind="session", size=None, gap=10, allowed_lateness=100))
+    assert spans(feed(op, [{"t": 0}, {"t": 12}])["out"]) == [(None, 0, 10, 1)]  # watermark 12
+    # t=1 updates the closed [0,11); t=8 then bridges it with [12,22): [0,22) is open again
+    assert feed(op, [{"t": 1}, {"t": 8}])["out"] == []
+    (update,) = feed(op, [{"t": 22}])["out"]  # watermark 22 closes [0,22)
+    assert spans([update]) == [(None, 0, 22, 4)]
+    assert update.body["replaces"] == [{"start": format_time(0), "end": format_time(10_000_000)}]
+
+
+def test_session_purge_horizons_are_forgotten_without_losing_too_late_detection() -> None:
+    op = make(**event(kind="session", size=None, gap=5, key="msg.k"))
+    feed(op, [{"t": 0, "k": f"k{i}"} for i in range(3000)])
+    feed(op, [{"t": 100, "k": "other"}, {"t": 200, "k": "other"}])  # purges 3000 sessions, then prunes
+    assert len(op.store._purged_until) < 3000
+    res = feed(op, [{"t": 3, "k": "k7"}, {"t": 198, "k": "k7"}])
+    assert [m.body["t"] for m in res["late"]] == [3] and res["errors"] == []
+
+
+def test_an_unexpected_exception_from_an_expression_is_that_items_error() -> None:
+    op = make(**event(aggregates={"n": {"op": "count"}}))
+
+    def broken(body: Any, meta: Any) -> Any:
+        if body.get("boom"):
+            raise RuntimeError("duplicate map key")
+        return body["t"]
+
+    op._time.fn = broken  # type: ignore[union-attr]  # stands in for a runtime that raises
+    res = feed(op, [{"t": 1}, {"t": 2, "boom": True}, {"t": 3}])
+    assert [e.body["error"] for e in res["errors"]] == ["window: RuntimeError: duplicate map key"]
+    out = new_out()
+    op.flush(out)
+    assert spans(out.take()["out"]) == [(None, 0, 10, 2)]
+
+
+@pytest.mark.parametrize("on_drain", ["flush", "redeliver"])
+def test_a_stop_flushes_or_fails_open_windows_for_redelivery(on_drain: str) -> None:
+    tracker = AckTracker()
+    op = make(**event(kind="sliding", size=10, slide=5, on_drain=on_drain))
+    closed = feed(op, [{"t": 1}, {"t": 7}, {"t": 11}], tracker)["out"]  # watermark 11
+    assert spans(closed) == [(None, -5, 5, 1), (None, 0, 10, 2)]
+    for m in closed:
+        m.ack.finish(DELIVERED)
+    assert tracker.take()[0] == [0]  # t=1 is done; t=7 and t=11 are still held by open windows
+    op.ctx.draining = True  # what the scheduler sets on SIGTERM
+    out = new_out()
+    op.flush(out)
+    emitted = out.take()["out"]
+    if on_drain == "flush":
+        assert spans(emitted) == [(None, 5, 15, 2), (None, 10, 20, 1)]
+        for m in emitted:
+            m.ack.finish(DELIVERED)
+        assert sorted(tracker.take()[0]) == [1, 2]
+    else:
+        assert emitted == [] and op.store.open_windows == 0
+        done, failed = tracker.take()
+        assert done == [] and sorted(t for t, _ in failed) == [1, 2]
+        assert "on_drain: redeliver" in failed[0][1] and tracker.in_flight == 0
+
+
+def test_end_of_input_flushes_even_with_on_drain_redeliver() -> None:
+    op = make(**event(on_drain="redeliver"))
+    feed(op, [{"t": 1}])
+    out = new_out()
+    op.flush(out)
+    assert spans(out.take()["out"]) == [(None, 0, 10, 1)]

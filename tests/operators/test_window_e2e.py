@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -79,3 +80,58 @@ def test_streamdag_run_writes_one_line_per_window(tmp_path: Path) -> None:
     assert len(lines) == 9 and not any(w["update"] for w in lines)
     assert (tmp_path / "late.ndjson").read_text() == ""
     assert (tmp_path / "dead.ndjson").read_text() == ""
+
+
+STOPPED = """
+version: 1
+name: window_stop
+defaults: {dead_letter: dead}
+nodes:
+  gen:
+    type: generate
+    config: {rate: 2000, batch: 50}
+  hourly:
+    type: window
+    inputs: [gen]
+    config: {kind: tumbling, size: 1h, on_drain: ON_DRAIN, aggregates: {n: {op: count}}}
+  out:
+    type: file_sink
+    inputs: [hourly]
+    config: {path: out.ndjson}
+  dead:
+    type: file_sink
+    inputs: [gen.errors, hourly.errors]
+    config: {path: dead.ndjson}
+"""
+
+
+@pytest.mark.parametrize("on_drain", ["flush", "redeliver"])
+def test_a_stopped_graph_flushes_or_fails_the_open_window(tmp_path: Path, on_drain: str) -> None:
+    import asyncio
+    import time
+
+    from engine.compile.validate import load_graph
+    from engine.runtime.scheduler import Runner
+
+    path = tmp_path / "graph.yaml"
+    path.write_text(STOPPED.replace("ON_DRAIN", on_drain))
+    runner = Runner(load_graph(str(path)))
+
+    async def run_then_stop() -> Any:
+        task = asyncio.create_task(runner.run())
+        deadline = time.monotonic() + 30
+        while runner.stats["hourly"].received < 100:  # the hour-long window holds items
+            assert time.monotonic() < deadline and not task.done()
+            await asyncio.sleep(0.01)
+        runner.stop()  # what SIGTERM does
+        return await task
+
+    report = asyncio.run(run_then_stop())
+    totals = report.totals()
+    held = runner.stats["hourly"].received
+    assert report.balanced and totals["in_flight"] == 0 and totals["entered"] == held
+    lines = (tmp_path / "out.ndjson").read_text().splitlines()
+    if on_drain == "flush":
+        assert sum(json.loads(line)["count"] for line in lines) == held and totals["delivered"] == held
+    else:
+        assert lines == [] and totals["nacked"] == held  # JetStream would redeliver them after a restart

@@ -21,7 +21,7 @@ from engine.api import CelExpr, CheckContext, CheckIssue, NodeConfig, Sink
 from engine.errors import ConnectionLost
 from engine.expr import EvalError, compile_expr
 from engine.message import Msg
-from engine.spec.connections import Duration
+from engine.spec.units import Duration
 
 from .connection import NatsHandle, nats_handle
 from .streams import subject_within

@@ -27,7 +27,7 @@ from pydantic import Field, model_validator
 from engine.api import CheckContext, CheckIssue, NodeConfig, RetryPolicy, Source
 from engine.message import Msg
 from engine.runtime.outputs import SourceOutput
-from engine.spec.connections import Duration, Size
+from engine.spec.units import Duration, Size
 
 from .connection import JetStreamConnectionError, NatsHandle, nats_handle
 from .streams import subject_within
@@ -79,6 +79,12 @@ class JetStreamSourceConfig(NodeConfig):
     )
     batch: int = Field(1000, ge=1, le=100_000, description="Messages asked for per pull request.")
     max_bytes: Size | None = Field(None, ge=1, description="Bytes asked for per pull request (e.g. 4MB).")
+    pull_requests: int = Field(
+        2,
+        ge=1,
+        le=16,
+        description="Pull requests kept open at once, so the server fills one while the graph works.",
+    )
     expires: Duration = Field(5.0, gt=0, description="Seconds a pull request waits for new messages.")
     codec: Literal["json", "text", "bytes"] = Field(
         "json", description="How a message's data becomes its body."
@@ -133,9 +139,8 @@ class JetStreamSource(Source):
         self._dead: list[Msg] = []
         self._wake = asyncio.Event()
         self._req_n = 0  # pull requests sent
-        self._req_subject = ""  # reply subject of the open request
-        self._req_left = 0  # messages the open request may still bring
-        self._req_sent = 0.0
+        # open pull requests, oldest first: reply subject -> [messages it may still bring, time sent]
+        self._open: dict[str, list[float]] = {}
         self._held: deque[tuple[float, list[Msg]]] = deque()
         self._held_n = 0
         self._out: SourceOutput | None = None
@@ -172,6 +177,13 @@ class JetStreamSource(Source):
         ]
 
     # -- lifecycle -------------------------------------------------------------------------------------------
+
+    async def lag(self) -> int | None:
+        """Messages in the stream this consumer has not been delivered yet (`num_pending`)."""
+        if self._h is None:
+            return None
+        info = await self._h.js.consumer_info(self.config.stream, self.config.durable)  # type: ignore[union-attr]
+        return int(info.num_pending or 0)
 
     async def start(self) -> None:
         self._h = await nats_handle(self.ctx, self.config.connection)
@@ -244,6 +256,13 @@ class JetStreamSource(Source):
     async def _ensure_consumer(self) -> None:
         from nats.js.errors import Error as JsError
 
+        version = self._h.nc.connected_server_version  # type: ignore[union-attr]
+        if len(self.config.subjects) > 1 and (version.major, version.minor) < (2, 10):
+            raise JetStreamConnectionError(
+                f"node {self.id!r}: several filter subjects need nats-server 2.10 or later (this one is "
+                f"{version.major}.{version.minor}.{version.patch}); an older server would ignore them and "
+                f"deliver the whole stream"
+            )
         try:
             await self._h.js.add_consumer(self.config.stream, self._consumer_config())  # type: ignore[union-attr]
         except JsError as exc:
@@ -260,12 +279,16 @@ class JetStreamSource(Source):
     ) -> None:
         if reply:
             self._buf.append((subject, reply, data, headers))
-            self._req_left -= 1
-            if len(self._buf) == 1 or self._req_left <= 0:
+            if self._open:  # the server fills pull requests in order
+                first = next(iter(self._open.values()))
+                first[0] -= 1
+                if first[0] <= 0:
+                    self._open.pop(next(iter(self._open)))
+                    self._wake.set()
+            if len(self._buf) == 1:
                 self._wake.set()
             return
-        if status in _STATUS_DONE and subject == self._req_subject:
-            self._req_left = 0
+        if status in _STATUS_DONE and self._open.pop(subject, None) is not None:
             self._wake.set()
             if status == "409":
                 desc = (headers or {}).get("Description", "")
@@ -280,7 +303,7 @@ class JetStreamSource(Source):
             log.exception("node %s: re-creating consumer failed", self.id)
 
     async def _on_reconnect(self) -> None:
-        self._req_left = 0  # the open pull request died with the old connection
+        self._open.clear()  # the open pull requests died with the old connection
         self._wake.set()
 
     def _limit(self) -> int:
@@ -289,17 +312,25 @@ class JetStreamSource(Source):
         return min(self.max_ack_pending, cap) if cap > 0 else self.max_ack_pending
 
     async def _request(self) -> None:
-        """Send a pull request for as many messages as the graph has room for."""
+        """Keep up to `pull_requests` requests open, for as many messages as the graph has room for."""
+        now = time.monotonic()
+        for subject, (_, sent) in list(self._open.items()):
+            if now - sent > self.config.expires + 2.0:
+                del self._open[subject]  # lost (no 408 came): forget it so another goes out
+        while len(self._open) < self.config.pull_requests:
+            if not await self._request_one():
+                return
+
+    async def _request_one(self) -> bool:
         tracker = self._out.tracker  # type: ignore[union-attr]
         limit = self._limit()
-        room = limit - tracker.in_flight - len(self._buf)
+        room = limit - tracker.in_flight - len(self._buf) - int(sum(r[0] for r in self._open.values()))
         n = min(self.config.batch, room)
         if n <= 0 or n < min(self.config.batch, max(1, limit // 4)):
-            return
+            return False
         self._req_n += 1
-        self._req_subject = f"{self._inbox}.{self._req_n}"
-        self._req_left = n
-        self._req_sent = time.monotonic()
+        reply = f"{self._inbox}.{self._req_n}"
+        self._open[reply] = [n, time.monotonic()]
         req: dict[str, Any] = {"batch": n, "expires": int(self.config.expires * 1e9)}
         if self.config.max_bytes:
             req["max_bytes"] = self.config.max_bytes
@@ -307,11 +338,12 @@ class JetStreamSource(Source):
             await self._h.nc.publish(  # type: ignore[union-attr]
                 f"$JS.API.CONSUMER.MSG.NEXT.{self.config.stream}.{self.config.durable}",
                 orjson.dumps(req),
-                reply=self._req_subject,
+                reply=reply,
             )
         except Exception as exc:  # noqa: BLE001 - connection closed or its buffer full while reconnecting
-            log.warning("node %s: pull request not sent (%s); retrying", self.id, exc)
-            self._req_left = 1  # counts as open: the watchdog re-sends it after `expires`
+            log.warning("node %s: pull request not sent (%s); retrying after expires", self.id, exc)
+            return False  # stays in _open until it counts as lost
+        return True
 
     async def run(self, out: SourceOutput) -> None:
         self._out = out
@@ -333,19 +365,16 @@ class JetStreamSource(Source):
         watchdog = self.config.expires + 2.0
         try:
             while not out.stopping.is_set():
-                if self._req_left <= 0:
-                    await self._request()
+                await self._request()
                 if not self._buf and not self._dead:
                     self._wake.clear()
                     try:
                         await asyncio.wait_for(self._wake.wait(), watchdog)
                     except asyncio.TimeoutError:
-                        if self._req_left > 0 and time.monotonic() - self._req_sent > watchdog:
-                            self._req_left = 0  # the request got lost (no 408 came): send another
+                        pass  # `_request` forgets requests that got lost
                     continue
                 raw, self._buf = self._buf, []
-                if self._req_left <= 0:
-                    await self._request()  # overlap the next round trip with this batch's work
+                await self._request()  # overlap the next round trips with this batch's work
                 msgs, errors = self._decode(raw)
                 if self._dead:
                     errors.extend(self._dead)
@@ -481,9 +510,8 @@ class JetStreamSource(Source):
 
     async def _tick_in_progress(self) -> None:
         cfg = self.config
-        period = (
-            min([cfg.ack_wait, *cfg.backoff]) / 3
-        )  # with backoff, the server waits backoff[n], not ack_wait
+        # with backoff, the server waits backoff[n] instead of ack_wait
+        period = min([cfg.ack_wait, *cfg.backoff]) / 3
         while True:
             await asyncio.sleep(period)
             cutoff = time.monotonic() - period

@@ -1,0 +1,69 @@
+"""The progress bar of finite runs: rendered from a real run, and on a real terminal under tmux."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import shutil
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from engine.compile.validate import load_graph
+from engine.observe.progress import known_total, show_progress
+from engine.runtime.scheduler import Runner
+from tests.observe.conftest import wait_for
+
+FINITE = """
+    version: 1
+    name: finite
+    nodes:
+      gen: {type: generate, config: {count: 3000, rate: 6000, batch: 100}}
+      out: {type: file_sink, inputs: [gen], config: {path: out.ndjson}}
+      dead: {type: file_sink, inputs: [gen.errors, out.errors], config: {path: dead.ndjson}}
+"""
+
+
+def test_progress_counts_to_the_known_total(write_graph) -> None:
+    runner = Runner(load_graph(str(write_graph(FINITE))))
+    assert known_total(runner) == 3000
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=120, color_system=None)
+
+    async def scenario() -> None:
+        bar = asyncio.create_task(show_progress(runner, console, interval=0.05))
+        report = await runner.run()
+        bar.cancel()
+        await asyncio.gather(bar, return_exceptions=True)
+        assert report.balanced
+
+    asyncio.run(scenario())
+    text = buf.getvalue()
+    assert "finite" in text and "3000/3000" in text and "100%" in text and "msg/s" in text
+    assert "0/3000" in text or any(
+        f"{n}/3000" in text for n in range(100, 3000, 100)
+    )  # it moved along the way
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_run_shows_a_progress_bar_on_a_terminal(tmp_path: Path) -> None:
+    path = tmp_path / "g.yaml"
+    path.write_text(textwrap.dedent(FINITE))
+    sock = f"operate-{uuid.uuid4().hex[:8]}"
+    done = tmp_path / "done"
+    cmd = f"env -u COLUMNS -u LINES {sys.executable} -m engine.cli run {path}; touch {done}; sleep 30"
+    subprocess.run(["tmux", "-L", sock, "new-session", "-d", "-x", "150", "-y", "20", cmd], check=True)
+    try:
+        wait_for(done.exists, 30, "the run to finish")
+        screen = subprocess.run(
+            ["tmux", "-L", sock, "capture-pane", "-p"], capture_output=True, text=True, check=False
+        ).stdout
+        assert "3000/3000" in screen and "100%" in screen, screen
+        assert "integrity OK: 3000 in" in screen
+    finally:
+        subprocess.run(["tmux", "-L", sock, "kill-server"], capture_output=True, check=False)
