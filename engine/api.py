@@ -124,6 +124,8 @@ class Node:
 
 class Source(Node):
     kind: ClassVar[Literal["source"]] = "source"
+    # True when `reject` makes the message come back later (nak, pending entry): see `defaults.on_error`.
+    redelivers: ClassVar[bool] = False
 
     async def run(self, out: SourceOutput) -> None:
         """Emit batches with `await out.send(msgs)` until exhausted or `out.stopping` is set."""

@@ -134,7 +134,7 @@ class AckTracker:
     """Collects settled acks of one source, and counts what is still in flight."""
 
     __slots__ = ("completed", "failed", "in_flight", "_wake", "_room", "_signal", "limit", "entered", "delivered",
-                 "filtered", "dead_lettered", "nacked")
+                 "filtered", "dead_lettered", "nacked", "redelivers")
 
     def __init__(self, limit: int = 0):
         self.completed: list[Any] = []
@@ -146,6 +146,7 @@ class AckTracker:
         self.filtered = 0
         self.dead_lettered = 0
         self.nacked = 0
+        self.redelivers = False  # the source can redeliver a failed message (JetStream nak, Redis pending)
         self._wake: asyncio.Event | None = None
         self._room: asyncio.Event | None = None
         self._signal = False  # an event may be cleared (someone may wait): settle must look at them

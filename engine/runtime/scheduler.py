@@ -70,6 +70,7 @@ class Runner:
         self.trackers: dict[str, AckTracker] = {}
         self.outputs: dict[str, SourceOutput] = {}
         self.dead_letter_sinks: set[str] = set()
+        self._redeliver = graph.spec.defaults.on_error == "redeliver"
         self._fatal: BaseException | None = None
         self._fatal_event = asyncio.Event()
         self._stopping = False
@@ -105,6 +106,10 @@ class Runner:
                 stats.errors += len(msgs)
             else:
                 stats.emitted += len(msgs)
+            if port == ERRORS and self._redeliver and self.graph.nodes[node_id].kind != "source":
+                msgs = self._redeliver_failed(msgs)
+                if not msgs:
+                    continue
             targets = self.routes.get((node_id, port))
             if not targets:
                 if port == ERRORS:
@@ -120,6 +125,20 @@ class Runner:
                     m.ack.retain(extra)
             for target in targets:
                 await self.channels[target].put(msgs)
+
+    def _redeliver_failed(self, msgs: list[Msg]) -> list[Msg]:
+        """`defaults.on_error: redeliver`: a failed message whose source can redeliver it is handed back
+        (its ack fails, the source naks it or leaves it pending); the source dead-letters it itself once
+        it was delivered `max_deliver` times. The others go on to the errors port as usual."""
+        keep = []
+        for m in msgs:
+            owner = m.ack.owner
+            if isinstance(owner, AckTracker) and owner.redelivers:
+                reason = m.body.get("error") if isinstance(m.body, dict) else "failed"
+                m.ack.fail(str(reason))
+            else:
+                keep.append(m)
+        return keep
 
     def _unhandled(self, node_id: str, msgs: list[Msg]) -> None:
         reason = msgs[0].body.get("error") if isinstance(msgs[0].body, dict) else "error"
@@ -339,6 +358,7 @@ class Runner:
         for node_id, rn in g.nodes.items():
             if rn.kind == "source":
                 tracker = AckTracker(limit=g.spec.defaults.max_in_flight)
+                tracker.redelivers = bool(getattr(self.nodes[node_id], "redelivers", False))
                 self.trackers[node_id] = tracker
                 self.outputs[node_id] = SourceOutput(
                     node_id, tracker, lambda lists, n=node_id: self._dispatch(n, lists), self.stats[node_id])

@@ -28,6 +28,13 @@ class Defaults(BaseModel):
     dead_letter: str | None = Field(
         None, description="A sink that receives from every `errors` port not wired explicitly."
     )
+    on_error: Literal["dead_letter", "redeliver"] = Field(
+        "dead_letter",
+        description="What a message failing in an operator or sink does: go to the errors port at once "
+        "(`dead_letter`), or, when its source can redeliver it (jetstream_source, redis_stream_source), go back "
+        "to the source to be delivered again after the retry delay; the source dead-letters it after "
+        "`max_deliver` deliveries (`redeliver`).",
+    )
 
 
 class NodeSpec(BaseModel):

@@ -82,6 +82,7 @@ class RedisStreamSource(Source):
 
     Config: ClassVar[type[NodeConfig]] = RedisStreamSourceConfig
     connection_types: ClassVar[tuple[str, ...]] = ("redis",)
+    redelivers = True  # reject() leaves the entry pending; reclaimed after min_idle; dead letter at max_deliver
     config: RedisStreamSourceConfig
 
     @classmethod

@@ -128,6 +128,7 @@ class JetStreamSource(Source):
 
     Config = JetStreamSourceConfig
     connection_types = ("nats",)
+    redelivers = True  # reject() naks with the retry delay; dead-letters at max_deliver
 
     def __init__(self, node_id: str, config: JetStreamSourceConfig, ctx: Any):
         super().__init__(node_id, config, ctx)
