@@ -144,6 +144,7 @@ class JetStreamSource(Source):
         self._open: dict[str, list[float]] = {}
         self._held: deque[tuple[float, list[Msg]]] = deque()
         self._held_n = 0
+        self._held_pos = 0
         self._out: SourceOutput | None = None
         self.max_ack_pending = config.max_ack_pending or max(1000, 4 * config.batch)
         self.acked = self.naked = self.termed = self.redeliveries = 0
@@ -489,16 +490,18 @@ class JetStreamSource(Source):
         held = self._held
         held.append((time.monotonic(), msgs + errors))
         self._held_n += len(msgs) + len(errors)
+        pos = self._held_pos  # settled prefix of the head batch, so it is not scanned again
         while held:
             head = held[0][1]
-            for m in head:
-                if m.ack.pending > 0:
-                    break
-            else:
-                held.popleft()
-                self._held_n -= len(head)
-                continue
-            break
+            n = len(head)
+            while pos < n and head[pos].ack.pending <= 0:
+                pos += 1
+            if pos < n:
+                break
+            held.popleft()
+            self._held_n -= n
+            pos = 0
+        self._held_pos = pos
         if self._held_n > 2 * self._limit() + self.config.batch:
             kept: deque[tuple[float, list[Msg]]] = deque()
             n = 0
@@ -507,7 +510,7 @@ class JetStreamSource(Source):
                 if live:
                     kept.append((t, live))
                     n += len(live)
-            self._held, self._held_n = kept, n
+            self._held, self._held_n, self._held_pos = kept, n, 0
 
     async def _tick_in_progress(self) -> None:
         cfg = self.config
