@@ -18,7 +18,7 @@ class Defaults(BaseModel):
     """Settings every node gets unless it sets its own."""
 
     model_config = ConfigDict(extra="forbid")
-    capacity: int = Field(8192, ge=1, description="Messages an edge (a node's input) holds before its writers wait.")
+    capacity: int = Field(2048, ge=1, description="Messages an edge (a node's input) holds before its writers wait.")
     capacity_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Bytes an edge holds before its writers wait.")
     batch_size: int = Field(1000, ge=1, description="Largest micro-batch a node takes from its input.")
     max_in_flight: int = Field(
