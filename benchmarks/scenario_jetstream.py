@@ -119,7 +119,7 @@ def _kept_up(rec: dict[str, Any]) -> bool:
 
 
 def run_latency(seconds: float = LATENCY_SECONDS, rates: tuple[int, ...] = (5000, 10000, 20000),
-                probe: tuple[int, ...] = (30000, 40000, 50000, 60000, 80000),
+                probe: tuple[int, ...] = (25000, 30000, 35000, 40000, 50000, 60000),
                 variants: list[str] | None = None) -> list[dict[str, Any]]:
     """Latency at each fixed rate, then rising rates until the engine falls behind."""
     import uvloop
