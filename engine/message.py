@@ -133,7 +133,7 @@ class CompositeAck(Ack):
 class AckTracker:
     """Collects settled acks of one source, and counts what is still in flight."""
 
-    __slots__ = ("completed", "failed", "in_flight", "_wake", "_room", "limit", "entered", "delivered",
+    __slots__ = ("completed", "failed", "in_flight", "_wake", "_room", "_signal", "limit", "entered", "delivered",
                  "filtered", "dead_lettered", "nacked", "redelivers")
 
     def __init__(self, limit: int = 0):
@@ -149,6 +149,7 @@ class AckTracker:
         self.redelivers = False  # the source can redeliver a failed message (JetStream nak, Redis pending)
         self._wake: asyncio.Event | None = None
         self._room: asyncio.Event | None = None
+        self._signal = False  # an event may be cleared (someone may wait): settle must look at them
 
     def new(self, token: Any = None) -> Ack:
         self.in_flight += 1
@@ -176,10 +177,16 @@ class AckTracker:
         else:
             self.nacked += 1
             self.failed.append((ack.token, ack.error))
-        if self._wake is not None and not self._wake.is_set():
-            self._wake.set()
-        if self._room is not None and not self._room.is_set() and self.has_room():
-            self._room.set()
+        if self._signal:  # one flag test per message; the events only when someone may wait
+            self._notify()
+
+    def _notify(self) -> None:
+        wake, room = self._wake, self._room
+        if wake is not None and not wake.is_set():
+            wake.set()
+        if room is not None and not room.is_set() and self.has_room():
+            room.set()
+        self._signal = (wake is not None and not wake.is_set()) or (room is not None and not room.is_set())
 
     def has_room(self) -> bool:
         return self.limit <= 0 or self.in_flight < self.limit
@@ -196,6 +203,7 @@ class AckTracker:
         if self._wake is None:
             self._wake = asyncio.Event()
         self._wake.clear()
+        self._signal = True
         await self._wake.wait()
 
     async def wait_room(self) -> None:
@@ -204,4 +212,5 @@ class AckTracker:
             if self._room is None:
                 self._room = asyncio.Event()
             self._room.clear()
+            self._signal = True
             await self._room.wait()

@@ -395,13 +395,15 @@ class JetStreamSource(Source):
     def _decode(
         self, raw: list[tuple[str, str, bytes, dict[str, str] | None]]
     ) -> tuple[list[Msg], list[Msg]]:
-        """Build messages (body, meta, ack) from raw frames in one tight loop."""
-        new_ack = self._out.tracker.new  # type: ignore[union-attr]
+        """Build messages (body, meta, ack) from raw frames in one tight loop (acks made batch-wise)."""
+        acks = self._out.tracker.new_many([None] * len(raw))  # type: ignore[union-attr]
         codec = self.config.codec
-        loads = orjson.loads
+        decode: Any = orjson.loads if codec == "json" else bytes.decode if codec == "text" else None
         msgs: list[Msg] = []
         errors: list[Msg] = []
-        for subject, reply, data, headers in raw:
+        append = msgs.append
+        redelivered = 0
+        for (subject, reply, data, headers), ack in zip(raw, acks):
             t = reply.split(".")
             o = 2 if len(t) == 9 else 4
             delivered = int(t[o + 2])
@@ -415,11 +417,10 @@ class JetStreamSource(Source):
                 "timestamp": int(t[o + 5]) / 1e9,
                 "headers": headers or {},
             }
-            ack = new_ack()
             if delivered > 1:
-                self.redeliveries += 1
+                redelivered += 1
             try:
-                body = loads(data) if codec == "json" else data.decode() if codec == "text" else data
+                body = decode(data) if decode is not None else data
             except ValueError as exc:
                 bad = Msg(data, meta, ack, len(data))
                 ack.token = (reply, bad)
@@ -427,7 +428,8 @@ class JetStreamSource(Source):
                 continue
             msg = Msg(body, meta, ack, len(data))
             ack.token = (reply, msg)
-            msgs.append(msg)
+            append(msg)
+        self.redeliveries += redelivered
         return msgs, errors
 
     # -- acks ------------------------------------------------------------------------------------------------
@@ -440,6 +442,7 @@ class JetStreamSource(Source):
                 self.termed += 1
             else:
                 lines.append((reply, b"+ACK"))
+                msg.ack.token = None  # msg -> ack -> token -> msg is a cycle: break it, no GC pass needed
         self.acked += len(tokens)
         await write_lines(self._h.nc, lines)  # type: ignore[union-attr]
         self._wake.set()
@@ -459,6 +462,7 @@ class JetStreamSource(Source):
                 lines.append((reply, b"+TERM"))
                 self.termed += 1
                 continue
+            msg.ack.token = None  # break the msg -> ack -> token cycle (see commit)
             delivered = msg.meta.get("delivered", 1)
             if delivered >= cfg.max_deliver and tracker is not None and self._out is not None:
                 dead = Msg(msg.body, msg.meta, tracker.new((reply, None)), msg.size)
@@ -480,12 +484,21 @@ class JetStreamSource(Source):
     # -- in progress -----------------------------------------------------------------------------------------
 
     def _hold(self, msgs: list[Msg], errors: list[Msg]) -> None:
-        """Remember emitted messages for `+WPI`; drop settled batches, compact when settled ones pile up."""
+        """Remember emitted messages for `+WPI`; drop settled batches from the front (acks mostly come
+        back in order, so that is cheap), and compact the whole deque when settled ones pile up."""
         held = self._held
-        while held and all(m.ack.settled for m in held[0][1]):  # usually batches settle in order
-            self._held_n -= len(held.popleft()[1])
         held.append((time.monotonic(), msgs + errors))
         self._held_n += len(msgs) + len(errors)
+        while held:
+            head = held[0][1]
+            for m in head:
+                if m.ack.pending > 0:
+                    break
+            else:
+                held.popleft()
+                self._held_n -= len(head)
+                continue
+            break
         if self._held_n > 2 * self._limit() + self.config.batch:
             kept: deque[tuple[float, list[Msg]]] = deque()
             n = 0
