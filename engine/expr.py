@@ -63,7 +63,7 @@ def _parse_error(exc: Exception) -> CelError:
 class Expr:
     """A compiled expression. Call it with `(body, meta)`; raises `EvalError` on failure."""
 
-    __slots__ = ("source", "compiled", "fn")
+    __slots__ = ("compiled", "fn", "source")
 
     def __init__(self, source: str, fn: Callable[[Any, Any], Any], compiled: bool):
         self.source = source
@@ -98,9 +98,9 @@ def compile_expr(source: str, allow_compiler: bool = True) -> Expr:
         raise _parse_error(exc) from None
     if allow_compiler:
         try:
-            from engine import celc  # type: ignore[attr-defined]
-        except ImportError:
-            celc = None
+            from engine import celc
+        except ImportError:  # the compiler is optional: the runtime covers every expression
+            celc = None  # type: ignore[assignment]
         if celc is not None:
             fn = celc.try_compile(source)
             if fn is not None:

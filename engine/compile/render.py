@@ -81,8 +81,8 @@ def to_svg(graph: Graph) -> str:
     height = 40 + max(len(v) for v in columns.values()) * (h + gap_y)
     fills = {"source": "#dbeafe", "operator": "#f3f4f6", "sink": "#dcfce7"}
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="Helvetica" font-size="12">',
-           '<defs><marker id="a" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="6" markerHeight="6" orient="auto">'
-           '<path d="M0,0 L10,5 L0,10 z"/></marker></defs>']
+           ('<defs><marker id="a" viewBox="0 0 10 10" refX="10" refY="5" markerWidth="6" markerHeight="6" '
+            'orient="auto"><path d="M0,0 L10,5 L0,10 z"/></marker></defs>')]
     for up, down, data in g.edges(data=True):
         (x1, y1), (x2, y2) = pos[up], pos[down]
         style = ' stroke="#dc2626" stroke-dasharray="5,3"' if data["port"] == "errors" else ' stroke="#374151"'

@@ -22,11 +22,14 @@ __all__ = ["Graph", "ResolvedNode", "check_file", "check_text", "load_graph"]
 Path = tuple[str | int, ...]
 
 
+NodeClass = type[Node]
+
+
 @dataclass
 class ResolvedNode:
     id: str
     type: str
-    cls: type[Node]
+    cls: NodeClass
     config: Any
     inputs: list[tuple[str, str]]  # (upstream node, port)
     ports: tuple[str, ...]  # output ports, `errors` included
@@ -89,10 +92,7 @@ def _data_path(data: Any, loc: tuple[Any, ...]) -> Path:
     out: list[str | int] = []
     cur = data
     for i, part in enumerate(loc):
-        if isinstance(cur, dict) and part in cur:
-            out.append(part)
-            cur = cur[part]
-        elif isinstance(cur, list) and isinstance(part, int) and part < len(cur):
+        if isinstance(cur, dict) and part in cur or isinstance(cur, list) and isinstance(part, int) and part < len(cur):
             out.append(part)
             cur = cur[part]
         elif i == len(loc) - 1:
@@ -108,7 +108,6 @@ def _fields_at(model: Any, loc: tuple[Any, ...]) -> list[str]:
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             f = ann.model_fields.get(part)
             if f is None:
-                matches = [m for m in _union(ann) if isinstance(m, type) and issubclass(m, BaseModel)]
                 return []
             ann = f.annotation
         elif get_origin(ann) is dict:
@@ -313,14 +312,15 @@ def _check_nodes(c: _Checker, nodes_raw: dict[str, Any], data: dict[str, Any], c
         _check_config(c, node_id, npath, cls, type_name, config, connections, schema_names, spec, check_ctx, cel)
         ports = tuple(dict.fromkeys((*cls.output_ports(config), "errors")))
         shells[node_id] = (cls, inputs, ports)
-        if defaults is None:
+        if defaults is None or spec is None:
             continue
+        node_spec = spec.nodes[node_id]
         resolved[node_id] = ResolvedNode(
             id=node_id, type=type_name, cls=cls, config=config, inputs=inputs, ports=ports,
-            retry=spec.nodes[node_id].retry or defaults.retry if spec else RetryPolicy(),
-            capacity=spec.nodes[node_id].capacity or defaults.capacity,
+            retry=node_spec.retry or defaults.retry,
+            capacity=node_spec.capacity or defaults.capacity,
             capacity_bytes=defaults.capacity_bytes,
-            batch_size=spec.nodes[node_id].batch_size or defaults.batch_size,
+            batch_size=node_spec.batch_size or defaults.batch_size,
         )
     _check_edges(c, shells, nodes_raw, spec)
     return resolved, cel
@@ -355,18 +355,18 @@ def _check_config(c: _Checker, node_id: str, npath: Path, cls: type[Node], type_
         c.add((*npath, "config", "schema"), "E217", f"nodes.{node_id}.config.schema: unknown schema '{schema_ref}'"
               + (f" (did you mean '{hint}'?)" if hint else ""), value=True)
     elif isinstance(schema_ref, dict):
-        issue = _schema_issue(schema_ref)
-        if issue:
-            c.add((*npath, "config", "schema", *issue[1]), "E218",
-                  f"nodes.{node_id}.config.schema: invalid JSON Schema: {issue[0]}", value=True)
+        problem = _schema_issue(schema_ref)
+        if problem:
+            c.add((*npath, "config", "schema", *problem[1]), "E218",
+                  f"nodes.{node_id}.config.schema: invalid JSON Schema: {problem[0]}", value=True)
     for issue in cls.check(config, check_ctx):
         ipath = (*npath, "config", *issue.loc)
-        pos = None
+        where: Pos | None = None
         if issue.offset is not None:
-            pos = _cel_pos(c.loaded.pos(ipath, prefer_value=True), 1, issue.offset + 1, c.lines)
+            where = _cel_pos(c.loaded.pos(ipath, prefer_value=True), 1, issue.offset + 1, c.lines)
         # an unknown field (E201) points at its key, like the graph-level E201; other issues at the value
         c.add(ipath, issue.code, f"{'.'.join(str(p) for p in ipath)}: {issue.message}", value=issue.code != "E201",
-              severity=issue.severity, pos=pos)
+              severity=issue.severity, pos=where)
 
 
 def _raw_dead_letter(data: Any) -> str | None:

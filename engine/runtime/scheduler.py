@@ -373,7 +373,7 @@ class Runner:
         gc_was_enabled = gc.isenabled()
         gc.disable()
         ack_tasks.append(asyncio.create_task(self._collect_garbage(1.0), name="gc"))
-        pending = set(node_tasks.values())
+        pending: set[asyncio.Task[Any]] = set(node_tasks.values())
         while pending:
             done, pending = await asyncio.wait(pending | {fatal_wait}, return_when=asyncio.FIRST_COMPLETED)
             pending.discard(fatal_wait)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
     "Connection",
@@ -18,7 +18,7 @@ __all__ = [
     "parse_size",
 ]
 
-from engine.spec.units import Duration, Size, parse_duration, parse_size  # noqa: E402  (re-exported)
+from engine.spec.units import Duration, Size, parse_duration, parse_size
 
 
 class _Base(BaseModel):

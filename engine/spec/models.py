@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from engine.api import RetryPolicy
 from engine.spec.connections import Connection
 
-__all__ = ["Defaults", "GraphSpec", "NodeSpec", "NODE_ID_PATTERN"]
+__all__ = ["NODE_ID_PATTERN", "Defaults", "GraphSpec", "NodeSpec"]
 
 NODE_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]*$"
 

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from engine.api import CelExpr, CheckContext, CheckIssue, NodeConfig
 from engine.spec.units import PositiveDuration, Size
 
-__all__ = ["HttpAuthConfig", "HttpBucketConfig", "HttpSourceConfig", "HttpRateLimitConfig", "check_config", "is_loopback"]
+__all__ = ["HttpAuthConfig", "HttpBucketConfig", "HttpRateLimitConfig", "HttpSourceConfig", "check_config", "is_loopback"]
 
 
 class _Sub(BaseModel):

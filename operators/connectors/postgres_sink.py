@@ -254,6 +254,11 @@ class PostgresSink(Sink):
 
     # ---- write ------------------------------------------------------------------------------------
 
+    def connection_state(self) -> dict[str, bool]:
+        """Up/down of the sink's PostgreSQL connection, from its last transaction (no I/O)."""
+        up = getattr(self, "_up", None)
+        return {} if up is None else {self.config.connection: up}
+
     async def write(self, batch: list[Msg]) -> list[tuple[Msg, str]]:
         columns, msgs, failed = self._columns(batch)
         if not msgs:
@@ -265,8 +270,12 @@ class PostgresSink(Sink):
         attempt = 1
         while True:
             try:
-                return failed + await self._transaction(columns, msgs)
+                result = failed + await self._transaction(columns, msgs)
+                self._up = True
+                return result
             except Exception as exc:
+                if is_transient(exc):
+                    self._up = False
                 stale_stage = self.stage in str(exc)  # a new session behind a reused pid: no staging table
                 if stale_stage:
                     self._staged.clear()

@@ -104,7 +104,12 @@ class RedisStreamSource(Source):
         self.reclaimed = 0
         self.dead_lettered = 0
         self.reconnects = 0
+        self._up: bool | None = None  # last Redis call reached the server (None: no call yet)
         self.kept_alive = 0
+
+    def connection_state(self) -> dict[str, bool]:
+        """Up/down of this source's Redis connection, from its last call (no I/O; for the metrics)."""
+        return {} if self._up is None else {self.config.connection: self._up}
 
     async def lag(self) -> int | None:
         """Entries not yet delivered to the group (XINFO GROUPS `lag`, Redis 7+), else None."""
@@ -170,6 +175,7 @@ class RedisStreamSource(Source):
                     lost_group = False
                 result = await call()
                 raise_if_cancelled()
+                self._up = True
                 return result
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc) or lost_group:
@@ -181,6 +187,7 @@ class RedisStreamSource(Source):
             except CONNECTION_ERRORS as exc:
                 attempt += 1
                 self.reconnects += 1
+                self._up = False
                 delay = min(self.config.reconnect_max_backoff, 0.05 * 2 ** min(attempt, 20))
                 delay *= 0.8 + 0.4 * random.random()
                 self.ctx.log.warning("redis unreachable (%s); retry %d in %.2fs", exc, attempt, delay)

@@ -218,7 +218,10 @@ def test_deliver_policies(deliver):
             task = asyncio.ensure_future(later())
             await pipe.run(lambda: len(got) >= len(expect))
             await task
-            assert got == expect
+            # 11 and 12 are published after the first pull: on a busy machine they can arrive in the
+            # same fetch as the last expected message, before the pipe sees its stop condition
+            full = expect + [i for i in (11, 12) if i not in expect]
+            assert len(got) >= len(expect) and got == full[: len(got)]
         finally:
             await resources.close()
             await js.delete_stream(p)

@@ -47,7 +47,7 @@ class NatsHandle:
         for listener in list(self.listeners):
             try:
                 await listener()
-            except Exception:  # noqa: BLE001 - one node's trouble must not stop the others
+            except Exception:
                 log.exception("reconnect handler failed")
 
     async def _disconnected(self) -> None:

@@ -265,7 +265,7 @@ class JetStreamSink(Sink):
         await nc._flush_pending()
         try:
             await asyncio.wait_for(self._done.wait(), self.config.ack_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             missing = len(self._waiting)
             self._waiting = {}
             raise JetStreamPublishError(

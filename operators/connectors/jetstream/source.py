@@ -301,7 +301,7 @@ class JetStreamSource(Source):
     async def _recreate_consumer(self) -> None:
         try:
             await self._ensure_consumer()
-        except Exception:  # noqa: BLE001 - retried at the next 409
+        except Exception:
             log.exception("node %s: re-creating consumer failed", self.id)
 
     async def _on_reconnect(self) -> None:
@@ -372,7 +372,7 @@ class JetStreamSource(Source):
                     self._wake.clear()
                     try:
                         await asyncio.wait_for(self._wake.wait(), watchdog)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         pass  # `_request` forgets requests that got lost
                     continue
                 raw, self._buf = self._buf, []
