@@ -20,18 +20,39 @@ EXIT_OK, EXIT_INVALID, EXIT_RUN_ERROR, EXIT_INTEGRITY = 0, 1, 2, 3
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     status = EXIT_OK
+    report = []
     for path in args.files:
         graph, diags = check_file(path, overrides=args.set)
+        if graph is None:
+            status = EXIT_INVALID
+        if args.format == "json":  # for editors and CI annotations
+            report.append({"file": path, "ok": graph is not None,
+                           "diagnostics": [{"line": d.line, "col": d.col, "code": d.code, "severity": d.severity,
+                                            "message": d.message} for d in diags],
+                           "cel": [{"node": n, "expr": e, "compiled": c} for n, e, c in graph.cel] if graph else []})
+            continue
         for d in diags:
             print(d.format() if d.severity == "error" else d.format().replace(f" {d.code} ", f" {d.code} warning: ", 1))
         if graph is None:
-            status = EXIT_INVALID
             continue
         print(f"{path}: ok ({len(graph.nodes)} nodes" + (f", {len(graph.warnings)} warning(s))" if graph.warnings else ")"))
         if args.explain_cel:
             for node, source, compiled in graph.cel:
-                print(f"  {node}: {'compiled' if compiled else 'runtime '}  {source}")
+                print(f"  {node}: {'compiled' if compiled else 'runtime '}  {source}" + ("" if compiled else _why(source)))
+    if args.format == "json":
+        print(json.dumps(report, indent=2))
     return status
+
+
+def _why(source: str) -> str:
+    """Why an expression runs on the CEL runtime rather than compiled, if the compiler says."""
+    try:
+        from engine import celc
+
+        reason = celc.explain(source)
+    except (ImportError, AttributeError):
+        return ""
+    return f"  ({reason})" if reason else ""
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
@@ -216,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check graph files offline; every problem at once")
     v.add_argument("files", nargs="+")
     v.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
-    v.add_argument("--explain-cel", action="store_true", help="say which CEL expressions run compiled")
+    v.add_argument("--explain-cel", action="store_true", help="say which CEL expressions run compiled, and why not")
+    v.add_argument("--format", choices=["text", "json"], default="text", help="json: one report per file")
     v.set_defaults(fn=_cmd_validate)
 
     r = sub.add_parser("run", help="run a graph until its sources are drained or a signal arrives")

@@ -53,7 +53,7 @@ class FileSource(Source):
                 first = lineno + 1
                 lineno += len(lines)
                 numbers = list(range(first, lineno + 1))
-                if cfg.skip_blank and any(len(raw) <= 2 and not raw.strip() for raw in lines):
+                if cfg.skip_blank and (lines.count(b"\n") or lines.count(b"\r\n") or not lines[-1].strip()):
                     kept = [(n, raw) for n, raw in zip(numbers, lines) if raw.strip()]
                     numbers, lines = [n for n, _ in kept], [raw for _, raw in kept]
                 acks = tracker.new_many(numbers)

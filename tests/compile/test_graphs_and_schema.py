@@ -63,3 +63,28 @@ def test_cli_validate_reports_every_error_and_exit_code(tmp_path: Path, capsys: 
     assert out[0].startswith(f"{bad}:5:11: E200") and "did you mean 'generate'" in out[0]
     assert main(["validate", str(ROOT / "graphs" / "demo.yaml")]) == 0
     assert capsys.readouterr().out.strip().endswith("ok (5 nodes)")
+
+
+def test_cli_validate_json_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nname: bad\nnodes:\n  a:\n    type: generate\n  b:\n    type: map\n    inputs: [a]\n"
+                   "    config: {expr: 'msg +'}\n")
+    assert main(["validate", "--format", "json", str(bad), str(ROOT / "graphs" / "demo.yaml")]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert [r["ok"] for r in report] == [False, True]
+    codes = [(d["code"], d["line"], d["severity"]) for d in report[0]["diagnostics"]]
+    assert ("E203", 9, "error") in codes and ("W300", 4, "warning") in codes
+    assert {c["node"] for c in report[1]["cel"]} == {"orders", "price", "big_only"}
+
+
+def test_cli_explain_cel_says_why_an_expression_is_not_compiled(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    from engine import celc
+
+    # every expression the base environment accepts compiles today; pretend one does not
+    monkeypatch.setattr(celc, "try_compile", lambda source: None)
+    monkeypatch.setattr(celc, "explain", lambda source: "not covered: test")
+    assert main(["validate", "--explain-cel", str(ROOT / "graphs" / "demo.yaml")]) == 0
+    out = capsys.readouterr().out
+    line = [x for x in out.splitlines() if x.strip().startswith("price:")][0]
+    assert "runtime" in line and "(not covered: test)" in line
