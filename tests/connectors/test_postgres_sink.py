@@ -17,21 +17,14 @@ from engine.message import Msg
 from engine.runtime.context import NodeContext, Resources
 from operators.connectors.postgres_sink import PostgresSink, PostgresSinkConfig
 
+from tests.connectors.postgres_harness import DSN, sql  # noqa: E402
+
 pytestmark = pytest.mark.services
-DSN = "postgresql://root@127.0.0.1:5432/test"
 PATHS = ["values", "unnest", "copy"]
 
 
 def run(coro: Any) -> Any:
     return asyncio.run(coro)
-
-
-async def sql(query: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(DSN)
-    try:
-        return await conn.fetch(query, *args)
-    finally:
-        await conn.close()
 
 
 @pytest.fixture

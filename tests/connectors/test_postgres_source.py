@@ -7,7 +7,6 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import asyncpg
 import pytest
 from pydantic import ValidationError
 
@@ -18,16 +17,9 @@ from engine.runtime.outputs import SourceOutput
 from engine.runtime.stats import NodeStats
 from operators.connectors.postgres_source import PostgresSource, PostgresSourceConfig
 
+from tests.connectors.postgres_harness import DSN, sql  # noqa: E402
+
 pytestmark = pytest.mark.services
-DSN = "postgresql://root@127.0.0.1:5432/test"
-
-
-async def sql(query: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(DSN)
-    try:
-        return await conn.fetch(query, *args)
-    finally:
-        await conn.close()
 
 
 @pytest.fixture
