@@ -61,14 +61,36 @@ def _parse_error(exc: Exception) -> CelError:
 
 
 class Expr:
-    """A compiled expression. Call it with `(body, meta)`; raises `EvalError` on failure."""
+    """A compiled expression. Call it with `(body, meta)`; raises `EvalError` on failure.
 
-    __slots__ = ("compiled", "fn", "source")
+    `many(msgs)` evaluates a whole batch in one generated comprehension when the compiler covers
+    the expression, and returns None when it does not or when any message in the batch fails or
+    needs the runtime: the caller then evaluates message by message with `fn`, which gives each
+    message its own result or error. The results are the same either way."""
 
-    def __init__(self, source: str, fn: Callable[[Any, Any], Any], compiled: bool):
+    __slots__ = ("compiled", "fn", "source", "_batch", "_columns")
+
+    def __init__(self, source: str, fn: Callable[[Any, Any], Any], compiled: bool, batch: Any = None):
         self.source = source
         self.fn = fn
         self.compiled = compiled  # True when running as generated Python, False on the runtime
+        self._batch = batch.fn if batch is not None else None
+        self._columns = batch.columns if batch is not None else ()
+
+    def many(self, msgs: list[Any]) -> list[Any] | None:
+        """One value per message (objects with `.body` and `.meta`), or None: see the class."""
+        fn = self._batch
+        if fn is None or not msgs:
+            return None
+        columns = self._columns
+        try:
+            if columns == (0,):
+                return fn([m.body for m in msgs])  # type: ignore[no-any-return]
+            if columns == (1,):
+                return fn([m.meta for m in msgs])  # type: ignore[no-any-return]
+            return fn([m.body for m in msgs], [m.meta for m in msgs])  # type: ignore[no-any-return]
+        except Exception:  # noqa: BLE001 - some message fails or defers: the caller goes one by one
+            return None
 
     def __call__(self, body: Any, meta: Any = None) -> Any:
         return self.fn(body, meta if meta is not None else {})
@@ -90,8 +112,11 @@ def _runtime_fn(program: Any) -> Callable[[Any, Any], Any]:
     return evaluate
 
 
-def compile_expr(source: str, allow_compiler: bool = True) -> Expr:
-    """Parse and type-check `source`; raise `CelError` with its position if it is not valid CEL."""
+def compile_expr(source: str, allow_compiler: bool = True, boolean: bool = False) -> Expr:
+    """Parse and type-check `source`; raise `CelError` with its position if it is not valid CEL.
+
+    `boolean`: the caller wants a bool (a filter, a route condition); `many` then returns None
+    for a batch in which some result is not a bool, so its fast path needs no type check."""
     try:
         program = _ENV.compile(source)
     except RuntimeError as exc:
@@ -104,5 +129,5 @@ def compile_expr(source: str, allow_compiler: bool = True) -> Expr:
         if celc is not None:
             fn = celc.try_compile(source)
             if fn is not None:
-                return Expr(source, fn, compiled=True)
+                return Expr(source, fn, compiled=True, batch=celc.try_compile_strict(source, boolean))
     return Expr(source, _runtime_fn(program), compiled=False)

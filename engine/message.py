@@ -19,6 +19,11 @@ The ack contract (connectors build on it):
   (`Source.commit(tokens)` / `Source.reject(failures)`), so upstream acks are batched too.
 
 No await happens per message: releasing is a counter decrement and, at zero, a list append.
+
+Ownership: a `Msg` object has one holder at a time. The node that receives it may rewrite its
+`body` in place and pass it on (map does); a node that sends one message to several places sends
+a copy to each further place (the runtime does so for an edge fan-out, route for multicast). Bodies
+and `meta` dicts themselves are shared between copies and are never mutated in place.
 """
 
 from __future__ import annotations
@@ -167,17 +172,41 @@ class AckTracker:
         self.in_flight -= 1
         if ack.error is None:
             self.completed.append(ack.token)
-            outcome = ack.outcome
-            if outcome & DELIVERED:
-                self.delivered += 1
-            elif outcome & DEAD_LETTERED:
-                self.dead_lettered += 1
-            else:
-                self.filtered += 1
+            self._count(ack.outcome)
         else:
             self.nacked += 1
             self.failed.append((ack.token, ack.error))
         if self._signal:  # one flag test per message; the events only when someone may wait
+            self._notify()
+
+    def _count(self, outcome: int) -> None:
+        if outcome & DELIVERED:
+            self.delivered += 1
+        elif outcome & DEAD_LETTERED:
+            self.dead_lettered += 1
+        else:
+            self.filtered += 1
+
+    def settle_many(self, acks: list[Ack]) -> None:
+        """`settle` for many acks of this tracker at once (a sink's committed batch): the same
+        bookkeeping, with the per-message work in C-level comprehensions and counts."""
+        n = len(acks)
+        self.in_flight -= n
+        errors = [a.error for a in acks]
+        if errors.count(None) != n:
+            for a in acks:  # rare: some failed; keep the order of `settle`
+                self.in_flight += 1
+                self.settle(a)
+            return
+        self.completed += [a.token for a in acks]
+        outcomes = [a.outcome for a in acks]
+        plain = outcomes.count(DELIVERED)  # the common case, counted in C; the rest as in `settle`
+        self.delivered += plain
+        if plain != n:
+            for outcome in outcomes:
+                if outcome != DELIVERED:
+                    self._count(outcome)
+        if self._signal:
             self._notify()
 
     def _notify(self) -> None:

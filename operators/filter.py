@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from itertools import compress
+from operator import not_
+
 from pydantic import Field
 
 from engine.api import CelExpr, NodeConfig, Operator
@@ -23,9 +26,20 @@ class Filter(Operator):
 
     def __init__(self, node_id: str, config: FilterConfig, ctx) -> None:  # type: ignore[no-untyped-def]
         super().__init__(node_id, config, ctx)
-        self.expr = compile_expr(config.expr)
+        self.expr = compile_expr(config.expr, boolean=True)
 
     def process(self, batch: list[Msg], out: Outputs) -> None:
+        keep = self.expr.many(batch)  # the common case: one comprehension, and only bools
+        if keep is not None:
+            ok = out.port("out")
+            before = len(ok)
+            ok.extend(compress(batch, keep))
+            dropped = len(batch) - (len(ok) - before)
+            if dropped:
+                for m in compress(batch, map(not_, keep)):
+                    m.ack.finish(FILTERED)
+                out.stats.filtered += dropped
+            return
         fn = self.expr.fn
         ok = out.port("out")
         dropped = 0

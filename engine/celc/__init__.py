@@ -25,7 +25,8 @@ from engine.celc.codegen import generate
 from engine.celc.parser import ParseError, Unsupported, parse
 from engine.celc.sandbox import UnsafeCode, check_source
 
-__all__ = ["compile_program", "explain", "python_source", "try_compile", "try_compile_batch"]
+__all__ = ["StrictBatch", "compile_program", "compile_strict_batch", "explain", "python_source", "try_compile",
+           "try_compile_batch", "try_compile_strict"]
 
 Evaluator = Callable[..., Any]
 
@@ -130,6 +131,51 @@ def compile_program(
         raise Unsupported(f"generated code too deeply nested ({exc})") from None
     exec(code, scope)  # noqa: S102 - checked by check_source above, no builtins
     return scope["_cel"]
+
+
+class StrictBatch:
+    """A whole batch in one comprehension: `fn(*columns)`, one list per variable it reads, in
+    `columns` order (0: bodies, 1: metas), e.g. `fn(bodies)` for an expression of `msg` only.
+
+    It raises on the first message that fails or needs the runtime; the caller then evaluates that
+    batch message by message with the per-message function, which gives each message its own
+    result or error. The results are the same either way; only the cost differs."""
+
+    __slots__ = ("fn", "columns", "source")
+
+    def __init__(self, fn: Callable[..., list[Any]], columns: tuple[int, ...], source: str):
+        self.fn, self.columns, self.source = fn, columns, source
+
+
+def compile_strict_batch(source: str, macros: bool = True, boolean: bool = False) -> StrictBatch:
+    """Compile `source` (variables `msg`, `meta`) to a `StrictBatch`; raises like `compile_program`.
+    With `boolean`, a message whose result is not a bool also makes the batch raise."""
+    params = {"msg": "_a0", "meta": "_a1"}
+    src, consts = generate(parse(source, macros), params, batch=True, strict=True, boolean=boolean)
+    signature = src[: src.index(")")]
+    columns = tuple(i for i in (0, 1) if f"_b{i}" in signature)
+    names = {**consts, "_Defer": V.Defer}
+    check_source(src, [*params.values(), "_b0", "_b1", "_out"], names)
+    scope: dict[str, Any] = {"__builtins__": {}, **names}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            code = compile(src, "<cel>", "exec")
+    except (SyntaxError, MemoryError, RecursionError) as exc:
+        raise Unsupported(f"generated code too deeply nested ({exc})") from None
+    exec(code, scope)  # noqa: S102 - checked by check_source above, no builtins
+    return StrictBatch(scope["_cel"], columns, src)
+
+
+@functools.lru_cache(maxsize=1024)
+def try_compile_strict(source: str, boolean: bool = False) -> StrictBatch | None:
+    """The `StrictBatch` for `source`, or None when the compiler does not cover it."""
+    if _compile_cached(source)[0] is None:
+        return None
+    try:
+        return compile_strict_batch(source, boolean=boolean)
+    except (ParseError, Unsupported, UnsafeCode, RecursionError, V.CelFailure):
+        return None
 
 
 def _lazy_runtime(source: str) -> Callable[[Any, Any], Any]:

@@ -10,6 +10,7 @@ constants in `Gen.consts`; `engine.celc.sandbox` checks that before anything is 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -519,13 +520,23 @@ def _fail_from(err: object, fn: str) -> None:
 
 
 def generate(
-    node: Node, params: dict[str, str], plain: bool = True, batch: bool = False
+    node: Node, params: dict[str, str], plain: bool = True, batch: bool = False, strict: bool = False,
+    boolean: bool = False,
 ) -> tuple[str, dict[str, object]]:
     """Python source of `def _cel(<params>)` evaluating `node`, and the constants it needs.
 
     With `batch`, `_cel` takes one sequence per parameter and returns a list with one entry per
     position: the value, or the EvalError for that message (one bad message does not stop the rest).
+
+    With `batch` and `strict`, `_cel` takes a sequence for each parameter the expression uses (in
+    order), evaluates all in one comprehension (or one loop, for expressions that need statements)
+    and raises on the first message that fails or needs the runtime: the caller then evaluates that
+    batch message by message. The common batch, where every message evaluates, costs the
+    expression and nothing else. With `boolean` too, a result that is not a bool also raises (a
+    filter's fast path then needs no type check of its own).
     """
+    if batch and strict:
+        return _generate_strict(node, params, plain, boolean)
     g = Gen(params)
     if batch:
         g.level = 2
@@ -566,6 +577,48 @@ def generate(
         f"            _append(_out, _runtime_or_error({args}))\n"
         "        except _Exc as _e:\n"
         "            _append(_out, _fail(_e))\n"
+        "    return _out\n"
+    )
+    return src, g.consts
+
+
+def _not_bool(value: object) -> None:
+    raise V.CelFailure(f"expected a bool, got {type(value).__name__}")
+
+
+def _generate_strict(
+    node: Node, params: dict[str, str], plain: bool, boolean: bool
+) -> tuple[str, dict[str, object]]:
+    g = Gen(params)
+    code = g.gen(node, dict(params))
+    result = code.expr
+    if plain and isinstance(node, MapLit | ListLit) and code.expr[:1] in "[{":
+        code = g.gen_plain_literal(node, dict(params))
+        result = code.expr
+    elif plain and code.type is None:
+        result = g.plain_inline(code, g.helper(V.plain))
+    elif plain and code.type not in _SCALARS:
+        result = f"{g.helper(V.plain)}({result})"
+    if boolean:
+        g.consts["_not_bool"] = _not_bool
+        result = f"(_t0 if (_t0 := {result}) is True or _t0 is False else _not_bool(_t0))"
+    text = "\n".join([*g.lines, result])
+    used = [(i, name) for i, name in enumerate(params.values()) if re.search(rf"\b{name}\b", text)]
+    if not used:  # a constant: still one value per message
+        used = [(0, next(iter(params.values())))]
+    columns = ", ".join(f"_b{i}" for i, _ in used)
+    targets = ", ".join(name for _, name in used)
+    source = f"_zip({columns})" if len(used) > 1 else columns
+    g.consts["_zip"] = zip
+    if not g.lines:
+        return f"def _cel({columns}):\n    return [{result} for {targets} in {source}]\n", g.consts
+    body = "\n".join("    " + line for line in g.lines)
+    src = (
+        f"def _cel({columns}):\n"
+        "    _out = []\n"
+        f"    for {targets} in {source}:\n"
+        f"{body}\n"
+        f"        _append(_out, {result})\n"
         "    return _out\n"
     )
     return src, g.consts

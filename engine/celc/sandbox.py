@@ -1,8 +1,9 @@
 """Check generated source before it is compiled: it may only do what the CEL expression says.
 
 The check is structural (a whitelist over Python's AST): no attribute access, no imports, no
-lambdas, comprehensions, f-strings or starred calls; names are limited to the function's own
-parameters and temporaries and to the constants the generator bound. The code then runs with empty
+lambdas, f-strings or starred calls, and comprehensions only as a plain loop over a batch (no
+conditions); names are limited to the function's own parameters and temporaries and to the
+constants the generator bound. The code then runs with empty
 `__builtins__`, so even a generator bug cannot reach `open`, `__import__` or an object's attributes.
 """
 
@@ -43,6 +44,8 @@ _NODES = (
     ast.Dict,
     ast.Tuple,
     ast.NamedExpr,
+    ast.ListComp,
+    ast.comprehension,
     ast.Load,
     ast.Store,
     ast.operator,
@@ -76,5 +79,10 @@ def check_source(src: str, params: Iterable[str], names: Iterable[str]) -> None:
             raise UnsafeCode(f"disallowed constant: {node.value!r}")
         if isinstance(node, ast.Call) and node.keywords:
             raise UnsafeCode("keyword arguments")
+        if isinstance(node, ast.comprehension) and (
+            node.ifs or node.is_async or not isinstance(node.target, ast.Name | ast.Tuple)
+            or not isinstance(node.iter, ast.Name | ast.Call)
+        ):
+            raise UnsafeCode("unexpected comprehension")
         if isinstance(node, ast.ExceptHandler) and node.name not in (None, "_e"):
             raise UnsafeCode("unexpected exception binding")

@@ -64,6 +64,8 @@ class Histogram:
         try:  # the sum of ages, rounded once (epoch-sized floats cancel exactly in fsum)
             negative_total = fsum([*stamps, *([-now] * len(stamps))])
         except TypeError:  # a stamp is missing or not a number: measure the others
+            if stamps.count(None) == len(stamps):  # a source that stamps nothing: one C-level count
+                return
             stamps = [t for t in stamps if isinstance(t, (int, float))]
             if not stamps:
                 return

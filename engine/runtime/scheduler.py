@@ -25,6 +25,7 @@ from engine.message import DEAD_LETTERED, DELIVERED, AckTracker, Msg
 from engine.observe.events import deadletter_log, log_dead_letters as _log_dead_letters
 from engine.runtime.channel import Channel
 from engine.runtime.context import NodeContext, Resources
+from engine.runtime.memory import tune_malloc
 from engine.runtime.outputs import ERRORS, Outputs, SourceOutput, error_envelope
 from engine.runtime.stats import NodeStats
 
@@ -123,8 +124,10 @@ class Runner:
                 extra = len(targets) - 1
                 for m in msgs:
                     m.ack.retain(extra)
-            for target in targets:
-                await self.channels[target].put(msgs)
+                # a Msg has one holder (map rewrites its body in place): each further target gets copies
+                for target in targets[1:]:
+                    await self.channels[target].put([Msg(m.body, m.meta, m.ack, m.size) for m in msgs])
+            await self.channels[targets[0]].put(msgs)
 
     def _redeliver_failed(self, msgs: list[Msg]) -> list[Msg]:
         """`defaults.on_error: redeliver`: a failed message whose source can redeliver it is handed back
@@ -250,12 +253,15 @@ class Runner:
                 done = [m for m in batch if id(m) not in failed_ids]
             else:
                 done = batch
+            settled = []
             for m in done:  # Ack.finish, inlined: this loop runs once per committed message
                 a = m.ack
                 a.outcome |= outcome
                 a.pending -= 1
-                if a.pending == 0 and a.owner is not None:
-                    a.owner.settle(a)
+                if a.pending == 0:
+                    settled.append(a)
+            if settled:
+                _settle(settled)
             committed = len(done)
             stats.committed += committed
             # end-to-end latency: one clock read per batch, ages from each message's meta
@@ -299,6 +305,7 @@ class Runner:
     # -- the run ----------------------------------------------------------------------------------
     async def run(self) -> RunReport:
         t0 = time.perf_counter()
+        tune_malloc()
         g = self.graph
         error: BaseException | None = None
         started: list[str] = []
@@ -426,6 +433,29 @@ _GC_SHARE = 50  # a GC pass may take 1/50 of the time between passes
 _GC_MIN_INTERVAL = 1.0
 _GC_MAX_INTERVAL = 10.0
 _GC_FOUND_MANY = 10_000  # unreachable objects found by one pass
+
+
+def _settle(acks: list[Any]) -> None:
+    """Hand acks whose last reference a sink released to their owners: runs of acks with the same
+    tracker (the usual batch) in one `settle_many`, anything else (a composite) one by one."""
+    i, n = 0, len(acks)
+    first = acks[0].owner
+    if type(first) is AckTracker and [a.owner for a in acks].count(first) == n:  # C-level check
+        first.settle_many(acks)
+        return
+    while i < n:
+        owner = acks[i].owner
+        j = i + 1
+        while j < n and acks[j].owner is owner:
+            j += 1
+        if owner is None:
+            pass
+        elif type(owner) is AckTracker:
+            owner.settle_many(acks[i:j])
+        else:
+            for a in acks[i:j]:
+                owner.settle(a)
+        i = j
 
 
 def _start_order(g: Graph) -> list[str]:

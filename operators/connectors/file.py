@@ -48,28 +48,50 @@ class FileSource(Source):
                 lines = fh.readlines(cfg.batch * 128)
                 if not lines:
                     break
-                msgs: list[Msg] = []
-                errors: list[Msg] = []
                 first = lineno + 1
                 lineno += len(lines)
                 numbers = list(range(first, lineno + 1))
                 if cfg.skip_blank and (lines.count(b"\n") or lines.count(b"\r\n") or not lines[-1].strip()):
                     kept = [(n, raw) for n, raw in zip(numbers, lines) if raw.strip()]
                     numbers, lines = [n for n, _ in kept], [raw for _, raw in kept]
-                acks = tracker.new_many(numbers)
-                for i, raw in enumerate(lines):
-                    line = raw.rstrip(b"\r\n")
-                    ack = acks[i]
-                    meta = {"source": sid, "path": spath, "line": numbers[i]}
-                    if raw_lines:
-                        msgs.append(Msg(line.decode("utf-8", "replace"), meta, ack, len(raw)))
-                        continue
-                    try:
-                        msgs.append(Msg(loads(line), meta, ack, len(raw)))
-                    except orjson.JSONDecodeError as exc:
-                        bad = Msg(line.decode("utf-8", "replace"), meta, ack, len(raw))
-                        errors.append(out.error(bad, f"line {numbers[i]}: invalid JSON: {exc}"))
+                bad = False
+                if raw_lines:
+                    bodies: list[Any] = [raw.rstrip(b"\r\n").decode("utf-8", "replace") for raw in lines]
+                else:
+                    try:  # the common case, one comprehension; orjson skips the line end as whitespace
+                        bodies = [loads(raw) for raw in lines]
+                    except orjson.JSONDecodeError:
+                        bodies, bad = _parse_each(lines, numbers), True
+                msgs = [
+                    Msg(body, {"source": sid, "path": spath, "line": n}, ack, len(raw))
+                    for body, n, ack, raw in zip(bodies, numbers, tracker.new_many(numbers), lines)
+                ]
+                errors: list[Msg] = []
+                if bad:  # undecodable lines go to errors with their text and the parser's message
+                    errors = [out.error(m.derive(m.body.text), m.body.reason) for m in msgs if type(m.body) is _BadLine]
+                    msgs = [m for m in msgs if type(m.body) is not _BadLine]
                 await out.send(msgs, errors)
+
+
+class _BadLine:
+    """A line that is not JSON, while its batch is being built."""
+
+    __slots__ = ("text", "reason")
+
+    def __init__(self, text: str, reason: str):
+        self.text, self.reason = text, reason
+
+
+def _parse_each(lines: list[bytes], numbers: list[int]) -> list[Any]:
+    """Parse line by line (a batch with a bad line): a bad line becomes a `_BadLine`."""
+    bodies: list[Any] = []
+    for n, raw in zip(numbers, lines):
+        try:
+            bodies.append(orjson.loads(raw))
+        except orjson.JSONDecodeError as exc:
+            text = raw.rstrip(b"\r\n").decode("utf-8", "replace")
+            bodies.append(_BadLine(text, f"line {n}: invalid JSON: {exc}"))
+    return bodies
 
 
 class FileSinkConfig(NodeConfig):

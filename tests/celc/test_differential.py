@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.celc.differential import outcome_of_compiled, outcome_of_runtime, same_outcome
+from tests.celc.differential import outcome_of_compiled, outcome_of_runtime, same_outcome, same_value
 
 INPUTS: list[Any] = [
     {
@@ -419,3 +419,64 @@ def test_batch_matches_one_by_one(src: str) -> None:
             want = ("error", None)
         got_outcome = ("error", None) if isinstance(got, EvalError) else ("value", got)
         assert same_outcome(want, got_outcome), (msg, want, got)
+
+
+class _M:
+    __slots__ = ("body", "meta")
+
+    def __init__(self, body: Any, meta: Any):
+        self.body, self.meta = body, meta
+
+
+def _strict_agrees(src: str, msgs: list[Any], boolean: bool) -> int:
+    """`Expr.many` (one comprehension per batch) against the per-message function: when it returns,
+    every value equals the per-message value; when any message errs, it must not return. Returns
+    how many batches (each message alone, then all together) took the fast path."""
+    from engine.expr import EvalError, compile_expr
+
+    expr = compile_expr(src, boolean=boolean)
+    if expr._batch is None:
+        return 0
+    fast = 0
+    meta = {"source": "t"}
+    for group in [[m] for m in msgs] + [msgs]:
+        got = expr.many([_M(m, meta) for m in group])
+        want = []
+        for m in group:
+            try:
+                want.append(("value", expr.fn(m, meta)))
+            except EvalError as exc:
+                want.append(("error", str(exc)))
+        if got is None:
+            continue
+        fast += 1
+        assert len(got) == len(group)
+        for w, g in zip(want, got):
+            assert w[0] == "value" and same_value(w[1], g), (src, group, want, got)
+            assert not boolean or type(g) is bool, (src, g)
+    return fast
+
+
+@pytest.mark.parametrize("src", EXPRESSIONS)
+def test_strict_batch_matches_one_by_one(src: str) -> None:
+    for boolean in (False, True):
+        _strict_agrees(src, INPUTS, boolean)
+
+
+def test_strict_batch_takes_the_fast_path_for_typical_expressions() -> None:
+    rows = [{"amount": float(i), "id": i, "user": f"u{i}", "tags": ["a"] if i % 2 else []} for i in range(50)]
+    for src, boolean in [('msg.amount > 10.0 && "a" in msg.tags', True), ("msg.amount > 10.0", True),
+                         ('{"id": msg.id, "user": msg.user, "total": msg.amount * 1.2}', False),
+                         ('msg.tags.exists(t, t == "a") || meta.source == "t"', True)]:
+        assert _strict_agrees(src, rows, boolean) == len(rows) + 1, src
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(src=_expr(3), msgs=st.lists(_MSG, min_size=1, max_size=3), boolean=st.booleans())
+def test_strict_batch_matches_one_by_one_on_random_expressions(src: str, msgs: list[dict], boolean: bool) -> None:
+    from engine.expr import CelError
+
+    try:
+        _strict_agrees(src, [*msgs, *INPUTS[:2]], boolean)
+    except CelError:
+        return

@@ -63,6 +63,34 @@ def test_escape_attempts_do_only_what_cel_says(src: str) -> None:
         assert got[0] == "error" or got[1] in MSG.values() or got[1] == [1], got
 
 
+@pytest.mark.parametrize("src", ESCAPES)
+def test_escape_attempts_in_the_batch_path_do_only_what_the_one_by_one_path_does(src: str) -> None:
+    """The batch comprehension (`Expr.many`) is generated from the same templates and checked by
+    the same whitelist: it declines, or gives exactly the per-message results."""
+    from engine.celc import try_compile_strict
+    from engine.expr import CelError, EvalError, compile_expr
+
+    try:
+        expr = compile_expr(src)
+    except CelError:
+        assert try_compile_strict(src) is None or try_compile(src) is not None
+        return
+
+    class M:
+        body, meta = MSG, {"source": "t"}
+
+    got = expr.many([M(), M()])
+    if got is None:
+        return
+    try:
+        want = expr.fn(MSG, {"source": "t"})
+    except EvalError:
+        raise AssertionError(f"the batch path gave {got} where one by one fails") from None
+    assert got == [want, want]
+    if expr._batch is not None:
+        assert expr._batch.__globals__["__builtins__"] == {}
+
+
 def test_field_names_and_strings_become_literals_only() -> None:
     import ast
 
@@ -98,6 +126,11 @@ def test_generated_code_runs_without_builtins() -> None:
         "def _cel(_a0, *args):\n    return 1\n",
         "def _cel(_a0):\n    with _a0:\n        return 1\n",
         "def _cel(_a0):\n    del _a0\n",
+        "def _cel(_b0):\n    return [_a0 for _a0 in _b0 if _a0]\n",
+        "def _cel(_b0):\n    return {_a0 for _a0 in _b0}\n",
+        "def _cel(_b0):\n    return list(_a0 for _a0 in _b0)\n",
+        "def _cel(_b0):\n    return [_a0 for _a0.x in _b0]\n",
+        "def _cel(_b0):\n    return [_a0 for _a0 in _b0.__class__]\n",
     ],
 )
 def test_sandbox_rejects_anything_outside_the_whitelist(bad: str) -> None:

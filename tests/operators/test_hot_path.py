@@ -1,0 +1,152 @@
+"""The in-memory hot path: file_source, filter, map and the sinks' batched acknowledgement.
+
+These nodes take fast paths (one comprehension per batch, map rewriting a message in place, one
+`settle_many` per committed batch); each test here would fail if a fast path changed a result.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from engine.message import DEAD_LETTERED, DELIVERED, FILTERED, AckTracker, CompositeAck
+from engine.runtime.memory import tune_malloc
+from engine.runtime.scheduler import _settle
+
+
+def _lines(path: Path) -> list[Any]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def _graph(write_graph: Any, nodes: dict[str, str]) -> Path:
+    """file_source `read` (in.ndjson) -> `nodes` -> ..., with every errors port to dead.ndjson."""
+    lines = ["version: 1", "name: hot", "nodes:", "  read: {type: file_source, config: {path: in.ndjson}}"]
+    lines += [f"  {name}: {spec}" for name, spec in nodes.items()]
+    errors = ", ".join(f"{n}.errors" for n in ["read", *nodes])
+    lines.append(f"  dead: {{type: file_sink, inputs: [{errors}], config: {{path: dead.ndjson}}}}")
+    return write_graph("\n".join(lines) + "\n")
+
+
+def test_fan_out_into_two_maps_gives_each_branch_its_own_message(write_graph: Any, run: Any, tmp_path: Path) -> None:
+    # map rewrites a message in place; an edge fan-out must hand the second branch copies, or the
+    # second map would see the first map's output (or the reverse)
+    (tmp_path / "in.ndjson").write_bytes(b"".join(orjson.dumps({"n": i}) + b"\n" for i in range(2500)))
+    g = _graph(write_graph, {
+        "double": "{type: map, inputs: [read], config: {expr: '{\"d\": msg.n * 2}'}}",
+        "square": "{type: map, inputs: [read], config: {expr: '{\"s\": msg.n * msg.n}'}}",
+        "a": "{type: file_sink, inputs: [double], config: {path: a.ndjson}}",
+        "b": "{type: file_sink, inputs: [square], config: {path: b.ndjson}}",
+    })
+    report = run(g)
+    assert report.error is None and report.balanced
+    assert _lines(tmp_path / "a.ndjson") == [{"d": 2 * i} for i in range(2500)]
+    assert _lines(tmp_path / "b.ndjson") == [{"s": i * i} for i in range(2500)]
+    assert report.totals()["delivered"] == 2500
+
+
+def test_map_and_filter_send_failures_to_errors_and_pass_the_rest(write_graph: Any, run: Any, tmp_path: Path) -> None:
+    rows = [{"n": i, "x": i} if i % 10 else {"n": i} for i in range(100)]  # every 10th has no x
+    rows[5] = {"n": 5, "x": "text"}  # the filter gives an error (string > int is no overload)
+    rows[7] = {"n": 7, "x": 1, "flag": 1}  # kept: x > 0 is a bool
+    (tmp_path / "in.ndjson").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    g = _graph(write_graph, {
+        "some": "{type: filter, inputs: [read], config: {expr: 'msg.n < 50 ? msg.x > 3 : msg.n % 2 == 0'}}",
+        "shape": "{type: map, inputs: [some], config: {expr: '{\"n\": msg.n, \"x\": msg.x}'}}",
+        "out": "{type: file_sink, inputs: [shape], config: {path: out.ndjson}}",
+    })
+    report = run(g)
+    assert report.error is None and report.balanced
+    out = _lines(tmp_path / "out.ndjson")
+    dead = _lines(tmp_path / "dead.ndjson")
+    # n < 50: kept when x > 3 (no x: filter error; x text: filter error); n >= 50: even n kept,
+    # and then every 10th (no x) fails in map
+    want = [r for r in rows if r["n"] < 50 and isinstance(r.get("x"), int) and r["x"] > 3]
+    want += [r for r in rows if r["n"] >= 50 and r["n"] % 2 == 0 and "x" in r]
+    assert out == [{"n": r["n"], "x": r["x"]} for r in want]
+    failed = sorted((d["node"], d["payload"]["n"]) for d in dead)
+    assert failed == sorted([("some", n) for n in (0, 5, 10, 20, 30, 40)] + [("shape", n) for n in (50, 60, 70, 80, 90)])
+    totals = report.totals()
+    assert totals["delivered"] == len(want) and totals["dead_lettered"] == 11
+    assert totals["filtered"] == 100 - len(want) - 11
+
+
+def test_non_bool_filter_result_is_an_error_not_a_keep(write_graph: Any, run: Any, tmp_path: Path) -> None:
+    (tmp_path / "in.ndjson").write_bytes(b'{"v": 1}\n{"v": 0}\n{"v": true}\n')
+    g = _graph(write_graph, {
+        "keep": "{type: filter, inputs: [read], config: {expr: 'msg.v'}}",
+        "out": "{type: file_sink, inputs: [keep], config: {path: out.ndjson}}",
+    })
+    report = run(g)
+    assert report.balanced
+    assert _lines(tmp_path / "out.ndjson") == [{"v": True}]
+    assert [d["error"] for d in _lines(tmp_path / "dead.ndjson")] == ["filter: expression gave int, not bool"] * 2
+
+
+def test_file_source_bad_lines_go_to_errors_and_json_strings_are_messages(
+        write_graph: Any, run: Any, tmp_path: Path) -> None:
+    (tmp_path / "in.ndjson").write_bytes(b'"a string"\n{"ok": 1}\n{broken\n\n[1, 2]\r\n"x"')
+    g = _graph(write_graph, {
+        "out": "{type: file_sink, inputs: [read], config: {path: out.ndjson, with_meta: true}}",
+    })
+    report = run(g)
+    assert report.balanced
+    out = _lines(tmp_path / "out.ndjson")
+    assert [(o["body"], o["meta"]["line"]) for o in out] == [("a string", 1), ({"ok": 1}, 2), ([1, 2], 5), ("x", 6)]
+    (dead,) = _lines(tmp_path / "dead.ndjson")
+    assert dead["payload"] == "{broken" and dead["error"].startswith("line 3: invalid JSON")
+    assert report.totals() == {"entered": 5, "delivered": 4, "filtered": 0, "dead_lettered": 1, "nacked": 0,
+                               "in_flight": 0}
+
+
+def test_settle_many_classifies_like_settle() -> None:
+    one, many = AckTracker(), AckTracker()
+    outcomes = [DELIVERED, FILTERED, DEAD_LETTERED, DELIVERED | FILTERED, 0, DELIVERED, DEAD_LETTERED | FILTERED]
+    a1, a2 = one.new_many(list(range(7))), many.new_many(list(range(7)))
+    for a, b, o in zip(a1, a2, outcomes):
+        a.outcome = b.outcome = o
+        a.pending = b.pending = 0
+    for a in a1:
+        one.settle(a)
+    many.settle_many(a2)
+    fields = ("in_flight", "delivered", "filtered", "dead_lettered", "nacked", "completed", "failed")
+    assert [getattr(many, f) for f in fields] == [getattr(one, f) for f in fields]
+    assert (many.delivered, many.filtered, many.dead_lettered) == (3, 2, 2)
+
+    # a failed ack in the batch keeps its reason; the rest complete
+    t = AckTracker()
+    acks = t.new_many(["a", "b", "c"])
+    acks[1].error = "sink gave up"
+    for a in acks:
+        a.outcome, a.pending = DELIVERED, 0
+    t.settle_many(acks)
+    assert t.completed == ["a", "c"] and t.failed == [("b", "sink gave up")] and t.in_flight == 0
+
+
+def test_sink_settle_groups_by_owner_and_releases_composites() -> None:
+    t1, t2 = AckTracker(), AckTracker()
+    x = t1.new_many([1, 2])
+    y = t2.new_many([3])
+    inner = t1.new_many([4, 5])
+    comp = CompositeAck(inner)
+    acks = [x[0], y[0], comp, x[1]]
+    for a in acks:
+        a.outcome, a.pending = DELIVERED, 0
+    _settle(acks)
+    assert sorted(t1.completed) == [1, 2, 4, 5] and t2.completed == [3]
+    assert t1.in_flight == 0 and t2.in_flight == 0 and t1.delivered == 4
+
+
+def test_malloc_tuning_applies_once_and_can_be_turned_off() -> None:
+    if sys.platform != "linux":
+        return
+    assert tune_malloc() is True and tune_malloc() is True
+    code = "from engine.runtime.memory import tune_malloc; print(tune_malloc())"
+    env = {**os.environ, "STREAMDAG_MALLOC": "default"}
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert res.stdout.strip() == "False"
