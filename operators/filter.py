@@ -23,6 +23,7 @@ class FilterConfig(NodeConfig):
 
 class Filter(Operator):
     Config = FilterConfig
+    inline = True
 
     def __init__(self, node_id: str, config: FilterConfig, ctx) -> None:  # type: ignore[no-untyped-def]
         super().__init__(node_id, config, ctx)

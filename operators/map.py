@@ -20,6 +20,7 @@ class MapConfig(NodeConfig):
 
 class Map(Operator):
     Config = MapConfig
+    inline = True
 
     def __init__(self, node_id: str, config: MapConfig, ctx) -> None:  # type: ignore[no-untyped-def]
         super().__init__(node_id, config, ctx)

@@ -100,6 +100,7 @@ class Route(Operator):
     """Send each message to ports chosen by CEL conditions, or spread messages over `ports`."""
 
     Config = RouteConfig
+    inline = True
 
     def __init__(self, node_id: str, config: RouteConfig, ctx: Any) -> None:
         super().__init__(node_id, config, ctx)

@@ -73,6 +73,7 @@ class Validate(Operator):
     also carries `violations: [{path, message, keyword}]`, capped at `max_violations`."""
 
     Config = ValidateConfig
+    inline = True
 
     def __init__(self, node_id: str, config: ValidateConfig, ctx: Any) -> None:
         super().__init__(node_id, config, ctx)

@@ -96,6 +96,20 @@ class Runner:
                 if node_id != dl and (node_id, ERRORS) not in self.routes:
                     self.routes[(node_id, ERRORS)] = [dl]
                     self.channels[dl]._writers += 1
+        self.inline = {n: Outputs(n, g.nodes[n].ports, self.stats[n]) for n in g.nodes if self._can_inline(n)}
+
+    def _can_inline(self, node_id: str) -> bool:
+        """An `inline` operator that is the only consumer of its one input runs in its upstream's
+        task: the upstream calls `process` on each batch it sends, with no queue and no task switch
+        in between, so a batch goes source -> filter -> map while it is still in the CPU's cache."""
+        rn = self.graph.nodes[node_id]
+        op = self.nodes[node_id]
+        if rn.kind != "operator" or not getattr(op, "inline", False) or len(rn.inputs) != 1:
+            return False
+        if type(op).flush is not Operator.flush or type(op).tick is not Operator.tick or op.tick_interval:
+            return False
+        feeds = [key for key, targets in self.routes.items() if node_id in targets]
+        return feeds == [rn.inputs[0]] and self.routes[rn.inputs[0]] == [node_id]
 
     # -- dispatch ---------------------------------------------------------------------------------
     async def _dispatch(self, node_id: str, lists: dict[str, list[Msg]]) -> None:
@@ -127,7 +141,11 @@ class Runner:
                 # a Msg has one holder (map rewrites its body in place): each further target gets copies
                 for target in targets[1:]:
                     await self.channels[target].put([Msg(m.body, m.meta, m.ack, m.size) for m in msgs])
-            await self.channels[targets[0]].put(msgs)
+            target = targets[0]
+            if target in self.inline:
+                await self._run_inline(self.graph.nodes[target], msgs)
+            else:
+                await self.channels[target].put(msgs)
 
     def _redeliver_failed(self, msgs: list[Msg]) -> list[Msg]:
         """`defaults.on_error: redeliver`: a failed message whose source can redeliver it is handed back
@@ -230,6 +248,19 @@ class Runner:
         if r is not None:
             await r
         await self._dispatch(rn.id, outputs.take())
+
+    async def _run_inline(self, rn: ResolvedNode, batch: list[Msg]) -> None:
+        """One batch through an inlined operator, in the task of the node that sent it."""
+        op: Operator = self.nodes[rn.id]
+        stats = self.stats[rn.id]
+        outputs = self.inline[rn.id]
+        stats.received += len(batch)
+        stats.batches += 1
+        t0 = time.perf_counter()
+        result = await self._retrying(rn, lambda: op.process(batch, outputs), batch, outputs)
+        stats.observe_batch(len(batch), time.perf_counter() - t0)
+        if result is not _FAILED:
+            await self._dispatch(rn.id, outputs.take())
 
     async def _run_sink(self, rn: ResolvedNode) -> None:
         sink: Sink = self.nodes[rn.id]
@@ -372,6 +403,8 @@ class Runner:
                 if self._stopping:
                     self.outputs[node_id].stopping.set()
         for node_id, rn in g.nodes.items():
+            if node_id in self.inline:
+                continue  # runs in its upstream's task (see `_can_inline`)
             runner = {"source": self._run_source, "operator": self._run_operator, "sink": self._run_sink}[rn.kind]
             node_tasks[node_id] = asyncio.create_task(self._guard(rn, runner), name=f"node:{node_id}")
             if rn.kind == "source":
@@ -417,10 +450,13 @@ class Runner:
                 self.channels[target].close_writer()
 
     def _targets_of(self, node_id: str) -> list[str]:
+        """The nodes whose input `node_id` writes to, looking through inlined operators (they run
+        in `node_id`'s task, so their own targets lose a writer when `node_id` ends)."""
         out = []
         for (up, _port), targets in self.routes.items():
             if up == node_id:
-                out.extend(targets)
+                for t in targets:
+                    out.extend(self._targets_of(t) if t in self.inline else [t])
         return out
 
 

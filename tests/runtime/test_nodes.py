@@ -8,11 +8,11 @@ from typing import Any
 from pydantic import Field
 
 from engine import registry
-from engine.api import NodeConfig, Sink, Source
+from engine.api import NodeConfig, Operator, Sink, Source
 from engine.message import Msg
-from engine.runtime.outputs import SourceOutput
+from engine.runtime.outputs import Outputs, SourceOutput
 
-__all__ = ["GATES", "RECORD", "RecordingSource", "GatedSink"]
+__all__ = ["GATES", "RECORD", "FlakyInline", "RecordingSource", "GatedSink"]
 
 RECORD: dict[str, Any] = {}
 GATES: dict[str, asyncio.Event] = {}
@@ -73,5 +73,28 @@ class GatedSink(Sink):
         return failures
 
 
+class FlakyInlineConfig(NodeConfig):
+    fail_first: int = Field(0, ge=0, description="Raise on the first N process calls.")
+
+
+class FlakyInline(Operator):
+    """An inline operator (runs in its upstream's task) that raises on its first N batches and
+    records the task each batch ran in."""
+
+    Config = FlakyInlineConfig
+    inline = True
+
+    def process(self, batch: list[Msg], out: Outputs) -> None:
+        rec = RECORD.setdefault(self.id, {"calls": 0, "tasks": set()})
+        rec["calls"] += 1
+        task = asyncio.current_task()
+        rec["tasks"].add(task.get_name() if task else None)
+        if rec["calls"] <= self.config.fail_first:
+            out.port("out").append(batch[0])  # emitted by the failed attempt: must be discarded
+            raise ConnectionError("lookup unavailable")
+        out.port("out").extend(batch)
+
+
+registry.register("test_inline", FlakyInline)
 registry.register("test_source", RecordingSource)
 registry.register("test_sink", GatedSink)

@@ -197,3 +197,60 @@ def test_stop_drains_in_flight_and_acks_everything(write_graph) -> None:
     t = report.totals()
     assert report.error is None and report.balanced and report.stopped_by_signal
     assert t["in_flight"] == 0 and t["delivered"] == t["entered"] == len(RECORD["out"]["bodies"])
+
+
+def test_single_consumer_operators_run_inline_in_their_upstream_task(write_graph) -> None:
+    path = write_graph("""
+        version: 1
+        name: inline
+        defaults: {dead_letter: dead}
+        nodes:
+          src: {type: test_source, config: {count: 300, batch: 30}}
+          a: {type: test_inline, inputs: [src]}
+          b: {type: map, inputs: [a], config: {expr: '{"i": msg.i, "sq": msg.i * msg.i}'}}
+          c: {type: filter, inputs: [b], config: {expr: 'msg.i % 3 != 0'}}
+          fan1: {type: test_sink, inputs: [c]}
+          fan2: {type: test_inline, inputs: [c]}
+          other: {type: test_source, config: {count: 30, batch: 30}}
+          both: {type: test_inline, inputs: [fan2, other]}
+          out: {type: test_sink, inputs: [both]}
+          dead: {type: drop, inputs: [src.errors]}
+    """)
+    runner = Runner(load_graph(str(path)))
+    # a, b, c: sole consumers of a single input; fan2 shares c.out with fan1; both has two inputs
+    assert set(runner.inline) == {"a", "b", "c"}
+    report = asyncio.run(runner.run())
+    assert report.error is None and report.balanced
+    assert RECORD["a"]["tasks"] == {"node:src"}  # no task, no queue of its own
+    assert RECORD["fan2"]["tasks"] == {"node:fan2"} and RECORD["both"]["tasks"] == {"node:both"}
+    kept = [i for i in range(300) if i % 3]
+    assert [b["i"] for b in RECORD["fan1"]["bodies"]] == kept
+    assert sorted(b["i"] for b in RECORD["out"]["bodies"]) == sorted(kept + list(range(30)))
+    assert report.stats["b"].received == 300 and report.stats["c"].filtered == 100
+    assert report.totals()["delivered"] == 200 + 30 and report.totals()["filtered"] == 100
+
+
+def test_inline_operator_retries_in_place_and_dead_letters_when_exhausted(write_graph, tmp_path) -> None:
+    path = write_graph("""
+        version: 1
+        name: inline_retry
+        defaults: {dead_letter: dead, retry: {max_attempts: 3, initial_backoff: 0.001}}
+        nodes:
+          src: {type: test_source, config: {count: 40, batch: 10}}
+          flaky: {type: test_inline, inputs: [src], config: {fail_first: 2}}
+          out: {type: test_sink, inputs: [flaky]}
+          dead: {type: file_sink, inputs: [src.errors], config: {path: dead.ndjson}}
+    """)
+    report = run_graph(path)
+    assert report.balanced and report.stats["flaky"].retries == 2
+    assert [b["i"] for b in RECORD["out"]["bodies"]] == list(range(40))  # once each, in order
+
+    RECORD.clear()
+    path.write_text(path.read_text().replace("fail_first: 2", "fail_first: 3").replace("count: 40", "count: 10"))
+    report = run_graph(path)
+    assert report.balanced and report.totals()["dead_lettered"] == 10
+    import json
+
+    rows = [json.loads(x) for x in (tmp_path / "dead.ndjson").read_text().splitlines()]
+    assert {r["attempt"] for r in rows} == {3} and {r["node"] for r in rows} == {"flaky"}
+    assert "out" not in RECORD or RECORD["out"]["bodies"] == []
