@@ -41,9 +41,7 @@ class Channel:
     async def put(self, batch: list[Msg]) -> None:
         if not batch:
             return
-        size = 0
-        for m in batch:
-            size += m.size
+        size = sum([m.size for m in batch])
         while self.count and (self.count + len(batch) > self.capacity or self.bytes + size > self.capacity_bytes):
             self._writable.clear()
             await self._writable.wait()
@@ -75,9 +73,7 @@ class Channel:
         if len(batch) > max_n:  # take a part; the rest stays first in line
             rest = batch[max_n:]
             batch = batch[:max_n]
-            rest_size = 0
-            for m in rest:
-                rest_size += m.size
+            rest_size = sum([m.size for m in rest])
             self._q.appendleft((rest, rest_size))
             size -= rest_size
         elif len(batch) < max_n and self._q:

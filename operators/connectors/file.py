@@ -24,6 +24,10 @@ class FileSourceConfig(NodeConfig):
     format: Literal["ndjson", "lines"] = Field("ndjson", description="`lines` gives each line as a string.")
     batch: int = Field(1000, ge=1, le=100_000, description="Lines per emitted batch.")
     skip_blank: bool = Field(True, description="Ignore empty lines (they are not messages).")
+    line_numbers: bool = Field(
+        False, description="Put each message's line number in `meta.line` (for dead letters that say where a "
+        "record came from). Off, every message of a batch shares one `meta` ({source, path}), which saves "
+        "about 0.1 µs a message. A line that is not JSON names its line number in its error either way.")
 
 
 class FileSource(Source):
@@ -62,10 +66,17 @@ class FileSource(Source):
                         bodies = [loads(raw) for raw in lines]
                     except orjson.JSONDecodeError:
                         bodies, bad = _parse_each(lines, numbers), True
-                msgs = [
-                    Msg(body, {"source": sid, "path": spath, "line": n}, ack, len(raw))
-                    for body, n, ack, raw in zip(bodies, numbers, tracker.new_many(numbers), lines)
-                ]
+                if cfg.line_numbers:
+                    msgs = [
+                        Msg(body, {"source": sid, "path": spath, "line": n}, ack, len(raw))
+                        for body, n, ack, raw in zip(bodies, numbers, tracker.new_many(numbers), lines)
+                    ]
+                else:  # one meta for the batch: metas are never changed in place (engine.message)
+                    shared = {"source": sid, "path": spath}
+                    msgs = [
+                        Msg(body, shared, ack, len(raw))
+                        for body, ack, raw in zip(bodies, tracker.new_many(numbers), lines)
+                    ]
                 errors: list[Msg] = []
                 if bad:  # undecodable lines go to errors with their text and the parser's message
                     errors = [out.error(m.derive(m.body.text), m.body.reason) for m in msgs if type(m.body) is _BadLine]
@@ -121,11 +132,17 @@ def _encode_raw(batch: list[Msg]) -> tuple[bytes, list[tuple[Msg, str]]]:
 
 
 def _encode(batch: list[Msg], with_meta: bool) -> bytes:
+    try:  # string keys only, the common case: orjson's fast path (OPT_NON_STR_KEYS costs ~20%)
+        return _dump_lines(batch, with_meta, orjson.OPT_APPEND_NEWLINE)
+    except TypeError:  # a map with int or bool keys (CEL allows them): written as string keys
+        return _dump_lines(batch, with_meta, orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS)
+
+
+def _dump_lines(batch: list[Msg], with_meta: bool, opt: int) -> bytes:
     dumps = orjson.dumps
-    opt = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
     if with_meta:
-        return b"".join(dumps({"body": m.body, "meta": m.meta}, default=_default, option=opt) for m in batch)
-    return b"".join(dumps(m.body, default=_default, option=opt) for m in batch)
+        return b"".join([dumps({"body": m.body, "meta": m.meta}, default=_default, option=opt) for m in batch])
+    return b"".join([dumps(m.body, default=_default, option=opt) for m in batch])
 
 
 def _default(value: Any) -> Any:

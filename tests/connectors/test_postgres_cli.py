@@ -53,9 +53,13 @@ nodes:
     type: postgres_source
     config: {{connection: pg, table: {outbox}, cursor: id, batch_size: 200, position_table: {pos},
              position_key: resume, poll_interval: 0.2}}
+  pace:  # so the kill lands mid-stream however fast the machine is (30,000 rows take >= 3 s)
+    type: rate_limit
+    inputs: [read]
+    config: {{rate: 10000, burst: 1000}}
   store:
     type: postgres_sink
-    inputs: [read]
+    inputs: [pace]
     config: {{connection: pg, table: {target}, mode: insert_ignore, key: [id], create_table: true,
              columns: {{id: {{expr: msg.id, type: bigint}}, n: {{expr: msg.n, type: bigint}}}}}}
 """
@@ -92,7 +96,8 @@ def test_source_resumes_after_kill_9(names: dict[str, str], tmp_path: Path) -> N
     assert written["upto"] == stored          # every row up to the stored position was committed
     assert written["c"] >= stored             # rows past it may be committed but not yet acked
 
-    done = subprocess.run(check=False, args=[*STREAMDAG, "run", "--set", "nodes.read.config.stop_at_end=true", str(graph)],
+    done = subprocess.run(check=False, args=[*STREAMDAG, "run", "--set", "nodes.read.config.stop_at_end=true",
+                                                 "--set", "nodes.pace.config.rate=1000000", str(graph)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     entered = int(re.search(r"integrity OK: (\d+) in", done.stderr).group(1))  # type: ignore[union-attr]

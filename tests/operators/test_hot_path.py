@@ -23,9 +23,10 @@ def _lines(path: Path) -> list[Any]:
     return [orjson.loads(line) for line in path.read_bytes().splitlines()]
 
 
-def _graph(write_graph: Any, nodes: dict[str, str]) -> Path:
+def _graph(write_graph: Any, nodes: dict[str, str], read_config: str = "") -> Path:
     """file_source `read` (in.ndjson) -> `nodes` -> ..., with every errors port to dead.ndjson."""
-    lines = ["version: 1", "name: hot", "nodes:", "  read: {type: file_source, config: {path: in.ndjson}}"]
+    extra = f", {read_config}" if read_config else ""
+    lines = ["version: 1", "name: hot", "nodes:", f"  read: {{type: file_source, config: {{path: in.ndjson{extra}}}}}"]
     lines += [f"  {name}: {spec}" for name, spec in nodes.items()]
     errors = ", ".join(f"{n}.errors" for n in ["read", *nodes])
     lines.append(f"  dead: {{type: file_sink, inputs: [{errors}], config: {{path: dead.ndjson}}}}")
@@ -92,7 +93,7 @@ def test_file_source_bad_lines_go_to_errors_and_json_strings_are_messages(
     (tmp_path / "in.ndjson").write_bytes(b'"a string"\n{"ok": 1}\n{broken\n\n[1, 2]\r\n"x"')
     g = _graph(write_graph, {
         "out": "{type: file_sink, inputs: [read], config: {path: out.ndjson, with_meta: true}}",
-    })
+    }, read_config="line_numbers: true")
     report = run(g)
     assert report.balanced
     out = _lines(tmp_path / "out.ndjson")
@@ -101,6 +102,27 @@ def test_file_source_bad_lines_go_to_errors_and_json_strings_are_messages(
     assert dead["payload"] == "{broken" and dead["error"].startswith("line 3: invalid JSON")
     assert report.totals() == {"entered": 5, "delivered": 4, "filtered": 0, "dead_lettered": 1, "nacked": 0,
                                "in_flight": 0}
+
+
+def test_file_source_shares_one_meta_per_batch_unless_line_numbers_are_asked_for(
+        write_graph: Any, run: Any, tmp_path: Path) -> None:
+    (tmp_path / "in.ndjson").write_bytes(b'{"n": 1}\n{"n": 2}\n')
+    g = _graph(write_graph, {
+        "out": "{type: file_sink, inputs: [read], config: {path: out.ndjson, with_meta: true}}",
+    })
+    assert run(g).balanced
+    assert [o["meta"] for o in _lines(tmp_path / "out.ndjson")] == [{"source": "read", "path": "in.ndjson"}] * 2
+
+
+def test_file_sink_writes_maps_with_int_keys_as_json_objects(write_graph: Any, run: Any, tmp_path: Path) -> None:
+    (tmp_path / "in.ndjson").write_bytes(b'{"n": 1}\n{"n": 2}\n')
+    g = _graph(write_graph, {
+        "keyed": "{type: map, inputs: [read], config: {expr: '{msg.n: \"v\", 10: true}'}}",
+        "out": "{type: file_sink, inputs: [keyed], config: {path: out.ndjson}}",
+    })
+    report = run(g)
+    assert report.balanced and report.totals()["delivered"] == 2
+    assert _lines(tmp_path / "out.ndjson") == [{"1": "v", "10": True}, {"2": "v", "10": True}]
 
 
 def test_settle_many_classifies_like_settle() -> None:

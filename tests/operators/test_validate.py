@@ -104,7 +104,7 @@ schemas:
 nodes:
   read:
     type: file_source
-    config: {{path: in.ndjson}}
+    config: {{path: in.ndjson, line_numbers: true}}
   check:
     type: validate
     inputs: [read]
