@@ -20,6 +20,12 @@ The ack contract (connectors build on it):
 
 No await happens per message: releasing is a counter decrement and, at zero, a list append.
 
+Batch acks: a source whose messages need no token of their own (a file, a generator: nothing to
+acknowledge upstream per message) gives a whole batch one `BatchAck` with one pending reference
+per message (`AckTracker.new_batch`). Releasing one reference is one message settled, counted
+under its outcome. A message whose ack is to be held more than once (fan-out, multicast, sliding
+windows) first gets an ack of its own with `own_ack(msg)`; `BatchAck.retain` refuses.
+
 Ownership: a `Msg` object has one holder at a time. The node that receives it may rewrite its
 `body` in place and pass it on (map does); a node that sends one message to several places sends
 a copy to each further place (the runtime does so for an edge fan-out, route for multicast). Bodies
@@ -32,7 +38,8 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["Ack", "AckTracker", "CompositeAck", "Msg", "NOOP_ACK", "DELIVERED", "FILTERED", "DEAD_LETTERED"]
+__all__ = ["Ack", "AckTracker", "BatchAck", "CompositeAck", "Msg", "NOOP_ACK", "DELIVERED", "FILTERED", "DEAD_LETTERED",
+           "own_ack"]
 
 # Outcome flags a releaser sets on an ack before releasing it; the tracker classifies a settled
 # message as delivered if any branch delivered it, else dead-lettered, else filtered.
@@ -135,6 +142,73 @@ class CompositeAck(Ack):
                 child.fail(self.error)
 
 
+class BatchAck(Ack):
+    """One ack for a batch of `n` messages of one source (see the module docstring): `pending`
+    counts the messages still unsettled, and each release counts one message under its outcome."""
+
+    __slots__ = ("n", "delivered", "filtered", "dead_lettered", "reasons")
+
+    def __init__(self, owner: AckTracker, token: Any, n: int):
+        super().__init__(owner, token, n)
+        self.n = n
+        self.delivered = 0
+        self.filtered = 0
+        self.dead_lettered = 0
+        self.reasons: list[str] | None = None  # one per failed message
+
+    def retain(self, n: int = 1) -> None:
+        raise TypeError("a BatchAck stands for many messages: hold one message more than once with "
+                        "engine.message.own_ack(msg).retain(n)")
+
+    def release(self) -> None:
+        self.finish(0)
+
+    def finish(self, outcome: int) -> None:
+        self.finish_many(outcome, 1)
+
+    def finish_many(self, outcome: int, k: int) -> None:
+        """`finish(outcome)` for `k` messages of this batch at once (a sink's committed run)."""
+        _count(self, outcome, k)
+        self.pending -= k
+        if self.pending == 0:
+            self.owner.settle_batch(self)  # type: ignore[union-attr]
+
+    def fail(self, reason: str) -> None:
+        if self.reasons is None:
+            self.reasons = []
+        self.reasons.append(reason)
+        self.pending -= 1
+        if self.pending == 0:
+            self.owner.settle_batch(self)  # type: ignore[union-attr]
+
+    def settle(self, child: Ack) -> None:
+        """Owner of the per-message acks `own_ack` made: one message, settled once."""
+        if child.error is None:
+            self.finish(child.outcome)
+        else:
+            self.fail(child.error)
+
+
+def _count(counts: BatchAck | AckTracker, outcome: int, k: int) -> None:
+    """Count `k` settled messages under their outcome: delivered if any branch delivered them, else
+    dead-lettered if any branch did, else filtered."""
+    if outcome & DELIVERED:
+        counts.delivered += k
+    elif outcome & DEAD_LETTERED:
+        counts.dead_lettered += k
+    else:
+        counts.filtered += k
+
+
+def own_ack(msg: Msg) -> Ack:
+    """`msg`'s ack, made its own first if its batch shares one (`BatchAck`): call this before
+    holding a message more than once (`retain`)."""
+    ack = msg.ack
+    if type(ack) is BatchAck:
+        ack = msg.ack = Ack(ack)
+    return ack
+
+
 class AckTracker:
     """Collects settled acks of one source, and counts what is still in flight."""
 
@@ -168,24 +242,35 @@ class AckTracker:
         self.entered += n
         return [Ack(self, t) for t in tokens]
 
+    def new_batch(self, n: int, token: Any = None) -> BatchAck:
+        """One ack for `n` messages (see `BatchAck`); `commit` gets `token` once they all settle."""
+        self.in_flight += n
+        self.entered += n
+        return BatchAck(self, token, n)
+
+    def settle_batch(self, ack: BatchAck) -> None:
+        self.in_flight -= ack.n
+        self.delivered += ack.delivered
+        self.filtered += ack.filtered
+        self.dead_lettered += ack.dead_lettered
+        if ack.reasons:
+            self.nacked += len(ack.reasons)
+            self.failed += [(ack.token, reason) for reason in ack.reasons]
+        if len(ack.reasons or ()) < ack.n:
+            self.completed.append(ack.token)
+        if self._signal:
+            self._notify()
+
     def settle(self, ack: Ack) -> None:
         self.in_flight -= 1
         if ack.error is None:
             self.completed.append(ack.token)
-            self._count(ack.outcome)
+            _count(self, ack.outcome, 1)
         else:
             self.nacked += 1
             self.failed.append((ack.token, ack.error))
         if self._signal:  # one flag test per message; the events only when someone may wait
             self._notify()
-
-    def _count(self, outcome: int) -> None:
-        if outcome & DELIVERED:
-            self.delivered += 1
-        elif outcome & DEAD_LETTERED:
-            self.dead_lettered += 1
-        else:
-            self.filtered += 1
 
     def settle_many(self, acks: list[Ack]) -> None:
         """`settle` for many acks of this tracker at once (a sink's committed batch): the same
@@ -205,7 +290,7 @@ class AckTracker:
         if plain != n:
             for outcome in outcomes:
                 if outcome != DELIVERED:
-                    self._count(outcome)
+                    _count(self, outcome, 1)
         if self._signal:
             self._notify()
 

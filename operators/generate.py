@@ -61,14 +61,15 @@ class Generate(Source):
             now = time.time()
             msgs: list[Msg] = []
             errors: list[Msg] = []
+            ack = tracker.new_batch(n, i)  # one ack for the batch: nothing to acknowledge upstream per message
             for j in range(i, i + n):
                 meta = {"source": self.id, "seq": j, "timestamp": now}
                 if fn is None:
-                    msgs.append(Msg({"i": j, "ts": now}, meta, tracker.new(j), 32))
+                    msgs.append(Msg({"i": j, "ts": now}, meta, ack, 32))
                     continue
                 try:
-                    msgs.append(Msg(fn({"i": j}, meta), meta, tracker.new(j), 64))
+                    msgs.append(Msg(fn({"i": j}, meta), meta, ack, 64))
                 except EvalError as exc:
-                    errors.append(out.error(Msg({"i": j}, meta, tracker.new(j)), f"template: {exc}"))
+                    errors.append(out.error(Msg({"i": j}, meta, ack), f"template: {exc}"))
             i += n
             await out.send(msgs, errors)

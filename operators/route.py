@@ -26,7 +26,7 @@ from pydantic import Field, model_validator
 
 from engine.api import CelExpr, CheckContext, CheckIssue, NodeConfig, Operator
 from engine.expr import EvalError, compile_expr
-from engine.message import Msg
+from engine.message import Msg, own_ack
 from engine.runtime.outputs import Outputs
 
 __all__ = ["UNMATCHED", "Route", "RouteConfig", "jump_hash"]
@@ -153,10 +153,11 @@ class Route(Operator):
             lists = [out.port(p) for p in self.names]
             extra = len(lists) - 1
             for m in batch:
+                ack = own_ack(m) if extra else m.ack
                 if extra:
-                    m.ack.retain(extra)
+                    ack.retain(extra)
                 for lst in lists:
-                    lst.append(Msg(m.body, m.meta, m.ack, m.size))
+                    lst.append(Msg(m.body, m.meta, ack, m.size))
         elif mode == "round_robin":
             lists = [out.port(p) for p in self.names]
             n, turn = len(lists), self.turn
@@ -202,10 +203,12 @@ class Route(Operator):
             if not hits:
                 out.port(UNMATCHED).append(m)
                 continue
+            ack = m.ack
             if len(hits) > 1:
-                m.ack.retain(len(hits) - 1)
+                ack = own_ack(m)
+                ack.retain(len(hits) - 1)
             for lst in hits:  # one Msg per copy: a sink fed by two of the ports commits each copy
-                lst.append(Msg(m.body, m.meta, m.ack, m.size))
+                lst.append(Msg(m.body, m.meta, ack, m.size))
 
     def _hash(self, batch: list[Msg], out: Outputs) -> None:
         lists = [out.port(p) for p in self.names]

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from engine.api import CelExpr, CheckContext, CheckIssue, NodeConfig, Operator
 from engine.expr import EvalError, Expr, compile_expr
-from engine.message import CompositeAck, Msg
+from engine.message import CompositeAck, Msg, own_ack
 from engine.runtime.context import NodeContext
 from engine.runtime.outputs import Outputs
 from engine.spec.units import Duration, PositiveDuration
@@ -307,18 +307,19 @@ class Window(Operator):
                         "window %s: items arrive too late (beyond allowed_lateness); they go to port 'late'",
                         self.id,
                     )
+                ack = own_ack(msg)  # held by the late port and maybe by windows
                 if targets:
-                    msg.ack.retain(1)
+                    ack.retain(1)
                 out.port("late").append(
                     Msg(
                         body,
                         {**meta, "window_late": True, "window_watermark": format_time(store.wm)},
-                        msg.ack,
+                        ack,
                         msg.size,
                     )
                 )
             if targets or not late:  # a new session has no targets yet
-                store.add(key, t, values, msg.ack, targets)
+                store.add(key, t, values, own_ack(msg), targets)  # held once per window
             if event and watermark.observe(t):
                 self._send(store.advance(watermark.value), emit)
         self._send(store.take_updates(), emit)

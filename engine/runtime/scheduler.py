@@ -15,13 +15,14 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
+from itertools import groupby
 from types import CoroutineType
 from typing import Any
 
 from engine.api import Operator, Sink, Source
 from engine.compile.validate import Graph, ResolvedNode
 from engine.errors import NodeStartError, UnhandledError
-from engine.message import DEAD_LETTERED, DELIVERED, AckTracker, Msg
+from engine.message import DEAD_LETTERED, DELIVERED, AckTracker, BatchAck, Msg, own_ack
 from engine.observe.events import deadletter_log, log_dead_letters as _log_dead_letters
 from engine.runtime.channel import Channel
 from engine.runtime.context import NodeContext, Resources
@@ -75,6 +76,7 @@ class Runner:
         self._fatal: BaseException | None = None
         self._fatal_event = asyncio.Event()
         self._stopping = False
+        self._ack_drains: set[asyncio.Future[None]] = set()
         self._wire()
 
     # -- set-up -----------------------------------------------------------------------------------
@@ -137,7 +139,7 @@ class Runner:
             if len(targets) > 1:
                 extra = len(targets) - 1
                 for m in msgs:
-                    m.ack.retain(extra)
+                    own_ack(m).retain(extra)
                 # a Msg has one holder (map rewrites its body in place): each further target gets copies
                 for target in targets[1:]:
                     await self.channels[target].put([Msg(m.body, m.meta, m.ack, m.size) for m in msgs])
@@ -284,15 +286,8 @@ class Runner:
                 done = [m for m in batch if id(m) not in failed_ids]
             else:
                 done = batch
-            settled = []
-            for m in done:  # Ack.finish, inlined: this loop runs once per committed message
-                a = m.ack
-                a.outcome |= outcome
-                a.pending -= 1
-                if a.pending == 0:
-                    settled.append(a)
-            if settled:
-                _settle(settled)
+            if done:
+                _commit(done, outcome)
             committed = len(done)
             stats.committed += committed
             # end-to-end latency: one clock read per batch, ages from each message's meta
@@ -313,12 +308,18 @@ class Runner:
             await self._drain_acks(rn.id, src, wait=False)
 
     async def _ack_loop(self, node_id: str) -> None:
+        """Hand settled acks to the source as they come. A hand-over in progress is never cut short
+        when the run ends (the loop is cancelled then): it runs in its own task, which the end of
+        the run waits for, so tokens a source took (XACK in flight, say) are not lost."""
         src: Source = self.nodes[node_id]
         tracker = self.trackers[node_id]
         while True:
             await tracker.wait_settled()
+            drain = asyncio.ensure_future(self._drain_acks(node_id, src, wait=False))
+            self._ack_drains.add(drain)
+            drain.add_done_callback(self._ack_drains.discard)
             try:
-                await self._drain_acks(node_id, src, wait=False)
+                await asyncio.shield(drain)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a failed upstream ack means redelivery, not a dead loop
@@ -428,6 +429,7 @@ class Runner:
             t.cancel()
         fatal_wait.cancel()
         await asyncio.gather(*pending, *ack_tasks, fatal_wait, return_exceptions=True)
+        await asyncio.gather(*self._ack_drains, return_exceptions=True)  # hand-overs in progress finish
         if gc_was_enabled:
             gc.enable()
         for node_id in self.trackers:
@@ -469,6 +471,36 @@ _GC_SHARE = 50  # a GC pass may take 1/50 of the time between passes
 _GC_MIN_INTERVAL = 1.0
 _GC_MAX_INTERVAL = 10.0
 _GC_FOUND_MANY = 10_000  # unreachable objects found by one pass
+
+
+def _commit(done: list[Msg], outcome: int) -> None:
+    """Release the acks of the messages a sink committed, with its outcome (Ack.finish, inlined:
+    this runs once per committed message). Runs of messages sharing a source batch's `BatchAck`
+    are released with one call each."""
+    acks = [m.ack for m in done]
+    settled = []
+    if type(acks[0]) is BatchAck:
+        for a, run in groupby(acks):  # C-level runs: consecutive messages of one source batch
+            k = len(list(run))
+            if type(a) is BatchAck:
+                a.finish_many(outcome, k)
+                continue
+            for _ in range(k):
+                a.outcome |= outcome
+                a.pending -= 1
+                if a.pending == 0:
+                    settled.append(a)
+    else:
+        for a in acks:
+            if type(a) is BatchAck:
+                a.finish(outcome)
+                continue
+            a.outcome |= outcome
+            a.pending -= 1
+            if a.pending == 0:
+                settled.append(a)
+    if settled:
+        _settle(settled)
 
 
 def _settle(acks: list[Any]) -> None:

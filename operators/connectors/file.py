@@ -66,17 +66,16 @@ class FileSource(Source):
                         bodies = [loads(raw) for raw in lines]
                     except orjson.JSONDecodeError:
                         bodies, bad = _parse_each(lines, numbers), True
+                # one ack for the batch (a file has nothing to acknowledge per line: engine.message)
+                ack = tracker.new_batch(len(lines), numbers[0] if numbers else first)
                 if cfg.line_numbers:
                     msgs = [
                         Msg(body, {"source": sid, "path": spath, "line": n}, ack, len(raw))
-                        for body, n, ack, raw in zip(bodies, numbers, tracker.new_many(numbers), lines)
+                        for body, n, raw in zip(bodies, numbers, lines)
                     ]
                 else:  # one meta for the batch: metas are never changed in place (engine.message)
                     shared = {"source": sid, "path": spath}
-                    msgs = [
-                        Msg(body, shared, ack, len(raw))
-                        for body, ack, raw in zip(bodies, tracker.new_many(numbers), lines)
-                    ]
+                    msgs = [Msg(body, shared, ack, len(raw)) for body, raw in zip(bodies, lines)]
                 errors: list[Msg] = []
                 if bad:  # undecodable lines go to errors with their text and the parser's message
                     errors = [out.error(m.derive(m.body.text), m.body.reason) for m in msgs if type(m.body) is _BadLine]

@@ -21,6 +21,7 @@ GATES: dict[str, asyncio.Event] = {}
 class RecordingSourceConfig(NodeConfig):
     count: int = Field(100, ge=0)
     batch: int = Field(10, ge=1)
+    commit_delay: float = Field(0.0, ge=0, description="Seconds each commit takes (an upstream ack round trip).")
 
 
 class RecordingSource(Source):
@@ -40,6 +41,8 @@ class RecordingSource(Source):
             i += n
 
     async def commit(self, tokens: list[Any]) -> None:
+        if self.config.commit_delay:
+            await asyncio.sleep(self.config.commit_delay)
         RECORD[self.id]["committed"].extend(tokens)
 
     async def reject(self, failures: list[tuple[Any, str]]) -> None:

@@ -254,3 +254,19 @@ def test_inline_operator_retries_in_place_and_dead_letters_when_exhausted(write_
     rows = [json.loads(x) for x in (tmp_path / "dead.ndjson").read_text().splitlines()]
     assert {r["attempt"] for r in rows} == {3} and {r["node"] for r in rows} == {"flaky"}
     assert "out" not in RECORD or RECORD["out"]["bodies"] == []
+
+
+def test_an_upstream_ack_in_progress_when_the_run_ends_is_not_cut_short(write_graph) -> None:
+    # the source's commit takes a while (an XACK round trip): the run's end must wait for a commit
+    # already in progress rather than cancel it, or the tokens it took are never acknowledged
+    path = write_graph("""
+        version: 1
+        name: ack_end
+        nodes:
+          src: {type: test_source, config: {count: 400, batch: 20, commit_delay: 0.02}}
+          out: {type: test_sink, inputs: [src]}
+          dead: {type: drop, inputs: [src.errors, out.errors]}
+    """)
+    report = run_graph(path)
+    assert report.balanced and report.totals()["delivered"] == 400
+    assert sorted(RECORD["src"]["committed"]) == list(range(400))
