@@ -66,6 +66,10 @@ class Gen:
             "_NOERR": V.NOERR,
         }
         self._by_id: dict[int, str] = {}
+        # strict: the caller re-runs the message on the exact path when anything raises (a batch
+        # comprehension, `_generate_strict`), so `&&` and `||` may be plain expressions that raise
+        # where the exact code would have to absorb an error
+        self.strict = False
 
     # -- plumbing -----------------------------------------------------------------------------
     def tmp(self) -> str:
@@ -310,6 +314,8 @@ class Gen:
         flatten(left)
         flatten(right)
         decide, other = ("False", "True") if fn == "_&&_" else ("True", "False")
+        if self.strict:
+            return self.strict_logic(operands, decide, other, scope)
         res, err = self.tmp(), self.tmp()
         self.emit(f"{res} = None")
         self.emit(f"{err} = _NOERR")
@@ -327,6 +333,25 @@ class Gen:
         self.emit(f"if {res} is None:")
         self.emit(f"    {res} = {other} if {err} is _NOERR else {self.helper(_fail_from)}({err}, {fn!r})")
         return Code(res, "bool")
+
+    def strict_logic(self, operands: list[Node], decide: str, other: str, scope: dict[str, str]) -> Code:
+        """`a && b` (or `||`) in strict mode, one expression: the first operand that is `decide`
+        decides, a bool goes on to the next, anything else raises (the exact path then absorbs it
+        or not). Operands that need statements are evaluated up front, which can only raise."""
+        codes = [self.gen(op, scope) for op in operands]
+        acc = self.strict_bool(codes[-1])
+        for code in reversed(codes[:-1]):
+            x = self.tmp()
+            acc = (f"({decide} if ({x} := {code.expr}) is {decide} else ({acc} if {x} is {other} "
+                   f"else {self.helper(_not_bool)}({x})))")
+        return Code(acc, "bool")
+
+    def strict_bool(self, code: Code) -> str:
+        """`code`'s value, which must be a bool: a bool-typed expression as it is, else checked."""
+        if code.type == "bool":
+            return code.expr
+        y = self.tmp()
+        return f"({y} if ({y} := {code.expr}) is True or {y} is False else {self.helper(_not_bool)}({y}))"
 
     def ternary(self, cond: Node, a: Node, b: Node, scope: dict[str, str]) -> Code:
         c = self.gen(cond, scope)
@@ -590,6 +615,7 @@ def _generate_strict(
     node: Node, params: dict[str, str], plain: bool, boolean: bool
 ) -> tuple[str, dict[str, object]]:
     g = Gen(params)
+    g.strict = True
     code = g.gen(node, dict(params))
     result = code.expr
     if plain and isinstance(node, MapLit | ListLit) and code.expr[:1] in "[{":
@@ -600,8 +626,7 @@ def _generate_strict(
     elif plain and code.type not in _SCALARS:
         result = f"{g.helper(V.plain)}({result})"
     if boolean:
-        g.consts["_not_bool"] = _not_bool
-        result = f"(_t0 if (_t0 := {result}) is True or _t0 is False else _not_bool(_t0))"
+        result = g.strict_bool(Code(result, code.type))
     text = "\n".join([*g.lines, result])
     used = [(i, name) for i, name in enumerate(params.values()) if re.search(rf"\b{name}\b", text)]
     if not used:  # a constant: still one value per message

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import sys
+from collections.abc import Sequence
 from typing import Any, BinaryIO, Literal
 
 import orjson
@@ -46,7 +47,7 @@ class FileSource(Source):
         raw_lines = cfg.format == "lines"
         sid, spath = self.id, cfg.path
         with open(path, "rb") as fh:
-            lineno = 0
+            lineno = pos = 0
             while not out.stopping.is_set():
                 await out.wait_room()
                 lines = fh.readlines(cfg.batch * 128)
@@ -54,7 +55,9 @@ class FileSource(Source):
                     break
                 first = lineno + 1
                 lineno += len(lines)
-                numbers = list(range(first, lineno + 1))
+                numbers: Sequence[int] = range(first, lineno + 1)
+                # a message's size only feeds byte-capacity accounting: the batch's average is enough
+                pos, size = fh.tell(), (fh.tell() - pos) // len(lines)
                 if cfg.skip_blank and (lines.count(b"\n") or lines.count(b"\r\n") or not lines[-1].strip()):
                     kept = [(n, raw) for n, raw in zip(numbers, lines) if raw.strip()]
                     numbers, lines = [n for n, _ in kept], [raw for _, raw in kept]
@@ -70,12 +73,12 @@ class FileSource(Source):
                 ack = tracker.new_batch(len(lines), numbers[0] if numbers else first)
                 if cfg.line_numbers:
                     msgs = [
-                        Msg(body, {"source": sid, "path": spath, "line": n}, ack, len(raw))
-                        for body, n, raw in zip(bodies, numbers, lines)
+                        Msg(body, {"source": sid, "path": spath, "line": n}, ack, size)
+                        for body, n in zip(bodies, numbers)
                     ]
                 else:  # one meta for the batch: metas are never changed in place (engine.message)
                     shared = {"source": sid, "path": spath}
-                    msgs = [Msg(body, shared, ack, len(raw)) for body, raw in zip(bodies, lines)]
+                    msgs = [Msg(body, shared, ack, size) for body in bodies]
                 errors: list[Msg] = []
                 if bad:  # undecodable lines go to errors with their text and the parser's message
                     errors = [out.error(m.derive(m.body.text), m.body.reason) for m in msgs if type(m.body) is _BadLine]
@@ -92,7 +95,7 @@ class _BadLine:
         self.text, self.reason = text, reason
 
 
-def _parse_each(lines: list[bytes], numbers: list[int]) -> list[Any]:
+def _parse_each(lines: list[bytes], numbers: Sequence[int]) -> list[Any]:
     """Parse line by line (a batch with a bad line): a bad line becomes a `_BadLine`."""
     bodies: list[Any] = []
     for n, raw in zip(numbers, lines):

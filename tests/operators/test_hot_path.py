@@ -231,3 +231,20 @@ def test_file_source_batch_acks_through_fan_out_multicast_and_sliding_windows(
     assert report.totals() == {"entered": 300, "delivered": 300, "filtered": 0, "dead_lettered": 0,
                                "nacked": 0, "in_flight": 0}
     assert len(_lines(tmp_path / "all.ndjson")) == 300 and len(_lines(tmp_path / "x.ndjson")) == 150
+
+
+def test_filter_with_error_absorption_in_a_batch(write_graph: Any, run: Any, tmp_path: Path) -> None:
+    # `a || b`: an error in `a` is absorbed when `b` is true (CEL's commutative || ); the batch's
+    # one-comprehension path raises on it and the batch goes message by message, with CEL's result
+    rows = [{"n": i, "flag": i % 4 == 0} if i % 3 else {"n": i} for i in range(30)]
+    (tmp_path / "in.ndjson").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    g = _graph(write_graph, {
+        "keep": "{type: filter, inputs: [read], config: {expr: 'msg.flag || msg.n > 20'}}",
+        "out": "{type: file_sink, inputs: [keep], config: {path: out.ndjson}}",
+    })
+    report = run(g)
+    assert report.balanced
+    kept = [r["n"] for r in _lines(tmp_path / "out.ndjson")]
+    assert kept == [i for i in range(30) if (i % 3 and i % 4 == 0) or i > 20]
+    failed = sorted(d["payload"]["n"] for d in _lines(tmp_path / "dead.ndjson"))
+    assert failed == [i for i in range(30) if i % 3 == 0 and i <= 20]  # no flag, and n > 20 is false
