@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from engine.celc import try_compile, try_compile_batch
+from engine.celc import try_compile, try_compile_batch, try_compile_strict
 from engine.expr import compile_expr
 
 N = 1000
@@ -94,6 +94,24 @@ def test_eval_batch(benchmark: Any, name: str) -> None:
     assert one is not None and fn(MESSAGES, metas) == [one(m, META) for m in MESSAGES]
     benchmark.extra_info["messages_per_round"] = N
     benchmark(fn, MESSAGES, metas)
+
+
+@pytest.mark.parametrize("name", list(EXPRESSIONS))
+def test_eval_strict_batch(benchmark: Any, name: str) -> None:
+    """The engine's hot path (`Expr.many`, what map and filter call): one comprehension over the
+    batch's bodies, which raises when any message fails and then goes message by message."""
+    sb = try_compile_strict(EXPRESSIONS[name])
+    assert sb is not None
+    columns = [[MESSAGES, [META] * N][i] for i in sb.columns]
+    one = try_compile(EXPRESSIONS[name])
+    assert one is not None
+    try:
+        got = sb.fn(*columns)
+    except Exception:  # noqa: BLE001 - some message fails: the batch path is not taken for this data
+        pytest.skip("some message of the data set fails: the engine evaluates it one by one")
+    assert got == [one(m, META) for m in MESSAGES]
+    benchmark.extra_info["messages_per_round"] = N
+    benchmark(sb.fn, *columns)
 
 
 @pytest.mark.parametrize("name", [k for k, v in PLAIN.items() if v is not None])

@@ -184,9 +184,10 @@ class Gen:
     def plain_inline(self, code: Code, conv: str) -> str:
         """`plain(x)` with the common JSON scalars (str, float, bool, in-range int) checked inline."""
         bind, ref = self.once(code)
+        k = self.tmp()  # the type, read once
         scalar = (
-            f"type({bind}) is _str or type({ref}) is _float or type({ref}) is _bool"
-            f" or type({ref}) is _int and {V.INT64_MIN} <= {ref} <= {V.UINT64_MAX}"
+            f"({k} := type({bind})) is _str or {k} is _float or {k} is _bool"
+            f" or {k} is _int and {V.INT64_MIN} <= {ref} <= {V.UINT64_MAX}"
         )
         return f"({ref} if {scalar} else {conv}({ref}))"
 
@@ -431,11 +432,23 @@ class Gen:
                 return Code(f"({inline} if type({ob}) is _float else {slow})", "double")
             if fn == "_+_" and a.type == b.type == "string":
                 return Code(f"({a.expr} + {b.expr})", "string", a.safe and b.safe)
+            if fn != "_/_" and "double" in (a.type, b.type):
+                return self.double_arith(op, a, b, helper)
         int_fast = self.int_literal_arith(fn, args, a, b, helper)
         if int_fast is not None:
             return int_fast
         typ = a.type if a.type == b.type and a.type in ("int", "uint", "double", "string", "list") else None
         return Code(f"{helper}({a.expr}, {b.expr})", typ)
+
+    def double_arith(self, op: str, a: Code, b: Code, helper: str) -> Code:
+        """`a op b` (+, -, *) with one side known to be a double: inline when the other is a float
+        too (IEEE arithmetic is CEL's), else the helper, which raises CEL's no-overload error. The
+        result is a double either way. `type(x) is type(y) is _float` evaluates both bindings."""
+        if a.type == b.type == "double":
+            return Code(f"({a.expr} {op} {b.expr})", "double", a.safe and b.safe)
+        ab, ar = self.once(a)
+        bb, br = self.once(b)
+        return Code(f"({ar} {op} {br} if type({ab}) is type({bb}) is _float else {helper}({ar}, {br}))", "double")
 
     def int_literal_arith(
         self, fn: str, args: tuple[Node, ...], a: Code, b: Code, helper: str
