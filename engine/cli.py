@@ -29,7 +29,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             report.append({"file": path, "ok": graph is not None,
                            "diagnostics": [{"line": d.line, "col": d.col, "code": d.code, "severity": d.severity,
                                             "message": d.message} for d in diags],
-                           "cel": [{"node": n, "expr": e, "compiled": c} for n, e, c in graph.cel] if graph else []})
+                           "cel": [{"node": n, "expr": e, "compiled": c, "whole_batches": c and _batched(graph, n, e)}
+                                   for n, e, c in graph.cel] if graph else []})
             continue
         for d in diags:
             print(d.format() if d.severity == "error" else d.format().replace(f" {d.code} ", f" {d.code} warning: ", 1))
@@ -38,10 +39,27 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         print(f"{path}: ok ({len(graph.nodes)} nodes" + (f", {len(graph.warnings)} warning(s))" if graph.warnings else ")"))
         if args.explain_cel:
             for node, source, compiled in graph.cel:
-                print(f"  {node}: {'compiled' if compiled else 'runtime '}  {source}" + ("" if compiled else _why(source)))
+                how = ("compiled, whole batches" if _batched(graph, node, source) else "compiled") if compiled else "runtime"
+                print(f"  {node}: {how}  {source}" + ("" if compiled else _why(source)))
     if args.format == "json":
         print(json.dumps(report, indent=2))
     return status
+
+
+def _batched(graph: Any, node_id: str, source: str) -> bool:
+    """Whether the engine evaluates `source` a batch at a time (one comprehension, `Expr.many`):
+    the expression of a map or filter, a condition of a route in `first` mode, when compiled."""
+    rn = graph.nodes[node_id]
+    config = rn.config
+    batched = rn.type in ("map", "filter") and getattr(config, "expr", None) == source
+    batched = batched or (rn.type == "route" and getattr(config, "mode", None) == "first"
+                          and source in (getattr(config, "routes", None) or {}).values())
+    try:
+        from engine import celc
+
+        return batched and celc.try_compile_strict(source) is not None
+    except (ImportError, AttributeError):
+        return False
 
 
 def _why(source: str) -> str:

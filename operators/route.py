@@ -19,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable
+from itertools import compress
+from operator import not_
 from typing import Any, Literal
 
 import orjson
@@ -105,7 +107,9 @@ class Route(Operator):
     def __init__(self, node_id: str, config: RouteConfig, ctx: Any) -> None:
         super().__init__(node_id, config, ctx)
         self.names = config.port_names()
-        self.conditions = [(p, compile_expr(c).fn) for p, c in (config.routes or {}).items()]
+        exprs = [(p, compile_expr(c, boolean=True)) for p, c in (config.routes or {}).items()]
+        self.conditions = [(p, e.fn) for p, e in exprs]
+        self.exprs = [e for _, e in exprs]
         self.key = compile_expr(config.key).fn if config.key else None
         self.turn = 0
         self.slots: dict[bytes, int] = {}  # consistent_hash: key -> port index, keys repeat (users, ids)
@@ -169,7 +173,26 @@ class Route(Operator):
             self._hash(batch, out)
 
     def _first(self, batch: list[Msg], out: Outputs) -> None:
-        conds = [(out.port(p), fn) for p, fn in self.conditions]
+        """Condition by condition over the batch (one comprehension each, `Expr.many`): what a
+        condition does not take goes on to the next. If some message makes a condition fail, the
+        messages still undecided go message by message from that condition on."""
+        remaining = batch
+        for i, ((port, _fn), expr) in enumerate(zip(self.conditions, self.exprs)):
+            if not remaining:
+                return
+            flags = expr.many(remaining)
+            if flags is None:
+                self._first_each(remaining, out, i)
+                return
+            out.port(port).extend(compress(remaining, flags))
+            if not flags.count(False):
+                return
+            remaining = list(compress(remaining, map(not_, flags)))
+        if remaining:
+            (out.lists.get(UNMATCHED) or out.port(UNMATCHED)).extend(remaining)
+
+    def _first_each(self, batch: list[Msg], out: Outputs, start: int = 0) -> None:
+        conds = [(out.port(p), fn) for p, fn in self.conditions[start:]]
         unmatched = out.lists.get(UNMATCHED)
         for m in batch:
             body, meta = m.body, m.meta

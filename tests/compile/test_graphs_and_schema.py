@@ -88,3 +88,14 @@ def test_cli_explain_cel_says_why_an_expression_is_not_compiled(
     out = capsys.readouterr().out
     line = [x for x in out.splitlines() if x.strip().startswith("price:")][0]
     assert "runtime" in line and "(not covered: test)" in line
+
+
+def test_cli_explain_cel_says_which_expressions_run_a_batch_at_a_time(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", "--explain-cel", str(ROOT / "graphs" / "demo.yaml")]) == 0
+    lines = {x.split(":")[0].strip(): x for x in capsys.readouterr().out.splitlines() if x.startswith("  ")}
+    assert "compiled, whole batches" in lines["price"] and "compiled, whole batches" in lines["big_only"]
+    assert "compiled  " in lines["orders"] and "whole batches" not in lines["orders"]  # a generate template
+    assert main(["validate", "--explain-cel", "--format", "json", str(ROOT / "graphs" / "demo.yaml")]) == 0
+    (report,) = json.loads(capsys.readouterr().out)
+    cel = {c["node"]: c for c in report["cel"]}
+    assert cel["price"]["whole_batches"] is True and cel["orders"]["whole_batches"] is False

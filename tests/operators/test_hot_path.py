@@ -248,3 +248,25 @@ def test_filter_with_error_absorption_in_a_batch(write_graph: Any, run: Any, tmp
     assert kept == [i for i in range(30) if (i % 3 and i % 4 == 0) or i > 20]
     failed = sorted(d["payload"]["n"] for d in _lines(tmp_path / "dead.ndjson"))
     assert failed == [i for i in range(30) if i % 3 == 0 and i <= 20]  # no flag, and n > 20 is false
+
+
+def test_route_first_condition_by_condition_over_a_batch(write_graph: Any, run: Any, tmp_path: Path) -> None:
+    # 1st condition for every message at once, the 2nd for what is left...; a message that makes
+    # the 2nd fail (no field v) sends what is left message by message from the 2nd condition on
+    rows = [{"n": i, "v": i % 7} if i % 11 else {"n": i} for i in range(1, 200)]
+    (tmp_path / "in.ndjson").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    g = _graph(write_graph, {
+        "split": "{type: route, inputs: [read], config: {routes: {low: 'msg.n < 50', odd: 'msg.v % 2 == 1'}}}",
+        "low": "{type: file_sink, inputs: [split.low], config: {path: low.ndjson}}",
+        "odd": "{type: file_sink, inputs: [split.odd], config: {path: odd.ndjson}}",
+        "rest": "{type: file_sink, inputs: [split.unmatched], config: {path: rest.ndjson}}",
+    })
+    report = run(g)
+    assert report.error is None and report.balanced
+    ns = lambda name: [r["n"] for r in _lines(tmp_path / name)]  # noqa: E731
+    assert ns("low.ndjson") == [r["n"] for r in rows if r["n"] < 50]
+    assert ns("odd.ndjson") == [r["n"] for r in rows if r["n"] >= 50 and "v" in r and r["v"] % 2 == 1]
+    assert ns("rest.ndjson") == [r["n"] for r in rows if r["n"] >= 50 and "v" in r and r["v"] % 2 == 0]
+    failed = [d["payload"]["n"] for d in _lines(tmp_path / "dead.ndjson")]
+    assert failed == [r["n"] for r in rows if r["n"] >= 50 and "v" not in r]
+    assert report.totals()["delivered"] == len(rows) - len(failed)
