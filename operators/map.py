@@ -37,11 +37,12 @@ class Map(Operator):
             ok.extend(batch)
             return
         fn = self.expr.fn
+        mapped = []
         for m in batch:
             try:
-                body = fn(m.body, m.meta)
+                mapped.append((m, fn(m.body, m.meta)))
             except EvalError as exc:
                 out.error(m, f"map: {exc}")
-            else:
-                m.body = body
-                ok.append(m)
+        for m, body in mapped:  # only now: if `fn` raised something else, the batch is retried as it came
+            m.body = body
+            ok.append(m)

@@ -270,3 +270,41 @@ def test_route_first_condition_by_condition_over_a_batch(write_graph: Any, run: 
     failed = [d["payload"]["n"] for d in _lines(tmp_path / "dead.ndjson")]
     assert failed == [r["n"] for r in rows if r["n"] >= 50 and "v" not in r]
     assert report.totals()["delivered"] == len(rows) - len(failed)
+
+
+def test_map_retried_batch_is_mapped_once(write_graph: Any, run: Any, tmp_path: Path) -> None:
+    # map rewrites messages in place, but only once the whole batch has mapped: a batch whose
+    # evaluation raises part way (not a CEL error: a bug, a lost resource) is retried unchanged
+    (tmp_path / "in.ndjson").write_bytes(b"".join(orjson.dumps({"n": i}) + b"\n" for i in range(10)))
+    g = _graph(write_graph, {
+        "inc": "{type: map, inputs: [read], config: {expr: '{\"n\": msg.n + 1}'}, "
+               "retry: {max_attempts: 2, initial_backoff: 0.001}}",
+        "out": "{type: file_sink, inputs: [inc], config: {path: out.ndjson}}",
+    })
+    calls = {"n": 0}
+
+    def hook(runner: Any) -> None:
+        expr = runner.nodes["inc"].expr
+        exact = expr.fn
+
+        class Flaky:  # no batch path; the 6th evaluation of the first attempt fails
+            source = expr.source
+
+            @staticmethod
+            def many(msgs: list[Any]) -> None:
+                return None
+
+            @staticmethod
+            def fn(body: Any, meta: Any) -> Any:
+                calls["n"] += 1
+                if calls["n"] == 6:
+                    raise RuntimeError("lost a resource")
+                return exact(body, meta)
+
+        runner.nodes["inc"].expr = Flaky
+
+    from tests.conftest import run_graph
+
+    report = run_graph(g, runner_hook=hook)
+    assert report.balanced and report.stats["inc"].retries == 1
+    assert [r["n"] for r in _lines(tmp_path / "out.ndjson")] == list(range(1, 11))
