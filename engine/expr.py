@@ -68,7 +68,7 @@ class Expr:
     needs the runtime: the caller then evaluates message by message with `fn`, which gives each
     message its own result or error. The results are the same either way."""
 
-    __slots__ = ("compiled", "fn", "source", "_batch", "_columns")
+    __slots__ = ("_batch", "_columns", "compiled", "fn", "source")
 
     def __init__(self, source: str, fn: Callable[[Any, Any], Any], compiled: bool, batch: Any = None):
         self.source = source

@@ -38,8 +38,18 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["Ack", "AckTracker", "BatchAck", "CompositeAck", "Msg", "NOOP_ACK", "DELIVERED", "FILTERED", "DEAD_LETTERED",
-           "own_ack"]
+__all__ = [
+    "DEAD_LETTERED",
+    "DELIVERED",
+    "FILTERED",
+    "NOOP_ACK",
+    "Ack",
+    "AckTracker",
+    "BatchAck",
+    "CompositeAck",
+    "Msg",
+    "own_ack",
+]
 
 # Outcome flags a releaser sets on an ack before releasing it; the tracker classifies a settled
 # message as delivered if any branch delivered it, else dead-lettered, else filtered.
@@ -51,7 +61,7 @@ DEAD_LETTERED = 4
 class Msg:
     """One message: body, metadata, ack and an approximate size in bytes."""
 
-    __slots__ = ("body", "meta", "ack", "size")
+    __slots__ = ("ack", "body", "meta", "size")
 
     def __init__(self, body: Any, meta: dict[str, Any] | None = None, ack: Ack | None = None, size: int = 0):
         self.body = body
@@ -70,7 +80,7 @@ class Msg:
 class Ack:
     """A reference-counted acknowledgement owned by a tracker (or a composite)."""
 
-    __slots__ = ("pending", "owner", "token", "error", "outcome")
+    __slots__ = ("error", "outcome", "owner", "pending", "token")
 
     def __init__(self, owner: AckTracker | CompositeAck | None, token: Any = None, pending: int = 1):
         self.pending = pending
@@ -146,7 +156,7 @@ class BatchAck(Ack):
     """One ack for a batch of `n` messages of one source (see the module docstring): `pending`
     counts the messages still unsettled, and each release counts one message under its outcome."""
 
-    __slots__ = ("n", "delivered", "filtered", "dead_lettered", "reasons")
+    __slots__ = ("dead_lettered", "delivered", "filtered", "n", "reasons")
 
     def __init__(self, owner: AckTracker, token: Any, n: int):
         super().__init__(owner, token, n)
@@ -212,8 +222,21 @@ def own_ack(msg: Msg) -> Ack:
 class AckTracker:
     """Collects settled acks of one source, and counts what is still in flight."""
 
-    __slots__ = ("completed", "failed", "in_flight", "_wake", "_room", "_signal", "limit", "entered", "delivered",
-                 "filtered", "dead_lettered", "nacked", "redelivers")
+    __slots__ = (
+        "_room",
+        "_signal",
+        "_wake",
+        "completed",
+        "dead_lettered",
+        "delivered",
+        "entered",
+        "failed",
+        "filtered",
+        "in_flight",
+        "limit",
+        "nacked",
+        "redelivers",
+    )
 
     def __init__(self, limit: int = 0):
         self.completed: list[Any] = []

@@ -141,7 +141,7 @@ class StrictBatch:
     batch message by message with the per-message function, which gives each message its own
     result or error. The results are the same either way; only the cost differs."""
 
-    __slots__ = ("fn", "columns", "source")
+    __slots__ = ("columns", "fn", "source")
 
     def __init__(self, fn: Callable[..., list[Any]], columns: tuple[int, ...], source: str):
         self.fn, self.columns, self.source = fn, columns, source

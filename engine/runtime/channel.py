@@ -19,8 +19,17 @@ class Channel:
     the queue is empty, `get` returns None.
     """
 
-    __slots__ = ("capacity", "capacity_bytes", "count", "bytes", "high_water", "_q", "_writers",
-                 "_readable", "_writable")
+    __slots__ = (
+        "_q",
+        "_readable",
+        "_writable",
+        "_writers",
+        "bytes",
+        "capacity",
+        "capacity_bytes",
+        "count",
+        "high_water",
+    )
 
     def __init__(self, capacity: int, capacity_bytes: int, writers: int):
         self.capacity = capacity

@@ -19,7 +19,7 @@ import ctypes.util
 import os
 import platform
 
-__all__ = ["TRIM_THRESHOLD", "MMAP_THRESHOLD", "tune_malloc"]
+__all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "tune_malloc"]
 
 TRIM_THRESHOLD = 64 << 20  # keep up to 64 MiB of freed memory at the top of the heap for reuse
 MMAP_THRESHOLD = 16 << 20  # blocks below 16 MiB come from the heap (reused), not a fresh mmap each

@@ -23,7 +23,8 @@ from engine.api import Operator, Sink, Source
 from engine.compile.validate import Graph, ResolvedNode
 from engine.errors import NodeStartError, UnhandledError
 from engine.message import DEAD_LETTERED, DELIVERED, AckTracker, BatchAck, Msg, own_ack
-from engine.observe.events import deadletter_log, log_dead_letters as _log_dead_letters
+from engine.observe.events import deadletter_log
+from engine.observe.events import log_dead_letters as _log_dead_letters
 from engine.runtime.channel import Channel
 from engine.runtime.context import NodeContext, Resources
 from engine.runtime.memory import tune_malloc

@@ -89,7 +89,7 @@ class FileSource(Source):
 class _BadLine:
     """A line that is not JSON, while its batch is being built."""
 
-    __slots__ = ("text", "reason")
+    __slots__ = ("reason", "text")
 
     def __init__(self, text: str, reason: str):
         self.text, self.reason = text, reason

@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from engine.cli import main
+from engine.compile import render
 from engine.compile.schema import graph_schema
 from engine.compile.validate import check_file, load_graph
-from engine.compile import render
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAPHS = sorted((ROOT / "graphs").glob("*.yaml"))

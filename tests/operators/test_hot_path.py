@@ -13,10 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-
 import pytest
 
-from engine.message import DEAD_LETTERED, DELIVERED, FILTERED, AckTracker, BatchAck, CompositeAck, Msg, own_ack
+from engine.message import (
+    DEAD_LETTERED,
+    DELIVERED,
+    FILTERED,
+    AckTracker,
+    CompositeAck,
+    Msg,
+    own_ack,
+)
 from engine.runtime.memory import tune_malloc
 from engine.runtime.scheduler import _commit, _settle
 
@@ -263,7 +270,7 @@ def test_route_first_condition_by_condition_over_a_batch(write_graph: Any, run: 
     })
     report = run(g)
     assert report.error is None and report.balanced
-    ns = lambda name: [r["n"] for r in _lines(tmp_path / name)]  # noqa: E731
+    ns = lambda name: [r["n"] for r in _lines(tmp_path / name)]
     assert ns("low.ndjson") == [r["n"] for r in rows if r["n"] < 50]
     assert ns("odd.ndjson") == [r["n"] for r in rows if r["n"] >= 50 and "v" in r and r["v"] % 2 == 1]
     assert ns("rest.ndjson") == [r["n"] for r in rows if r["n"] >= 50 and "v" in r and r["v"] % 2 == 0]

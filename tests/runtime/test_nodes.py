@@ -12,7 +12,7 @@ from engine.api import NodeConfig, Operator, Sink, Source
 from engine.message import Msg
 from engine.runtime.outputs import Outputs, SourceOutput
 
-__all__ = ["GATES", "RECORD", "FlakyInline", "RecordingSource", "GatedSink"]
+__all__ = ["GATES", "RECORD", "FlakyInline", "GatedSink", "RecordingSource"]
 
 RECORD: dict[str, Any] = {}
 GATES: dict[str, asyncio.Event] = {}
