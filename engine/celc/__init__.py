@@ -147,15 +147,17 @@ class StrictBatch:
         self.fn, self.columns, self.source = fn, columns, source
 
 
-def compile_strict_batch(source: str, macros: bool = True, boolean: bool = False) -> StrictBatch:
-    """Compile `source` (variables `msg`, `meta`) to a `StrictBatch`; raises like `compile_program`.
-    With `boolean`, a message whose result is not a bool also makes the batch raise."""
-    params = {"msg": "_a0", "meta": "_a1"}
+def compile_strict_batch(
+    source: str, macros: bool = True, boolean: bool = False, variables: Sequence[str] = ("msg", "meta")
+) -> StrictBatch:
+    """Compile `source` to a `StrictBatch` over `variables` (column i is variable i); raises like
+    `compile_program`. With `boolean`, a message whose result is not a bool also makes the batch raise."""
+    params = {name: f"_a{i}" for i, name in enumerate(variables)}
     src, consts = generate(parse(source, macros), params, batch=True, strict=True, boolean=boolean)
     signature = src[: src.index(")")]
-    columns = tuple(i for i in (0, 1) if f"_b{i}" in signature)
+    columns = tuple(i for i in range(len(params)) if re.search(rf"\b_b{i}\b", signature))
     names = {**consts, "_Defer": V.Defer}
-    check_source(src, [*params.values(), "_b0", "_b1", "_out"], names)
+    check_source(src, [*params.values(), *(f"_b{i}" for i in range(len(params))), "_out"], names)
     scope: dict[str, Any] = {"__builtins__": {}, **names}
     try:
         with warnings.catch_warnings():

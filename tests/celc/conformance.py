@@ -3,6 +3,8 @@
 `python -m tests.celc.conformance` prints pass counts per file. A test runs on the compiler when
 `engine.celc` translates its expression ("claimed"); otherwise the engine would use the runtime, so
 it is counted as a fallback. Tests that need protobuf messages are skipped and counted as skipped.
+A claimed test also runs through the engine's batch path (one comprehension over a batch, which
+may decline by raising): `batch_pass` / `batch_fail` count the tests where it returned a result.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 from cel_expr_python import cel
 from cel_expr_python.ext import ext_bindings, ext_encoders, ext_math, ext_optional, ext_strings
 
-from engine.celc import compile_program
+from engine.celc import compile_program, compile_strict_batch
 from engine.celc.parser import ParseError, Unsupported
 from engine.celc.sandbox import UnsafeCode
 from engine.celc.values import CelFailure, UInt
@@ -201,6 +203,37 @@ def _compiler_outcome(test: dict, fname: str) -> tuple[str, Any] | None:
         return "error", str(exc)
 
 
+def _batch_outcome(test: dict) -> tuple[str, Any] | None:
+    """The engine's batch path (`compile_strict_batch`) on a batch of one, two copies of the test's
+    bindings: ('value', v) when it returns (both results must be v), None when it raises (the
+    engine then evaluates those messages one by one) or does not compile."""
+    names = sorted(test.get("bindings", {}))
+    if any(d.get("function") for d in test.get("type_env", [])) or test.get("container"):
+        return None
+    try:
+        sb = compile_strict_batch(test["expr"], macros=not test["disable_macros"], variables=names or ["_unused"])
+    except (ParseError, Unsupported, UnsafeCode, CelFailure, RecursionError):
+        return None
+    args = [to_python(test["bindings"][n], UInt) for n in names] or [None]
+    try:
+        values = sb.fn(*[[args[i], args[i]] for i in sb.columns])
+    except Exception:  # noqa: BLE001 - the batch path declines: the engine goes message by message
+        return None
+    if len(values) != 2 or not (values[0] is values[1] or values[0] == values[1] or values[0] != values[0]):
+        return "value", _Mismatch(values)
+    return "value", values[0]
+
+
+class _Mismatch:
+    """Two copies of one message gave different results in one batch (always a failure)."""
+
+    def __init__(self, values: Any):
+        self.values = values
+
+    def __repr__(self) -> str:
+        return f"different results for the same message: {self.values!r}"
+
+
 def run_file(path: str) -> FileResult:
     """Run every test of one JSON file on both evaluators."""
     doc = load(path)
@@ -224,14 +257,16 @@ def run_file(path: str) -> FileResult:
                 outcome = _compiler_outcome(test, fname)
                 if outcome is None:
                     c["fallback"] += 1
-                elif _check(kind, want, outcome):
-                    c["compiled_pass"] += 1
-                else:
-                    c["compiled_fail"] += 1
-                    result.compiler_failures.append(
-                        f"{fname}[{si}:{ti}] {section['name']}/{test['name']}: {test['expr']!r} "
-                        f"want {kind} {want} got {outcome}"
-                    )
+                    continue
+                where = f"{fname}[{si}:{ti}] {section['name']}/{test['name']}"
+                for path, got in (("compiled", outcome), ("batch", _batch_outcome(test))):
+                    if got is None:  # the batch path declined: the engine goes message by message
+                        continue
+                    ok = _check(kind, want, got)
+                    c[f"{path}_{'pass' if ok else 'fail'}"] += 1
+                    if not ok:
+                        result.compiler_failures.append(
+                            f"{where} ({path}): {test['expr']!r} want {kind} {want} got {got}")
             except _NotComparable:
                 c["skipped"] += 1
     return result
@@ -254,6 +289,8 @@ def main() -> None:
         "bad_data",
         "compiled_pass",
         "compiled_fail",
+        "batch_pass",
+        "batch_fail",
         "fallback",
         "runtime_pass",
         "runtime_fail",
