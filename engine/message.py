@@ -82,7 +82,7 @@ class Ack:
 
     __slots__ = ("error", "outcome", "owner", "pending", "token")
 
-    def __init__(self, owner: AckTracker | CompositeAck | None, token: Any = None, pending: int = 1):
+    def __init__(self, owner: AckTracker | CompositeAck | BatchAck | None, token: Any = None, pending: int = 1):
         self.pending = pending
         self.owner = owner
         self.token = token
