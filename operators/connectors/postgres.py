@@ -31,6 +31,7 @@ __all__ = [
     "IDENT_RE",
     "TYPE_RE",
     "check_all",
+    "column_values",
     "db_message",
     "identifier_issues",
     "is_row_error",
@@ -303,5 +304,29 @@ def value_getter(source: str) -> Callable[[Any, Any], Any]:
             except (TypeError, IndexError):
                 raise EvalError(f"no such key: {key} (not a map)") from None
 
+        get_one.key = key  # type: ignore[attr-defined]  # column_values reads a whole column at once
+        get_one.from_msg = root_is_msg  # type: ignore[attr-defined]
         return get_one
     return get
+
+
+def column_values(get: Any, batch: list[Any]) -> list[Any] | None:
+    """`get(m.body, m.meta)` for every message of `batch` in one pass, or None when some message
+    fails (the caller then goes message by message and names the failing ones)."""
+    key = getattr(get, "key", None)
+    if key is not None:
+        try:
+            if get.from_msg:
+                return [m.body[key] for m in batch]
+            return [m.meta[key] for m in batch]
+        except (KeyError, TypeError, IndexError):
+            return None
+    many = getattr(get, "many", None)
+    if many is not None:  # a CEL expression: one comprehension over the batch (engine.expr.Expr.many)
+        return many(batch)  # type: ignore[no-any-return]
+    from engine.expr import EvalError
+
+    try:
+        return [get(m.body, m.meta) for m in batch]
+    except EvalError:
+        return None

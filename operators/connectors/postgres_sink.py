@@ -1,7 +1,10 @@
 """`postgres_sink`: each batch in one transaction, idempotent modes, bad rows isolated, reconnects.
 
 Values travel as text and are cast by PostgreSQL to the column's type in the statement, so a bad
-value fails with the database's own message and message content never becomes SQL text. A batch
+value fails with the database's own message and message content never becomes SQL text. On the
+`unnest` path, integer, float and boolean columns travel as typed arrays instead when every value
+of the batch has the column's Python type (asyncpg encodes them in C, the server parses no text);
+any other value sends the batch as text, and a row error splits it in halves as text. A batch
 is written in one statement (multi-row VALUES, `unnest` of text arrays, or COPY into a temporary
 staging table + INSERT … SELECT; see docs/postgres.md for the figures behind `write_path: auto`).
 If the statement fails because of some row, the transaction is retried with the batch split in
@@ -25,6 +28,7 @@ from engine.expr import EvalError
 from engine.message import Msg
 from operators.connectors.postgres import (
     check_all,
+    column_values,
     db_message,
     identifier_issues,
     is_row_error,
@@ -46,6 +50,11 @@ WritePath = Literal["auto", "values", "unnest", "copy"]
 _MAX_PARAMS = 32767
 # Batches at least this large go through COPY under `write_path: auto` (below it, unnest is faster).
 COPY_THRESHOLD = 2000
+# Columns whose values may travel as typed arrays (asyncpg encodes them in C, the server parses no
+# text): the column's type -> the array parameter's element type. The SELECT's cast does the rest.
+_NATIVE = {"int8": "int8", "int4": "int8", "int2": "int8", "float8": "float8", "float4": "float8", "bool": "bool"}
+_INT64 = (-(2**63), 2**63 - 1)
+_NONE = type(None)
 
 
 class ColumnSpec(BaseModel):
@@ -150,6 +159,9 @@ class PostgresSink(Sink):
         self.stage = f"streamdag_stage_{digest}"
         self.types: dict[str, str] = {}
         self.json_cols: list[bool] = []
+        self.native: list[str | None] = []  # per column: the typed array's element type, or None (text)
+        self._unnest_typed_sql = ""  # set once the table's types are known
+        self.typed_batches = 0  # batches written as typed arrays (the rest went as text)
         self.pool: Any = None
         self._staged: set[int] = set()  # server pids whose session has the staging table
         self._rand = random.Random()
@@ -197,6 +209,7 @@ class PostgresSink(Sink):
                                    f"unique index on ({', '.join(self.config.key)}) of {self.config.table!r}")
         self.types = {c: found[c][0] for c in self.names}
         self.json_cols = [found[c][1] in ("json", "jsonb") for c in self.names]
+        self.native = [_NATIVE.get(found[c][1]) for c in self.names]
         self._build_sql()
 
     async def _create(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
@@ -247,6 +260,9 @@ class PostgresSink(Sink):
         n = len(cols)
         params = ", ".join(f"${i + 1}::text[]" for i in range(n))
         self._unnest_sql = self._insert.format(src=f"unnest({params}) WITH ORDINALITY AS s({col_list}, __ord)")
+        typed = ", ".join(f"${i + 1}::{t or 'text'}[]" for i, t in enumerate(self.native))
+        self._unnest_typed_sql = (self._insert.format(src=f"unnest({typed}) WITH ORDINALITY AS s({col_list}, __ord)")
+                                  if any(self.native) else "")
         self._copy_sql = self._insert.format(src=f"{quote_ident(self.stage)} AS s")
         self._stage_ddl = (f"CREATE TEMP TABLE IF NOT EXISTS {quote_ident(self.stage)} "
                            f"({', '.join(f'{q} text' for q in cols)}, __ord bigint) ON COMMIT DELETE ROWS")
@@ -260,7 +276,12 @@ class PostgresSink(Sink):
         return {} if up is None else {self.config.connection: up}
 
     async def write(self, batch: list[Msg]) -> list[tuple[Msg, str]]:
-        columns, msgs, failed = self._columns(batch)
+        typed = self._typed_columns(batch)
+        failed: list[tuple[Msg, str]] = []
+        if typed is not None:
+            columns, msgs = typed, batch
+        else:
+            columns, msgs, failed = self._columns(batch)
         if not msgs:
             return failed
         if not self.types:  # create_table with inferred types: decided by the first batch
@@ -270,7 +291,7 @@ class PostgresSink(Sink):
         attempt = 1
         while True:
             try:
-                result = failed + await self._transaction(columns, msgs)
+                result = failed + await self._transaction(columns, msgs, typed is not None)
                 self._up = True
                 return result
             except Exception as exc:
@@ -295,6 +316,40 @@ class PostgresSink(Sink):
             except EvalError:
                 out.append(None)
         return out
+
+    def _typed_columns(self, batch: list[Msg]) -> list[list[Any]] | None:
+        """The batch as one list per column, each a whole column at once, with int, float and bool
+        columns as Python values for typed arrays and the others as text; None when the batch
+        should take the text path: no typed statement or not the unnest path, some message fails
+        an expression, or a value does not have its column's Python type (text gives the
+        database's own message for it)."""
+        if not self._unnest_typed_sql or self._path(len(batch), top=True) != "unnest":
+            return None
+        columns: list[list[Any]] = []
+        for get, native, js in zip(self.getters, self.native, self.json_cols):
+            values = column_values(get, batch)
+            if values is None:
+                return None
+            kinds = set(map(type, values))
+            kinds.discard(_NONE)
+            if native is None:
+                try:
+                    columns.append(values if kinds <= {str} and not js else
+                                   list(map(json_text if js else plain_text, values)))
+                except (TypeError, ValueError):
+                    return None
+                continue
+            if native == "bool":
+                ok = kinds <= {bool}
+            else:
+                ok = kinds <= ({int} if native == "int8" else {int, float})
+                if ok and int in kinds:
+                    ints = values if kinds == {int} and None not in values else [v for v in values if type(v) is int]
+                    ok = _INT64[0] <= min(ints) and max(ints) <= _INT64[1]
+            if not ok:
+                return None
+            columns.append(values)
+        return columns
 
     def _columns(self, batch: list[Msg]) -> tuple[Columns, list[Msg], list[tuple[Msg, str]]]:
         """Evaluate the column expressions: text values column by column, their messages, and the
@@ -324,18 +379,19 @@ class PostgresSink(Sink):
                 msgs.append(msg)
         return [list(c) for c in zip(*rows)] or [[] for _ in self.names], msgs, failed
 
-    async def _transaction(self, rows: Columns, msgs: list[Msg]) -> list[tuple[Msg, str]]:
+    async def _transaction(self, rows: Columns, msgs: list[Msg], typed: bool = False) -> list[tuple[Msg, str]]:
         """One transaction: the whole batch, or (after a row error) its halves under savepoints."""
         conn = await self.pool.acquire()
         try:
-            return await self._in_transaction(conn, rows, msgs)
+            return await self._in_transaction(conn, rows, msgs, typed)
         finally:
             try:
                 await self.pool.release(conn)
             except Exception as exc:  # noqa: BLE001 - the pool drops a broken connection; the outcome stands
                 self.ctx.log.debug("postgres_sink %s: releasing a connection failed: %s", self.id, exc)
 
-    async def _in_transaction(self, conn: Any, rows: Columns, msgs: list[Msg]) -> list[tuple[Msg, str]]:
+    async def _in_transaction(self, conn: Any, rows: Columns, msgs: list[Msg], typed: bool = False
+                              ) -> list[tuple[Msg, str]]:
         if self._path(len(msgs), top=True) == "copy":
             pid = conn.get_server_pid()
             if pid not in self._staged:  # outside the transaction, so a rollback keeps it
@@ -345,7 +401,11 @@ class PostgresSink(Sink):
         await tx.start()
         try:
             try:
-                xid = await self._execute(conn, rows, top=True)
+                if typed:
+                    xid = await conn.fetchval(self._unnest_typed_sql, *rows)
+                    self.typed_batches += 1
+                else:
+                    xid = await self._execute(conn, rows, top=True)
                 failed: list[tuple[Msg, str]] = []
             except Exception as exc:
                 if not is_row_error(exc):
@@ -354,7 +414,10 @@ class PostgresSink(Sink):
                 tx = conn.transaction()
                 await tx.start()
                 xid = await conn.fetchval("SELECT pg_current_xact_id()::text")
-                failed = await self._isolate(conn, rows, msgs, exc)
+                unconvertible: list[tuple[Msg, str]] = []
+                if typed:  # the halves go as text, so a bad row fails with the database's own message
+                    rows, msgs, unconvertible = self._columns(msgs)
+                failed = unconvertible + (await self._isolate(conn, rows, msgs, exc) if msgs else [])
         except BaseException:
             try:
                 await tx.rollback()
