@@ -110,7 +110,8 @@ class Route(Operator):
         exprs = [(p, compile_expr(c, boolean=True)) for p, c in (config.routes or {}).items()]
         self.conditions = [(p, e.fn) for p, e in exprs]
         self.exprs = [e for _, e in exprs]
-        self.key = compile_expr(config.key).fn if config.key else None
+        self.key_expr = compile_expr(config.key) if config.key else None
+        self.key = self.key_expr.fn if self.key_expr else None
         self.turn = 0
         self.slots: dict[bytes, int] = {}  # consistent_hash: key -> port index, keys repeat (users, ids)
 
@@ -211,18 +212,23 @@ class Route(Operator):
 
     def _all(self, batch: list[Msg], out: Outputs) -> None:
         conds = [(out.port(p), fn) for p, fn in self.conditions]
-        for m in batch:
+        flags = [e.many(batch) for e in self.exprs]  # every condition over the batch, or None
+        together = None if any(f is None for f in flags) else list(zip(*flags))
+        for i, m in enumerate(batch):
             hits: list[list[Msg]] = []
-            try:
-                for lst, fn in conds:
-                    hit = fn(m.body, m.meta)
-                    if hit is True:
-                        hits.append(lst)
-                    elif hit is not False:
-                        raise EvalError(f"condition gave {type(hit).__name__}, not bool")
-            except EvalError as exc:
-                out.error(m, f"route: {exc}")
-                continue
+            if together is not None:
+                hits = [lst for (lst, _fn), hit in zip(conds, together[i]) if hit]
+            else:
+                try:
+                    for lst, fn in conds:
+                        hit = fn(m.body, m.meta)
+                        if hit is True:
+                            hits.append(lst)
+                        elif hit is not False:
+                            raise EvalError(f"condition gave {type(hit).__name__}, not bool")
+                except EvalError as exc:
+                    out.error(m, f"route: {exc}")
+                    continue
             if not hits:
                 out.port(UNMATCHED).append(m)
                 continue
@@ -239,9 +245,10 @@ class Route(Operator):
         key = self.key
         assert key is not None
         slots = self.slots
-        for m in batch:
+        keys = self.key_expr.many(batch) if self.key_expr is not None else None  # one comprehension
+        for i, m in enumerate(batch):
             try:
-                k = _key_bytes(key(m.body, m.meta))
+                k = _key_bytes(keys[i] if keys is not None else key(m.body, m.meta))
             except (EvalError, TypeError) as exc:
                 out.error(m, f"route key: {exc}")
                 continue

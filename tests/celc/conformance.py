@@ -259,14 +259,14 @@ def run_file(path: str) -> FileResult:
                     c["fallback"] += 1
                     continue
                 where = f"{fname}[{si}:{ti}] {section['name']}/{test['name']}"
-                for path, got in (("compiled", outcome), ("batch", _batch_outcome(test))):
+                for way, got in (("compiled", outcome), ("batch", _batch_outcome(test))):
                     if got is None:  # the batch path declined: the engine goes message by message
                         continue
                     ok = _check(kind, want, got)
-                    c[f"{path}_{'pass' if ok else 'fail'}"] += 1
+                    c[f"{way}_{'pass' if ok else 'fail'}"] += 1
                     if not ok:
                         result.compiler_failures.append(
-                            f"{where} ({path}): {test['expr']!r} want {kind} {want} got {got}")
+                            f"{where} ({way}): {test['expr']!r} want {kind} {want} got {got}")
             except _NotComparable:
                 c["skipped"] += 1
     return result

@@ -315,3 +315,35 @@ def test_map_retried_batch_is_mapped_once(write_graph: Any, run: Any, tmp_path: 
     report = run_graph(g, runner_hook=hook)
     assert report.balanced and report.stats["inc"].retries == 1
     assert [r["n"] for r in _lines(tmp_path / "out.ndjson")] == list(range(1, 11))
+
+
+def test_route_all_and_consistent_hash_over_a_batch(write_graph: Any, run: Any, tmp_path: Path) -> None:
+    rows = [{"n": i, "k": f"user-{i % 5}"} if i % 13 else {"n": i} for i in range(1, 120)]
+    (tmp_path / "in.ndjson").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    g = _graph(write_graph, {
+        "tag": "{type: route, inputs: [read], config: {mode: all, routes: {even: 'msg.n % 2 == 0', "
+               "named: 'msg.k != \"\"'}}}",
+        "even": "{type: file_sink, inputs: [tag.even], config: {path: even.ndjson}}",
+        "named": "{type: file_sink, inputs: [tag.named], config: {path: named.ndjson}}",
+        "none": "{type: file_sink, inputs: [tag.unmatched], config: {path: none.ndjson}}",
+        "spread": "{type: route, inputs: [read], config: {mode: consistent_hash, key: msg.k, ports: [a, b, c]}}",
+        "a": "{type: file_sink, inputs: [spread.a], config: {path: a.ndjson}}",
+        "b": "{type: file_sink, inputs: [spread.b], config: {path: b.ndjson}}",
+        "c": "{type: file_sink, inputs: [spread.c], config: {path: c.ndjson}}",
+    })
+    report = run(g)
+    assert report.error is None and report.balanced
+    ns = lambda name: [r["n"] for r in _lines(tmp_path / name)] if (tmp_path / name).exists() else []
+    with_k = [r for r in rows if "k" in r]
+    # mode all: a row without k fails the second condition: to errors, whatever the first said
+    assert ns("even.ndjson") == [r["n"] for r in with_k if r["n"] % 2 == 0]
+    assert ns("named.ndjson") == [r["n"] for r in with_k]
+    assert ns("none.ndjson") == []
+    # consistent hash: each key on one port, every row with a key on some port, in order
+    spread = {p: ns(f"{p}.ndjson") for p in "abc"}
+    assert sorted(n for v in spread.values() for n in v) == [r["n"] for r in with_k]
+    by_key = {r["n"]: r["k"] for r in with_k}
+    assert all(len({by_key[n] for n in v} & {by_key[n] for n in w}) == 0
+               for p, v in spread.items() for q, w in spread.items() if p < q)
+    dead = sorted((d["node"], d["payload"]["n"]) for d in _lines(tmp_path / "dead.ndjson"))
+    assert dead == sorted([("tag", r["n"]) for r in rows if "k" not in r] + [("spread", r["n"]) for r in rows if "k" not in r])
