@@ -48,12 +48,12 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _batched(graph: Any, node_id: str, source: str) -> bool:
     """Whether the engine evaluates `source` a batch at a time (one comprehension, `Expr.many`):
-    the expression of a map or filter, a condition of a route in `first` mode, when compiled."""
+    the expression of a map or filter, a route's conditions and key, when compiled."""
     rn = graph.nodes[node_id]
     config = rn.config
     batched = rn.type in ("map", "filter") and getattr(config, "expr", None) == source
-    batched = batched or (rn.type == "route" and getattr(config, "mode", None) == "first"
-                          and source in (getattr(config, "routes", None) or {}).values())
+    batched = batched or (rn.type == "route" and (source in (getattr(config, "routes", None) or {}).values()
+                                                  or source == getattr(config, "key", None)))
     try:
         from engine import celc
 
