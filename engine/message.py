@@ -154,16 +154,16 @@ class CompositeAck(Ack):
 
 class BatchAck(Ack):
     """One ack for a batch of `n` messages of one source (see the module docstring): `pending`
-    counts the messages still unsettled, and each release counts one message under its outcome."""
+    counts the messages still unsettled. Each release settles one message with the tracker at once
+    (its outcome counted, `in_flight` down by one, so `max_in_flight` counts messages, not batches:
+    a window holding a few messages of many batches holds only those); the token goes to `commit`
+    when the last one settles."""
 
-    __slots__ = ("dead_lettered", "delivered", "filtered", "n", "reasons")
+    __slots__ = ("n", "reasons")
 
     def __init__(self, owner: AckTracker, token: Any, n: int):
         super().__init__(owner, token, n)
         self.n = n
-        self.delivered = 0
-        self.filtered = 0
-        self.dead_lettered = 0
         self.reasons: list[str] | None = None  # one per failed message
 
     def retain(self, n: int = 1) -> None:
@@ -178,18 +178,27 @@ class BatchAck(Ack):
 
     def finish_many(self, outcome: int, k: int) -> None:
         """`finish(outcome)` for `k` messages of this batch at once (a sink's committed run)."""
-        _count(self, outcome, k)
+        tracker: AckTracker = self.owner  # type: ignore[assignment]
+        _count(tracker, outcome, k)
+        tracker.in_flight -= k
         self.pending -= k
         if self.pending == 0:
-            self.owner.settle_batch(self)  # type: ignore[union-attr]
+            tracker.batch_done(self)
+        elif tracker._signal:
+            tracker._notify()
 
     def fail(self, reason: str) -> None:
+        tracker: AckTracker = self.owner  # type: ignore[assignment]
         if self.reasons is None:
             self.reasons = []
         self.reasons.append(reason)
+        tracker.nacked += 1
+        tracker.in_flight -= 1
         self.pending -= 1
         if self.pending == 0:
-            self.owner.settle_batch(self)  # type: ignore[union-attr]
+            tracker.batch_done(self)
+        elif tracker._signal:
+            tracker._notify()
 
     def settle(self, child: Ack) -> None:
         """Owner of the per-message acks `own_ack` made: one message, settled once."""
@@ -199,7 +208,7 @@ class BatchAck(Ack):
             self.fail(child.error)
 
 
-def _count(counts: BatchAck | AckTracker, outcome: int, k: int) -> None:
+def _count(counts: AckTracker, outcome: int, k: int) -> None:
     """Count `k` settled messages under their outcome: delivered if any branch delivered them, else
     dead-lettered if any branch did, else filtered."""
     if outcome & DELIVERED:
@@ -271,13 +280,10 @@ class AckTracker:
         self.entered += n
         return BatchAck(self, token, n)
 
-    def settle_batch(self, ack: BatchAck) -> None:
-        self.in_flight -= ack.n
-        self.delivered += ack.delivered
-        self.filtered += ack.filtered
-        self.dead_lettered += ack.dead_lettered
+    def batch_done(self, ack: BatchAck) -> None:
+        """The last message of a `BatchAck` settled (each was counted as it settled): hand its
+        token to `commit`, and to `reject` once per failed message."""
         if ack.reasons:
-            self.nacked += len(ack.reasons)
             self.failed += [(ack.token, reason) for reason in ack.reasons]
         if len(ack.reasons or ()) < ack.n:
             self.completed.append(ack.token)

@@ -198,7 +198,7 @@ def test_batch_ack_counts_each_message_under_its_outcome() -> None:
     child.finish(FILTERED)
     child.finish(DELIVERED)
     _commit([msgs[3], msgs[4]], DELIVERED)  # a sink's run of one source batch
-    assert t.completed == [] and t.in_flight == 6  # not before the last message
+    assert t.completed == [] and t.in_flight == 1  # each message settles as it goes; the token at the end
     _commit([msgs[5]], DEAD_LETTERED)
     assert (t.delivered, t.filtered, t.dead_lettered, t.nacked, t.in_flight) == (3, 1, 1, 1, 0)
     assert t.completed == ["b1"] and t.failed == [("b1", "sink gave up")]
@@ -347,3 +347,37 @@ def test_route_all_and_consistent_hash_over_a_batch(write_graph: Any, run: Any, 
                for p, v in spread.items() for q, w in spread.items() if p < q)
     dead = sorted((d["node"], d["payload"]["n"]) for d in _lines(tmp_path / "dead.ndjson"))
     assert dead == sorted([("tag", r["n"]) for r in rows if "k" not in r] + [("spread", r["n"]) for r in rows if "k" not in r])
+
+
+def test_max_in_flight_counts_held_messages_not_their_batches(write_graph: Any, tmp_path: Path) -> None:
+    # a session window holds 2 messages of every 100-line batch until the input ends; the other 98
+    # settle at once. If a batch counted in flight until its last message settled, 5 batches would
+    # fill max_in_flight (500), the source would wait for room the window never gives back: a hang.
+    import asyncio
+
+    from engine.compile.validate import load_graph
+    from engine.runtime.scheduler import Runner
+
+    rows = [{"n": i, "k": "stay" if i % 50 == 0 else f"k{i}"} for i in range(1, 3001)]
+    (tmp_path / "in.ndjson").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    path = write_graph("""
+        version: 1
+        name: held
+        defaults: {max_in_flight: 500, capacity: 200, batch_size: 100}
+        nodes:
+          read: {type: file_source, config: {path: in.ndjson, batch: 100}}
+          keep: {type: filter, inputs: [read], config: {expr: 'msg.k == "stay"'}}
+          rest: {type: filter, inputs: [read], config: {expr: 'msg.k != "stay"'}}
+          win: {type: window, inputs: [keep], config: {kind: session, gap: 1h, key: msg.k,
+                aggregates: {c: {op: count}}}}
+          counts: {type: file_sink, inputs: [win], config: {path: counts.ndjson}}
+          others: {type: drop, inputs: [rest]}
+          dead: {type: drop, inputs: [read.errors, keep.errors, rest.errors, win.errors, counts.errors]}
+    """)
+
+    async def go() -> Any:
+        return await asyncio.wait_for(Runner(load_graph(str(path))).run(), 30)
+
+    report = asyncio.run(go())
+    assert report.error is None and report.balanced
+    assert [(r["key"], r["aggregates"]["c"]) for r in _lines(tmp_path / "counts.ndjson")] == [("stay", 60)]
