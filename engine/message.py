@@ -22,8 +22,8 @@ No await happens per message: releasing is a counter decrement and, at zero, a l
 
 Batch acks: a source whose messages need no token of their own (a file, a generator: nothing to
 acknowledge upstream per message) gives a whole batch one `BatchAck` with one pending reference
-per message (`AckTracker.new_batch`). Releasing one reference is one message settled, counted
-under its outcome. A message whose ack is to be held more than once (fan-out, multicast, sliding
+per message (`AckTracker.new_batch`). Releasing one reference is one message settled: counted
+under its outcome and out of `in_flight` at once; the batch's token goes to `commit` with the last. A message whose ack is to be held more than once (fan-out, multicast, sliding
 windows) first gets an ack of its own with `own_ack(msg)`; `BatchAck.retain` refuses.
 
 Ownership: a `Msg` object has one holder at a time. The node that receives it may rewrite its
