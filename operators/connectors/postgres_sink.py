@@ -4,7 +4,8 @@ Values travel as text and are cast by PostgreSQL to the column's type in the sta
 value fails with the database's own message and message content never becomes SQL text. On the
 `unnest` path, integer, float and boolean columns travel as typed arrays instead when every value
 of the batch has the column's Python type (asyncpg encodes them in C, the server parses no text);
-any other value sends the batch as text, and a row error splits it in halves as text. A batch
+any other value sends the batch as text, and a row error on the typed statement writes the whole
+batch again as text (then halves as usual), so results and messages are the text path's. A batch
 is written in one statement (multi-row VALUES, `unnest` of text arrays, or COPY into a temporary
 staging table + INSERT … SELECT; see docs/postgres.md for the figures behind `write_path: auto`).
 If the statement fails because of some row, the transaction is retried with the batch split in
@@ -52,7 +53,8 @@ _MAX_PARAMS = 32767
 COPY_THRESHOLD = 2000
 # Columns whose values may travel as typed arrays (asyncpg encodes them in C, the server parses no
 # text): the column's type -> the array parameter's element type. The SELECT's cast does the rest.
-_NATIVE = {"int8": "int8", "int4": "int8", "int2": "int8", "float8": "float8", "float4": "float8", "bool": "bool"}
+# (real/float4 goes as text: a float8 rounded again to float4 can differ from the text's single rounding)
+_NATIVE = {"int8": "int8", "int4": "int8", "int2": "int8", "float8": "float8", "bool": "bool"}
 _INT64 = (-(2**63), 2**63 - 1)
 _NONE = type(None)
 
@@ -400,24 +402,32 @@ class PostgresSink(Sink):
         tx = conn.transaction()
         await tx.start()
         try:
-            try:
-                if typed:
+            unconvertible: list[tuple[Msg, str]] = []
+            done = False
+            if typed:
+                try:
                     xid = await conn.fetchval(self._unnest_typed_sql, *rows)
                     self.typed_batches += 1
-                else:
-                    xid = await self._execute(conn, rows, top=True)
-                failed: list[tuple[Msg, str]] = []
-            except Exception as exc:
-                if not is_row_error(exc):
-                    raise
-                await tx.rollback()
-                tx = conn.transaction()
-                await tx.start()
-                xid = await conn.fetchval("SELECT pg_current_xact_id()::text")
-                unconvertible: list[tuple[Msg, str]] = []
-                if typed:  # the halves go as text, so a bad row fails with the database's own message
+                    done = True
+                except Exception as exc:
+                    if not is_row_error(exc):
+                        raise
+                    # some row failed as a typed value: the whole batch again as text, exactly as the
+                    # text path would write it (the database's own message for a bad row)
+                    tx = await _restart(conn, tx)
                     rows, msgs, unconvertible = self._columns(msgs)
-                failed = unconvertible + (await self._isolate(conn, rows, msgs, exc) if msgs else [])
+            failed: list[tuple[Msg, str]] = unconvertible
+            if not done and msgs:
+                try:
+                    xid = await self._execute(conn, rows, top=True)
+                except Exception as exc:
+                    if not is_row_error(exc):
+                        raise
+                    tx = await _restart(conn, tx)
+                    xid = await conn.fetchval("SELECT pg_current_xact_id()::text")
+                    failed = unconvertible + await self._isolate(conn, rows, msgs, exc)
+            elif not done:
+                xid = await conn.fetchval("SELECT pg_current_xact_id()::text")
         except BaseException:
             try:
                 await tx.rollback()
@@ -506,3 +516,11 @@ class PostgresSink(Sink):
             tuples.append("(" + ", ".join(f"${base + j + 1}::text" for j in range(n)) + f", {i + 1})")
         src = f"(VALUES {', '.join(tuples)}) AS s({', '.join(map(quote_ident, self.names))}, __ord)"
         return await conn.fetchval(self._insert.format(src=src), *[v for r in rows for v in r])
+
+
+async def _restart(conn: Any, tx: Any) -> Any:
+    """Roll back `tx` and start a new transaction on `conn` (after a row error)."""
+    await tx.rollback()
+    tx = conn.transaction()
+    await tx.start()
+    return tx

@@ -385,3 +385,18 @@ def test_a_row_error_on_the_typed_path_isolates_the_row_with_the_database_messag
     assert sink.typed_batches == 0  # the typed statement failed; the halves went as text
     got = _typed_rows(table)
     assert len(got) == 49 and 17 not in got and got[18]["doc"] == "[18]"
+
+
+def test_typed_path_writes_what_the_text_path_writes_for_real_and_single_bad_rows(table: str, app: str) -> None:
+    # real (float4) columns go as text: a float8 rounded again to float4 can differ from the text's
+    # one rounding; and a one-row batch that fails typed is written (or refused) as text too
+    sink, res = _typed_sink(table, app)
+    tricky = 1 + 2**-24
+    first = [{"id": 1, "n": 1, "x": 1.0, "r": tricky, "ok": True, "name": "a", "doc": None}]
+    single_bad = [{"id": 2, "n": 2**40, "x": 1.0, "r": 1.0, "ok": True, "name": "b", "doc": None}]
+    out = run(write_all(sink, res, first, single_bad))
+    assert out[0] == [] and sink.typed_batches == 1
+    (want,) = run(sql(f"SELECT '{tricky!r}'::real AS r"))
+    assert _typed_rows(table)[1]["r"] == want["r"]
+    ((msg, reason),) = out[1]
+    assert msg.body["id"] == 2 and 'value "1099511627776" is out of range for type integer' in reason

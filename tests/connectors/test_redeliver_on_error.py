@@ -37,7 +37,8 @@ def test_poison_message_is_redelivered_then_dead_lettered(tmp_path: Path) -> Non
               durable: d
               max_deliver: 3
               retry: {{initial_backoff: 0.05, max_backoff: 0.1, jitter: 0}}
-          price: {{type: map, inputs: [src], config: {{expr: '{{"id": msg.id, "total": double(msg.amount) * 2.0}}'}}}}
+          shape: {{type: map, inputs: [src], config: {{expr: '{{"id": msg.id, "amount": msg.amount, "seen": true}}'}}}}
+          price: {{type: map, inputs: [shape], config: {{expr: '{{"id": msg.id, "total": double(msg.amount) * 2.0}}'}}}}
           out: {{type: file_sink, inputs: [price], config: {{path: out.ndjson}}}}
           dead: {{type: file_sink, inputs: [src.errors], config: {{path: dead.ndjson}}}}
     """))
@@ -70,7 +71,8 @@ def test_poison_message_is_redelivered_then_dead_lettered(tmp_path: Path) -> Non
 
     asyncio.run(main())
     dead = [orjson.loads(x) for x in (tmp_path / "dead.ndjson").read_bytes().splitlines()]
-    assert len(dead) == 1 and dead[0]["payload"]["id"] == 7 and dead[0]["attempt"] == 3
+    # the body as it was read, not as the first map rewrote it (map rewrites messages in place)
+    assert len(dead) == 1 and dead[0]["payload"] == {"id": 7, "amount": "not a number"} and dead[0]["attempt"] == 3
     assert "delivered 3 times" in dead[0]["error"]
     out = sorted(orjson.loads(x)["id"] for x in (tmp_path / "out.ndjson").read_bytes().splitlines())
     assert out == [i for i in range(20) if i != 7]

@@ -424,11 +424,12 @@ class JetStreamSource(Source):
                 body = decode(data) if decode is not None else data
             except ValueError as exc:
                 bad = Msg(data, meta, ack, len(data))
-                ack.token = (reply, bad)
+                ack.token = (reply, bad, data)
                 errors.append(self._out.error(bad, f"cannot decode as {codec}: {exc}", delivered))  # type: ignore
                 continue
             msg = Msg(body, meta, ack, len(data))
-            ack.token = (reply, msg)
+            # the body as read: map may rewrite msg.body in place, a dead letter carries the original
+            ack.token = (reply, msg, body)
             append(msg)
         self.redeliveries += redelivered
         return msgs, errors
@@ -437,7 +438,7 @@ class JetStreamSource(Source):
 
     async def commit(self, tokens: list[Any]) -> None:
         lines = []
-        for reply, msg in tokens:
+        for reply, msg, _body in tokens:
             if msg is None:
                 lines.append((reply, b"+TERM"))
                 self.termed += 1
@@ -452,7 +453,7 @@ class JetStreamSource(Source):
         lines = []
         cfg = self.config
         tracker = self._out.tracker if self._out is not None else None
-        for (reply, msg), reason in failures:
+        for (reply, msg, body), reason in failures:
             if msg is None:
                 log.error(
                     "node %s: dead-lettering a message failed (%s); terminating it: %s",
@@ -466,7 +467,7 @@ class JetStreamSource(Source):
             msg.ack.token = None  # break the msg -> ack -> token cycle (see commit)
             delivered = msg.meta.get("delivered", 1)
             if delivered >= cfg.max_deliver and tracker is not None and self._out is not None:
-                dead = Msg(msg.body, msg.meta, tracker.new((reply, None)), msg.size)
+                dead = Msg(body, msg.meta, tracker.new((reply, None, None)), msg.size)
                 self._dead.append(
                     self._out.error(
                         dead,
