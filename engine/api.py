@@ -147,7 +147,7 @@ class Operator(Node):
     tick_interval: float | None = None  # seconds between `tick` calls, if the operator has timers
     # `process` is synchronous and the operator holds no messages between calls (no flush, no
     # timer): when it is the only consumer of its one input, the runtime runs it in its upstream
-    # node's task, with no queue in between (map, filter, validate, route)
+    # node's task, with no queue in between (map, filter, validate, route, compress, decompress)
     inline: ClassVar[bool] = False
 
     def process(self, batch: list[Msg], out: Outputs) -> Awaitable[None] | None:

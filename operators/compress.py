@@ -48,6 +48,7 @@ class Compress(Operator):
     """Sets `meta.content_encoding` to the codec; `size` becomes the compressed length."""
 
     Config = CompressConfig
+    inline = True
 
     def __init__(self, node_id: str, config: CompressConfig, ctx: Any) -> None:
         super().__init__(node_id, config, ctx)
@@ -91,6 +92,7 @@ class _Bad(Exception):
 
 class Decompress(Operator):
     Config = DecompressConfig
+    inline = True
 
     def __init__(self, node_id: str, config: DecompressConfig, ctx: Any) -> None:
         super().__init__(node_id, config, ctx)

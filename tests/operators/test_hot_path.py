@@ -381,3 +381,23 @@ def test_max_in_flight_counts_held_messages_not_their_batches(write_graph: Any, 
     report = asyncio.run(go())
     assert report.error is None and report.balanced
     assert [(r["key"], r["aggregates"]["c"]) for r in _lines(tmp_path / "counts.ndjson")] == [("stay", 60)]
+
+
+def test_compress_and_decompress_run_inline_and_round_trip(write_graph: Any, tmp_path: Path) -> None:
+    import asyncio
+
+    from engine.compile.validate import load_graph
+    from engine.runtime.scheduler import Runner
+
+    rows = [{"n": i, "s": "x" * (i % 50)} for i in range(500)]
+    (tmp_path / "in.ndjson").write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    path = _graph(write_graph, {
+        "pack": "{type: compress, inputs: [read], config: {codec: zstd}}",
+        "unpack": "{type: decompress, inputs: [pack], config: {parse: json}}",
+        "out": "{type: file_sink, inputs: [unpack], config: {path: out.ndjson}}",
+    })
+    runner = Runner(load_graph(str(path)))
+    assert set(runner.inline) == {"pack", "unpack"}
+    report = asyncio.run(runner.run())
+    assert report.error is None and report.balanced
+    assert _lines(tmp_path / "out.ndjson") == rows
