@@ -23,8 +23,9 @@ No await happens per message: releasing is a counter decrement and, at zero, a l
 Batch acks: a source whose messages need no token of their own (a file, a generator: nothing to
 acknowledge upstream per message) gives a whole batch one `BatchAck` with one pending reference
 per message (`AckTracker.new_batch`). Releasing one reference is one message settled: counted
-under its outcome and out of `in_flight` at once; the batch's token goes to `commit` with the last. A message whose ack is to be held more than once (fan-out, multicast, sliding
-windows) first gets an ack of its own with `own_ack(msg)`; `BatchAck.retain` refuses.
+under its outcome and out of `in_flight` at once; the batch's token goes to `commit` with the
+last. A message whose ack is to be held more than once (fan-out, multicast, sliding windows)
+first gets an ack of its own with `own_ack(msg)`; `BatchAck.retain` refuses.
 
 Ownership: a `Msg` object has one holder at a time. The node that receives it may rewrite its
 `body` in place and pass it on (map does); a node that sends one message to several places sends
@@ -180,12 +181,7 @@ class BatchAck(Ack):
         """`finish(outcome)` for `k` messages of this batch at once (a sink's committed run)."""
         tracker: AckTracker = self.owner  # type: ignore[assignment]
         _count(tracker, outcome, k)
-        tracker.in_flight -= k
-        self.pending -= k
-        if self.pending == 0:
-            tracker.batch_done(self)
-        elif tracker._signal:
-            tracker._notify()
+        self._settled(tracker, k)
 
     def fail(self, reason: str) -> None:
         tracker: AckTracker = self.owner  # type: ignore[assignment]
@@ -193,8 +189,11 @@ class BatchAck(Ack):
             self.reasons = []
         self.reasons.append(reason)
         tracker.nacked += 1
-        tracker.in_flight -= 1
-        self.pending -= 1
+        self._settled(tracker, 1)
+
+    def _settled(self, tracker: AckTracker, k: int) -> None:
+        tracker.in_flight -= k
+        self.pending -= k
         if self.pending == 0:
             tracker.batch_done(self)
         elif tracker._signal:
@@ -305,13 +304,11 @@ class AckTracker:
         """`settle` for many acks of this tracker at once (a sink's committed batch): the same
         bookkeeping, with the per-message work in C-level comprehensions and counts."""
         n = len(acks)
-        self.in_flight -= n
-        errors = [a.error for a in acks]
-        if errors.count(None) != n:
-            for a in acks:  # rare: some failed; keep the order of `settle`
-                self.in_flight += 1
+        if [a.error for a in acks].count(None) != n:
+            for a in acks:  # rare: some failed; one by one, in order
                 self.settle(a)
             return
+        self.in_flight -= n
         self.completed += [a.token for a in acks]
         outcomes = [a.outcome for a in acks]
         plain = outcomes.count(DELIVERED)  # the common case, counted in C; the rest as in `settle`

@@ -121,6 +121,12 @@ def compile_program(
     names = {**consts, "_Defer": V.Defer, "_runtime": run, "_fail": _eval_error}
     if batch:
         names["_runtime_or_error"] = runtime_or_error
+    return _load(src, params, names)
+
+
+def _load(src: str, params: dict[str, str], names: dict[str, Any]) -> Evaluator:
+    """Check generated source against the whitelist, compile it and return its `_cel` function,
+    which runs without builtins. Raises UnsafeCode or Unsupported."""
     check_source(src, [*params.values(), *(f"_b{i}" for i in range(len(params))), "_out"], names)
     scope: dict[str, Any] = {"__builtins__": {}, **names}
     try:
@@ -130,7 +136,7 @@ def compile_program(
     except (SyntaxError, MemoryError, RecursionError) as exc:  # e.g. more than 20 nested blocks
         raise Unsupported(f"generated code too deeply nested ({exc})") from None
     exec(code, scope)  # noqa: S102 - checked by check_source above, no builtins
-    return scope["_cel"]
+    return scope["_cel"]  # type: ignore[no-any-return]
 
 
 class StrictBatch:
@@ -156,17 +162,7 @@ def compile_strict_batch(
     src, consts = generate(parse(source, macros), params, batch=True, strict=True, boolean=boolean)
     signature = src[: src.index(")")]
     columns = tuple(i for i in range(len(params)) if re.search(rf"\b_b{i}\b", signature))
-    names = {**consts, "_Defer": V.Defer}
-    check_source(src, [*params.values(), *(f"_b{i}" for i in range(len(params))), "_out"], names)
-    scope: dict[str, Any] = {"__builtins__": {}, **names}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            code = compile(src, "<cel>", "exec")
-    except (SyntaxError, MemoryError, RecursionError) as exc:
-        raise Unsupported(f"generated code too deeply nested ({exc})") from None
-    exec(code, scope)  # noqa: S102 - checked by check_source above, no builtins
-    return StrictBatch(scope["_cel"], columns, src)
+    return StrictBatch(_load(src, params, {**consts, "_Defer": V.Defer}), columns, src)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -578,15 +578,7 @@ def generate(
     g = Gen(params)
     if batch:
         g.level = 2
-    code = g.gen(node, dict(params))
-    result = code.expr
-    if plain and isinstance(node, MapLit | ListLit) and code.expr[:1] in "[{":
-        code = g.gen_plain_literal(node, dict(params))  # convert element by element, not the whole
-        result = code.expr
-    elif plain and code.type is None:
-        result = g.plain_inline(code, g.helper(V.plain))
-    elif plain and code.type not in _SCALARS:
-        result = f"{g.helper(V.plain)}({result})"
+    _, result = _result(g, node, params, plain)
     args = ", ".join(params.values())
     if not batch:
         g.emit(f"return {result}")
@@ -620,6 +612,20 @@ def generate(
     return src, g.consts
 
 
+def _result(g: Gen, node: Node, params: dict[str, str], plain: bool) -> tuple[Code, str]:
+    """Generate `node` and the expression of its result, converted to a plain value if `plain`."""
+    code = g.gen(node, dict(params))
+    result = code.expr
+    if plain and isinstance(node, MapLit | ListLit) and code.expr[:1] in "[{":
+        code = g.gen_plain_literal(node, dict(params))  # convert element by element, not the whole
+        result = code.expr
+    elif plain and code.type is None:
+        result = g.plain_inline(code, g.helper(V.plain))
+    elif plain and code.type not in _SCALARS:
+        result = f"{g.helper(V.plain)}({result})"
+    return code, result
+
+
 def _not_bool(value: object) -> None:
     raise V.CelFailure(f"expected a bool, got {type(value).__name__}")
 
@@ -629,15 +635,7 @@ def _generate_strict(
 ) -> tuple[str, dict[str, object]]:
     g = Gen(params)
     g.strict = True
-    code = g.gen(node, dict(params))
-    result = code.expr
-    if plain and isinstance(node, MapLit | ListLit) and code.expr[:1] in "[{":
-        code = g.gen_plain_literal(node, dict(params))
-        result = code.expr
-    elif plain and code.type is None:
-        result = g.plain_inline(code, g.helper(V.plain))
-    elif plain and code.type not in _SCALARS:
-        result = f"{g.helper(V.plain)}({result})"
+    code, result = _result(g, node, params, plain)
     if boolean:
         result = g.strict_bool(Code(result, code.type))
     text = "\n".join([*g.lines, result])
