@@ -57,19 +57,32 @@ class NodeConfig(BaseModel):
 
 
 class RetryPolicy(BaseModel):
-    """Retries of a failing batch (connection errors, timeouts) with exponential backoff and jitter."""
+    """Retries of a failing batch with exponential backoff and jitter.
+
+    What is retried depends on whose fault the error is (`engine.errors.classify`, docs/errors.md):
+    an unavailable service (connection refused or lost, a timeout, a server restarting) is retried
+    until it is back, for as long as the graph runs, whatever `max_attempts` says; an error of
+    unknown kind is retried up to `max_attempts` (by default until it succeeds); an error about the
+    message itself goes to the `errors` port at once."""
 
     model_config = ConfigDict(extra="forbid")
-    max_attempts: int = Field(3, ge=1, description="Attempts in all, the first included.")
+    max_attempts: int | None = Field(
+        None, ge=1, description="Attempts in all, the first included, for an error of unknown kind; after the "
+        "last one the batch goes to the `errors` port. None: retried until it succeeds. Errors of an "
+        "unavailable service are retried until it is back regardless.")
     initial_backoff: float = Field(0.1, ge=0, description="Seconds before the second attempt.")
-    max_backoff: float = Field(10.0, ge=0, description="Upper bound of one backoff, in seconds.")
+    max_backoff: float = Field(5.0, ge=0, description="Upper bound of one backoff, in seconds.")
     multiplier: float = Field(2.0, ge=1, description="Backoff growth per attempt.")
     jitter: float = Field(0.2, ge=0, le=1, description="Random fraction added or removed from each backoff.")
 
     def backoff(self, attempt: int, rand: float = 0.5) -> float:
         """Seconds to wait after failed attempt `attempt` (1-based); `rand` in [0, 1)."""
-        base = min(self.max_backoff, self.initial_backoff * self.multiplier ** (attempt - 1))
+        base = min(self.max_backoff, self.initial_backoff * self.multiplier ** min(attempt - 1, 64))
         return max(0.0, base * (1 + self.jitter * (2 * rand - 1)))
+
+    def exhausted(self, attempt: int) -> bool:
+        """True when attempt `attempt` (1-based) was the last one `max_attempts` allows."""
+        return self.max_attempts is not None and attempt >= self.max_attempts
 
 
 @dataclass

@@ -148,7 +148,7 @@ class PgLookup(Operator):
                     records = await conn.fetch(self._sql, keys)
                 break
             except Exception as exc:
-                if not is_transient(exc) or attempt >= self.config.retry.max_attempts:
+                if not is_transient(exc) or self.config.retry.exhausted(attempt):
                     raise
                 delay = self.config.retry.backoff(attempt, self._rand.random())
                 self.ctx.log.warning("pg_lookup %s: %s; retrying in %.2fs", self.id, db_message(exc), delay)

@@ -77,6 +77,25 @@ class GraphCollector(Collector):
         for s in stats:
             busy.add_metric([graph, s.node_id, s.kind, s.type], s.busy_seconds)
         yield busy
+        now = r.clock()
+        stalled = GaugeMetricFamily(
+            "streamdag_node_stalled_seconds",
+            "Seconds a node has been retrying one batch because a service is unavailable (or an error of "
+            "unknown kind); 0 when it is not. docs/errors.md",
+            labels=["graph", "node", "class"],
+        )
+        by_class = CounterMetricFamily(
+            "streamdag_node_failed_attempts",
+            "Failed attempts of a batch, by the error's class: unavailable (retried until the service is "
+            "back), unknown (retried), message (sent to errors).",
+            labels=["graph", "node", "class"],
+        )
+        for s in stats:
+            stalled.add_metric([graph, s.node_id, s.stall_class], s.stalled_seconds(now))
+            for kind, n in list(s.retries_by_class.items()):
+                by_class.add_metric([graph, s.node_id, kind], n)
+        yield stalled
+        yield by_class
         yield _histogram(
             "streamdag_node_batch_seconds",
             "Processing time of one batch (all attempts).",

@@ -29,7 +29,7 @@ _PAGE = """<!doctype html>
 <div id="status">connecting&hellip;</div>
 <div id="graph">{svg}</div>
 <table id="nodes"><thead><tr><th>node</th><th>type</th><th>in/s</th><th>out/s</th><th>queue</th>
-<th>p99 batch</th><th>errors</th><th>filtered</th><th>dead-lettered</th></tr></thead><tbody></tbody></table>
+<th>p99 batch</th><th>errors</th><th>filtered</th><th>dead-lettered</th><th>stalled</th></tr></thead><tbody></tbody></table>
 <table id="sources"><thead><tr><th>source</th><th>in</th><th>delivered</th><th>filtered</th><th>dead-lettered</th>
 <th>failed</th><th>in flight</th><th>stalled</th><th>lag</th><th>integrity</th></tr></thead><tbody></tbody></table>
 <script>
@@ -97,7 +97,8 @@ function update(cur) {{
     const bar = q ? '<span class="bar"><span style="width:' + Math.round(fill * 100) + '%"></span></span>' +
       q.depth + "/" + q.capacity : "-";
     rows.push(row([esc(id), esc(n.type), fmt(rin), fmt(rout), bar, ms(n.p99_batch_seconds), n.errors, n.filtered,
-      n.dead_lettered]));
+      n.dead_lettered, n.stall ? n.stalled_seconds.toFixed(0) + " s (" + esc(n.stall.class) + ": " +
+      esc(n.stall.reason) + ")" : "-"]));
   }}
   document.querySelector("#nodes tbody").innerHTML = rows.join("");
   const srows = [];

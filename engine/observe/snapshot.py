@@ -25,10 +25,13 @@ def stats_snapshot(runner: Any, monitor: Monitor | None = None) -> dict[str, Any
     """Counters per node, queue per channel, ledger per source; rates are left to the reader
     (two snapshots and `time`)."""
     nodes: dict[str, Any] = {}
+    now = runner.clock()
     for node_id, s in runner.stats.items():
         ch = runner.channels.get(node_id)
         nodes[node_id] = {
             **s.as_dict(),
+            "stalled_seconds": s.stalled_seconds(now),
+            "stall": {"class": s.stall_class, "reason": s.stall_reason} if s.stalled_since is not None else None,
             "batches": s.batches,
             "busy_seconds": s.busy_seconds,
             "p99_batch_seconds": histogram_quantile(0.99, s.batch_seconds),

@@ -93,6 +93,8 @@ def parse_metrics(text: str, now: float | None = None) -> Scrape:
             elif name in _SOURCE_GAUGES:
                 key = _SOURCE_GAUGES[name]
                 s.sources.setdefault(lab["source"], {})[key] = value
+            elif name == "streamdag_node_stalled_seconds":
+                s.nodes.setdefault(lab["node"], {})["stalled"] = value
             elif name == "streamdag_connection_up":
                 s.connections[(lab["node"], lab["connection"])] = value > 0
     return s
@@ -167,7 +169,8 @@ def build_view(prev: Scrape | None, cur: Scrape, url: str = "") -> Group:
             _ms(_p99(p, n, "batch_buckets")),
             _ms(_p99(p, n, "e2e_buckets")),
             Text(str(errors), style="red" if errors else ""),
-            str(int(n.get("retries", 0))),
+            Text(f"{int(n.get('retries', 0))} stalled {n['stalled']:.0f}s", style="bold red")
+            if n.get("stalled") else str(int(n.get("retries", 0))),
             str(int(n.get("dead_lettered", 0))),
         )
     sources = Table(expand=False, header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)

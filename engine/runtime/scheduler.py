@@ -21,7 +21,7 @@ from typing import Any
 
 from engine.api import Operator, Sink, Source
 from engine.compile.validate import Graph, ResolvedNode
-from engine.errors import NodeStartError, UnhandledError
+from engine.errors import MESSAGE, UNAVAILABLE, UNKNOWN, NodeStartError, UnhandledError, classify
 from engine.message import DEAD_LETTERED, DELIVERED, AckTracker, BatchAck, Msg, own_ack
 from engine.observe.events import deadletter_log
 from engine.observe.events import log_dead_letters as _log_dead_letters
@@ -77,6 +77,9 @@ class Runner:
         self._fatal: BaseException | None = None
         self._fatal_event = asyncio.Event()
         self._stopping = False
+        self._stopped_at = 0.0  # time.monotonic() of the first stop()
+        self._stop_event = asyncio.Event()
+        self._stall_alerted: set[str] = set()
         self._ack_drains: set[asyncio.Future[None]] = set()
         self._wire()
 
@@ -182,6 +185,8 @@ class Runner:
     def stop(self) -> None:
         """Stop reading from sources; what is in flight drains and is acknowledged."""
         if not self._stopping:
+            self._stopped_at = time.monotonic()
+            self._stop_event.set()
             log.info("drain started: sources stop reading, in-flight messages drain",
                      extra={"event": "drain_started", "graph": self.graph.spec.name})
         self._stopping = True
@@ -194,32 +199,99 @@ class Runner:
 
     # -- node loops -------------------------------------------------------------------------------
     async def _retrying(self, rn: ResolvedNode, call: Any, batch: list[Msg], outputs: Outputs | None) -> Any:
-        """Run `call()` with the node's retry policy; on exhaustion, the batch goes to errors."""
+        """Run `call()` until it succeeds, as the error's class says (`engine.errors.classify`):
+
+        - `message`: the batch goes to `errors` at once (the message is at fault; retrying changes nothing);
+        - `unavailable`: retried with backoff until the service is back, however long (the node is
+          stalled meanwhile: logged once, in metrics, an alert after `stall_alert_after`);
+        - `unknown`: retried the same way, up to `retry.max_attempts` when that is set, then `errors`.
+
+        While the run drains (SIGTERM), a node still stalled `stop_timeout` seconds after the stop
+        gives up: its batch's acks fail, so the sources redeliver them later (never dead-lettered)."""
         attempt = 1
+        stats = self.stats[rn.id]
         while True:
             try:
                 result = call()
                 # CoroutineType first: `inspect.isawaitable` is an ABC isinstance check, costly per batch
                 if result is not None and (type(result) is CoroutineType or inspect.isawaitable(result)):
                     result = await result
+                if stats.stalled_since is not None:
+                    self._recovered(rn, stats, attempt)
                 return result
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a failing batch must not stop the graph
+                kind = classify(exc)
                 reason = f"{type(exc).__name__}: {exc}"
                 if outputs is not None:
                     outputs.take()  # discard what the failed attempt emitted
-                if attempt >= rn.retry.max_attempts:
-                    log.warning("node %s: giving up after %d attempt(s): %s", rn.id, attempt, reason,
+                stats.retries_by_class[kind] = stats.retries_by_class.get(kind, 0) + 1
+                if kind == MESSAGE or (kind == UNKNOWN and rn.retry.exhausted(attempt)):
+                    if stats.stalled_since is not None:
+                        self._recovered(rn, stats, attempt)
+                    log.warning("node %s: %d message(s) to errors after %d attempt(s) (%s error): %s",
+                                rn.id, len(batch), attempt, kind, reason,
                                 extra={"event": "retries_exhausted", "node": rn.id, "attempts": attempt,
-                                       "reason": reason, "messages": len(batch)})
+                                       "class": kind, "reason": reason, "messages": len(batch)})
                     await self._dispatch(rn.id, {ERRORS: [error_envelope(m, rn.id, reason, attempt) for m in batch]})
                     return _FAILED
-                self.stats[rn.id].retries += 1
+                if stats.stalled_since is None:
+                    self._stalled(rn, stats, kind, reason)
+                elif reason != stats.stall_reason:
+                    stats.stall_reason = reason
+                if self._stopping and time.monotonic() - self._stopped_at >= self.graph.spec.defaults.stop_timeout:
+                    self._hand_back(rn, stats, batch, reason)
+                    return _FAILED
+                stats.retries += 1
                 delay = rn.retry.backoff(attempt, random.random())
-                log.info("node %s: attempt %d failed (%s); retrying in %.2fs", rn.id, attempt, reason, delay)
-                await asyncio.sleep(delay)
+                log.debug("node %s: attempt %d failed (%s); retrying in %.2fs", rn.id, attempt, reason, delay)
+                self._check_stall_alert(rn, stats)
+                await self._sleep_unless_stopping(delay)
                 attempt += 1
+
+    def _stalled(self, rn: ResolvedNode, stats: NodeStats, kind: str, reason: str) -> None:
+        stats.stalled_since = self.clock()
+        stats.stall_class, stats.stall_reason = kind, reason
+        self._stall_alerted.discard(rn.id)
+        log.warning("node %s: stalled (%s): %s; retrying with backoff until it succeeds", rn.id,
+                    "service unavailable" if kind == UNAVAILABLE else "error of unknown kind", reason,
+                    extra={"event": "node_stalled", "node": rn.id, "class": kind, "reason": reason})
+
+    def _recovered(self, rn: ResolvedNode, stats: NodeStats, attempt: int) -> None:
+        seconds = stats.stalled_seconds(self.clock())
+        log.warning("node %s: recovered after %.1fs and %d attempt(s)", rn.id, seconds, attempt,
+                    extra={"event": "node_recovered", "node": rn.id, "class": stats.stall_class,
+                           "stalled_seconds": round(seconds, 3), "attempts": attempt})
+        stats.stalled_since, stats.stall_class, stats.stall_reason = None, "", ""
+
+    def _check_stall_alert(self, rn: ResolvedNode, stats: NodeStats) -> None:
+        seconds = stats.stalled_seconds(self.clock())
+        if rn.id not in self._stall_alerted and seconds >= self.graph.spec.defaults.stall_alert_after:
+            self._stall_alerted.add(rn.id)
+            log.error("node %s: stalled for %.0fs (%s): %s", rn.id, seconds, stats.stall_class, stats.stall_reason,
+                      extra={"event": "stall_alert", "node": rn.id, "class": stats.stall_class,
+                             "stalled_seconds": round(seconds, 3), "reason": stats.stall_reason})
+
+    def _hand_back(self, rn: ResolvedNode, stats: NodeStats, batch: list[Msg], reason: str) -> None:
+        """The drain gave up on a stalled node: its messages go back to their sources unacknowledged."""
+        log.warning("node %s: still stalled %.0fs into the drain; %d message(s) handed back to their sources "
+                    "unacknowledged: %s", rn.id, self.graph.spec.defaults.stop_timeout, len(batch), reason,
+                    extra={"event": "drain_hand_back", "node": rn.id, "messages": len(batch), "reason": reason})
+        for m in batch:
+            m.ack.fail(f"{rn.id}: unavailable at shutdown: {reason}")
+        stats.stalled_since, stats.stall_class, stats.stall_reason = None, "", ""
+
+    async def _sleep_unless_stopping(self, delay: float) -> None:
+        """Sleep `delay` seconds, or until the drain's `stop_timeout` runs out, whichever is first."""
+        if self._stopping:
+            left = self.graph.spec.defaults.stop_timeout - (time.monotonic() - self._stopped_at)
+            await asyncio.sleep(max(0.0, min(delay, left)))
+            return
+        try:
+            await asyncio.wait_for(self._stop_event.wait(), delay)
+        except TimeoutError:
+            pass
 
     async def _run_operator(self, rn: ResolvedNode) -> None:
         op: Operator = self.nodes[rn.id]

@@ -23,6 +23,12 @@ class NodeStats:
     retries: int = 0
     batches: int = 0
     busy_seconds: float = 0.0
+    # a node retrying a batch because a service is unavailable (or an error of unknown kind):
+    # since when (the run's clock), the error's class and text; None/"" when it is not stalled
+    stalled_since: float | None = None
+    stall_class: str = ""
+    stall_reason: str = ""
+    retries_by_class: dict[str, int] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list, repr=False)  # recent per-batch seconds
     # read by engine.observe at scrape time: per-batch processing seconds and sizes, and (sinks)
     # seconds from a message's meta["timestamp"] to its commit
@@ -49,3 +55,7 @@ class NodeStats:
             "dead_lettered": self.dead_lettered,
             "retries": self.retries,
         }
+
+    def stalled_seconds(self, now: float) -> float:
+        """Seconds this node has been retrying one batch (0 when it is not stalled)."""
+        return 0.0 if self.stalled_since is None else max(0.0, now - self.stalled_since)

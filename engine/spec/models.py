@@ -28,6 +28,13 @@ class Defaults(BaseModel):
     dead_letter: str | None = Field(
         None, description="A sink that receives from every `errors` port not wired explicitly."
     )
+    stop_timeout: float = Field(
+        30.0, ge=0, description="Seconds a drain (SIGTERM) waits for a node that is retrying because a "
+        "service is unavailable; then its messages go back to their sources unacknowledged (redelivered "
+        "later, or counted as nacked), never to the dead letter.")
+    stall_alert_after: float = Field(
+        30.0, ge=0, description="Seconds a node may stay stalled on an unavailable service before an "
+        "error-level `stall_alert` log line (the stall itself is logged at once and shown in metrics).")
     on_error: Literal["dead_letter", "redeliver"] = Field(
         "dead_letter",
         description="What a message failing in an operator or sink does: go to the errors port at once "

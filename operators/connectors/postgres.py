@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from engine.api import CheckIssue
+from engine.errors import MESSAGE, UNAVAILABLE, ErrorClass, register_classifier
 
 if TYPE_CHECKING:
     import asyncpg
@@ -31,6 +32,7 @@ __all__ = [
     "IDENT_RE",
     "TYPE_RE",
     "check_all",
+    "classify_postgres",
     "column_values",
     "db_message",
     "identifier_issues",
@@ -184,6 +186,21 @@ def is_transient(exc: BaseException) -> bool:
         asyncpg.exceptions.InsufficientResourcesError,  # 53xxx: too many connections, out of memory/disk
         asyncpg.exceptions.TransactionRollbackError,  # 40xxx: serialization failure, deadlock
     ))
+
+
+def classify_postgres(exc: BaseException) -> ErrorClass | None:
+    """PostgreSQL errors for `engine.errors.classify`: `is_transient` (08*, 57P*, 53*, 40*, a lost
+    connection or timeout) is a service's fault; `is_row_error` (22*, 23*, ...) the message's."""
+    if type(exc).__module__.split(".", 1)[0] != "asyncpg" and not isinstance(exc, (OSError, TimeoutError)):
+        return None
+    if is_transient(exc):
+        return UNAVAILABLE
+    if is_row_error(exc):
+        return MESSAGE
+    return None
+
+
+register_classifier(classify_postgres)
 
 
 def is_row_error(exc: BaseException) -> bool:

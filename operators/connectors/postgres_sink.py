@@ -25,6 +25,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from engine.api import CelExpr, CheckContext, CheckIssue, NodeConfig, RetryPolicy, Sink
+from engine.errors import OutcomeUnknown
 from engine.expr import EvalError
 from engine.message import Msg
 from operators.connectors.postgres import (
@@ -93,8 +94,10 @@ class PostgresSinkConfig(NodeConfig):
                                "inferred: `msg`/`meta` → jsonb, else from the first batch's values).")
     write_path: WritePath = Field("auto", description="How a batch is sent; auto picks by batch size.")
     retry: RetryPolicy = Field(
-        default_factory=lambda: RetryPolicy.model_validate({"max_attempts": 30, "max_backoff": 5.0}),
-        description="Retries of a batch after a lost connection or server restart (the batch is kept).")
+        default_factory=lambda: RetryPolicy.model_validate({"max_attempts": 3, "max_backoff": 1.0}),
+        description="Quick retries of a batch inside one write after a lost connection (a pooled session "
+        "killed while idle, say); past them the node's own `retry` takes over and retries until the server "
+        "is back, with the stall in metrics (docs/errors.md).")
 
     @model_validator(mode="after")
     def _rules(self) -> PostgresSinkConfig:
@@ -110,6 +113,14 @@ class PostgresSinkConfig(NodeConfig):
         if self.version in self.key:
             raise ValueError("`version` cannot be part of `key`")
         return self
+
+
+class _LostCommit(Exception):
+    """COMMIT's answer was lost and the server could not be asked what came of it."""
+
+    def __init__(self, xid: str, failed: list[tuple[Msg, str]], cause: BaseException):
+        super().__init__(xid)
+        self.xid, self.failed, self.cause = xid, failed, cause
 
 
 def _infer_type(source: str, values: Iterable[Any]) -> str:
@@ -167,6 +178,8 @@ class PostgresSink(Sink):
         self.pool: Any = None
         self._staged: set[int] = set()  # server pids whose session has the staging table
         self._rand = random.Random()
+        # (batch key, xid, its row failures) of a batch whose COMMIT answer was lost, until known
+        self._unresolved: tuple[tuple[int, int], str, list[tuple[Msg, str]]] | None = None
 
     # ---- start: introspect or create the table, build the statements ---------------------------
 
@@ -290,25 +303,49 @@ class PostgresSink(Sink):
             async with self.pool.acquire() as conn:
                 await self._create(conn, [tuple(self._raw(m)) for m in msgs])
             columns, msgs, failed = self._columns(batch)
+        key = (id(batch[0]), len(batch))  # the runtime retries a batch with the same list
+        if self._unresolved is not None:
+            earlier = await self._resolve_earlier(key)
+            if earlier is not None:
+                return earlier
         attempt = 1
         while True:
             try:
                 result = failed + await self._transaction(columns, msgs, typed is not None)
                 self._up = True
                 return result
+            except _LostCommit as lost:
+                # COMMIT was sent but its answer lost, and the server could not be asked yet: the
+                # next attempt of this batch asks again before writing anything (never twice)
+                self._up = False
+                self._unresolved = (key, lost.xid, failed + lost.failed)
+                raise OutcomeUnknown(f"postgres_sink {self.id}: the outcome of transaction {lost.xid} is "
+                                     f"unknown until the server answers: {db_message(lost.cause)}") from lost.cause
             except Exception as exc:
                 if is_transient(exc):
                     self._up = False
                 stale_stage = self.stage in str(exc)  # a new session behind a reused pid: no staging table
                 if stale_stage:
                     self._staged.clear()
-                if not (stale_stage or is_transient(exc)) or attempt >= self.config.retry.max_attempts:
+                if not (stale_stage or is_transient(exc)) or self.config.retry.exhausted(attempt):
                     raise
                 delay = self.config.retry.backoff(attempt, self._rand.random())
                 self.ctx.log.warning("postgres_sink %s: %s; retrying the batch of %d in %.2fs (attempt %d)",
                                      self.id, db_message(exc), len(msgs), delay, attempt + 1)
                 await asyncio.sleep(delay)
                 attempt += 1
+
+    async def _resolve_earlier(self, key: tuple[int, int]) -> list[tuple[Msg, str]] | None:
+        """A batch whose commit's outcome was lost: what came of it? Its failures if it committed,
+        None if it did not (write it); raises OutcomeUnknown while the server cannot say."""
+        assert self._unresolved is not None
+        ukey, xid, failed = self._unresolved
+        if ukey != key:  # another batch: the lost one was handed back to its source (a drain)
+            self._unresolved = None
+            return None
+        committed = await self._committed(xid)
+        self._unresolved = None
+        return failed if committed else None
 
     def _raw(self, msg: Msg) -> list[Any]:
         out = []
@@ -438,13 +475,21 @@ class PostgresSink(Sink):
             await tx.commit()
         except Exception as exc:
             # The answer to COMMIT was lost: ask the server what became of the transaction.
-            if not is_transient(exc) or not await self._committed(xid):
+            if not is_transient(exc):
+                raise
+            try:
+                committed = await self._committed(xid)
+            except OutcomeUnknown:
+                raise _LostCommit(xid, failed, exc) from exc
+            if not committed:
                 raise
         return failed
 
     async def _committed(self, xid: str) -> bool:
         """After a commit whose answer was lost: did it commit? Asks on another connection until known."""
-        for attempt in range(1, self.config.retry.max_attempts + 1):
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 async with self.pool.acquire() as conn:
                     status = await conn.fetchval("SELECT pg_xact_status($1::text::xid8)", xid)
@@ -460,8 +505,10 @@ class PostgresSink(Sink):
                     return False
                 if not is_transient(exc):
                     raise
+            if self.config.retry.exhausted(attempt):
+                break
             await asyncio.sleep(self.config.retry.backoff(attempt, self._rand.random()))
-        raise TimeoutError(f"postgres_sink {self.id}: could not learn whether transaction {xid} committed")
+        raise OutcomeUnknown(f"postgres_sink {self.id}: could not learn whether transaction {xid} committed")
 
     async def _isolate(self, conn: Any, rows: Columns, msgs: list[Msg],
                        exc: BaseException) -> list[tuple[Msg, str]]:

@@ -176,7 +176,7 @@ class PostgresSource(Source):
                 if not is_transient(exc):
                     raise
                 attempt += 1
-                if attempt >= cfg.retry.max_attempts:
+                if cfg.retry.exhausted(attempt):
                     raise
                 delay = cfg.retry.backoff(attempt, self._rand.random())
                 self.ctx.log.warning("postgres_source %s: %s; reading again in %.2fs", self.id, db_message(exc), delay)

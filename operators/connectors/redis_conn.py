@@ -6,12 +6,12 @@ import asyncio
 import re
 from typing import TYPE_CHECKING, Any
 
-from engine.errors import ConnectorError
+from engine.errors import MESSAGE, UNAVAILABLE, ConnectorError, ErrorClass, register_classifier
 
 if TYPE_CHECKING:
     from engine.runtime.context import NodeContext
 
-__all__ = ["CONNECTION_ERRORS", "raise_if_cancelled", "redis_client"]
+__all__ = ["CONNECTION_ERRORS", "classify_redis", "raise_if_cancelled", "redis_client"]
 
 
 def _connection_errors() -> tuple[type[BaseException], ...]:
@@ -21,6 +21,30 @@ def _connection_errors() -> tuple[type[BaseException], ...]:
 
 
 CONNECTION_ERRORS = _connection_errors()
+
+# Replies of a Redis that is up but cannot serve now (loading its data set, a replica, a cluster
+# slot moving, a script running, memory full under a noeviction policy): retried until it can.
+_UNAVAILABLE_REPLIES = ("LOADING", "READONLY", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN", "BUSY", "OOM",
+                        "NOREPLICAS", "MISCONF")
+
+
+def classify_redis(exc: BaseException) -> ErrorClass | None:
+    """Redis errors for `engine.errors.classify`: connection, timeout and the not-now replies
+    above are a service's fault; any other reply (WRONGTYPE, a bad argument) is left unknown."""
+    from redis import exceptions as rex
+
+    if isinstance(exc, CONNECTION_ERRORS):
+        return UNAVAILABLE
+    if isinstance(exc, rex.ResponseError):
+        word = str(exc).split(" ", 1)[0].upper()
+        if word in _UNAVAILABLE_REPLIES:
+            return UNAVAILABLE
+    if isinstance(exc, rex.DataError):  # a value redis-py cannot encode: the message's fault
+        return MESSAGE
+    return None
+
+
+register_classifier(classify_redis)
 
 
 def raise_if_cancelled() -> None:

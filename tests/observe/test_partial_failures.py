@@ -58,7 +58,7 @@ EXHAUST = """
     defaults: {dead_letter: dead, retry: {max_attempts: 2, initial_backoff: 0.001}}
     nodes:
       gen: {type: generate, config: {count: 30, batch: 30}}
-      down: {type: test_sink, inputs: [gen], config: {fail_first: 1000}}
+      down: {type: test_sink, inputs: [gen], config: {fail_first: 1000, fail_with: unknown}}
       dead: {type: file_sink, inputs: [down.errors], config: {path: dead.ndjson}}
 """
 
@@ -76,7 +76,7 @@ def test_retries_exhausted_is_one_event_line(write_graph, caplog) -> None:
     assert report.balanced and report.totals()["dead_lettered"] == 30
     (ev,) = [r for r in caplog.records if getattr(r, "event", None) == "retries_exhausted"]
     assert ev.node == "down" and ev.attempts == 2 and ev.messages == 30  # type: ignore[attr-defined]
-    assert "ConnectionError: store unavailable" in ev.reason  # type: ignore[attr-defined]
+    assert "RuntimeError: store failed oddly" in ev.reason  # type: ignore[attr-defined]
     dead = [r for r in caplog.records if getattr(r, "event", None) == "dead_lettered"]
     assert len(dead) == 20 and {r.node for r in dead} == {"down"}  # type: ignore[attr-defined]
     (held,) = [r for r in caplog.records if getattr(r, "event", None) == "dead_lettered_suppressed"]

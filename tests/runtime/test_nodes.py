@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
 from engine import registry
 from engine.api import NodeConfig, Operator, Sink, Source
+from engine.errors import MessageError
 from engine.message import Msg
 from engine.runtime.outputs import Outputs, SourceOutput
 
@@ -49,9 +50,22 @@ class RecordingSource(Source):
         RECORD[self.id]["rejected"].extend(failures)
 
 
+FailWith = Literal["unavailable", "unknown", "message"]
+
+
+def _failure(kind: str, what: str) -> Exception:
+    """An exception of each class `engine.errors.classify` knows."""
+    if kind == "unavailable":
+        return ConnectionError(f"{what} unavailable")
+    if kind == "message":
+        return MessageError(f"{what} rejects the message")
+    return RuntimeError(f"{what} failed oddly")
+
+
 class GatedSinkConfig(NodeConfig):
     gate: str | None = None
     fail_first: int = Field(0, ge=0, description="Raise on the first N write calls.")
+    fail_with: FailWith = "unavailable"
     reject_if_odd: bool = False
     delay: float = 0.0
 
@@ -69,7 +83,7 @@ class GatedSink(Sink):
         if self.config.delay:
             await asyncio.sleep(self.config.delay)
         if rec["calls"] <= self.config.fail_first:
-            raise ConnectionError("store unavailable")
+            raise _failure(self.config.fail_with, "store")
         failures = [(m, "odd") for m in batch if self.config.reject_if_odd and m.body["i"] % 2]
         bad = {id(m) for m, _ in failures}
         rec["bodies"].extend(m.body for m in batch if id(m) not in bad)
@@ -78,6 +92,7 @@ class GatedSink(Sink):
 
 class FlakyInlineConfig(NodeConfig):
     fail_first: int = Field(0, ge=0, description="Raise on the first N process calls.")
+    fail_with: FailWith = "unavailable"
 
 
 class FlakyInline(Operator):
@@ -94,7 +109,7 @@ class FlakyInline(Operator):
         rec["tasks"].add(task.get_name() if task else None)
         if rec["calls"] <= self.config.fail_first:
             out.port("out").append(batch[0])  # emitted by the failed attempt: must be discarded
-            raise ConnectionError("lookup unavailable")
+            raise _failure(self.config.fail_with, "lookup")
         out.port("out").extend(batch)
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from typing import Any
 
 import pytest
 
@@ -142,13 +144,14 @@ def test_sink_retries_then_commits_once(write_graph) -> None:
 
 
 def test_retries_exhausted_go_to_dead_letter_with_attempts(write_graph, tmp_path) -> None:
+    # an error of unknown kind is retried up to max_attempts, then dead-lettered
     path = write_graph("""
         version: 1
         name: retry2
         defaults: {dead_letter: dead, retry: {max_attempts: 2, initial_backoff: 0.001}}
         nodes:
           src: {type: test_source, config: {count: 4, batch: 4}}
-          out: {type: test_sink, inputs: [src], config: {fail_first: 5}}
+          out: {type: test_sink, inputs: [src], config: {fail_first: 5, fail_with: unknown}}
           dead: {type: file_sink, inputs: [src.errors], config: {path: dead.ndjson}}
     """)
     report = run_graph(path)
@@ -157,6 +160,87 @@ def test_retries_exhausted_go_to_dead_letter_with_attempts(write_graph, tmp_path
 
     rows = [json.loads(x) for x in (tmp_path / "dead.ndjson").read_text().splitlines()]
     assert {r["attempt"] for r in rows} == {2} and {r["node"] for r in rows} == {"out"}
+    assert report.stats["out"].retries_by_class == {"unknown": 2}
+
+
+def test_an_unavailable_service_is_retried_past_max_attempts_and_never_dead_lettered(write_graph, tmp_path, caplog) -> None:
+    # a connection error is never the message's fault: max_attempts does not apply to it
+    path = write_graph("""
+        version: 1
+        name: outage
+        defaults: {dead_letter: dead, retry: {max_attempts: 2, initial_backoff: 0.001, max_backoff: 0.002}}
+        nodes:
+          src: {type: test_source, config: {count: 4, batch: 4}}
+          out: {type: test_sink, inputs: [src], config: {fail_first: 25}}
+          dead: {type: file_sink, inputs: [src.errors], config: {path: dead.ndjson}}
+    """)
+    with caplog.at_level("WARNING", logger="streamdag.runtime"):
+        report = run_graph(path)
+    assert report.balanced and report.totals()["dead_lettered"] == 0 and report.totals()["delivered"] == 4
+    assert [b["i"] for b in RECORD["out"]["bodies"]] == [0, 1, 2, 3]
+    assert report.stats["out"].retries_by_class == {"unavailable": 25}
+    assert report.stats["out"].stalled_since is None  # recovered
+    events = [getattr(r, "event", None) for r in caplog.records]
+    assert events.count("node_stalled") == 1 and events.count("node_recovered") == 1  # one line per change
+    assert not (tmp_path / "dead.ndjson").exists() or (tmp_path / "dead.ndjson").read_text() == ""
+
+
+def test_a_message_error_goes_to_errors_at_once(write_graph, tmp_path) -> None:
+    path = write_graph("""
+        version: 1
+        name: msgerr
+        defaults: {dead_letter: dead, retry: {initial_backoff: 0.001}}
+        nodes:
+          src: {type: test_source, config: {count: 4, batch: 4}}
+          out: {type: test_sink, inputs: [src], config: {fail_first: 1, fail_with: message}}
+          dead: {type: file_sink, inputs: [src.errors], config: {path: dead.ndjson}}
+    """)
+    report = run_graph(path)
+    assert report.balanced and report.totals()["dead_lettered"] == 4 and report.stats["out"].retries == 0
+    import json
+
+    rows = [json.loads(x) for x in (tmp_path / "dead.ndjson").read_text().splitlines()]
+    assert {r["attempt"] for r in rows} == {1} and all("rejects the message" in r["error"] for r in rows)
+
+
+def test_a_drain_gives_up_on_a_stalled_sink_after_stop_timeout_without_dead_lettering(write_graph) -> None:
+    # the service never comes back: SIGTERM must still end the run, handing the messages back
+    path = write_graph("""
+        version: 1
+        name: stuck
+        defaults: {dead_letter: dead, stop_timeout: 0.3, retry: {initial_backoff: 0.01, max_backoff: 0.05}}
+        nodes:
+          src: {type: test_source, config: {count: 6, batch: 3}}
+          out: {type: test_sink, inputs: [src], config: {fail_first: 1000000}}
+          dead: {type: drop, inputs: [src.errors]}
+    """)
+    async def main() -> Any:
+        runner = Runner(load_graph(path))
+        task = asyncio.create_task(runner.run())
+        await asyncio.sleep(0.3)
+        assert runner.stats["out"].stalled_since is not None and runner.stats["out"].stall_class == "unavailable"
+        # the stall is in the metrics and the status page's snapshot while it lasts
+        from prometheus_client.parser import text_string_to_metric_families
+
+        from engine.observe.metrics import make_registry, render_metrics
+        from engine.observe.snapshot import stats_snapshot
+
+        text = render_metrics(make_registry(runner, process=False)).decode()
+        stalled = {s.labels["node"]: (s.labels["class"], s.value) for f in text_string_to_metric_families(text)
+                   for s in f.samples if s.name == "streamdag_node_stalled_seconds"}
+        assert stalled["out"][0] == "unavailable" and stalled["out"][1] > 0.1 and stalled["src"] == ("", 0.0)
+        snap = stats_snapshot(runner)["nodes"]["out"]
+        assert snap["stall"]["class"] == "unavailable" and "store unavailable" in snap["stall"]["reason"]
+        t0 = time.monotonic()
+        runner.stop()
+        report = await asyncio.wait_for(task, 5)
+        return report, time.monotonic() - t0
+
+    report, took = asyncio.run(main())
+    assert took < 2.0
+    t = report.totals()
+    assert t["dead_lettered"] == 0 and t["delivered"] == 0 and t["nacked"] == 6 and report.balanced
+    assert sorted(tok for tok, _ in RECORD["src"]["rejected"]) == list(range(6))
 
 
 def test_per_message_sink_failures_go_to_errors_and_the_rest_commits(write_graph, tmp_path) -> None:
@@ -237,7 +321,7 @@ def test_inline_operator_retries_in_place_and_dead_letters_when_exhausted(write_
         defaults: {dead_letter: dead, retry: {max_attempts: 3, initial_backoff: 0.001}}
         nodes:
           src: {type: test_source, config: {count: 40, batch: 10}}
-          flaky: {type: test_inline, inputs: [src], config: {fail_first: 2}}
+          flaky: {type: test_inline, inputs: [src], config: {fail_first: 2, fail_with: unknown}}
           out: {type: test_sink, inputs: [flaky]}
           dead: {type: file_sink, inputs: [src.errors], config: {path: dead.ndjson}}
     """)

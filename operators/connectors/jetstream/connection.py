@@ -11,7 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from engine.errors import ConnectorError
+from engine.errors import UNAVAILABLE, ConnectorError, ErrorClass, register_classifier
 from engine.spec.connections import NatsConnection
 
 from .streams import ensure_streams
@@ -20,9 +20,28 @@ from .wire import Tap
 if TYPE_CHECKING:
     from engine.runtime.context import NodeContext
 
-__all__ = ["JetStreamConnectionError", "NatsHandle", "nats_handle"]
+__all__ = ["JetStreamConnectionError", "NatsHandle", "classify_nats", "nats_handle"]
 
 log = logging.getLogger("streamdag.jetstream")
+
+
+def classify_nats(exc: BaseException) -> ErrorClass | None:
+    """NATS errors for `engine.errors.classify`: a closed, reconnecting or stale connection, no
+    responders (a stream whose leader is being elected), a full outbound buffer while reconnecting
+    and a 503 from the JetStream API are a service's fault. (nats' TimeoutError is an OSError.)"""
+    from nats import errors as ne
+    from nats.js import errors as je
+
+    if isinstance(exc, (ne.ConnectionClosedError, ne.ConnectionReconnectingError, ne.StaleConnectionError,
+                        ne.NoServersError, ne.NoRespondersError, ne.OutboundBufferLimitError,
+                        je.ServiceUnavailableError, ne.TimeoutError)):
+        return UNAVAILABLE
+    if isinstance(exc, je.APIError) and getattr(exc, "code", None) in (408, 503):
+        return UNAVAILABLE
+    return None
+
+
+register_classifier(classify_nats)
 
 
 class JetStreamConnectionError(ConnectorError):

@@ -18,7 +18,7 @@ import orjson
 from pydantic import Field, model_validator
 
 from engine.api import CelExpr, CheckContext, CheckIssue, NodeConfig, Sink
-from engine.errors import ConnectionLost
+from engine.errors import ConnectionLost, OutcomeUnknown, Unavailable
 from engine.expr import EvalError, compile_expr
 from engine.message import Msg
 from engine.spec.units import Duration
@@ -34,8 +34,19 @@ _SUBJECT = re.compile(r"^[^\s*>.]+(\.[^\s*>.]+)*$")
 _HEADER_KEY = re.compile(r"^[!-9;-~]+$")
 
 
-class JetStreamPublishError(ConnectionLost):
-    """PubAcks did not come back in time (server down or restarting): the batch is retried."""
+class JetStreamPublishError(OutcomeUnknown):
+    """PubAcks did not come back in time (server down or restarting): whether the messages were
+    stored is unknown, so the batch is retried with the same `Nats-Msg-Id`s (never dead-lettered)."""
+
+
+class JetStreamUnavailable(Unavailable):
+    """The server answered that it cannot store now (no responders while a stream leader is elected,
+    storage or resource limits): the batch is retried."""
+
+
+# Rejections that are about the message itself (the rest, such as "insufficient resources" or a
+# full stream with discard: new, are the server's state, retried until it can store again).
+_MESSAGE_REJECTS = ("message size", "maximum payload", "wrong last", "expected", "header", "invalid")
 
 
 class JetStreamSinkConfig(NodeConfig):
@@ -73,6 +84,10 @@ class JetStreamSinkConfig(NodeConfig):
             if not _HEADER_KEY.match(key):
                 raise ValueError(f"invalid header name {key!r}")
         return self
+
+
+class _Retry(str):
+    """A PubAck saying the server could not store the message now (not the message's fault)."""
 
 
 def _header_value(v: Any) -> bytes:
@@ -162,14 +177,17 @@ class JetStreamSink(Sink):
         if pos is None:
             return  # a PubAck that came after its batch timed out
         if status == "503":
-            self._results[pos] = "no stream listens on this subject (503 no responders)"
+            # with a fixed subject the stream is missing or electing a leader: wait for it; a subject
+            # computed from the message (`subject_expr`) that no stream listens on is the message's fault
+            text = "no stream listens on this subject (503 no responders)"
+            self._results[pos] = text if self._subject_expr is not None else _Retry(text)
         elif status is not None:
-            self._results[pos] = f"server answered {status} {(headers or {}).get('Description', '')}".strip()
+            self._results[pos] = _Retry(f"server answered {status} {(headers or {}).get('Description', '')}".strip())
         elif data.startswith(b'{"error"'):
             err = orjson.loads(data)["error"]
-            self._results[pos] = (
-                f"server rejected the message: {err.get('description')} (code {err.get('err_code')})"
-            )
+            text = f"server rejected the message: {err.get('description')} (code {err.get('err_code')})"
+            desc = str(err.get("description", "")).lower()
+            self._results[pos] = text if any(w in desc for w in _MESSAGE_REJECTS) else _Retry(text)
         elif b'"duplicate"' in data:
             self.duplicates += 1
         self._left -= 1
@@ -228,7 +246,7 @@ class JetStreamSink(Sink):
     async def _publish_chunk(self, chunk: list[Msg], failed: list[tuple[Msg, str]]) -> None:
         nc = self._h.nc  # type: ignore[union-attr]
         if nc.is_closed:
-            raise JetStreamPublishError("the NATS connection is closed")
+            raise ConnectionLost("the NATS connection is closed")
         max_payload = nc.max_payload
         prefix = self._prefix.encode()
         ids: dict[str, int] = {}
@@ -273,9 +291,14 @@ class JetStreamSink(Sink):
                 f"(server down or restarting?)"
             ) from None
         stored = 0
+        retry = None
         for msg, result in zip(sent, self._results, strict=True):
             if result is None:
                 stored += 1
+            elif type(result) is _Retry:
+                retry = result
             else:
                 failed.append((msg, result))
         self.published += stored
+        if retry is not None:  # the whole batch again: stored ones come back as duplicates of their Msg-Id
+            raise JetStreamUnavailable(f"{retry} ({len(sent) - stored} of {len(sent)} not stored)")
