@@ -6,6 +6,7 @@ import html
 
 import networkx as nx
 
+from engine.compile.plan import Plan, build_plan
 from engine.compile.validate import Graph
 
 __all__ = ["to_dot", "to_mermaid", "to_networkx", "to_svg"]
@@ -13,21 +14,10 @@ __all__ = ["to_dot", "to_mermaid", "to_networkx", "to_svg"]
 _SHAPES = {"source": ("([", "])"), "operator": ("[", "]"), "sink": ("[(", ")]")}
 
 
-def to_networkx(graph: Graph) -> nx.MultiDiGraph:
-    """Nodes carry kind and type; edges carry the upstream port."""
-    g = nx.MultiDiGraph(name=graph.spec.name)
-    for node_id, rn in graph.nodes.items():
-        g.add_node(node_id, kind=rn.kind, type=rn.type)
-    for node_id, rn in graph.nodes.items():
-        for up, port in rn.inputs:
-            g.add_edge(up, node_id, port=port)
-    dl = graph.spec.defaults.dead_letter
-    if dl:
-        wired = {(u, d["port"]) for u, _, d in g.edges(data=True)}
-        for node_id in graph.nodes:
-            if node_id != dl and (node_id, "errors") not in wired:
-                g.add_edge(node_id, dl, port="errors", implicit=True)
-    return g
+def to_networkx(graph: Graph | Plan) -> nx.MultiDiGraph:
+    """The plan's DAG (frozen): nodes carry kind and type; edges carry the upstream port, and
+    `implicit` for the dead-letter edges of `defaults.dead_letter`."""
+    return (graph if isinstance(graph, Plan) else build_plan(graph)).dag
 
 
 def to_mermaid(graph: Graph) -> str:

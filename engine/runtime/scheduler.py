@@ -20,8 +20,9 @@ from types import CoroutineType
 from typing import Any
 
 from engine.api import Operator, Sink, Source
+from engine.compile.plan import Plan, build_plan
 from engine.compile.validate import Graph, ResolvedNode
-from engine.errors import MESSAGE, UNAVAILABLE, UNKNOWN, NodeStartError, UnhandledError, classify
+from engine.errors import MESSAGE, UNAVAILABLE, UNKNOWN, NodeStartError, RunError, UnhandledError, classify
 from engine.message import DEAD_LETTERED, DELIVERED, AckTracker, BatchAck, Msg, own_ack
 from engine.observe.events import deadletter_log
 from engine.observe.events import log_dead_letters as _log_dead_letters
@@ -60,20 +61,21 @@ class RunReport:
 
 
 class Runner:
-    """Instantiates the nodes of a graph and runs them."""
+    """Instantiates the nodes of a graph and runs them as its `Plan` says."""
 
-    def __init__(self, graph: Graph, clock: Any = time.time):
-        self.graph = graph
+    def __init__(self, graph: Graph | Plan, clock: Any = time.time):
+        self.plan = plan = graph if isinstance(graph, Plan) else build_plan(graph)
+        self.graph = plan.graph
         self.resources = Resources()
         self.clock = clock
         self.nodes: dict[str, Any] = {}
         self.stats: dict[str, NodeStats] = {}
         self.channels: dict[str, Channel] = {}
-        self.routes: dict[tuple[str, str], list[str]] = {}
+        self.routes = plan.routes
+        self.dead_letter_sinks = plan.dead_letter_sinks
         self.trackers: dict[str, AckTracker] = {}
         self.outputs: dict[str, SourceOutput] = {}
-        self.dead_letter_sinks: set[str] = set()
-        self._redeliver = graph.spec.defaults.on_error == "redeliver"
+        self._redeliver = self.graph.spec.defaults.on_error == "redeliver"
         self._fatal: BaseException | None = None
         self._fatal_event = asyncio.Event()
         self._stopping = False
@@ -85,37 +87,18 @@ class Runner:
 
     # -- set-up -----------------------------------------------------------------------------------
     def _wire(self) -> None:
-        g = self.graph
-        dl = g.spec.defaults.dead_letter
+        g, plan = self.graph, self.plan
         for node_id, rn in g.nodes.items():
             ctx = NodeContext(node_id, g.connections, g.schemas, self.resources, g.base_dir, self.clock)
             self.nodes[node_id] = rn.cls(node_id, rn.config, ctx)
             self.stats[node_id] = NodeStats(node_id, rn.kind, rn.type)
-            if rn.kind != "source":
-                self.channels[node_id] = Channel(rn.capacity, rn.capacity_bytes, len(rn.inputs))
-            for up, port in rn.inputs:
-                self.routes.setdefault((up, port), []).append(node_id)
-            if rn.kind == "sink" and (node_id == dl or (rn.inputs and all(p == ERRORS for _, p in rn.inputs))):
-                self.dead_letter_sinks.add(node_id)
-        if dl is not None:
-            for node_id in g.nodes:
-                if node_id != dl and (node_id, ERRORS) not in self.routes:
-                    self.routes[(node_id, ERRORS)] = [dl]
-                    self.channels[dl]._writers += 1
-        self.inline = {n: Outputs(n, g.nodes[n].ports, self.stats[n]) for n in g.nodes if self._can_inline(n)}
-
-    def _can_inline(self, node_id: str) -> bool:
-        """An `inline` operator that is the only consumer of its one input runs in its upstream's
-        task: the upstream calls `process` on each batch it sends, with no queue and no task switch
-        in between, so a batch goes source -> filter -> map while it is still in the CPU's cache."""
-        rn = self.graph.nodes[node_id]
-        op = self.nodes[node_id]
-        if rn.kind != "operator" or not getattr(op, "inline", False) or len(rn.inputs) != 1:
-            return False
-        if type(op).flush is not Operator.flush or type(op).tick is not Operator.tick or op.tick_interval:
-            return False
-        feeds = [key for key, targets in self.routes.items() if node_id in targets]
-        return feeds == [rn.inputs[0]] and self.routes[rn.inputs[0]] == [node_id]
+            if rn.kind != "source" and node_id not in plan.inline:
+                self.channels[node_id] = Channel(rn.capacity, rn.capacity_bytes, plan.writers[node_id])
+        for node_id in plan.inline:
+            if getattr(self.nodes[node_id], "tick_interval", None):
+                raise RunError(f"node '{node_id}' ({g.nodes[node_id].type}) sets tick_interval but its class "
+                               "says inline = True: an inline operator has no timer")
+        self.inline = {n: Outputs(n, g.nodes[n].ports, self.stats[n]) for n in plan.inline}
 
     # -- dispatch ---------------------------------------------------------------------------------
     async def _dispatch(self, node_id: str, lists: dict[str, list[Msg]]) -> None:
@@ -415,7 +398,7 @@ class Runner:
         error: BaseException | None = None
         started: list[str] = []
         try:
-            for node_id in _start_order(g):
+            for node_id in self.plan.start_order:
                 try:
                     await self.nodes[node_id].start()
                 except Exception as exc:
@@ -478,7 +461,7 @@ class Runner:
                     self.outputs[node_id].stopping.set()
         for node_id, rn in g.nodes.items():
             if node_id in self.inline:
-                continue  # runs in its upstream's task (see `_can_inline`)
+                continue  # runs in its upstream's task (engine.compile.plan)
             runner = {"source": self._run_source, "operator": self._run_operator, "sink": self._run_sink}[rn.kind]
             node_tasks[node_id] = asyncio.create_task(self._guard(rn, runner), name=f"node:{node_id}")
             if rn.kind == "source":
@@ -521,18 +504,8 @@ class Runner:
             log.exception("node %s crashed", rn.id)
             self._set_fatal(NodeCrash(f"node '{rn.id}' ({rn.type}) crashed: {type(exc).__name__}: {exc}"))
         finally:
-            for target in self._targets_of(rn.id):
+            for target in self.plan.closes[rn.id]:
                 self.channels[target].close_writer()
-
-    def _targets_of(self, node_id: str) -> list[str]:
-        """The nodes whose input `node_id` writes to, looking through inlined operators (they run
-        in `node_id`'s task, so their own targets lose a writer when `node_id` ends)."""
-        out = []
-        for (up, _port), targets in self.routes.items():
-            if up == node_id:
-                for t in targets:
-                    out.extend(self._targets_of(t) if t in self.inline else [t])
-        return out
 
 
 class NodeCrash(UnhandledError):
@@ -597,9 +570,3 @@ def _settle(acks: list[Any]) -> None:
             for a in acks[i:j]:
                 owner.settle(a)
         i = j
-
-
-def _start_order(g: Graph) -> list[str]:
-    """Sinks first, then operators, then sources, so nothing reads before its consumers are ready."""
-    order = {"sink": 0, "operator": 1, "source": 2}
-    return sorted(g.nodes, key=lambda n: order[g.nodes[n].kind])

@@ -37,7 +37,7 @@ def test_view_from_two_scrapes(live_run: LiveRun) -> None:
         ),
         what="200 more commits",
     )
-    assert second.graph == "observed" and second.nodes["price"]["capacity"] == 4000
+    assert second.graph == "observed" and second.nodes["out"]["capacity"] == 4000
     text = render(build_view(first, second, live_run.url))
     assert "streamdag top  observed  running" in text
     node_part, source_part = text.split(" source ", 1)
@@ -49,7 +49,7 @@ def test_view_from_two_scrapes(live_run: LiveRun) -> None:
     assert (
         re.fullmatch(r"[\d.]+k?", rate) and float(rate.rstrip("k")) * (1000 if rate.endswith("k") else 1) > 0
     )
-    assert re.search(r"\d+%", " ".join(rows["price"]))  # queue fill
+    assert re.search(r"\d+%", " ".join(rows["out"])) and rows["price"][4] == "-"  # queue fill; price runs inline
     assert re.search(r"[\d.]+ms", " ".join(rows["out"]))  # p99 batch and end-to-end
     assert rows["price"][-3:] == ["0", "0", "0"]  # errors, retries, dead-lettered
     assert sources["gen"][-1] == "ok" and sources["gen"][-2] == "-"  # integrity ok, no lag hook
