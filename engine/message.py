@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from itertools import groupby
 from typing import Any
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "BatchAck",
     "CompositeAck",
     "Msg",
+    "finish_all",
     "own_ack",
 ]
 
@@ -354,3 +356,58 @@ class AckTracker:
             self._room.clear()
             self._signal = True
             await self._room.wait()
+
+
+def finish_all(acks: list[Ack], outcome: int) -> None:
+    """`ack.finish(outcome)` for each of `acks` (a sink's committed batch), with the per-message
+    work in C where it can be: runs of one source batch's `BatchAck` in one `finish_many` each,
+    plain acks counted down inline, and those that settle handed to their trackers in runs
+    (`settle_many`)."""
+    settled: list[Ack] = []
+    if type(acks[0]) is BatchAck:
+        for a, run in groupby(acks):  # C-level runs: consecutive messages of one source batch
+            k = len(list(run))
+            if type(a) is BatchAck:
+                a.finish_many(outcome, k)
+                continue
+            for _ in range(k):
+                a.outcome |= outcome
+                a.pending -= 1
+                if a.pending == 0:
+                    settled.append(a)
+    else:
+        for a in acks:
+            if type(a) is BatchAck:
+                a.finish(outcome)
+                continue
+            a.outcome |= outcome
+            a.pending -= 1
+            if a.pending == 0:
+                settled.append(a)
+    if settled:
+        _settle_runs(settled)
+
+
+def _settle_runs(acks: list[Ack]) -> None:
+    """Hand settled acks to their owners: runs with the same tracker (the usual batch) in one
+    `settle_many`, anything else (a composite, a BatchAck over `own_ack`s) one by one."""
+    first = acks[0].owner
+    n = len(acks)
+    if type(first) is AckTracker and [a.owner for a in acks].count(first) == n:  # C-level check
+        first.settle_many(acks)
+        return
+    i = 0
+    while i < n:
+        owner = acks[i].owner
+        j = i + 1
+        while j < n and acks[j].owner is owner:
+            j += 1
+        if owner is None:
+            pass
+        elif type(owner) is AckTracker:
+            owner.settle_many(acks[i:j])
+        else:
+            for a in acks[i:j]:
+                owner.settle(a)
+        i = j
+

@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 
 from engine.observe.histogram import Histogram
 from engine.observe.monitor import Monitor, reconcile
+from engine.runtime.state import as_view
 
 __all__ = ["CONTENT_TYPE", "GraphCollector", "make_registry", "render_metrics"]
 
@@ -39,7 +40,7 @@ class GraphCollector(Collector):
     """Collects one `Runner` (and its `Monitor`, for lag, connections and integrity)."""
 
     def __init__(self, runner: Any, monitor: Monitor | None = None):
-        self.runner = runner
+        self.runner = as_view(runner)
         self.monitor = monitor
         self.started = time.time()
 
@@ -60,7 +61,7 @@ class GraphCollector(Collector):
         draining = GaugeMetricFamily(
             "streamdag_run_draining", "1 while the graph drains after a stop.", labels=["graph"]
         )
-        draining.add_metric([graph], 1 if getattr(r, "_stopping", False) else 0)
+        draining.add_metric([graph], 1 if r.draining else 0)
         yield draining
 
     def _nodes(self, r: Any, graph: str) -> Iterator[Metric]:

@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.runtime.state import RunView, as_view
+
 __all__ = ["Monitor", "Reconciliation", "reconcile", "resource_up"]
 
 log = logging.getLogger("streamdag.monitor")
@@ -92,9 +94,10 @@ def resource_up(resource: Any) -> bool | None:
 
 @dataclass
 class Monitor:
-    """Watches a `Runner`; `start()` launches the loop, `stop()` ends it after a last pass."""
+    """Watches a run (a `RunView`, or a Runner for its view); `start()` launches the loop, `stop()`
+    ends it after a last pass."""
 
-    runner: Any
+    runner: RunView
     interval: float = 1.0
     lag_timeout: float = 1.0
     ledgers: dict[str, Reconciliation] = field(default_factory=dict)
@@ -107,6 +110,9 @@ class Monitor:
     started: float = field(default_factory=time.time)
     passes: int = 0
     _task: asyncio.Task[None] | None = None
+
+    def __post_init__(self) -> None:
+        self.runner = as_view(self.runner)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="observe:monitor")
@@ -182,10 +188,10 @@ class Monitor:
             except Exception as exc:  # noqa: BLE001 - a broken hook must not stop the watcher
                 log.debug("node %s: connection_state() failed: %s", node_id, exc)
         # shared clients (one per `connections` entry) say it themselves when they can
-        for key, resource in list(getattr(self.runner.resources, "_items", {}).items()):
+        for rkey, resource in list(self.runner.shared_clients.items()):
             up = resource_up(resource)
             if up is not None:
-                states[("", str(key))] = up
+                states[("", str(rkey))] = up
         for key, up in states.items():
             before = self.connections.get(key)
             self.connections[key] = up

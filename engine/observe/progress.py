@@ -19,10 +19,13 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from engine.runtime.state import as_view
+
 __all__ = ["known_total", "show_progress"]
 
 
 def known_total(runner: Any) -> int | None:
+    runner = as_view(runner)
     """The messages a finite run will read, if every source says; None otherwise."""
     totals = [runner.nodes[nid].total() for nid, rn in runner.graph.nodes.items() if rn.kind == "source"]
     return sum(totals) if totals and all(t is not None for t in totals) else None
@@ -33,6 +36,7 @@ def _settled(runner: Any) -> int:
 
 
 async def show_progress(runner: Any, console: Console | None = None, interval: float = 0.25) -> None:
+    runner = as_view(runner)
     """Refresh until cancelled; the last state stays on screen."""
     console = console or Console(stderr=True)
     total = known_total(runner)

@@ -15,6 +15,7 @@ from engine.observe.metrics import CONTENT_TYPE, make_registry, render_metrics
 from engine.observe.monitor import Monitor
 from engine.observe.page import status_page
 from engine.observe.snapshot import stats_snapshot
+from engine.runtime.state import as_view
 
 __all__ = ["MetricsServer"]
 
@@ -27,7 +28,7 @@ class MetricsServer:
     """Serves one runner's metrics; `port=0` picks a free port (see `.port` after `start`)."""
 
     def __init__(self, runner: Any, monitor: Monitor | None = None, host: str = "127.0.0.1", port: int = 0):
-        self.runner = runner
+        self.runner = runner = as_view(runner)
         self.monitor = monitor
         self.host = host
         self.port = port

@@ -7,6 +7,7 @@ from typing import Any
 
 from engine.observe.histogram import Histogram, quantile
 from engine.observe.monitor import Monitor, reconcile
+from engine.runtime.state import as_view
 
 __all__ = ["histogram_quantile", "stats_snapshot"]
 
@@ -24,6 +25,7 @@ def histogram_quantile(q: float, h: Histogram) -> float | None:
 def stats_snapshot(runner: Any, monitor: Monitor | None = None) -> dict[str, Any]:
     """Counters per node, queue per channel, ledger per source; rates are left to the reader
     (two snapshots and `time`)."""
+    runner = as_view(runner)
     nodes: dict[str, Any] = {}
     now = runner.clock()
     for node_id, s in runner.stats.items():
@@ -61,7 +63,7 @@ def stats_snapshot(runner: Any, monitor: Monitor | None = None) -> dict[str, Any
     return {
         "graph": runner.graph.spec.name,
         "time": time.time(),
-        "draining": bool(getattr(runner, "_stopping", False)),
+        "draining": runner.draining,
         "nodes": nodes,
         "edges": edges,
         "sources": sources,

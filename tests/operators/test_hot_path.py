@@ -25,7 +25,7 @@ from engine.message import (
     own_ack,
 )
 from engine.runtime.memory import tune_malloc
-from engine.runtime.scheduler import _commit, _settle
+from engine.message import _settle_runs, finish_all
 
 
 def _lines(path: Path) -> list[Any]:
@@ -134,6 +134,10 @@ def test_file_sink_writes_maps_with_int_keys_as_json_objects(write_graph: Any, r
     assert _lines(tmp_path / "out.ndjson") == [{"1": "v", "10": True}, {"2": "v", "10": True}]
 
 
+def _commit_msgs(msgs, outcome):
+    finish_all([m.ack for m in msgs], outcome)
+
+
 def test_settle_many_classifies_like_settle() -> None:
     one, many = AckTracker(), AckTracker()
     outcomes = [DELIVERED, FILTERED, DEAD_LETTERED, DELIVERED | FILTERED, 0, DELIVERED, DEAD_LETTERED | FILTERED]
@@ -167,7 +171,7 @@ def test_sink_settle_groups_by_owner_and_releases_composites() -> None:
     acks = [x[0], y[0], comp, x[1]]
     for a in acks:
         a.outcome, a.pending = DELIVERED, 0
-    _settle(acks)
+    _settle_runs(acks)
     assert sorted(t1.completed) == [1, 2, 4, 5] and t2.completed == [3]
     assert t1.in_flight == 0 and t2.in_flight == 0 and t1.delivered == 4
 
@@ -197,9 +201,9 @@ def test_batch_ack_counts_each_message_under_its_outcome() -> None:
     child.retain(1)
     child.finish(FILTERED)
     child.finish(DELIVERED)
-    _commit([msgs[3], msgs[4]], DELIVERED)  # a sink's run of one source batch
+    _commit_msgs([msgs[3], msgs[4]], DELIVERED)  # a sink's run of one source batch
     assert t.completed == [] and t.in_flight == 1  # each message settles as it goes; the token at the end
-    _commit([msgs[5]], DEAD_LETTERED)
+    _commit_msgs([msgs[5]], DEAD_LETTERED)
     assert (t.delivered, t.filtered, t.dead_lettered, t.nacked, t.in_flight) == (3, 1, 1, 1, 0)
     assert t.completed == ["b1"] and t.failed == [("b1", "sink gave up")]
     assert t.entered == t.delivered + t.filtered + t.dead_lettered + t.nacked
@@ -210,11 +214,11 @@ def test_sink_commit_handles_runs_of_batch_acks_and_plain_acks_mixed() -> None:
     b1, b2 = t.new_batch(3, 1), t.new_batch(2, 2)
     plain = t.new_many(["p"])
     msgs = [Msg(0, {}, b1), Msg(1, {}, b1), Msg(2, {}, plain[0]), Msg(3, {}, b1), Msg(4, {}, b2), Msg(5, {}, b2)]
-    _commit(msgs, DELIVERED)
+    _commit_msgs(msgs, DELIVERED)
     assert t.delivered == 6 and t.in_flight == 0 and sorted(map(str, t.completed)) == ["1", "2", "p"]
     t2 = AckTracker()
     p2, b3 = t2.new_many(["x"])[0], t2.new_batch(2, 3)
-    _commit([Msg(0, {}, p2), Msg(1, {}, b3), Msg(2, {}, b3)], DELIVERED)  # plain first: the other branch
+    _commit_msgs([Msg(0, {}, p2), Msg(1, {}, b3), Msg(2, {}, b3)], DELIVERED)  # plain first: the other branch
     assert t2.delivered == 3 and t2.in_flight == 0
 
 

@@ -1,0 +1,135 @@
+"""The loop each node's task runs: a source's `run`, an operator's and a sink's batch loops.
+
+An operator takes batches from its channel (up to its `batch_size`), calls `process` through the
+retrier and dispatches what it emitted; on a timer it calls `tick`; at end of input, `flush`. A
+sink calls `write` through the retrier, releases the acks of what committed with the sink's
+outcome (delivered, or dead-lettered for a dead-letter sink) and sends what failed alone to its
+`errors` port. A node whose own code raises outside a batch crashes the run (`NodeCrash`); either
+way its task closes the channels it writes to, so the nodes downstream see end of input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from engine.api import Operator, Sink, Source
+from engine.compile.validate import ResolvedNode
+from engine.errors import UnhandledError
+from engine.message import DEAD_LETTERED, DELIVERED, finish_all
+from engine.observe.events import deadletter_log
+from engine.observe.events import log_dead_letters as _log_dead_letters
+from engine.runtime.outputs import ERRORS, Outputs, error_envelope
+from engine.runtime.retry import FAILED
+from engine.runtime.router import Router
+from engine.runtime.state import RunState
+
+__all__ = ["NodeCrash", "NodeLoops"]
+
+log = logging.getLogger("streamdag.runtime")
+
+
+class NodeCrash(UnhandledError):
+    """A node's own code raised outside of a batch (a bug or a lost resource)."""
+
+
+class NodeLoops:
+    def __init__(self, state: RunState, router: Router, drain_acks: Callable[[str], Awaitable[None]]):
+        self.s = state
+        self.router = router
+        self.retrier = router.retrier
+        self.drain_acks = drain_acks
+
+    def task_for(self, rn: ResolvedNode) -> Coroutine[Any, Any, None]:
+        loop = {"source": self.run_source, "operator": self.run_operator, "sink": self.run_sink}[rn.kind]
+        return self._guard(rn, loop)
+
+    async def _guard(self, rn: ResolvedNode, loop: Callable[[ResolvedNode], Awaitable[None]]) -> None:
+        try:
+            await loop(rn)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("node %s crashed", rn.id)
+            self.s.set_fatal(NodeCrash(f"node '{rn.id}' ({rn.type}) crashed: {type(exc).__name__}: {exc}"))
+        finally:
+            for target in self.s.plan.closes[rn.id]:
+                self.s.channels[target].close_writer()
+
+    async def run_source(self, rn: ResolvedNode) -> None:
+        src: Source = self.s.nodes[rn.id]
+        try:
+            await src.run(self.s.outputs[rn.id])
+        finally:
+            await self.drain_acks(rn.id)
+
+    async def run_operator(self, rn: ResolvedNode) -> None:
+        s = self.s
+        op: Operator = s.nodes[rn.id]
+        stats = s.stats[rn.id]
+        inbox = s.channels[rn.id]
+        outputs = Outputs(rn.id, rn.ports, stats)
+        dispatch, clock = self.router.dispatch, s.clock
+        tick = op.tick_interval
+        next_tick = clock() + tick if tick else None
+        while True:
+            timeout = max(0.0, next_tick - clock()) if next_tick is not None else None
+            batch = await inbox.get(rn.batch_size, timeout)
+            if batch is None:
+                break
+            if batch:
+                stats.received += len(batch)
+                stats.batches += 1
+                t0 = time.perf_counter()
+                result = await self.retrier.run(rn, lambda b=batch: op.process(b, outputs), batch, outputs)
+                stats.observe_batch(len(batch), time.perf_counter() - t0)
+                if result is not FAILED:
+                    await dispatch(rn.id, outputs.take())
+            if next_tick is not None and clock() >= next_tick:
+                r = op.tick(clock(), outputs)
+                if r is not None:
+                    await r
+                await dispatch(rn.id, outputs.take())
+                next_tick = clock() + tick  # type: ignore[operator]
+        r = op.flush(outputs)
+        if r is not None:
+            await r
+        await dispatch(rn.id, outputs.take())
+
+    async def run_sink(self, rn: ResolvedNode) -> None:
+        s = self.s
+        sink: Sink = s.nodes[rn.id]
+        stats = s.stats[rn.id]
+        inbox = s.channels[rn.id]
+        outcome = DEAD_LETTERED if rn.id in s.plan.dead_letter_sinks else DELIVERED
+        while True:
+            batch = await inbox.get(rn.batch_size)
+            if batch is None:
+                break
+            stats.received += len(batch)
+            stats.batches += 1
+            t0 = time.perf_counter()
+            failures: Any = await self.retrier.run(rn, lambda b=batch: sink.write(b), batch, None)
+            stats.observe_batch(len(batch), time.perf_counter() - t0)
+            if failures is FAILED:
+                continue
+            if failures:
+                failed_ids = {id(m) for m, _ in failures}
+                done = [m for m in batch if id(m) not in failed_ids]
+            else:
+                done = batch
+            if done:
+                finish_all([m.ack for m in done], outcome)
+            committed = len(done)
+            stats.committed += committed
+            # end-to-end latency: one clock read per batch, ages from each message's meta
+            stats.end_to_end.observe_ages(s.clock(), done)
+            if outcome == DEAD_LETTERED:
+                stats.dead_lettered += committed
+                if deadletter_log.isEnabledFor(logging.WARNING):
+                    _log_dead_letters(rn.id, done)
+            if failures:
+                await self.router.dispatch(rn.id, {ERRORS: [error_envelope(m, rn.id, reason) for m, reason in failures]})

@@ -1,0 +1,103 @@
+"""Moving a node's output to where the plan says: channels, inline operators, errors.
+
+`Router.dispatch(node_id, lists)` takes what one `process` call (or a source batch, or a sink's
+failures) put on each port and sends it on: to each target's channel (the first target gets the
+list itself, each further one copies, since a `Msg` has one holder), or straight into an inline
+operator's `process` in this same task. An `errors` port with no target stops the graph
+(`UnhandledError`) without acknowledging the message; any other port with no target settles its
+messages as filtered. With `defaults.on_error: redeliver`, a failed message whose source can
+redeliver it goes back to that source instead.
+"""
+
+from __future__ import annotations
+
+import time
+
+from engine.compile.validate import ResolvedNode
+from engine.errors import UnhandledError
+from engine.message import AckTracker, Msg, own_ack
+from engine.runtime.outputs import ERRORS
+from engine.runtime.retry import FAILED, Retrier
+from engine.runtime.state import RunState
+
+__all__ = ["Router"]
+
+
+class Router:
+    def __init__(self, state: RunState):
+        self.s = state
+        self.routes = state.plan.routes
+        self.retrier = Retrier(state, self.dispatch)
+        self._redeliver = state.graph.spec.defaults.on_error == "redeliver"
+
+    async def dispatch(self, node_id: str, lists: dict[str, list[Msg]]) -> None:
+        s = self.s
+        stats = s.stats[node_id]
+        for port, msgs in lists.items():
+            if not msgs:
+                continue
+            if port == ERRORS:
+                stats.errors += len(msgs)
+            else:
+                stats.emitted += len(msgs)
+            if port == ERRORS and self._redeliver and s.graph.nodes[node_id].kind != "source":
+                msgs = self._redeliver_failed(msgs)
+                if not msgs:
+                    continue
+            targets = self.routes.get((node_id, port))
+            if not targets:
+                if port == ERRORS:
+                    self._unhandled(node_id, msgs)
+                    continue
+                for m in msgs:  # an unconsumed port (validate warns): nothing waits for these
+                    m.ack.finish(0)
+                stats.filtered += len(msgs)
+                continue
+            if len(targets) > 1:
+                extra = len(targets) - 1
+                for m in msgs:
+                    own_ack(m).retain(extra)
+                # a Msg has one holder (map rewrites its body in place): each further target gets copies
+                for target in targets[1:]:
+                    await s.channels[target].put([Msg(m.body, m.meta, m.ack, m.size) for m in msgs])
+            target = targets[0]
+            if target in s.inline:
+                await self.run_inline(s.graph.nodes[target], msgs)
+            else:
+                await s.channels[target].put(msgs)
+
+    async def run_inline(self, rn: ResolvedNode, batch: list[Msg]) -> None:
+        """One batch through an inline operator, in the task of the node that sent it."""
+        s = self.s
+        op = s.nodes[rn.id]
+        stats = s.stats[rn.id]
+        outputs = s.inline[rn.id]
+        stats.received += len(batch)
+        stats.batches += 1
+        t0 = time.perf_counter()
+        result = await self.retrier.run(rn, lambda: op.process(batch, outputs), batch, outputs)
+        stats.observe_batch(len(batch), time.perf_counter() - t0)
+        if result is not FAILED:
+            await self.dispatch(rn.id, outputs.take())
+
+    def _redeliver_failed(self, msgs: list[Msg]) -> list[Msg]:
+        """`defaults.on_error: redeliver`: a failed message whose source can redeliver it is handed back
+        (its ack fails, the source naks it or leaves it pending); the source dead-letters it itself once
+        it was delivered `max_deliver` times. The others go on to the errors port as usual."""
+        keep = []
+        for m in msgs:
+            owner = m.ack.owner
+            if isinstance(owner, AckTracker) and owner.redelivers:
+                reason = m.body.get("error") if isinstance(m.body, dict) else "failed"
+                m.ack.fail(str(reason))
+            else:
+                keep.append(m)
+        return keep
+
+    def _unhandled(self, node_id: str, msgs: list[Msg]) -> None:
+        reason = msgs[0].body.get("error") if isinstance(msgs[0].body, dict) else "error"
+        for m in msgs:
+            m.ack.fail(f"unhandled error in {node_id}: {m.body.get('error') if isinstance(m.body, dict) else ''}")
+        self.s.set_fatal(UnhandledError(
+            f"node '{node_id}' sent {len(msgs)} message(s) to its errors port, which nothing consumes "
+            f"(first: {reason}); wire '{node_id}.errors' to a sink or set defaults.dead_letter"))

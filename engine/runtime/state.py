@@ -1,0 +1,138 @@
+"""What the parts of a run share (`RunState`), and what the observe layer may read (`RunView`).
+
+The runner's parts (engine.runtime.router, .retry, .loops, .acks) hold one `RunState`: the plan,
+the node instances, their stats, channels, trackers and the stop/fatal flags. Observers (metrics,
+`top`, the status page, progress) get a `RunView`: read-only properties over the same state, so
+nothing outside the runtime reads or sets a private field of the runner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from engine.message import AckTracker
+from engine.runtime.channel import Channel
+from engine.runtime.context import Resources
+from engine.runtime.outputs import Outputs, SourceOutput
+from engine.runtime.stats import NodeStats
+
+if TYPE_CHECKING:
+    from engine.compile.plan import Plan
+    from engine.compile.validate import Graph
+
+__all__ = ["RunState", "RunView", "as_view"]
+
+log = logging.getLogger("streamdag.runtime")
+
+
+class RunState:
+    """The mutable state of one run, shared by the runner's parts."""
+
+    def __init__(self, plan: Plan, clock: Callable[[], float]):
+        self.plan = plan
+        self.graph: Graph = plan.graph
+        self.clock = clock
+        self.resources = Resources()
+        self.nodes: dict[str, Any] = {}
+        self.stats: dict[str, NodeStats] = {}
+        self.channels: dict[str, Channel] = {}
+        self.inline: dict[str, Outputs] = {}  # inline operator -> its outputs (it runs in its host's task)
+        self.trackers: dict[str, AckTracker] = {}
+        self.outputs: dict[str, SourceOutput] = {}
+        self.fatal: BaseException | None = None
+        self.fatal_event = asyncio.Event()
+        self.stopping = False
+        self.stopped_at = 0.0  # time.monotonic() of the first stop()
+        self.stop_event = asyncio.Event()
+
+    def stop(self) -> None:
+        """Stop reading from sources; what is in flight drains and is acknowledged."""
+        if not self.stopping:
+            self.stopped_at = time.monotonic()
+            self.stop_event.set()
+            log.info("drain started: sources stop reading, in-flight messages drain",
+                     extra={"event": "drain_started", "graph": self.graph.spec.name})
+        self.stopping = True
+        for out in self.outputs.values():
+            out.stopping.set()
+        for node in self.nodes.values():  # nodes that hold messages (window) tell a drain from end of input
+            ctx = getattr(node, "ctx", None)
+            if ctx is not None:
+                ctx.draining = True
+
+    def set_fatal(self, exc: BaseException) -> None:
+        if self.fatal is None:
+            self.fatal = exc
+            log.error("graph stopping: %s", exc)
+        self.fatal_event.set()
+        self.stop()
+
+    def drain_seconds_left(self) -> float:
+        """Seconds left of `defaults.stop_timeout` since the stop (inf while not stopping)."""
+        if not self.stopping:
+            return float("inf")
+        return self.graph.spec.defaults.stop_timeout - (time.monotonic() - self.stopped_at)
+
+
+class RunView:
+    """A read-only view of a run for the observe layer (metrics, top, status page, progress)."""
+
+    __slots__ = ("_s",)
+
+    def __init__(self, state: RunState):
+        self._s = state
+
+    @property
+    def name(self) -> str:
+        return self._s.graph.spec.name
+
+    @property
+    def graph(self) -> Graph:
+        return self._s.graph
+
+    @property
+    def plan(self) -> Plan:
+        return self._s.plan
+
+    @property
+    def routes(self) -> Mapping[tuple[str, str], tuple[str, ...]]:
+        return self._s.plan.routes
+
+    @property
+    def stats(self) -> Mapping[str, NodeStats]:
+        return MappingProxyType(self._s.stats)
+
+    @property
+    def channels(self) -> Mapping[str, Channel]:
+        return MappingProxyType(self._s.channels)
+
+    @property
+    def trackers(self) -> Mapping[str, AckTracker]:
+        return MappingProxyType(self._s.trackers)
+
+    @property
+    def nodes(self) -> Mapping[str, Any]:
+        """The node instances, for their optional hooks (`lag`, `connection_state`, `metrics`, `total`)."""
+        return MappingProxyType(self._s.nodes)
+
+    @property
+    def shared_clients(self) -> Mapping[str, Any]:
+        """The run's shared clients by resource key (`redis:NAME`, `nats:NAME`, ...)."""
+        return self._s.resources.items()
+
+    @property
+    def draining(self) -> bool:
+        return self._s.stopping
+
+    def clock(self) -> float:
+        return self._s.clock()
+
+
+def as_view(run: Any) -> RunView:
+    """The read-only view of a run: `run` itself if it is one, else the Runner's `view`."""
+    return run if isinstance(run, RunView) else run.view
