@@ -22,8 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from engine.message import Msg
 
 if TYPE_CHECKING:
-    from engine.runtime.context import NodeContext
-    from engine.runtime.outputs import Outputs, SourceOutput
+    from engine.hooks import Context, Output, SourceSender
 
 __all__ = [
     "CEL",
@@ -36,6 +35,7 @@ __all__ = [
     "Sink",
     "Source",
     "cel_fields",
+    "connection_field",
 ]
 
 
@@ -113,7 +113,7 @@ class Node:
     # Connection types a node may name in `config.connection`, if it takes one.
     connection_types: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, node_id: str, config: Any, ctx: NodeContext):
+    def __init__(self, node_id: str, config: Any, ctx: Context):
         self.id = node_id
         self.config = config
         self.ctx = ctx
@@ -140,7 +140,7 @@ class Source(Node):
     # True when `reject` makes the message come back later (nak, pending entry): see `defaults.on_error`.
     redelivers: ClassVar[bool] = False
 
-    async def run(self, out: SourceOutput) -> None:
+    async def run(self, out: SourceSender) -> None:
         """Emit batches with `await out.send(msgs)` until exhausted or `out.stopping` is set."""
         raise NotImplementedError
 
@@ -163,14 +163,14 @@ class Operator(Node):
     # node's task, with no queue in between (map, filter, validate, route, compress, decompress)
     inline: ClassVar[bool] = False
 
-    def process(self, batch: list[Msg], out: Outputs) -> Awaitable[None] | None:
+    def process(self, batch: list[Msg], out: Output) -> Awaitable[None] | None:
         raise NotImplementedError
 
-    def flush(self, out: Outputs) -> Awaitable[None] | None:
+    def flush(self, out: Output) -> Awaitable[None] | None:
         """End of input: emit what is held (batch, window)."""
         return None
 
-    def tick(self, now: float, out: Outputs) -> Awaitable[None] | None:
+    def tick(self, now: float, out: Output) -> Awaitable[None] | None:
         return None
 
 
@@ -221,3 +221,9 @@ def _unwrap_optional(annotation: Any) -> Any:
     if get_origin(annotation) is not Annotated and len(args) == 1 and type(None) in get_args(annotation):
         return args[0]
     return annotation
+
+
+def connection_field(kind: str, example: str) -> Any:
+    """The `connection` field every connector's config has: the name of a `type: <kind>` entry in
+    the graph's `connections` (checked offline against `connection_types`)."""
+    return Field(description=f"Name of a `type: {kind}` entry in `connections`.", examples=[example])

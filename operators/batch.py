@@ -12,9 +12,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from engine.api import NodeConfig, Operator
-from engine.message import CompositeAck, Msg
-from engine.runtime.outputs import Outputs
+from engine import CompositeAck, Msg, NodeConfig, Operator, Output
 
 __all__ = ["Batch", "BatchConfig"]
 
@@ -55,7 +53,7 @@ class Batch(Operator):
         self.max_count = config.count or 0
         self.max_bytes = config.bytes or 0
 
-    def process(self, batch: list[Msg], out: Outputs) -> None:
+    def process(self, batch: list[Msg], out: Output) -> None:
         emit = out.port("out")
         max_count, max_bytes = self.max_count, self.max_bytes
         items = self.items
@@ -71,11 +69,11 @@ class Batch(Operator):
                 emit.append(self._group())
                 items = self.items
 
-    def tick(self, now: float, out: Outputs) -> None:
+    def tick(self, now: float, out: Output) -> None:
         if self.items and self.config.period is not None and now - self.opened >= self.config.period:
             out.port("out").append(self._group())
 
-    def flush(self, out: Outputs) -> None:
+    def flush(self, out: Output) -> None:
         if self.items:
             out.port("out").append(self._group())
 

@@ -19,9 +19,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from engine.api import CheckContext, CheckIssue, NodeConfig, Operator
-from engine.message import Msg
-from engine.runtime.outputs import Outputs
+from engine import CheckContext, CheckIssue, Msg, NodeConfig, Operator, Output
 from operators.inner import InnerOperator, check_inner, load_inner
 
 __all__ = ["CircuitBreaker", "CircuitBreakerConfig"]
@@ -70,7 +68,7 @@ class CircuitBreaker(Operator):
     async def stop(self) -> None:
         await self.inner.stop()
 
-    async def process(self, batch: list[Msg], out: Outputs) -> None:
+    async def process(self, batch: list[Msg], out: Output) -> None:
         if self.state == "open":
             remaining = self.open_until - self.ctx.clock()
             if remaining > 0 and self.config.when_open == "errors":
@@ -104,8 +102,8 @@ class CircuitBreaker(Operator):
             "circuit open after %d failed call(s): no calls for %.1fs", self.failed, self.config.reset_after
         )
 
-    def tick(self, now: float, out: Outputs) -> Any:
+    def tick(self, now: float, out: Output) -> Any:
         return self.inner.tick(now, out)
 
-    def flush(self, out: Outputs) -> Any:
+    def flush(self, out: Output) -> Any:
         return self.inner.flush(out)

@@ -19,9 +19,7 @@ import orjson
 import zstandard
 from pydantic import Field, model_validator
 
-from engine.api import NodeConfig, Operator
-from engine.message import Msg
-from engine.runtime.outputs import Outputs
+from engine import Msg, NodeConfig, Operator, Output
 
 __all__ = ["Compress", "CompressConfig", "Decompress", "DecompressConfig"]
 
@@ -61,7 +59,7 @@ class Compress(Operator):
             return self._zstd.compress(data)  # type: ignore[no-any-return]
         return zlib.compress(data, self._level, wbits=31)  # a gzip member (mtime 0: same input, same bytes)
 
-    def process(self, batch: list[Msg], out: Outputs) -> None:
+    def process(self, batch: list[Msg], out: Output) -> None:
         ok = out.port("out")
         codec = self.config.codec
         dumps = orjson.dumps
@@ -139,7 +137,7 @@ class Decompress(Operator):
         except (zlib.error, zstandard.ZstdError) as exc:
             raise _Bad(f"{codec}: {exc}") from None
 
-    def process(self, batch: list[Msg], out: Outputs) -> None:
+    def process(self, batch: list[Msg], out: Output) -> None:
         ok = out.port("out")
         parse = self.config.parse
         for m in batch:

@@ -15,12 +15,17 @@ from typing import Any, ClassVar
 
 from pydantic import Field
 
-from engine.api import CelExpr, NodeConfig, Operator
-from engine.errors import ConnectionLost
-from engine.expr import EvalError, compile_expr
-from engine.message import Msg
-from engine.runtime.outputs import Outputs
-from engine.spec.units import PositiveDuration
+from engine import (
+    CelExpr,
+    ConnectionLost,
+    EvalError,
+    Msg,
+    NodeConfig,
+    Operator,
+    Output,
+    PositiveDuration,
+    compile_expr,
+)
 from operators.connectors.redis_conn import CONNECTION_ERRORS, raise_if_cancelled, redis_client
 
 __all__ = ["Dedupe", "DedupeConfig"]
@@ -70,7 +75,7 @@ class Dedupe(Operator):
             return f"{msg.meta.get('stream', '')}/{mid}"
         return f"{self._token}:{next(self._seq)}"  # no identity: never equal to another delivery
 
-    async def process(self, batch: list[Msg], out: Outputs) -> None:
+    async def process(self, batch: list[Msg], out: Output) -> None:
         pipe = self._client.pipeline(transaction=False)
         checked: list[tuple[Msg, bytes]] = []
         prefix, ttl = self._prefix, self._ttl_ms

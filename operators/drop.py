@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from engine.api import NodeConfig, Sink
-from engine.message import Msg
+from engine import Msg, NodeConfig, Sink
 
 __all__ = ["Drop", "DropConfig"]
 

@@ -7,10 +7,7 @@ from operator import not_
 
 from pydantic import Field
 
-from engine.api import CelExpr, NodeConfig, Operator
-from engine.expr import EvalError, compile_expr
-from engine.message import FILTERED, Msg
-from engine.runtime.outputs import Outputs
+from engine import FILTERED, CelExpr, EvalError, Msg, NodeConfig, Operator, Output, compile_expr
 
 __all__ = ["Filter", "FilterConfig"]
 
@@ -29,7 +26,7 @@ class Filter(Operator):
         super().__init__(node_id, config, ctx)
         self.expr = compile_expr(config.expr, boolean=True)
 
-    def process(self, batch: list[Msg], out: Outputs) -> None:
+    def process(self, batch: list[Msg], out: Output) -> None:
         keep = self.expr.many(batch)  # the common case: one comprehension, and only bools
         if keep is not None:
             ok = out.port("out")

@@ -8,10 +8,7 @@ from typing import Any
 
 from pydantic import Field
 
-from engine.api import CelExpr, NodeConfig, Source
-from engine.expr import EvalError, compile_expr
-from engine.message import Msg
-from engine.runtime.outputs import SourceOutput
+from engine import CelExpr, EvalError, Msg, NodeConfig, Source, SourceSender, compile_expr
 
 __all__ = ["Generate", "GenerateConfig"]
 
@@ -40,7 +37,7 @@ class Generate(Source):
     def total(self) -> int | None:
         return self.config.count
 
-    async def run(self, out: SourceOutput) -> None:
+    async def run(self, out: SourceSender) -> None:
         cfg = self.config
         i = 0
         started = time.monotonic()

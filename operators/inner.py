@@ -6,9 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from engine import registry
-from engine.api import CheckContext, CheckIssue, Operator, cel_fields
-from engine.expr import CelError, compile_expr
+from engine import CelError, CheckContext, CheckIssue, Operator, cel_fields, compile_expr, registry
 
 __all__ = ["InnerOperator", "check_inner", "load_inner"]
 

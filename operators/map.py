@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from engine.api import CelExpr, NodeConfig, Operator
-from engine.expr import EvalError, compile_expr
-from engine.message import Msg
-from engine.runtime.outputs import Outputs
+from engine import CelExpr, EvalError, Msg, NodeConfig, Operator, Output, compile_expr
 
 __all__ = ["Map", "MapConfig"]
 
@@ -26,7 +23,7 @@ class Map(Operator):
         super().__init__(node_id, config, ctx)
         self.expr = compile_expr(config.expr)
 
-    def process(self, batch: list[Msg], out: Outputs) -> None:
+    def process(self, batch: list[Msg], out: Output) -> None:
         # the common case: the whole batch maps in one comprehension; new bodies first, so a
         # failure changes nothing and the batch goes message by message
         bodies = self.expr.many(batch)

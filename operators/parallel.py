@@ -22,10 +22,17 @@ from typing import Any
 
 from pydantic import Field
 
-from engine.api import CheckContext, CheckIssue, NodeConfig, Operator
-from engine.message import Msg
-from engine.runtime.outputs import ERRORS, Outputs, error_envelope
-from engine.runtime.stats import NodeStats
+from engine import (
+    ERRORS,
+    CheckContext,
+    CheckIssue,
+    Msg,
+    NodeConfig,
+    Operator,
+    Output,
+    error_envelope,
+    inner_outputs,
+)
 from operators.inner import InnerOperator, check_inner, load_inner
 
 __all__ = ["Parallel", "ParallelConfig"]
@@ -79,7 +86,7 @@ class Parallel(Operator):
             await op.stop()
 
     async def _run_chunk(self, op: Operator, chunk: list[Msg]) -> _Done:
-        outputs = Outputs(op.id, self.inner_ports, NodeStats(op.id, "operator", self.config.operator.type))
+        outputs = inner_outputs(op.id, self.inner_ports, self.config.operator.type)
         try:
             result = op.process(chunk, outputs)
             if inspect.isawaitable(result):
@@ -93,7 +100,7 @@ class Parallel(Operator):
             self.free.append(op)
         return lists, outputs.stats.filtered
 
-    async def process(self, batch: list[Msg], out: Outputs) -> None:
+    async def process(self, batch: list[Msg], out: Output) -> None:
         size, window = self.config.chunk, self.config.concurrency
         for i in range(0, len(batch), size):
             # at most `concurrency` chunks running or finished-but-held (ordered mode holds chunks
@@ -112,7 +119,7 @@ class Parallel(Operator):
         else:
             await asyncio.wait(self.pending, return_when=asyncio.FIRST_COMPLETED)
 
-    def _emit(self, out: Outputs) -> None:
+    def _emit(self, out: Output) -> None:
         """Move finished chunks' outputs to `out` (in order: only the finished head of the queue)."""
         if self.config.ordered:
             while self.pending and self.pending[0].done():
@@ -127,14 +134,14 @@ class Parallel(Operator):
             self.pending = keep
 
     @staticmethod
-    def _merge(done: _Done, out: Outputs) -> None:
+    def _merge(done: _Done, out: Output) -> None:
         lists, filtered = done
         out.stats.filtered += filtered
         for port, msgs in lists.items():
             if msgs:
                 out.lists[port].extend(msgs)
 
-    async def tick(self, now: float, out: Outputs) -> None:
+    async def tick(self, now: float, out: Output) -> None:
         self._emit(out)
         if self.instances[0].tick_interval:
             for op in self.instances:
@@ -142,7 +149,7 @@ class Parallel(Operator):
                 if inspect.isawaitable(r):
                     await r
 
-    async def flush(self, out: Outputs) -> None:
+    async def flush(self, out: Output) -> None:
         if self.pending:
             await asyncio.wait(self.pending)
         self._emit(out)

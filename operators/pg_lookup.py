@@ -16,9 +16,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from engine.api import CelExpr, CheckContext, CheckIssue, NodeConfig, Operator, RetryPolicy
-from engine.expr import EvalError
-from engine.message import Msg
+from engine import CelExpr, CheckContext, CheckIssue, EvalError, Msg, NodeConfig, Operator, RetryPolicy
 from operators.connectors.postgres import (
     check_all,
     db_message,

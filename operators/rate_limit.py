@@ -13,9 +13,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from engine.api import NodeConfig, Operator
-from engine.message import Msg
-from engine.runtime.outputs import Outputs
+from engine import Msg, NodeConfig, Operator, Output
 
 __all__ = ["RateLimit", "RateLimitConfig", "TokenBucket"]
 
@@ -57,7 +55,7 @@ class RateLimit(Operator):
         super().__init__(node_id, config, ctx)
         self.bucket = TokenBucket(config.rate, config.burst or 1)
 
-    async def process(self, batch: list[Msg], out: Outputs) -> None:
+    async def process(self, batch: list[Msg], out: Output) -> None:
         # large batches are let through in bursts so the output rate stays smooth
         step = self.bucket.burst
         port = out.port("out")

@@ -14,11 +14,7 @@ from typing import Any, ClassVar, Literal
 import orjson
 from pydantic import Field
 
-from engine.api import CelExpr, NodeConfig, Operator
-from engine.errors import ConnectionLost
-from engine.expr import EvalError, compile_expr
-from engine.message import Msg
-from engine.runtime.outputs import Outputs
+from engine import CelExpr, ConnectionLost, EvalError, Msg, NodeConfig, Operator, Output, compile_expr
 from operators.connectors.redis_conn import CONNECTION_ERRORS, raise_if_cancelled, redis_client
 
 __all__ = ["RedisLookup", "RedisLookupConfig"]
@@ -70,7 +66,7 @@ class RedisLookup(Operator):
         except orjson.JSONDecodeError:
             return text
 
-    async def process(self, batch: list[Msg], out: Outputs) -> None:
+    async def process(self, batch: list[Msg], out: Output) -> None:
         keyed: list[tuple[Msg, str]] = []
         for msg in batch:
             if not isinstance(msg.body, dict):

@@ -26,10 +26,18 @@ from typing import Any, Literal
 import orjson
 from pydantic import Field, model_validator
 
-from engine.api import CelExpr, CheckContext, CheckIssue, NodeConfig, Operator
-from engine.expr import EvalError, compile_expr
-from engine.message import Msg, own_ack
-from engine.runtime.outputs import Outputs
+from engine import (
+    CelExpr,
+    CheckContext,
+    CheckIssue,
+    EvalError,
+    Msg,
+    NodeConfig,
+    Operator,
+    Output,
+    compile_expr,
+    own_ack,
+)
 
 __all__ = ["UNMATCHED", "Route", "RouteConfig", "jump_hash"]
 
@@ -148,7 +156,7 @@ class Route(Operator):
                     )
                     break
 
-    def process(self, batch: list[Msg], out: Outputs) -> None:
+    def process(self, batch: list[Msg], out: Output) -> None:
         mode = self.config.mode
         if mode == "first":
             self._first(batch, out)
@@ -173,7 +181,7 @@ class Route(Operator):
         else:
             self._hash(batch, out)
 
-    def _first(self, batch: list[Msg], out: Outputs) -> None:
+    def _first(self, batch: list[Msg], out: Output) -> None:
         """Condition by condition over the batch (one comprehension each, `Expr.many`): what a
         condition does not take goes on to the next. If some message makes a condition fail, the
         messages still undecided go message by message from that condition on."""
@@ -192,7 +200,7 @@ class Route(Operator):
         if remaining:
             (out.lists.get(UNMATCHED) or out.port(UNMATCHED)).extend(remaining)
 
-    def _first_each(self, batch: list[Msg], out: Outputs, start: int = 0) -> None:
+    def _first_each(self, batch: list[Msg], out: Output, start: int = 0) -> None:
         conds = [(out.port(p), fn) for p, fn in self.conditions[start:]]
         unmatched = out.lists.get(UNMATCHED)
         for m in batch:
@@ -210,7 +218,7 @@ class Route(Operator):
             except EvalError as exc:
                 out.error(m, f"route: {exc}")
 
-    def _all(self, batch: list[Msg], out: Outputs) -> None:
+    def _all(self, batch: list[Msg], out: Output) -> None:
         conds = [(out.port(p), fn) for p, fn in self.conditions]
         flags = [e.many(batch) for e in self.exprs]  # every condition over the batch, or None
         together = None if any(f is None for f in flags) else list(zip(*flags))
@@ -239,7 +247,7 @@ class Route(Operator):
             for lst in hits:  # one Msg per copy: a sink fed by two of the ports commits each copy
                 lst.append(Msg(m.body, m.meta, ack, m.size))
 
-    def _hash(self, batch: list[Msg], out: Outputs) -> None:
+    def _hash(self, batch: list[Msg], out: Output) -> None:
         lists = [out.port(p) for p in self.names]
         n = len(lists)
         key = self.key

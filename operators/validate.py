@@ -13,9 +13,7 @@ from typing import Any, Literal
 import jsonschema_rs
 from pydantic import Field
 
-from engine.api import CheckContext, CheckIssue, NodeConfig, Operator
-from engine.message import Msg
-from engine.runtime.outputs import Outputs, error_envelope
+from engine import CheckContext, CheckIssue, Msg, NodeConfig, Operator, Output, error_envelope
 
 __all__ = ["Validate", "ValidateConfig", "build_validator"]
 
@@ -106,7 +104,7 @@ class Validate(Operator):
                 return [CheckIssue(("schema",), "E218", f"invalid JSON Schema: {first}")]
         return ()
 
-    def process(self, batch: list[Msg], out: Outputs) -> None:
+    def process(self, batch: list[Msg], out: Output) -> None:
         is_valid = self.validator.is_valid
         ok = out.port("out")
         errors = out.port("errors")

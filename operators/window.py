@@ -19,12 +19,23 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from engine.api import CelExpr, CheckContext, CheckIssue, NodeConfig, Operator
-from engine.expr import EvalError, Expr, compile_expr
-from engine.message import CompositeAck, Msg, own_ack
-from engine.runtime.context import NodeContext
-from engine.runtime.outputs import Outputs
-from engine.spec.units import Duration, PositiveDuration
+from engine import (
+    CelExpr,
+    CheckContext,
+    CheckIssue,
+    CompositeAck,
+    Context,
+    Duration,
+    EvalError,
+    Expr,
+    Msg,
+    NodeConfig,
+    Operator,
+    Output,
+    PositiveDuration,
+    compile_expr,
+    own_ack,
+)
 from operators.window_aggregates import make_aggregate
 from operators.windowing import Emission, Watermark, WindowStore
 
@@ -231,7 +242,7 @@ class Window(Operator):
                 severity="warning",
             )
 
-    def __init__(self, node_id: str, config: WindowConfig, ctx: NodeContext):
+    def __init__(self, node_id: str, config: WindowConfig, ctx: Context):
         super().__init__(node_id, config, ctx)
         self._key: Expr | None = compile_expr(config.key) if config.key else None
         self._time: Expr | None = compile_expr(config.timestamp) if config.timestamp else None
@@ -263,7 +274,7 @@ class Window(Operator):
         self._last_now = max(self._last_now, now)
         return self._last_now
 
-    def process(self, batch: list[Msg], out: Outputs) -> None:
+    def process(self, batch: list[Msg], out: Output) -> None:
         """Assign each item to its windows, emitting windows as the watermark passes them."""
         now = self._now()
         emit = out.port("out")
@@ -324,7 +335,7 @@ class Window(Operator):
                 self._send(store.advance(watermark.value), emit)
         self._send(store.take_updates(), emit)
 
-    def tick(self, now: float, out: Outputs) -> None:
+    def tick(self, now: float, out: Output) -> None:
         """Wall clock: close processing-time windows, or advance an idle event-time watermark."""
         now = self._now(now)
         emit = out.port("out")
@@ -333,7 +344,7 @@ class Window(Operator):
         elif self.watermark.on_idle(now):
             self._send(self.store.advance(self.watermark.value), emit)
 
-    def flush(self, out: Outputs) -> None:
+    def flush(self, out: Output) -> None:
         """End of input: emit every open window (and pending updates); see `on_drain` for a stop."""
         if self.config.on_drain == "redeliver" and getattr(self.ctx, "draining", False):
             held = self.store.discard()

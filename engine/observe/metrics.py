@@ -15,6 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from engine.hooks import HasMetrics
 from engine.observe.histogram import Histogram
 from engine.observe.monitor import Monitor, reconcile
 from engine.runtime.state import as_view
@@ -210,10 +211,9 @@ class GraphCollector(Collector):
             labels=["graph", "node", "event"],
         )
         for node_id, node in list(r.nodes.items()):
-            hook = getattr(node, "metrics", None)
-            if callable(hook):
+            if isinstance(node, HasMetrics):
                 try:
-                    for event, value in hook().items():
+                    for event, value in node.metrics().items():
                         extra.add_metric([graph, node_id, event], value)
                 except Exception:  # noqa: BLE001 - a scrape must not fail because one node's hook did
                     continue

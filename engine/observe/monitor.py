@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.hooks import HasConnectionState, HasLag
 from engine.runtime.state import RunView, as_view
 
 __all__ = ["Monitor", "Reconciliation", "reconcile", "resource_up"]
@@ -179,19 +180,18 @@ class Monitor:
     def check_connections(self) -> None:
         states: dict[tuple[str, str], bool] = {}
         for node_id, node in self.runner.nodes.items():
-            hook = getattr(node, "connection_state", None)
-            if hook is None:
+            if not isinstance(node, HasConnectionState):
                 continue
             try:
-                for name, up in (hook() or {}).items():
+                for name, up in (node.connection_state() or {}).items():
                     states[(node_id, str(name))] = bool(up)
             except Exception as exc:  # noqa: BLE001 - a broken hook must not stop the watcher
                 log.debug("node %s: connection_state() failed: %s", node_id, exc)
         # shared clients (one per `connections` entry) say it themselves when they can
         for rkey, resource in list(self.runner.shared_clients.items()):
-            up = resource_up(resource)
-            if up is not None:
-                states[("", str(rkey))] = up
+            shared_up = resource_up(resource)
+            if shared_up is not None:
+                states[("", str(rkey))] = shared_up
         for key, up in states.items():
             before = self.connections.get(key)
             self.connections[key] = up
@@ -211,14 +211,14 @@ class Monitor:
         for node_id, rn in self.runner.graph.nodes.items():
             if rn.kind != "source":
                 continue
-            hook = getattr(self.runner.nodes[node_id], "lag", None)
-            if hook is None:
+            node = self.runner.nodes[node_id]
+            if not isinstance(node, HasLag):
                 continue
             try:
-                value = hook()
-                if inspect.isawaitable(value):
-                    value = await asyncio.wait_for(value, self.lag_timeout)
-                value = None if value is None else int(value)
+                found: Any = node.lag()
+                if inspect.isawaitable(found):  # a sync lag() is accepted too
+                    found = await asyncio.wait_for(found, self.lag_timeout)
+                value = None if found is None else int(found)
             except Exception as exc:  # noqa: BLE001 - lag is best effort (a lost connection, a timeout)
                 log.debug("source %s: lag() failed: %s", node_id, exc)
                 self.lag.pop(node_id, None)

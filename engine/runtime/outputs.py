@@ -10,7 +10,7 @@ from engine.message import FILTERED, Msg
 if TYPE_CHECKING:
     from engine.runtime.stats import NodeStats
 
-__all__ = ["Outputs", "SourceOutput", "error_envelope", "ERRORS"]
+__all__ = ["ERRORS", "Outputs", "SourceOutput", "error_envelope", "inner_outputs"]
 
 ERRORS = "errors"
 
@@ -28,6 +28,14 @@ def error_envelope(msg: Msg, node: str, reason: str, attempt: int = 1) -> Msg:
         "meta": {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool, type(None)))},
     }
     return Msg(body, {**meta, "error": reason, "error_node": node}, msg.ack, msg.size)
+
+
+def inner_outputs(node_id: str, ports: tuple[str, ...], node_type: str) -> Outputs:
+    """Outputs for an operator that runs inside another (`parallel`): counted on stats of its own,
+    not the run's."""
+    from engine.runtime.stats import NodeStats
+
+    return Outputs(node_id, ports, NodeStats(node_id, "operator", node_type))
 
 
 class Outputs:

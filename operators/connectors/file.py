@@ -11,9 +11,7 @@ from typing import Any, BinaryIO, Literal
 import orjson
 from pydantic import Field
 
-from engine.api import NodeConfig, Sink, Source
-from engine.message import Msg
-from engine.runtime.outputs import SourceOutput
+from engine import Msg, NodeConfig, Sink, Source, SourceSender
 
 __all__ = ["FileSink", "FileSinkConfig", "FileSource", "FileSourceConfig", "Stdout", "StdoutConfig"]
 
@@ -39,7 +37,7 @@ class FileSource(Source):
     def total(self) -> int | None:
         return None
 
-    async def run(self, out: SourceOutput) -> None:
+    async def run(self, out: SourceSender) -> None:
         cfg: FileSourceConfig = self.config
         path = self.ctx.path(cfg.path)
         tracker = out.tracker

@@ -22,8 +22,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from engine.api import CheckContext, CheckIssue, Source
-from engine.message import Msg
+from engine import CheckContext, CheckIssue, Msg, Source
 from operators.connectors.http_auth import Authenticator, BucketSet, load_credentials
 from operators.connectors.http_body import IngestError, SchemaCheck, decode_body, media_type, parse_items
 from operators.connectors.http_config import HttpSourceConfig, check_config
@@ -80,7 +79,7 @@ class HttpSource(Source):
         self.schema = SchemaCheck(schema) if schema is not None else None
         self.id_expr = None
         if cfg.idempotency_expr:
-            from engine.expr import compile_expr
+            from engine import compile_expr
 
             self.id_expr = compile_expr(cfg.idempotency_expr)
         self.openapi = orjson.dumps(openapi_document(cfg, schema))
@@ -91,7 +90,7 @@ class HttpSource(Source):
         self.idem: OrderedDict[tuple[str, str], _Idem] = OrderedDict()
         self.seq = itertools.count(1)
         self.server: Any = None
-        self.tracker: Any = None  # the SourceOutput's AckTracker, set by `run`
+        self.tracker: Any = None  # the SourceSender's AckTracker, set by `run`
         self.address: tuple[str, int] | None = None  # bound (host, port), set once listening
         self.listening = asyncio.Event()
         self.accepting = False
@@ -337,7 +336,7 @@ class HttpSource(Source):
     def _ids(self, items: list[Any], single: bool, key: str | None) -> list[str] | None:
         """Message ids: the CEL expression per item, else the key (`key:index` inside a batch)."""
         if self.id_expr is not None:
-            from engine.expr import EvalError
+            from engine import EvalError
 
             ids: list[str] = []
             errors: list[dict[str, Any]] = []

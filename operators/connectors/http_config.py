@@ -8,8 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from engine.api import CelExpr, CheckContext, CheckIssue, NodeConfig
-from engine.spec.units import PositiveDuration, Size
+from engine import CelExpr, CheckContext, CheckIssue, NodeConfig, PositiveDuration, Size
 
 __all__ = ["HttpAuthConfig", "HttpBucketConfig", "HttpRateLimitConfig", "HttpSourceConfig", "check_config", "is_loopback"]
 

@@ -20,13 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from engine.api import CheckIssue
-from engine.errors import MESSAGE, UNAVAILABLE, ErrorClass, register_classifier
+from engine import MESSAGE, UNAVAILABLE, CheckIssue, ErrorClass, register_classifier
 
 if TYPE_CHECKING:
     import asyncpg
 
-    from engine.runtime.context import NodeContext
+    from engine import Context
 
 __all__ = [
     "IDENT_RE",
@@ -253,7 +252,7 @@ def connect_args(settings: dict[str, Any]) -> tuple[str, dict[str, str]]:
     return settings.get("dsn") or DEFAULT_DSN, {"application_name": settings.get("application_name") or "streamdag"}
 
 
-async def pool_for(ctx: NodeContext, name: str) -> asyncpg.Pool:
+async def pool_for(ctx: Context, name: str) -> asyncpg.Pool:
     """The asyncpg pool of the named connection, shared by every node of the run that names it."""
     import asyncpg
 
@@ -289,7 +288,7 @@ def value_getter(source: str) -> Callable[[Any, Any], Any]:
 
     Plain field paths (`msg`, `msg.customer.id`, `meta.key`) are read directly from the dicts, with
     CEL's semantics (a missing key is an `EvalError`); anything else runs through `compile_expr`."""
-    from engine.expr import EvalError, compile_expr
+    from engine import EvalError, compile_expr
 
     m = _PATH_RE.match(source.strip())
     if m is None:
@@ -341,7 +340,7 @@ def column_values(get: Any, batch: list[Any]) -> list[Any] | None:
     many = getattr(get, "many", None)
     if many is not None:  # a CEL expression: one comprehension over the batch (engine.expr.Expr.many)
         return many(batch)  # type: ignore[no-any-return]
-    from engine.expr import EvalError
+    from engine import EvalError
 
     try:
         return [get(m.body, m.meta) for m in batch]

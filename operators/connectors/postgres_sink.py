@@ -24,10 +24,17 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
-from engine.api import CelExpr, CheckContext, CheckIssue, NodeConfig, RetryPolicy, Sink
-from engine.errors import OutcomeUnknown
-from engine.expr import EvalError
-from engine.message import Msg
+from engine import (
+    CelExpr,
+    CheckContext,
+    CheckIssue,
+    EvalError,
+    Msg,
+    NodeConfig,
+    OutcomeUnknown,
+    RetryPolicy,
+    Sink,
+)
 from operators.connectors.postgres import (
     check_all,
     column_values,

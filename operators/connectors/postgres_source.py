@@ -24,8 +24,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field, model_validator
 
-from engine.api import CheckContext, CheckIssue, NodeConfig, RetryPolicy, Source
-from engine.message import Msg
+from engine import CheckContext, CheckIssue, Msg, NodeConfig, RetryPolicy, Source
 from operators.connectors.postgres import (
     check_all,
     connect_args,

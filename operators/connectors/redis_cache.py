@@ -15,11 +15,7 @@ import orjson
 from pydantic import Field, model_validator
 from redis.exceptions import NoScriptError
 
-from engine.api import CelExpr, NodeConfig, Sink
-from engine.errors import ConnectionLost
-from engine.expr import EvalError, compile_expr
-from engine.message import Msg
-from engine.spec.units import PositiveDuration
+from engine import CelExpr, ConnectionLost, EvalError, Msg, NodeConfig, PositiveDuration, Sink, compile_expr
 from operators.connectors.redis_conn import CONNECTION_ERRORS, raise_if_cancelled, redis_client
 
 __all__ = ["CAS_SCRIPT", "RedisCacheSink", "RedisCacheSinkConfig", "encode_value"]

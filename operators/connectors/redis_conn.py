@@ -6,10 +6,10 @@ import asyncio
 import re
 from typing import TYPE_CHECKING, Any
 
-from engine.errors import MESSAGE, UNAVAILABLE, ConnectorError, ErrorClass, register_classifier
+from engine import MESSAGE, UNAVAILABLE, ConnectorError, ErrorClass, register_classifier
 
 if TYPE_CHECKING:
-    from engine.runtime.context import NodeContext
+    from engine import Context
 
 __all__ = ["CONNECTION_ERRORS", "classify_redis", "raise_if_cancelled", "redis_client"]
 
@@ -62,7 +62,7 @@ def _safe(url: str) -> str:
     return re.sub(r"//([^:@/]*):[^@/]*@", r"//\1:***@", url)
 
 
-async def redis_client(ctx: NodeContext, name: str) -> Any:
+async def redis_client(ctx: Context, name: str) -> Any:
     """The shared `redis.asyncio.Redis` of connection `name`: created and pinged on first use (a clear
     `ConnectorError` if Redis cannot be reached), closed with the run's resources."""
     import redis.asyncio as aredis

@@ -24,12 +24,21 @@ import orjson
 from pydantic import BeforeValidator, Field, model_validator
 from redis.exceptions import NoScriptError, ResponseError
 
-from engine.api import CelExpr, CheckContext, CheckIssue, NodeConfig, Sink, Source
-from engine.errors import ConfigError, ConnectionLost
-from engine.expr import EvalError, compile_expr
-from engine.message import Msg
-from engine.runtime.outputs import SourceOutput
-from engine.spec.units import PositiveDuration
+from engine import (
+    CelExpr,
+    CheckContext,
+    CheckIssue,
+    ConfigError,
+    ConnectionLost,
+    EvalError,
+    Msg,
+    NodeConfig,
+    PositiveDuration,
+    Sink,
+    Source,
+    SourceSender,
+    compile_expr,
+)
 from operators.connectors.redis_conn import CONNECTION_ERRORS, raise_if_cancelled, redis_client
 
 __all__ = ["XADD_SCRIPT", "RedisStreamSink", "RedisStreamSinkConfig", "RedisStreamSource", "RedisStreamSourceConfig"]
@@ -126,7 +135,7 @@ class RedisStreamSource(Source):
         self._client = await redis_client(self.ctx, self.config.connection)
 
     # -- reading -------------------------------------------------------------------------------
-    async def run(self, out: SourceOutput) -> None:
+    async def run(self, out: SourceSender) -> None:
         cfg = self.config
         self._stopping = out.stopping
         try:
@@ -201,7 +210,7 @@ class RedisStreamSource(Source):
                     continue
                 raise _Stopped from exc
 
-    async def _recover(self, out: SourceOutput, own: bool) -> None:
+    async def _recover(self, out: SourceSender, own: bool) -> None:
         """Claim pending entries (own: all of this consumer's; else: anyone's idle > min_idle), page by page."""
         cfg = self.config
         min_idle = 0 if own else int(cfg.min_idle * 1000)
@@ -250,7 +259,7 @@ class RedisStreamSource(Source):
                 return
 
     async def _emit(self, entries: list[tuple[bytes, dict[bytes, bytes]]], counts: dict[bytes, int] | None,
-                    out: SourceOutput) -> None:
+                    out: SourceSender) -> None:
         """Turn entries into messages (errors for undecodable or over-delivered ones) and send them."""
         cfg = self.config
         new_ack = out.tracker.new

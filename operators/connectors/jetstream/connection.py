@@ -11,14 +11,13 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from engine.errors import UNAVAILABLE, ConnectorError, ErrorClass, register_classifier
-from engine.spec.connections import NatsConnection
+from engine import UNAVAILABLE, ConnectorError, ErrorClass, NatsConnection, register_classifier
 
 from .streams import ensure_streams
 from .wire import Tap
 
 if TYPE_CHECKING:
-    from engine.runtime.context import NodeContext
+    from engine import Context
 
 __all__ = ["JetStreamConnectionError", "NatsHandle", "classify_nats", "nats_handle"]
 
@@ -123,7 +122,7 @@ class NatsHandle:
                 await self.nc.close()
 
 
-async def nats_handle(ctx: NodeContext, connection: str) -> NatsHandle:
+async def nats_handle(ctx: Context, connection: str) -> NatsHandle:
     """The shared client of `connection` (connected, its streams provisioned)."""
     settings = NatsConnection.model_validate(ctx.connection(connection))
 

@@ -17,11 +17,20 @@ from typing import Any
 import orjson
 from pydantic import Field, model_validator
 
-from engine.api import CelExpr, CheckContext, CheckIssue, NodeConfig, Sink
-from engine.errors import ConnectionLost, OutcomeUnknown, Unavailable
-from engine.expr import EvalError, compile_expr
-from engine.message import Msg
-from engine.spec.units import Duration
+from engine import (
+    CelExpr,
+    CheckContext,
+    CheckIssue,
+    ConnectionLost,
+    Duration,
+    EvalError,
+    Msg,
+    NodeConfig,
+    OutcomeUnknown,
+    Sink,
+    Unavailable,
+    compile_expr,
+)
 
 from .connection import NatsHandle, nats_handle
 from .streams import subject_within

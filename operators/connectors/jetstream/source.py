@@ -24,10 +24,17 @@ from typing import Any, Literal
 import orjson
 from pydantic import Field, model_validator
 
-from engine.api import CheckContext, CheckIssue, NodeConfig, RetryPolicy, Source
-from engine.message import Msg
-from engine.runtime.outputs import SourceOutput
-from engine.spec.units import Duration, Size
+from engine import (
+    CheckContext,
+    CheckIssue,
+    Duration,
+    Msg,
+    NodeConfig,
+    RetryPolicy,
+    Size,
+    Source,
+    SourceSender,
+)
 
 from .connection import JetStreamConnectionError, NatsHandle, nats_handle
 from .streams import subject_within
@@ -145,7 +152,7 @@ class JetStreamSource(Source):
         self._held: deque[tuple[float, list[Msg]]] = deque()
         self._held_n = 0
         self._held_pos = 0
-        self._out: SourceOutput | None = None
+        self._out: SourceSender | None = None
         self.max_ack_pending = config.max_ack_pending or max(1000, 4 * config.batch)
         self.acked = self.naked = self.termed = self.redeliveries = 0
 
@@ -347,7 +354,7 @@ class JetStreamSource(Source):
             return False  # stays in _open until it counts as lost
         return True
 
-    async def run(self, out: SourceOutput) -> None:
+    async def run(self, out: SourceSender) -> None:
         self._out = out
         cap = getattr(out.tracker, "limit", 0) or 0
         if cap > self.max_ack_pending:
@@ -389,7 +396,7 @@ class JetStreamSource(Source):
             if ticker is not None:
                 ticker.cancel()
 
-    async def _relay_stop(self, out: SourceOutput) -> None:
+    async def _relay_stop(self, out: SourceSender) -> None:
         await out.stopping.wait()
         self._wake.set()
 

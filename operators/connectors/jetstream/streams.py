@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from engine.errors import ConfigError
-from engine.spec.connections import NatsStream
+from engine import ConfigError, NatsStream
 
 __all__ = ["StreamConflictError", "ensure_streams", "stream_config", "stream_conflicts", "subject_within"]
 

@@ -1,0 +1,162 @@
+"""What a node sees of the engine, as protocols: its context, its outputs, and the optional hooks
+the observe layer calls when a node has them. A node type implements any hook by defining the
+method; `isinstance(node, HasLag)` (runtime-checkable) tells whether it did.
+
+These are the only shapes a plugin may rely on; `engine` (engine/__init__.py) exports them with
+the base classes and helpers, and a test keeps operators from importing anything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, runtime_checkable
+
+from engine.message import Ack, Msg
+
+__all__ = ["AckFactory", "Context", "Counters", "HasConnectionState", "HasLag", "HasMetrics", "HasTotal", "Output",
+           "SourceSender", "SharedResources"]
+
+
+class SharedResources(Protocol):
+    """Clients shared by the nodes of a run (one per connection), closed when the run ends."""
+
+    async def get(self, key: str, factory: Callable[[], Awaitable[Any]],
+                  close: Callable[[Any], Awaitable[None]] | None = None) -> Any: ...
+
+    def items(self) -> dict[str, Any]: ...
+
+
+class Context(Protocol):
+    """A node's `ctx`: where it runs and what it may use."""
+
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def schemas(self) -> dict[str, Any]: ...
+
+    @property
+    def connections(self) -> dict[str, dict[str, Any]]:
+        """Every entry of the graph's `connections`, by name (settings as plain dicts)."""
+        ...
+
+    @property
+    def resources(self) -> SharedResources: ...
+
+    @property
+    def base_dir(self) -> str: ...
+
+    @property
+    def clock(self) -> Callable[[], float]: ...
+
+    @property
+    def draining(self) -> bool:
+        """True once the run drains (SIGTERM): nodes that hold messages emit what they hold."""
+        ...
+
+    @property
+    def log(self) -> logging.Logger: ...
+
+    def connection(self, name: str) -> dict[str, Any]: ...
+
+    def path(self, p: str) -> str: ...
+
+
+class Counters(Protocol):
+    """The counters an operator may bump itself in a tight loop (instead of a call per message)."""
+
+    filtered: int
+    errors: int
+
+
+class Output(Protocol):
+    """What an operator's `process` writes to: per-port lists, sent downstream after the call."""
+
+    @property
+    def lists(self) -> dict[str, list[Msg]]: ...
+
+    @property
+    def stats(self) -> Counters: ...
+
+    def port(self, name: str = "out") -> list[Msg]: ...
+
+    def send(self, msg: Msg, port: str = "out") -> None: ...
+
+    def error(self, msg: Msg, reason: str, attempt: int = 1) -> None: ...
+
+    def drop(self, msg: Msg) -> None: ...
+
+    def take(self) -> dict[str, list[Msg]]: ...
+
+
+class AckFactory(Protocol):
+    """A source's ack tracker, as a source uses it: acks for what it emits, and room to emit more."""
+
+    @property
+    def limit(self) -> int:
+        """Most unsettled messages (`defaults.max_in_flight`); 0: no limit."""
+        ...
+
+    @property
+    def in_flight(self) -> int: ...
+
+    def new(self, token: Any = None) -> Ack: ...
+
+    def new_many(self, tokens: list[Any]) -> list[Ack]: ...
+
+    def new_batch(self, n: int, token: Any = None) -> Ack: ...
+
+    def has_room(self) -> bool: ...
+
+
+class SourceSender(Protocol):
+    """What a source's `run` sends to."""
+
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def tracker(self) -> AckFactory: ...
+
+    @property
+    def stopping(self) -> asyncio.Event: ...
+
+    def error(self, msg: Msg, reason: str, attempt: int = 1) -> Msg:
+        """`msg` wrapped for the errors port (a body that failed at the source: send it in `errors`)."""
+        ...
+
+    async def send(self, msgs: list[Msg], errors: list[Msg] | None = None) -> None: ...
+
+    async def send_ports(self, lists: dict[str, list[Msg]]) -> None: ...
+
+    async def wait_room(self) -> None: ...
+
+
+@runtime_checkable
+class HasLag(Protocol):
+    """A source that can say how many messages wait upstream (JetStream pending, Redis group lag)."""
+
+    async def lag(self) -> int | None: ...
+
+
+@runtime_checkable
+class HasConnectionState(Protocol):
+    """A node that knows whether its connections are up, without I/O: {connection name: up}."""
+
+    def connection_state(self) -> dict[str, bool]: ...
+
+
+@runtime_checkable
+class HasMetrics(Protocol):
+    """A node with counters of its own (exported as `streamdag_node_events_total{event}`)."""
+
+    def metrics(self) -> dict[str, int]: ...
+
+
+@runtime_checkable
+class HasTotal(Protocol):
+    """A finite source that knows how many messages it will read (for progress)."""
+
+    def total(self) -> int | None: ...
