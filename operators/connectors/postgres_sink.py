@@ -25,6 +25,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from engine.api import CelExpr, CheckContext, CheckIssue, NodeConfig, RetryPolicy, Sink
+from engine.codec import encode_failure
 from engine.expr import EvalError
 from engine.message import Msg
 from operators.connectors.postgres import (
@@ -374,7 +375,7 @@ class PostgresSink(Sink):
                 try:
                     row.append(conv(get(msg.body, msg.meta)))
                 except (EvalError, TypeError, ValueError) as exc:
-                    failed.append((msg, f"column {name}: {exc}"))
+                    failed.append((msg, f"column {name}: {encode_failure(exc)}"))
                     break
             else:
                 rows.append(tuple(row))

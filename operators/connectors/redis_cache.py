@@ -16,6 +16,7 @@ from pydantic import Field, model_validator
 from redis.exceptions import NoScriptError
 
 from engine.api import CelExpr, NodeConfig, Sink
+from engine.codec import encode_failure
 from engine.errors import ConnectionLost
 from engine.expr import EvalError, compile_expr
 from engine.message import Msg
@@ -133,7 +134,7 @@ class RedisCacheSink(Sink):
             try:
                 args = [encode_value(value)]
             except TypeError as exc:
-                raise ValueError(f"value does not encode as JSON: {exc}") from None
+                raise ValueError(f"value does not encode as JSON: {encode_failure(exc)}") from None
         return str(key), args, version
 
     async def write(self, batch: list[Msg]) -> list[tuple[Msg, str]] | None:
@@ -154,8 +155,8 @@ class RedisCacheSink(Sink):
         for msg in batch:
             try:
                 key, args, version = self._entry(msg)
-            except (ValueError, TypeError) as exc:
-                failed.append((msg, str(exc)))
+            except (ValueError, TypeError) as exc:  # TypeError: a hash field JSON cannot encode
+                failed.append((msg, encode_failure(exc)))
                 continue
             if plain:
                 if ttl:

@@ -18,6 +18,7 @@ import orjson
 from pydantic import Field, model_validator
 
 from engine.api import CelExpr, CheckContext, CheckIssue, NodeConfig, Sink
+from engine.codec import encode_failure
 from engine.errors import ConnectionLost
 from engine.expr import EvalError, compile_expr
 from engine.message import Msg
@@ -240,7 +241,7 @@ class JetStreamSink(Sink):
             try:
                 subject, hdr, payload = self._encode(msg, ids)
             except (EvalError, ValueError, TypeError, orjson.JSONEncodeError) as exc:
-                failed.append((msg, f"cannot build the message: {exc}"))
+                failed.append((msg, f"cannot build the message: {encode_failure(exc)}"))
                 continue
             total = len(hdr) + len(payload)
             if total > max_payload:
