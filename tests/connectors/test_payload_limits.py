@@ -26,11 +26,11 @@ from engine.runtime.context import Resources
 from engine.runtime.outputs import SourceOutput
 from engine.runtime.scheduler import Runner, RunReport
 from engine.runtime.stats import NodeStats
-from tests.connectors.jetstream_fixtures import NATS_URL, connect, unique, wait_for
+from operators.connectors.jetstream.source import JetStreamSource, JetStreamSourceConfig
+from tests.connectors.jetstream_fixtures import NATS_URL, temporary_stream, wait_for
 from tests.connectors.jetstream_pipe import make_ctx as nats_ctx
 from tests.connectors.postgres_harness import DSN, sql
 from tests.connectors.redis_harness import REDIS_URL, aio
-from operators.connectors.jetstream.source import JetStreamSource, JetStreamSourceConfig
 
 pytestmark = pytest.mark.services
 
@@ -44,6 +44,19 @@ def write_graph(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "graph.yaml"
     path.write_text(textwrap.dedent(text))
     return path
+
+
+def source_graph(tmp_path: Path, connection: str, source: str) -> Path:
+    """source `src` -> file out.ndjson, its errors and the sink's -> dead.ndjson."""
+    return write_graph(tmp_path, f"""
+        version: 1
+        name: deep_payloads
+        connections: {{{connection}}}
+        nodes:
+          src: {{{source}}}
+          out: {{type: file_sink, inputs: [src], config: {{path: out.ndjson}}}}
+          dead: {{type: file_sink, inputs: [src.errors, out.errors], config: {{path: dead.ndjson}}}}
+    """)
 
 
 def lines(path: Path) -> list[Any]:
@@ -103,20 +116,12 @@ def test_file_deep_lines_are_dead_lettered_and_the_graph_goes_on(tmp_path: Path)
 
 @aio
 async def test_http_deep_body_is_dead_lettered_refused_and_the_gateway_goes_on(tmp_path: Path) -> None:
-    path = write_graph(tmp_path, """
-        version: 1
-        name: deep_http
-        defaults: {dead_letter: dead}
-        nodes:
-          ingest: {type: http_source, config: {port: 0}}
-          out: {type: file_sink, inputs: [ingest], config: {path: out.ndjson}}
-          dead: {type: file_sink, inputs: [ingest.errors, out.errors], config: {path: dead.ndjson}}
-    """)
+    path = source_graph(tmp_path, "", "type: http_source, config: {port: 0}")
     runner = Runner(load_graph(str(path)))
     task = asyncio.ensure_future(runner.run())
     try:
-        await wait_for(lambda: getattr(runner.nodes["ingest"], "address", None) is not None or task.done(), 10)
-        host, port = runner.nodes["ingest"].address
+        await wait_for(lambda: getattr(runner.nodes["src"], "address", None) is not None or task.done(), 10)
+        host, port = runner.nodes["src"].address
         url = f"http://{host}:{port}/api/v1/data/ingest"
         report_request = b'{"a":' * 260 + b"1" + b"}" * 260
         ndjson = b'{"n": 9}\n' + DEEP + b"\n"
@@ -140,7 +145,7 @@ async def test_http_deep_body_is_dead_lettered_refused_and_the_gateway_goes_on(t
     assert out[0] == {"n": 1} and orjson.dumps(out[1]) == DEEPEST and out[2] == {"n": 2} and len(out) == 3
     dead = lines(tmp_path / "dead.ndjson")
     assert [d["payload"].encode() for d in dead] == [DEEP, report_request, ndjson]  # none of the NDJSON's items
-    assert all(d["error"] == TOO_DEEP and d["node"] == "ingest" for d in dead)
+    assert all(d["error"] == TOO_DEEP and d["node"] == "src" for d in dead)
 
 
 # -- JetStream --------------------------------------------------------------------------------------
@@ -148,26 +153,10 @@ async def test_http_deep_body_is_dead_lettered_refused_and_the_gateway_goes_on(t
 
 @aio
 async def test_jetstream_deep_message_is_dead_lettered_and_the_stream_drains(tmp_path: Path) -> None:
-    p = unique("deep")
-    nc = await connect()
-    js = nc.jetstream()
-    try:
-        path = write_graph(tmp_path, f"""
-            version: 1
-            name: deep_jetstream
-            connections:
-              nats: {{type: nats, url: "{NATS_URL}"}}
-            defaults: {{dead_letter: dead}}
-            nodes:
-              src: {{type: jetstream_source, config: {{connection: nats, stream: {p}, subjects: ["{p}.>"],
-                     durable: d, ack_wait: 2s, max_deliver: 3, expires: 1s}}}}
-              out: {{type: file_sink, inputs: [src], config: {{path: out.ndjson}}}}
-              dead: {{type: file_sink, inputs: [src.errors, out.errors], config: {{path: dead.ndjson}}}}
-        """)
-        # the stream exists before the graph starts (the source creates it from its subjects otherwise)
-        from nats.js.api import StreamConfig
-
-        await js.add_stream(StreamConfig(name=p, subjects=[f"{p}.>"]))
+    async with temporary_stream("deep") as (p, js):
+        path = source_graph(tmp_path, f'nats: {{type: nats, url: "{NATS_URL}"}}',
+                            f"type: jetstream_source, config: {{connection: nats, stream: {p}, durable: d, "
+                            "ack_wait: 2s, max_deliver: 3, expires: 1s}")
         for body in (b'{"n": 1}', DEEP, JUST_TOO_DEEP, b'{"n": 2}'):
             await js.publish(f"{p}.in", body)
         report = await run_until(path, lambda: len(lines(tmp_path / "out.ndjson")) == 2
@@ -180,20 +169,12 @@ async def test_jetstream_deep_message_is_dead_lettered_and_the_stream_drains(tmp
         info = await js.consumer_info(p, "d")
         assert (info.num_ack_pending, info.num_pending, info.num_redelivered) == (0, 0, 0)
         assert info.ack_floor.stream_seq == 4  # every message settled: nothing comes back
-    finally:
-        try:
-            await js.delete_stream(p)
-        finally:
-            await nc.close()
 
 
 @aio
 async def test_jetstream_message_never_settled_is_dead_lettered_after_max_deliver() -> None:
     """The graph holds a message and never settles it (a crash loop looks the same to the server):
     after max_deliver deliveries it is dead-lettered and terminated, not dropped or redelivered."""
-    p = unique("unsettled")
-    nc = await connect()
-    js = nc.jetstream()
     resources = Resources()
     held: list[Msg] = []
     dead: list[Msg] = []
@@ -204,45 +185,42 @@ async def test_jetstream_message_never_settled_is_dead_lettered_after_max_delive
             dead.append(m)
             m.ack.finish(DEAD_LETTERED)
 
-    cfg = JetStreamSourceConfig(connection="nats", stream=p, subjects=[f"{p}.>"], durable="d", ack_wait=0.5,
-                                max_deliver=2, in_progress=False, expires=0.5, batch=10)
-    src = JetStreamSource("src", cfg, nats_ctx("src", NATS_URL, resources))
-    tracker = AckTracker()
-    out = SourceOutput("src", tracker, send, NodeStats("src", "source", "jetstream_source"))
-    try:
-        await src.start()
-        await js.publish(f"{p}.in", b'{"n": 1}')
-        run = asyncio.ensure_future(src.run(out))
-
-        async def settled() -> bool:
-            done, failed = tracker.take()
-            if done:
-                await src.commit(done)
-            if failed:
-                await src.reject(failed)
-            return bool(dead) and src.termed == 1
-
-        await wait_for(settled, 15, "the dead letter")
-        assert [m.meta["delivered"] for m in held] == [1, 2]
-        assert dead[0].body["payload"] == '{"n": 1}' and dead[0].body["attempt"] == 3
-        assert "delivered 3 times and never settled (max_deliver 2)" in dead[0].body["error"]
-
-        async def drained() -> bool:  # +TERM is one protocol line: the server takes it a moment later
-            info = await js.consumer_info(p, "d")
-            return (info.num_ack_pending, info.num_pending, info.ack_floor.stream_seq) == (0, 0, 1)
-
-        await wait_for(drained, 5, "the consumer to drain")
-        await asyncio.sleep(1.2)  # two ack_waits: nothing is redelivered any more
-        assert [m.meta["delivered"] for m in held] == [1, 2] and len(dead) == 1
-        out.stopping.set()
-        await asyncio.wait_for(run, 10)
-    finally:
-        await src.stop()
-        await resources.close()
+    async with temporary_stream("unsettled") as (p, js):
+        cfg = JetStreamSourceConfig(connection="nats", stream=p, subjects=[f"{p}.>"], durable="d", ack_wait=0.5,
+                                    max_deliver=2, in_progress=False, expires=0.5, batch=10)
+        src = JetStreamSource("src", cfg, nats_ctx("src", NATS_URL, resources))
+        tracker = AckTracker()
+        out = SourceOutput("src", tracker, send, NodeStats("src", "source", "jetstream_source"))
         try:
-            await js.delete_stream(p)
+            await src.start()
+            await js.publish(f"{p}.in", b'{"n": 1}')
+            run = asyncio.ensure_future(src.run(out))
+
+            async def settled() -> bool:
+                done, failed = tracker.take()
+                if done:
+                    await src.commit(done)
+                if failed:
+                    await src.reject(failed)
+                return bool(dead) and src.termed == 1
+
+            await wait_for(settled, 15, "the dead letter")
+            assert [m.meta["delivered"] for m in held] == [1, 2]
+            assert dead[0].body["payload"] == '{"n": 1}' and dead[0].body["attempt"] == 3
+            assert "delivered 3 times and never settled (max_deliver 2)" in dead[0].body["error"]
+
+            async def drained() -> bool:  # +TERM is one protocol line: the server takes it a moment later
+                info = await js.consumer_info(p, "d")
+                return (info.num_ack_pending, info.num_pending, info.ack_floor.stream_seq) == (0, 0, 1)
+
+            await wait_for(drained, 5, "the consumer to drain")
+            await asyncio.sleep(1.2)  # two ack_waits: nothing is redelivered any more
+            assert [m.meta["delivered"] for m in held] == [1, 2] and len(dead) == 1
+            out.stopping.set()
+            await asyncio.wait_for(run, 10)
         finally:
-            await nc.close()
+            await src.stop()
+            await resources.close()
 
 
 # -- Redis streams ----------------------------------------------------------------------------------
@@ -254,18 +232,9 @@ def test_redis_deep_entry_is_dead_lettered_and_acked(tmp_path: Path) -> None:
     try:
         for body in (b'{"n": 1}', DEEP, JUST_TOO_DEEP, b'{"n": 2}'):
             client.xadd(stream, {"body": body})
-        path = write_graph(tmp_path, f"""
-            version: 1
-            name: deep_redis
-            connections:
-              cache: {{type: redis, url: "{REDIS_URL}"}}
-            defaults: {{dead_letter: dead}}
-            nodes:
-              src: {{type: redis_stream_source, config: {{connection: cache, stream: {stream}, group: g, start: "0",
-                     exit_when_idle: true, block: 100ms}}}}
-              out: {{type: file_sink, inputs: [src], config: {{path: out.ndjson}}}}
-              dead: {{type: file_sink, inputs: [src.errors, out.errors], config: {{path: dead.ndjson}}}}
-        """)
+        path = source_graph(tmp_path, f'cache: {{type: redis, url: "{REDIS_URL}"}}',
+                            f'type: redis_stream_source, config: {{connection: cache, stream: {stream}, group: g, '
+                            'start: "0", exit_when_idle: true, block: 100ms}')
         report = asyncio.run(run_until(path, lambda: False))
         assert report.error is None and report.balanced
         assert lines(tmp_path / "out.ndjson") == [{"n": 1}, {"n": 2}]
@@ -288,18 +257,9 @@ def test_postgres_source_deep_jsonb_row_is_dead_lettered_and_the_position_moves_
     try:
         asyncio.run(sql(f'INSERT INTO "{table}" (payload) VALUES (\'{{"n": 1}}\'), ($1::jsonb), (\'{{"n": 2}}\')',
                         deep))
-        path = write_graph(tmp_path, f"""
-            version: 1
-            name: deep_pg
-            connections:
-              pg: {{type: postgres, dsn: "{DSN}"}}
-            defaults: {{dead_letter: dead}}
-            nodes:
-              src: {{type: postgres_source, config: {{connection: pg, table: {table}, cursor: id,
-                     position_table: {positions}, stop_at_end: true}}}}
-              out: {{type: file_sink, inputs: [src], config: {{path: out.ndjson}}}}
-              dead: {{type: file_sink, inputs: [src.errors, out.errors], config: {{path: dead.ndjson}}}}
-        """)
+        path = source_graph(tmp_path, f'pg: {{type: postgres, dsn: "{DSN}"}}',
+                            f"type: postgres_source, config: {{connection: pg, table: {table}, cursor: id, "
+                            f"position_table: {positions}, stop_at_end: true}}")
         report = asyncio.run(run_until(path, lambda: False))
         assert report.error is None and report.balanced
         assert [r["payload"] for r in lines(tmp_path / "out.ndjson")] == [{"n": 1}, {"n": 2}]

@@ -30,7 +30,7 @@ from operators.connectors.redis_streams import RedisStreamSink
 from operators.pg_lookup import PgLookup
 from operators.redis_lookup import RedisLookup
 from tests.connectors.http_harness import Gateway
-from tests.connectors.jetstream_fixtures import NATS_URL, connect, unique
+from tests.connectors.jetstream_fixtures import NATS_URL, temporary_stream
 from tests.connectors.postgres_harness import DSN, sql
 from tests.connectors.redis_harness import REDIS_URL, aio
 
@@ -75,25 +75,16 @@ async def test_file_sink_and_stdout(tmp_path: Path, capfdbinary: Any) -> None:
 
 @aio
 async def test_jetstream_sink() -> None:
-    p = unique("enc")
-    nc = await connect()
-    js = nc.jetstream()
     resources = Resources()
-    try:
-        from nats.js.api import StreamConfig
-
-        await js.add_stream(StreamConfig(name=p, subjects=[f"{p}.>"]))
-        sink = node(JetStreamSink, {"connection": "nats", "subject": f"{p}.out"}, resources)
-        await sink.start()
-        await write_one_bad(sink, {"n": 1}, {"deep": nested(254)})
-        await sink.stop()
-        assert (await js.stream_info(p)).state.messages == 2
-    finally:
-        await resources.close()
+    async with temporary_stream("enc") as (p, js):
         try:
-            await js.delete_stream(p)
+            sink = node(JetStreamSink, {"connection": "nats", "subject": f"{p}.out"}, resources)
+            await sink.start()
+            await write_one_bad(sink, {"n": 1}, {"deep": nested(254)})
+            await sink.stop()
+            assert (await js.stream_info(p)).state.messages == 2
         finally:
-            await nc.close()
+            await resources.close()
 
 
 @aio
