@@ -20,7 +20,7 @@ import zstandard
 
 from engine.message import Msg
 from engine.runtime.context import NodeContext, Resources
-from engine.runtime.outputs import Outputs
+from engine.runtime.outputs import Outputs, error_envelope
 from engine.runtime.stats import NodeStats
 from operators.connectors.file import FileSink, Stdout
 from operators.connectors.jetstream.sink import JetStreamSink
@@ -128,6 +128,32 @@ async def test_postgres_sink_jsonb_column() -> None:
     finally:
         await resources.close()
         await sql(f'DROP TABLE IF EXISTS "{table}"')
+
+
+@aio
+async def test_dead_letter_sinks_write_the_envelope_of_any_payload(tmp_path: Path, capfdbinary: Any) -> None:
+    """What reaches a dead-letter sink is an error envelope; its payload was made safe when it was
+    built, so every sink writes it, whatever the payload was (and whether it wraps it: with_meta)."""
+    payloads = [nested(2000), nested(254), {"n": 1 << 70}, {1: b"\xff"}, b"\xff\xfe", object()]
+    resources = Resources()
+    async with temporary_stream("dead") as (p, js):
+        sinks = [node(FileSink, {"path": "dead.ndjson", "with_meta": True}, resources, str(tmp_path)),
+                 node(Stdout, {"with_meta": True}, resources),
+                 node(JetStreamSink, {"connection": "nats", "subject": f"{p}.dead"}, resources),
+                 node(RedisStreamSink, {"connection": "cache", "stream": f"{p}-dead"}, resources)]
+        try:
+            for sink in sinks:
+                await sink.start()
+                letters = [error_envelope(Msg(x, {"seq": i}), "src", "why") for i, x in enumerate(payloads)]
+                assert not await sink.write(letters), type(sink).__name__
+                await sink.stop()
+            assert len((tmp_path / "dead.ndjson").read_bytes().splitlines()) == len(payloads)
+            assert capfdbinary.readouterr().out.count(b'{"body":{"error":"why"') == len(payloads)
+            assert (await js.stream_info(p)).state.messages == len(payloads)
+            assert redis.Redis.from_url(REDIS_URL).xlen(f"{p}-dead") == len(payloads)
+        finally:
+            await resources.close()
+            redis.Redis.from_url(REDIS_URL).delete(f"{p}-dead")
 
 
 def outputs(op: Any) -> Outputs:
