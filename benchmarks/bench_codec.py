@@ -18,8 +18,16 @@ import pytest
 from engine import codec
 
 N = 1000
-ORDER = orjson.dumps({"id": 12345, "user": "u7", "amount": 249.5, "currency": "EUR",
-                      "tags": ["a", "b"], "ship": {"city": "Lyon", "zip": "69001"}})
+ORDER = orjson.dumps(
+    {
+        "id": 12345,
+        "user": "u7",
+        "amount": 249.5,
+        "currency": "EUR",
+        "tags": ["a", "b"],
+        "ship": {"city": "Lyon", "zip": "69001"},
+    }
+)
 WIDE = orjson.dumps([{"sku": f"s{i}", "qty": i % 5, "note": "[{"} for i in range(300)])
 PAYLOADS = {"order": [ORDER] * N, "wide": [WIDE] * N}
 

@@ -28,7 +28,15 @@ import orjson
 
 from engine.errors import PayloadTooLarge
 
-__all__ = ["ENVELOPE_HEADROOM", "MAX_BYTES", "MAX_DEPTH", "dumps_safe", "encode_failure", "loads", "safe_payload"]
+__all__ = [
+    "ENVELOPE_HEADROOM",
+    "MAX_BYTES",
+    "MAX_DEPTH",
+    "dumps_safe",
+    "encode_failure",
+    "loads",
+    "safe_payload",
+]
 
 # orjson's encoder refuses a 255th level of containers (its recursion limit; tests/test_codec.py
 # holds it at the boundary): deeper values cannot be written by any sink.
@@ -40,7 +48,9 @@ ENVELOPE_HEADROOM = 2
 _REPR_LIMIT = 64 * 1024  # characters of a repr standing for a payload that cannot be encoded
 
 
-def loads(data: bytes | bytearray | memoryview | str, max_bytes: int = MAX_BYTES, max_depth: int = MAX_DEPTH) -> Any:
+def loads(
+    data: bytes | bytearray | memoryview | str, max_bytes: int = MAX_BYTES, max_depth: int = MAX_DEPTH
+) -> Any:
     """Parse JSON like `orjson.loads`, refusing with `PayloadTooLarge` a payload longer than
     `max_bytes` or nested deeper than `max_depth`. Invalid JSON raises `orjson.JSONDecodeError` (a
     ValueError). A `max_depth` above `MAX_DEPTH` fits a container of writable values (an HTTP array
@@ -50,11 +60,11 @@ def loads(data: bytes | bytearray | memoryview | str, max_bytes: int = MAX_BYTES
         raise PayloadTooLarge(f"payload of {n} bytes over the limit {max_bytes}")
     if n <= 2 * max_depth + 1:  # the hot path: too short to nest deeper (each level takes 2 bytes)
         return orjson.loads(data)
-    kind = type(data)  # then: too few opening brackets to nest deeper (two counts in C)
-    if kind is bytes:
-        if data.count(b"[") + data.count(b"{") <= max_depth:  # type: ignore[arg-type]
+    # then: too few opening brackets to nest deeper (two counts in C)
+    if isinstance(data, bytes):
+        if data.count(b"[") + data.count(b"{") <= max_depth:
             return orjson.loads(data)
-    elif kind is str and data.count("[") + data.count("{") <= max_depth:  # type: ignore[arg-type]
+    elif isinstance(data, str) and data.count("[") + data.count("{") <= max_depth:
         return orjson.loads(data)
     try:
         value = orjson.loads(data)
@@ -109,7 +119,11 @@ def _fallback(value: Any, reason: str) -> dict[str, Any]:
             raw, form = json.dumps(value, default=repr, ensure_ascii=False).encode(), "json"
         except (ValueError, TypeError, RecursionError):
             raw, form = _REPR.repr(value).encode("utf-8", "replace"), "repr"
-    return {"payload_base64": base64.b64encode(raw).decode("ascii"), "payload_format": form, "payload_error": reason}
+    return {
+        "payload_base64": base64.b64encode(raw).decode("ascii"),
+        "payload_format": form,
+        "payload_error": reason,
+    }
 
 
 _REPR = reprlib.Repr()

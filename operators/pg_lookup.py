@@ -108,7 +108,8 @@ class PgLookup(Operator):
         now = self.ctx.clock()
         cache = self.cache
         keys: list[str | None] = []
-        rows: dict[str, dict[str, Any] | MessageError | None] = {}  # this batch's answers (cache hits, then fetched)
+        # this batch's answers (cache hits, then fetched)
+        rows: dict[str, dict[str, Any] | MessageError | None] = {}
         wanted: dict[str, None] = {}  # in order of first appearance
         failed = object()
         for msg in batch:

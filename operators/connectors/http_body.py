@@ -145,7 +145,8 @@ def _json_error(exc: orjson.JSONDecodeError, line_offset: int = 0) -> IngestErro
                        f"{exc.msg}", {"line": line, "column": exc.colno, "position": exc.pos})
 
 
-def parse_items(data: bytes, mtype: str, max_batch: int, max_bytes: int = codec.MAX_BYTES) -> tuple[list[Any], bool]:
+def parse_items(data: bytes, mtype: str, max_batch: int,
+                max_bytes: int = codec.MAX_BYTES) -> tuple[list[Any], bool]:
     """Items of a body and whether it was a single object (not an array or NDJSON). Raises
     `PayloadTooLarge` for an item nested deeper than `codec.MAX_DEPTH`."""
     if mtype in JSON_TYPES:

@@ -181,7 +181,8 @@ class _Conn(asyncio.Protocol):
         (`GET`, two spaces, `HTTP/1.1`, CRLF). Raising stops the parser; data_received answers."""
         self.head_bytes += n
         if self.head_bytes + 15 > MAX_HEAD:
-            self.refused = _error(431, "headers_too_large", f"request line and headers exceed {MAX_HEAD} bytes")
+            self.refused = _error(431, "headers_too_large",
+                                  f"request line and headers exceed {MAX_HEAD} bytes")
             raise ValueError(self.refused.body)
 
     def on_headers_complete(self) -> None:

@@ -46,8 +46,8 @@ __all__ = [
     "quote_qualified",
     "split_qualified",
     "to_text",
-    "undecoded_row",
     "type_issues",
+    "undecoded_row",
     "value_getter",
 ]
 

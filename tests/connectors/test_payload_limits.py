@@ -48,7 +48,9 @@ def write_graph(tmp_path: Path, text: str) -> Path:
 
 def source_graph(tmp_path: Path, connection: str, source: str) -> Path:
     """source `src` -> file out.ndjson, its errors and the sink's -> dead.ndjson."""
-    return write_graph(tmp_path, f"""
+    return write_graph(
+        tmp_path,
+        f"""
         version: 1
         name: deep_payloads
         connections: {{{connection}}}
@@ -56,7 +58,8 @@ def source_graph(tmp_path: Path, connection: str, source: str) -> Path:
           src: {{{source}}}
           out: {{type: file_sink, inputs: [src], config: {{path: out.ndjson}}}}
           dead: {{type: file_sink, inputs: [src.errors, out.errors], config: {{path: dead.ndjson}}}}
-    """)
+    """,
+    )
 
 
 def lines(path: Path) -> list[Any]:
@@ -84,16 +87,24 @@ def assert_dead_letter(letter: dict[str, Any], reason: str, original: bytes) -> 
 
 
 def test_file_deep_lines_are_dead_lettered_and_the_graph_goes_on(tmp_path: Path) -> None:
-    (tmp_path / "in.ndjson").write_bytes(b"\n".join([b'{"n": 1}', DEEP, JUST_TOO_DEEP, DEEPEST, b'{"n": 2}']) + b"\n")
-    path = write_graph(tmp_path, """
+    (tmp_path / "in.ndjson").write_bytes(
+        b"\n".join([b'{"n": 1}', DEEP, JUST_TOO_DEEP, DEEPEST, b'{"n": 2}']) + b"\n"
+    )
+    path = write_graph(
+        tmp_path,
+        """
         version: 1
         name: deep_file
         nodes:
           src: {type: file_source, config: {path: in.ndjson}}
           out: {type: file_sink, inputs: [src], config: {path: out.ndjson}}
           wrapped: {type: file_sink, inputs: [src], config: {path: wrapped.ndjson, with_meta: true}}
-          dead: {type: file_sink, inputs: [src.errors, out.errors, wrapped.errors], config: {path: dead.ndjson, with_meta: true}}
-    """)
+          dead:
+            type: file_sink
+            inputs: [src.errors, out.errors, wrapped.errors]
+            config: {path: dead.ndjson, with_meta: true}
+    """,
+    )
     report = asyncio.run(run_until(path, lambda: False))
     assert report.error is None and report.balanced, report.error
     out = lines(tmp_path / "out.ndjson")
@@ -126,8 +137,11 @@ async def test_http_deep_body_is_dead_lettered_refused_and_the_gateway_goes_on(t
         report_request = b'{"a":' * 260 + b"1" + b"}" * 260
         ndjson = b'{"n": 9}\n' + DEEP + b"\n"
         async with aiohttp.ClientSession() as s:
-            for body, ctype in ((DEEP, "application/json"), (report_request, "application/json"),
-                                (ndjson, "application/x-ndjson")):
+            for body, ctype in (
+                (DEEP, "application/json"),
+                (report_request, "application/json"),
+                (ndjson, "application/x-ndjson"),
+            ):
                 async with s.post(url, data=body, headers={"Content-Type": ctype}) as r:
                     reply = await r.json()
                     assert r.status == 422, reply
@@ -144,7 +158,11 @@ async def test_http_deep_body_is_dead_lettered_refused_and_the_gateway_goes_on(t
     out = lines(tmp_path / "out.ndjson")
     assert out[0] == {"n": 1} and orjson.dumps(out[1]) == DEEPEST and out[2] == {"n": 2} and len(out) == 3
     dead = lines(tmp_path / "dead.ndjson")
-    assert [d["payload"].encode() for d in dead] == [DEEP, report_request, ndjson]  # none of the NDJSON's items
+    assert [d["payload"].encode() for d in dead] == [
+        DEEP,
+        report_request,
+        ndjson,
+    ]  # none of the NDJSON's items
     assert all(d["error"] == TOO_DEEP and d["node"] == "src" for d in dead)
 
 
@@ -154,13 +172,18 @@ async def test_http_deep_body_is_dead_lettered_refused_and_the_gateway_goes_on(t
 @aio
 async def test_jetstream_deep_message_is_dead_lettered_and_the_stream_drains(tmp_path: Path) -> None:
     async with temporary_stream("deep") as (p, js):
-        path = source_graph(tmp_path, f'nats: {{type: nats, url: "{NATS_URL}"}}',
-                            f"type: jetstream_source, config: {{connection: nats, stream: {p}, durable: d, "
-                            "ack_wait: 2s, max_deliver: 3, expires: 1s}")
+        path = source_graph(
+            tmp_path,
+            f'nats: {{type: nats, url: "{NATS_URL}"}}',
+            f"type: jetstream_source, config: {{connection: nats, stream: {p}, durable: d, "
+            "ack_wait: 2s, max_deliver: 3, expires: 1s}",
+        )
         for body in (b'{"n": 1}', DEEP, JUST_TOO_DEEP, b'{"n": 2}'):
             await js.publish(f"{p}.in", body)
-        report = await run_until(path, lambda: len(lines(tmp_path / "out.ndjson")) == 2
-                                 and len(lines(tmp_path / "dead.ndjson")) == 2)
+        report = await run_until(
+            path,
+            lambda: len(lines(tmp_path / "out.ndjson")) == 2 and len(lines(tmp_path / "dead.ndjson")) == 2,
+        )
         assert report.error is None
         assert lines(tmp_path / "out.ndjson") == [{"n": 1}, {"n": 2}]
         dead = lines(tmp_path / "dead.ndjson")
@@ -186,8 +209,17 @@ async def test_jetstream_message_never_settled_is_dead_lettered_after_max_delive
             m.ack.finish(DEAD_LETTERED)
 
     async with temporary_stream("unsettled") as (p, js):
-        cfg = JetStreamSourceConfig(connection="nats", stream=p, subjects=[f"{p}.>"], durable="d", ack_wait=0.5,
-                                    max_deliver=2, in_progress=False, expires=0.5, batch=10)
+        cfg = JetStreamSourceConfig(
+            connection="nats",
+            stream=p,
+            subjects=[f"{p}.>"],
+            durable="d",
+            ack_wait=0.5,
+            max_deliver=2,
+            in_progress=False,
+            expires=0.5,
+            batch=10,
+        )
         src = JetStreamSource("src", cfg, nats_ctx("src", NATS_URL, resources))
         tracker = AckTracker()
         out = SourceOutput("src", tracker, send, NodeStats("src", "source", "jetstream_source"))
@@ -232,9 +264,12 @@ def test_redis_deep_entry_is_dead_lettered_and_acked(tmp_path: Path) -> None:
     try:
         for body in (b'{"n": 1}', DEEP, JUST_TOO_DEEP, b'{"n": 2}'):
             client.xadd(stream, {"body": body})
-        path = source_graph(tmp_path, f'cache: {{type: redis, url: "{REDIS_URL}"}}',
-                            f'type: redis_stream_source, config: {{connection: cache, stream: {stream}, group: g, '
-                            'start: "0", exit_when_idle: true, block: 100ms}')
+        path = source_graph(
+            tmp_path,
+            f'cache: {{type: redis, url: "{REDIS_URL}"}}',
+            f"type: redis_stream_source, config: {{connection: cache, stream: {stream}, group: g, "
+            'start: "0", exit_when_idle: true, block: 100ms}',
+        )
         report = asyncio.run(run_until(path, lambda: False))
         assert report.error is None and report.balanced
         assert lines(tmp_path / "out.ndjson") == [{"n": 1}, {"n": 2}]
@@ -255,11 +290,18 @@ def test_postgres_source_deep_jsonb_row_is_dead_lettered_and_the_position_moves_
     deep = "[" * 300 + "]" * 300  # PostgreSQL nests jsonb that deep; orjson could not write it back
     asyncio.run(sql(f'CREATE TABLE "{table}" (id bigserial PRIMARY KEY, payload jsonb)'))
     try:
-        asyncio.run(sql(f'INSERT INTO "{table}" (payload) VALUES (\'{{"n": 1}}\'), ($1::jsonb), (\'{{"n": 2}}\')',
-                        deep))
-        path = source_graph(tmp_path, f'pg: {{type: postgres, dsn: "{DSN}"}}',
-                            f"type: postgres_source, config: {{connection: pg, table: {table}, cursor: id, "
-                            f"position_table: {positions}, stop_at_end: true}}")
+        asyncio.run(
+            sql(
+                f'INSERT INTO "{table}" (payload) VALUES (\'{{"n": 1}}\'), ($1::jsonb), (\'{{"n": 2}}\')',
+                deep,
+            )
+        )
+        path = source_graph(
+            tmp_path,
+            f'pg: {{type: postgres, dsn: "{DSN}"}}',
+            f"type: postgres_source, config: {{connection: pg, table: {table}, cursor: id, "
+            f"position_table: {positions}, stop_at_end: true}}",
+        )
         report = asyncio.run(run_until(path, lambda: False))
         assert report.error is None and report.balanced
         assert [r["payload"] for r in lines(tmp_path / "out.ndjson")] == [{"n": 1}, {"n": 2}]

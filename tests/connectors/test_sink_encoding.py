@@ -37,8 +37,11 @@ from tests.connectors.redis_harness import REDIS_URL, aio
 pytestmark = pytest.mark.services
 
 TOO_DEEP = "nesting deeper than 254 levels"
-CONNECTIONS = {"nats": {"type": "nats", "url": NATS_URL}, "cache": {"type": "redis", "url": REDIS_URL},
-               "pg": {"type": "postgres", "dsn": DSN}}
+CONNECTIONS = {
+    "nats": {"type": "nats", "url": NATS_URL},
+    "cache": {"type": "redis", "url": REDIS_URL},
+    "pg": {"type": "postgres", "dsn": DSN},
+}
 
 
 def nested(depth: int) -> Any:
@@ -63,11 +66,15 @@ async def write_one_bad(sink: Any, good: dict[str, Any], bad: dict[str, Any]) ->
 async def test_file_sink_and_stdout(tmp_path: Path, capfdbinary: Any) -> None:
     resources = Resources()
     for with_meta in (False, True):
-        sink = node(FileSink, {"path": f"out{with_meta}.ndjson", "with_meta": with_meta}, resources, str(tmp_path))
+        sink = node(
+            FileSink, {"path": f"out{with_meta}.ndjson", "with_meta": with_meta}, resources, str(tmp_path)
+        )
         await sink.start()
         await write_one_bad(sink, {"n": 1}, {"deep": nested(254)})
         await sink.stop()
-        written = [orjson.loads(line) for line in (tmp_path / f"out{with_meta}.ndjson").read_bytes().splitlines()]
+        written = [
+            orjson.loads(line) for line in (tmp_path / f"out{with_meta}.ndjson").read_bytes().splitlines()
+        ]
         assert [w["body"] if with_meta else w for w in written] == [{"n": 1}, {"n": 1}]
     await write_one_bad(node(Stdout, {}, resources), {"n": 2}, {2: nested(254)})  # non-string keys too
     assert capfdbinary.readouterr().out == b'{"n":2}\n{"n":2}\n'
@@ -98,12 +105,16 @@ async def test_redis_stream_sink_and_cache_sink() -> None:
             await sink.start()
             await write_one_bad(sink, {"n": 1}, {"deep": nested(254)})
         # a field computed by CEL that does not encode fails its message too
-        sink = node(RedisStreamSink, {"connection": "cache", "stream": key, "fields": {"d": "msg.d"}}, resources)
+        sink = node(
+            RedisStreamSink, {"connection": "cache", "stream": key, "fields": {"d": "msg.d"}}, resources
+        )
         await sink.start()
         await write_one_bad(sink, {"d": 1}, {"d": nested(254)})
         assert client.xlen(key) == 6
         for mode, bad in (("value", {"k": "b", "v": nested(254)}), ("hash", {"k": "b", "v": nested(255)})):
-            sink = node(RedisCacheSink, {"connection": "cache", "key": f'"{key}:" + msg.k', "mode": mode}, resources)
+            sink = node(
+                RedisCacheSink, {"connection": "cache", "key": f'"{key}:" + msg.k', "mode": mode}, resources
+            )
             await sink.start()
             await write_one_bad(sink, {"k": "a", "v": 1}, bad)
             assert client.exists(f"{key}:a") and not client.exists(f"{key}:b")
@@ -120,8 +131,11 @@ async def test_postgres_sink_jsonb_column() -> None:
     await sql(f'CREATE TABLE "{table}" (n int, doc jsonb)')
     resources = Resources()
     try:
-        sink = node(PostgresSink, {"connection": "pg", "table": table, "columns": {"n": "msg.n", "doc": "msg.doc"}},
-                    resources)
+        sink = node(
+            PostgresSink,
+            {"connection": "pg", "table": table, "columns": {"n": "msg.n", "doc": "msg.doc"}},
+            resources,
+        )
         await sink.start()
         await write_one_bad(sink, {"n": 1, "doc": {"a": 1}}, {"n": 2, "doc": nested(255)})
         assert [r["n"] for r in await sql(f'SELECT n FROM "{table}"')] == [1, 1]
@@ -137,10 +151,12 @@ async def test_dead_letter_sinks_write_the_envelope_of_any_payload(tmp_path: Pat
     payloads = [nested(2000), nested(254), {"n": 1 << 70}, {1: b"\xff"}, b"\xff\xfe", object()]
     resources = Resources()
     async with temporary_stream("dead") as (p, js):
-        sinks = [node(FileSink, {"path": "dead.ndjson", "with_meta": True}, resources, str(tmp_path)),
-                 node(Stdout, {"with_meta": True}, resources),
-                 node(JetStreamSink, {"connection": "nats", "subject": f"{p}.dead"}, resources),
-                 node(RedisStreamSink, {"connection": "cache", "stream": f"{p}-dead"}, resources)]
+        sinks = [
+            node(FileSink, {"path": "dead.ndjson", "with_meta": True}, resources, str(tmp_path)),
+            node(Stdout, {"with_meta": True}, resources),
+            node(JetStreamSink, {"connection": "nats", "subject": f"{p}.dead"}, resources),
+            node(RedisStreamSink, {"connection": "cache", "stream": f"{p}-dead"}, resources),
+        ]
         try:
             for sink in sinks:
                 await sink.start()
@@ -168,12 +184,17 @@ async def test_lookups_send_a_message_whose_value_is_too_deep_to_errors() -> Non
     client.set(f"{key}:deep", b"[" * 1000 + b"]" * 1000)
     client.set(f"{key}:ok", b'{"a": 1}')
     await sql(f'CREATE TABLE "{table}" (id text PRIMARY KEY, doc jsonb)')
-    await sql(f'INSERT INTO "{table}" VALUES (\'ok\', \'{{"a": 1}}\'), (\'deep\', $1::jsonb)', "[" * 300 + "]" * 300)
+    await sql(
+        f"INSERT INTO \"{table}\" VALUES ('ok', '{{\"a\": 1}}'), ('deep', $1::jsonb)", "[" * 300 + "]" * 300
+    )
     resources = Resources()
     try:
-        lookups = [node(RedisLookup, {"connection": "cache", "key": f'"{key}:" + msg.id'}, resources),
-                   node(PgLookup, {"connection": "pg", "table": table, "key_column": "id", "key": "msg.id"},
-                        resources)]
+        lookups = [
+            node(RedisLookup, {"connection": "cache", "key": f'"{key}:" + msg.id'}, resources),
+            node(
+                PgLookup, {"connection": "pg", "table": table, "key_column": "id", "key": "msg.id"}, resources
+            ),
+        ]
         for op in lookups:
             await op.start()
             out = outputs(op)
@@ -197,15 +218,26 @@ async def test_zstd_frame_followed_by_garbage_is_400_bad_encoding(tmp_path: Path
     frame = zstandard.ZstdCompressor().compress(b'{"n": 1}')
     async with Gateway(tmp_path) as gw, aiohttp.ClientSession() as s:
         for tail in (b"garbage", b"\xff" * 40, b"\x28\xb5\x2f\xfd" + b"\x00\x01" * 20, b"\x00"):
-            async with s.post(gw.ingest_url, data=frame + tail, headers={"Content-Encoding": "zstd",
-                                                                          "Content-Type": "application/json"}) as r:
+            async with s.post(
+                gw.ingest_url,
+                data=frame + tail,
+                headers={"Content-Encoding": "zstd", "Content-Type": "application/json"},
+            ) as r:
                 assert (r.status, (await r.json())["error"]) == (400, "bad_encoding"), tail
         # two frames are one stream, as two gzip members are
-        async with s.post(gw.ingest_url, data=frame + frame, headers={"Content-Encoding": "zstd",
-                                                                       "Content-Type": "application/x-ndjson"}) as r:
-            assert r.status == 400 and (await r.json())["error"] == "invalid_json"  # {"n": 1}{"n": 1} on one line
-        async with s.post(gw.ingest_url, data=frame, headers={"Content-Encoding": "zstd",
-                                                               "Content-Type": "application/json"}) as r:
+        async with s.post(
+            gw.ingest_url,
+            data=frame + frame,
+            headers={"Content-Encoding": "zstd", "Content-Type": "application/x-ndjson"},
+        ) as r:
+            assert (
+                r.status == 400 and (await r.json())["error"] == "invalid_json"
+            )  # {"n": 1}{"n": 1} on one line
+        async with s.post(
+            gw.ingest_url,
+            data=frame,
+            headers={"Content-Encoding": "zstd", "Content-Type": "application/json"},
+        ) as r:
             assert r.status == 202
 
 
@@ -213,8 +245,10 @@ async def test_zstd_frame_followed_by_garbage_is_400_bad_encoding(tmp_path: Path
 async def test_a_100_kb_url_is_431(tmp_path: Path) -> None:
     async with Gateway(tmp_path) as gw:
         host, port = gw.source.address
-        for head in (b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",  # in one write
-                     b"POST /api/v1/data/ingest HTTP/1.1\r\nX-Pad: " + b"a" * 70_000 + b"\r\n\r\n"):
+        for head in (
+            b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",  # in one write
+            b"POST /api/v1/data/ingest HTTP/1.1\r\nX-Pad: " + b"a" * 70_000 + b"\r\n\r\n",
+        ):
             reader, writer = await asyncio.open_connection(host, port)
             writer.write(head)
             await writer.drain()

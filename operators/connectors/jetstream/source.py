@@ -435,9 +435,9 @@ class JetStreamSource(Source):
                 redelivered += 1
                 if delivered > max_deliver:  # never settled in max_deliver deliveries: dead letter, +TERM
                     ack.token = (reply, None, None)
-                    errors.append(self._out.error(  # type: ignore[union-attr]
-                        Msg(data, meta, ack, len(data)), f"delivered {delivered} times and never settled "
-                        f"(max_deliver {max_deliver}): the graph crashed, stopped or held it past ack_wait", delivered))
+                    reason = (f"delivered {delivered} times and never settled (max_deliver {max_deliver}): "
+                              "the graph crashed, stopped or held it past ack_wait")
+                    errors.append(self._out.error(Msg(data, meta, ack, len(data)), reason, delivered))  # type: ignore
                     continue
             try:
                 body = decode(data) if decode is not None else data
