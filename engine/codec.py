@@ -117,7 +117,7 @@ def _fallback(value: Any, reason: str) -> dict[str, Any]:
     else:
         try:
             raw, form = json.dumps(value, default=repr, ensure_ascii=False).encode(), "json"
-        except (ValueError, TypeError, RecursionError):
+        except Exception:  # noqa: BLE001 - too deep even for it, or a __repr__ that raises
             raw, form = _REPR.repr(value).encode("utf-8", "replace"), "repr"
     return {
         "payload_base64": base64.b64encode(raw).decode("ascii"),

@@ -122,7 +122,18 @@ def test_an_error_envelope_keeps_a_payload_that_encodes() -> None:
     assert "payload_base64" in error_envelope(Msg(nested(codec.MAX_DEPTH)), "n", "r").body
 
 
-@pytest.mark.parametrize("value", [nested(300), {"n": 1 << 70}, {1: object()}, b"\xff", {"ok": [1]}])
+class Hostile:
+    """A value whose str and repr both raise."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no str")
+
+    __repr__ = __str__
+
+
+@pytest.mark.parametrize(
+    "value", [nested(300), {"n": 1 << 70}, {1: object()}, b"\xff", {"ok": [1]}, [Hostile()]]
+)
 def test_dumps_safe_never_raises(value: Any) -> None:
     out = orjson.loads(codec.dumps_safe(value, orjson.OPT_APPEND_NEWLINE))
     if value == {"ok": [1]}:
