@@ -40,6 +40,8 @@ _EXPORTS: dict[str, str] = {
     # config value types (engine.spec)
     "Duration": "engine.spec.units", "PositiveDuration": "engine.spec.units", "Size": "engine.spec.units",
     "NatsConnection": "engine.spec.connections", "NatsStream": "engine.spec.connections",
+    # JSON with the limits every decoder and encoder shares (engine.codec: loads, MAX_DEPTH, ...)
+    "codec": "engine.codec", "encode_failure": "engine.codec",
     # node types inside node types (parallel, circuit_breaker)
     "registry": "engine.registry",
 }
@@ -62,7 +64,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from engine import registry
+    from engine import codec, registry  # noqa: F401 - re-exported (see _EXPORTS)
+    from engine.codec import encode_failure
     from engine.api import (
         CEL,
         CelExpr,

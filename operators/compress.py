@@ -19,7 +19,8 @@ import orjson
 import zstandard
 from pydantic import Field, model_validator
 
-from engine import Msg, NodeConfig, Operator, Output
+from engine import Msg, NodeConfig, Operator, Output, PayloadTooLarge
+from engine import codec as json_codec
 
 __all__ = ["Compress", "CompressConfig", "Decompress", "DecompressConfig"]
 
@@ -144,7 +145,7 @@ class Decompress(Operator):
             try:
                 data = self._unpack(m.body)
                 if parse == "json":
-                    value: Any = orjson.loads(data)
+                    value: Any = json_codec.loads(data)
                 elif parse == "text":
                     value = data.decode("utf-8")
                 else:
@@ -152,7 +153,7 @@ class Decompress(Operator):
             except _Bad as exc:
                 out.error(m, f"decompress: {exc}")
                 continue
-            except (orjson.JSONDecodeError, UnicodeDecodeError) as exc:
+            except (orjson.JSONDecodeError, UnicodeDecodeError, PayloadTooLarge) as exc:
                 out.error(m, f"decompress: {parse}: {exc}")
                 continue
             meta = {k: v for k, v in m.meta.items() if k != "content_encoding"}

@@ -16,7 +16,17 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from engine import CelExpr, CheckContext, CheckIssue, EvalError, Msg, NodeConfig, Operator, RetryPolicy
+from engine import (
+    CelExpr,
+    CheckContext,
+    CheckIssue,
+    EvalError,
+    MessageError,
+    Msg,
+    NodeConfig,
+    Operator,
+    RetryPolicy,
+)
 from operators.connectors.postgres import (
     check_all,
     db_message,
@@ -76,7 +86,7 @@ class PgLookup(Operator):
     def __init__(self, node_id: str, config: PgLookupConfig, ctx: Any):
         super().__init__(node_id, config, ctx)
         self.get_key = value_getter(config.key)
-        self.cache: dict[str, tuple[float, dict[str, Any] | None]] = {}
+        self.cache: dict[str, tuple[float, dict[str, Any] | MessageError | None]] = {}
         self.pool: Any = None
         self.queries = 0  # round trips made (for tests and stats)
         self._rand = random.Random()
@@ -105,7 +115,8 @@ class PgLookup(Operator):
         now = self.ctx.clock()
         cache = self.cache
         keys: list[str | None] = []
-        rows: dict[str, dict[str, Any] | None] = {}  # this batch's answers (cache hits, then fetched)
+        # this batch's answers (cache hits, then fetched)
+        rows: dict[str, dict[str, Any] | MessageError | None] = {}
         wanted: dict[str, None] = {}  # in order of first appearance
         failed = object()
         for msg in batch:
@@ -130,14 +141,16 @@ class PgLookup(Operator):
             if key is failed:
                 continue
             row = rows.get(key) if key is not None else None
-            if not isinstance(msg.body, dict):
+            if isinstance(row, MessageError):  # the looked-up row holds a json value beyond the limits
+                out.error(msg, f"row {key!r}: {row}")
+            elif not isinstance(msg.body, dict):
                 out.error(msg, f"body is not an object: cannot set {into!r}")
             elif row is None and missing is not None:
                 missing.append(msg)
             else:
                 send.append(msg.derive({**msg.body, into: row}))
 
-    async def _fetch(self, keys: list[str], now: float) -> dict[str, dict[str, Any] | None]:
+    async def _fetch(self, keys: list[str], now: float) -> dict[str, dict[str, Any] | MessageError | None]:
         """Look the keys up (one query); remember rows and misses until now + cache_ttl."""
         attempt = 1
         while True:
@@ -153,10 +166,13 @@ class PgLookup(Operator):
                 await asyncio.sleep(delay)
                 attempt += 1
         self.queries += 1
-        found: dict[str, dict[str, Any] | None] = dict.fromkeys(keys)
+        found: dict[str, dict[str, Any] | MessageError | None] = dict.fromkeys(keys)
         for r in records:
             if found.get(r[_KEY]) is None:  # a non-unique key column: the first row wins
-                found[r[_KEY]] = {k: json_value(v) for k, v in r.items() if k != _KEY}
+                try:
+                    found[r[_KEY]] = {k: json_value(v) for k, v in r.items() if k != _KEY}
+                except MessageError as exc:  # its messages go to errors (cached like a row)
+                    found[r[_KEY]] = exc
         if self.config.cache_ttl > 0 and self.config.cache_size > 0:
             cache, expires = self.cache, now + self.config.cache_ttl
             for key, row in found.items():

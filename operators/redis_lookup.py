@@ -14,7 +14,18 @@ from typing import Any, ClassVar, Literal
 import orjson
 from pydantic import Field
 
-from engine import CelExpr, ConnectionLost, EvalError, Msg, NodeConfig, Operator, Output, compile_expr
+from engine import (
+    CelExpr,
+    ConnectionLost,
+    EvalError,
+    Msg,
+    NodeConfig,
+    Operator,
+    Output,
+    PayloadTooLarge,
+    codec,
+    compile_expr,
+)
 from operators.connectors.redis_conn import CONNECTION_ERRORS, raise_if_cancelled, redis_client
 
 __all__ = ["RedisLookup", "RedisLookupConfig"]
@@ -58,13 +69,13 @@ class RedisLookup(Operator):
         self._client = await redis_client(self.ctx, self.config.connection)
 
     def _decode(self, raw: bytes) -> Any:
-        text = raw.decode("utf-8", "replace")
+        """JSON if it parses, else text; raises `PayloadTooLarge` beyond the payload limits."""
         if self.config.format == "text":
-            return text
+            return raw.decode("utf-8", "replace")
         try:
-            return orjson.loads(raw)
+            return codec.loads(raw)
         except orjson.JSONDecodeError:
-            return text
+            return raw.decode("utf-8", "replace")
 
     async def process(self, batch: list[Msg], out: Output) -> None:
         keyed: list[tuple[Msg, str]] = []
@@ -96,10 +107,14 @@ class RedisLookup(Operator):
         for (msg, key), raw in zip(keyed, values):
             if raw is not None and raw != {}:  # None (no key) or {} (no hash) is a miss
                 self.hits += 1
-                if isinstance(raw, dict):
-                    value = {k.decode(): self._decode(v) for k, v in raw.items()}
-                else:
-                    value = self._decode(raw)
+                try:
+                    if isinstance(raw, dict):
+                        value = {k.decode(): self._decode(v) for k, v in raw.items()}
+                    else:
+                        value = self._decode(raw)
+                except PayloadTooLarge as exc:
+                    out.error(msg, f"value under {key!r}: {exc}")
+                    continue
                 send(msg.derive({**msg.body, into: value}))
                 continue
             self.misses += 1

@@ -27,7 +27,7 @@ EXPORTED = {
     "register_classifier",
     # config value types
     "Duration", "PositiveDuration", "Size", "NatsConnection", "NatsStream",
-    "registry",
+    "registry", "codec", "encode_failure",
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from engine.codec import safe_payload
 from engine.message import FILTERED, Msg
 
 if TYPE_CHECKING:
@@ -18,14 +19,18 @@ ERRORS = "errors"
 def error_envelope(msg: Msg, node: str, reason: str, attempt: int = 1) -> Msg:
     """The message that goes to an `errors` port: reason, node, attempts and the original payload.
 
-    It keeps the original's ack, so the source acks it once a dead-letter sink commits it."""
+    It keeps the original's ack, so the source acks it once a dead-letter sink commits it. The
+    payload is made safe here, once, for every sink that may write it: a value that would not encode
+    (too deep, not JSON, bytes that are not UTF-8) travels as `payload_base64` with `payload_error`
+    (engine.codec.safe_payload), so a dead-letter sink never fails on content."""
     meta = msg.meta
     body = {
         "error": reason,
         "node": node,
         "attempt": attempt,
-        "payload": msg.body if not isinstance(msg.body, bytes) else msg.body.decode("utf-8", "replace"),
-        "meta": {k: v for k, v in meta.items() if isinstance(v, (str, int, float, bool, type(None)))},
+        **safe_payload(msg.body),
+        "meta": {k: v for k, v in meta.items() if isinstance(v, (str, float, bool, type(None)))
+                 or (type(v) is int and -(1 << 63) <= v < 1 << 64)},
     }
     return Msg(body, {**meta, "error": reason, "error_node": node}, msg.ack, msg.size)
 

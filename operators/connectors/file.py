@@ -11,7 +11,7 @@ from typing import Any, BinaryIO, Literal
 import orjson
 from pydantic import Field
 
-from engine import Msg, NodeConfig, Sink, Source, SourceSender
+from engine import Msg, NodeConfig, PayloadTooLarge, Sink, Size, Source, SourceSender, codec
 
 __all__ = ["FileSink", "FileSinkConfig", "FileSource", "FileSourceConfig", "Stdout", "StdoutConfig"]
 
@@ -27,10 +27,14 @@ class FileSourceConfig(NodeConfig):
         False, description="Put each message's line number in `meta.line` (for dead letters that say where a "
         "record came from). Off, every message of a batch shares one `meta` ({source, path}), which saves "
         "about 0.1 µs a message. A line that is not JSON names its line number in its error either way.")
+    max_payload_bytes: Size = Field(
+        codec.MAX_BYTES, ge=1, description="Longest line decoded as JSON; a longer one, or one nested deeper "
+        "than 254 levels, goes to `errors` (docs/limits.md).")
 
 
 class FileSource(Source):
-    """A line that is not JSON goes to the `errors` port with the parser's message and line number."""
+    """A line that is not JSON, or beyond the payload limits, goes to the `errors` port with the
+    reason and its line number."""
 
     Config = FileSourceConfig
 
@@ -41,7 +45,7 @@ class FileSource(Source):
         cfg: FileSourceConfig = self.config
         path = self.ctx.path(cfg.path)
         tracker = out.tracker
-        loads = orjson.loads
+        loads, limit = codec.loads, cfg.max_payload_bytes
         raw_lines = cfg.format == "lines"
         sid, spath = self.id, cfg.path
         with open(path, "rb") as fh:
@@ -64,9 +68,9 @@ class FileSource(Source):
                     bodies: list[Any] = [raw.rstrip(b"\r\n").decode("utf-8", "replace") for raw in lines]
                 else:
                     try:  # the common case, one comprehension; orjson skips the line end as whitespace
-                        bodies = [loads(raw) for raw in lines]
-                    except orjson.JSONDecodeError:
-                        bodies, bad = _parse_each(lines, numbers), True
+                        bodies = [loads(raw, limit) for raw in lines]
+                    except (orjson.JSONDecodeError, PayloadTooLarge):
+                        bodies, bad = _parse_each(lines, numbers, limit), True
                 # one ack for the batch (a file has nothing to acknowledge per line: engine.message)
                 ack = tracker.new_batch(len(lines), numbers[0] if numbers else first)
                 if cfg.line_numbers:
@@ -78,30 +82,31 @@ class FileSource(Source):
                     shared = {"source": sid, "path": spath}
                     msgs = [Msg(body, shared, ack, size) for body in bodies]
                 errors: list[Msg] = []
-                if bad:  # undecodable lines go to errors with their text and the parser's message
-                    errors = [out.error(m.derive(m.body.text), m.body.reason) for m in msgs if type(m.body) is _BadLine]
+                if bad:  # undecodable lines go to errors with their bytes and the parser's message
+                    errors = [out.error(m.derive(m.body.raw), m.body.reason) for m in msgs if type(m.body) is _BadLine]
                     msgs = [m for m in msgs if type(m.body) is not _BadLine]
                 await out.send(msgs, errors)
 
 
 class _BadLine:
-    """A line that is not JSON, while its batch is being built."""
+    """A line that is not JSON (or beyond the payload limits), while its batch is being built."""
 
-    __slots__ = ("reason", "text")
+    __slots__ = ("raw", "reason")
 
-    def __init__(self, text: str, reason: str):
-        self.text, self.reason = text, reason
+    def __init__(self, raw: bytes, reason: str):
+        self.raw, self.reason = raw, reason
 
 
-def _parse_each(lines: list[bytes], numbers: Sequence[int]) -> list[Any]:
+def _parse_each(lines: list[bytes], numbers: Sequence[int], limit: int) -> list[Any]:
     """Parse line by line (a batch with a bad line): a bad line becomes a `_BadLine`."""
     bodies: list[Any] = []
     for n, raw in zip(numbers, lines):
         try:
-            bodies.append(orjson.loads(raw))
+            bodies.append(codec.loads(raw, limit))
         except orjson.JSONDecodeError as exc:
-            text = raw.rstrip(b"\r\n").decode("utf-8", "replace")
-            bodies.append(_BadLine(text, f"line {n}: invalid JSON: {exc}"))
+            bodies.append(_BadLine(raw.rstrip(b"\r\n"), f"line {n}: invalid JSON: {exc}"))
+        except PayloadTooLarge as exc:
+            bodies.append(_BadLine(raw.rstrip(b"\r\n"), f"line {n}: {exc}"))
     return bodies
 
 
@@ -131,11 +136,24 @@ def _encode_raw(batch: list[Msg]) -> tuple[bytes, list[tuple[Msg, str]]]:
     return b"".join(parts), failed
 
 
-def _encode(batch: list[Msg], with_meta: bool) -> bytes:
+def _encode(batch: list[Msg], with_meta: bool) -> tuple[bytes, list[tuple[Msg, str]]]:
+    """The batch as NDJSON, and the messages that do not encode (too deep, an int over 64 bits) with why."""
     try:  # string keys only, the common case: orjson's fast path (OPT_NON_STR_KEYS costs ~20%)
-        return _dump_lines(batch, with_meta, orjson.OPT_APPEND_NEWLINE)
+        return _dump_lines(batch, with_meta, orjson.OPT_APPEND_NEWLINE), []
     except TypeError:  # a map with int or bool keys (CEL allows them): written as string keys
-        return _dump_lines(batch, with_meta, orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS)
+        pass
+    opt = orjson.OPT_APPEND_NEWLINE | orjson.OPT_NON_STR_KEYS
+    try:
+        return _dump_lines(batch, with_meta, opt), []
+    except TypeError:  # some message does not encode at all: find it, write the others
+        lines: list[bytes] = []
+        failed: list[tuple[Msg, str]] = []
+        for m in batch:
+            try:
+                lines.append(_dump_lines([m], with_meta, opt))
+            except TypeError as exc:
+                failed.append((m, f"body does not encode as JSON: {codec.encode_failure(exc)}"))
+        return b"".join(lines), failed
 
 
 def _dump_lines(batch: list[Msg], with_meta: bool, opt: int) -> bytes:
@@ -167,11 +185,10 @@ class FileSink(Sink):
 
     async def write(self, batch: list[Msg]) -> list[tuple[Msg, str]] | None:
         assert self.fh is not None
-        failed = None
         if self.config.format == "raw":
             data, failed = _encode_raw(batch)
         else:
-            data = _encode(batch, self.config.with_meta)
+            data, failed = _encode(batch, self.config.with_meta)
         self.fh.write(data)
         self.fh.flush()
         if self.config.fsync:
@@ -193,7 +210,9 @@ class StdoutConfig(NodeConfig):
 class Stdout(Sink):
     Config = StdoutConfig
 
-    async def write(self, batch: list[Msg]) -> None:
+    async def write(self, batch: list[Msg]) -> list[tuple[Msg, str]] | None:
+        data, failed = _encode(batch, self.config.with_meta)
         out = sys.stdout.buffer
-        out.write(_encode(batch, self.config.with_meta))
+        out.write(data)
         out.flush()
+        return failed

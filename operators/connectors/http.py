@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import orjson
 
-from engine import CheckContext, CheckIssue, Msg, Source
+from engine import CheckContext, CheckIssue, Msg, PayloadTooLarge, Source, error_envelope
 from operators.connectors.http_auth import Authenticator, BucketSet, load_credentials
 from operators.connectors.http_body import IngestError, SchemaCheck, decode_body, media_type, parse_items
 from operators.connectors.http_config import HttpSourceConfig, check_config
@@ -85,6 +85,7 @@ class HttpSource(Source):
         self.openapi = orjson.dumps(openapi_document(cfg, schema))
         self.in_flight = 0  # admitted items not yet settled
         self.queue: list[Msg] = []  # admitted, not yet handed to the graph
+        self.dead: list[Msg] = []  # bodies beyond the payload limits, for the errors port
         self.wake = asyncio.Event()
         self.idle = asyncio.Event()  # set when no admitted item is unsettled (for a clean stop)
         self.idem: OrderedDict[tuple[str, str], _Idem] = OrderedDict()
@@ -153,9 +154,10 @@ class HttpSource(Source):
             while True:
                 await self.wake.wait()
                 self.wake.clear()
-                while self.queue:
+                while self.queue or self.dead:
                     batch, self.queue = self.queue, []
-                    await out.send(batch)
+                    dead, self.dead = self.dead, []
+                    await out.send(batch, dead)
         except Exception:
             # the graph is gone: refuse new requests; waiting ones get 504 at their ack_timeout
             self.accepting = False
@@ -241,7 +243,14 @@ class HttpSource(Source):
             raise self._busy()  # the tracker's limit is the graph's `defaults.max_in_flight`
         mtype = media_type(req.headers.get("content-type"))
         data = decode_body(req.body, req.headers.get("content-encoding"), cfg.max_decompressed_bytes)
-        items, single = parse_items(data, mtype, cfg.max_batch)
+        try:
+            items, single = parse_items(data, mtype, cfg.max_batch, cfg.max_decompressed_bytes)
+        except PayloadTooLarge as exc:  # dead-lettered with its bytes, and refused: 422 once committed
+            status, payload = await self._admit(req, [data], True, None, cred, dead_letter=str(exc))
+            if status == 202:
+                status, payload = 422, {"error": "too_deep", "message": f"{exc}; the body was dead-lettered",
+                                        "dead_lettered": True}
+            return _reply(status, payload)
         if self.schema is not None:
             errors = self.schema.errors(items)
             if errors:
@@ -293,12 +302,14 @@ class HttpSource(Source):
         return None, entry
 
     async def _admit(self, req: Any, items: list[Any], single: bool, key: str | None,
-                     cred: str) -> tuple[int, dict[str, Any]]:
+                     cred: str, dead_letter: str | None = None) -> tuple[int, dict[str, Any]]:
+        """Queue the items (to the errors port with `dead_letter` as the reason, if given) and wait
+        for their acks (`ack: committed`)."""
         cfg = self.config
         n = len(items)
         if self.in_flight + n > cfg.max_in_flight and self.in_flight > 0:
             raise self._busy()
-        ids = self._ids(items, single, key)
+        ids = self._ids(items, single, key) if dead_letter is None else None
         loop = asyncio.get_running_loop()
         pending = _Request(n, loop.create_future())
         new_ack = self.tracker.new
@@ -308,15 +319,17 @@ class HttpSource(Source):
         base = {"source": self.id, "received_at": now, "request_id": rid}
         if req.headers.get(":credential"):
             base["credential"] = cred
-        queue = self.queue
+        queue = self.queue if dead_letter is None else []
         for i, item in enumerate(items):
             meta = dict(base)
             if ids is not None:
                 meta["id"] = ids[i]
             queue.append(Msg(item, meta, new_ack((pending, i)), size))
+        if dead_letter is not None:
+            self.dead += [error_envelope(m, self.id, dead_letter) for m in queue]
         self.in_flight += n
         self.wake.set()
-        self.counts["accepted"] += n
+        self.counts["accepted" if dead_letter is None else "rejected"] += n
         if cfg.ack == "received":
             return 202, {"accepted": n, "ack": "received"}
         try:

@@ -1,7 +1,9 @@
 """Request body → list of JSON items: content decoding with a size cap, JSON / array / NDJSON, schema.
 
 Every failure is an `IngestError` carrying the HTTP status and a message that names the problem
-(with the byte position, line and column for bad JSON), so the handler only formats it.
+(with the byte position, line and column for bad JSON), so the handler only formats it; but an
+item beyond the payload limits (engine.codec: nested deeper than 254 levels) raises
+`PayloadTooLarge`, as it is dead-lettered, not only refused.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import zlib
 from typing import Any
 
 import orjson
+
+from engine import codec
 
 __all__ = ["IngestError", "SchemaCheck", "decode_body", "media_type", "parse_items"]
 
@@ -69,7 +73,28 @@ def _gunzip(data: bytes, limit: int) -> bytes:
         raise IngestError(400, "bad_encoding", f"gzip body does not decode: {exc}") from None
 
 
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
 def _unzstd(data: bytes, limit: int) -> bytes:
+    """Decode zstd frames (concatenated frames are one stream, as gzip members are); bytes after a
+    frame that do not start another one are a bad encoding (400), never ignored."""
+    out = bytearray()
+    rest = data
+    while True:
+        frame, rest = _unzstd_frame(rest, limit - len(out), trust_header=not out)
+        out += frame
+        if not rest:
+            return bytes(out)
+        if not rest.startswith(_ZSTD_MAGIC):
+            raise IngestError(400, "bad_encoding", f"zstd body has {len(rest)} byte(s) after its frame that "
+                              "are not a zstd frame")
+
+
+def _unzstd_frame(data: bytes, limit: int, trust_header: bool) -> tuple[bytes, bytes]:
+    """The first zstd frame of `data`, decoded (at most `limit` bytes), and the bytes after it.
+    `trust_header`: a declared size over `limit` is 413 at once (not after a later frame's magic:
+    garbage may follow it, and decoding tells garbage, 400, from a frame too large, 413)."""
     import io
 
     import zstandard
@@ -78,7 +103,7 @@ def _unzstd(data: bytes, limit: int) -> bytes:
         declared = zstandard.frame_content_size(data)
     except zstandard.ZstdError as exc:
         raise IngestError(400, "bad_encoding", f"zstd body does not decode: {exc}") from None
-    if declared > limit:  # -1 when the frame does not declare its size
+    if trust_header and declared > limit:  # -1 when the frame does not declare its size
         raise _too_large(limit)
     try:
         # Pass 1 only counts: read_to_iter yields at most _CHUNK bytes a step, so a bomb stops
@@ -96,7 +121,7 @@ def _unzstd(data: bytes, limit: int) -> bytes:
         raise IngestError(400, "bad_encoding", f"zstd body does not decode: {exc}") from None
     if not d.eof:
         raise IngestError(400, "bad_encoding", "zstd body is truncated")
-    return out
+    return out, d.unused_data
 
 
 def decode_body(data: bytes, encoding: str | None, limit: int) -> bytes:
@@ -120,11 +145,15 @@ def _json_error(exc: orjson.JSONDecodeError, line_offset: int = 0) -> IngestErro
                        f"{exc.msg}", {"line": line, "column": exc.colno, "position": exc.pos})
 
 
-def parse_items(data: bytes, mtype: str, max_batch: int) -> tuple[list[Any], bool]:
-    """Items of a body and whether it was a single object (not an array or NDJSON)."""
+def parse_items(data: bytes, mtype: str, max_batch: int,
+                max_bytes: int = codec.MAX_BYTES) -> tuple[list[Any], bool]:
+    """Items of a body and whether it was a single object (not an array or NDJSON). Raises
+    `PayloadTooLarge` for an item nested deeper than `codec.MAX_DEPTH`."""
     if mtype in JSON_TYPES:
+        # an array's items are written one by one: each may nest MAX_DEPTH levels below the array
+        depth = codec.MAX_DEPTH + 1 if data.lstrip()[:1] == b"[" else codec.MAX_DEPTH
         try:
-            value = orjson.loads(data)
+            value = codec.loads(data, max_bytes, depth)
         except orjson.JSONDecodeError as exc:
             raise _json_error(exc) from None
         if isinstance(value, list):
@@ -151,7 +180,7 @@ def parse_items(data: bytes, mtype: str, max_batch: int) -> tuple[list[Any], boo
             if len(items) >= max_batch:
                 raise IngestError(413, "batch_too_large", f"more than max_batch ({max_batch}) NDJSON lines")
             try:
-                items.append(orjson.loads(line))
+                items.append(codec.loads(line, max_bytes))
             except orjson.JSONDecodeError as exc:
                 err = _json_error(exc, lineno - 1)
                 err.extra["position"] = start - len(line) - 1 + exc.pos

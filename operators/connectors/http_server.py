@@ -78,6 +78,7 @@ class _Conn(asyncio.Protocol):
         "body_size",
         "busy",
         "closing",
+        "head_bytes",
         "head_size",
         "headers",
         "held",
@@ -99,6 +100,7 @@ class _Conn(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.url = b""
         self.head_size = 0  # while a head is being read: 1 + its bytes so far (capped: MAX_HEAD); else 0
+        self.head_bytes = 0  # URL and header bytes the parser handed over (a head that came in one read)
         self.headers: dict[str, str] = {}
         self.body: list[bytes] = []
         self.body_size = 0
@@ -158,6 +160,7 @@ class _Conn(asyncio.Protocol):
     def on_message_begin(self) -> None:
         self.reading_since = time.monotonic()
         self.head_size = 1  # in the head: data_received counts it (httptools buffers header values)
+        self.head_bytes = 0
         self.url = b""
         self.headers = {}
         self.body = []
@@ -166,9 +169,21 @@ class _Conn(asyncio.Protocol):
 
     def on_url(self, url: bytes) -> None:
         self.url += url
+        self._count_head(len(url))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+        self._count_head(len(name) + len(value) + 4)  # name: value\r\n
+
+    def _count_head(self, n: int) -> None:
+        """431 as soon as the head is known to exceed MAX_HEAD, even when it came in one read (then
+        data_received's count comes too late): the request line adds at least 15 bytes to the URL
+        (`GET`, two spaces, `HTTP/1.1`, CRLF). Raising stops the parser; data_received answers."""
+        self.head_bytes += n
+        if self.head_bytes + 15 > MAX_HEAD:
+            self.refused = _error(431, "headers_too_large",
+                                  f"request line and headers exceed {MAX_HEAD} bytes")
+            raise ValueError(self.refused.body)
 
     def on_headers_complete(self) -> None:
         self.head_size = 0

@@ -20,7 +20,16 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from engine import MESSAGE, UNAVAILABLE, CheckIssue, ErrorClass, register_classifier
+from engine import (
+    MESSAGE,
+    UNAVAILABLE,
+    CheckIssue,
+    ErrorClass,
+    MessageError,
+    PayloadTooLarge,
+    codec,
+    register_classifier,
+)
 
 if TYPE_CHECKING:
     import asyncpg
@@ -46,6 +55,7 @@ __all__ = [
     "split_qualified",
     "to_text",
     "type_issues",
+    "undecoded_row",
     "value_getter",
 ]
 
@@ -151,9 +161,12 @@ def json_value(value: Any) -> Any:
     """A value read from PostgreSQL as a JSON-friendly one (what a message body may hold).
 
     Numeric → int when integral else float; timestamps, dates, times → ISO 8601 text; uuid → text;
-    bytea → hex text; arrays and records recursively; json/jsonb arrive decoded already."""
+    bytea → hex text; arrays and records recursively; json/jsonb arrive decoded already. A json
+    value beyond the payload limits raises its `PayloadTooLarge` here, for its row alone."""
     if value is None or isinstance(value, (str, bool, int, float, dict)):
         return value
+    if type(value) is _Undecodable:
+        raise value.error
     if isinstance(value, decimal.Decimal):
         return int(value) if value == value.to_integral_value() and value.is_finite() else float(value)
     if isinstance(value, (_dt.datetime, _dt.date, _dt.time)):
@@ -234,7 +247,34 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         return value if isinstance(value, str) else orjson.dumps(value, default=str).decode()
 
     for typename in ("json", "jsonb"):
-        await conn.set_type_codec(typename, encoder=encode, decoder=orjson.loads, schema="pg_catalog")
+        await conn.set_type_codec(typename, encoder=encode, decoder=_decode_json, schema="pg_catalog")
+
+
+class _Undecodable:
+    """A json/jsonb value that does not decode within the payload limits, kept with its text."""
+
+    __slots__ = ("error", "text")
+
+    def __init__(self, text: str, error: MessageError):
+        self.text, self.error = text, error
+
+
+def undecoded_row(row: Any, skip: str = "") -> dict[str, Any]:
+    """A row that `json_value` refused, for its dead letter: json values beyond the limits as their
+    text, the others as read (the error envelope writes what is not JSON as text)."""
+    return {k: v.text if type(v) is _Undecodable else v for k, v in row.items() if k != skip}
+
+
+def _decode_json(text: str) -> Any:
+    """json/jsonb text → value, through engine.codec. Beyond its limits (PostgreSQL nests jsonb far
+    deeper than orjson can write) the value becomes an `_Undecodable`: raising here would fail the
+    whole query, so `json_value` raises it later, for its row alone."""
+    try:
+        return codec.loads(text)
+    except PayloadTooLarge as exc:
+        return _Undecodable(text, exc)
+    except ValueError as exc:  # a number orjson cannot read (PostgreSQL's numeric has no range)
+        return _Undecodable(text, MessageError(f"json value does not decode: {exc}"))
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:

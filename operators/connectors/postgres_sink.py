@@ -34,6 +34,7 @@ from engine import (
     OutcomeUnknown,
     RetryPolicy,
     Sink,
+    encode_failure,
 )
 from operators.connectors.postgres import (
     check_all,
@@ -418,7 +419,7 @@ class PostgresSink(Sink):
                 try:
                     row.append(conv(get(msg.body, msg.meta)))
                 except (EvalError, TypeError, ValueError) as exc:
-                    failed.append((msg, f"column {name}: {exc}"))
+                    failed.append((msg, f"column {name}: {encode_failure(exc)}"))
                     break
             else:
                 rows.append(tuple(row))

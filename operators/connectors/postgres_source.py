@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field, model_validator
 
-from engine import CheckContext, CheckIssue, Msg, NodeConfig, RetryPolicy, Source
+from engine import CheckContext, CheckIssue, MessageError, Msg, NodeConfig, RetryPolicy, Source
 from operators.connectors.postgres import (
     check_all,
     connect_args,
@@ -35,6 +35,7 @@ from operators.connectors.postgres import (
     pool_for,
     quote_ident,
     quote_qualified,
+    undecoded_row,
 )
 
 __all__ = ["PostgresSource", "PostgresSourceConfig"]
@@ -182,7 +183,7 @@ class PostgresSource(Source):
                 await self._wait(out, delay)
                 continue
             if rows:
-                await out.send(self._messages(rows, out))
+                await out.send(*self._messages(rows, out))
                 if len(rows) == cfg.batch_size:
                     continue
             if cfg.stop_at_end:
@@ -197,18 +198,25 @@ class PostgresSource(Source):
                 return await conn.fetch(self._first_sql, self.config.batch_size)
             return await conn.fetch(self._next_sql, self._read_after, self.config.batch_size)
 
-    def _messages(self, rows: list[Any], out: Any) -> list[Msg]:
+    def _messages(self, rows: list[Any], out: Any) -> tuple[list[Msg], list[Msg]]:
+        """The rows as messages, and as dead letters those with a json value beyond the payload limits."""
         msgs = []
+        errors = []
         new = out.tracker.new
         source = self.config.table or "query"
         for row in rows:
             pos = row[_POS]
             self._seq += 1
             self._pending.append((self._seq, pos))
-            body = {k: json_value(v) for k, v in row.items() if k != _POS}
-            msgs.append(Msg(body, {"source": self.id, "table": source, "position": pos}, new(self._seq)))
+            meta = {"source": self.id, "table": source, "position": pos}
+            try:
+                body = {k: json_value(v) for k, v in row.items() if k != _POS}
+            except MessageError as exc:
+                errors.append(out.error(Msg(undecoded_row(row, _POS), meta, new(self._seq)), str(exc)))
+                continue
+            msgs.append(Msg(body, meta, new(self._seq)))
         self._read_after = rows[-1][_POS]
-        return msgs
+        return msgs, errors
 
     async def _wait(self, out: Any, timeout: float) -> None:
         """Until a NOTIFY, a stop request or `timeout` seconds, whichever comes first."""

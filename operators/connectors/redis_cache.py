@@ -15,7 +15,17 @@ import orjson
 from pydantic import Field, model_validator
 from redis.exceptions import NoScriptError
 
-from engine import CelExpr, ConnectionLost, EvalError, Msg, NodeConfig, PositiveDuration, Sink, compile_expr
+from engine import (
+    CelExpr,
+    ConnectionLost,
+    EvalError,
+    Msg,
+    NodeConfig,
+    PositiveDuration,
+    Sink,
+    compile_expr,
+    encode_failure,
+)
 from operators.connectors.redis_conn import CONNECTION_ERRORS, raise_if_cancelled, redis_client
 
 __all__ = ["CAS_SCRIPT", "RedisCacheSink", "RedisCacheSinkConfig", "encode_value"]
@@ -129,7 +139,7 @@ class RedisCacheSink(Sink):
             try:
                 args = [encode_value(value)]
             except TypeError as exc:
-                raise ValueError(f"value does not encode as JSON: {exc}") from None
+                raise ValueError(f"value does not encode as JSON: {encode_failure(exc)}") from None
         return str(key), args, version
 
     async def write(self, batch: list[Msg]) -> list[tuple[Msg, str]] | None:
@@ -150,8 +160,8 @@ class RedisCacheSink(Sink):
         for msg in batch:
             try:
                 key, args, version = self._entry(msg)
-            except (ValueError, TypeError) as exc:
-                failed.append((msg, str(exc)))
+            except (ValueError, TypeError) as exc:  # TypeError: a hash field JSON cannot encode
+                failed.append((msg, encode_failure(exc)))
                 continue
             if plain:
                 if ttl:

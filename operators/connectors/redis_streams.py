@@ -33,11 +33,15 @@ from engine import (
     EvalError,
     Msg,
     NodeConfig,
+    PayloadTooLarge,
     PositiveDuration,
     Sink,
+    Size,
     Source,
     SourceSender,
+    codec,
     compile_expr,
+    encode_failure,
 )
 from operators.connectors.redis_conn import CONNECTION_ERRORS, raise_if_cancelled, redis_client
 
@@ -77,6 +81,9 @@ class RedisStreamSourceConfig(NodeConfig):
         "they are being processed: keep it below half of `min_idle`.")
     max_deliver: int = Field(5, ge=1, description="Deliveries before an entry goes to the errors port "
                              "(dead letter) instead of being delivered again.")
+    max_payload_bytes: Size = Field(
+        codec.MAX_BYTES, ge=1, description="Largest body decoded as JSON; a larger one, or one nested deeper "
+        "than 254 levels, goes to `errors` (docs/limits.md).")
     reconnect_max_backoff: PositiveDuration = Field(5.0, description="Longest wait between reconnection attempts.")
     exit_when_idle: bool = Field(False, description="Return once a read finds nothing new and nothing is in "
                                  "flight (backfills, tests); otherwise run until stopped.")
@@ -267,6 +274,7 @@ class RedisStreamSource(Source):
         field = self._field
         stream = cfg.stream
         max_deliver = cfg.max_deliver
+        limit = cfg.max_payload_bytes
         msgs: list[Msg] = []
         errors: list[Msg] = []
         for eid, fields in entries:
@@ -281,9 +289,11 @@ class RedisStreamSource(Source):
                 reason = f"delivered {delivery} times, more than max_deliver={max_deliver}"
             elif fmt == "json":
                 try:
-                    body = orjson.loads(raw)
+                    body = codec.loads(raw, limit)
                 except orjson.JSONDecodeError as exc:
                     reason = f"body is not valid JSON: {exc}"
+                except PayloadTooLarge as exc:
+                    reason = f"body beyond the payload limits: {exc}"
             elif fmt == "text":
                 try:
                     body = raw.decode()
@@ -450,13 +460,13 @@ class RedisStreamSink(Sink):
             try:
                 data = body if isinstance(body, bytes) else dumps(body)
             except TypeError as exc:
-                failed.append((msg, f"body does not encode as JSON: {exc}"))
+                failed.append((msg, f"body does not encode as JSON: {encode_failure(exc)}"))
                 continue
             if extra:
                 try:
                     more = [_text(expr(body, msg.meta)) for _, expr in extra]
-                except EvalError as exc:
-                    failed.append((msg, f"fields: {exc}"))
+                except (EvalError, TypeError) as exc:  # TypeError: a value JSON cannot encode
+                    failed.append((msg, f"fields: {encode_failure(exc)}"))
                     continue
                 values.append(data)
                 values.extend(more)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
 import tempfile
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import nats
@@ -16,7 +18,7 @@ from nats.js.api import StreamConfig
 
 from engine.message import Msg
 
-__all__ = ["NATS_URL", "MemorySink", "PrivateServer", "connect", "unique", "wait_for"]
+__all__ = ["NATS_URL", "MemorySink", "PrivateServer", "connect", "temporary_stream", "unique", "wait_for"]
 
 NATS_URL = os.environ.get("STREAMDAG_TEST_NATS", "nats://127.0.0.1:4222")
 NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
@@ -33,6 +35,22 @@ async def connect(url: str = NATS_URL) -> Any:
 
 async def add_stream(js: Any, name: str, **kw: Any) -> None:
     await js.add_stream(StreamConfig(name=name, subjects=kw.pop("subjects", [name + ".>"]), **kw))
+
+
+@contextlib.asynccontextmanager
+async def temporary_stream(prefix: str = "jetstream") -> AsyncIterator[tuple[str, Any]]:
+    """A stream named `p` with subjects `p.>` (p unique) and a JetStream context; deleted afterwards."""
+    p = unique(prefix)
+    nc = await connect()
+    js = nc.jetstream()
+    try:
+        await add_stream(js, p, subjects=[p + ".>"])
+        yield p, js
+    finally:
+        try:
+            await js.delete_stream(p)
+        finally:
+            await nc.close()
 
 
 async def wait_for(cond: Any, timeout: float = 10.0, what: str = "condition") -> None:

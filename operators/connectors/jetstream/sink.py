@@ -30,6 +30,7 @@ from engine import (
     Sink,
     Unavailable,
     compile_expr,
+    encode_failure,
 )
 
 from .connection import NatsHandle, nats_handle
@@ -267,7 +268,7 @@ class JetStreamSink(Sink):
             try:
                 subject, hdr, payload = self._encode(msg, ids)
             except (EvalError, ValueError, TypeError, orjson.JSONEncodeError) as exc:
-                failed.append((msg, f"cannot build the message: {exc}"))
+                failed.append((msg, f"cannot build the message: {encode_failure(exc)}"))
                 continue
             total = len(hdr) + len(payload)
             if total > max_payload:

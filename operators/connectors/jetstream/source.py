@@ -7,7 +7,11 @@ messages unsettled: it asks the server only for as many as the graph has room fo
 
 Outcomes: a completed message gets `+ACK`; a failed one `-NAK` with a delay from `retry`; once
 failed on its `max_deliver`-th delivery it goes to the `errors` port (its delivery count in meta
-and in `attempt`) and gets `+TERM` when the dead-letter sink has committed it. Messages held
+and in `attempt`) and gets `+TERM` when the dead-letter sink has committed it. The server may
+deliver a message once more than `max_deliver` (the consumer is created with one more): a message
+never settled in `max_deliver` deliveries (the graph crashed or stopped while holding it) then goes
+straight to `errors` and gets `+TERM`, instead of being dropped by the server without a dead
+letter. A body beyond the payload limits (engine.codec) goes to `errors` with its bytes. Messages held
 longer than a third of `ack_wait` get `+WPI` (in progress) so the server does not redeliver them.
 """
 
@@ -19,6 +23,7 @@ import random
 import time
 from collections import deque
 from datetime import datetime
+from functools import partial
 from typing import Any, Literal
 
 import orjson
@@ -30,11 +35,13 @@ from engine import (
     Duration,
     Msg,
     NodeConfig,
+    PayloadTooLarge,
     RetryPolicy,
     Size,
     Source,
     SourceSender,
 )
+from engine import codec as json_codec
 
 from .connection import JetStreamConnectionError, NatsHandle, nats_handle
 from .streams import subject_within
@@ -95,6 +102,10 @@ class JetStreamSourceConfig(NodeConfig):
     expires: Duration = Field(5.0, gt=0, description="Seconds a pull request waits for new messages.")
     codec: Literal["json", "text", "bytes"] = Field(
         "json", description="How a message's data becomes its body."
+    )
+    max_payload_bytes: Size = Field(
+        json_codec.MAX_BYTES, ge=1, description="Largest data decoded as JSON; larger data, or data nested "
+        "deeper than 254 levels, goes to `errors` (docs/limits.md)."
     )
     retry: RetryPolicy = Field(
         default_factory=lambda: RetryPolicy.model_validate({"initial_backoff": 1.0, "max_backoff": 60.0}),
@@ -255,7 +266,7 @@ class JetStreamSource(Source):
             opt_start_seq=cfg.start_sequence,
             opt_start_time=cfg.start_time.isoformat() if cfg.start_time else None,  # type: ignore[arg-type]
             ack_wait=cfg.ack_wait,
-            max_deliver=cfg.max_deliver,
+            max_deliver=cfg.max_deliver + 1,  # the last one only dead-letters a message never settled
             backoff=list(cfg.backoff) or None,
             filter_subject=cfg.subjects[0] if len(cfg.subjects) == 1 else None,
             filter_subjects=list(cfg.subjects) if len(cfg.subjects) > 1 else None,
@@ -406,7 +417,9 @@ class JetStreamSource(Source):
         """Build messages (body, meta, ack) from raw frames in one tight loop (acks made batch-wise)."""
         acks = self._out.tracker.new_many([None] * len(raw))  # type: ignore[union-attr]
         codec = self.config.codec
-        decode: Any = orjson.loads if codec == "json" else bytes.decode if codec == "text" else None
+        max_deliver = self.config.max_deliver
+        decode: Any = (partial(json_codec.loads, max_bytes=self.config.max_payload_bytes) if codec == "json"
+                       else bytes.decode if codec == "text" else None)
         msgs: list[Msg] = []
         errors: list[Msg] = []
         append = msgs.append
@@ -427,9 +440,15 @@ class JetStreamSource(Source):
             }
             if delivered > 1:
                 redelivered += 1
+                if delivered > max_deliver:  # never settled in max_deliver deliveries: dead letter, +TERM
+                    ack.token = (reply, None, None)
+                    reason = (f"delivered {delivered} times and never settled (max_deliver {max_deliver}): "
+                              "the graph crashed, stopped or held it past ack_wait")
+                    errors.append(self._out.error(Msg(data, meta, ack, len(data)), reason, delivered))  # type: ignore
+                    continue
             try:
                 body = decode(data) if decode is not None else data
-            except ValueError as exc:
+            except (ValueError, PayloadTooLarge) as exc:
                 bad = Msg(data, meta, ack, len(data))
                 ack.token = (reply, bad, data)
                 errors.append(self._out.error(bad, f"cannot decode as {codec}: {exc}", delivered))  # type: ignore
