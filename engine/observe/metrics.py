@@ -118,7 +118,9 @@ class GraphCollector(Collector):
             "streamdag_edge_queue_high_water", "Most messages a node's input channel has held.", labels=labels
         )
         high_b = GaugeMetricFamily(
-            "streamdag_edge_queue_high_water_bytes", "Most bytes a node's input channel has held.", labels=labels
+            "streamdag_edge_queue_high_water_bytes",
+            "Most bytes a node's input channel has held.",
+            labels=labels,
         )
         for node_id, ch in r.channels.items():
             lv = [graph, node_id]

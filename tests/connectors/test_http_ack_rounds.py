@@ -31,9 +31,18 @@ class HeldGateway(Gateway):
     def __init__(self, tmp_path: Any, **config: Any):
         super().__init__(tmp_path, **config)
         self.held: list[Msg] = []
+        self.replies: list[asyncio.Future[Any]] = []  # the test's requests, cancelled if left pending
 
     async def _send(self, lists: dict[str, list[Msg]]) -> None:
         self.held.extend(lists["out"])
+
+    async def __aexit__(self, *exc: object) -> None:
+        for m in self.held:  # a test that failed midway: settle the rest, so the stop need not wait
+            if not m.ack.settled:
+                m.ack.fail("test ended")
+        for reply in self.replies:
+            reply.cancel()
+        await super().__aexit__(*exc)
 
     async def settle(self, index: int, failure: str | None = None) -> None:
         """Commit (or fail) one held item, and wait until its ack round reached the source."""
@@ -50,6 +59,7 @@ class HeldGateway(Gateway):
 async def held_request(gw: HeldGateway, s: aiohttp.ClientSession, n: int) -> tuple[asyncio.Future[Any], Any]:
     """POST n items; return the client's pending reply and the source's record of the request."""
     reply = asyncio.ensure_future(post(s, gw.ingest_url, orjson.dumps([{"n": i} for i in range(n)])))
+    gw.replies.append(reply)
     while len(gw.held) < n:
         await asyncio.sleep(0)
     request = gw.held[0].ack.token[0]
@@ -99,6 +109,7 @@ async def test_other_requests_do_not_settle_a_request(tmp_path: Any) -> None:
     async with HeldGateway(tmp_path) as gw, aiohttp.ClientSession() as s:
         first, req1 = await held_request(gw, s, 2)
         second = asyncio.ensure_future(post(s, gw.ingest_url, orjson.dumps([{"m": 0}, {"m": 1}])))
+        gw.replies.append(second)
         while len(gw.held) < 4:
             await asyncio.sleep(0)
         req2 = gw.held[2].ack.token[0]
@@ -115,6 +126,20 @@ async def test_other_requests_do_not_settle_a_request(tmp_path: Any) -> None:
 
 
 # -- through the scheduler: a sink of batch size 1 that writes one item per permit
+
+
+class Stepped(Running):
+    """The graph below, run with no permits; a test that fails midway leaves with the sink let go."""
+
+    def __init__(self, tmp_path: Path, reject_odd: bool):
+        RECORD.clear()
+        PERMITS["http_rounds"] = asyncio.Semaphore(0)
+        super().__init__(stepped_graph(tmp_path, reject_odd))
+
+    async def __aexit__(self, *exc: object) -> None:
+        for _ in range(3):
+            PERMITS["http_rounds"].release()
+        await super().__aexit__(*exc)
 
 
 def stepped_graph(tmp_path: Path, reject_odd: bool) -> Path:
@@ -138,9 +163,7 @@ async def settled(runner: Runner, in_flight: int) -> None:
 
 @aio
 async def test_scheduler_replies_after_the_last_of_three_sink_rounds(tmp_path: Path) -> None:
-    RECORD.clear()
-    PERMITS["http_rounds"] = asyncio.Semaphore(0)
-    run = Running(stepped_graph(tmp_path, reject_odd=False))
+    run = Stepped(tmp_path, reject_odd=False)
     async with run as (runner, url), aiohttp.ClientSession() as s:
         reply = asyncio.ensure_future(post(s, url + "/api/v1/data/ingest", b'[{"i": 0}, {"i": 2}, {"i": 4}]'))
         await settled(runner, 3)
@@ -159,9 +182,7 @@ async def test_scheduler_replies_after_the_last_of_three_sink_rounds(tmp_path: P
 async def test_scheduler_502_when_a_later_round_fails(tmp_path: Path) -> None:
     """Item 0 commits, item 1 fails in the next round (its errors port is unwired, so the graph
     stops, and its ack fails), item 2 commits while the graph drains: then 502, naming item 1."""
-    RECORD.clear()
-    PERMITS["http_rounds"] = asyncio.Semaphore(0)
-    run = Running(stepped_graph(tmp_path, reject_odd=True))
+    run = Stepped(tmp_path, reject_odd=True)
     async with run as (runner, url), aiohttp.ClientSession() as s:
         reply = asyncio.ensure_future(post(s, url + "/api/v1/data/ingest", b'[{"i": 0}, {"i": 1}, {"i": 2}]'))
         await settled(runner, 3)
@@ -173,6 +194,7 @@ async def test_scheduler_502_when_a_later_round_fails(tmp_path: Path) -> None:
         PERMITS["http_rounds"].release()
         status, body, _ = await reply
         assert status == 502 and body["accepted"] == 2
-        assert [f["index"] for f in body["failed"]] == [1] and "unhandled error in sink" in body["failed"][0]["reason"]
+        assert [f["index"] for f in body["failed"]] == [1]
+        assert "unhandled error in sink" in body["failed"][0]["reason"]
     assert [b["i"] for b in RECORD["sink"]["bodies"]] == [0, 2]
     assert "UnhandledError" in type(run.report.error).__name__

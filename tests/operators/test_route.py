@@ -71,7 +71,8 @@ def test_first_match_order_holds_on_the_per_message_path() -> None:
     matching both routes still goes to the first one only, and the others are unaffected."""
     op, out = make({"routes": {"big": "msg.n > 10", "even": "msg.n % 2 == 0"}})
     tracker = AckTracker()
-    batch = [Msg(b, {}, tracker.new(i)) for i, b in enumerate([{"n": 12}, {"x": 1}, {"n": 4}, {"n": 3}, {"n": 11}])]
+    bodies = [{"n": 12}, {"x": 1}, {"n": 4}, {"n": 3}, {"n": 11}]
+    batch = [Msg(b, {}, tracker.new(i)) for i, b in enumerate(bodies)]
     assert op.exprs[0].many(batch) is None  # the batch-wide evaluation gives up: the fallback path runs
     op.process(batch, out)
     lists = out.take()
