@@ -234,7 +234,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "engine/celc/values.py",
         "if INT64_MIN <= r <= INT64_MAX:",
         "if INT64_MIN <= r <= INT64_MAX + 1:",
-        ("tests/celc/test_conformance.py",),
+        ("tests/celc/test_api.py", "tests/celc/test_conformance.py"),
         "int arithmetic past int64 is an overflow error",
         after="def _int_result(",
     ),

@@ -83,12 +83,21 @@ def copy_tree(dest: Path) -> None:
             shutil.copy2(src, target)
 
 
+def test_env(tree: Path) -> dict[str, str]:
+    """The environment of the tests in the copy: the copy first on the import path, and the data the
+    tests find beside the checkout (`shared/`) found from the checkout, not from the copy."""
+    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1"}
+    for shared in (ROOT.parent / "shared", ROOT.parent.parent / "shared"):
+        if "CEL_CONFORMANCE_DIR" not in env and (shared / "cel-conformance").is_dir():
+            env["CEL_CONFORMANCE_DIR"] = str(shared / "cel-conformance")
+    return env
+
+
 def run_tests(tree: Path, tests: tuple[str, ...], timeout: float) -> tuple[str, str]:
     """('passed' | 'failed' | 'timeout' | 'error', last lines of output) of pytest on `tests` in
     `tree`; 'error' is pytest's own trouble (collection, usage, internal error), not a failed test."""
-    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1"}
     cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--timeout", "60", *tests]
-    proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(cmd, cwd=tree, env=test_env(tree), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
         out, _ = proc.communicate(timeout=timeout)
@@ -174,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         if result != "passed":
             print(f"baseline: the tests fail without any mutation ({result}): {tail}", file=sys.stderr)
             return 2
-        print(f"baseline passed in {time.monotonic() - t0:.0f} s; {len(chosen)} mutation(s)", flush=True)
+        summary = tail.rsplit(" | ", 1)[-1]  # pytest's last line: look for skips there
+        print(f"baseline passed in {time.monotonic() - t0:.0f} s ({summary}); {len(chosen)} mutation(s)",
+              flush=True)
         outcomes = []
         for m in chosen:
             o = run_one(tree, m, args.timeout)
