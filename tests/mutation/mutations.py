@@ -3,7 +3,8 @@ files that must then fail. `run.py` applies them one at a time to a copy of the 
 
 A mutation is found by the exact text of its line (leading and trailing blanks ignored), which must
 occur once in the file, or once after the first line containing `after`. When the code moves on and
-the line no longer matches, the run reports the mutation `stale`: update it here.
+the line no longer matches, `test_mutations.py` (in the default run) fails and the check reports the
+mutation `stale`: update it here.
 """
 
 from __future__ import annotations

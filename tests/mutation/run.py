@@ -51,15 +51,12 @@ def apply(source: str, m: Mutation) -> tuple[str, int]:
     """`source` with the mutation applied, and the 1-based line number; ValueError when the line
     is not found exactly once (after `m.after`, when given)."""
     lines = source.splitlines(keepends=True)
-    start = 0
+    hits = [i for i, text in enumerate(lines) if text.strip() == m.line]
     if m.after is not None:
-        anchors = [i for i, text in enumerate(lines) if m.after in text]
-        if not anchors:
+        anchor = next((i for i, text in enumerate(lines) if m.after in text), None)
+        if anchor is None:
             raise ValueError(f"anchor {m.after!r} not found")
-        start = anchors[0]
-        hits = [i for i in range(start, len(lines)) if lines[i].strip() == m.line][:1]
-    else:
-        hits = [i for i, text in enumerate(lines) if text.strip() == m.line]
+        hits = [i for i in hits if i > anchor][:1]
     if len(hits) != 1:
         raise ValueError(f"line found {len(hits)} times, expected once: {m.line!r}")
     i = hits[0]
