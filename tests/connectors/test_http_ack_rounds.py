@@ -143,7 +143,9 @@ class Stepped(Running):
 
 
 def stepped_graph(tmp_path: Path, reject_odd: bool) -> Path:
-    return graph(tmp_path, f"""
+    return graph(
+        tmp_path,
+        f"""
         version: 1
         name: http_rounds
         nodes:
@@ -153,7 +155,8 @@ def stepped_graph(tmp_path: Path, reject_odd: bool) -> Path:
             inputs: [ingest]
             config: {{permits: http_rounds, reject_if_odd: {str(reject_odd).lower()}}}
             batch_size: 1
-    """)
+    """,
+    )
 
 
 async def settled(runner: Runner, in_flight: int) -> None:
@@ -161,20 +164,30 @@ async def settled(runner: Runner, in_flight: int) -> None:
         await asyncio.sleep(0)
 
 
+async def post_in_rounds(
+    runner: Runner, url: str, s: aiohttp.ClientSession, items: list[Any]
+) -> tuple[int, Any]:
+    """POST the items and let the sink write them one per round: no reply before the last round.
+    Return the reply's status and body."""
+    reply = asyncio.ensure_future(post(s, url + "/api/v1/data/ingest", orjson.dumps(items)))
+    await settled(runner, len(items))
+    for left in range(len(items) - 1, 0, -1):
+        PERMITS["http_rounds"].release()
+        await settled(runner, left)  # one more item settled, its ack round done
+        done, _ = await asyncio.wait({reply}, timeout=UNSETTLED)
+        assert not done, reply.result()
+    PERMITS["http_rounds"].release()
+    status, body, _ = await reply
+    return status, body
+
+
 @aio
 async def test_scheduler_replies_after_the_last_of_three_sink_rounds(tmp_path: Path) -> None:
     run = Stepped(tmp_path, reject_odd=False)
     async with run as (runner, url), aiohttp.ClientSession() as s:
-        reply = asyncio.ensure_future(post(s, url + "/api/v1/data/ingest", b'[{"i": 0}, {"i": 2}, {"i": 4}]'))
-        await settled(runner, 3)
-        for k in (1, 2):
-            PERMITS["http_rounds"].release()
-            await settled(runner, 3 - k)  # item k-1 committed, its ack round done
-            assert [b["i"] for b in RECORD["sink"]["bodies"]] == [0, 2, 4][:k]
-            done, _ = await asyncio.wait({reply}, timeout=UNSETTLED)
-            assert not done, reply.result()
-        PERMITS["http_rounds"].release()
-        assert (await reply)[:2] == (202, {"accepted": 3, "ack": "committed"})
+        reply = await post_in_rounds(runner, url, s, [{"i": 0}, {"i": 2}, {"i": 4}])
+        assert reply == (202, {"accepted": 3, "ack": "committed"})
+    assert [b["i"] for b in RECORD["sink"]["bodies"]] == [0, 2, 4]
     assert run.report.error is None and run.report.balanced
 
 
@@ -184,15 +197,7 @@ async def test_scheduler_502_when_a_later_round_fails(tmp_path: Path) -> None:
     stops, and its ack fails), item 2 commits while the graph drains: then 502, naming item 1."""
     run = Stepped(tmp_path, reject_odd=True)
     async with run as (runner, url), aiohttp.ClientSession() as s:
-        reply = asyncio.ensure_future(post(s, url + "/api/v1/data/ingest", b'[{"i": 0}, {"i": 1}, {"i": 2}]'))
-        await settled(runner, 3)
-        for left in (2, 1):
-            PERMITS["http_rounds"].release()
-            await settled(runner, left)
-            done, _ = await asyncio.wait({reply}, timeout=UNSETTLED)
-            assert not done, reply.result()
-        PERMITS["http_rounds"].release()
-        status, body, _ = await reply
+        status, body = await post_in_rounds(runner, url, s, [{"i": 0}, {"i": 1}, {"i": 2}])
         assert status == 502 and body["accepted"] == 2
         assert [f["index"] for f in body["failed"]] == [1]
         assert "unhandled error in sink" in body["failed"][0]["reason"]

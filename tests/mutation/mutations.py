@@ -26,7 +26,8 @@ class Mutation:
 
 
 _CHANNEL_PUT = (
-    "while self.count and (self.count + len(batch) > self.capacity or self.bytes + size > self.capacity_bytes):"
+    "while self.count and (self.count + len(batch) > self.capacity"
+    " or self.bytes + size > self.capacity_bytes):"
 )
 _HTTP_RESOLVE = "if req.remaining == 0 and not req.future.done():"
 _JS_SOURCE = "operators/connectors/jetstream/source.py"

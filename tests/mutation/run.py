@@ -68,10 +68,16 @@ def apply(source: str, m: Mutation) -> tuple[str, int]:
 
 def copy_tree(dest: Path) -> None:
     """The files git would commit (tracked and untracked, not ignored), as they are on disk."""
-    names = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=ROOT, check=True, capture_output=True,
-    ).stdout.decode().split("\0")
+    names = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for name in filter(None, names):
         src = ROOT / name
         if src.is_file():
@@ -94,8 +100,14 @@ def run_tests(tree: Path, tests: tuple[str, ...], timeout: float) -> tuple[str, 
     """('passed' | 'failed' | 'timeout' | 'error', last lines of output) of pytest on `tests` in
     `tree`; 'error' is pytest's own trouble (collection, usage, internal error), not a failed test."""
     cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--timeout", "60", *tests]
-    proc = subprocess.Popen(cmd, cwd=tree, env=test_env(tree), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=tree,
+        env=test_env(tree),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -157,7 +169,9 @@ def report(outcomes: list[Outcome], seconds: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("-k", action="append", default=[], help="only mutations whose name contains this")
     parser.add_argument("--list", action="store_true", help="list the mutations and exit")
     parser.add_argument("--timeout", type=float, default=300, help="seconds for one mutation's tests")
@@ -181,8 +195,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"baseline: the tests fail without any mutation ({result}): {tail}", file=sys.stderr)
             return 2
         summary = tail.rsplit(" | ", 1)[-1]  # pytest's last line: look for skips there
-        print(f"baseline passed in {time.monotonic() - t0:.0f} s ({summary}); {len(chosen)} mutation(s)",
-              flush=True)
+        print(
+            f"baseline passed in {time.monotonic() - t0:.0f} s ({summary}); {len(chosen)} mutation(s)",
+            flush=True,
+        )
         outcomes = []
         for m in chosen:
             o = run_one(tree, m, args.timeout)
