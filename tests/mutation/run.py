@@ -1,6 +1,6 @@
 """Run the targeted mutations (`mutations.py`) and report which the tests catch.
 
-    .venv/bin/python -m tests.mutation.run              # all of them (about 3 minutes, services up)
+    .venv/bin/python -m tests.mutation.run              # all of them (about 4 minutes, services up)
     .venv/bin/python -m tests.mutation.run -k http -k route   # names containing any of these
     .venv/bin/python -m tests.mutation.run --list
 
