@@ -138,6 +138,11 @@ class GraphCollector(Collector):
         high = GaugeMetricFamily(
             "streamdag_edge_queue_high_water", "Most messages a node's input channel has held.", labels=labels
         )
+        high_b = GaugeMetricFamily(
+            "streamdag_edge_queue_high_water_bytes",
+            "Most bytes a node's input channel has held.",
+            labels=labels,
+        )
         for node_id, ch in r.channels.items():
             lv = [graph, node_id]
             depth.add_metric(lv, ch.count)
@@ -145,7 +150,8 @@ class GraphCollector(Collector):
             cap.add_metric(lv, ch.capacity)
             cap_b.add_metric(lv, ch.capacity_bytes)
             high.add_metric(lv, ch.high_water)
-        yield from (depth, size, cap, cap_b, high)
+            high_b.add_metric(lv, ch.high_water_bytes)
+        yield from (depth, size, cap, cap_b, high, high_b)
 
     def _sources(self, r: Any, graph: str) -> Iterator[Metric]:
         labels = ["graph", "source"]

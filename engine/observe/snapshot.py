@@ -46,6 +46,7 @@ def stats_snapshot(runner: Any, monitor: Monitor | None = None) -> dict[str, Any
                 "bytes": ch.bytes,
                 "capacity_bytes": ch.capacity_bytes,
                 "high_water": ch.high_water,
+                "high_water_bytes": ch.high_water_bytes,
             },
         }
     sources = {}

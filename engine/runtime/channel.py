@@ -17,6 +17,10 @@ class Channel:
     larger than the capacity is let in alone, so an oversized batch cannot deadlock). The reader
     takes up to `max_n` messages at once, merging small batches. When every writer has closed and
     the queue is empty, `get` returns None.
+
+    So the channel never holds more than `capacity` messages and `capacity_bytes` bytes, except one
+    batch over either bound, held alone (then it holds that batch: its messages and its bytes).
+    `high_water` and `high_water_bytes` record the most it ever held, for tests and metrics.
     """
 
     __slots__ = (
@@ -29,6 +33,7 @@ class Channel:
         "capacity_bytes",
         "count",
         "high_water",
+        "high_water_bytes",
     )
 
     def __init__(self, capacity: int, capacity_bytes: int, writers: int):
@@ -37,6 +42,7 @@ class Channel:
         self.count = 0
         self.bytes = 0
         self.high_water = 0  # most messages ever held: tests assert the bound with it
+        self.high_water_bytes = 0  # most bytes ever held
         self._q: deque[tuple[list[Msg], int]] = deque()
         self._writers = writers
         self._readable = asyncio.Event()
@@ -59,6 +65,8 @@ class Channel:
         self.bytes += size
         if self.count > self.high_water:
             self.high_water = self.count
+        if self.bytes > self.high_water_bytes:
+            self.high_water_bytes = self.bytes
         self._readable.set()
 
     def close_writer(self) -> None:

@@ -153,6 +153,8 @@ def test_poison_message_dead_lettered_after_max_deliver_then_termed():
             dead = MemorySink()
             src = env.source(batch=10, max_deliver=3, retry=RetryPolicy(initial_backoff=0.01, jitter=0))
             snk = env.sink()
+            # the server's word that it was terminated (+TERM), not merely acknowledged
+            terminated = await env.nc.subscribe(f"$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.{env.p}_IN.d")
             pipe = Pipe(src, snk, step, dead=dead)
             await pipe.run(lambda: len(dead.got) == 1 and src.termed == 1 and snk.published == 19)
             assert tries[7] == 3 and all(tries[i] == 1 for i in range(20) if i != 7)
@@ -162,6 +164,8 @@ def test_poison_message_dead_lettered_after_max_deliver_then_termed():
             assert src.naked == 2
             await wait_for(lambda: _settled(env), what="poison message terminated")
             assert (await env.consumer()).num_ack_pending == 0
+            advisory = orjson.loads((await terminated.next_msg(timeout=5)).data)
+            assert (advisory["stream_seq"], advisory["deliveries"]) == (8, 3)  # {"id": 7}, the 8th stored
 
     arun(main())
 

@@ -215,6 +215,43 @@ async def test_failing_entry_is_dead_lettered_after_max_deliver(keys) -> None:
     await res.close()
 
 
+class DeadLetterFails(Run):
+    """A run whose dead-letter sink gives up: every message on `errors` has its ack failed."""
+
+    async def _send(self, lists: dict[str, list[Msg]]) -> None:
+        await super()._send({"out": lists.get("out", [])})
+        for m in lists.get("errors", []):
+            self.dead.append(m)
+            m.ack.fail("dead-letter sink unavailable")
+        self.changed.set()
+
+
+@aio
+async def test_entry_dead_lettered_by_the_source_is_acked_even_when_its_dead_letter_fails(keys) -> None:
+    """Past max_deliver the source sends the entry to `errors`; if that fails too, it still XACKs
+    it (and logs), rather than leave it pending to be claimed and dead-lettered forever."""
+    r = connect()
+    stream = unique()
+    keys.append(stream)
+    await fill(r, stream, [orjson.dumps({"n": i}) for i in range(5)])
+    res = Resources()
+    src = source(stream, res, start="0", min_idle="1ms", claim_interval="5ms", block="10ms", max_deliver=1)
+    run = DeadLetterFails(src)
+
+    async def sink(msgs: list[Msg]) -> list[tuple[Msg, str]]:
+        return [(m, "poison") for m in msgs if m.body["n"] == 3]
+
+    await run.start(sink)
+    await run.wait_for(lambda: len(run.dead) == 1 and len(run.delivered) == 4)
+    deadline = asyncio.get_running_loop().time() + 10
+    while (await r.xpending(stream, "g"))["pending"]:
+        assert asyncio.get_running_loop().time() < deadline, "the dead-lettered entry stays pending"
+        await asyncio.sleep(0.01)
+    await run.finish()
+    assert len(run.dead) == 1 and orjson.loads(run.dead[0].body["payload"]["body"]) == {"n": 3}
+    await res.close()
+
+
 @aio
 async def test_slow_in_flight_entries_are_kept_from_other_consumers(keys) -> None:
     r = connect()

@@ -66,6 +66,23 @@ def test_condition_errors_and_non_bool_go_to_errors() -> None:
     assert len(errs) == 2 and errs[0].startswith("route: ") and "not bool" in errs[1]
 
 
+def test_first_match_order_holds_on_the_per_message_path() -> None:
+    """One message makes the first condition fail, so the batch goes message by message: a message
+    matching both routes still goes to the first one only, and the others are unaffected."""
+    op, out = make({"routes": {"big": "msg.n > 10", "even": "msg.n % 2 == 0"}})
+    tracker = AckTracker()
+    bodies = [{"n": 12}, {"x": 1}, {"n": 4}, {"n": 3}, {"n": 11}]
+    batch = [Msg(b, {}, tracker.new(i)) for i, b in enumerate(bodies)]
+    assert op.exprs[0].many(batch) is None  # the batch-wide evaluation gives up: the fallback path runs
+    op.process(batch, out)
+    lists = out.take()
+    assert [m.body["n"] for m in lists["big"]] == [12, 11]  # 12 matches `even` too: first match wins
+    assert [m.body["n"] for m in lists["even"]] == [4]
+    assert [m.body["n"] for m in lists["unmatched"]] == [3]
+    assert [m.body["payload"] for m in lists["errors"]] == [{"x": 1}]
+    assert sum(len(v) for v in lists.values()) == len(batch)  # each message on one port, once
+
+
 def test_multicast_gives_every_port_a_copy() -> None:
     op, out = make({"mode": "multicast", "ports": ["x", "y", "z"]})
     lists, tracker = feed(op, out, [{"n": 1}, {"n": 2}])

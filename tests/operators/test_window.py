@@ -236,6 +236,18 @@ def test_session_item_before_a_purged_session_end_is_too_late() -> None:
     assert res["late"] == []
 
 
+def test_window_state_is_purged_when_the_watermark_reaches_end_plus_lateness() -> None:
+    """[0,10) with lateness 5 is kept while the watermark is below 15, and forgotten at 15 exactly."""
+    op = make(**event(allowed_lateness=5))
+    assert spans(feed(op, [{"t": 1}, {"t": 12}])["out"]) == [(None, 0, 10, 1)]
+    assert op.store.open_windows == 2  # [0,10) fired and kept for late items, [10,20) open
+    feed(op, [{"t": 14}])
+    assert op.store.open_windows == 2 and feed(op, [{"t": 2}])["late"] == []  # 14 < 15: still kept
+    feed(op, [{"t": 15}])
+    assert op.store.open_windows == 1  # watermark 15 = end + lateness: [0,10) is gone
+    assert len(feed(op, [{"t": 3}])["late"]) == 1
+
+
 def test_pending_update_is_emitted_before_its_window_is_purged() -> None:
     op = make(**event(allowed_lateness=5))
     feed(op, [{"t": 1}, {"t": 12}])

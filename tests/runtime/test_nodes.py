@@ -13,16 +13,18 @@ from engine.errors import MessageError
 from engine.message import Msg
 from engine.runtime.outputs import Outputs, SourceOutput
 
-__all__ = ["GATES", "RECORD", "FlakyInline", "GatedSink", "RecordingSource"]
+__all__ = ["GATES", "PERMITS", "RECORD", "FlakyInline", "GatedSink", "RecordingSource"]
 
 RECORD: dict[str, Any] = {}
 GATES: dict[str, asyncio.Event] = {}
+PERMITS: dict[str, asyncio.Semaphore] = {}  # a sink with `permits: name` takes one per write
 
 
 class RecordingSourceConfig(NodeConfig):
     count: int = Field(100, ge=0)
     batch: int = Field(10, ge=1)
     commit_delay: float = Field(0.0, ge=0, description="Seconds each commit takes (an upstream ack round trip).")
+    size: int = Field(100, ge=0, description="Size in bytes each message counts for on the edges.")
 
 
 class RecordingSource(Source):
@@ -36,7 +38,8 @@ class RecordingSource(Source):
         while i < self.config.count and not out.stopping.is_set():
             await out.wait_room()
             n = min(self.config.batch, self.config.count - i)
-            await out.send([Msg({"i": j}, {"seq": j}, out.tracker.new(j), 100) for j in range(i, i + n)])
+            size = self.config.size
+            await out.send([Msg({"i": j}, {"seq": j}, out.tracker.new(j), size) for j in range(i, i + n)])
             rec = RECORD[self.id]
             rec["max_in_flight"] = max(rec["max_in_flight"], out.tracker.in_flight)
             i += n
@@ -64,6 +67,7 @@ def _failure(kind: str, what: str) -> Exception:
 
 class GatedSinkConfig(NodeConfig):
     gate: str | None = None
+    permits: str | None = Field(None, description="Take one permit of PERMITS[name] before each write.")
     fail_first: int = Field(0, ge=0, description="Raise on the first N write calls.")
     fail_with: FailWith = "unavailable"
     reject_if_odd: bool = False
@@ -71,7 +75,8 @@ class GatedSinkConfig(NodeConfig):
 
 
 class GatedSink(Sink):
-    """Waits on GATES[gate] before each write; records committed bodies and the input queue depth."""
+    """Waits on GATES[gate] (or one permit of PERMITS[permits]) before each write; records committed
+    bodies and the input queue depth."""
 
     Config = GatedSinkConfig
 
@@ -80,6 +85,8 @@ class GatedSink(Sink):
         rec["calls"] += 1
         if self.config.gate:
             await GATES[self.config.gate].wait()
+        if self.config.permits:
+            await PERMITS[self.config.permits].acquire()
         if self.config.delay:
             await asyncio.sleep(self.config.delay)
         if rec["calls"] <= self.config.fail_first:
