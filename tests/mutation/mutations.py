@@ -79,7 +79,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "fan-out-retains-one-less",
-        "engine/runtime/scheduler.py",
+        "engine/runtime/router.py",
         "own_ack(m).retain(extra)",
         "own_ack(m).retain(extra - 1)",
         ("tests/runtime/test_scheduler.py",),
