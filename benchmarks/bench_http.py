@@ -4,7 +4,7 @@ Two parts, each a pytest-benchmark test (`pytest benchmarks/bench_http.py -s`) a
 (`python benchmarks/bench_http.py`, prints a table):
 
 1. Server choice: the same minimal ingest handler (read body, orjson-parse it, reply 202 JSON) on
-   - `httptools`: our asyncio.Protocol + httptools (llhttp) server, `operators/connectors/http_server.py`;
+   - `httptools`: our asyncio.Protocol + httptools (llhttp) server, `operators/connectors/http/server.py`;
    - `aiohttp`: aiohttp's low-level `web_server.Server` (no router, no middlewares);
    - `granian`: granian's embedded RSGI server (Rust HTTP in a thread, handler on our loop),
      skipped if granian is not installed (it is not a project dependency).
@@ -126,7 +126,7 @@ def _minimal_reply(body: bytes) -> bytes:
 
 
 async def _serve_httptools() -> tuple[int, Callable[[], Awaitable[None]]]:
-    from operators.connectors.http_server import HttpServer, Response
+    from operators.connectors.http.server import HttpServer, Response
 
     async def handler(req: Any) -> Response:
         return Response(202, _minimal_reply(req.body))
@@ -222,8 +222,8 @@ def run_gateway_case(n: int, conns: int = 32, seconds: float = 3.0, ack: str = "
     from engine.runtime.context import NodeContext, Resources
     from engine.runtime.outputs import SourceOutput
     from engine.runtime.stats import NodeStats
-    from operators.connectors.http import HttpSource
-    from operators.connectors.http_config import HttpSourceConfig
+    from operators.connectors.http.source import HttpSource
+    from operators.connectors.http.config import HttpSourceConfig
 
     async def main() -> dict[str, Any]:
         cfg = HttpSourceConfig(port=0, ack=ack, max_in_flight=max(20000, 2 * n * conns))

@@ -25,7 +25,7 @@ import asyncpg
 
 from engine.message import Msg
 from engine.runtime.context import NodeContext, Resources
-from operators.connectors.postgres_sink import PostgresSink, PostgresSinkConfig
+from operators.connectors.postgres.sink import PostgresSink, PostgresSinkConfig
 
 DSN = "postgresql://root@127.0.0.1:5432/test"
 BATCH = 1000

@@ -99,7 +99,7 @@ def warm() -> None:
     assert graph is not None, diags
     import operators.connectors.jetstream.sink  # noqa: F401
     import operators.connectors.jetstream.source  # noqa: F401
-    import operators.connectors.postgres_sink  # noqa: F401
+    import operators.connectors.postgres.sink  # noqa: F401
 
 
 async def run_engine(names: Names, n: int, on_commit: OnCommit, ready: asyncio.Event) -> dict[str, Any]:

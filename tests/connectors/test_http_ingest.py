@@ -12,7 +12,7 @@ import orjson
 import pytest
 import zstandard
 
-from operators.connectors.http_body import IngestError, decode_body
+from operators.connectors.http.body import IngestError, decode_body
 from tests.connectors.http_harness import Gateway, aio, post
 
 

@@ -14,7 +14,7 @@ from engine.message import Msg
 from engine.runtime.context import NodeContext, Resources
 from engine.runtime.outputs import Outputs
 from engine.runtime.stats import NodeStats
-from operators.pg_lookup import PgLookup, PgLookupConfig
+from operators.connectors.postgres.lookup import PgLookup, PgLookupConfig
 
 from tests.connectors.postgres_harness import DSN, sql  # noqa: E402
 

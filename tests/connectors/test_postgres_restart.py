@@ -20,7 +20,7 @@ import pytest
 
 from engine.message import Msg
 from engine.runtime.context import NodeContext, Resources
-from operators.connectors.postgres_sink import PostgresSink, PostgresSinkConfig
+from operators.connectors.postgres.sink import PostgresSink, PostgresSinkConfig
 
 pytestmark = pytest.mark.services
 BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1:] or [""]

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from engine.api import CheckContext
 from engine.message import Msg
 from engine.runtime.context import NodeContext, Resources
-from operators.connectors.postgres_sink import PostgresSink, PostgresSinkConfig
+from operators.connectors.postgres.sink import PostgresSink, PostgresSinkConfig
 from tests.connectors.postgres_harness import DSN, sql  # noqa: E402
 
 pytestmark = pytest.mark.services

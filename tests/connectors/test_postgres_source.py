@@ -15,7 +15,7 @@ from engine.message import AckTracker, Msg
 from engine.runtime.context import NodeContext, Resources
 from engine.runtime.outputs import SourceOutput
 from engine.runtime.stats import NodeStats
-from operators.connectors.postgres_source import PostgresSource, PostgresSourceConfig
+from operators.connectors.postgres.source import PostgresSource, PostgresSourceConfig
 
 from tests.connectors.postgres_harness import DSN, sql  # noqa: E402
 

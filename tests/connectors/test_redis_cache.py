@@ -14,8 +14,8 @@ from engine.message import Msg
 from engine.runtime.context import Resources
 from engine.runtime.outputs import Outputs
 from engine.runtime.stats import NodeStats
-from operators.connectors.redis_cache import RedisCacheSink, RedisCacheSinkConfig
-from operators.redis_lookup import RedisLookup, RedisLookupConfig
+from operators.connectors.redis.cache import RedisCacheSink, RedisCacheSinkConfig
+from operators.connectors.redis.lookup import RedisLookup, RedisLookupConfig
 
 sys.path.insert(0, str(Path(__file__).parent))  # the harness, whether or not tests/connectors is a package
 from redis_harness import REDIS_URL, aio, make_ctx, redis_keys, unique

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from engine.errors import ConfigError, ConnectorError
 from engine.message import Msg
 from engine.runtime.context import Resources
-from operators.connectors.redis_streams import (
+from operators.connectors.redis.streams import (
     RedisStreamSink,
     RedisStreamSinkConfig,
     RedisStreamSource,
@@ -282,7 +282,7 @@ WORKER = textwrap.dedent("""
     sys.path.insert(0, sys.argv[4])
     from redis_harness import Run, make_ctx, REDIS_URL
     from engine.runtime.context import Resources
-    from operators.connectors.redis_streams import RedisStreamSource, RedisStreamSourceConfig
+    from operators.connectors.redis.streams import RedisStreamSource, RedisStreamSourceConfig
 
     async def main(stream, seen, hang):
         r = aredis.Redis.from_url(REDIS_URL)

@@ -88,7 +88,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     # -- http_source: the reply after every item of a request settled
     Mutation(
         "http-commit-resolves-early",
-        "operators/connectors/http.py",
+        "operators/connectors/http/source.py",
         _HTTP_RESOLVE,
         "if not req.future.done():",
         _HTTP_TESTS,
@@ -97,7 +97,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "http-reject-resolves-early",
-        "operators/connectors/http.py",
+        "operators/connectors/http/source.py",
         _HTTP_RESOLVE,
         "if not req.future.done():",
         _HTTP_TESTS,
@@ -106,7 +106,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "http-failures-ignored",
-        "operators/connectors/http.py",
+        "operators/connectors/http/source.py",
         "if pending.failures:",
         "if False:",
         _HTTP_TESTS,
@@ -114,7 +114,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "http-schema-check-skipped",
-        "operators/connectors/http_body.py",
+        "operators/connectors/http/body.py",
         "if is_valid(item):",
         "if True:",
         ("tests/connectors/test_http_ingest.py", "tests/connectors/test_http_guard.py"),
@@ -166,7 +166,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     # -- connectors
     Mutation(
         "lww-batch-keeps-lowest-version",
-        "operators/connectors/postgres_sink.py",
+        "operators/connectors/postgres/sink.py",
         """order += [f"{quote_ident(cfg.version or '')} DESC NULLS LAST", "__ord"]  # ties: first arrival""",
         """order += [f"{quote_ident(cfg.version or '')} ASC NULLS LAST", "__ord"]""",
         ("tests/connectors/test_postgres_sink.py",),
@@ -174,7 +174,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "lww-older-version-overwrites",
-        "operators/connectors/postgres_sink.py",
+        "operators/connectors/postgres/sink.py",
         'conflict += f" WHERE EXCLUDED.{v} IS NOT NULL AND (t.{v} IS NULL OR t.{v} < EXCLUDED.{v})"',
         'conflict += f" WHERE EXCLUDED.{v} IS NOT NULL"',
         ("tests/connectors/test_postgres_sink.py",),
@@ -207,7 +207,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "redis-xack-skips-one",
-        "operators/connectors/redis_streams.py",
+        "operators/connectors/redis/streams.py",
         'pipe.execute_command("XACK", self.config.stream, self.config.group, *ids[i:i + _ACK_CHUNK])',
         'pipe.execute_command("XACK", self.config.stream, self.config.group, *ids[i + 1:i + _ACK_CHUNK])',
         ("tests/connectors/test_redis_streams.py",),
@@ -215,7 +215,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "redis-dead-letters-left-pending",
-        "operators/connectors/redis_streams.py",
+        "operators/connectors/redis/streams.py",
         "if dead:",
         "if False:",
         ("tests/connectors/test_redis_streams.py",),

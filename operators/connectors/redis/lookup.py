@@ -26,7 +26,7 @@ from engine import (
     codec,
     compile_expr,
 )
-from operators.connectors.redis_conn import CONNECTION_ERRORS, raise_if_cancelled, redis_client
+from operators.connectors.redis.connection import CONNECTION_ERRORS, raise_if_cancelled, redis_client
 
 __all__ = ["RedisLookup", "RedisLookupConfig"]
 

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 from pydantic import Field, model_validator
 
 from engine import CheckContext, CheckIssue, MessageError, Msg, NodeConfig, RetryPolicy, Source
-from operators.connectors.postgres import (
+from operators.connectors.postgres.client import (
     check_all,
     connect_args,
     db_message,

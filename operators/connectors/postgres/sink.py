@@ -36,7 +36,7 @@ from engine import (
     Sink,
     encode_failure,
 )
-from operators.connectors.postgres import (
+from operators.connectors.postgres.client import (
     check_all,
     column_values,
     db_message,

@@ -27,7 +27,7 @@ from engine import (
     Operator,
     RetryPolicy,
 )
-from operators.connectors.postgres import (
+from operators.connectors.postgres.client import (
     check_all,
     db_message,
     identifier_issues,

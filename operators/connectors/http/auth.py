@@ -10,7 +10,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from operators.connectors.http_config import HttpAuthConfig, HttpBucketConfig
+from operators.connectors.http.config import HttpAuthConfig, HttpBucketConfig
 
 __all__ = ["Authenticator", "BucketSet", "TokenBucket", "load_credentials"]
 

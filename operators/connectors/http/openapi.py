@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from operators.connectors.http_config import HttpSourceConfig
+from operators.connectors.http.config import HttpSourceConfig
 
 __all__ = ["openapi_document"]
 

@@ -23,10 +23,10 @@ from urllib.parse import urlsplit
 import orjson
 
 from engine import CheckContext, CheckIssue, Msg, PayloadTooLarge, Source, error_envelope
-from operators.connectors.http_auth import Authenticator, BucketSet, load_credentials
-from operators.connectors.http_body import IngestError, SchemaCheck, decode_body, media_type, parse_items
-from operators.connectors.http_config import HttpSourceConfig, check_config
-from operators.connectors.http_openapi import openapi_document
+from operators.connectors.http.auth import Authenticator, BucketSet, load_credentials
+from operators.connectors.http.body import IngestError, SchemaCheck, decode_body, media_type, parse_items
+from operators.connectors.http.config import HttpSourceConfig, check_config
+from operators.connectors.http.openapi import openapi_document
 
 __all__ = ["HttpSource"]
 
@@ -34,7 +34,7 @@ _JSON = "application/json"
 
 
 def _reply(status: int, payload: dict[str, Any], headers: list[tuple[str, str]] | None = None) -> Any:
-    from operators.connectors.http_server import Response
+    from operators.connectors.http.server import Response
 
     return Response(status, orjson.dumps(payload), _JSON, headers or [])
 
@@ -109,7 +109,7 @@ class HttpSource(Source):
 
     # -- lifecycle
     async def start(self) -> None:
-        from operators.connectors.http_server import HttpServer
+        from operators.connectors.http.server import HttpServer
 
         cfg = self.config
         if cfg.auth is not None:
@@ -202,7 +202,7 @@ class HttpSource(Source):
         return None
 
     async def handle(self, req: Any) -> Any:
-        from operators.connectors.http_server import Response
+        from operators.connectors.http.server import Response
 
         cfg = self.config
         if req.path == cfg.path:
