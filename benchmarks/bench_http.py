@@ -222,8 +222,8 @@ def run_gateway_case(n: int, conns: int = 32, seconds: float = 3.0, ack: str = "
     from engine.runtime.context import NodeContext, Resources
     from engine.runtime.outputs import SourceOutput
     from engine.runtime.stats import NodeStats
-    from operators.connectors.http.source import HttpSource
     from operators.connectors.http.config import HttpSourceConfig
+    from operators.connectors.http.source import HttpSource
 
     async def main() -> dict[str, Any]:
         cfg = HttpSourceConfig(port=0, ack=ack, max_in_flight=max(20000, 2 * n * conns))

@@ -32,7 +32,7 @@ def enrich(body: dict) -> dict:
     return {**body, "total": body["amount"] * 1.2}
 
 
-async def _setup(nc, n: int, out: bool = True) -> str:  # noqa: ANN001
+async def _setup(nc, n: int, out: bool = True) -> str:
     js = nc.jetstream()
     p = f"jetstream_bench_{uuid.uuid4().hex[:8]}"
     await js.add_stream(StreamConfig(name=p + "_IN", subjects=[p + ".in.>"]))
@@ -46,7 +46,7 @@ async def _setup(nc, n: int, out: bool = True) -> str:  # noqa: ANN001
     return p
 
 
-async def _teardown(nc, p: str, out: bool = True) -> None:  # noqa: ANN001
+async def _teardown(nc, p: str, out: bool = True) -> None:
     js = nc.jetstream()
     for s in ("_IN", "_OUT") if out else ("_IN",):
         await js.delete_stream(p + s)
@@ -175,7 +175,7 @@ async def lean_consume(n: int, batch: int = 1000) -> tuple[float, float]:
         ready = asyncio.Event()
         want = [0]
 
-        async def on_msg(m) -> None:  # noqa: ANN001
+        async def on_msg(m) -> None:
             buf.append(m)
             if len(buf) >= want[0]:
                 ready.set()
@@ -261,7 +261,7 @@ def measure(n: int) -> dict[str, float]:
     }
 
 
-def test_jetstream_map_jetstream(benchmark):  # noqa: ANN001
+def test_jetstream_map_jetstream(benchmark):
     n = int(os.environ.get("BENCH_N", "50000"))
     figures = benchmark.pedantic(measure, args=(n,), rounds=1, iterations=1)
     benchmark.extra_info.update(figures)

@@ -24,7 +24,7 @@ import orjson
 
 from benchmarks.machine import NATS_URL, PG_DSN
 
-__all__ = ["BASELINES", "FILTER", "MAP", "Names", "SCHEMA", "expected_kept", "run_engine"]
+__all__ = ["BASELINES", "FILTER", "MAP", "SCHEMA", "Names", "expected_kept", "run_engine"]
 
 FILTER = "msg.amount >= 5.0"
 MAP = '{"id": msg.id, "customer": msg.customer, "total": double(msg.qty) * msg.amount, "ts": msg.ts}'
@@ -97,8 +97,8 @@ def warm() -> None:
 
     graph, diags = check_text(graph_text(Names("warm")), "warm.yaml")
     assert graph is not None, diags
-    import operators.connectors.jetstream.sink  # noqa: F401
-    import operators.connectors.jetstream.source  # noqa: F401
+    import operators.connectors.jetstream.sink
+    import operators.connectors.jetstream.source
     import operators.connectors.postgres.sink  # noqa: F401
 
 

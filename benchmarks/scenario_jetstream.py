@@ -35,7 +35,7 @@ def percentiles(lat: list[float]) -> dict[str, float]:
         return {}
     lat.sort()
     k = len(lat)
-    pick = lambda q: round(lat[min(k - 1, int(q * k))] * 1000, 2)  # noqa: E731
+    pick = lambda q: round(lat[min(k - 1, int(q * k))] * 1000, 2)
     return {"p50_ms": pick(0.50), "p95_ms": pick(0.95), "p99_ms": pick(0.99), "max_ms": round(lat[-1] * 1000, 2)}
 
 

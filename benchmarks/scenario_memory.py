@@ -8,7 +8,6 @@ comprehensions). N comes from BENCH_MEMORY_N (default 1,000,000).
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import os
 import time

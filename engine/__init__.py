@@ -64,8 +64,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from engine import codec, registry  # noqa: F401 - re-exported (see _EXPORTS)
-    from engine.codec import encode_failure
+    from engine import codec, registry
     from engine.api import (
         CEL,
         CelExpr,
@@ -80,6 +79,7 @@ if TYPE_CHECKING:
         cel_fields,
         connection_field,
     )
+    from engine.codec import encode_failure
     from engine.errors import (
         MESSAGE,
         UNAVAILABLE,

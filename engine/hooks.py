@@ -15,8 +15,18 @@ from typing import Any, Protocol, runtime_checkable
 
 from engine.message import Ack, Msg
 
-__all__ = ["AckFactory", "Context", "Counters", "HasConnectionState", "HasLag", "HasMetrics", "HasTotal", "Output",
-           "SourceSender", "SharedResources"]
+__all__ = [
+    "AckFactory",
+    "Context",
+    "Counters",
+    "HasConnectionState",
+    "HasLag",
+    "HasMetrics",
+    "HasTotal",
+    "Output",
+    "SharedResources",
+    "SourceSender",
+]
 
 
 class SharedResources(Protocol):

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from engine.compile.validate import load_graph
-from engine.runtime.scheduler import RunReport, Runner
+from engine.runtime.scheduler import Runner, RunReport
 
 
 @pytest.fixture

@@ -92,7 +92,7 @@ def _data_path(data: Any, loc: tuple[Any, ...]) -> Path:
     out: list[str | int] = []
     cur = data
     for i, part in enumerate(loc):
-        if isinstance(cur, dict) and part in cur or isinstance(cur, list) and isinstance(part, int) and part < len(cur):
+        if (isinstance(cur, dict) and part in cur) or (isinstance(cur, list) and isinstance(part, int) and part < len(cur)):
             out.append(part)
             cur = cur[part]
         elif i == len(loc) - 1:

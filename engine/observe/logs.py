@@ -62,7 +62,7 @@ class LevelFilter(logging.Filter):
 def _level(text: str) -> int:
     value = logging.getLevelName(text.strip().upper())
     if not isinstance(value, int):
-        raise ValueError(f"unknown log level {text!r}: use DEBUG, INFO, WARNING, ERROR or CRITICAL")  # noqa: TRY004
+        raise ValueError(f"unknown log level {text!r}: use DEBUG, INFO, WARNING, ERROR or CRITICAL")
     return value
 
 

@@ -40,7 +40,7 @@ class Resources:
         while self._closers:
             try:
                 await self._closers.pop()()
-            except Exception:  # noqa: BLE001 - closing is best effort
+            except Exception:
                 logging.getLogger("streamdag").exception("closing a shared resource failed")
         self._items.clear()
 

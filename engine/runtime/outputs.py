@@ -46,7 +46,7 @@ def inner_outputs(node_id: str, ports: tuple[str, ...], node_type: str) -> Outpu
 class Outputs:
     """Per-port output lists of one `process` call; the runtime sends them downstream after."""
 
-    __slots__ = ("node_id", "lists", "stats")
+    __slots__ = ("lists", "node_id", "stats")
 
     def __init__(self, node_id: str, ports: tuple[str, ...], stats: NodeStats):
         self.node_id = node_id

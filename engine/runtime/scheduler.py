@@ -124,7 +124,7 @@ class Runner:
             for node_id in reversed(started):
                 try:
                     await s.nodes[node_id].stop()
-                except Exception:  # noqa: BLE001
+                except Exception:
                     log.exception("node %s failed to stop cleanly", node_id)
             await s.resources.close()
         if s.stopping:
@@ -170,7 +170,7 @@ class Runner:
         pending: set[asyncio.Future[Any]] = set(node_tasks)
         while pending:
             crash = asyncio.ensure_future(s.fatal_event.wait())
-            done, pending = await asyncio.wait(pending | {crash}, return_when=asyncio.FIRST_COMPLETED)
+            _, pending = await asyncio.wait(pending | {crash}, return_when=asyncio.FIRST_COMPLETED)
             pending.discard(crash)
             crash.cancel()
             if s.fatal_event.is_set() and isinstance(s.fatal, NodeCrash):

@@ -21,8 +21,8 @@ from engine.message import DELIVERED, AckTracker, Msg
 from engine.runtime.context import NodeContext, Resources
 from engine.runtime.outputs import SourceOutput
 from engine.runtime.stats import NodeStats
-from operators.connectors.http.source import HttpSource
 from operators.connectors.http.config import HttpSourceConfig
+from operators.connectors.http.source import HttpSource
 
 __all__ = ["Gateway", "aio", "post"]
 

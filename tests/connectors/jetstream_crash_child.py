@@ -15,11 +15,11 @@ import sys
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
-from jetstream_pipe import Pipe, make_ctx  # noqa: E402
+from jetstream_pipe import Pipe, make_ctx
 
-from engine.runtime.context import Resources  # noqa: E402
-from operators.connectors.jetstream.sink import JetStreamSink, JetStreamSinkConfig  # noqa: E402
-from operators.connectors.jetstream.source import JetStreamSource, JetStreamSourceConfig  # noqa: E402
+from engine.runtime.context import Resources
+from operators.connectors.jetstream.sink import JetStreamSink, JetStreamSinkConfig
+from operators.connectors.jetstream.source import JetStreamSource, JetStreamSourceConfig
 
 
 async def main(url: str, stream: str, subject: str, n: int, hold_after: int) -> None:
@@ -35,7 +35,7 @@ async def main(url: str, stream: str, subject: str, n: int, hold_after: int) -> 
     writes = [0]
     real_write = snk.write
 
-    async def write(batch):  # noqa: ANN001, ANN202
+    async def write(batch):
         failed = await real_write(batch)
         writes[0] += 1
         if hold_after and writes[0] == hold_after:

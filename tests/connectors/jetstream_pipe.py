@@ -93,7 +93,7 @@ class Pipe:
         for attempt in range(60):
             try:
                 return await self.sink.write(good) or []
-            except Exception:  # noqa: BLE001 - retried like the runtime would
+            except Exception:
                 self.retries += 1
                 if attempt == 59:
                     raise

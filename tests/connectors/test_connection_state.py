@@ -16,7 +16,7 @@ from tests.connectors.test_postgres_sink import app, table  # noqa: F401  (fixtu
 pytestmark = pytest.mark.services
 
 
-def _source(tmp_path: Path, url: str):  # noqa: ANN202
+def _source(tmp_path: Path, url: str):
     path = tmp_path / "g.yaml"
     path.write_text(textwrap.dedent(f"""
         version: 1

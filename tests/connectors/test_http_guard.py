@@ -10,8 +10,8 @@ import aiohttp
 import orjson
 
 from engine.api import CheckContext
-from operators.connectors.http.source import HttpSource
 from operators.connectors.http.config import HttpSourceConfig
+from operators.connectors.http.source import HttpSource
 from tests.connectors.http_harness import Gateway, aio, post
 
 

@@ -11,14 +11,14 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from jetstream_fixtures import NATS_URL, MemorySink, add_stream, connect, unique, wait_for  # noqa: E402
-from jetstream_pipe import FAIL, Pipe, make_ctx  # noqa: E402
+from jetstream_fixtures import NATS_URL, MemorySink, add_stream, connect, unique, wait_for
+from jetstream_pipe import FAIL, Pipe, make_ctx
 
-from engine.api import RetryPolicy  # noqa: E402
-from engine.message import Msg  # noqa: E402
-from engine.runtime.context import Resources  # noqa: E402
-from operators.connectors.jetstream.sink import JetStreamSink, JetStreamSinkConfig  # noqa: E402
-from operators.connectors.jetstream.source import (  # noqa: E402
+from engine.api import RetryPolicy
+from engine.message import Msg
+from engine.runtime.context import Resources
+from operators.connectors.jetstream.sink import JetStreamSink, JetStreamSinkConfig
+from operators.connectors.jetstream.source import (
     JetStreamSource,
     JetStreamSourceConfig,
     parse_ack_subject,
@@ -27,14 +27,14 @@ from operators.connectors.jetstream.source import (  # noqa: E402
 pytestmark = pytest.mark.services
 
 
-def arun(coro):  # noqa: ANN001, ANN201
+def arun(coro):
     return asyncio.run(coro)
 
 
 class Env:
     """A unique input stream IN (`<p>.in.>`) and output stream OUT (`<p>.out.>`), deleted afterwards."""
 
-    def __init__(self, **out_kw):  # noqa: ANN003
+    def __init__(self, **out_kw):
         self.p = unique()
         self.out_kw = out_kw
         self.resources = Resources()
@@ -46,7 +46,7 @@ class Env:
         await add_stream(self.js, self.p + "_OUT", subjects=[self.p + ".out.>"], **self.out_kw)
         return self
 
-    async def __aexit__(self, *exc) -> None:  # noqa: ANN002
+    async def __aexit__(self, *exc) -> None:
         await self.resources.close()
         for s in ("_IN", "_OUT"):
             try:
@@ -64,11 +64,11 @@ class Env:
     async def _count(self, stream: str, n: int) -> bool:
         return (await self.js.stream_info(stream)).state.messages >= n
 
-    def source(self, **kw) -> JetStreamSource:  # noqa: ANN003
+    def source(self, **kw) -> JetStreamSource:
         cfg = JetStreamSourceConfig(connection="nats", stream=self.p + "_IN", durable="d", **kw)
         return JetStreamSource("src", cfg, make_ctx("src", NATS_URL, self.resources))
 
-    def sink(self, **kw) -> JetStreamSink:  # noqa: ANN003
+    def sink(self, **kw) -> JetStreamSink:
         kw.setdefault("subject", self.p + ".out.x")
         cfg = JetStreamSinkConfig(connection="nats", **kw)
         return JetStreamSink("snk", cfg, make_ctx("snk", NATS_URL, self.resources))
@@ -81,7 +81,7 @@ class Env:
             got.append(orjson.loads((await self.js.get_msg(self.p + "_OUT", seq)).data))
         return got
 
-    async def consumer(self):  # noqa: ANN201
+    async def consumer(self):
         return await self.js.consumer_info(self.p + "_IN", "d")
 
 
@@ -92,7 +92,7 @@ def test_exact_delivery_with_meta_and_no_pending():
             await env.publish([orjson.dumps({"id": i}) for i in range(n)])
             seen: list[dict] = []
 
-            def step(body, meta):  # noqa: ANN001, ANN202
+            def step(body, meta):
                 if not seen:
                     seen.append(dict(meta))
                 return {"id": body["id"], "twice": body["id"] * 2}
@@ -128,7 +128,7 @@ def test_pulls_only_what_the_graph_has_room_for():
             src, snk = env.source(batch=50, max_ack_pending=100), env.sink()
             peak = [0]
 
-            def step(body, meta):  # noqa: ANN001, ANN202
+            def step(body, meta):
                 peak[0] = max(peak[0], pipe.tracker.in_flight)
                 return body
 
@@ -146,7 +146,7 @@ def test_poison_message_dead_lettered_after_max_deliver_then_termed():
             await env.publish([orjson.dumps({"id": i}) for i in range(20)])
             tries: dict[int, int] = {}
 
-            def step(body, meta):  # noqa: ANN001, ANN202
+            def step(body, meta):
                 tries[body["id"]] = tries.get(body["id"], 0) + 1
                 return FAIL if body["id"] == 7 else body
 
@@ -265,7 +265,7 @@ def test_default_msg_id_comes_from_source_identity():
 
 def test_long_running_work_sends_in_progress():
     class SlowSink(MemorySink):
-        async def write(self, batch):  # noqa: ANN001, ANN202
+        async def write(self, batch):
             await asyncio.sleep(2.2)  # work that outlasts ack_wait (1s)
             self.got.extend(batch)
 
@@ -305,7 +305,7 @@ def test_tap_gives_the_same_frames_on_the_fast_and_the_public_path(fast):
             assert tap.fast is fast
             done = asyncio.Event()
 
-            def handler(subject, reply, data, headers, status):  # noqa: ANN001, ANN202
+            def handler(subject, reply, data, headers, status):
                 got.append((subject, reply, data, headers, status))
                 if len(got) == 3:
                     done.set()

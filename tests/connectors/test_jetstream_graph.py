@@ -14,9 +14,9 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from jetstream_fixtures import NATS_URL, connect, unique, wait_for  # noqa: E402
+from jetstream_fixtures import NATS_URL, connect, unique, wait_for
 
-from engine.compile.validate import check_file  # noqa: E402
+from engine.compile.validate import check_file
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "graphs" / "jetstream_etl.yaml"
@@ -48,7 +48,7 @@ def _graph(p: str) -> str:
     return text.replace("batch: 1000", "batch: 200").replace("ack_wait: 30s", "ack_wait: 3s")
 
 
-async def _ids(js, stream: str) -> list:  # noqa: ANN001
+async def _ids(js, stream: str) -> list:
     info = await js.stream_info(stream)
     return [
         orjson.loads((await js.get_msg(stream, s)).data).get("id")
@@ -76,7 +76,7 @@ def test_streamdag_run_killed_with_sigkill_then_restarted_delivers_everything_on
             procs.append(proc)
             return proc
 
-        async def consumer():  # noqa: ANN202
+        async def consumer():
             try:
                 return await js.consumer_info(p + "_IN", "orders-etl")
             except Exception:  # noqa: BLE001 - not created yet
@@ -142,7 +142,7 @@ def test_streamdag_run_killed_with_sigkill_then_restarted_delivers_everything_on
     asyncio.run(main())
 
 
-async def _exists(js, stream: str) -> bool:  # noqa: ANN001
+async def _exists(js, stream: str) -> bool:
     try:
         await js.stream_info(stream)
         return True

@@ -14,18 +14,18 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from jetstream_fixtures import NATS_URL, PrivateServer, add_stream, connect, unique, wait_for  # noqa: E402
-from jetstream_pipe import Pipe, make_ctx  # noqa: E402
+from jetstream_fixtures import NATS_URL, PrivateServer, add_stream, connect, unique, wait_for
+from jetstream_pipe import Pipe, make_ctx
 
-from engine.runtime.context import Resources  # noqa: E402
-from operators.connectors.jetstream.sink import JetStreamSink, JetStreamSinkConfig  # noqa: E402
-from operators.connectors.jetstream.source import JetStreamSource, JetStreamSourceConfig  # noqa: E402
+from engine.runtime.context import Resources
+from operators.connectors.jetstream.sink import JetStreamSink, JetStreamSinkConfig
+from operators.connectors.jetstream.source import JetStreamSource, JetStreamSourceConfig
 
 pytestmark = pytest.mark.services
 CHILD = os.path.join(os.path.dirname(__file__), "jetstream_crash_child.py")
 
 
-async def stored_ids(js, stream: str) -> list[int]:  # noqa: ANN001
+async def stored_ids(js, stream: str) -> list[int]:
     info = await js.stream_info(stream)
     return [
         orjson.loads((await js.get_msg(stream, s)).data)["id"]
@@ -71,7 +71,7 @@ def test_kill_9_between_fetch_and_ack_then_restart_loses_and_duplicates_nothing(
     asyncio.run(main())
 
 
-async def _all_acked(js, stream: str, n: int = 0) -> bool:  # noqa: ANN001
+async def _all_acked(js, stream: str, n: int = 0) -> bool:
     try:
         info = await js.consumer_info(stream, "d")
     except Exception:  # noqa: BLE001 - server restarting
@@ -108,7 +108,7 @@ def test_server_restart_mid_run_resumes_without_loss_or_duplicates():
         )
         restarted = asyncio.Event()
 
-        def step(body, meta):  # noqa: ANN001, ANN202
+        def step(body, meta):
             if body["id"] == 300 and not restarted.is_set():
                 restarted.set()
                 server.proc.send_signal(signal.SIGKILL)

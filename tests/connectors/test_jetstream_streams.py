@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import orjson
 import pytest
@@ -13,14 +13,14 @@ from pydantic import TypeAdapter, ValidationError
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from jetstream_fixtures import NATS_URL, add_stream, connect, unique, wait_for  # noqa: E402
-from jetstream_pipe import Pipe, make_ctx  # noqa: E402
+from jetstream_fixtures import NATS_URL, add_stream, connect, unique, wait_for
+from jetstream_pipe import Pipe, make_ctx
 
-from engine.runtime.context import Resources  # noqa: E402
-from engine.spec.connections import Connection, NatsStream  # noqa: E402
-from operators.connectors.jetstream.sink import JetStreamSinkConfig  # noqa: E402
-from operators.connectors.jetstream.source import JetStreamSource, JetStreamSourceConfig  # noqa: E402
-from operators.connectors.jetstream.streams import StreamConflictError, ensure_streams  # noqa: E402
+from engine.runtime.context import Resources
+from engine.spec.connections import Connection, NatsStream
+from operators.connectors.jetstream.sink import JetStreamSinkConfig
+from operators.connectors.jetstream.source import JetStreamSource, JetStreamSourceConfig
+from operators.connectors.jetstream.streams import StreamConflictError, ensure_streams
 
 
 def nats_conn(**streams: dict) -> object:
@@ -189,7 +189,7 @@ def test_deliver_policies(deliver):
                 raw = await nc.request(f"$JS.API.STREAM.MSG.GET.{p}", b'{"seq": 6}')
                 ts = orjson.loads(raw.data)["message"]["time"]
                 kw["start_time"] = datetime.fromisoformat(ts[:26].rstrip("Z") + "+00:00").astimezone(
-                    timezone.utc
+                    UTC
                 )
             src = JetStreamSource(
                 "src",
@@ -199,7 +199,7 @@ def test_deliver_policies(deliver):
             got: list[int] = []
 
             class Collect(MemorySinkLocal):
-                async def write(self, batch):  # noqa: ANN001, ANN202
+                async def write(self, batch):
                     got.extend(m.body["id"] for m in batch)
 
             pipe = Pipe(src, Collect())
@@ -310,7 +310,7 @@ def test_text_and_bytes_codecs(codec, data, body):
             got: list = []
 
             class Collect(MemorySinkLocal):
-                async def write(self, batch):  # noqa: ANN001, ANN202
+                async def write(self, batch):
                     got.extend(m.body for m in batch)
 
             await Pipe(src, Collect()).run(lambda: bool(got) and src.acked == 1)

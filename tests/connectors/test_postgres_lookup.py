@@ -15,8 +15,7 @@ from engine.runtime.context import NodeContext, Resources
 from engine.runtime.outputs import Outputs
 from engine.runtime.stats import NodeStats
 from operators.connectors.postgres.lookup import PgLookup, PgLookupConfig
-
-from tests.connectors.postgres_harness import DSN, sql  # noqa: E402
+from tests.connectors.postgres_harness import DSN, sql
 
 pytestmark = pytest.mark.services
 

@@ -17,7 +17,7 @@ from engine.api import CheckContext
 from engine.message import Msg
 from engine.runtime.context import NodeContext, Resources
 from operators.connectors.postgres.sink import PostgresSink, PostgresSinkConfig
-from tests.connectors.postgres_harness import DSN, sql  # noqa: E402
+from tests.connectors.postgres_harness import DSN, sql
 
 pytestmark = pytest.mark.services
 PATHS = ["values", "unnest", "copy"]

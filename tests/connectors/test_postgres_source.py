@@ -16,8 +16,7 @@ from engine.runtime.context import NodeContext, Resources
 from engine.runtime.outputs import SourceOutput
 from engine.runtime.stats import NodeStats
 from operators.connectors.postgres.source import PostgresSource, PostgresSourceConfig
-
-from tests.connectors.postgres_harness import DSN, sql  # noqa: E402
+from tests.connectors.postgres_harness import DSN, sql
 
 pytestmark = pytest.mark.services
 

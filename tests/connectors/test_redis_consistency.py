@@ -15,8 +15,8 @@ import redis.asyncio as aredis
 
 from engine.message import Msg
 from engine.runtime.context import Resources
-from operators.connectors.redis.consistency import add_arguments, check_consistency, main, quote_table
 from operators.connectors.redis.cache import RedisCacheSink, RedisCacheSinkConfig
+from operators.connectors.redis.consistency import add_arguments, check_consistency, main, quote_table
 from operators.connectors.redis.streams import RedisStreamSource, RedisStreamSourceConfig
 
 sys.path.insert(0, str(Path(__file__).parent))  # the harness, whether or not tests/connectors is a package

@@ -24,11 +24,11 @@ from engine.runtime.outputs import Outputs, error_envelope
 from engine.runtime.stats import NodeStats
 from operators.connectors.file import FileSink, Stdout
 from operators.connectors.jetstream.sink import JetStreamSink
+from operators.connectors.postgres.lookup import PgLookup
 from operators.connectors.postgres.sink import PostgresSink
 from operators.connectors.redis.cache import RedisCacheSink
-from operators.connectors.redis.streams import RedisStreamSink
-from operators.connectors.postgres.lookup import PgLookup
 from operators.connectors.redis.lookup import RedisLookup
+from operators.connectors.redis.streams import RedisStreamSink
 from tests.connectors.http_harness import Gateway
 from tests.connectors.jetstream_fixtures import NATS_URL, temporary_stream
 from tests.connectors.postgres_harness import DSN, sql

@@ -37,7 +37,7 @@ async def _delete(stream: str) -> None:
     nc = await nats.connect("nats://127.0.0.1:4222")
     try:
         await nc.jetstream().delete_stream(stream)
-    except Exception:  # noqa: BLE001, S110 - already gone
+    except Exception:  # noqa: BLE001 - already gone
         pass
     finally:
         await nc.close()

@@ -16,7 +16,7 @@ from tests.observe.conftest import LiveRun, get, wait_for
 
 
 def render(view: object, width: int = 120) -> str:
-    console = Console(record=True, width=width, color_system=None, file=open("/dev/null", "w"))  # noqa: SIM115
+    console = Console(record=True, width=width, color_system=None, file=open("/dev/null", "w"))
     console.print(view)
     return console.export_text()
 

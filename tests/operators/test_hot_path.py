@@ -22,10 +22,11 @@ from engine.message import (
     AckTracker,
     CompositeAck,
     Msg,
+    _settle_runs,
+    finish_all,
     own_ack,
 )
 from engine.runtime.memory import tune_malloc
-from engine.message import _settle_runs, finish_all
 
 
 def _lines(path: Path) -> list[Any]:

@@ -1,6 +1,6 @@
-from engine.spec.source_map import YamlError, interpolate_env, load_yaml
-
 import pytest
+
+from engine.spec.source_map import YamlError, interpolate_env, load_yaml
 
 
 def test_positions_of_keys_and_values() -> None:

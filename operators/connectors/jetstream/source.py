@@ -314,7 +314,7 @@ class JetStreamSource(Source):
                 desc = (headers or {}).get("Description", "")
                 log.warning("node %s: pull request ended: 409 %s", self.id, desc)
                 if "Deleted" in desc:
-                    asyncio.ensure_future(self._recreate_consumer())
+                    self._recreating = asyncio.ensure_future(self._recreate_consumer())  # kept: not collected
 
     async def _recreate_consumer(self) -> None:
         try:

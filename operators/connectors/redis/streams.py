@@ -372,7 +372,7 @@ class RedisStreamSource(Source):
                                                          consumername=self.consumer)
                 if not mine:
                     await self._client.xgroup_delconsumer(cfg.stream, cfg.group, self.consumer)
-        except CONNECTION_ERRORS + (ResponseError,) as exc:
+        except (*CONNECTION_ERRORS, ResponseError) as exc:  # type: ignore[misc]  # a tuple of exception classes
             self.ctx.log.warning("could not clean up consumer %s: %s", self.consumer, exc)
 
 
