@@ -3,6 +3,7 @@
 Codes (each has an invalid-graph fixture in tests/fixtures/invalid/):
 
 E001 YAML syntax error             E002 duplicate key (node id, field)
+E003 graph file above the size limit   E004 YAML nested too deeply   E005 YAML expands (aliases) to too many nodes
 E100 unknown field                 E101 wrong type or value          E102 missing required field
 E110 environment variable unset without a default
 E200 unknown node type             E201 unknown config field         E202 invalid config value

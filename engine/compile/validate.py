@@ -14,6 +14,7 @@ from engine import registry
 from engine.api import CheckContext, Node, RetryPolicy, cel_fields
 from engine.compile.diagnostics import Diagnostic, GraphInvalid
 from engine.expr import CelError, compile_expr
+from engine.limits import Limits
 from engine.spec.models import NODE_ID_PATTERN, GraphSpec
 from engine.spec.source_map import Loaded, Pos, YamlError, interpolate_env, load_yaml
 
@@ -171,11 +172,17 @@ def _block_pos(base: Pos, line: int, col: int, lines: list[str]) -> Pos:
 
 
 def _load_schema(ref: str | dict[str, Any], base_dir: str) -> Any:
+    """An inline schema, or a schema file read under the same limits as the graph file."""
     if isinstance(ref, dict):
         return ref
-    with open(os.path.join(base_dir, ref), encoding="utf-8") as fh:
-        text = fh.read()
-    return json.loads(text) if ref.endswith(".json") else yaml.safe_load(text)
+    limits = Limits.from_env()
+    try:
+        text = _read_text(os.path.join(base_dir, ref), limits.graph_bytes)
+        return json.loads(text) if ref.endswith(".json") else load_yaml(text, limits).data
+    except YamlError as exc:
+        raise ValueError(f"{exc.code} {exc.message} at {exc.line}:{exc.col}") from None
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def _schema_problem(schema: Any) -> str | None:
@@ -218,7 +225,8 @@ def check_text(text: str, path: str = "<graph>", env: dict[str, str] | None = No
     try:
         loaded = load_yaml(text)
     except YamlError as exc:
-        return None, [Diagnostic(exc.line, exc.col, "E001", f"YAML syntax error: {exc.message}", path)]
+        what = "YAML syntax error: " if exc.code == "E001" else ""
+        return None, [Diagnostic(exc.line, exc.col, exc.code, f"{what}{exc.message}", path)]
     c = _Checker(path, loaded)
     c.lines = text.splitlines()
     for dpath, pos in loaded.duplicates:
@@ -435,12 +443,27 @@ def _check_edges(c: _Checker, shells: dict[str, tuple[type[Node], list[tuple[str
 
 def check_file(path: str, env: dict[str, str] | None = None, overrides: list[str] | None = None
                ) -> tuple[Graph | None, list[Diagnostic]]:
+    limits = Limits.from_env()
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+        text = _read_text(path, limits.graph_bytes)
     except OSError as exc:
         return None, [Diagnostic(1, 1, "E001", f"cannot read graph file: {exc.strerror}", path)]
+    except YamlError as exc:
+        return None, [Diagnostic(exc.line, exc.col, exc.code, exc.message, path)]
     return check_text(text, path, env, overrides)
+
+
+def _read_text(path: str, max_bytes: int) -> str:
+    """The file's text, reading no more than `max_bytes` + 1 bytes: a bigger file is E003."""
+    with open(path, "rb") as fh:
+        raw = fh.read(max_bytes + 1)
+        if len(raw) > max_bytes:
+            size = os.fstat(fh.fileno()).st_size
+            raise YamlError(f"file is {size} bytes, above the limit of {max_bytes} (limit graph_bytes)", 1, 1, "E003")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise YamlError(f"YAML syntax error: not UTF-8 ({exc.reason} at byte {exc.start})", 1, 1) from None
 
 
 def load_graph(path: str, env: dict[str, str] | None = None, overrides: list[str] | None = None) -> Graph:
