@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 from engine import registry
 from engine.api import CheckContext, Node, RetryPolicy, cel_fields
 from engine.compile.diagnostics import Diagnostic, GraphInvalid
+from engine.celc.cost import estimate
 from engine.expr import CelError, compile_expr
 from engine.limits import Limits
 from engine.spec.models import NODE_ID_PATTERN, GraphSpec
@@ -65,6 +66,7 @@ class _Checker:
         self.loaded = loaded
         self.diags: list[Diagnostic] = []
         self.lines: list[str] = []  # the file's text, for positions inside block scalars
+        self.limits = Limits.from_env()
 
     def add(self, path: Path, code: str, message: str, *, value: bool = False, severity: str = "error",
             pos: Pos | None = None) -> None:
@@ -340,13 +342,15 @@ def _check_config(c: _Checker, node_id: str, npath: Path, cls: type[Node], type_
     """CEL, connection and schema references, and the node type's own checks."""
     for fpath, source in cel_fields(config):
         cpath = (*npath, "config", *fpath)
+        dotted = ".".join(str(p) for p in cpath)
         try:
             expr = compile_expr(source)
             cel.append((node_id, source, expr.compiled))
         except CelError as exc:
             pos = _cel_pos(c.loaded.pos(cpath, prefer_value=True), exc.line, exc.col, c.lines)
-            dotted = ".".join(str(p) for p in cpath)
             c.add(cpath, "E203", f"{dotted}: CEL: {exc.message}", pos=pos)
+            continue
+        _check_cel_cost(c, cpath, dotted, source)
     conn = getattr(config, "connection", None)
     if isinstance(conn, str):
         if conn not in connections and spec is not None:
@@ -375,6 +379,18 @@ def _check_config(c: _Checker, node_id: str, npath: Path, cls: type[Node], type_
         # an unknown field (E201) points at its key, like the graph-level E201; other issues at the value
         c.add(ipath, issue.code, f"{'.'.join(str(p) for p in ipath)}: {issue.message}", value=issue.code != "E201",
               severity=issue.severity, pos=where)
+
+
+def _check_cel_cost(c: _Checker, cpath: Path, dotted: str, source: str) -> None:
+    """E204: the expression's estimated cost (engine/celc/cost.py) is above the limit `cel_cost`."""
+    limits = c.limits
+    cost = estimate(source, limits.cel_assumed_size)
+    if cost > limits.cel_cost:
+        pos = _cel_pos(c.loaded.pos(cpath, prefer_value=True), 1, 1, c.lines)
+        shown = f"{cost:,}" if cost < 10**12 else f"{cost:.2e}"
+        c.add(cpath, "E204", f"{dotted}: CEL cost estimate {shown} steps is above the limit of {limits.cel_cost:,} "
+              f"(a comprehension costs its range's size times its body; lists, maps and strings read from the "
+              f"message are taken to hold {limits.cel_assumed_size}; limit cel_cost)", pos=pos)
 
 
 def _raw_dead_letter(data: Any) -> str | None:
