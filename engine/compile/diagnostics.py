@@ -20,6 +20,8 @@ W301 an output port (not errors) that nothing consumes, such as a route's `unmat
 W302 a route that can never match: it comes after a `true` one in mode first (warning)
 W320 event-time window without idle_timeout: a quiet source never closes its windows (warning)
 W340 JetStream stream neither declared nor creatable   W341 sink subject that no declared stream stores
+W342 JetStream sink's stream deduplicates for less than a source feeding it may redeliver (warning)
+W360 postgres_sink mode insert behind a source that redelivers (warning)
 W251 http_source max_decompressed_bytes below max_body_bytes (warning)
 W351 redis claim_interval not below half of min_idle (warning)
 """

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, get_args, get_origin
 
@@ -11,7 +12,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from engine import registry
-from engine.api import CheckContext, Node, RetryPolicy, cel_fields
+from engine.api import CheckContext, CheckIssue, Node, RetryPolicy, Upstream, cel_fields
 from engine.compile.diagnostics import Diagnostic, GraphInvalid
 from engine.celc.cost import estimate
 from engine.expr import CelError, compile_expr
@@ -285,6 +286,7 @@ def _check_nodes(c: _Checker, nodes_raw: dict[str, Any], data: dict[str, Any], c
     resolved: dict[str, ResolvedNode] = {}
     shells: dict[str, tuple[type[Node], list[tuple[str, str]], tuple[str, ...] | None]] = {}
     cel: list[tuple[str, str, bool]] = []
+    configs: dict[str, Any] = {}  # node -> its checked config
     check_ctx = CheckContext(connections=connections, schemas=dict(schema_names))
     defaults = spec.defaults if spec else None
     for node_id, raw in nodes_raw.items():
@@ -320,6 +322,7 @@ def _check_nodes(c: _Checker, nodes_raw: dict[str, Any], data: dict[str, Any], c
                                tuple(dict.fromkeys((*cls.output_ports(None), "errors"))))
             continue
         _check_config(c, node_id, npath, cls, type_name, config, connections, schema_names, spec, check_ctx, cel)
+        configs[node_id] = config
         ports = tuple(dict.fromkeys((*cls.output_ports(config), "errors")))
         shells[node_id] = (cls, inputs, ports)
         if defaults is None or spec is None:
@@ -332,8 +335,23 @@ def _check_nodes(c: _Checker, nodes_raw: dict[str, Any], data: dict[str, Any], c
             capacity_bytes=defaults.capacity_bytes,
             batch_size=node_spec.batch_size or defaults.batch_size,
         )
-    _check_edges(c, shells, nodes_raw, spec)
+    dag = _check_edges(c, shells, nodes_raw, spec)
+    if dag is not None:
+        _check_upstream(c, dag, shells, configs, check_ctx)
     return resolved, cel
+
+
+def _check_upstream(c: _Checker, dag: Any, shells: dict[str, Any], configs: dict[str, Any],
+                    check_ctx: CheckContext) -> None:
+    """Each node type's `check_upstream`, told which sources reach the node (any port, `errors` too)."""
+    import networkx as nx
+
+    for node_id, config in configs.items():
+        sources = sorted(a for a in nx.ancestors(dag, node_id) if a in configs and shells[a][0].kind == "source")
+        upstream = tuple(Upstream(a, shells[a][0], configs[a]) for a in sources)
+        if upstream:
+            ctx = CheckContext(check_ctx.connections, check_ctx.schemas, upstream)
+            _add_issues(c, ("nodes", node_id), shells[node_id][0].check_upstream(config, ctx))
 
 
 def _check_config(c: _Checker, node_id: str, npath: Path, cls: type[Node], type_name: str, config: Any,
@@ -371,7 +389,12 @@ def _check_config(c: _Checker, node_id: str, npath: Path, cls: type[Node], type_
         if problem:
             c.add((*npath, "config", "schema", *problem[1]), "E218",
                   f"nodes.{node_id}.config.schema: invalid JSON Schema: {problem[0]}", value=True)
-    for issue in cls.check(config, check_ctx):
+    _add_issues(c, npath, cls.check(config, check_ctx))
+
+
+def _add_issues(c: _Checker, npath: Path, issues: Iterable[CheckIssue]) -> None:
+    """A node type's own findings, placed at their paths inside the node's config."""
+    for issue in issues:
         ipath = (*npath, "config", *issue.loc)
         where: Pos | None = None
         if issue.offset is not None:
@@ -401,7 +424,8 @@ def _raw_dead_letter(data: Any) -> str | None:
 
 
 def _check_edges(c: _Checker, shells: dict[str, tuple[type[Node], list[tuple[str, str]], tuple[str, ...] | None]],
-                 nodes_raw: dict[str, Any], spec: GraphSpec | None) -> None:
+                 nodes_raw: dict[str, Any], spec: GraphSpec | None) -> Any:
+    """Inputs, cycles, unconsumed ports; the graph's edges as a networkx DiGraph (None with a cycle)."""
     import networkx as nx
 
     dag = nx.DiGraph()
@@ -433,10 +457,12 @@ def _check_edges(c: _Checker, shells: dict[str, tuple[type[Node], list[tuple[str
                 continue
             consumed.add((up, port))
             dag.add_edge(up, node_id)
+    acyclic: Any = dag
     try:
         cycle = nx.find_cycle(dag)
         path = " -> ".join([u for u, _ in cycle] + [cycle[0][0]])
         c.add(("nodes", cycle[0][1], "inputs"), "E214", f"cycle: {path}")
+        acyclic = None
     except nx.NetworkXNoCycle:
         pass
     for node_id, (_cls, _inputs, ports) in shells.items():
@@ -449,12 +475,15 @@ def _check_edges(c: _Checker, shells: dict[str, tuple[type[Node], list[tuple[str
     if dl is not None:
         if dl not in shells or shells[dl][0].kind != "sink":
             c.add(("defaults", "dead_letter"), "E221", f"defaults.dead_letter: '{dl}' is not a sink of this graph", value=True)
+        elif acyclic is not None:  # the runtime wires every errors port nobody consumes to it
+            acyclic.add_edges_from((n, dl) for n in shells if n != dl and (n, "errors") not in consumed)
     else:
         for node_id in shells:
             if (node_id, "errors") not in consumed:
                 c.add(("nodes", node_id), "W300",
                       f"nodes.{node_id}: errors port is not consumed and no defaults.dead_letter is set "
                       "(a failing message would stop the graph)", severity="warning")
+    return acyclic
 
 
 def check_file(path: str, env: dict[str, str] | None = None, overrides: list[str] | None = None
