@@ -103,9 +103,11 @@ def _cost_guard(source: str) -> Callable[[Any, Any], None] | None:
     """The runtime's cost limit, checked before it evaluates (it cannot be interrupted): None when
     no message can take `source` over `cel_iterations` steps, else a check that raises `EvalError`
     for a message whose largest list, map or string makes the estimate (engine/celc/cost.py) go over."""
-    from engine.celc.cost import largest_size, max_assumed_size
+    from engine.celc.cost import has_loops, largest_size, max_assumed_size
     from engine.limits import Limits
 
+    if not has_loops(source):  # linear in the message: bounded by the payload limits
+        return None
     bound = Limits.from_env().cel_iterations
     most = max_assumed_size(source, bound)
     if most >= 2**40:

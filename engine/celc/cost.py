@@ -31,7 +31,7 @@ from typing import Any
 
 from engine.celc.parser import Call, Comprehension, Ident, ListLit, Lit, MapLit, Node, ParseError, Select, Unsupported, parse
 
-__all__ = ["CAP", "Size", "estimate", "largest_size", "max_assumed_size"]
+__all__ = ["CAP", "Size", "estimate", "has_loops", "largest_size", "max_assumed_size"]
 
 CAP = 10**30  # estimates are clamped here: big enough for any bound, small enough to stay cheap ints
 
@@ -131,6 +131,31 @@ def estimate(source: str, assumed: int) -> int:
         macros = len(_MACRO.findall(source))
         return _clamp(max(len(source), 1) * max(assumed, 1) ** min(macros, 64))
     return _Estimator(assumed).of(node, {}).cost
+
+
+def has_loops(source: str) -> bool:
+    """Whether `source` has a comprehension (or cannot be read here, so might): without one, an
+    evaluation's cost is linear in the expression's length and the message's size."""
+    try:
+        node = parse(source)
+    except (ParseError, Unsupported, RecursionError):
+        return True
+    pending: list[Any] = [node]
+    while pending:
+        n = pending.pop()
+        if isinstance(n, Comprehension):
+            return True
+        if isinstance(n, Select):
+            pending.append(n.operand)
+        elif isinstance(n, Call):
+            pending.extend(n.args)
+            if n.target is not None:
+                pending.append(n.target)
+        elif isinstance(n, ListLit):
+            pending.extend(n.items)
+        elif isinstance(n, MapLit):
+            pending.extend(x for pair in n.entries for x in pair)
+    return False
 
 
 def max_assumed_size(source: str, bound: int) -> int:
