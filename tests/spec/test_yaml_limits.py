@@ -29,7 +29,9 @@ CHILD = textwrap.dedent("""
     resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))
     from engine.cli import main
     code = main(["validate", sys.argv[1]])
-    print("MAXRSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    # VmHWM: this process's peak RSS (ru_maxrss would include the parent's, kept across exec)
+    hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0].split()[1]
+    print("MAXRSS", hwm)
     sys.exit(code)
 """)
 
