@@ -84,9 +84,11 @@ def _type_error_text(text: str) -> str:
 
 
 def python_source(source: str, variables: Sequence[str] = ("msg", "meta"), macros: bool = True) -> str:
-    """The generated Python source for `source` (for inspection and tests); raises if unsupported."""
+    """The generated Python source for `source` (for inspection and tests), with the run-time limits
+    as they are set now; raises if unsupported."""
     params = {name: f"_a{i}" for i, name in enumerate(variables)}
-    src, _ = generate(parse(source, macros), params)
+    budget, max_size = _limits()
+    src, _ = generate(parse(source, macros), params, budget=budget, max_size=max_size)
     return src
 
 

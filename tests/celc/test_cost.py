@@ -190,6 +190,24 @@ def test_a_concatenation_in_a_loop_is_charged_and_capped() -> None:
         fn({"items": list(range(1000)), "s": "x" * 1000}, {})
 
 
+def test_a_search_in_a_loop_is_charged_its_size() -> None:
+    fn = try_compile("msg.items.exists(i, i in msg.big)")
+    assert fn is not None
+    assert fn({"items": [5, 6], "big": list(range(10))}, {}) is True
+    with pytest.raises(EvalError, match="limit cel_iterations"):  # 1000 searches of 2000 elements
+        fn({"items": list(range(-1000, 0)), "big": list(range(2000))}, {})
+
+
+def test_an_outermost_comprehension_is_not_charged_and_generates_the_code_it_did() -> None:
+    from engine.celc import python_source
+
+    src = "msg.items.exists(i, i.price > 2.0)"
+    assert "_t0" not in python_source(src)  # the hot path: no budget variable at all
+    fn = try_compile("msg.items.exists(x, x < 0)")
+    assert fn is not None and fn({"items": list(range(2_000_000))}, {}) is False  # linear in the message
+    assert "_t0" in python_source(nested(2))
+
+
 def test_runtime_guards_only_expressions_with_comprehensions() -> None:
     from engine.celc.cost import has_loops
 
