@@ -23,8 +23,9 @@ class Limits:
 
     graph_bytes: int = 4 * 1024 * 1024  # size of a graph file (E003)
     yaml_depth: int = 64  # nesting of mappings and sequences (E004)
-    yaml_nodes: int = 200_000  # YAML nodes after expanding aliases (E005): billion laughs
+    yaml_nodes: int = 50_000  # YAML nodes after expanding aliases (E005): billion laughs; ~50 µs each to check
     cel_cost: int = 1_000_000  # the offline estimate of one expression's cost (E204)
+    cel_expressions: int = 1_000  # CEL expressions in one graph (E205): validate compiles each, ~3 ms
     cel_assumed_size: int = 100  # elements (or characters) the estimate assumes for a list, map or string it cannot size
     cel_iterations: int = 1_000_000  # comprehension iterations and elements built per evaluation, at run time
     cel_value_size: int = 1_000_000  # elements of a list or map, characters of a string, a `+` may build at run time

@@ -126,11 +126,10 @@ class _Estimator:
 def estimate(source: str, assumed: int) -> int:
     """The estimated cost of `source` in steps, unknown sizes taken as `assumed` (see the module)."""
     try:
-        node = parse(source)
-    except (ParseError, Unsupported, RecursionError):
+        return _Estimator(assumed).of(parse(source), {}).cost
+    except (ParseError, Unsupported, RecursionError):  # a long `a + b + ...` chain nests deeply too
         macros = len(_MACRO.findall(source))
         return _clamp(max(len(source), 1) * max(assumed, 1) ** min(macros, 64))
-    return _Estimator(assumed).of(node, {}).cost
 
 
 def has_loops(source: str) -> bool:

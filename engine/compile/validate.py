@@ -68,6 +68,7 @@ class _Checker:
         self.diags: list[Diagnostic] = []
         self.lines: list[str] = []  # the file's text, for positions inside block scalars
         self.limits = Limits.from_env()
+        self.cel_count = 0  # CEL expressions seen so far (E205)
 
     def add(self, path: Path, code: str, message: str, *, value: bool = False, severity: str = "error",
             pos: Pos | None = None) -> None:
@@ -361,6 +362,12 @@ def _check_config(c: _Checker, node_id: str, npath: Path, cls: type[Node], type_
     for fpath, source in cel_fields(config):
         cpath = (*npath, "config", *fpath)
         dotted = ".".join(str(p) for p in cpath)
+        c.cel_count += 1
+        if c.cel_count > c.limits.cel_expressions:  # compiling each costs milliseconds: bound the total
+            if c.cel_count == c.limits.cel_expressions + 1:
+                c.add(cpath, "E205", f"{dotted}: more than {c.limits.cel_expressions:,} CEL expressions in one graph; "
+                      "this one and the rest are not checked (limit cel_expressions)", value=True)
+            continue
         try:
             expr = compile_expr(source)
             cel.append((node_id, source, expr.compiled))

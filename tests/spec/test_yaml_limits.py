@@ -94,6 +94,20 @@ def test_50_mb_graph_file_is_e003_in_bounded_time_and_memory(tmp_path: Path) -> 
     assert seconds < MAX_SECONDS and rss < MAX_RSS_KB, (seconds, rss)
 
 
+def test_the_dearest_file_within_every_limit_is_still_bounded(tmp_path: Path) -> None:
+    """As many nodes as `yaml_nodes` allows, each with its own CEL expression: the YAML node limit
+    and `cel_expressions` (E205) bound what validate does with a file that passes the others."""
+    path = tmp_path / "many.yaml"
+    lines = ["version: 1", "name: many", "defaults: {dead_letter: dead}", "nodes:",
+             "  read: {type: file_source, config: {path: in.ndjson}}",
+             "  dead: {type: file_sink, inputs: [read.errors], config: {path: d.ndjson}}"]
+    lines += [f'  m{i}: {{type: map, inputs: [read], config: {{expr: "msg.a + {i}"}}}}' for i in range(4500)]
+    path.write_text("\n".join(lines) + "\n")
+    out, seconds, rss = _validate_bounded(path)
+    assert " E205 " in out and " E005 " not in out, out[:2000]
+    assert seconds < 3 * MAX_SECONDS and rss < 2 * MAX_RSS_KB, (seconds, rss)
+
+
 def test_a_file_just_under_the_size_limit_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     text = "version: 1\nname: small\nnodes:\n  read: {type: file_source, config: {path: in.ndjson}}\n"
     path = tmp_path / "g.yaml"
