@@ -51,6 +51,7 @@ class Gen:
         # prologue when `charged`), and no value built in a loop above `max_size` elements
         self.budget, self.max_size, self.charged, self.loops = budget, max_size, False, 0
         self.over_fn = self.over  # one object, so `helper` binds one name for it
+        self.sized_fn = _size_check(max_size if max_size is not None else budget or 0)
         self.level = 1
         self.count = 0
         self.params = params
@@ -237,8 +238,6 @@ class Gen:
         if self.budget is None or self.loops == 0 or code.type in ("int", "uint", "double", "bool", "null"):
             return code
         self.charged = True
-        if not hasattr(self, "sized_fn"):
-            self.sized_fn = _size_check(self.max_size if self.max_size is not None else self.budget)
         t = self.tmp()
         return Code(f"({t} if (_t0 := _t0 - {self.helper(self.sized_fn)}({t} := {code.expr})) >= 0 "
                     f"else {self.helper(self.over_fn)}())", code.type)
@@ -627,10 +626,10 @@ def generate(
     expression and nothing else. With `boolean` too, a result that is not a bool also raises (a
     filter's fast path then needs no type check of its own).
 
-    With `budget`, each evaluation (each message of a batch) may run that many comprehension
-    iterations and build that many elements with `+` inside loops; a loop is charged its length
-    once, when it starts. Going over is that message's EvalError. `max_size` caps the size of one
-    value a `+` builds inside a loop.
+    With `budget`, each evaluation (each message of a batch) may run that many iterations of
+    comprehensions nested in another, and build (`+`) or search (`in`) that many elements inside
+    loops; a nested loop is charged its length once, when it starts. Going over is that message's
+    EvalError. `max_size` caps the size of one value a `+` builds or `in` searches inside a loop.
     """
     if batch and strict:
         return _generate_strict(node, params, plain, boolean, budget, max_size)
