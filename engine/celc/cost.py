@@ -29,7 +29,19 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from engine.celc.parser import Call, Comprehension, Ident, ListLit, Lit, MapLit, Node, ParseError, Select, Unsupported, parse
+from engine.celc.parser import (
+    Call,
+    Comprehension,
+    Ident,
+    ListLit,
+    Lit,
+    MapLit,
+    Node,
+    ParseError,
+    Select,
+    Unsupported,
+    parse,
+)
 
 __all__ = ["CAP", "Size", "estimate", "has_loops", "largest_size", "max_assumed_size"]
 
@@ -56,7 +68,7 @@ _MACRO = re.compile(r"\.\s*(?:map|filter|all|exists|exists_one)\s*\(")
 
 
 def _clamp(n: int) -> int:
-    return n if n < CAP else CAP
+    return min(CAP, n)
 
 
 class _Estimator:

@@ -13,8 +13,8 @@ from pydantic import BaseModel, ValidationError
 
 from engine import registry
 from engine.api import CheckContext, CheckIssue, Node, RetryPolicy, Upstream, cel_fields
-from engine.compile.diagnostics import Diagnostic, GraphInvalid
 from engine.celc.cost import estimate
+from engine.compile.diagnostics import Diagnostic, GraphInvalid
 from engine.expr import CelError, compile_expr
 from engine.limits import Limits
 from engine.spec.models import NODE_ID_PATTERN, GraphSpec
