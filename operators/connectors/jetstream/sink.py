@@ -157,8 +157,8 @@ class JetStreamSink(Sink):
             ("subject",), "W342",
             f"stream {name!r} deduplicates for {window:g}s (connections.{config.connection}.streams.{name}."
             f"duplicate_window) but source {source!r} may redeliver a message for up to {horizon:g}s "
-            f"(ack_wait x max_deliver): a message republished after a crash past the window is stored twice; "
-            f"set duplicate_window to at least {horizon:g}s, or lower {source}'s ack_wait or max_deliver",
+            "(ack_wait x max_deliver, or its backoff): a message republished after a crash past the window is "
+            f"stored twice; set duplicate_window to at least {horizon:g}s, or lower {source}'s ack_wait or max_deliver",
             "warning")]
 
     def metrics(self) -> dict[str, int]:
