@@ -1,14 +1,12 @@
 """Hostile graph files: `streamdag validate` answers with a diagnostic, in bounded time and memory.
 
 Each hostile input runs `streamdag validate` in a child process under an address-space limit
-(RLIMIT_AS), and the child reports its own peak RSS; before the limits, billion laughs took 47 s
+(`tests/bounded.py`), and the child reports its own peak RSS; before the limits, billion laughs took 47 s
 and 3.95 GB, 100,000-deep nesting was a RecursionError and a 50 MB file took 120 s and 2.9 GB.
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -18,36 +16,16 @@ import pytest
 from engine.compile.validate import check_file, check_text
 from engine.limits import Limits, set_limit
 from engine.spec.source_map import YamlError, check_yaml_limits, load_yaml
+from tests.bounded import run_cli_bounded
 
-ROOT = Path(__file__).resolve().parents[2]
-AS_LIMIT = 1 << 30  # 1 GiB of address space for the child (the interpreter and pydantic need ~0.5)
 MAX_SECONDS = 10.0  # measured at well under 1 s alone; the machine is shared
 MAX_RSS_KB = 200 * 1024
-
-CHILD = textwrap.dedent("""
-    import resource, sys
-    resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))
-    from engine.cli import main
-    code = main(["validate", sys.argv[1]])
-    # VmHWM: this process's peak RSS (ru_maxrss would include the parent's, kept across exec)
-    hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0].split()[1]
-    print("MAXRSS", hwm)
-    sys.exit(code)
-""")
 
 
 def _validate_bounded(path: Path) -> tuple[str, float, int]:
     """(stdout+stderr, seconds, peak RSS in KB) of `streamdag validate path` in a bounded child."""
-    start = time.perf_counter()
-    proc = subprocess.run(
-        [sys.executable, "-c", CHILD.format(limit=AS_LIMIT), str(path)],
-        check=False, capture_output=True, text=True, cwd=ROOT, timeout=120,
-    )
-    seconds = time.perf_counter() - start
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 1, out  # invalid, not a crash
-    assert "Traceback" not in out and "MemoryError" not in out, out
-    rss = int(out.split("MAXRSS ")[1].split()[0])
+    code, out, seconds, rss = run_cli_bounded(["validate", str(path)])
+    assert code == 1, out  # invalid, not a crash
     return out, seconds, rss
 
 
