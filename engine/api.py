@@ -34,6 +34,7 @@ __all__ = [
     "RetryPolicy",
     "Sink",
     "Source",
+    "Upstream",
     "cel_fields",
     "connection_field",
 ]
@@ -96,12 +97,23 @@ class CheckIssue:
     offset: int | None = None  # 0-based character offset inside the string value at `loc`
 
 
+@dataclass(frozen=True)
+class Upstream:
+    """A source whose messages reach the node being checked, through any port (`errors` too)."""
+
+    node: str
+    cls: type[Source]
+    config: Any
+
+
 @dataclass
 class CheckContext:
-    """What offline checks may look at: names declared in the graph (no I/O)."""
+    """What offline checks may look at: names declared in the graph (no I/O); for
+    `check_upstream`, the sources that feed the node too."""
 
     connections: dict[str, dict[str, Any]] = field(default_factory=dict)
     schemas: dict[str, Any] = field(default_factory=dict)
+    upstream: tuple[Upstream, ...] = ()
 
 
 class Node:
@@ -128,6 +140,12 @@ class Node:
         """Offline checks beyond the model (SQL identifiers, schema names...). No I/O."""
         return ()
 
+    @classmethod
+    def check_upstream(cls, config: Any, ctx: CheckContext) -> Iterable[CheckIssue]:
+        """Offline checks that depend on the sources feeding this node (`ctx.upstream`), such as
+        whether they redeliver. Called once the graph's edges are known. No I/O."""
+        return ()
+
     async def start(self) -> None:
         """Open connections, prepare statements. Errors here stop the run before data flows."""
 
@@ -139,6 +157,12 @@ class Source(Node):
     kind: ClassVar[Literal["source"]] = "source"
     # True when `reject` makes the message come back later (nak, pending entry): see `defaults.on_error`.
     redelivers: ClassVar[bool] = False
+
+    @classmethod
+    def redelivery_horizon(cls, config: Any) -> float | None:
+        """Seconds after a message's first delivery that it may still be delivered again (after a
+        crash, before it is acked), or None when this source does not redeliver."""
+        return None
 
     async def run(self, out: SourceSender) -> None:
         """Emit batches with `await out.send(msgs)` until exhausted or `out.stopping` is set."""

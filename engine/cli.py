@@ -250,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamdag", description="Declarative dataflow graphs.")
     p.add_argument("--log-level", action="append", default=[], metavar="LEVEL|node.ID=LEVEL",
                    help="DEBUG, INFO (default), WARNING, ERROR; or node.ID=LEVEL; repeatable")
+    p.add_argument("--limit", action="append", default=[], metavar="NAME=VALUE",
+                   help="a limit on untrusted graph content for this command, e.g. cel_cost=5000000 "
+                   "(sets STREAMDAG_LIMIT_<NAME>; names and defaults: docs/limits-graph.md); repeatable")
     sub = p.add_subparsers(dest="command", required=True)
 
     v = sub.add_parser("validate", help="check graph files offline; every problem at once")
@@ -311,9 +314,23 @@ def _setup_logging(args: argparse.Namespace) -> None:
         raise SystemExit(EXIT_INVALID) from exc
 
 
+def _apply_limits(assignments: list[str]) -> None:
+    """`--limit name=value` into the environment (the limits are read from it), then check them all."""
+    from engine.limits import Limits, set_limit
+
+    try:
+        for item in assignments:
+            set_limit(item)
+        Limits.from_env()
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_INVALID) from exc
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args)
+    _apply_limits(args.limit)
     return int(args.fn(args))
 
 

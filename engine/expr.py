@@ -99,9 +99,40 @@ class Expr:
         return f"Expr({self.source!r}, compiled={self.compiled})"
 
 
-def _runtime_fn(program: Any) -> Callable[[Any, Any], Any]:
+def _cost_guard(source: str) -> Callable[[Any, Any], None] | None:
+    """The runtime's cost limit, checked before it evaluates (it cannot be interrupted): None when
+    no message can take `source` over `cel_iterations` steps, else a check that raises `EvalError`
+    for a message whose largest list, map or string makes the estimate (engine/celc/cost.py) go over."""
+    from engine.celc.cost import has_loops, largest_size, max_assumed_size
+    from engine.limits import Limits
+
+    if not has_loops(source):  # linear in the message: bounded by the payload limits
+        return None
+    bound = Limits.from_env().cel_iterations
+    most = max_assumed_size(source, bound)
+    if most >= 2**40:
+        return None
+
+    def check(body: Any, meta: Any) -> None:
+        largest = max(largest_size(body, most), largest_size(meta, most))
+        if largest > most:
+            raise EvalError(f"CEL cost limit: with a list, map or string of {largest:,} elements in the message the "
+                            f"estimated cost is above {bound:,} steps (limit cel_iterations; at most {max(most, 0):,} "
+                            "elements fit)")
+
+    return check
+
+
+def _runtime_fn(program: Any, source: str) -> Callable[[Any, Any], Any]:
+    guard = _cost_guard(source)
+
     def evaluate(body: Any, meta: Any) -> Any:
-        value = program.eval(data={"msg": body, "meta": meta})
+        if guard is not None:
+            guard(body, meta)
+        try:
+            value = program.eval(data={"msg": body, "meta": meta})
+        except RuntimeError as exc:  # e.g. "Iteration budget exceeded": the runtime's own 10,000 iterations
+            raise EvalError(str(exc).removeprefix("INTERNAL: ")) from None
         kind = value.type()
         if kind == _ERROR:
             raise EvalError(str(value.value()))
@@ -130,4 +161,4 @@ def compile_expr(source: str, allow_compiler: bool = True, boolean: bool = False
             fn = celc.try_compile(source)
             if fn is not None:
                 return Expr(source, fn, compiled=True, batch=celc.try_compile_strict(source, boolean))
-    return Expr(source, _runtime_fn(program), compiled=False)
+    return Expr(source, _runtime_fn(program, source), compiled=False)

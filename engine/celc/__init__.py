@@ -37,7 +37,7 @@ def _eval_error(exc: BaseException) -> Exception:
 
     if isinstance(exc, EvalError):
         return exc
-    if isinstance(exc, V.CelFailure):
+    if isinstance(exc, V.CelFailure | V.CostExceeded):
         return EvalError(str(exc))
     if isinstance(exc, KeyError):
         return EvalError(f"no such key: {exc.args[0]!r}" if exc.args else "no such key")
@@ -84,9 +84,11 @@ def _type_error_text(text: str) -> str:
 
 
 def python_source(source: str, variables: Sequence[str] = ("msg", "meta"), macros: bool = True) -> str:
-    """The generated Python source for `source` (for inspection and tests); raises if unsupported."""
+    """The generated Python source for `source` (for inspection and tests), with the run-time limits
+    as they are set now; raises if unsupported."""
     params = {name: f"_a{i}" for i, name in enumerate(variables)}
-    src, _ = generate(parse(source, macros), params)
+    budget, max_size = _limits()
+    src, _ = generate(parse(source, macros), params, budget=budget, max_size=max_size)
     return src
 
 
@@ -96,16 +98,18 @@ def compile_program(
     runtime: Callable[..., Any] | None,
     macros: bool = True,
     batch: bool = False,
+    budget: int | None = None,
+    max_size: int | None = None,
 ) -> Evaluator:
     """Compile `source` to a function of the `variables` (positional, in order).
 
     `runtime` evaluates the same arguments on the full runtime; it is called for a message the
     generated code defers. With `batch` the function takes one sequence per variable and returns a
     list of results, an EvalError in place of each failed one. Raises ParseError, Unsupported or
-    UnsafeCode.
+    UnsafeCode. `budget` and `max_size`: the run-time limits (see `codegen.generate`).
     """
     params = {name: f"_a{i}" for i, name in enumerate(variables)}
-    src, consts = generate(parse(source, macros), params, batch=batch)
+    src, consts = generate(parse(source, macros), params, batch=batch, budget=budget, max_size=max_size)
 
     def no_runtime(*_args: Any) -> Any:
         raise _eval_error(V.CelFailure("expression needs the full CEL runtime for this input"))
@@ -154,24 +158,38 @@ class StrictBatch:
 
 
 def compile_strict_batch(
-    source: str, macros: bool = True, boolean: bool = False, variables: Sequence[str] = ("msg", "meta")
+    source: str, macros: bool = True, boolean: bool = False, variables: Sequence[str] = ("msg", "meta"),
+    budget: int | None = None, max_size: int | None = None,
 ) -> StrictBatch:
     """Compile `source` to a `StrictBatch` over `variables` (column i is variable i); raises like
     `compile_program`. With `boolean`, a message whose result is not a bool also makes the batch raise."""
     params = {name: f"_a{i}" for i, name in enumerate(variables)}
-    src, consts = generate(parse(source, macros), params, batch=True, strict=True, boolean=boolean)
+    src, consts = generate(parse(source, macros), params, batch=True, strict=True, boolean=boolean,
+                           budget=budget, max_size=max_size)
     signature = src[: src.index(")")]
     columns = tuple(i for i in range(len(params)) if re.search(rf"\b_b{i}\b", signature))
     return StrictBatch(_load(src, params, {**consts, "_Defer": V.Defer}), columns, src)
 
 
-@functools.lru_cache(maxsize=1024)
+def _limits() -> tuple[int, int]:
+    """The run-time limits (`cel_iterations`, `cel_value_size`) as they are set now."""
+    from engine.limits import Limits
+
+    limits = Limits.from_env()
+    return limits.cel_iterations, limits.cel_value_size
+
+
 def try_compile_strict(source: str, boolean: bool = False) -> StrictBatch | None:
     """The `StrictBatch` for `source`, or None when the compiler does not cover it."""
-    if _compile_cached(source)[0] is None:
+    return _strict_cached(source, boolean, *_limits())
+
+
+@functools.lru_cache(maxsize=1024)
+def _strict_cached(source: str, boolean: bool, budget: int, max_size: int) -> StrictBatch | None:
+    if _compile_cached(source, False, budget, max_size)[0] is None:
         return None
     try:
-        return compile_strict_batch(source, boolean=boolean)
+        return compile_strict_batch(source, boolean=boolean, budget=budget, max_size=max_size)
     except (ParseError, Unsupported, UnsafeCode, RecursionError, V.CelFailure):
         return None
 
@@ -196,9 +214,10 @@ def _lazy_runtime(source: str) -> Callable[[Any, Any], Any]:
 
 
 @functools.lru_cache(maxsize=1024)
-def _compile_cached(source: str, batch: bool = False) -> tuple[Evaluator | None, str | None]:
+def _compile_cached(source: str, batch: bool, budget: int, max_size: int) -> tuple[Evaluator | None, str | None]:
     try:
-        fn = compile_program(source, ("msg", "meta"), _lazy_runtime(source), batch=batch)
+        fn = compile_program(source, ("msg", "meta"), _lazy_runtime(source), batch=batch, budget=budget,
+                             max_size=max_size)
     except (ParseError, Unsupported, UnsafeCode, RecursionError, V.CelFailure) as exc:
         kind = (
             "the compiler's parser rejects it"
@@ -211,16 +230,16 @@ def _compile_cached(source: str, batch: bool = False) -> tuple[Evaluator | None,
 
 def try_compile(source: str) -> Evaluator | None:
     """A compiled `(body, meta) -> value` for `source`, or None when the runtime must evaluate it."""
-    return _compile_cached(source)[0]
+    return _compile_cached(source, False, *_limits())[0]
 
 
 def try_compile_batch(source: str) -> Callable[[Sequence[Any], Sequence[Any]], list[Any]] | None:
     """A compiled `(bodies, metas) -> results` evaluating `source` over a whole batch in one loop,
     or None when the runtime must evaluate it. `results[i]` is the value for `bodies[i]` (with
     `metas[i]`), or the `engine.expr.EvalError` that message raised."""
-    return _compile_cached(source, True)[0]
+    return _compile_cached(source, True, *_limits())[0]
 
 
 def explain(source: str) -> str | None:
     """Why `source` is not compiled to Python (None when it is)."""
-    return _compile_cached(source)[1]
+    return _compile_cached(source, False, *_limits())[1]

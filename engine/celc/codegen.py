@@ -45,8 +45,13 @@ class Code:
 class Gen:
     """Emits the body of one function; `consts` are the names the body may use besides its locals."""
 
-    def __init__(self, params: dict[str, str]):
+    def __init__(self, params: dict[str, str], budget: int | None = None, max_size: int | None = None):
         self.lines: list[str] = []
+        # run-time limits: `budget` steps per evaluation, kept in the local `_t0` (set up by the
+        # prologue when `charged`), and no value built in a loop above `max_size` elements
+        self.budget, self.max_size, self.charged, self.loops = budget, max_size, False, 0
+        self.over_fn = self.over  # one object, so `helper` binds one name for it
+        self.sized_fn = _size_check(max_size if max_size is not None else budget or 0)
         self.level = 1
         self.count = 0
         self.params = params
@@ -209,6 +214,35 @@ class Gen:
         items = self.tmp()
         keep_order = node.kind in ("map", "filter")
         self.emit(f"{items} = {self.helper(V.iter_range)}({rng.expr}, {keep_order})")
+        if self.budget is not None and self.loops:
+            # a loop inside a loop is charged its length once, on entry (nothing per element); an
+            # outermost one is not: it runs once per evaluation over a range no longer than the
+            # message's lists (or a literal's), and charging it would cost one-level `exists` ~15%
+            self.charged = True
+            self.emit(f"if (_t0 := _t0 - _len({items})) < 0:")
+            self.emit(f"    {self.helper(self.over_fn)}()")
+        self.loops += 1
+        try:
+            return self.comprehension_loop(node, scope, items)
+        finally:
+            self.loops -= 1
+
+    def over(self) -> None:
+        raise V.CostExceeded(
+            f"CEL cost limit: more than {self.budget:,} comprehension iterations and loop-built elements in one "
+            "evaluation (limit cel_iterations)"
+        )
+
+    def charge_size(self, code: Code) -> Code:
+        """`code` (a `+` inside a loop, or the value `in` searches) charged its size against the budget."""
+        if self.budget is None or self.loops == 0 or code.type in ("int", "uint", "double", "bool", "null"):
+            return code
+        self.charged = True
+        t = self.tmp()
+        return Code(f"({t} if (_t0 := _t0 - {self.helper(self.sized_fn)}({t} := {code.expr})) >= 0 "
+                    f"else {self.helper(self.over_fn)}())", code.type)
+
+    def comprehension_loop(self, node: Comprehension, scope: dict[str, str], items: str) -> Code:
         var = self.tmp().replace("_t", "_v")
         inner = {**scope, node.var: var}
         res = self.tmp()
@@ -411,6 +445,10 @@ class Gen:
         return Code(f"{helper}({a.expr}, {b.expr})", "bool")
 
     def arith(self, fn: str, args: tuple[Node, ...], scope: dict[str, str]) -> Code:
+        code = self.arith_code(fn, args, scope)
+        return self.charge_size(code) if fn == "_+_" else code
+
+    def arith_code(self, fn: str, args: tuple[Node, ...], scope: dict[str, str]) -> Code:
         a, b = self.gen(args[0], scope), self.gen(args[1], scope)
         op, helper_fn = _ARITH[fn]
         helper = self.helper(helper_fn)
@@ -480,7 +518,7 @@ class Gen:
         return Code(f"({r} if {test} else {helper}({left}, {right}))", "int")
 
     def membership(self, args: tuple[Node, ...], scope: dict[str, str]) -> Code:
-        x, c = self.gen(args[0], scope), self.gen(args[1], scope)
+        x = self.gen(args[0], scope)
         node_c = args[1]
         if (
             isinstance(node_c, ListLit)
@@ -489,6 +527,7 @@ class Gen:
         ):
             options = tuple(i.value for i in node_c.items)  # type: ignore[attr-defined]
             return Code(f"({x.expr} in {self.const(options, 'k')})", "bool", x.safe)
+        c = self.charge_size(self.gen(node_c, scope))  # in a loop, a search costs the size searched
         if x.type == "string":
             cb, cr = self.once(c)
             return Code(
@@ -538,6 +577,20 @@ class Gen:
         return Code(f"{self.helper(FUNCTIONS[key])}({', '.join(c.expr for c in codes)})", result)
 
 
+def _size_check(cap: int) -> Callable[[object], int]:
+    """The size of a value a `+` built or `in` searches in a loop (0 for a number), raising above `cap`."""
+
+    def sized(value: object) -> int:
+        t = type(value)
+        n = len(value) if t is str or t is list or t is dict or t is bytes else 0  # type: ignore[arg-type]
+        if n > cap:
+            raise V.CostExceeded(f"CEL value size limit: a value of {n:,} elements or characters in a loop, above "
+                                 f"{cap:,} (limit cel_value_size)")
+        return n
+
+    return sized
+
+
 def _pattern_matcher(match: Callable[[str], bool]) -> Callable[[object], bool]:
     def matches(s: object) -> bool:
         if type(s) is not str:
@@ -559,7 +612,7 @@ def _fail_from(err: object, fn: str) -> None:
 
 def generate(
     node: Node, params: dict[str, str], plain: bool = True, batch: bool = False, strict: bool = False,
-    boolean: bool = False,
+    boolean: bool = False, budget: int | None = None, max_size: int | None = None,
 ) -> tuple[str, dict[str, object]]:
     """Python source of `def _cel(<params>)` evaluating `node`, and the constants it needs.
 
@@ -572,14 +625,24 @@ def generate(
     batch message by message. The common batch, where every message evaluates, costs the
     expression and nothing else. With `boolean` too, a result that is not a bool also raises (a
     filter's fast path then needs no type check of its own).
+
+    With `budget`, each evaluation (each message of a batch) may run that many iterations of
+    comprehensions nested in another, and build (`+`) or search (`in`) that many elements inside
+    loops; a nested loop is charged its length once, when it starts. Going over is that message's
+    EvalError. `max_size` caps the size of one value a `+` builds or `in` searches inside a loop.
     """
     if batch and strict:
-        return _generate_strict(node, params, plain, boolean)
-    g = Gen(params)
+        return _generate_strict(node, params, plain, boolean, budget, max_size)
+    g = Gen(params, budget, max_size)
     if batch:
         g.level = 2
     _, result = _result(g, node, params, plain)
     args = ", ".join(params.values())
+    over = ""
+    if g.charged:
+        g.lines.insert(0, "    " * g.level + f"_t0 = {budget}")
+        g.consts["_Over"] = V.CostExceeded
+        over = "_Over, "
     if not batch:
         g.emit(f"return {result}")
         body = "\n".join("    " + line for line in g.lines)
@@ -589,7 +652,7 @@ def generate(
             f"{body}\n"
             "    except _Defer:\n"
             f"        return _runtime({args})\n"
-            "    except _Exc as _e:\n"
+            f"    except ({over}_Exc) as _e:\n"
             "        raise _fail(_e) from None\n"
         )
         return src, g.consts
@@ -605,7 +668,7 @@ def generate(
         f"{body}\n"
         "        except _Defer:\n"
         f"            _append(_out, _runtime_or_error({args}))\n"
-        "        except _Exc as _e:\n"
+        f"        except ({over}_Exc) as _e:\n"
         "            _append(_out, _fail(_e))\n"
         "    return _out\n"
     )
@@ -631,9 +694,9 @@ def _not_bool(value: object) -> None:
 
 
 def _generate_strict(
-    node: Node, params: dict[str, str], plain: bool, boolean: bool
+    node: Node, params: dict[str, str], plain: bool, boolean: bool, budget: int | None, max_size: int | None
 ) -> tuple[str, dict[str, object]]:
-    g = Gen(params)
+    g = Gen(params, budget, max_size)
     g.strict = True
     code, result = _result(g, node, params, plain)
     if boolean:
@@ -648,6 +711,21 @@ def _generate_strict(
     g.consts["_zip"] = zip
     if not g.lines:
         return f"def _cel({columns}):\n    return [{result} for {targets} in {source}]\n", g.consts
+    if g.charged:  # over budget: the batch goes message by message, where it is that message's error
+        g.consts["_Over"] = V.CostExceeded
+        body = "\n".join("        " + line for line in [f"    _t0 = {budget}", *g.lines])
+        src = (
+            f"def _cel({columns}):\n"
+            "    _out = []\n"
+            "    try:\n"
+            f"        for {targets} in {source}:\n"
+            f"{body}\n"
+            f"            _append(_out, {result})\n"
+            "    except _Over:\n"
+            "        raise _Defer() from None\n"
+            "    return _out\n"
+        )
+        return src, g.consts
     body = "\n".join("    " + line for line in g.lines)
     src = (
         f"def _cel({columns}):\n"

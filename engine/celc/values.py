@@ -18,6 +18,7 @@ __all__ = [
     "UINT64_MAX",
     "CelFailure",
     "CelType",
+    "CostExceeded",
     "Defer",
     "ErrBox",
     "UInt",
@@ -51,6 +52,14 @@ INT64_MIN, INT64_MAX, UINT64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
 
 class CelFailure(Exception):
     """A CEL evaluation error (no matching overload, overflow, missing key...)."""
+
+
+class CostExceeded(BaseException):
+    """The evaluation went over its budget (limits `cel_iterations`, `cel_value_size`).
+
+    Not an `Exception`: `&&`, `||` and the macros absorb errors, and must not absorb this one, or
+    a message could get a result from an evaluation that was cut short. The generated function
+    translates it into that message's `EvalError`."""
 
 
 class Defer(Exception):

@@ -3,10 +3,12 @@
 Codes (each has an invalid-graph fixture in tests/fixtures/invalid/):
 
 E001 YAML syntax error             E002 duplicate key (node id, field)
+E003 graph file above the size limit   E004 YAML nested too deeply   E005 YAML expands (aliases) to too many nodes
 E100 unknown field                 E101 wrong type or value          E102 missing required field
 E110 environment variable unset without a default
 E200 unknown node type             E201 unknown config field         E202 invalid config value
-E203 CEL expression does not compile
+E203 CEL expression does not compile E204 CEL cost estimate above the limit `cel_cost`
+E205 more CEL expressions in the graph than the limit `cel_expressions`
 E210 input names an unknown node   E211 input names an unknown port  E212 source with inputs
 E213 operator or sink without inputs                                 E214 cycle
 E215 unknown connection            E216 connection of the wrong type E217 unknown schema
@@ -19,6 +21,8 @@ W301 an output port (not errors) that nothing consumes, such as a route's `unmat
 W302 a route that can never match: it comes after a `true` one in mode first (warning)
 W320 event-time window without idle_timeout: a quiet source never closes its windows (warning)
 W340 JetStream stream neither declared nor creatable   W341 sink subject that no declared stream stores
+W342 JetStream sink's stream deduplicates for less than a source feeding it may redeliver (warning)
+W360 postgres_sink mode insert behind a source that redelivers (warning)
 W251 http_source max_decompressed_bytes below max_body_bytes (warning)
 W351 redis claim_interval not below half of min_idle (warning)
 """

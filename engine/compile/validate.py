@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, get_args, get_origin
 
@@ -11,9 +12,11 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from engine import registry
-from engine.api import CheckContext, Node, RetryPolicy, cel_fields
+from engine.api import CheckContext, CheckIssue, Node, RetryPolicy, Upstream, cel_fields
+from engine.celc.cost import estimate
 from engine.compile.diagnostics import Diagnostic, GraphInvalid
 from engine.expr import CelError, compile_expr
+from engine.limits import Limits
 from engine.spec.models import NODE_ID_PATTERN, GraphSpec
 from engine.spec.source_map import Loaded, Pos, YamlError, interpolate_env, load_yaml
 
@@ -64,6 +67,8 @@ class _Checker:
         self.loaded = loaded
         self.diags: list[Diagnostic] = []
         self.lines: list[str] = []  # the file's text, for positions inside block scalars
+        self.limits = Limits.from_env()
+        self.cel_count = 0  # CEL expressions seen so far (E205)
 
     def add(self, path: Path, code: str, message: str, *, value: bool = False, severity: str = "error",
             pos: Pos | None = None) -> None:
@@ -171,11 +176,17 @@ def _block_pos(base: Pos, line: int, col: int, lines: list[str]) -> Pos:
 
 
 def _load_schema(ref: str | dict[str, Any], base_dir: str) -> Any:
+    """An inline schema, or a schema file read under the same limits as the graph file."""
     if isinstance(ref, dict):
         return ref
-    with open(os.path.join(base_dir, ref), encoding="utf-8") as fh:
-        text = fh.read()
-    return json.loads(text) if ref.endswith(".json") else yaml.safe_load(text)
+    limits = Limits.from_env()
+    try:
+        text = _read_text(os.path.join(base_dir, ref), limits.graph_bytes)
+        return json.loads(text) if ref.endswith(".json") else load_yaml(text, limits).data
+    except YamlError as exc:
+        raise ValueError(f"{exc.code} {exc.message} at {exc.line}:{exc.col}") from None
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def _schema_problem(schema: Any) -> str | None:
@@ -218,7 +229,8 @@ def check_text(text: str, path: str = "<graph>", env: dict[str, str] | None = No
     try:
         loaded = load_yaml(text)
     except YamlError as exc:
-        return None, [Diagnostic(exc.line, exc.col, "E001", f"YAML syntax error: {exc.message}", path)]
+        what = "YAML syntax error: " if exc.code == "E001" else ""
+        return None, [Diagnostic(exc.line, exc.col, exc.code, f"{what}{exc.message}", path)]
     c = _Checker(path, loaded)
     c.lines = text.splitlines()
     for dpath, pos in loaded.duplicates:
@@ -275,6 +287,7 @@ def _check_nodes(c: _Checker, nodes_raw: dict[str, Any], data: dict[str, Any], c
     resolved: dict[str, ResolvedNode] = {}
     shells: dict[str, tuple[type[Node], list[tuple[str, str]], tuple[str, ...] | None]] = {}
     cel: list[tuple[str, str, bool]] = []
+    configs: dict[str, Any] = {}  # node -> its checked config
     check_ctx = CheckContext(connections=connections, schemas=dict(schema_names))
     defaults = spec.defaults if spec else None
     for node_id, raw in nodes_raw.items():
@@ -310,6 +323,7 @@ def _check_nodes(c: _Checker, nodes_raw: dict[str, Any], data: dict[str, Any], c
                                tuple(dict.fromkeys((*cls.output_ports(None), "errors"))))
             continue
         _check_config(c, node_id, npath, cls, type_name, config, connections, schema_names, spec, check_ctx, cel)
+        configs[node_id] = config
         ports = tuple(dict.fromkeys((*cls.output_ports(config), "errors")))
         shells[node_id] = (cls, inputs, ports)
         if defaults is None or spec is None:
@@ -322,8 +336,23 @@ def _check_nodes(c: _Checker, nodes_raw: dict[str, Any], data: dict[str, Any], c
             capacity_bytes=defaults.capacity_bytes,
             batch_size=node_spec.batch_size or defaults.batch_size,
         )
-    _check_edges(c, shells, nodes_raw, spec)
+    dag = _check_edges(c, shells, nodes_raw, spec)
+    if dag is not None:
+        _check_upstream(c, dag, shells, configs, check_ctx)
     return resolved, cel
+
+
+def _check_upstream(c: _Checker, dag: Any, shells: dict[str, Any], configs: dict[str, Any],
+                    check_ctx: CheckContext) -> None:
+    """Each node type's `check_upstream`, told which sources reach the node (any port, `errors` too)."""
+    import networkx as nx
+
+    for node_id, config in configs.items():
+        sources = sorted(a for a in nx.ancestors(dag, node_id) if a in configs and shells[a][0].kind == "source")
+        upstream = tuple(Upstream(a, shells[a][0], configs[a]) for a in sources)
+        if upstream:
+            ctx = CheckContext(check_ctx.connections, check_ctx.schemas, upstream)
+            _add_issues(c, ("nodes", node_id), shells[node_id][0].check_upstream(config, ctx))
 
 
 def _check_config(c: _Checker, node_id: str, npath: Path, cls: type[Node], type_name: str, config: Any,
@@ -332,13 +361,21 @@ def _check_config(c: _Checker, node_id: str, npath: Path, cls: type[Node], type_
     """CEL, connection and schema references, and the node type's own checks."""
     for fpath, source in cel_fields(config):
         cpath = (*npath, "config", *fpath)
+        dotted = ".".join(str(p) for p in cpath)
+        c.cel_count += 1
+        if c.cel_count > c.limits.cel_expressions:  # compiling each costs milliseconds: bound the total
+            if c.cel_count == c.limits.cel_expressions + 1:
+                c.add(cpath, "E205", f"{dotted}: more than {c.limits.cel_expressions:,} CEL expressions in one graph; "
+                      "this one and the rest are not checked (limit cel_expressions)", value=True)
+            continue
         try:
             expr = compile_expr(source)
             cel.append((node_id, source, expr.compiled))
         except CelError as exc:
             pos = _cel_pos(c.loaded.pos(cpath, prefer_value=True), exc.line, exc.col, c.lines)
-            dotted = ".".join(str(p) for p in cpath)
             c.add(cpath, "E203", f"{dotted}: CEL: {exc.message}", pos=pos)
+            continue
+        _check_cel_cost(c, cpath, dotted, source)
     conn = getattr(config, "connection", None)
     if isinstance(conn, str):
         if conn not in connections and spec is not None:
@@ -359,7 +396,12 @@ def _check_config(c: _Checker, node_id: str, npath: Path, cls: type[Node], type_
         if problem:
             c.add((*npath, "config", "schema", *problem[1]), "E218",
                   f"nodes.{node_id}.config.schema: invalid JSON Schema: {problem[0]}", value=True)
-    for issue in cls.check(config, check_ctx):
+    _add_issues(c, npath, cls.check(config, check_ctx))
+
+
+def _add_issues(c: _Checker, npath: Path, issues: Iterable[CheckIssue]) -> None:
+    """A node type's own findings, placed at their paths inside the node's config."""
+    for issue in issues:
         ipath = (*npath, "config", *issue.loc)
         where: Pos | None = None
         if issue.offset is not None:
@@ -367,6 +409,18 @@ def _check_config(c: _Checker, node_id: str, npath: Path, cls: type[Node], type_
         # an unknown field (E201) points at its key, like the graph-level E201; other issues at the value
         c.add(ipath, issue.code, f"{'.'.join(str(p) for p in ipath)}: {issue.message}", value=issue.code != "E201",
               severity=issue.severity, pos=where)
+
+
+def _check_cel_cost(c: _Checker, cpath: Path, dotted: str, source: str) -> None:
+    """E204: the expression's estimated cost (engine/celc/cost.py) is above the limit `cel_cost`."""
+    limits = c.limits
+    cost = estimate(source, limits.cel_assumed_size)
+    if cost > limits.cel_cost:
+        pos = _cel_pos(c.loaded.pos(cpath, prefer_value=True), 1, 1, c.lines)
+        shown = f"{cost:,}" if cost < 10**12 else f"{cost:.2e}"
+        c.add(cpath, "E204", f"{dotted}: CEL cost estimate {shown} steps is above the limit of {limits.cel_cost:,} "
+              f"(a comprehension costs its range's size times its body; lists, maps and strings read from the "
+              f"message are taken to hold {limits.cel_assumed_size}; limit cel_cost)", pos=pos)
 
 
 def _raw_dead_letter(data: Any) -> str | None:
@@ -377,7 +431,8 @@ def _raw_dead_letter(data: Any) -> str | None:
 
 
 def _check_edges(c: _Checker, shells: dict[str, tuple[type[Node], list[tuple[str, str]], tuple[str, ...] | None]],
-                 nodes_raw: dict[str, Any], spec: GraphSpec | None) -> None:
+                 nodes_raw: dict[str, Any], spec: GraphSpec | None) -> Any:
+    """Inputs, cycles, unconsumed ports; the graph's edges as a networkx DiGraph (None with a cycle)."""
     import networkx as nx
 
     dag = nx.DiGraph()
@@ -409,10 +464,12 @@ def _check_edges(c: _Checker, shells: dict[str, tuple[type[Node], list[tuple[str
                 continue
             consumed.add((up, port))
             dag.add_edge(up, node_id)
+    acyclic: Any = dag
     try:
         cycle = nx.find_cycle(dag)
         path = " -> ".join([u for u, _ in cycle] + [cycle[0][0]])
         c.add(("nodes", cycle[0][1], "inputs"), "E214", f"cycle: {path}")
+        acyclic = None
     except nx.NetworkXNoCycle:
         pass
     for node_id, (_cls, _inputs, ports) in shells.items():
@@ -425,22 +482,40 @@ def _check_edges(c: _Checker, shells: dict[str, tuple[type[Node], list[tuple[str
     if dl is not None:
         if dl not in shells or shells[dl][0].kind != "sink":
             c.add(("defaults", "dead_letter"), "E221", f"defaults.dead_letter: '{dl}' is not a sink of this graph", value=True)
+        elif acyclic is not None:  # the runtime wires every errors port nobody consumes to it
+            acyclic.add_edges_from((n, dl) for n in shells if n != dl and (n, "errors") not in consumed)
     else:
         for node_id in shells:
             if (node_id, "errors") not in consumed:
                 c.add(("nodes", node_id), "W300",
                       f"nodes.{node_id}: errors port is not consumed and no defaults.dead_letter is set "
                       "(a failing message would stop the graph)", severity="warning")
+    return acyclic
 
 
 def check_file(path: str, env: dict[str, str] | None = None, overrides: list[str] | None = None
                ) -> tuple[Graph | None, list[Diagnostic]]:
+    limits = Limits.from_env()
     try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.read()
+        text = _read_text(path, limits.graph_bytes)
     except OSError as exc:
         return None, [Diagnostic(1, 1, "E001", f"cannot read graph file: {exc.strerror}", path)]
+    except YamlError as exc:
+        return None, [Diagnostic(exc.line, exc.col, exc.code, exc.message, path)]
     return check_text(text, path, env, overrides)
+
+
+def _read_text(path: str, max_bytes: int) -> str:
+    """The file's text, reading no more than `max_bytes` + 1 bytes: a bigger file is E003."""
+    with open(path, "rb") as fh:
+        raw = fh.read(max_bytes + 1)
+        if len(raw) > max_bytes:
+            size = os.fstat(fh.fileno()).st_size
+            raise YamlError(f"file is {size} bytes, above the limit of {max_bytes} (limit graph_bytes)", 1, 1, "E003")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise YamlError(f"YAML syntax error: not UTF-8 ({exc.reason} at byte {exc.start})", 1, 1) from None
 
 
 def load_graph(path: str, env: dict[str, str] | None = None, overrides: list[str] | None = None) -> Graph:

@@ -9,7 +9,9 @@ from typing import Any
 
 import yaml
 
-__all__ = ["Loaded", "Pos", "YamlError", "interpolate_env", "load_yaml"]
+from engine.limits import Limits
+
+__all__ = ["Loaded", "Pos", "YamlError", "check_yaml_limits", "interpolate_env", "load_yaml"]
 
 Path = tuple[str | int, ...]
 
@@ -43,9 +45,11 @@ class Loaded:
 
 
 class YamlError(Exception):
-    def __init__(self, message: str, line: int, col: int):
+    """The text is not a graph file we will read: E001 (syntax) or a limit (E003, E004, E005)."""
+
+    def __init__(self, message: str, line: int, col: int, code: str = "E001"):
         super().__init__(message)
-        self.message, self.line, self.col = message, line, col
+        self.message, self.line, self.col, self.code = message, line, col, code
 
 
 def _pos(node: yaml.Node) -> Pos:
@@ -53,10 +57,66 @@ def _pos(node: yaml.Node) -> Pos:
     return Pos(node.start_mark.line + 1, node.start_mark.column + 1, style)
 
 
-def load_yaml(text: str) -> Loaded:
-    """Parse one YAML document, keeping positions; raise `YamlError` with line:col."""
+def check_yaml_limits(text: str, limits: Limits) -> None:
+    """Raise `YamlError` (E003, E004, E005) when `text` is too big, nests too deeply or expands
+    (through aliases) to too many nodes; return when it may be composed.
+
+    Composing and walking the tree is where hostile YAML costs: PyYAML's composer recurses once per
+    nesting level, and an alias is one node in the composed graph but a whole copy of its anchor's
+    tree when walked (billion laughs: 1 KB that expands to 10**9 nodes). This pre-pass reads the
+    event stream (libyaml's parser, which keeps its own stack and does not expand aliases) with
+    constant work per event, counting the expanded size of every anchor."""
+    if len(text) > limits.graph_bytes:
+        raise YamlError(f"graph file is {len(text)} characters, above the limit of {limits.graph_bytes} "
+                        "(limit graph_bytes)", 1, 1, "E003")
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    anchors: dict[str, int] = {}
+    stack: list[list[Any]] = []  # [expanded nodes so far, anchor] of each open collection
+    expanded = 0
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        for event in yaml.parse(text, Loader=loader):
+            if isinstance(event, yaml.CollectionStartEvent):
+                if len(stack) >= limits.yaml_depth:
+                    raise _limit_error(event, f"nesting deeper than {limits.yaml_depth} levels (limit yaml_depth)", "E004")
+                stack.append([1, event.anchor])
+                expanded += 1
+            elif isinstance(event, yaml.CollectionEndEvent):
+                size, anchor = stack.pop()
+                if anchor is not None:
+                    anchors[anchor] = size
+                if stack:
+                    stack[-1][0] += size
+            elif isinstance(event, yaml.ScalarEvent | yaml.AliasEvent):
+                # an alias counts the whole tree of its anchor; an unknown one is the composer's E001
+                size = anchors.get(event.anchor, 1) if isinstance(event, yaml.AliasEvent) else 1
+                if isinstance(event, yaml.ScalarEvent) and event.anchor is not None:
+                    anchors[event.anchor] = 1
+                if stack:
+                    stack[-1][0] += size
+                expanded += size
+            if expanded > limits.yaml_nodes:
+                raise _limit_error(event, f"the document expands to more than {limits.yaml_nodes} YAML nodes "
+                                   "(an alias counts its anchor's whole tree; limit yaml_nodes)", "E005")
+    except yaml.MarkedYAMLError as exc:
+        if "nesting depth" in str(exc.problem):  # libyaml's own limit (1000 levels), met while scanning ahead
+            mark = exc.problem_mark
+            raise YamlError(f"nesting deeper than {limits.yaml_depth} levels (limit yaml_depth)",
+                            mark.line + 1 if mark else 1, mark.column + 1 if mark else 1, "E004") from None
+        return  # a syntax error: the composer reports it with its position
+    except yaml.YAMLError:
+        return
+
+
+def _limit_error(event: yaml.Event, message: str, code: str) -> YamlError:
+    mark = event.start_mark
+    return YamlError(message, mark.line + 1 if mark else 1, mark.column + 1 if mark else 1, code)
+
+
+def load_yaml(text: str, limits: Limits | None = None) -> Loaded:
+    """Parse one YAML document, keeping positions; raise `YamlError` with line:col (and a code)."""
+    check_yaml_limits(text, limits or Limits.from_env())
+    try:
+        root = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)

@@ -161,6 +161,31 @@ class JetStreamSink(Sink):
             )
         ]
 
+    @classmethod
+    def check_upstream(cls, config: JetStreamSinkConfig, ctx: CheckContext) -> list[CheckIssue]:
+        """W342: the stream's `duplicate_window` is shorter than the time a source feeding this sink
+        may redeliver a message: a copy republished after that is stored twice."""
+        conn = ctx.connections.get(config.connection) or {}
+        if config.subject is None:
+            return []
+        for _name, stream in (conn.get("streams") or {}).items():
+            if any(subject_within(config.subject, s) for s in stream["subjects"]):
+                break
+        else:
+            return []  # W341's case
+        horizons = [(up.cls.redelivery_horizon(up.config), up.node) for up in ctx.upstream]
+        horizon, source = max(((h, n) for h, n in horizons if h is not None), default=(None, ""))
+        window = float(stream["duplicate_window"])
+        if horizon is None or window >= horizon:
+            return []
+        return [CheckIssue(
+            ("subject",), "W342",
+            f"stream {name!r} deduplicates for {window:g}s (connections.{config.connection}.streams.{name}."
+            f"duplicate_window) but source {source!r} may redeliver a message for up to {horizon:g}s "
+            "(ack_wait x max_deliver, or its backoff): a message republished after a crash past the window is "
+            f"stored twice; set duplicate_window to at least {horizon:g}s, or lower {source}'s ack_wait or max_deliver",
+            "warning")]
+
     def metrics(self) -> dict[str, int]:
         """Counters beside the runtime's: stored, deduplicated by the server, rejected."""
         return {"published": self.published, "duplicates": self.duplicates, "rejected": self.rejected}

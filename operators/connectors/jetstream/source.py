@@ -168,6 +168,15 @@ class JetStreamSource(Source):
         self.acked = self.naked = self.termed = self.redeliveries = 0
 
     @classmethod
+    def redelivery_horizon(cls, config: JetStreamSourceConfig) -> float:
+        """`ack_wait` x `max_deliver` (the server waits `ack_wait`, or `backoff[n]`, before each
+        redelivery, and delivers at most `max_deliver` times; `max_deliver` is always bounded here)."""
+        if config.backoff:
+            waits = [config.backoff[min(i, len(config.backoff) - 1)] for i in range(config.max_deliver)]
+            return float(sum(waits))
+        return float(config.ack_wait) * config.max_deliver
+
+    @classmethod
     def check(cls, config: JetStreamSourceConfig, ctx: CheckContext) -> list[CheckIssue]:
         """E240: a filter subject outside the declared stream; W340: a stream nobody declares or creates."""
         conn = ctx.connections.get(config.connection)

@@ -171,6 +171,20 @@ class PostgresSink(Sink):
             issues += identifier_issues(("version",), config.version, "version column")
         return issues
 
+    @classmethod
+    def check_upstream(cls, config: Any, ctx: CheckContext) -> Iterable[CheckIssue]:
+        """W360: mode insert behind a source that redelivers: a row replayed after a crash is a
+        duplicate key (23505) and goes to errors instead of being skipped."""
+        redelivering = [up.node for up in ctx.upstream if up.cls.redelivers]
+        if config.mode != "insert" or not redelivering:
+            return ()
+        return [CheckIssue(
+            ("mode",), "W360",
+            f"mode insert behind {', '.join(repr(n) for n in redelivering)}, which can deliver a message again "
+            "after a crash: the replayed row fails with a duplicate key (23505) and is dead-lettered; use "
+            "mode insert_ignore (keep the first) or upsert (keep the last), with `key`",
+            "warning")]
+
     def __init__(self, node_id: str, config: PostgresSinkConfig, ctx: Any):
         super().__init__(node_id, config, ctx)
         self.names = list(config.columns)
