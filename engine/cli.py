@@ -252,7 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DEBUG, INFO (default), WARNING, ERROR; or node.ID=LEVEL; repeatable")
     p.add_argument("--limit", action="append", default=[], metavar="NAME=VALUE",
                    help="a limit on untrusted graph content for this command, e.g. cel_cost=5000000 "
-                   "(sets STREAMDAG_LIMIT_<NAME>; names and defaults: docs/limits-graph.md); repeatable")
+                   "(sets STREAMDAG_LIMIT_<NAME>; names and defaults: docs/limits.md); repeatable")
     sub = p.add_subparsers(dest="command", required=True)
 
     v = sub.add_parser("validate", help="check graph files offline; every problem at once")

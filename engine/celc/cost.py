@@ -2,7 +2,7 @@
 
 Modelled on cel-go's checker (`checker/cost.go`): every node has a cost in evaluation steps and
 an estimated size (elements of a list or map, characters of a string), and a comprehension costs
-its range plus the range's size times its body. The rules, as `docs/limits-graph.md` states them:
+its range plus the range's size times its body. The rules, as `docs/limits.md` states them:
 
 - a literal, an identifier, a field selection, an index and a function call cost 1 step each, plus
   the cost of their operands; a list or map literal 1 plus 1 per entry;

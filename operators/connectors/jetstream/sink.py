@@ -168,7 +168,7 @@ class JetStreamSink(Sink):
         conn = ctx.connections.get(config.connection) or {}
         if config.subject is None:
             return []
-        for _name, stream in (conn.get("streams") or {}).items():
+        for name, stream in (conn.get("streams") or {}).items():  # noqa: B007 - `name` is read after the loop
             if any(subject_within(config.subject, s) for s in stream["subjects"]):
                 break
         else:
