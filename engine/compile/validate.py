@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, get_args, get_origin
 
 import yaml
@@ -28,7 +29,7 @@ Path = tuple[str | int, ...]
 NodeClass = type[Node]
 
 
-@dataclass
+@dataclass(frozen=True)
 class ResolvedNode:
     id: str
     type: str
@@ -46,11 +47,11 @@ class ResolvedNode:
         return self.cls.kind
 
 
-@dataclass
+@dataclass(frozen=True)
 class Graph:
     path: str
     spec: GraphSpec
-    nodes: dict[str, ResolvedNode]
+    nodes: Mapping[str, ResolvedNode]  # read-only
     schemas: dict[str, Any]
     connections: dict[str, dict[str, Any]]
     warnings: list[Diagnostic] = field(default_factory=list)
@@ -275,8 +276,8 @@ def check_text(text: str, path: str = "<graph>", env: dict[str, str] | None = No
     graph_nodes, cel = _check_nodes(c, data["nodes"], data, connections, spec.schemas, spec)
     if any(d.severity == "error" for d in c.diags):
         return None, sorted(c.diags)
-    graph = Graph(path, spec, graph_nodes, schemas, connections, cel=cel)
-    graph.warnings = [d for d in c.diags if d.severity == "warning"]
+    warnings = [d for d in c.diags if d.severity == "warning"]
+    graph = Graph(path, spec, MappingProxyType(graph_nodes), schemas, connections, warnings, cel)
     return graph, sorted(c.diags)
 
 
