@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS: dict[str, str] = {
     # node types and their configs (engine.api)
     "Node": "engine.api", "Source": "engine.api", "Operator": "engine.api", "Sink": "engine.api",
-    "NodeConfig": "engine.api", "RetryPolicy": "engine.api", "CelExpr": "engine.api", "CEL": "engine.api",
+    "NodeConfig": "engine.api", "RetryPolicy": "engine.api", "StopRetrying": "engine.api", "CelExpr": "engine.api", "CEL": "engine.api",
     "CheckContext": "engine.api", "CheckIssue": "engine.api", "cel_fields": "engine.api",
     "connection_field": "engine.api",
     # messages and acks (engine.message)

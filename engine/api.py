@@ -13,15 +13,18 @@ Sinks get `await write(batch)` and return the messages that failed one by one. S
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Iterable, Iterator
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, get_args, get_origin
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeVar, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.message import Msg
 
 if TYPE_CHECKING:
+    import asyncio
+
     from engine.hooks import Context, Output, SourceSender
 
 __all__ = [
@@ -34,10 +37,14 @@ __all__ = [
     "RetryPolicy",
     "Sink",
     "Source",
+    "StopRetrying",
     "Upstream",
     "cel_fields",
     "connection_field",
 ]
+
+
+T = TypeVar("T")
 
 
 class _CelMarker:
@@ -84,6 +91,54 @@ class RetryPolicy(BaseModel):
     def exhausted(self, attempt: int) -> bool:
         """True when attempt `attempt` (1-based) was the last one `max_attempts` allows."""
         return self.max_attempts is not None and attempt >= self.max_attempts
+
+    async def call(self, fn: Callable[[], Awaitable[T]], *, what: str, log: logging.Logger,
+                   retry_if: Callable[[BaseException], bool] | None = None,
+                   stopping: asyncio.Event | None = None) -> T:
+        """`await fn()` until it succeeds: the one retry loop of every connector that keeps reading
+        on its own (a source; a sink's or an operator's batch is retried by the runtime instead, so
+        retries never nest). An error `retry_if` refuses (default: any the error classes call the
+        message's fault, `engine.errors.classify`) is raised at once, and so is the last one once
+        `max_attempts` is spent. Waits the policy's backoff between attempts, logging the first
+        failure and the recovery; with `stopping`, a set event ends the wait and raises
+        `StopRetrying` (not a cancellation: the caller decides what a stop means)."""
+        import asyncio
+        import random
+
+        from engine.errors import MESSAGE, classify
+
+        retry_if = retry_if or (lambda exc: classify(exc) != MESSAGE)
+        attempt = 1
+        while True:
+            try:
+                result = await fn()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not retry_if(exc) or self.exhausted(attempt):
+                    raise
+                delay = self.backoff(attempt, random.random())
+                (log.warning if attempt == 1 else log.debug)(
+                    "%s failed (%s: %s); retrying in %.2fs (attempt %d)", what, type(exc).__name__, exc, delay,
+                    attempt + 1)
+                if stopping is None:
+                    await asyncio.sleep(delay)
+                else:
+                    try:
+                        await asyncio.wait_for(stopping.wait(), delay)
+                    except TimeoutError:
+                        pass
+                    else:
+                        raise StopRetrying(f"{what}: stopped while retrying") from exc
+                attempt += 1
+                continue
+            if attempt > 1:
+                log.info("%s succeeded after %d attempts", what, attempt)
+            return result
+
+
+class StopRetrying(Exception):
+    """`RetryPolicy.call` was told to stop (the run drains) while waiting to retry."""
 
 
 @dataclass

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 EXPORTED = {
     # node types and configs
-    "Node", "Source", "Operator", "Sink", "NodeConfig", "RetryPolicy", "CelExpr", "CEL", "CheckContext",
+    "Node", "Source", "Operator", "Sink", "NodeConfig", "RetryPolicy", "StopRetrying", "CelExpr", "CEL", "CheckContext",
     "CheckIssue", "cel_fields", "connection_field",
     # messages and acks
     "Msg", "Ack", "BatchAck", "CompositeAck", "own_ack", "NOOP_ACK", "DELIVERED", "FILTERED", "DEAD_LETTERED",
