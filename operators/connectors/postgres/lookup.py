@@ -4,13 +4,12 @@ One query per batch for the keys not in the cache (`WHERE key_column = ANY($1)`)
 thousand messages costs one round trip at most. Found rows and misses are cached for `cache_ttl`
 seconds (time from the node's injected clock). The row goes into the body under `into`; a message
 whose key has no row goes to the `missing` port (`on_miss: missing`) or on with `into: null`.
-Keys travel as text and are cast to the key column's type by the database.
+Keys travel as text and are cast to the key column's type by the database. A lost connection
+fails the batch, which the runtime retries (the node's `retry`) until the server is back.
 """
 
 from __future__ import annotations
 
-import asyncio
-import random
 from collections.abc import Iterable
 from typing import Any, ClassVar, Literal
 
@@ -25,13 +24,10 @@ from engine import (
     Msg,
     NodeConfig,
     Operator,
-    RetryPolicy,
 )
 from operators.connectors.postgres.client import (
     check_all,
-    db_message,
     identifier_issues,
-    is_transient,
     json_value,
     plain_text,
     pool_for,
@@ -58,9 +54,6 @@ class PgLookupConfig(NodeConfig):
                                                 "pass: send on with `into` set to null.")
     cache_ttl: float = Field(30.0, ge=0, description="Seconds a row (or a miss) is remembered; 0 = no cache.")
     cache_size: int = Field(10_000, ge=0, description="Most keys remembered (oldest dropped first).")
-    retry: RetryPolicy = Field(default_factory=lambda: RetryPolicy.model_validate({"max_attempts": 10,
-                                                                                  "max_backoff": 5.0}),
-                               description="Retries of a batch's query after a lost connection.")
 
 
 class PgLookup(Operator):
@@ -89,7 +82,6 @@ class PgLookup(Operator):
         self.cache: dict[str, tuple[float, dict[str, Any] | MessageError | None]] = {}
         self.pool: Any = None
         self.queries = 0  # round trips made (for tests and stats)
-        self._rand = random.Random()
 
     async def start(self) -> None:
         check_all(self.check(self.config, CheckContext()))
@@ -152,19 +144,10 @@ class PgLookup(Operator):
 
     async def _fetch(self, keys: list[str], now: float) -> dict[str, dict[str, Any] | MessageError | None]:
         """Look the keys up (one query); remember rows and misses until now + cache_ttl."""
-        attempt = 1
-        while True:
-            try:
-                async with self.pool.acquire() as conn:
-                    records = await conn.fetch(self._sql, keys)
-                break
-            except Exception as exc:
-                if not is_transient(exc) or self.config.retry.exhausted(attempt):
-                    raise
-                delay = self.config.retry.backoff(attempt, self._rand.random())
-                self.ctx.log.warning("pg_lookup %s: %s; retrying in %.2fs", self.id, db_message(exc), delay)
-                await asyncio.sleep(delay)
-                attempt += 1
+        # a lost connection raises: the runtime retries the batch with the node's `retry` until the
+        # server is back (classify_postgres), with the stall in the metrics; no second loop here
+        async with self.pool.acquire() as conn:
+            records = await conn.fetch(self._sql, keys)
         self.queries += 1
         found: dict[str, dict[str, Any] | MessageError | None] = dict.fromkeys(keys)
         for r in records:
