@@ -9,6 +9,15 @@ Outcomes: a completed message gets `+ACK`; a failed one `-NAK` with a delay from
 failed on its `max_deliver`-th delivery it goes to the `errors` port (its delivery count in meta
 and in `attempt`) and gets `+TERM` when the dead-letter sink has committed it. Messages held
 longer than a third of `ack_wait` get `+WPI` (in progress) so the server does not redeliver them.
+
+Stopping hands back everything: no new pull request goes out, and the pull inbox stays subscribed
+until every open request has ended (filled, or its 408 at `expires`; at most `expires` plus a
+grace), because a message the server sends into an open request after the unsubscribe reaches
+nobody and would come back only after `ack_wait`. What arrives meanwhile is held, not naked at
+once (a nak would send it straight back into our own open requests, spending its deliveries);
+once the requests have ended the inbox is unsubscribed and every message not emitted gets `-NAK`,
+so the next consumer run gets it immediately. A stop therefore lasts up to `expires` (overlapped
+with the graph's drain): lower `expires` for faster stops.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ __all__ = ["JetStreamSource", "JetStreamSourceConfig", "parse_ack_subject"]
 log = logging.getLogger("streamdag.jetstream")
 
 _STATUS_DONE = {"404", "408", "409"}
+_LOST_AFTER = 2.0  # seconds past `expires` after which an open pull request with no end is counted lost
 
 
 class JetStreamSourceConfig(NodeConfig):
@@ -146,6 +156,7 @@ class JetStreamSource(Source):
         self._held_n = 0
         self._held_pos = 0
         self._out: SourceOutput | None = None
+        self._ending: asyncio.Future[None] | None = None  # waits for the open pull requests at a stop
         self.max_ack_pending = config.max_ack_pending or max(1000, 4 * config.batch)
         self.acked = self.naked = self.termed = self.redeliveries = 0
 
@@ -199,6 +210,8 @@ class JetStreamSource(Source):
     async def stop(self) -> None:
         if self._h is None:
             return
+        if self._sub is not None and not self._h.nc.is_closed:
+            await (self._ending or self._requests_ended())
         if self._on_reconnect in self._h.listeners:
             self._h.listeners.remove(self._on_reconnect)
         if self._sub is not None:
@@ -298,6 +311,25 @@ class JetStreamSource(Source):
                 if "Deleted" in desc:
                     asyncio.ensure_future(self._recreate_consumer())
 
+    async def _requests_ended(self) -> None:
+        """Return once no pull request is open: each ends when filled, with its 408 at `expires`, or
+        counts as lost `_LOST_AFTER` seconds later. Messages arriving meanwhile stay in `_buf`."""
+        limit = self.config.expires + _LOST_AFTER
+        while self._open and self._h is not None and not self._h.nc.is_closed:
+            now = time.monotonic()
+            lost = [subject for subject, (_, sent) in self._open.items() if now - sent > limit]
+            for subject in lost:
+                log.warning("node %s: pull request %s gave no end; stopping without it", self.id, subject)
+                del self._open[subject]
+            if not self._open:
+                return
+            left = min(sent for _, sent in self._open.values()) + limit - now
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), left)
+            except TimeoutError:
+                pass
+
     async def _recreate_consumer(self) -> None:
         try:
             await self._ensure_consumer()
@@ -317,7 +349,7 @@ class JetStreamSource(Source):
         """Keep up to `pull_requests` requests open, for as many messages as the graph has room for."""
         now = time.monotonic()
         for subject, (_, sent) in list(self._open.items()):
-            if now - sent > self.config.expires + 2.0:
+            if now - sent > self.config.expires + _LOST_AFTER:
                 del self._open[subject]  # lost (no 408 came): forget it so another goes out
         while len(self._open) < self.config.pull_requests:
             if not await self._request_one():
@@ -364,7 +396,7 @@ class JetStreamSource(Source):
                 )
         relay = asyncio.ensure_future(self._relay_stop(out))
         ticker = asyncio.ensure_future(self._tick_in_progress()) if self.config.in_progress else None
-        watchdog = self.config.expires + 2.0
+        watchdog = self.config.expires + _LOST_AFTER
         try:
             while not out.stopping.is_set():
                 await self._request()
@@ -388,6 +420,8 @@ class JetStreamSource(Source):
             relay.cancel()
             if ticker is not None:
                 ticker.cancel()
+            # no more pull requests: let the open ones end while the graph drains (`stop` waits)
+            self._ending = asyncio.ensure_future(self._requests_ended())
 
     async def _relay_stop(self, out: SourceOutput) -> None:
         await out.stopping.wait()
