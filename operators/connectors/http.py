@@ -303,10 +303,11 @@ class HttpSource(Source):
         loop = asyncio.get_running_loop()
         pending = _Request(n, loop.create_future())
         new_ack = self.tracker.new
-        now = time.time()
+        now = req.arrived or time.time()  # wall clock at the request's first byte
         rid = req.headers.get("x-request-id") or f"{self.id}-{next(self.seq)}"
         size = max(1, len(req.body) // n)
-        base = {"source": self.id, "received_at": now, "request_id": rid}
+        # `timestamp` starts the end-to-end latency the sinks measure (and jetstream_sink carries on)
+        base = {"source": self.id, "received_at": now, "timestamp": now, "request_id": rid}
         if req.headers.get(":credential"):
             base["credential"] = cred
         queue = self.queue

@@ -39,6 +39,7 @@ from engine.runtime.outputs import SourceOutput
 from engine.spec.units import Duration, Size
 
 from .connection import JetStreamConnectionError, NatsHandle, nats_handle
+from .sink import TIMESTAMP_HEADER
 from .streams import subject_within
 from .wire import write_lines
 
@@ -452,6 +453,11 @@ class JetStreamSource(Source):
                 "timestamp": int(t[o + 5]) / 1e9,
                 "headers": headers or {},
             }
+            if headers and TIMESTAMP_HEADER in headers:  # from a jetstream_sink: latency from the origin
+                try:
+                    meta["timestamp"] = float(headers[TIMESTAMP_HEADER])
+                except ValueError:
+                    pass
             if delivered > 1:
                 redelivered += 1
             try:
