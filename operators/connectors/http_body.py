@@ -120,8 +120,12 @@ def _json_error(exc: orjson.JSONDecodeError, line_offset: int = 0) -> IngestErro
                        f"{exc.msg}", {"line": line, "column": exc.colno, "position": exc.pos})
 
 
-def parse_items(data: bytes, mtype: str, max_batch: int) -> tuple[list[Any], bool]:
-    """Items of a body and whether it was a single object (not an array or NDJSON)."""
+def parse_items(data: bytes, mtype: str, max_batch: int,
+                refused: dict[int, dict[str, Any]] | None = None) -> tuple[list[Any], bool]:
+    """Items of a body and whether it was a single object (not an array or NDJSON).
+
+    With `refused`, an NDJSON line that is not JSON does not refuse the body: it keeps its place in
+    the items (as None) and `refused[index]` says why."""
     if mtype in JSON_TYPES:
         try:
             value = orjson.loads(data)
@@ -155,7 +159,10 @@ def parse_items(data: bytes, mtype: str, max_batch: int) -> tuple[list[Any], boo
             except orjson.JSONDecodeError as exc:
                 err = _json_error(exc, lineno - 1)
                 err.extra["position"] = start - len(line) - 1 + exc.pos
-                raise err from None
+                if refused is None:
+                    raise err from None
+                refused[len(items)] = {"index": len(items), "error": err.code, "message": err.message, **err.extra}
+                items.append(None)
         if not items:
             raise IngestError(400, "empty", "the NDJSON body has no items")
         return items, False
