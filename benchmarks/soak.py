@@ -40,8 +40,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from benchmarks.machine import NATS_URL, PG_DSN, load_average
 
 ROOT = Path(__file__).resolve().parents[1]

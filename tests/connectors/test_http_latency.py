@@ -80,7 +80,7 @@ async def test_latency_runs_from_request_arrival_through_jetstream(tmp_path: Pat
     js = nc.jetstream()
     try:
         run = Running(first)
-        async with run as (runner, url):
+        async with run as (runner, _):
             host, port = runner.nodes["ingest"].address
             status, started, body_at = await _slow_post(host, port, orjson.dumps([{"n": i} for i in range(5)]))
             assert status == 202

@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 
 from engine.compile.validate import load_graph
 from engine.runtime.scheduler import Runner
+from tests.connectors.jetstream_fixtures import wait_for
 from tests.connectors.redis_harness import REDIS_URL, unique
 
 pytestmark = pytest.mark.services
@@ -48,16 +49,7 @@ def _ids(path: Path) -> list[str]:
     return [orjson.loads(line)["meta"]["id"] for line in path.read_bytes().splitlines() if line.strip()]
 
 
-async def _wait(cond, timeout: float, what: str) -> None:  # noqa: ANN001
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not cond():
-        if loop.time() > deadline:
-            raise TimeoutError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-async def _burst(client, stream: str) -> list[str]:  # noqa: ANN001
+async def _burst(client, stream: str) -> list[str]:
     ids = []
     for i in range(0, BURST, 10):
         pipe = client.pipeline(transaction=False)
@@ -68,38 +60,42 @@ async def _burst(client, stream: str) -> list[str]:  # noqa: ANN001
     return ids
 
 
+async def _stop_round(client, work: Path, stream: str) -> None:
+    """Stop the graph at some instant of a burst; nothing may stay pending, the rest comes at once."""
+    work.mkdir()
+    await client.delete(stream)
+    runner = Runner(load_graph(str(_graph(work, stream, "first"))))
+    task = asyncio.ensure_future(runner.run())
+    publisher = asyncio.ensure_future(_burst(client, stream))
+    at = random.randint(50, BURST // 2)
+    await wait_for(lambda: len(_ids(work / "first.ndjson")) >= at, 20, "burst flowing")
+    runner.stop()
+    report = await asyncio.wait_for(task, 10)
+    ids = await publisher
+    assert report.error is None and report.balanced
+    committed = _ids(work / "first.ndjson")
+    assert 0 < len(committed) < BURST
+    pending = await client.xpending(stream, "g")
+    assert pending["pending"] == 0, f"left pending after the stop: {pending}"
+    # the next run (another generated consumer name) gets the rest at once
+    runner = Runner(load_graph(str(_graph(work, stream, "second"))))
+    task = asyncio.ensure_future(runner.run())
+    try:
+        await wait_for(lambda: len(committed) + len(_ids(work / "second.ndjson")) >= BURST, 5,
+                       "the rest of the stream")
+    finally:
+        runner.stop()
+        assert (await asyncio.wait_for(task, 10)).error is None
+    assert sorted(committed + _ids(work / "second.ndjson")) == sorted(ids)
+
+
 def test_stop_in_the_middle_of_a_burst_leaves_nothing_pending(tmp_path: Path) -> None:
     async def main() -> None:
         client = aioredis.from_url(REDIS_URL)
         stream = unique("stop")
         try:
             for attempt in range(3):
-                work = tmp_path / str(attempt)
-                work.mkdir()
-                await client.delete(stream)
-                runner = Runner(load_graph(str(_graph(work, stream, "first"))))
-                task = asyncio.ensure_future(runner.run())
-                publisher = asyncio.ensure_future(_burst(client, stream))
-                at = random.randint(50, BURST // 2)
-                await _wait(lambda: len(_ids(work / "first.ndjson")) >= at, 20, "burst flowing")
-                runner.stop()
-                report = await asyncio.wait_for(task, 10)
-                ids = await publisher
-                assert report.error is None and report.balanced
-                committed = _ids(work / "first.ndjson")
-                assert 0 < len(committed) < BURST
-                pending = await client.xpending(stream, "g")
-                assert pending["pending"] == 0, f"left pending after the stop: {pending}"
-                # the next run (another generated consumer name) gets the rest at once
-                runner = Runner(load_graph(str(_graph(work, stream, "second"))))
-                task = asyncio.ensure_future(runner.run())
-                try:
-                    await _wait(lambda: len(committed) + len(_ids(work / "second.ndjson")) >= BURST, 5,
-                                "the rest of the stream")
-                finally:
-                    runner.stop()
-                    assert (await asyncio.wait_for(task, 10)).error is None
-                assert sorted(committed + _ids(work / "second.ndjson")) == sorted(ids)
+                await _stop_round(client, tmp_path / str(attempt), stream)
         finally:
             await client.delete(stream)
             await client.aclose()

@@ -10,14 +10,16 @@ failed on its `max_deliver`-th delivery it goes to the `errors` port (its delive
 and in `attempt`) and gets `+TERM` when the dead-letter sink has committed it. Messages held
 longer than a third of `ack_wait` get `+WPI` (in progress) so the server does not redeliver them.
 
-Stopping hands back everything: no new pull request goes out, and the pull inbox stays subscribed
-until every open request has ended (filled, or its 408 at `expires`; at most `expires` plus a
-grace), because a message the server sends into an open request after the unsubscribe reaches
-nobody and would come back only after `ack_wait`. What arrives meanwhile is held, not naked at
-once (a nak would send it straight back into our own open requests, spending its deliveries);
-once the requests have ended the inbox is unsubscribed and every message not emitted gets `-NAK`,
-so the next consumer run gets it immediately. A stop therefore lasts up to `expires` (overlapped
-with the graph's drain): lower `expires` for faster stops.
+Stopping loses nothing to `ack_wait`: no new pull request goes out, and the pull inbox stays
+subscribed until every open request has ended (filled, or its 408 at `expires`; a request with no
+end counts as lost 2 s after that), because a message the server sends into an open request after
+the unsubscribe reaches nobody and would come back only after `ack_wait`. What the open requests
+still bring was delivered to this consumer, so `run` sends it through the graph like the rest
+before it returns. If `run` was cut short (a crash elsewhere cancelled it), `stop` waits for the
+requests the same way, holding what arrives (a nak while our own requests are open would send it
+straight back into them, spending its deliveries), then unsubscribes and naks every message not
+handed to the graph, so the next consumer run gets it at once. A stop of an idle graph therefore
+lasts up to `expires`: lower it for faster stops.
 """
 
 from __future__ import annotations
@@ -157,7 +159,6 @@ class JetStreamSource(Source):
         self._held_n = 0
         self._held_pos = 0
         self._out: SourceOutput | None = None
-        self._ending: asyncio.Future[None] | None = None  # waits for the open pull requests at a stop
         self.max_ack_pending = config.max_ack_pending or max(1000, 4 * config.batch)
         self.acked = self.naked = self.termed = self.redeliveries = 0
 
@@ -212,7 +213,7 @@ class JetStreamSource(Source):
         if self._h is None:
             return
         if self._sub is not None and not self._h.nc.is_closed:
-            await (self._ending or self._requests_ended())
+            await self._requests_ended()  # none left after a graceful `run`; some if it was cancelled
         if self._on_reconnect in self._h.listeners:
             self._h.listeners.remove(self._on_reconnect)
         if self._sub is not None:
@@ -312,24 +313,27 @@ class JetStreamSource(Source):
                 if "Deleted" in desc:
                     asyncio.ensure_future(self._recreate_consumer())
 
-    async def _requests_ended(self) -> None:
-        """Return once no pull request is open: each ends when filled, with its 408 at `expires`, or
-        counts as lost `_LOST_AFTER` seconds later. Messages arriving meanwhile stay in `_buf`."""
+    async def _wait_open(self) -> bool:
+        """Wait for a message or the end of an open pull request; False once none is open. Each ends
+        when filled, with its 408 at `expires`, or counts as lost `_LOST_AFTER` seconds later."""
         limit = self.config.expires + _LOST_AFTER
-        while self._open and self._h is not None and not self._h.nc.is_closed:
-            now = time.monotonic()
-            lost = [subject for subject, (_, sent) in self._open.items() if now - sent > limit]
-            for subject in lost:
-                log.warning("node %s: pull request %s gave no end; stopping without it", self.id, subject)
-                del self._open[subject]
-            if not self._open:
-                return
-            left = min(sent for _, sent in self._open.values()) + limit - now
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), left)
-            except TimeoutError:
-                pass
+        now = time.monotonic()
+        for subject in [s for s, (_, sent) in self._open.items() if now - sent > limit]:
+            log.warning("node %s: pull request %s gave no end; stopping without it", self.id, subject)
+            del self._open[subject]
+        if not self._open or self._h is None or self._h.nc.is_closed:
+            return False
+        self._wake.clear()
+        try:
+            await asyncio.wait_for(self._wake.wait(), min(s for _, s in self._open.values()) + limit - now)
+        except TimeoutError:
+            pass
+        return True
+
+    async def _requests_ended(self) -> None:
+        """Return once no pull request is open; messages arriving meanwhile stay in `_buf`."""
+        while await self._wait_open():
+            pass
 
     async def _recreate_consumer(self) -> None:
         try:
@@ -410,19 +414,29 @@ class JetStreamSource(Source):
                     continue
                 raw, self._buf = self._buf, []
                 await self._request()  # overlap the next round trips with this batch's work
-                msgs, errors = self._decode(raw)
-                if self._dead:
-                    errors.extend(self._dead)
-                    self._dead = []
-                if ticker is not None:
-                    self._hold(msgs, errors)
-                await out.send(msgs, errors)
+                await self._emit(raw, out, ticker is not None)
+            # Stopping: no new pull request, but what the open ones still bring was delivered to this
+            # consumer: it goes through the graph like the rest until they have ended (a message the
+            # server sends into an open request after the unsubscribe would wait for `ack_wait`).
+            while self._buf or self._dead or await self._wait_open():
+                if self._buf or self._dead:
+                    raw, self._buf = self._buf, []
+                    await self._emit(raw, out, ticker is not None)
         finally:
             relay.cancel()
             if ticker is not None:
                 ticker.cancel()
-            # no more pull requests: let the open ones end while the graph drains (`stop` waits)
-            self._ending = asyncio.ensure_future(self._requests_ended())
+
+    async def _emit(self, raw: list[tuple[str, str, bytes, dict[str, str] | None]], out: SourceOutput,
+                    hold: bool) -> None:
+        """Send received frames (and pending dead letters) downstream as one batch."""
+        msgs, errors = self._decode(raw)
+        if self._dead:
+            errors.extend(self._dead)
+            self._dead = []
+        if hold:
+            self._hold(msgs, errors)
+        await out.send(msgs, errors)
 
     async def _relay_stop(self, out: SourceOutput) -> None:
         await out.stopping.wait()
