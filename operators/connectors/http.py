@@ -2,9 +2,10 @@
 
 A request goes: head check (route, auth → 401, declared size → 413, before the body is read) →
 body (rate limit → 429, room → 503, decode → 400/413/415, items → 400/413, schema → 422) →
-admitted. With `on_invalid_item: accept_valid` an invalid item (schema, `idempotency_expr`, an NDJSON
-line that is not JSON) is left out instead of refusing the request, and the reply lists it. Admitted items are appended to one list that a pump task sends downstream in batches
-(many small requests become one micro-batch; there is no await per message). Every item's ack
+admitted. With `on_invalid_item: accept_valid` an invalid item (schema, `idempotency_expr`, an
+NDJSON line that is not JSON) is left out instead of refusing the request, and the reply lists it.
+Admitted items are appended to one list that a pump task sends downstream in batches (many small
+requests become one micro-batch; there is no await per message). Every item's ack
 token is `(request, index)`; `commit`/`reject` count them down and resolve the request's future,
 and only then (`ack: committed`, the default) does the client get 202. Admission is bounded by
 `max_in_flight` unsettled items, so memory is bounded whatever the load: past it, 503.

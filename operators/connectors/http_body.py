@@ -161,7 +161,8 @@ def parse_items(data: bytes, mtype: str, max_batch: int,
                 err.extra["position"] = start - len(line) - 1 + exc.pos
                 if refused is None:
                     raise err from None
-                refused[len(items)] = {"index": len(items), "error": err.code, "message": err.message, **err.extra}
+                index = len(items)
+                refused[index] = {"index": index, "error": err.code, "message": err.message, **err.extra}
                 items.append(None)
         if not items:
             raise IngestError(400, "empty", "the NDJSON body has no items")

@@ -88,7 +88,8 @@ class HttpSourceConfig(NodeConfig):
     schema_: str | dict[str, Any] | None = Field(
         None, alias="schema",
         description="JSON Schema every item must satisfy (a name from `schemas:` or inline); "
-                    "a request with any invalid item gets 422 and none of its items enter the graph.")
+                    "a request with any invalid item gets 422 and none of its items enter the graph "
+                    "(see `on_invalid_item`).")
     on_invalid_item: Literal["reject_request", "accept_valid"] = Field(
         "reject_request",
         description="What an invalid item (failing `schema` or `idempotency_expr`, or an NDJSON line that is "
