@@ -15,7 +15,8 @@ request's arrival, carried in the `Streamdag-Timestamp` header), RSS and CPU of 
 (whole process, from /proc), the JetStream consumer's pending and ack-pending counts and the load
 average. It ends with the accounting: items accepted (202, less the `refused` ones), stream
 messages, table rows, lost (accepted, not in the table), unexpected (in the table, never accepted)
-and duplicated (extra writes of a row: a trigger counts every upsert that hit an existing row),
+and duplicated (extra writes of a row: a trigger counts every upsert that hit an existing row; two
+copies in one batch are merged by the sink's upsert, so `stream_minus_accepted` is printed too),
 rows whose message reached graph 2 more than once (handed back at its SIGTERM; their latency shows
 in the restart's interval: ~`ack_wait` there would mean a stranded message), plus the stop, restart
 and backlog-recovery times. The exit status is 0 only with nothing lost, unexpected or duplicated. `--json PATH` also writes every line as JSON.
@@ -442,7 +443,9 @@ async def _account(load: Load, js: Any, pg: Any, names: Names, store: Graph) -> 
     cinfo = await js.consumer_info(names.stream, "store")
     return {"requests": load.requests, "statuses": load.statuses, "items_sent": load.next_id,
             "malformed": load.malformed_n, "refused": load.refused_n, "accepted": load.accepted_n,
-            "stream_messages": info.state.messages, "rows": await pg.fetchval(f"SELECT count(*) FROM {names.table}"),
+            "stream_messages": info.state.messages,
+            # > 0: duplicates stored in the stream (Nats-Msg-Id should drop them); < 0: lost before it
+            "stream_minus_accepted": info.state.messages - load.accepted_n, "rows": await pg.fetchval(f"SELECT count(*) FROM {names.table}"),
             "lost": lost, "unexpected": unexpected, "duplicated": duplicated,
             # rows whose message came to graph 2 more than once: handed back (nak) at its SIGTERM
             "redelivered_rows": await pg.fetchval(f"SELECT count(*) FROM {names.table} WHERE delivered > 1"),
