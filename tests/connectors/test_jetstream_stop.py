@@ -1,8 +1,10 @@
-"""A graceful stop of `jetstream_source` hands back every message it received or was about to receive.
+"""A stop of `jetstream_source` loses nothing to `ack_wait`, whenever it comes.
 
 The stop comes in the middle of a burst, while pull requests are open on the server and it is filling
-them. Whatever the graph did not commit must reach the next run at once (naked), not after `ack_wait`
-(30 s here): the next run is given a few seconds to see every message, far below `ack_wait`.
+them: in-process (`Runner.stop()`), as SIGTERM to `streamdag run`, and as a run cut short (cancelled,
+as a crash elsewhere does). Whatever the graph did not commit (what the open requests brought is
+either committed before the run ends or naked) must reach the next run at once, not after
+`ack_wait` (30 s here): the next run is given a few seconds to see every message.
 """
 
 from __future__ import annotations
