@@ -323,12 +323,19 @@ class JetStreamSource(Source):
             del self._open[subject]
         if not self._open or self._h is None or self._h.nc.is_closed:
             return False
+        await self._sleep_until_woken(min(s for _, s in self._open.values()) + limit - now)
+        return True
+
+    async def _sleep_until_woken(self, seconds: float) -> None:
+        """Wait for `_wake` at most `seconds`. `asyncio.timeout`, not `wait_for`: on Python 3.11 a
+        `wait_for` whose inner wait finishes as the task is cancelled swallows the cancellation, and
+        a cancelled `run` then went on pulling (seen in the cut-short test)."""
         self._wake.clear()
         try:
-            await asyncio.wait_for(self._wake.wait(), min(s for _, s in self._open.values()) + limit - now)
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
         except TimeoutError:
             pass
-        return True
 
     async def _requests_ended(self) -> None:
         """Return once no pull request is open; messages arriving meanwhile stay in `_buf`."""
@@ -406,11 +413,7 @@ class JetStreamSource(Source):
             while not out.stopping.is_set():
                 await self._request()
                 if not self._buf and not self._dead:
-                    self._wake.clear()
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), watchdog)
-                    except TimeoutError:
-                        pass  # `_request` forgets requests that got lost
+                    await self._sleep_until_woken(watchdog)  # `_request` then forgets requests that got lost
                     continue
                 raw, self._buf = self._buf, []
                 await self._request()  # overlap the next round trips with this batch's work
