@@ -27,8 +27,9 @@ SCHEMA = {"type": "object", "required": ["id"],
 class _Running:
     """A Gateway on its own event loop in a thread, so sync clients (requests) can call it."""
 
-    def __init__(self, tmp_path: Any):
+    def __init__(self, tmp_path: Any, **config: Any):
         self.tmp_path = tmp_path
+        self.config = config
         self.ready = threading.Event()
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -40,7 +41,7 @@ class _Running:
     async def _main(self) -> None:
         self.done = asyncio.Event()
         async with Gateway(self.tmp_path, schemas={"item": SCHEMA}, schema="item", max_batch=20,
-                           auth={"env": "HTTP_FUZZ_TOKENS"}) as gw:
+                           auth={"env": "HTTP_FUZZ_TOKENS"}, **self.config) as gw:
             self.gw = gw
             self.ready.set()
             await self.done.wait()
@@ -62,7 +63,24 @@ def gateway(tmp_path: Any, monkeypatch: Any) -> Iterator[Gateway]:
         yield gw
 
 
+@pytest.fixture
+def gateway_accept_valid(tmp_path: Any, monkeypatch: Any) -> Iterator[Gateway]:
+    monkeypatch.setenv("HTTP_FUZZ_TOKENS", "fuzz:s3cret")
+    with _Running(tmp_path, on_invalid_item="accept_valid") as gw:
+        yield gw
+
+
 def test_fuzz_ingest_against_its_openapi_document(gateway: Gateway) -> None:
+    _fuzz_ingest(gateway)
+
+
+def test_fuzz_ingest_accepting_the_valid_items_against_its_openapi_document(gateway_accept_valid: Gateway) -> None:
+    """With `on_invalid_item: accept_valid` the replies (202 with `refused`, 422 `no_valid_item`) match the
+    document too, and still only schema-valid items get in."""
+    _fuzz_ingest(gateway_accept_valid)
+
+
+def _fuzz_ingest(gateway: Gateway) -> None:
     doc = requests.get(gateway.url + "/openapi.json", timeout=5).json()
     schema = schemathesis.openapi.from_dict(doc)
     operation = schema["/api/v1/data/ingest"]["POST"]

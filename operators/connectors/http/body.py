@@ -146,9 +146,13 @@ def _json_error(exc: orjson.JSONDecodeError, line_offset: int = 0) -> IngestErro
 
 
 def parse_items(data: bytes, mtype: str, max_batch: int,
-                max_bytes: int = codec.MAX_BYTES) -> tuple[list[Any], bool]:
+                max_bytes: int = codec.MAX_BYTES, refused: dict[int, dict[str, Any]] | None = None
+                ) -> tuple[list[Any], bool]:
     """Items of a body and whether it was a single object (not an array or NDJSON). Raises
-    `PayloadTooLarge` for an item nested deeper than `codec.MAX_DEPTH`."""
+    `PayloadTooLarge` for an item nested deeper than `codec.MAX_DEPTH`.
+
+    With `refused`, an NDJSON line that is not JSON does not refuse the body: it keeps its place in
+    the items (as None) and `refused[index]` says why."""
     if mtype in JSON_TYPES:
         # an array's items are written one by one: each may nest MAX_DEPTH levels below the array
         depth = codec.MAX_DEPTH + 1 if data.lstrip()[:1] == b"[" else codec.MAX_DEPTH
@@ -184,7 +188,11 @@ def parse_items(data: bytes, mtype: str, max_batch: int,
             except orjson.JSONDecodeError as exc:
                 err = _json_error(exc, lineno - 1)
                 err.extra["position"] = start - len(line) - 1 + exc.pos
-                raise err from None
+                if refused is None:
+                    raise err from None
+                index = len(items)
+                refused[index] = {"index": index, "error": err.code, "message": err.message, **err.extra}
+                items.append(None)
         if not items:
             raise IngestError(400, "empty", "the NDJSON body has no items")
         return items, False

@@ -87,7 +87,15 @@ class HttpSourceConfig(NodeConfig):
     schema_: str | dict[str, Any] | None = Field(
         None, alias="schema",
         description="JSON Schema every item must satisfy (a name from `schemas:` or inline); "
-                    "a request with any invalid item gets 422 and none of its items enter the graph.")
+                    "a request with any invalid item gets 422 and none of its items enter the graph "
+                    "(see `on_invalid_item`).")
+    on_invalid_item: Literal["reject_request", "accept_valid"] = Field(
+        "reject_request",
+        description="What an invalid item (failing `schema` or `idempotency_expr`, or an NDJSON line that is "
+                    "not JSON) does. `reject_request`: the whole request is refused (422 or 400), none of its "
+                    "items enter the graph. `accept_valid`: the valid items are accepted exactly as usual and "
+                    "the 202 lists the others under `refused` with their reasons; a request with no valid item "
+                    "gets 422.")
     auth: HttpAuthConfig | None = Field(None, description="Credentials; required when `host` is not loopback.")
     rate_limit: HttpRateLimitConfig | None = Field(None, description="Token buckets, global and per credential.")
     readiness_timeout: PositiveDuration = Field(0.5, gt=0, description="Seconds to reach each connection in /readyz.")

@@ -29,13 +29,24 @@ def openapi_document(cfg: HttpSourceConfig, item_schema: dict[str, Any] | None) 
             {"type": "array", "items": item, "minItems": 1, "maxItems": cfg.max_batch},
         ]
     }
+    accept_valid = cfg.on_invalid_item == "accept_valid"
+    description = (
+        "Replies 202 once every item's acknowledgement has resolved downstream." if cfg.ack == "committed"
+        else "Replies 202 when the items are admitted, before the graph has committed them."
+    )
+    if accept_valid:
+        description += (
+            " Invalid items (failing the item schema or idempotency_expr, NDJSON lines that are not JSON) are"
+            " refused one by one: the valid items are accepted as usual and the reply lists the refused ones"
+            " under `refused` (index in the request, error code, message). A request with no valid item"
+            " gets 422 `no_valid_item`."
+        )
+    else:
+        description += " One invalid item refuses the whole request (422 or 400): none of its items is accepted."
     ingest: dict[str, Any] = {
         "operationId": "ingest",
         "summary": "Ingest one JSON object, a JSON array or NDJSON lines.",
-        "description": (
-            "Replies 202 once every item's acknowledgement has resolved downstream" if cfg.ack == "committed"
-            else "Replies 202 when the items are admitted, before the graph has committed them"
-        ),
+        "description": description,
         "parameters": [
             {"name": "Idempotency-Key", "in": "header", "required": False,
              "schema": {"type": "string", "maxLength": 255},
@@ -59,7 +70,8 @@ def openapi_document(cfg: HttpSourceConfig, item_schema: dict[str, Any] | None) 
             "413": _error("Body, decoded body or batch too large."),
             "415": _error("Unsupported Content-Type or Content-Encoding."),
             "431": _error("Request line and headers too large."),
-            "422": _error("Items failing the schema (none of the request's items were accepted)."),
+            "422": _error("No item is valid; `refused` lists why (none was accepted)." if accept_valid else
+                          "Items failing the schema (none of the request's items were accepted)."),
             "429": _error("Rate limited.", retry_after=True),
             "502": _error("Some items were not committed downstream."),
             "503": _error("The graph has no room; retry later.", retry_after=True),
@@ -79,7 +91,17 @@ def openapi_document(cfg: HttpSourceConfig, item_schema: dict[str, Any] | None) 
         "components": {
             "schemas": {
                 "Accepted": {"type": "object", "required": ["accepted"],
-                             "properties": {"accepted": {"type": "integer"}, "ack": {"type": "string"}}},
+                             "properties": {"accepted": {"type": "integer"}, "ack": {"type": "string"},
+                                            "refused": {"type": "array",
+                                                        "items": {"$ref": "#/components/schemas/Refused"},
+                                                        "description": "Items left out (on_invalid_item: "
+                                                                       "accept_valid), by index."}}},
+                "Refused": {"type": "object", "required": ["index", "error", "message"],
+                            "properties": {"index": {"type": "integer", "minimum": 0},
+                                           "error": {"type": "string",
+                                                     "enum": ["schema", "idempotency_expr", "invalid_json"]},
+                                           "message": {"type": "string"}, "path": {"type": "string"},
+                                           "line": {"type": "integer"}, "column": {"type": "integer"}}},
                 "Error": {"type": "object", "required": ["error", "message"],
                           "properties": {"error": {"type": "string"}, "message": {"type": "string"}}},
             },

@@ -34,6 +34,7 @@ class Request:
     headers: dict[str, str]  # names lower-cased; a repeated header keeps the last value
     body: bytes
     peer: str
+    arrived: float = 0.0  # wall-clock time (epoch seconds) of the request's first byte
 
 
 @dataclass(slots=True)
@@ -74,6 +75,7 @@ def _error(status: int, code: str, message: str) -> Response:
 
 class _Conn(asyncio.Protocol):
     __slots__ = (
+        "arrived",
         "body",
         "body_size",
         "busy",
@@ -113,6 +115,7 @@ class _Conn(asyncio.Protocol):
         self.refused: Response | None = None
         self.held = 0  # body bytes this connection counts against the server's buffer budget
         self.reading_since = 0.0  # when the request being received began (0: none)
+        self.arrived = 0.0  # the same instant, wall clock: the messages' end-to-end latency starts there
 
     # -- asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -159,6 +162,7 @@ class _Conn(asyncio.Protocol):
     # -- httptools callbacks
     def on_message_begin(self) -> None:
         self.reading_since = time.monotonic()
+        self.arrived = time.time()
         self.head_size = 1  # in the head: data_received counts it (httptools buffers header values)
         self.head_bytes = 0
         self.url = b""
@@ -235,6 +239,7 @@ class _Conn(asyncio.Protocol):
             self.headers,
             b"".join(self.body),
             self.peer,
+            self.arrived,
         )
         self.body = []
         self.queue.append((req, self.parser.should_keep_alive()))

@@ -2,8 +2,10 @@
 
 A request goes: head check (route, auth → 401, declared size → 413, before the body is read) →
 body (rate limit → 429, room → 503, decode → 400/413/415, items → 400/413, schema → 422) →
-admitted. Admitted items are appended to one list that a pump task sends downstream in batches
-(many small requests become one micro-batch; there is no await per message). Every item's ack
+admitted. With `on_invalid_item: accept_valid` an invalid item (schema, `idempotency_expr`, an
+NDJSON line that is not JSON) is left out instead of refusing the request, and the reply lists it.
+Admitted items are appended to one list that a pump task sends downstream in batches (many small
+requests become one micro-batch; there is no await per message). Every item's ack
 token is `(request, index)`; `commit`/`reject` count them down and resolve the request's future,
 and only then (`ack: committed`, the default) does the client get 202. Admission is bounded by
 `max_in_flight` unsettled items, so memory is bounded whatever the load: past it, 503.
@@ -95,7 +97,7 @@ class HttpSource(Source):
         self.address: tuple[str, int] | None = None  # bound (host, port), set once listening
         self.listening = asyncio.Event()
         self.accepting = False
-        self.counts = {"accepted": 0, "requests": 0, "rejected": 0, "late_failures": 0}
+        self.counts = {"accepted": 0, "requests": 0, "rejected": 0, "late_failures": 0, "refused_items": 0}
         self._ready_cache: tuple[float, int, dict[str, Any]] = (0.0, 0, {})
 
     @classmethod
@@ -243,8 +245,10 @@ class HttpSource(Source):
             raise self._busy()  # the tracker's limit is the graph's `defaults.max_in_flight`
         mtype = media_type(req.headers.get("content-type"))
         data = decode_body(req.body, req.headers.get("content-encoding"), cfg.max_decompressed_bytes)
+        # accept_valid: invalid items are collected here (index -> reason) instead of refusing the request
+        refused: dict[int, dict[str, Any]] | None = {} if cfg.on_invalid_item == "accept_valid" else None
         try:
-            items, single = parse_items(data, mtype, cfg.max_batch, cfg.max_decompressed_bytes)
+            items, single = parse_items(data, mtype, cfg.max_batch, cfg.max_decompressed_bytes, refused)
         except PayloadTooLarge as exc:  # dead-lettered with its bytes, and refused: 422 once committed
             status, payload = await self._admit(req, [data], True, None, cred, dead_letter=str(exc))
             if status == 202:
@@ -252,10 +256,14 @@ class HttpSource(Source):
                                         "dead_lettered": True}
             return _reply(status, payload)
         if self.schema is not None:
-            errors = self.schema.errors(items)
-            if errors:
-                raise IngestError(422, "schema", f"{len(errors)} item(s) fail the schema; none was accepted",
-                                  {"items": errors})
+            if refused is not None:
+                for err in self.schema.errors(items, limit=len(items)):
+                    refused.setdefault(err["index"], {"error": "schema", **err})
+            else:
+                errors = self.schema.errors(items)
+                if errors:
+                    raise IngestError(422, "schema", f"{len(errors)} item(s) fail the schema; none was accepted",
+                                      {"items": errors})
         key = req.headers.get("idempotency-key")
         entry = None
         if key is not None and cfg.idempotency_cache:
@@ -264,7 +272,7 @@ class HttpSource(Source):
                 return replay
         del data  # the items are what stays in memory from here on
         try:
-            status, payload = await self._admit(req, items, single, key, cred)
+            status, payload = await self._admit(req, items, single, key, cred, refused)
         except BaseException:
             if entry is not None:
                 self.idem.pop((cred, key), None)  # type: ignore[arg-type]
@@ -301,35 +309,52 @@ class HttpSource(Source):
         entry = idem[(cred, key)] = _Idem(digest, now + self.config.idempotency_ttl)
         return None, entry
 
-    async def _admit(self, req: Any, items: list[Any], single: bool, key: str | None,
-                     cred: str, dead_letter: str | None = None) -> tuple[int, dict[str, Any]]:
+    async def _admit(self, req: Any, items: list[Any], single: bool, key: str | None, cred: str,
+                     refused: dict[int, dict[str, Any]] | None = None, dead_letter: str | None = None
+                     ) -> tuple[int, dict[str, Any]]:
         """Queue the items (to the errors port with `dead_letter` as the reason, if given) and wait
-        for their acks (`ack: committed`)."""
+        for their acks (`ack: committed`); `refused` items (accept_valid) stay out and are listed."""
         cfg = self.config
-        n = len(items)
-        if self.in_flight + n > cfg.max_in_flight and self.in_flight > 0:
+        if self.in_flight + len(items) > cfg.max_in_flight and self.in_flight > 0:
             raise self._busy()
-        ids = self._ids(items, single, key) if dead_letter is None else None
+        ids = self._ids(items, single, key, refused) if dead_letter is None else None
+        keep: Any = range(len(items))  # indexes of the items that enter the graph
+        if refused:
+            keep = [i for i in keep if i not in refused]
+            if not keep:
+                raise IngestError(422, "no_valid_item", f"none of the {len(items)} item(s) is valid; none was "
+                                  "accepted", {"refused": [refused[i] for i in sorted(refused)]})
+            self.counts["refused_items"] += len(refused)
+        n = len(keep)
         loop = asyncio.get_running_loop()
         pending = _Request(n, loop.create_future())
         new_ack = self.tracker.new
-        now = time.time()
+        now = req.arrived or time.time()  # wall clock at the request's first byte
         rid = req.headers.get("x-request-id") or f"{self.id}-{next(self.seq)}"
-        size = max(1, len(req.body) // n)
-        base = {"source": self.id, "received_at": now, "request_id": rid}
+        size = max(1, len(req.body) // len(items))
+        # `timestamp` starts the end-to-end latency the sinks measure (and jetstream_sink carries on)
+        base = {"source": self.id, "received_at": now, "timestamp": now, "request_id": rid}
         if req.headers.get(":credential"):
             base["credential"] = cred
         queue = self.queue if dead_letter is None else []
-        for i, item in enumerate(items):
+        for i in keep:  # an item's token keeps its index in the request, as the replies report it
             meta = dict(base)
             if ids is not None:
                 meta["id"] = ids[i]
-            queue.append(Msg(item, meta, new_ack((pending, i)), size))
+            queue.append(Msg(items[i], meta, new_ack((pending, i)), size))
         if dead_letter is not None:
             self.dead += [error_envelope(m, self.id, dead_letter) for m in queue]
         self.in_flight += n
         self.wake.set()
         self.counts["accepted" if dead_letter is None else "rejected"] += n
+        status, payload = await self._outcome(pending, n)
+        if refused:  # accept_valid: the items left out, with their reasons, beside the outcome of the rest
+            payload["refused"] = [refused[i] for i in sorted(refused)]
+        return status, payload
+
+    async def _outcome(self, pending: _Request, n: int) -> tuple[int, dict[str, Any]]:
+        """The reply for `n` admitted items: at once (`ack: received`) or once their acks resolved."""
+        cfg = self.config
         if cfg.ack == "received":
             return 202, {"accepted": n, "ack": "received"}
         try:
@@ -346,18 +371,28 @@ class HttpSource(Source):
                          "failed": [{"index": i, "reason": r} for i, r in failed[:100]]}
         return 202, {"accepted": n, "ack": "committed"}
 
-    def _ids(self, items: list[Any], single: bool, key: str | None) -> list[str] | None:
-        """Message ids: the CEL expression per item, else the key (`key:index` inside a batch)."""
+    def _ids(self, items: list[Any], single: bool, key: str | None,
+             refused: dict[int, dict[str, Any]] | None = None) -> list[str] | None:
+        """Message ids: the CEL expression per item, else the key (`key:index` inside a batch). With
+        `refused` (accept_valid), an item the expression fails on is refused there, not the request."""
         if self.id_expr is not None:
             from engine import EvalError
 
             ids: list[str] = []
             errors: list[dict[str, Any]] = []
             for i, item in enumerate(items):
+                if refused and i in refused:
+                    ids.append("")
+                    continue
                 try:
                     ids.append(str(self.id_expr(item, {})))
                 except EvalError as exc:
-                    errors.append({"index": i, "path": "/", "message": f"idempotency_expr: {exc}"})
+                    error = {"index": i, "path": "/", "message": f"idempotency_expr: {exc}"}
+                    if refused is None:
+                        errors.append(error)
+                    else:
+                        refused[i] = {"error": "idempotency_expr", **error}
+                        ids.append("")
             if errors:
                 raise IngestError(422, "idempotency_expr", "idempotency_expr failed on some items; none was "
                                   "accepted", {"items": errors[:100]})

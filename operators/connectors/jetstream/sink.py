@@ -5,6 +5,8 @@ socket write, each with its own reply subject under one wildcard inbox; `write` 
 every PubAck of the batch is in. `Nats-Msg-Id` makes a replay after a crash a server-side
 duplicate (counted in `duplicates`), not a second copy. A message the server rejects (too
 large, no stream for the subject, CEL error) is returned as failed, so it goes to `errors`.
+A message's `meta.timestamp` (where its end-to-end latency starts) travels in the
+`Streamdag-Timestamp` header, so a graph reading the stream measures from the same origin.
 """
 
 from __future__ import annotations
@@ -36,12 +38,14 @@ from engine import (
 from .connection import NatsHandle, nats_handle
 from .streams import subject_within
 
-__all__ = ["JetStreamPublishError", "JetStreamSink", "JetStreamSinkConfig"]
+__all__ = ["TIMESTAMP_HEADER", "JetStreamPublishError", "JetStreamSink", "JetStreamSinkConfig"]
 
 log = logging.getLogger("streamdag.jetstream")
 
 _SUBJECT = re.compile(r"^[^\s*>.]+(\.[^\s*>.]+)*$")
 _HEADER_KEY = re.compile(r"^[!-9;-~]+$")
+TIMESTAMP_HEADER = "Streamdag-Timestamp"  # meta.timestamp, epoch seconds: the start of end-to-end latency
+_OWN_HEADERS = frozenset({"Nats-Msg-Id", TIMESTAMP_HEADER})  # set by the sink, never copied
 
 
 class JetStreamPublishError(OutcomeUnknown):
@@ -252,17 +256,17 @@ class JetStreamSink(Sink):
             ids[mid] = k + 1
             if k:
                 mid = f"{mid}#{k}"
-        if self._plain:  # the common case: only the message id
-            hdr_block = (
-                b"NATS/1.0\r\nNats-Msg-Id: %s\r\n\r\n" % _header_value(mid) if mid else b"NATS/1.0\r\n\r\n"
-            )
-            return subject, hdr_block, _payload(body)
-        hdr = [b"NATS/1.0\r\n"]
+        ts = meta.get("timestamp")
+        stamp = b"Streamdag-Timestamp: %.6f\r\n" % ts if isinstance(ts, (int, float)) else b""
+        if self._plain:  # the common case: only the message id (and the timestamp)
+            hdr_block = b"NATS/1.0\r\nNats-Msg-Id: %s\r\n" % _header_value(mid) if mid else b"NATS/1.0\r\n"
+            return subject, hdr_block + stamp + b"\r\n", _payload(body)
+        hdr = [b"NATS/1.0\r\n", stamp]
         if mid:
             hdr.append(b"Nats-Msg-Id: %s\r\n" % _header_value(mid))
         if self.config.copy_headers:
             for k, v in (meta.get("headers") or {}).items():
-                if k != "Nats-Msg-Id" and _HEADER_KEY.match(k):
+                if k not in _OWN_HEADERS and _HEADER_KEY.match(k):
                     hdr.append(b"%s: %s\r\n" % (k.encode(), _header_value(v)))
         for key, expr in self._headers:
             hdr.append(b"%s: %s\r\n" % (key, _header_value(expr(body, meta))))

@@ -13,6 +13,17 @@ never settled in `max_deliver` deliveries (the graph crashed or stopped while ho
 straight to `errors` and gets `+TERM`, instead of being dropped by the server without a dead
 letter. A body beyond the payload limits (engine.codec) goes to `errors` with its bytes. Messages held
 longer than a third of `ack_wait` get `+WPI` (in progress) so the server does not redeliver them.
+
+Stopping loses nothing to `ack_wait`: no new pull request goes out, and the pull inbox stays
+subscribed until every open request has ended (filled, or its 408 at `expires`; a request with no
+end counts as lost 2 s after that), because a message the server sends into an open request after
+the unsubscribe reaches nobody and would come back only after `ack_wait`. What the open requests
+still bring was delivered to this consumer, so `run` sends it through the graph like the rest
+before it returns. If `run` was cut short (a crash elsewhere cancelled it), `stop` waits for the
+requests the same way, holding what arrives (a nak while our own requests are open would send it
+straight back into them, spending its deliveries), then unsubscribes and naks every message not
+handed to the graph, so the next consumer run gets it at once. A stop of an idle graph therefore
+lasts up to `expires`: lower it for faster stops.
 """
 
 from __future__ import annotations
@@ -44,6 +55,7 @@ from engine import (
 from engine import codec as json_codec
 
 from .connection import JetStreamConnectionError, NatsHandle, nats_handle
+from .sink import TIMESTAMP_HEADER
 from .streams import subject_within
 from .wire import write_lines
 
@@ -52,6 +64,7 @@ __all__ = ["JetStreamSource", "JetStreamSourceConfig", "parse_ack_subject"]
 log = logging.getLogger("streamdag.jetstream")
 
 _STATUS_DONE = {"404", "408", "409"}
+_LOST_AFTER = 2.0  # seconds past `expires` after which an open pull request with no end is counted lost
 
 
 class JetStreamSourceConfig(NodeConfig):
@@ -226,6 +239,8 @@ class JetStreamSource(Source):
     async def stop(self) -> None:
         if self._h is None:
             return
+        if self._sub is not None and not self._h.nc.is_closed:
+            await self._requests_ended()  # none left after a graceful `run`; some if it was cancelled
         if self._on_reconnect in self._h.listeners:
             self._h.listeners.remove(self._on_reconnect)
         if self._sub is not None:
@@ -325,6 +340,35 @@ class JetStreamSource(Source):
                 if "Deleted" in desc:
                     self._recreating = asyncio.ensure_future(self._recreate_consumer())  # kept: not collected
 
+    async def _wait_open(self) -> bool:
+        """Wait for a message or the end of an open pull request; False once none is open. Each ends
+        when filled, with its 408 at `expires`, or counts as lost `_LOST_AFTER` seconds later."""
+        limit = self.config.expires + _LOST_AFTER
+        now = time.monotonic()
+        for subject in [s for s, (_, sent) in self._open.items() if now - sent > limit]:
+            log.warning("node %s: pull request %s gave no end; stopping without it", self.id, subject)
+            del self._open[subject]
+        if not self._open or self._h is None or self._h.nc.is_closed:
+            return False
+        await self._sleep_until_woken(min(s for _, s in self._open.values()) + limit - now)
+        return True
+
+    async def _sleep_until_woken(self, seconds: float) -> None:
+        """Wait for `_wake` at most `seconds`. `asyncio.timeout`, not `wait_for`: on Python 3.11 a
+        `wait_for` whose inner wait finishes as the task is cancelled swallows the cancellation, and
+        a cancelled `run` then went on pulling (seen in the cut-short test)."""
+        self._wake.clear()
+        try:
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
+
+    async def _requests_ended(self) -> None:
+        """Return once no pull request is open; messages arriving meanwhile stay in `_buf`."""
+        while await self._wait_open():
+            pass
+
     async def _recreate_consumer(self) -> None:
         try:
             await self._ensure_consumer()
@@ -344,7 +388,7 @@ class JetStreamSource(Source):
         """Keep up to `pull_requests` requests open, for as many messages as the graph has room for."""
         now = time.monotonic()
         for subject, (_, sent) in list(self._open.items()):
-            if now - sent > self.config.expires + 2.0:
+            if now - sent > self.config.expires + _LOST_AFTER:
                 del self._open[subject]  # lost (no 408 came): forget it so another goes out
         while len(self._open) < self.config.pull_requests:
             if not await self._request_one():
@@ -391,30 +435,38 @@ class JetStreamSource(Source):
                 )
         relay = asyncio.ensure_future(self._relay_stop(out))
         ticker = asyncio.ensure_future(self._tick_in_progress()) if self.config.in_progress else None
-        watchdog = self.config.expires + 2.0
+        watchdog = self.config.expires + _LOST_AFTER
         try:
             while not out.stopping.is_set():
                 await self._request()
                 if not self._buf and not self._dead:
-                    self._wake.clear()
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), watchdog)
-                    except TimeoutError:
-                        pass  # `_request` forgets requests that got lost
+                    await self._sleep_until_woken(watchdog)  # `_request` then forgets requests that got lost
                     continue
                 raw, self._buf = self._buf, []
                 await self._request()  # overlap the next round trips with this batch's work
-                msgs, errors = self._decode(raw)
-                if self._dead:
-                    errors.extend(self._dead)
-                    self._dead = []
-                if ticker is not None:
-                    self._hold(msgs, errors)
-                await out.send(msgs, errors)
+                await self._emit(raw, out, ticker is not None)
+            # Stopping: no new pull request, but what the open ones still bring was delivered to this
+            # consumer: it goes through the graph like the rest until they have ended (a message the
+            # server sends into an open request after the unsubscribe would wait for `ack_wait`).
+            while self._buf or self._dead or await self._wait_open():
+                if self._buf or self._dead:
+                    raw, self._buf = self._buf, []
+                    await self._emit(raw, out, ticker is not None)
         finally:
             relay.cancel()
             if ticker is not None:
                 ticker.cancel()
+
+    async def _emit(self, raw: list[tuple[str, str, bytes, dict[str, str] | None]], out: SourceSender,
+                    hold: bool) -> None:
+        """Send received frames (and pending dead letters) downstream as one batch."""
+        msgs, errors = self._decode(raw)
+        if self._dead:
+            errors.extend(self._dead)
+            self._dead = []
+        if hold:
+            self._hold(msgs, errors)
+        await out.send(msgs, errors)
 
     async def _relay_stop(self, out: SourceSender) -> None:
         await out.stopping.wait()
@@ -447,6 +499,11 @@ class JetStreamSource(Source):
                 "timestamp": int(t[o + 5]) / 1e9,
                 "headers": headers or {},
             }
+            if headers and TIMESTAMP_HEADER in headers:  # from a jetstream_sink: latency from the origin
+                try:
+                    meta["timestamp"] = float(headers[TIMESTAMP_HEADER])
+                except ValueError:
+                    pass
             if delivered > 1:
                 redelivered += 1
                 if delivered > max_deliver:  # never settled in max_deliver deliveries: dead letter, +TERM
