@@ -19,9 +19,8 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, get_args, g
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine.message import Msg
-
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # not at run time: `engine.spec` and `engine.compile` import this module, without asyncio
+    from engine.message import Msg
     from engine.runtime.context import NodeContext
     from engine.runtime.outputs import Outputs, SourceOutput
 

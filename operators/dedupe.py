@@ -21,7 +21,7 @@ from engine.expr import EvalError, compile_expr
 from engine.message import Msg
 from engine.runtime.outputs import Outputs
 from engine.spec.units import PositiveDuration
-from operators.connectors.redis_conn import CONNECTION_ERRORS, raise_if_cancelled, redis_client
+from operators.connectors.redis_conn import connection_errors, raise_if_cancelled, redis_client
 
 __all__ = ["Dedupe", "DedupeConfig"]
 
@@ -91,7 +91,7 @@ class Dedupe(Operator):
             return
         try:
             results = await pipe.execute()
-        except CONNECTION_ERRORS as exc:
+        except connection_errors() as exc:
             raise ConnectionLost(f"redis {self.config.connection}: dedupe failed: {exc}") from exc
         raise_if_cancelled()
         send = out.port("out").append

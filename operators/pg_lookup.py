@@ -9,7 +9,6 @@ Keys travel as text and are cast to the key column's type by the database.
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections.abc import Iterable
 from typing import Any, ClassVar, Literal
@@ -141,6 +140,8 @@ class PgLookup(Operator):
 
     async def _fetch(self, keys: list[str], now: float) -> dict[str, dict[str, Any] | None]:
         """Look the keys up (one query); remember rows and misses until now + cache_ttl."""
+        import asyncio
+
         attempt = 1
         while True:
             try:

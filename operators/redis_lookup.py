@@ -19,7 +19,7 @@ from engine.errors import ConnectionLost
 from engine.expr import EvalError, compile_expr
 from engine.message import Msg
 from engine.runtime.outputs import Outputs
-from operators.connectors.redis_conn import CONNECTION_ERRORS, raise_if_cancelled, redis_client
+from operators.connectors.redis_conn import connection_errors, raise_if_cancelled, redis_client
 
 __all__ = ["RedisLookup", "RedisLookupConfig"]
 
@@ -92,7 +92,7 @@ class RedisLookup(Operator):
                 for _, k in keyed:
                     pipe.hgetall(k)
                 values = await pipe.execute()
-        except CONNECTION_ERRORS as exc:
+        except connection_errors() as exc:
             raise ConnectionLost(f"redis {self.config.connection}: lookup failed: {exc}") from exc
         raise_if_cancelled()
         on_miss, into = self.config.on_miss, self.config.into

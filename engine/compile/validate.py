@@ -378,10 +378,7 @@ def _raw_dead_letter(data: Any) -> str | None:
 
 def _check_edges(c: _Checker, shells: dict[str, tuple[type[Node], list[tuple[str, str]], tuple[str, ...] | None]],
                  nodes_raw: dict[str, Any], spec: GraphSpec | None) -> None:
-    import networkx as nx
-
-    dag = nx.DiGraph()
-    dag.add_nodes_from(shells)
+    successors: dict[str, list[str]] = {node_id: [] for node_id in shells}
     consumed: set[tuple[str, str]] = set()
     for node_id, raw in nodes_raw.items():  # a consumer with errors of its own still consumes (no W300/W301)
         if node_id not in shells and isinstance(raw, dict) and isinstance(raw.get("inputs"), list):
@@ -408,13 +405,11 @@ def _check_edges(c: _Checker, shells: dict[str, tuple[type[Node], list[tuple[str
                       f"(ports: {', '.join(up_ports)})" + (f"; did you mean '{hint}'?" if hint else ""), value=True)
                 continue
             consumed.add((up, port))
-            dag.add_edge(up, node_id)
-    try:
-        cycle = nx.find_cycle(dag)
-        path = " -> ".join([u for u, _ in cycle] + [cycle[0][0]])
-        c.add(("nodes", cycle[0][1], "inputs"), "E214", f"cycle: {path}")
-    except nx.NetworkXNoCycle:
-        pass
+            if node_id not in successors[up]:
+                successors[up].append(node_id)
+    cycle = _find_cycle(successors)
+    if cycle is not None:
+        c.add(("nodes", cycle[1], "inputs"), "E214", f"cycle: {' -> '.join(cycle)}")
     for node_id, (_cls, _inputs, ports) in shells.items():
         for port in ports or ():
             if port != "errors" and (node_id, port) not in consumed:
@@ -431,6 +426,30 @@ def _check_edges(c: _Checker, shells: dict[str, tuple[type[Node], list[tuple[str
                 c.add(("nodes", node_id), "W300",
                       f"nodes.{node_id}: errors port is not consumed and no defaults.dead_letter is set "
                       "(a failing message would stop the graph)", severity="warning")
+
+
+def _find_cycle(successors: dict[str, list[str]]) -> list[str] | None:
+    """The first cycle a depth-first search meets, as `[a, b, ..., a]` (nodes and successors in
+    file order: the cycle `networkx.find_cycle` reports, without importing networkx at start-up)."""
+    done: set[str] = set()
+    for start in successors:
+        if start in done:
+            continue
+        path, on_path, pending = [start], {start}, [iter(successors[start])]
+        while pending:
+            for nxt in pending[-1]:
+                if nxt in on_path:
+                    return [*path[path.index(nxt):], nxt]
+                if nxt not in done:
+                    path.append(nxt)
+                    on_path.add(nxt)
+                    pending.append(iter(successors[nxt]))
+                    break
+            else:  # every successor explored: this node is on no cycle through the path
+                done.add(path[-1])
+                on_path.discard(path.pop())
+                pending.pop()
+    return None
 
 
 def check_file(path: str, env: dict[str, str] | None = None, overrides: list[str] | None = None

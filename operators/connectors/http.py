@@ -11,13 +11,12 @@ and only then (`ack: committed`, the default) does the client get 202. Admission
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import itertools
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
 import orjson
@@ -28,6 +27,9 @@ from operators.connectors.http_auth import Authenticator, BucketSet, load_creden
 from operators.connectors.http_body import IngestError, SchemaCheck, decode_body, media_type, parse_items
 from operators.connectors.http_config import HttpSourceConfig, check_config
 from operators.connectors.http_openapi import openapi_document
+
+if TYPE_CHECKING:  # asyncio is imported where used: validating a graph loads this module, not asyncio
+    import asyncio
 
 __all__ = ["HttpSource"]
 
@@ -69,6 +71,8 @@ class HttpSource(Source):
     Config: ClassVar[type[HttpSourceConfig]] = HttpSourceConfig
 
     def __init__(self, node_id: str, config: HttpSourceConfig, ctx: Any):
+        import asyncio
+
         super().__init__(node_id, config, ctx)
         cfg = config
         self.auth: Authenticator | None = None
@@ -122,6 +126,8 @@ class HttpSource(Source):
         self.ctx.log.info("http_source %s listening on http://%s:%d%s", self.id, *self.address, cfg.path)
 
     async def run(self, out: Any) -> None:
+        import asyncio
+
         self.tracker = out.tracker
         self.accepting = True
         self.listening.set()
@@ -134,6 +140,8 @@ class HttpSource(Source):
 
     async def _drain(self, pump: asyncio.Task[None]) -> None:
         """Let admitted requests finish (queue sent, acks back) for up to `ack_timeout` seconds."""
+        import asyncio
+
         if self.in_flight and not pump.done():
             self.idle.clear()
             try:
@@ -295,6 +303,8 @@ class HttpSource(Source):
 
     async def _admit(self, req: Any, items: list[Any], single: bool, key: str | None,
                      cred: str) -> tuple[int, dict[str, Any]]:
+        import asyncio
+
         cfg = self.config
         n = len(items)
         if self.in_flight + n > cfg.max_in_flight and self.in_flight > 0:
@@ -356,6 +366,8 @@ class HttpSource(Source):
 
     async def readiness(self) -> tuple[int, dict[str, Any]]:
         """200 when accepting and every connection of the graph answers a TCP connect (cached 1 s)."""
+        import asyncio
+
         now = time.monotonic()
         stamp, status, body = self._ready_cache
         if now - stamp < 1.0:

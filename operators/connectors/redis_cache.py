@@ -13,14 +13,13 @@ from typing import Any, ClassVar, Literal
 
 import orjson
 from pydantic import Field, model_validator
-from redis.exceptions import NoScriptError
 
 from engine.api import CelExpr, NodeConfig, Sink
 from engine.errors import ConnectionLost
 from engine.expr import EvalError, compile_expr
 from engine.message import Msg
 from engine.spec.units import PositiveDuration
-from operators.connectors.redis_conn import CONNECTION_ERRORS, raise_if_cancelled, redis_client
+from operators.connectors.redis_conn import connection_errors, raise_if_cancelled, redis_client
 
 __all__ = ["CAS_SCRIPT", "RedisCacheSink", "RedisCacheSinkConfig", "encode_value"]
 
@@ -145,6 +144,8 @@ class RedisCacheSink(Sink):
         return failed
 
     async def _write(self, batch: list[Msg]) -> tuple[list[tuple[Msg, str]], list[Msg]]:
+        from redis.exceptions import NoScriptError
+
         failed: list[tuple[Msg, str]] = []
         sent: list[Msg] = []
         pipe = self._client.pipeline(transaction=False)
@@ -170,7 +171,7 @@ class RedisCacheSink(Sink):
             return failed, []
         try:
             results = await pipe.execute(raise_on_error=False)
-        except CONNECTION_ERRORS as exc:
+        except connection_errors() as exc:
             raise ConnectionLost(f"redis {self.config.connection}: cache write failed: {exc}") from exc
         raise_if_cancelled()
         noscript: list[Msg] = []

@@ -9,7 +9,6 @@ large, no stream for the subject, CEL error) is returned as failed, so it goes t
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from typing import Any
@@ -112,6 +111,8 @@ class JetStreamSink(Sink):
     connection_types = ("nats",)
 
     def __init__(self, node_id: str, config: JetStreamSinkConfig, ctx: Any):
+        import asyncio
+
         super().__init__(node_id, config, ctx)
         self.config: JetStreamSinkConfig = config
         self._subject_expr = compile_expr(config.subject_expr) if config.subject_expr else None
@@ -244,6 +245,8 @@ class JetStreamSink(Sink):
         return failed
 
     async def _publish_chunk(self, chunk: list[Msg], failed: list[tuple[Msg, str]]) -> None:
+        import asyncio
+
         nc = self._h.nc  # type: ignore[union-attr]
         if nc.is_closed:
             raise ConnectionLost("the NATS connection is closed")

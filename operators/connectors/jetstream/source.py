@@ -13,7 +13,6 @@ longer than a third of `ack_wait` get `+WPI` (in progress) so the server does no
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import time
@@ -131,6 +130,8 @@ class JetStreamSource(Source):
     redelivers = True  # reject() naks with the retry delay; dead-letters at max_deliver
 
     def __init__(self, node_id: str, config: JetStreamSourceConfig, ctx: Any):
+        import asyncio
+
         super().__init__(node_id, config, ctx)
         self.config: JetStreamSourceConfig = config
         self._h: NatsHandle | None = None
@@ -296,6 +297,8 @@ class JetStreamSource(Source):
                 desc = (headers or {}).get("Description", "")
                 log.warning("node %s: pull request ended: 409 %s", self.id, desc)
                 if "Deleted" in desc:
+                    import asyncio
+
                     asyncio.ensure_future(self._recreate_consumer())
 
     async def _recreate_consumer(self) -> None:
@@ -348,6 +351,8 @@ class JetStreamSource(Source):
         return True
 
     async def run(self, out: SourceOutput) -> None:
+        import asyncio
+
         self._out = out
         cap = getattr(out.tracker, "limit", 0) or 0
         if cap > self.max_ack_pending:
@@ -514,6 +519,8 @@ class JetStreamSource(Source):
             self._held, self._held_n, self._held_pos = kept, n, 0
 
     async def _tick_in_progress(self) -> None:
+        import asyncio
+
         cfg = self.config
         # with backoff, the server waits backoff[n] instead of ack_wait
         period = min([cfg.ack_wait, *cfg.backoff]) / 3
