@@ -33,6 +33,8 @@ CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [PY, "-m", "engine.cli"]
 
 COMMANDS: dict[str, list[str]] = {
     "python -c pass": [PY, "-c", "pass"],
+    # the floor of any validate built on YAML and pydantic models: import both, build one model
+    "import yaml, pydantic (+1 model)": [PY, "-c", "import yaml, pydantic\nclass M(pydantic.BaseModel): x: int = 0"],
     "import engine.compile.validate": [PY, "-c", "import engine.compile.validate"],
     "streamdag validate graphs/demo.yaml": [*CLI, "validate", "graphs/demo.yaml"],
     "streamdag run (generate 1 -> drop)": [*CLI, "run", "-q", "benchmarks/startup.yaml"],
