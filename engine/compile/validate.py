@@ -432,10 +432,10 @@ def _find_cycle(successors: dict[str, list[str]]) -> list[str] | None:
     """The first cycle a depth-first search meets, as `[a, b, ..., a]` (nodes and successors in
     file order: the cycle `networkx.find_cycle` reports, without importing networkx at start-up)."""
     done: set[str] = set()
-    for start in successors:
+    for start, following in successors.items():
         if start in done:
             continue
-        path, on_path, pending = [start], {start}, [iter(successors[start])]
+        path, on_path, pending = [start], {start}, [iter(following)]
         while pending:
             for nxt in pending[-1]:
                 if nxt in on_path:

@@ -362,7 +362,7 @@ class RedisStreamSource(Source):
                                                          consumername=self.consumer)
                 if not mine:
                     await self._client.xgroup_delconsumer(cfg.stream, cfg.group, self.consumer)
-        except (*connection_errors(), ResponseError) as exc:
+        except connection_errors() + (ResponseError,) as exc:
             self.ctx.log.warning("could not clean up consumer %s: %s", self.consumer, exc)
 
 

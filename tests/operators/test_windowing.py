@@ -69,6 +69,7 @@ def test_check_says_where_an_item_goes_before_anything_changes() -> None:
     assert s.open_windows == 0
     s.add("k", 4, [None, 1], Ack("a"), targets)
     (window,), _, _ = s.check("k", 5, [None, 1])
+    assert not isinstance(window, tuple)
     assert (window.start, window.end, window.count) == (0, 10, 1)  # the open window itself
     _, _, error = s.check("k", 5, [None, "x"])  # sum of a string: refused, nothing folded
     assert error is not None and "sum" in error and window.count == 1
