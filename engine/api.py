@@ -20,12 +20,11 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeVar, ge
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine.message import Msg
-
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # not at run time: `engine.spec` and `engine.compile` import this module, without asyncio
     import asyncio
 
     from engine.hooks import Context, Output, SourceSender
+    from engine.message import Msg
 
 __all__ = [
     "CEL",

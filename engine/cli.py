@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
-import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.compile.diagnostics import GraphInvalid
-from engine.compile.validate import check_file, load_graph
+
+if TYPE_CHECKING:
+    import asyncio
+
+# Each command imports what it needs when it runs: `validate` loads no asyncio, no runtime and no
+# observability (prometheus_client, rich); `run` loads the metrics server only with --metrics-port.
 
 __all__ = ["main"]
 
@@ -19,6 +22,8 @@ EXIT_OK, EXIT_INVALID, EXIT_RUN_ERROR, EXIT_INTEGRITY = 0, 1, 2, 3
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
+    from engine.compile.validate import check_file
+
     status = EXIT_OK
     report = []
     for path in args.files:
@@ -82,6 +87,7 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 def _cmd_graph(args: argparse.Namespace) -> int:
     from engine.compile import render
+    from engine.compile.validate import load_graph
 
     try:
         graph = load_graph(args.file, overrides=args.set)
@@ -135,6 +141,9 @@ def _summary(report: Any, out: Any) -> None:
 
 
 async def _run(args: argparse.Namespace, graph: Any) -> int:
+    import asyncio
+    import signal
+
     from engine.runtime.scheduler import Runner
 
     runner = Runner(graph)
@@ -188,6 +197,8 @@ async def _start_observers(runner: Any, args: argparse.Namespace) -> Any:
 
 def _start_progress(runner: Any) -> asyncio.Task[None]:
     """A rich progress bar on stderr (a terminal) while the run lasts."""
+    import asyncio
+
     from engine.observe.progress import show_progress
 
     return asyncio.create_task(show_progress(runner), name="observe:progress")
@@ -212,6 +223,8 @@ def _cmd_top(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from engine.compile.validate import load_graph
+
     try:
         graph = load_graph(args.file, overrides=args.set)
     except GraphInvalid as exc:
@@ -224,6 +237,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         return uvloop.run(_run(args, graph))
     except ImportError:
+        import asyncio
+
         return asyncio.run(_run(args, graph))
 
 
@@ -232,9 +247,9 @@ def _add_plugin_commands(sub: Any) -> None:
 
     Each entry point names a module with `add_arguments(parser)` and `main(args) -> int`; the engine
     finds them by name, never by importing `operators`."""
-    from importlib.metadata import entry_points
+    from engine import registry
 
-    for ep in sorted(entry_points(group="streamdag.commands"), key=lambda e: e.name):
+    for ep in registry.commands():  # the same scan as the node types'
         try:
             module = ep.load()
         except Exception as exc:  # noqa: BLE001 - a broken plugin must not break the CLI

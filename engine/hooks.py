@@ -8,12 +8,14 @@ the base classes and helpers, and a test keeps operators from importing anything
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from engine.message import Ack, Msg
+if TYPE_CHECKING:  # node types import these protocols; validating a graph loads no asyncio
+    import asyncio
+    import logging
+
+    from engine.message import Ack, Msg
 
 __all__ = [
     "AckFactory",

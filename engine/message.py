@@ -35,10 +35,12 @@ and `meta` dicts themselves are shared between copies and are never mutated in p
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterable
 from itertools import groupby
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # imported where awaited: node types import this module, and `validate` loads no asyncio
+    import asyncio
 
 __all__ = [
     "DEAD_LETTERED",
@@ -343,6 +345,8 @@ class AckTracker:
         if self.completed or self.failed:
             return
         if self._wake is None:
+            import asyncio
+
             self._wake = asyncio.Event()
         self._wake.clear()
         self._signal = True
@@ -352,6 +356,8 @@ class AckTracker:
         """Wait until fewer than `limit` messages are in flight."""
         while not self.has_room():
             if self._room is None:
+                import asyncio
+
                 self._room = asyncio.Event()
             self._room.clear()
             self._signal = True

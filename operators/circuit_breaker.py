@@ -12,7 +12,6 @@ operator itself sends to `errors` are not failures of the service. Time comes fr
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 from collections.abc import Iterable
 from typing import Any, Literal
@@ -69,6 +68,8 @@ class CircuitBreaker(Operator):
         await self.inner.stop()
 
     async def process(self, batch: list[Msg], out: Output) -> None:
+        import asyncio
+
         if self.state == "open":
             remaining = self.open_until - self.ctx.clock()
             if remaining > 0 and self.config.when_open == "errors":

@@ -26,7 +26,7 @@ from engine import (
     PositiveDuration,
     compile_expr,
 )
-from operators.connectors.redis.connection import CONNECTION_ERRORS, raise_if_cancelled, redis_client
+from operators.connectors.redis.connection import connection_errors, raise_if_cancelled, redis_client
 
 __all__ = ["Dedupe", "DedupeConfig"]
 
@@ -96,7 +96,7 @@ class Dedupe(Operator):
             return
         try:
             results = await pipe.execute()
-        except CONNECTION_ERRORS as exc:
+        except connection_errors() as exc:
             raise ConnectionLost(f"redis {self.config.connection}: dedupe failed: {exc}") from exc
         raise_if_cancelled()
         send = out.port("out").append

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
@@ -38,6 +37,8 @@ class Generate(Source):
         return self.config.count
 
     async def run(self, out: SourceSender) -> None:
+        import asyncio
+
         cfg = self.config
         i = 0
         started = time.monotonic()

@@ -14,11 +14,10 @@ messages go to `errors` (the node's retry policy does not re-run chunks already 
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 from collections import deque
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
@@ -34,6 +33,9 @@ from engine import (
     inner_outputs,
 )
 from operators.inner import InnerOperator, check_inner, load_inner
+
+if TYPE_CHECKING:  # asyncio is imported where used: validating a graph loads this module, not asyncio
+    import asyncio
 
 __all__ = ["Parallel", "ParallelConfig"]
 
@@ -101,6 +103,8 @@ class Parallel(Operator):
         return lists, outputs.stats.filtered
 
     async def process(self, batch: list[Msg], out: Output) -> None:
+        import asyncio
+
         size, window = self.config.chunk, self.config.concurrency
         for i in range(0, len(batch), size):
             # at most `concurrency` chunks running or finished-but-held (ordered mode holds chunks
@@ -114,6 +118,8 @@ class Parallel(Operator):
         self._emit(out)
 
     async def _wait_one(self) -> None:
+        import asyncio
+
         if self.config.ordered:
             await asyncio.wait([self.pending[0]])
         else:
@@ -150,6 +156,8 @@ class Parallel(Operator):
                     await r
 
     async def flush(self, out: Output) -> None:
+        import asyncio
+
         if self.pending:
             await asyncio.wait(self.pending)
         self._emit(out)

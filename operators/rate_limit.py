@@ -6,7 +6,6 @@ there to the sources, like any slow node. `burst` messages may pass at once afte
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -56,6 +55,8 @@ class RateLimit(Operator):
         self.bucket = TokenBucket(config.rate, config.burst or 1)
 
     async def process(self, batch: list[Msg], out: Output) -> None:
+        import asyncio
+
         # large batches are let through in bursts so the output rate stays smooth
         step = self.bucket.burst
         port = out.port("out")

@@ -343,13 +343,20 @@ def _check_nodes(c: _Checker, nodes_raw: dict[str, Any], data: dict[str, Any], c
     return resolved, cel
 
 
-def _check_upstream(c: _Checker, dag: Any, shells: dict[str, Any], configs: dict[str, Any],
+def _check_upstream(c: _Checker, successors: dict[str, list[str]], shells: dict[str, Any], configs: dict[str, Any],
                     check_ctx: CheckContext) -> None:
     """Each node type's `check_upstream`, told which sources reach the node (any port, `errors` too)."""
-    import networkx as nx
-
+    reaches: dict[str, set[str]] = {}  # source -> every node downstream of it
+    for source in (n for n in configs if shells[n][0].kind == "source"):
+        seen, todo = set(), [source]
+        while todo:
+            for nxt in successors[todo.pop()]:
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+        reaches[source] = seen
     for node_id, config in configs.items():
-        sources = sorted(a for a in nx.ancestors(dag, node_id) if a in configs and shells[a][0].kind == "source")
+        sources = sorted(a for a, seen in reaches.items() if node_id in seen)
         upstream = tuple(Upstream(a, shells[a][0], configs[a]) for a in sources)
         if upstream:
             ctx = CheckContext(check_ctx.connections, check_ctx.schemas, upstream)
@@ -432,12 +439,10 @@ def _raw_dead_letter(data: Any) -> str | None:
 
 
 def _check_edges(c: _Checker, shells: dict[str, tuple[type[Node], list[tuple[str, str]], tuple[str, ...] | None]],
-                 nodes_raw: dict[str, Any], spec: GraphSpec | None) -> Any:
-    """Inputs, cycles, unconsumed ports; the graph's edges as a networkx DiGraph (None with a cycle)."""
-    import networkx as nx
-
-    dag = nx.DiGraph()
-    dag.add_nodes_from(shells)
+                 nodes_raw: dict[str, Any], spec: GraphSpec | None) -> dict[str, list[str]] | None:
+    """Inputs, cycles, unconsumed ports; each node's successors (implicit dead-letter edges
+    included), or None when there is a cycle."""
+    successors: dict[str, list[str]] = {node_id: [] for node_id in shells}
     consumed: set[tuple[str, str]] = set()
     for node_id, raw in nodes_raw.items():  # a consumer with errors of its own still consumes (no W300/W301)
         if node_id not in shells and isinstance(raw, dict) and isinstance(raw.get("inputs"), list):
@@ -464,15 +469,12 @@ def _check_edges(c: _Checker, shells: dict[str, tuple[type[Node], list[tuple[str
                       f"(ports: {', '.join(up_ports)})" + (f"; did you mean '{hint}'?" if hint else ""), value=True)
                 continue
             consumed.add((up, port))
-            dag.add_edge(up, node_id)
-    acyclic: Any = dag
-    try:
-        cycle = nx.find_cycle(dag)
-        path = " -> ".join([u for u, _ in cycle] + [cycle[0][0]])
-        c.add(("nodes", cycle[0][1], "inputs"), "E214", f"cycle: {path}")
-        acyclic = None
-    except nx.NetworkXNoCycle:
-        pass
+            if node_id not in successors[up]:
+                successors[up].append(node_id)
+    cycle = _find_cycle(successors)
+    acyclic = successors if cycle is None else None
+    if cycle is not None:
+        c.add(("nodes", cycle[1], "inputs"), "E214", f"cycle: {' -> '.join(cycle)}")
     for node_id, (_cls, _inputs, ports) in shells.items():
         for port in ports or ():
             if port != "errors" and (node_id, port) not in consumed:
@@ -484,7 +486,9 @@ def _check_edges(c: _Checker, shells: dict[str, tuple[type[Node], list[tuple[str
         if dl not in shells or shells[dl][0].kind != "sink":
             c.add(("defaults", "dead_letter"), "E221", f"defaults.dead_letter: '{dl}' is not a sink of this graph", value=True)
         elif acyclic is not None:  # the runtime wires every errors port nobody consumes to it
-            acyclic.add_edges_from((n, dl) for n in shells if n != dl and (n, "errors") not in consumed)
+            for n in shells:
+                if n != dl and (n, "errors") not in consumed and dl not in acyclic[n]:
+                    acyclic[n].append(dl)
     else:
         for node_id in shells:
             if (node_id, "errors") not in consumed:
@@ -492,6 +496,30 @@ def _check_edges(c: _Checker, shells: dict[str, tuple[type[Node], list[tuple[str
                       f"nodes.{node_id}: errors port is not consumed and no defaults.dead_letter is set "
                       "(a failing message would stop the graph)", severity="warning")
     return acyclic
+
+
+def _find_cycle(successors: dict[str, list[str]]) -> list[str] | None:
+    """The first cycle a depth-first search meets, as `[a, b, ..., a]` (nodes and successors in
+    file order: the cycle `networkx.find_cycle` reports, without importing networkx at start-up)."""
+    done: set[str] = set()
+    for start, following in successors.items():
+        if start in done:
+            continue
+        path, on_path, pending = [start], {start}, [iter(following)]
+        while pending:
+            for nxt in pending[-1]:
+                if nxt in on_path:
+                    return [*path[path.index(nxt):], nxt]
+                if nxt not in done:
+                    path.append(nxt)
+                    on_path.add(nxt)
+                    pending.append(iter(successors[nxt]))
+                    break
+            else:  # every successor explored: this node is on no cycle through the path
+                done.add(path[-1])
+                on_path.discard(path.pop())
+                pending.pop()
+    return None
 
 
 def check_file(path: str, env: dict[str, str] | None = None, overrides: list[str] | None = None

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.observe.events import dead_letter_policy
 from engine.observe.monitor import Monitor
-from engine.observe.server import MetricsServer
+
+if TYPE_CHECKING:  # imported when a port is given: prometheus_client costs a run's start-up otherwise
+    from engine.observe.server import MetricsServer
 
 __all__ = ["Observers"]
 
@@ -30,6 +32,8 @@ class Observers:
         monitor.start()
         server = None
         if metrics_port is not None:
+            from engine.observe.server import MetricsServer
+
             server = MetricsServer(runner, monitor, host, metrics_port)
             try:
                 await server.start()

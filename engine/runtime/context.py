@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # imported where awaited: node types import this module, and `validate` loads no asyncio
+    import asyncio
 
 __all__ = ["NodeContext", "Resources"]
 
@@ -23,6 +25,8 @@ class Resources:
                   close: Callable[[Any], Awaitable[None]] | None = None) -> Any:
         if key in self._items:
             return self._items[key]
+        import asyncio
+
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:  # two nodes starting at once must share one client, not make two
             if key not in self._items:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING, Any
 
 from engine.codec import safe_payload
@@ -84,6 +83,8 @@ class SourceOutput:
         self.tracker = tracker  # engine.message.AckTracker: tracker.new(token) makes a message's ack
         self._send = send
         self.stats = stats
+        import asyncio  # here, not at the top: node types import this module, and `validate` loads no asyncio
+
         self.stopping = asyncio.Event()  # set on SIGTERM/SIGINT: stop reading, return from run()
 
     async def send(self, msgs: list[Msg], errors: list[Msg] | None = None) -> None:

@@ -226,7 +226,7 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "cycle-not-reported",
         "engine/compile/validate.py",
-        'c.add(("nodes", cycle[0][1], "inputs"), "E214", f"cycle: {path}")',
+        """c.add(("nodes", cycle[1], "inputs"), "E214", f"cycle: {' -> '.join(cycle)}")""",
         "pass",
         ("tests/compile/test_diagnostics.py",),
         "a cycle in the graph is the offline error E214",

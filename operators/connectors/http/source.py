@@ -13,13 +13,12 @@ and only then (`ack: committed`, the default) does the client get 202. Admission
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import itertools
 import time
 from collections import OrderedDict
 from collections.abc import Iterable
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import urlsplit
 
 import orjson
@@ -29,6 +28,9 @@ from operators.connectors.http.auth import Authenticator, BucketSet, load_creden
 from operators.connectors.http.body import IngestError, SchemaCheck, decode_body, media_type, parse_items
 from operators.connectors.http.config import HttpSourceConfig, check_config
 from operators.connectors.http.openapi import openapi_document
+
+if TYPE_CHECKING:  # asyncio is imported where used: validating a graph loads this module, not asyncio
+    import asyncio
 
 __all__ = ["HttpSource"]
 
@@ -70,6 +72,8 @@ class HttpSource(Source):
     Config: ClassVar[type[HttpSourceConfig]] = HttpSourceConfig
 
     def __init__(self, node_id: str, config: HttpSourceConfig, ctx: Any):
+        import asyncio
+
         super().__init__(node_id, config, ctx)
         cfg = config
         self.auth: Authenticator | None = None
@@ -124,6 +128,8 @@ class HttpSource(Source):
         self.ctx.log.info("http_source %s listening on http://%s:%d%s", self.id, *self.address, cfg.path)
 
     async def run(self, out: Any) -> None:
+        import asyncio
+
         self.tracker = out.tracker
         self.accepting = True
         self.listening.set()
@@ -136,6 +142,8 @@ class HttpSource(Source):
 
     async def _drain(self, pump: asyncio.Task[None]) -> None:
         """Let admitted requests finish (queue sent, acks back) for up to `ack_timeout` seconds."""
+        import asyncio
+
         if self.in_flight and not pump.done():
             self.idle.clear()
             try:
@@ -314,6 +322,8 @@ class HttpSource(Source):
                      ) -> tuple[int, dict[str, Any]]:
         """Queue the items (to the errors port with `dead_letter` as the reason, if given) and wait
         for their acks (`ack: committed`); `refused` items (accept_valid) stay out and are listed."""
+        import asyncio
+
         cfg = self.config
         if self.in_flight + len(items) > cfg.max_in_flight and self.in_flight > 0:
             raise self._busy()
@@ -354,6 +364,8 @@ class HttpSource(Source):
 
     async def _outcome(self, pending: _Request, n: int) -> tuple[int, dict[str, Any]]:
         """The reply for `n` admitted items: at once (`ack: received`) or once their acks resolved."""
+        import asyncio
+
         cfg = self.config
         if cfg.ack == "received":
             return 202, {"accepted": n, "ack": "received"}
@@ -403,6 +415,8 @@ class HttpSource(Source):
 
     async def readiness(self) -> tuple[int, dict[str, Any]]:
         """200 when accepting and every connection of the graph answers a TCP connect (cached 1 s)."""
+        import asyncio
+
         now = time.monotonic()
         stamp, status, body = self._ready_cache
         if now - stamp < 1.0:

@@ -11,7 +11,6 @@ A message's `meta.timestamp` (where its end-to-end latency starts) travels in th
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from typing import Any
@@ -126,6 +125,8 @@ class JetStreamSink(Sink):
     connection_types = ("nats",)
 
     def __init__(self, node_id: str, config: JetStreamSinkConfig, ctx: Any):
+        import asyncio
+
         super().__init__(node_id, config, ctx)
         self.config: JetStreamSinkConfig = config
         self._subject_expr = compile_expr(config.subject_expr) if config.subject_expr else None
@@ -283,6 +284,8 @@ class JetStreamSink(Sink):
         return failed
 
     async def _publish_chunk(self, chunk: list[Msg], failed: list[tuple[Msg, str]]) -> None:
+        import asyncio
+
         nc = self._h.nc  # type: ignore[union-attr]
         if nc.is_closed:
             raise ConnectionLost("the NATS connection is closed")

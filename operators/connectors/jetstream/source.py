@@ -28,7 +28,6 @@ lasts up to `expires`: lower it for faster stops.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import time
@@ -162,6 +161,8 @@ class JetStreamSource(Source):
     redelivers = True  # reject() naks with the retry delay; dead-letters at max_deliver
 
     def __init__(self, node_id: str, config: JetStreamSourceConfig, ctx: Any):
+        import asyncio
+
         super().__init__(node_id, config, ctx)
         self.config: JetStreamSourceConfig = config
         self._h: NatsHandle | None = None
@@ -338,6 +339,8 @@ class JetStreamSource(Source):
                 desc = (headers or {}).get("Description", "")
                 log.warning("node %s: pull request ended: 409 %s", self.id, desc)
                 if "Deleted" in desc:
+                    import asyncio
+
                     self._recreating = asyncio.ensure_future(self._recreate_consumer())  # kept: not collected
 
     async def _wait_open(self) -> bool:
@@ -357,6 +360,8 @@ class JetStreamSource(Source):
         """Wait for `_wake` at most `seconds`. `asyncio.timeout`, not `wait_for`: on Python 3.11 a
         `wait_for` whose inner wait finishes as the task is cancelled swallows the cancellation, and
         a cancelled `run` then went on pulling (seen in the cut-short test)."""
+        import asyncio
+
         self._wake.clear()
         try:
             async with asyncio.timeout(seconds):
@@ -419,6 +424,8 @@ class JetStreamSource(Source):
         return True
 
     async def run(self, out: SourceSender) -> None:
+        import asyncio
+
         self._out = out
         cap = getattr(out.tracker, "limit", 0) or 0
         if cap > self.max_ack_pending:
@@ -606,6 +613,8 @@ class JetStreamSource(Source):
             self._held, self._held_n, self._held_pos = kept, n, 0
 
     async def _tick_in_progress(self) -> None:
+        import asyncio
+
         cfg = self.config
         # with backoff, the server waits backoff[n] instead of ack_wait
         period = min([cfg.ack_wait, *cfg.backoff]) / 3

@@ -9,7 +9,6 @@ ever travels as bind parameters or COPY data, never as SQL text.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as _dt
 import decimal
 import math
@@ -189,7 +188,7 @@ def is_transient(exc: BaseException) -> bool:
 
     if isinstance(exc, _base.DataError):  # a value the driver could not encode: the row's fault
         return False
-    if isinstance(exc, (OSError, asyncio.TimeoutError, ConnectionError, asyncpg.InterfaceError,
+    if isinstance(exc, (OSError, TimeoutError, ConnectionError, asyncpg.InterfaceError,
                         _base.InternalClientError)):  # a session killed while idle in the pool
         return True
     return isinstance(exc, (
@@ -312,6 +311,8 @@ async def pool_for(ctx: Context, name: str) -> asyncpg.Pool:
         )
 
     async def close(pool: asyncpg.Pool) -> None:
+        import asyncio
+
         try:
             await asyncio.wait_for(pool.close(), 5.0)
         except (TimeoutError, OSError):

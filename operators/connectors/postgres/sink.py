@@ -16,7 +16,6 @@ with `pg_xact_status`, so a batch is committed once.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import random
 from collections.abc import Iterable
@@ -313,6 +312,8 @@ class PostgresSink(Sink):
         return {} if up is None else {self.config.connection: up}
 
     async def write(self, batch: list[Msg]) -> list[tuple[Msg, str]]:
+        import asyncio
+
         typed = self._typed_columns(batch)
         failed: list[tuple[Msg, str]] = []
         if typed is not None:
@@ -509,6 +510,8 @@ class PostgresSink(Sink):
 
     async def _committed(self, xid: str) -> bool:
         """After a commit whose answer was lost: did it commit? Asks on another connection until known."""
+        import asyncio
+
         attempt = 0
         while True:
             attempt += 1

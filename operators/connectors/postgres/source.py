@@ -16,7 +16,6 @@ outbox whose writers serialize): rows committed late with a smaller value are sk
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import random
 from collections.abc import Iterable
@@ -100,6 +99,8 @@ class PostgresSource(Source):
         return issues
 
     def __init__(self, node_id: str, config: PostgresSourceConfig, ctx: Any):
+        import asyncio
+
         super().__init__(node_id, config, ctx)
         self.key = config.position_key or node_id
         self.pool: Any = None
@@ -220,6 +221,8 @@ class PostgresSource(Source):
 
     async def _wait(self, out: Any, timeout: float) -> None:
         """Until a NOTIFY, a stop request or `timeout` seconds, whichever comes first."""
+        import asyncio
+
         waits = [asyncio.ensure_future(self._wake.wait()), asyncio.ensure_future(out.stopping.wait())]
         try:
             await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)

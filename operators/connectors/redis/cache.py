@@ -13,7 +13,6 @@ from typing import Any, ClassVar, Literal
 
 import orjson
 from pydantic import Field, model_validator
-from redis.exceptions import NoScriptError
 
 from engine import (
     CelExpr,
@@ -26,7 +25,7 @@ from engine import (
     compile_expr,
     encode_failure,
 )
-from operators.connectors.redis.connection import CONNECTION_ERRORS, raise_if_cancelled, redis_client
+from operators.connectors.redis.connection import connection_errors, raise_if_cancelled, redis_client
 
 __all__ = ["CAS_SCRIPT", "RedisCacheSink", "RedisCacheSinkConfig", "encode_value"]
 
@@ -151,6 +150,8 @@ class RedisCacheSink(Sink):
         return failed
 
     async def _write(self, batch: list[Msg]) -> tuple[list[tuple[Msg, str]], list[Msg]]:
+        from redis.exceptions import NoScriptError
+
         failed: list[tuple[Msg, str]] = []
         sent: list[Msg] = []
         pipe = self._client.pipeline(transaction=False)
@@ -176,7 +177,7 @@ class RedisCacheSink(Sink):
             return failed, []
         try:
             results = await pipe.execute(raise_on_error=False)
-        except CONNECTION_ERRORS as exc:
+        except connection_errors() as exc:
             raise ConnectionLost(f"redis {self.config.connection}: cache write failed: {exc}") from exc
         raise_if_cancelled()
         noscript: list[Msg] = []

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from engine import MESSAGE, UNAVAILABLE, ConnectorError, ErrorClass, register_classifier
@@ -11,16 +11,17 @@ from engine import MESSAGE, UNAVAILABLE, ConnectorError, ErrorClass, register_cl
 if TYPE_CHECKING:
     from engine import Context
 
-__all__ = ["CONNECTION_ERRORS", "classify_redis", "raise_if_cancelled", "redis_client"]
+__all__ = ["classify_redis", "connection_errors", "raise_if_cancelled", "redis_client"]
 
 
-def _connection_errors() -> tuple[type[BaseException], ...]:
+@cache
+def connection_errors() -> tuple[type[BaseException], ...]:
+    """What a lost or refused connection raises. A function, for `except connection_errors():`
+    (evaluated only when something is raised): importing a Redis node type, as `validate` does,
+    must not import redis-py (which imports asyncio)."""
     from redis import exceptions as rex
 
     return (rex.ConnectionError, rex.TimeoutError, rex.BusyLoadingError, ConnectionError, OSError)
-
-
-CONNECTION_ERRORS = _connection_errors()
 
 # Replies of a Redis that is up but cannot serve now (loading its data set, a replica, a cluster
 # slot moving, a script running, memory full under a noeviction policy): retried until it can.
@@ -33,7 +34,7 @@ def classify_redis(exc: BaseException) -> ErrorClass | None:
     above are a service's fault; any other reply (WRONGTYPE, a bad argument) is left unknown."""
     from redis import exceptions as rex
 
-    if isinstance(exc, CONNECTION_ERRORS):
+    if isinstance(exc, connection_errors()):
         return UNAVAILABLE
     if isinstance(exc, rex.ResponseError):
         word = str(exc).split(" ", 1)[0].upper()
@@ -52,6 +53,8 @@ def raise_if_cancelled() -> None:
 
     With uvloop, redis-py 8 can return normally from a pipeline whose task was cancelled meanwhile
     (seen in `Runner` shutdown: the ack task then waited forever). Called after each batch's I/O."""
+    import asyncio
+
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError
@@ -92,6 +95,6 @@ async def redis_client(ctx: Context, name: str) -> Any:
     client = await ctx.resources.get(f"redis:{name}", factory, close)
     try:
         await client.ping()
-    except CONNECTION_ERRORS as exc:
+    except connection_errors() as exc:
         raise ConnectorError(f"redis connection {name!r} ({_safe(url)}): cannot connect: {exc}") from exc
     return client

@@ -14,7 +14,6 @@ subcommand of `streamdag`.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
@@ -180,6 +179,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run the check, print the report; 0 when the score reaches `--min-score`, else 1."""
+    import asyncio
+
     import orjson
 
     report = asyncio.run(check_consistency(

@@ -26,7 +26,7 @@ from engine import (
     codec,
     compile_expr,
 )
-from operators.connectors.redis.connection import CONNECTION_ERRORS, raise_if_cancelled, redis_client
+from operators.connectors.redis.connection import connection_errors, raise_if_cancelled, redis_client
 
 __all__ = ["RedisLookup", "RedisLookupConfig"]
 
@@ -99,7 +99,7 @@ class RedisLookup(Operator):
                 for _, k in keyed:
                     pipe.hgetall(k)
                 values = await pipe.execute()
-        except CONNECTION_ERRORS as exc:
+        except connection_errors() as exc:
             raise ConnectionLost(f"redis {self.config.connection}: lookup failed: {exc}") from exc
         raise_if_cancelled()
         on_miss, into = self.config.on_miss, self.config.into

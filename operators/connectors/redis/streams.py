@@ -10,7 +10,6 @@ the group's position and pending list live in Redis, so nothing is lost across a
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import socket
@@ -18,11 +17,10 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from functools import partial
-from typing import Annotated, Any, ClassVar, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, TypeVar
 
 import orjson
 from pydantic import BeforeValidator, Field, model_validator
-from redis.exceptions import NoScriptError, ResponseError
 
 from engine import (
     CelExpr,
@@ -43,7 +41,10 @@ from engine import (
     compile_expr,
     encode_failure,
 )
-from operators.connectors.redis.connection import CONNECTION_ERRORS, raise_if_cancelled, redis_client
+from operators.connectors.redis.connection import connection_errors, raise_if_cancelled, redis_client
+
+if TYPE_CHECKING:  # asyncio is imported where used: validating a graph loads this module, not asyncio
+    import asyncio
 
 __all__ = ["XADD_SCRIPT", "RedisStreamSink", "RedisStreamSinkConfig", "RedisStreamSource", "RedisStreamSourceConfig"]
 
@@ -171,6 +172,8 @@ class RedisStreamSource(Source):
             return
 
     async def _ensure_group(self) -> None:
+        from redis.exceptions import ResponseError
+
         try:
             await self._client.xgroup_create(self.config.stream, self.config.group, id=self.config.start,
                                              mkstream=True)
@@ -182,6 +185,10 @@ class RedisStreamSource(Source):
 
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
         """Run a Redis call; on connection loss wait with backoff and retry until stopped."""
+        import asyncio
+
+        from redis.exceptions import ResponseError
+
         attempt = 0
         lost_group = False
         while True:
@@ -200,7 +207,7 @@ class RedisStreamSource(Source):
                 self.ctx.log.warning("group %s is gone from %s (a restart without persistence?): recreating "
                                      "it from %s", self.config.group, self.config.stream, self.config.start)
                 lost_group = True
-            except CONNECTION_ERRORS as exc:
+            except connection_errors() as exc:
                 attempt += 1
                 self.reconnects += 1
                 self._up = False
@@ -348,7 +355,7 @@ class RedisStreamSource(Source):
             for i in range(0, len(ids), _ACK_CHUNK):
                 pipe.execute_command("XACK", self.config.stream, self.config.group, *ids[i:i + _ACK_CHUNK])
             results = await pipe.execute(raise_on_error=False)
-        except CONNECTION_ERRORS as exc:
+        except connection_errors() as exc:
             self.ctx.log.warning("XACK of %d entries postponed: %s", len(ids), exc)
             self._to_ack[:0] = ids
             return
@@ -363,6 +370,8 @@ class RedisStreamSource(Source):
         """Send the last acks; forget a generated consumer name that holds nothing (no pile of dead names)."""
         if self._client is None:
             return
+        from redis.exceptions import ResponseError
+
         try:
             if self._to_ack:
                 await self._flush_acks()
@@ -372,7 +381,7 @@ class RedisStreamSource(Source):
                                                          consumername=self.consumer)
                 if not mine:
                     await self._client.xgroup_delconsumer(cfg.stream, cfg.group, self.consumer)
-        except (*CONNECTION_ERRORS, ResponseError) as exc:  # type: ignore[misc]  # a tuple of exception classes
+        except (*connection_errors(), ResponseError) as exc:  # type: ignore[misc]  # a tuple of exception classes
             self.ctx.log.warning("could not clean up consumer %s: %s", self.consumer, exc)
 
 
@@ -485,7 +494,7 @@ class RedisStreamSink(Sink):
                 results = await self._run_script(values)
             else:
                 results = await self._run_xadd(values)
-        except CONNECTION_ERRORS as exc:
+        except connection_errors() as exc:
             raise ConnectionLost(f"redis {self.config.connection}: XADD to {self.config.stream} failed: {exc}") from exc
         raise_if_cancelled()
         for msg, res in zip(sent, results):
@@ -509,6 +518,8 @@ class RedisStreamSink(Sink):
         return result
 
     async def _run_script(self, values: list[Any]) -> list[Any]:
+        from redis.exceptions import NoScriptError
+
         k = 1 + len(self._extra)
         step = _SCRIPT_CHUNK * k
         for attempt in (1, 2):
