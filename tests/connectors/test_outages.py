@@ -1,0 +1,287 @@
+"""Issue 14, end to end: a graph run by the real `Runner` while the sink's service (a private Redis,
+NATS or PostgreSQL of this test) is stopped and started again. Every message must land exactly once
+in the real output, none in the dead letter, the report must balance, and the stall must show in the
+metrics while the service is down and clear after it is back.
+
+The long outage (`STREAMDAG_OUTAGE_SECONDS`, default 60) stops the three services at once, with the
+three graphs running side by side in one event loop, so it costs one outage of test time.
+Recovery (service back -> first committed batch) is printed per sink: run with `-s` to see it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+import redis.asyncio as aredis
+from nats.js.api import AckPolicy, ConsumerConfig
+
+from engine.compile.validate import load_graph
+from engine.runtime.scheduler import RunReport, Runner
+from tests.connectors.jetstream_fixtures import connect
+from tests.connectors.outage_harness import (
+    NatsService,
+    PostgresService,
+    RedisService,
+    Service,
+    Watch,
+    outage,
+    outage_seconds,
+    recovered,
+)
+from tests.connectors.postgres_harness import PrivatePostgres
+
+pytestmark = pytest.mark.services
+
+
+# -- the services, one private server each, removed even when a test fails ------------------------
+
+@pytest.fixture
+def redis_service() -> Iterator[RedisService]:
+    s = RedisService()
+    try:
+        yield s
+    finally:
+        s.cleanup()
+
+
+@pytest.fixture
+def nats_service() -> Iterator[NatsService]:
+    s = NatsService()
+    try:
+        yield s
+    finally:
+        s.cleanup()
+
+
+@pytest.fixture
+def pg_service() -> Iterator[PostgresService]:
+    if not PrivatePostgres.available():
+        pytest.skip("needs PostgreSQL server binaries and root (to run them as the postgres user)")
+    s = PostgresService()
+    try:
+        yield s
+    finally:
+        s.cleanup()
+
+
+# -- graphs: generate at a steady rate -> map -> the sink; dead letters to a file --------------------
+
+_GRAPH = """
+version: 1
+name: outage_{kind}
+defaults: {{dead_letter: dead, max_in_flight: 2000, batch_size: 200, stop_timeout: 10}}
+connections:
+  {connection}
+nodes:
+  gen:
+    type: generate
+    config: {{count: {n}, rate: {rate}, batch: 100, template: '{{"id": msg.i}}'}}
+  tag:
+    type: map
+    inputs: [gen]
+    config: {{expr: '{{"id": msg.id, "v": msg.id * 2}}'}}
+  out:
+    type: {sink_type}
+    inputs: [tag]
+    config: {sink}
+  dead:
+    type: file_sink
+    inputs: [out.errors]
+    config: {{path: dead.ndjson}}
+"""
+
+
+class Case:
+    """One sink's graph on its service, and how to read its real output back."""
+
+    kind = ""
+    service: Any
+
+    def graph(self, tmp: Path, n: int, rate: float) -> Any:
+        folder = tmp / self.kind
+        folder.mkdir()
+        path = folder / "graph.yaml"
+        path.write_text(_GRAPH.format(kind=self.kind, n=n, rate=rate, **self.parts()))
+        self.dead = folder / "dead.ndjson"
+        return load_graph(str(path))
+
+    def parts(self) -> dict[str, str]:
+        raise NotImplementedError
+
+    async def prepare(self) -> None:
+        pass
+
+    async def output(self) -> tuple[list[int], int]:
+        """(ids in the output, in order; writes counted by the service where it can: else the id count)."""
+        raise NotImplementedError
+
+
+class RedisCase(Case):
+    kind = "redis"
+
+    def __init__(self, service: RedisService):
+        self.service = service
+
+    def parts(self) -> dict[str, str]:
+        return {"connection": f'r: {{type: redis, url: "{self.service.url}"}}', "sink_type": "redis_stream_sink",
+                "sink": "{connection: r, stream: out, maxlen: null}"}
+
+    async def output(self) -> tuple[list[int], int]:
+        r = aredis.Redis.from_url(self.service.url)
+        try:
+            entries = await r.xrange("out")
+        finally:
+            await r.aclose()
+        ids = [orjson.loads(f[b"body"])["id"] for _, f in entries]
+        return ids, len(ids)
+
+
+class NatsCase(Case):
+    kind = "nats"
+
+    def __init__(self, service: NatsService, window: float):
+        self.service = service
+        self.window = window  # the stream's duplicate window covers the outage and the retries after it
+
+    def parts(self) -> dict[str, str]:
+        return {"connection": f'nats: {{type: nats, url: "{self.service.url}", streams: '
+                              f'{{OUT: {{subjects: ["out.>"], duplicate_window: {self.window:g}s}}}}}}',
+                "sink_type": "jetstream_sink", "sink": '{connection: nats, subject: out.x, msg_id: "string(msg.id)"}'}
+
+    async def output(self) -> tuple[list[int], int]:
+        nc = await connect(self.service.url)
+        try:
+            js = nc.jetstream()
+            stored = (await js.stream_info("OUT")).state.messages
+            sub = await js.pull_subscribe("out.>", stream="OUT", config=ConsumerConfig(ack_policy=AckPolicy.NONE))
+            ids: list[int] = []
+            while len(ids) < stored:
+                for m in await sub.fetch(1000, timeout=5):
+                    ids.append(orjson.loads(m.data)["id"])
+            await sub.unsubscribe()
+            return ids, stored
+        finally:
+            await nc.close()
+
+
+class PostgresCase(Case):
+    """Upsert mode (idempotent); a trigger counts every row written, so a batch written twice
+    (a lost COMMIT resolved wrongly) shows even though the upsert leaves one row per id."""
+
+    kind = "postgres"
+
+    def __init__(self, service: PostgresService):
+        self.service = service
+
+    def parts(self) -> dict[str, str]:
+        return {"connection": f'pg: {{type: postgres, dsn: "{self.service.dsn}"}}', "sink_type": "postgres_sink",
+                "sink": "{connection: pg, table: out, mode: upsert, key: [id], columns: "
+                        "{id: {expr: msg.id, type: bigint}, v: {expr: msg.v, type: bigint}}}"}
+
+    async def prepare(self) -> None:
+        conn = await asyncpg.connect(self.service.dsn)
+        try:
+            await conn.execute("""
+                CREATE TABLE out (id bigint PRIMARY KEY, v bigint);
+                CREATE TABLE writes (id bigint);
+                CREATE FUNCTION count_write() RETURNS trigger LANGUAGE plpgsql AS
+                  $$ BEGIN INSERT INTO writes VALUES (NEW.id); RETURN NEW; END $$;
+                CREATE TRIGGER count_write AFTER INSERT OR UPDATE ON out FOR EACH ROW EXECUTE FUNCTION count_write();
+            """)
+        finally:
+            await conn.close()
+
+    async def output(self) -> tuple[list[int], int]:
+        conn = await asyncpg.connect(self.service.dsn)
+        try:
+            ids = [r["id"] for r in await conn.fetch("SELECT id FROM out")]
+            return ids, int(await conn.fetchval("SELECT count(*) FROM writes"))
+        finally:
+            await conn.close()
+
+
+# -- the driver and the checks -------------------------------------------------------------------
+
+async def run_with_outages(cases: list[Case], runners: list[Runner], watches: list[Watch], n: int,
+                           seconds: float, times: int = 1) -> list[RunReport]:
+    """Run the graphs; once a fifth of the messages is committed, stop every case's service for
+    `seconds` (`times` times, with some progress in between), then let the runs finish."""
+    pairs: list[tuple[Service, Watch]] = [(c.service, w) for c, w in zip(cases, watches)]
+    samplers = [asyncio.create_task(w.run()) for w in watches]
+    runs = [asyncio.create_task(r.run()) for r in runners]
+    try:
+        for w in watches:
+            await w.wait(lambda w=w: w.committed >= n // 5, 30, "a fifth of the messages to commit")
+        for k in range(times):
+            await outage(pairs, seconds)
+            await recovered(watches, 30)
+            if k + 1 < times:
+                for w in watches:
+                    mark = w.committed
+                    await w.wait(lambda w=w, mark=mark: w.committed >= min(n, mark + n // 10), 30, "progress")
+        return list(await asyncio.wait_for(asyncio.gather(*runs), 60))
+    finally:
+        for r in runners:
+            r.stop()
+        await asyncio.wait(runs, timeout=30)
+        for t in [*runs, *samplers]:
+            t.cancel()
+        await asyncio.gather(*runs, *samplers, return_exceptions=True)
+
+
+async def check(case: Case, report: RunReport, watch: Watch, n: int) -> dict[str, Any]:
+    """Everything in the output exactly once, nothing dead-lettered, the report balanced, the stall
+    seen in the metrics during each outage and cleared after. Returns the measurements."""
+    assert report.error is None, report.error
+    assert report.balanced
+    assert report.totals() == {"entered": n, "delivered": n, "filtered": 0, "dead_lettered": 0, "nacked": 0,
+                               "in_flight": 0}
+    assert not case.dead.exists() or case.dead.read_text() == ""
+    ids, writes = await case.output()
+    assert len(set(ids)) == n and sorted(set(ids)) == list(range(n)), f"{n - len(set(ids))} missing"
+    assert len(ids) == n, f"{len(ids) - n} duplicated"
+    assert writes == n, f"{writes - n} rows written twice"
+    assert watch.classes == {"unavailable"}, (watch.classes, watch.reasons)
+    for o, (cls, value), (_, after) in zip(watch.outages, watch.metric_during, watch.metric_after, strict=True):
+        assert watch.stalled_during(o)
+        assert cls == "unavailable" and value > 0, (cls, value)
+        assert after == 0
+    return {"recovery": [round(watch.recovery(o), 2) for o in watch.outages], "reasons": watch.reasons}
+
+
+def _print(kind: str, measured: dict[str, Any], seconds: float) -> None:
+    print(f"\n[outage] {kind}: recovery after each outage (s) {measured['recovery']}; test {seconds:.1f}s; "
+          f"stalled on: {measured['reasons'][0][:160]}")
+
+
+# -- one sink, a 3 s outage ------------------------------------------------------------------------
+
+N, RATE = 12_000, 3000
+
+
+async def _one(case: Case, tmp_path: Path, seconds: float = 3.0) -> None:
+    t0 = time.monotonic()
+    await case.prepare()
+    runner = Runner(case.graph(tmp_path, N, RATE))
+    watch = Watch(runner, "out")
+    [report] = await run_with_outages([case], [runner], [watch], N, seconds)
+    _print(case.kind, await check(case, report, watch, N), time.monotonic() - t0)
+
+
+def test_redis_stream_sink_rides_out_a_3s_redis_outage(redis_service: RedisService, tmp_path: Path) -> None:
+    asyncio.run(_one(RedisCase(redis_service), tmp_path))
+
+
+def test_jetstream_sink_rides_out_a_3s_nats_outage(nats_service: NatsService, tmp_path: Path) -> None:
+    asyncio.run(_one(NatsCase(nats_service, 120), tmp_path))
+
+
+def test_postgres_sink_rides_out_a_3s_postgres_outage(pg_service: PostgresService, tmp_path: Path) -> None:
+    asyncio.run(_one(PostgresCase(pg_service), tmp_path))
