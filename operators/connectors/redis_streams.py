@@ -105,6 +105,7 @@ class RedisStreamSource(Source):
         self.dead_lettered = 0
         self.reconnects = 0
         self._up: bool | None = None  # last Redis call reached the server (None: no call yet)
+        self._reconnected = False  # a call failed on the connection and then went through
         self.kept_alive = 0
 
     def connection_state(self) -> dict[str, bool]:
@@ -149,7 +150,13 @@ class RedisStreamSource(Source):
                 entries = resp[0][1] if resp else []
                 if entries:
                     await self._emit(entries, None, out)
-                elif cfg.exit_when_idle and not self._inflight and not self._to_ack:
+                if self._reconnected:
+                    # an XREADGROUP whose reply was lost (Redis went down after it ran) left entries
+                    # pending on this consumer that were never emitted: take them back now (after
+                    # emitting this read's entries, which are pending too)
+                    self._reconnected = False
+                    await self._recover(out, own=True)
+                elif not entries and cfg.exit_when_idle and not self._inflight and not self._to_ack:
                     return
         except _Stopped:
             return
@@ -176,6 +183,8 @@ class RedisStreamSource(Source):
                 result = await call()
                 raise_if_cancelled()
                 self._up = True
+                if attempt:
+                    self._reconnected = True
                 return result
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc) or lost_group:

@@ -108,9 +108,12 @@ class Case:
         folder = tmp / self.kind
         folder.mkdir()
         path = folder / "graph.yaml"
-        path.write_text(_GRAPH.format(kind=self.kind, n=n, rate=rate, **self.parts()))
+        path.write_text(self.yaml(n, rate))
         self.dead = folder / "dead.ndjson"
         return load_graph(str(path))
+
+    def yaml(self, n: int, rate: float) -> str:
+        return _GRAPH.format(kind=self.kind, n=n, rate=rate, **self.parts())
 
     def parts(self) -> dict[str, str]:
         raise NotImplementedError
@@ -285,3 +288,83 @@ def test_jetstream_sink_rides_out_a_3s_nats_outage(nats_service: NatsService, tm
 
 def test_postgres_sink_rides_out_a_3s_postgres_outage(pg_service: PostgresService, tmp_path: Path) -> None:
     asyncio.run(_one(PostgresCase(pg_service), tmp_path))
+
+
+# -- issue 14's own scenario: Redis in, Redis out, dead letters to Redis, three restarts --------------
+
+_PIPE = """
+version: 1
+name: outage_redis_pipe
+defaults: {{dead_letter: dead, max_in_flight: 2000, batch_size: 200, stop_timeout: 10}}
+connections:
+  r: {{type: redis, url: "{url}"}}
+nodes:
+  events:
+    type: redis_stream_source
+    config: {{connection: r, stream: in, group: g, start: "0", batch: 200, block: 50ms, exit_when_idle: true}}
+  pace:
+    type: rate_limit
+    inputs: [events]
+    config: {{rate: {rate}, burst: 200}}
+  tag:
+    type: map
+    inputs: [pace]
+    config: {{expr: '{{"id": msg.id, "v": msg.id * 2}}'}}
+  out:
+    type: redis_stream_sink
+    inputs: [tag]
+    config: {{connection: r, stream: out, maxlen: null}}
+  dead:
+    type: redis_stream_sink
+    inputs: [out.errors]
+    config: {{connection: r, stream: dead, maxlen: null}}
+"""
+
+
+class RedisPipeCase(RedisCase):
+    """redis_stream_source -> rate_limit -> map -> redis_stream_sink, the dead letter a Redis stream
+    too, all on the one Redis that restarts."""
+
+    kind = "redis_pipe"
+
+    def yaml(self, n: int, rate: float) -> str:
+        return _PIPE.format(url=self.service.url, rate=rate)
+
+    async def prepare(self) -> None:
+        r = aredis.Redis.from_url(self.service.url)
+        try:
+            pipe = r.pipeline(transaction=False)
+            for i in range(self.n):
+                pipe.xadd("in", {"body": orjson.dumps({"id": i})})
+            await pipe.execute()
+        finally:
+            await r.aclose()
+
+    async def leftovers(self) -> dict[str, int]:
+        r = aredis.Redis.from_url(self.service.url)
+        try:
+            return {"dead": await r.xlen("dead"), "pending": (await r.xpending("in", "g"))["pending"]}
+        finally:
+            await r.aclose()
+
+
+def test_redis_pipeline_with_its_dead_letter_on_the_same_redis_rides_out_three_restarts(
+        redis_service: RedisService, tmp_path: Path) -> None:
+    """Issue 14: three 3 s restarts of the one Redis a redis -> map -> redis graph reads, writes and
+    dead-letters to: nothing dead-lettered, nothing lost, the source keeps reading, the run ends."""
+    n = 30_000
+
+    async def main() -> None:
+        t0 = time.monotonic()
+        case = RedisPipeCase(redis_service)
+        case.n = n
+        await case.prepare()
+        runner = Runner(case.graph(tmp_path, n, 5000))
+        watch = Watch(runner, "out")
+        [report] = await run_with_outages([case], [runner], [watch], n, 3.0, times=3)
+        measured = await check(case, report, watch, n)
+        assert await case.leftovers() == {"dead": 0, "pending": 0}
+        assert runner.stats["dead"].received == 0
+        _print(case.kind, measured, time.monotonic() - t0)
+
+    asyncio.run(main())
