@@ -290,6 +290,33 @@ def test_postgres_sink_rides_out_a_3s_postgres_outage(pg_service: PostgresServic
     asyncio.run(_one(PostgresCase(pg_service), tmp_path))
 
 
+
+# -- all three at once, a long outage ----------------------------------------------------------------
+
+LONG = outage_seconds()
+
+
+@pytest.mark.timeout(LONG + 180)
+def test_all_three_sinks_ride_out_a_long_outage_of_their_services_at_once(
+        redis_service: RedisService, nats_service: NatsService, pg_service: PostgresService, tmp_path: Path) -> None:
+    """The three graphs run side by side; Redis, NATS and PostgreSQL stop together for
+    `STREAMDAG_OUTAGE_SECONDS` (default 60) and come back: the same guarantees as the 3 s tests."""
+
+    async def main() -> None:
+        t0 = time.monotonic()
+        cases: list[Case] = [RedisCase(redis_service), NatsCase(nats_service, max(120.0, 3 * LONG)),
+                             PostgresCase(pg_service)]
+        for c in cases:
+            await c.prepare()
+        runners = [Runner(c.graph(tmp_path, N, RATE)) for c in cases]
+        watches = [Watch(r, "out") for r in runners]
+        reports = await run_with_outages(cases, runners, watches, N, LONG)
+        measured = [await check(c, rep, w, N) for c, rep, w in zip(cases, reports, watches)]
+        for c, m in zip(cases, measured):
+            _print(f"{c.kind} ({LONG:g} s outage)", m, time.monotonic() - t0)
+
+    asyncio.run(main())
+
 # -- issue 14's own scenario: Redis in, Redis out, dead letters to Redis, three restarts --------------
 
 _PIPE = """
