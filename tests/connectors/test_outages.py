@@ -121,6 +121,10 @@ class Case:
     async def prepare(self) -> None:
         pass
 
+    async def done(self) -> bool:
+        """For a graph whose source never ends: everything is in the output and acknowledged."""
+        return False
+
     async def output(self) -> tuple[list[int], int]:
         """(ids in the output, in order; writes counted by the service where it can: else the id count)."""
         raise NotImplementedError
@@ -215,7 +219,8 @@ class PostgresCase(Case):
 async def run_with_outages(cases: list[Case], runners: list[Runner], watches: list[Watch], n: int,
                            seconds: float, times: int = 1) -> list[RunReport]:
     """Run the graphs; once a fifth of the messages is committed, stop every case's service for
-    `seconds` (`times` times, with some progress in between), then let the runs finish."""
+    `seconds` (`times` times, with some progress in between), then let the runs finish (a graph
+    whose source never ends is stopped once its case says it is `done`)."""
     pairs: list[tuple[Service, Watch]] = [(c.service, w) for c, w in zip(cases, watches)]
     samplers = [asyncio.create_task(w.run()) for w in watches]
     runs = [asyncio.create_task(r.run()) for r in runners]
@@ -229,6 +234,12 @@ async def run_with_outages(cases: list[Case], runners: list[Runner], watches: li
                 for w in watches:
                     mark = w.committed
                     await w.wait(lambda w=w, mark=mark: w.committed >= min(n, mark + n // 10), 30, "progress")
+        for c, r, t in zip(cases, runners, runs):
+            deadline = time.monotonic() + 60
+            while not t.done() and not await c.done():
+                assert time.monotonic() < deadline, f"{c.kind}: the output is not complete 60 s after the outage"
+                await asyncio.sleep(0.1)
+            r.stop()
         return list(await asyncio.wait_for(asyncio.gather(*runs), 60))
     finally:
         for r in runners:
@@ -395,3 +406,101 @@ def test_redis_pipeline_with_its_dead_letter_on_the_same_redis_rides_out_three_r
         _print(case.kind, measured, time.monotonic() - t0)
 
     asyncio.run(main())
+
+
+# -- sources through an outage too: jetstream_source and postgres_source, on the sink's service -------
+
+_SOURCE_PIPE = """
+version: 1
+name: outage_{kind}
+defaults: {{dead_letter: dead, max_in_flight: 2000, batch_size: 200, stop_timeout: 10}}
+connections:
+  {connection}
+nodes:
+  events:
+    type: {source_type}
+    config: {source}
+  pace:
+    type: rate_limit
+    inputs: [events]
+    config: {{rate: {rate}, burst: 200}}
+  tag:
+    type: map
+    inputs: [pace]
+    config: {{expr: '{{"id": msg.id, "v": msg.id * 2}}'}}
+  out:
+    type: {sink_type}
+    inputs: [tag]
+    config: {sink}
+  dead:
+    type: file_sink
+    inputs: [out.errors]
+    config: {{path: dead.ndjson}}
+"""
+
+
+class NatsPipeCase(NatsCase):
+    """jetstream_source (stream IN, a durable consumer) -> rate_limit -> map -> jetstream_sink, one NATS."""
+
+    kind = "nats_pipe"
+
+    def yaml(self, n: int, rate: float) -> str:
+        parts = self.parts()
+        parts["connection"] = parts["connection"].replace("streams: {", 'streams: {IN: {subjects: ["in.>"]}, ')
+        return _SOURCE_PIPE.format(kind=self.kind, rate=rate, source_type="jetstream_source",
+                                   source="{connection: nats, stream: IN, durable: pipe, batch: 200, ack_wait: 5s}",
+                                   **parts)
+
+    async def prepare(self) -> None:
+        nc = await connect(self.service.url)
+        try:
+            js = nc.jetstream()
+            await js.add_stream(name="IN", subjects=["in.>"])
+            for i in range(0, self.n, 500):
+                await asyncio.gather(*(js.publish("in.x", orjson.dumps({"id": j})) for j in range(i, min(self.n, i + 500))))
+        finally:
+            await nc.close()
+
+    async def done(self) -> bool:
+        nc = await connect(self.service.url)
+        try:
+            js = nc.jetstream()
+            stored = (await js.stream_info("OUT")).state.messages
+            c = await js.consumer_info("IN", "pipe")
+            return bool(stored >= self.n and c.num_pending == 0 and c.num_ack_pending == 0)
+        except Exception:  # noqa: BLE001 - not yet (the server is still coming back)
+            return False
+        finally:
+            await nc.close()
+
+
+class PostgresPipeCase(PostgresCase):
+    """postgres_source (table src, to its end) -> rate_limit -> map -> postgres_sink, one PostgreSQL."""
+
+    kind = "postgres_pipe"
+
+    def yaml(self, n: int, rate: float) -> str:
+        return _SOURCE_PIPE.format(kind=self.kind, rate=rate, source_type="postgres_source",
+                                   source="{connection: pg, table: src, cursor: id, batch_size: 200, stop_at_end: true}",
+                                   **self.parts())
+
+    async def prepare(self) -> None:
+        await super().prepare()
+        conn = await asyncpg.connect(self.service.dsn)
+        try:
+            await conn.execute("CREATE TABLE src (id bigint PRIMARY KEY)")
+            await conn.execute("INSERT INTO src SELECT generate_series(0, $1::bigint - 1)", self.n)
+        finally:
+            await conn.close()
+
+
+def test_jetstream_source_to_sink_rides_out_a_3s_nats_outage(nats_service: NatsService, tmp_path: Path) -> None:
+    case = NatsPipeCase(nats_service, 120)
+    case.n = N
+    asyncio.run(_one(case, tmp_path))
+
+
+def test_postgres_source_to_sink_rides_out_a_3s_postgres_outage(pg_service: PostgresService, tmp_path: Path) -> None:
+    case = PostgresPipeCase(pg_service)
+    case.n = N
+    asyncio.run(_one(case, tmp_path))
