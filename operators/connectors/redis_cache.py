@@ -16,11 +16,11 @@ from pydantic import Field, model_validator
 from redis.exceptions import NoScriptError
 
 from engine.api import CelExpr, NodeConfig, Sink
-from engine.errors import ConnectionLost
+from engine.errors import ConnectionLost, Unavailable
 from engine.expr import EvalError, compile_expr
 from engine.message import Msg
 from engine.spec.units import PositiveDuration
-from operators.connectors.redis_conn import CONNECTION_ERRORS, raise_if_cancelled, redis_client
+from operators.connectors.redis_conn import CONNECTION_ERRORS, first_refusal, raise_if_cancelled, redis_client
 
 __all__ = ["CAS_SCRIPT", "RedisCacheSink", "RedisCacheSinkConfig", "encode_value"]
 
@@ -173,6 +173,9 @@ class RedisCacheSink(Sink):
         except CONNECTION_ERRORS as exc:
             raise ConnectionLost(f"redis {self.config.connection}: cache write failed: {exc}") from exc
         raise_if_cancelled()
+        refused = first_refusal(results)
+        if refused is not None:  # the server's state (read-only, out of memory): the whole batch again
+            raise Unavailable(f"redis {self.config.connection}: cache write refused: {refused}") from refused
         noscript: list[Msg] = []
         for msg, res in zip(sent, results):
             if isinstance(res, NoScriptError):

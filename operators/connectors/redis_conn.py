@@ -11,7 +11,7 @@ from engine.errors import MESSAGE, UNAVAILABLE, ConnectorError, ErrorClass, regi
 if TYPE_CHECKING:
     from engine.runtime.context import NodeContext
 
-__all__ = ["CONNECTION_ERRORS", "classify_redis", "raise_if_cancelled", "redis_client"]
+__all__ = ["CONNECTION_ERRORS", "classify_redis", "first_refusal", "raise_if_cancelled", "redis_client"]
 
 
 def _connection_errors() -> tuple[type[BaseException], ...]:
@@ -30,14 +30,17 @@ _UNAVAILABLE_REPLIES = ("LOADING", "READONLY", "TRYAGAIN", "MASTERDOWN", "CLUSTE
 
 def classify_redis(exc: BaseException) -> ErrorClass | None:
     """Redis errors for `engine.errors.classify`: connection, timeout and the not-now replies
-    above are a service's fault; any other reply (WRONGTYPE, a bad argument) is left unknown."""
+    above are a service's fault; any other reply (WRONGTYPE, a bad argument) is left unknown.
+
+    redis-py strips the code from the replies it has a class for (`ReadOnlyError` reads "You can't
+    write against a read only replica."), so the code is taken from `status_code` when it is there."""
     from redis import exceptions as rex
 
     if isinstance(exc, CONNECTION_ERRORS):
         return UNAVAILABLE
     if isinstance(exc, rex.ResponseError):
-        word = str(exc).split(" ", 1)[0].upper()
-        if word in _UNAVAILABLE_REPLIES:
+        code = getattr(exc, "status_code", None) or str(exc).split(" ", 1)[0]
+        if str(code).upper() in _UNAVAILABLE_REPLIES or isinstance(exc, _UNAVAILABLE_CLASSES):
             return UNAVAILABLE
     if isinstance(exc, rex.DataError):  # a value redis-py cannot encode: the message's fault
         return MESSAGE
@@ -45,6 +48,25 @@ def classify_redis(exc: BaseException) -> ErrorClass | None:
 
 
 register_classifier(classify_redis)
+
+
+def _unavailable_classes() -> tuple[type[BaseException], ...]:
+    from redis import exceptions as rex
+
+    return (rex.ReadOnlyError, rex.OutOfMemoryError, rex.TryAgainError, rex.ClusterDownError)
+
+
+_UNAVAILABLE_CLASSES = _unavailable_classes()
+
+
+def first_refusal(results: list[Any]) -> BaseException | None:
+    """The first reply of a pipeline (`raise_on_error=False`) in which the server refused for now
+    (read-only replica, out of memory, loading...): not the message's fault, so not a per-message
+    failure; the caller retries instead. None when there is none."""
+    for res in results:
+        if isinstance(res, BaseException) and classify_redis(res) == UNAVAILABLE:
+            return res
+    return None
 
 
 def raise_if_cancelled() -> None:

@@ -25,12 +25,12 @@ from pydantic import BeforeValidator, Field, model_validator
 from redis.exceptions import NoScriptError, ResponseError
 
 from engine.api import CelExpr, CheckContext, CheckIssue, NodeConfig, Sink, Source
-from engine.errors import ConfigError, ConnectionLost
+from engine.errors import ConfigError, ConnectionLost, Unavailable
 from engine.expr import EvalError, compile_expr
 from engine.message import Msg
 from engine.runtime.outputs import SourceOutput
 from engine.spec.units import PositiveDuration
-from operators.connectors.redis_conn import CONNECTION_ERRORS, raise_if_cancelled, redis_client
+from operators.connectors.redis_conn import CONNECTION_ERRORS, first_refusal, raise_if_cancelled, redis_client
 
 __all__ = ["XADD_SCRIPT", "RedisStreamSink", "RedisStreamSinkConfig", "RedisStreamSource", "RedisStreamSourceConfig"]
 
@@ -342,6 +342,11 @@ class RedisStreamSource(Source):
             self.ctx.log.warning("XACK of %d entries postponed: %s", len(ids), exc)
             self._to_ack[:0] = ids
             return
+        refused = first_refusal(results)
+        if refused is not None:  # read-only, out of memory...: the same ids again with the next ones
+            self.ctx.log.warning("XACK of %d entries postponed: %s", len(ids), refused)
+            self._to_ack[:0] = ids
+            return
         for res in results:  # NOGROUP (group destroyed): nothing is pending any more; other errors: report
             if isinstance(res, Exception):
                 self.ctx.log.error("XACK on %s/%s failed: %s", self.config.stream, self.config.group, res)
@@ -433,6 +438,9 @@ class RedisStreamSink(Sink):
         names = [config.field, *config.fields]
         self._script_head = (config.stream, "" if config.maxlen is None else config.maxlen,
                              "~" if config.approximate else "=", len(names), *names)
+        # a batch the server refused in part (read-only, out of memory) and the ids of its messages
+        # already appended: the runtime retries it with the same list, and those are not appended again
+        self._partial: tuple[list[Msg], set[int]] | None = None
 
     async def start(self) -> None:
         self._client = await redis_client(self.ctx, self.config.connection)
@@ -467,7 +475,14 @@ class RedisStreamSink(Sink):
 
     async def write(self, batch: list[Msg]) -> list[tuple[Msg, str]] | None:
         failed: list[tuple[Msg, str]] = []
-        sent, values = self._encode(batch, failed)
+        done: set[int] = set()
+        todo = batch
+        if self._partial is not None:
+            if self._partial[0] is batch:
+                done = self._partial[1]
+                todo = [m for m in batch if id(m) not in done]
+            self._partial = None
+        sent, values = self._encode(todo, failed)
         if not sent:
             return failed
         try:
@@ -478,6 +493,12 @@ class RedisStreamSink(Sink):
         except CONNECTION_ERRORS as exc:
             raise ConnectionLost(f"redis {self.config.connection}: XADD to {self.config.stream} failed: {exc}") from exc
         raise_if_cancelled()
+        refused = first_refusal(results)
+        if refused is not None:  # the server's state, not the messages': keep what went in, retry the rest
+            done = done | {id(m) for m, res in zip(sent, results) if not isinstance(res, Exception)}
+            self._partial = (batch, done)
+            raise Unavailable(f"redis {self.config.connection}: XADD to {self.config.stream} refused "
+                              f"({len(batch) - len(done)} of {len(batch)} not appended): {refused}") from refused
         for msg, res in zip(sent, results):
             if isinstance(res, Exception):
                 failed.append((msg, f"XADD failed: {res}"))

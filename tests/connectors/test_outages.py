@@ -556,3 +556,54 @@ def test_stop_during_an_outage_ends_within_stop_timeout_and_a_rerun_loses_nothin
         assert await case.leftovers() == {"dead": 0, "pending": 0}
 
     asyncio.run(main())
+
+
+# -- Redis up but refusing writes: a replica (READONLY), out of memory (OOM) ---------------------------
+
+class _RedisRefusing:
+    """The private Redis made to refuse writes for a while (it stays up): `down()` and `up()` send
+    the two commands given."""
+
+    def __init__(self, service: RedisService, name: str, down: list[Any], up: list[Any]):
+        self.service, self.name, self._down, self._up = service, name, down, up
+        self.url = service.url
+
+    def _run(self, *command: Any) -> None:
+        import redis
+
+        c = redis.Redis.from_url(self.service.url)
+        try:
+            c.execute_command(*command)
+        finally:
+            c.close()
+
+    def down(self) -> None:
+        self._run(*self._down)
+
+    def up(self) -> None:
+        self._run(*self._up)
+
+    def cleanup(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("refusal", ["readonly", "oom"])
+@pytest.mark.parametrize("method", ["script", "xadd"])
+def test_redis_stream_sink_waits_while_redis_refuses_writes(redis_service: RedisService, tmp_path: Path,
+                                                            refusal: str, method: str) -> None:
+    """READONLY (the server became a replica) and OOM (maxmemory reached, noeviction) are the
+    server's state, not the messages' fault: the sink stalls until writes are accepted again, and
+    writes nothing twice."""
+    from tests.connectors.redis_harness import free_port
+
+    if refusal == "readonly":  # a replica of a master that is not there: read-only, data kept
+        how = _RedisRefusing(redis_service, refusal, ["REPLICAOF", "127.0.0.1", str(free_port())],
+                             ["REPLICAOF", "NO", "ONE"])
+    else:
+        how = _RedisRefusing(redis_service, refusal, ["CONFIG", "SET", "maxmemory", "1"],
+                             ["CONFIG", "SET", "maxmemory", "0"])
+    case = RedisCase(how)  # type: ignore[arg-type]
+    case.kind = f"redis_{refusal}_{method}"
+    sink = "{connection: r, stream: out, maxlen: null}"
+    case.parts = lambda: {**RedisCase.parts(case), "sink": sink.replace("}", f", method: {method}}}")}  # type: ignore[method-assign]
+    asyncio.run(_one(case, tmp_path, 2.0))
