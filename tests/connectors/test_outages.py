@@ -607,3 +607,26 @@ def test_redis_stream_sink_waits_while_redis_refuses_writes(redis_service: Redis
     sink = "{connection: r, stream: out, maxlen: null}"
     case.parts = lambda: {**RedisCase.parts(case), "sink": sink.replace("}", f", method: {method}}}")}  # type: ignore[method-assign]
     asyncio.run(_one(case, tmp_path, 2.0))
+
+
+def test_redis_cache_sink_waits_while_redis_is_a_read_only_replica(redis_service: RedisService,
+                                                                   tmp_path: Path) -> None:
+    """The same refusal for redis_cache_sink (idempotent SETs: the whole batch is written again)."""
+    from tests.connectors.redis_harness import free_port
+
+    case = RedisCase(_RedisRefusing(redis_service, "readonly", ["REPLICAOF", "127.0.0.1", str(free_port())],  # type: ignore[arg-type]
+                                    ["REPLICAOF", "NO", "ONE"]))
+    case.kind = "redis_cache_readonly"
+    case.parts = lambda: {**RedisCase.parts(case), "sink_type": "redis_cache_sink",  # type: ignore[method-assign]
+                          "sink": "{connection: r, key: '\"k:\" + string(msg.id)'}"}
+
+    async def output() -> tuple[list[int], int]:
+        r = aredis.Redis.from_url(redis_service.url)
+        try:
+            keys = [k async for k in r.scan_iter(match="k:*", count=5000)]
+            return [int(k.split(b":")[1]) for k in keys], len(keys)
+        finally:
+            await r.aclose()
+
+    case.output = output  # type: ignore[method-assign]
+    asyncio.run(_one(case, tmp_path, 2.0))
