@@ -247,7 +247,8 @@ class Runner:
                 delay = rn.retry.backoff(attempt, random.random())
                 log.debug("node %s: attempt %d failed (%s); retrying in %.2fs", rn.id, attempt, reason, delay)
                 self._check_stall_alert(rn, stats)
-                await self._sleep_unless_stopping(delay)
+                await self._sleep_unless_stopping(delay, getattr(getattr(self.nodes[rn.id], "ctx", None),
+                                                                 "retry_now", None))
                 attempt += 1
 
     def _stalled(self, rn: ResolvedNode, stats: NodeStats, kind: str, reason: str) -> None:
@@ -282,16 +283,20 @@ class Runner:
             m.ack.fail(f"{rn.id}: unavailable at shutdown: {reason}")
         stats.stalled_since, stats.stall_class, stats.stall_reason = None, "", ""
 
-    async def _sleep_unless_stopping(self, delay: float) -> None:
-        """Sleep `delay` seconds, or until the drain's `stop_timeout` runs out, whichever is first."""
+    async def _sleep_unless_stopping(self, delay: float, wake: asyncio.Event | None = None) -> None:
+        """Sleep `delay` seconds, or until the drain's `stop_timeout` runs out, or until `wake` (the
+        node's `ctx.retry_now`: its connector saw the service come back), whichever is first."""
         if self._stopping:
-            left = self.graph.spec.defaults.stop_timeout - (time.monotonic() - self._stopped_at)
-            await asyncio.sleep(max(0.0, min(delay, left)))
-            return
+            delay = max(0.0, min(delay, self.graph.spec.defaults.stop_timeout - (time.monotonic() - self._stopped_at)))
+        waits = [asyncio.ensure_future(e.wait()) for e in (None if self._stopping else self._stop_event, wake)
+                 if e is not None]
         try:
-            await asyncio.wait_for(self._stop_event.wait(), delay)
-        except TimeoutError:
-            pass
+            await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        if wake is not None:
+            wake.clear()
 
     async def _run_operator(self, rn: ResolvedNode) -> None:
         op: Operator = self.nodes[rn.id]

@@ -185,6 +185,33 @@ def test_an_unavailable_service_is_retried_past_max_attempts_and_never_dead_lett
     assert not (tmp_path / "dead.ndjson").exists() or (tmp_path / "dead.ndjson").read_text() == ""
 
 
+def test_a_stalled_batch_is_retried_at_once_when_its_connector_sees_the_service_back(write_graph) -> None:
+    # a backoff of a minute, cut short by ctx.retry_now (what jetstream_sink sets when NATS reconnects)
+    path = write_graph("""
+        version: 1
+        name: wake
+        defaults: {dead_letter: dead, retry: {initial_backoff: 60, max_backoff: 60}}
+        nodes:
+          src: {type: test_source, config: {count: 4, batch: 4}}
+          out: {type: test_sink, inputs: [src], config: {fail_first: 1}}
+          dead: {type: file_sink, inputs: [src.errors], config: {path: dead.ndjson}}
+    """)
+    runner = Runner(load_graph(str(path)))
+
+    async def main() -> Any:
+        run = asyncio.create_task(runner.run())
+        while runner.stats["out"].stalled_since is None:
+            await asyncio.sleep(0.005)
+        t0 = time.monotonic()
+        runner.nodes["out"].ctx.retry_now.set()
+        report = await asyncio.wait_for(run, 10)
+        return report, time.monotonic() - t0
+
+    report, took = asyncio.run(main())
+    assert report.balanced and report.totals()["delivered"] == 4 and took < 5
+    assert not runner.nodes["out"].ctx.retry_now.is_set()  # used up
+
+
 def test_a_message_error_goes_to_errors_at_once(write_graph, tmp_path) -> None:
     path = write_graph("""
         version: 1

@@ -161,10 +161,15 @@ class JetStreamSink(Sink):
         self._sub = await self._h.tap.subscribe(self._prefix + ".*", self._on_ack)  # type: ignore[union-attr]
         self._prefix_len = len(self._prefix) + 1
         self._h.on_disconnect.append(self._done.set)  # a chunk waiting for PubAcks stops waiting at once
+        self._h.listeners.append(self._reconnected)
+
+    async def _reconnected(self) -> None:
+        self.ctx.retry_now.set()  # a batch held back while NATS was away is tried now
 
     async def stop(self) -> None:
         if self._h is not None and self._done.set in self._h.on_disconnect:
             self._h.on_disconnect.remove(self._done.set)
+            self._h.listeners.remove(self._reconnected)
         if self._sub is not None:
             self._h.tap.forget(self._sub)  # type: ignore[union-attr]
             try:
