@@ -287,7 +287,8 @@ class Runner:
         """Sleep `delay` seconds, or until the drain's `stop_timeout` runs out, or until `wake` (the
         node's `ctx.retry_now`: its connector saw the service come back), whichever is first."""
         if self._stopping:
-            delay = max(0.0, min(delay, self.graph.spec.defaults.stop_timeout - (time.monotonic() - self._stopped_at)))
+            left = self.graph.spec.defaults.stop_timeout - (time.monotonic() - self._stopped_at)
+            delay = max(0.0, min(delay, left))
         waits = [asyncio.ensure_future(e.wait()) for e in (None if self._stopping else self._stop_event, wake)
                  if e is not None]
         try:

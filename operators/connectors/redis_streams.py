@@ -497,8 +497,9 @@ class RedisStreamSink(Sink):
         if refused is not None:  # the server's state, not the messages': keep what went in, retry the rest
             done = done | {id(m) for m, res in zip(sent, results) if not isinstance(res, Exception)}
             self._partial = (batch, done)
+            left = len(batch) - len(done)
             raise Unavailable(f"redis {self.config.connection}: XADD to {self.config.stream} refused "
-                              f"({len(batch) - len(done)} of {len(batch)} not appended): {refused}") from refused
+                              f"({left} of {len(batch)} not appended): {refused}") from refused
         for msg, res in zip(sent, results):
             if isinstance(res, Exception):
                 failed.append((msg, f"XADD failed: {res}"))

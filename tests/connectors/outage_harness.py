@@ -19,8 +19,8 @@ from tests.connectors.jetstream_fixtures import PrivateServer
 from tests.connectors.postgres_harness import PrivatePostgres
 from tests.connectors.redis_harness import PrivateRedis
 
-__all__ = ["NatsService", "Outage", "PostgresService", "RedisService", "Service", "Watch", "outage", "outage_seconds",
-           "recovered", "stalled_metric"]
+__all__ = ["NatsService", "Outage", "PostgresService", "RedisService", "Service", "Watch", "outage",
+           "outage_seconds", "recovered", "stalled_metric"]
 
 
 def outage_seconds(default: float = 60.0) -> float:

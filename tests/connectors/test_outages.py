@@ -137,8 +137,8 @@ class RedisCase(Case):
         self.service = service
 
     def parts(self) -> dict[str, str]:
-        return {"connection": f'r: {{type: redis, url: "{self.service.url}"}}', "sink_type": "redis_stream_sink",
-                "sink": "{connection: r, stream: out, maxlen: null}"}
+        return {"connection": f'r: {{type: redis, url: "{self.service.url}"}}',
+                "sink_type": "redis_stream_sink", "sink": "{connection: r, stream: out, maxlen: null}"}
 
     async def output(self) -> tuple[list[int], int]:
         r = aredis.Redis.from_url(self.service.url)
@@ -160,14 +160,16 @@ class NatsCase(Case):
     def parts(self) -> dict[str, str]:
         return {"connection": f'nats: {{type: nats, url: "{self.service.url}", streams: '
                               f'{{OUT: {{subjects: ["out.>"], duplicate_window: {self.window:g}s}}}}}}',
-                "sink_type": "jetstream_sink", "sink": '{connection: nats, subject: out.x, msg_id: "string(msg.id)"}'}
+                "sink_type": "jetstream_sink",
+                "sink": '{connection: nats, subject: out.x, msg_id: "string(msg.id)"}'}
 
     async def output(self) -> tuple[list[int], int]:
         nc = await connect(self.service.url)
         try:
             js = nc.jetstream()
             stored = (await js.stream_info("OUT")).state.messages
-            sub = await js.pull_subscribe("out.>", stream="OUT", config=ConsumerConfig(ack_policy=AckPolicy.NONE))
+            sub = await js.pull_subscribe("out.>", stream="OUT",
+                                          config=ConsumerConfig(ack_policy=AckPolicy.NONE))
             ids: list[int] = []
             while len(ids) < stored:
                 for m in await sub.fetch(1000, timeout=5):
@@ -188,7 +190,8 @@ class PostgresCase(Case):
         self.service = service
 
     def parts(self) -> dict[str, str]:
-        return {"connection": f'pg: {{type: postgres, dsn: "{self.service.dsn}"}}', "sink_type": "postgres_sink",
+        return {"connection": f'pg: {{type: postgres, dsn: "{self.service.dsn}"}}',
+                "sink_type": "postgres_sink",
                 "sink": "{connection: pg, table: out, mode: upsert, key: [id], columns: "
                         "{id: {expr: msg.id, type: bigint}, v: {expr: msg.v, type: bigint}}}"}
 
@@ -200,7 +203,8 @@ class PostgresCase(Case):
                 CREATE TABLE writes (id bigint);
                 CREATE FUNCTION count_write() RETURNS trigger LANGUAGE plpgsql AS
                   $$ BEGIN INSERT INTO writes VALUES (NEW.id); RETURN NEW; END $$;
-                CREATE TRIGGER count_write AFTER INSERT OR UPDATE ON out FOR EACH ROW EXECUTE FUNCTION count_write();
+                CREATE TRIGGER count_write AFTER INSERT OR UPDATE ON out
+                  FOR EACH ROW EXECUTE FUNCTION count_write();
             """)
         finally:
             await conn.close()
@@ -237,7 +241,7 @@ async def run_with_outages(cases: list[Case], runners: list[Runner], watches: li
         for c, r, t in zip(cases, runners, runs):
             deadline = time.monotonic() + 60
             while not t.done() and not await c.done():
-                assert time.monotonic() < deadline, f"{c.kind}: the output is not complete 60 s after the outage"
+                assert time.monotonic() < deadline, f"{c.kind}: output incomplete 60 s after the outage"
                 await asyncio.sleep(0.1)
             r.stop()
         return list(await asyncio.wait_for(asyncio.gather(*runs), 60))
@@ -263,7 +267,8 @@ async def check(case: Case, report: RunReport, watch: Watch, n: int) -> dict[str
     assert len(ids) == n, f"{len(ids) - n} duplicated"
     assert writes == n, f"{writes - n} rows written twice"
     assert watch.classes == {"unavailable"}, (watch.classes, watch.reasons)
-    for o, (cls, value), (_, after) in zip(watch.outages, watch.metric_during, watch.metric_after, strict=True):
+    during, after_ = watch.metric_during, watch.metric_after
+    for o, (cls, value), (_, after) in zip(watch.outages, during, after_, strict=True):
         assert watch.stalled_during(o)
         assert cls == "unavailable" and value > 0, (cls, value)
         assert after == 0
@@ -309,7 +314,8 @@ LONG = outage_seconds()
 
 @pytest.mark.timeout(LONG + 180)
 def test_all_three_sinks_ride_out_a_long_outage_of_their_services_at_once(
-        redis_service: RedisService, nats_service: NatsService, pg_service: PostgresService, tmp_path: Path) -> None:
+        redis_service: RedisService, nats_service: NatsService, pg_service: PostgresService,
+        tmp_path: Path) -> None:
     """The three graphs run side by side; Redis, NATS and PostgreSQL stop together for
     `STREAMDAG_OUTAGE_SECONDS` (default 60) and come back: the same guarantees as the 3 s tests."""
 
@@ -446,9 +452,11 @@ class NatsPipeCase(NatsCase):
 
     def yaml(self, n: int, rate: float) -> str:
         parts = self.parts()
-        parts["connection"] = parts["connection"].replace("streams: {", 'streams: {IN: {subjects: ["in.>"]}, ')
+        parts["connection"] = parts["connection"].replace("streams: {",
+                                                          'streams: {IN: {subjects: ["in.>"]}, ')
         return _SOURCE_PIPE.format(kind=self.kind, rate=rate, source_type="jetstream_source",
-                                   source="{connection: nats, stream: IN, durable: pipe, batch: 200, ack_wait: 5s}",
+                                   source="{connection: nats, stream: IN, durable: pipe, batch: 200, "
+                                          "ack_wait: 5s}",
                                    **parts)
 
     async def prepare(self) -> None:
@@ -457,7 +465,8 @@ class NatsPipeCase(NatsCase):
             js = nc.jetstream()
             await js.add_stream(name="IN", subjects=["in.>"])
             for i in range(0, self.n, 500):
-                await asyncio.gather(*(js.publish("in.x", orjson.dumps({"id": j})) for j in range(i, min(self.n, i + 500))))
+                ids = range(i, min(self.n, i + 500))
+                await asyncio.gather(*(js.publish("in.x", orjson.dumps({"id": j})) for j in ids))
         finally:
             await nc.close()
 
@@ -481,7 +490,8 @@ class PostgresPipeCase(PostgresCase):
 
     def yaml(self, n: int, rate: float) -> str:
         return _SOURCE_PIPE.format(kind=self.kind, rate=rate, source_type="postgres_source",
-                                   source="{connection: pg, table: src, cursor: id, batch_size: 200, stop_at_end: true}",
+                                   source="{connection: pg, table: src, cursor: id, batch_size: 200, "
+                                          "stop_at_end: true}",
                                    **self.parts())
 
     async def prepare(self) -> None:
@@ -494,13 +504,15 @@ class PostgresPipeCase(PostgresCase):
             await conn.close()
 
 
-def test_jetstream_source_to_sink_rides_out_a_3s_nats_outage(nats_service: NatsService, tmp_path: Path) -> None:
+def test_jetstream_source_to_sink_rides_out_a_3s_nats_outage(nats_service: NatsService,
+                                                               tmp_path: Path) -> None:
     case = NatsPipeCase(nats_service, 120)
     case.n = N
     asyncio.run(_one(case, tmp_path))
 
 
-def test_postgres_source_to_sink_rides_out_a_3s_postgres_outage(pg_service: PostgresService, tmp_path: Path) -> None:
+def test_postgres_source_to_sink_rides_out_a_3s_postgres_outage(pg_service: PostgresService,
+                                                                tmp_path: Path) -> None:
     case = PostgresPipeCase(pg_service)
     case.n = N
     asyncio.run(_one(case, tmp_path))
@@ -519,8 +531,8 @@ def test_stop_during_an_outage_ends_within_stop_timeout_and_a_rerun_loses_nothin
         case = RedisPipeCase(redis_service)
         case.n = n
         await case.prepare()
-        text = case.yaml(n, 3000).replace("stop_timeout: 10", "stop_timeout: 2").replace("start: \"0\"",
-                                                                                      "start: \"0\", consumer: w1")
+        text = case.yaml(n, 3000).replace("stop_timeout: 10", "stop_timeout: 2")
+        text = text.replace('start: "0"', 'start: "0", consumer: w1')
         path = tmp_path / "graph.yaml"
         path.write_text(text)
         runner = Runner(load_graph(str(path)))
@@ -605,7 +617,8 @@ def test_redis_stream_sink_waits_while_redis_refuses_writes(redis_service: Redis
     case = RedisCase(how)  # type: ignore[arg-type]
     case.kind = f"redis_{refusal}_{method}"
     sink = "{connection: r, stream: out, maxlen: null}"
-    case.parts = lambda: {**RedisCase.parts(case), "sink": sink.replace("}", f", method: {method}}}")}  # type: ignore[method-assign]
+    with_method = sink.replace("}", f", method: {method}}}")
+    case.parts = lambda: {**RedisCase.parts(case), "sink": with_method}  # type: ignore[method-assign]
     asyncio.run(_one(case, tmp_path, 2.0))
 
 
@@ -614,11 +627,12 @@ def test_redis_cache_sink_waits_while_redis_is_a_read_only_replica(redis_service
     """The same refusal for redis_cache_sink (idempotent SETs: the whole batch is written again)."""
     from tests.connectors.redis_harness import free_port
 
-    case = RedisCase(_RedisRefusing(redis_service, "readonly", ["REPLICAOF", "127.0.0.1", str(free_port())],  # type: ignore[arg-type]
-                                    ["REPLICAOF", "NO", "ONE"]))
+    replica = _RedisRefusing(redis_service, "readonly", ["REPLICAOF", "127.0.0.1", str(free_port())],
+                             ["REPLICAOF", "NO", "ONE"])
+    case = RedisCase(replica)  # type: ignore[arg-type]
     case.kind = "redis_cache_readonly"
-    case.parts = lambda: {**RedisCase.parts(case), "sink_type": "redis_cache_sink",  # type: ignore[method-assign]
-                          "sink": "{connection: r, key: '\"k:\" + string(msg.id)'}"}
+    cache = {"sink_type": "redis_cache_sink", "sink": "{connection: r, key: '\"k:\" + string(msg.id)'}"}
+    case.parts = lambda: {**RedisCase.parts(case), **cache}  # type: ignore[method-assign]
 
     async def output() -> tuple[list[int], int]:
         r = aredis.Redis.from_url(redis_service.url)

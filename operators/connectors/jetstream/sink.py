@@ -256,7 +256,8 @@ class JetStreamSink(Sink):
         if not nc.is_connected:
             # reconnecting (or closed): nats-py would keep what is sent now in its reconnect buffer and
             # send it later, while this batch waited ack_timeout for nothing; fail now, retry when back
-            raise ConnectionLost(f"the NATS connection is {'closed' if nc.is_closed else 'down (reconnecting)'}")
+            state = "closed" if nc.is_closed else "down (reconnecting)"
+            raise ConnectionLost(f"the NATS connection is {state}")
         max_payload = nc.max_payload
         prefix = self._prefix.encode()
         ids: dict[str, int] = {}
