@@ -644,3 +644,89 @@ def test_redis_cache_sink_waits_while_redis_is_a_read_only_replica(redis_service
 
     case.output = output  # type: ignore[method-assign]
     asyncio.run(_one(case, tmp_path, 2.0))
+
+
+# -- a reply lost after Redis ran the write (it went down just then) -----------------------------------
+
+class _ReplyCutter:
+    """A TCP proxy in front of the private Redis that, when `armed`, lets the next EVALSHA through,
+    gives Redis time to run it, then drops the connection instead of passing the reply back: what a
+    client sees when Redis stops right after running its command."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.armed = False
+        self.cut = 0
+        self.server: Any = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/0"
+
+    async def _serve(self, cr: asyncio.StreamReader, cw: asyncio.StreamWriter) -> None:
+        sr, sw = await asyncio.open_connection("127.0.0.1", self.port)
+        cutting = asyncio.Event()
+
+        async def up() -> None:
+            while data := await cr.read(65536):
+                sw.write(data)
+                await sw.drain()
+                if self.armed and b"EVALSHA" in data:
+                    self.armed = False
+                    cutting.set()
+                    await asyncio.sleep(0.3)  # Redis runs it
+                    self.cut += 1
+                    cw.close()
+                    sw.close()
+                    return
+
+        async def down() -> None:
+            while data := await sr.read(65536):
+                if cutting.is_set():
+                    return
+                cw.write(data)
+                await cw.drain()
+
+        with contextlib.suppress(Exception):
+            await asyncio.gather(up(), down())
+        for w in (cw, sw):
+            w.close()
+
+    async def close(self) -> None:
+        self.server.close()
+        await self.server.wait_closed()
+
+
+def test_redis_stream_sink_does_not_append_twice_a_batch_whose_reply_was_lost(redis_service: RedisService) -> None:
+    from engine.errors import UNAVAILABLE, classify
+    from engine.message import Msg
+    from engine.runtime.context import NodeContext, Resources
+    from operators.connectors.redis_streams import RedisStreamSink, RedisStreamSinkConfig
+
+    async def main() -> None:
+        cutter = _ReplyCutter(redis_service.server.port)
+        url = await cutter.start()
+        res = Resources()
+        cfg = RedisStreamSinkConfig.model_validate({"connection": "r", "stream": "lost", "maxlen": None})
+        sink = RedisStreamSink("out", cfg, NodeContext("out", {"r": {"type": "redis", "url": url}}, {}, res))
+        try:
+            await sink.start()
+            first = [Msg({"id": i}) for i in range(2500)]  # three chunks of the script
+            assert await sink.write(first) == []
+            batch = [Msg({"id": i}) for i in range(2500, 5000)]
+            cutter.armed = True
+            with pytest.raises(Exception) as lost:
+                await sink.write(batch)
+            assert cutter.cut == 1 and classify(lost.value) == UNAVAILABLE
+            assert await sink.write(batch) == []  # the runtime's retry: the same list
+        finally:
+            await res.close()
+            await cutter.close()
+        r = aredis.Redis.from_url(redis_service.url)
+        try:
+            ids = [orjson.loads(f[b"body"])["id"] for _, f in await r.xrange("lost")]
+        finally:
+            await r.aclose()
+        assert sorted(ids) == list(range(5000)), f"{len(ids) - 5000} appended twice"
+
+    asyncio.run(main())
