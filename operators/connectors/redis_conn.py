@@ -105,6 +105,13 @@ async def redis_client(ctx: NodeContext, name: str) -> Any:
             kwargs["client_name"] = settings["client_name"]
         if settings.get("max_connections"):
             kwargs["max_connections"] = settings["max_connections"]
+        # redis-py would otherwise retry a failed command itself (10 times, up to ~5 s) and hide that
+        # a reply was lost: an XREADGROUP that ran (its entries now pending on this consumer, never
+        # seen) or an XADD run twice. Every node retries on its own, knowing what is safe to redo.
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        kwargs["retry"] = Retry(NoBackoff(), 0)
         # no await in here: two nodes starting at once must not both create a client
         return aredis.Redis.from_url(url, **kwargs)
 
