@@ -33,6 +33,7 @@ def outage_seconds(default: float = 60.0) -> float:
 class Service(Protocol):
     name: str
 
+    def create(self) -> None: ...
     def down(self) -> None: ...
     def up(self) -> None: ...
     def cleanup(self) -> None: ...
@@ -45,8 +46,10 @@ class RedisService:
 
     def __init__(self) -> None:
         self.server = PrivateRedis()
-        self.server.start()
         self.url = self.server.url
+
+    def create(self) -> None:
+        self.server.start()
 
     def down(self) -> None:
         self.server.stop()
@@ -65,9 +68,10 @@ class NatsService:
 
     def __init__(self) -> None:
         self.server = PrivateServer()
-        self.server.start()
-        self.server.wait_ready_blocking()
         self.url = self.server.url
+
+    def create(self) -> None:
+        self.up()
 
     def down(self) -> None:
         self.server.stop()
@@ -87,8 +91,10 @@ class PostgresService:
 
     def __init__(self) -> None:
         self.server = PrivatePostgres()
-        self.server.create()
         self.dsn = self.server.dsn
+
+    def create(self) -> None:
+        self.server.create()
 
     def down(self) -> None:
         self.server.stop()

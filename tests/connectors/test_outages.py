@@ -42,36 +42,47 @@ pytestmark = pytest.mark.services
 
 # -- the services, one private server each, removed even when a test fails ------------------------
 
+def _private(service: Any) -> Iterator[Any]:
+    try:
+        service.create()
+        yield service
+    finally:
+        service.cleanup()
+
+
 @pytest.fixture
 def redis_service() -> Iterator[RedisService]:
-    s = RedisService()
-    try:
-        yield s
-    finally:
-        s.cleanup()
+    yield from _private(RedisService())
 
 
 @pytest.fixture
 def nats_service() -> Iterator[NatsService]:
-    s = NatsService()
-    try:
-        yield s
-    finally:
-        s.cleanup()
+    yield from _private(NatsService())
 
 
 @pytest.fixture
 def pg_service() -> Iterator[PostgresService]:
     if not PrivatePostgres.available():
         pytest.skip("needs PostgreSQL server binaries and root (to run them as the postgres user)")
-    s = PostgresService()
-    try:
-        yield s
-    finally:
-        s.cleanup()
+    yield from _private(PostgresService())
 
 
 # -- graphs: generate at a steady rate -> map -> the sink; dead letters to a file --------------------
+
+# map -> the sink, dead letters to a file: the end of every graph here ({up}: the map's input)
+_TAIL = """  tag:
+    type: map
+    inputs: [{{up}}]
+    config: {{expr: '{{"id": msg.id, "v": msg.id * 2}}'}}
+  out:
+    type: {sink_type}
+    inputs: [tag]
+    config: {sink}
+  dead:
+    type: file_sink
+    inputs: [out.errors]
+    config: {{path: dead.ndjson}}
+"""
 
 _GRAPH = """
 version: 1
@@ -83,19 +94,7 @@ nodes:
   gen:
     type: generate
     config: {{count: {n}, rate: {rate}, batch: 100, template: '{{"id": msg.i}}'}}
-  tag:
-    type: map
-    inputs: [gen]
-    config: {{expr: '{{"id": msg.id, "v": msg.id * 2}}'}}
-  out:
-    type: {sink_type}
-    inputs: [tag]
-    config: {sink}
-  dead:
-    type: file_sink
-    inputs: [out.errors]
-    config: {{path: dead.ndjson}}
-"""
+""" + _TAIL.replace("{{up}}", "gen")
 
 
 class Case:
@@ -430,19 +429,7 @@ nodes:
     type: rate_limit
     inputs: [events]
     config: {{rate: {rate}, burst: 200}}
-  tag:
-    type: map
-    inputs: [pace]
-    config: {{expr: '{{"id": msg.id, "v": msg.id * 2}}'}}
-  out:
-    type: {sink_type}
-    inputs: [tag]
-    config: {sink}
-  dead:
-    type: file_sink
-    inputs: [out.errors]
-    config: {{path: dead.ndjson}}
-"""
+""" + _TAIL.replace("{{up}}", "pace")
 
 
 class NatsPipeCase(NatsCase):
@@ -588,6 +575,9 @@ class _RedisRefusing:
             c.execute_command(*command)
         finally:
             c.close()
+
+    def create(self) -> None:
+        pass
 
     def down(self) -> None:
         self._run(*self._down)
