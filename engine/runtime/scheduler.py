@@ -80,6 +80,7 @@ class Runner:
         self._stopped_at = 0.0  # time.monotonic() of the first stop()
         self._stop_event = asyncio.Event()
         self._stall_alerted: set[str] = set()
+        self._gave_up: set[str] = set()  # nodes the drain gave up on: their next batches go back untried
         self._ack_drains: set[asyncio.Future[None]] = set()
         self._wire()
 
@@ -210,6 +211,9 @@ class Runner:
         gives up: its batch's acks fail, so the sources redeliver them later (never dead-lettered)."""
         attempt = 1
         stats = self.stats[rn.id]
+        if self._stopping and rn.id in self._gave_up:  # still unavailable, most likely: no new attempt
+            self._hand_back(rn, stats, batch, "the drain gave up on this node")
+            return _FAILED
         while True:
             try:
                 result = call()
@@ -275,13 +279,18 @@ class Runner:
                              "stalled_seconds": round(seconds, 3), "reason": stats.stall_reason})
 
     def _hand_back(self, rn: ResolvedNode, stats: NodeStats, batch: list[Msg], reason: str) -> None:
-        """The drain gave up on a stalled node: its messages go back to their sources unacknowledged."""
-        log.warning("node %s: still stalled %.0fs into the drain; %d message(s) handed back to their sources "
-                    "unacknowledged: %s", rn.id, self.graph.spec.defaults.stop_timeout, len(batch), reason,
-                    extra={"event": "drain_hand_back", "node": rn.id, "messages": len(batch), "reason": reason})
+        """The drain gave up on a stalled node: its messages go back to their sources unacknowledged,
+        and so do those of every batch it takes after this one (trying each would hold the end of the
+        run up by one more failed attempt per batch queued)."""
         for m in batch:
             m.ack.fail(f"{rn.id}: unavailable at shutdown: {reason}")
         stats.stalled_since, stats.stall_class, stats.stall_reason = None, "", ""
+        if rn.id in self._gave_up:
+            return
+        self._gave_up.add(rn.id)
+        log.warning("node %s: still stalled %.0fs into the drain; %d message(s) handed back to their sources "
+                    "unacknowledged: %s", rn.id, self.graph.spec.defaults.stop_timeout, len(batch), reason,
+                    extra={"event": "drain_hand_back", "node": rn.id, "messages": len(batch), "reason": reason})
 
     async def _sleep_unless_stopping(self, delay: float, wake: asyncio.Event | None = None) -> None:
         """Sleep `delay` seconds, or until the drain's `stop_timeout` runs out, or until `wake` (the
