@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from engine.compile.validate import load_graph
-from engine.runtime.scheduler import Runner
+from engine.runtime.scheduler import RunReport, Runner
 from tests.connectors.outage_cases import (
     RATE,
     N,
@@ -115,6 +115,31 @@ def test_postgres_source_to_sink_rides_out_a_3s_postgres_outage(pg_service: Post
 
 # -- a stop (SIGTERM) while the service is down ----------------------------------------------------
 
+async def stop_while_down(case: Case, path: Path, n: int) -> tuple[RunReport, Runner, float]:
+    """Run the graph at `path`; once a fifth is committed, stop the case's service, wait for the
+    stall, `Runner.stop()`: (the report, the runner, seconds from the stop to the end of the run)."""
+    runner = Runner(load_graph(str(path)))
+    watch = Watch(runner, "out")
+    run = asyncio.create_task(runner.run())
+    try:
+        await watch.wait(lambda: watch.committed >= n // 5, 30, "a fifth committed")
+        await asyncio.to_thread(case.service.down)
+        await watch.wait(lambda: watch.stalled, 10, "the stall")
+        t_stop = time.monotonic()
+        runner.stop()
+        report = await asyncio.wait_for(run, 30)
+        took = time.monotonic() - t_stop
+    finally:
+        if not run.done():
+            run.cancel()
+    # stop_timeout (2), plus the attempt under way and closing clients (and a busy machine)
+    assert 2 <= took < 2 + 3, took
+    assert report.error is None and report.balanced
+    totals = report.totals()
+    assert totals["dead_lettered"] == 0 and totals["nacked"] > 0 and totals["in_flight"] == 0
+    return report, runner, took
+
+
 def test_stop_during_an_outage_ends_within_stop_timeout_and_a_rerun_loses_nothing(
         redis_service: RedisService, tmp_path: Path) -> None:
     """`Runner.stop()` while Redis is down: the run ends about `stop_timeout` later, the stalled
@@ -130,29 +155,10 @@ def test_stop_during_an_outage_ends_within_stop_timeout_and_a_rerun_loses_nothin
         text = text.replace('start: "0"', 'start: "0", consumer: w1')
         path = tmp_path / "graph.yaml"
         path.write_text(text)
-        runner = Runner(load_graph(str(path)))
-        watch = Watch(runner, "out")
-        sampler = asyncio.create_task(watch.run())
-        run = asyncio.create_task(runner.run())
-        try:
-            await watch.wait(lambda: watch.committed >= n // 5, 30, "a fifth committed")
-            await asyncio.to_thread(redis_service.down)
-            await watch.wait(lambda: watch.stalled, 5, "the stall")
-            t_stop = time.monotonic()
-            runner.stop()
-            report = await asyncio.wait_for(run, 30)
-            took = time.monotonic() - t_stop
-        finally:
-            sampler.cancel()
-            if not run.done():
-                run.cancel()
-        assert 2 <= took < 2 + 3, took  # stop_timeout, plus the attempt under way, closing clients, a busy machine
-        assert report.error is None and report.balanced
-        totals = report.totals()
-        assert totals["dead_lettered"] == 0 and totals["nacked"] > 0 and totals["in_flight"] == 0
+        report, runner, took = await stop_while_down(case, path, n)
         assert runner.stats["dead"].received == 0
         print(f"\n[outage] stop during a Redis outage ended in {took:.2f}s (stop_timeout 2); "
-              f"{totals['nacked']} handed back")
+              f"{report.totals()['nacked']} handed back")
 
         await asyncio.to_thread(redis_service.up)
         report2 = await asyncio.wait_for(Runner(load_graph(str(path))).run(), 60)
@@ -178,24 +184,7 @@ def test_stop_while_nats_or_postgres_is_down_ends_within_stop_timeout(
         path = tmp_path / "graph.yaml"
         path.write_text(case.yaml(N, RATE).replace("stop_timeout: 10", "stop_timeout: 2"))
         case.dead = tmp_path / "dead.ndjson"
-        runner = Runner(load_graph(str(path)))
-        watch = Watch(runner, "out")
-        run = asyncio.create_task(runner.run())
-        try:
-            await watch.wait(lambda: watch.committed >= N // 5, 30, "a fifth committed")
-            await asyncio.to_thread(case.service.down)
-            await watch.wait(lambda: watch.stalled, 10, "the stall")
-            t_stop = time.monotonic()
-            runner.stop()
-            report = await asyncio.wait_for(run, 30)
-            took = time.monotonic() - t_stop
-        finally:
-            if not run.done():
-                run.cancel()
-        assert 2 <= took < 2 + 3, took
-        assert report.error is None and report.balanced
-        totals = report.totals()
-        assert totals["dead_lettered"] == 0 and totals["nacked"] > 0 and totals["in_flight"] == 0
+        _, _, took = await stop_while_down(case, path, N)
         assert not case.dead.exists() or case.dead.read_text() == ""
         print(f"\n[outage] stop during a {kind} outage ended in {took:.2f}s (stop_timeout 2)")
 
