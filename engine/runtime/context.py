@@ -60,6 +60,11 @@ class NodeContext:
         self.clock = clock
         # set by the scheduler on stop (SIGTERM): `flush` then means "graph stopping", not "end of input"
         self.draining = False
+        # set by a connector when its service is reachable again (its client reconnected): the
+        # scheduler then retries a batch it holds back at once, not after the rest of its backoff
+        import asyncio
+
+        self.retry_now = asyncio.Event()
         self.log = logging.getLogger(f"streamdag.node.{node_id}")
 
     def connection(self, name: str) -> dict[str, Any]:

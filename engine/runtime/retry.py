@@ -43,11 +43,15 @@ class Retrier:
         self.s = state
         self.dispatch = dispatch
         self._alerted: set[str] = set()
+        self._gave_up: set[str] = set()  # nodes the drain gave up on: their next batches go back untried
 
     async def run(self, rn: ResolvedNode, call: Any, batch: list[Msg], outputs: Outputs | None) -> Any:
         """`call()`'s result once it succeeds, or FAILED (see the module docstring)."""
         attempt = 1
         stats = self.s.stats[rn.id]
+        if self.s.stopping and rn.id in self._gave_up:  # still unavailable, most likely: no new attempt
+            self._hand_back(rn, stats, batch, "the drain gave up on this node")
+            return FAILED
         while True:
             try:
                 result = call()
@@ -85,7 +89,7 @@ class Retrier:
                 delay = rn.retry.backoff(attempt, random.random())
                 log.debug("node %s: attempt %d failed (%s); retrying in %.2fs", rn.id, attempt, reason, delay)
                 self._check_alert(rn, stats)
-                await self._sleep(delay)
+                await self._sleep(delay, getattr(getattr(self.s.nodes[rn.id], "ctx", None), "retry_now", None))
                 attempt += 1
 
     def _stalled(self, rn: ResolvedNode, stats: NodeStats, kind: str, reason: str) -> None:
@@ -112,20 +116,34 @@ class Retrier:
                              "stalled_seconds": round(seconds, 3), "reason": stats.stall_reason})
 
     def _hand_back(self, rn: ResolvedNode, stats: NodeStats, batch: list[Msg], reason: str) -> None:
-        """The drain gave up on a stalled node: its messages go back to their sources unacknowledged."""
-        log.warning("node %s: still stalled %.0fs into the drain; %d message(s) handed back to their sources "
-                    "unacknowledged: %s", rn.id, self.s.graph.spec.defaults.stop_timeout, len(batch), reason,
-                    extra={"event": "drain_hand_back", "node": rn.id, "messages": len(batch), "reason": reason})
+        """The drain gave up on a stalled node: its messages go back to their sources unacknowledged,
+        and so do those of every batch it takes after this one (trying each would hold the end of the
+        run up by one more failed attempt per batch queued)."""
         for m in batch:
             m.ack.fail(f"{rn.id}: unavailable at shutdown: {reason}")
         stats.stalled_since, stats.stall_class, stats.stall_reason = None, "", ""
+        if rn.id in self._gave_up:
+            return
+        self._gave_up.add(rn.id)
+        log.warning("node %s: still stalled %.0fs into the drain; %d message(s) handed back to their sources "
+                    "unacknowledged: %s", rn.id, self.s.graph.spec.defaults.stop_timeout, len(batch), reason,
+                    extra={"event": "drain_hand_back", "node": rn.id, "messages": len(batch), "reason": reason})
 
-    async def _sleep(self, delay: float) -> None:
-        """Sleep `delay` seconds; during a drain no longer than what is left of `stop_timeout`."""
-        if self.s.stopping:
-            await asyncio.sleep(max(0.0, min(delay, self.s.drain_seconds_left())))
+    async def _sleep(self, delay: float, wake: asyncio.Event | None = None) -> None:
+        """Sleep `delay` seconds, or until the drain's `stop_timeout` runs out, or until `wake` (the
+        node's `ctx.retry_now`: its connector saw the service come back), whichever is first."""
+        stopping = self.s.stopping
+        if stopping:
+            delay = max(0.0, min(delay, self.s.drain_seconds_left()))
+        waits = [asyncio.ensure_future(e.wait()) for e in (None if stopping else self.s.stop_event, wake)
+                 if e is not None]
+        if not waits:
+            await asyncio.sleep(delay)
             return
         try:
-            await asyncio.wait_for(self.s.stop_event.wait(), delay)
-        except TimeoutError:
-            pass
+            await asyncio.wait(waits, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        if wake is not None:
+            wake.clear()

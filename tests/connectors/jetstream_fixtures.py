@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -119,6 +120,18 @@ class PrivateServer:
                 return False
 
         await wait_for(up, timeout, "private nats-server")
+
+    def wait_ready_blocking(self, timeout: float = 10.0) -> None:
+        """`wait_ready` for a thread (the outage tests stop and start servers off the event loop)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("private nats-server did not start") from None
+                time.sleep(0.02)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

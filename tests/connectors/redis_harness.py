@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -198,3 +199,14 @@ class PrivateRedis:
             self.proc.kill()
             self.proc.wait()
             self.proc = None
+
+    def stop(self) -> None:
+        """SIGTERM: Redis shuts down as on `redis-cli shutdown` (AOF flushed); start() brings it back."""
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+    def cleanup(self) -> None:
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -7,12 +7,6 @@ batches are being written."""
 from __future__ import annotations
 
 import asyncio
-import glob
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
 from collections.abc import Iterator
 
 import asyncpg
@@ -21,41 +15,22 @@ import pytest
 from engine.message import Msg
 from engine.runtime.context import NodeContext, Resources
 from operators.connectors.postgres.sink import PostgresSink, PostgresSinkConfig
+from tests.connectors.postgres_harness import PrivatePostgres
 
 pytestmark = pytest.mark.services
-BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))[-1:] or [""]
-PG_CTL = os.path.join(BIN[0], "pg_ctl")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _as_postgres(*args: str) -> list[str]:
-    return ["runuser", "-u", "postgres", "--", *args]
 
 
 @pytest.fixture
 def private_server() -> Iterator[tuple[str, list[str]]]:
     """(dsn, the pg_ctl command prefix) of a throwaway server; removed afterwards."""
-    if not os.path.exists(PG_CTL) or shutil.which("runuser") is None or os.geteuid() != 0:
+    if not PrivatePostgres.available():
         pytest.skip("needs PostgreSQL server binaries and root (to run them as the postgres user)")
-    root = tempfile.mkdtemp(prefix="postgres_private_")
-    data = os.path.join(root, "data")
-    shutil.chown(root, "postgres", "postgres")
-    port = _free_port()
-    subprocess.run(_as_postgres(os.path.join(BIN[0], "initdb"), "-D", data, "-A", "trust", "-U", "root",
-                                "--no-sync", "-E", "UTF8"), check=True, capture_output=True)
-    ctl = _as_postgres(PG_CTL, "-D", data, "-l", os.path.join(root, "log"), "-w", "-o",
-                       f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=20")
-    subprocess.run([*ctl, "start"], check=True, capture_output=True)
+    server = PrivatePostgres()
     try:
-        yield f"postgresql://root@127.0.0.1:{port}/postgres", ctl
+        server.create()
+        yield server.dsn, server.ctl
     finally:
-        subprocess.run([*ctl, "-m", "immediate", "stop"], check=False, capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+        server.cleanup()
 
 
 def test_server_crash_and_restart_mid_run_loses_nothing_and_duplicates_nothing(

@@ -185,6 +185,33 @@ def test_an_unavailable_service_is_retried_past_max_attempts_and_never_dead_lett
     assert not (tmp_path / "dead.ndjson").exists() or (tmp_path / "dead.ndjson").read_text() == ""
 
 
+def test_a_stalled_batch_is_retried_at_once_when_its_connector_sees_the_service_back(write_graph) -> None:
+    # a backoff of a minute, cut short by ctx.retry_now (what jetstream_sink sets when NATS reconnects)
+    path = write_graph("""
+        version: 1
+        name: wake
+        defaults: {dead_letter: dead, retry: {initial_backoff: 60, max_backoff: 60}}
+        nodes:
+          src: {type: test_source, config: {count: 4, batch: 4}}
+          out: {type: test_sink, inputs: [src], config: {fail_first: 1}}
+          dead: {type: file_sink, inputs: [src.errors], config: {path: dead.ndjson}}
+    """)
+    runner = Runner(load_graph(str(path)))
+
+    async def main() -> Any:
+        run = asyncio.create_task(runner.run())
+        while runner.stats["out"].stalled_since is None:
+            await asyncio.sleep(0.005)
+        t0 = time.monotonic()
+        runner.nodes["out"].ctx.retry_now.set()
+        report = await asyncio.wait_for(run, 10)
+        return report, time.monotonic() - t0
+
+    report, took = asyncio.run(main())
+    assert report.balanced and report.totals()["delivered"] == 4 and took < 5
+    assert not runner.nodes["out"].ctx.retry_now.is_set()  # used up
+
+
 def test_a_message_error_goes_to_errors_at_once(write_graph, tmp_path) -> None:
     path = write_graph("""
         version: 1
@@ -241,6 +268,35 @@ def test_a_drain_gives_up_on_a_stalled_sink_after_stop_timeout_without_dead_lett
     t = report.totals()
     assert t["dead_lettered"] == 0 and t["delivered"] == 0 and t["nacked"] == 6 and report.balanced
     assert sorted(tok for tok, _ in RECORD["src"]["rejected"]) == list(range(6))
+
+
+def test_after_giving_up_a_drain_does_not_try_the_batches_still_queued(write_graph) -> None:
+    # each attempt takes 0.2 s to fail (a connect timeout, say): trying the 9 queued batches one
+    # last time each would hold the end of the run up for 1.8 s more
+    path = write_graph("""
+        version: 1
+        name: stuck_queue
+        defaults: {dead_letter: dead, stop_timeout: 0.3, retry: {initial_backoff: 0.01, max_backoff: 0.05}}
+        nodes:
+          src: {type: test_source, config: {count: 30, batch: 3}}
+          out: {type: test_sink, inputs: [src], batch_size: 3, config: {fail_first: 1000000, delay: 0.2}}
+          dead: {type: drop, inputs: [src.errors]}
+    """)
+
+    async def main() -> Any:
+        runner = Runner(load_graph(path))
+        task = asyncio.create_task(runner.run())
+        while runner.stats["out"].stalled_since is None:
+            await asyncio.sleep(0.01)
+        t0 = time.monotonic()
+        runner.stop()
+        report = await asyncio.wait_for(task, 5)
+        return report, time.monotonic() - t0
+
+    report, took = asyncio.run(main())
+    assert took < 0.9, took
+    t = report.totals()
+    assert t["dead_lettered"] == 0 and t["nacked"] == 30 and report.balanced
 
 
 def test_per_message_sink_failures_go_to_errors_and_the_rest_commits(write_graph, tmp_path) -> None:

@@ -57,6 +57,7 @@ class NatsHandle:
         self.js: Any = None
         self.tap: Tap | None = None
         self.listeners: list[Callable[[], Awaitable[None]]] = []
+        self.on_disconnect: list[Callable[[], None]] = []  # called at once when the connection drops
         self.closing = False
 
     async def _reconnected(self) -> None:
@@ -71,6 +72,8 @@ class NatsHandle:
     async def _disconnected(self) -> None:
         if not self.closing:
             log.warning("nats connection %r lost; reconnecting", self.name)
+        for fn in list(self.on_disconnect):
+            fn()
 
     async def _error(self, exc: Exception) -> None:
         log.warning("nats connection %r: %s", self.name, exc)
@@ -118,8 +121,11 @@ class NatsHandle:
         if self.nc is not None and not self.nc.is_closed:
             try:
                 await self.nc.drain()
-            except Exception:  # noqa: BLE001 - draining a broken connection
-                await self.nc.close()
+            except Exception:  # noqa: BLE001 - draining a broken connection (the server is down)
+                try:
+                    await self.nc.close()
+                except Exception as exc:  # noqa: BLE001 - its socket is already gone: nothing to flush
+                    log.warning("nats connection %r closed uncleanly: %r", self.name, exc)
 
 
 async def nats_handle(ctx: Context, connection: str) -> NatsHandle:

@@ -200,8 +200,16 @@ class JetStreamSink(Sink):
         self._prefix = self._h.nc.new_inbox()
         self._sub = await self._h.tap.subscribe(self._prefix + ".*", self._on_ack)  # type: ignore[union-attr]
         self._prefix_len = len(self._prefix) + 1
+        self._h.on_disconnect.append(self._done.set)  # a chunk waiting for PubAcks stops waiting at once
+        self._h.listeners.append(self._reconnected)
+
+    async def _reconnected(self) -> None:
+        self.ctx.retry_now.set()  # a batch held back while NATS was away is tried now
 
     async def stop(self) -> None:
+        if self._h is not None and self._done.set in self._h.on_disconnect:
+            self._h.on_disconnect.remove(self._done.set)
+            self._h.listeners.remove(self._reconnected)
         if self._sub is not None:
             self._h.tap.forget(self._sub)  # type: ignore[union-attr]
             try:
@@ -287,8 +295,11 @@ class JetStreamSink(Sink):
         import asyncio
 
         nc = self._h.nc  # type: ignore[union-attr]
-        if nc.is_closed:
-            raise ConnectionLost("the NATS connection is closed")
+        if not nc.is_connected:
+            # reconnecting (or closed): nats-py would keep what is sent now in its reconnect buffer and
+            # send it later, while this batch waited ack_timeout for nothing; fail now, retry when back
+            state = "closed" if nc.is_closed else "down (reconnecting)"
+            raise ConnectionLost(f"the NATS connection is {state}")
         max_payload = nc.max_payload
         prefix = self._prefix.encode()
         ids: dict[str, int] = {}
@@ -325,6 +336,11 @@ class JetStreamSink(Sink):
         await nc._flush_pending()
         try:
             await asyncio.wait_for(self._done.wait(), self.config.ack_timeout)
+            if self._left > 0:  # woken by a disconnect (`on_disconnect`)
+                missing = len(self._waiting)
+                self._waiting = {}
+                raise JetStreamPublishError(
+                    f"{missing} of {len(sent)} PubAcks missing: the connection to NATS dropped")
         except TimeoutError:
             missing = len(self._waiting)
             self._waiting = {}

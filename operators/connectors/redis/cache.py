@@ -22,10 +22,16 @@ from engine import (
     NodeConfig,
     PositiveDuration,
     Sink,
+    Unavailable,
     compile_expr,
     encode_failure,
 )
-from operators.connectors.redis.connection import connection_errors, raise_if_cancelled, redis_client
+from operators.connectors.redis.connection import (
+    connection_errors,
+    first_refusal,
+    raise_if_cancelled,
+    redis_client,
+)
 
 __all__ = ["CAS_SCRIPT", "RedisCacheSink", "RedisCacheSinkConfig", "encode_value"]
 
@@ -180,6 +186,9 @@ class RedisCacheSink(Sink):
         except connection_errors() as exc:
             raise ConnectionLost(f"redis {self.config.connection}: cache write failed: {exc}") from exc
         raise_if_cancelled()
+        refused = first_refusal(results)
+        if refused is not None:  # the server's state (read-only, out of memory): the whole batch again
+            raise Unavailable(f"redis {self.config.connection}: cache write refused: {refused}") from refused
         noscript: list[Msg] = []
         for msg, res in zip(sent, results):
             if isinstance(res, NoScriptError):

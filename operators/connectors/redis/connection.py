@@ -11,7 +11,7 @@ from engine import MESSAGE, UNAVAILABLE, ConnectorError, ErrorClass, register_cl
 if TYPE_CHECKING:
     from engine import Context
 
-__all__ = ["classify_redis", "connection_errors", "raise_if_cancelled", "redis_client"]
+__all__ = ["classify_redis", "connection_errors", "first_refusal", "raise_if_cancelled", "redis_client"]
 
 
 @cache
@@ -31,14 +31,17 @@ _UNAVAILABLE_REPLIES = ("LOADING", "READONLY", "TRYAGAIN", "MASTERDOWN", "CLUSTE
 
 def classify_redis(exc: BaseException) -> ErrorClass | None:
     """Redis errors for `engine.errors.classify`: connection, timeout and the not-now replies
-    above are a service's fault; any other reply (WRONGTYPE, a bad argument) is left unknown."""
+    above are a service's fault; any other reply (WRONGTYPE, a bad argument) is left unknown.
+
+    redis-py strips the code from the replies it has a class for (`ReadOnlyError` reads "You can't
+    write against a read only replica."), so the code is taken from `status_code` when it is there."""
     from redis import exceptions as rex
 
     if isinstance(exc, connection_errors()):
         return UNAVAILABLE
     if isinstance(exc, rex.ResponseError):
-        word = str(exc).split(" ", 1)[0].upper()
-        if word in _UNAVAILABLE_REPLIES:
+        code = getattr(exc, "status_code", None) or str(exc).split(" ", 1)[0]
+        if str(code).upper() in _UNAVAILABLE_REPLIES or isinstance(exc, _unavailable_classes()):
             return UNAVAILABLE
     if isinstance(exc, rex.DataError):  # a value redis-py cannot encode: the message's fault
         return MESSAGE
@@ -46,6 +49,23 @@ def classify_redis(exc: BaseException) -> ErrorClass | None:
 
 
 register_classifier(classify_redis)
+
+
+@cache
+def _unavailable_classes() -> tuple[type[BaseException], ...]:
+    from redis import exceptions as rex
+
+    return (rex.ReadOnlyError, rex.OutOfMemoryError, rex.TryAgainError, rex.ClusterDownError)
+
+
+def first_refusal(results: list[Any]) -> BaseException | None:
+    """The first reply of a pipeline (`raise_on_error=False`) in which the server refused for now
+    (read-only replica, out of memory, loading...): not the message's fault, so not a per-message
+    failure; the caller retries instead. None when there is none."""
+    for res in results:
+        if isinstance(res, BaseException) and classify_redis(res) == UNAVAILABLE:
+            return res
+    return None
 
 
 def raise_if_cancelled() -> None:
@@ -86,6 +106,13 @@ async def redis_client(ctx: Context, name: str) -> Any:
             kwargs["client_name"] = settings["client_name"]
         if settings.get("max_connections"):
             kwargs["max_connections"] = settings["max_connections"]
+        # redis-py would otherwise retry a failed command itself (10 times, up to ~5 s) and hide that
+        # a reply was lost: an XREADGROUP that ran (its entries now pending on this consumer, never
+        # seen) or an XADD run twice. Every node retries on its own, knowing what is safe to redo.
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
+        kwargs["retry"] = Retry(NoBackoff(), 0)
         # no await in here: two nodes starting at once must not both create a client
         return aredis.Redis.from_url(url, **kwargs)
 

@@ -37,11 +37,17 @@ from engine import (
     Size,
     Source,
     SourceSender,
+    Unavailable,
     codec,
     compile_expr,
     encode_failure,
 )
-from operators.connectors.redis.connection import connection_errors, raise_if_cancelled, redis_client
+from operators.connectors.redis.connection import (
+    connection_errors,
+    first_refusal,
+    raise_if_cancelled,
+    redis_client,
+)
 
 if TYPE_CHECKING:  # asyncio is imported where used: validating a graph loads this module, not asyncio
     import asyncio
@@ -122,6 +128,7 @@ class RedisStreamSource(Source):
         self.dead_lettered = 0
         self.reconnects = 0
         self._up: bool | None = None  # last Redis call reached the server (None: no call yet)
+        self._reconnected = False  # a call failed on the connection and then went through
         self.kept_alive = 0
 
     def connection_state(self) -> dict[str, bool]:
@@ -166,7 +173,13 @@ class RedisStreamSource(Source):
                 entries = resp[0][1] if resp else []
                 if entries:
                     await self._emit(entries, None, out)
-                elif cfg.exit_when_idle and not self._inflight and not self._to_ack:
+                if self._reconnected:
+                    # an XREADGROUP whose reply was lost (Redis went down after it ran) left entries
+                    # pending on this consumer that were never emitted: take them back now (after
+                    # emitting this read's entries, which are pending too)
+                    self._reconnected = False
+                    await self._recover(out, own=True)
+                elif not entries and cfg.exit_when_idle and not self._inflight and not self._to_ack:
                     return
         except _Stopped:
             return
@@ -199,6 +212,8 @@ class RedisStreamSource(Source):
                 result = await call()
                 raise_if_cancelled()
                 self._up = True
+                if attempt:
+                    self._reconnected = True
                 return result
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc) or lost_group:
@@ -359,6 +374,11 @@ class RedisStreamSource(Source):
             self.ctx.log.warning("XACK of %d entries postponed: %s", len(ids), exc)
             self._to_ack[:0] = ids
             return
+        refused = first_refusal(results)
+        if refused is not None:  # read-only, out of memory...: the same ids again with the next ones
+            self.ctx.log.warning("XACK of %d entries postponed: %s", len(ids), refused)
+            self._to_ack[:0] = ids
+            return
         for res in results:  # NOGROUP (group destroyed): nothing is pending any more; other errors: report
             if isinstance(res, Exception):
                 self.ctx.log.error("XACK on %s/%s failed: %s", self.config.stream, self.config.group, res)
@@ -385,26 +405,45 @@ class RedisStreamSource(Source):
             self.ctx.log.warning("could not clean up consumer %s: %s", self.consumer, exc)
 
 
-# One EVALSHA appends a whole chunk. KEYS: stream. ARGV: maxlen ('' for none), '~' or '=', number of
-# field names k, the k names (body field first), then k values per entry. Returns one id or error per entry.
+# One EVALSHA appends a whole chunk. KEYS: stream, the sink's mark key. ARGV: maxlen ('' for none),
+# '~' or '=', number of field names k, this chunk's mark ("<batch token>:<chunk number>", '' for
+# none), the k names (body field first), then k values per entry. Returns one id or error per entry.
+# A chunk whose every entry went in leaves its mark in the mark key, atomically with the entries: a
+# chunk sent again because its reply was lost (Redis went down just after running it) finds its
+# mark, or a later one of the same batch, and appends nothing ("written" for each entry).
 XADD_SCRIPT = """
-local maxlen, op, k = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local maxlen, op, k, mark = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local first = 5 + k
+if mark ~= '' then
+  local last = redis.call('GET', KEYS[2])
+  if last then
+    local lb, lc = string.match(last, '^(.*):(%d+)$')
+    local mb, mc = string.match(mark, '^(.*):(%d+)$')
+    if lb == mb and tonumber(lc) >= tonumber(mc) then
+      local out = {}
+      for j = 1, (#ARGV - first + 1) / k do out[j] = 'written' end
+      return out
+    end
+  end
+end
 local head = {'XADD', KEYS[1]}
 if maxlen ~= '' then head = {'XADD', KEYS[1], 'MAXLEN', op, maxlen} end
 head[#head + 1] = '*'
 local h = #head
 local out = {}
-local i = 4 + k
+local failed = false
+local i = first
 while i <= #ARGV do
   local cmd = {unpack(head)}
   for f = 1, k do
-    cmd[h + 2 * f - 1] = ARGV[3 + f]
+    cmd[h + 2 * f - 1] = ARGV[4 + f]
     cmd[h + 2 * f] = ARGV[i + f - 1]
   end
   local ok, res = pcall(redis.call, unpack(cmd))
-  if ok then out[#out + 1] = res else out[#out + 1] = {err = tostring(res.err or res)} end
+  if ok then out[#out + 1] = res else out[#out + 1] = {err = tostring(res.err or res)}; failed = true end
   i = i + k
 end
+if mark ~= '' and not failed then redis.call('SET', KEYS[2], mark, 'PX', 86400000) end
 return out
 """
 _SCRIPT_CHUNK = 1000  # entries per EVALSHA: bounds how long one call holds the server
@@ -449,9 +488,15 @@ class RedisStreamSink(Sink):
         if config.maxlen is not None:
             trim = ("MAXLEN", "~", config.maxlen) if config.approximate else ("MAXLEN", config.maxlen)
         self._prefix = ("XADD", config.stream, *trim, "*", config.field)
-        names = [config.field, *config.fields]
-        self._script_head = (config.stream, "" if config.maxlen is None else config.maxlen,
-                             "~" if config.approximate else "=", len(names), *names)
+        self._names = [config.field, *config.fields]
+        # KEYS of the script: the stream, and this sink's mark key (one per process, kept a day)
+        self._script_keys = (config.stream, f"{config.stream}:streamdag-sink:{uuid.uuid4().hex}")
+        self._script_args = ("" if config.maxlen is None else config.maxlen, "~" if config.approximate else "=",
+                             len(self._names))
+        # the batch being written (the runtime retries a batch with the same list), its token (the
+        # chunks' marks: see XADD_SCRIPT) and the ids of its messages already appended before the
+        # server refused the rest (read-only, out of memory): those are not appended again
+        self._attempt: tuple[list[Msg], str, set[int]] | None = None
 
     async def start(self) -> None:
         self._client = await redis_client(self.ctx, self.config.connection)
@@ -486,17 +531,31 @@ class RedisStreamSink(Sink):
 
     async def write(self, batch: list[Msg]) -> list[tuple[Msg, str]] | None:
         failed: list[tuple[Msg, str]] = []
-        sent, values = self._encode(batch, failed)
+        if self._attempt is not None and self._attempt[0] is batch:  # a retry: same token, same marks
+            _, token, done = self._attempt
+        else:
+            token, done = uuid.uuid4().hex, set()
+            self._attempt = (batch, token, done)
+        sent, values = self._encode([m for m in batch if id(m) not in done] if done else batch, failed)
         if not sent:
+            self._attempt = None
             return failed
         try:
             if self.config.method == "script":
-                results = await self._run_script(values)
+                results = await self._run_script(values, token)
             else:
                 results = await self._run_xadd(values)
         except connection_errors() as exc:
             raise ConnectionLost(f"redis {self.config.connection}: XADD to {self.config.stream} failed: {exc}") from exc
         raise_if_cancelled()
+        refused = first_refusal(results)
+        if refused is not None:  # the server's state, not the messages': keep what went in, retry the rest
+            done = done | {id(m) for m, res in zip(sent, results) if not isinstance(res, Exception)}
+            self._attempt = (batch, uuid.uuid4().hex, done)  # other chunks next time: other marks
+            left = len(batch) - len(done)
+            raise Unavailable(f"redis {self.config.connection}: XADD to {self.config.stream} refused "
+                              f"({left} of {len(batch)} not appended): {refused}") from refused
+        self._attempt = None
         for msg, res in zip(sent, results):
             if isinstance(res, Exception):
                 failed.append((msg, f"XADD failed: {res}"))
@@ -511,21 +570,22 @@ class RedisStreamSink(Sink):
             for data in values:
                 command(*prefix, data)
         else:
-            names = self._script_head[4:]
+            names = self._names
             for i in range(0, len(values), k):
                 command(*prefix, values[i], *[p for f in range(1, k) for p in (names[f], values[i + f])])
         result: list[Any] = await pipe.execute(raise_on_error=False)
         return result
 
-    async def _run_script(self, values: list[Any]) -> list[Any]:
+    async def _run_script(self, values: list[Any], token: str) -> list[Any]:
         from redis.exceptions import NoScriptError
 
         k = 1 + len(self._extra)
         step = _SCRIPT_CHUNK * k
         for attempt in (1, 2):
             pipe = self._client.pipeline(transaction=False)
-            for i in range(0, len(values), step):
-                pipe.execute_command("EVALSHA", self._sha, 1, *self._script_head, *values[i:i + step])
+            for c, i in enumerate(range(0, len(values), step)):
+                pipe.execute_command("EVALSHA", self._sha, 2, *self._script_keys, *self._script_args,
+                                     f"{token}:{c}", *self._names, *values[i:i + step])
             chunks = await pipe.execute(raise_on_error=False)
             if attempt == 1 and any(isinstance(c, NoScriptError) for c in chunks):
                 self._sha = await self._client.script_load(XADD_SCRIPT)  # the server restarted: load it again
