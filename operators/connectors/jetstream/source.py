@@ -111,7 +111,8 @@ class JetStreamSourceConfig(NodeConfig):
         le=16,
         description="Pull requests kept open at once, so the server fills one while the graph works.",
     )
-    expires: Duration = Field(5.0, gt=0, description="Seconds a pull request waits for new messages.")
+    expires: Duration = Field(1.0, gt=0, description="Seconds a pull request waits for new messages; an idle "
+                              "graph's graceful stop waits up to this long for its open requests to end.")
     codec: Literal["json", "text", "bytes"] = Field(
         "json", description="How a message's data becomes its body."
     )
