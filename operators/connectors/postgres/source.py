@@ -17,13 +17,12 @@ outbox whose writers serialize): rows committed late with a smaller value are sk
 from __future__ import annotations
 
 import collections
-import random
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
 from pydantic import Field, model_validator
 
-from engine import CheckContext, CheckIssue, MessageError, Msg, NodeConfig, RetryPolicy, Source
+from engine import CheckContext, CheckIssue, MessageError, Msg, NodeConfig, RetryPolicy, Source, StopRetrying
 from operators.connectors.postgres.client import (
     check_all,
     connect_args,
@@ -63,9 +62,9 @@ class PostgresSourceConfig(NodeConfig):
                                "(outbox clean-up), in the transaction that stores the position.")
     stop_at_end: bool = Field(False, description="Finish once caught up (a batch job) instead of waiting for rows.")
     retry: RetryPolicy = Field(
-        default_factory=lambda: RetryPolicy.model_validate(
-            {"max_attempts": 1_000_000, "initial_backoff": 0.2, "max_backoff": 10.0}),
-        description="Backoff between reads after a lost connection (a reader keeps trying by default).")
+        default_factory=lambda: RetryPolicy.model_validate({"initial_backoff": 0.2, "max_backoff": 5.0}),
+        description="Backoff between reads after a lost connection (until the server answers, unless "
+        "`max_attempts` is set).")
 
     @model_validator(mode="after")
     def _one_source(self) -> PostgresSourceConfig:
@@ -114,7 +113,6 @@ class PostgresSource(Source):
         self._settled = asyncio.Event()
         self._wake = asyncio.Event()
         self._listener: Any = None
-        self._rand = random.Random()
 
     async def start(self) -> None:
         check_all(self.check(self.config, CheckContext()))
@@ -161,7 +159,6 @@ class PostgresSource(Source):
 
     async def run(self, out: Any) -> None:
         cfg = self.config
-        attempt = 0
         if cfg.listen:
             await self._listen()
         while not out.stopping.is_set():
@@ -170,19 +167,11 @@ class PostgresSource(Source):
                 continue
             await out.wait_room()
             self._wake.clear()  # before the read: a NOTIFY during it wakes the next wait
-            try:
-                rows = await self._read()
-                attempt = 0
-            except Exception as exc:
-                if not is_transient(exc):
-                    raise
-                attempt += 1
-                if cfg.retry.exhausted(attempt):
-                    raise
-                delay = cfg.retry.backoff(attempt, self._rand.random())
-                self.ctx.log.warning("postgres_source %s: %s; reading again in %.2fs", self.id, db_message(exc), delay)
-                await self._wait(out, delay)
-                continue
+            try:  # a lost connection: read again with the policy's backoff until the server answers
+                rows = await cfg.retry.call(self._read, what=f"postgres_source {self.id}: read",
+                                            log=self.ctx.log, retry_if=is_transient, stopping=out.stopping)
+            except StopRetrying:
+                return
             if rows:
                 await out.send(*self._messages(rows, out))
                 if len(rows) == cfg.batch_size:

@@ -11,7 +11,6 @@ the group's position and pending list live in Redis, so nothing is lost across a
 from __future__ import annotations
 
 import os
-import random
 import socket
 import time
 import uuid
@@ -33,10 +32,12 @@ from engine import (
     NodeConfig,
     PayloadTooLarge,
     PositiveDuration,
+    RetryPolicy,
     Sink,
     Size,
     Source,
     SourceSender,
+    StopRetrying,
     Unavailable,
     codec,
     compile_expr,
@@ -56,6 +57,10 @@ __all__ = ["XADD_SCRIPT", "RedisStreamSink", "RedisStreamSinkConfig", "RedisStre
 
 T = TypeVar("T")
 _ACK_CHUNK = 2000  # ids per XACK command
+
+
+class _LostGroup(Exception):
+    """The consumer group is gone (a restart without persistence): created again, then retried."""
 
 
 class _Stopped(Exception):
@@ -129,6 +134,9 @@ class RedisStreamSource(Source):
         self.reconnects = 0
         self._up: bool | None = None  # last Redis call reached the server (None: no call yet)
         self._reconnected = False  # a call failed on the connection and then went through
+        self._lost_group = False  # NOGROUP seen: create the group again before the next call
+        # reconnecting: from a quick first retry up to `reconnect_max_backoff`, until Redis answers
+        self._reconnect = RetryPolicy(initial_backoff=0.1, max_backoff=config.reconnect_max_backoff)
         self.kept_alive = 0
 
     def connection_state(self) -> dict[str, bool]:
@@ -197,47 +205,47 @@ class RedisStreamSource(Source):
                 raise
 
     async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
-        """Run a Redis call; on connection loss wait with backoff and retry until stopped."""
-        import asyncio
-
+        """Run a Redis call; on connection loss retry with backoff (`RetryPolicy.call`) until it goes
+        through or the run stops; a group lost with the server's data is created again first."""
         from redis.exceptions import ResponseError
 
-        attempt = 0
-        lost_group = False
-        while True:
+        attempts = 0
+
+        async def once() -> T:
+            nonlocal attempts
+            attempts += 1
             try:
-                if lost_group:
+                if self._lost_group:
                     await self._ensure_group()
-                    lost_group = False
+                    self._lost_group = False
                 result = await call()
-                raise_if_cancelled()
-                self._up = True
-                if attempt:
-                    self._reconnected = True
-                return result
             except ResponseError as exc:
-                if "NOGROUP" not in str(exc) or lost_group:
+                if "NOGROUP" not in str(exc) or self._lost_group:
                     raise ConfigError(f"redis stream {self.config.stream!r}, group {self.config.group!r}: "
                                       f"{exc}") from exc
                 self.ctx.log.warning("group %s is gone from %s (a restart without persistence?): recreating "
                                      "it from %s", self.config.group, self.config.stream, self.config.start)
-                lost_group = True
-            except connection_errors() as exc:
-                attempt += 1
+                self._lost_group = True
+                raise _LostGroup from exc
+            except connection_errors():
                 self.reconnects += 1
                 self._up = False
-                delay = min(self.config.reconnect_max_backoff, 0.05 * 2 ** min(attempt, 20))
-                delay *= 0.8 + 0.4 * random.random()
-                self.ctx.log.warning("redis unreachable (%s); retry %d in %.2fs", exc, attempt, delay)
-                stopping = self._stopping
-                if stopping is None:
-                    await asyncio.sleep(delay)
-                    continue
-                try:
-                    await asyncio.wait_for(stopping.wait(), delay)
-                except TimeoutError:
-                    continue
-                raise _Stopped from exc
+                raise
+            raise_if_cancelled()
+            return result
+
+        def retryable(exc: BaseException) -> bool:
+            return isinstance(exc, (_LostGroup, *connection_errors()))
+
+        try:
+            result = await self._reconnect.call(once, what=f"redis_stream_source {self.id}", log=self.ctx.log,
+                                                retry_if=retryable, stopping=self._stopping)
+        except StopRetrying as exc:
+            raise _Stopped from exc
+        self._up = True
+        if attempts > 1:
+            self._reconnected = True
+        return result
 
     async def _recover(self, out: SourceSender, own: bool) -> None:
         """Claim pending entries (own: all of this consumer's; else: anyone's idle > min_idle), page by page."""
