@@ -80,3 +80,15 @@ class PrivatePostgres:
 
 def _as_postgres(*args: str) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *args]
+
+
+async def write_retrying(sink: Any, batch: list[Any], max_backoff: float = 0.05) -> Any:
+    """`sink.write(batch)` retried as the runtime retries a sink's batch (the same list each time,
+    until the error is the message's fault): for tests that drive a sink without a Runner."""
+    import logging
+
+    from engine import MESSAGE, RetryPolicy, classify
+
+    policy = RetryPolicy(initial_backoff=0.005, max_backoff=max_backoff)
+    return await policy.call(lambda: sink.write(batch), what="test write", log=logging.getLogger("test"),
+                             retry_if=lambda exc: classify(exc) != MESSAGE)

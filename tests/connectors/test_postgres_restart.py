@@ -15,7 +15,7 @@ import pytest
 from engine.message import Msg
 from engine.runtime.context import NodeContext, Resources
 from operators.connectors.postgres.sink import PostgresSink, PostgresSinkConfig
-from tests.connectors.postgres_harness import PrivatePostgres
+from tests.connectors.postgres_harness import PrivatePostgres, write_retrying
 
 pytestmark = pytest.mark.services
 
@@ -61,7 +61,7 @@ def test_server_crash_and_restart_mid_run_loses_nothing_and_duplicates_nothing(
             for b in range(n_batches):
                 if b == 10:  # the crash lands while batch 10 onwards are being written
                     task = asyncio.create_task(crash_and_restart())
-                results.append(await sink.write([Msg({"id": b * size + i}) for i in range(size)]))
+                results.append(await write_retrying(sink, [Msg({"id": b * size + i}) for i in range(size)], 0.3))
             if task is not None:
                 await task
             assert restarted.is_set()

@@ -17,7 +17,7 @@ from engine.api import CheckContext
 from engine.message import Msg
 from engine.runtime.context import NodeContext, Resources
 from operators.connectors.postgres.sink import PostgresSink, PostgresSinkConfig
-from tests.connectors.postgres_harness import DSN, sql
+from tests.connectors.postgres_harness import DSN, sql, write_retrying
 
 pytestmark = pytest.mark.services
 PATHS = ["values", "unnest", "copy"]
@@ -206,8 +206,7 @@ def test_cel_columns_are_found_for_offline_compilation() -> None:
 @pytest.mark.parametrize("path", PATHS)
 def test_connection_loss_loses_nothing_and_duplicates_nothing(table: str, app: str, path: str) -> None:
     """Another connection terminates the sink's sessions again and again while batches are written."""
-    sink, res = make(table, app, mode="insert", key=["id"], write_path=path,
-                     retry={"max_attempts": 50, "initial_backoff": 0.005, "max_backoff": 0.05})
+    sink, res = make(table, app, mode="insert", key=["id"], write_path=path)
     n_batches, size = 40, 250
     kills = 0
     done = asyncio.Event()
@@ -234,7 +233,8 @@ def test_connection_loss_loses_nothing_and_duplicates_nothing(table: str, app: s
         out = []
         try:
             for b in range(n_batches):
-                out.append(await sink.write([Msg({"id": b * size + i, "version": 1, "total": i}) for i in range(size)]))
+                batch = [Msg({"id": b * size + i, "version": 1, "total": i}) for i in range(size)]
+                out.append(await write_retrying(sink, batch))
                 progress.set()
             return out
         finally:

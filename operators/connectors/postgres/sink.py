@@ -17,7 +17,6 @@ with `pg_xact_status`, so a batch is committed once.
 from __future__ import annotations
 
 import hashlib
-import random
 from collections.abc import Iterable
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -102,9 +101,9 @@ class PostgresSinkConfig(NodeConfig):
     write_path: WritePath = Field("auto", description="How a batch is sent; auto picks by batch size.")
     retry: RetryPolicy = Field(
         default_factory=lambda: RetryPolicy.model_validate({"max_attempts": 3, "max_backoff": 1.0}),
-        description="Quick retries of a batch inside one write after a lost connection (a pooled session "
-        "killed while idle, say); past them the node's own `retry` takes over and retries until the server "
-        "is back, with the stall in metrics (docs/errors.md).")
+        description="How often one write asks the server (pg_xact_status) what became of a COMMIT whose "
+        "answer was lost, before the batch's outcome counts as unknown and the node retries it (asking "
+        "again first). A lost connection itself is retried by the node's own `retry` (docs/errors.md).")
 
     @model_validator(mode="after")
     def _rules(self) -> PostgresSinkConfig:
@@ -120,6 +119,10 @@ class PostgresSinkConfig(NodeConfig):
         if self.version in self.key:
             raise ValueError("`version` cannot be part of `key`")
         return self
+
+
+class _StillInProgress(Exception):
+    """pg_xact_status still says "in progress" (the server has not finished the lost COMMIT yet)."""
 
 
 class _LostCommit(Exception):
@@ -198,7 +201,6 @@ class PostgresSink(Sink):
         self.typed_batches = 0  # batches written as typed arrays (the rest went as text)
         self.pool: Any = None
         self._staged: set[int] = set()  # server pids whose session has the staging table
-        self._rand = random.Random()
         # (batch key, xid, its row failures) of a batch whose COMMIT answer was lost, until known
         self._unresolved: tuple[tuple[int, int], str, list[tuple[Msg, str]]] | None = None
 
@@ -312,8 +314,6 @@ class PostgresSink(Sink):
         return {} if up is None else {self.config.connection: up}
 
     async def write(self, batch: list[Msg]) -> list[tuple[Msg, str]]:
-        import asyncio
-
         typed = self._typed_columns(batch)
         failed: list[tuple[Msg, str]] = []
         if typed is not None:
@@ -331,8 +331,7 @@ class PostgresSink(Sink):
             earlier = await self._resolve_earlier(key)
             if earlier is not None:
                 return earlier
-        attempt = 1
-        while True:
+        for fresh_stage in (False, True):
             try:
                 result = failed + await self._transaction(columns, msgs, typed is not None)
                 self._up = True
@@ -346,17 +345,16 @@ class PostgresSink(Sink):
                                      f"unknown until the server answers: {db_message(lost.cause)}") from lost.cause
             except Exception as exc:
                 if is_transient(exc):
+                    # the runtime retries the batch with the node's `retry`, until the server is back,
+                    # with the stall in the metrics: no second retry loop in here
                     self._up = False
-                stale_stage = self.stage in str(exc)  # a new session behind a reused pid: no staging table
-                if stale_stage:
-                    self._staged.clear()
-                if not (stale_stage or is_transient(exc)) or self.config.retry.exhausted(attempt):
                     raise
-                delay = self.config.retry.backoff(attempt, self._rand.random())
-                self.ctx.log.warning("postgres_sink %s: %s; retrying the batch of %d in %.2fs (attempt %d)",
-                                     self.id, db_message(exc), len(msgs), delay, attempt + 1)
-                await asyncio.sleep(delay)
-                attempt += 1
+                if self.stage in str(exc) and not fresh_stage:
+                    # a new session behind a reused pid has no staging table: make it, try once more
+                    self._staged.clear()
+                    continue
+                raise
+        raise AssertionError("unreachable")
 
     async def _resolve_earlier(self, key: tuple[int, int]) -> list[tuple[Msg, str]] | None:
         """A batch whose commit's outcome was lost: what came of it? Its failures if it committed,
@@ -509,31 +507,33 @@ class PostgresSink(Sink):
         return failed
 
     async def _committed(self, xid: str) -> bool:
-        """After a commit whose answer was lost: did it commit? Asks on another connection until known."""
-        import asyncio
+        """After a commit whose answer was lost: did it commit? Asks on another connection, a few
+        times (`retry`); `OutcomeUnknown` while the server cannot say (the next attempt asks again)."""
 
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                async with self.pool.acquire() as conn:
-                    status = await conn.fetchval("SELECT pg_xact_status($1::text::xid8)", xid)
-                if status != "in progress":
-                    self.ctx.log.warning("postgres_sink %s: lost commit of xact %s resolved: %s", self.id, xid, status)
-                    return status == "committed"
-            except Exception as exc:
-                if getattr(exc, "sqlstate", None) == "22023":  # "transaction ID … is in the future"
-                    # After a crash the server's xid counter restarts below ours: the transaction left
-                    # no commit record (replaying one would have advanced the counter), so it did not commit.
-                    self.ctx.log.warning("postgres_sink %s: lost commit of xact %s resolved: not committed "
-                                         "(server recovered before it)", self.id, xid)
-                    return False
-                if not is_transient(exc):
-                    raise
-            if self.config.retry.exhausted(attempt):
-                break
-            await asyncio.sleep(self.config.retry.backoff(attempt, self._rand.random()))
-        raise OutcomeUnknown(f"postgres_sink {self.id}: could not learn whether transaction {xid} committed")
+        async def ask() -> str:
+            async with self.pool.acquire() as conn:
+                status = await conn.fetchval("SELECT pg_xact_status($1::text::xid8)", xid)
+            if status == "in progress":
+                raise _StillInProgress(xid)
+            return str(status)
+
+        try:
+            status = await self.config.retry.call(
+                ask, what=f"postgres_sink {self.id}: asking for transaction {xid}", log=self.ctx.log,
+                retry_if=lambda exc: isinstance(exc, _StillInProgress) or is_transient(exc))
+        except Exception as exc:
+            if getattr(exc, "sqlstate", None) == "22023":  # "transaction ID … is in the future"
+                # After a crash the server's xid counter restarts below ours: the transaction left
+                # no commit record (replaying one would have advanced the counter), so it did not commit.
+                self.ctx.log.warning("postgres_sink %s: lost commit of xact %s resolved: not committed "
+                                     "(server recovered before it)", self.id, xid)
+                return False
+            if isinstance(exc, _StillInProgress) or is_transient(exc):
+                raise OutcomeUnknown(f"postgres_sink {self.id}: could not learn whether transaction {xid} "
+                                     f"committed") from exc
+            raise
+        self.ctx.log.warning("postgres_sink %s: lost commit of xact %s resolved: %s", self.id, xid, status)
+        return status == "committed"
 
     async def _isolate(self, conn: Any, rows: Columns, msgs: list[Msg],
                        exc: BaseException) -> list[tuple[Msg, str]]:
