@@ -112,6 +112,9 @@ class Node:
     ports: ClassVar[tuple[str, ...]] = ("out",)
     # Connection types a node may name in `config.connection`, if it takes one.
     connection_types: ClassVar[tuple[str, ...]] = ()
+    # Non-empty when the node keeps state across messages in its process, saying what: such a node
+    # cannot run under `--workers` > 1 (E260, engine.compile.scale).
+    per_process_state: ClassVar[str] = ""
 
     def __init__(self, node_id: str, config: Any, ctx: Context):
         self.id = node_id
@@ -139,6 +142,9 @@ class Source(Node):
     kind: ClassVar[Literal["source"]] = "source"
     # True when `reject` makes the message come back later (nak, pending entry): see `defaults.on_error`.
     redelivers: ClassVar[bool] = False
+    # How N workers (`--workers`) share this source's input without reading an item twice; empty:
+    # they cannot, and the graph is refused under --workers > 1 (E261, engine.compile.scale).
+    shared_by: ClassVar[str] = ""
 
     async def run(self, out: SourceSender) -> None:
         """Emit batches with `await out.send(msgs)` until exhausted or `out.stopping` is set."""

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from typing import Any
@@ -137,7 +138,8 @@ def _summary(report: Any, out: Any) -> None:
 async def _run(args: argparse.Namespace, graph: Any) -> int:
     from engine.runtime.scheduler import Runner
 
-    runner = Runner(graph)
+    worker = _worker_info(args)
+    runner = Runner(graph, worker=worker)
     try:
         observers = await _start_observers(runner, args)
     except OSError as exc:
@@ -158,7 +160,7 @@ async def _run(args: argparse.Namespace, graph: Any) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     progress = None
-    if sys.stderr.isatty() and not args.quiet:
+    if sys.stderr.isatty() and not args.quiet and worker is None:
         progress = _start_progress(runner)
     try:
         report = await runner.run()
@@ -167,6 +169,8 @@ async def _run(args: argparse.Namespace, graph: Any) -> int:
             progress.cancel()
             await asyncio.gather(progress, return_exceptions=True)
         await observers.close()
+    if worker is not None:
+        return _worker_report(args, report)
     if not args.quiet:
         _summary(report, sys.stderr)
         _latency_summary(report, sys.stderr)
@@ -205,6 +209,35 @@ def _latency_summary(report: Any, out: Any) -> None:
                   f"(source timestamp to commit, {h.count:,} messages)", file=out)
 
 
+def _worker_info(args: argparse.Namespace) -> Any:
+    """This process's `WorkerInfo` when the supervisor started it (`--worker-index`), else None.
+    Worker i serves metrics on `--metrics-port` + i (0 stays 0: any free port)."""
+    if getattr(args, "worker_index", None) is None:
+        return None
+    from engine.observe.logs import tag_worker
+    from engine.runtime.context import WorkerInfo
+
+    if args.metrics_port:
+        args.metrics_port += args.worker_index
+    worker = WorkerInfo(args.worker_index, args.workers)
+    tag_worker(worker.id)
+    return worker
+
+
+def _worker_report(args: argparse.Namespace, report: Any) -> int:
+    """A worker's end: its totals as JSON for the supervisor, which prints the graph's summary."""
+    code = EXIT_RUN_ERROR if report.error is not None else EXIT_OK if report.balanced else EXIT_INTEGRITY
+    if report.error is not None:
+        print(f"error: worker {args.worker_index}: {report.error}", file=sys.stderr)
+    if args.worker_report:
+        with open(args.worker_report + ".tmp", "w", encoding="utf-8") as fh:
+            json.dump({"index": args.worker_index, "totals": report.totals(), "balanced": report.balanced,
+                       "seconds": report.seconds, "error": None if report.error is None else str(report.error),
+                       "exit": code}, fh)
+        os.replace(args.worker_report + ".tmp", args.worker_report)
+    return code
+
+
 def _cmd_top(args: argparse.Namespace) -> int:
     from engine.observe.top import run_top
 
@@ -213,12 +246,17 @@ def _cmd_top(args: argparse.Namespace) -> int:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     try:
-        graph = load_graph(args.file, overrides=args.set)
+        graph = load_graph(args.file, overrides=args.set, workers=args.workers)
     except GraphInvalid as exc:
         print(exc, file=sys.stderr)
         return EXIT_INVALID
-    for w in graph.warnings:
+    child = args.worker_index is not None
+    for w in graph.warnings if not child else ():
         print(w.format().replace(f" {w.code} ", f" {w.code} warning: ", 1), file=sys.stderr)
+    if args.workers > 1 and not child:
+        from engine.supervise import supervise
+
+        return supervise(args.argv, args.workers)
     try:
         import uvloop
 
@@ -264,6 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
                    help="override a setting, e.g. nodes.read.config.path=x.ndjson")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress and no summary")
+    r.add_argument("--workers", type=_positive, default=1, metavar="N",
+                   help="run N worker processes of the graph, supervised by this one (docs/scale.md)")
+    r.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by the supervisor for its children
+    r.add_argument("--worker-report", help=argparse.SUPPRESS)
     _add_observe_args(r)
     r.set_defaults(fn=_cmd_run)
 
@@ -285,6 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=_cmd_schema)
     _add_plugin_commands(sub)
     return p
+
+
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
 
 
 def _add_observe_args(r: argparse.ArgumentParser) -> None:
@@ -313,6 +362,7 @@ def _setup_logging(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what `--workers` starts its workers with
     _setup_logging(args)
     return int(args.fn(args))
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 from engine import registry
 from engine.api import CheckContext, Node, RetryPolicy, cel_fields
 from engine.compile.diagnostics import Diagnostic, GraphInvalid
+from engine.compile.scale import check_workers
 from engine.expr import CelError, compile_expr
 from engine.spec.models import NODE_ID_PATTERN, GraphSpec
 from engine.spec.source_map import Loaded, Pos, YamlError, interpolate_env, load_yaml
@@ -212,8 +213,9 @@ def _apply_overrides(data: dict[str, Any], overrides: list[str]) -> None:
 
 
 def check_text(text: str, path: str = "<graph>", env: dict[str, str] | None = None,
-               overrides: list[str] | None = None) -> tuple[Graph | None, list[Diagnostic]]:
-    """Check a graph; return it (None when it has errors) and every diagnostic, sorted."""
+               overrides: list[str] | None = None, workers: int = 1) -> tuple[Graph | None, list[Diagnostic]]:
+    """Check a graph; return it (None when it has errors) and every diagnostic, sorted. With
+    `workers` > 1, also what N worker processes cannot run (engine.compile.scale)."""
     base_dir = os.path.dirname(os.path.abspath(path))
     try:
         loaded = load_yaml(text)
@@ -261,6 +263,7 @@ def check_text(text: str, path: str = "<graph>", env: dict[str, str] | None = No
         else:
             schemas[name] = schema
     graph_nodes, cel = _check_nodes(c, data["nodes"], data, connections, spec.schemas, spec)
+    check_workers(graph_nodes, workers, c.add)
     if any(d.severity == "error" for d in c.diags):
         return None, sorted(c.diags)
     graph = Graph(path, spec, graph_nodes, schemas, connections, cel=cel)
@@ -433,19 +436,20 @@ def _check_edges(c: _Checker, shells: dict[str, tuple[type[Node], list[tuple[str
                       "(a failing message would stop the graph)", severity="warning")
 
 
-def check_file(path: str, env: dict[str, str] | None = None, overrides: list[str] | None = None
-               ) -> tuple[Graph | None, list[Diagnostic]]:
+def check_file(path: str, env: dict[str, str] | None = None, overrides: list[str] | None = None,
+               workers: int = 1) -> tuple[Graph | None, list[Diagnostic]]:
     try:
         with open(path, encoding="utf-8") as fh:
             text = fh.read()
     except OSError as exc:
         return None, [Diagnostic(1, 1, "E001", f"cannot read graph file: {exc.strerror}", path)]
-    return check_text(text, path, env, overrides)
+    return check_text(text, path, env, overrides, workers)
 
 
-def load_graph(path: str, env: dict[str, str] | None = None, overrides: list[str] | None = None) -> Graph:
+def load_graph(path: str, env: dict[str, str] | None = None, overrides: list[str] | None = None,
+               workers: int = 1) -> Graph:
     """A checked graph, or `GraphInvalid` with every error."""
-    graph, diags = check_file(path, env, overrides)
+    graph, diags = check_file(path, env, overrides, workers)
     if graph is None:
         raise GraphInvalid([d for d in diags if d.severity == "error"])
     return graph

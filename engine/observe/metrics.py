@@ -46,6 +46,14 @@ class GraphCollector(Collector):
         self.started = time.time()
 
     def collect(self) -> Iterator[Metric]:
+        """Every family, each sample labelled with the `worker` id (`<host>-<pid>`), so the workers of a
+        graph (`run --workers`, several hosts) add up in Prometheus: `sum without (worker) (...)`."""
+        worker = self.runner.worker.id
+        for fam in self._collect():
+            fam.samples = [s._replace(labels={**s.labels, "worker": worker}) for s in fam.samples]
+            yield fam
+
+    def _collect(self) -> Iterator[Metric]:
         r = self.runner
         graph = r.graph.spec.name
         yield from self._nodes(r, graph)

@@ -146,6 +146,7 @@ class JetStreamSource(Source):
 
     Config = JetStreamSourceConfig
     connection_types = ("nats",)
+    shared_by = "the durable pull consumer: the server hands each message to one puller"
     redelivers = True  # reject() naks with the retry delay; dead-letters at max_deliver
 
     def __init__(self, node_id: str, config: JetStreamSourceConfig, ctx: Any):
