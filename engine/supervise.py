@@ -11,7 +11,8 @@ Contract:
   `QUICK` seconds of its start stays down (a crash loop), and the run's exit code says so. Exit 0
   (its finite sources drained, or a stop) and exit 1 (an invalid graph) are final.
 - SIGTERM or SIGINT to the parent is forwarded to every worker: they drain and exit; no restart
-  after that. A second signal is forwarded too, which makes the workers abort.
+  after that. A second signal is forwarded too, which makes the workers abort. A worker still
+  starting (no handler yet, so nothing read) dies of the SIGTERM: that counts as a clean stop.
 - Children get SIGTERM when the parent dies (Linux `PR_SET_PDEATHSIG`), and their own session,
   so a Ctrl-C in the terminal reaches them once, through the parent.
 - Each worker writes its totals as one JSON object to its report file when its run ends; the
@@ -100,6 +101,8 @@ class Supervisor:
             assert slot.proc is not None
             code = await slot.proc.wait()
             ran = time.monotonic() - slot.started
+            if code == -signal.SIGTERM and self.stopping.is_set():
+                code = 0  # our SIGTERM came before it set its handler: it had not started reading
             slot.last_code = code
             report = os.path.join(self.dir, f"w{slot.index}-{slot.runs}.json")
             self._collect(slot, report)
