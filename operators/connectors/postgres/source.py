@@ -16,8 +16,8 @@ outbox whose writers serialize): rows committed late with a smaller value are sk
 Under `--workers N`, worker i reads only the rows whose `hashtext(cursor::text)` falls in its
 range (mod N = i), and stores its own position (`<key>#i/N`): no row is read by two workers and
 no lock or claim is written per row. A worker with no stored position of its own (first run, or
-N changed) starts after the smallest position stored for the key or any of its ranges, so nothing
-is skipped (some rows may be read again: at-least-once). A dead worker's range waits for its
+N changed) starts after the smallest position stored by a run of one worker or of another worker
+count, so nothing is skipped (some rows may be read again: at-least-once). A dead worker's range waits for its
 restart (the supervisor restarts it); docs/scale.md.
 """
 
@@ -151,10 +151,8 @@ class PostgresSource(Source):
             await conn.execute(f"CREATE TABLE IF NOT EXISTS {ptable} (name text PRIMARY KEY, position text, "
                                "updated_at timestamptz NOT NULL DEFAULT now())")
             self.position = await conn.fetchval(f"SELECT position FROM {ptable} WHERE name = $1", self.key)
-            if self.position is None and shard:  # the slowest of every range's position: nothing skipped
-                self.position = await conn.fetchval(
-                    f"SELECT min(position::{ctype})::text FROM {ptable} WHERE name = $1 OR left(name, length($2)) = $2",
-                    base_key, base_key + "#")
+            if self.position is None and shard:
+                self.position = await self._earlier_position(conn, ptable, ctype, base_key)
         if self.position is None:
             self.position = cfg.start_after
         self._read_after = self.position
@@ -169,6 +167,29 @@ class PostgresSource(Source):
         self._save_sql = (f"INSERT INTO {ptable} (name, position) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE "
                           "SET position = EXCLUDED.position, updated_at = now()")
         self.ctx.log.info("postgres_source %s: starting after position %r", self.id, self.position)
+
+    async def _earlier_position(self, conn: Any, ptable: str, ctype: str, base_key: str) -> str | None:
+        """Where a worker of a new layout (no position of its own) starts: after the slowest position
+        stored by a run of one worker or of another worker count, so no row is skipped; None (the
+        start) if some earlier layout's range never stored one. Other ranges of this layout say
+        nothing about this one's rows (they may have started earlier), so they are not consulted."""
+        count = self.ctx.worker.count
+        rows = await conn.fetch(f"SELECT name FROM {ptable} WHERE name = $1 OR left(name, length($2)) = $2",
+                                base_key, base_key + "#")
+        layouts: dict[int, int] = {}
+        names = []
+        for r in rows:
+            name = r["name"]
+            if name != base_key:
+                _, _, of = name.rpartition("/")
+                if not of.isdigit() or int(of) == count:
+                    continue
+                layouts[int(of)] = layouts.get(int(of), 0) + 1
+            names.append(name)
+        if not names or any(n < of for of, n in layouts.items()):
+            return self.config.start_after
+        return await conn.fetchval(f"SELECT min(position::{ctype})::text FROM {ptable} WHERE name = ANY($1::text[])",
+                                   names)
 
     async def lag(self) -> int | None:
         """Rows after the stored position: the backlog not yet acknowledged by the graph."""
