@@ -159,6 +159,7 @@ async def _run(args: argparse.Namespace, graph: Any) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
+    presence = await _start_presence(runner, args, graph, observers)
     progress = None
     if sys.stderr.isatty() and not args.quiet and worker is None:
         progress = _start_progress(runner)
@@ -168,6 +169,8 @@ async def _run(args: argparse.Namespace, graph: Any) -> int:
         if progress:
             progress.cancel()
             await asyncio.gather(progress, return_exceptions=True)
+        if presence is not None:
+            await presence.close()
         await observers.close()
     if worker is not None:
         return _worker_report(args, report)
@@ -188,6 +191,68 @@ async def _start_observers(runner: Any, args: argparse.Namespace) -> Any:
     dead_letter_policy.include_payload = bool(getattr(args, "log_payloads", False))
     return await Observers.start(runner, getattr(args, "metrics_port", None),
                                  getattr(args, "metrics_host", "127.0.0.1"))
+
+
+async def _start_presence(runner: Any, args: argparse.Namespace, graph: Any, observers: Any) -> Any:
+    """This run's heartbeat in the NATS worker registry (engine.observe.presence), when there is one."""
+    if getattr(args, "registry", None) == "off":
+        return None
+    from engine.observe.presence import Presence, registry_url
+
+    settings = registry_url(graph, getattr(args, "registry", None))
+    if settings is None:
+        return None
+    server = observers.server
+    url = f"http://{server.host}:{server.port}" if server is not None else None
+    presence = Presence(runner, settings, url)
+    if not await presence.start():
+        return None
+    if server is not None:
+        server.presence = presence
+    return presence
+
+
+def _cmd_workers(args: argparse.Namespace) -> int:
+    """`streamdag workers G`: the registered workers of the graph, on every host, and their sum."""
+    from engine.observe.presence import list_workers, registry_url, sum_totals
+
+    try:
+        graph = load_graph(args.file, overrides=args.set)
+    except GraphInvalid as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_INVALID
+    settings = registry_url(graph, args.registry)
+    if settings is None:
+        print(f"error: {args.file}: no `nats` connection to find the worker registry in; give --registry URL",
+              file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        records = asyncio.run(list_workers(settings, graph.spec.name))
+    except Exception as exc:  # noqa: BLE001 - a CLI answer, not a traceback
+        print(f"error: worker registry at {settings['url']}: {exc}", file=sys.stderr)
+        return EXIT_RUN_ERROR
+    if args.format == "json":
+        print(json.dumps({"graph": graph.spec.name, "workers": records, "sum": sum_totals(records)}, indent=2))
+        return EXIT_OK
+    _print_workers(graph.spec.name, records, sum_totals(records))
+    return EXIT_OK
+
+
+def _print_workers(name: str, records: list[dict[str, Any]], total: dict[str, int]) -> None:
+    import time
+
+    now = time.time()
+    cols = ["worker", "slot", "pid", "version", "up", "seen", "in", "delivered", "in_flight", "metrics"]
+    rows = [[r["worker"], f"{r['index']}/{r['count']}", str(r["pid"]), r["version"],
+             f"{now - r['started']:.0f}s", f"{now - r['updated']:.1f}s ago", str(r["totals"]["entered"]),
+             str(r["totals"]["delivered"]), str(r["totals"]["in_flight"]), r.get("metrics") or "-"]
+            for r in records]
+    rows.append(["sum", "", "", "", "", "", str(total["entered"]), str(total["delivered"]), str(total["in_flight"]), ""])
+    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
+    print(f"graph {name}: {len(records)} worker(s)")
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip())
+    for row in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
 
 
 def _start_progress(runner: Any) -> asyncio.Task[None]:
@@ -241,7 +306,19 @@ def _worker_report(args: argparse.Namespace, report: Any) -> int:
 def _cmd_top(args: argparse.Namespace) -> int:
     from engine.observe.top import run_top
 
-    return run_top(args.url, interval=args.interval, once=args.once)
+    urls = list(args.url) or ["http://127.0.0.1:9464"]
+    if args.graph:  # every registered worker of the graph that serves metrics
+        from engine.observe.presence import list_workers, registry_url
+
+        graph = load_graph(args.graph)
+        settings = registry_url(graph, args.registry)
+        records = asyncio.run(list_workers(settings, graph.spec.name)) if settings else []
+        urls = [r["metrics"] for r in records if r.get("metrics")]
+        if not urls:
+            print(f"error: no registered worker of {graph.spec.name} serves metrics (run it with --metrics-port)",
+                  file=sys.stderr)
+            return EXIT_RUN_ERROR
+    return run_top(urls, interval=args.interval, once=args.once)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -306,6 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run N worker processes of the graph, supervised by this one (docs/scale.md)")
     r.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by the supervisor for its children
     r.add_argument("--worker-report", help=argparse.SUPPRESS)
+    r.add_argument("--registry", metavar="URL|off",
+                   help="NATS where workers register (default: the graph's first nats connection; off: none)")
     _add_observe_args(r)
     r.set_defaults(fn=_cmd_run)
 
@@ -317,11 +396,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(fn=_cmd_graph)
 
     t = sub.add_parser("top", help="live view of a running graph (served with `run --metrics-port`)")
-    t.add_argument("url", nargs="?", default="http://127.0.0.1:9464",
-                   help="the run's metrics address (default http://127.0.0.1:9464)")
+    t.add_argument("url", nargs="*", help="the run's metrics address (default http://127.0.0.1:9464); several: "
+                   "the workers of one graph, shown as their sum")
+    t.add_argument("--graph", metavar="FILE", help="every registered worker of this graph (the NATS worker registry)")
+    t.add_argument("--registry", metavar="URL", help="NATS of the worker registry (default: the graph's nats connection)")
     t.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
     t.add_argument("--once", action="store_true", help="print one view (rates over one interval) and exit")
     t.set_defaults(fn=_cmd_top)
+
+    w = sub.add_parser("workers", help="list the running workers of a graph (every host) and their sum")
+    w.add_argument("file")
+    w.add_argument("--registry", metavar="URL", help="NATS of the worker registry (default: the graph's nats connection)")
+    w.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
+    w.add_argument("--format", choices=["text", "json"], default="text")
+    w.set_defaults(fn=_cmd_workers)
 
     s = sub.add_parser("schema", help="print the JSON Schema of the graph format")
     s.set_defaults(fn=_cmd_schema)
