@@ -77,7 +77,7 @@ class JetStreamSourceConfig(NodeConfig):
     start_time: datetime | None = Field(
         None, description="First message time, ISO 8601 (deliver: by_start_time)."
     )
-    ack_wait: Duration = Field(8.0, gt=0, description="Seconds before an unacked message is redelivered (to another "
+    ack_wait: Duration = Field(5.0, gt=0, description="Seconds before an unacked message is redelivered (to another "
                                "worker when its holder died: the takeover time, docs/scale.md).")
     max_deliver: int = Field(5, ge=1, description="Deliveries before a failing message is dead-lettered.")
     max_ack_pending: int | None = Field(
