@@ -188,6 +188,15 @@ def bench_redis(n: int, workers: int) -> dict[str, Any]:
             "split": [w["in"] for _, w in sorted(per.items())]}
 
 
+def _paced(graph: str, first: str, rate: int = 1200) -> str:
+    """`graph` with a rate_limit between `read` and node `first`: each worker holds messages in flight
+    (2 x 1,200/s of capacity for 2,000/s arriving)."""
+    graph = graph.replace(f"  {first}: {{type: ", f"  pace: {{type: rate_limit, inputs: [read], config: {{rate: {rate}}}}}\n"
+                          f"  {first}: {{type: ", 1)
+    head, _, rest = graph.partition(f"  {first}: {{")
+    return head + f"  {first}: {{" + rest.replace("inputs: [read]", "inputs: [pace]", 1)
+
+
 class Publisher:
     """Messages at a steady `rate` from a thread, ids 0, 1, 2...: arrival below the workers' capacity,
     so nothing queues in the survivors and the takeover measures only the dead worker's messages."""
@@ -215,15 +224,20 @@ class Publisher:
         return self.sent
 
 
-def _takeover(run: Supervised, done: Any, delivered: Any, expected: Any = lambda k: k) -> float:
-    """kill -9 worker 1 once 1,000 results are in; seconds until everything delivered before the kill is
-    done (`done(k)`: results of ids below k, `expected(k)`: how many there should be)."""
+def _takeover(run: Supervised, pub: Publisher, done: Any, delivered: Any, expected: Any = lambda k: k
+              ) -> tuple[float, int, int]:
+    """kill -9 worker 1 once 1,000 results are in, and stop publishing (so the survivor has no backlog to
+    confound the figure). (seconds until everything delivered before the kill is done, how many of those
+    were still missing 0.5 s after the kill: the killed worker's, messages sent in all)."""
     run.wait_until(lambda: done(None) >= 1000, 120, "1000 results")
     before = delivered()
     run.kill_worker(1)
     t0 = time.monotonic()
+    sent = pub.finish()
+    time.sleep(0.5)
+    held = expected(before) - done(before)
     run.wait_until(lambda: done(before) >= expected(before), 120, "the killed worker's messages")
-    return time.monotonic() - t0
+    return time.monotonic() - t0, held, sent
 
 
 def takeover_jetstream() -> dict[str, Any]:
@@ -232,7 +246,7 @@ def takeover_jetstream() -> dict[str, Any]:
     asyncio.run(_js_setup(stream, 0))
     asyncio.run(_pg(f'CREATE TABLE "{table}" (id bigint PRIMARY KEY, total double precision)'))
     graph = Path(f"/tmp/{stream}.yaml")
-    graph.write_text(JS_GRAPH.format(nats=NATS_URL, pg=PG_DSN, stream=stream, table=table, extra=""))
+    graph.write_text(_paced(JS_GRAPH.format(nats=NATS_URL, pg=PG_DSN, stream=stream, table=table, extra=""), "big"))
     loop = asyncio.new_event_loop()
     nc = loop.run_until_complete(nats.connect(NATS_URL))
 
@@ -246,9 +260,8 @@ def takeover_jetstream() -> dict[str, Any]:
     try:
         run = Supervised(graph, 2)
         run.wait_until(lambda: len(run.started()) == 2, 60, "two workers")
-        pub = Publisher(send)
-        takeover = _takeover(run, lambda below: _rows(table, below), lambda: asyncio.run(_js_info(stream))[0], _kept)
-        sent = pub.finish()
+        takeover, held, sent = _takeover(run, Publisher(send), lambda below: _rows(table, below),
+                                         lambda: asyncio.run(_js_info(stream))[0], _kept)
         run.wait_until(lambda: _rows(table) >= _kept(sent), 120, "every message")
         run.signal()
         code, per, _ = run.finish()
@@ -259,7 +272,7 @@ def takeover_jetstream() -> dict[str, Any]:
         asyncio.run(_js_teardown(stream))
         asyncio.run(_pg(f'DROP TABLE IF EXISTS "{table}"'))
         graph.unlink()
-    return {"takeover": "jetstream (ack_wait default 5s)", "seconds": round(takeover, 2), "lost": lost,
+    return {"takeover": "jetstream (ack_wait default 5s)", "seconds": round(takeover, 2), "held_by_killed": held, "lost": lost,
             "exit": code, "runs": [w["runs"] for _, w in sorted(per.items())]}
 
 
@@ -268,7 +281,8 @@ def takeover_redis() -> dict[str, Any]:
     stream = f"bench-t-{uuid.uuid4().hex[:8]}"
     c = redis.Redis.from_url(REDIS_URL)
     graph = Path(f"/tmp/{stream}.yaml")
-    graph.write_text(REDIS_GRAPH.format(redis=REDIS_URL, stream=stream).replace(", exit_when_idle: true", ""))
+    graph.write_text(_paced(REDIS_GRAPH.format(redis=REDIS_URL, stream=stream).replace(", exit_when_idle: true", ""),
+                            "price", rate=800))  # XREADGROUP takes what is there: hold some
     out = f"{stream}.out"
 
     def send(ids: range) -> None:
@@ -289,9 +303,7 @@ def takeover_redis() -> dict[str, Any]:
     try:
         run = Supervised(graph, 2)
         run.wait_until(lambda: len(run.started()) == 2, 60, "two workers")
-        pub = Publisher(send)
-        takeover = _takeover(run, done, delivered)
-        sent = pub.finish()
+        takeover, held, sent = _takeover(run, Publisher(send), done, delivered)
         run.wait_until(lambda: len({orjson.loads(f[b"body"])["id"] for _, f in c.xrange(out)}) >= sent, 120,
                        "every entry")
         run.signal()
@@ -301,6 +313,7 @@ def takeover_redis() -> dict[str, Any]:
         c.close()
         graph.unlink()
     return {"takeover": "redis (min_idle 5s + claim_interval 1s defaults)", "seconds": round(takeover, 2),
+            "held_by_killed": held,
             "exit": code, "runs": [w["runs"] for _, w in sorted(per.items())]}
 
 

@@ -56,13 +56,20 @@ class Supervised:
         deadline = time.monotonic() + timeout
         while not cond():
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout}s waiting for {what}; stderr:\n" + "\n".join(self.text))
+                raise AssertionError(f"timed out after {timeout}s waiting for {what}; stderr:\n" + "\n".join(self.text)
+                                     + "\nlast warnings:\n" + "\n".join(self.warnings()[-30:]))
             if self.proc.poll() is not None and not cond():
                 self._reader.join(2)
                 if not cond():
                     raise AssertionError(f"supervisor exited {self.proc.returncode} before {what}:\n"
                                          + "\n".join(self.text))
             time.sleep(0.02)
+
+    def warnings(self) -> list[str]:
+        """The workers' and the supervisor's warning and error lines, for failure messages."""
+        with self._lock:
+            return [f"{e.get('worker', 'supervisor')}: {e.get('msg')}" for e in self.events
+                    if e.get("level") in ("warning", "error", "critical")]
 
     def signal(self, sig: int = signal.SIGTERM) -> None:
         self.proc.send_signal(sig)
