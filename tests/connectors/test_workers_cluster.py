@@ -71,7 +71,7 @@ async def _delivered(url: str, stream: str) -> int:
 def test_two_workers_on_a_three_node_cluster_survive_a_killed_worker_and_a_restarted_node(
         tmp_path: Path, table: str) -> None:
     assert BINARY is not None
-    stream, n, ack_wait = f"cluster_{uuid.uuid4().hex[:8]}", 3000, 2.0
+    stream, n, ack_wait = f"cluster_{uuid.uuid4().hex[:8]}", 8000, 2.0
     with Cluster(BINARY) as cluster:
         cluster.wait_listening()
         asyncio.run(_r3_stream(cluster.url, stream))
@@ -89,7 +89,7 @@ nodes:
     type: jetstream_source
     config: {{connection: nats, stream: {stream}, durable: etl, subjects: ["{stream}.>"], batch: 50,
              ack_wait: {ack_wait}s}}
-  pace: {{type: rate_limit, inputs: [read], config: {{rate: 400}}}}
+  pace: {{type: rate_limit, inputs: [read], config: {{rate: 800}}}}
   store:
     type: postgres_sink
     inputs: [pace]
@@ -105,6 +105,7 @@ nodes:
             takeover = time.monotonic() - killed_at
             before_restart = _rows(table)
             cluster.restart(1)  # one NATS node goes away and comes back
+            assert before_restart < n - 1000, before_restart  # the restart comes under load
             run.wait_until(lambda: _rows(table) > before_restart + 200, 60, "progress after the node restart")
             run.wait_until(lambda: _rows(table) == n, 90, f"{n} rows")
         finally:
