@@ -183,6 +183,12 @@ class Operator(Node):
 class Sink(Node):
     kind: ClassVar[Literal["sink"]] = "sink"
 
+    @classmethod
+    def shared_write_issue(cls, config: Any) -> str:
+        """Why several worker processes cannot write this sink at once with this config ('' when they
+        can: the default, each writes its own batches). Non-empty: E262 under `--workers` > 1."""
+        return ""
+
     async def write(self, batch: list[Msg]) -> list[tuple[Msg, str]] | None:
         """Commit `batch`. Raise to fail the whole batch (retried by the node's retry policy);
         return `(msg, reason)` pairs for messages that failed alone (they go to `errors`)."""

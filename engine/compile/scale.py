@@ -10,6 +10,8 @@ E260 an operator that keeps state across messages in its process (`Node.per_proc
      checkpointed state, which make them safe, are a later step.)
 E261 a source that does not say how workers share its input (`Source.shared_by` is empty): N
      processes would each read all of it. The built-in sources all say; a plugin source opts in.
+E262 a sink that N processes cannot write at once with its config (`Sink.shared_write_issue`):
+     `file_sink` in mode overwrite, which each worker would truncate and write over.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ def check_workers(nodes: Mapping[str, Any], workers: int, add: Callable[..., Non
             add(at, "E260", f"nodes.{node_id}: {rn.type} cannot run under --workers {workers}: it {why}; each "
                 "worker would hold part of it and give a partial result (run it with one worker, or keep the "
                 "state in a shared store)", value=True)
+        issue = rn.cls.shared_write_issue(rn.config) if rn.kind == "sink" else ""
+        if issue:
+            add(at, "E262", f"nodes.{node_id}: {rn.type} cannot be written by {workers} workers at once: {issue}",
+                value=True)
         if rn.kind == "source" and not getattr(rn.cls, "shared_by", ""):
             add(at, "E261", f"nodes.{node_id}: source type '{rn.type}' does not say how {workers} workers share "
                 "its input (Source.shared_by), so each would read all of it; run it with one worker", value=True)

@@ -181,6 +181,14 @@ class FileSink(Sink):
 
     Config = FileSinkConfig
 
+    @classmethod
+    def shared_write_issue(cls, config: Any) -> str:
+        """Workers append whole batches (one write each, O_APPEND); overwrite would truncate and clobber."""
+        if config.mode == "overwrite":
+            return ("mode overwrite truncates the file in each worker, which would then write over the others' "
+                    "lines; use mode: append (each batch is one appending write)")
+        return ""
+
     def __init__(self, node_id: str, config: FileSinkConfig, ctx: Any) -> None:
         super().__init__(node_id, config, ctx)
         self.fh: BinaryIO | None = None

@@ -19,7 +19,7 @@ defaults: {{dead_letter: dead}}
 nodes:
   gen: {{type: generate, config: {{{gen}, batch: 50}}}}
   keep: {{type: filter, inputs: [gen], config: {{expr: "msg.i % 2 == 0"}}}}
-  out: {{type: stdout, inputs: [keep]}}
+  out: {{type: file_sink, inputs: [keep], config: {{path: out.ndjson, mode: append}}}}
   dead: {{type: stdout, inputs: [gen.errors, keep.errors, out.errors]}}
 """
 
@@ -32,10 +32,9 @@ def _graph(tmp_path: Path, gen: str) -> Path:
 
 def test_a_finite_source_is_split_and_every_message_is_read_once(tmp_path: Path) -> None:
     path = _graph(tmp_path, "count: 3000")
-    out = tmp_path / "out.ndjson"
-    with open(out, "w") as fh:
-        run = Supervised(path, 3, stdout=fh)
-        code, workers, integrity = run.finish()
+    out = tmp_path / "out.ndjson"  # file_sink, mode append: each worker appends whole batches
+    run = Supervised(path, 3)
+    code, workers, integrity = run.finish()
     ids = [json.loads(line)["i"] for line in out.read_text().splitlines()]
     assert code == 0, run.text
     assert sorted(ids) == list(range(0, 3000, 2))  # every kept message once, whichever worker made it
@@ -48,11 +47,10 @@ def test_a_finite_source_is_split_and_every_message_is_read_once(tmp_path: Path)
 def test_sigterm_drains_every_worker_and_the_integrity_line_covers_them(tmp_path: Path) -> None:
     path = _graph(tmp_path, "rate: 4000")  # unbounded: only the signal ends it
     out = tmp_path / "out.ndjson"
-    with open(out, "w") as fh:
-        run = Supervised(path, 2, stdout=fh)
-        run.wait_until(lambda: out.stat().st_size > 20_000, 30, "output from the workers")
-        run.signal()
-        code, workers, integrity = run.finish()
+    run = Supervised(path, 2)
+    run.wait_until(lambda: out.exists() and out.stat().st_size > 20_000, 30, "output from the workers")
+    run.signal()
+    code, workers, integrity = run.finish()
     ids = [json.loads(line)["i"] for line in out.read_text().splitlines()]
     assert code == 0, run.text
     assert len(ids) == len(set(ids)) and all(i % 2 == 0 for i in ids)
