@@ -279,6 +279,8 @@ def _worker_info(args: argparse.Namespace) -> Any:
     Worker i serves metrics on `--metrics-port` + i (0 stays 0: any free port)."""
     if getattr(args, "worker_index", None) is None:
         return None
+    if not 0 <= args.worker_index < args.workers:
+        raise SystemExit(f"error: --worker-index {args.worker_index} is not below --workers {args.workers}")
     from engine.observe.logs import tag_worker
     from engine.runtime.context import WorkerInfo
 

@@ -65,13 +65,21 @@ def worker_argv(argv: list[str], index: int, report: str) -> list[str]:
     return [sys.executable, "-m", "engine.cli", *argv, "--worker-index", str(index), "--worker-report", report]
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def _prctl() -> Any:
     try:
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: the child outlives a parent killed with -9
-        pass
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux: a child outlives a parent killed with -9
+        return None
+
+
+_PRCTL = _prctl()  # looked up here, so the child only calls it (no dlopen, no lock, between fork and exec)
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class Supervisor:

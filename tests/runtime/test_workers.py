@@ -112,3 +112,25 @@ def test_the_exit_code_is_the_worst_of_the_workers_last_runs() -> None:
     assert exit_code(slots(0, 0, gave_up=1)) == 2  # a crash loop, even if its last code was 0
     assert exit_code(slots(2, 1)) == 1  # an invalid graph says so first
     assert exit_code(slots(0, -9)) == 2  # last run killed and not restarted (a stop came first)
+
+
+def _alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting for a reaper)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    run = Supervised(_graph(tmp_path, "rate: 2000"), 2)
+    out = tmp_path / "out.ndjson"
+    run.wait_until(lambda: len(run.started()) == 2 and out.exists() and out.stat().st_size > 0, 30, "workers at work")
+    pids = [pid for _, pid in run.started()]
+    run.proc.kill()  # kill -9: no forwarding; the kernel sends each worker SIGTERM (PR_SET_PDEATHSIG)
+    run.proc.wait(10)
+    deadline = time.monotonic() + 20
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(p) for p in pids), "orphaned workers kept running"
