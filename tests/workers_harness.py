@@ -11,11 +11,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["WORKER_LINE", "Supervised"]
+__all__ = ["WORKER_LINE", "Supervised", "id_table", "rows"]
 
 WORKER_LINE = re.compile(r"^worker (\d+): (\d+) in, (\d+) delivered, (\d+) filtered, (\d+) dead-lettered, exit (-?\d+) "
                          r"\((\d+) run\(s\)(?:, (\d+) killed)?")
@@ -80,6 +80,17 @@ class Supervised:
         os.kill(pid, signal.SIGKILL)
         return pid
 
+    def takeover(self, index: int, delivered: Callable[[], int], missing: Callable[[int], int],
+                 timeout: float = 30) -> tuple[float, int]:
+        """kill -9 worker `index`; (seconds until `missing(k) == 0`, `missing(k)` at the kill), k = `delivered()`
+        read just after the kill: every message handed to any worker by then (the dead one's included)."""
+        self.kill_worker(index)
+        killed_at = time.monotonic()
+        k = delivered()
+        held = missing(k)
+        self.wait_until(lambda: missing(k) == 0, timeout, f"worker {index}'s messages taken over")
+        return time.monotonic() - killed_at, held
+
     def finish(self, timeout: float = 60) -> tuple[int, dict[int, dict[str, int]], str]:
         """Wait for the end: exit code, per worker {in, delivered, filtered, dead_lettered, exit, runs, killed},
         and the integrity line."""
@@ -99,3 +110,26 @@ class Supervised:
             if line.startswith("integrity "):
                 integrity = line
         return code, workers, integrity
+
+
+def id_table(prefix: str) -> Iterator[str]:
+    """Body of a fixture: an idempotent sink's table (one row per message id), dropped afterwards."""
+    import asyncio
+    import uuid
+
+    from tests.connectors.postgres_harness import sql
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    asyncio.run(sql(f'CREATE TABLE "{name}" (id bigint PRIMARY KEY)'))
+    yield name
+    asyncio.run(sql(f'DROP TABLE IF EXISTS "{name}"'))
+
+
+def rows(table: str, below: int | None = None) -> int:
+    """Rows of `table` (with an id below `below`, if given)."""
+    import asyncio
+
+    from tests.connectors.postgres_harness import sql
+
+    where = "" if below is None else f" WHERE id < {below}"
+    return int(asyncio.run(sql(f'SELECT count(*) AS n FROM "{table}"{where}'))[0]["n"])

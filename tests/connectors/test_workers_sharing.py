@@ -5,7 +5,6 @@ killed with kill -9 loses nothing, its messages are taken over by the others (ta
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,8 @@ import redis
 from tests.connectors.jetstream_fixtures import NATS_URL
 from tests.connectors.postgres_harness import DSN, sql
 from tests.connectors.redis_harness import REDIS_URL
-from tests.workers_harness import Supervised
+from tests.workers_harness import Supervised, id_table
+from tests.workers_harness import rows as _rows
 
 pytestmark = pytest.mark.services
 
@@ -32,15 +32,7 @@ SINK = """\
 @pytest.fixture
 def table() -> Iterator[str]:
     """The sink's table: one row per message id; a second write of an id would break `insert`."""
-    name = f"workers_{uuid.uuid4().hex[:10]}"
-    asyncio.run(sql(f'CREATE TABLE "{name}" (id bigint PRIMARY KEY)'))
-    yield name
-    asyncio.run(sql(f'DROP TABLE IF EXISTS "{name}"'))
-
-
-def _rows(table: str, below: int | None = None) -> int:
-    where = "" if below is None else f" WHERE id < {below}"
-    return int(asyncio.run(sql(f'SELECT count(*) AS n FROM "{table}"{where}'))[0]["n"])
+    yield from id_table("workers")
 
 
 def _graph(tmp_path: Path, name: str, connections: str, source: str, table: str, rate: int, mode: str) -> Path:
@@ -55,7 +47,7 @@ connections:
 nodes:
   read:
 {source}
-  pace: {{type: rate_limit, inputs: [read], config: {{rate: {rate}}}}}
+  pace: {{type: rate_limit, inputs: [read], config: {{rate: {rate}, burst: 10}}}}
 """ + SINK.format(table=table, mode=mode))
     return path
 
@@ -138,22 +130,20 @@ def test_a_killed_jetstream_worker_loses_nothing_and_is_taken_over_within_ack_wa
     try:
         run = _start_jetstream(tmp_path, stream, table, 2, n, 1000, "insert_ignore", f", ack_wait: {ack_wait}s")
         run.wait_until(lambda: _rows(table) >= 800, 60, "800 rows")
-        delivered = asyncio.run(_consumer(stream, "etl"))[0]  # messages 0..delivered-1 went to some worker
-        run.kill_worker(1)
-        killed_at = time.monotonic()
-        run.wait_until(lambda: _rows(table, below=delivered) == delivered, 30, "the killed worker's messages")
-        takeover = time.monotonic() - killed_at
+        takeover, held = run.takeover(1, lambda: asyncio.run(_consumer(stream, "etl"))[0],  # ids below: delivered
+                                      lambda k: k - _rows(table, below=k))
         run.wait_until(lambda: _rows(table) == n, 60, f"{n} rows")
         run.signal()
         code, workers, integrity = run.finish()
     finally:
         asyncio.run(_delete_stream(stream))
-    print(f"\njetstream takeover after kill -9: {takeover:.2f}s (ack_wait {ack_wait}s)")
+    print(f"\njetstream takeover after kill -9: {takeover:.2f}s, {held} messages (ack_wait {ack_wait}s)")
     assert code == 0, run.text
     assert _rows(table) == n  # nothing lost; the sink's key keeps each id once
     assert workers[1]["runs"] == 2 and workers[1]["killed"] == 1  # restarted by the supervisor
-    # its last messages waited for ack_wait (redelivered, not merely late), then went on at once
-    assert ack_wait / 2 < takeover < ack_wait + 3, takeover
+    # at most ack_wait after the kill (less when the dead worker's messages were old: in-progress
+    # signals restart the server's timer, so there is no lower bound to check)
+    assert held > 0 and takeover < ack_wait + 3, (held, takeover)
     assert integrity.startswith("integrity OK") and "1 run(s) killed without a report" in integrity
 
 
@@ -209,21 +199,21 @@ def test_a_killed_redis_worker_loses_nothing_and_its_entries_are_claimed(tmp_pat
                        f", min_idle: {min_idle}s, claim_interval: {interval}s")
     run.wait_until(lambda: _rows(table) >= 800, 60, "800 rows")
     c = redis.Redis.from_url(REDIS_URL)
-    last = c.xinfo_groups(stream)[0]["last-delivered-id"]
-    delivered = len(c.xrange(stream, "-", last))  # entries 0..delivered-1 went to some worker
+
+    def delivered() -> int:  # entries with an id below it went to some worker
+        return len(c.xrange(stream, "-", c.xinfo_groups(stream)[0]["last-delivered-id"]))
+
+    takeover, held = run.takeover(1, delivered, lambda k: k - _rows(table, below=k))
     c.close()
-    run.kill_worker(1)
-    killed_at = time.monotonic()
-    run.wait_until(lambda: _rows(table, below=delivered) == delivered, 30, "the killed worker's entries")
-    takeover = time.monotonic() - killed_at
     run.wait_until(lambda: _rows(table) == n, 60, f"{n} rows")
     run.signal()
     code, workers, integrity = run.finish()
-    print(f"\nredis takeover after kill -9: {takeover:.2f}s (min_idle {min_idle}s, claim_interval {interval}s)")
+    print(f"\nredis takeover after kill -9: {takeover:.2f}s, {held} entries (min_idle {min_idle}s, "
+          f"claim_interval {interval}s)")
     assert code == 0, run.text
     assert _rows(table) == n
     assert workers[1]["runs"] == 2 and workers[1]["killed"] == 1
-    assert min_idle / 2 < takeover < min_idle + interval + 3, takeover  # claimed, not merely late
+    assert held > 0 and takeover < min_idle + interval + 3, (held, takeover)
     assert integrity.startswith("integrity OK")
 
 
