@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import signal
 import sys
 from typing import Any
@@ -214,7 +213,7 @@ async def _start_presence(runner: Any, args: argparse.Namespace, graph: Any, obs
 
 def _cmd_workers(args: argparse.Namespace) -> int:
     """`streamdag workers G`: the registered workers of the graph, on every host, and their sum."""
-    from engine.observe.presence import list_workers, registry_url, sum_totals
+    from engine.observe.presence import format_workers, list_workers, registry_url, sum_totals
 
     try:
         graph = load_graph(args.file, overrides=args.set)
@@ -234,25 +233,8 @@ def _cmd_workers(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps({"graph": graph.spec.name, "workers": records, "sum": sum_totals(records)}, indent=2))
         return EXIT_OK
-    _print_workers(graph.spec.name, records, sum_totals(records))
+    print(format_workers(graph.spec.name, records))
     return EXIT_OK
-
-
-def _print_workers(name: str, records: list[dict[str, Any]], total: dict[str, int]) -> None:
-    import time
-
-    now = time.time()
-    cols = ["worker", "slot", "pid", "version", "up", "seen", "in", "delivered", "in_flight", "metrics"]
-    rows = [[r["worker"], f"{r['index']}/{r['count']}", str(r["pid"]), r["version"],
-             f"{now - r['started']:.0f}s", f"{now - r['updated']:.1f}s ago", str(r["totals"]["entered"]),
-             str(r["totals"]["delivered"]), str(r["totals"]["in_flight"]), r.get("metrics") or "-"]
-            for r in records]
-    rows.append(["sum", "", "", "", "", "", str(total["entered"]), str(total["delivered"]), str(total["in_flight"]), ""])
-    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
-    print(f"graph {name}: {len(records)} worker(s)")
-    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip())
-    for row in rows:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
 
 
 def _start_progress(runner: Any) -> asyncio.Task[None]:
@@ -292,17 +274,12 @@ def _worker_info(args: argparse.Namespace) -> Any:
 
 
 def _worker_report(args: argparse.Namespace, report: Any) -> int:
-    """A worker's end: its totals as JSON for the supervisor, which prints the graph's summary."""
-    code = EXIT_RUN_ERROR if report.error is not None else EXIT_OK if report.balanced else EXIT_INTEGRITY
+    """A worker's end: its totals for the supervisor, which prints the graph's summary; its exit code."""
+    from engine.supervise import write_report
+
     if report.error is not None:
         print(f"error: worker {args.worker_index}: {report.error}", file=sys.stderr)
-    if args.worker_report:
-        with open(args.worker_report + ".tmp", "w", encoding="utf-8") as fh:
-            json.dump({"index": args.worker_index, "totals": report.totals(), "balanced": report.balanced,
-                       "seconds": report.seconds, "error": None if report.error is None else str(report.error),
-                       "exit": code}, fh)
-        os.replace(args.worker_report + ".tmp", args.worker_report)
-    return code
+    return write_report(args.worker_report, args.worker_index, report)
 
 
 def _cmd_top(args: argparse.Namespace) -> int:

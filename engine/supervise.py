@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-__all__ = ["Slot", "supervise", "worker_argv"]
+__all__ = ["Slot", "supervise", "worker_argv", "write_report"]
 
 log = logging.getLogger("streamdag.supervise")
 
@@ -213,6 +213,19 @@ def exit_code(slots: list[Slot]) -> int:
     if all(c == 0 for c in codes):
         return 0
     return 1 if 1 in codes else max(codes)
+
+
+def write_report(path: str | None, index: int, report: Any) -> int:
+    """A worker's side of the contract: its totals as one JSON object in `path` (written whole, then
+    renamed, so the supervisor never reads half of one); returns the worker's exit code."""
+    code = 2 if report.error is not None else 0 if report.balanced else 3  # engine.cli: EXIT_RUN_ERROR, EXIT_INTEGRITY
+    if path:
+        with open(path + ".tmp", "w", encoding="utf-8") as fh:
+            json.dump({"index": index, "totals": report.totals(), "balanced": report.balanced,
+                       "seconds": report.seconds, "error": None if report.error is None else str(report.error),
+                       "exit": code}, fh)
+        os.replace(path + ".tmp", path)
+    return code
 
 
 def supervise(argv: list[str], workers: int, out: IO[str] = sys.stderr) -> int:

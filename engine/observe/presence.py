@@ -24,7 +24,7 @@ import orjson
 
 from engine.runtime.state import as_view
 
-__all__ = ["BUCKET", "HEARTBEAT", "TTL", "Presence", "list_workers", "registry_url", "sum_totals"]
+__all__ = ["BUCKET", "HEARTBEAT", "TTL", "Presence", "format_workers", "list_workers", "registry_url", "sum_totals"]
 
 log = logging.getLogger("streamdag.observe.presence")
 
@@ -176,3 +176,18 @@ async def list_workers(settings: dict[str, Any], graph: str) -> list[dict[str, A
         return await _records(kv, _key_part(graph))
     finally:
         await nc.close()
+
+
+def format_workers(graph: str, records: list[dict[str, Any]], now: float | None = None) -> str:
+    """`streamdag workers G`: one line per worker, then their sum."""
+    now = time.time() if now is None else now
+    total = sum_totals(records)
+    cols = ["worker", "slot", "pid", "version", "up", "seen", "in", "delivered", "in_flight", "metrics"]
+    rows = [[r["worker"], f"{r['index']}/{r['count']}", str(r["pid"]), r["version"], f"{now - r['started']:.0f}s",
+             f"{now - r['updated']:.1f}s ago", str(r["totals"]["entered"]), str(r["totals"]["delivered"]),
+             str(r["totals"]["in_flight"]), r.get("metrics") or "-"] for r in records]
+    rows.append(["sum", "", "", "", "", "", str(total["entered"]), str(total["delivered"]), str(total["in_flight"]), ""])
+    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
+    lines = [f"graph {graph}: {len(records)} worker(s)", "  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines)
