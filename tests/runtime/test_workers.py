@@ -134,3 +134,39 @@ def test_workers_stop_when_the_supervisor_is_killed(tmp_path: Path) -> None:
     while any(_alive(p) for p in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(_alive(p) for p in pids), "orphaned workers kept running"
+
+
+def test_http_workers_share_one_port(tmp_path: Path) -> None:
+    """SO_REUSEPORT: both workers listen on the same port and the kernel spreads the connections."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = tmp_path / "http.yaml"
+    path.write_text(f"""\
+version: 1
+name: workers_http
+defaults: {{dead_letter: out}}
+nodes:
+  ingest: {{type: http_source, config: {{host: 127.0.0.1, port: {port}}}}}
+  out: {{type: file_sink, inputs: [ingest], config: {{path: out.ndjson, mode: append}}}}
+""")
+    run = Supervised(path, 2)
+    try:
+        run.wait_until(lambda: len([e for e in run.events if "listening on" in str(e.get("msg"))]) == 2, 30,
+                       "both workers listening")
+        for i in range(60):  # a new connection each: the kernel picks a listener per connection
+            req = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1/data/ingest", data=b'{"n": %d}' % i,
+                                         headers={"Content-Type": "application/json"}, method="POST")
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                assert resp.status in (200, 202)
+    finally:
+        run.signal()
+        code, workers, integrity = run.finish()
+    assert code == 0, run.text
+    lines = [json.loads(x)["n"] for x in (tmp_path / "out.ndjson").read_text().splitlines()]
+    assert sorted(lines) == list(range(60))
+    assert all(w["in"] > 0 for w in workers.values()), workers  # both took connections
+    assert sum(w["in"] for w in workers.values()) == 60 and integrity.startswith("integrity OK: 60 in")
