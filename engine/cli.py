@@ -160,7 +160,8 @@ async def _run(args: argparse.Namespace, graph: Any) -> int:
         loop.add_signal_handler(sig, on_signal)
     presence = await _start_presence(runner, args, graph, observers)
     progress = None
-    if sys.stderr.isatty() and not args.quiet and worker is None:
+    child = args.worker_index is not None  # started by a supervisor: it prints the summary
+    if sys.stderr.isatty() and not args.quiet and not child:
         progress = _start_progress(runner)
     try:
         report = await runner.run()
@@ -171,7 +172,7 @@ async def _run(args: argparse.Namespace, graph: Any) -> int:
         if presence is not None:
             await presence.close()
         await observers.close()
-    if worker is not None:
+    if child:
         return _worker_report(args, report)
     if not args.quiet:
         _summary(report, sys.stderr)
@@ -257,18 +258,20 @@ def _latency_summary(report: Any, out: Any) -> None:
 
 
 def _worker_info(args: argparse.Namespace) -> Any:
-    """This process's `WorkerInfo` when the supervisor started it (`--worker-index`), else None.
+    """This process's `WorkerInfo`: slot `--first-slot` + i of `--slots` for worker i of a supervisor
+    (`--worker-index`), or slot `--first-slot` of `--slots` for a single process; None for a plain run.
     Worker i serves metrics on `--metrics-port` + i (0 stays 0: any free port)."""
-    if getattr(args, "worker_index", None) is None:
+    index = getattr(args, "worker_index", None)
+    if index is None and _slots(args) == 1:
         return None
-    if not 0 <= args.worker_index < args.workers:
-        raise SystemExit(f"error: --worker-index {args.worker_index} is not below --workers {args.workers}")
+    if index is not None and not 0 <= index < args.workers:
+        raise SystemExit(f"error: --worker-index {index} is not below --workers {args.workers}")
     from engine.observe.logs import tag_worker
     from engine.runtime.context import WorkerInfo
 
-    if args.metrics_port:
-        args.metrics_port += args.worker_index
-    worker = WorkerInfo(args.worker_index, args.workers)
+    if args.metrics_port and index is not None:
+        args.metrics_port += index
+    worker = WorkerInfo(args.first_slot + (index or 0), _slots(args))
     tag_worker(worker.id)
     return worker
 
@@ -300,9 +303,18 @@ def _cmd_top(args: argparse.Namespace) -> int:
     return run_top(urls, interval=args.interval, once=args.once)
 
 
+def _slots(args: argparse.Namespace) -> int:
+    """Worker slots of the graph on every host: `--slots`, else this host's `--workers`."""
+    return int(args.slots or args.workers)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
+    if args.first_slot < 0 or args.first_slot + args.workers > _slots(args):
+        print(f"error: --first-slot {args.first_slot} + --workers {args.workers} is more than --slots {_slots(args)}",
+              file=sys.stderr)
+        return EXIT_INVALID
     try:
-        graph = load_graph(args.file, overrides=args.set, workers=args.workers)
+        graph = load_graph(args.file, overrides=args.set, workers=_slots(args))
     except GraphInvalid as exc:
         print(exc, file=sys.stderr)
         return EXIT_INVALID
@@ -360,6 +372,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-q", "--quiet", action="store_true", help="no progress and no summary")
     r.add_argument("--workers", type=_positive, default=1, metavar="N",
                    help="run N worker processes of the graph, supervised by this one (docs/scale.md)")
+    r.add_argument("--slots", type=_positive, metavar="TOTAL",
+                   help="worker slots of the graph on every host together (default: --workers); with --first-slot, "
+                   "hosts split postgres_source, generate and file_source between them (docs/scale.md)")
+    r.add_argument("--first-slot", type=int, default=0, metavar="K",
+                   help="this host's workers take slots K .. K+N-1 of --slots (default 0)")
     r.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by the supervisor for its children
     r.add_argument("--worker-report", help=argparse.SUPPRESS)
     r.add_argument("--registry", metavar="URL|off",

@@ -170,3 +170,20 @@ nodes:
     assert sorted(lines) == list(range(60))
     assert all(w["in"] > 0 for w in workers.values()), workers  # both took connections
     assert sum(w["in"] for w in workers.values()) == 60 and integrity.startswith("integrity OK: 60 in")
+
+
+def test_hosts_split_a_finite_source_by_slots(tmp_path: Path) -> None:
+    """Two "hosts": a supervisor with slots 1 and 2 of 3, and a single process with slot 0."""
+    path = _graph(tmp_path, "count: 3000")
+    host_b = Supervised(path, 2, "--slots", "3", "--first-slot", "1")
+    host_a = subprocess.run([sys.executable, "-m", "engine.cli", "run", str(path), "--slots", "3", "-q"],
+                            capture_output=True, text=True, timeout=60)
+    code, workers, integrity = host_b.finish()
+    assert (host_a.returncode, code) == (0, 0), host_a.stderr + "\n".join(host_b.text)
+    ids = [json.loads(line)["i"] for line in (tmp_path / "out.ndjson").read_text().splitlines()]
+    assert sorted(ids) == list(range(0, 3000, 2))  # every kept message once, over both hosts
+    assert {i: w["in"] for i, w in workers.items()} == {0: 1000, 1: 1000}
+    assert integrity.startswith("integrity OK: 2000 in")
+    bad = subprocess.run([sys.executable, "-m", "engine.cli", "run", str(path), "--workers", "2", "--slots", "2",
+                          "--first-slot", "1"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "--first-slot 1 + --workers 2 is more than --slots 2" in bad.stderr
