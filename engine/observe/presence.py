@@ -29,7 +29,7 @@ __all__ = ["BUCKET", "HEARTBEAT", "TTL", "Presence", "format_workers", "list_wor
 log = logging.getLogger("streamdag.observe.presence")
 
 BUCKET = "streamdag_workers"
-HEARTBEAT = 2.0  # seconds between two puts of a worker's record
+HEARTBEAT = 1.0  # seconds between two puts of a worker's record
 TTL = 3 * HEARTBEAT  # a record not put again for this long is gone: its worker is dead or cut off
 TOTALS = ("entered", "delivered", "filtered", "dead_lettered", "nacked", "in_flight")
 
@@ -62,10 +62,17 @@ async def _connect(settings: dict[str, Any]) -> Any:
 
 
 async def _bucket(js: Any) -> Any:
+    """The registry bucket; created if missing, its TTL brought to `TTL` if it was made with another."""
     from nats.js.errors import BucketNotFoundError
 
     try:
-        return await js.key_value(BUCKET)
+        kv = await js.key_value(BUCKET)
+        info = await js.stream_info(f"KV_{BUCKET}")
+        if info.config.max_age != TTL:
+            info.config.max_age = TTL
+            info.config.duplicate_window = min(info.config.duplicate_window or TTL, TTL)  # not above max_age
+            await js.update_stream(info.config)
+        return kv
     except BucketNotFoundError:
         return await js.create_key_value(bucket=BUCKET, ttl=TTL, history=1,
                                          description="streamdag: the workers of every graph (heartbeats)")

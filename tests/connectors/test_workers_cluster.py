@@ -82,7 +82,7 @@ nodes:
     type: jetstream_source
     config: {{connection: nats, stream: {stream}, durable: etl, subjects: ["{stream}.>"], batch: 50,
              ack_wait: {ack_wait}s}}
-  pace: {{type: rate_limit, inputs: [read], config: {{rate: 800, burst: 10}}}}
+  pace: {{type: rate_limit, inputs: [read], config: {{rate: 1200, burst: 10}}}}
   store:
     type: postgres_sink
     inputs: [pace]

@@ -126,7 +126,7 @@ def test_a_jetstream_durable_is_shared_by_three_workers(tmp_path: Path, table: s
 
 
 def test_a_killed_jetstream_worker_loses_nothing_and_is_taken_over_within_ack_wait(tmp_path: Path, table: str) -> None:
-    stream, n, ack_wait = f"workers_{uuid.uuid4().hex[:10]}", 4000, 2.0
+    stream, n, ack_wait = f"workers_{uuid.uuid4().hex[:10]}", 3000, 2.0
     try:
         run = _start_jetstream(tmp_path, stream, table, 2, n, 1000, "insert_ignore", f", ack_wait: {ack_wait}s")
         run.wait_until(lambda: _rows(table) >= 800, 60, "800 rows")
@@ -194,7 +194,7 @@ def test_a_redis_consumer_group_is_shared_by_three_workers(tmp_path: Path, table
 
 def test_a_killed_redis_worker_loses_nothing_and_its_entries_are_claimed(tmp_path: Path, table: str,
                                                                         stream: str) -> None:
-    n, min_idle, interval = 4000, 2.0, 0.5
+    n, min_idle, interval = 3000, 2.0, 0.5
     run = _start_redis(tmp_path, stream, table, 2, n, 1000, "insert_ignore",
                        f", min_idle: {min_idle}s, claim_interval: {interval}s")
     run.wait_until(lambda: _rows(table) >= 800, 60, "800 rows")

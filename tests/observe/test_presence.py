@@ -41,15 +41,16 @@ version: 1
 name: {name}
 connections:
   nats: {{type: nats, url: "{NATS_URL}"}}
-defaults: {{dead_letter: out}}
+defaults: {{dead_letter: dead}}
 nodes:
   gen: {{type: generate, config: {{rate: 2000, batch: 100}}}}
   out: {{type: drop, inputs: [gen]}}
+  dead: {{type: drop, inputs: [gen.errors]}}
 """)
     run = Supervised(graph, 2, "--metrics-port", "0")
     try:
         run.wait_until(lambda: len(_workers(graph)["workers"]) == 2, 30, "two registered workers")
-        time.sleep(HEARTBEAT + 0.5)  # one heartbeat with counts
+        run.wait_until(lambda: _workers(graph)["sum"]["entered"] > 0, 10, "a heartbeat with counts")
         proc = _cli("workers", str(graph), "--format", "json")
         assert proc.returncode == 0, proc.stderr
         listed = json.loads(proc.stdout)
