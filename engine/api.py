@@ -178,6 +178,9 @@ class Node:
     ports: ClassVar[tuple[str, ...]] = ("out",)
     # Connection types a node may name in `config.connection`, if it takes one.
     connection_types: ClassVar[tuple[str, ...]] = ()
+    # Non-empty when the node keeps state across messages in its process, saying what: such a node
+    # cannot run under `--workers` > 1 (E260, engine.compile.scale).
+    per_process_state: ClassVar[str] = ""
 
     def __init__(self, node_id: str, config: Any, ctx: Context):
         self.id = node_id
@@ -211,6 +214,9 @@ class Source(Node):
     kind: ClassVar[Literal["source"]] = "source"
     # True when `reject` makes the message come back later (nak, pending entry): see `defaults.on_error`.
     redelivers: ClassVar[bool] = False
+    # How N workers (`--workers`) share this source's input without reading an item twice; empty:
+    # they cannot, and the graph is refused under --workers > 1 (E261, engine.compile.scale).
+    shared_by: ClassVar[str] = ""
 
     @classmethod
     def redelivery_horizon(cls, config: Any) -> float | None:
@@ -254,6 +260,12 @@ class Operator(Node):
 
 class Sink(Node):
     kind: ClassVar[Literal["sink"]] = "sink"
+
+    @classmethod
+    def shared_write_issue(cls, config: Any) -> str:
+        """Why several worker processes cannot write this sink at once with this config ('' when they
+        can: the default, each writes its own batches). Non-empty: E262 under `--workers` > 1."""
+        return ""
 
     async def write(self, batch: list[Msg]) -> list[tuple[Msg, str]] | None:
         """Commit `batch`. Raise to fail the whole batch (retried by the node's retry policy);

@@ -146,7 +146,8 @@ async def _run(args: argparse.Namespace, graph: Any) -> int:
 
     from engine.runtime.scheduler import Runner
 
-    runner = Runner(graph)
+    worker = _worker_info(args)
+    runner = Runner(graph, worker=worker)
     try:
         observers = await _start_observers(runner, args)
     except OSError as exc:
@@ -166,8 +167,10 @@ async def _run(args: argparse.Namespace, graph: Any) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
+    presence = await _start_presence(runner, args, graph, observers)
     progress = None
-    if sys.stderr.isatty() and not args.quiet:
+    child = args.worker_index is not None  # started by a supervisor: it prints the summary
+    if sys.stderr.isatty() and not args.quiet and not child:
         progress = _start_progress(runner)
     try:
         report = await runner.run()
@@ -175,7 +178,11 @@ async def _run(args: argparse.Namespace, graph: Any) -> int:
         if progress:
             progress.cancel()
             await asyncio.gather(progress, return_exceptions=True)
+        if presence is not None:
+            await presence.close()
         await observers.close()
+    if child:
+        return _worker_report(args, report)
     if not args.quiet:
         _summary(report, sys.stderr)
         _latency_summary(report, sys.stderr)
@@ -193,6 +200,54 @@ async def _start_observers(runner: Any, args: argparse.Namespace) -> Any:
     dead_letter_policy.include_payload = bool(getattr(args, "log_payloads", False))
     return await Observers.start(runner, getattr(args, "metrics_port", None),
                                  getattr(args, "metrics_host", "127.0.0.1"))
+
+
+async def _start_presence(runner: Any, args: argparse.Namespace, graph: Any, observers: Any) -> Any:
+    """This run's heartbeat in the NATS worker registry (engine.observe.presence), when there is one."""
+    if getattr(args, "registry", None) == "off":
+        return None
+    from engine.observe.presence import Presence, registry_url
+
+    settings = registry_url(graph, getattr(args, "registry", None))
+    if settings is None:
+        return None
+    server = observers.server
+    url = f"http://{server.host}:{server.port}" if server is not None else None
+    presence = Presence(runner, settings, url)
+    if not await presence.start():
+        return None
+    if server is not None:
+        server.presence = presence
+    return presence
+
+
+def _cmd_workers(args: argparse.Namespace) -> int:
+    """`streamdag workers G`: the registered workers of the graph, on every host, and their sum."""
+    import asyncio
+
+    from engine.compile.validate import load_graph
+    from engine.observe.presence import format_workers, list_workers, registry_url, sum_totals
+
+    try:
+        graph = load_graph(args.file, overrides=args.set)
+    except GraphInvalid as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_INVALID
+    settings = registry_url(graph, args.registry)
+    if settings is None:
+        print(f"error: {args.file}: no `nats` connection to find the worker registry in; give --registry URL",
+              file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        records = asyncio.run(list_workers(settings, graph.spec.name))
+    except Exception as exc:  # noqa: BLE001 - a CLI answer, not a traceback
+        print(f"error: worker registry at {settings['url']}: {exc}", file=sys.stderr)
+        return EXIT_RUN_ERROR
+    if args.format == "json":
+        print(json.dumps({"graph": graph.spec.name, "workers": records, "sum": sum_totals(records)}, indent=2))
+        return EXIT_OK
+    print(format_workers(graph.spec.name, records))
+    return EXIT_OK
 
 
 def _start_progress(runner: Any) -> asyncio.Task[None]:
@@ -216,22 +271,79 @@ def _latency_summary(report: Any, out: Any) -> None:
                   f"(source timestamp to commit, {h.count:,} messages)", file=out)
 
 
+def _worker_info(args: argparse.Namespace) -> Any:
+    """This process's `WorkerInfo`: slot `--first-slot` + i of `--slots` for worker i of a supervisor
+    (`--worker-index`), or slot `--first-slot` of `--slots` for a single process; None for a plain run.
+    Worker i serves metrics on `--metrics-port` + i (0 stays 0: any free port)."""
+    index = getattr(args, "worker_index", None)
+    if index is None and _slots(args) == 1:
+        return None
+    if index is not None and not 0 <= index < args.workers:
+        raise SystemExit(f"error: --worker-index {index} is not below --workers {args.workers}")
+    from engine.observe.logs import tag_worker
+    from engine.runtime.context import WorkerInfo
+
+    if args.metrics_port and index is not None:
+        args.metrics_port += index
+    worker = WorkerInfo(args.first_slot + (index or 0), _slots(args))
+    tag_worker(worker.id)
+    return worker
+
+
+def _worker_report(args: argparse.Namespace, report: Any) -> int:
+    """A worker's end: its totals for the supervisor, which prints the graph's summary; its exit code."""
+    from engine.supervise import write_report
+
+    if report.error is not None:
+        print(f"error: worker {args.worker_index}: {report.error}", file=sys.stderr)
+    return write_report(args.worker_report, args.worker_index, report)
+
+
 def _cmd_top(args: argparse.Namespace) -> int:
     from engine.observe.top import run_top
 
-    return run_top(args.url, interval=args.interval, once=args.once)
+    urls = list(args.url) or ["http://127.0.0.1:9464"]
+    if args.graph:  # every registered worker of the graph that serves metrics
+        import asyncio
+
+        from engine.compile.validate import load_graph
+        from engine.observe.presence import list_workers, registry_url
+
+        graph = load_graph(args.graph)
+        settings = registry_url(graph, args.registry)
+        records = asyncio.run(list_workers(settings, graph.spec.name)) if settings else []
+        urls = [r["metrics"] for r in records if r.get("metrics")]
+        if not urls:
+            print(f"error: no registered worker of {graph.spec.name} serves metrics (run it with --metrics-port)",
+                  file=sys.stderr)
+            return EXIT_RUN_ERROR
+    return run_top(urls, interval=args.interval, once=args.once)
+
+
+def _slots(args: argparse.Namespace) -> int:
+    """Worker slots of the graph on every host: `--slots`, else this host's `--workers`."""
+    return int(args.slots or args.workers)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    if args.first_slot < 0 or args.first_slot + args.workers > _slots(args):
+        print(f"error: --first-slot {args.first_slot} + --workers {args.workers} is more than --slots {_slots(args)}",
+              file=sys.stderr)
+        return EXIT_INVALID
     from engine.compile.validate import load_graph
 
     try:
-        graph = load_graph(args.file, overrides=args.set)
+        graph = load_graph(args.file, overrides=args.set, workers=_slots(args))
     except GraphInvalid as exc:
         print(exc, file=sys.stderr)
         return EXIT_INVALID
-    for w in graph.warnings:
+    child = args.worker_index is not None
+    for w in graph.warnings if not child else ():
         print(w.format().replace(f" {w.code} ", f" {w.code} warning: ", 1), file=sys.stderr)
+    if args.workers > 1 and not child:
+        from engine.supervise import supervise
+
+        return supervise(args.argv, args.workers)
     try:
         import uvloop
 
@@ -282,6 +394,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
                    help="override a setting, e.g. nodes.read.config.path=x.ndjson")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress and no summary")
+    r.add_argument("--workers", type=_positive, default=1, metavar="N",
+                   help="run N worker processes of the graph, supervised by this one (docs/scale.md)")
+    r.add_argument("--slots", type=_positive, metavar="TOTAL",
+                   help="worker slots of the graph on every host together (default: --workers); with --first-slot, "
+                   "hosts split postgres_source, generate and file_source between them (docs/scale.md)")
+    r.add_argument("--first-slot", type=int, default=0, metavar="K",
+                   help="this host's workers take slots K .. K+N-1 of --slots (default 0)")
+    r.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by the supervisor for its children
+    r.add_argument("--worker-report", help=argparse.SUPPRESS)
+    r.add_argument("--registry", metavar="URL|off",
+                   help="NATS where workers register (default: the graph's first nats connection; off: none)")
     _add_observe_args(r)
     r.set_defaults(fn=_cmd_run)
 
@@ -293,16 +416,32 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(fn=_cmd_graph)
 
     t = sub.add_parser("top", help="live view of a running graph (served with `run --metrics-port`)")
-    t.add_argument("url", nargs="?", default="http://127.0.0.1:9464",
-                   help="the run's metrics address (default http://127.0.0.1:9464)")
+    t.add_argument("url", nargs="*", help="the run's metrics address (default http://127.0.0.1:9464); several: "
+                   "the workers of one graph, shown as their sum")
+    t.add_argument("--graph", metavar="FILE", help="every registered worker of this graph (the NATS worker registry)")
+    t.add_argument("--registry", metavar="URL", help="NATS of the worker registry (default: the graph's nats connection)")
     t.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes")
     t.add_argument("--once", action="store_true", help="print one view (rates over one interval) and exit")
     t.set_defaults(fn=_cmd_top)
+
+    w = sub.add_parser("workers", help="list the running workers of a graph (every host) and their sum")
+    w.add_argument("file")
+    w.add_argument("--registry", metavar="URL", help="NATS of the worker registry (default: the graph's nats connection)")
+    w.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
+    w.add_argument("--format", choices=["text", "json"], default="text")
+    w.set_defaults(fn=_cmd_workers)
 
     s = sub.add_parser("schema", help="print the JSON Schema of the graph format")
     s.set_defaults(fn=_cmd_schema)
     _add_plugin_commands(sub)
     return p
+
+
+def _positive(text: str) -> int:
+    n = int(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {n}")
+    return n
 
 
 def _add_observe_args(r: argparse.ArgumentParser) -> None:
@@ -344,6 +483,7 @@ def _apply_limits(assignments: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what `--workers` starts its workers with
     _setup_logging(args)
     _apply_limits(args.limit)
     return int(args.fn(args))

@@ -28,27 +28,36 @@ class GenerateConfig(NodeConfig):
 
 class Generate(Source):
     Config = GenerateConfig
+    shared_by = "message numbers: worker i of N makes the numbers i, i+N, i+2N... at rate/N"
 
     def __init__(self, node_id: str, config: GenerateConfig, ctx: Any) -> None:
         super().__init__(node_id, config, ctx)
         self.expr = compile_expr(config.template) if config.template else None
 
     def total(self) -> int | None:
-        return self.config.count
+        return self._share()[0]
+
+    def _share(self) -> tuple[int | None, float | None]:
+        """This worker's count and rate (all of them without `--workers`)."""
+        cfg, w = self.config, self.ctx.worker
+        count = None if cfg.count is None else len(range(w.index, cfg.count, w.count))
+        return count, None if cfg.rate is None else cfg.rate / w.count
 
     async def run(self, out: SourceSender) -> None:
         import asyncio
 
         cfg = self.config
+        count, rate = self._share()
+        step, first = self.ctx.worker.count, self.ctx.worker.index
         i = 0
         started = time.monotonic()
         fn = self.expr.fn if self.expr else None
         tracker = out.tracker
-        while not out.stopping.is_set() and (cfg.count is None or i < cfg.count):
+        while not out.stopping.is_set() and (count is None or i < count):
             await out.wait_room()
-            n = cfg.batch if cfg.count is None else min(cfg.batch, cfg.count - i)
-            if cfg.rate is not None:
-                due = started + (i + n) / cfg.rate
+            n = cfg.batch if count is None else min(cfg.batch, count - i)
+            if rate is not None:
+                due = started + (i + n) / rate
                 delay = due - time.monotonic()
                 if delay > 0:
                     try:
@@ -59,8 +68,8 @@ class Generate(Source):
             now = time.time()
             msgs: list[Msg] = []
             errors: list[Msg] = []
-            ack = tracker.new_batch(n, i)  # one ack for the batch: nothing to acknowledge upstream per message
-            for j in range(i, i + n):
+            ack = tracker.new_batch(n, first + i * step)  # one ack a batch: nothing to acknowledge per message
+            for j in range(first + i * step, first + (i + n) * step, step):
                 meta = {"source": self.id, "seq": j, "timestamp": now}
                 if fn is None:
                     msgs.append(Msg({"i": j, "ts": now}, meta, ack, 32))

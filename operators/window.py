@@ -228,6 +228,7 @@ class Window(Operator):
 
     Config = WindowConfig
     ports = ("out", "late")
+    per_process_state = "keeps its open windows and their aggregates in this process"
 
     @classmethod
     def check(cls, config: Any, ctx: CheckContext) -> Iterable[CheckIssue]:

@@ -16,6 +16,7 @@ from engine import registry
 from engine.api import CheckContext, CheckIssue, Node, RetryPolicy, Upstream, cel_fields
 from engine.celc.cost import estimate
 from engine.compile.diagnostics import Diagnostic, GraphInvalid
+from engine.compile.scale import check_workers
 from engine.expr import CelError, compile_expr
 from engine.limits import Limits
 from engine.spec.models import NODE_ID_PATTERN, GraphSpec
@@ -224,8 +225,9 @@ def _apply_overrides(data: dict[str, Any], overrides: list[str]) -> None:
 
 
 def check_text(text: str, path: str = "<graph>", env: dict[str, str] | None = None,
-               overrides: list[str] | None = None) -> tuple[Graph | None, list[Diagnostic]]:
-    """Check a graph; return it (None when it has errors) and every diagnostic, sorted."""
+               overrides: list[str] | None = None, workers: int = 1) -> tuple[Graph | None, list[Diagnostic]]:
+    """Check a graph; return it (None when it has errors) and every diagnostic, sorted. With
+    `workers` > 1, also what N worker processes cannot run (engine.compile.scale)."""
     base_dir = os.path.dirname(os.path.abspath(path))
     try:
         loaded = load_yaml(text)
@@ -274,6 +276,7 @@ def check_text(text: str, path: str = "<graph>", env: dict[str, str] | None = No
         else:
             schemas[name] = schema
     graph_nodes, cel = _check_nodes(c, data["nodes"], data, connections, spec.schemas, spec)
+    check_workers(graph_nodes, workers, c.add)
     if any(d.severity == "error" for d in c.diags):
         return None, sorted(c.diags)
     warnings = [d for d in c.diags if d.severity == "warning"]
@@ -522,8 +525,8 @@ def _find_cycle(successors: dict[str, list[str]]) -> list[str] | None:
     return None
 
 
-def check_file(path: str, env: dict[str, str] | None = None, overrides: list[str] | None = None
-               ) -> tuple[Graph | None, list[Diagnostic]]:
+def check_file(path: str, env: dict[str, str] | None = None, overrides: list[str] | None = None,
+               workers: int = 1) -> tuple[Graph | None, list[Diagnostic]]:
     limits = Limits.from_env()
     try:
         text = _read_text(path, limits.graph_bytes)
@@ -531,7 +534,7 @@ def check_file(path: str, env: dict[str, str] | None = None, overrides: list[str
         return None, [Diagnostic(1, 1, "E001", f"cannot read graph file: {exc.strerror}", path)]
     except YamlError as exc:
         return None, [Diagnostic(exc.line, exc.col, exc.code, exc.message, path)]
-    return check_text(text, path, env, overrides)
+    return check_text(text, path, env, overrides, workers)
 
 
 def _read_text(path: str, max_bytes: int) -> str:
@@ -547,9 +550,10 @@ def _read_text(path: str, max_bytes: int) -> str:
         raise YamlError(f"YAML syntax error: not UTF-8 ({exc.reason} at byte {exc.start})", 1, 1) from None
 
 
-def load_graph(path: str, env: dict[str, str] | None = None, overrides: list[str] | None = None) -> Graph:
+def load_graph(path: str, env: dict[str, str] | None = None, overrides: list[str] | None = None,
+               workers: int = 1) -> Graph:
     """A checked graph, or `GraphInvalid` with every error."""
-    graph, diags = check_file(path, env, overrides)
+    graph, diags = check_file(path, env, overrides, workers)
     if graph is None:
         raise GraphInvalid([d for d in diags if d.severity == "error"])
     return graph

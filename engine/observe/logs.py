@@ -12,7 +12,7 @@ from typing import IO, Any
 
 import orjson
 
-__all__ = ["JsonFormatter", "LevelFilter", "parse_levels", "setup_logging"]
+__all__ = ["JsonFormatter", "LevelFilter", "WorkerTag", "parse_levels", "setup_logging", "tag_worker"]
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 
@@ -111,3 +111,23 @@ def setup_logging(specs: list[str], fmt: str = "auto", stream: IO[str] | None = 
     for name, level in per_logger.items():
         logging.getLogger(name).setLevel(level)
     return handler
+
+
+class WorkerTag(logging.Filter):
+    """Puts `worker` (its id, `<host>-<pid>`) on every record: the JSON lines of N workers stay apart."""
+
+    def __init__(self, worker: str):
+        super().__init__()
+        self.worker = worker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = self.worker
+        return True
+
+
+def tag_worker(worker: str) -> None:
+    """Tag every record that reaches the root logger's handlers with this worker's id."""
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(WorkerTag(worker))
+        if not isinstance(handler.formatter, JsonFormatter):  # text: the id after the level
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s [%(worker)s] %(name)s: %(message)s"))

@@ -46,6 +46,18 @@ class GraphCollector(Collector):
         self.started = time.time()
 
     def collect(self) -> Iterator[Metric]:
+        """Every family; under `run --workers N` (N > 1) each sample labelled with the `worker` id
+        (`<host>-<pid>`), so the workers add up in Prometheus: `sum without (worker) (...)`. A single
+        process (one per host) is told apart by Prometheus' own `instance` label."""
+        if self.runner.worker.count == 1:
+            yield from self._collect()
+            return
+        worker = self.runner.worker.id
+        for fam in self._collect():
+            fam.samples = [s._replace(labels={**s.labels, "worker": worker}) for s in fam.samples]
+            yield fam
+
+    def _collect(self) -> Iterator[Metric]:
         r = self.runner
         graph = r.graph.spec.name
         yield from self._nodes(r, graph)

@@ -32,6 +32,8 @@ _PAGE = """<!doctype html>
 <th>p99 batch</th><th>errors</th><th>filtered</th><th>dead-lettered</th><th>stalled</th></tr></thead><tbody></tbody></table>
 <table id="sources"><thead><tr><th>source</th><th>in</th><th>delivered</th><th>filtered</th><th>dead-lettered</th>
 <th>failed</th><th>in flight</th><th>stalled</th><th>lag</th><th>integrity</th></tr></thead><tbody></tbody></table>
+<table id="workers"><thead><tr><th>worker</th><th>slot</th><th>pid</th><th>version</th><th>in</th><th>delivered</th>
+<th>filtered</th><th>dead-lettered</th><th>in flight</th><th>metrics</th></tr></thead><tbody></tbody></table>
 <script>
 "use strict";
 let prev = null;
@@ -109,6 +111,17 @@ function update(cur) {{
       s.stalled_seconds ? s.stalled_seconds.toFixed(0) + " s" : "-", s.lag === null ? "-" : s.lag, s.balanced ? "ok" : "MISMATCH (" + s.unaccounted + ")"]));
   }}
   document.querySelector("#sources tbody").innerHTML = srows.join("");
+  const wrows = [];  // every registered worker of the graph (run --workers, several hosts) and their sum
+  if (cur.workers) {{
+    for (const w of cur.workers.list) {{
+      const t = w.totals;
+      wrows.push(row([esc(w.worker) + (w.worker === cur.worker.id ? " (this one)" : ""), w.index + "/" + w.count,
+        w.pid, esc(w.version), t.entered, t.delivered, t.filtered, t.dead_lettered, t.in_flight, esc(w.metrics || "-")]));
+    }}
+    const t = cur.workers.sum;
+    wrows.push(row(["sum", "", "", "", t.entered, t.delivered, t.filtered, t.dead_lettered, t.in_flight, ""]));
+  }}
+  document.querySelector("#workers tbody").innerHTML = wrows.join("");
   const st = document.getElementById("status");
   const down = cur.connections.filter((c) => !c.up).map((c) => c.node + "/" + c.connection);
   st.className = mismatch ? "mismatch" : cur.draining ? "draining" : "";

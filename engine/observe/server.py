@@ -35,6 +35,7 @@ class MetricsServer:
         self.registry = make_registry(runner, monitor)
         self._page = status_page(runner.graph).encode()
         self._server: asyncio.Server | None = None
+        self.presence: Any = None  # engine.observe.presence.Presence, when the run is registered
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, self.host, self.port)
@@ -54,6 +55,18 @@ class MetricsServer:
             await self._server.wait_closed()
             self._server = None
 
+    def stats(self) -> dict[str, Any]:
+        """`/api/stats`: this worker's snapshot, its id, and (registered) every worker of the graph and their sum."""
+        snap = stats_snapshot(self.runner, self.monitor)
+        w = self.runner.worker
+        snap["worker"] = {"id": w.id, "index": w.index, "count": w.count}
+        if self.presence is not None:
+            from engine.observe.presence import sum_totals
+
+            peers = self.presence.peers
+            snap["workers"] = {"list": peers, "sum": sum_totals(peers)}
+        return snap
+
     def respond(self, method: str, path: str) -> tuple[int, str, bytes]:
         """Status, content type and body for one request (no I/O: tests call it directly too)."""
         if method not in ("GET", "HEAD"):
@@ -62,7 +75,7 @@ class MetricsServer:
         if path == "/metrics":
             return 200, CONTENT_TYPE, render_metrics(self.registry)
         if path == "/api/stats":
-            return 200, "application/json", orjson.dumps(stats_snapshot(self.runner, self.monitor))
+            return 200, "application/json", orjson.dumps(self.stats())
         if path in ("/", "/index.html"):
             return 200, "text/html; charset=utf-8", self._page
         if path == "/healthz":

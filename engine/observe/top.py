@@ -20,7 +20,7 @@ from rich.text import Text
 
 from engine.observe.histogram import quantile
 
-__all__ = ["Scrape", "build_view", "metrics_url", "parse_metrics", "run_top"]
+__all__ = ["Scrape", "build_view", "merge", "metrics_url", "parse_metrics", "run_top"]
 
 _SOURCE_GAUGES = {
     "streamdag_source_in_flight": "in_flight",
@@ -98,6 +98,31 @@ def parse_metrics(text: str, now: float | None = None) -> Scrape:
             elif name == "streamdag_connection_up":
                 s.connections[(lab["node"], lab["connection"])] = value > 0
     return s
+
+
+def merge(scrapes: list[Scrape]) -> Scrape:
+    """The workers of one graph as one (`top` with several URLs): counters, gauges and histogram
+    buckets add up; a stall is the longest; a connection is up only if it is up in every worker."""
+    if len(scrapes) == 1:
+        return scrapes[0]
+    out = Scrape(max(s.time for s in scrapes), scrapes[0].graph, any(s.draining for s in scrapes))
+    for s in scrapes:
+        for table, into in ((s.nodes, out.nodes), (s.sources, out.sources)):
+            for name, values in table.items():
+                acc = into.setdefault(name, {})
+                for k, v in values.items():
+                    if isinstance(v, list):  # histogram buckets (le, count)
+                        summed = dict(acc.get(k, []))
+                        for le, n in v:
+                            summed[le] = summed.get(le, 0.0) + n
+                        acc[k] = sorted(summed.items())
+                    elif isinstance(v, float | int) and not isinstance(v, bool):
+                        acc[k] = max(acc.get(k, 0.0), v) if k == "stalled" else acc.get(k, 0.0) + v
+                    else:
+                        acc.setdefault(k, v)
+        for key, up in s.connections.items():
+            out.connections[key] = out.connections.get(key, True) and up
+    return out
 
 
 def _bucket(node: dict[str, Any], key: str, le: str, value: float) -> None:
@@ -216,9 +241,15 @@ def fetch(url: str, timeout: float = 2.0) -> str:
         return resp.read().decode("utf-8")
 
 
-def run_top(url: str, interval: float = 1.0, once: bool = False, console: Console | None = None) -> int:
-    """Refresh until Ctrl-C; `once` prints a single view (two scrapes `interval` apart) and returns."""
-    url = metrics_url(url)
+def _scrape(urls: list[str]) -> Scrape:
+    return merge([parse_metrics(fetch(u)) for u in urls])
+
+
+def run_top(url: str | list[str], interval: float = 1.0, once: bool = False, console: Console | None = None) -> int:
+    """Refresh until Ctrl-C; `once` prints a single view (two scrapes `interval` apart) and returns.
+    Several URLs (the workers of one graph) show as one graph: their sum."""
+    urls = [metrics_url(u) for u in ([url] if isinstance(url, str) else url)]
+    url = urls[0] if len(urls) == 1 else f"{len(urls)} workers"
     if console is None:
         console = Console()
         if not console.is_terminal:
@@ -226,9 +257,9 @@ def run_top(url: str, interval: float = 1.0, once: bool = False, console: Consol
     prev: Scrape | None = None
     if once:
         try:
-            prev = parse_metrics(fetch(url))
+            prev = _scrape(urls)
             time.sleep(interval)
-            cur = parse_metrics(fetch(url))
+            cur = _scrape(urls)
         except (urllib.error.URLError, OSError) as exc:
             console.print(f"error: cannot scrape {url}: {exc}", style="red")
             return 2
@@ -238,7 +269,7 @@ def run_top(url: str, interval: float = 1.0, once: bool = False, console: Consol
         try:
             while True:
                 try:
-                    cur = parse_metrics(fetch(url))
+                    cur = _scrape(urls)
                     live.update(build_view(prev, cur, url))
                     prev = cur
                 except (urllib.error.URLError, OSError) as exc:

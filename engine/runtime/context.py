@@ -3,14 +3,40 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # imported where awaited: node types import this module, and `validate` loads no asyncio
     import asyncio
 
-__all__ = ["NodeContext", "Resources"]
+__all__ = ["NodeContext", "Resources", "WorkerInfo"]
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """Which worker of a graph this process is (`streamdag run --workers N`): slot `index` of `count`
+    on this host, and an `id` unique among the graph's workers on every host (`<host>-<pid>`).
+
+    Finite sources split their input by it (`owns`); `postgres_source` reads its hash range of rows.
+    A process run without `--workers` is worker 0 of 1 and owns everything."""
+
+    index: int = 0
+    count: int = 1
+    host: str = field(default_factory=socket.gethostname)
+    pid: int = field(default_factory=os.getpid)
+    started: float = field(default_factory=time.time)
+
+    @property
+    def id(self) -> str:
+        return f"{self.host}-{self.pid}"
+
+    def owns(self, n: int) -> bool:
+        """Whether item number `n` (a line, a generated message) is this worker's to read."""
+        return n % self.count == self.index
 
 
 class Resources:
@@ -51,8 +77,10 @@ class Resources:
 
 class NodeContext:
     def __init__(self, node_id: str, connections: dict[str, dict[str, Any]], schemas: dict[str, Any],
-                 resources: Resources, base_dir: str = ".", clock: Callable[[], float] = time.time):
+                 resources: Resources, base_dir: str = ".", clock: Callable[[], float] = time.time,
+                 worker: WorkerInfo | None = None):
         self.node_id = node_id
+        self.worker = worker or WorkerInfo()
         self.connections = connections
         self.schemas = schemas
         self.resources = resources

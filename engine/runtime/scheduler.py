@@ -27,7 +27,7 @@ from engine.errors import NodeStartError, RunError
 from engine.message import AckTracker
 from engine.runtime.acks import AckPump
 from engine.runtime.channel import Channel
-from engine.runtime.context import NodeContext, Resources
+from engine.runtime.context import NodeContext, Resources, WorkerInfo
 from engine.runtime.gc import collect_garbage
 from engine.runtime.loops import NodeCrash, NodeLoops
 from engine.runtime.memory import tune_malloc
@@ -67,13 +67,14 @@ class RunReport:
 class Runner:
     """Instantiates the nodes of a graph and runs them as its `Plan` says."""
 
-    def __init__(self, graph: Graph | Plan, clock: Any = time.time):
+    def __init__(self, graph: Graph | Plan, clock: Any = time.time, worker: WorkerInfo | None = None):
         plan = graph if isinstance(graph, Plan) else build_plan(graph)
         self._s = s = RunState(plan, clock)
+        s.worker = worker or WorkerInfo()
         self.view = RunView(s)
         g = plan.graph
         for node_id, rn in g.nodes.items():
-            ctx = NodeContext(node_id, g.connections, g.schemas, s.resources, g.base_dir, clock)
+            ctx = NodeContext(node_id, g.connections, g.schemas, s.resources, g.base_dir, clock, s.worker)
             s.nodes[node_id] = rn.cls(node_id, rn.config, ctx)
             s.stats[node_id] = NodeStats(node_id, rn.kind, rn.type)
             if rn.kind != "source" and node_id not in plan.inline:

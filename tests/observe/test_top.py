@@ -125,3 +125,22 @@ def test_top_under_tmux(live_run: LiveRun) -> None:
         assert "streamdag top  observed  running" in s and "price" in s and "integrity" in s
     finally:
         subprocess.run(["tmux", "-L", sock, "kill-server"], capture_output=True, check=False)
+
+
+def test_the_workers_of_a_graph_add_up_in_one_view() -> None:
+    """`top` with several URLs (or --graph): counters, gauges and buckets add; a stall is the longest;
+    a connection is up only where it is up in every worker."""
+    from engine.observe.top import Scrape, merge
+
+    a = Scrape(1.0, "g", nodes={"map": {"in": 10.0, "stalled": 2.0, "batch_buckets": [(0.1, 3.0), (1.0, 4.0)],
+                                        "type": "map"}},
+               sources={"src": {"entered": 10.0, "in_flight": 1.0}}, connections={("src", "nats"): True})
+    b = Scrape(2.0, "g", draining=True, nodes={"map": {"in": 5.0, "stalled": 7.0, "batch_buckets": [(0.1, 1.0)],
+                                                       "type": "map"}},
+               sources={"src": {"entered": 4.0, "in_flight": 2.0}}, connections={("src", "nats"): False})
+    m = merge([a, b])
+    assert (m.time, m.graph, m.draining) == (2.0, "g", True)
+    assert m.nodes["map"] == {"in": 15.0, "stalled": 7.0, "batch_buckets": [(0.1, 4.0), (1.0, 4.0)], "type": "map"}
+    assert m.sources["src"] == {"entered": 14.0, "in_flight": 3.0}
+    assert m.connections == {("src", "nats"): False}
+    assert merge([a]) is a

@@ -308,10 +308,11 @@ class HttpServer:
         self._server: asyncio.base_events.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
-    async def start(self, host: str, port: int) -> tuple[str, int]:
+    async def start(self, host: str, port: int, reuse_port: bool = False) -> tuple[str, int]:
+        """Listen; with `reuse_port` (workers of one graph), beside other processes on the same port."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: _Conn(self), host, port, backlog=1024,
-                                                reuse_address=True)
+                                                reuse_address=True, reuse_port=reuse_port or None)
         self._sweeper = loop.create_task(self._sweep())
         sock = self._server.sockets[0].getsockname()
         return sock[0], sock[1]

@@ -70,6 +70,7 @@ class HttpSource(Source):
     """HTTP ingest gateway; see docs/http.md."""
 
     Config: ClassVar[type[HttpSourceConfig]] = HttpSourceConfig
+    shared_by: ClassVar[str] = "the port: every worker listens on it (SO_REUSEPORT), the kernel spreads connections"
 
     def __init__(self, node_id: str, config: HttpSourceConfig, ctx: Any):
         import asyncio
@@ -124,7 +125,7 @@ class HttpSource(Source):
                                  max_buffered=max(cfg.max_buffered_bytes, cfg.max_body_bytes),
                                  head_check=self.head_check, retry_after=cfg.retry_after,
                                  idle_timeout=cfg.idle_timeout)
-        self.address = await self.server.start(cfg.host, cfg.port)
+        self.address = await self.server.start(cfg.host, cfg.port, reuse_port=self.ctx.worker.count > 1)
         self.ctx.log.info("http_source %s listening on http://%s:%d%s", self.id, *self.address, cfg.path)
 
     async def run(self, out: Any) -> None:

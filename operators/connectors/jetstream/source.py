@@ -89,7 +89,8 @@ class JetStreamSourceConfig(NodeConfig):
     start_time: datetime | None = Field(
         None, description="First message time, ISO 8601 (deliver: by_start_time)."
     )
-    ack_wait: Duration = Field(30.0, gt=0, description="Seconds before an unacked message is redelivered.")
+    ack_wait: Duration = Field(5.0, gt=0, description="Seconds before an unacked message is redelivered (to another "
+                               "worker when its holder died: the takeover time, docs/scale.md).")
     max_deliver: int = Field(5, ge=1, description="Deliveries before a failing message is dead-lettered.")
     max_ack_pending: int | None = Field(
         None,
@@ -159,6 +160,7 @@ class JetStreamSource(Source):
 
     Config = JetStreamSourceConfig
     connection_types = ("nats",)
+    shared_by = "the durable pull consumer: the server hands each message to one puller"
     redelivers = True  # reject() naks with the retry delay; dead-letters at max_deliver
 
     def __init__(self, node_id: str, config: JetStreamSourceConfig, ctx: Any):

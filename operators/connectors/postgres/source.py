@@ -12,6 +12,13 @@ transaction that stores it (outbox clean-up). With `listen`, a NOTIFY on that ch
 
 The cursor must be unique and increase in commit order (a bigserial filled by one writer, or an
 outbox whose writers serialize): rows committed late with a smaller value are skipped.
+
+Under `--workers N`, worker i reads only the rows whose `hashtext(cursor::text)` falls in its
+range (mod N = i), and stores its own position (`<key>#i/N`): no row is read by two workers and
+no lock or claim is written per row. A worker with no stored position of its own (first run, or
+N changed) starts after the smallest position stored by a run of one worker or of another worker
+count, so nothing is skipped (some rows may be read again: at-least-once). A dead worker's range waits for its
+restart (the supervisor restarts it); docs/scale.md.
 """
 
 from __future__ import annotations
@@ -82,6 +89,7 @@ class PostgresSource(Source):
 
     Config: ClassVar[type[NodeConfig]] = PostgresSourceConfig
     connection_types: ClassVar[tuple[str, ...]] = ("postgres",)
+    shared_by: ClassVar[str] = "hash ranges of the cursor: worker i of N reads rows with hashtext(cursor) mod N = i"
     config: PostgresSourceConfig
 
     @classmethod
@@ -125,6 +133,11 @@ class PostgresSource(Source):
         else:
             base = cfg.query or ""
         ptable = quote_qualified(cfg.position_table)
+        w = self.ctx.worker
+        shard = ""
+        if w.count > 1:  # this worker's hash range of the cursor, and a position of its own
+            shard = f"mod(hashtext(q.{cursor}::text)::bigint + 2147483648, {w.count}) = {w.index}"
+            base_key, self.key = self.key, f"{self.key}#{w.index}/{w.count}"
         async with self.pool.acquire() as conn:
             if cfg.table is not None and await conn.fetchval("SELECT to_regclass($1)", quote_qualified(cfg.table)) is None:
                 raise RuntimeError(f"postgres_source {self.id}: table {cfg.table!r} does not exist")
@@ -137,18 +150,45 @@ class PostgresSource(Source):
             await conn.execute(f"CREATE TABLE IF NOT EXISTS {ptable} (name text PRIMARY KEY, position text, "
                                "updated_at timestamptz NOT NULL DEFAULT now())")
             self.position = await conn.fetchval(f"SELECT position FROM {ptable} WHERE name = $1", self.key)
+            if self.position is None and shard:
+                self.position = await self._earlier_position(conn, ptable, ctype, base_key)
         if self.position is None:
             self.position = cfg.start_after
         self._read_after = self.position
         select = f"SELECT q.*, q.{cursor}::text AS {_POS} FROM ({base}) AS q"
-        self._first_sql = f"{select} ORDER BY q.{cursor} LIMIT $1"
-        self._next_sql = f"{select} WHERE q.{cursor} > $1::text::{ctype} ORDER BY q.{cursor} LIMIT $2"
-        self._delete_sql = (f"DELETE FROM {quote_qualified(cfg.table)} WHERE {cursor} <= $1::text::{ctype}"
-                            if cfg.delete_acked and cfg.table else None)
-        self._lag_sql = f"SELECT count(*) FROM ({base}) AS q WHERE $1::text IS NULL OR q.{cursor} > $1::text::{ctype}"
+        mine, and_mine = (f" WHERE {shard}", f" AND {shard}") if shard else ("", "")
+        self._first_sql = f"{select}{mine} ORDER BY q.{cursor} LIMIT $1"
+        self._next_sql = f"{select} WHERE q.{cursor} > $1::text::{ctype}{and_mine} ORDER BY q.{cursor} LIMIT $2"
+        self._delete_sql = (f"DELETE FROM {quote_qualified(cfg.table)} AS q WHERE q.{cursor} <= $1::text::{ctype}"
+                            f"{and_mine}" if cfg.delete_acked and cfg.table else None)
+        self._lag_sql = (f"SELECT count(*) FROM ({base}) AS q WHERE ($1::text IS NULL OR q.{cursor} > $1::text::{ctype})"
+                         f"{and_mine}")
         self._save_sql = (f"INSERT INTO {ptable} (name, position) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE "
                           "SET position = EXCLUDED.position, updated_at = now()")
         self.ctx.log.info("postgres_source %s: starting after position %r", self.id, self.position)
+
+    async def _earlier_position(self, conn: Any, ptable: str, ctype: str, base_key: str) -> str | None:
+        """Where a worker of a new layout (no position of its own) starts: after the slowest position
+        stored by a run of one worker or of another worker count, so no row is skipped; None (the
+        start) if some earlier layout's range never stored one. Other ranges of this layout say
+        nothing about this one's rows (they may have started earlier), so they are not consulted."""
+        count = self.ctx.worker.count
+        rows = await conn.fetch(f"SELECT name FROM {ptable} WHERE name = $1 OR left(name, length($2)) = $2",
+                                base_key, base_key + "#")
+        layouts: dict[int, int] = {}
+        names = []
+        for r in rows:
+            name = r["name"]
+            if name != base_key:
+                _, _, of = name.rpartition("/")
+                if not of.isdigit() or int(of) == count:
+                    continue
+                layouts[int(of)] = layouts.get(int(of), 0) + 1
+            names.append(name)
+        if not names or any(n < of for of, n in layouts.items()):
+            return self.config.start_after
+        return await conn.fetchval(f"SELECT min(position::{ctype})::text FROM {ptable} WHERE name = ANY($1::text[])",
+                                   names)
 
     async def lag(self) -> int | None:
         """Rows after the stored position: the backlog not yet acknowledged by the graph."""

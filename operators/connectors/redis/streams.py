@@ -85,10 +85,11 @@ class RedisStreamSourceConfig(NodeConfig):
     start: Annotated[Literal["$", "0"], BeforeValidator(lambda v: "0" if v == 0 and v is not False else v)] = Field(
         "$", description="Where a group created by this source starts: `$` new entries only, `0` the whole stream "
         "(`0` unquoted in YAML is accepted too).")
-    min_idle: PositiveDuration = Field(60.0, description="Entries pending longer than this in any consumer "
-                               "are claimed and delivered again.", examples=["60s", "5m"])
+    min_idle: PositiveDuration = Field(5.0, description="Entries pending longer than this in any consumer "
+                               "are claimed and delivered again (a dead worker's entries: takeover within min_idle + "
+                               "claim_interval, docs/scale.md).", examples=["5s", "5m"])
     claim_interval: PositiveDuration = Field(
-        20.0, description="Time between two reclaim passes (one runs at start). Each pass also resets the "
+        1.0, description="Time between two reclaim passes (one runs at start). Each pass also resets the "
         "idle time of this consumer's own slow in-flight entries, so other consumers do not take them while "
         "they are being processed: keep it below half of `min_idle`.")
     max_deliver: int = Field(5, ge=1, description="Deliveries before an entry goes to the errors port "
@@ -110,6 +111,7 @@ class RedisStreamSource(Source):
 
     Config: ClassVar[type[NodeConfig]] = RedisStreamSourceConfig
     connection_types: ClassVar[tuple[str, ...]] = ("redis",)
+    shared_by: ClassVar[str] = "the consumer group: each worker is a consumer of its own name"
     redelivers = True  # reject() leaves the entry pending; reclaimed after min_idle; dead letter at max_deliver
     config: RedisStreamSourceConfig
 
