@@ -85,14 +85,22 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_graph(args: argparse.Namespace) -> int:
-    from engine.compile import render
+def _load(args: argparse.Namespace, workers: int = 1) -> Any:
+    """The checked graph of `args.file` (with `--set` overrides), or None after printing its errors."""
     from engine.compile.validate import load_graph
 
     try:
-        graph = load_graph(args.file, overrides=args.set)
+        return load_graph(args.file, overrides=args.set, workers=workers)
     except GraphInvalid as exc:
         print(exc, file=sys.stderr)
+        return None
+
+
+def _cmd_graph(args: argparse.Namespace) -> int:
+    from engine.compile import render
+
+    graph = _load(args)
+    if graph is None:
         return EXIT_INVALID
     if args.format == "png":
         return _graph_png(render.to_dot(graph), args.output)
@@ -225,13 +233,10 @@ def _cmd_workers(args: argparse.Namespace) -> int:
     """`streamdag workers G`: the registered workers of the graph, on every host, and their sum."""
     import asyncio
 
-    from engine.compile.validate import load_graph
     from engine.observe.presence import format_workers, list_workers, registry_url, sum_totals
 
-    try:
-        graph = load_graph(args.file, overrides=args.set)
-    except GraphInvalid as exc:
-        print(exc, file=sys.stderr)
+    graph = _load(args)
+    if graph is None:
         return EXIT_INVALID
     settings = registry_url(graph, args.registry)
     if settings is None:
@@ -330,12 +335,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"error: --first-slot {args.first_slot} + --workers {args.workers} is more than --slots {_slots(args)}",
               file=sys.stderr)
         return EXIT_INVALID
-    from engine.compile.validate import load_graph
-
-    try:
-        graph = load_graph(args.file, overrides=args.set, workers=_slots(args))
-    except GraphInvalid as exc:
-        print(exc, file=sys.stderr)
+    graph = _load(args, workers=_slots(args))
+    if graph is None:
         return EXIT_INVALID
     child = args.worker_index is not None
     for w in graph.warnings if not child else ():
