@@ -25,6 +25,7 @@ from engine import (
     Output,
     PositiveDuration,
     compile_expr,
+    connection_field,
 )
 from operators.connectors.redis.connection import connection_errors, raise_if_cancelled, redis_client
 
@@ -34,7 +35,7 @@ __all__ = ["Dedupe", "DedupeConfig"]
 class DedupeConfig(NodeConfig):
     """Drop messages whose key (CEL) was already seen within `ttl`; duplicates are acked and counted."""
 
-    connection: str = Field(description="Name of a `redis` connection.", examples=["cache"])
+    connection: str = connection_field("redis", "cache")
     key: CelExpr = Field(description="CEL expression giving the deduplication key.", examples=["msg.event_id"])
     ttl: PositiveDuration = Field(86400.0, description="How long a key is remembered (the window).",
                           examples=["1h", "7d"])

@@ -89,7 +89,7 @@ class Retrier:
                 delay = rn.retry.backoff(attempt, random.random())
                 log.debug("node %s: attempt %d failed (%s); retrying in %.2fs", rn.id, attempt, reason, delay)
                 self._check_alert(rn, stats)
-                await self._sleep(delay, getattr(getattr(self.s.nodes[rn.id], "ctx", None), "retry_now", None))
+                await self._sleep(delay, self.s.nodes[rn.id].ctx.retry_now)
                 attempt += 1
 
     def _stalled(self, rn: ResolvedNode, stats: NodeStats, kind: str, reason: str) -> None:

@@ -31,6 +31,7 @@ from engine import (
     Sink,
     Unavailable,
     compile_expr,
+    connection_field,
     encode_failure,
 )
 
@@ -65,7 +66,7 @@ _MESSAGE_REJECTS = ("message size", "maximum payload", "wrong last", "expected",
 class JetStreamSinkConfig(NodeConfig):
     """Publish each message to a JetStream subject and wait for the stream to store it."""
 
-    connection: str = Field(description="Name of a `nats` connection.", examples=["nats"])
+    connection: str = connection_field("nats", "nats")
     subject: str | None = Field(None, description="Fixed subject to publish to.", examples=["clean.orders"])
     subject_expr: CelExpr | None = Field(
         None, description="CEL expression giving each message's subject.", examples=["'orders.' + msg.region"]

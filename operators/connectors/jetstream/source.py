@@ -50,6 +50,7 @@ from engine import (
     Size,
     Source,
     SourceSender,
+    connection_field,
 )
 from engine import codec as json_codec
 
@@ -69,7 +70,7 @@ _LOST_AFTER = 2.0  # seconds past `expires` after which an open pull request wit
 class JetStreamSourceConfig(NodeConfig):
     """Read a JetStream stream through a durable pull consumer (created if missing, else bound)."""
 
-    connection: str = Field(description="Name of a `nats` connection.", examples=["nats"])
+    connection: str = connection_field("nats", "nats")
     stream: str = Field(description="Stream to read.", examples=["ORDERS"])
     durable: str = Field(
         description="Durable consumer name; created if missing, else bound.", examples=["orders-etl"]

@@ -24,6 +24,7 @@ from engine import (
     Msg,
     NodeConfig,
     Operator,
+    connection_field,
 )
 from operators.connectors.postgres.client import (
     check_all,
@@ -44,7 +45,7 @@ _KEY = "__streamdag_key"
 class PgLookupConfig(NodeConfig):
     """Add a table row, found by key, to each message."""
 
-    connection: str = Field(description="Name of a `type: postgres` entry in `connections`.", examples=["pg"])
+    connection: str = connection_field("postgres", "pg")
     table: str = Field(description="Table to look in (`name` or `schema.name`).", examples=["customers"])
     key_column: str = Field(description="Column matched against the key (should be unique).", examples=["id"])
     key: CelExpr = Field(description="CEL giving the key of a message.", examples=["msg.customer_id"])

@@ -32,6 +32,7 @@ from engine import (
     OutcomeUnknown,
     RetryPolicy,
     Sink,
+    connection_field,
     encode_failure,
 )
 from operators.connectors.postgres.client import (
@@ -85,7 +86,7 @@ Column = Annotated[ColumnSpec, BeforeValidator(_expand_column, json_schema_input
 class PostgresSinkConfig(NodeConfig):
     """Write messages as rows of a PostgreSQL table, one transaction per batch."""
 
-    connection: str = Field(description="Name of a `type: postgres` entry in `connections`.", examples=["pg"])
+    connection: str = connection_field("postgres", "pg")
     table: str = Field(description="Target table, `name` or `schema.name`.", examples=["orders"])
     mode: Mode = Field("insert", description="insert: a conflict is an error; insert_ignore: ON CONFLICT DO "
                        "NOTHING; upsert: ON CONFLICT DO UPDATE (last message wins); last_write_wins: update "

@@ -29,7 +29,17 @@ from typing import Any, ClassVar
 
 from pydantic import Field, model_validator
 
-from engine import CheckContext, CheckIssue, MessageError, Msg, NodeConfig, RetryPolicy, Source, StopRetrying
+from engine import (
+    CheckContext,
+    CheckIssue,
+    MessageError,
+    Msg,
+    NodeConfig,
+    RetryPolicy,
+    Source,
+    StopRetrying,
+    connection_field,
+)
 from operators.connectors.postgres.client import (
     check_all,
     connect_args,
@@ -51,7 +61,7 @@ _POS = "__streamdag_pos"
 class PostgresSourceConfig(NodeConfig):
     """Read rows in order of an increasing column, remembering the position across restarts."""
 
-    connection: str = Field(description="Name of a `type: postgres` entry in `connections`.", examples=["pg"])
+    connection: str = connection_field("postgres", "pg")
     table: str | None = Field(None, description="Table to read (`name` or `schema.name`).", examples=["outbox"])
     query: str | None = Field(None, description="Or a SELECT to read from (run as a subquery; trusted config "
                               "text, not message content).", examples=["SELECT id, payload FROM outbox WHERE kind = 'order'"])

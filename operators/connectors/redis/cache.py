@@ -24,6 +24,7 @@ from engine import (
     Sink,
     Unavailable,
     compile_expr,
+    connection_field,
     encode_failure,
 )
 from operators.connectors.redis.connection import (
@@ -70,7 +71,7 @@ def encode_value(value: Any) -> bytes | str:
 class RedisCacheSinkConfig(NodeConfig):
     """Write each message under a key built by CEL, as a value or a hash, with a TTL and optional version."""
 
-    connection: str = Field(description="Name of a `redis` connection.", examples=["cache"])
+    connection: str = connection_field("redis", "cache")
     key: CelExpr = Field(description="CEL expression giving the key.", examples=['"user:" + msg.user'])
     value: CelExpr | None = Field(None, description="CEL expression of what to store; the whole body if unset.",
                                   examples=["msg.profile"])

@@ -25,6 +25,7 @@ from engine import (
     PayloadTooLarge,
     codec,
     compile_expr,
+    connection_field,
 )
 from operators.connectors.redis.connection import connection_errors, raise_if_cancelled, redis_client
 
@@ -34,7 +35,7 @@ __all__ = ["RedisLookup", "RedisLookupConfig"]
 class RedisLookupConfig(NodeConfig):
     """Enrich each message with the value stored in Redis under a key built by CEL."""
 
-    connection: str = Field(description="Name of a `redis` connection.", examples=["cache"])
+    connection: str = connection_field("redis", "cache")
     key: CelExpr = Field(description="CEL expression giving the key to read.", examples=['"user:" + msg.user'])
     into: str = Field("lookup", description="Body field that receives the value (the body must be a map).",
                       examples=["user"])

@@ -41,6 +41,7 @@ from engine import (
     Unavailable,
     codec,
     compile_expr,
+    connection_field,
     encode_failure,
 )
 from operators.connectors.redis.connection import (
@@ -70,7 +71,7 @@ class _Stopped(Exception):
 class RedisStreamSourceConfig(NodeConfig):
     """Read a Redis stream through a consumer group; XACK when the sinks have committed."""
 
-    connection: str = Field(description="Name of a `redis` connection.", examples=["cache"])
+    connection: str = connection_field("redis", "cache")
     stream: str = Field(description="Stream key.", examples=["events"])
     group: str = Field(description="Consumer group; created if missing.", examples=["etl"])
     consumer: str | None = Field(
@@ -462,7 +463,7 @@ _SCRIPT_CHUNK = 1000  # entries per EVALSHA: bounds how long one call holds the 
 class RedisStreamSinkConfig(NodeConfig):
     """Append each message to a Redis stream (XADD, capped with MAXLEN ~ N)."""
 
-    connection: str = Field(description="Name of a `redis` connection.", examples=["cache"])
+    connection: str = connection_field("redis", "cache")
     stream: str = Field(description="Stream key.", examples=["events.clean"])
     field: str = Field("body", description="Entry field holding the body (JSON by orjson; bytes as is).")
     maxlen: int | None = Field(10_000, ge=1, description="Cap on the stream length; null for no cap.")
