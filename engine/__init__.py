@@ -27,6 +27,7 @@ _EXPORTS: dict[str, str] = {
     "Context": "engine.hooks", "Output": "engine.hooks", "SourceSender": "engine.hooks",
     "AckFactory": "engine.hooks", "SharedResources": "engine.hooks", "HasLag": "engine.hooks",
     "HasConnectionState": "engine.hooks", "HasMetrics": "engine.hooks", "HasTotal": "engine.hooks",
+    "PartitionEvents": "engine.partitions",
     "ERRORS": "engine.runtime.outputs", "error_envelope": "engine.runtime.outputs",
     "inner_outputs": "engine.runtime.outputs",
     # CEL (engine.expr)
@@ -119,6 +120,7 @@ if TYPE_CHECKING:
         Msg,
         own_ack,
     )
+    from engine.partitions import PartitionEvents
     from engine.runtime.outputs import ERRORS, error_envelope, inner_outputs
     from engine.spec.connections import NatsConnection, NatsStream
     from engine.spec.units import Duration, PositiveDuration, Size

@@ -16,6 +16,7 @@ if TYPE_CHECKING:  # node types import these protocols; validating a graph loads
     import logging
 
     from engine.message import Ack, Msg
+    from engine.partitions import PartitionEvents
 
 __all__ = [
     "AckFactory",
@@ -81,6 +82,12 @@ class Context(Protocol):
     def worker(self) -> Any:
         """Which worker of the graph this is (`engine.runtime.context.WorkerInfo`: index, count, id,
         `owns(n)`); worker 0 of 1 without `--workers`."""
+        ...
+
+    @property
+    def partitions(self) -> PartitionEvents:
+        """The run's partition ownership (`engine.partitions`): partitioned sources report what they
+        own, stateful nodes subscribe to hear partitions come and go."""
         ...
 
     def connection(self, name: str) -> dict[str, Any]: ...

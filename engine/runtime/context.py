@@ -10,6 +10,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from engine.partitions import PartitionEvents
+
 if TYPE_CHECKING:  # imported where awaited: node types import this module, and `validate` loads no asyncio
     import asyncio
 
@@ -78,8 +80,10 @@ class Resources:
 class NodeContext:
     def __init__(self, node_id: str, connections: dict[str, dict[str, Any]], schemas: dict[str, Any],
                  resources: Resources, base_dir: str = ".", clock: Callable[[], float] = time.time,
-                 worker: WorkerInfo | None = None):
+                 worker: WorkerInfo | None = None, partitions: PartitionEvents | None = None):
         self.node_id = node_id
+        # the run's partition ownership (engine.partitions): one object shared by every node of a run
+        self.partitions = partitions if partitions is not None else PartitionEvents()
         self.worker = worker or WorkerInfo()
         self.connections = connections
         self.schemas = schemas

@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from engine.message import AckTracker
+from engine.partitions import PartitionEvents
 from engine.runtime.channel import Channel
 from engine.runtime.context import Resources, WorkerInfo
 from engine.runtime.outputs import Outputs, SourceOutput
@@ -39,6 +40,7 @@ class RunState:
         self.clock = clock
         self.resources = Resources()
         self.worker = WorkerInfo()  # which worker of the graph this run is (`--workers`)
+        self.partitions = PartitionEvents()  # partition ownership, reported by partitioned sources
         self.nodes: dict[str, Any] = {}
         self.stats: dict[str, NodeStats] = {}
         self.channels: dict[str, Channel] = {}
