@@ -181,6 +181,10 @@ class Node:
     # Non-empty when the node keeps state across messages in its process, saying what: such a node
     # cannot run under `--workers` > 1 (E260, engine.compile.scale).
     per_process_state: ClassVar[str] = ""
+    # For the reference page (`streamdag docs`): a whole graph using the type (validated by a test),
+    # and what each output port carries when the type has named or config-dependent ports.
+    example: ClassVar[str] = ""
+    port_docs: ClassVar[dict[str, str]] = {}
 
     def __init__(self, node_id: str, config: Any, ctx: Context):
         self.id = node_id

@@ -1,4 +1,4 @@
-"""`streamdag validate | run | graph | schema`: parses arguments and calls spec, compile and runtime."""
+"""`streamdag validate | run | graph | schema | docs`: parses arguments and calls spec, compile and runtime."""
 
 from __future__ import annotations
 
@@ -83,6 +83,30 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
     print(json.dumps(graph_schema(), indent=2, sort_keys=True))
     return EXIT_OK
+
+
+def _cmd_docs(args: argparse.Namespace) -> int:
+    """Write (or with --check, compare) the reference page of every node type."""
+    from pathlib import Path
+
+    from engine.compile.docs import node_pages
+
+    out = Path(args.output)
+    stale = []
+    for name, text in node_pages().items():
+        path = out / name
+        current = path.read_text(encoding="utf-8") if path.exists() else None
+        if current == text:
+            continue
+        stale.append(str(path))
+        if not args.check:
+            out.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+    if args.check and stale:
+        print(f"out of date (run: streamdag docs -o {out}): {', '.join(stale)}", file=sys.stderr)
+        return 1
+    print(f"{len(stale)} page(s) {'would change' if args.check else 'written'} in {out}")
+    return 0
 
 
 def _load(args: argparse.Namespace, workers: int = 1) -> Any:
@@ -434,6 +458,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("schema", help="print the JSON Schema of the graph format")
     s.set_defaults(fn=_cmd_schema)
+    d = sub.add_parser("docs", help="write the reference page of every node type (docs/nodes/<type>.md)")
+    d.add_argument("-o", "--output", default="docs/nodes", help="folder of the pages (default docs/nodes)")
+    d.add_argument("--check", action="store_true", help="write nothing; exit 1 if a page differs")
+    d.set_defaults(fn=_cmd_docs)
     _add_plugin_commands(sub)
     return p
 

@@ -42,6 +42,23 @@ class Batch(Operator):
     """Meta of a group: `batch_count`, `batch_bytes`, and `source`/`first_meta` of its first message."""
 
     Config = BatchConfig
+    example = """\
+version: 1
+name: batch_example
+defaults: {dead_letter: dead}              # every errors port not wired explicitly
+nodes:
+  orders:
+    type: generate
+    config:
+      count: 1000
+      template: '{"id": msg.i, "user": "u" + string(msg.i % 7), "amount": double(msg.i % 250)}'
+  groups:
+    type: batch
+    inputs: [orders]
+    config: {count: 100, period: 1.0}
+  out: {type: file_sink, inputs: [groups], config: {path: out/groups.ndjson}}
+  dead: {type: file_sink, inputs: [orders.errors], config: {path: out/dead.ndjson}}
+"""
 
     def __init__(self, node_id: str, config: BatchConfig, ctx: Any) -> None:
         super().__init__(node_id, config, ctx)

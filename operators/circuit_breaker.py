@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterable
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -27,7 +27,10 @@ __all__ = ["CircuitBreaker", "CircuitBreakerConfig"]
 class CircuitBreakerConfig(NodeConfig):
     """Run `operator`; after `failures` failed calls in a row, stop calling it for `reset_after` seconds."""
 
-    operator: InnerOperator = Field(examples=[{"type": "map", "config": {"expr": "msg"}}])
+    operator: InnerOperator = Field(
+        description="The operator to call and guard: `type` and `config`, as a node has (no `inputs`).",
+        examples=[{"type": "map", "config": {"expr": "msg"}}],
+    )
     failures: int = Field(5, ge=1, le=10_000, description="Consecutive failed calls that open the circuit.")
     reset_after: float = Field(30.0, gt=0, le=86_400, description="Seconds the circuit stays open.")
     when_open: Literal["wait", "errors"] = Field(
@@ -39,6 +42,35 @@ class CircuitBreaker(Operator):
     """`state` is "closed", "open" or "half-open"; `opened` counts how many times it opened."""
 
     Config = CircuitBreakerConfig
+    example = """\
+version: 1
+name: circuit_breaker_example
+connections:
+  pg: {type: postgres, dsn: "${PG_DSN:-postgresql://root@127.0.0.1:5432/test}"}
+defaults: {dead_letter: dead}              # every errors port not wired explicitly
+nodes:
+  orders:
+    type: generate
+    config:
+      count: 1000
+      template: '{"id": msg.i, "user": "u" + string(msg.i % 7), "amount": double(msg.i % 250)}'
+  enrich:
+    type: circuit_breaker
+    inputs: [orders]
+    config:
+      failures: 5                    # failed calls in a row that open the circuit
+      reset_after: 30                 # seconds
+      when_open: wait                # hold batches (backpressure) while open
+      operator:
+        type: pg_lookup
+        config: {connection: pg, table: customers, key_column: id, key: msg.user, into: customer}
+  show: {type: stdout, inputs: [enrich]}
+  dead: {type: file_sink, inputs: [orders.errors], config: {path: out/dead.ndjson}}
+"""
+    port_docs: ClassVar[dict[str, str]] = {
+        "<inner ports>": "the ports of `operator` (its `out` and any named ports, such as the `miss` port of "
+            "`redis_lookup`)",
+    }
 
     def __init__(self, node_id: str, config: CircuitBreakerConfig, ctx: Any) -> None:
         super().__init__(node_id, config, ctx)

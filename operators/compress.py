@@ -47,6 +47,23 @@ class Compress(Operator):
     """Sets `meta.content_encoding` to the codec; `size` becomes the compressed length."""
 
     Config = CompressConfig
+    example = """\
+version: 1
+name: compress_example
+defaults: {dead_letter: dead}              # every errors port not wired explicitly
+nodes:
+  orders:
+    type: generate
+    config:
+      count: 1000
+      template: '{"id": msg.i, "user": "u" + string(msg.i % 7), "amount": double(msg.i % 250)}'
+  pack:
+    type: compress
+    inputs: [orders]
+    config: {codec: zstd, level: 3}
+  out: {type: file_sink, inputs: [pack], config: {path: out/orders.zst, format: raw}}
+  dead: {type: file_sink, inputs: [orders.errors], config: {path: out/dead.ndjson}}
+"""
     inline = True
 
     def __init__(self, node_id: str, config: CompressConfig, ctx: Any) -> None:
@@ -91,6 +108,24 @@ class _Bad(Exception):
 
 class Decompress(Operator):
     Config = DecompressConfig
+    example = """\
+version: 1
+name: decompress_example
+defaults: {dead_letter: dead}              # every errors port not wired explicitly
+nodes:
+  orders:
+    type: generate
+    config:
+      count: 1000
+      template: '{"id": msg.i, "user": "u" + string(msg.i % 7), "amount": double(msg.i % 250)}'
+  pack: {type: compress, inputs: [orders], config: {codec: gzip}}
+  unpack:
+    type: decompress
+    inputs: [pack]
+    config: {codec: auto, parse: json}
+  show: {type: stdout, inputs: [unpack]}
+  dead: {type: file_sink, inputs: [orders.errors], config: {path: out/dead.ndjson}}
+"""
     inline = True
 
     def __init__(self, node_id: str, config: DecompressConfig, ctx: Any) -> None:

@@ -50,6 +50,25 @@ class Dedupe(Operator):
     """SET NX GET per key, one pipeline per batch."""
 
     Config: ClassVar[type[NodeConfig]] = DedupeConfig
+    example = """\
+version: 1
+name: dedupe_example
+connections:
+  cache: {type: redis, url: "${REDIS_URL:-redis://127.0.0.1:6379/0}"}
+defaults: {dead_letter: dead}              # every errors port not wired explicitly
+nodes:
+  orders:
+    type: generate
+    config:
+      count: 1000
+      template: '{"id": msg.i, "user": "u" + string(msg.i % 7), "amount": double(msg.i % 250)}'
+  unique:
+    type: dedupe
+    inputs: [orders]
+    config: {connection: cache, key: string(msg.id), ttl: 1h, prefix: "example:dedupe:"}
+  show: {type: stdout, inputs: [unique]}
+  dead: {type: file_sink, inputs: [orders.errors], config: {path: out/dead.ndjson}}
+"""
     connection_types: ClassVar[tuple[str, ...]] = ("redis",)
     config: DedupeConfig
 

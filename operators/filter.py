@@ -20,6 +20,23 @@ class FilterConfig(NodeConfig):
 
 class Filter(Operator):
     Config = FilterConfig
+    example = """\
+version: 1
+name: filter_example
+defaults: {dead_letter: dead}              # every errors port not wired explicitly
+nodes:
+  orders:
+    type: generate
+    config:
+      count: 1000
+      template: '{"id": msg.i, "user": "u" + string(msg.i % 7), "amount": double(msg.i % 250)}'
+  big:
+    type: filter
+    inputs: [orders]
+    config: {expr: 'msg.amount > 100.0'}
+  show: {type: stdout, inputs: [big]}
+  dead: {type: file_sink, inputs: [orders.errors], config: {path: out/dead.ndjson}}
+"""
     inline = True
 
     def __init__(self, node_id: str, config: FilterConfig, ctx) -> None:  # type: ignore[no-untyped-def]

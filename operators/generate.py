@@ -28,6 +28,20 @@ class GenerateConfig(NodeConfig):
 
 class Generate(Source):
     Config = GenerateConfig
+    example = """\
+version: 1
+name: generate_example
+defaults: {dead_letter: dead}              # every errors port not wired explicitly
+nodes:
+  orders:
+    type: generate
+    config:
+      count: 200
+      rate: 1000                     # messages per second; unset: as fast as possible
+      template: '{"id": msg.i, "user": "u" + string(msg.i % 7)}'
+  show: {type: stdout, inputs: [orders]}
+  dead: {type: file_sink, inputs: [orders.errors], config: {path: out/dead.ndjson}}
+"""
     shared_by = "message numbers: worker i of N makes the numbers i, i+N, i+2N... at rate/N"
 
     def __init__(self, node_id: str, config: GenerateConfig, ctx: Any) -> None:

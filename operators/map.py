@@ -17,6 +17,23 @@ class MapConfig(NodeConfig):
 
 class Map(Operator):
     Config = MapConfig
+    example = """\
+version: 1
+name: map_example
+defaults: {dead_letter: dead}              # every errors port not wired explicitly
+nodes:
+  orders:
+    type: generate
+    config:
+      count: 1000
+      template: '{"id": msg.i, "user": "u" + string(msg.i % 7), "amount": double(msg.i % 250)}'
+  price:
+    type: map
+    inputs: [orders]
+    config: {expr: '{"id": msg.id, "total": msg.amount * 1.2, "subject": meta.source}'}
+  show: {type: stdout, inputs: [price]}
+  dead: {type: file_sink, inputs: [orders.errors], config: {path: out/dead.ndjson}}
+"""
     inline = True
 
     def __init__(self, node_id: str, config: MapConfig, ctx) -> None:  # type: ignore[no-untyped-def]

@@ -17,7 +17,7 @@ from __future__ import annotations
 import inspect
 from collections import deque
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import Field
 
@@ -45,7 +45,10 @@ _Done = tuple[dict[str, list[Msg]], int]  # a finished chunk: its outputs per po
 class ParallelConfig(NodeConfig):
     """Run `operator` on chunks of each batch, `concurrency` chunks at a time."""
 
-    operator: InnerOperator = Field(examples=[{"type": "map", "config": {"expr": "msg"}}])
+    operator: InnerOperator = Field(
+        description="The operator to run on each chunk: `type` and `config`, as a node has (no `inputs`).",
+        examples=[{"type": "map", "config": {"expr": "msg"}}],
+    )
     concurrency: int = Field(4, ge=1, le=1024, description="Chunks in flight at once.")
     chunk: int = Field(100, ge=1, le=100_000, description="Messages per chunk.")
     ordered: bool = Field(True, description="Keep input order in the output (else emit as chunks finish).")
@@ -55,6 +58,35 @@ class Parallel(Operator):
     """Run an operator on chunks with bounded concurrency; the node's ports are the inner operator's."""
 
     Config = ParallelConfig
+    example = """\
+version: 1
+name: parallel_example
+connections:
+  cache: {type: redis, url: "${REDIS_URL:-redis://127.0.0.1:6379/0}"}
+defaults: {dead_letter: dead}              # every errors port not wired explicitly
+nodes:
+  orders:
+    type: generate
+    config:
+      count: 1000
+      template: '{"id": msg.i, "user": "u" + string(msg.i % 7), "amount": double(msg.i % 250)}'
+  enrich:
+    type: parallel
+    inputs: [orders]
+    config:
+      concurrency: 4
+      chunk: 100
+      ordered: true
+      operator:
+        type: redis_lookup
+        config: {connection: cache, key: '"user:" + msg.user', into: profile}
+  show: {type: stdout, inputs: [enrich]}
+  dead: {type: file_sink, inputs: [orders.errors], config: {path: out/dead.ndjson}}
+"""
+    port_docs: ClassVar[dict[str, str]] = {
+        "<inner ports>": "the ports of `operator` (its `out` and any named ports, such as the `miss` port of "
+            "`redis_lookup`)",
+    }
     tick_interval = 0.02
 
     def __init__(self, node_id: str, config: ParallelConfig, ctx: Any) -> None:

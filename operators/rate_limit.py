@@ -49,6 +49,23 @@ class TokenBucket:
 
 class RateLimit(Operator):
     Config = RateLimitConfig
+    example = """\
+version: 1
+name: rate_limit_example
+defaults: {dead_letter: dead}              # every errors port not wired explicitly
+nodes:
+  orders:
+    type: generate
+    config:
+      count: 1000
+      template: '{"id": msg.i, "user": "u" + string(msg.i % 7), "amount": double(msg.i % 250)}'
+  slow:
+    type: rate_limit
+    inputs: [orders]
+    config: {rate: 5000, burst: 500}     # messages per second; held back, never dropped
+  show: {type: stdout, inputs: [slow]}
+  dead: {type: file_sink, inputs: [orders.errors], config: {path: out/dead.ndjson}}
+"""
 
     def __init__(self, node_id: str, config: RateLimitConfig, ctx: Any) -> None:
         super().__init__(node_id, config, ctx)

@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable
 from itertools import compress
 from operator import not_
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import orjson
 from pydantic import Field, model_validator
@@ -50,7 +50,8 @@ class RouteConfig(NodeConfig):
     """Choose output ports per message: by condition (`first`, `all`) or over a list of `ports`."""
 
     mode: Literal["first", "all", "multicast", "round_robin", "consistent_hash"] = Field(
-        "first", description="How ports are chosen (see the operator's docs)."
+        "first", description="first: the first route whose condition is true; all: every route whose "
+        "condition is true; multicast: every port; round_robin: ports in turn; consistent_hash: `key` picks the port."
     )
     routes: dict[str, CelExpr] | None = Field(
         None,
@@ -110,6 +111,39 @@ class Route(Operator):
     """Send each message to ports chosen by CEL conditions, or spread messages over `ports`."""
 
     Config = RouteConfig
+    example = """\
+version: 1
+name: route_example
+defaults: {dead_letter: dead}              # every errors port not wired explicitly
+nodes:
+  orders:
+    type: generate
+    config:
+      count: 1000
+      template: '{"id": msg.i, "user": "u" + string(msg.i % 7), "amount": double(msg.i % 250)}'
+  split:
+    type: route
+    inputs: [orders]
+    config:
+      mode: first
+      routes:
+        vip: 'msg.user in ["u1", "u2"]'
+        big: 'msg.amount > 200.0'      # no `true` route: the `unmatched` port exists
+  vip: {type: file_sink, inputs: [split.vip], config: {path: out/vip.ndjson}}
+  big: {type: file_sink, inputs: [split.big], config: {path: out/big.ndjson}}
+  rest: {type: drop, inputs: [split.unmatched]}
+  dead: {type: file_sink, inputs: [orders.errors], config: {path: out/dead.ndjson}}
+"""
+    port_docs: ClassVar[dict[str, str]] = {
+        "<route name>": "modes `first` and `all`: one port per key of `routes`, named by it; `first` sends a "
+            "message to the first route whose condition is true (in file order), `all` to every route "
+            "whose condition is true",
+        "unmatched": "modes `first` and `all`, when no route's condition is the literal `true`: messages no "
+            "route matched (acknowledged as filtered if nothing consumes it, with warning W301)",
+        "<port name>": "modes `multicast` (every port gets every message), `round_robin` (ports take turns) and "
+            "`consistent_hash` (the CEL `key` picks the port, the same key always the same port): one "
+            "port per name in `ports`",
+    }
     inline = True
 
     def __init__(self, node_id: str, config: RouteConfig, ctx: Any) -> None:

@@ -71,6 +71,30 @@ class Validate(Operator):
     also carries `violations: [{path, message, keyword}]`, capped at `max_violations`."""
 
     Config = ValidateConfig
+    example = """\
+version: 1
+name: validate_example
+defaults: {dead_letter: invalid}
+schemas:
+  order:                             # or a file name, relative to the graph file
+    type: object
+    required: [id, amount]
+    properties:
+      id: {type: integer}
+      amount: {type: number, minimum: 0}
+nodes:
+  orders:
+    type: generate
+    config:
+      count: 1000
+      template: '{"id": msg.i, "user": "u" + string(msg.i % 7), "amount": double(msg.i % 250)}'
+  check:
+    type: validate
+    inputs: [orders]
+    config: {schema: order}
+  show: {type: stdout, inputs: [check]}
+  invalid: {type: file_sink, inputs: [check.errors], config: {path: out/invalid.ndjson}}
+"""
     inline = True
 
     def __init__(self, node_id: str, config: ValidateConfig, ctx: Any) -> None:

@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -224,9 +224,42 @@ class WindowConfig(NodeConfig):
 
 
 class Window(Operator):
-    """Windowed aggregation; see the module docstring and docs/window.md."""
+    """Watermarks, lateness, the `late` port and what a stop does to open windows: docs/window.md."""
 
     Config = WindowConfig
+    example = """\
+version: 1
+name: window_example
+defaults: {dead_letter: dead}              # every errors port not wired explicitly
+nodes:
+  orders:
+    type: generate
+    config:
+      count: 1000
+      template: '{"user": "u" + string(msg.i % 3), "amount": msg.i % 50, "ts": 1700000000.0 + double(msg.i)}'
+  per_user:
+    type: window
+    inputs: [orders]
+    config:
+      kind: tumbling
+      size: 1m
+      key: msg.user
+      time: event
+      timestamp: msg.ts
+      max_out_of_orderness: 2s
+      idle_timeout: 5s               # a quiet stream still closes its windows
+      aggregates:
+        orders: {op: count}
+        total: {op: sum, expr: msg.amount}
+  windows: {type: stdout, inputs: [per_user]}
+  late: {type: file_sink, inputs: [per_user.late], config: {path: out/late.ndjson}}
+  dead: {type: file_sink, inputs: [orders.errors], config: {path: out/dead.ndjson}}
+"""
+    port_docs: ClassVar[dict[str, str]] = {
+        "out": "one message per closed window: its key, start, end and `aggregates` (again, as an "
+            "update, for each late item within `allowed_lateness`)",
+        "late": "event time: items that arrived after their window closed and after `allowed_lateness`",
+    }
     ports = ("out", "late")
     per_process_state = "keeps its open windows and their aggregates in this process"
 

@@ -37,6 +37,17 @@ class FileSource(Source):
     reason and its line number."""
 
     Config = FileSourceConfig
+    example = """\
+version: 1
+name: file_source_example
+defaults: {dead_letter: dead}              # every errors port not wired explicitly
+nodes:
+  read:
+    type: file_source
+    config: {path: data/orders.ndjson}    # relative to the graph file
+  out: {type: file_sink, inputs: [read], config: {path: out/orders.ndjson}}
+  dead: {type: file_sink, inputs: [read.errors], config: {path: out/dead.ndjson}}
+"""
     shared_by = "lines: worker i of N reads the lines numbered i+1, i+1+N, ... (every N-th line)"
 
     def total(self) -> int | None:
@@ -180,6 +191,22 @@ class FileSink(Sink):
     """Commit = written and flushed (and fsynced if asked)."""
 
     Config = FileSinkConfig
+    example = """\
+version: 1
+name: file_sink_example
+defaults: {dead_letter: dead}              # every errors port not wired explicitly
+nodes:
+  orders:
+    type: generate
+    config:
+      count: 1000
+      template: '{"id": msg.i, "user": "u" + string(msg.i % 7), "amount": double(msg.i % 250)}'
+  out:
+    type: file_sink
+    inputs: [orders]
+    config: {path: out/orders.ndjson, mode: append, with_meta: true}
+  dead: {type: file_sink, inputs: [orders.errors], config: {path: out/dead.ndjson}}
+"""
 
     @classmethod
     def shared_write_issue(cls, config: Any) -> str:
@@ -224,6 +251,19 @@ class StdoutConfig(NodeConfig):
 
 class Stdout(Sink):
     Config = StdoutConfig
+    example = """\
+version: 1
+name: stdout_example
+defaults: {dead_letter: dead}              # every errors port not wired explicitly
+nodes:
+  orders:
+    type: generate
+    config:
+      count: 1000
+      template: '{"id": msg.i, "user": "u" + string(msg.i % 7), "amount": double(msg.i % 250)}'
+  show: {type: stdout, inputs: [orders], config: {with_meta: false}}
+  dead: {type: file_sink, inputs: [orders.errors], config: {path: out/dead.ndjson}}
+"""
 
     async def write(self, batch: list[Msg]) -> list[tuple[Msg, str]] | None:
         data, failed = _encode(batch, self.config.with_meta)

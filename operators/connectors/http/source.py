@@ -70,6 +70,17 @@ class HttpSource(Source):
     """HTTP ingest gateway; see docs/http.md."""
 
     Config: ClassVar[type[HttpSourceConfig]] = HttpSourceConfig
+    example = """\
+version: 1
+name: http_source_example
+defaults: {dead_letter: dead}              # every errors port not wired explicitly
+nodes:
+  ingest:
+    type: http_source
+    config: {host: 127.0.0.1, port: 8080, max_batch: 1000}
+  out: {type: file_sink, inputs: [ingest], config: {path: out/ingested.ndjson, mode: append}}
+  dead: {type: file_sink, inputs: [ingest.errors], config: {path: out/dead.ndjson}}
+"""
     shared_by: ClassVar[str] = "the port: every worker listens on it (SO_REUSEPORT), the kernel spreads connections"
 
     def __init__(self, node_id: str, config: HttpSourceConfig, ctx: Any):

@@ -120,9 +120,32 @@ def _payload(body: Any) -> bytes:
 
 
 class JetStreamSink(Sink):
-    """Deduplicating JetStream publisher; see the module docstring."""
+    """Publishes with `Nats-Msg-Id` (`msg_id`: the server drops a repeat within the stream's duplicate
+    window) and commits a batch once the stream has stored it (PubAck); see docs/jetstream.md."""
 
     Config = JetStreamSinkConfig
+    example = """\
+version: 1
+name: jetstream_sink_example
+connections:
+  nats:
+    type: nats
+    url: "${NATS_URL:-nats://127.0.0.1:4222}"
+    streams:
+      ORDERS: {subjects: ["orders.>"], max_age: 7d}
+defaults: {dead_letter: dead}              # every errors port not wired explicitly
+nodes:
+  orders:
+    type: generate
+    config:
+      count: 1000
+      template: '{"id": msg.i, "user": "u" + string(msg.i % 7), "amount": double(msg.i % 250)}'
+  publish:
+    type: jetstream_sink
+    inputs: [orders]
+    config: {connection: nats, subject: orders.new, msg_id: string(msg.id)}
+  dead: {type: file_sink, inputs: [orders.errors], config: {path: out/dead.ndjson}}
+"""
     connection_types = ("nats",)
 
     def __init__(self, node_id: str, config: JetStreamSinkConfig, ctx: Any):

@@ -157,9 +157,33 @@ def parse_ack_subject(reply: str) -> tuple[str, str, int, int, int, float]:
 
 
 class JetStreamSource(Source):
-    """Durable pull consumer; see the module docstring for its ack behaviour."""
+    """Acks a message once every sink it reached committed it, naks it with the retry delay when it failed,
+    and terminates it (to `errors`) after `max_deliver` deliveries; see docs/jetstream.md."""
 
     Config = JetStreamSourceConfig
+    example = """\
+version: 1
+name: jetstream_source_example
+connections:
+  nats:
+    type: nats
+    url: "${NATS_URL:-nats://127.0.0.1:4222}"
+    streams:
+      ORDERS: {subjects: ["orders.>"], max_age: 7d}
+defaults: {dead_letter: dead}              # every errors port not wired explicitly
+nodes:
+  orders_in:
+    type: jetstream_source
+    config:
+      connection: nats
+      stream: ORDERS
+      subjects: ["orders.>"]
+      durable: orders-example
+      max_deliver: 5
+      ack_wait: 30s
+  show: {type: stdout, inputs: [orders_in]}
+  dead: {type: file_sink, inputs: [orders_in.errors], config: {path: out/dead.ndjson}}
+"""
     connection_types = ("nats",)
     shared_by = "the durable pull consumer: the server hands each message to one puller"
     redelivers = True  # reject() naks with the retry delay; dead-letters at max_deliver

@@ -58,9 +58,42 @@ class PgLookupConfig(NodeConfig):
 
 
 class PgLookup(Operator):
-    """See the module docstring."""
+    """One query per batch for the keys not in the cache; found rows and misses are cached for
+    `cache_ttl` seconds. A lost connection fails the batch, retried until the server is back."""
 
     Config: ClassVar[type[NodeConfig]] = PgLookupConfig
+    example = """\
+version: 1
+name: pg_lookup_example
+connections:
+  pg: {type: postgres, dsn: "${PG_DSN:-postgresql://root@127.0.0.1:5432/test}"}
+defaults: {dead_letter: dead}              # every errors port not wired explicitly
+nodes:
+  orders:
+    type: generate
+    config:
+      count: 1000
+      template: '{"id": msg.i, "user": "u" + string(msg.i % 7), "amount": double(msg.i % 250)}'
+  customer:
+    type: pg_lookup
+    inputs: [orders]
+    config:
+      connection: pg
+      table: customers
+      key_column: id
+      key: msg.user
+      columns: [name, tier]
+      into: customer
+      on_miss: missing
+      cache_ttl: 60
+  show: {type: stdout, inputs: [customer]}
+  unknown: {type: file_sink, inputs: [customer.missing], config: {path: out/unknown.ndjson}}
+  dead: {type: file_sink, inputs: [orders.errors], config: {path: out/dead.ndjson}}
+"""
+    port_docs: ClassVar[dict[str, str]] = {
+        "out": "every message, with the row under `into` (`null` when there is none and `on_miss: pass`)",
+        "missing": "with `on_miss: missing` only: messages whose key has no row, unchanged",
+    }
     connection_types: ClassVar[tuple[str, ...]] = ("postgres",)
     config: PgLookupConfig
 

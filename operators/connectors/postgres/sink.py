@@ -154,9 +154,38 @@ def _infer_type(source: str, values: Iterable[Any]) -> str:
 
 
 class PostgresSink(Sink):
-    """Writes batches to a table; see the module docstring for the guarantees."""
+    """One transaction per batch; a row the database rejects goes to `errors` alone and the rest of its
+    batch is committed; see docs/postgres.md."""
 
     Config: ClassVar[type[NodeConfig]] = PostgresSinkConfig
+    example = """\
+version: 1
+name: postgres_sink_example
+connections:
+  pg: {type: postgres, dsn: "${PG_DSN:-postgresql://root@127.0.0.1:5432/test}"}
+defaults: {dead_letter: dead}              # every errors port not wired explicitly
+nodes:
+  orders:
+    type: generate
+    config:
+      count: 1000
+      template: '{"id": msg.i, "user": "u" + string(msg.i % 7), "amount": double(msg.i % 250)}'
+  store:
+    type: postgres_sink
+    inputs: [orders]
+    config:
+      connection: pg
+      table: orders_example
+      mode: upsert
+      key: [id]
+      columns:
+        id: {expr: msg.id, type: bigint}
+        user_id: {expr: msg.user, type: text}
+        amount: {expr: msg.amount, type: "numeric(12,2)"}
+        body: msg
+      create_table: true
+  dead: {type: file_sink, inputs: [store.errors], config: {path: out/dead.ndjson}}
+"""
     connection_types: ClassVar[tuple[str, ...]] = ("postgres",)
     config: PostgresSinkConfig
 

@@ -95,9 +95,28 @@ class PostgresSourceConfig(NodeConfig):
 
 
 class PostgresSource(Source):
-    """Emits rows as messages (body: column → JSON value); see the module docstring."""
+    """Emits rows as messages (body: column → JSON value); the position is stored once they are
+    acknowledged, so a restart resumes after it; see docs/postgres.md."""
 
     Config: ClassVar[type[NodeConfig]] = PostgresSourceConfig
+    example = """\
+version: 1
+name: postgres_source_example
+connections:
+  pg: {type: postgres, dsn: "${PG_DSN:-postgresql://root@127.0.0.1:5432/test}"}
+defaults: {dead_letter: dead}              # every errors port not wired explicitly
+nodes:
+  outbox:
+    type: postgres_source
+    config:
+      connection: pg
+      table: outbox
+      cursor: id
+      batch_size: 500
+      stop_at_end: true              # a batch job: finish once caught up
+  show: {type: stdout, inputs: [outbox]}
+  dead: {type: file_sink, inputs: [outbox.errors], config: {path: out/dead.ndjson}}
+"""
     connection_types: ClassVar[tuple[str, ...]] = ("postgres",)
     shared_by: ClassVar[str] = "hash ranges of the cursor: worker i of N reads rows with hashtext(cursor) mod N = i"
     config: PostgresSourceConfig

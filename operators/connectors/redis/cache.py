@@ -96,6 +96,24 @@ class RedisCacheSink(Sink):
     """One pipeline per batch: SET ... PX, or the compare-and-set script for hashes and versions."""
 
     Config: ClassVar[type[NodeConfig]] = RedisCacheSinkConfig
+    example = """\
+version: 1
+name: redis_cache_sink_example
+connections:
+  cache: {type: redis, url: "${REDIS_URL:-redis://127.0.0.1:6379/0}"}
+defaults: {dead_letter: dead}              # every errors port not wired explicitly
+nodes:
+  orders:
+    type: generate
+    config:
+      count: 1000
+      template: '{"id": msg.i, "user": "u" + string(msg.i % 7), "amount": double(msg.i % 250)}'
+  latest:
+    type: redis_cache_sink
+    inputs: [orders]
+    config: {connection: cache, key: '"order:" + string(msg.id)', ttl: 1h}
+  dead: {type: file_sink, inputs: [orders.errors], config: {path: out/dead.ndjson}}
+"""
     connection_types: ClassVar[tuple[str, ...]] = ("redis",)
     config: RedisCacheSinkConfig
 

@@ -52,6 +52,30 @@ class RedisLookup(Operator):
     """One MGET (or one HGETALL pipeline) per batch."""
 
     Config: ClassVar[type[NodeConfig]] = RedisLookupConfig
+    example = """\
+version: 1
+name: redis_lookup_example
+connections:
+  cache: {type: redis, url: "${REDIS_URL:-redis://127.0.0.1:6379/0}"}
+defaults: {dead_letter: dead}              # every errors port not wired explicitly
+nodes:
+  orders:
+    type: generate
+    config:
+      count: 1000
+      template: '{"id": msg.i, "user": "u" + string(msg.i % 7), "amount": double(msg.i % 250)}'
+  profile:
+    type: redis_lookup
+    inputs: [orders]
+    config: {connection: cache, key: '"user:" + msg.user', into: profile, on_miss: port}
+  show: {type: stdout, inputs: [profile]}
+  unknown: {type: file_sink, inputs: [profile.miss], config: {path: out/unknown_users.ndjson}}
+  dead: {type: file_sink, inputs: [orders.errors], config: {path: out/dead.ndjson}}
+"""
+    port_docs: ClassVar[dict[str, str]] = {
+        "out": "every message, enriched under `into` (or as `on_miss` says when the key is missing)",
+        "miss": "with `on_miss: port` only: messages whose key is not in Redis, unchanged",
+    }
     connection_types: ClassVar[tuple[str, ...]] = ("redis",)
     config: RedisLookupConfig
 

@@ -111,6 +111,19 @@ class RedisStreamSource(Source):
     """XREADGROUP in batches; XACK on commit; XPENDING + XCLAIM for stuck entries; dead letters."""
 
     Config: ClassVar[type[NodeConfig]] = RedisStreamSourceConfig
+    example = """\
+version: 1
+name: redis_stream_source_example
+connections:
+  cache: {type: redis, url: "${REDIS_URL:-redis://127.0.0.1:6379/0}"}
+defaults: {dead_letter: dead}              # every errors port not wired explicitly
+nodes:
+  events_in:
+    type: redis_stream_source
+    config: {connection: cache, stream: events, group: etl, field: body, max_deliver: 5}
+  show: {type: stdout, inputs: [events_in]}
+  dead: {type: redis_stream_sink, inputs: [events_in.errors], config: {connection: cache, stream: events.dead}}
+"""
     connection_types: ClassVar[tuple[str, ...]] = ("redis",)
     shared_by: ClassVar[str] = "the consumer group: each worker is a consumer of its own name"
     redelivers = True  # reject() leaves the entry pending; reclaimed after min_idle; dead letter at max_deliver
@@ -487,6 +500,24 @@ class RedisStreamSink(Sink):
     """XADD per message, in one pipeline per batch; the batch is committed when the pipeline returns."""
 
     Config: ClassVar[type[NodeConfig]] = RedisStreamSinkConfig
+    example = """\
+version: 1
+name: redis_stream_sink_example
+connections:
+  cache: {type: redis, url: "${REDIS_URL:-redis://127.0.0.1:6379/0}"}
+defaults: {dead_letter: dead}              # every errors port not wired explicitly
+nodes:
+  orders:
+    type: generate
+    config:
+      count: 1000
+      template: '{"id": msg.i, "user": "u" + string(msg.i % 7), "amount": double(msg.i % 250)}'
+  append:
+    type: redis_stream_sink
+    inputs: [orders]
+    config: {connection: cache, stream: orders, maxlen: 100000, field: body}
+  dead: {type: file_sink, inputs: [orders.errors], config: {path: out/dead.ndjson}}
+"""
     connection_types: ClassVar[tuple[str, ...]] = ("redis",)
     config: RedisStreamSinkConfig
 
