@@ -8,6 +8,7 @@ diagnostic at all, and those that need no service run to completion, every messa
 from __future__ import annotations
 
 import json
+import re
 import typing
 from pathlib import Path
 
@@ -116,3 +117,23 @@ def test_cli_docs_writes_the_pages_and_check_reports_a_stale_one(tmp_path: Path,
     assert main(["docs", "--check", "-o", str(out)]) == 1
     assert "map.md" in capsys.readouterr().err
     assert (out / "map.md").read_text() == "edited by hand\n"  # --check writes nothing
+
+
+USER_DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def test_the_readme_table_links_every_node_type_to_its_page() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("## Node types"):readme.index("## Choices, measured")]
+    for t in TYPES:
+        assert f"[`{t}`](docs/nodes/{t}.md)" in table, f"{t} missing from the README's node table"
+
+
+@pytest.mark.parametrize("path", USER_DOCS, ids=[str(p.relative_to(ROOT)) for p in USER_DOCS])
+def test_user_docs_name_no_machine_path_or_issue_and_their_links_resolve(path: Path) -> None:
+    text = path.read_text(encoding="utf-8")
+    assert not re.search(r"/work/|/home/|/root/|/tmp/\w", text), "a machine path in user docs"
+    assert not re.search(r"\bissues? #?\d+|\bsession \d+", text, re.I), "an issue or session number in user docs"
+    for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
+        if not re.match(r"\w+:", target):  # relative: a file of the repository
+            assert (path.parent / target).exists(), f"broken link {target}"
