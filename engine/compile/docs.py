@@ -129,10 +129,10 @@ def _ports(cls: type[Node]) -> list[str]:
         lines.append("- **out**: none; a message is acknowledged once this sink has committed it.")
     elif "output_ports" in vars(cls) or cls.port_docs:  # ports that depend on the config, or named ports
         for port, doc in cls.port_docs.items():
-            lines.append(f"- **{port}**: {doc}.")
+            lines.append(f"- **`{port}`**: {doc}.")
     else:
-        lines += [f"- **{port}**: {KIND_OUT[cls.kind]}." for port in cls.ports]
-    lines.append(f"- **errors**: {ERRORS_DOC}.")
+        lines += [f"- **`{port}`**: {KIND_OUT[cls.kind]}." for port in cls.ports]
+    lines.append(f"- **`errors`**: {ERRORS_DOC}.")
     return lines
 
 
@@ -144,8 +144,8 @@ def _delivery(cls: type[Node]) -> list[str]:
             "yes. A message whose processing failed is handed back and delivered again later (up to the "
             "type's delivery limit, then dead-lettered), so `defaults.on_error: redeliver` applies; "
             "after a crash, unacknowledged messages come again." if redelivers else
-            "no. A message that fails goes to `errors`; `defaults.on_error: redeliver` has no source to "
-            "hand it back to."))
+            "no. A message that fails goes to `errors`, with `defaults.on_error: redeliver` too: this source "
+            "cannot take it back."))
         shared = getattr(cls, "shared_by", "")
         lines.append(f"- **`--workers N`**: shared by {shared}." if shared else
                      "- **`--workers N`**: not shareable; the graph is refused with more than one worker (E261).")
