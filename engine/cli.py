@@ -355,6 +355,61 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return asyncio.run(_run(args, graph))
 
 
+def _cmd_test(args: argparse.Namespace) -> int:
+    """`streamdag test [PATH...]`: run graph test files (docs/testing.md); exit 0 when every case passes."""
+    quiet_logs = logging.getLogger("streamdag")
+    level = quiet_logs.level
+    if not args.log_level:  # the report says what was dead-lettered or late; the nodes' warnings would repeat it
+        quiet_logs.setLevel(logging.ERROR)
+    try:
+        return _run_tests(args)
+    finally:
+        quiet_logs.setLevel(level)
+
+
+def _run_tests(args: argparse.Namespace) -> int:
+    import time
+
+    from engine.testing import find_test_files
+    from engine.testing.report import junit_report, text_report
+    from engine.testing.runner import CaseResult, run_file
+    from engine.testing.spec import check_test_file
+
+    t0 = time.perf_counter()
+    files = find_test_files(args.paths or ["."])
+    if not files:
+        print(f"error: no test files (*.test.yaml) under {' '.join(args.paths or ['.'])}", file=sys.stderr)
+        return EXIT_INVALID
+    results: list[CaseResult] = []
+    invalid = {}
+    for path in files:
+        tf, diags = check_test_file(path)
+        if tf is None:
+            invalid[path] = [d for d in diags if d.severity == "error"]
+            continue
+        results.extend(r for r in run_file(tf) if not args.k or args.k in r.name)
+    if args.format == "junit":
+        xml = junit_report(results, invalid)
+        if args.output:
+            with open(args.output, "w", encoding="utf-8") as fh:
+                fh.write(xml)
+        else:
+            sys.stdout.write(xml)
+    if args.format == "text" or args.output:
+        text_report(results, invalid, time.perf_counter() - t0, sys.stdout, verbose=not args.quiet)
+    return EXIT_OK if not invalid and all(r.passed for r in results) else EXIT_INVALID
+
+
+def _add_test_command(sub: Any) -> None:
+    t = sub.add_parser("test", help="run graph test files (*.test.yaml) with in-memory sources and sinks")
+    t.add_argument("paths", nargs="*", metavar="PATH", help="test files or directories to search (default: .)")
+    t.add_argument("--format", choices=["text", "junit"], default="text", help="junit: JUnit XML for CI")
+    t.add_argument("-o", "--output", metavar="FILE", help="write the JUnit XML here (the text report still prints)")
+    t.add_argument("-k", metavar="TEXT", help="only the cases whose name contains TEXT")
+    t.add_argument("-q", "--quiet", action="store_true", help="no line per passing case")
+    t.set_defaults(fn=_cmd_test)
+
+
 def _add_plugin_commands(sub: Any) -> None:
     """Subcommands contributed through the `streamdag.commands` entry points (e.g. check-consistency).
 
@@ -434,6 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("schema", help="print the JSON Schema of the graph format")
     s.set_defaults(fn=_cmd_schema)
+    _add_test_command(sub)
     _add_plugin_commands(sub)
     return p
 
