@@ -207,7 +207,8 @@ async def _start_observers(runner: Any, args: argparse.Namespace) -> Any:
 
     dead_letter_policy.include_payload = bool(getattr(args, "log_payloads", False))
     return await Observers.start(runner, getattr(args, "metrics_port", None),
-                                 getattr(args, "metrics_host", "127.0.0.1"))
+                                 getattr(args, "metrics_host", "127.0.0.1"),
+                                 tap=bool(getattr(args, "tap", False) or runner.graph.spec.tap))
 
 
 async def _start_presence(runner: Any, args: argparse.Namespace, graph: Any, observers: Any) -> Any:
@@ -400,6 +401,35 @@ def _run_tests(args: argparse.Namespace) -> int:
     return EXIT_OK if not invalid and all(r.passed for r in results) else EXIT_INVALID
 
 
+def _cmd_tap(args: argparse.Namespace) -> int:
+    """`streamdag tap URL NODE[.PORT]`: print a sample of the messages passing a node of a running graph."""
+    from engine.observe.tap import follow
+
+    if args.filter:
+        from engine.expr import CelError, compile_expr
+
+        try:
+            compile_expr(args.filter)
+        except CelError as exc:
+            print(f"error: --filter: CEL {exc.line}:{exc.col}: {exc.message}", file=sys.stderr)
+            return EXIT_INVALID
+    try:
+        return follow(args.url, args.target, args.rate, args.filter, args.count, args.format, sys.stdout)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _add_tap_command(sub: Any) -> None:
+    t = sub.add_parser("tap", help="watch a sample of the messages passing a node of a running graph")
+    t.add_argument("url", help="the run's metrics address, e.g. http://127.0.0.1:9464 (run --metrics-port --tap)")
+    t.add_argument("target", metavar="NODE[.PORT]", help="a node (every output port; a sink: what reaches it) or one port")
+    t.add_argument("--rate", type=float, default=10.0, help="most messages per second shown (default 10)")
+    t.add_argument("--filter", metavar="CEL", help="only messages for which this is true (msg, meta)")
+    t.add_argument("-n", "--count", type=_positive, metavar="N", help="stop after N messages")
+    t.add_argument("--format", choices=["text", "ndjson"], default="text")
+    t.set_defaults(fn=_cmd_tap)
+
+
 def _add_test_command(sub: Any) -> None:
     t = sub.add_parser("test", help="run graph test files (*.test.yaml) with in-memory sources and sinks")
     t.add_argument("paths", nargs="*", metavar="PATH", help="test files or directories to search (default: .)")
@@ -490,6 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("schema", help="print the JSON Schema of the graph format")
     s.set_defaults(fn=_cmd_schema)
     _add_test_command(sub)
+    _add_tap_command(sub)
     _add_plugin_commands(sub)
     return p
 
@@ -511,6 +542,8 @@ def _add_observe_args(r: argparse.ArgumentParser) -> None:
     r.add_argument("--log-format", choices=["auto", "json", "text"], default=None,
                    help="auto (default): JSON lines unless stderr is a terminal")
     r.add_argument("--log-payloads", action="store_true", help="include payloads in dead-letter log lines")
+    r.add_argument("--tap", action="store_true",
+                   help="let `streamdag tap` read payloads through the metrics port (off by default; docs/operate.md)")
 
 
 def _setup_logging(args: argparse.Namespace) -> None:

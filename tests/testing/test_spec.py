@@ -37,6 +37,13 @@ def test_each_code_with_its_position(tmp_path: Path, code: str) -> None:
     assert first.format().startswith(f"{path}:{line}:{col}: {code} ")
 
 
+def test_every_code_the_module_emits_is_tested() -> None:
+    import re
+
+    text = (ROOT / "engine" / "testing" / "spec.py").read_text()
+    assert set(re.findall(r"[\"']([EW]4\d\d)[\"']", text)) <= set(CASES)
+
+
 def test_every_problem_at_once_with_hints(tmp_path: Path) -> None:
     path = tmp_path / "x.test.yaml"
     path.write_text(textwrap.dedent(f"""\
