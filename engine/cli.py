@@ -149,6 +149,29 @@ def _summary(report: Any, out: Any) -> None:
 
 
 async def _run(args: argparse.Namespace, graph: Any) -> int:
+    """Run the graph; on a reload (`--watch`, SIGHUP: engine.reload) run the next one, and so on. The
+    exit code is the worst of the runs'."""
+    from engine.reload import Reloader
+
+    reloader = None
+    if args.worker_index is None:  # a supervisor's worker leaves SIGHUP to the supervisor
+        reloader = Reloader(args.file, args.set, _slots(args), graph, watch=args.watch)
+        reloader.install()
+    signals = [0]  # signals received, over every run
+    worst = EXIT_OK
+    try:
+        while True:
+            code, graph = await _run_once(args, graph, reloader, signals)
+            worst = max(worst, code)
+            if graph is None:
+                return worst
+    finally:
+        if reloader is not None:
+            reloader.uninstall()
+
+
+async def _run_once(args: argparse.Namespace, graph: Any, reloader: Any, signals: list[int]) -> tuple[int, Any]:
+    """One run of `graph`: its exit code, and the graph to run next when a reload drained it (else None)."""
     import asyncio
     import signal
 
@@ -160,14 +183,14 @@ async def _run(args: argparse.Namespace, graph: Any) -> int:
         observers = await _start_observers(runner, args)
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_RUN_ERROR
+        return EXIT_RUN_ERROR, None
+    if args.metrics_port == 0 and observers.server is not None:
+        args.metrics_port = observers.server.port  # a reloaded graph serves on the same port
     loop = asyncio.get_running_loop()
-    signals = 0
 
     def on_signal() -> None:
-        nonlocal signals
-        signals += 1
-        if signals == 1:
+        signals[0] += 1
+        if signals[0] == 1:
             logging.getLogger("streamdag").warning("signal received: draining in-flight messages (again to abort)")
             runner.stop()
         else:
@@ -180,6 +203,7 @@ async def _run(args: argparse.Namespace, graph: Any) -> int:
     child = args.worker_index is not None  # started by a supervisor: it prints the summary
     if sys.stderr.isatty() and not args.quiet and not child:
         progress = _start_progress(runner)
+    reload = asyncio.ensure_future(reloader.during(runner)) if reloader is not None and not signals[0] else None
     try:
         report = await runner.run()
     finally:
@@ -189,15 +213,20 @@ async def _run(args: argparse.Namespace, graph: Any) -> int:
         if presence is not None:
             await presence.close()
         await observers.close()
+        following = None
+        if reload is not None:
+            reload.cancel()
+            following = (await asyncio.gather(reload, return_exceptions=True))[0]
+    following = following if not signals[0] and not isinstance(following, BaseException) else None
     if child:
-        return _worker_report(args, report)
+        return _worker_report(args, report), None
     if not args.quiet:
         _summary(report, sys.stderr)
         _latency_summary(report, sys.stderr)
     if report.error is not None:
         print(f"error: {report.error}", file=sys.stderr)
-        return EXIT_RUN_ERROR
-    return EXIT_OK if report.balanced else EXIT_INTEGRITY
+        return EXIT_RUN_ERROR, None
+    return (EXIT_OK if report.balanced else EXIT_INTEGRITY), following
 
 
 async def _start_observers(runner: Any, args: argparse.Namespace) -> Any:
@@ -343,6 +372,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for w in graph.warnings if not child else ():
         print(w.format().replace(f" {w.code} ", f" {w.code} warning: ", 1), file=sys.stderr)
     if args.workers > 1 and not child:
+        if args.watch:
+            print("error: --watch is not supported with --workers > 1: the supervisor does not reload its "
+                  "workers; stop the run (SIGTERM drains every worker) and start it again with the new graph",
+                  file=sys.stderr)
+            return EXIT_INVALID
         from engine.supervise import supervise
 
         return supervise(args.argv, args.workers)
@@ -489,6 +523,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="this host's workers take slots K .. K+N-1 of --slots (default 0)")
     r.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by the supervisor for its children
     r.add_argument("--worker-report", help=argparse.SUPPRESS)
+    r.add_argument("--watch", action="store_true",
+                   help="reload when the graph file changes (SIGHUP reloads too): a valid new graph takes over "
+                   "after the running one drains; an invalid one is logged and ignored (engine/reload.py)")
     r.add_argument("--registry", metavar="URL|off",
                    help="NATS where workers register (default: the graph's first nats connection; off: none)")
     _add_observe_args(r)
