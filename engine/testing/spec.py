@@ -24,7 +24,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from engine import registry
 from engine.compile.diagnostics import Diagnostic
@@ -49,6 +49,12 @@ class InputMessage(_Model):
     body: Any = Field(None, description="The message body.")
     meta: dict[str, Any] = Field(default_factory=dict, description="The message's meta (subject, key, line...).")
     raw: str | None = Field(None, description="Text decoded as JSON by the source, instead of `body`.")
+
+    @model_validator(mode="after")
+    def _one_body(self) -> InputMessage:
+        if self.raw is not None and self.body is not None:
+            raise ValueError("give `body` or `raw`, not both")
+        return self
 
 
 class Expectation(_Model):

@@ -57,3 +57,20 @@ def test_sighup_reloads_without_watch(tmp_path: Path) -> None:
         if run.proc.poll() is None:
             run.proc.kill()
             run.proc.wait(10)
+
+
+def test_a_supervisor_ignores_sighup_and_says_why(tmp_path: Path) -> None:
+    import signal
+
+    from tests.workers_harness import Supervised
+
+    path = tmp_path / "g.yaml"
+    path.write_text(BASE.replace("count: 1", "rate: 500"))
+    run = Supervised(path, 2)
+    run.wait_until(lambda: len(run.started()) == 2, 30, "both workers")
+    run.signal(signal.SIGHUP)
+    run.wait_until(lambda: any(e.get("event") == "reload_refused" for e in run.events), 15, "the refusal")
+    assert run.proc.poll() is None and len(run.started()) == 2  # nobody died or restarted
+    run.signal()
+    code, _, integrity = run.finish()
+    assert code == 0 and integrity.startswith("integrity OK")

@@ -37,6 +37,13 @@ def test_each_code_with_its_position(tmp_path: Path, code: str) -> None:
     assert first.format().startswith(f"{path}:{line}:{col}: {code} ")
 
 
+def test_body_and_raw_together_are_refused(tmp_path: Path) -> None:
+    path = tmp_path / "x.test.yaml"
+    path.write_text(f"graph: {ORDERS}\ncases:\n  - name: a\n    inputs:\n      read:\n        - {{body: 1, raw: '1'}}\n")
+    _, diags = check_test_file(str(path))
+    assert [(d.code, d.line) for d in diags] == [("E101", 6)] and "not both" in diags[0].message
+
+
 def test_every_code_the_module_emits_is_tested() -> None:
     import re
 
