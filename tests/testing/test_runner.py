@@ -160,3 +160,31 @@ def test_lookup_stubs_answer_as_the_lookup_would(tmp_path: Path) -> None:
     assert tf is not None, diags
     [result] = run_file(tf)
     assert result.passed, result.failures
+
+
+def test_the_fixed_clock_places_processing_time_windows(tmp_path: Path) -> None:
+    _write(tmp_path, """\
+        version: 1
+        name: clocked
+        nodes:
+          src: {type: generate, config: {count: 1}}
+          per_minute:
+            type: window
+            inputs: [src]
+            config: {kind: tumbling, size: 1m, aggregates: {n: {op: count}}}
+          out: {type: stdout, inputs: [per_minute]}
+        """, "graph.yaml")
+    path = _write(tmp_path, """\
+        graph: graph.yaml
+        cases:
+          - name: every message in the clock's minute
+            clock: 1700000100
+            inputs:
+              src: [{body: {a: 1}}, {body: {a: 2}}]
+            expect:
+              out: {count: 1, each: 'msg.start == "2023-11-14T22:15:00Z" && msg.aggregates.n == 2'}
+        """)
+    tf, diags = check_test_file(str(path))
+    assert tf is not None, diags
+    [result] = run_file(tf)
+    assert result.passed, result.failures
