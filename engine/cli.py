@@ -422,7 +422,7 @@ def _run_tests(args: argparse.Namespace) -> int:
         if tf is None:
             invalid[path] = [d for d in diags if d.severity == "error"]
             continue
-        results.extend(r for r in run_file(tf) if not args.k or args.k in r.name)
+        results.extend(run_file(tf, args.k))
     if args.format == "junit":
         xml = junit_report(results, invalid)
         if args.output:

@@ -85,9 +85,10 @@ def case_plan(tf: TestFile, case: Case) -> Plan:
     return build_plan(replace(g, nodes=MappingProxyType(nodes)))
 
 
-def run_file(tf: TestFile) -> list[CaseResult]:
-    """Every case of `tf`, in order, each in a fresh event loop run."""
-    return [asyncio.run(_run_case(tf, i, case)) for i, case in enumerate(tf.spec.cases)]
+def run_file(tf: TestFile, only: str | None = None) -> list[CaseResult]:
+    """Every case of `tf` (those whose name contains `only`), in order, each in a fresh event loop."""
+    return [asyncio.run(_run_case(tf, i, case)) for i, case in enumerate(tf.spec.cases)
+            if not only or only in case.name]
 
 
 async def _run_case(tf: TestFile, i: int, case: Case) -> CaseResult:
