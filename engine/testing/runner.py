@@ -169,6 +169,16 @@ def _check(tf: TestFile, at: tuple[str | int, ...], target: str, exp: Expectatio
             out.append(Failure(tf.line(*at, "bodies"),
                                f"{target}: bodies differ ({what}; expected {len(exp_lines)}, got {len(act_lines)})",
                                _diff(exp.bodies, bodies, exp.ordered)))
+    for n, m in enumerate(msgs):
+        if exp.contains is not None and not _contains(m.body, exp.contains):
+            out.append(Failure(tf.line(*at, "contains"), f"{target}: message {n} does not contain {_line(exp.contains)}",
+                               f"  {_line(m.body)}"))
+            break
+    for n, m in enumerate(msgs):
+        if exp.meta is not None and not _contains(m.meta, exp.meta):
+            out.append(Failure(tf.line(*at, "meta"), f"{target}: message {n}'s meta does not have {_line(exp.meta)}",
+                               f"  meta: {_line(m.meta)}"))
+            break
     if exp.each is not None:
         cond = compile_expr(exp.each)
         for n, m in enumerate(msgs):
@@ -181,6 +191,13 @@ def _check(tf: TestFile, at: tuple[str | int, ...], target: str, exp: Expectatio
                                    f"  {_line(m.body)}"))
                 break
     return out
+
+
+def _contains(value: Any, part: Any) -> bool:
+    """`part` is a JSON subset of `value`: an object's listed fields (recursively), anything else equal."""
+    if isinstance(part, dict):
+        return isinstance(value, dict) and all(k in value and _contains(value[k], v) for k, v in part.items())
+    return _line(value) == _line(part)
 
 
 def _check_dead_letters(tf: TestFile, i: int, case: Case, letters: list[Any]) -> list[Failure]:

@@ -64,6 +64,8 @@ class Expectation(_Model):
     ordered: bool = Field(True, description="Whether `bodies` must arrive in this order.")
     count: int | None = Field(None, ge=0, description="Exactly this many messages.")
     each: str | None = Field(None, description="A CEL condition every message must meet (`msg`, `meta`).")
+    contains: Any = Field(None, description="Every body contains this (JSON subset: an object's fields, recursively).")
+    meta: dict[str, Any] | None = Field(None, description="Every message's meta has these keys with these values.")
 
 
 class DeadLetter(_Model):

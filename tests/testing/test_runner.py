@@ -50,9 +50,17 @@ cases:
       read: [{{raw: "nope"}}]
   - name: passes
     inputs:
-      read: [{{body: {{id: 1, user: u1, amount: 100}}}}]
+      read: [{{body: {{id: 1, user: u1, amount: 100}}, meta: {{line: 7}}}}]
     expect:
       vip: {{bodies: [{{id: 1, user: u1, total: 120.0}}]}}
+      check: {{contains: {{user: u1}}, meta: {{line: 7, source: read}}}}
+  - name: wrong field and meta
+    inputs:
+      read: [{{body: {{id: 1, user: u1, amount: 100}}}}]
+    expect:
+      check:
+        contains: {{user: u2}}
+        meta: {{line: 7}}
 """
 
 
@@ -94,11 +102,15 @@ def test_failures_name_the_expectation_line_and_show_a_diff(tmp_path: Path, caps
     assert "1 unexpected dead letter(s)" in [f.message for f in reason]
     unexpected = results["unexpected dead letter"].failures
     assert unexpected[0].line == 29 and "invalid JSON" in unexpected[0].diff
+    field = results["wrong field and meta"].failures
+    assert [(f.line, f.message) for f in field] == [
+        (43, 'check: message 0 does not contain {"user":"u2"}'),
+        (44, """check: message 0's meta does not have {"line":7}""")]
 
     assert main(["test", str(path)]) == 1
     out = capsys.readouterr().out
     assert f"{path}:8: vip: bodies differ" in out
-    assert "6 failed, 1 passed" in out
+    assert "7 failed, 1 passed" in out
 
 
 def test_junit_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -109,14 +121,14 @@ def test_junit_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     root = ET.parse(xml_path).getroot()
     suites = {s.get("name"): s for s in root.iter("testsuite")}
     suite = suites[str(path)]
-    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("7", "6", "0")
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("8", "7", "0")
     case = next(c for c in suite.iter("testcase") if c.get("name") == "wrong body")
     failure = case.find("failure")
     assert failure is not None and f"{path}:8:" in (failure.text or "")
     assert next(c for c in suite.iter("testcase") if c.get("name") == "passes").find("failure") is None
     assert suites[str(bad)].get("errors") == "1"
     assert "E401" in (suites[str(bad)].find("testcase/error").text or "")  # type: ignore[union-attr]
-    assert "6 failed, 1 passed, 1 invalid file(s)" in capsys.readouterr().out
+    assert "7 failed, 1 passed, 1 invalid file(s)" in capsys.readouterr().out
 
 
 def test_lookup_stubs_answer_as_the_lookup_would(tmp_path: Path) -> None:
