@@ -173,6 +173,29 @@ def _summary(report: Any, out: Any) -> None:
 
 
 async def _run(args: argparse.Namespace, graph: Any) -> int:
+    """Run the graph; on a reload (`--watch`, SIGHUP: engine.reload) run the next one, and so on. The
+    exit code is the worst of the runs'."""
+    from engine.reload import Reloader
+
+    reloader = None
+    if args.worker_index is None:  # a supervisor's worker leaves SIGHUP to the supervisor
+        reloader = Reloader(args.file, args.set, _slots(args), graph, watch=args.watch)
+        reloader.install()
+    signals = [0]  # signals received, over every run
+    worst = EXIT_OK
+    try:
+        while True:
+            code, graph = await _run_once(args, graph, reloader, signals)
+            worst = max(worst, code)
+            if graph is None:
+                return worst
+    finally:
+        if reloader is not None:
+            reloader.uninstall()
+
+
+async def _run_once(args: argparse.Namespace, graph: Any, reloader: Any, signals: list[int]) -> tuple[int, Any]:
+    """One run of `graph`: its exit code, and the graph to run next when a reload drained it (else None)."""
     import asyncio
     import signal
 
@@ -184,14 +207,14 @@ async def _run(args: argparse.Namespace, graph: Any) -> int:
         observers = await _start_observers(runner, args)
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_RUN_ERROR
+        return EXIT_RUN_ERROR, None
+    if args.metrics_port == 0 and observers.server is not None:
+        args.metrics_port = observers.server.port  # a reloaded graph serves on the same port
     loop = asyncio.get_running_loop()
-    signals = 0
 
     def on_signal() -> None:
-        nonlocal signals
-        signals += 1
-        if signals == 1:
+        signals[0] += 1
+        if signals[0] == 1:
             logging.getLogger("streamdag").warning("signal received: draining in-flight messages (again to abort)")
             runner.stop()
         else:
@@ -204,6 +227,7 @@ async def _run(args: argparse.Namespace, graph: Any) -> int:
     child = args.worker_index is not None  # started by a supervisor: it prints the summary
     if sys.stderr.isatty() and not args.quiet and not child:
         progress = _start_progress(runner)
+    reload = asyncio.ensure_future(reloader.during(runner)) if reloader is not None and not signals[0] else None
     try:
         report = await runner.run()
     finally:
@@ -213,15 +237,20 @@ async def _run(args: argparse.Namespace, graph: Any) -> int:
         if presence is not None:
             await presence.close()
         await observers.close()
+        following = None
+        if reload is not None:
+            reload.cancel()
+            following = (await asyncio.gather(reload, return_exceptions=True))[0]
+    following = following if not signals[0] and not isinstance(following, BaseException) else None
     if child:
-        return _worker_report(args, report)
+        return _worker_report(args, report), None
     if not args.quiet:
         _summary(report, sys.stderr)
         _latency_summary(report, sys.stderr)
     if report.error is not None:
         print(f"error: {report.error}", file=sys.stderr)
-        return EXIT_RUN_ERROR
-    return EXIT_OK if report.balanced else EXIT_INTEGRITY
+        return EXIT_RUN_ERROR, None
+    return (EXIT_OK if report.balanced else EXIT_INTEGRITY), following
 
 
 async def _start_observers(runner: Any, args: argparse.Namespace) -> Any:
@@ -231,7 +260,8 @@ async def _start_observers(runner: Any, args: argparse.Namespace) -> Any:
 
     dead_letter_policy.include_payload = bool(getattr(args, "log_payloads", False))
     return await Observers.start(runner, getattr(args, "metrics_port", None),
-                                 getattr(args, "metrics_host", "127.0.0.1"))
+                                 getattr(args, "metrics_host", "127.0.0.1"),
+                                 tap=bool(getattr(args, "tap", False) or runner.graph.spec.tap))
 
 
 async def _start_presence(runner: Any, args: argparse.Namespace, graph: Any, observers: Any) -> Any:
@@ -366,6 +396,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     for w in graph.warnings if not child else ():
         print(w.format().replace(f" {w.code} ", f" {w.code} warning: ", 1), file=sys.stderr)
     if args.workers > 1 and not child:
+        if args.watch:
+            print("error: --watch is not supported with --workers > 1: the supervisor does not reload its "
+                  "workers; stop the run (SIGTERM drains every worker) and start it again with the new graph",
+                  file=sys.stderr)
+            return EXIT_INVALID
         from engine.supervise import supervise
 
         return supervise(args.argv, args.workers)
@@ -377,6 +412,90 @@ def _cmd_run(args: argparse.Namespace) -> int:
         import asyncio
 
         return asyncio.run(_run(args, graph))
+
+
+def _cmd_test(args: argparse.Namespace) -> int:
+    """`streamdag test [PATH...]`: run graph test files (docs/testing.md); exit 0 when every case passes."""
+    quiet_logs = logging.getLogger("streamdag")
+    level = quiet_logs.level
+    if not args.log_level:  # the report says what was dead-lettered or late; the nodes' warnings would repeat it
+        quiet_logs.setLevel(logging.ERROR)
+    try:
+        return _run_tests(args)
+    finally:
+        quiet_logs.setLevel(level)
+
+
+def _run_tests(args: argparse.Namespace) -> int:
+    import time
+
+    from engine.testing import find_test_files
+    from engine.testing.report import junit_report, text_report
+    from engine.testing.runner import CaseResult, run_file
+    from engine.testing.spec import check_test_file
+
+    t0 = time.perf_counter()
+    files = find_test_files(args.paths or ["."])
+    if not files:
+        print(f"error: no test files (*.test.yaml) under {' '.join(args.paths or ['.'])}", file=sys.stderr)
+        return EXIT_INVALID
+    results: list[CaseResult] = []
+    invalid = {}
+    for path in files:
+        tf, diags = check_test_file(path)
+        if tf is None:
+            invalid[path] = [d for d in diags if d.severity == "error"]
+            continue
+        results.extend(run_file(tf, args.k))
+    if args.format == "junit":
+        xml = junit_report(results, invalid)
+        if args.output:
+            with open(args.output, "w", encoding="utf-8") as fh:
+                fh.write(xml)
+        else:
+            sys.stdout.write(xml)
+    if args.format == "text" or args.output:
+        text_report(results, invalid, time.perf_counter() - t0, sys.stdout, verbose=not args.quiet)
+    return EXIT_OK if not invalid and all(r.passed for r in results) else EXIT_INVALID
+
+
+def _cmd_tap(args: argparse.Namespace) -> int:
+    """`streamdag tap URL NODE[.PORT]`: print a sample of the messages passing a node of a running graph."""
+    from engine.observe.tap import follow
+
+    if args.filter:
+        from engine.expr import CelError, compile_expr
+
+        try:
+            compile_expr(args.filter)
+        except CelError as exc:
+            print(f"error: --filter: CEL {exc.line}:{exc.col}: {exc.message}", file=sys.stderr)
+            return EXIT_INVALID
+    try:
+        return follow(args.url, args.target, args.rate, args.filter, args.count, args.format, sys.stdout)
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _add_tap_command(sub: Any) -> None:
+    t = sub.add_parser("tap", help="watch a sample of the messages passing a node of a running graph")
+    t.add_argument("url", help="the run's metrics address, e.g. http://127.0.0.1:9464 (run --metrics-port --tap)")
+    t.add_argument("target", metavar="NODE[.PORT]", help="a node (every output port; a sink: what reaches it) or one port")
+    t.add_argument("--rate", type=float, default=10.0, help="most messages per second shown (default 10)")
+    t.add_argument("--filter", metavar="CEL", help="only messages for which this is true (msg, meta)")
+    t.add_argument("-n", "--count", type=_positive, metavar="N", help="stop after N messages")
+    t.add_argument("--format", choices=["text", "ndjson"], default="text")
+    t.set_defaults(fn=_cmd_tap)
+
+
+def _add_test_command(sub: Any) -> None:
+    t = sub.add_parser("test", help="run graph test files (*.test.yaml) with in-memory sources and sinks")
+    t.add_argument("paths", nargs="*", metavar="PATH", help="test files or directories to search (default: .)")
+    t.add_argument("--format", choices=["text", "junit"], default="text", help="junit: JUnit XML for CI")
+    t.add_argument("-o", "--output", metavar="FILE", help="write the JUnit XML here (the text report still prints)")
+    t.add_argument("-k", metavar="TEXT", help="only the cases whose name contains TEXT")
+    t.add_argument("-q", "--quiet", action="store_true", help="no line per passing case")
+    t.set_defaults(fn=_cmd_test)
 
 
 def _add_plugin_commands(sub: Any) -> None:
@@ -428,6 +547,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="this host's workers take slots K .. K+N-1 of --slots (default 0)")
     r.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)  # set by the supervisor for its children
     r.add_argument("--worker-report", help=argparse.SUPPRESS)
+    r.add_argument("--watch", action="store_true",
+                   help="reload when the graph file changes (SIGHUP reloads too): a valid new graph takes over "
+                   "after the running one drains; an invalid one is logged and ignored (engine/reload.py)")
     r.add_argument("--registry", metavar="URL|off",
                    help="NATS where workers register (default: the graph's first nats connection; off: none)")
     _add_observe_args(r)
@@ -462,6 +584,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("-o", "--output", default="docs/nodes", help="folder of the pages (default docs/nodes)")
     d.add_argument("--check", action="store_true", help="write nothing; exit 1 if a page differs")
     d.set_defaults(fn=_cmd_docs)
+    _add_test_command(sub)
+    _add_tap_command(sub)
     _add_plugin_commands(sub)
     return p
 
@@ -483,6 +607,8 @@ def _add_observe_args(r: argparse.ArgumentParser) -> None:
     r.add_argument("--log-format", choices=["auto", "json", "text"], default=None,
                    help="auto (default): JSON lines unless stderr is a terminal")
     r.add_argument("--log-payloads", action="store_true", help="include payloads in dead-letter log lines")
+    r.add_argument("--tap", action="store_true",
+                   help="let `streamdag tap` read payloads through the metrics port (off by default; docs/operate.md)")
 
 
 def _setup_logging(args: argparse.Namespace) -> None:

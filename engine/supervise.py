@@ -18,6 +18,7 @@ Contract:
 - Each worker writes its totals as one JSON object to its report file when its run ends; the
   parent sums them into one integrity line. A worker killed with kill -9 writes none: its
   unacknowledged messages are the source's to redeliver, and the summary counts it as killed.
+- SIGHUP (a reload, for a single process: engine.reload) is logged and ignored: no reload here.
 - Exit code: 0 when every worker's last run exited 0; else the worst of their codes (1 invalid,
   2 run error or a crash loop, 3 integrity).
 """
@@ -161,13 +162,14 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.on_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, _no_reload)
         t0 = time.perf_counter()
         try:
             async with asyncio.TaskGroup() as tg:
                 for slot in self.slots:
                     tg.create_task(self.watch(slot), name=f"worker:{slot.index}")
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             try:
                 os.rmdir(self.dir)
@@ -202,6 +204,12 @@ class Supervisor:
               + (f", {killed} run(s) killed without a report: their unacknowledged messages are redelivered"
                  if killed else "") + f", {seconds:.2f}s, {rate:,.0f} msg/s]", file=self.out)
         return exit_code(self.slots)
+
+
+def _no_reload() -> None:
+    """SIGHUP reloads a single-process run (engine.reload); a supervisor does not reload its workers."""
+    log.warning("SIGHUP ignored: a run with --workers > 1 does not reload; stop it (SIGTERM drains every "
+                "worker) and start it with the new graph", extra={"event": "reload_refused"})
 
 
 def exit_code(slots: list[Slot]) -> int:

@@ -1,6 +1,7 @@
 """The HTTP endpoint of a running graph, an asyncio server inside the run's own loop.
 
-`GET /metrics` Prometheus text, `GET /api/stats` JSON, `GET /` the status page, `GET /healthz`.
+`GET /metrics` Prometheus text, `GET /api/stats` JSON, `GET /` the status page, `GET /healthz`,
+`GET /api/tap` an NDJSON stream of sampled messages when the run allows it (engine.observe.tap).
 It speaks just enough HTTP/1.1 for Prometheus, curl and browsers: one request per connection."""
 
 from __future__ import annotations
@@ -21,14 +22,17 @@ __all__ = ["MetricsServer"]
 
 log = logging.getLogger("streamdag.observe")
 
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed"}
+_REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed"}
 
 
 class MetricsServer:
     """Serves one runner's metrics; `port=0` picks a free port (see `.port` after `start`)."""
 
-    def __init__(self, runner: Any, monitor: Monitor | None = None, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, runner: Any, monitor: Monitor | None = None, host: str = "127.0.0.1", port: int = 0,
+                 tap: bool = False):
         self.runner = runner = as_view(runner)
+        self.tap = tap  # whether /api/tap may show payloads (run --tap, or `tap: true` in the graph)
+        self._closing = asyncio.Event()  # ends the tap streams when the server closes
         self.monitor = monitor
         self.host = host
         self.port = port
@@ -50,6 +54,7 @@ class MetricsServer:
         )
 
     async def close(self) -> None:
+        self._closing.set()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -82,10 +87,36 @@ class MetricsServer:
             return 200, "text/plain; charset=utf-8", b"ok\n"
         return 404, "text/plain; charset=utf-8", b"not found: try /metrics, /api/stats or /\n"
 
+    async def _tap(self, writer: asyncio.StreamWriter, query: str) -> None:
+        """`/api/tap`: a 200 and NDJSON lines until the client or the run goes; or a 4xx with why."""
+        from engine.observe.tap import TapRefused, tap_stream
+
+        started = False
+
+        def write(data: bytes) -> None:
+            nonlocal started
+            if not started:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nCache-Control: no-store\r\n"
+                             b"Connection: close\r\n\r\n")
+                started = True
+            writer.write(data)
+
+        try:
+            await tap_stream(self.runner, query, self.tap, write, writer.drain, self._closing)
+        except TapRefused as exc:
+            if not started:
+                body = f"{exc}\n".encode()
+                writer.write(f"HTTP/1.1 {exc.status} {_REASONS[exc.status]}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode("latin-1") + body)
+                await writer.drain()
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
             parts = head.split(b"\r\n", 1)[0].decode("latin-1").split()
+            if len(parts) == 3 and parts[0] == "GET" and parts[1].split("?", 1)[0] == "/api/tap":
+                await self._tap(writer, parts[1].partition("?")[2])
+                return
             if len(parts) != 3:
                 status, ctype, body = 400, "text/plain; charset=utf-8", b"bad request line\n"
                 method = "GET"

@@ -24,9 +24,11 @@ class Observers:
 
     @classmethod
     async def start(
-        cls, runner: Any, metrics_port: int | None = None, host: str = "127.0.0.1", interval: float = 1.0
+        cls, runner: Any, metrics_port: int | None = None, host: str = "127.0.0.1", interval: float = 1.0,
+        tap: bool = False,
     ) -> Observers:
-        """Start watching `runner`; with `metrics_port` (0: any free port), serve it over HTTP."""
+        """Start watching `runner`; with `metrics_port` (0: any free port), serve it over HTTP (with
+        `tap`, `streamdag tap` may read payloads there)."""
         dead_letter_policy.reset()
         monitor = Monitor(runner, interval=interval)
         monitor.start()
@@ -34,7 +36,7 @@ class Observers:
         if metrics_port is not None:
             from engine.observe.server import MetricsServer
 
-            server = MetricsServer(runner, monitor, host, metrics_port)
+            server = MetricsServer(runner, monitor, host, metrics_port, tap=tap)
             try:
                 await server.start()
             except OSError as exc:

@@ -12,6 +12,7 @@ redeliver it goes back to that source instead.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from engine.compile.validate import ResolvedNode
 from engine.errors import UnhandledError
@@ -33,6 +34,8 @@ class Router:
     async def dispatch(self, node_id: str, lists: dict[str, list[Msg]]) -> None:
         s = self.s
         stats = s.stats[node_id]
+        if s.taps:  # `streamdag tap` (engine.observe.tap): one check per batch when nobody taps
+            _offer_taps(s.taps, node_id, lists)
         for port, msgs in lists.items():
             if not msgs:
                 continue
@@ -101,3 +104,10 @@ class Router:
         self.s.set_fatal(UnhandledError(
             f"node '{node_id}' sent {len(msgs)} message(s) to its errors port, which nothing consumes "
             f"(first: {reason}); wire '{node_id}.errors' to a sink or set defaults.dead_letter"))
+
+
+def _offer_taps(taps: dict[tuple[str, str], list[Any]], node_id: str, lists: dict[str, list[Msg]]) -> None:
+    for port, msgs in lists.items():
+        if msgs:
+            for tap in taps.get((node_id, port), ()):
+                tap.offer(node_id, port, msgs)

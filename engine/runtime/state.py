@@ -52,6 +52,9 @@ class RunState:
         self.stopping = False
         self.stopped_at = 0.0  # time.monotonic() of the first stop()
         self.stop_event = asyncio.Event()
+        # (node, port) -> the `streamdag tap` subscribers there (engine.observe.tap); empty unless someone taps:
+        # the router checks it once per batch
+        self.taps: dict[tuple[str, str], list[Any]] = {}
 
     def stop(self) -> None:
         """Stop reading from sources; what is in flight drains and is acknowledged."""
@@ -139,6 +142,22 @@ class RunView:
 
     def clock(self) -> float:
         return self._s.clock()
+
+    def add_tap(self, keys: list[tuple[str, str]], tap: Any) -> Callable[[], None]:
+        """Show `tap` (engine.observe.tap.Tap) the messages leaving each (node, port); returns its remover."""
+        taps = self._s.taps
+        for key in keys:
+            taps.setdefault(key, []).append(tap)
+
+        def remove() -> None:
+            for key in keys:
+                subs = taps.get(key, [])
+                if tap in subs:
+                    subs.remove(tap)
+                if not subs:
+                    taps.pop(key, None)
+
+        return remove
 
 
 def as_view(run: Any) -> RunView:

@@ -69,4 +69,7 @@ class GraphSpec(BaseModel):
         default_factory=dict, description="Name → JSON Schema file (relative to the graph file) or inline schema."
     )
     defaults: Defaults = Field(default_factory=Defaults)
+    tap: bool = Field(
+        False, description="Let `streamdag tap` read message payloads through the metrics server "
+        "(`run --metrics-port`); off by default, as payloads may be sensitive. `run --tap` opts in too.")
     nodes: dict[str, NodeSpec] = Field(min_length=1)
