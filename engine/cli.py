@@ -374,7 +374,9 @@ def _add_plugin_commands(sub: Any) -> None:
         sp.set_defaults(fn=module.main)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(plugins: bool = True) -> argparse.ArgumentParser:
+    """The CLI; `plugins=False` leaves out the plugin subcommands (a built-in command is running:
+    loading them would import their modules for nothing)."""
     p = argparse.ArgumentParser(prog="streamdag", description="Declarative dataflow graphs.")
     p.add_argument("--log-level", action="append", default=[], metavar="LEVEL|node.ID=LEVEL",
                    help="DEBUG, INFO (default), WARNING, ERROR; or node.ID=LEVEL; repeatable")
@@ -434,8 +436,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("schema", help="print the JSON Schema of the graph format")
     s.set_defaults(fn=_cmd_schema)
-    _add_plugin_commands(sub)
+    if plugins:
+        _add_plugin_commands(sub)
     return p
+
+
+_BUILTIN = frozenset({"validate", "run", "graph", "top", "workers", "schema"})
+_GLOBAL_VALUED = ("--log-level", "--limit")  # the options before the command that take a value
+
+
+def _command_word(argv: list[str]) -> str | None:
+    """The subcommand in `argv` (the first word that is neither an option nor an option's value)."""
+    it = iter(argv)
+    for token in it:
+        if token == "--":
+            return next(it, None)
+        if token.startswith("-"):
+            if "=" not in token and any(len(token) > 3 and o.startswith(token) for o in _GLOBAL_VALUED):
+                next(it, None)
+            continue
+        return token
+    return None
 
 
 def _positive(text: str) -> int:
@@ -483,8 +504,9 @@ def _apply_limits(assignments: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # what `--workers` starts its workers with
+    words = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(plugins=_command_word(words) not in _BUILTIN).parse_args(words)
+    args.argv = words  # what `--workers` starts its workers with
     _setup_logging(args)
     _apply_limits(args.limit)
     return int(args.fn(args))

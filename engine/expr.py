@@ -22,7 +22,7 @@ from typing import Any
 
 from cel_expr_python import cel
 
-__all__ = ["CelError", "EvalError", "Expr", "compile_expr"]
+__all__ = ["CelError", "EvalError", "Expr", "check_expr", "compile_expr"]
 
 # cel-expr-python 0.1.3 drops a reference to None for every null it returns or converts; on
 # Python 3.11 the interpreter aborts once None's count reaches zero ("none_dealloc", after ~10**4
@@ -141,6 +141,14 @@ def _runtime_fn(program: Any, source: str) -> Callable[[Any, Any], Any]:
         return value.plain_value()
 
     return evaluate
+
+
+def check_expr(source: str) -> None:
+    """Parse and type-check `source` only (what `validate` needs); raise `CelError` like `compile_expr`."""
+    try:
+        _ENV.compile(source)
+    except RuntimeError as exc:
+        raise _parse_error(exc) from None
 
 
 def compile_expr(source: str, allow_compiler: bool = True, boolean: bool = False) -> Expr:
