@@ -15,10 +15,8 @@ from pydantic import BaseModel, ValidationError
 
 from engine import registry
 from engine.api import CheckContext, CheckIssue, Node, RetryPolicy, Upstream, cel_fields
-from engine.celc.cost import estimate
 from engine.compile.diagnostics import Diagnostic, GraphInvalid
 from engine.compile.scale import check_workers
-from engine.expr import CelError, check_expr
 from engine.limits import Limits
 from engine.spec.models import NODE_ID_PATTERN, GraphSpec
 from engine.spec.source_map import Loaded, Pos, YamlError, interpolate_env, load_yaml
@@ -383,6 +381,8 @@ def _check_config(c: _Checker, node_id: str, npath: Path, cls: type[Node], type_
                   check_ctx: CheckContext, cel: list[tuple[str, str]]) -> None:
     """CEL, connection and schema references, and the node type's own checks."""
     for fpath, source in cel_fields(config):
+        from engine.expr import CelError, check_expr  # the CEL runtime: only for a graph with CEL
+
         cpath = (*npath, "config", *fpath)
         dotted = ".".join(str(p) for p in cpath)
         c.cel_count += 1
@@ -436,6 +436,8 @@ def _add_issues(c: _Checker, npath: Path, issues: Iterable[CheckIssue]) -> None:
 
 def _check_cel_cost(c: _Checker, cpath: Path, dotted: str, source: str) -> None:
     """E204: the expression's estimated cost (engine/celc/cost.py) is above the limit `cel_cost`."""
+    from engine.celc.cost import estimate
+
     limits = c.limits
     cost = estimate(source, limits.cel_assumed_size)
     if cost > limits.cel_cost:
