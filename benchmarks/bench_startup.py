@@ -13,7 +13,8 @@ The floors: `import yaml, pydantic` and the same building one model (pydantic's 
 its plugin machinery, `importlib.metadata` included), then "deps of validate" / "deps of run", an
 empty program that imports only what those commands cannot do without (yaml, pydantic and one
 model, argparse, logging and json for the CLI; the CEL runtime for a graph with CEL; asyncio with
-uvloop and orjson for the run's logs). What a command costs above its floor is ours to cut.
+uvloop and orjson for the run's logs), and "pydantic as used": the same with three small models
+that use the pydantic features ours do. What a command costs above its floor is ours to cut.
 
 `--compare REF` also measures the tree of a git commit (extracted to a temporary directory and put
 first on PYTHONPATH, with the same interpreter and packages), interleaved with the working tree,
@@ -42,6 +43,29 @@ CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [PY, "-m", "engine.cli"]
 
 _MODEL = "class M(pydantic.BaseModel): x: int = 0"
 _CLI_DEPS = "import argparse, json, logging"
+# the pydantic features our models use (constraints, patterns, Literal, an after-validator, a
+# discriminated union in a dict), in three small models, validated once: a first use of each loads
+# more of pydantic (annotated_types, pydantic.types, functional_validators...) than a bare model does
+_PYDANTIC_AS_USED = """
+from typing import Annotated, Any, Literal
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+class A(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["a"]
+    n: int = Field(1, ge=1, description="n")
+    @model_validator(mode="after")
+    def _c(self) -> "A":
+        return self
+class B(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["b"]
+    s: str | None = Field(None, pattern=r"^x$", description="s")
+class G(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    c: dict[str, Annotated[A | B, Field(discriminator="type")]] = Field(default_factory=dict)
+    d: dict[str, Any] = Field(default_factory=dict)
+G.model_validate({"c": {"x": {"type": "a"}}})
+"""
 COMMANDS: dict[str, list[str]] = {
     "python -c pass": [PY, "-c", "pass"],
     "import yaml, pydantic": [PY, "-c", "import yaml, pydantic"],
@@ -50,6 +74,7 @@ COMMANDS: dict[str, list[str]] = {
     "deps of validate (no CEL)": [PY, "-c", f"import yaml, pydantic, {_CLI_DEPS[7:]}\n{_MODEL}"],
     "deps of validate (CEL)": [PY, "-c", f"import yaml, pydantic, {_CLI_DEPS[7:]}\n{_MODEL}\n"
                                "from cel_expr_python import cel\ncel.NewEnv(variables={'msg': cel.Type.DYN})"],
+    "deps of validate, pydantic as used": [PY, "-c", f"import yaml, pydantic, {_CLI_DEPS[7:]}\n{_PYDANTIC_AS_USED}"],
     "deps of run (no CEL)": [PY, "-c", f"import yaml, pydantic, {_CLI_DEPS[7:]}, orjson, uvloop, asyncio\n{_MODEL}\n"
                              "async def f(): pass\nuvloop.run(f())"],
     "import engine.compile.validate": [PY, "-c", "import engine.compile.validate"],
