@@ -3,10 +3,18 @@
     python benchmarks/bench_startup.py [-n ROUNDS] [--compare GIT_REF]
 
 Each round runs every command once, in turn (so a burst of load on the shared machine hits all of
-them alike); a command's figure is its best (minimum) wall time over the rounds, the usual way to
-read a noisy machine: the minimum is the run that waited least for the CPU. CPU time (user + sys of
-the child) is shown beside it: it moves less with the load. The `+` column is the best minus the
-best of `python -c pass` (the interpreter's own start, which no change of ours can remove).
+them alike); a command's figures are its best (minimum) and median wall time over the rounds (the
+minimum is the run that waited least for the CPU, the usual way to read a noisy machine), and the
+same two of its CPU time (user + sys of the child), which moves less with the load. The `+` columns
+are the best minus the best of `python -c pass` (the interpreter's own start, which no change of
+ours can remove).
+
+The floors: `import yaml, pydantic` and the same building one model (pydantic's first model loads
+its plugin machinery, `importlib.metadata` included), then "deps of validate" / "deps of run", an
+empty program that imports only what those commands cannot do without (yaml, pydantic and one
+model, argparse, logging and json for the CLI; the CEL runtime for a graph with CEL; asyncio with
+uvloop and orjson for the run's logs), and "pydantic as used": the same with three small models
+that use the pydantic features ours do. What a command costs above its floor is ours to cut.
 
 `--compare REF` also measures the tree of a git commit (extracted to a temporary directory and put
 first on PYTHONPATH, with the same interpreter and packages), interleaved with the working tree,
@@ -19,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,11 +41,44 @@ PY = sys.executable
 _SCRIPT = Path(PY).parent / "streamdag"
 CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [PY, "-m", "engine.cli"]
 
+_MODEL = "class M(pydantic.BaseModel): x: int = 0"
+_CLI_DEPS = "import argparse, json, logging"
+# the pydantic features our models use (constraints, patterns, Literal, an after-validator, a
+# discriminated union in a dict), in three small models, validated once: a first use of each loads
+# more of pydantic (annotated_types, pydantic.types, functional_validators...) than a bare model does
+_PYDANTIC_AS_USED = """
+from typing import Annotated, Any, Literal
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+class A(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["a"]
+    n: int = Field(1, ge=1, description="n")
+    @model_validator(mode="after")
+    def _c(self) -> "A":
+        return self
+class B(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["b"]
+    s: str | None = Field(None, pattern=r"^x$", description="s")
+class G(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    c: dict[str, Annotated[A | B, Field(discriminator="type")]] = Field(default_factory=dict)
+    d: dict[str, Any] = Field(default_factory=dict)
+G.model_validate({"c": {"x": {"type": "a"}}})
+"""
 COMMANDS: dict[str, list[str]] = {
     "python -c pass": [PY, "-c", "pass"],
+    "import yaml, pydantic": [PY, "-c", "import yaml, pydantic"],
     # the floor of any validate built on YAML and pydantic models: import both, build one model
-    "import yaml, pydantic (+1 model)": [PY, "-c", "import yaml, pydantic\nclass M(pydantic.BaseModel): x: int = 0"],
+    "import yaml, pydantic (+1 model)": [PY, "-c", f"import yaml, pydantic\n{_MODEL}"],
+    "deps of validate (no CEL)": [PY, "-c", f"import yaml, pydantic, {_CLI_DEPS[7:]}\n{_MODEL}"],
+    "deps of validate (CEL)": [PY, "-c", f"import yaml, pydantic, {_CLI_DEPS[7:]}\n{_MODEL}\n"
+                               "from cel_expr_python import cel\ncel.NewEnv(variables={'msg': cel.Type.DYN})"],
+    "deps of validate, pydantic as used": [PY, "-c", f"import yaml, pydantic, {_CLI_DEPS[7:]}\n{_PYDANTIC_AS_USED}"],
+    "deps of run (no CEL)": [PY, "-c", f"import yaml, pydantic, {_CLI_DEPS[7:]}, orjson, uvloop, asyncio\n{_MODEL}\n"
+                             "async def f(): pass\nuvloop.run(f())"],
     "import engine.compile.validate": [PY, "-c", "import engine.compile.validate"],
+    "streamdag validate benchmarks/startup.yaml": [*CLI, "validate", "benchmarks/startup.yaml"],
     "streamdag validate graphs/demo.yaml": [*CLI, "validate", "graphs/demo.yaml"],
     "streamdag run (generate 1 -> drop)": [*CLI, "run", "-q", "benchmarks/startup.yaml"],
 }
@@ -60,19 +102,26 @@ def _once(argv: list[str], root: Path) -> tuple[float, float]:
     return wall, cpu
 
 
-def measure(rounds: int, roots: dict[str, Path]) -> dict[tuple[str, str], tuple[float, float]]:
-    """Best wall and best CPU seconds per (tree, command) over `rounds` interleaved rounds."""
-    best = {(tree, name): (float("inf"), float("inf")) for tree in roots for name in COMMANDS}
-    for root in roots.values():  # warm the file cache, .pyc files and the entry-point cache
+Samples = dict[tuple[str, str], list[tuple[float, float]]]
+
+
+def measure(rounds: int, roots: dict[str, Path]) -> Samples:
+    """Wall and CPU seconds of every run per (tree, command), over `rounds` interleaved rounds."""
+    samples: Samples = {(tree, name): [] for tree in roots for name in COMMANDS}
+    for root in roots.values():  # warm the file cache and the .pyc files
         for argv in COMMANDS.values():
             _once(argv, root)
     for _ in range(rounds):
         for tree, root in roots.items():
             for name, argv in COMMANDS.items():
-                wall, cpu = _once(argv, root)
-                w, c = best[(tree, name)]
-                best[(tree, name)] = (min(w, wall), min(c, cpu))
-    return best
+                samples[(tree, name)].append(_once(argv, root))
+    return samples
+
+
+def _stats(runs: list[tuple[float, float]]) -> tuple[float, float, float, float]:
+    """Best and median wall, best and median CPU, in ms."""
+    walls, cpus = [w for w, _ in runs], [c for _, c in runs]
+    return (min(walls) * 1e3, statistics.median(walls) * 1e3, min(cpus) * 1e3, statistics.median(cpus) * 1e3)
 
 
 def _extract(ref: str, into: Path) -> Path:
@@ -94,22 +143,26 @@ def main(argv: list[str] | None = None) -> int:
         roots = {"working tree": ROOT}
         if args.compare:
             roots = {args.compare: _extract(args.compare, Path(tmp)), **roots}
-        load_before = os.getloadavg()
-        best = measure(args.rounds, roots)
-    print(f"best of {args.rounds} rounds; load average {load_before[0]:.2f} before, "
-          f"{os.getloadavg()[0]:.2f} after; {os.cpu_count()} CPUs; Python {sys.version.split()[0]}")
+        uptime_before = _uptime()
+        samples = measure(args.rounds, roots)
+    print(f"{args.rounds} rounds; {os.cpu_count()} CPUs; Python {sys.version.split()[0]}; whole process, "
+          f"from .pyc\nuptime before: {uptime_before}\nuptime after:  {_uptime()}")
     width = max(map(len, COMMANDS))
     for tree in roots:
-        base_wall, base_cpu = best[(tree, "python -c pass")]
-        print(f"\n{tree}:{'':{width - len(tree) - 1}}    wall (best)      +pass    cpu (best)     +pass")
+        base_wall, _, base_cpu, _ = _stats(samples[(tree, "python -c pass")])
+        print(f"\n{tree}:{'':{width - len(tree) - 1}}   wall best  median     +pass    cpu best  median     +pass")
         for name in COMMANDS:
-            wall, cpu = best[(tree, name)]
-            extra = "" if name == "python -c pass" else (
-                f"  {(wall - base_wall) * 1000:+7.1f} ms    {cpu * 1000:6.1f} ms  {(cpu - base_cpu) * 1000:+7.1f} ms")
-            if not extra:
-                extra = f"               {cpu * 1000:6.1f} ms"
-            print(f"  {name.ljust(width)}  {wall * 1000:7.1f} ms{extra}")
+            wall, wall_med, cpu, cpu_med = _stats(samples[(tree, name)])
+            print(f"  {name.ljust(width)}  {wall:7.1f} {wall_med:7.1f} {wall - base_wall:+9.1f}    "
+                  f"{cpu:7.1f} {cpu_med:7.1f} {cpu - base_cpu:+9.1f}  ms")
     return 0
+
+
+def _uptime() -> str:
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import argparse
 import json
 import logging
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from engine.compile.diagnostics import GraphInvalid
 
@@ -517,8 +517,11 @@ def _add_plugin_commands(sub: Any) -> None:
         sp.set_defaults(fn=module.main)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="streamdag", description="Declarative dataflow graphs.")
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The CLI. `only`: a built-in command about to run; its subparser is the only one built (the
+    others and the plugin subcommands, whose modules would be imported, cost a start for nothing)."""
+    cls = argparse.ArgumentParser if only is None else _OneCommandParser
+    p = cls(prog="streamdag", description="Declarative dataflow graphs.")
     p.add_argument("--log-level", action="append", default=[], metavar="LEVEL|node.ID=LEVEL",
                    help="DEBUG, INFO (default), WARNING, ERROR; or node.ID=LEVEL; repeatable")
     p.add_argument("--limit", action="append", default=[], metavar="NAME=VALUE",
@@ -526,6 +529,27 @@ def build_parser() -> argparse.ArgumentParser:
                    "(sets STREAMDAG_LIMIT_<NAME>; names and defaults: docs/limits.md); repeatable")
     sub = p.add_subparsers(dest="command", required=True)
 
+    for name, add in _BUILTIN.items():
+        if only is None or only == name:
+            add(sub)
+    if only is None:
+        _add_plugin_commands(sub)
+    return p
+
+
+class _Misuse(Exception):
+    """A command line the one-command parser rejects: the full parser gives the message."""
+
+
+class _OneCommandParser(argparse.ArgumentParser):
+    """The parser of `build_parser(only=...)`: its usage lines list one command, so its errors are
+    left to the full parser (which prints the message a user has always seen)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _Misuse(message)
+
+
+def _add_validate(sub: Any) -> None:
     v = sub.add_parser("validate", help="check graph files offline; every problem at once")
     v.add_argument("files", nargs="+")
     v.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
@@ -533,6 +557,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--format", choices=["text", "json"], default="text", help="json: one report per file")
     v.set_defaults(fn=_cmd_validate)
 
+
+def _add_run(sub: Any) -> None:
     r = sub.add_parser("run", help="run a graph until its sources are drained or a signal arrives")
     r.add_argument("file")
     r.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
@@ -555,6 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_observe_args(r)
     r.set_defaults(fn=_cmd_run)
 
+
+def _add_graph(sub: Any) -> None:
     g = sub.add_parser("graph", help="draw the graph")
     g.add_argument("file")
     g.add_argument("--format", choices=["mermaid", "dot", "svg", "png"], default="mermaid")
@@ -562,6 +590,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
     g.set_defaults(fn=_cmd_graph)
 
+
+def _add_top(sub: Any) -> None:
     t = sub.add_parser("top", help="live view of a running graph (served with `run --metrics-port`)")
     t.add_argument("url", nargs="*", help="the run's metrics address (default http://127.0.0.1:9464); several: "
                    "the workers of one graph, shown as their sum")
@@ -571,6 +601,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--once", action="store_true", help="print one view (rates over one interval) and exit")
     t.set_defaults(fn=_cmd_top)
 
+
+def _add_workers(sub: Any) -> None:
     w = sub.add_parser("workers", help="list the running workers of a graph (every host) and their sum")
     w.add_argument("file")
     w.add_argument("--registry", metavar="URL", help="NATS of the worker registry (default: the graph's nats connection)")
@@ -578,16 +610,38 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--format", choices=["text", "json"], default="text")
     w.set_defaults(fn=_cmd_workers)
 
+
+def _add_schema(sub: Any) -> None:
     s = sub.add_parser("schema", help="print the JSON Schema of the graph format")
     s.set_defaults(fn=_cmd_schema)
+
+
+def _add_docs(sub: Any) -> None:
     d = sub.add_parser("docs", help="write the reference page of every node type (docs/nodes/<type>.md)")
     d.add_argument("-o", "--output", default="docs/nodes", help="folder of the pages (default docs/nodes)")
     d.add_argument("--check", action="store_true", help="write nothing; exit 1 if a page differs")
     d.set_defaults(fn=_cmd_docs)
-    _add_test_command(sub)
-    _add_tap_command(sub)
-    _add_plugin_commands(sub)
-    return p
+
+
+_BUILTIN = {"validate": _add_validate, "run": _add_run, "graph": _add_graph, "top": _add_top, "workers": _add_workers,
+            "schema": _add_schema, "docs": _add_docs, "test": _add_test_command, "tap": _add_tap_command}
+_GLOBAL_VALUED = ("--log-level", "--limit")  # the options before the command that take a value
+
+
+def _command_word(argv: list[str]) -> str | None:
+    """The subcommand in `argv` (the first word that is neither an option nor an option's value)."""
+    it = iter(argv)
+    for token in it:
+        if token == "--":
+            return next(it, None)
+        if token in ("-h", "--he", "--hel", "--help"):  # the top-level help lists every command
+            return None
+        if token.startswith("-"):
+            if "=" not in token and any(len(token) > 3 and o.startswith(token) for o in _GLOBAL_VALUED):
+                next(it, None)
+            continue
+        return token
+    return None
 
 
 def _positive(text: str) -> int:
@@ -637,8 +691,13 @@ def _apply_limits(assignments: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # what `--workers` starts its workers with
+    words = list(sys.argv[1:] if argv is None else argv)
+    command = _command_word(words)
+    try:
+        args = build_parser(command if command in _BUILTIN else None).parse_args(words)
+    except _Misuse:
+        args = build_parser().parse_args(words)  # exits with argparse's message and status 2
+    args.argv = words  # what `--workers` starts its workers with
     _setup_logging(args)
     _apply_limits(args.limit)
     return int(args.fn(args))

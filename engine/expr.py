@@ -14,21 +14,13 @@ expression to a Python closure with the same semantics and is preferred (see iss
 
 from __future__ import annotations
 
-import ctypes
+import functools
 import re
 import sys
 from collections.abc import Callable
 from typing import Any
 
-from cel_expr_python import cel
-
-__all__ = ["CelError", "EvalError", "Expr", "compile_expr"]
-
-# cel-expr-python 0.1.3 drops a reference to None for every null it returns or converts; on
-# Python 3.11 the interpreter aborts once None's count reaches zero ("none_dealloc", after ~10**4
-# nulls). Give None the effectively endless count that Python 3.12+ gives it (immortal objects).
-if sys.version_info < (3, 12):
-    ctypes.c_ssize_t.from_address(id(None)).value += 1 << 40
+__all__ = ["CelError", "EvalError", "Expr", "check_expr", "compile_expr"]
 
 
 class CelError(Exception):
@@ -45,10 +37,23 @@ class EvalError(Exception):
     """Evaluating an expression failed for one message (missing field, no overload...)."""
 
 
-_ENV = cel.NewEnv(variables={"msg": cel.Type.DYN, "meta": cel.Type.DYN})
 _POS = re.compile(r"<input>:(\d+):(\d+): (.*)")
-_ERROR = cel.Type.ERROR
-_NULL = cel.Type.NULL
+
+
+@functools.cache
+def _cel() -> tuple[Any, Any, Any]:
+    """The runtime's environment and its ERROR and NULL types, on first use: a graph without CEL
+    (and `run` of a graph whose expressions all compile) never loads the runtime (issue 20)."""
+    import ctypes
+
+    from cel_expr_python import cel
+
+    # cel-expr-python 0.1.3 drops a reference to None for every null it returns or converts; on
+    # Python 3.11 the interpreter aborts once None's count reaches zero ("none_dealloc", after ~10**4
+    # nulls). Give None the effectively endless count that Python 3.12+ gives it (immortal objects).
+    if sys.version_info < (3, 12):
+        ctypes.c_ssize_t.from_address(id(None)).value += 1 << 40
+    return cel.NewEnv(variables={"msg": cel.Type.DYN, "meta": cel.Type.DYN}), cel.Type.ERROR, cel.Type.NULL
 
 
 def _parse_error(exc: Exception) -> CelError:
@@ -125,6 +130,7 @@ def _cost_guard(source: str) -> Callable[[Any, Any], None] | None:
 
 def _runtime_fn(program: Any, source: str) -> Callable[[Any, Any], Any]:
     guard = _cost_guard(source)
+    _, error_type, null_type = _cel()
 
     def evaluate(body: Any, meta: Any) -> Any:
         if guard is not None:
@@ -134,13 +140,21 @@ def _runtime_fn(program: Any, source: str) -> Callable[[Any, Any], Any]:
         except RuntimeError as exc:  # e.g. "Iteration budget exceeded": the runtime's own 10,000 iterations
             raise EvalError(str(exc).removeprefix("INTERNAL: ")) from None
         kind = value.type()
-        if kind == _ERROR:
+        if kind == error_type:
             raise EvalError(str(value.value()))
-        if kind == _NULL:  # plain_value() of a null drops a reference to None (cel-expr-python 0.1.3)
+        if kind == null_type:  # plain_value() of a null drops a reference to None (cel-expr-python 0.1.3)
             return None
         return value.plain_value()
 
     return evaluate
+
+
+def check_expr(source: str) -> None:
+    """Parse and type-check `source` only (what `validate` needs); raise `CelError` like `compile_expr`."""
+    try:
+        _cel()[0].compile(source)
+    except RuntimeError as exc:
+        raise _parse_error(exc) from None
 
 
 def compile_expr(source: str, allow_compiler: bool = True, boolean: bool = False) -> Expr:
@@ -149,7 +163,7 @@ def compile_expr(source: str, allow_compiler: bool = True, boolean: bool = False
     `boolean`: the caller wants a bool (a filter, a route condition); `many` then returns None
     for a batch in which some result is not a bool, so its fast path needs no type check."""
     try:
-        program = _ENV.compile(source)
+        program = _cel()[0].compile(source)
     except RuntimeError as exc:
         raise _parse_error(exc) from None
     if allow_compiler:

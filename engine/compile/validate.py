@@ -6,6 +6,7 @@ import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import MappingProxyType
 from typing import Any, get_args, get_origin
 
@@ -14,10 +15,8 @@ from pydantic import BaseModel, ValidationError
 
 from engine import registry
 from engine.api import CheckContext, CheckIssue, Node, RetryPolicy, Upstream, cel_fields
-from engine.celc.cost import estimate
 from engine.compile.diagnostics import Diagnostic, GraphInvalid
 from engine.compile.scale import check_workers
-from engine.expr import CelError, compile_expr
 from engine.limits import Limits
 from engine.spec.models import NODE_ID_PATTERN, GraphSpec
 from engine.spec.source_map import Loaded, Pos, YamlError, interpolate_env, load_yaml
@@ -56,7 +55,18 @@ class Graph:
     schemas: dict[str, Any]
     connections: dict[str, dict[str, Any]]
     warnings: list[Diagnostic] = field(default_factory=list)
-    cel: list[tuple[str, str, bool]] = field(default_factory=list)  # (node, expression, compiled)
+    cel_sources: list[tuple[str, str]] = field(default_factory=list)  # (node, expression), every valid one
+
+    @cached_property
+    def cel(self) -> list[tuple[str, str, bool]]:
+        """(node, expression, compiled): whether `engine.celc` compiles each expression to Python.
+        Worked out on first use (`validate --explain-cel`, `--format json`), not while checking: the
+        compiler costs 15-25 ms of import, and a check needs only the runtime's parse (issue 20)."""
+        try:
+            from engine import celc
+        except ImportError:  # the compiler is optional: the runtime covers every expression
+            return [(node, source, False) for node, source in self.cel_sources]
+        return [(node, source, celc.try_compile(source) is not None) for node, source in self.cel_sources]
 
     @property
     def base_dir(self) -> str:
@@ -285,12 +295,12 @@ def check_text(text: str, path: str = "<graph>", env: dict[str, str] | None = No
 
 
 def _check_nodes(c: _Checker, nodes_raw: dict[str, Any], data: dict[str, Any], connections: dict[str, Any],
-                 schema_names: dict[str, Any], spec: GraphSpec | None) -> tuple[dict[str, ResolvedNode], list[tuple[str, str, bool]]]:
+                 schema_names: dict[str, Any], spec: GraphSpec | None) -> tuple[dict[str, ResolvedNode], list[tuple[str, str]]]:
     import re
 
     resolved: dict[str, ResolvedNode] = {}
     shells: dict[str, tuple[type[Node], list[tuple[str, str]], tuple[str, ...] | None]] = {}
-    cel: list[tuple[str, str, bool]] = []
+    cel: list[tuple[str, str]] = []
     configs: dict[str, Any] = {}  # node -> its checked config
     check_ctx = CheckContext(connections=connections, schemas=dict(schema_names))
     defaults = spec.defaults if spec else None
@@ -368,9 +378,11 @@ def _check_upstream(c: _Checker, successors: dict[str, list[str]], shells: dict[
 
 def _check_config(c: _Checker, node_id: str, npath: Path, cls: type[Node], type_name: str, config: Any,
                   connections: dict[str, Any], schema_names: dict[str, Any], spec: GraphSpec | None,
-                  check_ctx: CheckContext, cel: list[tuple[str, str, bool]]) -> None:
+                  check_ctx: CheckContext, cel: list[tuple[str, str]]) -> None:
     """CEL, connection and schema references, and the node type's own checks."""
     for fpath, source in cel_fields(config):
+        from engine.expr import CelError, check_expr  # the CEL runtime: only for a graph with CEL
+
         cpath = (*npath, "config", *fpath)
         dotted = ".".join(str(p) for p in cpath)
         c.cel_count += 1
@@ -380,8 +392,8 @@ def _check_config(c: _Checker, node_id: str, npath: Path, cls: type[Node], type_
                       "this one and the rest are not checked (limit cel_expressions)", value=True)
             continue
         try:
-            expr = compile_expr(source)
-            cel.append((node_id, source, expr.compiled))
+            check_expr(source)  # parse and type-check: what E203 needs
+            cel.append((node_id, source))
         except CelError as exc:
             pos = _cel_pos(c.loaded.pos(cpath, prefer_value=True), exc.line, exc.col, c.lines)
             c.add(cpath, "E203", f"{dotted}: CEL: {exc.message}", pos=pos)
@@ -424,6 +436,8 @@ def _add_issues(c: _Checker, npath: Path, issues: Iterable[CheckIssue]) -> None:
 
 def _check_cel_cost(c: _Checker, cpath: Path, dotted: str, source: str) -> None:
     """E204: the expression's estimated cost (engine/celc/cost.py) is above the limit `cel_cost`."""
+    from engine.celc.cost import estimate
+
     limits = c.limits
     cost = estimate(source, limits.cel_assumed_size)
     if cost > limits.cel_cost:

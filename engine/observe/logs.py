@@ -10,8 +10,6 @@ import logging
 import sys
 from typing import IO, Any
 
-import orjson
-
 __all__ = ["JsonFormatter", "LevelFilter", "WorkerTag", "parse_levels", "setup_logging", "tag_worker"]
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
@@ -32,6 +30,8 @@ class JsonFormatter(logging.Formatter):
                 out[key] = value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
+        import orjson  # on the first line logged: `validate` (which logs nothing) never loads it
+
         return orjson.dumps(out, default=str).decode()
 
 

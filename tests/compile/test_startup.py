@@ -1,0 +1,76 @@
+"""What `streamdag validate` and `run` load before they work (issue 20; figures: benchmarks/bench_startup.py).
+
+The registry reads the entry points itself (no `importlib.metadata`), a built-in command builds only
+its own subparser and loads no plugin command, and validating loads the CEL compiler only when asked
+whether an expression compiles."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+
+from engine import registry
+from engine.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_entry_point_scan_finds_what_importlib_metadata_finds() -> None:
+    for group in (registry.GROUP, registry.COMMANDS):
+        ours = {name: ep.value for name, ep in registry._scan()[group].items()}
+        theirs = {ep.name: ep.value for ep in entry_points(group=group)}
+        assert ours == theirs and ours, group
+    assert registry.load("map").__name__ == "Map"
+
+
+def test_the_entry_point_scan_reads_distributions_in_path_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first, second = tmp_path / "a", tmp_path / "b"
+    for where, value in ((first, "json:dumps"), (second, "json:loads")):
+        info = where / "Demo_Plugin-1.0.dist-info"
+        info.mkdir(parents=True)
+        (info / "entry_points.txt").write_text(
+            f"# a comment\n[streamdag.nodes]\ndemo = {value}\nother = os.path:join [extra]\n\n[console_scripts]\nx = y:z\n")
+    # the same distribution (normalised name) later on the path is hidden, as importlib.metadata does
+    (second / "demo.plugin-2.0.dist-info").mkdir()
+    monkeypatch.setattr(sys, "path", [str(first), str(second / "missing"), str(second)])
+    eps = {(ep.group, ep.name): ep for ep in registry._installed_entry_points()}
+    assert {k: ep.value for k, ep in eps.items()} == {
+        ("streamdag.nodes", "demo"): "json:dumps", ("streamdag.nodes", "other"): "os.path:join [extra]",
+        ("console_scripts", "x"): "y:z"}
+    assert eps[("streamdag.nodes", "demo")].load() is json.dumps
+    assert eps[("streamdag.nodes", "other")].load().__name__ == "join"
+
+
+def _loaded_after(argv: list[str]) -> list[str]:
+    code = f"""
+import contextlib, io, json, sys
+from engine.cli import main
+with contextlib.redirect_stdout(io.StringIO()):
+    status = main({argv!r})
+print(json.dumps([status, sorted(sys.modules)]))
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
+    status, modules = json.loads(done.stdout.strip().splitlines()[-1])
+    assert status == 0, done.stderr
+    return list(modules)
+
+
+def test_validate_loads_no_plugin_command_and_no_cel_compiler() -> None:
+    modules = _loaded_after(["validate", "graphs/demo.yaml"])  # CEL: the runtime checks it, no compiler
+    assert "cel_expr_python" in modules and "engine.celc.cost" in modules
+    assert not {"engine.celc.compiler", "engine.celc.codegen", "operators.connectors.redis.consistency"} & set(modules)
+    modules = _loaded_after(["validate", "benchmarks/startup.yaml"])  # no CEL: no CEL runtime either
+    assert not {"cel_expr_python", "engine.celc", "orjson"} & set(modules)
+
+
+def test_a_misused_command_gets_the_usage_of_every_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["validate", "graphs/demo.yaml", "--bogus"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --bogus" in err and "check-consistency" in err and "workers" in err
