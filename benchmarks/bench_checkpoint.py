@@ -29,12 +29,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.machine import NATS_URL, PG_DSN, REDIS_URL, load_average  # noqa: E402
-from engine.message import AckTracker, Msg  # noqa: E402
-from engine.runtime.context import NodeContext, Resources  # noqa: E402
-from engine.runtime.outputs import Outputs  # noqa: E402
-from engine.runtime.stats import NodeStats  # noqa: E402
-from operators.window import Window, WindowConfig  # noqa: E402
+from benchmarks.machine import NATS_URL, PG_DSN, REDIS_URL, load_average
+from engine.message import AckTracker, Msg
+from engine.runtime.context import NodeContext, Resources
+from engine.runtime.outputs import Outputs
+from engine.runtime.stats import NodeStats
+from operators.window import Window, WindowConfig
 
 KEYS, ITEMS, BATCH = 10_000, 200_000, 500
 AGGREGATES = {"n": {"op": "count"}, "total": {"op": "sum", "expr": "msg.v"}, "hi": {"op": "max", "expr": "msg.v"}}

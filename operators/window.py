@@ -457,7 +457,7 @@ class Window(Operator):
             body, meta = msg.body, msg.meta
             if pending is not None:  # a replayed item the checkpoint covers: its state is in already
                 seq = meta.get("seq")
-                if seq is not None and seq <= positions.get(meta.get("stream", ""), -1):
+                if type(seq) is int and seq <= positions.get(meta.get("stream", ""), -1):
                     self.checkpoints.replayed += 1  # type: ignore[union-attr]
                     msg.ack.finish(DELIVERED)
                     continue
@@ -505,7 +505,7 @@ class Window(Operator):
                     if pending is not None:  # released once a checkpoint covers it
                         pending.append(msg.ack)
                         seq = meta.get("seq")
-                        if seq is not None:
+                        if type(seq) is int:  # a JetStream stream sequence
                             stream = meta.get("stream", "")
                             if seq > positions.get(stream, -1):
                                 positions[stream] = seq
