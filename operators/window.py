@@ -394,6 +394,8 @@ class Window(Operator):
         """A partition went elsewhere: forget its windows and fail the acks they hold, so the source
         redelivers those items to the new owner, which rebuilds the windows whole."""
         if owned:
+            if self.checkpoints is not None:
+                self.checkpoints.assigned(partition)
             return
         part = self.parts.pop(partition, None)
         if part is None:

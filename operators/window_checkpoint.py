@@ -8,7 +8,8 @@ committed downstream (the outbox), and how many key records there are. A save wr
 changed since the last one and the meta record in one atomic write (`engine.CheckpointStore`); then,
 and only then, the acks of the items it covers are released (counted as delivered).
 
-Restore (at start for the unpartitioned input, at the first message of a partition otherwise) reads
+Restore (at start for the unpartitioned input; for a partition at the first tick after it is
+assigned, or at its first message if that comes first) reads
 the records back, checks each (`engine.unseal`: version, CRC-32), checks that the definition matches
 and that no key record is missing, and re-emits the outbox (sinks are idempotent). A replayed item
 whose sequence the checkpoint covers is skipped and its ack released, so restore + replay gives the
@@ -122,6 +123,7 @@ class Checkpointer:
             [(n, a.op, a.limit) for n, a in c.aggregates.items()],
         ]
         self.failing = ""  # the last save error, while saves fail
+        self.to_restore: set[int] = set()  # assigned partitions not restored yet (next tick)
         # metrics
         self.saves = self.restores = self.failures = self.replayed = 0
         self.bytes_written = self.save_us = self.last_save_us = 0
@@ -160,6 +162,13 @@ class Checkpointer:
             await self.save_all()
 
     async def tick(self, out: Output) -> None:
+        for p in sorted(self.to_restore - self.w.parts.keys()):
+            try:
+                await self.restore(p)
+            except Exception as exc:  # noqa: BLE001 - retried at the partition's first message, which stalls on it
+                self.w.ctx.log.error("window %s: restoring partition %s failed: %s: %s", self.w.id, p,
+                                     type(exc).__name__, exc)
+        self.to_restore.clear()
         self._resend(out)
         if self.w.ctx.clock() >= self.next_at:
             await self.save_all()
@@ -176,8 +185,14 @@ class Checkpointer:
                 for ack in acks:
                     ack.fail(reason)
 
+    def assigned(self, partition: int) -> None:
+        """Restore it at the next tick (or its first message, whichever comes first): the windows it
+        emitted and nobody committed go out again even if no new item comes."""
+        self.to_restore.add(partition)
+
     def revoked(self, partition: int) -> None:
         self.sizes.pop(partition, None)
+        self.to_restore.discard(partition)
 
     # ----- restore ----------------------------------------------------------------------------
 

@@ -202,11 +202,51 @@ def test_revoking_a_partition_fails_the_acks_no_checkpoint_covers_yet() -> None:
         events.revoked("src", 1)
         done, failed = tracker.take()
         assert done == [] and sorted(t for t, _ in failed) == [10, 11, 12]  # partition 1's uncovered items
-        # the new owner of partition 1 restores its checkpoint: items 5..8 are covered
-        other = rig.window(PartitionEvents())
+        # the new owner of partition 1 restores its checkpoint when assigned: items 5..8 are covered
+        theirs = PartitionEvents()
+        other = rig.window(theirs)
         await other.start()
+        restored = other.metrics()["checkpoint_restores"]
+        theirs.assigned("src", 1)
+        out = Outputs("win", Window.ports, NodeStats("win", "operator", "window"))
+        await other.tick(rig.clock.now, out)
+        assert other.parts[1].store.open_windows == 4 and other.metrics()["checkpoint_restores"] == restored + 1
         replay = AckTracker()
         await feed(other, items(replay, INPUT[4:12], partition=1))
         assert other.metrics()["checkpoint_replayed_skipped"] == 4 and replay.delivered == 4
 
     run(body)
+
+
+def test_the_checkpoint_store_and_ack_mode_are_checked_offline() -> None:
+    from engine.compile.validate import check_text
+
+    graph = """version: 1
+name: ck_offline
+connections:
+  pg: {type: postgres}
+  cache: {type: redis}
+nodes:
+  gen: {type: generate, config: {count: 1, template: '{"t": 0}'}}
+  win:
+    type: window
+    inputs: [gen]
+    config: {kind: tumbling, size: 1m, time: event, timestamp: msg.t, idle_timeout: 1s, CHECKPOINT}
+  out: {type: stdout, inputs: [win, win.late, gen.errors, win.errors]}
+"""
+
+    def codes(checkpoint: str) -> list[str]:
+        _, diags = check_text(graph.replace("CHECKPOINT", checkpoint))
+        return [f"{d.code} {d.message}" for d in diags if d.severity == "error"]
+
+    assert codes("checkpoint: {connection: pg}") == []
+    (e215,) = codes("checkpoint: {connection: pgg}")
+    assert e215.startswith("E215") and "unknown connection 'pgg'" in e215
+    (e216,) = codes("checkpoint: {connection: cache}")
+    assert e216.startswith("E216") and "checkpoints need postgres" in e216
+    (e202,) = codes("acks: checkpoint")
+    assert e202.startswith("E202") and "acks: checkpoint needs a 'checkpoint' store" in e202
+    (e202,) = codes("acks: hold, checkpoint: {connection: pg}")
+    assert "'checkpoint' applies with acks: checkpoint" in e202
+    (e202,) = codes("on_drain: redeliver, acks: release")
+    assert "on_drain: redeliver" in e202 and "needs acks: hold" in e202
