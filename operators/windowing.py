@@ -143,8 +143,8 @@ class WindowStore:
     def _reset(self) -> None:
         if self.dirty is not None:  # every key goes: the checkpoint forgets them all
             self.dirty.update(self._starts or ())
-            self.dirty.update(self._sessions if hasattr(self, "_sessions") else ())
-            self.dirty.update(self._purged_until if hasattr(self, "_purged_until") else ())
+            self.dirty.update(self._sessions)
+            self.dirty.update(self._purged_until)
             self._starts = {}
         self.wm = NEG_INF
         self._seq = 0
