@@ -12,7 +12,8 @@ All warm, in one process (start-up excluded), the window driven directly as the 
   backend), NATS KV puts (one per record, concurrent; no multi-key atomicity), Redis MULTI/EXEC
   (atomic, but this machine's Redis keeps nothing on disk). Median of 9, alternating.
 
-Run: `python benchmarks/bench_checkpoint.py [restore_keys ...]` (default 10000 1000000).
+Run: `python benchmarks/bench_checkpoint.py [restore_keys ...]` (default 10000 1000000). Automatic
+GC is off, as in `streamdag run`.
 """
 
 from __future__ import annotations
@@ -213,5 +214,8 @@ async def main(restore_keys: list[int]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    import gc
+
+    gc.disable()  # as during `streamdag run` (engine.runtime.gc): no automatic passes over the state
     sizes = [int(a) for a in sys.argv[1:]] or [10_000, 1_000_000]
     print(json.dumps(asyncio.run(main(sizes)), indent=2))

@@ -222,9 +222,14 @@ class Checkpointer:
         store = part.store
         store.restore_meta(meta["store"])
         part.watermark.max_event, part.watermark.value = meta["watermark"]
+        rows = part.rows
         for rk, record in records.items():
-            store.restore_key(orjson.loads(rk), unseal(record, f"{what} key {rk}"))
-            part.rows[rk] = len(record)
+            try:
+                row = unseal(record, what)
+            except CheckpointCorrupt as exc:  # name the key
+                raise CheckpointCorrupt(str(exc).replace(what, f"{what} key {rk}", 1)) from None
+            store.restore_key(orjson.loads(rk), row)
+            rows[rk] = len(record)
         part.positions = dict(meta["positions"])
         part.resend = list(meta["outbox"])
 

@@ -229,7 +229,10 @@ class WindowStore:
                 self._dirty[id(window)] = window
 
     def _open(self, key: Hashable, start: int, end: int) -> _Window:
-        window = _Window(key, start, end, [a.new() for a in self.aggregates], self._seq)
+        return self._reopen(key, start, end, [a.new() for a in self.aggregates], self._seq)
+
+    def _reopen(self, key: Hashable, start: int, end: int, states: list[Any], seq: int) -> _Window:
+        window = _Window(key, start, end, states, seq)
         self._windows[(key, start)] = window
         if self._starts is not None:
             self._starts.setdefault(key, set()).add(start)
@@ -449,8 +452,7 @@ class WindowStore:
                 self._sessions.setdefault(key, []).append(window)
                 self._schedule_session(window)
             else:
-                window = self._open(key, start, end)
-                window.states, window.seq = states, seq
+                window = self._reopen(key, start, end, states, seq)
             window.count, window.emitted = count, [tuple(e) for e in emitted]
             window.acks = [None] if pending else []
             if pending and end <= self.wm:  # fired, with late items not yet re-emitted
