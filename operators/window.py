@@ -334,6 +334,7 @@ class Window(Operator):
         self._fns = [e.fn if e is not None else None for e in self._exprs]  # skip a call layer per item
         # per partition of a partitioned source (`meta.partition`; None when unpartitioned)
         self.parts: dict[int | None, _Part] = {}
+        self.gone: set[int] = set()  # partitions revoked (and not assigned again): their items go back
         self.mode = ack_mode(config, getattr(ctx, "upstream", None))
         self._hold = self.mode == "hold"
         self.checkpoints = Checkpointer(self, config.checkpoint) if config.checkpoint is not None else None
@@ -394,16 +395,18 @@ class Window(Operator):
         """A partition went elsewhere: forget its windows and fail the acks they hold, so the source
         redelivers those items to the new owner, which rebuilds the windows whole."""
         if owned:
+            self.gone.discard(partition)
             if self.checkpoints is not None:
                 self.checkpoints.assigned(partition)
             return
+        self.gone.add(partition)
+        if self.checkpoints is not None:
+            self.checkpoints.revoked(partition)
         part = self.parts.pop(partition, None)
         if part is None:
             return
         held = part.store.discard() + part.pending
         part.pending = []
-        if self.checkpoints is not None:
-            self.checkpoints.revoked(partition)
         reason = f"window {self.id}: partition {partition} of {source} was revoked"
         for ack in held:
             ack.fail(reason)
@@ -432,8 +435,14 @@ class Window(Operator):
             end = start + 1
             while end < n and batch[end].meta.get("partition") == partition:
                 end += 1
+            run = batch[start:end] if start or end < n else batch
+            if partition in self.gone:  # in flight when it was revoked: the new owner gets them again
+                for msg in run:
+                    msg.ack.fail(f"window {self.id}: partition {partition} is no longer owned here")
+                start = end
+                continue
             part = self._part(partition)
-            self._fold_run(part, batch[start:end] if start or end < n else batch, out, now)
+            self._fold_run(part, run, out, now)
             self._send(part.store.take_updates(), emit, part)
             start = end
 

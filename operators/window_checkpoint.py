@@ -124,6 +124,7 @@ class Checkpointer:
         ]
         self.failing = ""  # the last save error, while saves fail
         self.to_restore: set[int] = set()  # assigned partitions not restored yet (next tick)
+        self.revocations: dict[int, int] = {}  # partition -> times revoked (a restore spanning one is void)
         # metrics
         self.saves = self.restores = self.failures = self.replayed = 0
         self.bytes_written = self.save_us = self.last_save_us = 0
@@ -154,7 +155,7 @@ class Checkpointer:
 
     async def process(self, batch: list[Msg], out: Output) -> None:
         parts = self.w.parts
-        for p in {m.meta.get("partition") for m in batch} - parts.keys():
+        for p in {m.meta.get("partition") for m in batch} - parts.keys() - self.w.gone:
             await self.restore(p)  # raises before anything is folded: a retry folds nothing twice
         self._resend(out)
         self.w.fold(batch, out)
@@ -191,6 +192,7 @@ class Checkpointer:
         self.to_restore.add(partition)
 
     def revoked(self, partition: int) -> None:
+        self.revocations[partition] = self.revocations.get(partition, 0) + 1
         self.sizes.pop(partition, None)
         self.to_restore.discard(partition)
 
@@ -198,7 +200,10 @@ class Checkpointer:
 
     async def restore(self, partition: int | None) -> None:
         pname = _part_name(partition)
+        revoked = self.revocations.get(partition, 0) if partition is not None else 0
         records = await self.store.load(self.name, pname)
+        if partition is not None and self.revocations.get(partition, 0) != revoked:
+            return  # revoked while loading: the new owner restores it; saving it here would overwrite theirs
         part = self.w.new_part()
         if records:
             self._load(part, records, f"window {self.w.id}: checkpoint {self.name!r} partition {pname}")
@@ -266,6 +271,8 @@ class Checkpointer:
         return ok
 
     async def _save(self, partition: int | None, part: _Part) -> None:
+        if self.w.parts.get(partition) is not part:
+            return  # revoked meanwhile (its acks were failed): the new owner's checkpoint now
         store, outbox = part.store, part.outbox
         assert store.dirty is not None and outbox is not None
         if not (store.dirty or part.pending or part.resend or outbox.changed) and partition in self.sizes:
