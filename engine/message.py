@@ -376,6 +376,8 @@ def finish_all(acks: list[Ack], outcome: int) -> None:
             if type(a) is BatchAck:
                 a.finish_many(outcome, k)
                 continue
+            if a is NOOP_ACK:  # shared by every message nobody waits for: never counted down
+                continue
             for _ in range(k):
                 a.outcome |= outcome
                 a.pending -= 1
@@ -383,7 +385,7 @@ def finish_all(acks: list[Ack], outcome: int) -> None:
                     settled.append(a)
     else:
         for a in acks:
-            if type(a) is BatchAck:
+            if type(a) is BatchAck or a is NOOP_ACK:
                 a.finish(outcome)
                 continue
             a.outcome |= outcome
