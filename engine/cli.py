@@ -163,10 +163,12 @@ async def _run(args: argparse.Namespace, graph: Any) -> int:
         return EXIT_RUN_ERROR
     loop = asyncio.get_running_loop()
     signals = 0
+    signalled = asyncio.Event()
 
     def on_signal() -> None:
         nonlocal signals
         signals += 1
+        signalled.set()
         if signals == 1:
             logging.getLogger("streamdag").warning("signal received: draining in-flight messages (again to abort)")
             runner.stop()
@@ -175,7 +177,16 @@ async def _run(args: argparse.Namespace, graph: Any) -> int:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
-    presence = await _start_presence(runner, args, graph, observers)
+    # registering may wait on an unreachable registry: a signal meanwhile goes straight to the (stopped) run
+    registering = asyncio.ensure_future(_start_presence(runner, args, graph, observers))
+    interrupted = asyncio.ensure_future(signalled.wait())
+    await asyncio.wait({registering, interrupted}, return_when=asyncio.FIRST_COMPLETED)
+    interrupted.cancel()
+    if not registering.done():
+        registering.cancel()
+    presence = (await asyncio.gather(registering, return_exceptions=True))[0]
+    if isinstance(presence, BaseException):
+        presence = None
     progress = None
     child = args.worker_index is not None  # started by a supervisor: it prints the summary
     if sys.stderr.isatty() and not args.quiet and not child:
