@@ -19,6 +19,28 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 EXIT_OK, EXIT_INVALID, EXIT_RUN_ERROR, EXIT_INTEGRITY = 0, 1, 2, 3
+EXIT_BROKEN_PIPE = 141  # stdout closed by its reader (`| head`): what a shell reports for SIGPIPE
+EXIT_CODES = """\
+exit codes: 0 ok (a run stopped by a signal too, when it balanced); 1 the graph (or a --set) is
+invalid; 2 the run failed (a node could not start, a connection, an unhandled error); 3 the
+integrity check did not balance."""
+
+SET_RULES = """\
+--set PATH=VALUE changes one setting of the file before it is checked (repeat it for more).
+PATH is dot-separated keys from the top of the file: nodes.read.config.path, defaults.batch_size.
+Keys that are missing are added; a key on the way that holds a value (not a mapping) is an error.
+VALUE is read as one YAML value: 5 is a number, true a boolean, null null, [a, b] a list and
+{k: v} a mapping; anything else, including text YAML cannot read (a:, msg.x == "a"), is the text as
+written. To force text, quote it for YAML (--set 'p="5"') or use --set-string PATH=VALUE."""
+
+
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    """`--set` and `--set-string` (SET_RULES); both land in `args.set`, --set-string as `PATH:=VALUE`."""
+    parser.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
+                        help="override a setting, e.g. nodes.read.config.path=x.ndjson (rules below)")
+    parser.add_argument("--set-string", action="append", dest="set", metavar="PATH=VALUE",
+                        type=lambda item: item.replace("=", ":=", 1) if "=" in item else item,
+                        help="like --set, the value always text as written")
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -396,15 +418,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("validate", help="check graph files offline; every problem at once")
     v.add_argument("files", nargs="+")
-    v.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
+    _add_set(v)
     v.add_argument("--explain-cel", action="store_true", help="say which CEL expressions run compiled, and why not")
     v.add_argument("--format", choices=["text", "json"], default="text", help="json: one report per file")
     v.set_defaults(fn=_cmd_validate)
 
-    r = sub.add_parser("run", help="run a graph until its sources are drained or a signal arrives")
+    r = sub.add_parser("run", help="run a graph until its sources are drained or a signal arrives",
+                       epilog=SET_RULES + "\n\n" + EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("file")
-    r.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
-                   help="override a setting, e.g. nodes.read.config.path=x.ndjson")
+    _add_set(r)
     r.add_argument("-q", "--quiet", action="store_true", help="no progress and no summary")
     r.add_argument("--workers", type=_positive, default=1, metavar="N",
                    help="run N worker processes of the graph, supervised by this one (docs/scale.md)")
@@ -424,7 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("file")
     g.add_argument("--format", choices=["mermaid", "dot", "svg", "png"], default="mermaid")
     g.add_argument("-o", "--output")
-    g.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
+    _add_set(g)
     g.set_defaults(fn=_cmd_graph)
 
     t = sub.add_parser("top", help="live view of a running graph (served with `run --metrics-port`)")
@@ -439,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     w = sub.add_parser("workers", help="list the running workers of a graph (every host) and their sum")
     w.add_argument("file")
     w.add_argument("--registry", metavar="URL", help="NATS of the worker registry (default: the graph's nats connection)")
-    w.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
+    _add_set(w)
     w.add_argument("--format", choices=["text", "json"], default="text")
     w.set_defaults(fn=_cmd_workers)
 
@@ -498,7 +520,25 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what `--workers` starts its workers with
     _setup_logging(args)
     _apply_limits(args.limit)
-    return int(args.fn(args))
+    try:
+        code = int(args.fn(args))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return _closed_stdout()
+    return code
+
+
+def _closed_stdout() -> int:
+    """The reader of stdout went away (`streamdag schema | head -1`): stop quietly, as other CLIs do
+    (status 141, 128 + SIGPIPE). stdout goes to /dev/null so the interpreter's last flush cannot fail."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real file descriptor (captured in a test)
+        pass
+    return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":
