@@ -8,7 +8,7 @@ and CLI commands): a scan parses every distribution's entry points whatever the 
 from __future__ import annotations
 
 from functools import cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from importlib.metadata import EntryPoint
@@ -69,6 +69,12 @@ def load(name: str) -> type[Node] | None:
     if name in _extra:
         return _extra[name]
     return _load(name)
+
+
+def field_names(model: Any) -> list[str]:
+    """The names a YAML file uses for a pydantic model's fields: each field's alias when it has one
+    (`schema`, `global`), never the Python name behind it (`schema_`, `global_`)."""
+    return [f.alias or name for name, f in model.model_fields.items()]
 
 
 def closest(word: str, options: list[str] | tuple[str, ...] | set[str]) -> str | None:

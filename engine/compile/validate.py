@@ -123,7 +123,7 @@ def _fields_at(model: Any, loc: tuple[Any, ...]) -> list[str]:
     for part in loc:
         ann = _strip(ann)
         if isinstance(ann, type) and issubclass(ann, BaseModel):
-            f = ann.model_fields.get(part)
+            f = next((f for n, f in ann.model_fields.items() if (f.alias or n) == part), None)
             if f is None:
                 return []
             ann = f.annotation
@@ -140,7 +140,7 @@ def _fields_at(model: Any, loc: tuple[Any, ...]) -> list[str]:
                 return []
     ann = _strip(ann)
     if isinstance(ann, type) and issubclass(ann, BaseModel):
-        return list(ann.model_fields)
+        return registry.field_names(ann)
     return []
 
 
