@@ -494,11 +494,13 @@ def _check_edges(c: _Checker, shells: dict[str, tuple[type[Node], list[tuple[str
     for node_id, raw in nodes_raw.items():  # a consumer with errors of its own still consumes (no W300/W301)
         if node_id not in shells and isinstance(raw, dict) and isinstance(raw.get("inputs"), list):
             consumed.update((r.partition(".")[0], r.partition(".")[2] or "out") for r in raw["inputs"] if isinstance(r, str))
+    dead_letter = spec.defaults.dead_letter if spec is not None else _raw_dead_letter(c.loaded.data)
     for node_id, (cls, inputs, _ports) in shells.items():
         refs = nodes_raw[node_id].get("inputs") or []
         if cls.kind == "source" and refs:
             c.add(("nodes", node_id, "inputs"), "E212", f"nodes.{node_id}.inputs: a source takes no inputs")
-        if cls.kind != "source" and not refs:
+        fed_by_defaults = node_id == dead_letter and cls.kind == "sink"  # every unwired errors port feeds it
+        if cls.kind != "source" and not refs and not fed_by_defaults:
             c.add(("nodes", node_id), "E213", f"nodes.{node_id}: {'an' if cls.kind == 'operator' else 'a'} {cls.kind} needs at least one input")
         for i, (up, port) in enumerate(inputs):
             ipath = ("nodes", node_id, "inputs", i)
