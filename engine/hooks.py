@@ -70,6 +70,12 @@ class Context(Protocol):
         ...
 
     @property
+    def started(self) -> bool:
+        """True once every node of the run has started; still False in a `stop()` after a failed start
+        (a sink that truncates its output waits for this, so a run that never ran loses nothing)."""
+        ...
+
+    @property
     def log(self) -> logging.Logger: ...
 
     @property

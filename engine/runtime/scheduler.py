@@ -142,6 +142,10 @@ class Runner:
                 raise NodeStartError(f"node '{node_id}' ({g.nodes[node_id].type}) failed to start: {exc}") from exc
             started.append(node_id)
         s.starting = None
+        for node in s.nodes.values():
+            ctx = getattr(node, "ctx", None)
+            if ctx is not None:
+                ctx.started = True
         await self._run_tasks()
 
     async def _bounded_by_stop(self, body: asyncio.Future[None]) -> None:
