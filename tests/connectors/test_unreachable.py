@@ -92,3 +92,27 @@ def test_one_signal_stops_a_run_stuck_connecting_to_a_server_that_never_answers(
     assert proc.returncode == 0, err
     assert "stopped while node src was starting" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(("connection", "node", "expected"), [
+    ('{type: postgres, dsn: "postgresql://root:secret@127.0.0.1:1/test", connect_timeout: 1}',
+     "{type: postgres_sink, inputs: [g], config: {connection: db, table: t, columns: {id: msg.i}}}",
+     "postgres connection 'db' (127.0.0.1:1, database test): cannot connect: "),
+    ('{type: redis, url: "redis://:secret@127.0.0.1:1/0", connect_timeout: 1}',
+     "{type: redis_cache_sink, inputs: [g], config: {connection: db, key: 'string(msg.i)'}}",
+     "redis connection 'db' (redis://:***@127.0.0.1:1/0): cannot connect: "),
+])
+def test_a_refused_connection_error_names_the_connection_host_and_port(write_graph, run, connection, node,
+                                                                        expected) -> None:
+    report = run(write_graph(f"""
+        version: 1
+        name: refused
+        defaults: {{dead_letter: out}}
+        connections:
+          db: {connection}
+        nodes:
+          g: {{type: generate, config: {{count: 1}}}}
+          out: {node}
+    """))
+    assert expected in str(report.error), report.error
+    assert "secret" not in str(report.error)
