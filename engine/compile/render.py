@@ -21,20 +21,29 @@ def to_networkx(graph: Graph | Plan) -> nx.MultiDiGraph:
 
 
 def to_mermaid(graph: Graph) -> str:
+    """A Mermaid flowchart. Node ids are `n0`, `n1`... (a node may be named `end`, `graph`, `class`
+    or `o1`, which Mermaid reads as keywords or edge syntax); each node's name is its quoted label."""
     g = to_networkx(graph)
+    ids = {node_id: f"n{i}" for i, node_id in enumerate(g.nodes)}
     lines = ["flowchart LR"]
     for node_id, data in g.nodes(data=True):
         left, right = _SHAPES[data["kind"]]
-        lines.append(f'  {node_id}{left}"{node_id}<br/><small>{data["type"]}</small>"{right}')
+        lines.append(f'  {ids[node_id]}{left}"{_mermaid_text(node_id)}<br/><small>{_mermaid_text(data["type"])}'
+                     f'</small>"{right}')
     for up, down, data in g.edges(data=True):
-        port = data["port"]
+        port, a, b = data["port"], ids[up], ids[down]
         if port == "errors":
-            lines.append(f"  {up} -. errors .-> {down}")
+            lines.append(f"  {a} -. errors .-> {b}")
         elif port == "out":
-            lines.append(f"  {up} --> {down}")
+            lines.append(f"  {a} --> {b}")
         else:
-            lines.append(f"  {up} -- {port} --> {down}")
+            lines.append(f'  {a} -- "{_mermaid_text(port)}" --> {b}')
     return "\n".join(lines) + "\n"
+
+
+def _mermaid_text(text: str) -> str:
+    """Text inside a quoted Mermaid label: quotes and markup as entity codes."""
+    return "".join(f"#{ord(ch)};" if ch in '"<>&#' else ch for ch in text)
 
 
 def to_dot(graph: Graph) -> str:
