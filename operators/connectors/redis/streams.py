@@ -312,7 +312,7 @@ class RedisStreamSource(Source):
         errors: list[Msg] = []
         for eid, fields in entries:
             delivery = 1 if counts is None else counts.get(eid, 0) + 1
-            meta = {"stream": stream, "id": eid.decode(), "delivery": delivery}
+            meta = {"source": self.id, "stream": stream, "id": eid.decode(), "delivery": delivery}
             raw = fields.get(field) if fields else None
             reason = None
             body: Any = None
