@@ -299,13 +299,14 @@ def _start_progress(runner: Any) -> asyncio.Task[None]:
 
 def _latency_summary(report: Any, out: Any) -> None:
     """End-to-end latency (source timestamp to commit) per sink, when sources stamp messages."""
+    from engine.observe.histogram import seconds_text
     from engine.observe.snapshot import histogram_quantile
 
     for s in report.stats.values():
         h = getattr(s, "end_to_end", None)
         if s.kind == "sink" and h is not None and h.count:
-            p50, p99 = histogram_quantile(0.5, h), histogram_quantile(0.99, h)
-            print(f"latency {s.node_id}: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms "  # type: ignore[operator]
+            p50, p99 = (seconds_text(histogram_quantile(q, h), h.bounds[-1]) for q in (0.5, 0.99))
+            print(f"latency {s.node_id}: p50 {p50}, p99 {p99} "
                   f"(source timestamp to commit, {h.count:,} messages)", file=out)
 
 
