@@ -105,7 +105,7 @@ def setup_logging(specs: list[str], fmt: str = "auto", stream: IO[str] | None = 
     default, per_node, per_logger = parse_levels(specs)
     if fmt == "auto":
         fmt = "text" if getattr(stream or sys.stderr, "isatty", lambda: False)() else "json"
-    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
+    handler: logging.Handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.setFormatter(
         JsonFormatter()
         if fmt == "json"
