@@ -126,7 +126,12 @@ def _cmd_graph(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     if args.format == "png":
         return _graph_png(render.to_dot(graph), args.output)
-    text = {"mermaid": render.to_mermaid, "dot": render.to_dot, "svg": render.to_svg}[args.format](graph)
+    if args.format == "svg":  # Graphviz when installed, else our own layered layout (engine.compile.layout)
+        from engine.observe.png import dot_to_svg
+
+        text = dot_to_svg(render.to_dot(graph)) or render.to_svg(graph)
+    else:
+        text = {"mermaid": render.to_mermaid, "dot": render.to_dot}[args.format](graph)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as fh:
             fh.write(text)
