@@ -149,23 +149,24 @@ class Runner:
         await self._run_tasks()
 
     async def _bounded_by_stop(self, body: asyncio.Future[None]) -> None:
-        """Await the run's `body`, which a stop (SIGTERM) bounds whatever a node is doing: a stop while
-        nodes are still starting (a connector retrying an unreachable server) (or before run()) cancels the start at once
-        (nothing is in flight yet); a drain that outlasts `defaults.stop_timeout` (plus a grace) is
-        cancelled, with a warning naming what it waited for."""
+        """Await the run's `body`, which a stop (SIGTERM) bounds whatever a node is doing. A stop before
+        every node has started (a connector retrying an unreachable server) cancels the start at once:
+        nothing is in flight yet. A drain that outlasts `defaults.stop_timeout` plus STOP_GRACE is
+        cancelled, and says so."""
         s = self._s
         stop: asyncio.Future[Any] = asyncio.ensure_future(s.stop_event.wait())
         try:
             await asyncio.wait({body, stop}, return_when=asyncio.FIRST_COMPLETED)
             if not body.done() and s.starting is not None:
-                log.warning("stopped while node %s was starting; nothing had entered the graph", s.starting,
+                log.warning("stopped while node %s was starting; nothing had entered the graph", s.starting or "-",
                             extra={"event": "stopped_while_starting", "node": s.starting})
                 body.cancel()
             elif not body.done():
                 await asyncio.wait({body}, timeout=max(0.0, s.drain_seconds_left()) + STOP_GRACE)
                 if not body.done():
-                    log.error("drain still running %.0fs after the stop: cancelled (in-flight messages go back "
-                              "to their sources unacknowledged)", s.graph.spec.defaults.stop_timeout + STOP_GRACE,
+                    log.error("drain still running %.1fs after the stop: cancelled (what is in flight stays "
+                              "unacknowledged: sources that can redeliver it will)",
+                              s.graph.spec.defaults.stop_timeout + STOP_GRACE,
                               extra={"event": "drain_cancelled"})
                     body.cancel()
             await asyncio.gather(body, return_exceptions=True)

@@ -50,7 +50,8 @@ class RunState:
         self.fatal: BaseException | None = None
         self.fatal_event = asyncio.Event()
         self.stopping = False
-        self.starting: str | None = "-"  # the node being started; None once every node has started
+        # the node being started ("" before the first); None once every node has started
+        self.starting: str | None = ""
         self.stopped_at = 0.0  # time.monotonic() of the first stop()
         self.stop_event = asyncio.Event()
 
