@@ -26,7 +26,7 @@ _EXPORTS: dict[str, str] = {
     # what a node sees (engine.hooks): context, outputs, optional hooks
     "Context": "engine.hooks", "Output": "engine.hooks", "SourceSender": "engine.hooks",
     "AckFactory": "engine.hooks", "SharedResources": "engine.hooks", "HasLag": "engine.hooks",
-    "HasConnectionState": "engine.hooks", "HasMetrics": "engine.hooks", "HasTotal": "engine.hooks",
+    "HasConnectionState": "engine.hooks", "HasLevels": "engine.hooks", "HasMetrics": "engine.hooks", "HasTotal": "engine.hooks",
     "PartitionEvents": "engine.partitions",
     # checkpoints of operator state (engine.checkpoint): the store protocol and the record format
     "CheckpointStore": "engine.checkpoint", "CheckpointCorrupt": "engine.checkpoint",
@@ -107,6 +107,7 @@ if TYPE_CHECKING:
         Context,
         HasConnectionState,
         HasLag,
+        HasLevels,
         HasMetrics,
         HasTotal,
         Output,

@@ -19,6 +19,28 @@ if TYPE_CHECKING:
 __all__ = ["main"]
 
 EXIT_OK, EXIT_INVALID, EXIT_RUN_ERROR, EXIT_INTEGRITY = 0, 1, 2, 3
+EXIT_BROKEN_PIPE = 141  # stdout closed by its reader (`| head`): what a shell reports for SIGPIPE
+EXIT_CODES = """\
+exit codes: 0 ok (a run stopped by a signal too, when it balanced); 1 the graph (or a --set) is
+invalid; 2 the run failed (a node could not start, a connection, an unhandled error); 3 the
+integrity check did not balance."""
+
+SET_RULES = """\
+--set PATH=VALUE changes one setting of the file before it is checked (repeat it for more).
+PATH is dot-separated keys from the top of the file: nodes.read.config.path, defaults.batch_size.
+Keys that are missing are added; a key on the way that holds a value (not a mapping) is an error.
+VALUE is read as one YAML value: 5 is a number, true a boolean, null null, [a, b] a list and
+{k: v} a mapping; anything else, including text YAML cannot read (a:, msg.x == "a"), is the text as
+written. To force text, quote it for YAML (--set 'p="5"') or use --set-string PATH=VALUE."""
+
+
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    """`--set` and `--set-string` (SET_RULES); both land in `args.set`, --set-string as `PATH:=VALUE`."""
+    parser.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
+                        help="override a setting, e.g. nodes.read.config.path=x.ndjson (rules below)")
+    parser.add_argument("--set-string", action="append", dest="set", metavar="PATH=VALUE",
+                        type=lambda item: item.replace("=", ":=", 1) if "=" in item else item,
+                        help="like --set, the value always text as written")
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -128,7 +150,12 @@ def _cmd_graph(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     if args.format == "png":
         return _graph_png(render.to_dot(graph), args.output)
-    text = {"mermaid": render.to_mermaid, "dot": render.to_dot, "svg": render.to_svg}[args.format](graph)
+    if args.format == "svg":  # Graphviz when installed, else our own layered layout (engine.compile.layout)
+        from engine.observe.png import dot_to_svg
+
+        text = dot_to_svg(render.to_dot(graph)) or render.to_svg(graph)
+    else:
+        text = {"mermaid": render.to_mermaid, "dot": render.to_dot}[args.format](graph)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as fh:
             fh.write(text)
@@ -211,9 +238,11 @@ async def _run_once(args: argparse.Namespace, graph: Any, reloader: Any, signals
     if args.metrics_port == 0 and observers.server is not None:
         args.metrics_port = observers.server.port  # a reloaded graph serves on the same port
     loop = asyncio.get_running_loop()
+    signalled = asyncio.Event()
 
     def on_signal() -> None:
         signals[0] += 1
+        signalled.set()
         if signals[0] == 1:
             logging.getLogger("streamdag").warning("signal received: draining in-flight messages (again to abort)")
             runner.stop()
@@ -222,7 +251,16 @@ async def _run_once(args: argparse.Namespace, graph: Any, reloader: Any, signals
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
-    presence = await _start_presence(runner, args, graph, observers)
+    # registering may wait on an unreachable registry: a signal meanwhile goes straight to the (stopped) run
+    registering = asyncio.ensure_future(_start_presence(runner, args, graph, observers))
+    interrupted = asyncio.ensure_future(signalled.wait())
+    await asyncio.wait({registering, interrupted}, return_when=asyncio.FIRST_COMPLETED)
+    interrupted.cancel()
+    if not registering.done():
+        registering.cancel()
+    presence = (await asyncio.gather(registering, return_exceptions=True))[0]
+    if isinstance(presence, BaseException):
+        presence = None
     progress = None
     child = args.worker_index is not None  # started by a supervisor: it prints the summary
     if sys.stderr.isatty() and not args.quiet and not child:
@@ -320,13 +358,14 @@ def _start_progress(runner: Any) -> asyncio.Task[None]:
 
 def _latency_summary(report: Any, out: Any) -> None:
     """End-to-end latency (source timestamp to commit) per sink, when sources stamp messages."""
+    from engine.observe.histogram import seconds_text
     from engine.observe.snapshot import histogram_quantile
 
     for s in report.stats.values():
         h = getattr(s, "end_to_end", None)
         if s.kind == "sink" and h is not None and h.count:
-            p50, p99 = histogram_quantile(0.5, h), histogram_quantile(0.99, h)
-            print(f"latency {s.node_id}: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms "  # type: ignore[operator]
+            p50, p99 = (seconds_text(histogram_quantile(q, h), h.bounds[-1]) for q in (0.5, 0.99))
+            print(f"latency {s.node_id}: p50 {p50}, p99 {p99} "
                   f"(source timestamp to commit, {h.count:,} messages)", file=out)
 
 
@@ -552,17 +591,18 @@ class _OneCommandParser(argparse.ArgumentParser):
 def _add_validate(sub: Any) -> None:
     v = sub.add_parser("validate", help="check graph files offline; every problem at once")
     v.add_argument("files", nargs="+")
-    v.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
+    _add_set(v)
     v.add_argument("--explain-cel", action="store_true", help="say which CEL expressions run compiled, and why not")
     v.add_argument("--format", choices=["text", "json"], default="text", help="json: one report per file")
     v.set_defaults(fn=_cmd_validate)
 
 
+
 def _add_run(sub: Any) -> None:
-    r = sub.add_parser("run", help="run a graph until its sources are drained or a signal arrives")
+    r = sub.add_parser("run", help="run a graph until its sources are drained or a signal arrives",
+                       epilog=SET_RULES + "\n\n" + EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("file")
-    r.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
-                   help="override a setting, e.g. nodes.read.config.path=x.ndjson")
+    _add_set(r)
     r.add_argument("-q", "--quiet", action="store_true", help="no progress and no summary")
     r.add_argument("--workers", type=_positive, default=1, metavar="N",
                    help="run N worker processes of the graph, supervised by this one (docs/scale.md)")
@@ -587,7 +627,7 @@ def _add_graph(sub: Any) -> None:
     g.add_argument("file")
     g.add_argument("--format", choices=["mermaid", "dot", "svg", "png"], default="mermaid")
     g.add_argument("-o", "--output")
-    g.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
+    _add_set(g)
     g.set_defaults(fn=_cmd_graph)
 
 
@@ -606,7 +646,7 @@ def _add_workers(sub: Any) -> None:
     w = sub.add_parser("workers", help="list the running workers of a graph (every host) and their sum")
     w.add_argument("file")
     w.add_argument("--registry", metavar="URL", help="NATS of the worker registry (default: the graph's nats connection)")
-    w.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
+    _add_set(w)
     w.add_argument("--format", choices=["text", "json"], default="text")
     w.set_defaults(fn=_cmd_workers)
 
@@ -700,7 +740,25 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = words  # what `--workers` starts its workers with
     _setup_logging(args)
     _apply_limits(args.limit)
-    return int(args.fn(args))
+    try:
+        code = int(args.fn(args))
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return _closed_stdout()
+    return code
+
+
+def _closed_stdout() -> int:
+    """The reader of stdout went away (`streamdag schema | head -1`): stop quietly, as other CLIs do
+    (status 141, 128 + SIGPIPE). stdout goes to /dev/null so the interpreter's last flush cannot fail."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # no real file descriptor (captured in a test)
+        pass
+    return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ __all__ = [
     "Counters",
     "HasConnectionState",
     "HasLag",
+    "HasLevels",
     "HasMetrics",
     "HasTotal",
     "Output",
@@ -68,6 +69,12 @@ class Context(Protocol):
     @property
     def draining(self) -> bool:
         """True once the run drains (SIGTERM): nodes that hold messages emit what they hold."""
+        ...
+
+    @property
+    def started(self) -> bool:
+        """True once every node of the run has started; still False in a `stop()` after a failed start
+        (a sink that truncates its output waits for this, so a run that never ran loses nothing)."""
         ...
 
     @property
@@ -188,9 +195,18 @@ class HasConnectionState(Protocol):
 
 @runtime_checkable
 class HasMetrics(Protocol):
-    """A node with counters of its own (exported as `streamdag_node_events_total{event}`)."""
+    """A node with counters of its own, values that only grow (exported as the Prometheus counter
+    `streamdag_node_events_total{event}`); levels that go down belong in `HasLevels`."""
 
     def metrics(self) -> dict[str, int]: ...
+
+
+@runtime_checkable
+class HasLevels(Protocol):
+    """A node with levels of its own, values that go up and down (requests in flight, open
+    connections), exported as the gauge `streamdag_node_level{level}`."""
+
+    def levels(self) -> dict[str, float]: ...
 
 
 @runtime_checkable

@@ -147,6 +147,12 @@ def load(name: str) -> type[Node] | None:
     return _load(name)
 
 
+def field_names(model: Any) -> list[str]:
+    """The names a YAML file uses for a pydantic model's fields: each field's alias when it has one
+    (`schema`, `global`), never the Python name behind it (`schema_`, `global_`)."""
+    return [f.alias or name for name, f in model.model_fields.items()]
+
+
 def closest(word: str, options: list[str] | tuple[str, ...] | set[str]) -> str | None:
     """The option `word` was most likely meant to be, for "did you mean" hints."""
     import difflib  # only when something is wrong

@@ -56,7 +56,7 @@ def check_inner(
             loc = (field, "config", *(p for p in err["loc"] if isinstance(p, (str, int))))
             if err["type"] == "extra_forbidden":
                 top = len(loc) == 3
-                hint = registry.closest(str(loc[-1]), list(inner.Config.model_fields)) if top else None
+                hint = registry.closest(str(loc[-1]), registry.field_names(inner.Config)) if top else None
                 issues.append(
                     CheckIssue(loc, "E201", "unknown field" + (f" (did you mean '{hint}'?)" if hint else ""))
                 )

@@ -50,6 +50,8 @@ class Diagnostic:
     severity: Literal["error", "warning"] = "error"
 
     def format(self) -> str:
+        if self.line == 0:  # not in the file: a command-line option (--set)
+            return f"{self.file}: {self.code} {self.message}"
         return f"{self.file}:{self.line}:{self.col}: {self.code} {self.message}"
 
 

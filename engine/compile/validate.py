@@ -81,10 +81,20 @@ class _Checker:
         self.lines: list[str] = []  # the file's text, for positions inside block scalars
         self.limits = Limits.from_env()
         self.cel_count = 0  # CEL expressions seen so far (E205)
+        self.overridden: dict[Path, str] = {}  # paths set by --set, and the option that set them
+
+    def _set_by(self, path: Path) -> str | None:
+        for opath, shown in self.overridden.items():
+            if path[: len(opath)] == opath or (opath[: len(path)] == path and len(path) > 2):
+                return shown
+        return None
 
     def add(self, path: Path, code: str, message: str, *, value: bool = False, severity: str = "error",
             pos: Pos | None = None) -> None:
         p = pos or self.loaded.pos(path, prefer_value=value)
+        shown = self._set_by(path)
+        if shown:
+            message = f"{message} (set by {shown})"
         self.diags.append(Diagnostic(p.line, p.col, code, message, self.path, severity))  # type: ignore[arg-type]
 
     def pydantic_errors(self, exc: ValidationError, prefix: Path, data: Any, model: type[BaseModel],
@@ -123,7 +133,7 @@ def _fields_at(model: Any, loc: tuple[Any, ...]) -> list[str]:
     for part in loc:
         ann = _strip(ann)
         if isinstance(ann, type) and issubclass(ann, BaseModel):
-            f = ann.model_fields.get(part)
+            f = next((f for n, f in ann.model_fields.items() if (f.alias or n) == part), None)
             if f is None:
                 return []
             ann = f.annotation
@@ -140,7 +150,7 @@ def _fields_at(model: Any, loc: tuple[Any, ...]) -> list[str]:
                 return []
     ann = _strip(ann)
     if isinstance(ann, type) and issubclass(ann, BaseModel):
-        return list(ann.model_fields)
+        return registry.field_names(ann)
     return []
 
 
@@ -221,17 +231,49 @@ def _schema_issue(schema: Any) -> tuple[str, Path] | None:
     return None
 
 
-def _apply_overrides(data: dict[str, Any], overrides: list[str]) -> None:
-    """`--set nodes.read.config.path=x.ndjson`: the value is read as YAML (numbers, booleans)."""
+def _override_value(raw: str) -> Any:
+    """A `--set` value (the rules: `streamdag run --help`, engine.cli.SET_RULES): a YAML scalar, a flow list or mapping, else the text as written."""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        return raw
+    if isinstance(value, (dict, list)) and not raw.lstrip().startswith(("{", "[")):
+        return raw  # `a:` or `- x` read as block YAML is not what anyone means on a command line
+    return value
+
+
+def _apply_overrides(data: dict[str, Any], overrides: list[str]) -> tuple[dict[Path, str], list[str]]:
+    """Apply `--set PATH=VALUE` (engine.cli.SET_RULES; `PATH:=VALUE` is --set-string, the text as written).
+    Returns the paths set (with what set them) and one message per mistake."""
+    done: dict[Path, str] = {}
+    errors: list[str] = []
     for item in overrides:
         key, sep, raw = item.partition("=")
-        if not sep:
-            raise ValueError(f"--set takes path=value, got {item!r}")
+        text = key.endswith(":")
+        key = key[:-1] if text else key
+        shown = f"--set{'-string' if text else ''} {key}={raw}" if sep else f"--set {item}"
         parts = key.split(".")
-        cur = data
-        for part in parts[:-1]:
-            cur = cur.setdefault(part, {})
-        cur[parts[-1]] = yaml.safe_load(raw) if raw else ""
+        if not sep:
+            errors.append(f"{shown}: expected PATH=VALUE (for example nodes.read.config.path=in.ndjson)")
+            continue
+        if not key or any(not p.strip() for p in parts):
+            errors.append(f"{shown}: PATH {key!r} has an empty key (keys are separated by single dots)")
+            continue
+        cur: Any = data
+        for i, part in enumerate(parts[:-1]):
+            nxt = cur.get(part) if isinstance(cur, dict) else None
+            if nxt is None:
+                nxt = cur[part] = {}
+            if not isinstance(nxt, dict):
+                where = ".".join(parts[: i + 1])
+                errors.append(f"{shown}: {where} is {type(nxt).__name__} {nxt!r}, not a mapping, so it has no "
+                              f"key {parts[i + 1]!r}")
+                break
+            cur = nxt
+        else:
+            cur[parts[-1]] = raw if text else _override_value(raw)
+            done[tuple(parts)] = shown
+    return done, errors
 
 
 def check_text(text: str, path: str = "<graph>", env: dict[str, str] | None = None,
@@ -254,7 +296,9 @@ def check_text(text: str, path: str = "<graph>", env: dict[str, str] | None = No
         c.add((), "E101", "a graph file must be a mapping with version, name and nodes")
         return None, sorted(c.diags)
     if overrides:
-        _apply_overrides(data, overrides)
+        c.overridden, errors = _apply_overrides(data, overrides)
+        if errors:
+            return None, [Diagnostic(0, 0, "E101", e, path) for e in errors]
     missing: list[tuple[Path, str]] = []
     data = interpolate_env(data, env, (), missing)
     for mpath, name in missing:
@@ -464,11 +508,13 @@ def _check_edges(c: _Checker, shells: dict[str, tuple[type[Node], list[tuple[str
     for node_id, raw in nodes_raw.items():  # a consumer with errors of its own still consumes (no W300/W301)
         if node_id not in shells and isinstance(raw, dict) and isinstance(raw.get("inputs"), list):
             consumed.update((r.partition(".")[0], r.partition(".")[2] or "out") for r in raw["inputs"] if isinstance(r, str))
+    dead_letter = spec.defaults.dead_letter if spec is not None else _raw_dead_letter(c.loaded.data)
     for node_id, (cls, inputs, _ports) in shells.items():
         refs = nodes_raw[node_id].get("inputs") or []
         if cls.kind == "source" and refs:
             c.add(("nodes", node_id, "inputs"), "E212", f"nodes.{node_id}.inputs: a source takes no inputs")
-        if cls.kind != "source" and not refs:
+        fed_by_defaults = node_id == dead_letter and cls.kind == "sink"  # every unwired errors port feeds it
+        if cls.kind != "source" and not refs and not fed_by_defaults:
             c.add(("nodes", node_id), "E213", f"nodes.{node_id}: {'an' if cls.kind == 'operator' else 'a'} {cls.kind} needs at least one input")
         for i, (up, port) in enumerate(inputs):
             ipath = ("nodes", node_id, "inputs", i)

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from math import fsum
 from typing import Any
 
-__all__ = ["LATENCY_BUCKETS", "SIZE_BUCKETS", "Histogram", "quantile"]
+__all__ = ["LATENCY_BUCKETS", "SIZE_BUCKETS", "Histogram", "quantile", "seconds_text"]
 
-# seconds: 100 µs .. 60 s
+# seconds: 100 µs .. 1 h (a pipeline catching up on a backlog sees minutes); above: "> 3600 s"
 LATENCY_BUCKETS: tuple[float, ...] = (
     0.0001,
     0.00025,
@@ -32,6 +32,11 @@ LATENCY_BUCKETS: tuple[float, ...] = (
     10.0,
     30.0,
     60.0,
+    120.0,
+    300.0,
+    600.0,
+    1800.0,
+    3600.0,
 )
 # messages per batch
 SIZE_BUCKETS: tuple[float, ...] = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
@@ -99,7 +104,9 @@ def _fmt(bound: float) -> str:
 
 def quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float | None:
     """Estimate the q-quantile from cumulative (upper bound, count) buckets, like PromQL's
-    histogram_quantile: linear interpolation inside the bucket; None when empty."""
+    histogram_quantile: linear interpolation inside the bucket; None when empty; `inf` when it lies
+    above the largest finite bound (PromQL answers that bound, which reads as a cap: `seconds_text`
+    shows `> bound`)."""
     if not buckets:
         return None
     total = buckets[-1][1]
@@ -110,10 +117,22 @@ def quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float | None:
     for bound, count in buckets:
         if count >= rank:
             if bound == float("inf"):
-                return prev_bound
+                return float("inf")
             in_bucket = count - prev_count
             if in_bucket <= 0:
                 return bound
             return prev_bound + (bound - prev_bound) * (rank - prev_count) / in_bucket
         prev_bound, prev_count = bound, count
     return prev_bound
+
+
+def seconds_text(seconds: float | None, top: float = LATENCY_BUCKETS[-1]) -> str:
+    """A duration for people: `-` (none), `0.25 ms`, `12.0 ms`, `3.4 s`, or `> 3600 s` above the
+    largest bucket `top` (a quantile that is `inf`)."""
+    if seconds is None:
+        return "-"
+    if seconds == float("inf"):
+        return f"> {top:g} s"
+    if seconds < 1:
+        return f"{seconds * 1000:.2f} ms" if seconds < 0.01 else f"{seconds * 1000:.1f} ms"
+    return f"{seconds:.1f} s"

@@ -86,13 +86,26 @@ def parse_levels(specs: list[str]) -> tuple[int, dict[str, int], dict[str, int]]
     return default, per_node, per_logger
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever `sys.stderr` is at the time of each record, not the one at setup: while
+    the progress bar is on screen, rich puts a proxy there that prints lines above the bar (a
+    handler holding the real stderr would write its first line onto the bar's line)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> IO[str]:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: IO[str]) -> None:
+        pass
+
+
 def setup_logging(specs: list[str], fmt: str = "auto", stream: IO[str] | None = None) -> logging.Handler:
     """Install one handler on the root logger; returns it (tests remove it again)."""
-    stream = stream if stream is not None else sys.stderr
     default, per_node, per_logger = parse_levels(specs)
     if fmt == "auto":
-        fmt = "text" if getattr(stream, "isatty", lambda: False)() else "json"
-    handler = logging.StreamHandler(stream)
+        fmt = "text" if getattr(stream or sys.stderr, "isatty", lambda: False)() else "json"
+    handler: logging.Handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.setFormatter(
         JsonFormatter()
         if fmt == "json"

@@ -15,7 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from engine.hooks import HasMetrics
+from engine.hooks import HasLevels, HasMetrics
 from engine.observe.histogram import Histogram
 from engine.observe.monitor import Monitor, reconcile
 from engine.runtime.state import as_view
@@ -228,14 +228,22 @@ class GraphCollector(Collector):
             "by the server's Nats-Msg-Id window).",
             labels=["graph", "node", "event"],
         )
+        levels = GaugeMetricFamily(
+            "streamdag_node_level",
+            "A node type's own levels from its levels() hook, values that go up and down (e.g. http_source "
+            "requests in flight and open connections).",
+            labels=["graph", "node", "level"],
+        )
         for node_id, node in list(r.nodes.items()):
-            if isinstance(node, HasMetrics):
-                try:
-                    for event, value in node.metrics().items():
-                        extra.add_metric([graph, node_id, event], value)
-                except Exception:  # noqa: BLE001 - a scrape must not fail because one node's hook did
-                    continue
+            for hook, family, fn in ((HasMetrics, extra, "metrics"), (HasLevels, levels, "levels")):
+                if isinstance(node, hook):
+                    try:
+                        for name, value in getattr(node, fn)().items():
+                            family.add_metric([graph, node_id, name], value)
+                    except Exception:  # noqa: BLE001 - a scrape must not fail because one node's hook did
+                        continue
         yield extra
+        yield levels
 
 
 def _histogram(name: str, doc: str, items: list[tuple[list[str], Histogram]], labels: list[str]) -> Metric:

@@ -54,19 +54,12 @@ function label(g, cls, text, dy) {{
 }}
 function row(cells) {{ return "<tr>" + cells.map((c) => "<td>" + c + "</td>").join("") + "</tr>"; }}
 function esc(s) {{ return String(s).replace(/[&<>"]/g, (c) => ({{"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}})[c]); }}
-// the drawing's edges end on the left middle of their target's box: find each edge's target once
+// each edge of the drawing names its target (data-to): colour it by the target's queue fill
 let edgeTargets = null;
 function findEdgeTargets() {{
-  const boxes = [];
-  for (const g of document.querySelectorAll("g.node")) {{
-    const r = g.querySelector("rect");
-    boxes.push([g.id.slice(5), +r.getAttribute("x"), +r.getAttribute("y") + +r.getAttribute("height") / 2]);
-  }}
   const out = [];
-  for (const line of document.querySelectorAll("#graph line")) {{
-    const x2 = +line.getAttribute("x2"), y2 = +line.getAttribute("y2");
-    const hit = boxes.find((b) => Math.abs(b[1] - x2) < 0.5 && Math.abs(b[2] - y2) < 0.5);
-    if (hit) out.push([line, hit[0], line.getAttribute("stroke")]);
+  for (const line of document.querySelectorAll("#graph polyline.edge")) {{
+    out.push([line, line.getAttribute("data-to"), line.getAttribute("stroke")]);
   }}
   return out;
 }}

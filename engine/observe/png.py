@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-__all__ = ["GraphvizMissing", "dot_to_png"]
+__all__ = ["GraphvizMissing", "dot_to_png", "dot_to_svg"]
 
 
 class GraphvizMissing(RuntimeError):
@@ -26,3 +26,17 @@ def dot_to_png(dot_text: str, timeout: float = 30.0) -> bytes:
     if proc.returncode != 0:
         raise RuntimeError(f"dot failed ({proc.returncode}): {proc.stderr.decode(errors='replace').strip()}")
     return proc.stdout
+
+
+def dot_to_svg(dot_text: str, timeout: float = 30.0) -> str | None:
+    """Lay out DOT text with Graphviz as SVG; None when `dot` is not installed or fails (the caller
+    then draws its own layout)."""
+    exe = shutil.which("dot")
+    if exe is None:
+        return None
+    try:
+        proc = subprocess.run([exe, "-Tsvg"], input=dot_text.encode(), capture_output=True, timeout=timeout,
+                              check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout.decode() if proc.returncode == 0 else None

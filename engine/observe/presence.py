@@ -48,13 +48,18 @@ def registry_url(graph: Any, explicit: str | None = None) -> dict[str, Any] | No
     return None
 
 
+async def _quiet(exc: Exception) -> None:
+    """nats-py's error callback: its default logs a traceback for every failed attempt."""
+    log.debug("worker registry connection: %r", exc)
+
+
 async def _connect(settings: dict[str, Any]) -> Any:
     import nats
 
     kwargs: dict[str, Any] = {"servers": [u.strip() for u in settings["url"].split(",")],
                               "connect_timeout": settings.get("connect_timeout", 2.0),
                               "max_reconnect_attempts": -1, "reconnect_time_wait": settings.get("reconnect_wait", 1.0),
-                              "allow_reconnect": True, "name": "streamdag-presence"}
+                              "allow_reconnect": True, "name": "streamdag-presence", "error_cb": _quiet}
     for key, arg in (("user", "user"), ("password", "password"), ("token", "token"), ("creds_file", "user_credentials")):
         if settings.get(key):
             kwargs[arg] = settings[key]
@@ -119,7 +124,8 @@ class Presence:
             self._kv = await _bucket(self._nc.jetstream())
             await self._put()
         except Exception as exc:  # noqa: BLE001 - registration is best effort (module docstring)
-            log.warning("worker registry at %s unavailable: %s; running unregistered", self.settings.get("url"), exc)
+            log.warning("worker registry at %s unavailable: %s; running unregistered", self.settings.get("url"),
+                        str(exc) or type(exc).__name__)
             await self._close_client()
             return False
         self._task = asyncio.create_task(self._beat(), name="observe:presence")

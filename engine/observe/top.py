@@ -18,7 +18,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from engine.observe.histogram import quantile
+from engine.observe.histogram import LATENCY_BUCKETS, quantile
 
 __all__ = ["Scrape", "build_view", "merge", "metrics_url", "parse_metrics", "run_top"]
 
@@ -144,6 +144,8 @@ def _p99(prev: dict[str, Any] | None, cur: dict[str, Any], key: str) -> float | 
 def _ms(seconds: float | None) -> str:
     if seconds is None:
         return "-"
+    if seconds == float("inf"):  # above the largest bucket
+        return f">{LATENCY_BUCKETS[-1]:g}s"
     return f"{seconds * 1000:.2f}ms" if seconds < 0.01 else f"{seconds * 1000:.0f}ms"
 
 

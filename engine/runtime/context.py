@@ -97,6 +97,9 @@ class NodeContext:
         self.clock = clock
         # set by the scheduler on stop (SIGTERM): `flush` then means "graph stopping", not "end of input"
         self.draining = False
+        # set by the scheduler once every node has started: the run is under way (a node's stop()
+        # after a failed start knows that nothing ran)
+        self.started = False
         # set by a connector when its service is reachable again (its client reconnected): the
         # scheduler then retries a batch it holds back at once, not after the rest of its backoff
         import asyncio

@@ -40,6 +40,7 @@ from engine.runtime.stats import NodeStats
 __all__ = ["NodeCrash", "RunReport", "Runner"]
 
 log = logging.getLogger("streamdag.runtime")
+STOP_GRACE = 2.0  # seconds past `defaults.stop_timeout` before a stopped run cancels what still runs
 
 
 @dataclass
@@ -115,28 +116,87 @@ class Runner:
         g = s.graph
         error: BaseException | None = None
         started: list[str] = []
+        body = asyncio.ensure_future(self._start_and_run(started))
         try:
-            for node_id in s.plan.start_order:
-                try:
-                    await s.nodes[node_id].start()
-                except Exception as exc:
-                    raise NodeStartError(f"node '{node_id}' ({g.nodes[node_id].type}) failed to start: {exc}") from exc
-                started.append(node_id)
-            await self._run_tasks()
+            await self._bounded_by_stop(body)
         except NodeStartError as exc:
             error = exc
         finally:
             for node_id in reversed(started):
                 try:
-                    await s.nodes[node_id].stop()
+                    await self._within_grace(s.nodes[node_id].stop(), f"stopping node {node_id}")
                 except Exception:
                     log.exception("node %s failed to stop cleanly", node_id)
-            await s.resources.close()
+            await self._within_grace(s.resources.close(), "closing the run's connections")
         if s.stopping:
             log.info("drain finished", extra={"event": "drain_finished", "graph": g.spec.name,
                                               "in_flight": sum(t.in_flight for t in s.trackers.values())})
         return RunReport(g.spec.name, time.perf_counter() - t0, s.stats, s.trackers,
                          error or s.fatal, s.stopping and s.fatal is None)
+
+    async def _start_and_run(self, started: list[str]) -> None:
+        s = self._s
+        g = s.graph
+        for node_id in s.plan.start_order:
+            s.starting = node_id
+            try:
+                await s.nodes[node_id].start()
+            except Exception as exc:
+                raise NodeStartError(f"node '{node_id}' ({g.nodes[node_id].type}) failed to start: {exc}") from exc
+            started.append(node_id)
+        s.starting = None
+        for node in s.nodes.values():
+            ctx = getattr(node, "ctx", None)
+            if ctx is not None:
+                ctx.started = True
+        await self._run_tasks()
+
+    async def _bounded_by_stop(self, body: asyncio.Future[None]) -> None:
+        """Await the run's `body`, which a stop (SIGTERM) bounds whatever a node is doing. A stop before
+        every node has started (a connector retrying an unreachable server) cancels the start at once:
+        nothing is in flight yet. A drain that outlasts `defaults.stop_timeout` plus STOP_GRACE is
+        cancelled, and says so."""
+        s = self._s
+        stop: asyncio.Future[Any] = asyncio.ensure_future(s.stop_event.wait())
+        try:
+            await asyncio.wait({body, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if not body.done() and s.starting is not None:
+                log.warning("stopped while node %s was starting; nothing had entered the graph", s.starting or "-",
+                            extra={"event": "stopped_while_starting", "node": s.starting})
+                body.cancel()
+            elif not body.done():
+                await asyncio.wait({body}, timeout=max(0.0, s.drain_seconds_left()) + STOP_GRACE)
+                if not body.done():
+                    log.error("drain still running %.1fs after the stop: cancelled (what is in flight stays "
+                              "unacknowledged: sources that can redeliver it will)",
+                              s.graph.spec.defaults.stop_timeout + STOP_GRACE,
+                              extra={"event": "drain_cancelled"})
+                    body.cancel()
+            await asyncio.gather(body, return_exceptions=True)
+            if not body.cancelled() and body.exception() is not None:
+                raise body.exception()  # type: ignore[misc]
+        except asyncio.CancelledError:
+            body.cancel()
+            await asyncio.gather(body, return_exceptions=True)
+            raise
+        finally:
+            stop.cancel()
+
+    async def _within_grace(self, aw: Any, what: str) -> None:
+        """`aw` (a node's stop, closing connections), given what is left of the drain plus a grace
+        once stopping, so a connector that hangs there cannot keep a stopped run alive."""
+        s = self._s
+        if not s.stopping:
+            await aw
+            return
+        task = asyncio.ensure_future(aw)
+        done, _ = await asyncio.wait({task}, timeout=max(0.0, s.drain_seconds_left()) + STOP_GRACE)
+        if not done:
+            log.error("%s did not finish within the drain: abandoned", what, extra={"event": "stop_abandoned"})
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        else:
+            task.result()
 
     async def _run_tasks(self) -> None:
         """Every node's task, one ack loop per source and the GC timer, in one TaskGroup. The run

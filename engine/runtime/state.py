@@ -50,6 +50,8 @@ class RunState:
         self.fatal: BaseException | None = None
         self.fatal_event = asyncio.Event()
         self.stopping = False
+        # the node being started ("" before the first); None once every node has started
+        self.starting: str | None = ""
         self.stopped_at = 0.0  # time.monotonic() of the first stop()
         self.stop_event = asyncio.Event()
         # (node, port) -> the `streamdag tap` subscribers there (engine.observe.tap); empty unless someone taps:

@@ -76,6 +76,9 @@ class NatsConnection(_Base):
     creds_file: str | None = Field(None, description="NATS credentials file (JWT + nkey).")
     connect_timeout: float = Field(2.0, gt=0, description="Seconds for one connection attempt.")
     reconnect_wait: float = Field(1.0, gt=0, description="Seconds between reconnect attempts (unlimited).")
+    start_timeout: float = Field(
+        10.0, gt=0, description="Seconds `run` keeps trying to reach a server at start before it stops with an "
+        "error naming the connection and URL; once connected, a lost connection is retried without limit.")
     streams: dict[str, NatsStream] = Field(
         default_factory=dict,
         description="JetStream streams the graph needs, by name: `streamdag run` creates the missing ones "

@@ -11,7 +11,7 @@ from typing import Any, BinaryIO, Literal
 import orjson
 from pydantic import Field
 
-from engine import Msg, NodeConfig, PayloadTooLarge, Sink, Size, Source, SourceSender, codec
+from engine import ConnectorError, Msg, NodeConfig, PayloadTooLarge, Sink, Size, Source, SourceSender, codec
 
 __all__ = ["FileSink", "FileSinkConfig", "FileSource", "FileSourceConfig", "Stdout", "StdoutConfig"]
 
@@ -33,8 +33,10 @@ class FileSourceConfig(NodeConfig):
 
 
 class FileSource(Source):
-    """A line that is not JSON, or beyond the payload limits, goes to the `errors` port with the
-    reason and its line number."""
+    """A line that is not JSON, not UTF-8, or beyond the payload limits, goes to the `errors` port with
+    the reason, its line number and the column (1-based, in characters; in bytes for bad UTF-8) within
+    the line; its original bytes travel with it (a dead letter that is not UTF-8 text keeps them as
+    `payload_base64`, docs/limits.md). A UTF-8 byte order mark at the start of the file is skipped."""
 
     Config = FileSourceConfig
     example = """\
@@ -53,6 +55,14 @@ nodes:
     def total(self) -> int | None:
         return None
 
+    async def start(self) -> None:
+        """A file that cannot be read stops the run before it starts (and before a sink truncates)."""
+        path = self.ctx.path(self.config.path)
+        try:
+            open(path, "rb").close()  # noqa: ASYNC230 - once, at start
+        except OSError as exc:
+            raise ConnectorError(f"file_source {self.id}: cannot read {path}: {exc.strerror or exc}") from exc
+
     async def run(self, out: SourceSender) -> None:
         cfg: FileSourceConfig = self.config
         path = self.ctx.path(cfg.path)
@@ -61,7 +71,9 @@ nodes:
         raw_lines = cfg.format == "lines"
         sid, spath = self.id, cfg.path
         with open(path, "rb") as fh:  # noqa: ASYNC230 - a local file, read a batch at a time
-            lineno = pos = 0
+            if fh.read(3) != _BOM:  # a BOM (Windows editors write one) is not part of the first line
+                fh.seek(0)
+            lineno, pos = 0, fh.tell()
             while not out.stopping.is_set():
                 await out.wait_room()
                 lines = fh.readlines(cfg.batch * 128)
@@ -83,7 +95,10 @@ nodes:
                         continue
                 bad = False
                 if raw_lines:
-                    bodies: list[Any] = [raw.rstrip(b"\r\n").decode("utf-8", "replace") for raw in lines]
+                    try:
+                        bodies: list[Any] = [raw.rstrip(b"\r\n").decode() for raw in lines]
+                    except UnicodeDecodeError:
+                        bodies, bad = _decode_each(lines, numbers), True
                 else:
                     try:  # the common case, one comprehension; orjson skips the line end as whitespace
                         bodies = [loads(raw, limit) for raw in lines]
@@ -115,14 +130,34 @@ class _BadLine:
         self.raw, self.reason = raw, reason
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
+def _not_utf8(raw: bytes, n: int) -> str | None:
+    """Why line `n` is not UTF-8 (with the byte column), or None when it is."""
+    try:
+        raw.decode()
+    except UnicodeDecodeError as exc:
+        return f"line {n} byte {exc.start + 1}: not UTF-8 ({exc.reason}); its bytes are kept"
+    return None
+
+
+def _decode_each(lines: list[bytes], numbers: Sequence[int]) -> list[Any]:
+    """`format: lines`, a batch with a line that is not UTF-8: that line becomes a `_BadLine`."""
+    return [_BadLine(raw.rstrip(b"\r\n"), why) if (why := _not_utf8(raw, n)) else raw.rstrip(b"\r\n").decode()
+            for n, raw in zip(numbers, lines)]
+
+
 def _parse_each(lines: list[bytes], numbers: Sequence[int], limit: int) -> list[Any]:
-    """Parse line by line (a batch with a bad line): a bad line becomes a `_BadLine`."""
+    """Parse line by line (a batch with a bad line): a bad line becomes a `_BadLine`. orjson counts
+    positions in the one line it was given: its `line 1 column C (char P)` becomes the file's line."""
     bodies: list[Any] = []
     for n, raw in zip(numbers, lines):
         try:
             bodies.append(codec.loads(raw, limit))
         except orjson.JSONDecodeError as exc:
-            bodies.append(_BadLine(raw.rstrip(b"\r\n"), f"line {n}: invalid JSON: {exc}"))
+            why = _not_utf8(raw, n) or f"line {n} column {exc.colno}: invalid JSON: {exc.msg}"
+            bodies.append(_BadLine(raw.rstrip(b"\r\n"), why))
         except PayloadTooLarge as exc:
             bodies.append(_BadLine(raw.rstrip(b"\r\n"), f"line {n}: {exc}"))
     return bodies
@@ -219,14 +254,25 @@ nodes:
     def __init__(self, node_id: str, config: FileSinkConfig, ctx: Any) -> None:
         super().__init__(node_id, config, ctx)
         self.fh: BinaryIO | None = None
+        self.truncate = False  # overwrite mode, until the run is under way (start)
 
     async def start(self) -> None:
+        """Append: opened now. Overwrite: the file is truncated only once the run is under way (the
+        first write, or the end of a run that wrote nothing), so a run that fails to start (an input
+        file missing) leaves the previous output as it was. A path that cannot be written fails now."""
         path = self.ctx.path(self.config.path)
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # noqa: ASYNC240 - once, at start
-        self.fh = open(path, "ab" if self.config.mode == "append" else "wb")  # noqa: ASYNC230
+        self.fh = open(path, "ab")  # noqa: ASYNC230
+        self.truncate = self.config.mode == "overwrite"
+
+    def _truncate_once(self) -> None:
+        if self.truncate and self.fh is not None:
+            self.fh.truncate(0)
+            self.truncate = False
 
     async def write(self, batch: list[Msg]) -> list[tuple[Msg, str]] | None:
         assert self.fh is not None
+        self._truncate_once()
         if self.config.format == "raw":
             data, failed = _encode_raw(batch)
         else:
@@ -239,6 +285,8 @@ nodes:
 
     async def stop(self) -> None:
         if self.fh is not None:
+            if self.ctx.started:  # a run that wrote nothing still leaves an empty file in overwrite mode
+                self._truncate_once()
             self.fh.close()
             self.fh = None
 

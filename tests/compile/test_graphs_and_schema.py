@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import textwrap
 from pathlib import Path
 
 import jsonschema
@@ -12,7 +14,7 @@ import yaml
 from engine.cli import main
 from engine.compile import render
 from engine.compile.schema import graph_schema
-from engine.compile.validate import check_file, load_graph
+from engine.compile.validate import check_file, check_text, load_graph
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAPHS = sorted((ROOT / "graphs").glob("*.yaml"))
@@ -47,11 +49,36 @@ def test_schema_rejects_unknown_config_field() -> None:
 def test_pictures_include_ports_and_error_edges() -> None:
     graph = load_graph(str(ROOT / "graphs" / "demo.yaml"))
     mermaid = render.to_mermaid(graph)
-    assert "orders --> price" in mermaid and "price -. errors .-> dead" in mermaid
+    ids = {name: f"n{i}" for i, name in enumerate(render.to_networkx(graph).nodes)}
+    assert f"{ids['orders']} --> {ids['price']}" in mermaid and f"{ids['price']} -. errors .-> {ids['dead']}" in mermaid
     dot = render.to_dot(graph)
     assert '"price" -> "dead" [style=dashed, color=red, label="errors"]' in dot
     svg = render.to_svg(graph)
     assert svg.startswith("<svg") and svg.count('class="node"') == len(graph.nodes)
+
+
+def test_mermaid_ids_are_safe_whatever_the_node_names() -> None:
+    """`end` (and `graph`, `o1`, quotes in a port) would break Mermaid as ids: ids are n0, n1...,
+    the names are quoted labels."""
+    graph, diags = check_text(textwrap.dedent("""\
+        version: 1
+        name: reserved
+        defaults: {dead_letter: end}
+        nodes:
+          graph: {type: generate, config: {count: 1}}
+          o1: {type: route, inputs: [graph], config: {routes: {class: 'msg.i > 0'}}}
+          end: {type: stdout, inputs: [o1.class, o1.unmatched]}
+    """), "g.yaml", {})
+    assert graph is not None, diags
+    mermaid = render.to_mermaid(graph)
+    lines = mermaid.splitlines()
+    assert lines[0] == "flowchart LR"
+    node_lines = [ln.strip() for ln in lines[1:] if "<br/>" in ln]
+    assert {re.match(r"(n\d+)[\[(]", ln).group(1) for ln in node_lines} == {"n0", "n1", "n2"}
+    assert any('"end<br/><small>stdout</small>"' in ln for ln in node_lines)
+    edges = [ln.strip() for ln in lines[1:] if "<br/>" not in ln]
+    assert all(re.fullmatch(r'n\d+ (-->|-- "[^"]+" -->|-\. errors \.->) n\d+', e) for e in edges), edges
+    assert not re.search(r"\b(end|graph|o1)\b(?![^\"]*\")", "\n".join(edges))
 
 
 def test_cli_validate_reports_every_error_and_exit_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

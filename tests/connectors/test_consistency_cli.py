@@ -52,3 +52,20 @@ def test_check_consistency_command_scores_and_exits(capsys: pytest.CaptureFixtur
         assert main([*base, "--min-score", "0.7"]) == 0
     finally:
         asyncio.run(cleanup())
+
+
+@pytest.mark.services
+@pytest.mark.parametrize(("extra", "expected"), [
+    (["--table", "cc_no_such_table_x"], 'error: check-consistency: postgres table cc_no_such_table_x: relation '
+                                        '"cc_no_such_table_x" does not exist'),
+    (["--table", "t", "--redis-url", "redis://127.0.0.1:1/0"], "error: check-consistency: redis (redis://127.0.0.1:1/0): "
+                                                             "cannot connect"),
+    (["--table", "t", "--dsn", "postgresql://root:pw@127.0.0.1:1/test"],
+     "error: check-consistency: postgres (postgresql://root:***@127.0.0.1:1/test): cannot connect"),
+])
+def test_check_consistency_that_cannot_check_says_why_and_exits_2(extra, expected, capsys) -> None:
+    """Exit 2 (cannot check) is not exit 1 (score too low), and there is no traceback."""
+    code = main(["check-consistency", "--key-column", "id", "--key-prefix", "x:", "--connect-timeout", "2", *extra])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith(expected) and err.count("\n") == 1, err

@@ -256,3 +256,21 @@ async def test_a_100_kb_url_is_431(tmp_path: Path) -> None:
             writer.close()
             assert reply.startswith(b"HTTP/1.1 431"), reply[:200]
             assert b"headers_too_large" in reply
+
+
+@aio
+async def test_the_64_kib_head_limit_is_exact_when_the_head_comes_in_one_read(tmp_path: Path) -> None:
+    """A head of exactly 64 KiB (request line, headers, blank line) is served; one byte more is 431."""
+    async with Gateway(tmp_path) as gw:
+        host, port = gw.source.address
+        start = b"POST /api/v1/data/ingest HTTP/1.1\r\nContent-Length: 0\r\nX-Pad: "
+        for size, status in ((64 * 1024, b"HTTP/1.1 4"), (64 * 1024 + 1, b"HTTP/1.1 431")):
+            head = start + b"a" * (size - len(start) - 4) + b"\r\n\r\n"
+            assert len(head) == size
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(head)  # one write: the parser gets the whole head at once
+            await writer.drain()
+            reply = await asyncio.wait_for(reader.readuntil(b"\r\n"), 5)
+            writer.close()
+            assert reply.startswith(status), (size, reply)
+            assert (b"431" in reply) == (size > 64 * 1024), (size, reply)

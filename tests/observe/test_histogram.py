@@ -40,5 +40,24 @@ def test_cumulative_and_quantile() -> None:
         h.observe(v)
     assert h.cumulative() == [("0.1", 2), ("1.0", 4), ("+Inf", 5)]
     assert quantile(0.5, [(0.1, 2.0), (1.0, 4.0), (float("inf"), 5.0)]) == pytest.approx(0.1 + 0.9 * 0.5 / 2)
-    assert histogram_quantile(0.99, h) == 1.0  # beyond the last bound: the last finite bound
+    assert histogram_quantile(0.99, h) == float("inf")  # beyond the last bound: above it, not capped at it
     assert histogram_quantile(0.99, Histogram()) is None
+
+
+def test_latencies_beyond_a_minute_are_measured_and_beyond_the_buckets_say_so() -> None:
+    """Buckets reach an hour; a quantile above the largest bucket is `inf` and reads `> 3600 s`,
+    not the largest bound (which read like a cap at 60 s)."""
+    from engine.observe.histogram import LATENCY_BUCKETS, seconds_text
+    from engine.observe.snapshot import histogram_quantile
+
+    h = Histogram(LATENCY_BUCKETS)
+    for v in (0.02, 90.0, 90.0, 90.0):
+        h.observe(v)
+    p50 = histogram_quantile(0.5, h)
+    assert p50 is not None and 60 < p50 <= 120
+    assert seconds_text(p50).endswith(" s") and 60 < float(seconds_text(p50)[:-2]) <= 120
+    for _ in range(10):
+        h.observe(5000.0)
+    assert histogram_quantile(0.99, h) == float("inf")
+    assert seconds_text(histogram_quantile(0.99, h)) == "> 3600 s"
+    assert seconds_text(0.0123) == "12.3 ms" and seconds_text(None) == "-"

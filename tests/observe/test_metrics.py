@@ -143,3 +143,34 @@ def test_port_in_use_is_a_clear_error(tmp_path, live_run: LiveRun) -> None:
     assert proc.returncode == 2
     assert f"cannot serve metrics on 127.0.0.1:{live_run.port}" in proc.stderr
     assert not (tmp_path / "out.ndjson").exists() or (tmp_path / "out.ndjson").read_text() == ""
+
+
+def test_levels_are_gauges_not_counters(write_graph) -> None:
+    """http_source's `in_flight` and `connections` go down: they are `streamdag_node_level` (a gauge),
+    and `streamdag_node_events_total` (a counter) keeps only what grows."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from engine.compile.validate import load_graph
+    from engine.observe.metrics import make_registry, render_metrics
+    from engine.runtime.scheduler import Runner
+
+    path = write_graph("""
+        version: 1
+        name: levels
+        defaults: {dead_letter: out}
+        nodes:
+          gw: {type: http_source, config: {port: 0}}
+          out: {type: drop, inputs: [gw]}
+    """)
+    runner = Runner(load_graph(str(path)))
+    runner.nodes["gw"].in_flight = 7
+    text = render_metrics(make_registry(runner, process=False)).decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    level = families["streamdag_node_level"]
+    assert level.type == "gauge"
+    assert {s.labels["level"]: s.value for s in level.samples if s.labels["node"] == "gw"} == {
+        "in_flight": 7, "connections": 0}
+    events = families["streamdag_node_events"]
+    assert events.type == "counter"
+    assert {s.labels["event"] for s in events.samples} >= {"accepted", "requests"}
+    assert not {s.labels["event"] for s in events.samples} & {"in_flight", "connections"}

@@ -50,20 +50,43 @@ def test_progress_counts_to_the_known_total(write_graph) -> None:
     )  # it moved along the way
 
 
-@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
-def test_run_shows_a_progress_bar_on_a_terminal(tmp_path: Path) -> None:
+def _screen_of_run(tmp_path: Path, graph: str) -> str:
+    """Run the graph with `streamdag run` on a real terminal (tmux, 150x20); the screen at the end."""
     path = tmp_path / "g.yaml"
-    path.write_text(textwrap.dedent(FINITE))
+    path.write_text(textwrap.dedent(graph))
     sock = f"operate-{uuid.uuid4().hex[:8]}"
     done = tmp_path / "done"
     cmd = f"env -u COLUMNS -u LINES {sys.executable} -m engine.cli run {path}; touch {done}; sleep 30"
     subprocess.run(["tmux", "-L", sock, "new-session", "-d", "-x", "150", "-y", "20", cmd], check=True)
     try:
         wait_for(done.exists, 30, "the run to finish")
-        screen = subprocess.run(
+        return subprocess.run(
             ["tmux", "-L", sock, "capture-pane", "-p"], capture_output=True, text=True, check=False
         ).stdout
-        assert "3000/3000" in screen and "100%" in screen, screen
-        assert "integrity OK: 3000 in" in screen
     finally:
         subprocess.run(["tmux", "-L", sock, "kill-server"], capture_output=True, check=False)
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_run_shows_a_progress_bar_on_a_terminal(tmp_path: Path) -> None:
+    screen = _screen_of_run(tmp_path, FINITE)
+    assert "3000/3000" in screen and "100%" in screen, screen
+    assert "integrity OK: 3000 in" in screen
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_a_log_line_during_the_progress_bar_gets_its_own_line(tmp_path: Path) -> None:
+    """The first log line of a run on a terminal used to be written onto the bar's line."""
+    screen = _screen_of_run(tmp_path, """
+        version: 1
+        name: finite
+        defaults: {dead_letter: dead}
+        nodes:
+          gen: {type: generate, config: {count: 3000, rate: 6000, batch: 100}}
+          m: {type: map, inputs: [gen], config: {expr: '{"x": 6 / (msg.i - 1500)}'}}
+          out: {type: file_sink, inputs: [m], config: {path: out.ndjson}}
+          dead: {type: file_sink, config: {path: dead.ndjson}}
+    """)
+    [logged] = [line for line in screen.splitlines() if "dead-lettered by m" in line]
+    assert logged.split()[2] == "WARNING" and "/3000" not in logged and "msg/s" not in logged, screen
+    assert "3000/3000" in screen

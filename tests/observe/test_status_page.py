@@ -60,7 +60,7 @@ def test_status_page_renders_live_stats(live_run: LiveRun, tmp_path: Path) -> No
     assert status and status.group(1).startswith("running") and "updated" in status.group(1), status
     assert "<td>ok</td>" in dom  # integrity column of the source table
     # every edge (gen->price, price->out and three errors edges into dead) shows its target's queue fill
-    assert len(re.findall(r'<line [^>]*data-fill="[0-9.]+"', dom)) == len(re.findall("<line ", dom)) == 5
+    assert len(re.findall(r'<polyline [^>]*data-fill="[0-9.]+"', dom)) == len(re.findall("<polyline ", dom)) == 5
 
 
 def test_status_page_screenshot(live_run: LiveRun, tmp_path: Path) -> None:

@@ -109,7 +109,7 @@ def test_file_source_bad_lines_go_to_errors_and_json_strings_are_messages(
     out = _lines(tmp_path / "out.ndjson")
     assert [(o["body"], o["meta"]["line"]) for o in out] == [("a string", 1), ({"ok": 1}, 2), ([1, 2], 5), ("x", 6)]
     (dead,) = _lines(tmp_path / "dead.ndjson")
-    assert dead["payload"] == "{broken" and dead["error"].startswith("line 3: invalid JSON")
+    assert dead["payload"] == "{broken" and dead["error"].startswith("line 3 column 2: invalid JSON")
     assert report.totals() == {"entered": 5, "delivered": 4, "filtered": 0, "dead_lettered": 1, "nacked": 0,
                                "in_flight": 0}
 

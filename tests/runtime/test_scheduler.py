@@ -410,3 +410,35 @@ def test_an_upstream_ack_in_progress_when_the_run_ends_is_not_cut_short(write_gr
     report = run_graph(path)
     assert report.balanced and report.totals()["delivered"] == 400
     assert sorted(RECORD["src"]["committed"]) == list(range(400))
+
+
+def test_a_stop_ends_the_run_within_stop_timeout_even_if_a_sink_never_returns(write_graph) -> None:
+    """A write that hangs (a connector stuck on a socket that never answers) cannot keep a stopped
+    run alive: past `stop_timeout` (+ STOP_GRACE) what still runs is cancelled and the run ends."""
+    from engine.runtime.scheduler import STOP_GRACE
+
+    path = write_graph("""
+        version: 1
+        name: hung
+        defaults: {dead_letter: dead, stop_timeout: 0.3}
+        nodes:
+          src: {type: test_source, config: {count: 6, batch: 3}}
+          out: {type: test_sink, inputs: [src], config: {gate: never}}
+          dead: {type: drop, inputs: [src.errors]}
+    """)
+
+    async def main() -> Any:
+        GATES["never"] = asyncio.Event()  # never set
+        RECORD.pop("out", None)
+        runner = Runner(load_graph(path))
+        task = asyncio.create_task(runner.run())
+        while not RECORD.get("out", {}).get("calls"):
+            await asyncio.sleep(0.01)
+        t0 = time.monotonic()
+        runner.stop()
+        report = await asyncio.wait_for(task, 10)
+        return report, time.monotonic() - t0
+
+    report, took = asyncio.run(main())
+    assert 0.3 <= took < 0.3 + STOP_GRACE + 1.0, took
+    assert report.totals()["delivered"] == 0

@@ -172,6 +172,8 @@ class _Conn(asyncio.Protocol):
         self.refused = None
 
     def on_url(self, url: bytes) -> None:
+        if not self.url:  # the rest of the request line: method, space, " HTTP/1.1\r\n"; the head's last CRLF
+            self.head_bytes += len(self.parser.get_method()) + 1 + 11 + 2
         self.url += url
         self._count_head(len(url))
 
@@ -181,10 +183,11 @@ class _Conn(asyncio.Protocol):
 
     def _count_head(self, n: int) -> None:
         """431 as soon as the head is known to exceed MAX_HEAD, even when it came in one read (then
-        data_received's count comes too late): the request line adds at least 15 bytes to the URL
-        (`GET`, two spaces, `HTTP/1.1`, CRLF). Raising stops the parser; data_received answers."""
+        data_received's count comes too late). The count is exact for a head without optional
+        whitespace: request line, `name: value` lines and the blank line. Raising stops the parser;
+        data_received answers."""
         self.head_bytes += n
-        if self.head_bytes + 15 > MAX_HEAD:
+        if self.head_bytes > MAX_HEAD:
             self.refused = _error(431, "headers_too_large",
                                   f"request line and headers exceed {MAX_HEAD} bytes")
             raise ValueError(self.refused.body)

@@ -122,9 +122,13 @@ nodes:
         return check_config(config, ctx)
 
     def metrics(self) -> dict[str, int]:
-        """Counters beside the runtime's: requests, items accepted, requests refused, in flight."""
+        """Counters beside the runtime's: requests, items accepted, requests refused..."""
+        return dict(self.counts)
+
+    def levels(self) -> dict[str, float]:
+        """Levels (they go down too): items in flight, open connections."""
         conns = len(self.server.conns) if self.server is not None else 0
-        return {**self.counts, "in_flight": self.in_flight, "connections": conns}
+        return {"in_flight": self.in_flight, "connections": conns}
 
     # -- lifecycle
     async def start(self) -> None:

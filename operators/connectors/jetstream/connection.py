@@ -1,6 +1,8 @@
 """One NATS client per named connection, shared by every JetStream node of a run.
 
-The client reconnects without limit; nodes register a callback to redo their own state (pull
+The first connection is bounded by `start_timeout` (a server that is down or never answers stops
+the run with an error naming the connection and URL: nats-py alone would retry it forever); after
+that the client reconnects without limit; nodes register a callback to redo their own state (pull
 requests) after a reconnect. The first node to ask for a connection also creates the streams
 declared under it (`streams:`), so a conflict stops the run before any data flows.
 """
@@ -8,6 +10,7 @@ declared under it (`streams:`), so a conflict stops the run before any data flow
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +25,11 @@ if TYPE_CHECKING:
 __all__ = ["JetStreamConnectionError", "NatsHandle", "classify_nats", "nats_handle"]
 
 log = logging.getLogger("streamdag.jetstream")
+
+
+def _safe(url: str) -> str:
+    """The URL(s) without passwords or tokens, for messages."""
+    return re.sub(r"//([^:@/]*):[^@/]*@", r"//\1:***@", re.sub(r"//[^:@/]*@", "//***@", url))
 
 
 def classify_nats(exc: BaseException) -> ErrorClass | None:
@@ -59,6 +67,7 @@ class NatsHandle:
         self.listeners: list[Callable[[], Awaitable[None]]] = []
         self.on_disconnect: list[Callable[[], None]] = []  # called at once when the connection drops
         self.closing = False
+        self.last_error = ""
 
     async def _reconnected(self) -> None:
         url = self.nc.connected_url
@@ -76,10 +85,15 @@ class NatsHandle:
             fn()
 
     async def _error(self, exc: Exception) -> None:
-        log.warning("nats connection %r: %s", self.name, exc)
+        text = str(exc) or type(exc).__name__
+        if text != self.last_error:  # not once per attempt while a server stays down
+            log.warning("nats connection %r: %s", self.name, text)
+        self.last_error = text
 
     async def connect(self) -> NatsHandle:
-        import nats
+        import asyncio
+
+        from nats.aio.client import Client
 
         s = self.settings
         kwargs: dict[str, Any] = {}
@@ -89,8 +103,8 @@ class NatsHandle:
             kwargs["token"] = s.token
         if s.creds_file is not None:
             kwargs["user_credentials"] = s.creds_file
-        try:
-            self.nc = await nats.connect(
+        self.nc = Client()
+        attempt = asyncio.ensure_future(self.nc.connect(
                 servers=[u.strip() for u in s.url.split(",") if u.strip()],
                 name=s.name or "streamdag",
                 connect_timeout=s.connect_timeout,
@@ -101,11 +115,24 @@ class NatsHandle:
                 disconnected_cb=self._disconnected,
                 error_cb=self._error,
                 **kwargs,
-            )
-        except Exception as exc:
+            ))
+        try:
+            done, _ = await asyncio.wait({attempt}, timeout=s.start_timeout)
+        finally:  # a timeout, or the run stopped (cancelled) while connecting
+            if not attempt.done():
+                attempt.cancel()
+                await asyncio.gather(attempt, return_exceptions=True)
+                await self._abandon()
+        if not done:
+            last = f" (last error: {self.last_error})" if self.last_error else ""
             raise JetStreamConnectionError(
-                f"connection {self.name!r}: cannot connect to {s.url}: {exc!r}"
-            ) from exc
+                f"nats connection {self.name!r} ({_safe(s.url)}): no server reachable within "
+                f"start_timeout {s.start_timeout:g}s{last}")
+        if attempt.exception() is not None:
+            await self._abandon()
+            raise JetStreamConnectionError(
+                f"nats connection {self.name!r} ({_safe(s.url)}): cannot connect: {attempt.exception()!r}"
+            ) from attempt.exception()
         self.js = self.nc.jetstream()
         self.tap = Tap(self.nc)
         try:
@@ -115,6 +142,14 @@ class NatsHandle:
             await self.nc.close()
             raise
         return self
+
+    async def _abandon(self) -> None:
+        """Close a client whose first connection never completed (its reconnect loop and socket)."""
+        self.closing = True
+        try:
+            await self.nc.close()
+        except Exception as exc:  # noqa: BLE001 - nothing was connected: nothing to flush
+            log.debug("nats connection %r: closing an unconnected client: %r", self.name, exc)
 
     async def close(self) -> None:
         self.closing = True

@@ -520,12 +520,14 @@ nodes:
         msgs: list[Msg] = []
         errors: list[Msg] = []
         append = msgs.append
+        node_id = self.id
         redelivered = 0
         for (subject, reply, data, headers), ack in zip(raw, acks):
             t = reply.split(".")
             o = 2 if len(t) == 9 else 4
             delivered = int(t[o + 2])
             meta = {
+                "source": node_id,
                 "subject": subject,
                 "stream": t[o],
                 "consumer": t[o + 1],

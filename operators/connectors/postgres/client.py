@@ -23,6 +23,7 @@ from engine import (
     MESSAGE,
     UNAVAILABLE,
     CheckIssue,
+    ConnectorError,
     ErrorClass,
     MessageError,
     PayloadTooLarge,
@@ -299,16 +300,11 @@ async def pool_for(ctx: Context, name: str) -> asyncpg.Pool:
     dsn, server_settings = connect_args(settings)
 
     async def create() -> asyncpg.Pool:
-        return await asyncpg.create_pool(
-            dsn,
-            min_size=settings.get("min_size", 1),
-            max_size=settings.get("max_size", 4),
-            timeout=settings.get("connect_timeout", 5.0),
-            command_timeout=settings.get("command_timeout"),
-            server_settings=server_settings,
-            init=_init_connection,
-            reset=_keep_session,
-        )
+        try:
+            return await _create_pool(dsn, settings, server_settings)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise ConnectorError(f"postgres connection {name!r} ({server_of(dsn)}): cannot connect: "
+                                 f"{str(exc) or type(exc).__name__}") from exc
 
     async def close(pool: asyncpg.Pool) -> None:
         import asyncio
@@ -319,6 +315,34 @@ async def pool_for(ctx: Context, name: str) -> asyncpg.Pool:
             pool.terminate()
 
     return await ctx.resources.get(f"postgres:{name}", create, close)
+
+
+def server_of(dsn: str) -> str:
+    """`host:port, database db` of a URL or key=value DSN, for messages (never the password)."""
+    from urllib.parse import urlsplit
+
+    if "://" in dsn:
+        u = urlsplit(dsn)
+        host, port, db = u.hostname or "localhost", str(u.port or 5432), u.path.lstrip("/")
+    else:
+        kv = dict(p.split("=", 1) for p in dsn.split() if "=" in p)
+        host, port, db = kv.get("host", "localhost"), kv.get("port", "5432"), kv.get("dbname", "")
+    return f"{host}:{port}" + (f", database {db}" if db else "")
+
+
+async def _create_pool(dsn: str, settings: dict[str, Any], server_settings: dict[str, str]) -> asyncpg.Pool:
+    import asyncpg
+
+    return await asyncpg.create_pool(
+        dsn,
+        min_size=settings.get("min_size", 1),
+        max_size=settings.get("max_size", 4),
+        timeout=settings.get("connect_timeout", 5.0),
+        command_timeout=settings.get("command_timeout"),
+        server_settings=server_settings,
+        init=_init_connection,
+        reset=_keep_session,
+    )
 
 
 _PATH_RE = re.compile(r"(msg|meta)((?:\.[A-Za-z_][A-Za-z0-9_]*)*)\Z")

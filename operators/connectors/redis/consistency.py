@@ -14,10 +14,13 @@ subcommand of `streamdag`.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
+
+from engine import ConnectorError
 
 __all__ = ["ConsistencyReport", "add_arguments", "check_consistency", "main", "quote_table"]
 
@@ -83,8 +86,10 @@ async def check_consistency(
     dsn: str, table: str, key_column: str, redis_url: str, key_prefix: str, *,
     version_column: str | None = None, mode: Literal["hash", "value"] = "value",
     version_field: str = "_version", version_suffix: str = ":version", batch: int = 1000, examples: int = 10,
+    connect_timeout: float = 5.0,
 ) -> ConsistencyReport:
-    """Compare `table` with the Redis keys `<key_prefix><key>` and return the report."""
+    """Compare `table` with the Redis keys `<key_prefix><key>` and return the report; a `ConnectorError`
+    naming the store when one cannot be reached or the table (or a column) is missing."""
     import asyncpg
     import redis.asyncio as aredis
 
@@ -99,10 +104,23 @@ async def check_consistency(
         cols += ', "' + version_column.replace('"', '""') + '"'
     query = f"SELECT {cols} FROM {quote_table(table)}"
     seen: set[str] = set()
-    r = aredis.Redis.from_url(redis_url)
-    pg = await asyncpg.connect(dsn)
+    r = aredis.Redis.from_url(redis_url, socket_connect_timeout=connect_timeout)
+    try:
+        await r.ping()
+    except Exception as exc:
+        await r.aclose()
+        raise ConnectorError(f"redis ({_safe(redis_url)}): cannot connect: {exc}") from exc
+    try:
+        pg = await asyncpg.connect(dsn, timeout=connect_timeout)
+    except Exception as exc:
+        await r.aclose()
+        raise ConnectorError(f"postgres ({_safe(dsn)}): cannot connect: {str(exc) or type(exc).__name__}") from exc
     try:
         async with pg.transaction(readonly=True):
+            try:
+                await pg.fetch(f"{query} LIMIT 0")
+            except asyncpg.PostgresError as exc:
+                raise ConnectorError(f"postgres table {table}: {exc}") from exc
             rows: list[Any] = []
             async for row in pg.cursor(query, prefetch=batch):
                 rows.append(row)
@@ -173,20 +191,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how redis_cache_sink stored it (its `mode`)")
     parser.add_argument("--version-field", default="_version")
     parser.add_argument("--version-suffix", default=":version")
-    parser.add_argument("--min-score", type=float, default=1.0, help="exit 1 below this score")
+    parser.add_argument("--min-score", type=float, default=1.0,
+                        help="exit 1 below this score (exit 2: cannot check, a store or the table missing)")
+    parser.add_argument("--connect-timeout", type=float, default=5.0, help="seconds to reach each store")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
+def _safe(url: str) -> str:
+    """The URL or DSN without its password, for messages."""
+    return re.sub(r"//([^:@/]*):[^@/]*@", r"//\1:***@", url)
+
+
 def main(args: argparse.Namespace) -> int:
-    """Run the check, print the report; 0 when the score reaches `--min-score`, else 1."""
+    """Run the check, print the report; 0 when the score reaches `--min-score`, 1 below it, 2 when it
+    cannot check (a store unreachable, the table or a column missing: one line, no traceback)."""
     import asyncio
 
     import orjson
 
-    report = asyncio.run(check_consistency(
-        args.dsn, args.table, args.key_column, args.redis_url, args.key_prefix,
-        version_column=args.version_column, mode=args.mode, version_field=args.version_field,
-        version_suffix=args.version_suffix))
+    try:
+        report = asyncio.run(check_consistency(
+            args.dsn, args.table, args.key_column, args.redis_url, args.key_prefix,
+            version_column=args.version_column, mode=args.mode, version_field=args.version_field,
+            version_suffix=args.version_suffix, connect_timeout=args.connect_timeout))
+    except ConnectorError as exc:
+        print(f"error: check-consistency: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         sys.stdout.write(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
     else:

@@ -326,7 +326,7 @@ nodes:
         errors: list[Msg] = []
         for eid, fields in entries:
             delivery = 1 if counts is None else counts.get(eid, 0) + 1
-            meta = {"stream": stream, "id": eid.decode(), "delivery": delivery}
+            meta = {"source": self.id, "stream": stream, "id": eid.decode(), "delivery": delivery}
             raw = fields.get(field) if fields else None
             reason = None
             body: Any = None
