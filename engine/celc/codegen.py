@@ -15,8 +15,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine.celc import values as V
-from engine.celc.functions import FUNCTIONS, compile_pattern
-from engine.celc.parser import Call, Comprehension, Ident, ListLit, Lit, MapLit, Node, Select, Unsupported
+from engine.celc.ext import opt_index, opt_select
+from engine.celc.functions import compile_pattern, lookup
+from engine.celc.parser import (
+    Bind,
+    Call,
+    Comprehension,
+    Ident,
+    ListLit,
+    Lit,
+    MapLit,
+    Node,
+    Select,
+    Unsupported,
+)
 
 __all__ = ["Code", "Gen", "generate"]
 
@@ -152,6 +164,12 @@ class Gen:
             return self.comprehension(node, scope)
         if isinstance(node, Call):
             return self.call(node, scope)
+        if isinstance(node, Bind):
+            init = self.gen(node.init, scope)
+            var = self.tmp()
+            self.emit(f"{var} = {init.expr}")
+            body = self.gen(node.body, {**scope, node.var: var})
+            return Code(body.expr, body.type)
         raise Unsupported(type(node).__name__)
 
     def literal(self, node: Lit) -> Code:
@@ -332,6 +350,9 @@ class Gen:
                 if isinstance(args[1], Lit) and args[1].kind == "string":
                     return Code(f"{c.expr}[{i.expr}]")
                 return Code(f"{self.helper(V.index)}({c.expr}, {i.expr})")
+            if fn in ("_?._", "_[?_]"):
+                c, i = self.gen(args[0], scope), self.gen(args[1], scope)
+                return Code(f"{self.helper(opt_select if fn == '_?._' else opt_index)}({c.expr}, {i.expr})")
         return self.function(node, scope)
 
     def logic(self, fn: str, left: Node, right: Node, scope: dict[str, str]) -> Code:
@@ -538,13 +559,17 @@ class Gen:
         return Code(f"{self.helper(V.is_in)}({x.expr}, {c.expr})", "bool")
 
     def function(self, node: Call, scope: dict[str, str]) -> Code:
-        member = node.target is not None
-        key = (node.fn, member, len(node.args))
-        if key not in FUNCTIONS:
-            raise Unsupported(f"function {node.fn!r}")
-        args: list[Node] = ([node.target] if node.target is not None else []) + list(node.args)
-        codes = [self.gen(a, scope) for a in args]
+        target: Node | None = node.target
         name = node.fn
+        if isinstance(target, Ident) and target.name not in scope:  # a namespaced function: math.greatest
+            name = f"{target.name}.{name}"
+            target = None
+        member = target is not None
+        impl = lookup(name, member, len(node.args))
+        if impl is None:
+            raise Unsupported(f"function {name!r}")
+        args: list[Node] = ([target] if target is not None else []) + list(node.args)
+        codes = [self.gen(a, scope) for a in args]
         if name == "matches" and isinstance(args[1], Lit) and args[1].kind == "string":
             pattern = compile_pattern(args[1].value)
             return Code(f"{self.const(_pattern_matcher(pattern), 'm')}({codes[0].expr})", "bool")
@@ -564,7 +589,7 @@ class Gen:
             ob, ref = self.once(codes[0])
             conv = "_str" if name == "string" else "_float"
             test = f"type({ob}) is _int and {V.INT64_MIN} <= {ref} <= {V.UINT64_MAX}"
-            return Code(f"({conv}({ref}) if {test} else {self.helper(FUNCTIONS[key])}({ref}))", name)
+            return Code(f"({conv}({ref}) if {test} else {self.helper(impl)}({ref}))", name)
         result = {
             "int": "int",
             "uint": "uint",
@@ -574,7 +599,7 @@ class Gen:
             "bool": "bool",
             "matches": "bool",
         }.get(name)
-        return Code(f"{self.helper(FUNCTIONS[key])}({', '.join(c.expr for c in codes)})", result)
+        return Code(f"{self.helper(impl)}({', '.join(c.expr for c in codes)})", result)
 
 
 def _size_check(cap: int) -> Callable[[object], int]:

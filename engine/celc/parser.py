@@ -1,8 +1,10 @@
 """A small CEL parser (Pratt): source text -> AST of plain nodes, with macros expanded.
 
-It accepts the CEL grammar the compiler translates; anything else (message construction, optional
-syntax `?.`/`[?`, leading-dot names) raises `Unsupported`, and the caller falls
-back to the full runtime. Malformed text raises `ParseError` (the runtime reports it better).
+It accepts the CEL grammar the compiler translates, with the optional syntax `x.?f` (the call
+`_?._`) and `x[?i]` (`_[?_]`), and the macros `cel.bind` (a `Bind` node) and `sortBy` (cel-go's
+expansion, `@sortByAssociatedKeys` of the list and its mapped keys); anything else (message
+construction, optional entries `{?k: v}`/`[?x]`, leading-dot names) raises `Unsupported`, and the
+caller falls back to the full runtime. Malformed text raises `ParseError` (the runtime reports it better).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "Bind",
     "Call",
     "Comprehension",
     "Ident",
@@ -92,6 +95,15 @@ class Comprehension(Node):
     var: str
     body: Node
     pred: Node | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Bind(Node):
+    """`cel.bind(var, init, body)`: `body` with `var` bound to the value of `init`."""
+
+    var: str
+    init: Node
+    body: Node
 
 
 _TOKEN = re.compile(
@@ -365,7 +377,11 @@ class _Parser:
                 self.next()
                 kind, name, off = self.next()
                 if kind == "op" and name == "?":
-                    raise Unsupported("optional field selection")
+                    kind, name, off = self.next()
+                    if kind not in ("ident", "qident"):
+                        raise ParseError(f"expected field name at {off}")
+                    node = Call("_?._", None, (node, Lit("string", name)))
+                    continue
                 if kind == "qident" and not self.at("("):
                     node = Select(node, name)
                     continue
@@ -380,11 +396,12 @@ class _Parser:
                     node = Select(node, name)
             elif self.at("["):
                 self.next()
-                if self.at("?"):
-                    raise Unsupported("optional index")
+                optional = self.at("?")
+                if optional:
+                    self.next()
                 index = self.expr()
                 self.expect("]")
-                node = Call("_[_]", None, (node, index))
+                node = Call("_[?_]" if optional else "_[_]", None, (node, index))
             elif self.at("{"):
                 raise Unsupported("message construction")
             else:
@@ -397,6 +414,15 @@ class _Parser:
                     raise ParseError("has() needs a field selection")
                 sel = args[0]
                 return Select(sel.operand, sel.field, test=True)
+            if isinstance(target, Ident) and target.name == "cel" and name == "bind" and len(args) == 3:
+                if not isinstance(args[0], Ident):
+                    raise ParseError("cel.bind() needs an identifier as first argument")
+                return Bind(args[0].name, args[1], args[2])
+            if target is not None and name == "sortBy" and len(args) == 2:
+                if not isinstance(args[0], Ident):
+                    raise ParseError("sortBy() needs an identifier as first argument")
+                keys = Comprehension("map", target, args[0].name, args[1])
+                return Call("@sortByAssociatedKeys", target, (keys,))
             if target is not None and (name in _MACROS or name == "map") and len(args) >= 2:
                 if not isinstance(args[0], Ident):
                     raise ParseError(f"{name}() needs an identifier as first argument")

@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cel_expr_python import cel
-from cel_expr_python.ext import ext_bindings, ext_encoders, ext_math, ext_optional, ext_strings
 
 from engine.celc import compile_program, compile_strict_batch
 from engine.celc.parser import ParseError, Unsupported
 from engine.celc.sandbox import UnsafeCode
 from engine.celc.values import CelFailure, UInt
+from engine.expr import new_env
 
 __all__ = ["CONFORMANCE_DIR", "FileResult", "load", "main", "run_file"]
 
@@ -36,13 +36,6 @@ _CANDIDATES = [  # shared/ lies beside the checkout (CI, /work/main) or two leve
 ]
 CONFORMANCE_DIR = next((c for c in _CANDIDATES if c and os.path.isdir(c)), _CANDIDATES[1])
 
-_EXTENSIONS = {
-    "math_ext.json": lambda: [ext_math.ExtMath()],
-    "string_ext.json": lambda: [ext_strings.ExtStrings()],
-    "encoders_ext.json": lambda: [ext_encoders.ExtEncoders()],
-    "bindings_ext.json": lambda: [ext_bindings.ExtBindings()],
-    "optionals.json": lambda: [ext_optional.ExtOptional()],
-}
 _PRIMITIVE = {
     "int": cel.Type.INT,
     "uint": cel.Type.UINT,
@@ -163,13 +156,10 @@ def _check(kind: str, want: Any, outcome: tuple[str, Any]) -> bool:
 
 
 def _runtime_outcome(test: dict, fname: str) -> tuple[str, Any]:
+    """The runtime's result in the environment every graph gets (`engine.expr.new_env`)."""
     variables = {d["name"]: cel_type(d["type"]) for d in test.get("type_env", []) if "type" in d}
     try:
-        env = cel.NewEnv(
-            variables=variables,
-            container=test.get("container") or None,
-            extensions=_EXTENSIONS.get(fname, list)(),
-        )
+        env = new_env(variables, container=test.get("container") or None)
         program = env.compile(test["expr"], disable_check=test["disable_check"])
         data = {k: to_python(v) for k, v in test.get("bindings", {}).items()}
         value = program.eval(data=data)
