@@ -254,7 +254,7 @@ def compile_expr(source: str, allow_compiler: bool = True, boolean: bool = False
 _STANDARD = {  # (name, is_member) -> arities of what the runtime has that no table of the compiler lists
     ("has", False): {1}, ("all", True): {2}, ("exists", True): {2}, ("exists_one", True): {2},
     ("map", True): {2, 3}, ("filter", True): {2}, ("cel.bind", False): {3}, ("sortBy", True): {2},
-    ("@sortByAssociatedKeys", True): {1}, ("getDayOfYear", True): {0, 1}, ("getDayOfMonth", True): {0, 1},
+    ("@sortByAssociatedKeys", True): {1}, ("optMap", True): {2}, ("optFlatMap", True): {2}, ("getDayOfYear", True): {0, 1}, ("getDayOfMonth", True): {0, 1},
 }
 
 

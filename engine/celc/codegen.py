@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine.celc import values as V
-from engine.celc.ext import opt_index, opt_select
+from engine.celc.ext import ABSENT, NONE, opt_flat, opt_index, opt_of, opt_select, opt_unwrap
 from engine.celc.functions import compile_pattern, lookup
 from engine.celc.parser import (
     Bind,
@@ -229,6 +229,17 @@ class Gen:
 
     def comprehension(self, node: Comprehension, scope: dict[str, str]) -> Code:
         rng = self.gen(node.range, scope)
+        if node.kind in ("optMap", "optFlatMap"):  # `opt.optMap(v, e)`: e of the value, if there is one
+            opt, res = self.tmp(), self.tmp()
+            self.emit(f"{opt} = {self.helper(opt_unwrap)}({rng.expr}, {node.kind!r})")
+            self.emit(f"if {opt} is {self.const(ABSENT, 'n')}:")
+            self.emit(f"    {res} = {self.const(NONE, 'n')}")
+            self.emit("else:")
+            lines, body = self.sub_block(node.body, {**scope, node.var: opt}, self.level + 1)
+            self.lines.extend(lines)
+            wrap = self.helper(opt_of if node.kind == "optMap" else opt_flat)
+            self.emit(f"    {res} = {wrap}({body.expr})")
+            return Code(res)
         items = self.tmp()
         keep_order = node.kind in ("map", "filter")
         self.emit(f"{items} = {self.helper(V.iter_range)}({rng.expr}, {keep_order})")

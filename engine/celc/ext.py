@@ -93,6 +93,19 @@ def _optional(fn: str, o: Any) -> Optional:
     return o
 
 
+ABSENT = object()  # what `opt_unwrap` returns for optional.none()
+
+
+def opt_unwrap(o: Any, fn: str) -> Any:
+    """The value of optional `o`, or `ABSENT` when it has none (for optMap, optFlatMap)."""
+    o = _optional(fn, o)
+    return o.value if o.has else ABSENT
+
+
+def opt_flat(o: Any) -> Optional:
+    return _optional("optFlatMap", o)
+
+
 def opt_value(o: Any) -> Any:
     o = _optional("value", o)
     if not o.has:
@@ -121,7 +134,7 @@ def _str(fn: str, *args: Any) -> None:
 
 def _int(fn: str, *args: Any) -> None:
     for a in args:
-        if type(a) is not int:
+        if type(a) is not int or not INT64_MIN <= a <= INT64_MAX:  # a bigger input int is a uint
             raise no_overload(fn, *args)
 
 
@@ -175,7 +188,7 @@ def split(s: Any, sep: Any, n: Any = -1) -> list[str]:
     if n == 1:
         return [s]
     if sep == "":
-        chars = list(s)
+        chars = list(s) or [""]
         if 0 < n < len(chars):
             return [*chars[: n - 1], "".join(chars[n - 1 :])]
         return chars
@@ -357,7 +370,13 @@ def _double(fn: str, x: Any) -> float:
     return x  # type: ignore[no-any-return]
 
 
+def _uint(x: Any) -> Any:
+    """`x` as `UInt` when CEL reads it as a uint (an input int above int64), else `x`."""
+    return UInt(x) if type(x) is int and x > INT64_MAX and V._kind(x) == "uint" else x
+
+
 def m_abs(x: Any) -> Any:
+    x = _uint(x)
     t = type(x)
     if t is float:
         return abs(x)
@@ -370,14 +389,18 @@ def m_abs(x: Any) -> Any:
     raise no_overload("math.abs", x)
 
 
+def _signed(r: float, x: float) -> float:
+    return r if r else math.copysign(0.0, x)  # ceil(-0.5) is -0.0, as in C
+
+
 def m_ceil(x: Any) -> float:
     x = _double("math.ceil", x)
-    return float(math.ceil(x)) if math.isfinite(x) else x
+    return _signed(float(math.ceil(x)), x) if math.isfinite(x) else x
 
 
 def m_floor(x: Any) -> float:
     x = _double("math.floor", x)
-    return float(math.floor(x)) if math.isfinite(x) else x
+    return _signed(float(math.floor(x)), x) if math.isfinite(x) else x
 
 
 def m_round(x: Any) -> float:
@@ -392,10 +415,11 @@ def m_round(x: Any) -> float:
 
 def m_trunc(x: Any) -> float:
     x = _double("math.trunc", x)
-    return float(math.trunc(x)) if math.isfinite(x) else x
+    return _signed(float(math.trunc(x)), x) if math.isfinite(x) else x
 
 
 def m_sign(x: Any) -> Any:
+    x = _uint(x)
     t = type(x)
     if t is float:
         return x if math.isnan(x) else (1.0 if x > 0 else -1.0 if x < 0 else 0.0)
@@ -427,6 +451,7 @@ def m_sqrt(x: Any) -> float:
 
 def _bits(fn: str, op: Callable[[int, int], int]) -> Callable[[Any, Any], Any]:
     def bit(a: Any, b: Any) -> Any:
+        a, b = _uint(a), _uint(b)
         if type(a) is int and type(b) is int:
             return op(a, b)
         if type(a) is UInt and type(b) is UInt:
@@ -437,6 +462,7 @@ def _bits(fn: str, op: Callable[[int, int], int]) -> Callable[[Any, Any], Any]:
 
 
 def bit_not(a: Any) -> Any:
+    a = _uint(a)
     if type(a) is int:
         return ~a
     if type(a) is UInt:
@@ -446,6 +472,7 @@ def bit_not(a: Any) -> Any:
 
 def _shift(fn: str, left: bool) -> Callable[[Any, Any], Any]:
     def shift(a: Any, n: Any) -> Any:
+        a, n = _uint(a), _uint(n)
         if type(n) is not int or type(a) not in (int, UInt):
             raise no_overload(fn, a, n)
         if n < 0:

@@ -88,7 +88,8 @@ class MapLit(Node):
 
 @dataclass(frozen=True, slots=True)
 class Comprehension(Node):
-    """A macro: `kind` in all, exists, exists_one, map, filter; `pred` is the filter of 3-arg map."""
+    """A macro: `kind` in all, exists, exists_one, map, filter, optMap, optFlatMap (whose range is
+    an optional); `pred` is the filter of 3-arg map."""
 
     kind: str
     range: Node
@@ -418,6 +419,10 @@ class _Parser:
                 if not isinstance(args[0], Ident):
                     raise ParseError("cel.bind() needs an identifier as first argument")
                 return Bind(args[0].name, args[1], args[2])
+            if target is not None and name in ("optMap", "optFlatMap") and len(args) == 2:
+                if not isinstance(args[0], Ident):
+                    raise ParseError(f"{name}() needs an identifier as first argument")
+                return Comprehension(name, target, args[0].name, args[1])
             if target is not None and name == "sortBy" and len(args) == 2:
                 if not isinstance(args[0], Ident):
                     raise ParseError("sortBy() needs an identifier as first argument")
