@@ -26,6 +26,7 @@ import hashlib
 import hmac as _hmac
 import json as _json
 import os
+import re
 import secrets
 import time
 import urllib.parse
@@ -40,6 +41,7 @@ __all__ = ["KEY_FUNCTIONS", "LIBRARY", "SIGNATURES", "key_reference_issue"]
 
 _NS = 1_000_000_000
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_EPOCH_TEXT = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
 _TS_MIN, _TS_MAX = -62135596800 * _NS, 253402300799 * _NS + _NS - 1  # years 0001-9999, as CEL
 
 
@@ -75,11 +77,14 @@ def _iso(text: str) -> Timestamp:
     try:
         return _from_datetime(dt.datetime.fromisoformat(t))
     except ValueError:
-        raise CelFailure(f"ts.parse: {text!r} is not an ISO 8601 / RFC 3339 timestamp") from None
+        pass
+    if _EPOCH_TEXT.fullmatch(s):  # epoch seconds as text (a CSV column), after ISO's 20240501
+        return ts_parse(float(s) if "." in s else int(s))
+    raise CelFailure(f"ts.parse: {text!r} is not an ISO 8601 / RFC 3339 timestamp or epoch seconds")
 
 
 def ts_parse(v: Any, fmt: Any = None) -> Timestamp:
-    """A timestamp from ISO 8601 text, epoch seconds (int or double), or with `fmt`: "unix",
+    """A timestamp from ISO 8601 text, epoch seconds (int, double or numeric text), or with `fmt`: "unix",
     "unix_ms", "unix_us", "unix_ns" (a number or numeric string) or a strftime format (UTC unless
     the format has %z)."""
     if fmt is None:
@@ -90,7 +95,7 @@ def ts_parse(v: Any, fmt: Any = None) -> Timestamp:
         if type(v) is float:
             if v != v or v in (float("inf"), float("-inf")):
                 raise CelFailure("ts.parse: epoch seconds must be finite")
-            return _from_ns(round(v * _NS), "ts.parse")
+            return _from_ns(round(v * 1_000_000) * 1000, "ts.parse")  # microseconds: what a double holds
         if type(v) is Timestamp:
             return v
         raise CelFailure(f"ts.parse: expected a string or epoch seconds, got {type_name(v)}")
@@ -105,7 +110,8 @@ def ts_parse(v: Any, fmt: Any = None) -> Timestamp:
                 raise CelFailure(f"ts.parse: {v!r} is not a number ({fmt})") from None
         if type(n) not in (int, UInt, float) or n != n:
             raise CelFailure(f"ts.parse: expected a number for {fmt}, got {type_name(v)}")
-        return _from_ns(int(n) * scale if type(n) is not float else round(n * scale), "ts.parse")
+        ns = int(n) * scale if type(n) is not float else round(n * scale / 1000) * 1000
+        return _from_ns(ns, "ts.parse")
     _need("ts.parse", v, str)
     try:
         return _from_datetime(dt.datetime.strptime(v, fmt))
