@@ -30,7 +30,7 @@ from typing import Any
 from cel_expr_python import cel
 from cel_expr_python.ext import ext_bindings, ext_encoders, ext_math, ext_optional, ext_strings
 
-__all__ = ["CelError", "EvalError", "Expr", "compile_expr", "new_env"]
+__all__ = ["MIXED_HINT", "CelError", "EvalError", "Expr", "compile_expr", "new_env"]
 
 # cel-expr-python 0.1.3 drops a reference to None for every null it returns or converts; on
 # Python 3.11 the interpreter aborts once None's count reaches zero ("none_dealloc", after ~10**4
@@ -50,7 +50,17 @@ class CelError(Exception):
 
 
 class EvalError(Exception):
-    """Evaluating an expression failed for one message (missing field, no overload...)."""
+    """Evaluating an expression failed for one message (missing field, no overload...). Arithmetic
+    that mixes int and double carries the fix, as `validate` gives it for a typed field."""
+
+    def __init__(self, message: str = ""):
+        if _MIXED.search(message):
+            message += f"; {MIXED_HINT}"
+        super().__init__(message)
+
+
+MIXED_HINT = "CEL does not mix int and double: convert the int, e.g. double(msg.amount) * 1.2"
+_MIXED = re.compile(r"_[-+*/%]_'?(?: applied to)? ?\(?(?:(?:int|int64|uint|uint64), double|double, (?:int|int64|uint|uint64))\)")
 
 
 _TYPES = {

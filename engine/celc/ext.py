@@ -252,11 +252,7 @@ def _format_value(verb: str, v: Any, precision: int | None) -> str:
         if t is int or t is UInt:
             return str(int(v))
         if t is float:
-            from engine.celc.functions import format_double
-
-            return format_double(v) if math.isfinite(v) else {"nan": "NaN", "inf": "Infinity",
-                                                              "-inf": "-Infinity"}[format_double(v).lstrip("-")
-                                                                                   if math.isnan(v) else format_double(v)]
+            raise V.Defer()  # the runtime writes doubles its own way (%g-like, 6 digits)
         if v is None:
             return "null"
         if t is bytes or t is bytearray:
@@ -268,8 +264,8 @@ def _format_value(verb: str, v: Any, precision: int | None) -> str:
     if verb == "d":
         if t is int or t is UInt:
             return str(int(v))
-        if t is float and not math.isfinite(v):
-            return "NaN" if math.isnan(v) else ("Infinity" if v > 0 else "-Infinity")
+        if t is float:
+            raise V.Defer()  # cel-go fails, the runtime writes it as %f: the engine's result is the runtime's
         raise CelFailure(f"error during formatting: decimal clause can only be used on integers, was given {type_name(v)}")
     if verb in "fe":
         if t is int or t is UInt:
@@ -288,7 +284,7 @@ def _format_value(verb: str, v: Any, precision: int | None) -> str:
             if verb not in "xX":
                 raise CelFailure(f"error during formatting: only integers and bools can be formatted as {verb}")
             out = bytes(v).hex()
-        elif t is int or t is UInt or t is bool:
+        elif t is int or t is UInt or (t is bool and verb == "b"):
             n = int(v)
             body = format(abs(n), {"x": "x", "X": "x", "o": "o", "b": "b"}[verb])
             out = ("-" if n < 0 else "") + body

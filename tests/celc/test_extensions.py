@@ -27,6 +27,7 @@ DIFFERENTIAL = [
     'msg.tags.join("-")', "msg.tags.join()", "strings.quote(msg.name)",
     '"%s|%d".format([msg.name, msg.id])', '"%.2f".format([msg.amount])', '"%x".format([msg.id])',
     '"%e".format([msg.amount])', '"%b".format([msg.id])', '"%o".format([msg.id])', '"%s".format([msg.ok])',
+    '"%s".format([msg.amount])', '"%d".format([msg.amount])', '"%x".format([msg.ok])', '"%s".format([msg.tags])',
     "math.greatest(msg.id, 3, -1)", "math.least(msg.id, 3.5)", "math.greatest(msg.tags)", "math.abs(msg.id)",
     "math.abs(msg.amount)", "math.ceil(msg.amount)", "math.floor(msg.amount)", "math.round(msg.amount)",
     "math.trunc(msg.amount)", "math.sign(msg.amount)", "math.sign(msg.id)", "math.isNaN(msg.amount)",
@@ -130,3 +131,12 @@ def test_lists_sets_regex_errors_say_why(src: str, reason: str) -> None:
     for allow_compiler in (True, False):
         with pytest.raises(EvalError, match=reason):
             compile_expr(src, allow_compiler)({})
+
+
+@pytest.mark.parametrize("allow_compiler", [True, False])
+def test_mixed_int_double_error_carries_the_fix(allow_compiler: bool) -> None:
+    with pytest.raises(EvalError, match=r"does not mix int and double: convert the int, e.g. double\(msg.amount\)"):
+        compile_expr("msg.amount * 1.2", allow_compiler)({"amount": 5})
+    with pytest.raises(EvalError) as info:
+        compile_expr('msg.amount + "x"', allow_compiler)({"amount": 5})
+    assert "double(" not in str(info.value)
