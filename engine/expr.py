@@ -219,11 +219,16 @@ def _runtime_fn(program: Any, source: str) -> Callable[[Any, Any], Any]:
         except RuntimeError as exc:  # e.g. "Iteration budget exceeded": the runtime's own 10,000 iterations
             raise EvalError(str(exc).removeprefix("INTERNAL: ")) from None
         kind = value.type()
-        if kind == _ERROR:
-            raise EvalError(str(value.value()).removeprefix("UNKNOWN: "))
-        if kind == _NULL:  # plain_value() of a null drops a reference to None (cel-expr-python 0.1.3)
-            return None
-        return value.plain_value()
+        try:
+            if kind == _ERROR:
+                raise EvalError(str(value.value()).removeprefix("UNKNOWN: "))
+            if kind == _NULL:  # plain_value() of a null drops a reference to None (cel-expr-python 0.1.3)
+                return None
+            return value.plain_value()
+        except TypeError:  # an optional (which also compares equal to ERROR) has no Python form
+            from engine.celc.values import OPTIONAL_RESULT
+
+            raise EvalError(OPTIONAL_RESULT) from None
 
     return evaluate
 

@@ -161,3 +161,10 @@ def test_regex_python_re_where_used_matches_re2(pattern: str) -> None:
     reference = re2.compile(pattern)
     for text in TEXTS:
         assert [m.span() for m in _finditer(chosen, text)] == [m.span() for m in _finditer(reference, text)], text
+
+
+@pytest.mark.parametrize("allow_compiler", [True, False])
+def test_an_optional_result_is_an_error_with_the_fix(allow_compiler: bool) -> None:
+    for src in ("msg.?a", 'optional.of({?"a": optional.of(1)})'):
+        with pytest.raises(EvalError, match=r"the result is an optional value: end the expression with .orValue"):
+            compile_expr(src, allow_compiler)({"a": 1})
