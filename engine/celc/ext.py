@@ -538,9 +538,12 @@ def l_flatten(v: Any, depth: Any = 1) -> list[Any]:
 
 
 def l_range(n: Any) -> list[int]:
+    from engine.limits import Limits
+
     _int("lists.range", n)
-    if n > 10_000_000:
-        raise CelFailure(f"lists.range({n}): too large")
+    bound = Limits.from_env().cel_value_size
+    if n > bound:
+        raise CelFailure(f"lists.range({n:,}): more than {bound:,} elements (limit cel_value_size)")
     return list(range(max(n, 0)))
 
 
@@ -576,9 +579,59 @@ def l_sort_by_keys(v: Any, keys: Any) -> list[Any]:
     return [v[i] for i in order]
 
 
+class _NoKey(Exception):
+    """A value with no hashable form whose equality is CEL's (a list, a map, a huge int...)."""
+
+
+def _key(v: Any) -> Any:
+    """A hashable stand-in for `v` that is equal exactly where CEL's equality is (1 == 1u == 1.0,
+    but true != 1 and NaN != NaN); raises _NoKey for values compared one by one instead."""
+    t = type(v)
+    if t is str or v is None:
+        return v
+    if t is bool:
+        return (bool, v)
+    if t is int or t is UInt:
+        if -(2**53) <= v <= 2**53:  # beyond, an int meets a double as a double: compare one by one
+            return int(v)
+        raise _NoKey
+    if t is float:
+        return object() if v != v else v  # NaN equals nothing
+    if t is bytes or t is bytearray:
+        return (bytes, bytes(v))
+    raise _NoKey
+
+
+def _keys(items: list[Any]) -> list[Any] | None:
+    try:
+        return [_key(x) for x in items]
+    except _NoKey:
+        return None
+
+
+def _pairs_bounded(fn: str, a: list[Any], b: list[Any]) -> None:
+    """Comparing one by one costs len(a) * len(b): bounded by the limit `cel_iterations`."""
+    from engine.limits import Limits
+
+    bound = Limits.from_env().cel_iterations
+    if len(a) * len(b) > bound:
+        raise CelFailure(f"{fn}: {len(a):,} x {len(b):,} comparisons of lists or maps, above {bound:,} "
+                         "(limit cel_iterations)")
+
+
 def l_distinct(v: Any) -> list[Any]:
     v = _list("distinct", v)
-    out: list[Any] = []
+    keys = _keys(v)
+    if keys is not None:
+        seen: set[Any] = set()
+        out = []
+        for x, k in zip(v, keys):
+            if k not in seen:
+                seen.add(k)
+                out.append(x)
+        return out
+    _pairs_bounded("distinct", v, v)
+    out = []
     for x in v:
         if not any(V.eq(x, y) for y in out):
             out.append(x)
@@ -595,8 +648,20 @@ def l_last(v: Any) -> Optional:
     return Optional(True, v[-1]) if v else NONE
 
 
+def _sets(fn: str, a: Any, b: Any) -> tuple[set[Any] | None, list[Any] | None]:
+    """The keys of `a` as a set and of `b` as a list, or (None, None) to compare one by one."""
+    _list(fn, a, b), _list(fn, b, a)
+    ka, kb = _keys(a), _keys(b)
+    if ka is None or kb is None:
+        _pairs_bounded(fn, a, b)
+        return None, None
+    return set(ka), kb
+
+
 def s_contains(a: Any, b: Any) -> bool:
-    _list("sets.contains", a, b), _list("sets.contains", b, a)
+    ka, kb = _sets("sets.contains", a, b)
+    if ka is not None and kb is not None:
+        return all(k in ka for k in kb)
     return all(any(V.eq(x, y) for y in a) for x in b)
 
 
@@ -605,7 +670,9 @@ def s_equivalent(a: Any, b: Any) -> bool:
 
 
 def s_intersects(a: Any, b: Any) -> bool:
-    _list("sets.intersects", a, b), _list("sets.intersects", b, a)
+    ka, kb = _sets("sets.intersects", a, b)
+    if ka is not None and kb is not None:
+        return any(k in ka for k in kb)
     return any(any(V.eq(x, y) for y in a) for x in b)
 
 

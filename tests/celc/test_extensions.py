@@ -168,3 +168,22 @@ def test_an_optional_result_is_an_error_with_the_fix(allow_compiler: bool) -> No
     for src in ("msg.?a", 'optional.of({?"a": optional.of(1)})'):
         with pytest.raises(EvalError, match=r"the result is an optional value: end the expression with .orValue"):
             compile_expr(src, allow_compiler)({"a": 1})
+
+
+def test_sets_and_distinct_stay_fast_and_bounded() -> None:
+    """Scalars compare through hashing (CEL equality kept: 1 == 1u == 1.0, true != 1, NaN != NaN);
+    lists and maps one by one, with the pairs bounded by cel_iterations."""
+    import time
+
+    big = {"a": [str(i) for i in range(100_000)], "b": [str(i) for i in range(0, 200_000, 2)]}
+    t0 = time.perf_counter()
+    assert compile_expr("sets.intersects(msg.a, msg.b) && !sets.contains(msg.a, msg.b)")(big) is True
+    assert compile_expr("size(msg.a.distinct())")(big) == 100_000
+    assert time.perf_counter() - t0 < 2
+    assert compile_expr("[true, 1, 1.0, 1u, double('nan'), double('nan')].distinct().size()")({}) == 4
+    assert compile_expr("sets.contains([1], [true])")({}) is False
+    nested = {"a": [[i] for i in range(2000)]}
+    with pytest.raises(EvalError, match="limit cel_iterations"):
+        compile_expr("sets.contains(msg.a, msg.a)")(nested)
+    with pytest.raises(EvalError, match="limit cel_value_size"):
+        compile_expr("lists.range(msg.n)")({"n": 10**9})
