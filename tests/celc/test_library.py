@@ -206,3 +206,9 @@ def test_library_errors_reach_the_errors_port(write_graph: Any, run: Any, tmp_pa
     assert [o["at"] for o in out] == ["2024-05-01T12:00:00Z", "2024-05-01T12:00:00Z"]
     assert all(re.fullmatch(r"sd1:k1:[-_A-Za-z0-9]+", o["id"]) for o in out)
     assert len(dead) == 1 and "ts.parse: 'soon' is not an ISO 8601" in json.dumps(dead[0])
+
+
+def test_timestamps_of_early_years_keep_four_digits() -> None:
+    """strftime writes year 1 as "1" on glibc; RFC 3339 (and the runtime) want "0001"."""
+    assert both('string(timestamp("0001-01-01T00:00:00Z"))') == "0001-01-01T00:00:00Z"
+    assert both('ts.format(ts.parse("0999-03-04T05:06:07.5Z"))') == "0999-03-04T05:06:07.500Z"
