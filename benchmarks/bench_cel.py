@@ -191,6 +191,33 @@ def alternating(rounds: int = 7) -> list[tuple[str, float, float | None]]:
     return out
 
 
+def regex_engines(rounds: int = 7) -> list[tuple[str, float, float]]:
+    """(case, RE2 binding µs, Python re µs) per call on 20-character strings, alternating."""
+    import re
+    import statistics
+    import time
+
+    import re2
+
+    from engine.celc.ext import _finditer
+
+    texts = [m["name"] for m in MESSAGES]
+    out = []
+    for pattern in ("[0-9]+", "user-([0-9]+)"):
+        for case, fn in (("search", lambda rx, s: rx.search(s)),
+                         ("extractAll", lambda rx, s: [m.group(0) for m in _finditer(rx, s)])):
+            times: dict[Any, list[float]] = {re2.compile(pattern): [], re.compile(pattern, re.ASCII): []}
+            for _ in range(rounds):
+                for rx, acc in times.items():
+                    t0 = time.perf_counter()
+                    for text in texts:
+                        fn(rx, text)
+                    acc.append((time.perf_counter() - t0) / len(texts) * 1e6)
+            binding, python = (statistics.median(v) for v in times.values())
+            out.append((f"{case} {pattern}", binding, python))
+    return out
+
+
 def main() -> None:
     import os
 
@@ -199,6 +226,9 @@ def main() -> None:
     for name, c, r in alternating():
         print(f"{name:18} {c:12.2f} {r if r is not None else float('nan'):11.2f} "
               f"{(r / c) if r is not None else float('nan'):7.1f}")
+    print(f"\n{'regex (per call)':28} {'RE2 binding µs':>15} {'python re µs':>13}")
+    for case, binding, python in regex_engines():
+        print(f"{case:28} {binding:15.2f} {python:13.2f}")
 
 
 if __name__ == "__main__":

@@ -651,6 +651,8 @@ def l_last(v: Any) -> Optional:
 def _sets(fn: str, a: Any, b: Any) -> tuple[set[Any] | None, list[Any] | None]:
     """The keys of `a` as a set and of `b` as a list, or (None, None) to compare one by one."""
     _list(fn, a, b), _list(fn, b, a)
+    if len(a) * len(b) <= 32:  # small: comparing pairs is cheaper than hashing
+        return None, None
     ka, kb = _keys(a), _keys(b)
     if ka is None or kb is None:
         _pairs_bounded(fn, a, b)
