@@ -187,3 +187,11 @@ def test_sets_and_distinct_stay_fast_and_bounded() -> None:
         compile_expr("sets.contains(msg.a, msg.a)")(nested)
     with pytest.raises(EvalError, match="limit cel_value_size"):
         compile_expr("lists.range(msg.n)")({"n": 10**9})
+
+
+def test_cost_estimate_sees_inside_cel_bind() -> None:
+    from engine.celc.cost import estimate, has_loops
+
+    nested = "cel.bind(x, msg.a, x.map(y, x.map(z, z)))"
+    assert has_loops(nested) and estimate(nested, 100) >= 100 * 100
+    assert not has_loops("cel.bind(x, msg.a, x + 1)")
