@@ -212,3 +212,39 @@ def test_timestamps_of_early_years_keep_four_digits() -> None:
     """strftime writes year 1 as "1" on glibc; RFC 3339 (and the runtime) want "0001"."""
     assert both('string(timestamp("0001-01-01T00:00:00Z"))') == "0001-01-01T00:00:00Z"
     assert both('ts.format(ts.parse("0999-03-04T05:06:07.5Z"))') == "0999-03-04T05:06:07.500Z"
+
+
+@pytest.mark.parametrize(("src", "message"), [
+    ('crypto.hamc(msg.a, "env:K")', "unknown function 'crypto.hamc' (did you mean 'crypto.hmac'?)"),
+    ("msg.name.lowerAsci()", "unknown member function '.lowerAsci()' (did you mean 'lowerAscii'?)"),
+    ("math.greatst(1, 2)", "did you mean 'math.greatest'?"),
+    ("ts.parce(msg.t)", "did you mean 'ts.parse'?"),
+    ("mask(msg.a, 1, 2)", "'mask' takes 1 or 2 arguments, got 3"),
+    ("uuid.v4(1)", "'uuid.v4' takes 0 arguments, got 1"),
+])
+def test_offline_unknown_functions_and_arity(src: str, message: str) -> None:
+    with pytest.raises(CelError) as info:
+        compile_expr(src)
+    assert message in info.value.message
+
+
+def test_validate_reports_them_as_e203(tmp_path: Path) -> None:
+    from engine.compile.validate import check_file
+
+    path = tmp_path / "g.yaml"
+    path.write_text("""\
+version: 1
+name: offline
+defaults: {dead_letter: dead}
+nodes:
+  src: {type: generate, config: {count: 1}}
+  a: {type: map, inputs: [src], config: {expr: 'html.sanitise(msg.x)'}}
+  b: {type: map, inputs: [src], config: {expr: 'crypto.hmac(msg.x, "hunter2")'}}
+  out: {type: stdout, inputs: [a, b]}
+  dead: {type: stdout, inputs: []}
+""")
+    graph, diags = check_file(str(path))
+    e203 = sorted((d.line, d.message) for d in diags if d.code == "E203")
+    assert graph is None and [line for line, _ in e203] == [6, 7], diags
+    assert "did you mean 'html.sanitize'?" in e203[0][1]
+    assert "never from the graph text" in e203[1][1]
