@@ -161,7 +161,7 @@ def last_index_of(s: Any, sub: Any, offset: Any = None) -> int:
     if offset is None:
         return s.rfind(sub)
     _int("lastIndexOf", offset)
-    if not 0 <= offset < max(len(s), 1) and not (offset == 0 and not s):
+    if not 0 <= offset <= len(s):  # as the runtime (cel-go now clamps an offset past the end)
         raise CelFailure(f"index out of range: {offset}")
     return s.rfind(sub, 0, offset + len(sub))
 
@@ -406,9 +406,10 @@ def m_round(x: Any) -> float:
     x = _double("math.round", x)
     if not math.isfinite(x):
         return x
-    r = math.floor(abs(x) + 0.5)
-    if abs(x) + 0.5 == r and r - abs(x) != 0.5:  # 0.49999999999999994 + 0.5 rounds up in binary
-        r -= 1
+    a = abs(x)
+    r = math.floor(a)
+    if a - r >= 0.5:  # exact (Sterbenz): half away from zero, as C's round()
+        r += 1
     return math.copysign(float(r), x)
 
 
@@ -494,8 +495,12 @@ def b64_encode(b: Any) -> str:
     return base64.b64encode(bytes(b)).decode("ascii")
 
 
+_B64_SPACE = {ord(c): None for c in " \t\n\r\v\f"}
+
+
 def b64_decode(s: Any) -> bytes:
     _str("base64.decode", s)
+    s = s.translate(_B64_SPACE)  # ASCII whitespace is skipped, as the runtime does
     try:
         if len(s) % 4 and "=" not in s:  # cel-go accepts unpadded input too
             s = s + "=" * (-len(s) % 4)
