@@ -80,6 +80,8 @@ def opt_index(v: Any, i: Any) -> Optional:
             raise no_overload("_[?_]", v, i)
         return Optional(True, v[i]) if 0 <= i < len(v) else NONE
     if type(v) is dict:
+        if type(i) not in (str, bool, int, UInt, float):  # no such key can exist (the runtime: none)
+            return NONE
         return opt_select(v, i)
     raise no_overload("_[?_]", v, i)
 

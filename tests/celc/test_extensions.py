@@ -225,3 +225,23 @@ def test_extensions_match_the_runtime_on_random_input(src: str, s: str, t: str, 
     want, got = outcome_of_runtime(src, msg, {}), outcome_of_compiled(src, msg, {})
     assert want is not None and got is not None
     assert same_outcome(want, got), (src, msg, want, got)
+
+
+OPTIONAL_FUZZED = [
+    "msg.?a.orValue(0)", "msg.?a.?b.orValue(0)", "msg.?a.b.orValue(0)", "msg.l[?msg.i].orValue(0)", "has(msg.?a.b)",
+    "msg.?a.hasValue()", "optional.ofNonZeroValue(msg.a).hasValue()", "msg.?a.or(msg.?l).orValue(1)",
+    "msg.?a.optMap(x, x).orValue(5)", "cel.bind(v, msg.a, [v, v])", "msg.?a[?0].orValue(9)", 'msg.?a["b"].orValue(7)',
+    "msg.l.first().orValue(1)", "msg.l.last().orValue(1)", "msg.?a.value()", "msg.?a == optional.none()",
+]
+_LEAF = st.one_of(st.none(), st.booleans(), st.integers(-5, 5), st.floats(allow_nan=False), st.text(_TEXT, max_size=2))
+_VALUE = st.recursive(_LEAF, lambda c: st.one_of(st.lists(c, max_size=3),
+                                                 st.dictionaries(st.sampled_from(["a", "b"]), c, max_size=2)),
+                      max_leaves=6)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.sampled_from(OPTIONAL_FUZZED), st.dictionaries(st.sampled_from(["a", "l", "i"]), _VALUE, max_size=3))
+def test_optionals_match_the_runtime_on_random_messages(src: str, msg: dict) -> None:
+    want, got = outcome_of_runtime(src, msg, {}), outcome_of_compiled(src, msg, {})
+    assert want is not None and got is not None
+    assert same_outcome(want, got), (src, msg, want, got)
