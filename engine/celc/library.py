@@ -115,8 +115,8 @@ def ts_parse(v: Any, fmt: Any = None) -> Timestamp:
     _need("ts.parse", v, str)
     try:
         return _from_datetime(dt.datetime.strptime(v, fmt))
-    except ValueError as exc:
-        raise CelFailure(f"ts.parse: {v!r} does not match {fmt!r} ({exc})") from None
+    except (ValueError, re.error) as exc:  # re.error: a format strptime cannot compile (%Y twice)
+        raise CelFailure(f"ts.parse: {v[:100]!r} does not match {fmt[:100]!r} ({exc})") from None
 
 
 def ts_format(t: Any, fmt: Any = None) -> str:
@@ -127,7 +127,10 @@ def ts_format(t: Any, fmt: Any = None) -> str:
         return format_timestamp(t)
     _need("ts.format", fmt, str)
     d = _EPOCH + dt.timedelta(microseconds=t.ns // 1000)
-    return d.strftime(fmt)
+    try:
+        return d.strftime(fmt)
+    except ValueError as exc:
+        raise CelFailure(f"ts.format: invalid format {fmt[:100]!r} ({exc})") from None
 
 
 def now() -> Timestamp:

@@ -67,6 +67,7 @@ def test_ts_parse_rejects_bad_input_with_the_reason() -> None:
     fails("ts.parse(msg.t)", {"t": ""}, "not an ISO 8601")
     fails("ts.parse(msg.t)", {"t": "2024-13-01"}, "not an ISO 8601")
     fails('ts.parse(msg.t, "%Y")', {"t": "abc"}, "does not match")
+    fails('ts.parse(msg.t, "%Y %Y")', {"t": "2024 2024"}, "ts.parse: .* does not match")
     fails('ts.parse(msg.t, "unix_ms")', {"t": "12a"}, "not a number")
     fails("ts.parse(msg.t)", {"t": 10**15}, "out of range")
     fails("ts.parse(msg.t)", {"t": "1e400"}, "not an ISO 8601")
