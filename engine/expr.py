@@ -243,8 +243,8 @@ def compile_expr(source: str, allow_compiler: bool = True, boolean: bool = False
         program = _ENV.compile(check)
     except RuntimeError as exc:
         err = _parse_error(exc)
-        raise _offline_issue(source) or err from None
-    issue = _offline_issue(source)
+        raise _offline_issue(source, rejected=True) or err from None
+    issue = _offline_issue(source, rejected=False)
     if issue is not None:
         raise issue
     if check is not source:  # the runtime cannot evaluate sortBy: compiled or not at all
@@ -285,9 +285,11 @@ def _known() -> dict[tuple[str, bool], set[int]]:
     return known
 
 
-def _offline_issue(source: str) -> CelError | None:
-    """What `validate` reports beyond the type checker: an unknown function (with did-you-mean), a
-    known one with the wrong number of arguments, a key argument that is not an env/file reference."""
+def _offline_issue(source: str, rejected: bool) -> CelError | None:
+    """What `validate` reports beyond the type checker: when the checker `rejected` the expression,
+    an unknown function (with did-you-mean) or a known one with the wrong number of arguments (its
+    own message says only "undeclared reference"); always, a key argument that is not an env/file
+    reference."""
     try:
         from engine.celc.library import KEY_FUNCTIONS, key_reference_issue
         from engine.celc.parser import (
@@ -318,14 +320,14 @@ def _offline_issue(source: str) -> CelError | None:
                 target = None
             member, arity = target is not None, len(node.args)
             arities = known.get((name, member))
-            if arities is None:
+            if rejected and arities is None:
                 from engine.registry import closest
 
                 options = [n + ("()" if not m else "") for n, m in known if m == member and not n.startswith("@")]
                 hint = closest(name + ("()" if not member else ""), options)
                 what = f"function '{name}'" if not member else f"member function '.{name}()'"
                 issues.append(f"unknown {what}" + (f" (did you mean '{hint.removesuffix('()')}'?)" if hint else ""))
-            elif arity not in arities and -1 not in arities:
+            elif rejected and arities is not None and arity not in arities and -1 not in arities:
                 counts = " or ".join(str(a) for a in sorted(arities))
                 issues.append(f"'{name}' takes {counts} argument{'s' if counts != '1' else ''}, got {arity}")
             key_at = next((i for fn, i in KEY_FUNCTIONS if fn == name and not member), None)
