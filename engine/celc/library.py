@@ -447,5 +447,5 @@ SIGNATURES: dict[str, list[tuple[bool, tuple[str, ...], str]]] = {
     "json.encode": [(False, ("dyn",), "string")],
     "json.decode": [(False, ("string",), "dyn")],
     "url.parse": [(False, ("string",), "map")],
-    "coalesce": [(False, ("dyn",) * n, "dyn") for n in range(1, 9)],
+    "coalesce": [(False, ("dyn",) * n, "dyn") for n in range(1, 17)],
 }
