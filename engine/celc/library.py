@@ -58,14 +58,14 @@ def _from_ns(ns: int, fn: str) -> Timestamp:
     return Timestamp(ns)
 
 
-def _from_datetime(d: dt.datetime) -> Timestamp:
-    if d.tzinfo is None:
-        d = d.replace(tzinfo=dt.UTC)
+def _from_datetime(d: dt.datetime, zone: dt.tzinfo = dt.UTC) -> Timestamp:
+    if d.tzinfo is None:  # no offset in the text: the zone given (UTC by default)
+        d = d.replace(tzinfo=zone)
     delta = d - _EPOCH
     return _from_ns((delta.days * 86400 + delta.seconds) * _NS + delta.microseconds * 1000, "ts.parse")
 
 
-def _iso(text: str) -> Timestamp:
+def _iso(text: str, zone: dt.tzinfo = dt.UTC) -> Timestamp:
     s = text.strip()
     try:
         return parse_timestamp(s)  # strict RFC 3339 keeps nanoseconds
@@ -75,7 +75,7 @@ def _iso(text: str) -> Timestamp:
     if t.endswith(("z", "Z")):
         t = t[:-1] + "+00:00"
     try:
-        return _from_datetime(dt.datetime.fromisoformat(t))
+        return _from_datetime(dt.datetime.fromisoformat(t), zone)
     except ValueError:
         pass
     if _EPOCH_TEXT.fullmatch(s):  # epoch seconds as text (a CSV column), after ISO's 20240501
@@ -83,13 +83,26 @@ def _iso(text: str) -> Timestamp:
     raise CelFailure(f"ts.parse: {text!r} is not an ISO 8601 / RFC 3339 timestamp or epoch seconds")
 
 
-def ts_parse(v: Any, fmt: Any = None) -> Timestamp:
+def _tz(zone: Any) -> dt.tzinfo:
+    from engine.celc.chrono import _zone
+
+    _need("ts.parse", zone, str)
+    try:
+        return _zone(zone)
+    except Defer:
+        raise CelFailure(f"ts.parse: unknown time zone {zone[:64]!r} (an IANA name or ±hh:mm)") from None
+
+
+def ts_parse(v: Any, fmt: Any = None, zone: Any = None) -> Timestamp:
     """A timestamp from ISO 8601 text, epoch seconds (int, double or numeric text), or with `fmt`: "unix",
-    "unix_ms", "unix_us", "unix_ns" (a number or numeric string) or a strftime format (UTC unless
-    the format has %z)."""
+    "unix_ms", "unix_us", "unix_ns" (a number or numeric string) or a strftime format ("" for the
+    automatic reading). Text without an offset is in `zone` (an IANA name or ±hh:mm), else UTC."""
+    tz = dt.UTC if zone is None else _tz(zone)
+    if fmt == "":
+        fmt = None
     if fmt is None:
         if type(v) is str:
-            return _iso(v)
+            return _iso(v, tz)
         if type(v) is int or type(v) is UInt:
             return _from_ns(int(v) * _NS, "ts.parse")
         if type(v) is float:
@@ -114,7 +127,7 @@ def ts_parse(v: Any, fmt: Any = None) -> Timestamp:
         return _from_ns(ns, "ts.parse")
     _need("ts.parse", v, str)
     try:
-        return _from_datetime(dt.datetime.strptime(v, fmt))
+        return _from_datetime(dt.datetime.strptime(v, fmt), tz)
     except (ValueError, re.error) as exc:  # re.error: a format strptime cannot compile (%Y twice)
         raise CelFailure(f"ts.parse: {v[:100]!r} does not match {fmt[:100]!r} ({exc})") from None
 
@@ -139,13 +152,19 @@ def now() -> Timestamp:
 
 
 # -- html ----------------------------------------------------------------------------------------
-def html_sanitize(s: Any) -> str:
+def html_sanitize(s: Any, tags: Any = None) -> str:
     """`s` with every tag, attribute and URL scheme outside nh3's safe defaults removed (scripts,
-    event handlers, `javascript:` links); text is kept and escaped."""
+    event handlers, `javascript:` links); text is kept and escaped. `tags`: the only tags to keep
+    (a list of names, within nh3's safe set: `script`, `style` are never kept)."""
     import nh3
 
     _need("html.sanitize", s, str)
-    return nh3.clean(s)
+    if tags is None:
+        return nh3.clean(s)
+    if type(tags) is not list or any(type(t) is not str for t in tags):
+        raise CelFailure("html.sanitize: the tags to keep must be a list of tag names (strings)")
+    keep = {t.lower() for t in tags} & set(nh3.ALLOWED_TAGS)
+    return nh3.clean(s, tags=keep)
 
 
 def html_text(s: Any) -> str:
@@ -409,10 +428,12 @@ def coalesce(*args: Any) -> Any:
 LIBRARY: dict[tuple[str, bool, int], Callable[..., Any]] = {
     ("ts.parse", False, 1): ts_parse,
     ("ts.parse", False, 2): ts_parse,
+    ("ts.parse", False, 3): ts_parse,
     ("ts.format", False, 1): ts_format,
     ("ts.format", False, 2): ts_format,
     ("now", False, 0): now,
     ("html.sanitize", False, 1): html_sanitize,
+    ("html.sanitize", False, 2): html_sanitize,
     ("html.text", False, 1): html_text,
     ("crypto.sha256", False, 1): sha256,
     ("crypto.hmac", False, 2): hmac_sha256,
@@ -431,10 +452,11 @@ LIBRARY: dict[tuple[str, bool, int], Callable[..., Any]] = {
 
 # name -> [(is_member, parameter types, result type)] for the runtime's checker ("dyn" accepts anything)
 SIGNATURES: dict[str, list[tuple[bool, tuple[str, ...], str]]] = {
-    "ts.parse": [(False, ("dyn",), "timestamp"), (False, ("dyn", "string"), "timestamp")],
+    "ts.parse": [(False, ("dyn",), "timestamp"), (False, ("dyn", "string"), "timestamp"),
+                 (False, ("dyn", "string", "string"), "timestamp")],
     "ts.format": [(False, ("dyn",), "string"), (False, ("dyn", "string"), "string")],
     "now": [(False, (), "timestamp")],
-    "html.sanitize": [(False, ("string",), "string")],
+    "html.sanitize": [(False, ("string",), "string"), (False, ("string", "list"), "string")],
     "html.text": [(False, ("string",), "string")],
     "crypto.sha256": [(False, ("dyn",), "string")],
     "crypto.hmac": [(False, ("dyn", "string"), "string")],

@@ -59,6 +59,12 @@ def test_ts_parse_common_formats_to_rfc3339_utc() -> None:
     for args, want in cases.items():
         assert both(f"ts.format(ts.parse({args}))") == want, args
     assert both('ts.format(ts.parse("2024-05-01T12:00:00Z"), "%Y/%m/%d")') == "2024/05/01"
+    # local times: the zone applies only to text without an offset (DST included)
+    assert both('ts.format(ts.parse("2024-05-01 14:00", "%Y-%m-%d %H:%M", "Europe/Paris"))') == "2024-05-01T12:00:00Z"
+    assert both('ts.format(ts.parse("2024-01-15T14:00:00", "", "Europe/Paris"))') == "2024-01-15T13:00:00Z"
+    assert both('ts.format(ts.parse("2024-05-01T14:00:00Z", "", "Europe/Paris"))') == "2024-05-01T14:00:00Z"
+    assert both('ts.format(ts.parse("2024-05-01T14:00:00", "", "-05:00"))') == "2024-05-01T19:00:00Z"
+    fails('ts.parse("2024-05-01", "", msg.z)', {"z": "Mars/Base"}, "unknown time zone 'Mars/Base'")
     assert both('ts.parse("2024-05-01T12:00:00Z") < ts.parse(1714564801)') is True
 
 
@@ -107,6 +113,9 @@ def test_html_sanitize_keeps_text_and_safe_markup() -> None:
     assert both('html.sanitize("<p>Hi <b>Ünï</b> &amp; <em>x</em></p>")') == "<p>Hi <b>Ünï</b> &amp; <em>x</em></p>"
     assert both('html.sanitize("")') == ""
     assert both('html.text("<p>Hi <b>there</b></p>")') == "Hi there"
+    keep = 'html.sanitize("<p><b>x</b><i>y</i><script>z</script></p>", ["b", "script"])'
+    assert both(keep) == "<b>x</b>y"  # only the tags listed, and never script or style
+    fails('html.sanitize("x", [1])', {}, "list of tag names")
     fails("html.sanitize(msg.h)", {"h": 5}, "no matching overload|expected string")
 
 
