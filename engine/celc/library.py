@@ -217,6 +217,7 @@ def _key_material(ref: Any, fn: str) -> bytes:
 
 
 _RINGS: dict[bytes, list[tuple[str, Any]]] = {}
+_KEY_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 def _ring(ref: Any, fn: str) -> list[tuple[str, Any]]:
@@ -228,20 +229,19 @@ def _ring(ref: Any, fn: str) -> list[tuple[str, Any]]:
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
     out: list[tuple[str, Any]] = []
-    for entry in raw.decode(errors="replace").replace("\n", ",").split(","):
-        entry = entry.strip()
-        if not entry:
-            continue
+    entries = [e.strip() for e in raw.decode(errors="replace").replace("\n", ",").split(",") if e.strip()]
+    for n, entry in enumerate(entries, 1):  # messages name an entry by number: never echo the file
         kid, sep, b64 = entry.partition("=")
         kid = kid.strip()
-        if not sep or not kid or not kid.isascii() or ":" in kid:
-            raise CelFailure(f"{fn}: key ring {ref}: entries are id=base64key (16, 24 or 32 bytes)")
+        if not sep or not kid or not _KEY_ID.fullmatch(kid):
+            raise CelFailure(f"{fn}: key ring {ref}: entry {n} is not id=base64key (an id of letters, digits, "
+                             "'_', '-', '.')")
         try:
             key = base64.b64decode(b64.strip() + "=" * (-len(b64.strip()) % 4), validate=True)
         except (binascii.Error, ValueError):
-            raise CelFailure(f"{fn}: key ring {ref}: key {kid!r} is not base64") from None
+            raise CelFailure(f"{fn}: key ring {ref}: the key of entry {n} is not base64") from None
         if len(key) not in (16, 24, 32):
-            raise CelFailure(f"{fn}: key ring {ref}: key {kid!r} has {len(key)} bytes, not 16, 24 or 32")
+            raise CelFailure(f"{fn}: key ring {ref}: the key of entry {n} has {len(key)} bytes, not 16, 24 or 32")
         out.append((kid, AESGCM(key)))
     if not out:
         raise CelFailure(f"{fn}: key ring {ref} is empty")

@@ -164,7 +164,15 @@ def test_encrypt_round_trip_tamper_and_rotation(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("SD_TEST_KEYS", f"k2={K2}")  # k1 retired: its data no longer decrypts
     fails(dec, {"v": token}, "key id 'k1' is not in the key ring")
     monkeypatch.setenv("SD_TEST_KEYS", "k1=c2hvcnQ=")
-    fails(dec, {"v": token}, "has 5 bytes, not 16, 24 or 32")
+    fails(dec, {"v": token}, "the key of entry 1 has 5 bytes, not 16, 24 or 32")
+
+
+def test_a_key_file_is_never_echoed_in_errors(tmp_path: Path) -> None:
+    secret = tmp_path / "not-a-ring"
+    secret.write_text("top-secret-line=%%%\n")
+    with pytest.raises(EvalError) as info:
+        compile_expr(f'crypto.encrypt("x", "file:{secret}")')({})
+    assert "entry 1" in str(info.value) and "top-secret" not in str(info.value)
 
 
 def test_redact_mask_uuid_json_url_coalesce() -> None:
