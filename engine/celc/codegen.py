@@ -15,9 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine.celc import values as V
-from engine.celc.ext import ABSENT, NONE, opt_flat, opt_index, opt_of, opt_select, opt_unwrap
+from engine.celc.ext import ABSENT, NONE, Optional, opt_flat, opt_index, opt_of, opt_select, opt_unwrap
 from engine.celc.functions import compile_pattern, lookup
 from engine.celc.parser import (
+    OPTIONAL_ENTRY,
     Bind,
     Call,
     Comprehension,
@@ -155,6 +156,9 @@ class Gen:
             if node.test:
                 return Code(f"{self.helper(V.select_has)}({operand.expr}, {node.field!r})", "bool")
             return Code(f"{operand.expr}[{node.field!r}]")
+        if isinstance(node, ListLit | MapLit) and any(
+                _is_entry(n) for n in (node.items if isinstance(node, ListLit) else [v for _, v in node.entries])):
+            return self.optional_literal(node, scope)
         if isinstance(node, ListLit):
             items = [self.gen(i, scope) for i in node.items]
             return Code("[" + ", ".join(i.expr for i in items) + "]", "list", all(i.safe for i in items))
@@ -171,6 +175,21 @@ class Gen:
             body = self.gen(node.body, {**scope, node.var: var})
             return Code(body.expr, body.type)
         raise Unsupported(type(node).__name__)
+
+    def optional_literal(self, node: ListLit | MapLit, scope: dict[str, str]) -> Code:
+        """A list or map literal with optional entries (`[?x]`, `{?k: x}`): built by a helper that
+        keeps an entry whose optional has a value, unwrapped, and drops one that has none."""
+
+        def value(n: Node) -> str:
+            return self.gen(n.args[0] if _is_entry(n) else n, scope).expr  # type: ignore[attr-defined]
+
+        if isinstance(node, ListLit):
+            flags = self.const(tuple(_is_entry(n) for n in node.items), "k")
+            items = ", ".join(value(n) for n in node.items)
+            return Code(f"{self.helper(optional_list)}([{items}], {flags})", "list")
+        flags = self.const(tuple(_is_entry(v) for _, v in node.entries), "k")
+        pairs = ", ".join(f"({self.gen(k, scope).expr}, {value(v)})" for k, v in node.entries)
+        return Code(f"{self.helper(optional_map)}([{pairs}], {flags})", "map")
 
     def literal(self, node: Lit) -> Code:
         v = node.value
@@ -611,6 +630,40 @@ class Gen:
             "matches": "bool",
         }.get(name)
         return Code(f"{self.helper(impl)}({', '.join(c.expr for c in codes)})", result)
+
+
+def _is_entry(node: Node) -> bool:
+    return isinstance(node, Call) and node.fn == OPTIONAL_ENTRY
+
+
+def _entry(value: object) -> tuple[bool, object]:
+    if type(value) is not Optional:
+        raise V.CelFailure(f"an optional entry ([?x], {{?k: x}}) needs an optional value, got {V.type_name(value)}")
+    return value.has, value.value
+
+
+def optional_list(items: list[object], flags: tuple[bool, ...]) -> list[object]:
+    out = []
+    for item, optional in zip(items, flags):
+        if not optional:
+            out.append(item)
+            continue
+        has, inner = _entry(item)
+        if has:
+            out.append(inner)
+    return out
+
+
+def optional_map(pairs: list[tuple[object, object]], flags: tuple[bool, ...]) -> dict:
+    kept = []
+    for (k, v), optional in zip(pairs, flags):
+        if not optional:
+            kept.append((k, v))
+            continue
+        has, inner = _entry(v)
+        if has:
+            kept.append((k, inner))
+    return V.make_map(kept)
 
 
 def _size_check(cap: int) -> Callable[[object], int]:

@@ -1,9 +1,10 @@
 """A small CEL parser (Pratt): source text -> AST of plain nodes, with macros expanded.
 
 It accepts the CEL grammar the compiler translates, with the optional syntax `x.?f` (the call
-`_?._`) and `x[?i]` (`_[?_]`), and the macros `cel.bind` (a `Bind` node) and `sortBy` (cel-go's
+`_?._`), `x[?i]` (`_[?_]`) and optional entries `[?x]`, `{?k: x}` (the value wrapped in a call of
+`OPTIONAL_ENTRY`), and the macros `cel.bind` (a `Bind` node) and `sortBy` (cel-go's
 expansion, `@sortByAssociatedKeys` of the list and its mapped keys); anything else (message
-construction, optional entries `{?k: v}`/`[?x]`, leading-dot names) raises `Unsupported`, and the
+construction, leading-dot names) raises `Unsupported`, and the
 caller falls back to the full runtime. Malformed text raises `ParseError` (the runtime reports it better).
 """
 
@@ -28,6 +29,7 @@ __all__ = [
     "parse",
 ]
 
+OPTIONAL_ENTRY = "@optional_entry"  # wraps the value of `[?x]` and `{?k: x}`: its optional decides
 MAX_DEPTH = 200  # nesting limit: keeps both the parser and the generated code well inside recursion limits
 
 
@@ -362,7 +364,11 @@ class _Parser:
             self.next()
             return items
         while True:
-            items.append(self.expr())
+            if close == "]" and self.at("?"):  # `[?x]`: an optional element, kept when it has a value
+                self.next()
+                items.append(Call(OPTIONAL_ENTRY, None, (self.expr(),)))
+            else:
+                items.append(self.expr())
             if self.at(","):
                 self.next()
                 if self.at(close) and close != ")":
@@ -478,12 +484,13 @@ class _Parser:
             self.next()
             return MapLit(())
         while True:
-            if self.at("?"):
-                raise Unsupported("optional map entry")
+            optional = self.at("?")  # `{?k: v}`: an entry only when the optional v has a value
+            if optional:
+                self.next()
             k = self.expr()
             self.expect(":")
             v = self.expr()
-            entries.append((k, v))
+            entries.append((k, Call(OPTIONAL_ENTRY, None, (v,)) if optional else v))
             if self.at(","):
                 self.next()
                 if self.at("}"):

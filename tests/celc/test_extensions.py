@@ -40,7 +40,8 @@ DIFFERENTIAL = [
     "msg.?m.?x.orValue(42)", "msg.?missing.orValue(0)", "msg.?m.hasValue()", "msg.tags[?0].orValue('none')",
     "msg.tags[?5].hasValue()", "optional.of(msg.id).value()", "optional.none().value()",
     "optional.ofNonZeroValue(msg.name).orValue('empty')", "msg.?m.?x.or(optional.of('alt')).value()",
-    "has(msg.?m.x)", "msg.?m.x.orValue('no')",
+    "has(msg.?m.x)", "msg.?m.x.orValue('no')", "[?msg.?m, ?optional.none(), 1]", '{?"x": msg.?name, "y": 2}',
+    '{?"x": msg.?missing}',
     "cel.bind(x, msg.id, x * x)", "cel.bind(t, msg.tags, t.size() + t.size())",
     "msg.tags.first().orValue('-')", "msg.tags.last().hasValue()",
     # found by the random test below
