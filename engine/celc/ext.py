@@ -560,13 +560,13 @@ _SORTABLE = (int, UInt, float, str, bool, bytes, bytearray)
 def _sort_key_check(fn: str, keys: list[Any]) -> None:
     if not keys:
         return
-    t0 = type(keys[0])
+    first = type_name(keys[0])
     for k in keys:
         t = type(k)
         if t not in _SORTABLE and t.__name__ not in ("Timestamp", "Duration"):
             raise CelFailure(f"{fn}: list elements must be comparable, got {type_name(k)}")
-        if t is not t0 and not (t in (int, UInt, float) and t0 in (int, UInt, float)):
-            raise CelFailure(f"{fn}: list elements must have the same type")
+        if type_name(k) != first:  # as cel-go: one type, so [1, 2u] and [1, 2.0] do not sort
+            raise CelFailure(f"{fn}: list elements must have the same type ({first} and {type_name(k)})")
 
 
 def _cmp(a: Any, b: Any) -> int:
