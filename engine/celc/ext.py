@@ -724,37 +724,49 @@ def _finditer(rx: Any, s: str) -> Any:
         pos = b if b > a else b + 1
 
 
-def rx_replace(s: Any, pattern: Any, repl: Any, count: Any = -1) -> str:
-    _str("regex.replace", s, pattern, repl)
-    _int("regex.replace", count)
-    rx = _regex(pattern)
-    parts: list[tuple[bool, Any]] = []  # (is_group, text or group number)
+def _replacement(repl: str, groups: int) -> list[tuple[bool, Any]]:
+    """`repl` as (is_group, text or group number) parts: `\\N` a group (0-9), `\\\\` a backslash."""
+    parts: list[tuple[bool, Any]] = []
     i = 0
     while i < len(repl):
         c = repl[i]
-        if c == "\\" and i + 1 < len(repl):
-            d = repl[i + 1]
-            if d.isdigit() and d.isascii():
-                g = int(d)
-                if g > rx.groups:
-                    raise CelFailure(f"regex.replace: invalid replace string: group \\{g} does not exist")
-                parts.append((True, g))
-            elif d == "\\":
-                parts.append((False, "\\"))
-            else:
-                raise CelFailure(f"regex.replace: invalid replace string: \\{d}")
-            i += 2
+        if c != "\\":
+            parts.append((False, c))
+            i += 1
             continue
-        if c == "\\":
-            raise CelFailure("regex.replace: invalid replace string: trailing backslash")
-        parts.append((False, c))
-        i += 1
-    literal = None if any(g for g, _ in parts) else "".join(p for _, p in parts)
+        if i + 1 >= len(repl):
+            raise CelFailure(f"regex.replace: invalid replacement string: '{repl}' \\ not allowed at end")
+        d = repl[i + 1]
+        if d == "\\":
+            parts.append((False, "\\"))
+        elif d.isdigit() and d.isascii():
+            if int(d) > groups:
+                raise CelFailure(f"regex.replace: replacement string references group {d} but regex has only "
+                                 f"{groups} group(s)")
+            parts.append((True, int(d)))
+        else:
+            raise CelFailure(f"regex.replace: invalid replacement string: '{repl}' \\ must be followed by a digit "
+                             "or \\")
+        i += 2
+    return parts
+
+
+def rx_replace(s: Any, pattern: Any, repl: Any, count: Any = -1) -> str:
+    _str("regex.replace", s, pattern, repl)
+    _int("regex.replace", count)
+    if count == 0:  # before the pattern is even compiled, as cel-go
+        return s  # type: ignore[no-any-return]
+    rx = _regex(pattern)
+    parts: list[tuple[bool, Any]] | None = None  # checked at the first match: no match, no error (cel-go)
+    literal: str | None = None
     out: list[str] = []
     last = 0
     for k, m in enumerate(_finditer(rx, s)):
         if k == count:
             break
+        if parts is None:
+            parts = _replacement(repl, rx.groups)
+            literal = None if any(g for g, _ in parts) else "".join(p for _, p in parts)
         a, b = m.span()
         out.append(s[last:a])
         out.append(literal if literal is not None else "".join((m.group(p) or "") if g else p for g, p in parts))
@@ -775,8 +787,10 @@ def rx_extract(s: Any, pattern: Any) -> Optional:
     m = rx.search(s)
     if m is None:
         return NONE
-    g = m.group(1) if rx.groups else m.group(0)
-    return NONE if g is None else Optional(True, g)
+    if not rx.groups:
+        return Optional(True, m.group(0))
+    g = m.group(1)
+    return Optional(True, g) if g else NONE  # an empty or unmatched group is none (cel-go)
 
 
 def rx_extract_all(s: Any, pattern: Any) -> list[str]:
@@ -785,9 +799,10 @@ def rx_extract_all(s: Any, pattern: Any) -> list[str]:
     _one_group(rx)
     out = []
     for m in _finditer(rx, s):
-        g = m.group(1) if rx.groups else m.group(0)
-        if g is not None:
-            out.append(g)
+        if not rx.groups:
+            out.append(m.group(0))
+        elif m.group(1):  # an empty or unmatched group is left out (cel-go)
+            out.append(m.group(1))
     return out
 
 

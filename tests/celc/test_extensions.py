@@ -111,6 +111,10 @@ EXPECTED = [
     ("regex.replace('baaac', 'a*', '-')", "-b-c-"),  # Go: an empty match right after a match is skipped
     ("regex.extractAll('baaac', 'a*')", ["", "aaa", ""]),
     ("regex.replace('abc', '', '-')", "-a-b-c-"),
+    ("regex.replace('abc', 'x', '\\\\9')", "abc"),  # an invalid replacement with no match is no error (cel-go)
+    ("regex.replace('abc', '(', 'x', 0)", "abc"),  # count 0: the pattern is not even compiled
+    ("regex.extract('ab', 'a(x?)b').hasValue()", False),  # an empty group is none
+    ("regex.extractAll('ab ab axb', 'a(x?)b')", ["x"]),  # and left out
     ("regex.replace('a' * 0 + 'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa!', '(a+)+$', 'x')", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa!"),
 ]
 FAILING = [
@@ -121,7 +125,9 @@ FAILING = [
     ("[3, 1.5, 2u].sort()", "must have the same type"),
     ("[2, 1].sortBy(x, x == 1 ? dyn(1) : dyn(1.0))", "must have the same type"),
     ("[[1]].sort()", "must be comparable"),
-    ("regex.replace('test', '(.)', '\\\\2')", "invalid replace string"),
+    ("regex.replace('test', '(.)', '\\\\2')", "references group 2 but regex has only 1 group"),
+    ("regex.replace('test', '(.)', 'x\\\\')", "not allowed at end"),
+    ("regex.replace('test', '(.)', '\\\\a')", "must be followed by a digit"),
     ("regex.replace('foo', '(', 'x')", "invalid regular expression"),
     ("regex.extract('a@b', '(.*)@(.*)')", "at most one capture group"),
     ("regex.extractAll('a@b', '(.*)@(.*)')", "at most one capture group"),
