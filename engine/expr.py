@@ -16,7 +16,8 @@ extensions (strings, math, encoders, lists, sets, regex, optionals, `cel.bind`) 
 library (`engine.celc.library`: `ts.parse`, `crypto.hmac`, ...). The runtime has its own strings,
 math, encoders, optionals and bindings extensions; the rest is declared to it with the compiler's
 implementations. The runtime cannot return an optional from a Python function (`Unimplemented
-type: 13`), so `regex.extract`, `first()` and `last()` evaluate only compiled.
+type: 13`), so `regex.extract` evaluates only compiled; `sortBy` is a macro its parser lacks, so it
+is type-checked as `map` and must compile.
 """
 
 from __future__ import annotations
