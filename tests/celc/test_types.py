@@ -69,3 +69,21 @@ nodes:
     assert graph is None and len(e206) == 2, diags
     assert all(d.line == 9 for d in e206)  # the `price` node only: `untyped` has no schema, `fixed` is right
     assert "use double(msg.amount)" in e206[0].message and "did you mean 'name'" in e206[1].message
+
+
+def test_a_source_with_a_declared_schema_types_its_consumers(tmp_path: Path) -> None:
+    path = tmp_path / "h.yaml"
+    path.write_text("""\
+version: 1
+name: h
+defaults: {dead_letter: dead}
+nodes:
+  ingest:
+    type: http_source
+    config: {port: 8080, schema: {type: object, properties: {qty: {type: integer}}}}
+  m: {type: map, inputs: [ingest], config: {expr: 'msg.qty * 0.5'}}
+  dead: {type: stdout, inputs: [m]}
+""")
+    _, diags = check_file(str(path))
+    assert [(d.code, d.line) for d in diags if d.severity == "error"] == [("E206", 8)], diags
+    assert "use double(msg.qty)" in diags[0].message
