@@ -90,7 +90,7 @@ class _Walk:
             return _Typed(text=text)
         if name in props:
             return self.typed(props[name], text)
-        if not has:
+        if not has and "patternProperties" not in schema:  # a pattern may admit the name: say nothing
             close = difflib.get_close_matches(name, [str(p) for p in props], n=1, cutoff=0.75)
             if schema.get("additionalProperties") is False or close:
                 where = operand.text or "the value"

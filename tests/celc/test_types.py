@@ -42,6 +42,11 @@ def test_no_false_alarms(src: str) -> None:
     assert schema_issues(src, SCHEMA) == []
 
 
+def test_pattern_properties_may_admit_a_name() -> None:
+    patterned = {**SCHEMA, "patternProperties": {"^amount_": {"type": "integer"}}, "additionalProperties": False}
+    assert schema_issues("msg.amount_2 + 1", patterned) == []
+
+
 def test_closed_schema_reports_any_unknown_field() -> None:
     closed = {**SCHEMA, "additionalProperties": False}
     assert schema_issues("msg.zzz", closed) == ["msg has no field 'zzz' in the input's schema"]
