@@ -164,8 +164,15 @@ def parse_duration(text: str) -> Duration:
 def format_timestamp(t: Timestamp) -> str:
     """RFC 3339 in UTC with 0, 3, 6 or 9 fractional digits, as CEL's string() writes it."""
     seconds, nanos = divmod(t.ns, NS)
-    base = (_EPOCH + dt.timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S")
-    return base + _fraction(nanos) + "Z"
+    days, rem = divmod(seconds, 86400)
+    d = _fromordinal(_EPOCH_ORDINAL + days)  # not strftime: it writes year 1 as "1" (glibc), and is slower
+    h, rem = divmod(rem, 3600)
+    m, s = divmod(rem, 60)
+    return f"{d.year:04d}-{d.month:02d}-{d.day:02d}T{h:02d}:{m:02d}:{s:02d}{_fraction(nanos)}Z"
+
+
+_EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
+_fromordinal = dt.date.fromordinal
 
 
 def _fraction(nanos: int) -> str:

@@ -15,8 +15,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine.celc import values as V
-from engine.celc.functions import FUNCTIONS, compile_pattern
-from engine.celc.parser import Call, Comprehension, Ident, ListLit, Lit, MapLit, Node, Select, Unsupported
+from engine.celc.ext import ABSENT, NONE, Optional, opt_flat, opt_index, opt_of, opt_select, opt_unwrap
+from engine.celc.functions import compile_pattern, lookup
+from engine.celc.parser import (
+    OPTIONAL_ENTRY,
+    Bind,
+    Call,
+    Comprehension,
+    Ident,
+    ListLit,
+    Lit,
+    MapLit,
+    Node,
+    Select,
+    Unsupported,
+)
 
 __all__ = ["Code", "Gen", "generate"]
 
@@ -143,6 +156,9 @@ class Gen:
             if node.test:
                 return Code(f"{self.helper(V.select_has)}({operand.expr}, {node.field!r})", "bool")
             return Code(f"{operand.expr}[{node.field!r}]")
+        if isinstance(node, ListLit | MapLit) and any(
+                _is_entry(n) for n in (node.items if isinstance(node, ListLit) else [v for _, v in node.entries])):
+            return self.optional_literal(node, scope)
         if isinstance(node, ListLit):
             items = [self.gen(i, scope) for i in node.items]
             return Code("[" + ", ".join(i.expr for i in items) + "]", "list", all(i.safe for i in items))
@@ -152,7 +168,28 @@ class Gen:
             return self.comprehension(node, scope)
         if isinstance(node, Call):
             return self.call(node, scope)
+        if isinstance(node, Bind):
+            init = self.gen(node.init, scope)
+            var = self.tmp()
+            self.emit(f"{var} = {init.expr}")
+            body = self.gen(node.body, {**scope, node.var: var})
+            return Code(body.expr, body.type)
         raise Unsupported(type(node).__name__)
+
+    def optional_literal(self, node: ListLit | MapLit, scope: dict[str, str]) -> Code:
+        """A list or map literal with optional entries (`[?x]`, `{?k: x}`): built by a helper that
+        keeps an entry whose optional has a value, unwrapped, and drops one that has none."""
+
+        def value(n: Node) -> str:
+            return self.gen(n.args[0] if _is_entry(n) else n, scope).expr  # type: ignore[attr-defined]
+
+        if isinstance(node, ListLit):
+            flags = self.const(tuple(_is_entry(n) for n in node.items), "k")
+            items = ", ".join(value(n) for n in node.items)
+            return Code(f"{self.helper(optional_list)}([{items}], {flags})", "list")
+        flags = self.const(tuple(_is_entry(v) for _, v in node.entries), "k")
+        pairs = ", ".join(f"({self.gen(k, scope).expr}, {value(v)})" for k, v in node.entries)
+        return Code(f"{self.helper(optional_map)}([{pairs}], {flags})", "map")
 
     def literal(self, node: Lit) -> Code:
         v = node.value
@@ -211,6 +248,17 @@ class Gen:
 
     def comprehension(self, node: Comprehension, scope: dict[str, str]) -> Code:
         rng = self.gen(node.range, scope)
+        if node.kind in ("optMap", "optFlatMap"):  # `opt.optMap(v, e)`: e of the value, if there is one
+            opt, res = self.tmp(), self.tmp()
+            self.emit(f"{opt} = {self.helper(opt_unwrap)}({rng.expr}, {node.kind!r})")
+            self.emit(f"if {opt} is {self.const(ABSENT, 'n')}:")
+            self.emit(f"    {res} = {self.const(NONE, 'n')}")
+            self.emit("else:")
+            lines, body = self.sub_block(node.body, {**scope, node.var: opt}, self.level + 1)
+            self.lines.extend(lines)
+            wrap = self.helper(opt_of if node.kind == "optMap" else opt_flat)
+            self.emit(f"    {res} = {wrap}({body.expr})")
+            return Code(res)
         items = self.tmp()
         keep_order = node.kind in ("map", "filter")
         self.emit(f"{items} = {self.helper(V.iter_range)}({rng.expr}, {keep_order})")
@@ -332,6 +380,9 @@ class Gen:
                 if isinstance(args[1], Lit) and args[1].kind == "string":
                     return Code(f"{c.expr}[{i.expr}]")
                 return Code(f"{self.helper(V.index)}({c.expr}, {i.expr})")
+            if fn in ("_?._", "_[?_]"):
+                c, i = self.gen(args[0], scope), self.gen(args[1], scope)
+                return Code(f"{self.helper(opt_select if fn == '_?._' else opt_index)}({c.expr}, {i.expr})")
         return self.function(node, scope)
 
     def logic(self, fn: str, left: Node, right: Node, scope: dict[str, str]) -> Code:
@@ -538,13 +589,17 @@ class Gen:
         return Code(f"{self.helper(V.is_in)}({x.expr}, {c.expr})", "bool")
 
     def function(self, node: Call, scope: dict[str, str]) -> Code:
-        member = node.target is not None
-        key = (node.fn, member, len(node.args))
-        if key not in FUNCTIONS:
-            raise Unsupported(f"function {node.fn!r}")
-        args: list[Node] = ([node.target] if node.target is not None else []) + list(node.args)
-        codes = [self.gen(a, scope) for a in args]
+        target: Node | None = node.target
         name = node.fn
+        if isinstance(target, Ident) and target.name not in scope:  # a namespaced function: math.greatest
+            name = f"{target.name}.{name}"
+            target = None
+        member = target is not None
+        impl = lookup(name, member, len(node.args))
+        if impl is None:
+            raise Unsupported(f"function {name!r}")
+        args: list[Node] = ([target] if target is not None else []) + list(node.args)
+        codes = [self.gen(a, scope) for a in args]
         if name == "matches" and isinstance(args[1], Lit) and args[1].kind == "string":
             pattern = compile_pattern(args[1].value)
             return Code(f"{self.const(_pattern_matcher(pattern), 'm')}({codes[0].expr})", "bool")
@@ -564,7 +619,7 @@ class Gen:
             ob, ref = self.once(codes[0])
             conv = "_str" if name == "string" else "_float"
             test = f"type({ob}) is _int and {V.INT64_MIN} <= {ref} <= {V.UINT64_MAX}"
-            return Code(f"({conv}({ref}) if {test} else {self.helper(FUNCTIONS[key])}({ref}))", name)
+            return Code(f"({conv}({ref}) if {test} else {self.helper(impl)}({ref}))", name)
         result = {
             "int": "int",
             "uint": "uint",
@@ -574,7 +629,41 @@ class Gen:
             "bool": "bool",
             "matches": "bool",
         }.get(name)
-        return Code(f"{self.helper(FUNCTIONS[key])}({', '.join(c.expr for c in codes)})", result)
+        return Code(f"{self.helper(impl)}({', '.join(c.expr for c in codes)})", result)
+
+
+def _is_entry(node: Node) -> bool:
+    return isinstance(node, Call) and node.fn == OPTIONAL_ENTRY
+
+
+def _entry(value: object) -> tuple[bool, object]:
+    if type(value) is not Optional:
+        raise V.CelFailure(f"an optional entry ([?x], {{?k: x}}) needs an optional value, got {V.type_name(value)}")
+    return value.has, value.value
+
+
+def optional_list(items: list[object], flags: tuple[bool, ...]) -> list[object]:
+    out = []
+    for item, optional in zip(items, flags):
+        if not optional:
+            out.append(item)
+            continue
+        has, inner = _entry(item)
+        if has:
+            out.append(inner)
+    return out
+
+
+def optional_map(pairs: list[tuple[object, object]], flags: tuple[bool, ...]) -> dict:
+    kept = []
+    for (k, v), optional in zip(pairs, flags):
+        if not optional:
+            kept.append((k, v))
+            continue
+        has, inner = _entry(v)
+        if has:
+            kept.append((k, inner))
+    return V.make_map(kept)
 
 
 def _size_check(cap: int) -> Callable[[object], int]:

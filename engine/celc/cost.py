@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.celc.parser import (
+    Bind,
     Call,
     Comprehension,
     Ident,
@@ -93,10 +94,17 @@ class _Estimator:
             return self.comprehension(node, scope)
         if isinstance(node, Call):
             return self.call(node, scope)
+        if isinstance(node, Bind):  # cel.bind(x, init, body): init once, body with x its size
+            init = self.of(node.init, scope)
+            body = self.of(node.body, {**scope, node.var: init})
+            return Size(_clamp(init.cost + body.cost), body.size, body.item)
         raise Unsupported(type(node).__name__)
 
     def comprehension(self, node: Comprehension, scope: dict[str, Size]) -> Size:
         rng = self.of(node.range, scope)
+        if node.kind in ("optMap", "optFlatMap"):  # once, on the optional's value
+            body = self.of(node.body, {**scope, node.var: rng})
+            return Size(_clamp(rng.cost + body.cost + 1), body.size, body.item)
         var = rng.item or self.unknown
         inner = {**scope, node.var: var}
         body = self.of(node.body, inner)
@@ -156,7 +164,9 @@ def has_loops(source: str) -> bool:
         n = pending.pop()
         if isinstance(n, Comprehension):
             return True
-        if isinstance(n, Select):
+        if isinstance(n, Bind):
+            pending.extend((n.init, n.body))
+        elif isinstance(n, Select):
             pending.append(n.operand)
         elif isinstance(n, Call):
             pending.extend(n.args)

@@ -23,7 +23,7 @@ from engine.celc.chrono import (
 from engine.celc.regex import Matcher, PatternError, compile_matcher
 from engine.celc.values import INT64_MAX, INT64_MIN, UINT64_MAX, CelFailure, UInt, _kind, no_overload, type_of
 
-__all__ = ["FUNCTIONS", "compile_pattern", "format_double", "matches"]
+__all__ = ["FUNCTIONS", "compile_pattern", "format_double", "lookup", "matches"]
 
 _BYTES = (bytes, bytearray)
 
@@ -278,3 +278,17 @@ FUNCTIONS: dict[tuple[str, bool, int], Callable[..., Any]] = {
     ("duration", False, 1): to_duration,
     **{(name, True, n): fn for name, fn in ACCESSORS.items() for n in (0, 1)},
 }
+
+
+def lookup(name: str, member: bool, arity: int) -> Callable[..., Any] | None:
+    """The implementation of `name` called with `arity` arguments (as a member function when
+    `member`): the standard functions, cel-go's extensions (`engine.celc.ext`) and the pipeline
+    library (`engine.celc.library`); None when there is none."""
+    from engine.celc.ext import EXTENSIONS
+    from engine.celc.library import LIBRARY
+
+    for table in (FUNCTIONS, EXTENSIONS, LIBRARY):
+        fn = table.get((name, member, arity)) or table.get((name, member, -1))
+        if fn is not None:
+            return fn
+    return None

@@ -1,8 +1,11 @@
 """A small CEL parser (Pratt): source text -> AST of plain nodes, with macros expanded.
 
-It accepts the CEL grammar the compiler translates; anything else (message construction, optional
-syntax `?.`/`[?`, leading-dot names) raises `Unsupported`, and the caller falls
-back to the full runtime. Malformed text raises `ParseError` (the runtime reports it better).
+It accepts the CEL grammar the compiler translates, with the optional syntax `x.?f` (the call
+`_?._`), `x[?i]` (`_[?_]`) and optional entries `[?x]`, `{?k: x}` (the value wrapped in a call of
+`OPTIONAL_ENTRY`), and the macros `cel.bind` (a `Bind` node) and `sortBy` (cel-go's
+expansion, `@sortByAssociatedKeys` of the list and its mapped keys); anything else (message
+construction, leading-dot names) raises `Unsupported`, and the
+caller falls back to the full runtime. Malformed text raises `ParseError` (the runtime reports it better).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "Bind",
     "Call",
     "Comprehension",
     "Ident",
@@ -25,6 +29,7 @@ __all__ = [
     "parse",
 ]
 
+OPTIONAL_ENTRY = "@optional_entry"  # wraps the value of `[?x]` and `{?k: x}`: its optional decides
 MAX_DEPTH = 200  # nesting limit: keeps both the parser and the generated code well inside recursion limits
 
 
@@ -85,13 +90,23 @@ class MapLit(Node):
 
 @dataclass(frozen=True, slots=True)
 class Comprehension(Node):
-    """A macro: `kind` in all, exists, exists_one, map, filter; `pred` is the filter of 3-arg map."""
+    """A macro: `kind` in all, exists, exists_one, map, filter, optMap, optFlatMap (whose range is
+    an optional); `pred` is the filter of 3-arg map."""
 
     kind: str
     range: Node
     var: str
     body: Node
     pred: Node | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Bind(Node):
+    """`cel.bind(var, init, body)`: `body` with `var` bound to the value of `init`."""
+
+    var: str
+    init: Node
+    body: Node
 
 
 _TOKEN = re.compile(
@@ -349,7 +364,11 @@ class _Parser:
             self.next()
             return items
         while True:
-            items.append(self.expr())
+            if close == "]" and self.at("?"):  # `[?x]`: an optional element, kept when it has a value
+                self.next()
+                items.append(Call(OPTIONAL_ENTRY, None, (self.expr(),)))
+            else:
+                items.append(self.expr())
             if self.at(","):
                 self.next()
                 if self.at(close) and close != ")":
@@ -365,7 +384,11 @@ class _Parser:
                 self.next()
                 kind, name, off = self.next()
                 if kind == "op" and name == "?":
-                    raise Unsupported("optional field selection")
+                    kind, name, off = self.next()
+                    if kind not in ("ident", "qident"):
+                        raise ParseError(f"expected field name at {off}")
+                    node = Call("_?._", None, (node, Lit("string", name)))
+                    continue
                 if kind == "qident" and not self.at("("):
                     node = Select(node, name)
                     continue
@@ -380,11 +403,12 @@ class _Parser:
                     node = Select(node, name)
             elif self.at("["):
                 self.next()
-                if self.at("?"):
-                    raise Unsupported("optional index")
+                optional = self.at("?")
+                if optional:
+                    self.next()
                 index = self.expr()
                 self.expect("]")
-                node = Call("_[_]", None, (node, index))
+                node = Call("_[?_]" if optional else "_[_]", None, (node, index))
             elif self.at("{"):
                 raise Unsupported("message construction")
             else:
@@ -397,6 +421,19 @@ class _Parser:
                     raise ParseError("has() needs a field selection")
                 sel = args[0]
                 return Select(sel.operand, sel.field, test=True)
+            if isinstance(target, Ident) and target.name == "cel" and name == "bind" and len(args) == 3:
+                if not isinstance(args[0], Ident):
+                    raise ParseError("cel.bind() needs an identifier as first argument")
+                return Bind(args[0].name, args[1], args[2])
+            if target is not None and name in ("optMap", "optFlatMap") and len(args) == 2:
+                if not isinstance(args[0], Ident):
+                    raise ParseError(f"{name}() needs an identifier as first argument")
+                return Comprehension(name, target, args[0].name, args[1])
+            if target is not None and name == "sortBy" and len(args) == 2:
+                if not isinstance(args[0], Ident):
+                    raise ParseError("sortBy() needs an identifier as first argument")
+                keys = Comprehension("map", target, args[0].name, args[1])
+                return Call("@sortByAssociatedKeys", target, (keys,))
             if target is not None and (name in _MACROS or name == "map") and len(args) >= 2:
                 if not isinstance(args[0], Ident):
                     raise ParseError(f"{name}() needs an identifier as first argument")
@@ -447,12 +484,13 @@ class _Parser:
             self.next()
             return MapLit(())
         while True:
-            if self.at("?"):
-                raise Unsupported("optional map entry")
+            optional = self.at("?")  # `{?k: v}`: an entry only when the optional v has a value
+            if optional:
+                self.next()
             k = self.expr()
             self.expect(":")
             v = self.expr()
-            entries.append((k, v))
+            entries.append((k, Call(OPTIONAL_ENTRY, None, (v,)) if optional else v))
             if self.at(","):
                 self.next()
                 if self.at("}"):

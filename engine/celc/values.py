@@ -48,6 +48,7 @@ __all__ = [
 ]
 
 INT64_MIN, INT64_MAX, UINT64_MAX = -(2**63), 2**63 - 1, 2**64 - 1
+OPTIONAL_RESULT = "the result is an optional value: end the expression with .orValue(default) or .value()"
 
 
 class CelFailure(Exception):
@@ -440,6 +441,10 @@ def index(c: Any, i: Any) -> Any:
         if v is _MISSING:
             raise CelFailure(f"no such key: {i!r}")
         return v
+    if tc.__name__ == "Optional":  # opt[i]: an optional of the element
+        from engine.celc.ext import opt_index
+
+        return opt_index(c, i)
     raise no_overload("_[_]", c, i)
 
 
@@ -459,6 +464,8 @@ def select_has(m: Any, field: str) -> bool:
     """`has(m.field)` on a map."""
     if type(m) is dict:
         return field in m
+    if type(m).__name__ == "Optional":  # has(opt.f): a value, and it has the field
+        return bool(m.has) and select_has(m.value, field)
     raise CelFailure("has() applied to a value that is not a map")
 
 
@@ -519,4 +526,6 @@ def plain(v: Any) -> Any:
         return v.to_python()
     if t is CelType:
         raise Defer()  # the runtime's own type objects are the result
+    if t.__name__ == "Optional":
+        raise CelFailure(OPTIONAL_RESULT)
     raise CelFailure(f"non-CEL value of type {t.__name__}")

@@ -9,6 +9,7 @@ E110 environment variable unset without a default
 E200 unknown node type             E201 unknown config field         E202 invalid config value
 E203 CEL expression does not compile E204 CEL cost estimate above the limit `cel_cost`
 E205 more CEL expressions in the graph than the limit `cel_expressions`
+E206 CEL that cannot work on its input's JSON Schema (int and double mixed on an integer field, unknown field)
 E210 input names an unknown node   E211 input names an unknown port  E212 source with inputs
 E213 operator or sink without inputs                                 E214 cycle
 E215 unknown connection            E216 connection of the wrong type E217 unknown schema

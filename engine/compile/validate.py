@@ -330,6 +330,7 @@ def check_text(text: str, path: str = "<graph>", env: dict[str, str] | None = No
         else:
             schemas[name] = schema
     graph_nodes, cel = _check_nodes(c, data["nodes"], data, connections, spec.schemas, spec)
+    _check_cel_types(c, graph_nodes, schemas)
     check_workers(graph_nodes, workers, c.add)
     if any(d.severity == "error" for d in c.diags):
         return None, sorted(c.diags)
@@ -398,6 +399,30 @@ def _check_nodes(c: _Checker, nodes_raw: dict[str, Any], data: dict[str, Any], c
     if dag is not None:
         _check_upstream(c, dag, shells, configs, check_ctx)
     return resolved, cel
+
+
+def _check_cel_types(c: _Checker, nodes: dict[str, ResolvedNode], schemas: dict[str, Any]) -> None:
+    """E206: the CEL of a node whose every input is the `out` of a node with a JSON Schema (a
+    `validate` node, a source that declares one), type-checked against that schema
+    (`engine.celc.types`): int/double arithmetic on an integer field, a field the schema lacks."""
+    for node_id, node in nodes.items():
+        found: list[tuple[str, Any]] = []
+        for up, port in node.inputs:
+            upstream = nodes.get(up)
+            ref = getattr(upstream.config, "schema_", None) if upstream is not None and port == "out" else None
+            schema = schemas.get(ref) if isinstance(ref, str) else ref if isinstance(ref, dict) else None
+            if schema is None:
+                found = []
+                break
+            found.append((up, schema))
+        for fpath, source in cel_fields(node.config) if found else ():
+            cpath = ("nodes", node_id, "config", *fpath)
+            dotted = ".".join(str(p) for p in cpath)
+            from engine.celc.types import schema_issues  # the CEL parser: only for a graph that needs it
+
+            for up, schema in found:
+                for message in schema_issues(source, schema):
+                    c.add(cpath, "E206", f"{dotted}: CEL against the schema of '{up}': {message}", value=True)
 
 
 def _check_upstream(c: _Checker, successors: dict[str, list[str]], shells: dict[str, Any], configs: dict[str, Any],

@@ -19,12 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cel_expr_python import cel
-from cel_expr_python.ext import ext_bindings, ext_encoders, ext_math, ext_optional, ext_strings
 
 from engine.celc import compile_program, compile_strict_batch
 from engine.celc.parser import ParseError, Unsupported
 from engine.celc.sandbox import UnsafeCode
 from engine.celc.values import CelFailure, UInt
+from engine.expr import new_env
 
 __all__ = ["CONFORMANCE_DIR", "FileResult", "load", "main", "run_file"]
 
@@ -36,13 +36,6 @@ _CANDIDATES = [  # shared/ lies beside the checkout (CI, /work/main) or two leve
 ]
 CONFORMANCE_DIR = next((c for c in _CANDIDATES if c and os.path.isdir(c)), _CANDIDATES[1])
 
-_EXTENSIONS = {
-    "math_ext.json": lambda: [ext_math.ExtMath()],
-    "string_ext.json": lambda: [ext_strings.ExtStrings()],
-    "encoders_ext.json": lambda: [ext_encoders.ExtEncoders()],
-    "bindings_ext.json": lambda: [ext_bindings.ExtBindings()],
-    "optionals.json": lambda: [ext_optional.ExtOptional()],
-}
 _PRIMITIVE = {
     "int": cel.Type.INT,
     "uint": cel.Type.UINT,
@@ -143,6 +136,7 @@ class FileResult:
     name: str
     counts: Counter = field(default_factory=Counter)
     compiler_failures: list[str] = field(default_factory=list)
+    reasons: Counter = field(default_factory=Counter)  # "skipped: why" / "fallback: why" -> tests
 
 
 def _expectation(test: dict) -> tuple[str, Any]:
@@ -163,13 +157,10 @@ def _check(kind: str, want: Any, outcome: tuple[str, Any]) -> bool:
 
 
 def _runtime_outcome(test: dict, fname: str) -> tuple[str, Any]:
+    """The runtime's result in the environment every graph gets (`engine.expr.new_env`)."""
     variables = {d["name"]: cel_type(d["type"]) for d in test.get("type_env", []) if "type" in d}
     try:
-        env = cel.NewEnv(
-            variables=variables,
-            container=test.get("container") or None,
-            extensions=_EXTENSIONS.get(fname, list)(),
-        )
+        env = new_env(variables, container=test.get("container") or None)
         program = env.compile(test["expr"], disable_check=test["disable_check"])
         data = {k: to_python(v) for k, v in test.get("bindings", {}).items()}
         value = program.eval(data=data)
@@ -244,8 +235,12 @@ def run_file(path: str) -> FileResult:
         for ti, test in enumerate(section["tests"]):
             c["tests"] += 1
             kind, want = _expectation(test)
-            if test["needs_proto"] or kind == "none" or test["check_only"]:
+            skip = ("needs protobuf messages" if test["needs_proto"] else
+                    "check-only (a type-checker test, nothing to evaluate)" if test["check_only"] else
+                    "no expected value (the test states only a type)" if kind == "none" else None)
+            if skip:
                 c["skipped"] += 1
+                result.reasons[f"skipped: {skip}"] += 1
                 continue
             if (fname, section["name"], test["name"]) in KNOWN_BAD:
                 c["bad_data"] += 1
@@ -257,6 +252,7 @@ def run_file(path: str) -> FileResult:
                 outcome = _compiler_outcome(test, fname)
                 if outcome is None:
                     c["fallback"] += 1
+                    result.reasons[f"fallback: {_fallback_reason(test)}"] += 1
                     continue
                 where = f"{fname}[{si}:{ti}] {section['name']}/{test['name']}"
                 for way, got in (("compiled", outcome), ("batch", _batch_outcome(test))):
@@ -267,9 +263,28 @@ def run_file(path: str) -> FileResult:
                     if not ok:
                         result.compiler_failures.append(
                             f"{where} ({way}): {test['expr']!r} want {kind} {want} got {got}")
-            except _NotComparable:
+            except _NotComparable as exc:
                 c["skipped"] += 1
+                result.reasons[f"skipped: the expected value is a {exc} (this runner cannot compare it)"] += 1
     return result
+
+
+def _fallback_reason(test: dict) -> str:
+    """Why the compiler does not claim `test` (the engine would evaluate it on the runtime)."""
+    if any(d.get("function") for d in test.get("type_env", [])):
+        return "declares its own functions"
+    if test.get("container"):
+        return "uses a container (qualified names)"
+    names = sorted(test.get("bindings", {}))
+    try:
+        compile_program(test["expr"], names, runtime=None, macros=not test["disable_macros"])
+    except (ParseError, Unsupported, UnsafeCode, CelFailure, RecursionError) as exc:
+        text = str(exc)
+        for generic in ("function '", "identifier '"):  # group by kind, not by the name
+            if text.startswith(generic):
+                return text.split("'")[0] + "'" + text.split("'")[1] + "'"
+        return f"{type(exc).__name__}: {text[:60]}"
+    return "compiles (claimed at run time)"
 
 
 def load(path: str) -> dict:
@@ -277,8 +292,15 @@ def load(path: str) -> dict:
         return json.load(f)
 
 
+VENDORED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conformance_data")
+
+
 def files() -> list[str]:
-    return sorted(glob.glob(os.path.join(CONFORMANCE_DIR, "*.json")))
+    """The vendored extension files (tests/celc/conformance_data), then the other files of the
+    shared copy when it is present."""
+    vendored = {os.path.basename(p): p for p in glob.glob(os.path.join(VENDORED_DIR, "*.json"))}
+    shared = {os.path.basename(p): p for p in glob.glob(os.path.join(CONFORMANCE_DIR, "*.json"))}
+    return [p for _, p in sorted({**shared, **vendored}.items())]
 
 
 def main() -> None:
@@ -298,14 +320,21 @@ def main() -> None:
     print(f"{'file':22}" + "".join(f"{c:>14}" for c in cols))
     total: Counter = Counter()
     failures: list[str] = []
+    why: list[tuple[str, Counter]] = []
     for path in files():
         r = run_file(path)
         total.update(r.counts)
         failures += r.compiler_failures
+        if "_ext" in r.name or r.name in ("optionals.json", "lists.json"):
+            why.append((r.name, r.reasons))
         print(f"{r.name:22}" + "".join(f"{r.counts[c]:>14}" for c in cols))
     print(f"{'total':22}" + "".join(f"{total[c]:>14}" for c in cols))
     for f in failures:
         print("FAIL", f)
+    print("\nWhy tests of the extension files are skipped or fall back to the runtime:")
+    for name, reasons in why:
+        for reason, n in sorted(reasons.items()):
+            print(f"  {name:22} {n:4}  {reason}")
 
 
 if __name__ == "__main__":

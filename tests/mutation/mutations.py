@@ -240,4 +240,20 @@ MUTATIONS: tuple[Mutation, ...] = (
         "int arithmetic past int64 is an overflow error",
         after="def _int_result(",
     ),
+    Mutation(
+        "cel-encrypt-key-id-not-authenticated",
+        "engine/celc/library.py",
+        'sealed = aead.encrypt(nonce, _data(v, "crypto.encrypt"), header.encode())',
+        'sealed = aead.encrypt(nonce, _data(v, "crypto.encrypt"), None)',
+        ("tests/celc/test_library.py",),
+        "crypto.encrypt authenticates the prefix and key id with the ciphertext",
+    ),
+    Mutation(
+        "cel-schema-int-double-not-reported",
+        "engine/celc/types.py",
+        'if kinds == {"int", "double"}:',
+        "if False:",
+        ("tests/celc/test_types.py",),
+        "int/double arithmetic on an integer schema field is E206",
+    ),
 )
