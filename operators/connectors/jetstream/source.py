@@ -24,6 +24,11 @@ requests the same way, holding what arrives (a nak while our own requests are op
 straight back into them, spending its deliveries), then unsubscribes and naks every message not
 handed to the graph, so the next consumer run gets it at once. A stop of an idle graph therefore
 lasts up to `expires`: lower it for faster stops.
+
+With `partitions: N` the source reads the N subjects `<subject>.<p>` (a `jetstream_sink` with
+`partition` writes them), each through its own durable `<durable>-p<p>`, and pulls only the
+partitions this worker owns; ownership and rebalancing live in NATS KV (`partitions.py`). Every
+message carries `meta.partition`.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ from engine import (
 from engine import codec as json_codec
 
 from .connection import JetStreamConnectionError, NatsHandle, nats_handle
+from .partitions import Ownership, lane_durable
 from .sink import TIMESTAMP_HEADER
 from .streams import subject_within
 from .wire import write_lines
@@ -129,6 +135,12 @@ class JetStreamSourceConfig(NodeConfig):
     in_progress: bool = Field(
         True, description="Send `in progress` for messages held longer than ack_wait/3."
     )
+    partitions: int | None = Field(
+        None, ge=1, le=4096, description="Read the partition subjects `<subject>.0` .. `<subject>.<N-1>` of the "
+        "one subject in `subjects`, each partition owned by one worker at a time (docs/scale.md)", examples=[8])
+    partition_ttl: Duration = Field(
+        3.0, ge=0.5, le=60, description="Seconds a partition's owner may go without renewing it before "
+        "another worker takes it over (partitions only).")
 
     @model_validator(mode="after")
     def _check(self) -> JetStreamSourceConfig:
@@ -144,6 +156,10 @@ class JetStreamSourceConfig(NodeConfig):
             raise ValueError(f"backoff has {len(self.backoff)} delays; max_deliver must be larger")
         if self.max_ack_pending is not None and self.max_ack_pending < self.batch:
             raise ValueError(f"max_ack_pending ({self.max_ack_pending}) is smaller than batch ({self.batch})")
+        if self.partitions is not None and (len(self.subjects) != 1 or any(
+                t in ("*", ">") for t in self.subjects[0].split("."))):
+            raise ValueError("partitions needs exactly one subject, without wildcards: the partitions are "
+                             "<subject>.0 .. <subject>.<partitions-1>")
         if "." in self.durable or "*" in self.durable or ">" in self.durable:
             raise ValueError(f"durable {self.durable!r} may not contain '.', '*' or '>'")
         return self
@@ -184,6 +200,7 @@ class JetStreamSource(Source):
         self._out: SourceSender | None = None
         self.max_ack_pending = config.max_ack_pending or max(1000, 4 * config.batch)
         self.acked = self.naked = self.termed = self.redeliveries = 0
+        self._owner: Ownership | None = None  # partitions: which ones this worker reads
 
     @classmethod
     def redelivery_horizon(cls, config: JetStreamSourceConfig) -> float:
@@ -193,6 +210,10 @@ class JetStreamSource(Source):
             waits = [config.backoff[min(i, len(config.backoff) - 1)] for i in range(config.max_deliver)]
             return float(sum(waits))
         return float(config.ack_wait) * config.max_deliver
+
+    @classmethod
+    def partitioned(cls, config: JetStreamSourceConfig) -> int | None:
+        return config.partitions
 
     @classmethod
     def check(cls, config: JetStreamSourceConfig, ctx: CheckContext) -> list[CheckIssue]:
@@ -220,7 +241,7 @@ class JetStreamSource(Source):
                 f"filter subject {f!r} is outside stream {config.stream!r} (subjects {declared['subjects']})",
             )
             for i, f in enumerate(config.subjects)
-            if not any(subject_within(f, s) for s in declared["subjects"])
+            if not any(subject_within(f"{f}.*" if config.partitions else f, s) for s in declared["subjects"])
         ]
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -229,19 +250,55 @@ class JetStreamSource(Source):
         """Messages in the stream this consumer has not been delivered yet (`num_pending`)."""
         if self._h is None:
             return None
+        if self._owner is not None:
+            return sum([int((await lane.source._h.js.consumer_info(self.config.stream, lane.source.config.durable)
+                             ).num_pending or 0) for lane in list(self._owner.lanes.values())])
         info = await self._h.js.consumer_info(self.config.stream, self.config.durable)  # type: ignore[union-attr]
         return int(info.num_pending or 0)
 
     async def start(self) -> None:
         self._h = await nats_handle(self.ctx, self.config.connection)
         await self._ensure_stream()
+        if self.config.partitions is not None:
+            info = await self._h.js.stream_info(self.config.stream)
+            self._owner = Ownership(self, self._lane, self.config.partitions, float(self.config.partition_ttl),
+                                    info.config.num_replicas or 1)
+            await self._owner.open(self._h.js)
+            return
         await self._ensure_consumer()
         nc = self._h.nc
         self._inbox = nc.new_inbox()
         self._sub = await self._h.tap.subscribe(self._inbox + ".*", self._on_msg)  # type: ignore[union-attr]
         self._h.listeners.append(self._on_reconnect)
 
+    def _lane(self, p: int) -> JetStreamSource:
+        """The source of partition p alone: its own durable, its one subject."""
+        cfg = self.config.model_copy(update={"durable": lane_durable(self.config.durable, p), "partitions": None,
+                                             "subjects": [f"{self.config.subjects[0]}.{p}"]})
+        return JetStreamSource(self.id, cfg, self.ctx)
+
+    async def _run_partitioned(self, out: SourceSender) -> None:
+        """Own a fair share of the partitions, pull them, rebalance every `partition_ttl / 3`; at the end
+        release every partition (module docstring of `partitions`)."""
+        owner = self._owner
+        assert owner is not None
+        self._out = out
+        period = float(self.config.partition_ttl) / 3
+        try:
+            while not out.stopping.is_set():
+                began = time.monotonic()
+                try:
+                    await owner.tick(out)
+                except Exception as exc:  # noqa: BLE001 - NATS away: the next tick tries again
+                    log.warning("node %s: partition rebalance failed: %s", self.id, exc)
+                await self._sleep_until_woken(max(0.0, period - (time.monotonic() - began)))
+        finally:
+            await owner.close()
+
     async def stop(self) -> None:
+        if self._owner is not None:
+            await self._owner.close()
+            return
         if self._h is None:
             return
         if self._sub is not None and not self._h.nc.is_closed:
@@ -274,8 +331,9 @@ class JetStreamSource(Source):
                     f"node {self.id!r}: stream {cfg.stream!r} does not exist; declare it under "
                     f"connections.{cfg.connection}.streams or give the source its subjects"
                 ) from None
-            await js.add_stream(StreamConfig(name=cfg.stream, subjects=list(cfg.subjects)))
-            log.info("node %s: created stream %s with subjects %s", self.id, cfg.stream, cfg.subjects)
+            subjects = [f"{cfg.subjects[0]}.*"] if cfg.partitions else list(cfg.subjects)
+            await js.add_stream(StreamConfig(name=cfg.stream, subjects=subjects))
+            log.info("node %s: created stream %s with subjects %s", self.id, cfg.stream, subjects)
 
     def _consumer_config(self) -> Any:
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -430,6 +488,12 @@ class JetStreamSource(Source):
     async def run(self, out: SourceSender) -> None:
         import asyncio
 
+        if self._owner is not None:
+            relay = asyncio.ensure_future(self._relay_stop(out))
+            try:
+                return await self._run_partitioned(out)
+            finally:
+                relay.cancel()
         self._out = out
         cap = getattr(out.tracker, "limit", 0) or 0
         if cap > self.max_ack_pending:
@@ -551,8 +615,23 @@ class JetStreamSource(Source):
         self.acked += len(tokens)
         await write_lines(self._h.nc, lines)  # type: ignore[union-attr]
         self._wake.set()
+        if self._owner is not None:
+            for lane in self._owner.lanes.values():
+                lane.source._wake.set()  # room again: the lanes may pull
 
     async def reject(self, failures: list[tuple[Any, str]]) -> None:
+        if self._owner is not None:  # each lane naks, or dead-letters, its own
+            by_lane: dict[str, list[tuple[Any, str]]] = {}
+            for f in failures:
+                by_lane.setdefault(parse_ack_subject(f[0][0])[1], []).append(f)
+            lanes = {lane.source.config.durable: lane.source for lane in self._owner.lanes.values()}
+            for durable, group in by_lane.items():
+                lane = lanes.get(durable)
+                if lane is not None:
+                    await lane.reject(group)
+                else:  # released meanwhile: back to the server for the partition's new owner
+                    await write_lines(self._h.nc, [(r[0], b"-NAK") for r, _ in group])  # type: ignore[union-attr]
+            return
         lines = []
         cfg = self.config
         tracker = self._out.tracker if self._out is not None else None

@@ -1,0 +1,264 @@
+"""`jetstream_source` with `partitions: N`: which worker reads which partition, held in NATS KV.
+
+Partition p of a source reading subject S with durable D is the subject `S.p`, read through its own
+durable pull consumer `D-p<p>` (one lane: a plain `JetStreamSource` of that subject). Exactly one
+worker pulls a partition at a time; who it is lives in a KV bucket `streamdag_parts_<stream>_<D>`
+(created if missing, `max_age` = `partition_ttl`, as many replicas as the stream):
+
+* `m.<member>`: each worker's partitioned source puts its membership every `partition_ttl / 3`.
+* `o.<p>`: the owner of partition p, taken with `create` (only if absent) and renewed with `update`
+  on the revision it holds (compare-and-set). A renewal that finds another revision means the
+  partition was lost (it expired and someone else took it): the lane stops at once. An owner that
+  cannot renew for `partition_ttl` (NATS away, a stalled process) gives it up on its own side too.
+  A worker killed with kill -9 stops renewing: its keys expire after `partition_ttl` and the others
+  take the partitions at their next tick.
+
+Every tick a worker computes its fair share, ceil(N / live members). Above it, it releases its
+highest partitions; below it, it takes free ones, starting at an offset of its own so two workers
+do not race for the same one. Releasing partition p: stop pulling (the lane's open pull requests
+end, what they bring still goes through the graph), `ctx.partitions.revoked` (a window drops p's
+state and fails its held acks, which naks them), wait up to `partition_ttl` for what is still in
+flight of p to settle, nak what has not (so the new owner gets it at once rather than after
+`ack_wait`), then delete `o.<p>` on the revision it holds. A stop of the graph releases every
+partition the same way. Why KV and not priority groups: the machine's nats-server is 2.9 (no
+pinned consumers), and a KV entry per partition is readable by `nats kv ls` on any server.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import re
+import time
+import zlib
+from typing import Any
+
+import orjson
+
+from engine import Msg, SourceSender
+
+from .wire import write_lines
+
+__all__ = ["Lane", "LaneSender", "Ownership", "bucket_name", "lane_durable"]
+
+log = logging.getLogger("streamdag.jetstream")
+
+
+def bucket_name(stream: str, durable: str) -> str:
+    return "streamdag_parts_" + re.sub(r"[^-_a-zA-Z0-9]", "_", f"{stream}_{durable}")
+
+
+def lane_durable(durable: str, p: int) -> str:
+    return f"{durable}-p{p}"
+
+
+class LaneSender:
+    """What one lane's `run` sends to: the source's sender, with `meta.partition` set, its own
+    `stopping` (the graph stops or the partition goes), and the messages it sent, until settled."""
+
+    def __init__(self, out: SourceSender, partition: int):
+        import asyncio
+
+        self._out = out
+        self.partition = partition
+        self.stopping = asyncio.Event()
+        self.sent: list[Msg] = []
+
+    @property
+    def node_id(self) -> str:
+        return self._out.node_id
+
+    @property
+    def tracker(self) -> Any:
+        return self._out.tracker
+
+    def error(self, msg: Msg, reason: str, attempt: int = 1) -> Msg:
+        msg.meta["partition"] = self.partition
+        return self._out.error(msg, reason, attempt)
+
+    async def send(self, msgs: list[Msg], errors: list[Msg] | None = None) -> None:
+        p = self.partition
+        for m in msgs:
+            m.meta["partition"] = p
+        sent = self.sent
+        sent.extend(msgs)
+        if len(sent) > 4096 and len(sent) > 2 * getattr(self._out.tracker, "limit", 0):
+            self.sent = [m for m in sent if not m.ack.settled]
+        await self._out.send(msgs, errors)
+
+    async def send_ports(self, lists: dict[str, list[Msg]]) -> None:
+        await self._out.send_ports(lists)
+
+    async def wait_room(self) -> None:
+        await self._out.wait_room()
+
+    def unsettled(self) -> list[Msg]:
+        self.sent = [m for m in self.sent if not m.ack.settled]
+        return self.sent
+
+
+class Lane:
+    """One owned partition: its consumer (a `JetStreamSource`), its run task and its KV revision."""
+
+    def __init__(self, source: Any, sender: LaneSender, revision: int):
+        self.source = source
+        self.sender = sender
+        self.revision = revision
+        self.renewed = time.monotonic()
+        self.task: Any = None
+
+
+class Ownership:
+    """The partitions of one source this process owns (see the module docstring)."""
+
+    def __init__(self, node: Any, make_lane: Any, count: int, ttl: float, replicas: int):
+        self.node = node
+        self.make_lane = make_lane  # p -> JetStreamSource of partition p (not started)
+        self.count = count
+        self.ttl = ttl
+        self.replicas = replicas
+        self.lanes: dict[int, Lane] = {}
+        self.member = re.sub(r"[^-_a-zA-Z0-9]", "_", f"{node.ctx.worker.id}-{random.getrandbits(24):06x}")
+        self.members = 1
+        self.kv: Any = None
+        self.takeovers = 0  # partitions taken
+        self.releases = 0  # partitions given up (rebalance, lost, stop)
+
+    async def open(self, js: Any) -> None:
+        from nats.js.api import KeyValueConfig
+        from nats.js.errors import BucketNotFoundError
+
+        cfg = self.node.config
+        name = bucket_name(cfg.stream, cfg.durable)
+        try:
+            self.kv = await js.key_value(name)
+        except BucketNotFoundError:
+            self.kv = await js.create_key_value(KeyValueConfig(
+                bucket=name, history=1, ttl=self.ttl, replicas=self.replicas,
+                description=f"streamdag: owners of the partitions of {cfg.stream}/{cfg.durable}"))
+
+    def _value(self) -> bytes:
+        w = self.node.ctx.worker
+        return orjson.dumps({"member": self.member, "worker": w.id, "host": w.host, "pid": w.pid, "at": time.time()})
+
+    async def _state(self) -> tuple[int, dict[int, str]]:
+        """(live members, {partition: owning member}) as the bucket holds them now."""
+        watcher = await self.kv.watch(">", include_history=False, ignore_deletes=True)
+        members: set[str] = {self.member}
+        owners: dict[int, str] = {}
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    break
+                if not entry.value or entry.operation is not None:
+                    continue
+                kind, _, name = entry.key.partition(".")
+                if kind == "m":
+                    members.add(name)
+                elif kind == "o" and name.isdigit():
+                    owners[int(name)] = orjson.loads(entry.value).get("member", "")
+        finally:
+            await watcher.stop()
+        return len(members), owners
+
+    async def tick(self, out: SourceSender) -> None:
+        """Renew, then release above the fair share or take free partitions below it."""
+        from nats.js.errors import KeyWrongLastSequenceError
+
+        kv, now = self.kv, time.monotonic()
+        try:
+            await kv.put(f"m.{self.member}", self._value())
+        except Exception as exc:  # noqa: BLE001 - NATS away: renewals below decide what is lost
+            log.warning("node %s: partition membership not renewed: %s", self.node.id, exc)
+        for p, lane in list(self.lanes.items()):
+            try:
+                lane.revision = await kv.update(f"o.{p}", self._value(), last=lane.revision)
+                lane.renewed = now
+            except KeyWrongLastSequenceError:
+                log.warning("node %s: partition %d was taken by another worker; giving it up", self.node.id, p)
+                await self.release(p, delete=False)
+            except Exception as exc:  # noqa: BLE001
+                if now - lane.renewed > self.ttl * 0.8:
+                    log.warning("node %s: partition %d not renewed for %.1fs (%s); giving it up",
+                                self.node.id, p, now - lane.renewed, exc)
+                    await self.release(p, delete=False)
+        try:
+            self.members, owners = await self._state()
+        except Exception as exc:  # noqa: BLE001
+            log.warning("node %s: cannot read partition owners: %s", self.node.id, exc)
+            return
+        share = math.ceil(self.count / self.members)
+        for p in sorted(self.lanes, reverse=True)[: max(0, len(self.lanes) - share)]:
+            await self.release(p)
+        if len(self.lanes) >= share:
+            return
+        start = zlib.crc32(self.member.encode()) % self.count
+        for i in range(self.count):
+            p = (start + i) % self.count
+            if p in owners or p in self.lanes:
+                continue
+            try:
+                revision = await kv.create(f"o.{p}", self._value())
+            except KeyWrongLastSequenceError:
+                continue  # another worker was first
+            except Exception as exc:  # noqa: BLE001
+                log.warning("node %s: cannot take partition %d: %s", self.node.id, p, exc)
+                return
+            await self.take(p, revision, out)
+            if len(self.lanes) >= share:
+                return
+
+    async def take(self, p: int, revision: int, out: SourceSender) -> None:
+        import asyncio
+
+        source = self.make_lane(p)
+        try:
+            await source.start()
+        except Exception:
+            await self.kv.delete(f"o.{p}", last=revision)
+            raise
+        lane = self.lanes[p] = Lane(source, LaneSender(out, p), revision)
+        self.node.ctx.partitions.assigned(self.node.id, p)  # before the first pull of p
+        lane.task = asyncio.ensure_future(source.run(lane.sender))
+        self.takeovers += 1
+        log.info("node %s: took partition %d (%d owned, %d workers)", self.node.id, p, len(self.lanes), self.members)
+
+    async def release(self, p: int, delete: bool = True) -> None:
+        """Stop pulling p, revoke it, settle or nak what is in flight of it, then give up the key."""
+        import asyncio
+
+        lane = self.lanes.pop(p)
+        lane.sender.stopping.set()
+        lane.source._wake.set()
+        try:
+            await lane.task
+        except Exception as exc:  # noqa: BLE001 - the lane's own failure: it stops all the same
+            log.warning("node %s: partition %d ended with %s", self.node.id, p, exc)
+        self.node.ctx.partitions.revoked(self.node.id, p)
+        deadline = time.monotonic() + self.ttl
+        while lane.sender.unsettled() and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        left = [m.ack.token[0] for m in lane.sender.unsettled() if m.ack.token]
+        h = lane.source._h
+        if left and h is not None and not h.nc.is_closed:
+            await write_lines(h.nc, [(r, b"-NAK") for r in left])
+            log.info("node %s: partition %d released with %d messages in flight (nak)", self.node.id, p, len(left))
+        await lane.source.stop()
+        if delete:
+            try:
+                await self.kv.delete(f"o.{p}", last=lane.revision)
+            except Exception as exc:  # noqa: BLE001 - it expires after partition_ttl anyway
+                log.warning("node %s: partition %d not released in KV (%s); it expires", self.node.id, p, exc)
+        self.releases += 1
+        log.info("node %s: released partition %d", self.node.id, p)
+
+    async def close(self) -> None:
+        """Release every partition and leave (a stop of the graph)."""
+        for p in sorted(self.lanes):
+            await self.release(p)
+        if self.kv is not None:
+            try:
+                await self.kv.delete(f"m.{self.member}")
+            except Exception:  # noqa: BLE001 - it expires
+                pass
