@@ -189,8 +189,8 @@ class Ownership:
             log.warning("node %s: cannot read partition owners: %s", self.node.id, exc)
             return
         share = math.ceil(self.count / self.members)
-        for p in sorted(self.lanes, reverse=True)[: max(0, len(self.lanes) - share)]:
-            await self.release(p)
+        extra = sorted(self.lanes, reverse=True)[: max(0, len(self.lanes) - share)]
+        await self._release_all(extra)
         if len(self.lanes) >= share:
             return
         start = zlib.crc32(self.member.encode()) % self.count
@@ -253,10 +253,17 @@ class Ownership:
         self.releases += 1
         log.info("node %s: released partition %d", self.node.id, p)
 
+    async def _release_all(self, parts: list[int]) -> None:
+        """Release several partitions at once (each waits for its own pull requests and in-flight)."""
+        import asyncio
+
+        for result in await asyncio.gather(*(self.release(p) for p in parts), return_exceptions=True):
+            if isinstance(result, BaseException):
+                log.warning("node %s: releasing a partition failed: %s", self.node.id, result)
+
     async def close(self) -> None:
         """Release every partition and leave (a stop of the graph)."""
-        for p in sorted(self.lanes):
-            await self.release(p)
+        await self._release_all(sorted(self.lanes))
         if self.kv is not None:
             try:
                 await self.kv.delete(f"m.{self.member}")
