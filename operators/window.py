@@ -223,6 +223,16 @@ class WindowConfig(NodeConfig):
         return self
 
 
+class _Part:
+    """One partition's windows and watermark."""
+
+    __slots__ = ("store", "watermark")
+
+    def __init__(self, store: WindowStore, watermark: Watermark):
+        self.store = store
+        self.watermark = watermark
+
+
 class Window(Operator):
     """Windowed aggregation; see the module docstring and docs/window.md."""
 
@@ -254,16 +264,9 @@ class Window(Operator):
         ]
         self._exprs: list[Expr | None] = [compile_expr(s.expr) if s.expr else None for s in specs]
         self._fns = [e.fn if e is not None else None for e in self._exprs]  # skip a call layer per item
-        self.store = WindowStore(
-            config.kind,
-            self._aggs,
-            size=_us(config.size),
-            slide=_us(config.slide),
-            gap=_us(config.gap),
-            offset=_us(config.offset),
-            lateness=_us(config.allowed_lateness),
-        )
-        self.watermark = Watermark(_us(config.max_out_of_orderness), config.idle_timeout)
+        # per partition of a partitioned source (`meta.partition`; None when unpartitioned)
+        self.parts: dict[int | None, _Part] = {}
+        ctx.partitions.subscribe(self._on_partition)
         self._last_now = float("-inf")
         self.late_items = 0  # items sent to `late` so far
         needs_clock = not self._event or config.idle_timeout is not None
@@ -275,21 +278,83 @@ class Window(Operator):
         self._last_now = max(self._last_now, now)
         return self._last_now
 
+    def _new_part(self) -> _Part:
+        c = self.config
+        store = WindowStore(
+            c.kind,
+            self._aggs,
+            size=_us(c.size),
+            slide=_us(c.slide),
+            gap=_us(c.gap),
+            offset=_us(c.offset),
+            lateness=_us(c.allowed_lateness),
+        )
+        return _Part(store, Watermark(_us(c.max_out_of_orderness), c.idle_timeout))
+
+    def _part(self, partition: int | None) -> _Part:
+        part = self.parts.get(partition)
+        if part is None:
+            part = self.parts[partition] = self._new_part()
+        return part
+
+    @property
+    def store(self) -> WindowStore:
+        """The windows of an unpartitioned input (partition None)."""
+        return self._part(None).store
+
+    @property
+    def watermark(self) -> Watermark:
+        return self._part(None).watermark
+
+    def _on_partition(self, source: str, partition: int, owned: bool) -> None:
+        """A partition went elsewhere: forget its windows and fail the acks they hold, so the source
+        redelivers those items to the new owner, which rebuilds the windows whole."""
+        if owned:
+            return
+        part = self.parts.pop(partition, None)
+        if part is None:
+            return
+        held = part.store.discard()
+        reason = f"window {self.id}: partition {partition} of {source} was revoked"
+        for ack in held:
+            ack.fail(reason)
+        if held:
+            self.ctx.log.info("window %s: partition %d revoked; %d held item(s) failed for redelivery",
+                              self.id, partition, len(held))
+
     def process(self, batch: list[Msg], out: Output) -> None:
         """Assign each item to its windows, emitting windows as the watermark passes them."""
         now = self._now()
         emit = out.port("out")
+        if not self._event:
+            t_now = int(now * 1_000_000)
+            for part in self.parts.values():
+                self._send(part.store.advance(t_now), emit)
+        start, n = 0, len(batch)
+        while start < n:  # runs of one partition (the whole batch when unpartitioned)
+            partition = batch[start].meta.get("partition")
+            end = start + 1
+            while end < n and batch[end].meta.get("partition") == partition:
+                end += 1
+            part = self._part(partition)
+            self._fold_run(part, batch[start:end] if start or end < n else batch, out, now)
+            self._send(part.store.take_updates(), emit)
+            start = end
+
+    def _fold_run(self, part: _Part, batch: list[Msg], out: Output, now: float) -> None:
+        """Fold items of one partition into its windows."""
+        emit = out.port("out")
         store, watermark, key_expr, time_expr, event = (
-            self.store,
-            self.watermark,
+            part.store,
+            part.watermark,
             self._key,
             self._time,
             self._event,
         )
         fns, unit = self._fns, self.config.epoch_unit
+        t_now = int(now * 1_000_000)
         if not event:
-            self._send(store.advance(int(now * 1_000_000)), emit)
-            t_now = int(now * 1_000_000)
+            self._send(store.advance(t_now), emit)
         elif batch:
             watermark.last_arrival = now
         for msg in batch:
@@ -334,21 +399,21 @@ class Window(Operator):
                 store.add(key, t, values, own_ack(msg), targets)  # held once per window
             if event and watermark.observe(t):
                 self._send(store.advance(watermark.value), emit)
-        self._send(store.take_updates(), emit)
 
     def tick(self, now: float, out: Output) -> None:
         """Wall clock: close processing-time windows, or advance an idle event-time watermark."""
         now = self._now(now)
         emit = out.port("out")
-        if not self._event:
-            self._send(self.store.advance(int(now * 1_000_000)), emit)
-        elif self.watermark.on_idle(now):
-            self._send(self.store.advance(self.watermark.value), emit)
+        for part in self.parts.values():
+            if not self._event:
+                self._send(part.store.advance(int(now * 1_000_000)), emit)
+            elif part.watermark.on_idle(now):
+                self._send(part.store.advance(part.watermark.value), emit)
 
     def flush(self, out: Output) -> None:
         """End of input: emit every open window (and pending updates); see `on_drain` for a stop."""
         if self.config.on_drain == "redeliver" and getattr(self.ctx, "draining", False):
-            held = self.store.discard()
+            held = [ack for part in self.parts.values() for ack in part.store.discard()]
             reason = f"window {self.id}: graph stopped with the window open (on_drain: redeliver)"
             for ack in held:
                 ack.fail(reason)
@@ -359,7 +424,8 @@ class Window(Operator):
                     len(held),
                 )
             return
-        self._send(self.store.flush(), out.port("out"))
+        for part in self.parts.values():
+            self._send(part.store.flush(), out.port("out"))
 
     def _send(self, emissions: list[Emission], emit: list[Msg]) -> None:
         for e in emissions:
