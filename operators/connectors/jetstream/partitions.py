@@ -16,7 +16,8 @@ worker pulls a partition at a time; who it is lives in a KV bucket `streamdag_pa
 Every tick a worker computes its fair share, ceil(N / live members). Above it, it releases its
 highest partitions; below it, it takes free ones, starting at an offset of its own so two workers
 do not race for the same one. Releasing partition p: stop pulling (the lane's open pull requests
-end, what they bring still goes through the graph), `ctx.partitions.revoked` (a window drops p's
+end, what they bring still goes through the graph), wait until p's messages in flight stop moving
+(what is on its way reaches the window: at most `partition_ttl / 2`), `ctx.partitions.revoked` (a window drops p's
 state and fails its held acks, which naks them), wait up to `partition_ttl` for what is still in
 flight of p to settle, nak what has not (so the new owner gets it at once rather than after
 `ack_wait`), then delete `o.<p>` on the revision it holds. A stop of the graph releases every
@@ -142,11 +143,11 @@ class Ownership:
         w = self.node.ctx.worker
         return orjson.dumps({"member": self.member, "worker": w.id, "host": w.host, "pid": w.pid, "at": time.time()})
 
-    async def _state(self) -> tuple[int, dict[int, str]]:
-        """(live members, {partition: owning member}) as the bucket holds them now."""
+    async def _state(self) -> tuple[int, dict[int, tuple[str, int]]]:
+        """(live members, {partition: (owning member, revision)}) as the bucket holds them now."""
         watcher = await self.kv.watch(">", include_history=False, ignore_deletes=True)
         members: set[str] = {self.member}
-        owners: dict[int, str] = {}
+        owners: dict[int, tuple[str, int]] = {}  # partition -> (member, revision); member "" once released
         try:
             async for entry in watcher:
                 if entry is None:
@@ -157,7 +158,7 @@ class Ownership:
                 if kind == "m":
                     members.add(name)
                 elif kind == "o" and name.isdigit():
-                    owners[int(name)] = orjson.loads(entry.value).get("member", "")
+                    owners[int(name)] = (orjson.loads(entry.value).get("member", ""), entry.revision)
         finally:
             await watcher.stop()
         return len(members), owners
@@ -196,33 +197,59 @@ class Ownership:
         start = zlib.crc32(self.member.encode()) % self.count
         for i in range(self.count):
             p = (start + i) % self.count
-            if p in owners or p in self.lanes:
+            if p in self.lanes or (p in owners and owners[p][0]):
                 continue
+            released = p in owners  # handed back cleanly; absent: never owned, or its owner died
             try:
-                revision = await kv.create(f"o.{p}", self._value())
+                if released:
+                    revision = await kv.update(f"o.{p}", self._value(), last=owners[p][1])
+                else:
+                    revision = await kv.create(f"o.{p}", self._value())
             except KeyWrongLastSequenceError:
                 continue  # another worker was first
             except Exception as exc:  # noqa: BLE001
                 log.warning("node %s: cannot take partition %d: %s", self.node.id, p, exc)
                 return
-            await self.take(p, revision, out)
+            await self.take(p, revision, out, released)
             if len(self.lanes) >= share:
                 return
 
-    async def take(self, p: int, revision: int, out: SourceSender) -> None:
+    async def take(self, p: int, revision: int, out: SourceSender, released: bool) -> None:
         import asyncio
 
         source = self.make_lane(p)
         try:
             await source.start()
+            wait = 0.0
+            if not released:  # its last owner may have died holding messages: they come back first
+                info = await source._h.js.consumer_info(source.config.stream, source.config.durable)
+                if info.num_ack_pending:
+                    wait = float(max([source.config.ack_wait, *source.config.backoff]))
         except Exception:
             await self.kv.delete(f"o.{p}", last=revision)
             raise
         lane = self.lanes[p] = Lane(source, LaneSender(out, p), revision)
         self.node.ctx.partitions.assigned(self.node.id, p)  # before the first pull of p
-        lane.task = asyncio.ensure_future(source.run(lane.sender))
+        lane.task = asyncio.ensure_future(self._pull(lane, wait))
         self.takeovers += 1
         log.info("node %s: took partition %d (%d owned, %d workers)", self.node.id, p, len(self.lanes), self.members)
+
+    async def _pull(self, lane: Lane, wait: float) -> None:
+        """Run the lane; after a dead owner, first wait `wait` (its ack_wait) so the messages it held
+        are due again and the server hands them out before newer ones: a window then sees p's items
+        in order, as the dead owner would have."""
+        import asyncio
+
+        if wait > 0:
+            log.info("node %s: partition %d: waiting %.1fs for the messages its last owner held", self.node.id,
+                     lane.sender.partition, wait)
+            try:
+                async with asyncio.timeout(wait):
+                    await lane.sender.stopping.wait()
+            except TimeoutError:
+                pass
+        if not lane.sender.stopping.is_set():
+            await lane.source.run(lane.sender)
 
     async def release(self, p: int, delete: bool = True) -> None:
         """Stop pulling p, revoke it, settle or nak what is in flight of it, then give up the key."""
@@ -235,6 +262,15 @@ class Ownership:
             await lane.task
         except Exception as exc:  # noqa: BLE001 - the lane's own failure: it stops all the same
             log.warning("node %s: partition %d ended with %s", self.node.id, p, exc)
+        # let what is on its way reach the nodes that hold messages (a window), so the revocation finds
+        # it there: wait until p's unsettled count stops moving (or half the ttl)
+        deadline, last, quiet = time.monotonic() + self.ttl / 2, -1, 0
+        while quiet < 3 and time.monotonic() < deadline:
+            left_n = len(lane.sender.unsettled())
+            if left_n == 0:
+                break
+            quiet, last = (quiet + 1 if left_n == last else 0), left_n
+            await asyncio.sleep(0.05)
         self.node.ctx.partitions.revoked(self.node.id, p)
         deadline = time.monotonic() + self.ttl
         while lane.sender.unsettled() and time.monotonic() < deadline:
@@ -244,10 +280,14 @@ class Ownership:
         if left and h is not None and not h.nc.is_closed:
             await write_lines(h.nc, [(r, b"-NAK") for r in left])
             log.info("node %s: partition %d released with %d messages in flight (nak)", self.node.id, p, len(left))
+        if h is not None and not h.nc.is_closed:
+            await asyncio.sleep(0.05)  # the naks of the failed acks (the ack pump) go out first
+            await h.nc.flush()
         await lane.source.stop()
-        if delete:
+        if delete:  # handed back cleanly: the next owner need not wait for anything held
             try:
-                await self.kv.delete(f"o.{p}", last=lane.revision)
+                await self.kv.update(f"o.{p}", orjson.dumps({"member": "", "released": time.time()}),
+                                     last=lane.revision)
             except Exception as exc:  # noqa: BLE001 - it expires after partition_ttl anyway
                 log.warning("node %s: partition %d not released in KV (%s); it expires", self.node.id, p, exc)
         self.releases += 1
