@@ -108,6 +108,7 @@ class Lane:
         self.revision = revision
         self.renewed = time.monotonic()
         self.task: Any = None
+        self.lost = False  # another worker holds its key now: do not hand it back
 
 
 class Ownership:
@@ -120,6 +121,8 @@ class Ownership:
         self.ttl = ttl
         self.replicas = replicas
         self.lanes: dict[int, Lane] = {}
+        self.releasing: dict[int, Lane] = {}  # given up, still settling: renewed until handed back
+        self._tasks: set[Any] = set()
         self.member = re.sub(r"[^-_a-zA-Z0-9]", "_", f"{node.ctx.worker.id}-{random.getrandbits(24):06x}")
         self.members = 1
         self.kv: Any = None
@@ -172,32 +175,34 @@ class Ownership:
             await kv.put(f"m.{self.member}", self._value())
         except Exception as exc:  # noqa: BLE001 - NATS away: renewals below decide what is lost
             log.warning("node %s: partition membership not renewed: %s", self.node.id, exc)
-        for p, lane in list(self.lanes.items()):
+        for p, lane in [*self.lanes.items(), *self.releasing.items()]:
             try:
                 lane.revision = await kv.update(f"o.{p}", self._value(), last=lane.revision)
                 lane.renewed = now
             except KeyWrongLastSequenceError:
-                log.warning("node %s: partition %d was taken by another worker; giving it up", self.node.id, p)
-                await self.release(p, delete=False)
+                lane.lost = True
+                if p in self.lanes:
+                    log.warning("node %s: partition %d was taken by another worker; giving it up", self.node.id, p)
+                    self._release_soon([p])
             except Exception as exc:  # noqa: BLE001
-                if now - lane.renewed > self.ttl * 0.8:
+                if now - lane.renewed > self.ttl * 0.8 and p in self.lanes:
                     log.warning("node %s: partition %d not renewed for %.1fs (%s); giving it up",
                                 self.node.id, p, now - lane.renewed, exc)
-                    await self.release(p, delete=False)
+                    lane.lost = True
+                    self._release_soon([p])
         try:
             self.members, owners = await self._state()
         except Exception as exc:  # noqa: BLE001
             log.warning("node %s: cannot read partition owners: %s", self.node.id, exc)
             return
         share = math.ceil(self.count / self.members)
-        extra = sorted(self.lanes, reverse=True)[: max(0, len(self.lanes) - share)]
-        await self._release_all(extra)
+        self._release_soon(sorted(self.lanes, reverse=True)[: max(0, len(self.lanes) - share)])
         if len(self.lanes) >= share:
             return
         start = zlib.crc32(self.member.encode()) % self.count
         for i in range(self.count):
             p = (start + i) % self.count
-            if p in self.lanes or (p in owners and owners[p][0]):
+            if p in self.lanes or p in self.releasing or (p in owners and owners[p][0]):
                 continue
             released = p in owners  # handed back cleanly; absent: never owned, or its owner died
             try:
@@ -251,11 +256,30 @@ class Ownership:
         if not lane.sender.stopping.is_set():
             await lane.source.run(lane.sender)
 
-    async def release(self, p: int, delete: bool = True) -> None:
-        """Stop pulling p, revoke it, settle or nak what is in flight of it, then give up the key."""
+    def _release_soon(self, parts: list[int]) -> None:
+        """Release in the background: the tick goes on renewing the other partitions meanwhile."""
         import asyncio
 
-        lane = self.lanes.pop(p)
+        for p in parts:
+            self.releasing[p] = self.lanes.pop(p)
+            task = asyncio.ensure_future(self.release(p))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def release(self, p: int) -> None:
+        """Stop pulling p, revoke it, settle or nak what is in flight of it, then give up the key."""
+        lane = self.releasing.get(p) or self.lanes.pop(p)
+        self.releasing[p] = lane
+        try:
+            await self._release(p, lane)
+        except Exception as exc:  # noqa: BLE001 - NATS away: its key expires, its messages come back
+            log.warning("node %s: releasing partition %d failed: %s", self.node.id, p, exc)
+        finally:
+            self.releasing.pop(p, None)
+
+    async def _release(self, p: int, lane: Lane) -> None:
+        import asyncio
+
         lane.sender.stopping.set()
         lane.source._wake.set()
         try:
@@ -284,7 +308,7 @@ class Ownership:
             await asyncio.sleep(0.05)  # the naks of the failed acks (the ack pump) go out first
             await h.nc.flush()
         await lane.source.stop()
-        if delete:  # handed back cleanly: the next owner need not wait for anything held
+        if not lane.lost:  # handed back cleanly: the next owner need not wait for anything held
             try:
                 await self.kv.update(f"o.{p}", orjson.dumps({"member": "", "released": time.time()}),
                                      last=lane.revision)
@@ -293,17 +317,14 @@ class Ownership:
         self.releases += 1
         log.info("node %s: released partition %d", self.node.id, p)
 
-    async def _release_all(self, parts: list[int]) -> None:
-        """Release several partitions at once (each waits for its own pull requests and in-flight)."""
-        import asyncio
-
-        for result in await asyncio.gather(*(self.release(p) for p in parts), return_exceptions=True):
-            if isinstance(result, BaseException):
-                log.warning("node %s: releasing a partition failed: %s", self.node.id, result)
-
     async def close(self) -> None:
         """Release every partition and leave (a stop of the graph)."""
-        await self._release_all(sorted(self.lanes))
+        import asyncio
+
+        self._release_soon(sorted(self.lanes))
+        for result in await asyncio.gather(*list(self._tasks), return_exceptions=True):
+            if isinstance(result, BaseException):
+                log.warning("node %s: releasing a partition failed: %s", self.node.id, result)
         if self.kv is not None:
             try:
                 await self.kv.delete(f"m.{self.member}")
