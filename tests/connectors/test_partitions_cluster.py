@@ -132,7 +132,15 @@ def test_keyed_windows_over_partitions_survive_kill_9_a_node_restart_and_a_new_w
             run.kill_worker(1)  # its open windows' items are unacknowledged: redelivered to the next owner
             cluster.restart(1)  # one NATS node goes away and comes back
             extra = Supervised(graph, 1, "--registry", "off")  # a third worker joins: a rebalance
-            run.wait_until(lambda: _windows(table) == expected, 90, "every window, complete")
+            try:
+                run.wait_until(lambda: _windows(table) == expected, 60, "every window, complete")
+            except AssertionError as exc:
+                got = _windows(table)
+                diff = {k: (got.get(k), v) for k, v in expected.items() if got.get(k) != v}
+                raise AssertionError(f"{len(diff)} windows differ (got, want): {sorted(diff.items())[:10]}; late: "
+                                     f"{late.read_text()[:1500] if late.exists() else ''}\n"
+                                     + "\n".join(run.warnings()[-40:] + (extra.warnings()[-20:] if extra else []))
+                                     ) from exc
             settled = time.monotonic() - killed_at
         finally:
             run.signal()

@@ -54,6 +54,13 @@ def lane_durable(durable: str, p: int) -> str:
     return f"{durable}-p{p}"
 
 
+def _wrong_revision(exc: BaseException) -> bool:
+    """A compare-and-set that lost: the key has another revision (nats-py raises either class)."""
+    from nats.js.errors import KeyWrongLastSequenceError
+
+    return isinstance(exc, KeyWrongLastSequenceError) or getattr(exc, "err_code", None) == 10071
+
+
 class LaneSender:
     """What one lane's `run` sends to: the source's sender, with `meta.partition` set, its own
     `stopping` (the graph stops or the partition goes), and the messages it sent, until settled."""
@@ -166,32 +173,41 @@ class Ownership:
             await watcher.stop()
         return len(members), owners
 
+    async def _kv(self, op: Any, *args: Any, **kw: Any) -> Any:
+        """One KV call, bounded by a third of the ttl (the client's own timeout is 5 s): a renewal
+        must fail in time for this worker to stop pulling before its key expires."""
+        import asyncio
+
+        async with asyncio.timeout(self.ttl / 3):
+            return await op(*args, **kw)
+
     async def tick(self, out: SourceSender) -> None:
         """Renew, then release above the fair share or take free partitions below it."""
-        from nats.js.errors import KeyWrongLastSequenceError
-
         kv, now = self.kv, time.monotonic()
+        for p, lane in list(self.lanes.items()):  # not renewed lately (NATS away, a slow tick): stop pulling
+            if now - lane.renewed > self.ttl * 0.8:
+                log.warning("node %s: partition %d not renewed for %.1fs; giving it up", self.node.id, p,
+                            now - lane.renewed)
+                lane.lost = True
+                self._release_soon([p])
         try:
-            await kv.put(f"m.{self.member}", self._value())
+            await self._kv(kv.put, f"m.{self.member}", self._value())
         except Exception as exc:  # noqa: BLE001 - NATS away: renewals below decide what is lost
             log.warning("node %s: partition membership not renewed: %s", self.node.id, exc)
         for p, lane in [*self.lanes.items(), *self.releasing.items()]:
             try:
-                lane.revision = await kv.update(f"o.{p}", self._value(), last=lane.revision)
+                lane.revision = await self._kv(kv.update, f"o.{p}", self._value(), last=lane.revision)
                 lane.renewed = now
-            except KeyWrongLastSequenceError:
+            except Exception as exc:  # noqa: BLE001
+                if not _wrong_revision(exc):
+                    log.warning("node %s: partition %d not renewed: %s", self.node.id, p, exc)
+                    continue
                 lane.lost = True
                 if p in self.lanes:
                     log.warning("node %s: partition %d was taken by another worker; giving it up", self.node.id, p)
                     self._release_soon([p])
-            except Exception as exc:  # noqa: BLE001
-                if now - lane.renewed > self.ttl * 0.8 and p in self.lanes:
-                    log.warning("node %s: partition %d not renewed for %.1fs (%s); giving it up",
-                                self.node.id, p, now - lane.renewed, exc)
-                    lane.lost = True
-                    self._release_soon([p])
         try:
-            self.members, owners = await self._state()
+            self.members, owners = await self._kv(self._state)
         except Exception as exc:  # noqa: BLE001
             log.warning("node %s: cannot read partition owners: %s", self.node.id, exc)
             return
@@ -207,12 +223,12 @@ class Ownership:
             released = p in owners  # handed back cleanly; absent: never owned, or its owner died
             try:
                 if released:
-                    revision = await kv.update(f"o.{p}", self._value(), last=owners[p][1])
+                    revision = await self._kv(kv.update, f"o.{p}", self._value(), last=owners[p][1])
                 else:
-                    revision = await kv.create(f"o.{p}", self._value())
-            except KeyWrongLastSequenceError:
-                continue  # another worker was first
+                    revision = await self._kv(kv.create, f"o.{p}", self._value())
             except Exception as exc:  # noqa: BLE001
+                if _wrong_revision(exc):
+                    continue  # another worker was first
                 log.warning("node %s: cannot take partition %d: %s", self.node.id, p, exc)
                 return
             await self.take(p, revision, out, released)
@@ -310,8 +326,8 @@ class Ownership:
         await lane.source.stop()
         if not lane.lost:  # handed back cleanly: the next owner need not wait for anything held
             try:
-                await self.kv.update(f"o.{p}", orjson.dumps({"member": "", "released": time.time()}),
-                                     last=lane.revision)
+                await self._kv(self.kv.update, f"o.{p}", orjson.dumps({"member": "", "released": time.time()}),
+                               last=lane.revision)
             except Exception as exc:  # noqa: BLE001 - it expires after partition_ttl anyway
                 log.warning("node %s: partition %d not released in KV (%s); it expires", self.node.id, p, exc)
         self.releases += 1

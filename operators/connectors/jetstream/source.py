@@ -172,6 +172,58 @@ def parse_ack_subject(reply: str) -> tuple[str, str, int, int, int, float]:
     return t[o], t[o + 1], int(t[o + 2]), int(t[o + 3]), int(t[o + 4]), int(t[o + 5]) / 1e9
 
 
+class _Seqs:
+    """A partition lane's stream sequences: emitted and not acked yet (`open`), of those the ones
+    naked back (`back`), and the last `KEEP` acked ones (`done`). A message acked already that comes
+    again (a consumer leader change in a cluster can resend acked or held messages) is acked again
+    and dropped; a second copy of a message still held (by a window) waits for the first and is acked
+    with it. So a window downstream never counts one message twice."""
+
+    KEEP = 200_000
+    __slots__ = ("acks", "back", "copies", "done", "done_order", "open")
+
+    def __init__(self) -> None:
+        self.open: set[int] = set()
+        self.back: set[int] = set()
+        self.done: set[int] = set()
+        self.done_order: deque[int] = deque()
+        self.copies: dict[int, list[str]] = {}  # seq -> reply subjects of extra copies of a held message
+        self.acks: list[tuple[str, bytes]] = []  # +ACKs of dropped copies, written before the batch goes on
+
+    def filter(self, raw: list[tuple[str, str, bytes, dict[str, str] | None]]
+               ) -> list[tuple[str, str, bytes, dict[str, str] | None]]:
+        kept = []
+        for frame in raw:
+            seq = parse_ack_subject(frame[1])[3]
+            if seq in self.open:
+                if seq in self.back:  # our own nak came back: process it again
+                    self.back.discard(seq)
+                    kept.append(frame)
+                else:
+                    self.copies.setdefault(seq, []).append(frame[1])
+            elif seq in self.done:
+                self.acks.append((frame[1], b"+ACK"))
+            else:
+                self.open.add(seq)
+                kept.append(frame)
+        return kept
+
+    def acked(self, seq: int) -> list[str]:
+        """`seq` was acked: the reply subjects of its extra copies, to ack as well."""
+        if seq in self.open:
+            self.open.discard(seq)
+            self.back.discard(seq)
+            self.done.add(seq)
+            self.done_order.append(seq)
+            if len(self.done_order) > self.KEEP:
+                self.done.discard(self.done_order.popleft())
+        return self.copies.pop(seq, [])
+
+    def naked(self, seq: int) -> None:
+        if seq in self.open:
+            self.back.add(seq)
+
+
 class JetStreamSource(Source):
     """Durable pull consumer; see the module docstring for its ack behaviour."""
 
@@ -201,6 +253,7 @@ class JetStreamSource(Source):
         self.max_ack_pending = config.max_ack_pending or max(1000, 4 * config.batch)
         self.acked = self.naked = self.termed = self.redeliveries = 0
         self._owner: Ownership | None = None  # partitions: which ones this worker reads
+        self._seqs: _Seqs | None = None  # a partition's lane: what it emitted and not acked (duplicates)
 
     @classmethod
     def redelivery_horizon(cls, config: JetStreamSourceConfig) -> float:
@@ -275,7 +328,9 @@ class JetStreamSource(Source):
         """The source of partition p alone: its own durable, its one subject."""
         cfg = self.config.model_copy(update={"durable": lane_durable(self.config.durable, p), "partitions": None,
                                              "subjects": [f"{self.config.subjects[0]}.{p}"]})
-        return JetStreamSource(self.id, cfg, self.ctx)
+        lane = JetStreamSource(self.id, cfg, self.ctx)
+        lane._seqs = _Seqs()
+        return lane
 
     async def _run_partitioned(self, out: SourceSender) -> None:
         """Own a fair share of the partitions, pull them, rebalance every `partition_ttl / 3`; at the end
@@ -535,6 +590,11 @@ class JetStreamSource(Source):
     async def _emit(self, raw: list[tuple[str, str, bytes, dict[str, str] | None]], out: SourceSender,
                     hold: bool) -> None:
         """Send received frames (and pending dead letters) downstream as one batch."""
+        if self._seqs is not None:
+            raw = self._seqs.filter(raw)
+            if self._seqs.acks:
+                lines, self._seqs.acks = self._seqs.acks, []
+                await write_lines(self._h.nc, lines)  # type: ignore[union-attr]
         msgs, errors = self._decode(raw)
         if self._dead:
             errors.extend(self._dead)
@@ -616,6 +676,16 @@ class JetStreamSource(Source):
         await write_lines(self._h.nc, lines)  # type: ignore[union-attr]
         self._wake.set()
         if self._owner is not None:
+            lanes = {lane.source.config.durable: lane.source for lane in
+                     [*self._owner.lanes.values(), *self._owner.releasing.values()]}
+            extra: list[tuple[str, bytes]] = []
+            for reply, _msg, _body in tokens:
+                _, consumer, _, seq, _, _ = parse_ack_subject(reply)
+                lane = lanes.get(consumer)
+                if lane is not None and lane._seqs is not None:
+                    extra.extend((r, b"+ACK") for r in lane._seqs.acked(seq))
+            if extra:
+                await write_lines(self._h.nc, extra)  # type: ignore[union-attr]
             for lane in self._owner.lanes.values():
                 lane.source._wake.set()  # room again: the lanes may pull
 
@@ -628,6 +698,9 @@ class JetStreamSource(Source):
             for durable, group in by_lane.items():
                 lane = lanes.get(durable)
                 if lane is not None:
+                    if lane._seqs is not None:
+                        for (reply, _m, _b), _why in group:
+                            lane._seqs.naked(parse_ack_subject(reply)[3])
                     await lane.reject(group)
                 else:  # released meanwhile: back to the server for the partition's new owner
                     await write_lines(self._h.nc, [(r[0], b"-NAK") for r, _ in group])  # type: ignore[union-attr]
