@@ -1,28 +1,30 @@
 """`jetstream_source` with `partitions: N`: which worker reads which partition, held in NATS KV.
 
 Partition p of a source reading subject S with durable D is the subject `S.p`, read through its own
-durable pull consumer `D-p<p>` (one lane: a plain `JetStreamSource` of that subject). Exactly one
-worker pulls a partition at a time; who it is lives in a KV bucket `streamdag_parts_<stream>_<D>`
+durable pull consumer `D-p<p>` (one lane: a plain `JetStreamSource` of that subject). One worker
+pulls a partition at a time; who it is lives in a KV bucket `streamdag_parts_<stream>_<D>`
 (created if missing, `max_age` = `partition_ttl`, as many replicas as the stream):
 
 * `m.<member>`: each worker's partitioned source puts its membership every `partition_ttl / 3`.
-* `o.<p>`: the owner of partition p, taken with `create` (only if absent) and renewed with `update`
-  on the revision it holds (compare-and-set). A renewal that finds another revision means the
-  partition was lost (it expired and someone else took it): the lane stops at once. An owner that
-  cannot renew for `partition_ttl` (NATS away, a stalled process) gives it up on its own side too.
-  A worker killed with kill -9 stops renewing: its keys expire after `partition_ttl` and the others
-  take the partitions at their next tick.
+* `o.<p>`: the owner of partition p, taken with `create` (only if absent) or with `update` on the
+  revision of a handed-back entry (member ""), and renewed with `update` on the revision it holds
+  (compare-and-set). A renewal that finds another revision means the partition was taken: it is
+  revoked here at once. A partition not renewed for 0.8 x `partition_ttl` (NATS away) is revoked
+  before its key can expire; every KV call is bounded by `partition_ttl / 3`. A worker killed with
+  kill -9 stops renewing: its keys expire and the others take the partitions at their next tick,
+  then wait `ack_wait` before pulling, so the messages the dead owner held come back first.
 
-Every tick a worker computes its fair share, ceil(N / live members). Above it, it releases its
-highest partitions; below it, it takes free ones, starting at an offset of its own so two workers
-do not race for the same one. Releasing partition p: stop pulling (the lane's open pull requests
-end, what they bring still goes through the graph), wait until p's messages in flight stop moving
-(what is on its way reaches the window: at most `partition_ttl / 2`), `ctx.partitions.revoked` (a window drops p's
-state and fails its held acks, which naks them), wait up to `partition_ttl` for what is still in
-flight of p to settle, nak what has not (so the new owner gets it at once rather than after
-`ack_wait`), then delete `o.<p>` on the revision it holds. A stop of the graph releases every
-partition the same way. Why KV and not priority groups: the machine's nats-server is 2.9 (no
-pinned consumers), and a KV entry per partition is readable by `nats kv ls` on any server.
+Every tick a worker computes its fair share, ceil(N / live members). Above it, it hands back its
+highest partitions (in the background: the tick goes on renewing the others); below it, it takes
+free ones, starting at an offset of its own so two workers do not race for the same one. Handing
+back p: stop pulling (the lane's open pull requests end, what they bring still goes through the
+graph), wait until p's messages in flight stop moving (at most `partition_ttl / 2`: what is on its
+way reaches the window), `ctx.partitions.revoked` (a window drops p's state and fails its held
+acks, which naks them), wait up to `partition_ttl` for the rest to settle, nak what has not (the
+new owner gets it at once rather than after `ack_wait`), then mark `o.<p>` handed back. A stop of
+the graph hands back every partition the same way. Why KV and not priority groups: the machine's
+nats-server is 2.9 (no pinned consumers), and a KV entry per partition works from 2.6 on and is
+readable with `nats kv` on any server (docs/scale.md).
 """
 
 from __future__ import annotations
