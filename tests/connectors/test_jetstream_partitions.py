@@ -159,7 +159,7 @@ def test_one_worker_owns_every_partition(setup: Setup) -> None:
 
 
 def test_two_workers_split_the_partitions_and_one_takes_over_after_kill_9(setup: Setup) -> None:
-    n = 3000
+    n = 1500
     setup.publish(n)
     run = Supervised(setup.graph(300), 2, "--registry", "off", "--log-level", "info")
     try:
@@ -188,7 +188,7 @@ def test_two_workers_split_the_partitions_and_one_takes_over_after_kill_9(setup:
 
 
 def test_a_worker_started_mid_run_takes_its_share(setup: Setup) -> None:
-    n = 2000
+    n = 1500
     setup.publish(n)
     graph = setup.graph(250)
     first = Supervised(graph, 1, "--registry", "off", "--log-level", "info")
