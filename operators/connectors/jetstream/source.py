@@ -335,6 +335,9 @@ class JetStreamSource(Source):
     async def _run_partitioned(self, out: SourceSender) -> None:
         """Own a fair share of the partitions, pull them, rebalance every `partition_ttl / 3`; at the end
         release every partition (module docstring of `partitions`)."""
+        import asyncio
+        import contextlib
+
         owner = self._owner
         assert owner is not None
         self._out = out
@@ -346,7 +349,9 @@ class JetStreamSource(Source):
                     await owner.tick(out)
                 except Exception as exc:  # noqa: BLE001 - NATS away: the next tick tries again
                     log.warning("node %s: partition rebalance failed: %s", self.id, exc)
-                await self._sleep_until_woken(max(0.0, period - (time.monotonic() - began)))
+                with contextlib.suppress(TimeoutError):  # acks set `_wake`: wait for the stop only
+                    async with asyncio.timeout(max(0.0, period - (time.monotonic() - began))):
+                        await out.stopping.wait()
         finally:
             await owner.close()
 
@@ -544,11 +549,7 @@ class JetStreamSource(Source):
         import asyncio
 
         if self._owner is not None:
-            relay = asyncio.ensure_future(self._relay_stop(out))
-            try:
-                return await self._run_partitioned(out)
-            finally:
-                relay.cancel()
+            return await self._run_partitioned(out)
         self._out = out
         cap = getattr(out.tracker, "limit", 0) or 0
         if cap > self.max_ack_pending:
