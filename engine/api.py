@@ -214,6 +214,11 @@ class Source(Node):
     kind: ClassVar[Literal["source"]] = "source"
     # True when `reject` makes the message come back later (nak, pending entry): see `defaults.on_error`.
     redelivers: ClassVar[bool] = False
+    # True when the source keeps read positions a message's ack moves on (a JetStream ack, a Redis
+    # XACK, a committed postgres_source watermark, an HTTP client waiting for its answer): holding
+    # an ack protects something. False for file_source and generate: a `window` downstream then
+    # releases its items' acks once folded (its `acks` default, docs/window.md).
+    durable_positions: ClassVar[bool] = False
     # How N workers (`--workers`) share this source's input without reading an item twice; empty:
     # they cannot, and the graph is refused under --workers > 1 (E261, engine.compile.scale).
     shared_by: ClassVar[str] = ""

@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # node types import these protocols; validating a graph loads
     import asyncio
     import logging
 
+    from engine.api import Upstream
     from engine.message import Ack, Msg
     from engine.partitions import PartitionEvents
 
@@ -88,6 +89,12 @@ class Context(Protocol):
     def partitions(self) -> PartitionEvents:
         """The run's partition ownership (`engine.partitions`): partitioned sources report what they
         own, stateful nodes subscribe to hear partitions come and go."""
+        ...
+
+    @property
+    def upstream(self) -> tuple[Upstream, ...] | None:
+        """The sources whose messages reach this node (`engine.api.Upstream`: node, cls, config);
+        None when not known (a node made outside a run, in a test)."""
         ...
 
     def connection(self, name: str) -> dict[str, Any]: ...

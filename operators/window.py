@@ -2,10 +2,21 @@
 
 Per item: evaluate the key and the event time (failures go to `errors`), fold the aggregates into
 the item's windows (`operators.windowing.WindowStore`), and move the watermark. A window closed by
-the watermark becomes one message on `out` whose ack stands for the acks of its items, so each
-item's ack resolves only when its window is committed downstream. Items too late for every window
-they belong to go to `late`, unchanged but for `meta.window_late`; nothing is dropped.
-Time comes from `ctx.clock` (wall clock, seconds) so tests drive it exactly.
+the watermark becomes one message on `out`. Items too late for every window they belong to go to
+`late`, unchanged but for `meta.window_late`; nothing is dropped. State is kept per partition of a
+partitioned source (`meta.partition`); a revoked partition's state is dropped and the acks it holds
+failed, so the new owner gets those items again. Time comes from `ctx.clock` (wall clock, seconds)
+so tests drive it exactly.
+
+When an item's ack is released (`acks`, docs/window.md):
+
+* `hold`: when the window it belongs to is committed downstream (the window's message carries its
+  items' acks). Open windows hold acks, so they count against `max_in_flight`.
+* `release`: as soon as it is folded into the state, counted as delivered. For sources without
+  durable positions (file_source, generate): holding their acks protects nothing. The window's
+  message carries no ack.
+* `checkpoint`: once a checkpoint covering it is durable (`operators.window_checkpoint`). The
+  window's message carries an ack of its own: until it is committed, it is part of the checkpoint.
 """
 
 from __future__ import annotations
@@ -20,6 +31,8 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from engine import (
+    DELIVERED,
+    NOOP_ACK,
     CelExpr,
     CheckContext,
     CheckIssue,
@@ -37,6 +50,7 @@ from engine import (
     own_ack,
 )
 from operators.window_aggregates import make_aggregate
+from operators.window_checkpoint import CheckpointConfig, Checkpointer, Outbox
 from operators.windowing import Emission, Watermark, WindowStore
 
 __all__ = [
@@ -178,6 +192,19 @@ class WindowConfig(NodeConfig):
         "open windows as they are; redeliver fails their items' acks, so a source that redelivers "
         "(JetStream) hands them again after the restart and the windows are rebuilt whole.",
     )
+    acks: Literal["hold", "release", "checkpoint"] | None = Field(
+        None,
+        description="When an item's source ack is released: hold (when its window is committed "
+        "downstream), release (once folded into the state), checkpoint (once a durable checkpoint "
+        "covers it). Unset: checkpoint with a `checkpoint` store, release when no upstream source has "
+        "durable positions (file_source, generate), else hold.",
+        examples=["checkpoint"],
+    )
+    checkpoint: CheckpointConfig | None = Field(
+        None,
+        description="Where and how often the state is checkpointed (with acks: checkpoint).",
+        examples=[{"connection": "pg", "interval": "2s"}],
+    )
     aggregates: dict[str, AggregateSpec] = Field(
         default_factory=dict,
         description="Name -> aggregate; the output's `aggregates` map.",
@@ -204,6 +231,13 @@ class WindowConfig(NodeConfig):
                 raise ValueError("'size' and 'offset' do not apply to session windows")
         elif self.gap is not None:
             raise ValueError("'gap' applies to session windows only")
+        if self.acks == "checkpoint" and self.checkpoint is None:
+            raise ValueError("acks: checkpoint needs a 'checkpoint' store")
+        if self.on_drain == "redeliver" and (self.acks in ("release", "checkpoint") or self.checkpoint):
+            raise ValueError("on_drain: redeliver fails the acks open windows hold: it needs acks: hold "
+                             "(with checkpoints a stop saves the state instead)")
+        if self.checkpoint is not None and self.acks in ("hold", "release"):
+            raise ValueError(f"'checkpoint' applies with acks: checkpoint, not acks: {self.acks}")
         if self.time == "event" and self.timestamp is None:
             raise ValueError("time: event needs a 'timestamp' expression")
         if self.time == "processing":
@@ -223,14 +257,33 @@ class WindowConfig(NodeConfig):
         return self
 
 
-class _Part:
-    """One partition's windows and watermark."""
+def ack_mode(config: WindowConfig, upstream: tuple[Any, ...] | None) -> str:
+    """The `acks` mode in effect: as set, else from the store and the upstream sources (None: not
+    known, as for a node made outside a run: hold, today's behaviour)."""
+    if config.acks is not None:
+        return config.acks
+    if config.checkpoint is not None:
+        return "checkpoint"
+    if config.on_drain == "redeliver":  # it fails the acks the open windows hold: they must hold them
+        return "hold"
+    if upstream is not None and not any(getattr(u.cls, "durable_positions", False) for u in upstream):
+        return "release"
+    return "hold"
 
-    __slots__ = ("store", "watermark")
+
+class _Part:
+    """One partition's windows and watermark, and (acks: checkpoint) what its next checkpoint covers."""
+
+    __slots__ = ("outbox", "pending", "positions", "resend", "rows", "store", "watermark")
 
     def __init__(self, store: WindowStore, watermark: Watermark):
         self.store = store
         self.watermark = watermark
+        self.pending: list[Any] = []  # acks of folded items the next checkpoint covers
+        self.positions: dict[str, int] = {}  # stream -> highest sequence folded
+        self.outbox: Outbox | None = None  # emitted windows not yet committed downstream
+        self.resend: list[tuple[Any, dict[str, Any], int]] = []  # restored outbox: emit again
+        self.rows: dict[str, int] = {}  # key record -> its size, as last saved
 
 
 class Window(Operator):
@@ -242,8 +295,23 @@ class Window(Operator):
 
     @classmethod
     def check(cls, config: Any, ctx: CheckContext) -> Iterable[CheckIssue]:
-        """Warn when event-time windows could wait forever for a watermark that cannot move."""
-        if config.time == "event" and config.idle_timeout is None:
+        """The checkpoint store's connection: declared, and of a type with a checkpoint backend."""
+        if config.checkpoint is not None:
+            conn = config.checkpoint.connection
+            if conn not in ctx.connections:
+                yield CheckIssue(("checkpoint", "connection"), "E215", f"unknown connection '{conn}'")
+            elif ctx.connections[conn].get("type") not in Checkpointer.backends:
+                yield CheckIssue(
+                    ("checkpoint", "connection"),
+                    "E216",
+                    f"'{conn}' is a {ctx.connections[conn].get('type')} connection; checkpoints need "
+                    + " or ".join(Checkpointer.backends),
+                )
+
+    @classmethod
+    def check_upstream(cls, config: Any, ctx: CheckContext) -> Iterable[CheckIssue]:
+        """Warn when event-time windows holding acks could wait forever for a watermark that cannot move."""
+        if ack_mode(config, ctx.upstream) == "hold" and config.time == "event" and config.idle_timeout is None:
             yield CheckIssue(
                 ("time",),
                 "W320",
@@ -266,11 +334,24 @@ class Window(Operator):
         self._fns = [e.fn if e is not None else None for e in self._exprs]  # skip a call layer per item
         # per partition of a partitioned source (`meta.partition`; None when unpartitioned)
         self.parts: dict[int | None, _Part] = {}
+        self.gone: set[int] = set()  # partitions revoked (and not assigned again): their items go back
+        self.mode = ack_mode(config, getattr(ctx, "upstream", None))
+        self._hold = self.mode == "hold"
+        self.checkpoints = Checkpointer(self, config.checkpoint) if config.checkpoint is not None else None
         ctx.partitions.subscribe(self._on_partition)
         self._last_now = float("-inf")
         self.late_items = 0  # items sent to `late` so far
-        needs_clock = not self._event or config.idle_timeout is not None
+        needs_clock = not self._event or config.idle_timeout is not None or self.checkpoints is not None
         self.tick_interval = config.tick_interval if needs_clock else None
+        if self.checkpoints is not None:
+            self.tick_interval = min(config.tick_interval, config.checkpoint.interval)  # type: ignore[union-attr]
+
+    async def start(self) -> None:
+        if self.checkpoints is not None:
+            await self.checkpoints.start()
+
+    def metrics(self) -> dict[str, int]:
+        return self.checkpoints.metrics() if self.checkpoints is not None else {}
 
     def _now(self, now: float | None = None) -> float:
         """Wall clock, never going backwards."""
@@ -278,7 +359,7 @@ class Window(Operator):
         self._last_now = max(self._last_now, now)
         return self._last_now
 
-    def _new_part(self) -> _Part:
+    def new_part(self) -> _Part:
         c = self.config
         store = WindowStore(
             c.kind,
@@ -289,12 +370,16 @@ class Window(Operator):
             offset=_us(c.offset),
             lateness=_us(c.allowed_lateness),
         )
-        return _Part(store, Watermark(_us(c.max_out_of_orderness), c.idle_timeout))
+        part = _Part(store, Watermark(_us(c.max_out_of_orderness), c.idle_timeout))
+        if self.checkpoints is not None:
+            store.track_keys()
+            part.outbox = Outbox()
+        return part
 
     def _part(self, partition: int | None) -> _Part:
         part = self.parts.get(partition)
         if part is None:
-            part = self.parts[partition] = self._new_part()
+            part = self.parts[partition] = self.new_part()
         return part
 
     @property
@@ -310,11 +395,18 @@ class Window(Operator):
         """A partition went elsewhere: forget its windows and fail the acks they hold, so the source
         redelivers those items to the new owner, which rebuilds the windows whole."""
         if owned:
+            self.gone.discard(partition)
+            if self.checkpoints is not None:
+                self.checkpoints.assigned(partition)
             return
+        self.gone.add(partition)
+        if self.checkpoints is not None:
+            self.checkpoints.revoked(partition)
         part = self.parts.pop(partition, None)
         if part is None:
             return
-        held = part.store.discard()
+        held = part.store.discard() + part.pending
+        part.pending = []
         reason = f"window {self.id}: partition {partition} of {source} was revoked"
         for ack in held:
             ack.fail(reason)
@@ -322,23 +414,36 @@ class Window(Operator):
             self.ctx.log.info("window %s: partition %d revoked; %d held item(s) failed for redelivery",
                               self.id, partition, len(held))
 
-    def process(self, batch: list[Msg], out: Output) -> None:
+    def process(self, batch: list[Msg], out: Output) -> Any:
         """Assign each item to its windows, emitting windows as the watermark passes them."""
+        if self.checkpoints is not None:  # restore partitions first, checkpoint when due: awaits
+            return self.checkpoints.process(batch, out)
+        self.fold(batch, out)
+        return None
+
+    def fold(self, batch: list[Msg], out: Output) -> None:
+        """`process` without the checkpoint's I/O (every partition of `batch` is restored)."""
         now = self._now()
         emit = out.port("out")
         if not self._event:
             t_now = int(now * 1_000_000)
             for part in self.parts.values():
-                self._send(part.store.advance(t_now), emit)
+                self._send(part.store.advance(t_now), emit, part)
         start, n = 0, len(batch)
         while start < n:  # runs of one partition (the whole batch when unpartitioned)
             partition = batch[start].meta.get("partition")
             end = start + 1
             while end < n and batch[end].meta.get("partition") == partition:
                 end += 1
+            run = batch[start:end] if start or end < n else batch
+            if partition in self.gone:  # in flight when it was revoked: the new owner gets them again
+                for msg in run:
+                    msg.ack.fail(f"window {self.id}: partition {partition} is no longer owned here")
+                start = end
+                continue
             part = self._part(partition)
-            self._fold_run(part, batch[start:end] if start or end < n else batch, out, now)
-            self._send(part.store.take_updates(), emit)
+            self._fold_run(part, run, out, now)
+            self._send(part.store.take_updates(), emit, part)
             start = end
 
     def _fold_run(self, part: _Part, batch: list[Msg], out: Output, now: float) -> None:
@@ -352,13 +457,21 @@ class Window(Operator):
             self._event,
         )
         fns, unit = self._fns, self.config.epoch_unit
+        hold, pending = self._hold, part.pending if self.checkpoints is not None else None
+        positions = part.positions
         t_now = int(now * 1_000_000)
         if not event:
-            self._send(store.advance(t_now), emit)
+            self._send(store.advance(t_now), emit, part)
         elif batch:
             watermark.last_arrival = now
         for msg in batch:
             body, meta = msg.body, msg.meta
+            if pending is not None:  # a replayed item the checkpoint covers: its state is in already
+                seq = meta.get("seq")
+                if type(seq) is int and seq <= positions.get(meta.get("stream", ""), -1):
+                    self.checkpoints.replayed += 1  # type: ignore[union-attr]
+                    msg.ack.finish(DELIVERED)
+                    continue
             try:
                 key = key_expr(body, meta) if key_expr is not None else None
                 if isinstance(key, (dict, list)):
@@ -384,8 +497,8 @@ class Window(Operator):
                         "window %s: items arrive too late (beyond allowed_lateness); they go to port 'late'",
                         self.id,
                     )
-                ack = own_ack(msg)  # held by the late port and maybe by windows
-                if targets:
+                ack = own_ack(msg)  # held by the late port and maybe by windows (or the checkpoint)
+                if targets and (hold or pending is not None):
                     ack.retain(1)
                 out.port("late").append(
                     Msg(
@@ -396,22 +509,47 @@ class Window(Operator):
                     )
                 )
             if targets or not late:  # a new session has no targets yet
-                store.add(key, t, values, own_ack(msg), targets)  # held once per window
+                if hold:
+                    store.add(key, t, values, own_ack(msg), targets)  # held once per window
+                else:
+                    store.add(key, t, values, None, targets)
+                    if pending is not None:  # released once a checkpoint covers it
+                        pending.append(msg.ack)
+                        seq = meta.get("seq")
+                        if type(seq) is int:  # a JetStream stream sequence
+                            stream = meta.get("stream", "")
+                            if seq > positions.get(stream, -1):
+                                positions[stream] = seq
+                    elif not late:
+                        msg.ack.finish(DELIVERED)  # release: folded is delivered
             if event and watermark.observe(t):
-                self._send(store.advance(watermark.value), emit)
+                self._send(store.advance(watermark.value), emit, part)
 
-    def tick(self, now: float, out: Output) -> None:
+    def tick(self, now: float, out: Output) -> Any:
         """Wall clock: close processing-time windows, or advance an idle event-time watermark."""
+        self.advance_clock(now, out)
+        if self.checkpoints is not None:
+            return self.checkpoints.tick(out)
+        return None
+
+    def advance_clock(self, now: float, out: Output) -> None:
         now = self._now(now)
         emit = out.port("out")
         for part in self.parts.values():
             if not self._event:
-                self._send(part.store.advance(int(now * 1_000_000)), emit)
+                self._send(part.store.advance(int(now * 1_000_000)), emit, part)
             elif part.watermark.on_idle(now):
-                self._send(part.store.advance(part.watermark.value), emit)
+                self._send(part.store.advance(part.watermark.value), emit, part)
 
-    def flush(self, out: Output) -> None:
-        """End of input: emit every open window (and pending updates); see `on_drain` for a stop."""
+    def flush(self, out: Output) -> Any:
+        """End of input: emit every open window (and pending updates); see `on_drain` for a stop.
+        With checkpoints, a stop saves one last checkpoint instead (the restart restores it)."""
+        if self.checkpoints is not None:
+            return self.checkpoints.flush(out)
+        self.flush_windows(out)
+        return None
+
+    def flush_windows(self, out: Output) -> None:
         if self.config.on_drain == "redeliver" and getattr(self.ctx, "draining", False):
             held = [ack for part in self.parts.values() for ack in part.store.discard()]
             reason = f"window {self.id}: graph stopped with the window open (on_drain: redeliver)"
@@ -425,9 +563,9 @@ class Window(Operator):
                 )
             return
         for part in self.parts.values():
-            self._send(part.store.flush(), out.port("out"))
+            self._send(part.store.flush(), out.port("out"), part)
 
-    def _send(self, emissions: list[Emission], emit: list[Msg]) -> None:
+    def _send(self, emissions: list[Emission], emit: list[Msg], part: _Part | None = None) -> None:
         for e in emissions:
             body: dict[str, Any] = {
                 "key": e.key,
@@ -439,7 +577,13 @@ class Window(Operator):
             }
             if e.replaces:
                 body["replaces"] = [{"start": format_time(s), "end": format_time(x)} for s, x in e.replaces]
-            acks = e.acks
-            ack = acks[0] if len(acks) == 1 else CompositeAck(acks)
             meta = {"window_key": e.key, "window_start": body["start"], "window_end": body["end"]}
-            emit.append(Msg(body, meta, ack, _size(body)))
+            size = _size(body)
+            if self._hold:
+                acks = e.acks
+                ack = acks[0] if len(acks) == 1 else CompositeAck(acks)
+            elif part is not None and part.outbox is not None:
+                ack = part.outbox.add(body, meta, size)
+            else:
+                ack = NOOP_ACK
+            emit.append(Msg(body, meta, ack, size))

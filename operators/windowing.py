@@ -18,6 +18,14 @@ with it: that keeps sessions the same for every arrival order within the latenes
 
 Use: `check(key, t, values)` (nothing changes; says where the item goes, or why it cannot), then
 `add(...)`; `advance(wm)`, `take_updates()` and `flush()` return `Emission`s to send.
+
+Acks: `add` holds the item's ack in each of its windows (an emission carries them). An item added
+with ack None holds nothing (the `window` operator's `release` and `checkpoint` modes): a window
+then only remembers that it has items not yet carried by an emission.
+
+Checkpoints: with `track_keys()` the store records which keys changed (`dirty`); `export_key(key)` /
+`restore_key(key, row)` and `export_meta()` / `restore_meta(meta)` turn its state into plain data
+and back (the `window` operator seals and stores them per key).
 """
 
 from __future__ import annotations
@@ -121,9 +129,23 @@ class WindowStore:
         self.offset = offset
         self.lateness = lateness
         self._checked = [i for i, a in enumerate(aggregates) if a.checks_value]
+        self.dirty: set[Hashable] | None = None  # keys changed since the last checkpoint (track_keys)
+        self._starts: dict[Hashable, set[int]] | None = None  # tumbling/sliding: window starts per key
         self._reset()
 
+    def track_keys(self) -> None:
+        """Record the keys whose state changes (`dirty`), for incremental checkpoints."""
+        self.dirty = set()
+        self._starts = {}
+        for key, start in self._windows:
+            self._starts.setdefault(key, set()).add(start)
+
     def _reset(self) -> None:
+        if self.dirty is not None:  # every key goes: the checkpoint forgets them all
+            self.dirty.update(self._starts or ())
+            self.dirty.update(self._sessions)
+            self.dirty.update(self._purged_until)
+            self._starts = {}
         self.wm = NEG_INF
         self._seq = 0
         self._dirty: dict[int, _Window] = {}  # fired windows with new items, by id()
@@ -193,10 +215,12 @@ class WindowStore:
         """Fold an item (already `check`ed) into its windows; its ack is held once per window."""
         self._seq += 1
         seq = self._seq
+        if self.dirty is not None:
+            self.dirty.add(key)
         if self.kind == "session":
             self._add_session(key, t, values, ack, targets, seq)
             return
-        if len(targets) > 1:
+        if len(targets) > 1 and ack is not None:
             ack.retain(len(targets) - 1)
         for target in targets:
             window = target if isinstance(target, _Window) else self._open(key, *target)
@@ -205,8 +229,13 @@ class WindowStore:
                 self._dirty[id(window)] = window
 
     def _open(self, key: Hashable, start: int, end: int) -> _Window:
-        window = _Window(key, start, end, [a.new() for a in self.aggregates], self._seq)
+        return self._reopen(key, start, end, [a.new() for a in self.aggregates], self._seq)
+
+    def _reopen(self, key: Hashable, start: int, end: int, states: list[Any], seq: int) -> _Window:
+        window = _Window(key, start, end, states, seq)
         self._windows[(key, start)] = window
+        if self._starts is not None:
+            self._starts.setdefault(key, set()).add(start)
         bucket = self._by_end.get(end)
         if bucket is None:
             self._by_end[end] = bucket = []
@@ -219,7 +248,9 @@ class WindowStore:
         for i, agg in enumerate(self.aggregates):
             states[i] = agg.add(states[i], values[i], t, seq)
         window.count += 1
-        window.acks.append(ack)
+        acks = window.acks
+        if ack is not None or not acks:  # None: holds no ack, only marks unemitted items
+            acks.append(ack)
 
     # ----- sessions -----------------------------------------------------------------------------
 
@@ -294,6 +325,8 @@ class WindowStore:
                 end = heapq.heappop(purge)
                 for window in self._by_end.pop(end):
                     del self._windows[(window.key, window.start)]
+                    if self._starts is not None:
+                        self._forget_start(window.key, window.start)
                     if self._dirty.pop(id(window), None) is not None:
                         self._emit(window, out)  # a pending update goes out before the state does
         return out
@@ -316,6 +349,8 @@ class WindowStore:
                 if not sessions:
                     del self._sessions[window.key]
                 key = window.key
+                if self.dirty is not None:
+                    self.dirty.add(key)
                 if end > self._purged_until.get(key, NEG_INF):
                     self._purged_until[key] = end
         # forget purge horizons no item can fall before any more without being too late anyway
@@ -355,13 +390,15 @@ class WindowStore:
             held = [w for ws in self._sessions.values() for w in ws]
         else:
             held = list(self._windows.values())
-        acks = [ack for window in held for ack in window.acks]
+        acks = [ack for window in held for ack in window.acks if ack is not None]
         self._reset()
         return acks
 
     def _emit(self, window: _Window, out: list[Emission]) -> None:
         if not window.acks:
             return
+        if self.dirty is not None:
+            self.dirty.add(window.key)
         results = {a.name: a.result(s) for a, s in zip(self.aggregates, window.states)}
         out.append(
             Emission(window.key, window.start, window.end, window.count, results, window.emitted, window.acks)
@@ -375,3 +412,48 @@ class WindowStore:
         if self.kind == "session":
             return sum(len(ws) for ws in self._sessions.values())
         return len(self._windows)
+
+    # ----- checkpoints (plain data out and in; see the module docstring) ------------------------
+
+    def _forget_start(self, key: Hashable, start: int) -> None:
+        starts = self._starts[key]  # type: ignore[index]
+        starts.discard(start)
+        if not starts:
+            del self._starts[key]  # type: ignore[union-attr]
+        self.dirty.add(key)  # type: ignore[union-attr]
+
+    def export_meta(self) -> dict[str, Any]:
+        return {"wm": self.wm, "seq": self._seq}
+
+    def restore_meta(self, meta: dict[str, Any]) -> None:
+        self.wm = meta["wm"]
+        self._seq = meta["seq"]
+
+    def export_key(self, key: Hashable) -> dict[str, Any] | None:
+        """A key's windows as plain data, or None when the key holds nothing."""
+        if self.kind == "session":
+            windows = self._sessions.get(key, [])
+            horizon = self._purged_until.get(key)
+        else:
+            windows = [self._windows[(key, s)] for s in sorted((self._starts or {}).get(key, ()))]
+            horizon = None
+        if not windows and horizon is None:
+            return None
+        rows = [(w.start, w.end, w.count, w.states, w.emitted, bool(w.acks), w.seq) for w in windows]
+        return {"w": rows, "p": horizon}
+
+    def restore_key(self, key: Hashable, row: dict[str, Any]) -> None:
+        """Put back a key's windows (after `restore_meta`): scheduled to fire and purge as before."""
+        if row["p"] is not None:
+            self._purged_until[key] = row["p"]
+        for start, end, count, states, emitted, pending, seq in row["w"]:
+            if self.kind == "session":
+                window = _Window(key, start, end, states, seq)
+                self._sessions.setdefault(key, []).append(window)
+                self._schedule_session(window)
+            else:
+                window = self._reopen(key, start, end, states, seq)
+            window.count, window.emitted = count, [tuple(e) for e in emitted]
+            window.acks = [None] if pending else []
+            if pending and end <= self.wm:  # fired, with late items not yet re-emitted
+                self._dirty[id(window)] = window

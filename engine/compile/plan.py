@@ -50,6 +50,8 @@ class Plan:
     dead_letter_sinks: frozenset[str]  # sinks whose commits count as dead-lettered
     start_order: tuple[str, ...]  # sinks first, then operators, then sources
     closes: Mapping[str, tuple[str, ...]] = field(repr=False)  # channels a node's task closes when it ends
+    # sources whose messages reach each node, through any port (`errors` too), sorted
+    upstream: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}), repr=False)
 
     @property
     def name(self) -> str:
@@ -114,7 +116,27 @@ def build_plan(graph: Graph) -> Plan:
         dead_letter_sinks=dead_letter_sinks,
         start_order=tuple(sorted(nodes, key=lambda n: _START_RANK[nodes[n].kind])),
         closes=MappingProxyType(closes),
+        upstream=MappingProxyType(_upstream(nodes, frozen_routes)),
     )
+
+
+def _upstream(nodes: Mapping[str, ResolvedNode], routes: Mapping[tuple[str, str], tuple[str, ...]]
+              ) -> dict[str, tuple[str, ...]]:
+    """Node -> the sources that reach it (through any port)."""
+    successors: dict[str, set[str]] = {}
+    for (up, _port), targets in routes.items():
+        successors.setdefault(up, set()).update(targets)
+    reach: dict[str, set[str]] = {n: set() for n in nodes}
+    for source in (n for n, rn in nodes.items() if rn.kind == "source"):
+        seen: set[str] = set()
+        todo = [source]
+        while todo:
+            for nxt in successors.get(todo.pop(), ()):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append(nxt)
+                    reach[nxt].add(source)
+    return {n: tuple(sorted(s)) for n, s in reach.items()}
 
 
 def _can_inline(rn: ResolvedNode, routes: Mapping[tuple[str, str], tuple[str, ...]]) -> bool:

@@ -15,6 +15,8 @@ from engine.partitions import PartitionEvents
 if TYPE_CHECKING:  # imported where awaited: node types import this module, and `validate` loads no asyncio
     import asyncio
 
+    from engine.api import Upstream
+
 __all__ = ["NodeContext", "Resources", "WorkerInfo"]
 
 
@@ -80,8 +82,11 @@ class Resources:
 class NodeContext:
     def __init__(self, node_id: str, connections: dict[str, dict[str, Any]], schemas: dict[str, Any],
                  resources: Resources, base_dir: str = ".", clock: Callable[[], float] = time.time,
-                 worker: WorkerInfo | None = None, partitions: PartitionEvents | None = None):
+                 worker: WorkerInfo | None = None, partitions: PartitionEvents | None = None,
+                 upstream: tuple[Upstream, ...] | None = None):
         self.node_id = node_id
+        # the sources that reach this node (None: not known, a node made outside a run)
+        self.upstream = upstream
         # the run's partition ownership (engine.partitions): one object shared by every node of a run
         self.partitions = partitions if partitions is not None else PartitionEvents()
         self.worker = worker or WorkerInfo()

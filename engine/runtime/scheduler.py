@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.api import Upstream
 from engine.compile.plan import Plan, build_plan
 from engine.compile.validate import Graph
 from engine.errors import NodeStartError, RunError
@@ -74,8 +75,10 @@ class Runner:
         self.view = RunView(s)
         g = plan.graph
         for node_id, rn in g.nodes.items():
+            upstream = tuple(Upstream(u, g.nodes[u].cls, g.nodes[u].config)  # type: ignore[arg-type]
+                             for u in plan.upstream.get(node_id, ()))
             ctx = NodeContext(node_id, g.connections, g.schemas, s.resources, g.base_dir, clock, s.worker,
-                              s.partitions)
+                              s.partitions, upstream)
             s.nodes[node_id] = rn.cls(node_id, rn.config, ctx)
             s.stats[node_id] = NodeStats(node_id, rn.kind, rn.type)
             if rn.kind != "source" and node_id not in plan.inline:

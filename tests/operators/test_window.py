@@ -466,13 +466,20 @@ def test_every_cel_expression_of_the_config_is_found_for_offline_checks() -> Non
     ]
 
 
-def test_event_time_without_idle_timeout_is_warned_offline() -> None:
-    from engine.api import CheckContext
+def test_event_time_without_idle_timeout_is_warned_offline_when_it_holds_acks() -> None:
+    from engine.api import CheckContext, Upstream
+    from operators.connectors.jetstream.source import JetStreamSource
+    from operators.generate import Generate
 
-    (issue,) = Window.check(WindowConfig(**event()), CheckContext())
+    durable = CheckContext(upstream=(Upstream("js", JetStreamSource, None),))
+    (issue,) = Window.check_upstream(WindowConfig(**event()), durable)
     assert issue.code == "W320" and issue.severity == "warning" and issue.loc == ("time",)
-    assert list(Window.check(WindowConfig(**event(idle_timeout=5)), CheckContext())) == []
-    assert list(Window.check(WindowConfig(kind="tumbling", size=5), CheckContext())) == []
+    assert list(Window.check_upstream(WindowConfig(**event(idle_timeout=5)), durable)) == []
+    assert list(Window.check_upstream(WindowConfig(kind="tumbling", size=5), durable)) == []
+    # behind generate (no durable positions) the default is acks: release: nothing is held
+    generated = CheckContext(upstream=(Upstream("gen", Generate, None),))
+    assert list(Window.check_upstream(WindowConfig(**event()), generated)) == []
+    assert [i.code for i in Window.check_upstream(WindowConfig(**event(acks="hold")), generated)] == ["W320"]
 
 
 def test_output_with_an_integer_beyond_64_bits_still_goes_out() -> None:

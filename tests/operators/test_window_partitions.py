@@ -54,6 +54,12 @@ def test_revoking_a_partition_drops_its_windows_and_fails_exactly_its_held_acks(
     closed.ack.release()  # partition 0 is untouched: its window's item completes when committed
     assert tracker.take() == ([0], [])
     assert op.parts[0].store.open_windows == 1  # [10,20) of partition 0, holding item 3
+    # items of partition 1 still in flight towards the window when it was revoked go back too
+    feed(op, tracker, [(1, "b", 4.5), (0, "a", 13)])
+    done, failed = tracker.take()
+    assert done == [] and [t for t, _ in failed] == [5] and "no longer owned" in failed[0][1]
+    assert 1 not in op.parts
     # the partition comes back (or another is assigned): it starts empty
     events.assigned("src", 1)
     assert feed(op, tracker, [(1, "b", 5)])["out"] == [] and op.parts[1].store.open_windows == 1
+    assert tracker.take() == ([], [])

@@ -71,6 +71,7 @@ class HttpSource(Source):
 
     Config: ClassVar[type[HttpSourceConfig]] = HttpSourceConfig
     shared_by: ClassVar[str] = "the port: every worker listens on it (SO_REUSEPORT), the kernel spreads connections"
+    durable_positions: ClassVar[bool] = True  # a client waits for its answer until the ack
 
     def __init__(self, node_id: str, config: HttpSourceConfig, ctx: Any):
         import asyncio

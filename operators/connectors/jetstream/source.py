@@ -231,6 +231,7 @@ class JetStreamSource(Source):
     connection_types = ("nats",)
     shared_by = "the durable pull consumer: the server hands each message to one puller"
     redelivers = True  # reject() naks with the retry delay; dead-letters at max_deliver
+    durable_positions = True  # an ack moves the consumer on (docs/window.md: acks)
 
     def __init__(self, node_id: str, config: JetStreamSourceConfig, ctx: Any):
         import asyncio

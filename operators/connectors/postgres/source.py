@@ -99,6 +99,7 @@ class PostgresSource(Source):
 
     Config: ClassVar[type[NodeConfig]] = PostgresSourceConfig
     connection_types: ClassVar[tuple[str, ...]] = ("postgres",)
+    durable_positions: ClassVar[bool] = True  # its saved cursor moves on as rows are acked
     shared_by: ClassVar[str] = "hash ranges of the cursor: worker i of N reads rows with hashtext(cursor) mod N = i"
     config: PostgresSourceConfig
 

@@ -114,6 +114,7 @@ class RedisStreamSource(Source):
     connection_types: ClassVar[tuple[str, ...]] = ("redis",)
     shared_by: ClassVar[str] = "the consumer group: each worker is a consumer of its own name"
     redelivers = True  # reject() leaves the entry pending; reclaimed after min_idle; dead letter at max_deliver
+    durable_positions = True  # XACK moves the group on
     config: RedisStreamSourceConfig
 
     @classmethod

@@ -1,0 +1,333 @@
+"""Checkpoints of the `window` operator's state (`acks: checkpoint`): save, restore, release acks.
+
+Per partition of the input (`meta.partition`; "-" when unpartitioned) the checkpoint holds one
+record per key (its windows: aggregate states, counts, earlier emissions) and a meta record: the
+window's definition, the watermark, the **covered source positions** (per stream, the highest
+sequence folded: `meta.stream` / `meta.seq` of a JetStream message), the windows emitted but not yet
+committed downstream (the outbox), and how many key records there are. A save writes the keys that
+changed since the last one and the meta record in one atomic write (`engine.CheckpointStore`); then,
+and only then, the acks of the items it covers are released (counted as delivered).
+
+Restore (at start for the unpartitioned input; for a partition at the first tick after it is
+assigned, or at its first message if that comes first) reads
+the records back, checks each (`engine.unseal`: version, CRC-32), checks that the definition matches
+and that no key record is missing, and re-emits the outbox (sinks are idempotent). A replayed item
+whose sequence the checkpoint covers is skipped and its ack released, so restore + replay gives the
+state of one uninterrupted run. This relies on one partition's items of one stream reaching the
+window in sequence order, redeliveries aside (a JetStream consumer feeding the window through
+order-keeping operators).
+
+A save that fails (store down, `max_bytes` exceeded) is logged as an error and retried at the next
+interval; the state and the unreleased acks stay, so nothing is lost (the source stops at
+`max_in_flight`). A checkpoint that fails its checks is `CheckpointCorrupt`: at start it stops the
+run; for a partition it stalls the window with that error (nothing is processed with wrong state).
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+from engine import (
+    DELIVERED,
+    Ack,
+    CheckpointCorrupt,
+    CheckpointTooLarge,
+    Msg,
+    Output,
+    PositiveDuration,
+    Size,
+    seal,
+    unseal,
+)
+
+if TYPE_CHECKING:
+    from operators.window import Window, _Part
+
+__all__ = ["CheckpointConfig", "Checkpointer", "Outbox"]
+
+
+class CheckpointConfig(BaseModel):
+    """Where and how often a window checkpoints its state (docs/window.md: checkpoints)."""
+
+    model_config = ConfigDict(extra="forbid")
+    connection: str = Field(
+        description="Name of a `type: postgres` entry in `connections`: the checkpoint store.", examples=["pg"]
+    )
+    interval: PositiveDuration = Field(
+        2.0, description="Seconds between checkpoints (and the most an item's ack waits for one).", examples=["2s"]
+    )
+    max_bytes: Size = Field(
+        256 * 1024 * 1024,
+        description="Most bytes one partition's checkpoint may take; beyond it saves fail with an error.",
+        examples=["64MiB"],
+    )
+    table: str = Field("streamdag_checkpoints", description="Table of the checkpoints (created if missing).")
+    name: str | None = Field(
+        None, description="Name of this window's checkpoints in the table; default: the node id.",
+        examples=["orders.counts"],
+    )
+
+
+class Outbox:
+    """Windows emitted and not yet committed downstream: owner of their acks, part of the checkpoint."""
+
+    def __init__(self) -> None:
+        self.entries: dict[int, tuple[Any, dict[str, Any], int]] = {}
+        self._next = 0
+        self.changed = False  # since the last save
+
+    def add(self, body: Any, meta: dict[str, Any], size: int) -> Ack:
+        self._next += 1
+        self.entries[self._next] = (body, meta, size)
+        self.changed = True
+        ack = Ack(None, self._next)
+        ack.owner = self  # type: ignore[assignment]  # an ack owner is anything with settle(ack)
+        return ack
+
+    def settle(self, ack: Ack) -> None:
+        """Committed downstream: out of the next checkpoint. Failed: kept, emitted after a restart."""
+        if ack.error is None and self.entries.pop(ack.token, None) is not None:
+            self.changed = True
+
+
+def _part_name(partition: int | None) -> str:
+    return "-" if partition is None else str(partition)
+
+
+def _row_key(key: Any) -> str:
+    if isinstance(key, float) and key.is_integer():  # 1 and 1.0 are one window key
+        key = int(key)
+    return orjson.dumps(key).decode()
+
+
+class Checkpointer:
+    """The checkpoints of one `window` node (see the module docstring)."""
+
+    # connection type -> "module:class" of its `CheckpointStore`
+    backends: ClassVar[dict[str, str]] = {"postgres": "operators.connectors.postgres.checkpoint:PostgresCheckpoints"}
+
+    def __init__(self, window: Window, config: CheckpointConfig):
+        self.w = window
+        self.config = config
+        self.name = config.name or window.id
+        self.store: Any = None
+        self.next_at = 0.0
+        c = window.config
+        self.definition = [
+            c.kind, c.size, c.slide, c.gap, c.offset, c.allowed_lateness,
+            [(n, a.op, a.limit) for n, a in c.aggregates.items()],
+        ]
+        self.failing = ""  # the last save error, while saves fail
+        self.to_restore: set[int] = set()  # assigned partitions not restored yet (next tick)
+        self.revocations: dict[int, int] = {}  # partition -> times revoked (a restore spanning one is void)
+        # metrics
+        self.saves = self.restores = self.failures = self.replayed = 0
+        self.bytes_written = self.save_us = self.last_save_us = 0
+        self.sizes: dict[int | None, int] = {}  # partition -> bytes of its checkpoint
+
+    async def start(self) -> None:
+        ctx = self.w.ctx
+        kind = ctx.connection(self.config.connection).get("type", "")
+        module, cls = self.backends[kind].split(":")
+        self.store = getattr(importlib.import_module(module), cls)(ctx, self.config.connection, self.config.table)
+        await self.restore(None)  # the unpartitioned input: a damaged checkpoint stops the run here
+        self.next_at = ctx.clock() + self.config.interval
+
+    def metrics(self) -> dict[str, int]:
+        return {
+            "checkpoint_saves": self.saves,
+            "checkpoint_failures": self.failures,
+            "checkpoint_restores": self.restores,
+            "checkpoint_bytes": sum(self.sizes.values()),
+            "checkpoint_bytes_written": self.bytes_written,
+            "checkpoint_save_us": self.save_us,
+            "checkpoint_last_save_us": self.last_save_us,
+            "checkpoint_replayed_skipped": self.replayed,
+            "checkpoint_pending_acks": sum(len(p.pending) for p in self.w.parts.values()),
+        }
+
+    # ----- the operator's calls ---------------------------------------------------------------
+
+    async def process(self, batch: list[Msg], out: Output) -> None:
+        parts = self.w.parts
+        for p in {m.meta.get("partition") for m in batch} - parts.keys() - self.w.gone:
+            await self.restore(p)  # raises before anything is folded: a retry folds nothing twice
+        self._resend(out)
+        self.w.fold(batch, out)
+        if self.w.ctx.clock() >= self.next_at:
+            await self.save_all()
+
+    async def tick(self, out: Output) -> None:
+        for p in sorted(self.to_restore - self.w.parts.keys()):
+            try:
+                await self.restore(p)
+            except Exception as exc:  # noqa: BLE001 - retried at the partition's first message, which stalls on it
+                self.w.ctx.log.error("window %s: restoring partition %s failed: %s: %s", self.w.id, p,
+                                     type(exc).__name__, exc)
+        self.to_restore.clear()
+        self._resend(out)
+        if self.w.ctx.clock() >= self.next_at:
+            await self.save_all()
+
+    async def flush(self, out: Output) -> None:
+        """End of input: emit every window, then save. A stop (drain): save only; the restart restores."""
+        if not self.w.ctx.draining:
+            self.w.flush_windows(out)
+        self._resend(out)
+        if not await self.save_all() and self.w.ctx.draining:
+            reason = f"window {self.w.id}: stopped before a checkpoint covered the item ({self.failing})"
+            for part in self.w.parts.values():
+                acks, part.pending = part.pending, []
+                for ack in acks:
+                    ack.fail(reason)
+
+    def assigned(self, partition: int) -> None:
+        """Restore it at the next tick (or its first message, whichever comes first): the windows it
+        emitted and nobody committed go out again even if no new item comes."""
+        self.to_restore.add(partition)
+
+    def revoked(self, partition: int) -> None:
+        self.revocations[partition] = self.revocations.get(partition, 0) + 1
+        self.sizes.pop(partition, None)
+        self.to_restore.discard(partition)
+
+    # ----- restore ----------------------------------------------------------------------------
+
+    async def restore(self, partition: int | None) -> None:
+        pname = _part_name(partition)
+        revoked = self.revocations.get(partition, 0) if partition is not None else 0
+        records = await self.store.load(self.name, pname)
+        if partition is not None and self.revocations.get(partition, 0) != revoked:
+            return  # revoked while loading: the new owner restores it; saving it here would overwrite theirs
+        part = self.w.new_part()
+        if records:
+            self._load(part, records, f"window {self.w.id}: checkpoint {self.name!r} partition {pname}")
+            self.restores += 1
+            self.sizes[partition] = sum(part.rows.values()) + len(records.get("", b""))
+            self.w.ctx.log.info("window %s: restored partition %s: %d key(s), %d window(s) to re-emit",
+                                self.w.id, pname, len(part.rows), len(part.resend))
+        self.w.parts[partition] = part
+
+    def _load(self, part: _Part, records: dict[str, bytes], what: str) -> None:
+        records = dict(records)
+        meta_record = records.pop("", None)
+        if meta_record is None:
+            raise CheckpointCorrupt(f"{what}: {len(records)} key record(s) without their meta record")
+        meta = unseal(meta_record, what)
+        if meta["definition"] != self.definition:
+            raise CheckpointCorrupt(f"{what}: written by a window of another definition ({meta['definition']}); "
+                                    "give this one another checkpoint name, or drop the checkpoint")
+        if meta["keys"] != len(records):
+            raise CheckpointCorrupt(f"{what}: {len(records)} key record(s), the meta record says {meta['keys']}")
+        store = part.store
+        store.restore_meta(meta["store"])
+        part.watermark.max_event, part.watermark.value = meta["watermark"]
+        rows = part.rows
+        for rk, record in records.items():
+            try:
+                row = unseal(record, what)
+            except CheckpointCorrupt as exc:  # name the key
+                raise CheckpointCorrupt(str(exc).replace(what, f"{what} key {rk}", 1)) from None
+            store.restore_key(orjson.loads(rk), row)
+            rows[rk] = len(record)
+        part.positions = dict(meta["positions"])
+        part.resend = list(meta["outbox"])
+
+    def _resend(self, out: Output) -> None:
+        emit = None
+        for part in self.w.parts.values():
+            if part.resend and part.outbox is not None:
+                emit = emit if emit is not None else out.port("out")
+                for body, meta, size in part.resend:
+                    emit.append(Msg(body, meta, part.outbox.add(body, meta, size), size))
+                part.resend = []
+
+    # ----- save -------------------------------------------------------------------------------
+
+    async def save_all(self) -> bool:
+        """Save every partition that changed; False if a save failed (logged; retried next time)."""
+        self.next_at = self.w.ctx.clock() + self.config.interval
+        ok = True
+        for partition, part in list(self.w.parts.items()):
+            try:
+                await self._save(partition, part)
+            except Exception as exc:  # noqa: BLE001 - state and acks stay; the next interval retries
+                ok = False
+                self.failures += 1
+                reason = f"{type(exc).__name__}: {exc}"
+                if reason != self.failing:
+                    self.w.ctx.log.error("window %s: checkpoint of partition %s failed: %s; state and "
+                                         "unreleased acks kept, retried every %ss", self.w.id,
+                                         _part_name(partition), reason, self.config.interval)
+                self.failing = reason
+        if ok and self.failing:
+            self.w.ctx.log.warning("window %s: checkpoints succeed again", self.w.id)
+            self.failing = ""
+        return ok
+
+    async def _save(self, partition: int | None, part: _Part) -> None:
+        if self.w.parts.get(partition) is not part:
+            return  # revoked meanwhile (its acks were failed): the new owner's checkpoint now
+        store, outbox = part.store, part.outbox
+        assert store.dirty is not None and outbox is not None
+        if not (store.dirty or part.pending or part.resend or outbox.changed) and partition in self.sizes:
+            return  # nothing changed since the last save
+        dirty, store.dirty = store.dirty, set()
+        upserts: dict[str, bytes] = {}
+        deletes: list[str] = []
+        for key in dirty:
+            rk = _row_key(key)
+            row = store.export_key(key)
+            if row is not None:
+                upserts[rk] = seal(row)
+            elif rk in part.rows:
+                deletes.append(rk)
+        rows = dict(part.rows)
+        for rk in deletes:
+            del rows[rk]
+        rows.update((rk, len(r)) for rk, r in upserts.items())
+        meta = {
+            "definition": self.definition,
+            "keys": len(rows),
+            "store": store.export_meta(),
+            "watermark": (part.watermark.max_event, part.watermark.value),
+            "positions": dict(part.positions),
+            "outbox": list(outbox.entries.values()) + part.resend,
+        }
+        upserts[""] = seal(meta)
+        outbox.changed = False  # what settles during the save is in the next one
+        total = sum(rows.values()) + len(upserts[""])
+        if total > self.config.max_bytes:
+            store.dirty |= dirty
+            outbox.changed = True
+            raise CheckpointTooLarge(f"window {self.w.id}: the checkpoint of partition {_part_name(partition)} "
+                                     f"would take {total} bytes, beyond checkpoint.max_bytes "
+                                     f"({self.config.max_bytes}); raise it, or shorten the windows / fewer keys")
+        acks, part.pending = part.pending, []
+        t0 = time.perf_counter()
+        try:
+            await self.store.save(self.name, _part_name(partition), upserts, deletes)
+        except BaseException:
+            store.dirty |= dirty
+            outbox.changed = True
+            part.pending = acks + part.pending
+            raise
+        us = int((time.perf_counter() - t0) * 1e6)
+        part.rows = rows
+        self.saves += 1
+        self.last_save_us = us
+        self.save_us += us
+        self.bytes_written += sum(len(r) for r in upserts.values())
+        if self.w.parts.get(partition) is part:
+            self.sizes[partition] = total
+            for ack in acks:  # covered by a durable checkpoint: released
+                ack.finish(DELIVERED)
+        else:  # revoked during the save: the new owner replays them (or skips those it sees covered)
+            for ack in acks:
+                ack.fail(f"window {self.w.id}: partition {_part_name(partition)} revoked during a checkpoint")
+

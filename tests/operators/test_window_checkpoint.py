@@ -1,0 +1,252 @@
+"""`window` with `acks: checkpoint` against the real PostgreSQL: save, restore + replay, corruption,
+the size limit, revocation. The window is driven directly (a test clock); the store is real."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from engine import CheckpointCorrupt
+from engine.message import AckTracker, Msg
+from engine.partitions import PartitionEvents
+from engine.runtime.context import NodeContext, Resources
+from engine.runtime.outputs import Outputs
+from engine.runtime.stats import NodeStats
+from operators.window import Window, WindowConfig
+from tests.connectors.postgres_harness import DSN, sql
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Rig:
+    """Windows over one checkpoint table (unique per test), dropped at the end."""
+
+    def __init__(self) -> None:
+        self.table = f"ck_{uuid.uuid4().hex[:10]}"
+        self.clock = Clock()
+        self.resources: list[Resources] = []
+
+    def window(self, events: PartitionEvents | None = None, **extra: Any) -> Window:
+        resources = Resources()
+        self.resources.append(resources)
+        ctx = NodeContext("win", {"pg": {"type": "postgres", "dsn": DSN}}, {}, resources, clock=self.clock,
+                          partitions=events)
+        config: dict[str, Any] = {
+            "kind": "tumbling", "size": 10, "time": "event", "timestamp": "msg.t", "key": "msg.k",
+            "aggregates": {"n": {"op": "count"}, "s": {"op": "sum", "expr": "msg.v"}},
+            "checkpoint": {"connection": "pg", "interval": 2, "table": self.table},
+        }
+        config["checkpoint"].update(extra)
+        return Window("win", WindowConfig(**config), ctx)
+
+    async def close(self) -> None:
+        for r in self.resources:
+            await r.close()
+        await sql(f'DROP TABLE IF EXISTS "{self.table}"')
+
+
+def run(body: Callable[[Rig], Awaitable[None]]) -> None:
+    async def main() -> None:
+        rig = Rig()
+        try:
+            await body(rig)
+        finally:
+            await rig.close()
+
+    asyncio.run(main())
+
+
+def items(tracker: AckTracker, rows: list[tuple[int, str, float, int]], partition: int | None = None) -> list[Msg]:
+    """rows: (stream sequence, key, event time, value); tokens are the sequences."""
+    meta: dict[str, Any] = {"stream": "S"} if partition is None else {"stream": "S", "partition": partition}
+    return [Msg({"k": k, "t": t, "v": v}, {**meta, "seq": seq}, tracker.new(seq)) for seq, k, t, v in rows]
+
+
+async def feed(op: Window, msgs: list[Msg]) -> dict[str, list[Msg]]:
+    out = Outputs("win", Window.ports, NodeStats("win", "operator", "window"))
+    r = op.process(msgs, out)
+    if r is not None:
+        await r
+    return out.take()
+
+
+async def flush(op: Window) -> list[Msg]:
+    out = Outputs("win", Window.ports, NodeStats("win", "operator", "window"))
+    r = op.flush(out)
+    if r is not None:
+        await r
+    return out.take().get("out", [])
+
+
+def windows(msgs: list[Msg]) -> list[tuple[str, str, int, int]]:
+    return sorted((m.body["key"], m.body["start"], m.body["count"], m.body["aggregates"]["s"]) for m in msgs)
+
+
+INPUT = [(i + 1, f"k{i % 7}", i * 0.5, i) for i in range(60)]  # 30 s of event time, 7 keys
+
+
+def test_restore_and_replay_give_the_windows_of_one_uninterrupted_run() -> None:
+    async def body(rig: Rig) -> None:
+        # the reference: one window, everything, end of input
+        ref = rig.window(name="ref")
+        await ref.start()
+        expected = windows((await feed(ref, items(AckTracker(), INPUT)))["out"] + await flush(ref))
+
+        first = rig.window()
+        await first.start()
+        tracker = AckTracker()
+        sent = (await feed(first, items(tracker, INPUT[:25])))["out"]  # [0,10) of every key closed
+        assert sent and tracker.in_flight == 25  # nothing released before a checkpoint covers it
+        sent[0].ack.release()  # one window committed downstream; the others are not
+        rig.clock.now += 2
+        await feed(first, items(tracker, INPUT[25:30]))  # the interval passed: a checkpoint
+        assert tracker.in_flight == 0 and tracker.delivered == 30
+        assert first.metrics()["checkpoint_saves"] == 1 and first.metrics()["checkpoint_bytes"] > 0
+        await feed(first, items(tracker, INPUT[30:40]))  # folded, not covered: lost with the process
+
+        # a restart: the checkpoint comes back, the uncommitted windows are emitted again, and the
+        # source replays from its last acknowledged position (here: everything after 30, and 12..20 again)
+        second = rig.window()
+        await second.start()
+        again = AckTracker()
+        res = await feed(second, items(again, INPUT[11:20] + INPUT[30:]))
+        assert second.metrics()["checkpoint_replayed_skipped"] == 9 and again.delivered == 9
+        resent = [m for m in res["out"] if m.body["start"].endswith(":00Z") and m.body["end"].endswith(":10Z")]
+        assert windows(resent) == windows(sent[1:])  # all but the committed one
+        final = [m for m in res["out"] if m not in resent] + await flush(second)
+        assert windows(sent[:1] + resent + final) == expected
+        assert again.in_flight == 0  # the end-of-input checkpoint released the rest
+
+    run(body)
+
+
+def test_a_damaged_or_incomplete_checkpoint_is_a_clear_error_at_start() -> None:
+    async def body(rig: Rig) -> None:
+        op = rig.window()
+        await op.start()
+        await feed(op, items(AckTracker(), INPUT[:12]))
+        rig.clock.now += 2
+        await feed(op, items(AckTracker(), INPUT[12:13]))
+        assert op.metrics()["checkpoint_saves"] == 1
+        key = '"k3"'
+        await sql(f'UPDATE "{rig.table}" SET data = overlay(data placing \'\\xff\'::bytea from 20 for 1) '
+                  "WHERE key = $1", key)
+        with pytest.raises(CheckpointCorrupt, match=r"checkpoint 'win' partition - key \"k3\": checksum mismatch"):
+            await rig.window().start()
+        await sql(f'DELETE FROM "{rig.table}" WHERE key = $1', key)
+        with pytest.raises(CheckpointCorrupt, match=r"6 key record\(s\), the meta record says 7"):
+            await rig.window().start()
+        # a checkpoint of another window definition is refused, not read as this one's
+        await sql(f'DELETE FROM "{rig.table}" WHERE key <> \'\'')
+        await sql(f"UPDATE \"{rig.table}\" SET data = $1 WHERE key = ''", _meta_with(await _meta(rig), keys=0, size=99))
+        with pytest.raises(CheckpointCorrupt, match="another definition"):
+            await rig.window().start()
+
+    run(body)
+
+
+async def _meta(rig: Rig) -> Any:
+    from engine import unseal
+
+    (row,) = await sql(f"SELECT data FROM \"{rig.table}\" WHERE key = ''")
+    return unseal(bytes(row["data"]), "meta")
+
+
+def _meta_with(meta: Any, keys: int, size: int) -> bytes:
+    from engine import seal
+
+    meta["keys"] = keys
+    meta["definition"][1] = size
+    return seal(meta)
+
+
+def test_a_checkpoint_beyond_max_bytes_fails_with_a_clear_error_and_keeps_the_acks(caplog: Any) -> None:
+    async def body(rig: Rig) -> None:
+        op = rig.window(max_bytes=300)
+        await op.start()
+        tracker = AckTracker()
+        await feed(op, items(tracker, INPUT[:20]))
+        rig.clock.now += 2
+        with caplog.at_level("ERROR"):
+            await feed(op, items(tracker, INPUT[20:21]))
+        assert "beyond checkpoint.max_bytes (300)" in caplog.text
+        assert op.metrics()["checkpoint_failures"] == 1 and op.metrics()["checkpoint_saves"] == 0
+        assert tracker.in_flight == 21 and tracker.take() == ([], [])  # nothing released, nothing lost
+
+    run(body)
+
+
+def test_revoking_a_partition_fails_the_acks_no_checkpoint_covers_yet() -> None:
+    async def body(rig: Rig) -> None:
+        events = PartitionEvents()
+        op = rig.window(events)
+        await op.start()
+        events.assigned("src", 0)
+        events.assigned("src", 1)
+        tracker = AckTracker()
+        await feed(op, items(tracker, INPUT[:4], partition=0) + items(tracker, INPUT[4:8], partition=1))
+        rig.clock.now += 2
+        await feed(op, items(tracker, INPUT[8:9], partition=0))  # checkpoint: 1..9 covered, released
+        assert sorted(tracker.take()[0]) == list(range(1, 10))
+        await feed(op, items(tracker, INPUT[9:12], partition=1) + items(tracker, INPUT[12:13], partition=0))
+        events.revoked("src", 1)
+        done, failed = tracker.take()
+        assert done == [] and sorted(t for t, _ in failed) == [10, 11, 12]  # partition 1's uncovered items
+        # the new owner of partition 1 restores its checkpoint when assigned: items 5..8 are covered
+        theirs = PartitionEvents()
+        other = rig.window(theirs)
+        await other.start()
+        restored = other.metrics()["checkpoint_restores"]
+        theirs.assigned("src", 1)
+        out = Outputs("win", Window.ports, NodeStats("win", "operator", "window"))
+        await other.tick(rig.clock.now, out)
+        assert other.parts[1].store.open_windows == 4 and other.metrics()["checkpoint_restores"] == restored + 1
+        replay = AckTracker()
+        await feed(other, items(replay, INPUT[4:12], partition=1))
+        assert other.metrics()["checkpoint_replayed_skipped"] == 4 and replay.delivered == 4
+
+    run(body)
+
+
+def test_the_checkpoint_store_and_ack_mode_are_checked_offline() -> None:
+    from engine.compile.validate import check_text
+
+    graph = """version: 1
+name: ck_offline
+connections:
+  pg: {type: postgres}
+  cache: {type: redis}
+nodes:
+  gen: {type: generate, config: {count: 1, template: '{"t": 0}'}}
+  win:
+    type: window
+    inputs: [gen]
+    config: {kind: tumbling, size: 1m, time: event, timestamp: msg.t, idle_timeout: 1s, CHECKPOINT}
+  out: {type: stdout, inputs: [win, win.late, gen.errors, win.errors]}
+"""
+
+    def codes(checkpoint: str) -> list[str]:
+        _, diags = check_text(graph.replace("CHECKPOINT", checkpoint))
+        return [f"{d.code} {d.message}" for d in diags if d.severity == "error"]
+
+    assert codes("checkpoint: {connection: pg}") == []
+    (e215,) = codes("checkpoint: {connection: pgg}")
+    assert e215.startswith("E215") and "unknown connection 'pgg'" in e215
+    (e216,) = codes("checkpoint: {connection: cache}")
+    assert e216.startswith("E216") and "checkpoints need postgres" in e216
+    (e202,) = codes("acks: checkpoint")
+    assert e202.startswith("E202") and "acks: checkpoint needs a 'checkpoint' store" in e202
+    (e202,) = codes("acks: hold, checkpoint: {connection: pg}")
+    assert "'checkpoint' applies with acks: checkpoint" in e202
+    (e202,) = codes("on_drain: redeliver, acks: release")
+    assert "on_drain: redeliver" in e202 and "needs acks: hold" in e202
