@@ -20,6 +20,7 @@ def test_new_messages_pass_and_copies_of_acked_ones_are_acked_again_and_dropped(
     again = seqs.filter([_frame(1, 2), _frame(2, 2), _frame(4)])  # a leader change resent 1 and 2
     assert [f[1] for f in again] == [_frame(4)[1]]
     assert seqs.acks == [(_frame(1, 2)[1], b"+ACK"), (_frame(2, 2)[1], b"+ACK")]
+    assert seqs.dropped == 2
 
 
 def test_a_copy_of_a_held_message_waits_for_the_first_and_is_acked_with_it() -> None:

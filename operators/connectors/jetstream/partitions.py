@@ -137,6 +137,7 @@ class Ownership:
         self.kv: Any = None
         self.takeovers = 0  # partitions taken
         self.releases = 0  # partitions given up (rebalance, lost, stop)
+        self.dropped = 0  # duplicates dropped by lanes since released
 
     async def open(self, js: Any) -> None:
         from nats.js.api import KeyValueConfig
@@ -326,6 +327,8 @@ class Ownership:
             await asyncio.sleep(0.05)  # the naks of the failed acks (the ack pump) go out first
             await h.nc.flush()
         await lane.source.stop()
+        if lane.source._seqs is not None:
+            self.dropped += lane.source._seqs.dropped
         if not lane.lost:  # handed back cleanly: the next owner need not wait for anything held
             try:
                 await self._kv(self.kv.update, f"o.{p}", orjson.dumps({"member": "", "released": time.time()}),

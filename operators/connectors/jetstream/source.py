@@ -180,7 +180,7 @@ class _Seqs:
     with it. So a window downstream never counts one message twice."""
 
     KEEP = 200_000
-    __slots__ = ("acks", "back", "copies", "done", "done_order", "open")
+    __slots__ = ("acks", "back", "copies", "done", "done_order", "dropped", "open")
 
     def __init__(self) -> None:
         self.open: set[int] = set()
@@ -189,6 +189,7 @@ class _Seqs:
         self.done_order: deque[int] = deque()
         self.copies: dict[int, list[str]] = {}  # seq -> reply subjects of extra copies of a held message
         self.acks: list[tuple[str, bytes]] = []  # +ACKs of dropped copies, written before the batch goes on
+        self.dropped = 0  # copies not processed
 
     def filter(self, raw: list[tuple[str, str, bytes, dict[str, str] | None]]
                ) -> list[tuple[str, str, bytes, dict[str, str] | None]]:
@@ -201,8 +202,10 @@ class _Seqs:
                     kept.append(frame)
                 else:
                     self.copies.setdefault(seq, []).append(frame[1])
+                    self.dropped += 1
             elif seq in self.done:
                 self.acks.append((frame[1], b"+ACK"))
+                self.dropped += 1
             else:
                 self.open.add(seq)
                 kept.append(frame)
@@ -268,6 +271,15 @@ class JetStreamSource(Source):
     @classmethod
     def partitioned(cls, config: JetStreamSourceConfig) -> int | None:
         return config.partitions
+
+    def metrics(self) -> dict[str, int]:
+        """Partitioned only: partitions taken and handed back, copies of messages dropped by the lanes."""
+        owner = self._owner
+        if owner is None:
+            return {}
+        return {"partition_takeovers": owner.takeovers, "partition_releases": owner.releases,
+                "duplicates_dropped": owner.dropped + sum(lane.source._seqs.dropped for lane in owner.lanes.values()
+                                                          if lane.source._seqs is not None)}
 
     @classmethod
     def check(cls, config: JetStreamSourceConfig, ctx: CheckContext) -> list[CheckIssue]:
