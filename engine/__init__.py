@@ -27,7 +27,7 @@ _EXPORTS: dict[str, str] = {
     "Context": "engine.hooks", "Output": "engine.hooks", "SourceSender": "engine.hooks",
     "AckFactory": "engine.hooks", "SharedResources": "engine.hooks", "HasLag": "engine.hooks",
     "HasConnectionState": "engine.hooks", "HasLevels": "engine.hooks", "HasMetrics": "engine.hooks", "HasTotal": "engine.hooks",
-    "PartitionEvents": "engine.partitions",
+    "PartitionEvents": "engine.partitions", "partition_of": "engine.partitions", "key_text": "engine.partitions",
     # checkpoints of operator state (engine.checkpoint): the store protocol and the record format
     "CheckpointStore": "engine.checkpoint", "CheckpointCorrupt": "engine.checkpoint",
     "CheckpointTooLarge": "engine.checkpoint", "seal": "engine.checkpoint", "unseal": "engine.checkpoint",
@@ -125,7 +125,7 @@ if TYPE_CHECKING:
         Msg,
         own_ack,
     )
-    from engine.partitions import PartitionEvents
+    from engine.partitions import PartitionEvents, key_text, partition_of
     from engine.runtime.outputs import ERRORS, error_envelope, inner_outputs
     from engine.spec.connections import NatsConnection, NatsStream
     from engine.spec.units import Duration, PositiveDuration, Size

@@ -233,6 +233,13 @@ class Source(Node):
         crash, before it is acked), or None when this source does not redeliver."""
         return None
 
+    @classmethod
+    def partitioned(cls, config: Any) -> int | None:
+        """How many keyed partitions this source's input is split into, each read by one worker at a
+        time and tagged `meta.partition` (None: not partitioned). A node that keeps per-key state
+        downstream of partitioned sources only runs under `--workers` (engine.compile.scale)."""
+        return None
+
     async def run(self, out: SourceSender) -> None:
         """Emit batches with `await out.send(msgs)` until exhausted or `out.stopping` is set."""
         raise NotImplementedError

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-__all__ = ["PartitionEvents", "PartitionListener"]
+__all__ = ["PartitionEvents", "PartitionListener", "fnv1a32", "key_text", "partition_of"]
 
 # listener(source node id, partition, owned): owned True on assignment, False on revocation
 PartitionListener = Callable[[str, int, bool], None]
@@ -61,3 +61,44 @@ class PartitionEvents:
 
     def owns(self, source: str, partition: int) -> bool:
         return partition in self._owned.get(source, ())
+
+
+# -- which partition a key belongs to ------------------------------------------------------------------------
+
+_FNV_OFFSET, _FNV_PRIME = 0x811C9DC5, 0x01000193
+
+
+def key_text(key: object) -> str:
+    """A partition key as the text that is hashed: a string as is, an integer in decimal, true/false,
+    anything else (float, list, map) as compact JSON with sorted keys. Producers in other languages
+    hash the same text (docs/jetstream.md)."""
+    if isinstance(key, str):
+        return key
+    if isinstance(key, bool):
+        return "true" if key else "false"
+    if isinstance(key, int):
+        return str(key)
+    if isinstance(key, bytes):
+        return key.decode("utf-8", "surrogateescape")
+    if key is None:
+        return "null"
+    import orjson
+
+    return orjson.dumps(key, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def fnv1a32(data: bytes) -> int:
+    """FNV-1a, 32 bits: the hash of nats-server's `partition()` subject mapping."""
+    h = _FNV_OFFSET
+    for b in data:
+        h = ((h ^ b) * _FNV_PRIME) & 0xFFFFFFFF
+    return h
+
+
+def partition_of(key: object, count: int) -> int:
+    """The partition (0..count-1) of `key`: FNV-1a 32 of its UTF-8 text (`key_text`) modulo `count`.
+
+    The same number as nats-server's subject mapping `{{partition(count, i)}}` gives a subject whose
+    token i is that text, so a server-side mapping, `jetstream_sink` with `partition` and any other
+    producer agree on where a key goes."""
+    return fnv1a32(key_text(key).encode("utf-8", "surrogateescape")) % count

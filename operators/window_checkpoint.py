@@ -227,6 +227,9 @@ class Checkpointer:
         store = part.store
         store.restore_meta(meta["store"])
         part.watermark.max_event, part.watermark.value = meta["watermark"]
+        # idle time counts from the restore: a partition restored after its input ended must still
+        # close its last windows on `idle_timeout`, not wait for an item that may never come
+        part.watermark.last_arrival = self.w.ctx.clock()
         rows = part.rows
         for rk, record in records.items():
             try:

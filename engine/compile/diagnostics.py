@@ -17,9 +17,10 @@ E218 invalid JSON Schema           E219 schema file not found or unreadable
 E220 unsafe SQL identifier         E221 dead_letter is not a sink of this graph
 E240 JetStream filter subject outside the declared stream
 E250 http_source on a non-loopback address without auth
-E260 under --workers > 1: an operator with per-process state (window)
+E260 under --workers > 1: an operator with per-process state (window) fed by a source that is not partitioned
 E261 under --workers > 1: a source that does not say how workers share its input
 E262 under --workers > 1: a sink that several processes cannot write at once (file_sink overwrite)
+W263 under --workers > 1: a partitioned source with fewer partitions than workers (warning)
 W300 an errors port that nothing consumes (warning)
 W301 an output port (not errors) that nothing consumes, such as a route's `unmatched` (warning)
 W302 a route that can never match: it comes after a `true` one in mode first (warning)

@@ -7,6 +7,11 @@ duplicate (counted in `duplicates`), not a second copy. A message the server rej
 large, no stream for the subject, CEL error) is returned as failed, so it goes to `errors`.
 A message's `meta.timestamp` (where its end-to-end latency starts) travels in the
 `Streamdag-Timestamp` header, so a graph reading the stream measures from the same origin.
+
+With `partition: {key, count}` the sink appends the key's partition to the subject (`<subject>.<p>`),
+p = FNV-1a 32 of the key's text modulo count (`engine.partition_of`): the same number nats-server's
+subject mapping `partition(count, i)` gives, so other producers and server-side mappings agree, and
+a `jetstream_source` with `partitions: count` reads them (docs/jetstream.md).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import re
 from typing import Any
 
 import orjson
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from engine import (
     CelExpr,
@@ -33,12 +38,14 @@ from engine import (
     compile_expr,
     connection_field,
     encode_failure,
+    key_text,
+    partition_of,
 )
 
 from .connection import NatsHandle, nats_handle
 from .streams import subject_within
 
-__all__ = ["TIMESTAMP_HEADER", "JetStreamPublishError", "JetStreamSink", "JetStreamSinkConfig"]
+__all__ = ["TIMESTAMP_HEADER", "JetStreamPublishError", "JetStreamSink", "JetStreamSinkConfig", "PartitionSpec"]
 
 log = logging.getLogger("streamdag.jetstream")
 
@@ -63,6 +70,16 @@ class JetStreamUnavailable(Unavailable):
 _MESSAGE_REJECTS = ("message size", "maximum payload", "wrong last", "expected", "header", "invalid")
 
 
+class PartitionSpec(BaseModel):
+    """Publish to `<subject>.<p>`, p = the partition of a CEL key (docs/jetstream.md, "Partitions")."""
+
+    model_config = ConfigDict(extra="forbid")
+    key: CelExpr = Field(description="CEL expression of the partition key (its text is hashed).",
+                         examples=["msg.user_id"])
+    count: int = Field(ge=1, le=4096, description="Number of partitions; the same as the reading "
+                       "jetstream_source's `partitions`.", examples=[8])
+
+
 class JetStreamSinkConfig(NodeConfig):
     """Publish each message to a JetStream subject and wait for the stream to store it."""
 
@@ -83,6 +100,10 @@ class JetStreamSinkConfig(NodeConfig):
         "`<node>:<stream>:<seq>` of a JetStream source message, else `<node>:<meta.id>`.",
         examples=["string(msg.id)"],
     )
+    partition: PartitionSpec | None = Field(
+        None, description="Spread messages over `count` partition subjects `<subject>.<p>` by a key: "
+        "p = FNV-1a 32 of the key's text mod count, as nats-server's `partition(count, i)` mapping.",
+        examples=[{"key": "msg.user_id", "count": 8}])
     max_in_flight: int = Field(1000, ge=1, le=100_000, description="Publishes awaiting their PubAck at once.")
     ack_timeout: Duration = Field(
         5.0, gt=0, description="Seconds to wait for PubAcks before retrying the batch."
@@ -98,6 +119,11 @@ class JetStreamSinkConfig(NodeConfig):
             if not _HEADER_KEY.match(key):
                 raise ValueError(f"invalid header name {key!r}")
         return self
+
+
+def _published(config: JetStreamSinkConfig) -> str:
+    """The subjects a fixed-subject sink publishes to (`<subject>.*` when partitioned)."""
+    return f"{config.subject}.*" if config.partition is not None else str(config.subject)
 
 
 class _Retry(str):
@@ -157,6 +183,10 @@ nodes:
         self._msg_id = compile_expr(config.msg_id) if config.msg_id else None
         self._headers = [(k.encode(), compile_expr(v)) for k, v in config.headers.items()]
         self._subject = (config.subject or "").encode()
+        part = config.partition
+        self._part_key = compile_expr(part.key) if part is not None else None
+        self._part_count = part.count if part is not None else 0
+        self._part_of: dict[str, bytes] = {}  # key text -> b".<p>"
         self._plain = not self._headers and not config.copy_headers
         self._h: NatsHandle | None = None
         self._sub: Any = None
@@ -178,14 +208,15 @@ nodes:
         streams = (conn or {}).get("streams") or {}
         if not streams or config.subject is None:
             return []
-        if any(subject_within(config.subject, s) for st in streams.values() for s in st["subjects"]):
+        subject = _published(config)
+        if any(subject_within(subject, s) for st in streams.values() for s in st["subjects"]):
             return []
         return [
             CheckIssue(
                 ("subject",),
                 "W341",
                 f"no stream declared under connection {config.connection!r} "
-                f"stores subject {config.subject!r}",
+                f"stores subject {subject!r}",
                 "warning",
             )
         ]
@@ -198,7 +229,7 @@ nodes:
         if config.subject is None:
             return []
         for name, stream in (conn.get("streams") or {}).items():  # noqa: B007 - `name` is read after the loop
-            if any(subject_within(config.subject, s) for s in stream["subjects"]):
+            if any(subject_within(_published(config), s) for s in stream["subjects"]):
                 break
         else:
             return []  # W341's case
@@ -276,6 +307,8 @@ nodes:
             if not isinstance(value, str) or not _SUBJECT.match(value):
                 raise ValueError(f"subject_expr gave {value!r}, not a valid subject")
             subject = value.encode()
+        if self._part_key is not None:
+            subject += self._partition_suffix(self._part_key(body, meta))
         if self._msg_id is not None:
             mid = str(self._msg_id(body, meta))
         elif "stream" in meta and "seq" in meta:
@@ -305,6 +338,16 @@ nodes:
             hdr.append(b"%s: %s\r\n" % (key, _header_value(expr(body, meta))))
         hdr.append(b"\r\n")
         return subject, b"".join(hdr), _payload(body)
+
+    def _partition_suffix(self, key: Any) -> bytes:
+        """`.<p>` of a partition key (cached by its text, bounded: keys repeat, such as users or ids)."""
+        text = key if type(key) is str else key_text(key)
+        suffix = self._part_of.get(text)
+        if suffix is None:
+            if len(self._part_of) >= 65_536:
+                self._part_of.clear()
+            suffix = self._part_of[text] = b".%d" % partition_of(text, self._part_count)
+        return suffix
 
     async def write(self, batch: list[Msg]) -> list[tuple[Msg, str]] | None:
         failed: list[tuple[Msg, str]] = []

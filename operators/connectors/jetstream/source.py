@@ -24,6 +24,11 @@ requests the same way, holding what arrives (a nak while our own requests are op
 straight back into them, spending its deliveries), then unsubscribes and naks every message not
 handed to the graph, so the next consumer run gets it at once. A stop of an idle graph therefore
 lasts up to `expires`: lower it for faster stops.
+
+With `partitions: N` the source reads the N subjects `<subject>.<p>` (a `jetstream_sink` with
+`partition` writes them), each through its own durable `<durable>-p<p>`, and pulls only the
+partitions this worker owns; ownership and rebalancing live in NATS KV (`partitions.py`). Every
+message carries `meta.partition`.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ from engine import (
 from engine import codec as json_codec
 
 from .connection import JetStreamConnectionError, NatsHandle, nats_handle
+from .partitions import Ownership, lane_durable
 from .sink import TIMESTAMP_HEADER
 from .streams import subject_within
 from .wire import write_lines
@@ -129,6 +135,12 @@ class JetStreamSourceConfig(NodeConfig):
     in_progress: bool = Field(
         True, description="Send `in progress` for messages held longer than ack_wait/3."
     )
+    partitions: int | None = Field(
+        None, ge=1, le=4096, description="Read the partition subjects `<subject>.0` .. `<subject>.<N-1>` of the "
+        "one subject in `subjects`, each partition owned by one worker at a time (docs/scale.md)", examples=[8])
+    partition_ttl: Duration = Field(
+        3.0, ge=0.5, le=60, description="Seconds a partition's owner may go without renewing it before "
+        "another worker takes it over (partitions only).")
 
     @model_validator(mode="after")
     def _check(self) -> JetStreamSourceConfig:
@@ -144,6 +156,10 @@ class JetStreamSourceConfig(NodeConfig):
             raise ValueError(f"backoff has {len(self.backoff)} delays; max_deliver must be larger")
         if self.max_ack_pending is not None and self.max_ack_pending < self.batch:
             raise ValueError(f"max_ack_pending ({self.max_ack_pending}) is smaller than batch ({self.batch})")
+        if self.partitions is not None and (len(self.subjects) != 1 or any(
+                t in ("*", ">") for t in self.subjects[0].split("."))):
+            raise ValueError("partitions needs exactly one subject, without wildcards: the partitions are "
+                             "<subject>.0 .. <subject>.<partitions-1>")
         if "." in self.durable or "*" in self.durable or ">" in self.durable:
             raise ValueError(f"durable {self.durable!r} may not contain '.', '*' or '>'")
         return self
@@ -154,6 +170,61 @@ def parse_ack_subject(reply: str) -> tuple[str, str, int, int, int, float]:
     t = reply.split(".")
     o = 2 if len(t) == 9 else 4  # v1: $JS.ACK.<stream>...; v2 adds <domain>.<account hash>
     return t[o], t[o + 1], int(t[o + 2]), int(t[o + 3]), int(t[o + 4]), int(t[o + 5]) / 1e9
+
+
+class _Seqs:
+    """A partition lane's stream sequences: emitted and not acked yet (`open`), of those the ones
+    naked back (`back`), and the last `KEEP` acked ones (`done`). A message acked already that comes
+    again (a consumer leader change in a cluster can resend acked or held messages) is acked again
+    and dropped; a second copy of a message still held (by a window) waits for the first and is acked
+    with it. So a window downstream never counts one message twice."""
+
+    KEEP = 200_000
+    __slots__ = ("acks", "back", "copies", "done", "done_order", "dropped", "open")
+
+    def __init__(self) -> None:
+        self.open: set[int] = set()
+        self.back: set[int] = set()
+        self.done: set[int] = set()
+        self.done_order: deque[int] = deque()
+        self.copies: dict[int, list[str]] = {}  # seq -> reply subjects of extra copies of a held message
+        self.acks: list[tuple[str, bytes]] = []  # +ACKs of dropped copies, written before the batch goes on
+        self.dropped = 0  # copies not processed
+
+    def filter(self, raw: list[tuple[str, str, bytes, dict[str, str] | None]]
+               ) -> list[tuple[str, str, bytes, dict[str, str] | None]]:
+        kept = []
+        for frame in raw:
+            seq = parse_ack_subject(frame[1])[3]
+            if seq in self.open:
+                if seq in self.back:  # our own nak came back: process it again
+                    self.back.discard(seq)
+                    kept.append(frame)
+                else:
+                    self.copies.setdefault(seq, []).append(frame[1])
+                    self.dropped += 1
+            elif seq in self.done:
+                self.acks.append((frame[1], b"+ACK"))
+                self.dropped += 1
+            else:
+                self.open.add(seq)
+                kept.append(frame)
+        return kept
+
+    def acked(self, seq: int) -> list[str]:
+        """`seq` was acked: the reply subjects of its extra copies, to ack as well."""
+        if seq in self.open:
+            self.open.discard(seq)
+            self.back.discard(seq)
+            self.done.add(seq)
+            self.done_order.append(seq)
+            if len(self.done_order) > self.KEEP:
+                self.done.discard(self.done_order.popleft())
+        return self.copies.pop(seq, [])
+
+    def naked(self, seq: int) -> None:
+        if seq in self.open:
+            self.back.add(seq)
 
 
 class JetStreamSource(Source):
@@ -209,6 +280,8 @@ nodes:
         self._out: SourceSender | None = None
         self.max_ack_pending = config.max_ack_pending or max(1000, 4 * config.batch)
         self.acked = self.naked = self.termed = self.redeliveries = 0
+        self._owner: Ownership | None = None  # partitions: which ones this worker reads
+        self._seqs: _Seqs | None = None  # a partition's lane: what it emitted and not acked (duplicates)
 
     @classmethod
     def redelivery_horizon(cls, config: JetStreamSourceConfig) -> float:
@@ -218,6 +291,19 @@ nodes:
             waits = [config.backoff[min(i, len(config.backoff) - 1)] for i in range(config.max_deliver)]
             return float(sum(waits))
         return float(config.ack_wait) * config.max_deliver
+
+    @classmethod
+    def partitioned(cls, config: JetStreamSourceConfig) -> int | None:
+        return config.partitions
+
+    def metrics(self) -> dict[str, int]:
+        """Partitioned only: partitions taken and handed back, copies of messages dropped by the lanes."""
+        owner = self._owner
+        if owner is None:
+            return {}
+        return {"partition_takeovers": owner.takeovers, "partition_releases": owner.releases,
+                "duplicates_dropped": owner.dropped + sum(lane.source._seqs.dropped for lane in owner.lanes.values()
+                                                          if lane.source._seqs is not None)}
 
     @classmethod
     def check(cls, config: JetStreamSourceConfig, ctx: CheckContext) -> list[CheckIssue]:
@@ -245,7 +331,7 @@ nodes:
                 f"filter subject {f!r} is outside stream {config.stream!r} (subjects {declared['subjects']})",
             )
             for i, f in enumerate(config.subjects)
-            if not any(subject_within(f, s) for s in declared["subjects"])
+            if not any(subject_within(f"{f}.*" if config.partitions else f, s) for s in declared["subjects"])
         ]
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -254,19 +340,62 @@ nodes:
         """Messages in the stream this consumer has not been delivered yet (`num_pending`)."""
         if self._h is None:
             return None
+        if self._owner is not None:
+            return sum([int((await lane.source._h.js.consumer_info(self.config.stream, lane.source.config.durable)
+                             ).num_pending or 0) for lane in list(self._owner.lanes.values())])
         info = await self._h.js.consumer_info(self.config.stream, self.config.durable)  # type: ignore[union-attr]
         return int(info.num_pending or 0)
 
     async def start(self) -> None:
         self._h = await nats_handle(self.ctx, self.config.connection)
         await self._ensure_stream()
+        if self.config.partitions is not None:
+            info = await self._h.js.stream_info(self.config.stream)
+            self._owner = Ownership(self, self._lane, self.config.partitions, float(self.config.partition_ttl),
+                                    info.config.num_replicas or 1)
+            await self._owner.open(self._h.js)
+            return
         await self._ensure_consumer()
         nc = self._h.nc
         self._inbox = nc.new_inbox()
         self._sub = await self._h.tap.subscribe(self._inbox + ".*", self._on_msg)  # type: ignore[union-attr]
         self._h.listeners.append(self._on_reconnect)
 
+    def _lane(self, p: int) -> JetStreamSource:
+        """The source of partition p alone: its own durable, its one subject."""
+        cfg = self.config.model_copy(update={"durable": lane_durable(self.config.durable, p), "partitions": None,
+                                             "subjects": [f"{self.config.subjects[0]}.{p}"]})
+        lane = JetStreamSource(self.id, cfg, self.ctx)
+        lane._seqs = _Seqs()
+        return lane
+
+    async def _run_partitioned(self, out: SourceSender) -> None:
+        """Own a fair share of the partitions, pull them, rebalance every `partition_ttl / 3`; at the end
+        release every partition (module docstring of `partitions`)."""
+        import asyncio
+        import contextlib
+
+        owner = self._owner
+        assert owner is not None
+        self._out = out
+        period = float(self.config.partition_ttl) / 3
+        try:
+            while not out.stopping.is_set():
+                began = time.monotonic()
+                try:
+                    await owner.tick(out)
+                except Exception as exc:  # noqa: BLE001 - NATS away: the next tick tries again
+                    log.warning("node %s: partition rebalance failed: %s", self.id, exc)
+                with contextlib.suppress(TimeoutError):  # acks set `_wake`: wait for the stop only
+                    async with asyncio.timeout(max(0.0, period - (time.monotonic() - began))):
+                        await out.stopping.wait()
+        finally:
+            await owner.close()
+
     async def stop(self) -> None:
+        if self._owner is not None:
+            await self._owner.close()
+            return
         if self._h is None:
             return
         if self._sub is not None and not self._h.nc.is_closed:
@@ -299,8 +428,9 @@ nodes:
                     f"node {self.id!r}: stream {cfg.stream!r} does not exist; declare it under "
                     f"connections.{cfg.connection}.streams or give the source its subjects"
                 ) from None
-            await js.add_stream(StreamConfig(name=cfg.stream, subjects=list(cfg.subjects)))
-            log.info("node %s: created stream %s with subjects %s", self.id, cfg.stream, cfg.subjects)
+            subjects = [f"{cfg.subjects[0]}.*"] if cfg.partitions else list(cfg.subjects)
+            await js.add_stream(StreamConfig(name=cfg.stream, subjects=subjects))
+            log.info("node %s: created stream %s with subjects %s", self.id, cfg.stream, subjects)
 
     def _consumer_config(self) -> Any:
         from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -455,6 +585,8 @@ nodes:
     async def run(self, out: SourceSender) -> None:
         import asyncio
 
+        if self._owner is not None:
+            return await self._run_partitioned(out)
         self._out = out
         cap = getattr(out.tracker, "limit", 0) or 0
         if cap > self.max_ack_pending:
@@ -496,6 +628,11 @@ nodes:
     async def _emit(self, raw: list[tuple[str, str, bytes, dict[str, str] | None]], out: SourceSender,
                     hold: bool) -> None:
         """Send received frames (and pending dead letters) downstream as one batch."""
+        if self._seqs is not None:
+            raw = self._seqs.filter(raw)
+            if self._seqs.acks:
+                lines, self._seqs.acks = self._seqs.acks, []
+                await write_lines(self._h.nc, lines)  # type: ignore[union-attr]
         msgs, errors = self._decode(raw)
         if self._dead:
             errors.extend(self._dead)
@@ -578,8 +715,36 @@ nodes:
         self.acked += len(tokens)
         await write_lines(self._h.nc, lines)  # type: ignore[union-attr]
         self._wake.set()
+        if self._owner is not None:
+            lanes = {lane.source.config.durable: lane.source for lane in
+                     [*self._owner.lanes.values(), *self._owner.releasing.values()]}
+            extra: list[tuple[str, bytes]] = []
+            for reply, _msg, _body in tokens:
+                _, consumer, _, seq, _, _ = parse_ack_subject(reply)
+                lane = lanes.get(consumer)
+                if lane is not None and lane._seqs is not None:
+                    extra.extend((r, b"+ACK") for r in lane._seqs.acked(seq))
+            if extra:
+                await write_lines(self._h.nc, extra)  # type: ignore[union-attr]
+            for lane in self._owner.lanes.values():
+                lane.source._wake.set()  # room again: the lanes may pull
 
     async def reject(self, failures: list[tuple[Any, str]]) -> None:
+        if self._owner is not None:  # each lane naks, or dead-letters, its own
+            by_lane: dict[str, list[tuple[Any, str]]] = {}
+            for f in failures:
+                by_lane.setdefault(parse_ack_subject(f[0][0])[1], []).append(f)
+            lanes = {lane.source.config.durable: lane.source for lane in self._owner.lanes.values()}
+            for durable, group in by_lane.items():
+                lane = lanes.get(durable)
+                if lane is not None:
+                    if lane._seqs is not None:
+                        for (reply, _m, _b), _why in group:
+                            lane._seqs.naked(parse_ack_subject(reply)[3])
+                    await lane.reject(group)
+                else:  # released meanwhile: back to the server for the partition's new owner
+                    await write_lines(self._h.nc, [(r[0], b"-NAK") for r, _ in group])  # type: ignore[union-attr]
+            return
         lines = []
         cfg = self.config
         tracker = self._out.tracker if self._out is not None else None
