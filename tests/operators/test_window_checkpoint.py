@@ -250,3 +250,38 @@ nodes:
     assert "'checkpoint' applies with acks: checkpoint" in e202
     (e202,) = codes("on_drain: redeliver, acks: release")
     assert "on_drain: redeliver" in e202 and "needs acks: hold" in e202
+
+
+def test_a_restored_partition_closes_its_last_windows_on_idle_timeout() -> None:
+    """A partition restored after its input ended (a takeover at the end of a stream) must still
+    close its open windows when `idle_timeout` passes, with no further item to move its watermark."""
+    async def body(rig: Rig) -> None:
+        def window() -> Window:
+            resources = Resources()
+            rig.resources.append(resources)
+            ctx = NodeContext("win", {"pg": {"type": "postgres", "dsn": DSN}}, {}, resources, clock=rig.clock)
+            return Window("win", WindowConfig(
+                kind="tumbling", size=10, time="event", timestamp="msg.t", key="msg.k", idle_timeout=5,
+                aggregates={"n": {"op": "count"}}, checkpoint={"connection": "pg", "interval": 2, "table": rig.table},
+            ), ctx)
+
+        first = window()
+        await first.start()
+        tracker = AckTracker()
+        await feed(first, items(tracker, INPUT[:10]))  # event time 0..4.5 s: windows [0, 10) open
+        rig.clock.now += 2
+        await feed(first, items(tracker, INPUT[10:12]))  # checkpointed; the process then dies
+        assert tracker.in_flight == 0
+
+        second = window()
+        await second.start()  # restores the open windows; no item ever comes again
+        out = Outputs("win", Window.ports, NodeStats("win", "operator", "window"))
+        rig.clock.now += 6  # past idle_timeout, counted from the restore
+        r = second.tick(rig.clock.now, out)
+        if r is not None:
+            await r
+        closed = out.take().get("out", [])
+        assert sorted(m.body["key"] for m in closed) == sorted({k for _, k, _, _ in INPUT[:12]})
+        assert sum(m.body["count"] for m in closed) == 12
+
+    run(body)

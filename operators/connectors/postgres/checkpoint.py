@@ -33,10 +33,14 @@ class PostgresCheckpoints:
     async def _ready(self) -> Any:
         if self._pool is None:
             pool = await pool_for(self.ctx, self.connection)
-            await pool.execute(
-                f"CREATE TABLE IF NOT EXISTS {self.table} (name text NOT NULL, part text NOT NULL, "
-                "key text NOT NULL, data bytea NOT NULL, PRIMARY KEY (name, part, key))"
-            )
+            # workers starting together would race in CREATE TABLE IF NOT EXISTS (a unique violation
+            # in pg_type): one at a time, under a transaction-scoped advisory lock on the table name
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", self.table)
+                await conn.execute(
+                    f"CREATE TABLE IF NOT EXISTS {self.table} (name text NOT NULL, part text NOT NULL, "
+                    "key text NOT NULL, data bytea NOT NULL, PRIMARY KEY (name, part, key))"
+                )
             self._pool = pool
         return self._pool
 
