@@ -19,6 +19,7 @@ from engine.message import Msg
 from engine.runtime.context import NodeContext, Resources
 from operators.connectors.postgres.sink import PostgresSink, PostgresSinkConfig
 from tests.connectors.postgres_harness import DSN, sql
+from tests.connectors.resolve_models import vv_reference
 
 pytestmark = pytest.mark.services
 WRITERS = ("w1", "w2", "w3")
@@ -146,24 +147,6 @@ def vector() -> Iterator[Live]:
     live.close()
 
 
-def _vv_reference(bodies: list[dict]) -> tuple[dict | None, list[int]]:
-    """Sequential model: the stored row after each write in order, and the indexes that conflict."""
-    stored: dict | None = None
-    conflicts = []
-    for i, b in enumerate(bodies):
-        if stored is None:
-            stored = b
-            continue
-        ws = set(stored["vv"]) | set(b["vv"])
-        ge = all(b["vv"].get(w, 0) >= stored["vv"].get(w, 0) for w in ws)
-        le = all(b["vv"].get(w, 0) <= stored["vv"].get(w, 0) for w in ws)
-        if ge and not le:
-            stored = b
-        elif not le:
-            conflicts.append(i)
-    return stored, conflicts
-
-
 vv = st.dictionaries(st.sampled_from(WRITERS), st.integers(0, 3), max_size=3)
 
 
@@ -180,7 +163,7 @@ def test_version_vector_conflicts_are_detected_exactly(vector: Live, vectors, da
     for i in range(0, len(sequence), batch):
         assert vector.run(vector.sink.write([Msg(b) for b in sequence[i:i + batch]])) == []
         routed += vector.sink.routed().get("conflicts", [])
-    stored, conflicts = _vv_reference(sequence)
+    stored, conflicts = vv_reference(sequence)
     assert stored is not None
     row = vector.rows(f"SELECT vv, val FROM {{t}} WHERE id = {key}")[0]
     assert (json.loads(row["vv"]), row["val"]) == (stored["vv"], stored["val"])

@@ -27,8 +27,9 @@ from typing import Any, Literal
 
 from engine import Msg, encode_failure
 from operators.connectors.postgres.client import db_message, is_row_error, quote_ident, quote_qualified
+from operators.connectors.version_vector import vector_issue
 
-__all__ = ["CRDT_KINDS", "FUNCTIONS_SQL", "Crdt", "Resolver", "rules", "vector_issue"]
+__all__ = ["CRDT_KINDS", "FUNCTIONS_SQL", "Crdt", "Resolver", "rules"]
 
 Crdt = Literal["gcounter", "pncounter", "orset", "max", "min"]
 CRDT_KINDS: tuple[str, ...] = ("gcounter", "pncounter", "orset", "max", "min")
@@ -108,18 +109,6 @@ def rules(mode: str, version: str | None, key: list[str], crdt: Mapping[str, str
     bad = [c for c in crdt if c in key]
     if bad:
         raise ValueError(f"key column(s) {bad} cannot be crdt columns")
-
-
-def vector_issue(v: Any) -> str | None:
-    """Why `v` is not a version vector (a map of writer -> non-negative integer), or None."""
-    if not isinstance(v, dict):
-        return f"version vector: expected a map of writer -> counter, got {type(v).__name__}"
-    for k, n in v.items():
-        if not isinstance(k, str) or not k:
-            return f"version vector: writer {k!r} is not a non-empty string"
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            return f"version vector: counter of {k!r} must be a non-negative integer, got {n!r}"
-    return None
 
 
 class Resolver:
