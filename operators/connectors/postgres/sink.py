@@ -206,6 +206,9 @@ nodes:
   dead: {type: file_sink, inputs: [store.errors], config: {path: out/dead.ndjson}}
 """
     connection_types: ClassVar[tuple[str, ...]] = ("postgres",)
+    port_docs: ClassVar[dict[str, str]] = {
+        "conflicts": "version_vector only: a write concurrent with the stored one, as {conflict, node, old, new}, "
+                     "with the message's ack (committed when that port's consumer commits it)"}
     config: PostgresSinkConfig
 
     @classmethod

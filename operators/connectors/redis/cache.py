@@ -130,6 +130,9 @@ nodes:
   dead: {type: file_sink, inputs: [orders.errors], config: {path: out/dead.ndjson}}
 """
     connection_types: ClassVar[tuple[str, ...]] = ("redis",)
+    port_docs: ClassVar[dict[str, str]] = {
+        "conflicts": "version_vector only: a write concurrent with the stored one, as {conflict, node, old, new}, "
+                     "with the message's ack (committed when that port's consumer commits it)"}
     config: RedisCacheSinkConfig
     _routed: list[tuple[Msg, Any]]  # conflicts of the last write, for the `conflicts` port
 
