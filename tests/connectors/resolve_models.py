@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 
-def vv_reference(bodies: list[dict]) -> tuple[dict | None, list[int]]:
-    """Sequential model: the stored row after each write in order, and the indexes that conflict."""
+def vv_reference(bodies: list[dict], resolver: Any = None) -> tuple[dict | None, list[int]]:
+    """Sequential model: the stored row after each write in order, and the indexes that conflict.
+    With `resolver(old, new) -> row`, a conflict stores its row with both vectors merged."""
     stored: dict | None = None
     conflicts = []
     for i, b in enumerate(bodies):
@@ -20,6 +21,8 @@ def vv_reference(bodies: list[dict]) -> tuple[dict | None, list[int]]:
             stored = b
         elif not le:
             conflicts.append(i)
+            if resolver is not None:
+                stored = {**resolver(stored, b), "vv": {w: max(stored["vv"].get(w, 0), b["vv"].get(w, 0)) for w in ws}}
     return stored, conflicts
 
 

@@ -293,3 +293,39 @@ nodes:
             r.close()
     finally:
         asyncio.run(sql(f'DROP TABLE IF EXISTS "{table}"'))
+
+
+@pytest.fixture
+def resolved() -> Iterator[Live]:
+    live = Live(mode="version_vector", version="vv", conflict="resolver",
+                resolver="msg.new.val > msg.old.val ? msg.new : (msg.new.val == 13 ? msg.old.nope : msg.old)",
+                columns={"id": {"expr": "msg.id", "type": "bigint"}, "vv": {"expr": "msg.vv", "type": "jsonb"},
+                         "val": {"expr": "msg.val", "type": "bigint"}})
+    yield live
+    live.close()
+
+
+@SETTINGS
+@given(vectors=st.lists(vv, min_size=1, max_size=8), data=st.data())
+def test_resolver_settles_conflicts_like_the_reference(resolved: Live, vectors, data) -> None:
+    key = resolved.key()
+    bodies = [{"id": key, "vv": v, "val": data.draw(st.integers(0, 9))} for v in vectors]
+    sequence = bodies + data.draw(st.lists(st.sampled_from(bodies), max_size=3))
+    failed = resolved.write(sequence, data.draw(st.integers(1, 4)))
+    stored, _ = vv_reference(sequence, lambda old, new: new if new["val"] > old["val"] else old)
+    assert failed == [] and resolved.sink.routed() == {}
+    row = resolved.rows(f"SELECT vv, val FROM {{t}} WHERE id = {key}")[0]
+    assert stored is not None and (json.loads(row["vv"]), row["val"]) == (stored["vv"], stored["val"])
+
+
+def test_a_failing_resolver_sends_the_message_to_errors_and_leaves_the_row(resolved: Live) -> None:
+    key = resolved.key()
+    failed = resolved.write([{"id": key, "vv": {"w1": 1}, "val": 20}, {"id": key, "vv": {"w2": 1}, "val": 13},
+                             {"id": key, "vv": {"w3": 1}, "val": 30}], batch=3)
+    assert [(m.body["val"], r.split(":")[0]) for m, r in failed] == [(13, "resolver")] and "nope" in failed[0][1]
+    row = resolved.rows(f"SELECT vv, val FROM {{t}} WHERE id = {key}")[0]
+    assert (json.loads(row["vv"]), row["val"]) == ({"w1": 1, "w3": 1}, 30)
+    with pytest.raises(ValueError, match="`resolver`"):
+        PostgresSinkConfig.model_validate({"connection": "pg", "table": "t", "key": ["id"], "mode": "version_vector",
+                                           "version": "vv", "conflict": "resolver",
+                                           "columns": {"id": "msg.id", "vv": "msg.vv"}})

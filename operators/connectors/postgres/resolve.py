@@ -10,6 +10,12 @@ writing it back, so two workers writing the same key cannot lose each other's up
   COMMITTED returns the latest committed version), compares the vectors, updates the dominated rows
   and (with `conflict: table`) records concurrent ones with both versions. The second statement
   needs a fresh snapshot to see keys another worker inserted meanwhile, hence two statements.
+  With `conflict: resolver`, a CEL expression over `msg.old` and `msg.new` (the rows as maps)
+  chooses the row to keep for each concurrent write, evaluated while the transaction still holds
+  the row's lock from that `FOR UPDATE` (so no other worker can change it in between); the kept row
+  is written with the pointwise maximum of both vectors, which dominates both, so a replay of either
+  write is then dropped. A resolver that fails or returns something other than a map sends the
+  message to `errors` with the reason and leaves the row as it was.
 
 Messages with the same key in one batch are written in rounds (the n-th message of each key in the
 n-th statement, all in the batch's transaction), in arrival order, so each sees the previous one.
@@ -25,8 +31,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from engine import Msg, encode_failure
-from operators.connectors.postgres.client import db_message, is_row_error, quote_ident, quote_qualified
+from engine import EvalError, Msg, compile_expr, encode_failure
+from operators.connectors.postgres.client import (
+    db_message,
+    is_row_error,
+    json_text,
+    plain_text,
+    quote_ident,
+    quote_qualified,
+)
 from operators.connectors.version_vector import vector_issue
 
 __all__ = ["CRDT_KINDS", "FUNCTIONS_SQL", "Crdt", "Resolver", "rules"]
@@ -96,7 +109,7 @@ FUNCTIONS_SQL = [
 
 
 def rules(mode: str, version: str | None, key: list[str], crdt: Mapping[str, str], field_versions: str | None,
-          conflict: str | None) -> None:
+          conflict: str | None, resolver: str | None = None) -> None:
     """Cross-field rules of the resolution settings; raises ValueError."""
     if crdt and mode != "merge":
         raise ValueError("`crdt` columns are merged by mode merge")
@@ -106,6 +119,8 @@ def rules(mode: str, version: str | None, key: list[str], crdt: Mapping[str, str
         raise ValueError("mode version_vector needs `version` (the jsonb column holding the vector)")
     if conflict and mode != "version_vector":
         raise ValueError("`conflict` is used by mode version_vector")
+    if (conflict == "resolver") != (resolver is not None):
+        raise ValueError("`resolver` is needed by, and only used by, conflict: resolver")
     bad = [c for c in crdt if c in key]
     if bad:
         raise ValueError(f"key column(s) {bad} cannot be crdt columns")
@@ -122,8 +137,10 @@ class Resolver:
         self.conflicts_table = quote_qualified(cfg.conflicts_table or f"{cfg.table}_conflicts")
         self.dropped = 0  # dominated or equal vectors
         self.conflicts = 0
+        self.resolved = 0  # conflicts settled by the resolver
         self._routed: list[tuple[Msg, Any]] = []
         self._vector_index = sink.names.index(cfg.version) if cfg.version else -1
+        self._resolver = compile_expr(cfg.resolver) if cfg.resolver else None
 
     def routed(self) -> dict[str, list[tuple[Msg, Any]]]:
         routed, self._routed = self._routed, []
@@ -199,7 +216,13 @@ class Resolver:
             f"c AS (SELECT s.*, streamdag_vv_cmp_v1(o.{v}::jsonb, s.{v}::jsonb) AS __rel, to_jsonb(o.*) AS __old "
             f"FROM s JOIN o ON {' AND '.join(f'o.{k} = s.{k}' for k in keys)}), "
             f"u AS (UPDATE {table} AS t SET {updates} FROM c WHERE {on_c} AND c.__rel = 'new')"
-            f"{record} SELECT c.__ord, c.__rel, c.__old::text FROM c")
+            f"{record} SELECT c.__ord, c.__rel, c.__old::text, {new_row}::text FROM c")
+        if self._resolver is not None:
+            assigns = ", ".join(f"{q} = ${i + 1}::text::{types[c]}" for i, (q, c) in enumerate(zip(cols, names)))
+            where = " AND ".join(f"{quote_ident(k)} = ${len(cols) + i + 1}::text::{types[k]}"
+                                 for i, k in enumerate(cfg.key))
+            self.resolved_sql = f"UPDATE {table} SET {assigns} WHERE {where}"
+            self._convs = [json_text if js else plain_text for js in json_cols]
 
     # ---- write -----------------------------------------------------------------------------------
 
@@ -251,8 +274,9 @@ class Resolver:
             for i, m in enumerate(msgs):
                 try:
                     async with conn.transaction():
-                        _, r = await self._rounds(conn, [[c[i]] for c in columns], [m])
+                        e, r = await self._rounds(conn, [[c[i]] for c in columns], [m])
                         routed += r
+                        errors += e
                 except Exception as exc:
                     if not is_row_error(exc):
                         raise
@@ -273,31 +297,60 @@ class Resolver:
                 rounds.append([])
             rounds[n].append(i)
         routed: list[tuple[Msg, Any]] = []
+        errors: list[tuple[Msg, str]] = []
         for idx in rounds:
             part = [[c[i] for i in idx] for c in columns]
             if self.mode == "merge":
                 await conn.execute(self.merge_sql, *part)
                 continue
-            routed += await self._vector(conn, part, [msgs[i] for i in idx])
-        return [], routed
+            await self._vector(conn, part, [msgs[i] for i in idx], routed, errors)
+        return errors, routed
 
-    async def _vector(self, conn: Any, part: list[list[Any]], msgs: list[Msg]) -> list[tuple[Msg, Any]]:
+    async def _vector(self, conn: Any, part: list[list[Any]], msgs: list[Msg], routed: list[tuple[Msg, Any]],
+                      errors: list[tuple[Msg, str]]) -> None:
         inserted = set(await conn.fetchval(self.insert_sql, *part))
         rest = [i for i in range(len(msgs)) if i + 1 not in inserted]
         if not rest:
-            return []
+            return
         import orjson
 
         rows = await conn.fetch(self.vector_sql, *[[c[i] for i in rest] for c in part])
-        routed: list[tuple[Msg, Any]] = []
-        for ord_, rel, old in rows:
+        for ord_, rel, old, new in rows:
             if rel == "old":
                 self.dropped += 1
             elif rel == "concurrent":
                 self.conflicts += 1
+                msg = msgs[rest[ord_ - 1]]
                 if self.conflict == "port":
-                    msg = msgs[rest[ord_ - 1]]
                     routed.append((msg, {"conflict": "concurrent version vectors", "node": self.sink.id,
                                          "table": self.sink.config.table, "old": orjson.loads(old),
                                          "new": msg.body}))
-        return routed
+                elif self.conflict == "resolver":
+                    issue = await self._resolve(conn, orjson.loads(old), orjson.loads(new))
+                    if issue is not None:
+                        errors.append((msg, issue))
+
+    async def _resolve(self, conn: Any, old: dict[str, Any], new: dict[str, Any]) -> str | None:
+        """Write the row the resolver keeps (the row is locked by this transaction); the reason if it fails."""
+        assert self._resolver is not None
+        cfg, names = self.sink.config, self.sink.names
+        try:
+            kept = self._resolver({"old": old, "new": new}, {})
+        except (EvalError, TypeError, ValueError) as exc:
+            return f"resolver: {encode_failure(exc)}"
+        if not isinstance(kept, dict):
+            return f"resolver: expected a map (the row to keep), got {type(kept).__name__}"
+        unknown = sorted(set(kept) - set(names))
+        if unknown:
+            return f"resolver: the row has no column(s) {', '.join(map(str, unknown))}"
+        row = {**old, **kept}
+        v = cfg.version
+        row[v] = {w: max(old[v].get(w, 0), new[v].get(w, 0)) for w in {*old[v], *new[v]}}
+        try:
+            values = [conv(row.get(c)) for conv, c in zip(self._convs, names)]
+        except (TypeError, ValueError) as exc:
+            return f"resolver: {encode_failure(exc)}"
+        keys = [plain_text(old[k]) for k in cfg.key]
+        await conn.execute(self.resolved_sql, *values, *keys)
+        self.resolved += 1
+        return None

@@ -104,9 +104,12 @@ class PostgresSinkConfig(NodeConfig):
     field_versions: str | None = Field(None, description="mode merge: the key of a jsonb document holding "
                                        "per-field versions (`{field: version}`); such fields are last-write-wins "
                                        "by version.", examples=["_v"])
-    conflict: Literal["port", "table"] | None = Field(None, description="mode version_vector: concurrent writes "
-                                                      "go to the `conflicts` port (default) or to a table with "
-                                                      "both versions.")
+    conflict: Literal["port", "table", "resolver"] | None = Field(
+        None, description="mode version_vector: concurrent writes go to the `conflicts` port (default), to a "
+        "table with both versions, or to `resolver`.")
+    resolver: CelExpr | None = Field(None, description="conflict: resolver: CEL over `msg.old` and `msg.new` (the "
+                                     "rows as maps) giving the row to keep; written with both vectors merged.",
+                                     examples=["msg.new.total > msg.old.total ? msg.new : msg.old"])
     conflicts_table: str | None = Field(None, description="conflict: table: its name (default "
                                         "`<table>_conflicts`, created if missing).")
     columns: dict[str, Column] = Field(
@@ -129,7 +132,8 @@ class PostgresSinkConfig(NodeConfig):
             raise ValueError("mode last_write_wins needs `version` (the column compared)")
         if self.version and self.mode not in ("last_write_wins", "version_vector"):
             raise ValueError("`version` is only used by modes last_write_wins and version_vector")
-        resolve.rules(self.mode, self.version, self.key, self.crdt, self.field_versions, self.conflict)
+        resolve.rules(self.mode, self.version, self.key, self.crdt, self.field_versions, self.conflict,
+                      self.resolver)
         unknown_crdt = [c for c in self.crdt if c not in self.columns]
         if unknown_crdt:
             raise ValueError(f"crdt column(s) {unknown_crdt} are not in `columns`")
