@@ -68,8 +68,12 @@ def test_monitor_finds_divergence_alerts_and_repair_restores_score_one(store, wr
     r.set(f"{prefix}7:version", 2)  # stale: 3 versions behind
     r.set(f"{prefix}7", orjson.dumps({"id": 7, "v": 2}))
     r.set(f"{prefix}8:version", 4)
-    report = run(_graph(write_graph, table, prefix, repair=True))
+    runners = []
+    report = run(_graph(write_graph, table, prefix, repair=True), runner_hook=runners.append)
     assert report.error is None and report.balanced
+    assert runners[0].nodes["monitor"].metrics() == {
+        "rounds": 2, "sampled": 40, "mismatches": 5, "repaired": 5, "repair_skipped": 0, "alerts": 1,
+        "failed_rounds": 0, "score_ppm": 1_000_000, "lag": 0}
     rounds = _lines(tmp_path / "reports.ndjson")
     assert [x["score"] for x in rounds] == [pytest.approx(15 / 20), 1.0]
     first = rounds[0]

@@ -170,6 +170,7 @@ def test_version_vector_conflicts_are_detected_exactly(vector: Live, vectors, da
     assert [m.body for m, _ in routed] == [sequence[i] for i in conflicts]
     assert all(c["old"]["id"] == key and c["new"] == m.body for m, c in routed)
     assert vector.sink.resolver is not None and vector.sink.resolver.conflicts - before == len(conflicts)
+    assert vector.sink.metrics()["conflicts"] == vector.sink.resolver.conflicts
 
 
 def test_malformed_vectors_go_to_errors_with_the_reason_and_nothing_is_written(vector: Live) -> None:

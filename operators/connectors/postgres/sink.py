@@ -241,6 +241,11 @@ nodes:
     def routed(self) -> dict[str, list[tuple[Msg, Any]]]:
         return self.resolver.routed() if self.resolver is not None else {}
 
+    def metrics(self) -> dict[str, int]:
+        """Modes merge/version_vector: writes dropped as dominated, conflicts, conflicts resolved."""
+        r = self.resolver
+        return {} if r is None else {"dropped": r.dropped, "conflicts": r.conflicts, "resolved": r.resolved}
+
     @classmethod
     def check_upstream(cls, config: Any, ctx: CheckContext) -> Iterable[CheckIssue]:
         """W360: mode insert behind a source that redelivers: a row replayed after a crash is a

@@ -145,6 +145,10 @@ nodes:
         routed, self._routed = self._routed, []
         return {"conflicts": routed} if routed else {}
 
+    def metrics(self) -> dict[str, int]:
+        """Entries written, skipped as older than the cache's (or dominated), and conflicts."""
+        return {"written": self.written, "stale": self.stale, "conflicts": self.conflicts}
+
     def __init__(self, node_id: str, config: RedisCacheSinkConfig, ctx: Any):
         super().__init__(node_id, config, ctx)
         self._key = compile_expr(config.key)
