@@ -36,7 +36,11 @@ class Live:
                                                  "create_table": True, **config})
         self.res = Resources()
         self.sink = PostgresSink("store", cfg, NodeContext("store", {"pg": {"dsn": DSN}}, {}, self.res))
-        self.run(self.sink.start())
+        try:
+            self.run(self.sink.start())
+        except BaseException:
+            self.close()
+            raise
         self.next_id = 0
 
     def run(self, coro: Any) -> Any:
@@ -330,3 +334,16 @@ def test_a_failing_resolver_sends_the_message_to_errors_and_leaves_the_row(resol
         PostgresSinkConfig.model_validate({"connection": "pg", "table": "t", "key": ["id"], "mode": "version_vector",
                                            "version": "vv", "conflict": "resolver",
                                            "columns": {"id": "msg.id", "vv": "msg.vv"}})
+
+
+def test_start_refuses_a_crdt_counter_that_is_not_jsonb_and_a_vector_that_is_not_json() -> None:
+    for config, message in (
+        ({"mode": "merge", "crdt": {"n": "gcounter"}, "columns": {"id": {"expr": "msg.id", "type": "bigint"},
+                                                                  "n": {"expr": "msg.n", "type": "bigint"}}},
+         "crdt column.s. n must be jsonb"),
+        ({"mode": "version_vector", "version": "vv", "columns": {"id": {"expr": "msg.id", "type": "bigint"},
+                                                                  "vv": {"expr": "msg.vv", "type": "text"}}},
+         "'vv' must be jsonb, not text"),
+    ):
+        with pytest.raises(RuntimeError, match=message):
+            Live(**config)

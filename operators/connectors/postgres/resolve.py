@@ -173,6 +173,9 @@ class Resolver:
         table = self.sink.table
         on_keys = " AND ".join(f"t.{k} = s.{k}" for k in keys)
         if self.mode == "merge":
+            not_jsonb = [c for c, kind in cfg.crdt.items() if kind not in ("max", "min") and types[c] != "jsonb"]
+            if not_jsonb:
+                raise RuntimeError(f"postgres_sink {self.sink.id}: crdt column(s) {', '.join(not_jsonb)} must be jsonb")
             fv = "NULL" if not cfg.field_versions else "'" + cfg.field_versions.replace("'", "''") + "'"
             sets = []
             for q, c, js in zip(cols, names, json_cols):
@@ -260,7 +263,10 @@ class Resolver:
                     raise
                 outcome = await self._one_by_one(conn, columns, msgs)
         finally:
-            await self.sink.pool.release(conn)
+            try:
+                await self.sink.pool.release(conn)
+            except Exception as exc:  # noqa: BLE001 - the pool drops a broken connection; the outcome stands
+                self.sink.ctx.log.debug("postgres_sink %s: releasing a connection failed: %s", self.sink.id, exc)
         errors, routed = outcome
         self._routed += routed
         return failed + errors
