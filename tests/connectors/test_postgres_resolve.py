@@ -244,6 +244,7 @@ def test_conflicts_port_in_a_graph_reaches_its_sink_and_acks(write_graph, run, t
         assert [(r["id"], r["val"]) for r in rows] == [(i, 20 + i) for i in range(10)]
     finally:
         asyncio.run(sql(f'DROP TABLE IF EXISTS "{table}"'))
+        asyncio.run(sql(f'DROP FUNCTION IF EXISTS "{table}_fwd"()'))
 
 
 def test_concurrent_graph_processes_converge_in_postgres_and_redis(tmp_path: Path) -> None:
@@ -298,6 +299,7 @@ nodes:
             r.close()
     finally:
         asyncio.run(sql(f'DROP TABLE IF EXISTS "{table}"'))
+        asyncio.run(sql(f'DROP FUNCTION IF EXISTS "{table}_fwd"()'))
 
 
 @pytest.fixture
@@ -347,3 +349,52 @@ def test_start_refuses_a_crdt_counter_that_is_not_jsonb_and_a_vector_that_is_not
     ):
         with pytest.raises(RuntimeError, match=message):
             Live(**config)
+
+
+def test_concurrent_writers_of_one_version_chain_never_go_back() -> None:
+    """Three sinks with pools of their own write the same chain of vectors ({"c": 1} … {"c": 30} on ten
+    keys), each in its own shuffled order, at once: a decision made outside the row lock would let a
+    stale reader store an older vector; here every key ends at the top of the chain, no conflict."""
+    import random
+
+    table = f"resolve_chain_{uuid.uuid4().hex[:8]}"
+    cfg = {"connection": "pg", "table": table, "key": ["id"], "create_table": True, "mode": "version_vector",
+           "version": "vv", "columns": {"id": {"expr": "msg.id", "type": "bigint"},
+                                        "vv": {"expr": "msg.vv", "type": "jsonb"},
+                                        "val": {"expr": "msg.val", "type": "bigint"}}}
+    chain = [{"id": k, "vv": {"c": n}, "val": n} for k in range(10) for n in range(1, 31)]
+
+    async def writer(seed: int) -> PostgresSink:
+        res = Resources()
+        sink = PostgresSink(f"w{seed}", PostgresSinkConfig.model_validate(cfg),
+                            NodeContext(f"w{seed}", {"pg": {"dsn": DSN}}, {}, res))
+        await sink.start()
+        order = chain[:]
+        random.Random(seed).shuffle(order)
+        try:
+            for i in range(0, len(order), 5):
+                assert await sink.write([Msg(b) for b in order[i:i + 5]]) == []
+        finally:
+            await sink.stop()
+            await res.close()
+        return sink
+
+    async def main() -> list[PostgresSink]:
+        first = await writer(0)  # creates the table; then three at once
+        await sql(f'UPDATE "{table}" SET vv = \'{{"c": 0}}\', val = 0')
+        # the witness: an update that moves the chain back fails (and would reach `errors`)
+        await sql(f'CREATE FUNCTION "{table}_fwd"() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN '
+                  "IF (NEW.vv->>'c')::int < (OLD.vv->>'c')::int THEN RAISE EXCEPTION 'went back from % to %', "
+                  "OLD.vv, NEW.vv; END IF; RETURN NEW; END $$")
+        await sql(f'CREATE TRIGGER fwd BEFORE UPDATE ON "{table}" FOR EACH ROW EXECUTE FUNCTION "{table}_fwd"()')
+        return [first, *await asyncio.gather(*(writer(s) for s in (1, 2, 3)))]
+
+    try:
+        sinks = asyncio.run(main())
+        rows = asyncio.run(sql(f'SELECT id, vv, val FROM "{table}" ORDER BY id'))
+        assert [(r["id"], json.loads(r["vv"]), r["val"]) for r in rows] == [(k, {"c": 30}, 30) for k in range(10)]
+        assert [s.metrics()["conflicts"] for s in sinks] == [0, 0, 0, 0]
+        assert sinks[0].metrics()["dropped"] > 0 and sum(s.metrics()["dropped"] for s in sinks[1:]) > 0
+    finally:
+        asyncio.run(sql(f'DROP TABLE IF EXISTS "{table}"'))
+        asyncio.run(sql(f'DROP FUNCTION IF EXISTS "{table}_fwd"()'))

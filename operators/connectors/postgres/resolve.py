@@ -17,6 +17,10 @@ writing it back, so two workers writing the same key cannot lose each other's up
   write is then dropped. A resolver that fails or returns something other than a map sends the
   message to `errors` with the reason and leaves the row as it was.
 
+Before its statements a batch takes a transaction-level advisory lock per key, in one global order
+(by the key's hash), so writers of this table in these modes never deadlock on each other's rows
+whatever order their batches list the keys in (the row locks then come free of contention).
+
 Messages with the same key in one batch are written in rounds (the n-th message of each key in the
 n-th statement, all in the batch's transaction), in arrival order, so each sees the previous one.
 
@@ -28,6 +32,7 @@ an advisory lock (several workers start at once), with a version in their names.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -164,6 +169,9 @@ class Resolver:
     def build(self, types: dict[str, str], json_cols: list[bool]) -> None:
         """The statements, once the table's column types are known."""
         cfg, names = self.sink.config, self.sink.names
+        tid = zlib.crc32(f"streamdag/{cfg.table}".encode()) - (1 << 31)  # an int4 for the lock space
+        self.lock_sql = (f"SELECT count(pg_advisory_xact_lock({tid}, hashtext(k))) FROM "
+                         "(SELECT k FROM unnest($1::text[]) k ORDER BY hashtext(k), k OFFSET 0) x")
         cols = [quote_ident(c) for c in names]
         col_list = ", ".join(cols)
         keys = [quote_ident(k) for k in cfg.key]
@@ -293,6 +301,8 @@ class Resolver:
                       ) -> tuple[list[tuple[Msg, str]], list[tuple[Msg, Any]]]:
         """The batch in rounds: the n-th message of each key goes in the n-th statement."""
         key_idx = [self.sink.names.index(k) for k in self.sink.config.key]
+        await conn.execute(self.lock_sql, sorted({"\x1f".join(str(columns[j][i]) for j in key_idx)
+                                                  for i in range(len(msgs))}))
         seen: dict[tuple[Any, ...], int] = {}
         rounds: list[list[int]] = []
         for i in range(len(msgs)):
