@@ -135,3 +135,25 @@ def test_check_consistency_writes_json_and_html_reports(store, tmp_path, capsys)
         18, 1, 1, pytest.approx(0.9))
     html = (tmp_path / "r.html").read_text()
     assert "<b>0.9000</b>" in html and "below 0.95" in html and f"{prefix}0" in html
+
+
+def test_a_stop_ends_a_monitor_waiting_for_its_next_round(store, write_graph, tmp_path) -> None:
+    import time
+
+    from engine.compile.validate import load_graph
+    from engine.runtime.scheduler import Runner, RunReport
+
+    table, prefix, _ = store
+    runner = Runner(load_graph(str(_graph(write_graph, table, prefix, interval=3600, rounds=None))))
+
+    async def main() -> RunReport:
+        task = asyncio.ensure_future(runner.run())
+        while not (tmp_path / "reports.ndjson").exists():
+            await asyncio.sleep(0.02)
+        runner.stop()
+        return await asyncio.wait_for(task, 5)
+
+    t0 = time.monotonic()
+    report = asyncio.run(main())
+    assert report.error is None and time.monotonic() - t0 < 5
+    assert len(_lines(tmp_path / "reports.ndjson")) == 1
