@@ -157,3 +157,14 @@ def test_a_stop_ends_a_monitor_waiting_for_its_next_round(store, write_graph, tm
     report = asyncio.run(main())
     assert report.error is None and time.monotonic() - t0 < 5
     assert len(_lines(tmp_path / "reports.ndjson")) == 1
+
+
+def test_a_failing_round_is_counted_and_logged_and_the_monitor_goes_on(write_graph, run, tmp_path, caplog) -> None:
+    runners: list = []
+    report = run(_graph(write_graph, f"mon_missing_{uuid.uuid4().hex[:8]}", "mon-x:", rounds=3),
+                 runner_hook=runners.append)
+    assert report.error is None and report.balanced
+    metrics = runners[0].nodes["monitor"].metrics()
+    assert (metrics["rounds"], metrics["failed_rounds"], metrics["sampled"]) == (3, 3, 0)
+    assert not (tmp_path / "reports.ndjson").exists() or _lines(tmp_path / "reports.ndjson") == []
+    assert sum("round failed" in r.getMessage() and "does not exist" in r.getMessage() for r in caplog.records) == 3
