@@ -148,7 +148,8 @@ def test_a_stop_ends_a_monitor_waiting_for_its_next_round(store, write_graph, tm
 
     async def main() -> RunReport:
         task = asyncio.ensure_future(runner.run())
-        while not (tmp_path / "reports.ndjson").exists():
+        out = tmp_path / "reports.ndjson"
+        while not (out.exists() and out.read_text().endswith("\n")):  # the first round is written
             await asyncio.sleep(0.02)
         runner.stop()
         return await asyncio.wait_for(task, 5)
