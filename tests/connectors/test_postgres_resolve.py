@@ -269,7 +269,7 @@ connections:
 nodes:
   writes:
     type: generate
-    config: {{count: 1000, batch: 20, template: '{{"id": msg.i % 5, "views": {{"${{WRITER}}": msg.i}}, "doc": {{"by": {{"${{WRITER}}": msg.i}}}}}}'}}
+    config: {{count: 600, batch: 20, template: '{{"id": msg.i % 5, "views": {{"${{WRITER}}": msg.i}}, "doc": {{"by": {{"${{WRITER}}": msg.i}}}}}}'}}
   store:
     type: postgres_sink
     inputs: [writes]
@@ -287,13 +287,13 @@ nodes:
         outs = [p.communicate(timeout=60)[0].decode() for p in procs]
         assert [p.returncode for p in procs] == [0, 0, 0], outs
         rows = asyncio.run(sql(f'SELECT id, views, streamdag_counter_v1(views) AS n, doc FROM "{table}" ORDER BY id'))
-        assert [json.loads(r["views"]) for r in rows] == [{w: 995 + k for w in WRITERS} for k in range(5)]
-        assert [r["n"] for r in rows] == [3 * (995 + k) for k in range(5)]
-        assert [json.loads(r["doc"]) for r in rows] == [{"by": {w: 995 + k for w in WRITERS}} for k in range(5)]
+        assert [json.loads(r["views"]) for r in rows] == [{w: 595 + k for w in WRITERS} for k in range(5)]
+        assert [r["n"] for r in rows] == [3 * (595 + k) for k in range(5)]
+        assert [json.loads(r["doc"]) for r in rows] == [{"by": {w: 595 + k for w in WRITERS}} for k in range(5)]
         r = redis.Redis.from_url("redis://127.0.0.1:6379/0")
         try:
             assert [json.loads(r.get(f"{prefix}{k}")) for k in range(5)] == [
-                {"by": {w: 995 + k for w in WRITERS}} for k in range(5)]
+                {"by": {w: 595 + k for w in WRITERS}} for k in range(5)]
         finally:
             r.delete(*[f"{prefix}{k}" for k in range(5)])
             r.close()
