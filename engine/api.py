@@ -288,6 +288,12 @@ class Sink(Node):
         return `(msg, reason)` pairs for messages that failed alone (they go to `errors`)."""
         raise NotImplementedError
 
+    def routed(self) -> dict[str, list[tuple[Msg, Any]]]:
+        """Messages of the last `write` that go to a named output port (such as `conflicts`) instead
+        of counting as committed here: port -> (message, body to send). Each is sent with its
+        message's ack, so the source acks it once that port's consumer commits it. Default: none."""
+        return {}
+
 
 def _is_cel(annotation: Any) -> bool:
     return get_origin(annotation) is Annotated and any(a is CEL for a in get_args(annotation)[1:])

@@ -127,6 +127,8 @@ def _ports(cls: type[Node]) -> list[str]:
         lines = ["- **in**: `inputs` lists upstream nodes or ports (`node`, `node.port`); they are merged."]
     if cls.kind == "sink":
         lines.append("- **out**: none; a message is acknowledged once this sink has committed it.")
+        for port, doc in cls.port_docs.items():  # ports some configs add (postgres_sink's `conflicts`)
+            lines.append(f"- **`{port}`**: {doc}.")
     elif "output_ports" in vars(cls) or cls.port_docs:  # ports that depend on the config, or named ports
         for port, doc in cls.port_docs.items():
             lines.append(f"- **`{port}`**: {doc}.")

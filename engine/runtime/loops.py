@@ -19,7 +19,7 @@ from typing import Any
 from engine.api import Operator, Sink, Source
 from engine.compile.validate import ResolvedNode
 from engine.errors import UnhandledError
-from engine.message import DEAD_LETTERED, DELIVERED, finish_all
+from engine.message import DEAD_LETTERED, DELIVERED, Msg, finish_all
 from engine.observe.events import deadletter_log
 from engine.observe.events import log_dead_letters as _log_dead_letters
 from engine.runtime.outputs import ERRORS, Outputs, error_envelope
@@ -116,8 +116,10 @@ class NodeLoops:
             stats.observe_batch(len(batch), time.perf_counter() - t0)
             if failures is FAILED:
                 continue
-            if failures:
-                failed_ids = {id(m) for m, _ in failures}
+            routed = sink.routed()
+            if failures or routed:
+                failed_ids = {id(m) for m, _ in failures or ()}
+                failed_ids.update(id(m) for sent in routed.values() for m, _ in sent)
                 done = [m for m in batch if id(m) not in failed_ids]
             else:
                 done = batch
@@ -133,3 +135,6 @@ class NodeLoops:
                     _log_dead_letters(rn.id, done)
             if failures:
                 await self.router.dispatch(rn.id, {ERRORS: [error_envelope(m, rn.id, reason) for m, reason in failures]})
+            if routed:
+                await self.router.dispatch(rn.id, {port: [Msg(body, m.meta, m.ack, m.size) for m, body in sent]
+                                                   for port, sent in routed.items()})

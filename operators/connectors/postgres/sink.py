@@ -35,6 +35,7 @@ from engine import (
     connection_field,
     encode_failure,
 )
+from operators.connectors.postgres import resolve
 from operators.connectors.postgres.client import (
     check_all,
     column_values,
@@ -53,7 +54,7 @@ from operators.connectors.postgres.client import (
 
 __all__ = ["ColumnSpec", "PostgresSink", "PostgresSinkConfig"]
 
-Mode = Literal["insert", "insert_ignore", "upsert", "last_write_wins"]
+Mode = Literal["insert", "insert_ignore", "upsert", "last_write_wins", "merge", "version_vector"]
 Columns = list[list[str | None]]  # a batch as text values, one list per column
 WritePath = Literal["auto", "values", "unnest", "copy"]
 _MAX_PARAMS = 32767
@@ -90,10 +91,27 @@ class PostgresSinkConfig(NodeConfig):
     table: str = Field(description="Target table, `name` or `schema.name`.", examples=["orders"])
     mode: Mode = Field("insert", description="insert: a conflict is an error; insert_ignore: ON CONFLICT DO "
                        "NOTHING; upsert: ON CONFLICT DO UPDATE (last message wins); last_write_wins: update "
-                       "only when `version` is greater than the stored one.")
+                       "only when `version` is greater than the stored one; merge: JSON deep merge, `crdt` "
+                       "columns merged (docs/consistency.md); version_vector: `version` is a jsonb vector, a "
+                       "dominating write replaces, a dominated one is dropped, a concurrent one is a conflict.")
     key: list[str] = Field(default_factory=list, description="Conflict columns (a primary key or unique index).",
                            examples=[["id"]])
-    version: str | None = Field(None, description="Column compared by last_write_wins.", examples=["version"])
+    version: str | None = Field(None, description="Column compared by last_write_wins (a number) or "
+                                "version_vector (a jsonb map writer -> counter).", examples=["version"])
+    crdt: dict[str, resolve.Crdt] = Field(default_factory=dict, description="mode merge: columns merged as "
+                                          "CRDTs (gcounter/pncounter: jsonb per-writer counts; orset: jsonb add-wins "
+                                          "set; max/min: registers).", examples=[{"views": "gcounter"}])
+    field_versions: str | None = Field(None, description="mode merge: the key of a jsonb document holding "
+                                       "per-field versions (`{field: version}`); such fields are last-write-wins "
+                                       "by version.", examples=["_v"])
+    conflict: Literal["port", "table", "resolver"] | None = Field(
+        None, description="mode version_vector: concurrent writes go to the `conflicts` port (default), to a "
+        "table with both versions, or to `resolver`.")
+    resolver: CelExpr | None = Field(None, description="conflict: resolver: CEL over `msg.old` and `msg.new` (the "
+                                     "rows as maps) giving the row to keep; written with both vectors merged.",
+                                     examples=["msg.new.total > msg.old.total ? msg.new : msg.old"])
+    conflicts_table: str | None = Field(None, description="conflict: table: its name (default "
+                                        "`<table>_conflicts`, created if missing).")
     columns: dict[str, Column] = Field(
         min_length=1, description="column: CEL expression, or {expr, type}. `msg` alone stores the whole "
         "message (jsonb).", examples=[{"id": "msg.id", "total": {"expr": "msg.total", "type": "numeric"}}])
@@ -112,8 +130,13 @@ class PostgresSinkConfig(NodeConfig):
             raise ValueError(f"mode {self.mode} needs `key` (the conflict columns)")
         if self.mode == "last_write_wins" and not self.version:
             raise ValueError("mode last_write_wins needs `version` (the column compared)")
-        if self.version and self.mode != "last_write_wins":
-            raise ValueError("`version` is only used by mode last_write_wins")
+        if self.version and self.mode not in ("last_write_wins", "version_vector"):
+            raise ValueError("`version` is only used by modes last_write_wins and version_vector")
+        resolve.rules(self.mode, self.version, self.key, self.crdt, self.field_versions, self.conflict,
+                      self.resolver)
+        unknown_crdt = [c for c in self.crdt if c not in self.columns]
+        if unknown_crdt:
+            raise ValueError(f"crdt column(s) {unknown_crdt} are not in `columns`")
         unknown = [k for k in [*self.key, *([self.version] if self.version else [])] if k not in self.columns]
         if unknown:
             raise ValueError(f"key/version column(s) {unknown} are not in `columns`")
@@ -187,6 +210,9 @@ nodes:
   dead: {type: file_sink, inputs: [store.errors], config: {path: out/dead.ndjson}}
 """
     connection_types: ClassVar[tuple[str, ...]] = ("postgres",)
+    port_docs: ClassVar[dict[str, str]] = {
+        "conflicts": "version_vector only: a write concurrent with the stored one, as {conflict, node, old, new}, "
+                     "with the message's ack (committed when that port's consumer commits it)"}
     config: PostgresSinkConfig
 
     @classmethod
@@ -201,7 +227,24 @@ nodes:
             issues += identifier_issues(("key", i), k, "key column")
         if config.version:
             issues += identifier_issues(("version",), config.version, "version column")
+        if config.conflicts_table:
+            issues += identifier_issues(("conflicts_table",), config.conflicts_table, "table", qualified=True)
         return issues
+
+    @classmethod
+    def output_ports(cls, config: Any) -> tuple[str, ...]:
+        """`conflicts` under mode version_vector with conflict: port."""
+        if config is not None and config.mode == "version_vector" and config.conflict in (None, "port"):
+            return ("conflicts",)
+        return ()
+
+    def routed(self) -> dict[str, list[tuple[Msg, Any]]]:
+        return self.resolver.routed() if self.resolver is not None else {}
+
+    def metrics(self) -> dict[str, int]:
+        """Modes merge/version_vector: writes dropped as dominated, conflicts, conflicts resolved."""
+        r = self.resolver
+        return {} if r is None else {"dropped": r.dropped, "conflicts": r.conflicts, "resolved": r.resolved}
 
     @classmethod
     def check_upstream(cls, config: Any, ctx: CheckContext) -> Iterable[CheckIssue]:
@@ -233,6 +276,8 @@ nodes:
         self._staged: set[int] = set()  # server pids whose session has the staging table
         # (batch key, xid, its row failures) of a batch whose COMMIT answer was lost, until known
         self._unresolved: tuple[tuple[int, int], str, list[tuple[Msg, str]]] | None = None
+        # modes merge and version_vector: their statements and write (resolve.py)
+        self.resolver = resolve.Resolver(self) if config.mode in ("merge", "version_vector") else None
 
     # ---- start: introspect or create the table, build the statements ---------------------------
 
@@ -240,6 +285,8 @@ nodes:
         check_all(self.check(self.config, CheckContext()))
         self.pool = await pool_for(self.ctx, self.config.connection)
         async with self.pool.acquire() as conn:
+            if self.resolver is not None:
+                await self.resolver.prepare(conn)
             found = await self._introspect(conn)
             if found is None:
                 if not self.config.create_table:
@@ -279,6 +326,8 @@ nodes:
         self.json_cols = [found[c][1] in ("json", "jsonb") for c in self.names]
         self.native = [_NATIVE.get(found[c][1]) for c in self.names]
         self._build_sql()
+        if self.resolver is not None:
+            self.resolver.build(self.types, self.json_cols)
 
     async def _create(self, conn: Any, rows: list[tuple[Any, ...]]) -> None:
         decl = []
@@ -344,6 +393,8 @@ nodes:
         return {} if up is None else {self.config.connection: up}
 
     async def write(self, batch: list[Msg]) -> list[tuple[Msg, str]]:
+        if self.resolver is not None:
+            return await self._resolved_write(batch)
         typed = self._typed_columns(batch)
         failed: list[tuple[Msg, str]] = []
         if typed is not None:
@@ -385,6 +436,21 @@ nodes:
                     continue
                 raise
         raise AssertionError("unreachable")
+
+    async def _resolved_write(self, batch: list[Msg]) -> list[tuple[Msg, str]]:
+        """Modes merge and version_vector (resolve.py): idempotent, so a lost COMMIT is written again."""
+        assert self.resolver is not None
+        if not self.types:  # create_table with inferred types: decided by the first batch
+            async with self.pool.acquire() as conn:
+                await self._create(conn, [tuple(self._raw(m)) for m in batch])
+        try:
+            result = await self.resolver.write(batch)
+        except Exception as exc:
+            if is_transient(exc):
+                self._up = False
+            raise
+        self._up = True
+        return result
 
     async def _resolve_earlier(self, key: tuple[int, int]) -> list[tuple[Msg, str]] | None:
         """A batch whose commit's outcome was lost: what came of it? Its failures if it committed,

@@ -33,6 +33,7 @@ from operators.connectors.redis.connection import (
     raise_if_cancelled,
     redis_client,
 )
+from operators.connectors.redis.resolve import RESOLVE_SCRIPT, vector_json
 
 __all__ = ["CAS_SCRIPT", "RedisCacheSink", "RedisCacheSinkConfig", "encode_value"]
 
@@ -83,12 +84,26 @@ class RedisCacheSinkConfig(NodeConfig):
                                     "version never overwrites a newer one.", examples=["msg.version"])
     version_field: str = Field("_version", description="Hash field holding the version (mode hash).")
     version_suffix: str = Field(":version", description="Suffix of the sibling key holding the version "
-                                "(mode value).")
+                                "(mode value) or the version vector.")
+    strategy: Literal["replace", "merge", "version_vector"] = Field(
+        "replace", description="replace: SET (last write, or newest `version`, wins); merge: JSON deep merge "
+        "into the stored document; version_vector: `vector` decides, concurrent writes go to `conflicts` "
+        "(docs/consistency.md). merge and version_vector need mode value.")
+    vector: CelExpr | None = Field(None, description="strategy version_vector: CEL giving the version vector "
+                                   "(a map writer -> counter).", examples=["msg.vv"])
+    field_versions: str | None = Field(None, description="strategy merge: the document key holding per-field "
+                                       "versions (`{field: version}`).", examples=["_v"])
 
     @model_validator(mode="after")
     def _check(self) -> RedisCacheSinkConfig:
         if not self.version_suffix:
             raise ValueError("version_suffix must not be empty")
+        if self.strategy != "replace" and (self.mode != "value" or self.version is not None):
+            raise ValueError(f"strategy {self.strategy} needs mode value and no `version`")
+        if (self.strategy == "version_vector") != (self.vector is not None):
+            raise ValueError("`vector` is needed by, and only used by, strategy version_vector")
+        if self.field_versions and self.strategy != "merge":
+            raise ValueError("`field_versions` is used by strategy merge")
         return self
 
 
@@ -115,7 +130,24 @@ nodes:
   dead: {type: file_sink, inputs: [orders.errors], config: {path: out/dead.ndjson}}
 """
     connection_types: ClassVar[tuple[str, ...]] = ("redis",)
+    port_docs: ClassVar[dict[str, str]] = {
+        "conflicts": "version_vector only: a write concurrent with the stored one, as {conflict, node, old, new}, "
+                     "with the message's ack (committed when that port's consumer commits it)"}
     config: RedisCacheSinkConfig
+    _routed: list[tuple[Msg, Any]]  # conflicts of the last write, for the `conflicts` port
+
+    @classmethod
+    def output_ports(cls, config: Any) -> tuple[str, ...]:
+        """`conflicts` under strategy version_vector."""
+        return ("conflicts",) if config is not None and config.strategy == "version_vector" else ()
+
+    def routed(self) -> dict[str, list[tuple[Msg, Any]]]:
+        routed, self._routed = self._routed, []
+        return {"conflicts": routed} if routed else {}
+
+    def metrics(self) -> dict[str, int]:
+        """Entries written, skipped as older than the cache's (or dominated), and conflicts."""
+        return {"written": self.written, "stale": self.stale, "conflicts": self.conflicts}
 
     def __init__(self, node_id: str, config: RedisCacheSinkConfig, ctx: Any):
         super().__init__(node_id, config, ctx)
@@ -124,13 +156,22 @@ nodes:
         self._version = compile_expr(config.version) if config.version else None
         self._ttl_ms = int(config.ttl * 1000) if config.ttl else 0
         self._client: Any = None
+        self._vector = compile_expr(config.vector) if config.vector else None
         self._sha = ""
+        self._resolve_sha = ""
+        self._routed = []
+        self.conflicts = 0
         self.stale = 0  # messages skipped because the cache held a newer version
         self.written = 0
 
     async def start(self) -> None:
         self._client = await redis_client(self.ctx, self.config.connection)
+        await self._load_scripts()
+
+    async def _load_scripts(self) -> None:
         self._sha = await self._client.script_load(CAS_SCRIPT)
+        if self.config.strategy != "replace":
+            self._resolve_sha = await self._client.script_load(RESOLVE_SCRIPT)
 
     def _entry(self, msg: Msg) -> tuple[str, list[Any], str]:
         """(key, value args, version) of one message; raises ValueError with the reason."""
@@ -154,6 +195,11 @@ nodes:
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise ValueError(f"version: expected a number, got {v!r}")
             version = repr(v)
+        if self._vector is not None:
+            try:
+                version = vector_json(self._vector(body, meta)).decode()
+            except EvalError as exc:
+                raise ValueError(f"version vector: {exc}") from None
         if self.config.mode == "hash":
             if not isinstance(value, dict):
                 raise ValueError(f"mode hash needs a map, got {type(value).__name__}")
@@ -161,7 +207,8 @@ nodes:
                     for part in (str(k), encode_value(v))]
         else:
             try:
-                args = [encode_value(value)]
+                # merge and version_vector store JSON documents (a string too, for the script to decode)
+                args = [encode_value(value) if self.config.strategy == "replace" else orjson.dumps(value)]
             except TypeError as exc:
                 raise ValueError(f"value does not encode as JSON: {encode_failure(exc)}") from None
         return str(key), args, version
@@ -169,7 +216,7 @@ nodes:
     async def write(self, batch: list[Msg]) -> list[tuple[Msg, str]] | None:
         failed, noscript = await self._write(batch)
         if noscript:  # the server lost its script cache (restart, SCRIPT FLUSH): load it and redo those
-            self._sha = await self._client.script_load(CAS_SCRIPT)
+            await self._load_scripts()
             again, noscript = await self._write(noscript)
             failed += again + [(m, "redis: NOSCRIPT") for m in noscript]
         return failed
@@ -189,7 +236,11 @@ nodes:
             except (ValueError, TypeError) as exc:  # TypeError: a hash field JSON cannot encode
                 failed.append((msg, encode_failure(exc)))
                 continue
-            if plain:
+            if self._resolve_sha:
+                pipe.execute_command("EVALSHA", self._resolve_sha, 2, key, key + self.config.version_suffix,
+                                     "vv" if self._vector is not None else "m", ttl, args[0],
+                                     self.config.field_versions or "", version)
+            elif plain:
                 if ttl:
                     pipe.execute_command("SET", key, args[0], "PX", ttl)
                 else:
@@ -216,6 +267,19 @@ nodes:
                 failed.append((msg, f"redis: {res}"))
             elif res == 0:
                 self.stale += 1
+            elif isinstance(res, list):  # a concurrent version vector: the stored one with it
+                self.conflicts += 1
+                self._routed.append((msg, {"conflict": "concurrent version vectors", "node": self.id,
+                                           "key": self._entry(msg)[0], "old": _loads(res[1]),
+                                           "old_vector": _loads(res[2]), "new": msg.body}))
             else:
                 self.written += 1
         return failed, noscript
+
+
+def _loads(raw: Any) -> Any:
+    """A stored JSON value, or its text when it is not JSON."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw

@@ -22,7 +22,8 @@ from typing import Any, Literal
 
 from engine import ConnectorError
 
-__all__ = ["ConsistencyReport", "add_arguments", "check_consistency", "main", "quote_table"]
+__all__ = ["ConsistencyReport", "add_arguments", "check_consistency", "compare_rows", "main", "quote_table",
+           "render_html"]
 
 
 @dataclass
@@ -146,7 +147,10 @@ async def check_consistency(
 
 
 async def _compare(r: Any, rows: list[Any], report: ConsistencyReport, seen: set[str], note: Any, prefix: str,
-                   version_column: str | None, mode: str, version_field: str, version_suffix: str) -> None:
+                   version_column: str | None, mode: str, version_field: str, version_suffix: str,
+                   bad: list[tuple[Any, Decimal | None]] | None = None) -> None:
+    """Count `rows` (key, version…) against Redis; with `bad`, append each row that differs with the
+    replica's version (None: missing or not a number)."""
     if not rows:
         return
     pipe = r.pipeline(transaction=False)
@@ -169,14 +173,40 @@ async def _compare(r: Any, rows: list[Any], report: ConsistencyReport, seen: set
         if not results[i * step]:
             report.missing_in_redis += 1
             note("missing_in_redis", prefix + k)
+            if bad is not None:
+                bad.append((row, None))
             continue
         if version_column is not None:
             cached = _number(results[i * step + 1])
             if cached is None or cached != _number(row[1]):
                 report.version_mismatch += 1
                 note("version_mismatch", f"{prefix}{k} (postgres {row[1]}, redis {cached})")
+                if bad is not None:
+                    bad.append((row, cached))
                 continue
         report.matched += 1
+
+
+compare_rows = _compare  # for the continuous monitor (monitor.py)
+
+
+def render_html(report: ConsistencyReport, min_score: float = 1.0) -> str:
+    """The report as one self-contained HTML page (counts, score against `min_score`, examples)."""
+    from html import escape
+
+    ok = report.score >= min_score
+    counts = "".join(f"<tr><th>{escape(k.replace('_', ' '))}</th><td>{getattr(report, k)}</td></tr>"
+                     for k in ("rows", "cached", "matched", "missing_in_redis", "missing_in_postgres",
+                               "version_mismatch"))
+    examples = "".join(f"<h3>{escape(kind.replace('_', ' '))}</h3><ul>" + "".join(
+        f"<li><code>{escape(str(x))}</code></li>" for x in sample) + "</ul>"
+        for kind, sample in report.examples.items() if sample)
+    return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>consistency {escape(report.table)}</title>"
+            "<style>body{font-family:sans-serif}td,th{text-align:left;padding:2px 12px}.bad{color:#b00}"
+            ".ok{color:#070}</style></head><body>"
+            f"<h1>Consistency of {escape(report.table)} and redis {escape(report.key_prefix)}*</h1>"
+            f"<p class=\"{'ok' if ok else 'bad'}\">score <b>{report.score:.4f}</b> "
+            f"({'at or above' if ok else 'below'} {min_score})</p><table>{counts}</table>{examples}</body></html>\n")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -195,6 +225,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="exit 1 below this score (exit 2: cannot check, a store or the table missing)")
     parser.add_argument("--connect-timeout", type=float, default=5.0, help="seconds to reach each store")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--report-json", metavar="FILE", help="also write the report as JSON to FILE")
+    parser.add_argument("--report-html", metavar="FILE", help="also write the report as an HTML page to FILE")
 
 
 def _safe(url: str) -> str:
@@ -217,6 +249,12 @@ def main(args: argparse.Namespace) -> int:
     except ConnectorError as exc:
         print(f"error: check-consistency: {exc}", file=sys.stderr)
         return 2
+    if args.report_json:
+        with open(args.report_json, "wb") as f:
+            f.write(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2) + b"\n")
+    if args.report_html:
+        with open(args.report_html, "w", encoding="utf-8") as f:
+            f.write(render_html(report, args.min_score))
     if args.json:
         sys.stdout.write(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
