@@ -5,6 +5,11 @@ newer than the message's is left alone, so replays and out-of-order deliveries c
 same state as a PostgreSQL table written with last-write-wins on the same version (equal versions
 overwrite). The version lives in the hash (`version_field`) or, for plain values, in a sibling key
 `<key><version_suffix>`, which gets the same TTL.
+
+With `delete`, a message whose condition is true deletes its key instead (CDC deletes: `msg.op ==
+"delete"`). Versioned deletes go through the same script: a stored newer version wins, and in mode
+`value` the version key stays behind as a tombstone (with the TTL, if any), so an older write
+replayed later cannot bring the entry back; in mode `hash` the version goes with the hash.
 """
 
 from __future__ import annotations
@@ -36,14 +41,23 @@ from operators.connectors.redis.connection import (
 
 __all__ = ["CAS_SCRIPT", "RedisCacheSink", "RedisCacheSinkConfig", "encode_value"]
 
-# KEYS: key, version key. ARGV: mode ('v'|'h'), ttl ms (0: none), version ('': none), version field,
+# KEYS: key, version key. ARGV: mode ('v'|'h', or 'dv'|'dh' to delete), ttl ms (0: none), version ('': none), version field,
 # then the value (mode v) or field/value pairs (mode h). Returns 1 when written, 0 when stale.
 CAS_SCRIPT = """
 local mode, ttl, ver = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local hash = mode == 'h' or mode == 'dh'
 if ver ~= '' then
   local cur
-  if mode == 'h' then cur = redis.call('HGET', KEYS[1], ARGV[4]) else cur = redis.call('GET', KEYS[2]) end
+  if hash then cur = redis.call('HGET', KEYS[1], ARGV[4]) else cur = redis.call('GET', KEYS[2]) end
   if cur and tonumber(cur) and tonumber(cur) > tonumber(ver) then return 0 end
+end
+if mode == 'dv' or mode == 'dh' then
+  redis.call('DEL', KEYS[1])
+  if ver ~= '' and mode == 'dv' then
+    redis.call('SET', KEYS[2], ver)
+    if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+  end
+  return 1
 end
 if mode == 'h' then
   redis.call('DEL', KEYS[1])
@@ -81,6 +95,9 @@ class RedisCacheSinkConfig(NodeConfig):
     ttl: PositiveDuration | None = Field(None, description="Expiry of each key; none if unset.", examples=["1h", 600])
     version: CelExpr | None = Field(None, description="CEL expression giving a numeric version: an older "
                                     "version never overwrites a newer one.", examples=["msg.version"])
+    delete: CelExpr | None = Field(None, description="CEL condition: when true, the message deletes its key "
+                                   "instead of writing it (versioned like a write).",
+                                   examples=['msg.op == "delete"'])
     version_field: str = Field("_version", description="Hash field holding the version (mode hash).")
     version_suffix: str = Field(":version", description="Suffix of the sibling key holding the version "
                                 "(mode value).")
@@ -104,6 +121,7 @@ class RedisCacheSink(Sink):
         self._key = compile_expr(config.key)
         self._value = compile_expr(config.value) if config.value else None
         self._version = compile_expr(config.version) if config.version else None
+        self._delete = compile_expr(config.delete) if config.delete else None
         self._ttl_ms = int(config.ttl * 1000) if config.ttl else 0
         self._client: Any = None
         self._sha = ""
@@ -114,8 +132,8 @@ class RedisCacheSink(Sink):
         self._client = await redis_client(self.ctx, self.config.connection)
         self._sha = await self._client.script_load(CAS_SCRIPT)
 
-    def _entry(self, msg: Msg) -> tuple[str, list[Any], str]:
-        """(key, value args, version) of one message; raises ValueError with the reason."""
+    def _entry(self, msg: Msg) -> tuple[str, list[Any] | None, str]:
+        """(key, value args or None to delete, version) of one message; raises ValueError with the reason."""
         body, meta = msg.body, msg.meta
         try:
             key = self._key(body, meta)
@@ -123,6 +141,14 @@ class RedisCacheSink(Sink):
             raise ValueError(f"key: {exc}") from None
         if not isinstance(key, (str, int)) or isinstance(key, bool) or key == "":
             raise ValueError(f"key: expected a non-empty string, got {key!r}")
+        deleting = False
+        if self._delete is not None:
+            try:
+                deleting = self._delete(body, meta)
+            except EvalError as exc:
+                raise ValueError(f"delete: {exc}") from None
+            if not isinstance(deleting, bool):
+                raise ValueError(f"delete: expected a bool, got {deleting!r}")
         try:
             value = self._value(body, meta) if self._value is not None else body
         except EvalError as exc:
@@ -136,6 +162,8 @@ class RedisCacheSink(Sink):
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise ValueError(f"version: expected a number, got {v!r}")
             version = repr(v)
+        if deleting:
+            return str(key), None, version
         if self.config.mode == "hash":
             if not isinstance(value, dict):
                 raise ValueError(f"mode hash needs a map, got {type(value).__name__}")
@@ -170,6 +198,11 @@ class RedisCacheSink(Sink):
                 key, args, version = self._entry(msg)
             except (ValueError, TypeError) as exc:  # TypeError: a hash field JSON cannot encode
                 failed.append((msg, encode_failure(exc)))
+                continue
+            if args is None:  # a delete: through the script, versioned or not
+                pipe.execute_command("EVALSHA", self._sha, 2, key, key + self.config.version_suffix,
+                                     "d" + mode, ttl, version, self.config.version_field)
+                sent.append(msg)
                 continue
             if plain:
                 if ttl:
