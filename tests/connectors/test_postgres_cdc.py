@@ -395,3 +395,67 @@ def test_role_without_replication_is_a_clear_error(server: PrivatePostgres) -> N
                                         "REPLICATION"):
         asyncio.run(main())
 
+
+
+def test_a_change_that_does_not_decode_is_a_dead_letter_and_the_slot_moves_on(
+        server: PrivatePostgres, tmp_path: Path) -> None:
+    """A jsonb value deeper than the codec's limits: that change goes to `errors` with the reason
+    and its raw pgoutput bytes; the changes around it are delivered and the slot advances past it."""
+    t, slot = unique("cdc_bad"), unique("s")
+    sql(server.dsn, f"CREATE TABLE {t} (id int PRIMARY KEY, doc jsonb)")
+    path = tmp_path / f"{slot}.yaml"
+    text = graph(server.dsn, slot, [t]).replace("nodes:", "defaults: {dead_letter: dead}\nnodes:")
+    path.write_text(text + "  dead:\n    type: file_sink\n    inputs: [changes.errors]\n"
+                    "    config: {path: dead.ndjson}\n")
+    assert run_file(path) == []
+    deep = "[" * 300 + "]" * 300
+    sql(server.dsn, f"INSERT INTO {t} VALUES (1, '[1]')", f"INSERT INTO {t} VALUES (2, '{deep}')",
+        f"INSERT INTO {t} VALUES (3, '{{}}')")
+    got = run_file(path)
+    assert [m["body"]["key"]["id"] for m in got] == [1, 3]
+    (dead,) = [json.loads(x) for x in (tmp_path / "dead.ndjson").read_text().splitlines()]
+    assert dead["node"] == "changes" \
+        and dead["error"] == f"public.{t} column doc: nesting deeper than 254 levels" \
+        and dead["payload"]["pgoutput"].startswith("49")
+    assert run_file(path) == got  # acked, dead letter included: nothing comes again
+
+
+def test_slot_lag_in_bytes_and_seconds_with_a_warning(server: PrivatePostgres, caplog: pytest.LogCaptureFixture) -> None:
+    slot, t = unique("s"), unique("cdc_lag")
+    sql(server.dsn, f"CREATE TABLE {t} (id int PRIMARY KEY, pad text)")
+    cfg = PostgresCdcSourceConfig.model_validate({"connection": "pg", "slot": slot, "tables": [t],
+                                                  "lag_warning": 1000})
+    src = PostgresCdcSource("cdc", cfg, NodeContext("cdc", {"pg": {"dsn": server.dsn}}, {}, Resources()))
+
+    async def main() -> tuple[int | None, dict[str, int]]:
+        try:
+            await src.start()
+            await _sql(server.dsn, f"INSERT INTO {t} SELECT g, repeat('x', 100) FROM generate_series(1, 200) g")
+            return await src.lag(), src.metrics()
+        finally:
+            await src.stop()
+            await src.ctx.resources.close()
+
+    with caplog.at_level("WARNING"):
+        lag, metrics = asyncio.run(main())
+    assert lag is not None and lag > 20_000 and metrics["slot_lag_bytes"] == lag
+    assert "slot_lag_seconds" in metrics
+    assert any("max_slot_wal_keep_size" in r.getMessage() for r in caplog.records)
+
+
+def test_pgoutput_decoder_refuses_malformed_messages() -> None:
+    from engine import MessageError
+    from operators.connectors.postgres.pgoutput import Decoder, json_of, lsn_int, lsn_text
+
+    d = Decoder()
+    with pytest.raises(MessageError, match="before its Relation"):
+        d.decode(b"I\x00\x00\x00\x07N\x00\x00")
+    with pytest.raises(MessageError, match="unknown pgoutput message type 'Z'"):
+        d.decode(b"Z")
+    with pytest.raises(MessageError, match="does not decode"):
+        d.decode(b"B\x00\x01")  # truncated
+    assert lsn_text(lsn_int("16/B374D848")) == "16/B374D848"
+    assert json_of(1700, "1e-20") == "1e-20" and json_of(701, "Infinity") == "Infinity"
+    assert json_of(1184, "infinity") == "infinity" and json_of(1184, "2024-01-01 00:00:00+05:30") == \
+        "2024-01-01T00:00:00+05:30"
+    assert json_of(1114, "2024-01-01 10:11:12.5") == "2024-01-01T10:11:12.5"

@@ -236,7 +236,10 @@ class Decoder:
             if kind == 0x74:  # t: text
                 (size,) = _I32.unpack_from(m, pos)
                 pos += 4
-                row[name] = json_of(type_oid, str(m[pos:pos + size], "utf-8"))
+                try:
+                    row[name] = json_of(type_oid, str(m[pos:pos + size], "utf-8"))
+                except (ValueError, MessageError) as exc:  # bad text, or a value beyond the codec's limits
+                    raise MessageError(f"{rel.qualified} column {name}: {exc}") from exc
                 pos += size
             elif kind == 0x6E:  # n: null
                 row[name] = None
