@@ -459,3 +459,80 @@ def test_pgoutput_decoder_refuses_malformed_messages() -> None:
     assert json_of(1184, "infinity") == "infinity" and json_of(1184, "2024-01-01 00:00:00+05:30") == \
         "2024-01-01T00:00:00+05:30"
     assert json_of(1114, "2024-01-01 10:11:12.5") == "2024-01-01T10:11:12.5"
+
+
+def test_slot_advances_over_the_acked_prefix_only_and_a_failure_reads_again(server: PrivatePostgres) -> None:
+    """Driven by hand with a real AckTracker: acks out of order move the slot only at the end of the
+    last transaction whose messages (and all before it) are acked; a failed ack makes the source
+    read again from the slot's position, in order."""
+    from engine.message import AckTracker
+    from engine.runtime.outputs import SourceOutput
+    from engine.runtime.stats import NodeStats
+
+    t, slot = unique("cdc_ack"), unique("s")
+    sql(server.dsn, f"CREATE TABLE {t} (id int PRIMARY KEY)")
+    cfg = PostgresCdcSourceConfig.model_validate({"connection": "pg", "slot": slot, "tables": [t],
+                                                  "poll_interval": 0.02})
+    src = PostgresCdcSource("cdc", cfg, NodeContext("cdc", {"pg": {"dsn": server.dsn}}, {}, Resources()))
+    tracker = AckTracker()
+    received: list[Any] = []
+    arrived = asyncio.Event()
+
+    async def send(lists: dict[str, list[Any]]) -> None:
+        received.extend(lists["out"])
+        arrived.set()
+
+    out = SourceOutput("cdc", tracker, send, NodeStats("cdc", "source", "postgres_cdc_source"))
+
+    async def until(n: int) -> None:
+        async with asyncio.timeout(10):
+            while len(received) < n:
+                arrived.clear()
+                await arrived.wait()
+
+    async def settle() -> None:
+        done, failed = tracker.take()
+        if done:
+            await src.commit(done)
+        if failed:
+            await src.reject(failed)
+
+    async def confirmed() -> int:
+        (row,) = await _sql(server.dsn, "SELECT confirmed_flush_lsn - '0/0' AS c FROM pg_replication_slots "
+                            f"WHERE slot_name = '{slot}'")
+        return int(row["c"])
+
+    async def main() -> None:
+        await src.start()
+        task = asyncio.create_task(src.run(out))
+        try:
+            start = await confirmed()
+            for k in range(3):  # three transactions of two rows
+                await _sql(server.dsn, f"INSERT INTO {t} VALUES ({2 * k}), ({2 * k + 1})")
+            await until(6)
+            ends = [m.meta["lsn"] for m in received]
+            assert [m.body["key"]["id"] for m in received] == list(range(6))
+            received[2].ack.release()  # the second transaction's first half, and all of the third
+            received[4].ack.release()
+            received[5].ack.release()
+            await settle()
+            assert await confirmed() == start
+            received[0].ack.release()
+            received[1].ack.release()
+            await settle()
+            assert await confirmed() == ends[1]  # the first transaction only: the second is half acked
+            received[3].ack.fail("sink refused")
+            await settle()
+            await until(6 + 4)  # the second and third transactions again, in order
+            assert [m.body["key"]["id"] for m in received[6:]] == [2, 3, 4, 5]
+            for m in received[6:]:
+                m.ack.release()
+            await settle()
+            assert await confirmed() == ends[5]
+        finally:
+            out.stopping.set()
+            await asyncio.wait_for(task, 5)
+            await src.stop()
+            await src.ctx.resources.close()
+
+    asyncio.run(main())

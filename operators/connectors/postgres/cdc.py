@@ -5,7 +5,8 @@ Reading. The slot is read with `pg_logical_slot_peek_binary_changes` over an ord
 connection (asyncpg has no replication protocol; the measurement behind this choice is in the
 docs), and the `pgoutput` messages are decoded by `pgoutput.Decoder`. A peek never consumes: each
 one decodes from the slot's confirmed position and returns whole transactions, so the source skips
-the transactions it has already emitted (by their end LSN) and asks for that many rows more.
+the transactions it has already emitted (by their end LSN; only their Relation messages are
+decoded again) and asks for that many rows more; beyond `read_ahead` such rows it waits for acks.
 
 Acks. Every message carries its transaction's end LSN as its token. A transaction is done when all
 of its messages are acked (one, with `per_transaction`; none for a transaction of tables outside
@@ -85,8 +86,10 @@ class PostgresCdcSourceConfig(NodeConfig):
                            "the stream that follows; again after a crash until all are acked.")
     per_transaction: bool = Field(False, description="One message per transaction (body: `changes`, a list) "
                                   "instead of one per change.")
-    batch_size: int = Field(1000, ge=1, le=1_000_000, description="pgoutput messages per read (whole "
+    batch_size: int = Field(5000, ge=1, le=1_000_000, description="pgoutput messages per read (whole "
                             "transactions are always read).")
+    read_ahead: int = Field(50_000, ge=1, description="pgoutput messages read but not yet confirmed (acked) "
+                            "before the source waits for acks: every read returns them again.")
     poll_interval: float = Field(0.2, gt=0, description="Seconds between reads when caught up.")
     lag_warning: Size = Field(1 << 30, description="Warn when the slot holds back more WAL than this.",
                               examples=["1GiB"])
@@ -118,10 +121,13 @@ class XidFilter:
 
 
 class _Txn:
-    __slots__ = ("commit_time", "end", "left")
+    """A transaction emitted and not yet confirmed: its end LSN, messages not yet acked, rows it
+    takes in a peek (read again by every peek until the slot passes it)."""
 
-    def __init__(self, end: int, left: int, commit_time: float):
-        self.end, self.left, self.commit_time = end, left, commit_time
+    __slots__ = ("commit_time", "end", "left", "rows")
+
+    def __init__(self, end: int, left: int, commit_time: float, rows: int):
+        self.end, self.left, self.commit_time, self.rows = end, left, commit_time, rows
 
 
 class PostgresCdcSource(Source):
@@ -157,7 +163,7 @@ class PostgresCdcSource(Source):
         self._pk_known: set[int] = set()
         self.confirmed = 0          # the slot's confirmed flush position
         self._emitted = 0           # end LSN of the last transaction emitted
-        self._behind = 0            # rows of the last peek up to the last emitted transaction
+        self._behind = 0            # peek rows of the pending transactions (each peek returns them again)
         self._pending: collections.deque[_Txn] = collections.deque()
         self._by_end: dict[int, _Txn] = {}
         self._failed = 0
@@ -255,6 +261,10 @@ class PostgresCdcSource(Source):
                 except StopRetrying:
                     return
                 continue
+            if self._behind >= cfg.read_ahead and self._pending:  # let the acks catch up first
+                self._settled.clear()
+                await self._wait(out, cfg.poll_interval, self._settled)
+                continue
             await out.wait_room()
             try:
                 rows, complete, wal = await cfg.retry.call(
@@ -291,11 +301,14 @@ class PostgresCdcSource(Source):
         changes: list[Change] = []
         bad: list[tuple[bytes, str]] = []
         begin: Begin | None = None
-        skip = True
-        behind = 0
+        skip = seen = True
+        start = 0
         for i, row in enumerate(rows):
+            data = row["data"]
+            if seen and begin is not None and data[0] != 0x52 and data[0] != 0x43:
+                continue  # a change of a transaction emitted before: only its Relation messages matter
             try:
-                item = self.decoder.decode(row["data"])
+                item = self.decoder.decode(data)
             except MessageError as exc:  # pgoutput we cannot read: a dead letter, never a stalled slot
                 if begin is None:
                     raise
@@ -303,16 +316,17 @@ class PostgresCdcSource(Source):
                     bad.append((bytes(row["data"]), str(exc)))
                 continue
             if isinstance(item, Begin):
-                begin, changes, bad = item, [], []
-                skip = self._filter is not None and self._filter.saw(item.xid)
+                begin, changes, bad, start = item, [], [], i
+                seen = item.final_lsn < self._emitted  # its commit comes before the end of one emitted
+                skip = seen or (self._filter is not None and self._filter.saw(item.xid))
             elif isinstance(item, Commit) and begin is not None:
-                behind = i + 1
                 if item.end_lsn <= self._emitted:
                     begin = None
                     continue
                 self._emitted = item.end_lsn
                 txn_msgs = [] if skip else self._messages(begin, item, changes)
-                txn = _Txn(item.end_lsn, len(txn_msgs) + len(bad), item.unix_time)
+                txn = _Txn(item.end_lsn, len(txn_msgs) + len(bad), item.unix_time, i + 1 - start)
+                self._behind += txn.rows
                 self._pending.append(txn)
                 self._by_end[item.end_lsn] = txn
                 for m in txn_msgs:
@@ -331,7 +345,6 @@ class PostgresCdcSource(Source):
                 changes.append(item)
             elif isinstance(item, list):
                 changes += item
-        self._behind = behind
         if msgs or errors:
             await out.send(msgs, errors)
         if self._pending and self._pending[0].left == 0:
@@ -459,6 +472,7 @@ class PostgresCdcSource(Source):
         while self._pending and self._pending[0].left <= 0 and not self._failed:
             txn = self._pending.popleft()
             del self._by_end[txn.end]
+            self._behind -= txn.rows
             target = txn.end
         if not self._pending and not self._failed and self._idle_at > target:
             target = self._idle_at
@@ -497,13 +511,18 @@ class PostgresCdcSource(Source):
         if self._snapshot_left != -1 and self._need_snapshot:
             self._snapshot_left = 0
 
-    async def _wait(self, out: Any, timeout: float) -> None:
+    async def _wait(self, out: Any, timeout: float, wake: Any = None) -> None:
+        """Until a stop request, `wake` (an event) or `timeout` seconds."""
         import asyncio
 
+        waits = [asyncio.ensure_future(out.stopping.wait())]
+        if wake is not None:
+            waits.append(asyncio.ensure_future(wake.wait()))
         try:
-            await asyncio.wait_for(out.stopping.wait(), timeout)
-        except TimeoutError:
-            pass
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
 
     # -- health -----------------------------------------------------------------------------------
 
