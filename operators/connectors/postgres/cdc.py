@@ -175,6 +175,7 @@ class PostgresCdcSource(Source):
         self._idle_at = 0           # a WAL position with nothing of ours below it left to read
         self.lag_bytes: int | None = None
         self._warned = False
+        self._lag_checked = 0.0
         self.changes = 0
         self.transactions = 0
 
@@ -273,6 +274,12 @@ class PostgresCdcSource(Source):
             except StopRetrying:
                 return
             sent = await self._emit(rows, out)
+            if time.monotonic() - self._lag_checked > 10:  # the warning without a monitor asking too
+                self._lag_checked = time.monotonic()
+                try:
+                    await self.lag()
+                except Exception as exc:  # noqa: BLE001 - best effort, as for the monitor
+                    self.ctx.log.debug("postgres_cdc_source %s: slot lag: %s", self.id, exc)
             if complete and not sent:
                 self._idle_at = wal
                 await self._advance()
@@ -286,7 +293,8 @@ class PostgresCdcSource(Source):
         want = self._behind + self.config.batch_size
         async with self._lock:
             conn = await self._session()
-            wal = lsn_int(await conn.fetchval("SELECT pg_current_wal_lsn()::text"))
+            # the flush position, not the write one: a peek decodes up to the flushed WAL
+            wal = lsn_int(await conn.fetchval("SELECT pg_current_wal_flush_lsn()::text"))
             rows = await conn.fetch(
                 "SELECT data FROM pg_logical_slot_peek_binary_changes($1, NULL, $2, 'proto_version', '1', "
                 "'publication_names', $3)", self.config.slot, want, self.publication)
@@ -374,7 +382,7 @@ class PostgresCdcSource(Source):
         """Every row of `tables` in one snapshot, kept to skip what it saw from the stream."""
         await self._settle(out)
         batch = min(self.config.batch_size, 5000)
-        self._snapshot_left = 0
+        self._snapshot_left = max(self._snapshot_left, 0)  # a retried attempt counts on: earlier rows may be in flight
         async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             at = await conn.fetchval("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
                                      self.config.slot)
