@@ -8,7 +8,9 @@ thread), on a private PostgreSQL with wal_level=logical, alternating in one run.
 Per round, two fresh slots see the same `changes` inserts (transactions of 100 rows of 4 columns);
 each path then reads every change, decodes it with `pgoutput.Decoder` and confirms the position
 after each batch (SQL: `pg_replication_slot_advance` per `batch` rows, default 1,000 as the source's
-`batch_size`; stream: `send_feedback` per commit). Warm, in-process; wall time of the read only (the writes are done before). Latency: 50
+`batch_size`; stream: `send_feedback` per commit). Warm, in-process; wall time of the read only (the writes are done before). `graph` is the
+whole source in a running graph (postgres_cdc_source with `batch_size` = `batch`, stop_at_end ->
+file_sink to /dev/null): messages built, acked, the slot advanced; start-up of the run included. Latency: 50
 single-row transactions 20 ms apart, commit → decoded, with the source's default poll interval
 (0.2 s) for the SQL path and a blocking read for the stream.
 """
@@ -160,6 +162,34 @@ def latency_stream(dsn: str, slot: str, n: int) -> list[float]:
     return out
 
 
+def read_graph(dsn: str, slot: str, changes: int, batch: int) -> float:
+    """The whole source in a graph: postgres_cdc_source (stop_at_end) -> file_sink to /dev/null."""
+    from engine.compile.validate import check_text
+    from engine.runtime.scheduler import Runner
+
+    text = f"""
+version: 1
+name: bench_cdc
+connections:
+  pg: {{type: postgres, dsn: "{dsn}"}}
+nodes:
+  changes:
+    type: postgres_cdc_source
+    config: {{connection: pg, slot: {slot}, publication: bench, stop_at_end: true, batch_size: {batch}}}
+  out:
+    type: file_sink
+    inputs: [changes]
+    config: {{path: /dev/null}}
+"""
+    graph, diags = check_text(text)
+    assert graph is not None, diags
+    t0 = time.perf_counter()
+    report = asyncio.run(Runner(graph).run())
+    elapsed = time.perf_counter() - t0
+    assert report.error is None and report.totals()["delivered"] == changes, report.totals()
+    return elapsed
+
+
 async def sql(dsn: str, *statements: str) -> None:
     conn = await asyncpg.connect(dsn)
     try:
@@ -179,18 +209,20 @@ def main() -> None:
     try:
         asyncio.run(sql(dsn, "CREATE TABLE bench_t (id int PRIMARY KEY, name text, amount numeric(12,2), "
                              "at timestamptz)", "CREATE PUBLICATION bench FOR TABLE bench_t"))
-        times: dict[str, list[float]] = {"sql": [], "stream": []}
+        times: dict[str, list[float]] = {"sql": [], "stream": [], "graph": []}
         for r in range(rounds):
-            slots = {"sql": f"b_sql_{r}", "stream": f"b_stream_{r}"}
+            slots = {"sql": f"b_sql_{r}", "stream": f"b_stream_{r}", "graph": f"b_graph_{r}"}
             asyncio.run(sql(dsn, "TRUNCATE bench_t", *(f"SELECT pg_create_logical_replication_slot('{s}', 'pgoutput')"
                                                        for s in slots.values())))
             asyncio.run(sql(dsn, f"""DO $$ BEGIN FOR i IN 0..{changes // 100 - 1} LOOP
                 INSERT INTO bench_t SELECT g, 'name ' || g, g * 1.25, now() FROM generate_series(i * 100, i * 100 + 99) g;
                 COMMIT; END LOOP; END $$"""))
-            order = ("sql", "stream") if r % 2 == 0 else ("stream", "sql")
+            order = ("sql", "stream", "graph") if r % 2 == 0 else ("graph", "stream", "sql")
             for path in order:
                 if path == "sql":
                     times[path].append(asyncio.run(read_sql(dsn, slots[path], changes, batch)))
+                elif path == "graph":
+                    times[path].append(read_graph(dsn, slots[path], changes, batch))
                 else:
                     times[path].append(read_stream(dsn, slots[path], changes))
             asyncio.run(sql(dsn, *(f"SELECT pg_drop_replication_slot('{s}')" for s in slots.values())))

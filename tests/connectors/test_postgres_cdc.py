@@ -536,3 +536,16 @@ def test_slot_advances_over_the_acked_prefix_only_and_a_failure_reads_again(serv
             await src.ctx.resources.close()
 
     asyncio.run(main())
+
+
+def test_config_checks_names_and_snapshot_needs_tables() -> None:
+    from engine.api import CheckContext
+
+    cfg = PostgresCdcSourceConfig.model_validate({"connection": "pg", "slot": "bad-slot", "publication": "p;x",
+                                                  "tables": ["ok", "a.b.c"], "snapshot": False})
+    issues = list(PostgresCdcSource.check(cfg, CheckContext()))
+    assert [(i.loc, i.code) for i in issues] == [(("slot",), "E220"), (("publication",), "E220"),
+                                                 (("tables", 1), "E220")]
+    cfg = PostgresCdcSourceConfig.model_validate({"connection": "pg", "slot": "s", "snapshot": True})
+    assert [i.message for i in PostgresCdcSource.check(cfg, CheckContext())] == [
+        "`snapshot` needs `tables` (the tables to read)"]

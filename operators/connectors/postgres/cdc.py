@@ -96,7 +96,7 @@ class PostgresCdcSourceConfig(NodeConfig):
     stop_at_end: bool = Field(False, description="Finish once caught up and everything emitted is acked "
                               "(a batch job, tests) instead of waiting for changes.")
     state_table: str = Field("streamdag_cdc_state", description="Table recording finished snapshots "
-                             "(created if missing).")
+                             "(created if missing, with `snapshot`).")
     retry: RetryPolicy = Field(
         default_factory=lambda: RetryPolicy.model_validate({"initial_backoff": 0.2, "max_backoff": 5.0}),
         description="Backoff between reads after a lost connection (until the server answers).")
@@ -189,8 +189,9 @@ class PostgresCdcSource(Source):
         await self._preflight()
         state = quote_qualified(cfg.state_table)
         async with self.pool.acquire() as conn:
-            await conn.execute(f"CREATE TABLE IF NOT EXISTS {state} (slot text PRIMARY KEY, snapshot text, "
-                               "done_at timestamptz NOT NULL DEFAULT now())")
+            if cfg.snapshot:
+                await conn.execute(f"CREATE TABLE IF NOT EXISTS {state} (slot text PRIMARY KEY, snapshot text, "
+                                   "done_at timestamptz NOT NULL DEFAULT now())")
             if not await conn.fetchval("SELECT 1 FROM pg_publication WHERE pubname = $1", self.publication):
                 if not cfg.tables:
                     raise ConfigError(f"postgres_cdc_source {self.id}: publication {self.publication!r} does not "
@@ -212,7 +213,9 @@ class PostgresCdcSource(Source):
                 raise ConfigError(f"postgres_cdc_source {self.id}: slot {cfg.slot!r} exists with plugin "
                                   f"{slot['plugin']!r} in database {slot['database']!r}; it needs plugin pgoutput "
                                   "in this database (drop it or name another slot)")
-            done = await conn.fetchval(f"SELECT snapshot FROM {state} WHERE slot = $1", cfg.slot)
+            done = None  # a finished snapshot's horizon: its filter holds whether or not `snapshot` still does
+            if await conn.fetchval("SELECT to_regclass($1)", state) is not None:
+                done = await conn.fetchval(f"SELECT snapshot FROM {state} WHERE slot = $1", cfg.slot)
         self.confirmed = self._emitted = lsn_int(slot["lsn"])
         if done is not None:
             self._filter = XidFilter(done)
