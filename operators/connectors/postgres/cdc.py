@@ -26,8 +26,9 @@ snapshot is recorded as done (with its xid horizon, kept for filtering) in `stat
 its rows are acked. Snapshot rows carry `meta.lsn` = the slot's confirmed position when it was taken,
 at or below the LSN of every change the stream emits afterwards.
 
-Health. `lag()` is the WAL the slot holds back, in bytes (`pg_current_wal_lsn() -
-confirmed_flush_lsn`); `metrics()` adds the seconds since the oldest commit not yet confirmed.
+Health. `gauges()` has the WAL the slot holds back, in bytes (`pg_current_wal_lsn() -
+confirmed_flush_lsn`, refreshed by `lag()` and every 10 s), and the seconds since the oldest commit
+read but not yet confirmed; `lag()` itself returns None (messages waiting upstream are not counted).
 A slot above `lag_warning` logs a warning: a stalled slot keeps WAL until the disk fills, unless
 the server caps it with `max_slot_wal_keep_size` (then the slot is invalidated instead).
 """
@@ -280,7 +281,7 @@ class PostgresCdcSource(Source):
             if time.monotonic() - self._lag_checked > 10:  # the warning without a monitor asking too
                 self._lag_checked = time.monotonic()
                 try:
-                    await self.lag()
+                    await self.slot_lag()
                 except Exception as exc:  # noqa: BLE001 - best effort, as for the monitor
                     self.ctx.log.debug("postgres_cdc_source %s: slot lag: %s", self.id, exc)
             if complete and not sent:
@@ -538,6 +539,12 @@ class PostgresCdcSource(Source):
     # -- health -----------------------------------------------------------------------------------
 
     async def lag(self) -> int | None:
+        """Messages waiting upstream: unknown (None). Refreshes the slot's lag in WAL bytes (a gauge)
+        and warns above `lag_warning`; the monitor calls it periodically, `run` every 10 s."""
+        await self.slot_lag()
+        return None
+
+    async def slot_lag(self) -> int | None:
         """WAL bytes the slot holds back (warns above `lag_warning`)."""
         if self.pool is None:
             return None
@@ -561,8 +568,10 @@ class PostgresCdcSource(Source):
         return time.time() - self._pending[0].commit_time if self._pending else 0.0
 
     def metrics(self) -> dict[str, int]:
-        return {"changes": self.changes, "transactions": self.transactions,
-                "slot_lag_bytes": self.lag_bytes or 0, "slot_lag_seconds": int(self.lag_seconds())}
+        return {"changes": self.changes, "transactions": self.transactions}
+
+    def gauges(self) -> dict[str, float]:
+        return {"slot_lag_bytes": float(self.lag_bytes or 0), "slot_lag_seconds": self.lag_seconds()}
 
     async def stop(self) -> None:
         if self.conn is not None:
