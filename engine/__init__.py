@@ -26,7 +26,7 @@ _EXPORTS: dict[str, str] = {
     # what a node sees (engine.hooks): context, outputs, optional hooks
     "Context": "engine.hooks", "Output": "engine.hooks", "SourceSender": "engine.hooks",
     "AckFactory": "engine.hooks", "SharedResources": "engine.hooks", "HasLag": "engine.hooks",
-    "HasConnectionState": "engine.hooks", "HasGauges": "engine.hooks", "HasMetrics": "engine.hooks", "HasTotal": "engine.hooks",
+    "HasConnectionState": "engine.hooks", "HasMetrics": "engine.hooks", "HasTotal": "engine.hooks",
     "PartitionEvents": "engine.partitions",
     "ERRORS": "engine.runtime.outputs", "error_envelope": "engine.runtime.outputs",
     "inner_outputs": "engine.runtime.outputs",
@@ -102,7 +102,6 @@ if TYPE_CHECKING:
         AckFactory,
         Context,
         HasConnectionState,
-        HasGauges,
         HasLag,
         HasMetrics,
         HasTotal,

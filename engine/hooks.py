@@ -23,7 +23,6 @@ __all__ = [
     "Context",
     "Counters",
     "HasConnectionState",
-    "HasGauges",
     "HasLag",
     "HasMetrics",
     "HasTotal",
@@ -185,14 +184,6 @@ class HasMetrics(Protocol):
     """A node with counters of its own (exported as `streamdag_node_events_total{event}`)."""
 
     def metrics(self) -> dict[str, int]: ...
-
-
-@runtime_checkable
-class HasGauges(Protocol):
-    """A node with levels of its own that go up and down (a replication slot's lag in bytes and
-    seconds), exported as `streamdag_node_gauge{name}`; `metrics()` is for counters."""
-
-    def gauges(self) -> dict[str, float]: ...
 
 
 @runtime_checkable

@@ -18,7 +18,7 @@ EXPORTED = {
     "Msg", "Ack", "BatchAck", "CompositeAck", "own_ack", "NOOP_ACK", "DELIVERED", "FILTERED", "DEAD_LETTERED",
     # what a node sees
     "Context", "Output", "SourceSender", "AckFactory", "SharedResources", "HasLag", "HasConnectionState",
-    "HasGauges", "HasMetrics", "HasTotal", "PartitionEvents", "ERRORS", "error_envelope", "inner_outputs",
+    "HasMetrics", "HasTotal", "PartitionEvents", "ERRORS", "error_envelope", "inner_outputs",
     # CEL
     "compile_expr", "Expr", "EvalError", "CelError",
     # errors

@@ -15,7 +15,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from engine.hooks import HasGauges, HasMetrics
+from engine.hooks import HasMetrics
 from engine.observe.histogram import Histogram
 from engine.observe.monitor import Monitor, reconcile
 from engine.runtime.state import as_view
@@ -228,26 +228,14 @@ class GraphCollector(Collector):
             "by the server's Nats-Msg-Id window).",
             labels=["graph", "node", "event"],
         )
-        levels = GaugeMetricFamily(
-            "streamdag_node_gauge",
-            "A node type's own levels from its gauges() hook (e.g. postgres_cdc_source slot_lag_bytes).",
-            labels=["graph", "node", "name"],
-        )
         for node_id, node in list(r.nodes.items()):
             if isinstance(node, HasMetrics):
                 try:
                     for event, value in node.metrics().items():
                         extra.add_metric([graph, node_id, event], value)
                 except Exception:  # noqa: BLE001 - a scrape must not fail because one node's hook did
-                    pass
-            if isinstance(node, HasGauges):
-                try:
-                    for name, level in node.gauges().items():
-                        levels.add_metric([graph, node_id, name], level)
-                except Exception:  # noqa: BLE001 - as above
                     continue
         yield extra
-        yield levels
 
 
 def _histogram(name: str, doc: str, items: list[tuple[list[str], Histogram]], labels: list[str]) -> Metric:

@@ -343,18 +343,9 @@ def test_example_graph_keeps_redis_consistent(server: PrivatePostgres, tmp_path:
                 report = await runner.run()
                 assert report.error is None and report.balanced
             result = await check_consistency(server.dsn, t, "id", REDIS, f"{p}:")
-            from prometheus_client.parser import text_string_to_metric_families
-
-            from engine.observe.metrics import make_registry, render_metrics
-
-            samples = {(s.name, s.labels.get("name") or s.labels.get("event")): s.value
-                       for fam in text_string_to_metric_families(render_metrics(make_registry(runner, process=False))
-                                                                 .decode()) for s in fam.samples
-                       if s.labels.get("node") == "changes"}
-            assert samples[("streamdag_node_gauge", "slot_lag_bytes")] >= 0
-            assert samples[("streamdag_node_gauge", "slot_lag_seconds")] == 0  # all confirmed
-            assert samples[("streamdag_node_events_total", "changes")] == 1  # the last run: one insert
-            assert result.score == 1.0 and result.rows == 41
+            source = runner.nodes["changes"]
+            assert source.levels()["slot_lag_bytes"] >= 0 and source.levels()["slot_lag_seconds"] == 0  # confirmed
+            assert source.metrics()["changes"] == 1  # the last run: one insert
             for row in await _sql(server.dsn, f"SELECT id, owner, balance::text AS balance FROM {t}"):
                 assert orjson.loads(await r.get(f"{p}:{row['id']}")) == dict(row)
             assert not (tmp_path / "dead.ndjson").exists() or (tmp_path / "dead.ndjson").read_text() == ""
@@ -444,7 +435,7 @@ def test_slot_lag_in_bytes_and_seconds_with_a_warning(server: PrivatePostgres, c
             await src.start()
             await _sql(server.dsn, f"INSERT INTO {t} SELECT g, repeat('x', 100) FROM generate_series(1, 200) g")
             assert await src.lag() is None  # messages waiting upstream: not known; it refreshes the gauge
-            return src.lag_bytes, src.gauges()
+            return src.lag_bytes, src.levels()
         finally:
             await src.stop()
             await src.ctx.resources.close()

@@ -26,7 +26,7 @@ snapshot is recorded as done (with its xid horizon, kept for filtering) in `stat
 its rows are acked. Snapshot rows carry `meta.lsn` = the slot's confirmed position when it was taken,
 at or below the LSN of every change the stream emits afterwards.
 
-Health. `gauges()` has the WAL the slot holds back, in bytes (`pg_current_wal_lsn() -
+Health. `levels()` has the WAL the slot holds back, in bytes (`pg_current_wal_lsn() -
 confirmed_flush_lsn`, refreshed by `lag()` and every 10 s), and the seconds since the oldest commit
 read but not yet confirmed; `lag()` itself returns None (messages waiting upstream are not counted).
 A slot above `lag_warning` logs a warning: a stalled slot keeps WAL until the disk fills, unless
@@ -570,7 +570,8 @@ class PostgresCdcSource(Source):
     def metrics(self) -> dict[str, int]:
         return {"changes": self.changes, "transactions": self.transactions}
 
-    def gauges(self) -> dict[str, float]:
+    def levels(self) -> dict[str, float]:
+        """Levels that go up and down (the `HasLevels` hook: `streamdag_node_level{level}`)."""
         return {"slot_lag_bytes": float(self.lag_bytes or 0), "slot_lag_seconds": self.lag_seconds()}
 
     async def stop(self) -> None:
