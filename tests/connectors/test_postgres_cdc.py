@@ -343,6 +343,7 @@ def test_example_graph_keeps_redis_consistent(server: PrivatePostgres, tmp_path:
                 report = await runner.run()
                 assert report.error is None and report.balanced
             result = await check_consistency(server.dsn, t, "id", REDIS, f"{p}:")
+            assert result.score == 1.0 and result.rows == 41
             source = runner.nodes["changes"]
             assert source.levels()["slot_lag_bytes"] >= 0 and source.levels()["slot_lag_seconds"] == 0  # confirmed
             assert source.metrics()["changes"] == 1  # the last run: one insert
