@@ -135,6 +135,24 @@ class PostgresCdcSource(Source):
     """Changes as messages: body {op, table, key, new, old}; meta {lsn, commit_lsn, commit_time, xid}."""
 
     Config: ClassVar[type[NodeConfig]] = PostgresCdcSourceConfig
+    example: ClassVar[str] = """\
+version: 1
+name: postgres_cdc_source_example
+connections:
+  pg: {type: postgres, dsn: "${PG_DSN:-postgresql://root@127.0.0.1:5432/test}"}   # wal_level = logical
+  cache: {type: redis, url: "${REDIS_URL:-redis://127.0.0.1:6379/0}"}
+defaults: {dead_letter: dead}
+nodes:
+  changes:
+    type: postgres_cdc_source
+    config: {connection: pg, slot: accounts_cdc, tables: [accounts], snapshot: true}
+  accounts:                                # upserts and deletes, versioned by the commit LSN
+    type: redis_cache_sink
+    inputs: [changes]
+    config: {connection: cache, key: '"account:" + string(msg.key.id)', value: msg.new, version: meta.lsn,
+             delete: msg.op == "delete"}
+  dead: {type: file_sink, inputs: [changes.errors, accounts.errors], config: {path: out/dead.ndjson}}
+"""
     connection_types: ClassVar[tuple[str, ...]] = ("postgres",)
     redelivers: ClassVar[bool] = True
     config: PostgresCdcSourceConfig
