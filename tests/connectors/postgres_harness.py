@@ -37,7 +37,9 @@ class PrivatePostgres:
 
     pg_ctl = os.path.join(_BIN[0], "pg_ctl")
 
-    def __init__(self) -> None:
+    def __init__(self, **settings: str) -> None:
+        """`settings`: extra server settings (`wal_level="logical"`), as `-c name=value`."""
+        self.settings = settings
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = int(s.getsockname()[1])
@@ -60,9 +62,10 @@ class PrivatePostgres:
         data = os.path.join(self.root, "data")
         subprocess.run(_as_postgres(os.path.join(_BIN[0], "initdb"), "-D", data, "-A", "trust", "-U", "root",
                                     "--no-sync", "-E", "UTF8"), check=True, capture_output=True)
+        extra = "".join(f" -c {k}={v}" for k, v in self.settings.items())
         self.ctl = _as_postgres(
             self.pg_ctl, "-D", data, "-l", os.path.join(self.root, "log"), "-w", "-o",
-            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=20")
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=20{extra}")
         self.start()
 
     def start(self) -> None:

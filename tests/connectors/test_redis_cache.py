@@ -88,6 +88,39 @@ async def test_versions_never_go_back_and_converge(keys) -> None:
     await res.close()
 
 
+@aio
+async def test_deletes_versioned_leave_a_tombstone_and_unversioned_just_delete(keys) -> None:
+    """`delete`: the key goes; with a version, an older write replayed later does not bring it back
+    (mode value keeps the version key as a tombstone), and an older delete does not remove a newer entry."""
+    p = unique("redis-cache") + ":"
+    keys += [f"{p}{k}" for k in ("a", "a:version", "b", "h")]
+    res = Resources()
+    r = aredis.Redis.from_url(REDIS_URL)
+    sink = await cache_sink(res, key=f'"{p}" + msg.k', value="msg.row", version="msg.v", delete='msg.op == "delete"',
+                            ttl="10m")
+    msgs = [Msg({"op": "insert", "k": "a", "v": 1, "row": {"x": 1}}),
+            Msg({"op": "delete", "k": "a", "v": 2, "row": None}),
+            Msg({"op": "insert", "k": "a", "v": 1, "row": {"x": 1}}),  # replayed older write
+            Msg({"op": "insert", "k": "b", "v": 5, "row": {"y": 5}}),
+            Msg({"op": "delete", "k": "b", "v": 4, "row": None})]  # an older delete
+    assert await sink.write(msgs) == []
+    assert await r.get(f"{p}a") is None and await r.get(f"{p}a:version") == b"2" and await r.ttl(f"{p}a:version") > 0
+    assert orjson.loads(await r.get(f"{p}b")) == {"y": 5} and sink.stale == 2
+    plain = await cache_sink(res, key=f'"{p}" + msg.k', delete='msg.op == "delete"')
+    assert await plain.write([Msg({"op": "insert", "k": "b"}), Msg({"op": "delete", "k": "b"})]) == []
+    assert await r.exists(f"{p}b") == 0
+    hashed = await cache_sink(res, key=f'"{p}" + msg.k', mode="hash", version="msg.v", delete='msg.op == "delete"')
+    assert await hashed.write([Msg({"op": "insert", "k": "h", "v": 1}), Msg({"op": "delete", "k": "h", "v": 2})]) == []
+    assert await r.exists(f"{p}h") == 0
+    failed = await plain.write([Msg({"op": "delete", "k": "b"}), Msg({"k": "b"})])
+    assert [reason for _, reason in failed] == ["delete: no such key: 'op'"]
+    bad = await cache_sink(res, key=f'"{p}" + msg.k', delete="msg.op")
+    assert [reason for _, reason in await bad.write([Msg({"op": "delete", "k": "b"})])] == [
+        "delete: expected a bool, got 'delete'"]
+    await r.aclose()
+    await res.close()
+
+
 def outputs(ports=("out",)) -> Outputs:
     return Outputs("lookup", ports, NodeStats("lookup", "operator", "redis_lookup"))
 

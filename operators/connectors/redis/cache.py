@@ -5,6 +5,11 @@ newer than the message's is left alone, so replays and out-of-order deliveries c
 same state as a PostgreSQL table written with last-write-wins on the same version (equal versions
 overwrite). The version lives in the hash (`version_field`) or, for plain values, in a sibling key
 `<key><version_suffix>`, which gets the same TTL.
+
+With `delete`, a message whose condition is true deletes its key instead (CDC deletes: `msg.op ==
+"delete"`). Versioned deletes go through the same script: a stored newer version wins, and in mode
+`value` the version key stays behind as a tombstone (with the TTL, if any), so an older write
+replayed later cannot bring the entry back; in mode `hash` the version goes with the hash.
 """
 
 from __future__ import annotations
@@ -37,14 +42,23 @@ from operators.connectors.redis.resolve import RESOLVE_SCRIPT, vector_json
 
 __all__ = ["CAS_SCRIPT", "RedisCacheSink", "RedisCacheSinkConfig", "encode_value"]
 
-# KEYS: key, version key. ARGV: mode ('v'|'h'), ttl ms (0: none), version ('': none), version field,
+# KEYS: key, version key. ARGV: mode ('v'|'h', or 'dv'|'dh' to delete), ttl ms (0: none), version ('': none), version field,
 # then the value (mode v) or field/value pairs (mode h). Returns 1 when written, 0 when stale.
 CAS_SCRIPT = """
 local mode, ttl, ver = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local hash = mode == 'h' or mode == 'dh'
 if ver ~= '' then
   local cur
-  if mode == 'h' then cur = redis.call('HGET', KEYS[1], ARGV[4]) else cur = redis.call('GET', KEYS[2]) end
+  if hash then cur = redis.call('HGET', KEYS[1], ARGV[4]) else cur = redis.call('GET', KEYS[2]) end
   if cur and tonumber(cur) and tonumber(cur) > tonumber(ver) then return 0 end
+end
+if mode == 'dv' or mode == 'dh' then
+  redis.call('DEL', KEYS[1])
+  if ver ~= '' and mode == 'dv' then
+    redis.call('SET', KEYS[2], ver)
+    if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+  end
+  return 1
 end
 if mode == 'h' then
   redis.call('DEL', KEYS[1])
@@ -82,6 +96,9 @@ class RedisCacheSinkConfig(NodeConfig):
     ttl: PositiveDuration | None = Field(None, description="Expiry of each key; none if unset.", examples=["1h", 600])
     version: CelExpr | None = Field(None, description="CEL expression giving a numeric version: an older "
                                     "version never overwrites a newer one.", examples=["msg.version"])
+    delete: CelExpr | None = Field(None, description="CEL condition: when true, the message deletes its key "
+                                   "instead of writing it (versioned like a write).",
+                                   examples=['msg.op == "delete"'])
     version_field: str = Field("_version", description="Hash field holding the version (mode hash).")
     version_suffix: str = Field(":version", description="Suffix of the sibling key holding the version "
                                 "(mode value) or the version vector.")
@@ -104,6 +121,8 @@ class RedisCacheSinkConfig(NodeConfig):
             raise ValueError("`vector` is needed by, and only used by, strategy version_vector")
         if self.field_versions and self.strategy != "merge":
             raise ValueError("`field_versions` is used by strategy merge")
+        if self.delete is not None and self.strategy != "replace":
+            raise ValueError(f"`delete` works with strategy replace, not {self.strategy}")
         return self
 
 
@@ -154,6 +173,7 @@ nodes:
         self._key = compile_expr(config.key)
         self._value = compile_expr(config.value) if config.value else None
         self._version = compile_expr(config.version) if config.version else None
+        self._delete = compile_expr(config.delete) if config.delete else None
         self._ttl_ms = int(config.ttl * 1000) if config.ttl else 0
         self._client: Any = None
         self._vector = compile_expr(config.vector) if config.vector else None
@@ -173,8 +193,8 @@ nodes:
         if self.config.strategy != "replace":
             self._resolve_sha = await self._client.script_load(RESOLVE_SCRIPT)
 
-    def _entry(self, msg: Msg) -> tuple[str, list[Any], str]:
-        """(key, value args, version) of one message; raises ValueError with the reason."""
+    def _entry(self, msg: Msg) -> tuple[str, list[Any] | None, str]:
+        """(key, value args or None to delete, version) of one message; raises ValueError with the reason."""
         body, meta = msg.body, msg.meta
         try:
             key = self._key(body, meta)
@@ -182,6 +202,14 @@ nodes:
             raise ValueError(f"key: {exc}") from None
         if not isinstance(key, (str, int)) or isinstance(key, bool) or key == "":
             raise ValueError(f"key: expected a non-empty string, got {key!r}")
+        deleting = False
+        if self._delete is not None:
+            try:
+                deleting = self._delete(body, meta)
+            except EvalError as exc:
+                raise ValueError(f"delete: {exc}") from None
+            if not isinstance(deleting, bool):
+                raise ValueError(f"delete: expected a bool, got {deleting!r}")
         try:
             value = self._value(body, meta) if self._value is not None else body
         except EvalError as exc:
@@ -200,6 +228,8 @@ nodes:
                 version = vector_json(self._vector(body, meta)).decode()
             except EvalError as exc:
                 raise ValueError(f"version vector: {exc}") from None
+        if deleting:
+            return str(key), None, version
         if self.config.mode == "hash":
             if not isinstance(value, dict):
                 raise ValueError(f"mode hash needs a map, got {type(value).__name__}")
@@ -235,6 +265,11 @@ nodes:
                 key, args, version = self._entry(msg)
             except (ValueError, TypeError) as exc:  # TypeError: a hash field JSON cannot encode
                 failed.append((msg, encode_failure(exc)))
+                continue
+            if args is None:  # a delete: through the script, versioned or not
+                pipe.execute_command("EVALSHA", self._sha, 2, key, key + self.config.version_suffix,
+                                     "d" + mode, ttl, version, self.config.version_field)
+                sent.append(msg)
                 continue
             if self._resolve_sha:
                 pipe.execute_command("EVALSHA", self._resolve_sha, 2, key, key + self.config.version_suffix,
