@@ -30,6 +30,7 @@ _EXPORTS: dict[str, str] = {
     "PartitionEvents": "engine.partitions", "partition_of": "engine.partitions", "key_text": "engine.partitions",
     # checkpoints of operator state (engine.checkpoint): the store protocol and the record format
     "CheckpointStore": "engine.checkpoint", "CheckpointCorrupt": "engine.checkpoint",
+    "CheckpointFenced": "engine.checkpoint",
     "CheckpointTooLarge": "engine.checkpoint", "seal": "engine.checkpoint", "unseal": "engine.checkpoint",
     "ERRORS": "engine.runtime.outputs", "error_envelope": "engine.runtime.outputs",
     "inner_outputs": "engine.runtime.outputs",
@@ -83,7 +84,14 @@ if TYPE_CHECKING:
         cel_fields,
         connection_field,
     )
-    from engine.checkpoint import CheckpointCorrupt, CheckpointStore, CheckpointTooLarge, seal, unseal
+    from engine.checkpoint import (
+        CheckpointCorrupt,
+        CheckpointFenced,
+        CheckpointStore,
+        CheckpointTooLarge,
+        seal,
+        unseal,
+    )
     from engine.codec import encode_failure
     from engine.errors import (
         MESSAGE,

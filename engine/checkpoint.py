@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from engine.errors import ConfigError
 
-__all__ = ["CHECKPOINT_VERSION", "CheckpointCorrupt", "CheckpointStore", "CheckpointTooLarge", "seal", "unseal"]
+__all__ = ["CHECKPOINT_VERSION", "CheckpointCorrupt", "CheckpointFenced", "CheckpointStore", "CheckpointTooLarge", "seal", "unseal"]
 
 CHECKPOINT_VERSION = 1
 _MAGIC = b"SDCK"
@@ -41,6 +41,11 @@ class CheckpointTooLarge(ConfigError):
     """A checkpoint save would exceed the node's `checkpoint.max_bytes`."""
 
 
+class CheckpointFenced(ConfigError):
+    """A save by an owner whose claim on the checkpoint was superseded: another process claimed the
+    partition (a takeover) since this one restored it. Nothing was written."""
+
+
 class CheckpointStore(Protocol):
     """Where a node's checkpoints live: one namespace (`name`) per node, one checkpoint per partition
     (`part`, a string: "-" for an unpartitioned input), keys within it ("" is the meta record)."""
@@ -49,8 +54,15 @@ class CheckpointStore(Protocol):
         """Every record of the checkpoint ({} when there is none)."""
         ...
 
-    async def save(self, name: str, part: str, upserts: dict[str, bytes], deletes: list[str]) -> None:
-        """Write `upserts` (meta included) and delete `deletes`, atomically."""
+    async def claim(self, name: str, part: str) -> int:
+        """Take the checkpoint over: a new epoch, higher than any before (call it before `load`).
+        Saves made under an older epoch fail from now on (`CheckpointFenced`)."""
+        ...
+
+    async def save(self, name: str, part: str, upserts: dict[str, bytes], deletes: list[str],
+                   epoch: int | None = None) -> None:
+        """Write `upserts` (meta included) and delete `deletes`, atomically; with `epoch`, only while
+        it is still the checkpoint's epoch (else raise `CheckpointFenced` and write nothing)."""
         ...
 
     async def drop(self, name: str, part: str) -> None:

@@ -36,6 +36,7 @@ from engine import (
     DELIVERED,
     Ack,
     CheckpointCorrupt,
+    CheckpointFenced,
     CheckpointTooLarge,
     Msg,
     Output,
@@ -125,6 +126,7 @@ class Checkpointer:
         self.failing = ""  # the last save error, while saves fail
         self.to_restore: set[int] = set()  # assigned partitions not restored yet (next tick)
         self.revocations: dict[int, int] = {}  # partition -> times revoked (a restore spanning one is void)
+        self.epochs: dict[int | None, int] = {}  # partition -> the epoch this process claimed it with
         # metrics
         self.saves = self.restores = self.failures = self.replayed = 0
         self.bytes_written = self.save_us = self.last_save_us = 0
@@ -191,6 +193,18 @@ class Checkpointer:
         emitted and nobody committed go out again even if no new item comes."""
         self.to_restore.add(partition)
 
+    def fenced(self, partition: int | None, part: _Part) -> None:
+        """Another process claimed the partition since this one restored it: drop it here, failing
+        the acks its state holds (the new owner restored the last checkpoint and gets them again)."""
+        if self.w.parts.get(partition) is part:
+            del self.w.parts[partition]
+        self.sizes.pop(partition, None)
+        held = part.store.discard() + part.pending
+        part.pending = []
+        reason = f"window {self.w.id}: partition {_part_name(partition)} was claimed by another owner"
+        for ack in held:
+            ack.fail(reason)
+
     def revoked(self, partition: int) -> None:
         self.revocations[partition] = self.revocations.get(partition, 0) + 1
         self.sizes.pop(partition, None)
@@ -201,6 +215,7 @@ class Checkpointer:
     async def restore(self, partition: int | None) -> None:
         pname = _part_name(partition)
         revoked = self.revocations.get(partition, 0) if partition is not None else 0
+        epoch = await self.store.claim(self.name, pname)  # fences the saves of any earlier owner
         records = await self.store.load(self.name, pname)
         if partition is not None and self.revocations.get(partition, 0) != revoked:
             return  # revoked while loading: the new owner restores it; saving it here would overwrite theirs
@@ -211,6 +226,7 @@ class Checkpointer:
             self.sizes[partition] = sum(part.rows.values()) + len(records.get("", b""))
             self.w.ctx.log.info("window %s: restored partition %s: %d key(s), %d window(s) to re-emit",
                                 self.w.id, pname, len(part.rows), len(part.resend))
+        self.epochs[partition] = epoch
         self.w.parts[partition] = part
 
     def _load(self, part: _Part, records: dict[str, bytes], what: str) -> None:
@@ -259,6 +275,8 @@ class Checkpointer:
         for partition, part in list(self.w.parts.items()):
             try:
                 await self._save(partition, part)
+            except CheckpointFenced as exc:  # dropped here (`fenced`): not a failure to retry
+                self.w.ctx.log.warning("window %s: %s; its items go back to the source", self.w.id, exc)
             except Exception as exc:  # noqa: BLE001 - state and acks stay; the next interval retries
                 ok = False
                 self.failures += 1
@@ -314,7 +332,11 @@ class Checkpointer:
         acks, part.pending = part.pending, []
         t0 = time.perf_counter()
         try:
-            await self.store.save(self.name, _part_name(partition), upserts, deletes)
+            await self.store.save(self.name, _part_name(partition), upserts, deletes, self.epochs.get(partition))
+        except CheckpointFenced:
+            part.pending = acks + part.pending
+            self.fenced(partition, part)
+            raise
         except BaseException:
             store.dirty |= dirty
             outbox.changed = True

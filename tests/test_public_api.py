@@ -18,7 +18,7 @@ EXPORTED = {
     "Msg", "Ack", "BatchAck", "CompositeAck", "own_ack", "NOOP_ACK", "DELIVERED", "FILTERED", "DEAD_LETTERED",
     # what a node sees
     "Context", "Output", "SourceSender", "AckFactory", "SharedResources", "HasLag", "HasConnectionState",
-    "HasLevels", "HasMetrics", "HasTotal", "PartitionEvents", "partition_of", "key_text", "CheckpointStore", "CheckpointCorrupt",
+    "HasLevels", "HasMetrics", "HasTotal", "PartitionEvents", "partition_of", "key_text", "CheckpointStore", "CheckpointCorrupt", "CheckpointFenced",
     "CheckpointTooLarge", "seal", "unseal", "ERRORS", "error_envelope", "inner_outputs",
     # CEL
     "compile_expr", "Expr", "EvalError", "CelError",

@@ -1,11 +1,11 @@
 """A keyed event-time window over partitioned input on a real 3-node JetStream cluster (R3 stream):
 two workers, kill -9 of one in the middle of open windows, a NATS node restarted, a third worker
-started mid-run. The window holds its items' acks (`acks: hold`, the default for a JetStream
-source): a partition's new owner gets its open windows' items again. With
-`STREAMDAG_TEST_WINDOW_ACKS=checkpoint` the window checkpoints its state per partition to
-PostgreSQL instead, and a new owner restores it (not the default here: a partition restored after
-its input has ended never closes its last window by `idle_timeout`, see the report of issue 16). The final windows equal the windows of the whole input computed in one place;
-nothing lost (every window, every count), nothing twice (the table's key), nothing late."""
+started mid-run. The window checkpoints its state per partition to PostgreSQL (`acks: checkpoint`):
+a partition's new owner restores it and gets again only what no checkpoint covered. With
+`STREAMDAG_TEST_WINDOW_ACKS=hold` the window holds its items' acks instead (the default for a
+JetStream source without a checkpoint store): a new owner gets its open windows' items again. The
+final windows equal the windows of the whole input computed in one place; nothing lost (every
+window, every count), nothing twice (the table's key), nothing late."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from tests.workers_harness import Supervised
 pytestmark = pytest.mark.services
 
 BINARY = cluster_binary()
-ACKS = os.environ.get("STREAMDAG_TEST_WINDOW_ACKS", "hold")
+ACKS = os.environ.get("STREAMDAG_TEST_WINDOW_ACKS", "checkpoint")
 P, USERS, N, STEP_MS, SIZE, T0 = 6, 12, 4000, 20, 2, 1_700_000_000  # event time: T0 + i * 20 ms
 
 

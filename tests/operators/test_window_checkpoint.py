@@ -155,10 +155,10 @@ def test_a_damaged_or_incomplete_checkpoint_is_a_clear_error_at_start() -> None:
     run(body)
 
 
-async def _meta(rig: Rig) -> Any:
+async def _meta(rig: Rig, part: str = "-") -> Any:
     from engine import unseal
 
-    (row,) = await sql(f"SELECT data FROM \"{rig.table}\" WHERE key = ''")
+    (row,) = await sql(f"SELECT data FROM \"{rig.table}\" WHERE key = '' AND part = $1", part)
     return unseal(bytes(row["data"]), "meta")
 
 
@@ -283,5 +283,39 @@ def test_a_restored_partition_closes_its_last_windows_on_idle_timeout() -> None:
         closed = out.take().get("out", [])
         assert sorted(m.body["key"] for m in closed) == sorted({k for _, k, _, _ in INPUT[:12]})
         assert sum(m.body["count"] for m in closed) == 12
+
+    run(body)
+
+
+def test_a_superseded_owner_cannot_overwrite_the_new_owners_checkpoint() -> None:
+    """Fencing: a process that lost a partition (paused past its lease, a zombie) restored it under an
+    older epoch; its next save writes nothing, and the acks its state holds fail (redelivered to the
+    owner that claimed it since)."""
+    async def body(rig: Rig) -> None:
+        old_events, new_events = PartitionEvents(), PartitionEvents()
+        old = rig.window(old_events)
+        await old.start()
+        old_events.assigned("src", 0)
+        tracker = AckTracker()
+        await feed(old, items(tracker, INPUT[:10], partition=0))  # restores (claims) partition 0 first
+        rig.clock.now += 2
+        await feed(old, items(tracker, INPUT[10:11], partition=0))
+        assert tracker.in_flight == 0  # covered by the checkpoint
+
+        new = rig.window(new_events)  # the takeover: claims partition 0, restores the checkpoint
+        await new.start()
+        new_events.assigned("src", 0)
+        again = AckTracker()
+        await feed(new, items(again, INPUT[11:12], partition=0))
+        before = await _meta(rig, part="0")
+
+        await feed(old, items(tracker, INPUT[12:20], partition=0))  # the old owner goes on...
+        rig.clock.now += 2
+        await feed(old, items(tracker, INPUT[20:21], partition=0))  # ...and its save is refused
+        assert await _meta(rig, part="0") == before
+        assert 0 not in old.parts and tracker.in_flight == 0
+        failed = tracker.take()[1]
+        assert sorted(t for t, _ in failed) == list(range(13, 22))
+        assert all("claimed by another owner" in reason for _, reason in failed)
 
     run(body)
