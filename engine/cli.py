@@ -498,6 +498,66 @@ def _add_test_command(sub: Any) -> None:
     t.set_defaults(fn=_cmd_test)
 
 
+def _cmd_alerts(args: argparse.Namespace) -> int:
+    """`streamdag alerts G`: the graph's Prometheus alert rules (engine/observe/alerts.py)."""
+    from engine.observe.alerts import Thresholds, alert_rules, render_rules
+
+    graph = _load(args)
+    if graph is None:
+        return EXIT_INVALID
+    try:
+        th = Thresholds(dead_letter_rate=args.dead_letter_rate, lag_messages=args.lag,
+                        consistency=args.consistency, stall_seconds=args.stall, pending=args.pending)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    return _write_text(render_rules(alert_rules(graph, th)), args.output)
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    """`streamdag dashboard G`: a Grafana dashboard of the graph (engine/observe/dashboard.py)."""
+    from engine.observe.dashboard import dashboard
+
+    graph = _load(args)
+    if graph is None:
+        return EXIT_INVALID
+    return _write_text(json.dumps(dashboard(graph, datasource=args.datasource), indent=2) + "\n", args.output)
+
+
+def _write_text(text: str, output: str | None) -> int:
+    if output:
+        with open(output, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def _add_monitoring_commands(sub: Any) -> None:
+    """`alerts` and `dashboard`: what Prometheus and Grafana need to watch a graph, from its file."""
+    a = sub.add_parser("alerts", help="print the Prometheus alert rules of a graph (check: promtool check rules)")
+    a.add_argument("file")
+    a.add_argument("-o", "--output", metavar="FILE")
+    a.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
+    a.add_argument("--dead-letter-rate", type=float, default=0.0, metavar="PER_S",
+                   help="alert when dead letters per second (5 min average) exceed this (default 0: any)")
+    a.add_argument("--lag", type=int, default=1000, metavar="N", help="lag growing: only above N messages (default 1000)")
+    a.add_argument("--consistency", type=float, default=0.92, metavar="SCORE",
+                   help="alert below this check-consistency score (default 0.92)")
+    a.add_argument("--stall", type=float, default=60.0, metavar="SECONDS",
+                   help="no progress: in flight and nothing settled this long (default 60)")
+    a.add_argument("--for", dest="pending", default="1m", metavar="DURATION",
+                   help="how long the fast conditions must hold before they fire (default 1m)")
+    a.set_defaults(fn=_cmd_alerts)
+    d = sub.add_parser("dashboard", help="print a Grafana dashboard (JSON) of a graph")
+    d.add_argument("file")
+    d.add_argument("-o", "--output", metavar="FILE")
+    d.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
+    d.add_argument("--datasource", default="${DS_PROMETHEUS}", metavar="UID",
+                   help="Prometheus data source uid (default: asked on import)")
+    d.set_defaults(fn=_cmd_dashboard)
+
+
 def _add_plugin_commands(sub: Any) -> None:
     """Subcommands contributed through the `streamdag.commands` entry points (e.g. check-consistency).
 
@@ -586,6 +646,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=_cmd_docs)
     _add_test_command(sub)
     _add_tap_command(sub)
+    _add_monitoring_commands(sub)
     _add_plugin_commands(sub)
     return p
 

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from decimal import Decimal
 from typing import Any, Literal
 
-__all__ = ["ConsistencyReport", "add_arguments", "check_consistency", "main", "quote_table"]
+__all__ = ["ConsistencyReport", "add_arguments", "check_consistency", "main", "quote_table", "write_metrics_file"]
 
 
 @dataclass
@@ -175,6 +175,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version-suffix", default=":version")
     parser.add_argument("--min-score", type=float, default=1.0, help="exit 1 below this score")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--metrics-file", metavar="PATH",
+                        help="also write the score as Prometheus text (node_exporter's textfile collector; "
+                        "`streamdag alerts` fires StreamdagConsistencyLow from it)")
+
+
+def write_metrics_file(report: ConsistencyReport, path: str) -> None:
+    """`streamdag_consistency_score{table, key_prefix}` and the check's time, written atomically
+    (a temporary file renamed over `path`) so a scrape never reads half a file."""
+    import os
+    import time
+
+    def esc(v: str) -> str:
+        return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+    labels = f'table="{esc(report.table)}",key_prefix="{esc(report.key_prefix)}"'
+    text = (
+        "# HELP streamdag_consistency_score Share of keys equal in PostgreSQL and the Redis cache (1: consistent).\n"
+        "# TYPE streamdag_consistency_score gauge\n"
+        f"streamdag_consistency_score{{{labels}}} {report.score!r}\n"
+        "# HELP streamdag_consistency_checked_seconds Unix time of the last consistency check.\n"
+        "# TYPE streamdag_consistency_checked_seconds gauge\n"
+        f"streamdag_consistency_checked_seconds{{{labels}}} {time.time():.3f}\n"
+    )
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -191,6 +218,8 @@ def main(args: argparse.Namespace) -> int:
         sys.stdout.write(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         sys.stdout.write(report.render() + "\n")
+    if args.metrics_file:
+        write_metrics_file(report, args.metrics_file)
     return 0 if report.score >= args.min_score else 1
 
 
