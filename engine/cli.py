@@ -202,7 +202,12 @@ async def _run_once(args: argparse.Namespace, graph: Any, reloader: Any, signals
     from engine.runtime.scheduler import Runner
 
     worker = _worker_info(args)
-    runner = Runner(graph, worker=worker)
+    try:
+        tracer = _start_tracing(args, graph)
+    except (ImportError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID, None
+    runner = Runner(graph, worker=worker, tracer=tracer)
     try:
         observers = await _start_observers(runner, args)
     except OSError as exc:
@@ -237,6 +242,8 @@ async def _run_once(args: argparse.Namespace, graph: Any, reloader: Any, signals
         if presence is not None:
             await presence.close()
         await observers.close()
+        if tracer is not None:  # export what is pending, off the event loop (bounded: 5 s)
+            await asyncio.to_thread(tracer.shutdown)
         following = None
         if reload is not None:
             reload.cancel()
@@ -533,6 +540,28 @@ def _write_text(text: str, output: str | None) -> int:
     return EXIT_OK
 
 
+def _start_tracing(args: argparse.Namespace, graph: Any) -> Any:
+    """`run --trace [RATIO]`: OpenTelemetry spans exported by OTLP (engine/observe/tracing.py), or None."""
+    if args.trace is None:
+        return None
+    from engine.observe.tracing import Tracing
+
+    ratio = None
+    if args.trace != "env":
+        try:
+            ratio = float(args.trace)
+        except ValueError:
+            raise ValueError(f"--trace {args.trace!r}: expected a sampling ratio between 0 and 1") from None
+    return Tracing.configure(graph.spec.name, ratio)
+
+
+def _add_trace_args(r: argparse.ArgumentParser) -> None:
+    r.add_argument("--trace", nargs="?", const="env", metavar="RATIO",
+                   help="export OpenTelemetry traces by OTLP/HTTP (OTEL_EXPORTER_OTLP_ENDPOINT...; needs the [otel] "
+                   "extra): a span per node per batch, RATIO of the source batches sampled (default: "
+                   "OTEL_TRACES_SAMPLER, else all); docs/observe.md")
+
+
 def _add_monitoring_commands(sub: Any) -> None:
     """`alerts` and `dashboard`: what Prometheus and Grafana need to watch a graph, from its file."""
     a = sub.add_parser("alerts", help="print the Prometheus alert rules of a graph (check: promtool check rules)")
@@ -613,6 +642,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--registry", metavar="URL|off",
                    help="NATS where workers register (default: the graph's first nats connection; off: none)")
     _add_observe_args(r)
+    _add_trace_args(r)
     r.set_defaults(fn=_cmd_run)
 
     g = sub.add_parser("graph", help="draw the graph")

@@ -1,0 +1,113 @@
+"""Traces in-process (the SDK's in-memory exporter): sampling ratio, spans per node per batch with
+their parents and links, dead letters and retries as events and attributes, nothing when off."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import textwrap
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("opentelemetry.sdk", reason="the [otel] extra is not installed")
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from engine.compile.validate import load_graph
+from engine.observe.tracing import Tracing
+from engine.runtime.scheduler import Runner, RunReport
+
+# gen feeds two nodes, so `price` has a queue of its own (the operator loop, not inline)
+GRAPH = """
+    version: 1
+    name: traced
+    defaults: {{dead_letter: dead, retry: {{initial_backoff: 0.001, max_backoff: 0.002}}}}
+    nodes:
+      gen: {{type: generate, config: {{count: {count}, batch: 10}}}}
+      price:
+        type: map
+        inputs: [gen]
+        config: {{expr: '{{"i": msg.i, "share": 100 / ((msg.i + 1) % {modulo})}}'}}
+      out: {{type: file_sink, inputs: [price], config: {{path: out.ndjson}}}}
+      tally: {{type: drop, inputs: [gen]}}
+      dead: {{type: file_sink, inputs: [gen.errors], config: {{path: dead.ndjson}}}}
+"""
+
+
+def _run(tmp_path: Path, ratio: float | None, count: int, modulo: int = 1000000) -> tuple[RunReport, list[Any]]:
+    path = tmp_path / "g.yaml"
+    path.write_text(textwrap.dedent(GRAPH.format(count=count, modulo=modulo)))
+    exporter = InMemorySpanExporter()
+    tracer = Tracing.configure("traced", ratio, exporter=exporter) if ratio is not None else None
+    report = asyncio.run(Runner(load_graph(str(path)), tracer=tracer).run())
+    if tracer is not None:
+        tracer.shutdown()
+    return report, list(exporter.get_finished_spans())
+
+
+def _attr(span: Any, key: str) -> Any:
+    return span.attributes[key]
+
+
+def test_sampling_ratio_and_one_trace_per_sampled_source_batch(tmp_path: Path) -> None:
+    report, spans = _run(tmp_path, 0.1, count=20000)
+    assert report.error is None and report.balanced
+    by_node = Counter(_attr(s, "streamdag.node") for s in spans)
+    sources = [s for s in spans if _attr(s, "streamdag.node") == "gen"]
+    # 2000 source batches at 10 %: binomial, sd 13.4; 4.5 sd either way
+    assert 140 <= len(sources) <= 260, len(sources)
+    assert all(not s.parent for s in sources)  # roots: nothing came with a context
+    sampled = {s.context.trace_id for s in sources}
+    assert len(sampled) == len(sources)
+    spans_by_id = {s.context.span_id: s for s in spans}
+    traced_in = {"price": 0, "out": 0, "tally": 0}
+    for s in spans:
+        node = _attr(s, "streamdag.node")
+        if node == "gen":
+            assert _attr(s, "streamdag.batch.traced") == 10
+            continue
+        # every downstream span is in a sampled trace, the child of its batch's first traced message
+        assert s.context.trace_id in sampled and s.parent is not None
+        parent = spans_by_id[s.parent.span_id]
+        assert _attr(parent, "streamdag.node") == {"price": "gen", "out": "price", "tally": "gen"}[node]
+        assert {link.context.trace_id for link in s.links} <= sampled  # other traced messages of the batch
+        traced_in[node] += _attr(s, "streamdag.batch.traced")
+        assert _attr(s, "streamdag.outcome") == "ok" and _attr(s, "streamdag.retries") == 0
+    # exactly the sampled messages were followed through each node, however the batches regrouped
+    assert traced_in == {"price": 10 * len(sources), "out": 10 * len(sources), "tally": 10 * len(sources)}
+    # price's queue regroups gen's batches: one span per batch it took, parent + links = the source batches in it
+    price = [s for s in spans if _attr(s, "streamdag.node") == "price"]
+    assert len(price) == by_node["price"] <= len(sources)
+    assert sum(1 + len(s.links) for s in price) == len(sources)
+    kinds = {_attr(s, "streamdag.node"): s.kind.name for s in spans}
+    assert kinds == {"gen": "CONSUMER", "price": "INTERNAL", "out": "PRODUCER", "tally": "PRODUCER"}
+
+
+def test_dead_letters_are_span_events_and_the_dead_letter_sink_continues_the_trace(tmp_path: Path) -> None:
+    report, spans = _run(tmp_path, 1.0, count=20, modulo=7)  # i = 6, 13: division by zero
+    assert report.error is None and report.balanced
+    price = [s for s in spans if _attr(s, "streamdag.node") == "price"]
+    events = [e for s in price for e in s.events if e.name == "dead_letter"]
+    assert len(events) == 2 and all("divide by zero" in e.attributes["streamdag.reason"] for e in events)
+    assert {_attr(s, "streamdag.outcome") for s in price} == {"partial"}
+    dead = [s for s in spans if _attr(s, "streamdag.node") == "dead"]
+    assert dead and {s.context.trace_id for s in dead} <= {s.context.trace_id for s in price}
+    rows = [json.loads(line) for line in (tmp_path / "dead.ndjson").read_text().splitlines()]
+    # the dead letter names its trace in its meta: a row leads to its trace
+    assert {r["meta"]["traceparent"].split("-")[1] for r in rows} <= {f"{s.context.trace_id:032x}" for s in spans}
+
+
+def test_tracing_off_leaves_no_trace_in_messages(tmp_path: Path) -> None:
+    report, spans = _run(tmp_path, None, count=50, modulo=7)
+    assert report.error is None and spans == []
+    rows = [json.loads(line) for line in (tmp_path / "dead.ndjson").read_text().splitlines()]
+    assert rows and not any("traceparent" in r["meta"] for r in rows)
+
+
+def test_ratio_zero_samples_nothing_and_bad_ratio_is_refused(tmp_path: Path) -> None:
+    _, spans = _run(tmp_path, 0.0, count=200)
+    assert [s for s in spans if s.attributes["streamdag.node"] != "gen"] == []
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        Tracing.configure("x", 1.5, exporter=InMemorySpanExporter())
