@@ -13,7 +13,8 @@ How a trace moves:
 - A source batch starts a span whose parent is the context the messages came with: `traceparent` of
   the HTTP request (`http_source` puts it in `meta["headers"]`), of the JetStream message headers, or
   of the Redis entry's `traceparent` field. Without one, the span is a root, sampled by the ratio
-  (`ParentBased(TraceIdRatioBased(ratio))`: an incoming sampled or unsampled flag is respected).
+  (one `random()` per source batch; an incoming sampled or unsampled flag is respected, as
+  `ParentBased` does).
 - An operator's or sink's batch gets a span only when some of its messages carry a context: the
   first is the parent, every other distinct one a span link. Before `process` or `write`, each traced
   message's meta is replaced (never changed in place: a meta may be shared) with a copy whose
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -50,27 +52,25 @@ def format_traceparent(trace_id: int, span_id: int, flags: int) -> str:
     return f"00-{trace_id:032x}-{span_id:016x}-{flags:02x}"
 
 
-def _incoming(m: Msg) -> str | None:
-    """The context a source's message arrived with: meta's own, or the transport's `traceparent` header."""
-    meta = m.meta
-    tp = meta.get("traceparent")
-    if tp is None:
-        headers = meta.get("headers")
-        if headers:
-            tp = headers.get("traceparent")
-    return tp if isinstance(tp, str) else None
+def _incoming(msgs: list[Msg]) -> list[str]:
+    """The distinct contexts a source's messages arrived with (their transport's `traceparent` header)."""
+    found = [h.get("traceparent") for m in msgs if (h := m.meta.get("headers"))]
+    return [tp for tp in dict.fromkeys(found) if isinstance(tp, str)]
 
 
 class Tracing:
     """The tracer of one run: spans per node per batch (see the module docstring)."""
 
-    def __init__(self, tracer: Any, graph: str, provider: Any = None):
+    def __init__(self, tracer: Any, graph: str, provider: Any = None, root_ratio: float | None = None):
         from opentelemetry import trace
         from opentelemetry.trace import Link, SpanKind, Status, StatusCode
         from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
         self._tracer = tracer
         self.graph = graph
+        # with a ratio, the root decision is made here (one random() per source batch, no span object
+        # for the batches left out); the provider's sampler then only follows parents
+        self.root_ratio = root_ratio
         self.provider = provider
         self._trace = trace
         self._link = Link
@@ -78,6 +78,9 @@ class Tracing:
         self._server = SpanKind.SERVER
         self._error = Status(StatusCode.ERROR)
         self._propagator = TraceContextTextMapPropagator()
+        # the acks of the sampled source batches still in flight: while there are none, no message
+        # carries a context and an operator's or sink's batch costs one check, not a lookup per message
+        self._live: list[list[Any]] = []
 
     @classmethod
     def configure(cls, graph: str, ratio: float | None = None, exporter: Any = None) -> Tracing:
@@ -88,7 +91,7 @@ class Tracing:
             from opentelemetry.sdk.resources import Resource
             from opentelemetry.sdk.trace import TracerProvider
             from opentelemetry.sdk.trace.export import BatchSpanProcessor
-            from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+            from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
         except ImportError as exc:
             raise ImportError(f"tracing needs the OpenTelemetry SDK: pip install 'streamdag[otel]' ({exc})") from exc
         if ratio is not None and not 0.0 <= ratio <= 1.0:
@@ -98,14 +101,14 @@ class Tracing:
             attrs["service.name"] = f"streamdag.{graph}"
         kwargs: dict[str, Any] = {"resource": Resource.create(attrs)}
         if ratio is not None:
-            kwargs["sampler"] = ParentBased(TraceIdRatioBased(ratio))
+            kwargs["sampler"] = ParentBased(ALWAYS_ON)  # roots: `root_ratio`, decided per source batch
         provider = TracerProvider(**kwargs)
         if exporter is None:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
             exporter = OTLPSpanExporter()
         provider.add_span_processor(BatchSpanProcessor(exporter))
-        return cls(provider.get_tracer("streamdag"), graph, provider)
+        return cls(provider.get_tracer("streamdag"), graph, provider, ratio)
 
     def shutdown(self, timeout_millis: int = 5000) -> None:
         """Export what is pending (bounded by `timeout_millis`) and stop the processor thread."""
@@ -158,10 +161,19 @@ class Tracing:
             span.set_status(self._error)
         span.end()
 
+    def _traced_in_flight(self) -> bool:
+        """Whether a message of a sampled source batch may still be in the graph (its ack unsettled)."""
+        live = self._live
+        if live:
+            live[:] = [acks for acks in live if any(a.pending > 0 for a in acks)]
+        return bool(live)
+
     async def run(self, rn: Any, retry: Callable[..., Awaitable[Any]], call: Callable[[], Any], batch: list[Msg],
                   outputs: Any, failed: object) -> Any:
         """An operator's or sink's batch: `retry(rn, call, batch, outputs)` (the runtime's retrier),
         inside a span when some message of the batch is traced. `failed` is the retrier's FAILED."""
+        if not self._traced_in_flight():
+            return await retry(rn, call, batch, outputs)
         parents = list(dict.fromkeys(tp for m in batch if (tp := m.meta.get("traceparent")) is not None))
         if not parents:
             return await retry(rn, call, batch, outputs)
@@ -204,13 +216,20 @@ class Tracing:
         """A source's send, making a span per batch sent (decided once, at start: no cost per batch
         when tracing is off)."""
         server = rn.type == "http_source"
+        carries = bool(getattr(rn.cls, "trace_context", False))
+
+        ratio = self.root_ratio
+        rand = random.random
 
         async def traced_send(lists: dict[str, list[Msg]]) -> None:
+            incoming = _incoming([m for ms in lists.values() for m in ms]) if carries else []
+            if not incoming and ratio is not None and rand() >= ratio:
+                await send(lists)  # a root left out by the ratio: no span, nothing stamped
+                return
             msgs = [m for ms in lists.values() for m in ms]
             if not msgs:
                 await send(lists)
                 return
-            incoming = list(dict.fromkeys(tp for m in msgs if (tp := _incoming(m)) is not None))
             sampled = [tp for tp in incoming if tp.endswith("-01")]
             parent = sampled[0] if sampled else (incoming[0] if incoming else None)
             span = self._start(rn, parent, [tp for tp in incoming if tp != parent], len(msgs), server)
@@ -219,6 +238,7 @@ class Tracing:
                 await send(lists)
                 return
             self._stamp(span, msgs, only_traced=False)
+            self._live.append(list({id(m.ack): m.ack for m in msgs}.values()))
             errors = lists.get("errors") or []
             self._dead_letters(span, [(e, str(e.body.get("error", ""))) for e in errors if isinstance(e.body, dict)])
             try:

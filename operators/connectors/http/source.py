@@ -69,6 +69,8 @@ class _Idem:
 class HttpSource(Source):
     """HTTP ingest gateway; see docs/http.md."""
 
+    trace_context: ClassVar[bool] = True  # traceparent header -> meta["headers"] (docs/observe.md)
+
     Config: ClassVar[type[HttpSourceConfig]] = HttpSourceConfig
     example = """\
 version: 1

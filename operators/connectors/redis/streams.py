@@ -110,6 +110,8 @@ def _default_consumer() -> str:
 class RedisStreamSource(Source):
     """XREADGROUP in batches; XACK on commit; XPENDING + XCLAIM for stuck entries; dead letters."""
 
+    trace_context: ClassVar[bool] = True  # traceparent header -> meta["headers"] (docs/observe.md)
+
     Config: ClassVar[type[NodeConfig]] = RedisStreamSourceConfig
     example = """\
 version: 1
