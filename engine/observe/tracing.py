@@ -55,7 +55,7 @@ def format_traceparent(trace_id: int, span_id: int, flags: int) -> str:
 def _incoming(msgs: list[Msg]) -> list[str]:
     """The distinct contexts a source's messages arrived with (their transport's `traceparent` header)."""
     found = [h.get("traceparent") for m in msgs if (h := m.meta.get("headers"))]
-    return [tp for tp in dict.fromkeys(found) if isinstance(tp, str)]
+    return [tp for tp in dict.fromkeys(found) if isinstance(tp, str) and len(tp) == 55]  # 00-<32>-<16>-<2>
 
 
 class Tracing:

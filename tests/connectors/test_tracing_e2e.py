@@ -17,6 +17,7 @@ import asyncpg
 import nats
 import orjson
 import pytest
+import redis.asyncio as aredis
 
 pytest.importorskip("opentelemetry.proto", reason="the [otel] extra is not installed")
 from aiohttp import web
@@ -165,3 +166,54 @@ async def test_one_trace_from_http_request_to_postgres_row(tmp_path: Path, monke
     # the second request: a root trace of its own through the same nodes
     other = [s for s in receiver.spans if s["trace"] != trace_id and s["attrs"]["streamdag.node"] == "ingest"]
     assert len(other) == 1 and other[0]["parent"] == ""
+
+
+@aio
+async def test_trace_crosses_a_redis_stream(tmp_path: Path) -> None:
+    """redis_stream_sink writes the span's context as a `traceparent` field (the CEL of docs/observe.md);
+    redis_stream_source in another graph continues that trace."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from tests.connectors.redis_harness import REDIS_URL, unique
+
+    stream = f"{unique('trace')}.events"
+    (tmp_path / "a.yaml").write_text(textwrap.dedent(f"""
+        version: 1
+        name: a
+        connections: {{cache: {{type: redis, url: "{REDIS_URL}"}}}}
+        nodes:
+          gen: {{type: generate, config: {{count: 5, batch: 5}}}}
+          put:
+            type: redis_stream_sink
+            inputs: [gen]
+            config:
+              connection: cache
+              stream: "{stream}"
+              fields: {{traceparent: 'has(meta.traceparent) ? meta.traceparent : ""'}}
+    """))
+    (tmp_path / "b.yaml").write_text(textwrap.dedent(f"""
+        version: 1
+        name: b
+        connections: {{cache: {{type: redis, url: "{REDIS_URL}"}}}}
+        nodes:
+          get:
+            type: redis_stream_source
+            config: {{connection: cache, stream: "{stream}", group: g, start: 0, exit_when_idle: true, block: 50ms}}
+          out: {{type: file_sink, inputs: [get], config: {{path: out.ndjson}}}}
+    """))
+    exporters = {"a": InMemorySpanExporter(), "b": InMemorySpanExporter()}  # a shut down one takes no more
+    r = aredis.Redis.from_url(REDIS_URL)
+    try:
+        for name in ("a", "b"):
+            tracer = Tracing.configure(name, 1.0, exporter=exporters[name])
+            report = await Runner(load_graph(str(tmp_path / f"{name}.yaml")), tracer=tracer).run()
+            await asyncio.to_thread(tracer.shutdown)
+            assert report.error is None and report.balanced
+    finally:
+        await r.delete(stream)
+        await r.aclose()
+    spans = {s.attributes["streamdag.node"]: s for e in exporters.values() for s in e.get_finished_spans()}
+    assert set(spans) == {"gen", "put", "get", "out"}
+    assert spans["get"].parent.span_id == spans["put"].context.span_id
+    assert spans["out"].parent.span_id == spans["get"].context.span_id
+    assert len({s.context.trace_id for s in spans.values()}) == 1

@@ -329,7 +329,7 @@ nodes:
             delivery = 1 if counts is None else counts.get(eid, 0) + 1
             meta = {"stream": stream, "id": eid.decode(), "delivery": delivery}
             raw = fields.get(field) if fields else None
-            if fields and b"traceparent" in fields:  # trace context (docs/observe.md)
+            if fields and fields.get(b"traceparent"):  # trace context (docs/observe.md)
                 meta["headers"] = {"traceparent": fields[b"traceparent"].decode("latin-1")}
             reason = None
             body: Any = None
