@@ -29,7 +29,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from engine.compile.validate import load_graph
 from engine.observe.tracing import Tracing
 from engine.runtime.scheduler import Runner
-from tests.connectors.http_harness import aio, post
+from tests.connectors.http_harness import aio, post, serve_post
 
 pytestmark = pytest.mark.services
 NATS_URL = os.environ.get("STREAMDAG_TEST_NATS", "nats://127.0.0.1:4222")
@@ -63,13 +63,7 @@ async def test_one_trace_from_http_request_to_postgres_row(tmp_path: Path, monke
     tag = uuid.uuid4().hex[:10]
     stream, subject, table = f"TRACE_{tag.upper()}", f"trace_{tag}.in", f"traced_{tag}"
     receiver = OtlpReceiver()
-    app = web.Application()
-    app.router.add_post("/v1/traces", receiver.handle)
-    web_runner = web.AppRunner(app)
-    await web_runner.setup()
-    site = web.TCPSite(web_runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    web_runner, port = await serve_post("/v1/traces", receiver.handle)
     # the standard variables only: the SDK's OTLP exporter reads them
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", f"http://127.0.0.1:{port}/v1/traces")
     monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")

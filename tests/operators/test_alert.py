@@ -16,6 +16,7 @@ from aiohttp import web
 from engine.compile.diagnostics import GraphInvalid
 from engine.compile.validate import load_graph
 from engine.runtime.scheduler import Runner, RunReport
+from tests.connectors.http_harness import serve_post
 
 GRAPH = """
     version: 1
@@ -62,13 +63,7 @@ class Hook:
 
 async def _run(tmp_path: Path, hook: Hook, count: int = 20, group: bool = False, path: str = "/hook",
                attempts: str = "") -> RunReport:
-    app = web.Application()
-    app.router.add_post("/hook", hook.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    runner, port = await serve_post("/hook", hook.handle)
     try:
         text = GRAPH.format(port=port, count=count, group=str(group).lower(), path=path, attempts=attempts)
         (tmp_path / "g.yaml").write_text(textwrap.dedent(text))
@@ -121,8 +116,6 @@ def test_webhook_down_is_retried_until_back(tmp_path: Path) -> None:
 
     async def scenario() -> tuple[RunReport, Hook]:
         hook = Hook()
-        app = web.Application()
-        app.router.add_post("/hook", hook.handle)
         probe = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
         port = probe.sockets[0].getsockname()[1]
         probe.close()
@@ -132,9 +125,7 @@ def test_webhook_down_is_retried_until_back(tmp_path: Path) -> None:
         run = asyncio.ensure_future(Runner(load_graph(str(tmp_path / "g.yaml"))).run())
         await asyncio.sleep(0.3)  # refused meanwhile
         assert not run.done() and not hook.requests
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
+        runner, _ = await serve_post("/hook", hook.handle, port)
         try:
             return await asyncio.wait_for(run, 20), hook
         finally:
