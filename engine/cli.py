@@ -242,8 +242,8 @@ async def _run_once(args: argparse.Namespace, graph: Any, reloader: Any, signals
         if presence is not None:
             await presence.close()
         await observers.close()
-        if tracer is not None:  # export what is pending, off the event loop (bounded: 5 s)
-            await asyncio.to_thread(tracer.shutdown)
+        if tracer is not None and not await tracer.close(5.0):  # export what is pending, at most 5 s
+            logging.getLogger("streamdag").warning("traces: the collector did not take the last spans in 5 s")
         following = None
         if reload is not None:
             reload.cancel()

@@ -35,6 +35,7 @@ from __future__ import annotations
 import inspect
 import os
 import random
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -45,6 +46,8 @@ __all__ = ["MAX_EVENTS", "MAX_LINKS", "Tracing", "format_traceparent"]
 MAX_LINKS = 128  # span links per batch span (the SDK's default limit)
 MAX_EVENTS = 32  # dead_letter / exception events per span
 _FAILED_OUTCOME = "failed"
+_TRACEPARENT = re.compile(r"00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")  # W3C, version 00
+_ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16  # invalid ids: such a header starts no trace of its own
 _KIND = {"source": "CONSUMER", "operator": "INTERNAL", "sink": "PRODUCER"}
 
 
@@ -55,7 +58,8 @@ def format_traceparent(trace_id: int, span_id: int, flags: int) -> str:
 def _incoming(msgs: list[Msg]) -> list[str]:
     """The distinct contexts a source's messages arrived with (their transport's `traceparent` header)."""
     found = [h.get("traceparent") for m in msgs if (h := m.meta.get("headers"))]
-    return [tp for tp in dict.fromkeys(found) if isinstance(tp, str) and len(tp) == 55]  # 00-<32>-<16>-<2>
+    return [tp for tp in dict.fromkeys(found) if isinstance(tp, str) and _TRACEPARENT.fullmatch(tp)
+            and tp[3:35] != _ZERO_TRACE and tp[36:52] != _ZERO_SPAN]
 
 
 class Tracing:
@@ -102,7 +106,7 @@ class Tracing:
         kwargs: dict[str, Any] = {"resource": Resource.create(attrs)}
         if ratio is not None:
             kwargs["sampler"] = ParentBased(ALWAYS_ON)  # roots: `root_ratio`, decided per source batch
-        provider = TracerProvider(**kwargs)
+        provider = TracerProvider(shutdown_on_exit=False, **kwargs)  # `close` bounds the flush; no atexit wait
         if exporter is None:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
@@ -115,6 +119,22 @@ class Tracing:
         if self.provider is not None:
             self.provider.force_flush(timeout_millis)
             self.provider.shutdown()
+
+    async def close(self, timeout: float = 5.0) -> bool:
+        """`shutdown` on a daemon thread, waited for at most `timeout` seconds with the event loop
+        running (so a second signal still ends the process at once, and an unreachable collector
+        cannot hold the exit up longer). False when spans were left unexported."""
+        import asyncio
+        import threading
+
+        done = threading.Thread(target=self.shutdown, args=(int(timeout * 1000),), daemon=True,
+                                name="streamdag-trace-shutdown")
+        done.start()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while done.is_alive() and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        return not done.is_alive()
 
     # -- spans -------------------------------------------------------------------------------------
 

@@ -111,3 +111,56 @@ def test_ratio_zero_samples_nothing_and_bad_ratio_is_refused(tmp_path: Path) -> 
     assert [s for s in spans if s.attributes["streamdag.node"] != "gen"] == []
     with pytest.raises(ValueError, match="between 0 and 1"):
         Tracing.configure("x", 1.5, exporter=InMemorySpanExporter())
+
+
+def test_close_is_bounded_when_the_collector_hangs() -> None:
+    """An exporter that never returns cannot hold the end of a run up longer than `close`'s timeout."""
+    import threading
+    import time
+
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+    release = threading.Event()
+
+    class Hanging(SpanExporter):
+        def export(self, spans: Any) -> SpanExportResult:
+            release.wait(10)
+            return SpanExportResult.SUCCESS
+
+    tracer = Tracing.configure("hang", 1.0, exporter=Hanging())
+    tracer._tracer.start_span("one").end()
+
+    async def close() -> tuple[bool, float]:
+        t0 = time.perf_counter()
+        ok = await tracer.close(0.3)
+        return ok, time.perf_counter() - t0
+
+    try:
+        ok, seconds = asyncio.run(close())
+    finally:
+        release.set()
+    assert not ok and seconds < 1.5
+
+
+def test_run_trace_option_rejects_a_bad_ratio(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.cli import main
+
+    path = tmp_path / "g.yaml"
+    path.write_text(textwrap.dedent(GRAPH.format(count=3, modulo=7)))
+    assert main(["run", str(path), "-q", "--trace", "often"]) == 1
+    assert "--trace 'often': expected a sampling ratio between 0 and 1" in capsys.readouterr().err
+    assert main(["run", str(path), "-q", "--trace", "2"]) == 1
+    assert "trace sampling ratio 2.0 is not between 0 and 1" in capsys.readouterr().err
+    assert not (tmp_path / "out.ndjson").exists()  # refused before anything ran
+
+
+def test_only_well_formed_contexts_are_continued() -> None:
+    """A malformed or all-zero `traceparent` is ignored: the batch is a root, sampled by the ratio."""
+    from engine.message import Msg
+    from engine.observe.tracing import _incoming
+
+    good = "00-" + "a" * 32 + "-" + "b" * 16 + "-01"
+    msgs = [Msg({}, {"headers": {"traceparent": tp}}) for tp in (
+        good, good, "00-" + "0" * 32 + "-" + "b" * 16 + "-01", "00-" + "a" * 32 + "-" + "0" * 16 + "-01",
+        "garbage", "00-" + "A" * 32 + "-" + "b" * 16 + "-01", "")] + [Msg({}, {})]
+    assert _incoming(msgs) == [good]
