@@ -23,6 +23,9 @@ How a trace moves:
 - Attributes: graph, node, type, kind, batch size, outcome (`ok`, `partial`: some messages to
   `errors`, `failed`: the whole batch), retries; each failed attempt is an `exception` event, each
   message sent to `errors` a `dead_letter` event with its reason (at most `MAX_EVENTS` per span).
+- Exemplars: a traced batch leaves its trace id on its bucket of `streamdag_node_batch_seconds` and,
+  at a sink, of `streamdag_end_to_end_latency_seconds` (served in OpenMetrics, which Prometheus asks
+  for when its exemplar storage is on).
 
 Export is OTLP over HTTP/protobuf, configured by the standard variables (`OTEL_EXPORTER_OTLP_ENDPOINT`,
 `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, `..._HEADERS`, `..._TIMEOUT`, `OTEL_SERVICE_NAME`,
@@ -36,6 +39,7 @@ import inspect
 import os
 import random
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -85,6 +89,9 @@ class Tracing:
         # the acks of the sampled source batches still in flight: while there are none, no message
         # carries a context and an operator's or sink's batch costs one check, not a lookup per message
         self._live: list[list[Any]] = []
+        # node id -> NodeStats (set by the Runner): a traced batch leaves its trace id as the exemplar of
+        # its bucket in `streamdag_node_batch_seconds` and, at a sink, `streamdag_end_to_end_latency_seconds`
+        self.stats: dict[str, Any] = {}
 
     @classmethod
     def configure(cls, graph: str, ratio: float | None = None, exporter: Any = None) -> Tracing:
@@ -214,6 +221,7 @@ class Tracing:
                     span.record_exception(exc, {"streamdag.attempt": attempts})
                 raise
 
+        t0 = time.perf_counter()
         try:
             result = await retry(rn, attempt, batch, outputs)
         except BaseException:
@@ -228,8 +236,23 @@ class Tracing:
             dead = [(e, str(e.body.get("error", ""))) for e in errs if isinstance(e.body, dict)] + list(fails)
             self._dead_letters(span, dead)
             outcome = "partial" if dead else "ok"
+            self._exemplars(rn, span, batch, time.perf_counter() - t0, {id(m) for m, _ in dead})
         self._finish(span, outcome, max(0, attempts - 1))
         return result
+
+    def _exemplars(self, rn: Any, span: Any, batch: list[Msg], seconds: float, failed: set[int]) -> None:
+        stats = self.stats.get(rn.id)
+        if stats is None:
+            return
+        trace_id = f"{span.get_span_context().trace_id:032x}"
+        now = time.time()
+        stats.batch_seconds.set_exemplar(seconds, trace_id, now)
+        if rn.kind == "sink":
+            for m in batch:
+                ts = m.meta.get("timestamp")
+                if "traceparent" in m.meta and id(m) not in failed and isinstance(ts, (int, float)):
+                    stats.end_to_end.set_exemplar(now - ts, trace_id, now)
+                    break
 
     def wrap_source(self, rn: Any, send: Callable[[dict[str, list[Msg]]], Awaitable[None]]
                     ) -> Callable[[dict[str, list[Msg]]], Awaitable[None]]:

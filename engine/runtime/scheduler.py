@@ -72,6 +72,8 @@ class Runner:
         plan = graph if isinstance(graph, Plan) else build_plan(graph)
         self._s = s = RunState(plan, clock)
         s.tracer = tracer  # engine.observe.tracing.Tracing, or None: tracing off
+        if tracer is not None:
+            tracer.stats = s.stats  # for exemplars on the latency histograms
         s.worker = worker or WorkerInfo()
         self.view = RunView(s)
         g = plan.graph

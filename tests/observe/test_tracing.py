@@ -164,3 +164,38 @@ def test_only_well_formed_contexts_are_continued() -> None:
         good, good, "00-" + "0" * 32 + "-" + "b" * 16 + "-01", "00-" + "a" * 32 + "-" + "0" * 16 + "-01",
         "garbage", "00-" + "A" * 32 + "-" + "b" * 16 + "-01", "")] + [Msg({}, {})]
     assert _incoming(msgs) == [good]
+
+
+def test_latency_histograms_carry_exemplars_with_the_trace_id(tmp_path: Path) -> None:
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+
+    from engine.observe.metrics import make_registry, render_metrics, render_openmetrics
+    from engine.observe.server import MetricsServer, _accept
+
+    path = tmp_path / "g.yaml"
+    path.write_text(textwrap.dedent(GRAPH.format(count=200, modulo=1000000)))
+    exporter = InMemorySpanExporter()
+    tracer = Tracing.configure("traced", 1.0, exporter=exporter)
+    runner = Runner(load_graph(str(path)), tracer=tracer)
+    assert asyncio.run(runner.run()).balanced
+    tracer.shutdown()
+    traces = {f"{s.context.trace_id:032x}" for s in exporter.get_finished_spans()}
+    registry = make_registry(runner, process=False)
+    ctype, body = render_openmetrics(registry)
+    assert ctype.startswith("application/openmetrics-text")
+    found: dict[str, set[str]] = {}
+    for fam in parse_openmetrics(body.decode()):
+        for s in fam.samples:
+            if s.exemplar is not None:
+                found.setdefault(f"{s.name}{{{s.labels.get('node') or s.labels.get('sink')}}}", set()).add(
+                    s.exemplar.labels["trace_id"])
+    assert {"streamdag_node_batch_seconds_bucket{price}", "streamdag_node_batch_seconds_bucket{out}",
+            "streamdag_end_to_end_latency_seconds_bucket{out}"} <= set(found)
+    assert set().union(*found.values()) <= traces
+    assert b"trace_id" not in render_metrics(registry)  # the Prometheus text format has no exemplars
+    head = b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: application/openmetrics-text; version=1.0.0\r\n\r\n"
+    server = MetricsServer(runner)  # what /metrics answers, by the scraper's Accept header
+    status, ctype, body = server.respond("GET", "/metrics", _accept(head))
+    assert status == 200 and ctype.startswith("application/openmetrics-text") and b"trace_id" in body
+    status, ctype, body = server.respond("GET", "/metrics")
+    assert ctype.startswith("text/plain; version=0.0.4") and b"trace_id" not in body
