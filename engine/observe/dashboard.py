@@ -78,7 +78,8 @@ def dashboard(graph: Any, datasource: str = "${DS_PROMETHEUS}") -> dict[str, Any
             "id": i + 1, "type": "timeseries", "title": title, "datasource": ds,
             "gridPos": {"h": 8, "w": 12, "x": 12 * (i % 2), "y": 8 * (i // 2)},
             "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
-            "targets": [{**t, "refId": chr(ord("A") + j), "datasource": ds} for j, t in enumerate(targets)],
+            "targets": [{**t, "refId": chr(ord("A") + j), "datasource": ds, "exemplar": unit == "s"}
+                        for j, t in enumerate(targets)],  # latency panels: trace ids of a traced run
         })
     nodes = sorted(graph.nodes)
     return {
