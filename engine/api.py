@@ -226,6 +226,9 @@ class Source(Node):
     # How N workers (`--workers`) share this source's input without reading an item twice; empty:
     # they cannot, and the graph is refused under --workers > 1 (E261, engine.compile.scale).
     shared_by: ClassVar[str] = ""
+    # True when messages may arrive with a W3C trace context, `meta["headers"]["traceparent"]`: a traced
+    # run (`run --trace`) then continues the sender's trace (engine/observe/tracing.py). False: no lookup.
+    trace_context: ClassVar[bool] = False
 
     @classmethod
     def redelivery_horizon(cls, config: Any) -> float | None:

@@ -229,7 +229,12 @@ async def _run_once(args: argparse.Namespace, graph: Any, reloader: Any, signals
     from engine.runtime.scheduler import Runner
 
     worker = _worker_info(args)
-    runner = Runner(graph, worker=worker)
+    try:
+        tracer = _start_tracing(args, graph)
+    except (ImportError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID, None
+    runner = Runner(graph, worker=worker, tracer=tracer)
     try:
         observers = await _start_observers(runner, args)
     except OSError as exc:
@@ -275,6 +280,8 @@ async def _run_once(args: argparse.Namespace, graph: Any, reloader: Any, signals
         if presence is not None:
             await presence.close()
         await observers.close()
+        if tracer is not None and not await tracer.close(5.0):  # export what is pending, at most 5 s
+            logging.getLogger("streamdag").warning("traces: the collector did not take the last spans in 5 s")
         following = None
         if reload is not None:
             reload.cancel()
@@ -537,6 +544,88 @@ def _add_test_command(sub: Any) -> None:
     t.set_defaults(fn=_cmd_test)
 
 
+def _cmd_alerts(args: argparse.Namespace) -> int:
+    """`streamdag alerts G`: the graph's Prometheus alert rules (engine/observe/alerts.py)."""
+    from engine.observe.alerts import Thresholds, alert_rules, render_rules
+
+    graph = _load(args)
+    if graph is None:
+        return EXIT_INVALID
+    try:
+        th = Thresholds(dead_letter_rate=args.dead_letter_rate, lag_messages=args.lag,
+                        consistency=args.consistency, stall_seconds=args.stall, pending=args.pending)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    return _write_text(render_rules(alert_rules(graph, th)), args.output)
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    """`streamdag dashboard G`: a Grafana dashboard of the graph (engine/observe/dashboard.py)."""
+    from engine.observe.dashboard import dashboard
+
+    graph = _load(args)
+    if graph is None:
+        return EXIT_INVALID
+    return _write_text(json.dumps(dashboard(graph, datasource=args.datasource), indent=2) + "\n", args.output)
+
+
+def _write_text(text: str, output: str | None) -> int:
+    if output:
+        with open(output, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
+
+
+def _start_tracing(args: argparse.Namespace, graph: Any) -> Any:
+    """`run --trace [RATIO]`: OpenTelemetry spans exported by OTLP (engine/observe/tracing.py), or None."""
+    if args.trace is None:
+        return None
+    from engine.observe.tracing import Tracing
+
+    ratio = None
+    if args.trace != "env":
+        try:
+            ratio = float(args.trace)
+        except ValueError:
+            raise ValueError(f"--trace {args.trace!r}: expected a sampling ratio between 0 and 1") from None
+    return Tracing.configure(graph.spec.name, ratio)
+
+
+def _add_trace_args(r: argparse.ArgumentParser) -> None:
+    r.add_argument("--trace", nargs="?", const="env", metavar="RATIO",
+                   help="export OpenTelemetry traces by OTLP/HTTP (OTEL_EXPORTER_OTLP_ENDPOINT...; needs the [otel] "
+                   "extra): a span per node per batch, RATIO of the source batches sampled (default: "
+                   "OTEL_TRACES_SAMPLER, else all); docs/observe.md")
+
+
+def _add_monitoring_commands(sub: Any) -> None:
+    """`alerts` and `dashboard`: what Prometheus and Grafana need to watch a graph, from its file."""
+    a = sub.add_parser("alerts", help="print the Prometheus alert rules of a graph (check: promtool check rules)")
+    a.add_argument("file")
+    a.add_argument("-o", "--output", metavar="FILE")
+    a.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
+    a.add_argument("--dead-letter-rate", type=float, default=0.0, metavar="PER_S",
+                   help="alert when dead letters per second (5 min average) exceed this (default 0: any)")
+    a.add_argument("--lag", type=int, default=1000, metavar="N", help="lag growing: only above N messages (default 1000)")
+    a.add_argument("--consistency", type=float, default=0.92, metavar="SCORE",
+                   help="alert below this check-consistency score (default 0.92)")
+    a.add_argument("--stall", type=float, default=60.0, metavar="SECONDS",
+                   help="no progress: in flight and nothing settled this long (default 60)")
+    a.add_argument("--for", dest="pending", default="1m", metavar="DURATION",
+                   help="how long the fast conditions must hold before they fire (default 1m)")
+    a.set_defaults(fn=_cmd_alerts)
+    d = sub.add_parser("dashboard", help="print a Grafana dashboard (JSON) of a graph")
+    d.add_argument("file")
+    d.add_argument("-o", "--output", metavar="FILE")
+    d.add_argument("--set", action="append", default=[], metavar="PATH=VALUE")
+    d.add_argument("--datasource", default="${DS_PROMETHEUS}", metavar="UID",
+                   help="Prometheus data source uid (default: asked on import)")
+    d.set_defaults(fn=_cmd_dashboard)
+
+
 def _add_plugin_commands(sub: Any) -> None:
     """Subcommands contributed through the `streamdag.commands` entry points (e.g. check-consistency).
 
@@ -568,8 +657,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                    "(sets STREAMDAG_LIMIT_<NAME>; names and defaults: docs/limits.md); repeatable")
     sub = p.add_subparsers(dest="command", required=True)
 
+    added: set[Any] = set()
     for name, add in _BUILTIN.items():
-        if only is None or only == name:
+        if (only is None or only == name) and add not in added:  # one function may add two commands
+            added.add(add)
             add(sub)
     if only is None:
         _add_plugin_commands(sub)
@@ -619,6 +710,7 @@ def _add_run(sub: Any) -> None:
     r.add_argument("--registry", metavar="URL|off",
                    help="NATS where workers register (default: the graph's first nats connection; off: none)")
     _add_observe_args(r)
+    _add_trace_args(r)
     r.set_defaults(fn=_cmd_run)
 
 
@@ -664,7 +756,8 @@ def _add_docs(sub: Any) -> None:
 
 
 _BUILTIN = {"validate": _add_validate, "run": _add_run, "graph": _add_graph, "top": _add_top, "workers": _add_workers,
-            "schema": _add_schema, "docs": _add_docs, "test": _add_test_command, "tap": _add_tap_command}
+            "schema": _add_schema, "docs": _add_docs, "test": _add_test_command, "tap": _add_tap_command,
+            "alerts": _add_monitoring_commands, "dashboard": _add_monitoring_commands}
 _GLOBAL_VALUED = ("--log-level", "--limit")  # the options before the command that take a value
 
 

@@ -45,13 +45,22 @@ SIZE_BUCKETS: tuple[float, ...] = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 250
 class Histogram:
     """Counts per bucket (`le` upper bounds, +Inf last), a sum and a count."""
 
-    __slots__ = ("bounds", "count", "counts", "sum")
+    __slots__ = ("bounds", "count", "counts", "exemplars", "sum")
 
     def __init__(self, bounds: Sequence[float] = LATENCY_BUCKETS):
         self.bounds = tuple(bounds)
         self.counts = [0] * (len(self.bounds) + 1)
         self.sum = 0.0
         self.count = 0
+        # bucket index -> (trace id, value, unix time): the latest traced observation of each bucket
+        # (engine/observe/tracing.py sets them; None until then, and always when tracing is off)
+        self.exemplars: dict[int, tuple[str, float, float]] | None = None
+
+    def set_exemplar(self, value: float, trace_id: str, at: float) -> None:
+        """Attach a trace to the bucket `value` falls in (the value itself is observed separately)."""
+        if self.exemplars is None:
+            self.exemplars = {}
+        self.exemplars[bisect_left(self.bounds, value)] = (trace_id, value, at)
 
     def observe(self, value: float) -> None:
         self.counts[bisect_left(self.bounds, value)] += 1

@@ -14,13 +14,14 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Exemplar
 
 from engine.hooks import HasLevels, HasMetrics
 from engine.observe.histogram import Histogram
 from engine.observe.monitor import Monitor, reconcile
 from engine.runtime.state import as_view
 
-__all__ = ["CONTENT_TYPE", "GraphCollector", "make_registry", "render_metrics"]
+__all__ = ["CONTENT_TYPE", "GraphCollector", "make_registry", "render_metrics", "render_openmetrics"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -249,7 +250,11 @@ class GraphCollector(Collector):
 def _histogram(name: str, doc: str, items: list[tuple[list[str], Histogram]], labels: list[str]) -> Metric:
     fam = HistogramMetricFamily(name, doc, labels=labels)
     for lv, h in items:
-        fam.add_metric(lv, h.cumulative(), h.sum)
+        buckets: list[Any] = h.cumulative()
+        if h.exemplars:  # a traced run: the bucket's latest trace (OpenMetrics exposition only)
+            buckets = [(le, n, Exemplar({"trace_id": ex[0]}, ex[1], ex[2])) if (ex := h.exemplars.get(i)) else (le, n)
+                       for i, (le, n) in enumerate(buckets)]
+        fam.add_metric(lv, buckets, h.sum)
     return fam
 
 
@@ -265,3 +270,12 @@ def make_registry(runner: Any, monitor: Monitor | None = None, process: bool = T
 def render_metrics(registry: CollectorRegistry) -> bytes:
     """The Prometheus text exposition of `registry`."""
     return generate_latest(registry)
+
+
+def render_openmetrics(registry: CollectorRegistry) -> tuple[str, bytes]:
+    """(content type, body) in OpenMetrics, the format that carries exemplars (the trace ids on the
+    latency histograms of a traced run); Prometheus asks for it when its exemplar storage is on."""
+    from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST
+    from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+    return CONTENT_TYPE_LATEST, generate_openmetrics(registry)

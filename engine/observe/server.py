@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from engine.observe.metrics import CONTENT_TYPE, make_registry, render_metrics
+from engine.observe.metrics import CONTENT_TYPE, make_registry, render_metrics, render_openmetrics
 from engine.observe.monitor import Monitor
 from engine.observe.page import status_page
 from engine.observe.snapshot import stats_snapshot
@@ -72,12 +72,14 @@ class MetricsServer:
             snap["workers"] = {"list": peers, "sum": sum_totals(peers)}
         return snap
 
-    def respond(self, method: str, path: str) -> tuple[int, str, bytes]:
+    def respond(self, method: str, path: str, accept: str = "") -> tuple[int, str, bytes]:
         """Status, content type and body for one request (no I/O: tests call it directly too)."""
         if method not in ("GET", "HEAD"):
             return 405, "text/plain; charset=utf-8", b"only GET\n"
         path = path.split("?", 1)[0]
         if path == "/metrics":
+            if "application/openmetrics-text" in accept:  # with exemplars (engine/observe/tracing.py)
+                return (200, *render_openmetrics(self.registry))
             return 200, CONTENT_TYPE, render_metrics(self.registry)
         if path == "/api/stats":
             return 200, "application/json", orjson.dumps(self.stats())
@@ -122,7 +124,7 @@ class MetricsServer:
                 method = "GET"
             else:
                 method = parts[0]
-                status, ctype, body = self.respond(method, parts[1])
+                status, ctype, body = self.respond(method, parts[1], _accept(head))
             writer.write(
                 f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
                 "Cache-Control: no-store\r\nConnection: close\r\n\r\n".encode("latin-1")
@@ -140,3 +142,12 @@ class MetricsServer:
                 await writer.wait_closed()
             except (ConnectionError, OSError):
                 pass
+
+
+def _accept(head: bytes) -> str:
+    """The request's Accept header (lower case), or ''."""
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"accept":
+            return value.strip().decode("latin-1").lower()
+    return ""

@@ -84,7 +84,11 @@ class NodeLoops:
                 stats.received += len(batch)
                 stats.batches += 1
                 t0 = time.perf_counter()
-                result = await self.retrier.run(rn, lambda b=batch: op.process(b, outputs), batch, outputs)
+                call = lambda b=batch: op.process(b, outputs)  # noqa: E731
+                if s.tracer is None:
+                    result = await self.retrier.run(rn, call, batch, outputs)
+                else:
+                    result = await s.tracer.run(rn, self.retrier.run, call, batch, outputs, FAILED)
                 stats.observe_batch(len(batch), time.perf_counter() - t0)
                 if result is not FAILED:
                     await dispatch(rn.id, outputs.take())
@@ -112,7 +116,11 @@ class NodeLoops:
             stats.received += len(batch)
             stats.batches += 1
             t0 = time.perf_counter()
-            failures: Any = await self.retrier.run(rn, lambda b=batch: sink.write(b), batch, None)
+            call = lambda b=batch: sink.write(b)  # noqa: E731
+            if s.tracer is None:
+                failures: Any = await self.retrier.run(rn, call, batch, None)
+            else:
+                failures = await s.tracer.run(rn, self.retrier.run, call, batch, None, FAILED)
             stats.observe_batch(len(batch), time.perf_counter() - t0)
             if failures is FAILED:
                 continue

@@ -78,7 +78,11 @@ class Router:
         stats.received += len(batch)
         stats.batches += 1
         t0 = time.perf_counter()
-        result = await self.retrier.run(rn, lambda: op.process(batch, outputs), batch, outputs)
+        if s.tracer is None:
+            result = await self.retrier.run(rn, lambda: op.process(batch, outputs), batch, outputs)
+        else:
+            result = await s.tracer.run(rn, self.retrier.run, lambda: op.process(batch, outputs), batch, outputs,
+                                        FAILED)
         stats.observe_batch(len(batch), time.perf_counter() - t0)
         if result is not FAILED:
             await self.dispatch(rn.id, outputs.take())

@@ -69,9 +69,13 @@ class RunReport:
 class Runner:
     """Instantiates the nodes of a graph and runs them as its `Plan` says."""
 
-    def __init__(self, graph: Graph | Plan, clock: Any = time.time, worker: WorkerInfo | None = None):
+    def __init__(self, graph: Graph | Plan, clock: Any = time.time, worker: WorkerInfo | None = None,
+                 tracer: Any = None):
         plan = graph if isinstance(graph, Plan) else build_plan(graph)
         self._s = s = RunState(plan, clock)
+        s.tracer = tracer  # engine.observe.tracing.Tracing, or None: tracing off
+        if tracer is not None:
+            tracer.stats = s.stats  # for exemplars on the latency histograms
         s.worker = worker or WorkerInfo()
         self.view = RunView(s)
         g = plan.graph
@@ -209,8 +213,10 @@ class Runner:
                 tracker = AckTracker(limit=g.spec.defaults.max_in_flight)
                 tracker.redelivers = bool(getattr(s.nodes[node_id], "redelivers", False))
                 s.trackers[node_id] = tracker
-                s.outputs[node_id] = SourceOutput(
-                    node_id, tracker, lambda lists, n=node_id: self.router.dispatch(n, lists), s.stats[node_id])
+                send: Any = lambda lists, n=node_id: self.router.dispatch(n, lists)  # noqa: E731
+                if s.tracer is not None:
+                    send = s.tracer.wrap_source(rn, send)
+                s.outputs[node_id] = SourceOutput(node_id, tracker, send, s.stats[node_id])
                 if s.stopping:
                     s.outputs[node_id].stopping.set()
         gc_was_enabled = gc.isenabled()

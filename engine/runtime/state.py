@@ -57,6 +57,8 @@ class RunState:
         # (node, port) -> the `streamdag tap` subscribers there (engine.observe.tap); empty unless someone taps:
         # the router checks it once per batch
         self.taps: dict[tuple[str, str], list[Any]] = {}
+        # engine.observe.tracing.Tracing when `run --trace`: the node loops check it once per batch
+        self.tracer: Any = None
 
     def stop(self) -> None:
         """Stop reading from sources; what is in flight drains and is acknowledged."""

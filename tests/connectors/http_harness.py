@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import aiohttp
@@ -113,3 +113,16 @@ async def post(session: aiohttp.ClientSession, url: str, body: bytes, **headers:
     hdrs = {"Content-Type": "application/json", **{k.replace("_", "-"): v for k, v in headers.items()}}
     async with session.post(url, data=body, headers=hdrs) as resp:
         return resp.status, await resp.json(content_type=None), resp.headers
+
+
+async def serve_post(path: str, handler: Callable[[Any], Awaitable[Any]], port: int = 0) -> tuple[Any, int]:
+    """An aiohttp server on 127.0.0.1 answering POST `path` with `handler`: (its runner, to `cleanup()`; port)."""
+    from aiohttp import web
+
+    app = web.Application()
+    app.router.add_post(path, handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from pathlib import Path
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
+from prometheus_client.parser import text_string_to_metric_families
 
 from engine.cli import main
 
@@ -17,7 +19,7 @@ REDIS = "redis://127.0.0.1:6379/0"
 
 
 @pytest.mark.services
-def test_check_consistency_command_scores_and_exits(capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_consistency_command_scores_and_exits(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     table = f"cc_{uuid.uuid4().hex[:10]}"
     prefix = f"cc-{uuid.uuid4().hex[:8]}:"
 
@@ -49,7 +51,13 @@ def test_check_consistency_command_scores_and_exits(capsys: pytest.CaptureFixtur
         assert main(base) == 1  # key 3 has version 0 in the cache, 1 in the table
         report = json.loads(capsys.readouterr().out)
         assert report["matched"] == 3 and report["score"] == pytest.approx(0.75)
-        assert main([*base, "--min-score", "0.7"]) == 0
+        prom = tmp_path / "consistency.prom"
+        assert main([*base, "--min-score", "0.7", "--metrics-file", str(prom)]) == 0
+        # for node_exporter's textfile collector; `streamdag alerts` fires StreamdagConsistencyLow on it
+        scores = {s.name: s for f in text_string_to_metric_families(prom.read_text()) for s in f.samples}
+        score = scores["streamdag_consistency_score"]
+        assert score.value == pytest.approx(0.75) and score.labels == {"table": table, "key_prefix": prefix}
+        assert list(tmp_path.iterdir()) == [prom]  # the temporary file was renamed over it
     finally:
         asyncio.run(cleanup())
 

@@ -69,6 +69,8 @@ class _Idem:
 class HttpSource(Source):
     """HTTP ingest gateway; see docs/http.md."""
 
+    trace_context: ClassVar[bool] = True  # traceparent header -> meta["headers"] (docs/observe.md)
+
     Config: ClassVar[type[HttpSourceConfig]] = HttpSourceConfig
     example = """\
 version: 1
@@ -363,6 +365,9 @@ nodes:
         base = {"source": self.id, "received_at": now, "timestamp": now, "request_id": rid}
         if req.headers.get(":credential"):
             base["credential"] = cred
+        tp = req.headers.get("traceparent")
+        if tp is not None:  # W3C trace context: a traced run continues the caller's trace
+            base["headers"] = {"traceparent": tp}
         queue = self.queue if dead_letter is None else []
         for i in keep:  # an item's token keeps its index in the request, as the replies report it
             meta = dict(base)

@@ -52,7 +52,7 @@ log = logging.getLogger("streamdag.jetstream")
 _SUBJECT = re.compile(r"^[^\s*>.]+(\.[^\s*>.]+)*$")
 _HEADER_KEY = re.compile(r"^[!-9;-~]+$")
 TIMESTAMP_HEADER = "Streamdag-Timestamp"  # meta.timestamp, epoch seconds: the start of end-to-end latency
-_OWN_HEADERS = frozenset({"Nats-Msg-Id", TIMESTAMP_HEADER})  # set by the sink, never copied
+_OWN_HEADERS = frozenset({"Nats-Msg-Id", TIMESTAMP_HEADER, "traceparent"})  # set by the sink, never copied
 
 
 class JetStreamPublishError(OutcomeUnknown):
@@ -324,6 +324,9 @@ nodes:
                 mid = f"{mid}#{k}"
         ts = meta.get("timestamp")
         stamp = b"Streamdag-Timestamp: %.6f\r\n" % ts if isinstance(ts, (int, float)) else b""
+        tp = meta.get("traceparent")  # set only on traced messages (engine/observe/tracing.py)
+        if tp is not None:
+            stamp += b"traceparent: %s\r\n" % _header_value(tp)
         if self._plain:  # the common case: only the message id (and the timestamp)
             hdr_block = b"NATS/1.0\r\nNats-Msg-Id: %s\r\n" % _header_value(mid) if mid else b"NATS/1.0\r\n"
             return subject, hdr_block + stamp + b"\r\n", _payload(body)

@@ -231,6 +231,8 @@ class JetStreamSource(Source):
     """Acks a message once every sink it reached committed it, naks it with the retry delay when it failed,
     and terminates it (to `errors`) after `max_deliver` deliveries; see docs/jetstream.md."""
 
+    trace_context = True  # traceparent header -> meta["headers"] (docs/observe.md)
+
     Config = JetStreamSourceConfig
     example = """\
 version: 1

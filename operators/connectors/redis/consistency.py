@@ -23,7 +23,7 @@ from typing import Any, Literal
 from engine import ConnectorError
 
 __all__ = ["ConsistencyReport", "add_arguments", "check_consistency", "compare_rows", "main", "quote_table",
-           "render_html"]
+           "render_html", "write_metrics_file"]
 
 
 @dataclass
@@ -227,12 +227,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument("--report-json", metavar="FILE", help="also write the report as JSON to FILE")
     parser.add_argument("--report-html", metavar="FILE", help="also write the report as an HTML page to FILE")
+    parser.add_argument("--metrics-file", metavar="PATH",
+                        help="also write the score as Prometheus text (node_exporter's textfile collector; "
+                        "`streamdag alerts` fires StreamdagConsistencyLow from it)")
 
 
 def _safe(url: str) -> str:
     """The URL or DSN without its password, for messages."""
     return re.sub(r"//([^:@/]*):[^@/]*@", r"//\1:***@", url)
 
+
+def write_metrics_file(report: ConsistencyReport, path: str) -> None:
+    """`streamdag_consistency_score{table, key_prefix}` and the check's time, written atomically
+    (a temporary file renamed over `path`) so a scrape never reads half a file."""
+    import os
+    import time
+
+    def esc(v: str) -> str:
+        return v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+    labels = f'table="{esc(report.table)}",key_prefix="{esc(report.key_prefix)}"'
+    text = (
+        "# HELP streamdag_consistency_score Share of keys equal in PostgreSQL and the Redis cache (1: consistent).\n"
+        "# TYPE streamdag_consistency_score gauge\n"
+        f"streamdag_consistency_score{{{labels}}} {report.score!r}\n"
+        "# HELP streamdag_consistency_checked_seconds Unix time of the last consistency check.\n"
+        "# TYPE streamdag_consistency_checked_seconds gauge\n"
+        f"streamdag_consistency_checked_seconds{{{labels}}} {time.time():.3f}\n"
+    )
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
 
 def main(args: argparse.Namespace) -> int:
     """Run the check, print the report; 0 when the score reaches `--min-score`, 1 below it, 2 when it
@@ -259,6 +285,8 @@ def main(args: argparse.Namespace) -> int:
         sys.stdout.write(orjson.dumps(report.as_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
     else:
         sys.stdout.write(report.render() + "\n")
+    if args.metrics_file:
+        write_metrics_file(report, args.metrics_file)
     return 0 if report.score >= args.min_score else 1
 
 

@@ -110,6 +110,8 @@ def _default_consumer() -> str:
 class RedisStreamSource(Source):
     """XREADGROUP in batches; XACK on commit; XPENDING + XCLAIM for stuck entries; dead letters."""
 
+    trace_context: ClassVar[bool] = True  # traceparent header -> meta["headers"] (docs/observe.md)
+
     Config: ClassVar[type[NodeConfig]] = RedisStreamSourceConfig
     example = """\
 version: 1
@@ -328,6 +330,8 @@ nodes:
             delivery = 1 if counts is None else counts.get(eid, 0) + 1
             meta = {"source": self.id, "stream": stream, "id": eid.decode(), "delivery": delivery}
             raw = fields.get(field) if fields else None
+            if fields and fields.get(b"traceparent"):  # trace context (docs/observe.md)
+                meta["headers"] = {"traceparent": fields[b"traceparent"].decode("latin-1")}
             reason = None
             body: Any = None
             if raw is None:
