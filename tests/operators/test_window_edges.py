@@ -110,7 +110,9 @@ def test_a_window_closed_and_updated_in_one_batch_is_emitted_twice_like_in_two_b
 
 
 @pytest.mark.parametrize(("size", "slide", "offset"), [(10, 4, 0), (10, 3, 1), (7, 2, 0.5)])
-def test_sliding_windows_whose_size_is_not_a_multiple_of_the_slide(size: float, slide: float, offset: float) -> None:
+def test_sliding_windows_whose_size_is_not_a_multiple_of_the_slide(
+    size: float, slide: float, offset: float
+) -> None:
     """Windows start at offset + k * slide and last `size`; an item is in floor(size / slide) or
     ceil(size / slide) of them depending on where it falls. Checked against brute force."""
     op = make(kind="sliding", size=size, slide=slide, offset=offset)
