@@ -75,7 +75,7 @@ class Runner:
         g = plan.graph
         for node_id, rn in g.nodes.items():
             ctx = NodeContext(node_id, g.connections, g.schemas, s.resources, g.base_dir, clock, s.worker,
-                              s.partitions)
+                              s.partitions, s.channel_load)
             s.nodes[node_id] = rn.cls(node_id, rn.config, ctx)
             s.stats[node_id] = NodeStats(node_id, rn.kind, rn.type)
             if rn.kind != "source" and node_id not in plan.inline:
