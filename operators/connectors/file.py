@@ -91,8 +91,7 @@ class FileSource(Source):
                         for body, n in zip(bodies, numbers)
                     ]
                 else:  # one meta for the batch: metas are never changed in place (engine.message)
-                    shared = {"source": sid, "path": spath}
-                    msgs = [Msg(body, shared, ack, size) for body in bodies]
+                    msgs = Msg.many(bodies, {"source": sid, "path": spath}, ack, size)
                 errors: list[Msg] = []
                 if bad:  # undecodable lines go to errors with their bytes and the parser's message
                     errors = [out.error(m.derive(m.body.raw), m.body.reason) for m in msgs if type(m.body) is _BadLine]
