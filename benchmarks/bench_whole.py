@@ -57,7 +57,7 @@ nodes:
 """
 
 # the loop a user would write by hand (the script run as a whole process, and the warm function)
-PLAIN = '''
+PLAIN = """
 import sys
 from orjson import loads, dumps
 
@@ -75,10 +75,10 @@ def run(src_path, dst_path):
 
 if __name__ == "__main__":
     run("in.ndjson", "plain.ndjson")
-'''
+"""
 
 # the same dataflow in Bytewax (one worker, run_main)
-BYTEWAX = '''
+BYTEWAX = """
 import orjson
 import bytewax.operators as op
 from bytewax.connectors.files import FileSink, FileSource
@@ -97,7 +97,7 @@ def run(src_path, dst_path):
 
 if __name__ == "__main__":
     run("in.ndjson", "bytewax.ndjson")
-'''
+"""
 
 OUTPUTS = {"streamdag": "out.ndjson", "plain-loop": "plain.ndjson", "bytewax-0.21": "bytewax.ndjson"}
 
@@ -111,7 +111,9 @@ def prepare(d: Path, n: int) -> int:
     with open(d / "in.ndjson", "wb") as fh:
         for i in range(n):
             tags = ["a", "b"] if i % 3 else ["c"]
-            fh.write(orjson.dumps({"id": i, "user": f"u{i % 7}", "amount": float(i % 250), "tags": tags}) + b"\n")
+            fh.write(
+                orjson.dumps({"id": i, "user": f"u{i % 7}", "amount": float(i % 250), "tags": tags}) + b"\n"
+            )
     (d / "graph.yaml").write_text(GRAPH)
     (d / "plain.py").write_text(PLAIN)
     (d / "bytewax_flow.py").write_text(BYTEWAX)
@@ -147,8 +149,9 @@ def whole(d: Path, names: list[str], rounds: int, expected: int) -> dict[str, li
     for r in range(rounds + 1):  # round 0 warms the page cache and the .pyc files: not counted
         for name in names:
             t0 = time.perf_counter()
-            proc = subprocess.Popen(commands[name], cwd=d, env=env, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE)
+            proc = subprocess.Popen(
+                commands[name], cwd=d, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            )
             _, status, usage = os.wait4(proc.pid, 0)
             wall = time.perf_counter() - t0
             err = proc.stderr.read().decode() if proc.stderr else ""
@@ -197,11 +200,15 @@ def warm(d: Path, names: list[str], rounds: int, expected: int) -> dict[str, lis
 
 
 def report(title: str, got: dict[str, list[tuple[float, float]]]) -> dict[str, Any]:
-    med = {n: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for n, v in got.items()}
+    med = {
+        n: (statistics.median(w for w, _ in v), statistics.median(c for _, c in v)) for n, v in got.items()
+    }
     print(f"\n{title}: median (min) over {len(next(iter(got.values())))} rounds")
     print(f"  {'':14} {'wall s':>16} {'cpu s':>16}")
     for n, v in got.items():
-        print(f"  {n:14} {med[n][0]:7.3f} ({min(w for w, _ in v):6.3f}) {med[n][1]:7.3f} ({min(c for _, c in v):6.3f})")
+        print(
+            f"  {n:14} {med[n][0]:7.3f} ({min(w for w, _ in v):6.3f}) {med[n][1]:7.3f} ({min(c for _, c in v):6.3f})"
+        )
     ratios: dict[str, float] = {}
     s = med["streamdag"]
     ratios["streamdag/plain wall"] = s[0] / med["plain-loop"][0]
