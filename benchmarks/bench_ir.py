@@ -39,9 +39,11 @@ for i in range(int(sys.argv[2])):
 
 def instructions(tree: str, runs: int, cwd: Path) -> int:
     tree = os.path.abspath(tree)
+    # modules run from .pyc files, as installed: a tree without them would count their compilation
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"} | {"PYTHONPATH": tree}
+    subprocess.run([sys.executable, "-c", CHILD, tree, "0"], cwd=cwd, env=env, check=True)
     out = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
-                          "-c", CHILD, tree, str(runs)], cwd=cwd, capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": tree})
+                          "-c", CHILD, tree, str(runs)], cwd=cwd, capture_output=True, text=True, env=env)
     found = re.search(r"Collected : (\d+)", out.stderr)
     assert out.returncode == 0 and found, out.stderr[-2000:]
     return int(found.group(1))
