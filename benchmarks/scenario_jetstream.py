@@ -145,8 +145,36 @@ def run_latency(seconds: float = LATENCY_SECONDS, rates: tuple[int, ...] = (5000
     return out
 
 
+def run_ratio(n: int, rounds: int, modes: tuple[str, ...] = ("backlog", "live"),
+              baseline: str = "baseline-lean") -> dict[str, Any]:
+    """The engine beside one baseline, alternating in one run (`rounds` pairs per mode, the order
+    flipped every round): medians of msg/s and CPU per message, and the engine's speed as a multiple
+    of the baseline's (median msg/s over median msg/s)."""
+    import statistics
+
+    import uvloop
+
+    out: dict[str, Any] = {"messages": n, "rounds": rounds, "load_before": load_average()}
+    for mode in modes:
+        recs: dict[str, list[dict[str, Any]]] = {"engine": [], baseline: []}
+        for r in range(rounds):
+            for v in ("engine", baseline) if r % 2 == 0 else (baseline, "engine"):
+                recs[v].append(uvloop.run(one_run(v, n, mode)))
+        med = {v: {"msg_per_s": statistics.median(x["msg_per_s"] for x in rs),
+                   "cpu_us_per_msg": statistics.median(x["cpu_us_per_msg"] for x in rs),
+                   "runs_msg_per_s": [x["msg_per_s"] for x in rs]} for v, rs in recs.items()}
+        out[mode] = {**med, "engine_speed_ratio": round(med["engine"]["msg_per_s"] / med[baseline]["msg_per_s"], 3),
+                     "engine_cpu_ratio": round(med["engine"]["cpu_us_per_msg"] / med[baseline]["cpu_us_per_msg"], 3)}
+    out["load_after"] = load_average()
+    return out
+
+
 if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else "backlog"
+    if what == "ratio":  # python -m benchmarks.scenario_jetstream ratio [rounds]   (BENCH_JS_N messages)
+        print(json.dumps(run_ratio(int(os.environ.get("BENCH_JS_N", "50000")),
+                                   int(sys.argv[2]) if len(sys.argv) > 2 else 3), indent=1))
+        sys.exit(0)
     n = int(os.environ.get("BENCH_JS_N", "20000"))
     recs = run_latency(float(os.environ.get("BENCH_LATENCY_SECONDS", "2"))) if what == "latency" else run_throughput(what, n)
     for rec in recs:

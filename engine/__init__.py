@@ -22,6 +22,7 @@ _EXPORTS: dict[str, str] = {
     # messages and acks (engine.message)
     "Msg": "engine.message", "Ack": "engine.message", "BatchAck": "engine.message",
     "CompositeAck": "engine.message", "own_ack": "engine.message", "NOOP_ACK": "engine.message",
+    "finish_all": "engine.message",
     "DELIVERED": "engine.message", "FILTERED": "engine.message", "DEAD_LETTERED": "engine.message",
     # what a node sees (engine.hooks): context, outputs, optional hooks
     "Context": "engine.hooks", "Output": "engine.hooks", "SourceSender": "engine.hooks",
@@ -131,6 +132,7 @@ if TYPE_CHECKING:
         BatchAck,
         CompositeAck,
         Msg,
+        finish_all,
         own_ack,
     )
     from engine.partitions import PartitionEvents, key_text, partition_of

@@ -108,6 +108,14 @@ class Context(Protocol):
 
     def path(self, p: str) -> str: ...
 
+    def channel_load(self, port: str) -> tuple[int, int]:
+        """How full the input channel fed by this node's `port` is now: (messages held, capacity),
+        for the fullest such channel (a port may feed several, also through inline operators;
+        bytes count when they are the fuller bound). (0, 0) when the port feeds no channel or the
+        node runs outside a graph run. Read it at the start of `process` (`route mode:
+        least_loaded`); it changes only when the runtime moves batches, not during the call."""
+        ...
+
 
 class Counters(Protocol):
     """The counters an operator may bump itself in a tight loop (instead of a call per message)."""

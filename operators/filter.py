@@ -7,7 +7,7 @@ from operator import not_
 
 from pydantic import Field
 
-from engine import FILTERED, CelExpr, EvalError, Msg, NodeConfig, Operator, Output, compile_expr
+from engine import FILTERED, CelExpr, EvalError, Msg, NodeConfig, Operator, Output, compile_expr, finish_all
 
 __all__ = ["Filter", "FilterConfig"]
 
@@ -50,9 +50,8 @@ nodes:
             before = len(ok)
             ok.extend(compress(batch, keep))
             dropped = len(batch) - (len(ok) - before)
-            if dropped:
-                for m in compress(batch, map(not_, keep)):
-                    m.ack.finish(FILTERED)
+            if dropped:  # settled in runs: a source batch's shared ack once per run, not per message
+                finish_all([m.ack for m in compress(batch, map(not_, keep))], FILTERED)
                 out.stats.filtered += dropped
             return
         fn = self.expr.fn

@@ -7,6 +7,12 @@ Modes:
 * `round_robin`: ports in `ports` take turns, message by message.
 * `consistent_hash`: a CEL `key` picks the port, the same key always the same port (jump consistent
   hash, so appending a port moves only ~1/n of the keys).
+* `weighted`: `weights` maps port → positive integer weight; each port gets its share exactly over
+  every run of sum(weights) messages, interleaved (smooth weighted round-robin, as nginx does).
+* `least_loaded`: each message goes to the port in `ports` whose downstream channel is least full
+  (held / capacity, read from `ctx.channel_load` at the start of the batch and counted up as the
+  batch is spread), so a slow branch gets less; ties go in turn. Nothing is dropped: when every
+  branch is full, the runtime's backpressure holds the batch as for any other mode.
 
 A message that matches no route in `first`/`all` goes to the `unmatched` port. That port exists only
 when no route's condition is the literal `true`; if nothing consumes it, such messages are counted
@@ -17,6 +23,7 @@ evaluate or gives a non-boolean sends the message to `errors`.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import re
 from collections.abc import Iterable
 from itertools import compress
@@ -49,9 +56,11 @@ _PORT = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 class RouteConfig(NodeConfig):
     """Choose output ports per message: by condition (`first`, `all`) or over a list of `ports`."""
 
-    mode: Literal["first", "all", "multicast", "round_robin", "consistent_hash"] = Field(
+    mode: Literal["first", "all", "multicast", "round_robin", "consistent_hash", "weighted", "least_loaded"] = Field(
         "first", description="first: the first route whose condition is true; all: every route whose "
-        "condition is true; multicast: every port; round_robin: ports in turn; consistent_hash: `key` picks the port."
+        "condition is true; multicast: every port; round_robin: ports in turn; consistent_hash: `key` picks the "
+        "port; weighted: ports in proportion to `weights` (smooth weighted round robin); least_loaded: the port "
+        "whose downstream channel is least full."
     )
     routes: dict[str, CelExpr] | None = Field(
         None,
@@ -61,14 +70,29 @@ class RouteConfig(NodeConfig):
     ports: list[str] | None = Field(
         None,
         min_length=1,
-        description="Port names (modes `multicast`, `round_robin`, `consistent_hash`).",
+        description="Port names (modes `multicast`, `round_robin`, `consistent_hash`, `least_loaded`).",
         examples=[["p0", "p1", "p2"]],
+    )
+    weights: dict[str, int] | None = Field(
+        None,
+        description="Port name → weight, a positive integer (mode `weighted`): a port's share of messages.",
+        examples=[{"big": 3, "small": 1}],
     )
     key: CelExpr | None = Field(None, description="CEL key for `consistent_hash`.", examples=["msg.user"])
 
     @model_validator(mode="after")
     def _fields_for_mode(self) -> RouteConfig:
         by_condition = self.mode in ("first", "all")
+        if (self.mode == "weighted") != (self.weights is not None):
+            raise ValueError("`weights` (port: weight) is required by mode 'weighted' and only used there")
+        if self.weights is not None:
+            if not self.weights:
+                raise ValueError("mode 'weighted' needs at least one port in `weights`")
+            if self.ports or self.routes or self.key:
+                raise ValueError("mode 'weighted' takes `weights`, not `ports`, `routes` or `key`")
+            if any(w < 1 for w in self.weights.values()):
+                raise ValueError("every weight must be a positive integer")
+            return self
         if by_condition and not self.routes:
             raise ValueError(f"mode '{self.mode}' needs `routes` (port: condition)")
         if by_condition and (self.ports or self.key):
@@ -82,7 +106,7 @@ class RouteConfig(NodeConfig):
         return self
 
     def port_names(self) -> list[str]:
-        return list(self.routes) if self.routes else list(self.ports or ())
+        return list(self.routes or self.weights or self.ports or ())
 
     def has_catch_all(self) -> bool:
         return bool(self.routes) and any(c.strip() == "true" for c in self.routes.values())  # type: ignore[union-attr]
@@ -156,6 +180,11 @@ nodes:
         self.key = self.key_expr.fn if self.key_expr else None
         self.turn = 0
         self.slots: dict[bytes, int] = {}  # consistent_hash: key -> port index, keys repeat (users, ids)
+        self.weights = list((config.weights or {}).values())
+        self.current = [0] * len(self.weights)  # weighted: smooth weighted round-robin state
+        self.last_given = list(range(-len(self.names), 0))  # least_loaded: when each port last got one
+        self.expected = [0] * len(self.names)  # least_loaded: what each channel held after the last batch
+        self.drain_rate = [0.0] * len(self.names)  # least_loaded: messages drained per batch, averaged
 
     @classmethod
     def output_ports(cls, config: RouteConfig) -> tuple[str, ...]:
@@ -166,10 +195,10 @@ nodes:
 
     @classmethod
     def check(cls, config: RouteConfig, ctx: CheckContext) -> Iterable[CheckIssue]:
-        field = "routes" if config.routes else "ports"
+        field = "routes" if config.routes else "weights" if config.weights else "ports"
         seen: set[str] = set()
         for i, name in enumerate(config.port_names()):
-            loc: tuple[str | int, ...] = (field, name) if field == "routes" else (field, i)
+            loc: tuple[str | int, ...] = (field, i) if field == "ports" else (field, name)
             if name in _RESERVED:
                 yield CheckIssue(loc, "E202", f"'{name}' is a reserved port name")
             elif not _PORT.match(name):
@@ -212,8 +241,62 @@ nodes:
                 lists[turn % n].append(m)
                 turn += 1
             self.turn = turn % n
+        elif mode == "weighted":
+            self._weighted(batch, out)
+        elif mode == "least_loaded":
+            self._least_loaded(batch, out)
         else:
             self._hash(batch, out)
+
+    def _weighted(self, batch: list[Msg], out: Output) -> None:
+        """Smooth weighted round-robin: each message, every port gains its weight and the richest
+        port takes the message and pays the total. Exact shares per sum(weights) messages."""
+        lists = [out.port(p) for p in self.names]
+        weights, current = self.weights, self.current
+        total = sum(weights)
+        ports = range(len(lists))
+        for m in batch:
+            for i in ports:
+                current[i] += weights[i]
+            best = max(ports, key=current.__getitem__)
+            current[best] -= total
+            lists[best].append(m)
+
+    def _least_loaded(self, batch: list[Msg], out: Output) -> None:
+        """Each message to the port whose channel is least full, counting what this batch already
+        gave it (a heap of (would overflow, fill, last given, port)); equal fills go to the port
+        served longest ago. Once one more message would overflow every port's channel (the runtime
+        will wait on one), the rest of the batch goes to the port that has been draining fastest
+        (a moving average of what left its channel between batches: a stalled branch drains
+        nothing), so the wait is on a branch that moves."""
+        n = len(self.names)
+        lists = [out.port(p) for p in self.names]
+        loads = [self.ctx.channel_load(p) for p in self.names]
+        held = [h for h, _ in loads]
+        caps = [cap or 1 << 62 for _, cap in loads]  # (0, 0): no channel, never full
+        rate = self.drain_rate
+        for i in range(n):
+            rate[i] = (rate[i] + max(0, self.expected[i] - held[i])) / 2
+        last, seq = self.last_given, self.turn
+
+        def key(i: int) -> tuple[bool, float, int, int]:
+            return held[i] + 1 > caps[i], held[i] / caps[i], last[i], i
+
+        heap = [key(i) for i in range(n)]
+        heapq.heapify(heap)
+        for k, m in enumerate(batch):
+            if heap[0][0]:  # every channel is full
+                i = max(range(n), key=lambda j: (rate[j], -held[j] / caps[j]))
+                lists[i].extend(batch[k:])
+                held[i] += len(batch) - k
+                break
+            i = heap[0][-1]
+            lists[i].append(m)
+            held[i] += 1
+            last[i] = seq = seq + 1
+            heapq.heapreplace(heap, key(i))
+        self.turn = seq
+        self.expected = held
 
     def _first(self, batch: list[Msg], out: Output) -> None:
         """Condition by condition over the batch (one comprehension each, `Expr.many`): what a

@@ -12,9 +12,12 @@ A window fires when the watermark reaches its end (`wm >= end`): with `wm = max 
 max_out_of_orderness`, no on-time item can still fall in it. It is kept `allowed_lateness` longer
 (purged once `wm >= end + allowed_lateness`); a late item that reaches a kept window updates it
 and the window is emitted again as an update. An item with a window no longer kept is too late
-there (`WindowStore.check` says so; the operator sends it to `late`). For sessions an item is also
-too late if it falls before the end of a purged session of its key, since it would have merged
-with it: that keeps sessions the same for every arrival order within the lateness.
+there (`WindowStore.check` says so; the operator sends it to `late`). A session item is too late
+when its own session `[t, t + gap)` is past lateness (`t + gap + lateness <= wm`), even if it would
+merge into a kept session, and when it falls before the end of a purged session of its key, since
+it would have merged with it: that keeps sessions the same for every arrival order within the
+lateness, and makes the rule independent of other keys (a purge horizon is needed only until
+`wm >= horizon + gap + lateness`, after which the first rule covers it, so it is then forgotten).
 
 Use: `check(key, t, values)` (nothing changes; says where the item goes, or why it cannot), then
 `add(...)`; `advance(wm)`, `take_updates()` and `flush()` return `Emission`s to send.
@@ -255,13 +258,12 @@ class WindowStore:
     # ----- sessions -----------------------------------------------------------------------------
 
     def _check_session(self, key: Hashable, t: int, values: list[Any]) -> tuple[list[Any], bool, str | None]:
-        if t < self._purged_until.get(key, NEG_INF):
-            return [], True, None
         end = t + self.gap
-        targets = [s for s in self._sessions.get(key, ()) if s.start < end and t < s.end]
-        merged_end = max([end, *(s.end for s in targets)])
-        if merged_end + self.lateness <= self.wm:
+        # too late: the item's own session [t, t + gap) is past lateness (even if it would merge
+        # into a kept session), or it falls before the end of a purged session of its key
+        if end + self.lateness <= self.wm or t < self._purged_until.get(key, NEG_INF):
             return [], True, None
+        targets = [s for s in self._sessions.get(key, ()) if s.start < end and t < s.end]
         return targets, False, self._check_values(targets, values)
 
     def _add_session(
@@ -353,8 +355,10 @@ class WindowStore:
                     self.dirty.add(key)
                 if end > self._purged_until.get(key, NEG_INF):
                     self._purged_until[key] = end
-        # forget purge horizons no item can fall before any more without being too late anyway
-        # (amortised: only once the map has doubled since the last pass)
+        # forget the horizons at or before wm - gap - lateness: an item before one of them has its
+        # own session past lateness, so it is too late without it. Which horizons are kept depends
+        # on the watermark only, never on how many keys exist; the map holds the keys purged in
+        # the last gap + lateness of event time (amortised: pruned once it has doubled)
         if len(self._purged_until) > self._prune_at:
             horizon = wm - self.gap - self.lateness
             self._purged_until = {k: v for k, v in self._purged_until.items() if v > horizon}

@@ -15,7 +15,7 @@ EXPORTED = {
     "Node", "Source", "Operator", "Sink", "NodeConfig", "RetryPolicy", "StopRetrying", "CelExpr", "CEL", "CheckContext",
     "CheckIssue", "cel_fields", "connection_field",
     # messages and acks
-    "Msg", "Ack", "BatchAck", "CompositeAck", "own_ack", "NOOP_ACK", "DELIVERED", "FILTERED", "DEAD_LETTERED",
+    "Msg", "Ack", "BatchAck", "CompositeAck", "own_ack", "finish_all", "NOOP_ACK", "DELIVERED", "FILTERED", "DEAD_LETTERED",
     # what a node sees
     "Context", "Output", "SourceSender", "AckFactory", "SharedResources", "HasLag", "HasConnectionState",
     "HasLevels", "HasMetrics", "HasTotal", "PartitionEvents", "partition_of", "key_text", "CheckpointStore", "CheckpointCorrupt", "CheckpointFenced",
@@ -60,3 +60,13 @@ def test_operators_import_only_the_public_api() -> None:
                 offenders += [f"{path.relative_to(ROOT)}:{node.lineno}: import {a.name}"
                               for a in node.names if a.name.startswith("engine.")]
     assert not offenders, "operators must import from `engine` only:\n" + "\n".join(offenders)
+
+
+def test_context_says_how_full_a_ports_channel_is() -> None:
+    """`Context.channel_load(port)` (route mode least_loaded): (held, capacity); (0, 0) outside a run."""
+    from engine.runtime.context import NodeContext, Resources
+
+    assert "channel_load" in dir(engine.Context)
+    assert NodeContext("n", {}, {}, Resources()).channel_load("out") == (0, 0)
+    ctx = NodeContext("n", {}, {}, Resources(), load=lambda node, port: (7, 10) if (node, port) == ("n", "a") else (0, 0))
+    assert ctx.channel_load("a") == (7, 10)

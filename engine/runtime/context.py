@@ -83,10 +83,12 @@ class NodeContext:
     def __init__(self, node_id: str, connections: dict[str, dict[str, Any]], schemas: dict[str, Any],
                  resources: Resources, base_dir: str = ".", clock: Callable[[], float] = time.time,
                  worker: WorkerInfo | None = None, partitions: PartitionEvents | None = None,
-                 upstream: tuple[Upstream, ...] | None = None):
+                 upstream: tuple[Upstream, ...] | None = None,
+                 load: Callable[[str, str], tuple[int, int]] | None = None):
         self.node_id = node_id
         # the sources that reach this node (None: not known, a node made outside a run)
         self.upstream = upstream
+        self._load = load  # (node, port) -> (held, capacity) of its fullest downstream channel
         # the run's partition ownership (engine.partitions): one object shared by every node of a run
         self.partitions = partitions if partitions is not None else PartitionEvents()
         self.worker = worker or WorkerInfo()
@@ -116,3 +118,7 @@ class NodeContext:
         import os
 
         return p if os.path.isabs(p) else os.path.join(self.base_dir, p)
+
+    def channel_load(self, port: str) -> tuple[int, int]:
+        """(messages held, capacity) of the fullest channel fed by `port`; (0, 0) outside a run."""
+        return self._load(self.node_id, port) if self._load is not None else (0, 0)

@@ -75,6 +75,28 @@ class RunState:
             if ctx is not None:
                 ctx.draining = True
 
+    def channel_load(self, node_id: str, port: str) -> tuple[int, int]:
+        """(messages held, capacity) of the fullest channel that `node_id`'s `port` feeds, looking
+        through inline operators (they have no channel: their own ports' targets count); a channel
+        fuller in bytes than in messages reports its byte fill scaled to its message capacity."""
+        best, best_fill = (0, 0), -1.0
+        todo, seen = [(node_id, port)], set()
+        while todo:
+            edge = todo.pop()
+            for target in self.plan.routes.get(edge, ()):
+                if target in seen:
+                    continue
+                seen.add(target)
+                ch = self.channels.get(target)
+                if ch is None:  # inline: what it feeds
+                    todo += [(target, p) for p in self.graph.nodes[target].ports if p != "errors"]
+                    continue
+                fill = max(ch.count / ch.capacity, ch.bytes / ch.capacity_bytes)
+                if fill > best_fill:
+                    best_fill = fill
+                    best = (max(ch.count, round(fill * ch.capacity)), ch.capacity)
+        return best
+
     def set_fatal(self, exc: BaseException) -> None:
         if self.fatal is None:
             self.fatal = exc
