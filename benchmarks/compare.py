@@ -11,8 +11,10 @@ own `benchmarks/` modules, whose scenario code is the same on both sides of issu
 paths moved).
 
 Per row: the warm figure (measured inside the child around the engine's own run, start-up and set-up
-excluded: msg/s, or CPU µs per message where a fixed rate makes msg/s meaningless) and the
-whole-process wall time of the child (interpreter start, imports, set-up such as publishing the
+excluded: msg/s, or CPU µs per message where a fixed rate makes msg/s meaningless), the warm CPU
+time of the child per message over the same span (its own CPU, servers and load generators not
+included: it moves much less with the machine's load than wall time), and the whole-process wall
+time of the child (interpreter start, imports, set-up such as publishing the
 backlog, the run, teardown). `ratio` is new speed ÷ old speed (above 1: the new tree is faster), the
 median over rounds of each round's old/new pair; `spread` is the lowest and highest pair ratio.
 """
@@ -39,11 +41,12 @@ from engine.compile.validate import check_text
 check_text(s._graph(10, {compress}), "warm.yaml")
 n = {n}
 gc.collect()
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 got = s.run_engine(n, {compress})
+t, c = time.perf_counter() - t0, time.process_time() - c0
 if not {compress}:
     assert got == s.expected(n), got
-print(json.dumps({{"warm": n / (time.perf_counter() - t0)}}))
+print(json.dumps({{"warm": n / t, "cpu_us": c / n * 1e6}}))
 """
 _WINDOW = """
 import json, time
@@ -57,16 +60,16 @@ for _ in range(2):
     c = time.process_time() - c0
     best = c if best is None else min(best, c)
 assert emitted > b.KEYS
-print(json.dumps({{"warm": b.ITEMS / best}}))
+print(json.dumps({{"warm": b.ITEMS / best, "cpu_us": best / b.ITEMS * 1e6}}))
 """
 _JETSTREAM = """
 import json, uvloop
 from benchmarks import scenario_jetstream as s
 rec = uvloop.run(s.one_run("engine", {n}, "{mode}", {rate}))
-print(json.dumps({{"warm": rec["{key}"], "p99_ms": rec.get("p99_ms")}}))
+print(json.dumps({{"warm": rec["{key}"], "cpu_us": rec["cpu_us_per_msg"], "p99_ms": rec.get("p99_ms")}}))
 """
 _REDIS = """
-import json, uuid, uvloop
+import json, time, uuid, uvloop
 import redis.asyncio as aredis
 from benchmarks import bench_redis as b
 b.N = {n}
@@ -76,16 +79,18 @@ async def main():
     src, dst = f"redis-cmp-{{tag}}-a", f"redis-cmp-{{tag}}-a.out"
     try:
         await b.prefill(r, src)
+        c0 = time.process_time()
         took = await b.streamdag(src, dst, "script")
+        c = time.process_time() - c0
         assert (await r.xpending(src, "g"))["pending"] == 0
-        return b.N / took
+        return {{"warm": b.N / took, "cpu_us": c / b.N * 1e6}}
     finally:
         await r.delete(src, dst)
         await r.aclose()
-print(json.dumps({{"warm": uvloop.run(main())}}))
+print(json.dumps(uvloop.run(main())))
 """
 _HTTP = """
-import json, uuid, uvloop
+import json, time, uuid, uvloop
 from benchmarks import scenario_edges as e
 from benchmarks.machine import NATS_URL
 async def main():
@@ -96,15 +101,17 @@ async def main():
     js = nc.jetstream()
     await js.add_stream(StreamConfig(name=p.upper(), subjects=[p + ".in"]))
     try:
+        c0 = time.process_time()
         res = await e._http_engine(p + ".in")
+        c = time.process_time() - c0
         stored = (await js.stream_info(p.upper())).state.messages
         assert res["statuses"] == {{"202": res["requests"]}}, res["statuses"]
         assert stored >= res["requests"] * e.HTTP_ITEMS, (stored, res["requests"])
-        return res["rps"] * e.HTTP_ITEMS
+        return {{"warm": res["rps"] * e.HTTP_ITEMS, "cpu_us": c / (res["requests"] * e.HTTP_ITEMS) * 1e6}}
     finally:
         await js.delete_stream(p.upper())
         await nc.close()
-print(json.dumps({{"warm": uvloop.run(main())}}))
+print(json.dumps(uvloop.run(main())))
 """
 STARTUP_GRAPH = """version: 1
 name: startup
@@ -175,16 +182,16 @@ def _speed(value: float, higher: bool) -> float:
 
 
 def _row(name: str, old: list[dict[str, float]], new: list[dict[str, float]]) -> list[str]:
-    kind, _, unit, higher = SCENARIOS[name]
+    _, _, unit, higher = SCENARIOS[name]
     cells = [name]
-    for key, hi in (("warm", higher), ("process_s", False)):
-        if kind == "cli" and key == "warm":
+    for key, hi in (("warm", higher), ("cpu_us", False), ("process_s", False)):
+        if key not in old[0] or (key == "cpu_us" and not higher):  # the latency row's warm figure is its CPU
             continue
         pairs = [_speed(n[key], hi) / _speed(o[key], hi) for o, n in zip(old, new)]
         o_med, n_med = statistics.median(r[key] for r in old), statistics.median(r[key] for r in new)
         fmt = (lambda v: f"{v * 1e3:,.0f} ms") if key == "process_s" else (
             (lambda v: f"{v:,.0f}") if o_med >= 100 else (lambda v: f"{v:,.2f}"))
-        label = "whole process" if key == "process_s" else f"warm, {unit}"
+        label = {"process_s": "whole process, wall", "cpu_us": "warm, CPU µs/msg"}.get(key, f"warm, {unit}")
         cells += [label, fmt(o_med), fmt(n_med), f"{statistics.median(pairs):.2f}",
                   f"{min(pairs):.2f}–{max(pairs):.2f}", str(len(pairs))]
     return cells
