@@ -137,7 +137,12 @@ class Checkpointer:
         kind = ctx.connection(self.config.connection).get("type", "")
         module, cls = self.backends[kind].split(":")
         self.store = getattr(importlib.import_module(module), cls)(ctx, self.config.connection, self.config.table)
-        await self.restore(None)  # the unpartitioned input: a damaged checkpoint stops the run here
+        upstream = getattr(ctx, "upstream", None)
+        if not upstream or not all(u.cls.partitioned(u.config) for u in upstream):
+            # the unpartitioned input: a damaged checkpoint stops the run here. Behind partitioned
+            # sources only, every worker would claim (and fence) the unpartitioned one in turn:
+            # it is restored at its first message, if one ever comes
+            await self.restore(None)
         self.next_at = ctx.clock() + self.config.interval
 
     def metrics(self) -> dict[str, int]:

@@ -90,7 +90,7 @@ nodes:
   win:
     type: window
     inputs: [pace]
-    config: {{kind: tumbling, size: {SIZE}s, time: event, timestamp: msg.ts, epoch_unit: ms, key: msg.user, idle_timeout: 5s,
+    config: {{kind: tumbling, size: {SIZE}s, time: event, timestamp: msg.ts, epoch_unit: ms, key: msg.user, idle_timeout: 10s,
              aggregates: {{n: {{op: count}}, total: {{op: sum, expr: msg.id}}}}, acks: {ACKS}{ckpt}}}
   store:
     type: postgres_sink
