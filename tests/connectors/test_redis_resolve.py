@@ -17,12 +17,19 @@ from hypothesis import strategies as st
 
 from engine.message import Msg
 from engine.runtime.context import Resources
+from operators.connectors.crdt import crdt_value
 from operators.connectors.redis.cache import RedisCacheSink, RedisCacheSinkConfig
 from tests.connectors.redis_harness import REDIS_URL, make_ctx
-from tests.connectors.resolve_models import field_lww_reference, vv_reference
+from tests.connectors.resolve_models import (
+    WRITERS,
+    crdt_body,
+    crdt_op,
+    crdt_reference,
+    field_lww_reference,
+    vv_reference,
+)
 
 pytestmark = pytest.mark.services
-WRITERS = ("w1", "w2", "w3")
 SETTINGS = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -97,6 +104,46 @@ def test_merge_with_field_versions_converges(merge: Live, ops, data) -> None:
     assert set(got["nested"]) == {e for b in bodies for e in b["nested"]}
     assert got["_v"] == {f: max(b["_v"][f] for b in bodies if f in b["_v"]) for f in want}
     assert 0 < merge.r.pttl(f"{merge.prefix}{key}") <= 600_000
+
+
+CRDT = {"views": "gcounter", "balance": "pncounter", "tags": "orset", "hi": "max", "lo": "min"}
+
+
+@pytest.fixture
+def crdt() -> Iterator[Live]:
+    live = Live(strategy="merge", field_versions="_v", crdt=CRDT)
+    yield live
+    live.close()
+
+
+@SETTINGS
+@given(ops=st.lists(crdt_op, min_size=1, max_size=12), data=st.data())
+def test_crdt_fields_converge_like_postgres_reference(crdt: Live, ops, data) -> None:
+    crdt.n += 1
+    key = crdt.n
+    # the same writers' histories as the postgres test, the document's fields flattened into one JSON value
+    history = {(w, step): crdt_body(key, w, step, f, v, e, r) for w, step, f, v, e, r in ops}
+    bodies = list(history.values())
+    flat = [{"id": key, **b["doc"], **{f: b[f] for f in CRDT}} for b in bodies]
+    order = data.draw(st.permutations(flat + data.draw(st.lists(st.sampled_from(flat), max_size=6))))
+    failed, routed = crdt.write(order, data.draw(st.integers(1, 5)))
+    assert failed == [] and routed == []
+    got = crdt.get(key)
+    want = crdt_reference(bodies)
+    assert {k: v for k, v in got.items() if k not in ("id", "_v", *CRDT)} == want["doc"]
+    assert {f: crdt_value(kind, got[f]) for f, kind in CRDT.items()} == {f: want[f] for f in CRDT}
+
+
+def test_malformed_crdt_states_go_to_errors_and_nothing_is_written(crdt: Live) -> None:
+    crdt.write([{"id": 1, "views": {"w1": 2}, "hi": 5}], batch=1)
+    failed, _ = crdt.write([{"id": 1, "views": {"w1": -1}}, {"id": 1, "views": [3]},
+                            {"id": 1, "balance": {"p": {"w1": 1}, "x": {}}}, {"id": 1, "tags": {"a": {"e": ["t"]}}},
+                            {"id": 1, "hi": [1]}, {"id": 1, "views": {"w2": 1}, "hi": 9}], batch=6)
+    assert [r.split(":")[0] for _, r in failed] == ["views", "views", "balance", "tags", "hi"]
+    assert "non-negative" in failed[0][1] and "register" in failed[4][1]
+    assert crdt.get(1) == {"id": 1, "views": {"w1": 2, "w2": 1}, "hi": 9}
+    with pytest.raises(ValueError, match="`crdt`"):
+        RedisCacheSinkConfig(connection="c", key="msg.id", crdt={"n": "gcounter"})
 
 
 vv = st.dictionaries(st.sampled_from(WRITERS), st.integers(0, 3), max_size=3)

@@ -32,6 +32,7 @@ from engine import (
     connection_field,
     encode_failure,
 )
+from operators.connectors.crdt import Crdt, crdt_issue
 from operators.connectors.redis.connection import (
     connection_errors,
     first_refusal,
@@ -110,6 +111,10 @@ class RedisCacheSinkConfig(NodeConfig):
                                    "(a map writer -> counter).", examples=["msg.vv"])
     field_versions: str | None = Field(None, description="strategy merge: the document key holding per-field "
                                        "versions (`{field: version}`).", examples=["_v"])
+    crdt: dict[str, Crdt] = Field(default_factory=dict, description="strategy merge: top-level document fields "
+                                  "merged as CRDTs (gcounter/pncounter: per-writer counts; orset: add-wins set; "
+                                  "max/min: registers), as postgres_sink's `crdt` columns.",
+                                  examples=[{"views": "gcounter", "tags": "orset"}])
 
     @model_validator(mode="after")
     def _check(self) -> RedisCacheSinkConfig:
@@ -119,8 +124,10 @@ class RedisCacheSinkConfig(NodeConfig):
             raise ValueError(f"strategy {self.strategy} needs mode value and no `version`")
         if (self.strategy == "version_vector") != (self.vector is not None):
             raise ValueError("`vector` is needed by, and only used by, strategy version_vector")
-        if self.field_versions and self.strategy != "merge":
-            raise ValueError("`field_versions` is used by strategy merge")
+        if (self.field_versions or self.crdt) and self.strategy != "merge":
+            raise ValueError("`field_versions` and `crdt` are used by strategy merge")
+        if self.field_versions and self.field_versions in self.crdt:
+            raise ValueError(f"{self.field_versions!r} is the field versions map, not a crdt field")
         if self.delete is not None and self.strategy != "replace":
             raise ValueError(f"`delete` works with strategy replace, not {self.strategy}")
         return self
@@ -179,6 +186,7 @@ nodes:
         self._vector = compile_expr(config.vector) if config.vector else None
         self._sha = ""
         self._resolve_sha = ""
+        self._crdt = orjson.dumps(config.crdt).decode() if config.crdt else ""
         self._routed = []
         self.conflicts = 0
         self.stale = 0  # messages skipped because the cache held a newer version
@@ -236,6 +244,13 @@ nodes:
             args = [part for k, v in value.items() if k != self.config.version_field
                     for part in (str(k), encode_value(v))]
         else:
+            if self.config.crdt:
+                if not isinstance(value, dict):
+                    raise ValueError(f"crdt fields need a map document, got {type(value).__name__}")
+                issue = next((f"{f}: {i}" for f, kind in self.config.crdt.items()
+                              if (i := crdt_issue(kind, value.get(f))) is not None), None)
+                if issue is not None:
+                    raise ValueError(issue)
             try:
                 # merge and version_vector store JSON documents (a string too, for the script to decode)
                 args = [encode_value(value) if self.config.strategy == "replace" else orjson.dumps(value)]
@@ -274,7 +289,7 @@ nodes:
             if self._resolve_sha:
                 pipe.execute_command("EVALSHA", self._resolve_sha, 2, key, key + self.config.version_suffix,
                                      "vv" if self._vector is not None else "m", ttl, args[0],
-                                     self.config.field_versions or "", version)
+                                     self.config.field_versions or "", version, self._crdt)
             elif plain:
                 if ttl:
                     pipe.execute_command("SET", key, args[0], "PX", ttl)
