@@ -178,6 +178,22 @@ def test_strategy_rules_are_checked_offline() -> None:
         RedisCacheSinkConfig(connection="c", key="msg.id", strategy="merge", mode="hash")
     with pytest.raises(ValueError, match="`vector`"):
         RedisCacheSinkConfig(connection="c", key="msg.id", strategy="version_vector")
+    with pytest.raises(ValueError, match="`conflict` is used by strategy version_vector"):
+        RedisCacheSinkConfig(connection="c", key="msg.id", conflict="stream")
+    with pytest.raises(ValueError, match="`resolver` is needed by"):
+        RedisCacheSinkConfig(connection="c", key="msg.id", strategy="version_vector", vector="msg.vv",
+                             conflict="resolver")
+    with pytest.raises(ValueError, match="`conflicts_stream` is used by conflict: stream"):
+        RedisCacheSinkConfig(connection="c", key="msg.id", strategy="version_vector", vector="msg.vv",
+                             conflicts_stream="s")
+    with pytest.raises(ValueError, match="`delete` works with strategy replace"):
+        RedisCacheSinkConfig(connection="c", key="msg.id", strategy="merge", crdt={"n": "gcounter"},
+                             delete='msg.op == "delete"')
+    ports = RedisCacheSink.output_ports
+    assert ports(RedisCacheSinkConfig(connection="c", key="msg.id", strategy="version_vector", vector="msg.vv",
+                                      conflict="resolver", resolver="msg.new")) == ()
+    assert ports(RedisCacheSinkConfig(connection="c", key="msg.id", strategy="version_vector",
+                                      vector="msg.vv")) == ("conflicts",)
 
 
 RESOLVER = "msg.new.val > msg.old.val ? msg.new : (msg.new.val == 13 ? msg.old.nope : msg.old)"
