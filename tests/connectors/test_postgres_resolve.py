@@ -234,7 +234,8 @@ nodes:
   cache:
     type: redis_cache_sink
     inputs: [writes]
-    config: {{connection: cache, key: '"{prefix}" + string(msg.id)', strategy: merge, value: msg.doc}}
+    config: {{connection: cache, key: '"{prefix}" + string(msg.id)', strategy: merge, crdt: {{views: gcounter}},
+              value: '{{"by": msg.doc.by, "views": msg.views}}'}}
 """)
     exe = Path(sys.executable).with_name("streamdag")
     try:
@@ -249,7 +250,7 @@ nodes:
         r = redis.Redis.from_url("redis://127.0.0.1:6379/0")
         try:
             assert [json.loads(r.get(f"{prefix}{k}")) for k in range(5)] == [
-                {"by": {w: 595 + k for w in WRITERS}} for k in range(5)]
+                {"by": {w: 595 + k for w in WRITERS}, "views": {w: 595 + k for w in WRITERS}} for k in range(5)]
         finally:
             r.delete(*[f"{prefix}{k}" for k in range(5)])
             r.close()
