@@ -245,5 +245,7 @@ def test_monitor_kv_replica_needs_a_bucket_and_the_bucket_must_exist(write_graph
     path = _graph(write_graph, "t", "user.", replica="kv")
     assert main(["validate", str(path)]) != 0
     assert "E216 nodes.monitor.config.bucket: `bucket` is needed by" in capsys.readouterr().out
+    assert main(["validate", str(_graph(write_graph, "t", "user:", replica="kv", bucket="b"))]) != 0
+    assert "E216 nodes.monitor.config.key_prefix: 'user:' cannot start a JetStream KV key" in capsys.readouterr().out
     report = run(_graph(write_graph, "t", "user.", replica="kv", bucket=f"nope_{uuid.uuid4().hex[:8]}"))
     assert report.error is not None and "no JetStream KV bucket 'nope_" in str(report.error)

@@ -20,6 +20,7 @@ random()`: a scan of the table; 0 samples every row).
 
 from __future__ import annotations
 
+import re
 import time
 from decimal import Decimal
 from typing import Any, ClassVar, Literal
@@ -114,6 +115,9 @@ nodes:
             issues.append(CheckIssue(("replica",), "E216", f"connection {config.replica!r} is "
                                      f"{'not declared' if kind is None else 'of type ' + str(kind)}; "
                                      "consistency_monitor needs redis or nats (JetStream KV)"))
+        elif kind == "nats" and not re.fullmatch(r"[-/_=.a-zA-Z0-9]*", config.key_prefix):
+            issues.append(CheckIssue(("key_prefix",), "E216", f"{config.key_prefix!r} cannot start a JetStream KV "
+                                     "key (letters, digits and -/_=. only; e.g. 'user.')"))
         elif (kind == "nats") != (config.bucket is not None):
             issues.append(CheckIssue(("bucket",), "E216", "`bucket` is needed by, and only used by, a replica of "
                                      f"type nats (connection {config.replica!r} is {kind})"))

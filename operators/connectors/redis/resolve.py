@@ -35,7 +35,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine import EvalError, Msg, compile_expr, encode_failure
+from engine import EvalError, Msg, Unavailable, compile_expr, encode_failure
+from operators.connectors.redis.connection import first_refusal, raise_if_cancelled
 from operators.connectors.version_vector import vector_issue
 
 __all__ = ["RESOLVE_SCRIPT", "Settler", "vector_json"]
@@ -213,6 +214,10 @@ class Settler:
                                      old, old_vector, kept, merged)
                 sent.append((msg, key, doc, vector))
             results = await pipe.execute(raise_on_error=False) if sent else []
+            raise_if_cancelled()
+            refused = first_refusal(results)
+            if refused is not None:  # the server's state (read-only, out of memory): the whole batch again
+                raise Unavailable(f"redis: resolved write refused: {refused}") from refused
             pending = []
             for (msg, key, doc, vector), res in zip(sent, results):
                 if isinstance(res, Exception):
