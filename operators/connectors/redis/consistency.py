@@ -22,8 +22,8 @@ from typing import Any, Literal
 
 from engine import ConnectorError
 
-__all__ = ["ConsistencyReport", "add_arguments", "check_consistency", "compare_rows", "main", "number",
-           "quote_table", "render_html"]
+__all__ = ["ConsistencyReport", "add_arguments", "check_consistency", "compare_rows", "main", "quote_table",
+           "render_html"]
 
 
 @dataclass
