@@ -9,6 +9,7 @@ import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -19,6 +20,7 @@ from tests.connectors.postgres_harness import DSN, sql
 
 pytestmark = pytest.mark.services
 REDIS = "redis://127.0.0.1:6379/0"
+NATS = "nats://127.0.0.1:4222"
 
 
 @pytest.fixture
@@ -51,6 +53,7 @@ def _graph(write_graph, table: str, prefix: str, **extra: object) -> Path:
         connections:
           pg: {{type: postgres, dsn: "{DSN}"}}
           cache: {{type: redis, url: "{REDIS}"}}
+          kv: {{type: nats, url: "{NATS}"}}
         nodes:
           monitor: {{type: consistency_monitor, config: {json.dumps(config)}}}
           reports: {{type: file_sink, inputs: [monitor], config: {{path: reports.ndjson}}}}
@@ -169,3 +172,80 @@ def test_a_failing_round_is_counted_and_logged_and_the_monitor_goes_on(write_gra
     assert (metrics["rounds"], metrics["failed_rounds"], metrics["sampled"]) == (3, 3, 0)
     assert not (tmp_path / "reports.ndjson").exists() or _lines(tmp_path / "reports.ndjson") == []
     assert sum("round failed" in r.getMessage() and "does not exist" in r.getMessage() for r in caplog.records) == 3
+
+
+@pytest.fixture
+def kv_store() -> Iterator[tuple[str, str, str]]:
+    """A table of 20 rows at version 5 and a JetStream KV bucket in sync, under fresh names."""
+    import nats
+
+    table, bucket = f"mon_{uuid.uuid4().hex[:10]}", f"mon_{uuid.uuid4().hex[:10]}"
+    asyncio.run(sql(f'CREATE TABLE "{table}" (id bigint PRIMARY KEY, version bigint, body jsonb)'))
+    asyncio.run(sql(f'INSERT INTO "{table}" SELECT i, 5, jsonb_build_object(\'id\', i, \'v\', 5) '
+                    "FROM generate_series(0, 19) i"))
+
+    async def setup() -> None:
+        nc = await nats.connect(NATS)
+        kv = await nc.jetstream().create_key_value(bucket=bucket, history=1)
+        for i in range(20):
+            await kv.put(f"user.{i}", orjson.dumps({"id": i, "v": 5, "_version": 5}))
+        await nc.close()
+
+    asyncio.run(setup())
+    yield table, bucket, "user."
+    asyncio.run(sql(f'DROP TABLE IF EXISTS "{table}"'))
+
+    async def teardown() -> None:
+        nc = await nats.connect(NATS)
+        await nc.jetstream().delete_key_value(bucket)
+        await nc.close()
+
+    asyncio.run(teardown())
+
+
+async def _kv(bucket: str, fn: Any) -> Any:
+    import nats
+
+    nc = await nats.connect(NATS)
+    try:
+        return await fn(await nc.jetstream().key_value(bucket))
+    finally:
+        await nc.close()
+
+
+def test_monitor_of_a_jetstream_kv_replica_scores_alerts_and_repairs(kv_store, write_graph, run, tmp_path) -> None:
+    table, bucket, prefix = kv_store
+
+    async def diverge(kv: Any) -> None:
+        await kv.delete("user.3")  # missing (deleted) in the replica
+        await kv.purge("user.4")  # missing (purged)
+        await kv.put("user.7", orjson.dumps({"id": 7, "v": 2, "_version": 2}))  # 3 versions behind
+        await kv.put("user.8", orjson.dumps({"id": 8, "v": 9, "_version": 9}))  # ahead: repair leaves it
+
+    asyncio.run(_kv(bucket, diverge))
+    runners: list = []
+    report = run(_graph(write_graph, table, prefix, replica="kv", bucket=bucket, repair=True),
+                 runner_hook=runners.append)
+    assert report.error is None and report.balanced
+    rounds = _lines(tmp_path / "reports.ndjson")
+    assert [(x["score"], x["mismatches"], x["missing_in_replica"], x["version_mismatch"], x["lag"], x["repaired"],
+             x["repair_skipped"]) for x in rounds] == [(pytest.approx(16 / 20), 4, 2, 2, 3, 3, 1),
+                                                       (pytest.approx(19 / 20), 1, 0, 1, 0, 0, 1)]
+    assert len(_lines(tmp_path / "alerts.ndjson")) == 1 and "user.8 (postgres 5, kv 9)" in str(rounds[1]["examples"])
+    assert runners[0].nodes["monitor"].metrics()["score_ppm"] == 950_000
+
+    async def values(kv: Any) -> dict[int, Any]:
+        return {i: orjson.loads((await kv.get(f"user.{i}")).value) for i in (3, 4, 7, 8)}
+
+    assert asyncio.run(_kv(bucket, values)) == {3: {"id": 3, "v": 5, "_version": 5}, 4: {"id": 4, "v": 5, "_version": 5},
+                                                7: {"id": 7, "v": 5, "_version": 5}, 8: {"id": 8, "v": 9, "_version": 9}}
+
+
+def test_monitor_kv_replica_needs_a_bucket_and_the_bucket_must_exist(write_graph, run, capsys) -> None:
+    path = _graph(write_graph, "t", "user.", replica="kv")
+    assert main(["validate", str(path)]) != 0
+    assert "E216 nodes.monitor.config.bucket: `bucket` is needed by" in capsys.readouterr().out
+    assert main(["validate", str(_graph(write_graph, "t", "user:", replica="kv", bucket="b"))]) != 0
+    assert "E216 nodes.monitor.config.key_prefix: 'user:' cannot start a JetStream KV key" in capsys.readouterr().out
+    report = run(_graph(write_graph, "t", "user.", replica="kv", bucket=f"nope_{uuid.uuid4().hex[:8]}"))
+    assert report.error is not None and "no JetStream KV bucket 'nope_" in str(report.error)

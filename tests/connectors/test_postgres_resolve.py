@@ -19,10 +19,9 @@ from engine.message import Msg
 from engine.runtime.context import NodeContext, Resources
 from operators.connectors.postgres.sink import PostgresSink, PostgresSinkConfig
 from tests.connectors.postgres_harness import DSN, sql
-from tests.connectors.resolve_models import vv_reference
+from tests.connectors.resolve_models import WRITERS, crdt_body, crdt_op, crdt_reference, vv_reference
 
 pytestmark = pytest.mark.services
-WRITERS = ("w1", "w2", "w3")
 SETTINGS = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -79,55 +78,12 @@ def crdt() -> Iterator[Live]:
     live.close()
 
 
-# one operation of a writer: its step number (its own counters grow with it), a field it sets with a
-# version, a tag it adds and maybe one it removes (observed-remove of its own earlier add)
-op = st.tuples(st.sampled_from(WRITERS), st.integers(1, 6), st.sampled_from("abc"), st.integers(0, 9),
-               st.sampled_from(["x", "y", "z"]), st.booleans())
-
-
-def _body(key: int, w: str, step: int, field: str, value: int, elem: str, remove: bool) -> dict:
-    tag = f"{w}-{step}"
-    tags: dict[str, Any] = {"a": {elem: {tag: True}}}
-    if remove and step > 1:
-        tags["r"] = {f"{w}-{step - 1}": True}
-    return {"id": key, "doc": {field: value, "_v": {field: step * 10 + WRITERS.index(w)}},
-            "views": {w: step}, "balance": {"p": {w: step * 2}, "n": {w: step}}, "tags": tags,
-            "hi": value, "lo": value}
-
-
-def _reference(bodies: list[dict]) -> dict[str, Any]:
-    """Order-independent model of the merged row."""
-    views: dict[str, int] = {}
-    pos: dict[str, int] = {}
-    neg: dict[str, int] = {}
-    fields: dict[str, tuple[int, int]] = {}
-    adds: dict[str, set[str]] = {}
-    removed: set[str] = set()
-    for b in bodies:
-        for w, n in b["views"].items():
-            views[w] = max(views.get(w, 0), n)
-        for w, n in b["balance"]["p"].items():
-            pos[w] = max(pos.get(w, 0), n)
-        for w, n in b["balance"]["n"].items():
-            neg[w] = max(neg.get(w, 0), n)
-        for f, v in b["doc"].items():
-            if f != "_v":
-                fields[f] = max(fields.get(f, (-1, -1)), (b["doc"]["_v"][f], v))
-        for e, tags in b["tags"]["a"].items():
-            adds.setdefault(e, set()).update(tags)
-        removed.update(b["tags"].get("r", {}))
-    return {"views": sum(views.values()), "balance": sum(pos.values()) - sum(neg.values()),
-            "doc": {f: v for f, (_, v) in fields.items()},
-            "tags": sorted(e for e, ts in adds.items() if ts - removed),
-            "hi": max(b["hi"] for b in bodies), "lo": min(b["lo"] for b in bodies)}
-
-
 @SETTINGS
-@given(ops=st.lists(op, min_size=1, max_size=12), data=st.data())
+@given(ops=st.lists(crdt_op, min_size=1, max_size=12), data=st.data())
 def test_crdt_and_field_versions_converge_under_any_order_duplicates_and_replays(crdt: Live, ops, data) -> None:
     key = crdt.key()
     # each writer's steps are its own history: a writer's step n is unique (a replay repeats it whole)
-    history = {(w, step): _body(key, w, step, f, v, e, r) for w, step, f, v, e, r in ops}
+    history = {(w, step): crdt_body(key, w, step, f, v, e, r) for w, step, f, v, e, r in ops}
     bodies = list(history.values())
     replays = data.draw(st.lists(st.sampled_from(bodies), max_size=6))
     order = data.draw(st.permutations(bodies + replays))
@@ -135,7 +91,7 @@ def test_crdt_and_field_versions_converge_under_any_order_duplicates_and_replays
     assert crdt.write(order, batch) == []
     row = crdt.rows(f"SELECT doc, streamdag_counter_v1(views) AS views, streamdag_counter_v1(balance) AS balance, "
                     f"streamdag_orset_v1(tags) AS tags, hi, lo FROM {{t}} WHERE id = {key}")[0]
-    want = _reference(bodies)
+    want = crdt_reference(bodies)
     doc = json.loads(row["doc"])
     assert {k: v for k, v in doc.items() if k != "_v"} == want["doc"]
     assert (row["views"], row["balance"], json.loads(row["tags"]), row["hi"], row["lo"]) == (
@@ -278,7 +234,8 @@ nodes:
   cache:
     type: redis_cache_sink
     inputs: [writes]
-    config: {{connection: cache, key: '"{prefix}" + string(msg.id)', strategy: merge, value: msg.doc}}
+    config: {{connection: cache, key: '"{prefix}" + string(msg.id)', strategy: merge, crdt: {{views: gcounter}},
+              value: '{{"by": msg.doc.by, "views": msg.views}}'}}
 """)
     exe = Path(sys.executable).with_name("streamdag")
     try:
@@ -293,7 +250,7 @@ nodes:
         r = redis.Redis.from_url("redis://127.0.0.1:6379/0")
         try:
             assert [json.loads(r.get(f"{prefix}{k}")) for k in range(5)] == [
-                {"by": {w: 595 + k for w in WRITERS}} for k in range(5)]
+                {"by": {w: 595 + k for w in WRITERS}, "views": {w: 595 + k for w in WRITERS}} for k in range(5)]
         finally:
             r.delete(*[f"{prefix}{k}" for k in range(5)])
             r.close()

@@ -34,9 +34,10 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 
 from engine import EvalError, Msg, compile_expr, encode_failure
+from operators.connectors.crdt import CRDT_KINDS, Crdt
 from operators.connectors.postgres.client import (
     db_message,
     is_row_error,
@@ -49,8 +50,6 @@ from operators.connectors.version_vector import vector_issue
 
 __all__ = ["CRDT_KINDS", "FUNCTIONS_SQL", "Crdt", "Resolver", "rules"]
 
-Crdt = Literal["gcounter", "pncounter", "orset", "max", "min"]
-CRDT_KINDS: tuple[str, ...] = ("gcounter", "pncounter", "orset", "max", "min")
 _LOCK = 0x5D_18_C0  # pg_advisory_xact_lock key while the functions and conflicts tables are created
 
 # The functions, one statement each. plpgsql: its bodies are resolved at call time (they recurse).

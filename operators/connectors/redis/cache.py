@@ -32,13 +32,14 @@ from engine import (
     connection_field,
     encode_failure,
 )
+from operators.connectors.crdt import Crdt, crdt_issue
 from operators.connectors.redis.connection import (
     connection_errors,
     first_refusal,
     raise_if_cancelled,
     redis_client,
 )
-from operators.connectors.redis.resolve import RESOLVE_SCRIPT, vector_json
+from operators.connectors.redis.resolve import RESOLVE_SCRIPT, Settler, vector_json
 
 __all__ = ["CAS_SCRIPT", "RedisCacheSink", "RedisCacheSinkConfig", "encode_value"]
 
@@ -110,6 +111,22 @@ class RedisCacheSinkConfig(NodeConfig):
                                    "(a map writer -> counter).", examples=["msg.vv"])
     field_versions: str | None = Field(None, description="strategy merge: the document key holding per-field "
                                        "versions (`{field: version}`).", examples=["_v"])
+    conflict: Literal["port", "stream", "resolver"] | None = Field(
+        None, description="strategy version_vector: concurrent writes go to the `conflicts` port (default), to "
+        "a Redis stream with both versions (`conflicts_stream`), or to `resolver`.")
+    resolver: CelExpr | None = Field(None, description="conflict: resolver: CEL over `msg.old`, `msg.new` (the "
+                                     "documents) and `msg.old_vector`, `msg.new_vector` returning the document to "
+                                     "keep (stored with both vectors merged).",
+                                     examples=["msg.new.updated_at > msg.old.updated_at ? msg.new : msg.old"])
+    resolver_attempts: int = Field(8, ge=1, le=100, description="conflict: resolver: commits tried while other "
+                                   "writers change the key; then the message goes to `errors`.")
+    conflicts_stream: str | None = Field(None, description="conflict: stream: the stream's key (default "
+                                         "`streamdag:conflicts:<node id>`).", examples=["conflicts:users"])
+    conflicts_maxlen: int = Field(100_000, ge=1, description="conflict: stream: entries kept (XADD MAXLEN ~).")
+    crdt: dict[str, Crdt] = Field(default_factory=dict, description="strategy merge: top-level document fields "
+                                  "merged as CRDTs (gcounter/pncounter: per-writer counts; orset: add-wins set; "
+                                  "max/min: registers), as postgres_sink's `crdt` columns.",
+                                  examples=[{"views": "gcounter", "tags": "orset"}])
 
     @model_validator(mode="after")
     def _check(self) -> RedisCacheSinkConfig:
@@ -119,8 +136,16 @@ class RedisCacheSinkConfig(NodeConfig):
             raise ValueError(f"strategy {self.strategy} needs mode value and no `version`")
         if (self.strategy == "version_vector") != (self.vector is not None):
             raise ValueError("`vector` is needed by, and only used by, strategy version_vector")
-        if self.field_versions and self.strategy != "merge":
-            raise ValueError("`field_versions` is used by strategy merge")
+        if (self.field_versions or self.crdt) and self.strategy != "merge":
+            raise ValueError("`field_versions` and `crdt` are used by strategy merge")
+        if self.field_versions and self.field_versions in self.crdt:
+            raise ValueError(f"{self.field_versions!r} is the field versions map, not a crdt field")
+        if self.conflict is not None and self.strategy != "version_vector":
+            raise ValueError("`conflict` is used by strategy version_vector")
+        if (self.conflict == "resolver") != (self.resolver is not None):
+            raise ValueError("`resolver` is needed by, and only used by, conflict: resolver")
+        if self.conflicts_stream is not None and self.conflict != "stream":
+            raise ValueError("`conflicts_stream` is used by conflict: stream")
         if self.delete is not None and self.strategy != "replace":
             raise ValueError(f"`delete` works with strategy replace, not {self.strategy}")
         return self
@@ -150,23 +175,30 @@ nodes:
 """
     connection_types: ClassVar[tuple[str, ...]] = ("redis",)
     port_docs: ClassVar[dict[str, str]] = {
-        "conflicts": "version_vector only: a write concurrent with the stored one, as {conflict, node, old, new}, "
+        "conflicts": "version_vector with conflict: port: a write concurrent with the stored one, as "
+                     "{conflict, node, key, old, old_vector, new}, "
                      "with the message's ack (committed when that port's consumer commits it)"}
     config: RedisCacheSinkConfig
     _routed: list[tuple[Msg, Any]]  # conflicts of the last write, for the `conflicts` port
 
     @classmethod
     def output_ports(cls, config: Any) -> tuple[str, ...]:
-        """`conflicts` under strategy version_vector."""
-        return ("conflicts",) if config is not None and config.strategy == "version_vector" else ()
+        """`conflicts` under strategy version_vector with conflict: port."""
+        if config is not None and config.strategy == "version_vector" and config.conflict in (None, "port"):
+            return ("conflicts",)
+        return ()
 
     def routed(self) -> dict[str, list[tuple[Msg, Any]]]:
         routed, self._routed = self._routed, []
         return {"conflicts": routed} if routed else {}
 
     def metrics(self) -> dict[str, int]:
-        """Entries written, skipped as older than the cache's (or dominated), and conflicts."""
-        return {"written": self.written, "stale": self.stale, "conflicts": self.conflicts}
+        """Entries written, skipped as older than the cache's (or dominated), conflicts; with a resolver,
+        conflicts resolved and commits retried because another writer changed the key meanwhile."""
+        counts = {"written": self.written, "stale": self.stale, "conflicts": self.conflicts}
+        if self._settler is not None:
+            counts |= {"resolved": self._settler.resolved, "resolve_retries": self._settler.retries}
+        return counts
 
     def __init__(self, node_id: str, config: RedisCacheSinkConfig, ctx: Any):
         super().__init__(node_id, config, ctx)
@@ -179,6 +211,10 @@ nodes:
         self._vector = compile_expr(config.vector) if config.vector else None
         self._sha = ""
         self._resolve_sha = ""
+        self._crdt = orjson.dumps(config.crdt).decode() if config.crdt else ""
+        self._stream = config.conflicts_stream or f"streamdag:conflicts:{node_id}"
+        self._settler = (Settler(config.resolver, config.resolver_attempts, self._ttl_ms, config.version_suffix)
+                         if config.resolver else None)
         self._routed = []
         self.conflicts = 0
         self.stale = 0  # messages skipped because the cache held a newer version
@@ -236,6 +272,13 @@ nodes:
             args = [part for k, v in value.items() if k != self.config.version_field
                     for part in (str(k), encode_value(v))]
         else:
+            if self.config.crdt:
+                if not isinstance(value, dict):
+                    raise ValueError(f"crdt fields need a map document, got {type(value).__name__}")
+                issue = next((f"{f}: {i}" for f, kind in self.config.crdt.items()
+                              if (i := crdt_issue(kind, value.get(f))) is not None), None)
+                if issue is not None:
+                    raise ValueError(issue)
             try:
                 # merge and version_vector store JSON documents (a string too, for the script to decode)
                 args = [encode_value(value) if self.config.strategy == "replace" else orjson.dumps(value)]
@@ -244,6 +287,31 @@ nodes:
         return str(key), args, version
 
     async def write(self, batch: list[Msg]) -> list[tuple[Msg, str]] | None:
+        if self._settler is None:
+            return await self._write_round(batch)
+        failed: list[tuple[Msg, str]] = []
+        for part in self._rounds(batch):  # the resolver reads each key's previous write of this batch
+            failed += await self._write_round(part)
+        return failed
+
+    def _rounds(self, batch: list[Msg]) -> list[list[Msg]]:
+        """The n-th message of each key in the n-th round (a message whose key fails in the first)."""
+        seen: dict[Any, int] = {}
+        rounds: list[list[Msg]] = [[]]
+        for msg in batch:
+            try:
+                key = self._key(msg.body, msg.meta)
+            except EvalError:
+                key = None
+            n = seen.get(key, 0) if isinstance(key, (str, int)) else 0
+            if isinstance(key, (str, int)):
+                seen[key] = n + 1
+            if n == len(rounds):
+                rounds.append([])
+            rounds[n].append(msg)
+        return rounds
+
+    async def _write_round(self, batch: list[Msg]) -> list[tuple[Msg, str]]:
         failed, noscript = await self._write(batch)
         if noscript:  # the server lost its script cache (restart, SCRIPT FLUSH): load it and redo those
             await self._load_scripts()
@@ -271,10 +339,14 @@ nodes:
                                      "d" + mode, ttl, version, self.config.version_field)
                 sent.append(msg)
                 continue
-            if self._resolve_sha:
+            if self._resolve_sha and self.config.conflict == "stream":
+                pipe.execute_command("EVALSHA", self._resolve_sha, 3, key, key + self.config.version_suffix,
+                                     self._stream, "vs", ttl, args[0], "", version, "", self.config.conflicts_maxlen,
+                                     self.id)
+            elif self._resolve_sha:
                 pipe.execute_command("EVALSHA", self._resolve_sha, 2, key, key + self.config.version_suffix,
                                      "vv" if self._vector is not None else "m", ttl, args[0],
-                                     self.config.field_versions or "", version)
+                                     self.config.field_versions or "", version, self._crdt)
             elif plain:
                 if ttl:
                     pipe.execute_command("SET", key, args[0], "PX", ttl)
@@ -295,6 +367,7 @@ nodes:
         if refused is not None:  # the server's state (read-only, out of memory): the whole batch again
             raise Unavailable(f"redis {self.config.connection}: cache write refused: {refused}") from refused
         noscript: list[Msg] = []
+        pending: list[tuple[Msg, str, bytes, str, Any]] = []  # conflicts for the resolver
         for msg, res in zip(sent, results):
             if isinstance(res, NoScriptError):
                 noscript.append(msg)
@@ -302,6 +375,12 @@ nodes:
                 failed.append((msg, f"redis: {res}"))
             elif res == 0:
                 self.stale += 1
+            elif res == 3:  # recorded in the conflicts stream
+                self.conflicts += 1
+            elif isinstance(res, list) and self._settler is not None:
+                self.conflicts += 1
+                key, args, version = self._entry(msg)
+                pending.append((msg, key, args[0] if args else b"", version, res))
             elif isinstance(res, list):  # a concurrent version vector: the stored one with it
                 self.conflicts += 1
                 self._routed.append((msg, {"conflict": "concurrent version vectors", "node": self.id,
@@ -309,6 +388,15 @@ nodes:
                                            "old_vector": _loads(res[2]), "new": msg.body}))
             else:
                 self.written += 1
+        if pending:
+            assert self._settler is not None
+            try:
+                again, written, dropped = await self._settler.settle(self._client, self._resolve_sha, pending)
+            except connection_errors() as exc:
+                raise ConnectionLost(f"redis {self.config.connection}: cache write failed: {exc}") from exc
+            failed += again
+            self.written += written
+            self.stale += dropped
         return failed, noscript
 
 

@@ -72,7 +72,8 @@ def quote_table(name: str) -> str:
     return ".".join('"' + p.replace('"', '""') + '"' for p in parts)
 
 
-def _number(value: Any) -> Decimal | None:
+def number(value: Any) -> Decimal | None:
+    """A stored version as a Decimal; None when absent or not a number."""
     if value is None:
         return None
     if isinstance(value, bytes):
@@ -177,8 +178,8 @@ async def _compare(r: Any, rows: list[Any], report: ConsistencyReport, seen: set
                 bad.append((row, None))
             continue
         if version_column is not None:
-            cached = _number(results[i * step + 1])
-            if cached is None or cached != _number(row[1]):
+            cached = number(results[i * step + 1])
+            if cached is None or cached != number(row[1]):
                 report.version_mismatch += 1
                 note("version_mismatch", f"{prefix}{k} (postgres {row[1]}, redis {cached})")
                 if bad is not None:

@@ -1,13 +1,16 @@
 """`consistency_monitor`: a source that, every `interval`, samples keys of a PostgreSQL table (the
-primary) and compares them with the Redis cache fed from it (the replica), as `check-consistency`
-does once.
+primary) and compares them with the replica fed from it, as `check-consistency` does once: a Redis
+cache (`replica` names a `type: redis` connection) or a JetStream KV bucket (a `type: nats`
+connection and `bucket`; operators/connectors/jetstream/kv_replica.py). Both replicas offer the
+same two calls, compare and repair, so scoring, alerts, metrics and reports are one code path.
 
 Each round sends one report on `out` (score, mismatches, lag, repaired) and, when the score is
 below `threshold`, the same report on `alerts` and a warning in the log. The latest figures are the
 node's metrics (`streamdag_node_events_total{event=...}`; the score as parts per million, since the
 metrics are integers). With `repair`, each divergent key is rewritten from the primary through the
-cache sink's own compare-and-set script, so a repair never overwrites a newer version that a cache
-writer stored meanwhile (such a key counts as `repair_skipped`).
+cache sink's own compare-and-set script (KV: the bucket's compare-and-set on the entry's revision),
+so a repair never overwrites a newer version that a writer stored meanwhile (such a key counts as
+`repair_skipped`).
 
 Lag is in versions: the largest (primary version - replica version) over the sampled keys whose
 replica holds an older version (missing keys are counted as mismatches, not lag; 0 without
@@ -17,6 +20,7 @@ random()`: a scan of the table; 0 samples every row).
 
 from __future__ import annotations
 
+import re
 import time
 from decimal import Decimal
 from typing import Any, ClassVar, Literal
@@ -45,7 +49,10 @@ class ConsistencyMonitorConfig(NodeConfig):
     """Sample a PostgreSQL table and its Redis cache every `interval`; score, alert, optionally repair."""
 
     connection: str = connection_field("postgres", "pg")
-    replica: str = Field(description="Name of the `type: redis` connection holding the cache.", examples=["cache"])
+    replica: str = Field(description="Name of the replica's connection: `type: redis` (a cache) or `type: nats` "
+                         "(a JetStream KV bucket, with `bucket`).", examples=["cache"])
+    bucket: str | None = Field(None, description="Replica of type nats: the KV bucket; entries are JSON documents "
+                               "holding their version in `version_field`.", examples=["users"])
     table: str = Field(description="The primary table, `name` or `schema.name`.", examples=["users"])
     key_column: str = Field(description="Column whose value makes the cache key.", examples=["id"])
     key_prefix: str = Field(description="Cache key = prefix + key.", examples=["user:"])
@@ -53,7 +60,8 @@ class ConsistencyMonitorConfig(NodeConfig):
     value_column: str | None = Field(None, description="Column written to the cache by repair (jsonb or text); "
                                      "the whole row as JSON if unset.")
     mode: Literal["value", "hash"] = Field("value", description="How redis_cache_sink stores entries (its `mode`).")
-    version_field: str = Field("_version", description="Hash field of the version (mode hash).")
+    version_field: str = Field("_version", description="Hash field of the version (mode hash); the JSON "
+                               "document's field of the version (KV).")
     version_suffix: str = Field(":version", description="Suffix of the version key (mode value).")
     interval: PositiveDuration = Field(30.0, description="Time between rounds.", examples=["30s"])
     sample: int = Field(100, ge=0, description="Rows compared per round (random); 0: all.")
@@ -93,8 +101,7 @@ nodes:
         self.counts = {"rounds": 0, "sampled": 0, "mismatches": 0, "repaired": 0, "repair_skipped": 0,
                        "alerts": 0, "failed_rounds": 0, "score_ppm": 1_000_000, "lag": 0}
         self._pool: Any = None
-        self._redis: Any = None
-        self._sha = ""
+        self._replica: Any = None  # RedisReplica or KvReplica
 
     @classmethod
     def check(cls, config: Any, ctx: CheckContext) -> list[CheckIssue]:
@@ -104,10 +111,16 @@ nodes:
             if getattr(config, name):
                 issues += identifier_issues((name,), getattr(config, name), "column")
         kind = ctx.connections.get(config.replica, {}).get("type")
-        if kind != "redis":
+        if kind not in ("redis", "nats"):
             issues.append(CheckIssue(("replica",), "E216", f"connection {config.replica!r} is "
                                      f"{'not declared' if kind is None else 'of type ' + str(kind)}; "
-                                     "consistency_monitor needs redis"))
+                                     "consistency_monitor needs redis or nats (JetStream KV)"))
+        elif kind == "nats" and not re.fullmatch(r"[-/_=.a-zA-Z0-9]*", config.key_prefix):
+            issues.append(CheckIssue(("key_prefix",), "E216", f"{config.key_prefix!r} cannot start a JetStream KV "
+                                     "key (letters, digits and -/_=. only; e.g. 'user.')"))
+        elif (kind == "nats") != (config.bucket is not None):
+            issues.append(CheckIssue(("bucket",), "E216", "`bucket` is needed by, and only used by, a replica of "
+                                     f"type nats (connection {config.replica!r} is {kind})"))
         return issues
 
     def metrics(self) -> dict[str, int]:
@@ -115,9 +128,15 @@ nodes:
 
     async def start(self) -> None:
         self._pool = await pool_for(self.ctx, self.config.connection)
-        self._redis = await redis_client(self.ctx, self.config.replica)
-        self._sha = await self._redis.script_load(CAS_SCRIPT)
         cfg = self.config
+        if cfg.bucket is not None:
+            from operators.connectors.jetstream.kv_replica import KvReplica
+
+            self._replica = KvReplica(self.ctx, cfg.replica, cfg.bucket, cfg.key_prefix, cfg.version_column,
+                                      cfg.version_field)
+        else:
+            self._replica = RedisReplica(self.ctx, cfg)
+        await self._replica.open()
         cols = [quote_ident(cfg.key_column)]
         if cfg.version_column:
             cols.append(quote_ident(cfg.version_column))
@@ -170,8 +189,7 @@ nodes:
             if len(report.examples[kind]) < 10:
                 report.examples[kind].append(item)
 
-        await compare_rows(self._redis, rows, report, set(), note, cfg.key_prefix, cfg.version_column, cfg.mode,
-                           cfg.version_field, cfg.version_suffix, bad)
+        await self._replica.compare(rows, report, note, bad)
         lag = 0
         for row, cached in bad:
             if cfg.version_column and row[1] is not None and cached is not None:
@@ -179,7 +197,7 @@ nodes:
                 lag = max(lag, int(behind))
         repaired = skipped = 0
         if cfg.repair and bad:
-            repaired, skipped = await self._repair([row for row, _ in bad])
+            repaired, skipped = await self._replica.repair([row for row, _ in bad])
         c = self.counts
         c["rounds"] += 1
         c["sampled"] += report.rows
@@ -193,7 +211,26 @@ nodes:
                 "version_mismatch": report.version_mismatch, "lag": lag, "repaired": repaired,
                 "repair_skipped": skipped, "examples": report.examples}
 
-    async def _repair(self, rows: list[Any]) -> tuple[int, int]:
+
+class RedisReplica:
+    """The Redis cache written by `redis_cache_sink`, as the monitor's replica: compare and repair."""
+
+    def __init__(self, ctx: Any, config: ConsistencyMonitorConfig):
+        self.ctx, self.config = ctx, config
+        self._redis: Any = None
+        self._sha = ""
+
+    async def open(self) -> None:
+        self._redis = await redis_client(self.ctx, self.config.replica)
+        self._sha = await self._redis.script_load(CAS_SCRIPT)
+
+    async def compare(self, rows: list[Any], report: ConsistencyReport, note: Any,
+                      bad: list[tuple[Any, Decimal | None]]) -> None:
+        cfg = self.config
+        await compare_rows(self._redis, rows, report, set(), note, cfg.key_prefix, cfg.version_column, cfg.mode,
+                           cfg.version_field, cfg.version_suffix, bad)
+
+    async def repair(self, rows: list[Any]) -> tuple[int, int]:
         """Rewrite the replica's entries of `rows` from the primary; (written, refused as newer)."""
         import orjson
 
