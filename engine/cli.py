@@ -256,6 +256,9 @@ async def _run_once(args: argparse.Namespace, graph: Any, reloader: Any, signals
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
+    if signals[0]:  # a signal came between a reload's drain and these handlers (the last run's got it)
+        signalled.set()
+        runner.stop()
     # registering may wait on an unreachable registry: a signal meanwhile goes straight to the (stopped) run
     registering = asyncio.ensure_future(_start_presence(runner, args, graph, observers))
     interrupted = asyncio.ensure_future(signalled.wait())
