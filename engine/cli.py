@@ -255,6 +255,9 @@ async def _run_once(args: argparse.Namespace, graph: Any, reloader: Any, signals
             raise SystemExit(EXIT_RUN_ERROR)
 
     stopsignals.on_loop(loop, on_signal)  # and the signals that came during start-up: the run stops at once
+    if signals[0]:  # one came between two runs of a reload (the last run's handler took it): stop this one
+        signalled.set()
+        runner.stop()
     # registering may wait on an unreachable registry: a signal meanwhile goes straight to the (stopped) run
     registering = asyncio.ensure_future(_start_presence(runner, args, graph, observers))
     interrupted = asyncio.ensure_future(signalled.wait())
