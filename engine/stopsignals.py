@@ -1,7 +1,7 @@
 """SIGINT and SIGTERM stop a run, from the first line of `main` to its return, whatever the process inherited.
 
 Two gaps let a signal slip past `loop.add_signal_handler` (issue 23's follow-up):
-- before the event loop exists (imports, compiling the graph, about a second): SIGTERM had its
+- before the event loop exists (imports, compiling the graph: 0.2 to 1 s): SIGTERM had its
   default action (the process died, exit 143, nothing drained) and a SIGINT that the parent had
   set to SIG_IGN, as a shell does for `cmd &` in a script, was dropped;
 - a process that starts with SIGINT ignored: Python then installs no KeyboardInterrupt handler,
