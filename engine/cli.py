@@ -463,7 +463,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         return int(runner(_run(args, graph)))
     finally:
-        stopsignals.catch_early()  # the closed loop gave SIGTERM back its default: a late one must not kill us
+        stopsignals.rearm()  # the closed loop gave SIGTERM back its default: a late one must not kill us
 
 
 def _cmd_test(args: argparse.Namespace) -> int:

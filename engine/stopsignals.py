@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["STOP_SIGNALS", "catch_early", "on_loop", "restore"]
+__all__ = ["STOP_SIGNALS", "catch_early", "on_loop", "rearm", "restore"]
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -51,6 +51,13 @@ def on_loop(loop: Any, fn: Callable[..., object], *args: Any) -> None:
     while _pending:
         _pending.pop(0)
         loop.call_soon(fn, *args)
+
+
+def rearm() -> None:
+    """Count both again after the loop closed (it gave them their defaults back), until `restore`; only
+    when `catch_early` armed them (main() did, not a caller of the command function itself)."""
+    if _inherited:
+        catch_early()
 
 
 def restore() -> None:
