@@ -225,6 +225,7 @@ async def _run(args: argparse.Namespace, graph: Any) -> int:
 async def _run_once(args: argparse.Namespace, graph: Any, reloader: Any, signals: list[int]) -> tuple[int, Any]:
     """One run of `graph`: its exit code, and the graph to run next when a reload drained it (else None)."""
     import asyncio
+    import signal
 
     from engine.runtime.scheduler import Runner
 
@@ -254,10 +255,9 @@ async def _run_once(args: argparse.Namespace, graph: Any, reloader: Any, signals
         else:
             raise SystemExit(EXIT_RUN_ERROR)
 
-    stopsignals.on_loop(loop, on_signal)  # and the signals that came during start-up: the run stops at once
-    if signals[0]:  # one came between two runs of a reload (the last run's handler took it): stop this one
-        signalled.set()
-        runner.stop()
+    stopsignals.replay(loop, on_signal)  # the signals that came during start-up: the run stops at once
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
     # registering may wait on an unreachable registry: a signal meanwhile goes straight to the (stopped) run
     registering = asyncio.ensure_future(_start_presence(runner, args, graph, observers))
     interrupted = asyncio.ensure_future(signalled.wait())

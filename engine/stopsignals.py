@@ -9,8 +9,9 @@ Two gaps let a signal slip past `loop.add_signal_handler` (issue 23's follow-up)
 
 `catch_early()` installs a Python handler for both at once, whatever the inherited disposition, that
 only counts the signal; `on_loop(loop, fn)` hands both to the loop and replays the ones counted
-meanwhile, so a signal that came during start-up stops the run as soon as it starts (it drains
-nothing yet, prints its integrity line and exits with the run's code). A second signal aborts as
+meanwhile (`replay` alone, for a caller that adds the loop's handlers itself), so a signal that came
+during start-up stops the run as soon as it starts (it drains nothing yet, prints its integrity line
+and exits with the run's code). A second signal aborts as
 usual. `restore()` gives back the inherited handlers when the command returns (main() may be called
 in-process, from a test). SIGINT is honoured even when it was inherited ignored: a shell's SIG_IGN
 for background jobs is not a request from the user, and `kill -INT` must not be a no-op (docs/operate.md).
@@ -23,7 +24,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["STOP_SIGNALS", "catch_early", "on_loop", "rearm", "restore"]
+__all__ = ["STOP_SIGNALS", "catch_early", "on_loop", "rearm", "replay", "restore"]
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -48,6 +49,11 @@ def on_loop(loop: Any, fn: Callable[..., object], *args: Any) -> None:
     """Route both signals to `fn(*args)` on `loop`, then call it once per signal counted before."""
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, fn, *args)
+    replay(loop, fn, *args)
+
+
+def replay(loop: Any, fn: Callable[..., object], *args: Any) -> None:
+    """Call `fn(*args)` soon on `loop` once per signal counted before the loop had its handlers."""
     while _pending:
         _pending.pop(0)
         loop.call_soon(fn, *args)
