@@ -11,9 +11,8 @@ Two gaps let a signal slip past `loop.add_signal_handler` (issue 23's follow-up)
 only counts the signal; `on_loop(loop, fn)` hands both to the loop and replays the ones counted
 meanwhile (`replay` alone, for a caller that adds the loop's handlers itself), so a signal that came
 during start-up stops the run as soon as it starts (it drains nothing yet, prints its integrity line
-and exits with the run's code). A second signal aborts as
-usual. `restore()` gives back the inherited handlers when the command returns (main() may be called
-in-process, from a test). SIGINT is honoured even when it was inherited ignored: a shell's SIG_IGN
+and exits with the run's code). A second signal aborts as usual. `restore()` gives back the
+inherited handlers when the command returns (main() may be called in-process, from a test). SIGINT is honoured even when it was inherited ignored: a shell's SIG_IGN
 for background jobs is not a request from the user, and `kill -INT` must not be a no-op (docs/operate.md).
 """
 
