@@ -225,7 +225,6 @@ async def _run(args: argparse.Namespace, graph: Any) -> int:
 async def _run_once(args: argparse.Namespace, graph: Any, reloader: Any, signals: list[int]) -> tuple[int, Any]:
     """One run of `graph`: its exit code, and the graph to run next when a reload drained it (else None)."""
     import asyncio
-    import signal
 
     from engine.runtime.scheduler import Runner
 
@@ -255,9 +254,10 @@ async def _run_once(args: argparse.Namespace, graph: Any, reloader: Any, signals
         else:
             raise SystemExit(EXIT_RUN_ERROR)
 
-    stopsignals.replay(loop, on_signal)  # the signals that came during start-up: the run stops at once
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
+    stopsignals.on_loop(loop, on_signal)  # and the signals that came during start-up: the run stops at once
+    if signals[0]:  # a signal came between a reload's drain and these handlers (the last run's got it)
+        signalled.set()
+        runner.stop()
     # registering may wait on an unreachable registry: a signal meanwhile goes straight to the (stopped) run
     registering = asyncio.ensure_future(_start_presence(runner, args, graph, observers))
     interrupted = asyncio.ensure_future(signalled.wait())

@@ -9,10 +9,10 @@ Two gaps let a signal slip past `loop.add_signal_handler` (issue 23's follow-up)
 
 `catch_early()` installs a Python handler for both at once, whatever the inherited disposition, that
 only counts the signal; `on_loop(loop, fn)` hands both to the loop and replays the ones counted
-meanwhile (`replay` alone, for a caller that adds the loop's handlers itself), so a signal that came
-during start-up stops the run as soon as it starts (it drains nothing yet, prints its integrity line
-and exits with the run's code). A second signal aborts as usual. `restore()` gives back the
-inherited handlers when the command returns (main() may be called in-process, from a test). SIGINT is honoured even when it was inherited ignored: a shell's SIG_IGN
+meanwhile, so a signal that came during start-up stops the run as soon as it starts (it drains
+nothing yet, prints its integrity line and exits with the run's code). A second signal aborts as
+usual. `restore()` gives back the inherited handlers when the command returns (main() may be called
+in-process, from a test). SIGINT is honoured even when it was inherited ignored: a shell's SIG_IGN
 for background jobs is not a request from the user, and `kill -INT` must not be a no-op (docs/operate.md).
 """
 
@@ -23,7 +23,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["STOP_SIGNALS", "catch_early", "on_loop", "rearm", "replay", "restore"]
+__all__ = ["DUPLICATE_WINDOW", "STOP_SIGNALS", "catch_early", "on_loop", "rearm", "restore"]
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -44,17 +44,30 @@ def catch_early() -> None:
         _inherited.setdefault(sig, previous)
 
 
+DUPLICATE_WINDOW = 0.2  # seconds after on_loop in which a loop's delivery of a counted signal is a duplicate
+
+
 def on_loop(loop: Any, fn: Callable[..., object], *args: Any) -> None:
-    """Route both signals to `fn(*args)` on `loop`, then call it once per signal counted before."""
+    """Route both signals to `fn(*args)` on `loop`, then call it once per signal counted before.
+
+    uvloop listens to its self-pipe (`signal.set_wakeup_fd`) from the moment it runs, so a signal
+    that came after that and before these handlers is both counted here and in the pipe: if the
+    loop reads the pipe after this call, it delivers it too. Such a delivery comes at the loop's
+    next poll; one of a signal already counted, within DUPLICATE_WINDOW, is dropped (a genuine
+    second one that soon is dropped with it: the run is stopping already)."""
+    owed = list(_pending)
+    _pending.clear()
+    until = loop.time() + DUPLICATE_WINDOW
+
+    def deliver(sig: int) -> None:
+        if sig in owed and loop.time() < until:
+            owed.remove(sig)
+            return
+        fn(*args)
+
     for sig in STOP_SIGNALS:
-        loop.add_signal_handler(sig, fn, *args)
-    replay(loop, fn, *args)
-
-
-def replay(loop: Any, fn: Callable[..., object], *args: Any) -> None:
-    """Call `fn(*args)` soon on `loop` once per signal counted before the loop had its handlers."""
-    while _pending:
-        _pending.pop(0)
+        loop.add_signal_handler(sig, deliver, sig)
+    for _ in owed:
         loop.call_soon(fn, *args)
 
 
