@@ -8,6 +8,7 @@ import logging
 import sys
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from engine import stopsignals
 from engine.compile.diagnostics import GraphInvalid
 
 if TYPE_CHECKING:
@@ -224,7 +225,6 @@ async def _run(args: argparse.Namespace, graph: Any) -> int:
 async def _run_once(args: argparse.Namespace, graph: Any, reloader: Any, signals: list[int]) -> tuple[int, Any]:
     """One run of `graph`: its exit code, and the graph to run next when a reload drained it (else None)."""
     import asyncio
-    import signal
 
     from engine.runtime.scheduler import Runner
 
@@ -254,8 +254,7 @@ async def _run_once(args: argparse.Namespace, graph: Any, reloader: Any, signals
         else:
             raise SystemExit(EXIT_RUN_ERROR)
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
+    stopsignals.on_loop(loop, on_signal)  # and the signals that came during start-up: the run stops at once
     if signals[0]:  # a signal came between a reload's drain and these handlers (the last run's got it)
         signalled.set()
         runner.stop()
@@ -456,11 +455,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         import uvloop
 
-        return uvloop.run(_run(args, graph))
+        runner: Any = uvloop.run
     except ImportError:
         import asyncio
 
-        return asyncio.run(_run(args, graph))
+        runner = asyncio.run
+    try:
+        return int(runner(_run(args, graph)))
+    finally:
+        stopsignals.rearm()  # the closed loop gave SIGTERM back its default: a late one must not kill us
 
 
 def _cmd_test(args: argparse.Namespace) -> int:
@@ -834,13 +837,17 @@ def main(argv: list[str] | None = None) -> int:
     except _Misuse:
         args = build_parser().parse_args(words)  # exits with argparse's message and status 2
     args.argv = words  # what `--workers` starts its workers with
-    _setup_logging(args)
-    _apply_limits(args.limit)
+    if command == "run":  # from here a signal stops the run, even one that comes before the loop exists
+        stopsignals.catch_early()
     try:
+        _setup_logging(args)
+        _apply_limits(args.limit)
         code = int(args.fn(args))
         sys.stdout.flush()
     except BrokenPipeError:
         return _closed_stdout()
+    finally:
+        stopsignals.restore()
     return code
 
 

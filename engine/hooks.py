@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # node types import these protocols; validating a graph loads
     import asyncio
     import logging
 
-    from engine.api import Upstream
+    from engine.api import RetryPolicy, Upstream
     from engine.message import Ack, Msg
     from engine.partitions import PartitionEvents
 
@@ -79,6 +79,13 @@ class Context(Protocol):
 
     @property
     def log(self) -> logging.Logger: ...
+
+    @property
+    def retry(self) -> RetryPolicy | None:
+        """The node's retry policy (its `retry`, else `defaults.retry`), which the runtime applies to a
+        failing batch; None outside a run. A sink that counts its attempts at one batch can tell the last
+        one (`retry.exhausted(n)`) and fail only its unsent messages then (operators/alert.py)."""
+        ...
 
     @property
     def retry_now(self) -> asyncio.Event:

@@ -36,6 +36,8 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from engine import stopsignals
+
 __all__ = ["Slot", "supervise", "worker_argv", "write_report"]
 
 log = logging.getLogger("streamdag.supervise")
@@ -99,6 +101,8 @@ class Supervisor:
             *worker_argv(self.argv, slot.index, report), stdin=asyncio.subprocess.DEVNULL,
             preexec_fn=_die_with_parent, start_new_session=True)
         slot.started = time.monotonic()
+        if self.stopping.is_set():  # a signal came before it existed (on_signal missed it): it starts and drains
+            slot.proc.send_signal(signal.SIGTERM)
         log.info("worker %d started (pid %d)", slot.index, slot.proc.pid,
                  extra={"event": "worker_started", "worker_index": slot.index, "pid": slot.proc.pid})
 
@@ -160,8 +164,7 @@ class Supervisor:
 
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.on_signal, sig)
+        stopsignals.on_loop(loop, self.on_signal, signal.SIGTERM)  # with those that came while it started
         loop.add_signal_handler(signal.SIGHUP, _no_reload)
         t0 = time.perf_counter()
         try:

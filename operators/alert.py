@@ -9,7 +9,10 @@ refused or lost connection, a timeout, 408, 429 and 5xx are `Unavailable` (retri
 webhook is back, the stall in metrics, nothing lost); 400, 413 and 422 are the message's fault (it
 goes to `errors`); any other status (401, 403, 404: a setting) is retried up to `retry.max_attempts`.
 A retried batch does not repeat what was already accepted: the sink remembers, for the batch being
-retried, which messages the webhook took, so an alert is sent once per attempt that succeeds.
+retried, which messages the webhook took, so an alert is sent once per attempt that succeeds. When
+the last attempt `retry.max_attempts` allows meets such a status, the sink returns the messages not
+yet sent as failures of their own (they go to `errors`) and the batch is done: an alert the webhook
+already accepted is never dead-lettered (the runtime would send the whole batch to `errors`).
 The HTTP client is a small HTTP/1.1 one on asyncio streams (one connection per request,
 `Connection: close`), so the sink needs no client library.
 """
@@ -119,6 +122,7 @@ nodes:
         self._retrying: list[Msg] | None = None  # the batch a failed attempt left part done
         self._accepted: set[int] = set()  # ids of its messages the webhook accepted
         self._failed: list[tuple[Msg, str]] = []  # and those that failed alone
+        self._attempts = 0  # attempts at it, this one included (the runtime counts the same)
         self.sent = 0  # requests accepted
 
     def metrics(self) -> dict[str, int]:
@@ -145,28 +149,40 @@ nodes:
 
     async def write(self, batch: list[Msg]) -> list[tuple[Msg, str]] | None:
         if batch is not self._retrying:
-            self._retrying, self._accepted, self._failed = batch, set(), []
-        if self.config.group:
-            await self._write_group(batch)
-        else:
-            for msg in batch:
-                if id(msg) in self._accepted:
-                    continue
-                try:
-                    payload = self._encode(self.render(msg))
-                except ValueError as exc:
-                    self._failed.append((msg, str(exc)))
-                    self._accepted.add(id(msg))
-                    continue
-                reason = await self._request(*payload)
-                if reason:
-                    self._failed.append((msg, reason))
-                self._accepted.add(id(msg))
+            self._retrying, self._accepted, self._failed, self._attempts = batch, set(), [], 0
+        self._attempts += 1
+        try:
+            if self.config.group:
+                await self._write_group(batch)
+            else:
+                await self._write_each(batch)
+        except WebhookError as exc:
+            retry = self.ctx.retry
+            if retry is None or not retry.exhausted(self._attempts):
+                raise  # the runtime retries the batch; what was accepted is not sent again
+            done = self._accepted | {id(m) for m, _ in self._failed}
+            self._failed.extend((m, str(exc)) for m in batch if id(m) not in done)
         failed = self._failed
-        self._retrying, self._accepted, self._failed = None, set(), []
+        self._retrying, self._accepted, self._failed, self._attempts = None, set(), [], 0
         return failed
 
+    async def _write_each(self, batch: list[Msg]) -> None:
+        for msg in batch:
+            if id(msg) in self._accepted:
+                continue
+            try:
+                payload = self._encode(self.render(msg))
+            except ValueError as exc:
+                self._failed.append((msg, str(exc)))
+                self._accepted.add(id(msg))
+                continue
+            reason = await self._request(*payload)
+            if reason:
+                self._failed.append((msg, reason))
+            self._accepted.add(id(msg))
+
     async def _write_group(self, batch: list[Msg]) -> None:
+        self._failed = []  # all or nothing: an attempt starts afresh (a retry must not count a failure twice)
         values, ok = [], []
         for msg in batch:
             try:

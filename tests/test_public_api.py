@@ -70,3 +70,24 @@ def test_context_says_how_full_a_ports_channel_is() -> None:
     assert NodeContext("n", {}, {}, Resources()).channel_load("out") == (0, 0)
     ctx = NodeContext("n", {}, {}, Resources(), load=lambda node, port: (7, 10) if (node, port) == ("n", "a") else (0, 0))
     assert ctx.channel_load("a") == (7, 10)
+
+
+def test_context_gives_the_nodes_retry_policy(write_graph) -> None:
+    """`Context.retry`: the node's own `retry`, else `defaults.retry`, as the runtime applies it; None outside a run."""
+    from engine.compile.validate import load_graph
+    from engine.runtime.context import NodeContext, Resources
+    from engine.runtime.scheduler import Runner
+
+    assert "retry" in dir(engine.Context)
+    assert NodeContext("n", {}, {}, Resources()).retry is None
+    path = write_graph("""
+        version: 1
+        name: r
+        defaults: {retry: {max_attempts: 4}}
+        nodes:
+          g: {type: generate, config: {count: 1}}
+          a: {type: drop, inputs: [g]}
+          b: {type: drop, inputs: [g], retry: {max_attempts: 2}}
+    """)
+    nodes = Runner(load_graph(str(path)))._s.nodes
+    assert nodes["a"].ctx.retry.max_attempts == 4 and nodes["b"].ctx.retry.max_attempts == 2

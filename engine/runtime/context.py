@@ -15,7 +15,7 @@ from engine.partitions import PartitionEvents
 if TYPE_CHECKING:  # imported where awaited: node types import this module, and `validate` loads no asyncio
     import asyncio
 
-    from engine.api import Upstream
+    from engine.api import RetryPolicy, Upstream
 
 __all__ = ["NodeContext", "Resources", "WorkerInfo"]
 
@@ -102,6 +102,9 @@ class NodeContext:
         # set by the scheduler once every node has started: the run is under way (a node's stop()
         # after a failed start knows that nothing ran)
         self.started = False
+        # the node's retry policy (its `retry`, else `defaults.retry`), set by the scheduler, which
+        # applies it: a sink that tracks its attempts at a batch can tell the last one (None: outside a run)
+        self.retry: RetryPolicy | None = None
         # set by a connector when its service is reachable again (its client reconnected): the
         # scheduler then retries a batch it holds back at once, not after the rest of its backoff
         import asyncio

@@ -84,6 +84,7 @@ class Runner:
                              for u in plan.upstream.get(node_id, ()))
             ctx = NodeContext(node_id, g.connections, g.schemas, s.resources, g.base_dir, clock, s.worker,
                               s.partitions, upstream, s.channel_load)
+            ctx.retry = rn.retry
             s.nodes[node_id] = rn.cls(node_id, rn.config, ctx)
             s.stats[node_id] = NodeStats(node_id, rn.kind, rn.type)
             if rn.kind != "source" and node_id not in plan.inline:

@@ -435,3 +435,38 @@ async def test_stream_sink_writes_exact_entries_and_trims(keys, method) -> None:
     failed = await exact.write([Msg(1), Msg(2)])
     assert [m.body for m, _ in failed] == [1, 2] and all("WRONGTYPE" in reason for _, reason in failed)
     await res.close()
+
+
+@pytest.mark.parametrize("method", ["script", "xadd"])
+@aio
+async def test_stream_sink_writes_the_trace_context_of_traced_messages_only(keys, method) -> None:
+    """A message with `meta.traceparent` (a traced run) gets a `traceparent` field; one without, and
+    every entry of an untraced batch, are written exactly as before; a graph's own field wins."""
+    r = connect()
+    stream = unique()
+    keys.extend([stream, stream + "u", stream + "own"])
+    res = Resources()
+
+    def sink(key: str, **cfg) -> RedisStreamSink:
+        return RedisStreamSink(key, RedisStreamSinkConfig(connection="cache", stream=key, maxlen=None, method=method,
+                                                          **cfg), make_ctx(key, res))
+
+    traced, untraced, own = sink(stream, fields={"n": "string(msg.n)"}), sink(stream + "u"), \
+        sink(stream + "own", fields={"traceparent": '"mine"'})
+    for s in (traced, untraced, own):
+        await s.start()
+
+    def tp(i: int) -> str:
+        return f"00-{i:032x}-{i:016x}-01"
+
+    # 2500 entries: three script chunks, every third message traced
+    batch = [Msg({"n": i}, {"traceparent": tp(i + 1)} if i % 3 == 0 else {}) for i in range(2500)]
+    assert await traced.write(batch) == []
+    entries = [e[1] for e in await r.xrange(stream)]
+    assert entries == [{b"body": b'{"n":%d}' % i, b"n": b"%d" % i,
+                        **({b"traceparent": tp(i + 1).encode()} if i % 3 == 0 else {})} for i in range(2500)]
+    assert await untraced.write([Msg(i) for i in range(3)]) == []
+    assert [e[1] for e in await r.xrange(stream + "u")] == [{b"body": b"%d" % i} for i in range(3)]
+    assert await own.write([Msg(1, {"traceparent": tp(9)})]) == []
+    assert [e[1] for e in await r.xrange(stream + "own")] == [{b"body": b"1", b"traceparent": b"mine"}]
+    await res.close()

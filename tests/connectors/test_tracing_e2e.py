@@ -164,8 +164,8 @@ async def test_one_trace_from_http_request_to_postgres_row(tmp_path: Path, monke
 
 @aio
 async def test_trace_crosses_a_redis_stream(tmp_path: Path) -> None:
-    """redis_stream_sink writes the span's context as a `traceparent` field (the CEL of docs/observe.md);
-    redis_stream_source in another graph continues that trace."""
+    """redis_stream_sink writes the span's context as a `traceparent` field of its own (the graph says
+    nothing about it); redis_stream_source in another graph continues that trace."""
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
     from tests.connectors.redis_harness import REDIS_URL, unique
@@ -183,7 +183,6 @@ async def test_trace_crosses_a_redis_stream(tmp_path: Path) -> None:
             config:
               connection: cache
               stream: "{stream}"
-              fields: {{traceparent: 'has(meta.traceparent) ? meta.traceparent : ""'}}
     """))
     (tmp_path / "b.yaml").write_text(textwrap.dedent(f"""
         version: 1
@@ -203,6 +202,9 @@ async def test_trace_crosses_a_redis_stream(tmp_path: Path) -> None:
             report = await Runner(load_graph(str(tmp_path / f"{name}.yaml")), tracer=tracer).run()
             await asyncio.to_thread(tracer.shutdown)
             assert report.error is None and report.balanced
+            if name == "a":
+                entries = await r.xrange(stream)
+                assert len(entries) == 5 and all(set(f) == {b"body", b"traceparent"} for _, f in entries)
     finally:
         await r.delete(stream)
         await r.aclose()

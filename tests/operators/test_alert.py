@@ -43,8 +43,8 @@ GRAPH = """
 class Hook:
     """A webhook that is busy (503) for the requests numbered in `busy` and answers 400 to the text in `reject`."""
 
-    def __init__(self, busy: range = range(0), reject: str = "\x00", status: int = 200):
-        self.busy, self.reject, self.status = busy, reject, status
+    def __init__(self, busy: range = range(0), reject: str = "\x00", status: int = 200, status_from: int = 1):
+        self.busy, self.reject, self.status, self.status_from = busy, reject, status, status_from
         self.requests: list[tuple[dict[str, str], bytes]] = []
         self.calls = 0
 
@@ -55,7 +55,7 @@ class Hook:
             return web.Response(status=503, text="busy")
         if self.reject.encode() in body:
             return web.Response(status=400, text="no such channel")
-        if self.status != 200:
+        if self.status != 200 and self.calls >= self.status_from:
             return web.Response(status=self.status, text="not here")
         self.requests.append((dict(request.headers), body))
         return web.Response(text="ok")
@@ -111,6 +111,20 @@ def test_wrong_url_is_retried_up_to_max_attempts_then_dead_lettered(tmp_path: Pa
     assert "webhook answered 404" in dead[0]["error"]
 
 
+def test_last_attempt_dead_letters_only_the_alerts_not_sent(tmp_path: Path) -> None:
+    """The webhook takes two alerts of a batch of ten, then answers 404: after the last attempt
+    `max_attempts` allows, the eight unsent go to `errors`, the two it accepted do not."""
+    hook = Hook(status=404, status_from=3)
+    report = asyncio.run(_run(tmp_path, hook, count=10, attempts=", max_attempts: 3"))
+    assert report.error is None and report.balanced
+    assert [json.loads(b)["text"] for _, b in hook.requests] == ["alert 0 at n0", "alert 1 at n1"]
+    assert hook.calls == 2 + 3  # one 404 per attempt; the accepted two were not sent again
+    dead = _dead(tmp_path)
+    assert [d["payload"]["id"] for d in dead] == list(range(2, 10))
+    assert all("webhook answered 404: not here" in d["error"] for d in dead)
+    assert report.stats["page"].committed == 2 and report.stats["page"].retries == 2
+
+
 def test_webhook_down_is_retried_until_back(tmp_path: Path) -> None:
     """Connection refused is `Unavailable`: retried whatever max_attempts says, until the server is up."""
 
@@ -152,3 +166,29 @@ def test_bad_config_is_reported_offline(tmp_path: Path, config: str, expect: str
     """))
     with pytest.raises(GraphInvalid, match=expect):
         load_graph(str(path))
+
+
+def test_group_retry_counts_a_message_that_cannot_render_once() -> None:
+    """group: a batch retried after a 503 reports its message whose body does not render once, not once per attempt."""
+    from engine.errors import Unavailable
+    from engine.message import Msg
+    from engine.runtime.context import NodeContext, Resources
+    from operators.alert import Alert, AlertConfig
+
+    async def scenario() -> list[tuple[Msg, str]]:
+        hook = Hook(busy=range(1, 2))
+        runner, port = await serve_post("/hook", hook.handle)
+        try:
+            config = AlertConfig(url=f"http://127.0.0.1:{port}/hook", body='{"t": msg.node}', group=True)
+            sink = Alert("page", config, NodeContext("page", {}, {}, Resources()))
+            batch = [Msg({"node": "a"}), Msg({"id": 2})]
+            with pytest.raises(Unavailable):
+                await sink.write(batch)
+            failed = await sink.write(batch)
+            assert [json.loads(b) for _, b in hook.requests] == [[{"t": "a"}]]
+            return failed or []
+        finally:
+            await runner.cleanup()
+
+    failed = asyncio.run(scenario())
+    assert [m.body for m, _ in failed] == [{"id": 2}] and "body:" in failed[0][1]

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from engine.cli import main
 
 
@@ -72,3 +74,42 @@ def test_sigterm_drains_acks_and_exits_zero(write_graph, tmp_path: Path) -> None
     written = [json.loads(x)["i"] for x in out.read_text().splitlines()]
     assert written == list(range(len(written))) and len(written) > 1000
     assert f"integrity OK: {len(written)} in = {len(written)} delivered" in err
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_drains_with_sigint_inherited_ignored(write_graph, tmp_path: Path, sig: int) -> None:
+    """A shell starts `streamdag run g.yaml &` with SIGINT ignored; SIGINT and SIGTERM must still drain
+    (exit 0, the integrity line), both while it starts (after the graph's warnings are printed, before the
+    event loop exists: SIGINT was lost, SIGTERM killed it with 143) and while it runs."""
+    runs = {}
+    for when in ("starting", "running"):
+        path = write_graph(f"""
+            version: 1
+            name: endless
+            nodes:
+              g: {{type: generate, config: {{rate: 20000, batch: 200}}}}
+              out: {{type: file_sink, inputs: [g], config: {{path: {when}.ndjson}}}}
+        """, name=f"{when}.yaml")  # no dead letter: a W300 warning on stderr says compiling is done
+        runs[when] = subprocess.Popen(
+            [sys.executable, "-m", "engine.cli", "run", str(path)], stderr=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"}, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    starting = runs["starting"]
+    assert starting.stderr is not None
+    first = starting.stderr.readline()
+    assert "W300 warning" in first, first
+    starting.send_signal(sig)
+    out = tmp_path / "running.ndjson"
+    deadline = time.monotonic() + 30
+    while (not out.exists() or out.stat().st_size < 2_000) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    runs["running"].send_signal(sig)
+    for when, proc in runs.items():
+        try:
+            _, err = proc.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            raise AssertionError(f"{signal.Signals(sig).name} did not stop the run while {when}") from None
+        assert proc.returncode == 0, (when, proc.returncode, err)
+        written = len((tmp_path / f"{when}.ndjson").read_text().splitlines())
+        assert f"integrity OK: {written} in = {written} delivered" in err, (when, err)
+        assert written > 0 if when == "running" else written == 0

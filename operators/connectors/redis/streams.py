@@ -439,10 +439,12 @@ nodes:
 # none), the k names (body field first), then k values per entry. Returns one id or error per entry.
 # A chunk whose every entry went in leaves its mark in the mark key, atomically with the entries: a
 # chunk sent again because its reply was lost (Redis went down just after running it) finds its
-# mark, or a later one of the same batch, and appends nothing ("written" for each entry).
+# mark, or a later one of the same batch, and appends nothing ("written" for each entry). ARGV:
+# maxlen, op ('~' or '='), k fields per entry, the mark, opt ('1': the last field is left out of an
+# entry whose value for it is empty: the trace context), the k field names, then k values per entry.
 XADD_SCRIPT = """
-local maxlen, op, k, mark = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local first = 5 + k
+local maxlen, op, k, mark, opt = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
+local first = 6 + k
 if mark ~= '' then
   local last = redis.call('GET', KEYS[2])
   if last then
@@ -464,9 +466,14 @@ local failed = false
 local i = first
 while i <= #ARGV do
   local cmd = {unpack(head)}
+  local n = h
   for f = 1, k do
-    cmd[h + 2 * f - 1] = ARGV[4 + f]
-    cmd[h + 2 * f] = ARGV[i + f - 1]
+    local v = ARGV[i + f - 1]
+    if not (f == k and opt == '1' and v == '') then
+      cmd[n + 1] = ARGV[5 + f]
+      cmd[n + 2] = v
+      n = n + 2
+    end
   end
   local ok, res = pcall(redis.call, unpack(cmd))
   if ok then out[#out + 1] = res else out[#out + 1] = {err = tostring(res.err or res)}; failed = true end
@@ -476,6 +483,7 @@ if mark ~= '' and not failed then redis.call('SET', KEYS[2], mark, 'PX', 8640000
 return out
 """
 _SCRIPT_CHUNK = 1000  # entries per EVALSHA: bounds how long one call holds the server
+TRACE_FIELD = "traceparent"  # the entry field of the W3C trace context (written and read: docs/observe.md)
 
 
 class RedisStreamSinkConfig(NodeConfig):
@@ -538,8 +546,9 @@ nodes:
         self._names = [config.field, *config.fields]
         # KEYS of the script: the stream, and this sink's mark key (one per process, kept a day)
         self._script_keys = (config.stream, f"{config.stream}:streamdag-sink:{uuid.uuid4().hex}")
-        self._script_args = ("" if config.maxlen is None else config.maxlen, "~" if config.approximate else "=",
-                             len(self._names))
+        self._script_args = ("" if config.maxlen is None else config.maxlen, "~" if config.approximate else "=")
+        # a traced message's context goes in a `traceparent` field, unless the graph writes one itself
+        self._trace = TRACE_FIELD not in self._names
         # the batch being written (the runtime retries a batch with the same list), its token (the
         # chunks' marks: see XADD_SCRIPT) and the ids of its messages already appended before the
         # server refused the rest (read-only, out of memory): those are not appended again
@@ -587,11 +596,12 @@ nodes:
         if not sent:
             self._attempt = None
             return failed
+        contexts = self._contexts(sent) if self._trace else None
         try:
             if self.config.method == "script":
-                results = await self._run_script(values, token)
+                results = await self._run_script(values, token, contexts)
             else:
-                results = await self._run_xadd(values)
+                results = await self._run_xadd(values, contexts)
         except connection_errors() as exc:
             raise ConnectionLost(f"redis {self.config.connection}: XADD to {self.config.stream} failed: {exc}") from exc
         raise_if_cancelled()
@@ -608,31 +618,47 @@ nodes:
                 failed.append((msg, f"XADD failed: {res}"))
         return failed
 
-    async def _run_xadd(self, values: list[Any]) -> list[Any]:
+    @staticmethod
+    def _contexts(sent: list[Msg]) -> list[str] | None:
+        """Each message's `meta.traceparent` ("" for one without), or None when none has one (an
+        untraced run: its entries are written exactly as before)."""
+        found = [m.meta.get(TRACE_FIELD) for m in sent]
+        if not any(found):
+            return None
+        return [tp if isinstance(tp, str) else "" for tp in found]
+
+    async def _run_xadd(self, values: list[Any], contexts: list[str] | None) -> list[Any]:
         pipe = self._client.pipeline(transaction=False)
         command = pipe.execute_command
         prefix = self._prefix
         k = 1 + len(self._extra)
-        if k == 1:
+        if k == 1 and contexts is None:
             for data in values:
                 command(*prefix, data)
         else:
             names = self._names
-            for i in range(0, len(values), k):
-                command(*prefix, values[i], *[p for f in range(1, k) for p in (names[f], values[i + f])])
+            for j, i in enumerate(range(0, len(values), k)):
+                more = [p for f in range(1, k) for p in (names[f], values[i + f])]
+                if contexts is not None and contexts[j]:
+                    more += (TRACE_FIELD, contexts[j])
+                command(*prefix, values[i], *more)
         result: list[Any] = await pipe.execute(raise_on_error=False)
         return result
 
-    async def _run_script(self, values: list[Any], token: str) -> list[Any]:
+    async def _run_script(self, values: list[Any], token: str, contexts: list[str] | None) -> list[Any]:
         from redis.exceptions import NoScriptError
 
         k = 1 + len(self._extra)
+        names, optional = self._names, ""
+        if contexts is not None:  # one more field per entry, left out where it is empty
+            values = [v for j, tp in enumerate(contexts) for v in (*values[j * k:(j + 1) * k], tp)]
+            k, names, optional = k + 1, [*names, TRACE_FIELD], "1"
         step = _SCRIPT_CHUNK * k
         for attempt in (1, 2):
             pipe = self._client.pipeline(transaction=False)
             for c, i in enumerate(range(0, len(values), step)):
-                pipe.execute_command("EVALSHA", self._sha, 2, *self._script_keys, *self._script_args,
-                                     f"{token}:{c}", *self._names, *values[i:i + step])
+                pipe.execute_command("EVALSHA", self._sha, 2, *self._script_keys, *self._script_args, k,
+                                     f"{token}:{c}", optional, *names, *values[i:i + step])
             chunks = await pipe.execute(raise_on_error=False)
             if attempt == 1 and any(isinstance(c, NoScriptError) for c in chunks):
                 self._sha = await self._client.script_load(XADD_SCRIPT)  # the server restarted: load it again
