@@ -274,7 +274,8 @@ def ack_mode(config: WindowConfig, upstream: tuple[Any, ...] | None) -> str:
 class _Part:
     """One partition's windows and watermark, and (acks: checkpoint) what its next checkpoint covers."""
 
-    __slots__ = ("outbox", "pending", "positions", "resend", "rows", "store", "watermark")
+    __slots__ = ("buckets", "chunks", "keys", "outbox", "pending", "positions", "resend", "rows", "store",
+                 "watermark")
 
     def __init__(self, store: WindowStore, watermark: Watermark):
         self.store = store
@@ -283,7 +284,11 @@ class _Part:
         self.positions: dict[str, int] = {}  # stream -> highest sequence folded
         self.outbox: Outbox | None = None  # emitted windows not yet committed downstream
         self.resend: list[tuple[Any, dict[str, Any], int]] = []  # restored outbox: emit again
-        self.rows: dict[str, int] = {}  # key record -> its size, as last saved
+        # as last saved (operators.window_checkpoint): key chunk record -> its size, chunk -> its keys
+        self.rows: dict[str, int] = {}
+        self.chunks: dict[int, dict[str, Any]] = {}  # bucket -> {key's JSON: key}
+        self.buckets = 64  # chunks a key is hashed over (grows with the keys)
+        self.keys = 0
 
 
 class Window(Operator):

@@ -1,17 +1,24 @@
 """Checkpoints of the `window` operator's state (`acks: checkpoint`): save, restore, release acks.
 
-Per partition of the input (`meta.partition`; "-" when unpartitioned) the checkpoint holds one
-record per key (its windows: aggregate states, counts, earlier emissions) and a meta record: the
-window's definition, the watermark, the **covered source positions** (per stream, the highest
-sequence folded: `meta.stream` / `meta.seq` of a JetStream message), the windows emitted but not yet
-committed downstream (the outbox), and how many key records there are. A save writes the keys that
-changed since the last one and the meta record in one atomic write (`engine.CheckpointStore`); then,
-and only then, the acks of the items it covers are released (counted as delivered).
+Per partition of the input (`meta.partition`; "-" when unpartitioned) the checkpoint holds key
+chunk records and a meta record. A key's windows (aggregate states, counts, earlier emissions) live
+in chunk `crc32(key's JSON) mod buckets` (record name: the chunk number, 5 hex digits); the bucket
+count is a power of two that doubles as keys grow (about 16-32 keys a chunk, from 64 chunks up to
+2^20), so a restore reads and unpickles few large records instead of one per key, and a save
+rewrites only the chunks of the keys that changed (all of them once when the count doubles). The
+meta record holds the window's definition, the watermark, the **covered source positions** (per
+stream, the highest sequence folded: `meta.stream` / `meta.seq` of a JetStream message), the windows
+emitted but not yet committed downstream (the outbox), the bucket count and how many chunks and keys
+there are. A save writes the changed chunks and the meta record in one atomic write
+(`engine.CheckpointStore`); then, and only then, the acks of the items it covers are released
+(counted as delivered). Format version 2 (`engine.CHECKPOINT_VERSION`); a checkpoint of version 1
+(one record per key) is refused with `CheckpointCorrupt` naming both versions: drop it (the source
+replays) or drain the old version first.
 
 Restore (at start for the unpartitioned input; for a partition at the first tick after it is
 assigned, or at its first message if that comes first) reads
 the records back, checks each (`engine.unseal`: version, CRC-32), checks that the definition matches
-and that no key record is missing, and re-emits the outbox (sinks are idempotent). A replayed item
+and that no chunk record or key is missing, and re-emits the outbox (sinks are idempotent). A replayed item
 whose sequence the checkpoint covers is skipped and its ack released, so restore + replay gives the
 state of one uninterrupted run. This relies on one partition's items of one stream reaching the
 window in sequence order, redeliveries aside (a JetStream consumer feeding the window through
@@ -28,6 +35,7 @@ from __future__ import annotations
 import importlib
 import time
 from typing import TYPE_CHECKING, Any, ClassVar
+from zlib import crc32
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
@@ -98,6 +106,20 @@ class Outbox:
 
 def _part_name(partition: int | None) -> str:
     return "-" if partition is None else str(partition)
+
+
+# key records are chunks: a key goes to chunk `crc32(its JSON) mod buckets`; the bucket count (a
+# power of two, in the meta record) doubles as keys grow, so a chunk holds about 16-32 keys: a save
+# rewrites the chunks of its dirty keys only, a restore reads few large records, not one per key
+_MIN_BUCKETS, _KEYS_PER_CHUNK, _MAX_BUCKETS = 64, 32, 1 << 20
+
+
+def _chunk_name(bucket: int) -> str:
+    return f"{bucket:05x}"
+
+
+def _bucket(rk: str, buckets: int) -> int:
+    return crc32(rk.encode()) & (buckets - 1)
 
 
 def _row_key(key: Any) -> str:
@@ -225,7 +247,7 @@ class Checkpointer:
             self.restores += 1
             self.sizes[partition] = sum(part.rows.values()) + len(records.get("", b""))
             self.w.ctx.log.info("window %s: restored partition %s: %d key(s), %d window(s) to re-emit",
-                                self.w.id, pname, len(part.rows), len(part.resend))
+                                self.w.id, pname, part.keys, len(part.resend))
         self.epochs[partition] = epoch
         self.w.parts[partition] = part
 
@@ -238,22 +260,35 @@ class Checkpointer:
         if meta["definition"] != self.definition:
             raise CheckpointCorrupt(f"{what}: written by a window of another definition ({meta['definition']}); "
                                     "give this one another checkpoint name, or drop the checkpoint")
-        if meta["keys"] != len(records):
-            raise CheckpointCorrupt(f"{what}: {len(records)} key record(s), the meta record says {meta['keys']}")
+        if meta["chunks"] != len(records):
+            raise CheckpointCorrupt(f"{what}: {len(records)} key record(s), the meta record says {meta['chunks']}")
         store = part.store
         store.restore_meta(meta["store"])
         part.watermark.max_event, part.watermark.value = meta["watermark"]
         # idle time counts from the restore: a partition restored after its input ended must still
         # close its last windows on `idle_timeout`, not wait for an item that may never come
         part.watermark.last_arrival = self.w.ctx.clock()
-        rows = part.rows
-        for rk, record in records.items():
+        part.buckets = meta["buckets"]
+        mask = part.buckets - 1
+        restore_keys, loads = store.restore_keys, orjson.loads
+        chunks, sizes = part.chunks, part.rows
+        for name, record in records.items():
             try:
-                row = unseal(record, what)
-            except CheckpointCorrupt as exc:  # name the key
-                raise CheckpointCorrupt(str(exc).replace(what, f"{what} key {rk}", 1)) from None
-            store.restore_key(orjson.loads(rk), row)
-            rows[rk] = len(record)
+                bucket = int(name, 16)
+                if name != _chunk_name(bucket) or bucket > mask:
+                    raise ValueError(name)
+                rows = unseal(record, what)
+            except (CheckpointCorrupt, ValueError) as exc:  # name the record
+                raise CheckpointCorrupt(str(exc).replace(what, f"{what} key chunk {name!r}", 1)
+                                        if isinstance(exc, CheckpointCorrupt)
+                                        else f"{what}: a record named {name!r} is no key chunk") from None
+            members = chunks[bucket] = {rk: loads(rk) for rk in rows}
+            restore_keys(zip(members.values(), rows.values()))
+            sizes[name] = len(record)
+        if sum(len(m) for m in chunks.values()) != meta["keys"]:
+            raise CheckpointCorrupt(f"{what}: {sum(len(m) for m in chunks.values())} key(s) in the chunks, "
+                                    f"the meta record says {meta['keys']}")
+        part.keys = meta["keys"]
         part.positions = dict(meta["positions"])
         part.resend = list(meta["outbox"])
 
@@ -299,22 +334,57 @@ class Checkpointer:
         if not (store.dirty or part.pending or part.resend or outbox.changed) and partition in self.sizes:
             return  # nothing changed since the last save
         dirty, store.dirty = store.dirty, set()
-        upserts: dict[str, bytes] = {}
-        deletes: list[str] = []
+        chunks, sizes = part.chunks, part.rows
+        placed = []  # (hash, key's JSON, key) of the dirty keys
+        mask, added = part.buckets - 1, 0
         for key in dirty:
             rk = _row_key(key)
-            row = store.export_key(key)
-            if row is not None:
-                upserts[rk] = seal(row)
-            elif rk in part.rows:
-                deletes.append(rk)
-        rows = dict(part.rows)
-        for rk in deletes:
-            del rows[rk]
-        rows.update((rk, len(r)) for rk, r in upserts.items())
-        meta = {
+            h = crc32(rk.encode())
+            placed.append((h, rk, key))
+            if rk not in chunks.get(h & mask, ()):
+                added += 1
+        buckets = part.buckets
+        while part.keys + added > buckets * _KEYS_PER_CHUNK and buckets < _MAX_BUCKETS:
+            buckets *= 2
+        touched = set()
+        if buckets != part.buckets:  # regroup: every chunk is rewritten, the names no key maps to deleted
+            every = [item for m in chunks.values() for item in m.items()]
+            chunks = {}
+            for rk, key in every:
+                chunks.setdefault(_bucket(rk, buckets), {})[rk] = key
+            touched = set(chunks) | {int(n, 16) for n in sizes}
+        mask = buckets - 1
+        for h, rk, key in placed:
+            bucket = h & mask
+            chunks.setdefault(bucket, {})[rk] = key
+            touched.add(bucket)
+        upserts: dict[str, bytes] = {}
+        deletes: list[str] = []
+        export = store.export_key
+        new_sizes = dict(sizes)
+        for bucket in touched:
+            name = _chunk_name(bucket)
+            members = chunks.get(bucket, {})
+            rows: dict[str, Any] = {}
+            for rk, key in list(members.items()):
+                row = export(key)
+                if row is None:
+                    del members[rk]
+                else:
+                    rows[rk] = row
+            if rows:
+                upserts[name] = record = seal(rows)
+                new_sizes[name] = len(record)
+            else:
+                chunks.pop(bucket, None)
+                if new_sizes.pop(name, None) is not None:
+                    deletes.append(name)
+        keys = sum(len(m) for m in chunks.values())
+        meta: dict[str, Any] = {
             "definition": self.definition,
-            "keys": len(rows),
+            "buckets": buckets,
+            "chunks": len(new_sizes),
+            "keys": keys,
             "store": store.export_meta(),
             "watermark": (part.watermark.max_event, part.watermark.value),
             "positions": dict(part.positions),
@@ -322,7 +392,7 @@ class Checkpointer:
         }
         upserts[""] = seal(meta)
         outbox.changed = False  # what settles during the save is in the next one
-        total = sum(rows.values()) + len(upserts[""])
+        total = sum(new_sizes.values()) + len(upserts[""])
         if total > self.config.max_bytes:
             store.dirty |= dirty
             outbox.changed = True
@@ -343,7 +413,7 @@ class Checkpointer:
             part.pending = acks + part.pending
             raise
         us = int((time.perf_counter() - t0) * 1e6)
-        part.rows = rows
+        part.rows, part.chunks, part.buckets, part.keys = new_sizes, chunks, buckets, keys
         self.saves += 1
         self.last_save_us = us
         self.save_us += us

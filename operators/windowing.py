@@ -25,13 +25,13 @@ then only remembers that it has items not yet carried by an emission.
 
 Checkpoints: with `track_keys()` the store records which keys changed (`dirty`); `export_key(key)` /
 `restore_key(key, row)` and `export_meta()` / `restore_meta(meta)` turn its state into plain data
-and back (the `window` operator seals and stores them per key).
+and back (the `window` operator packs them in chunk records; `restore_keys` puts a chunk back).
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from typing import Any, NamedTuple
 
 from operators.window_aggregates import Aggregate
@@ -441,6 +441,34 @@ class WindowStore:
             return None
         rows = [(w.start, w.end, w.count, w.states, w.emitted, bool(w.acks), w.seq) for w in windows]
         return {"w": rows, "p": horizon}
+
+    def restore_keys(self, rows: Iterable[tuple[Hashable, dict[str, Any]]]) -> None:
+        """`restore_key` of many keys (a checkpoint's chunk): tumbling/sliding inline, as it is the
+        bulk of a takeover's restore."""
+        if self.kind == "session":
+            for key, row in rows:
+                self.restore_key(key, row)
+            return
+        windows, by_end, starts_of, wm, updates = self._windows, self._by_end, self._starts, self.wm, self._dirty
+        for key, row in rows:
+            starts = None if starts_of is None else starts_of.setdefault(key, set())
+            for start, end, count, states, emitted, pending, seq in row["w"]:
+                window = _Window(key, start, end, states, seq)
+                windows[(key, start)] = window
+                if starts is not None:
+                    starts.add(start)
+                bucket = by_end.get(end)
+                if bucket is None:
+                    by_end[end] = bucket = []
+                    heapq.heappush(self._fire if end > wm else self._purge, end)
+                bucket.append(window)
+                window.count, window.emitted = count, [tuple(e) for e in emitted]
+                if pending:
+                    window.acks = [None]
+                    if end <= wm:  # fired, with late items not yet re-emitted
+                        updates[id(window)] = window
+            if starts is not None and not starts:
+                del starts_of[key]  # type: ignore[union-attr]
 
     def restore_key(self, key: Hashable, row: dict[str, Any]) -> None:
         """Put back a key's windows (after `restore_meta`): scheduled to fire and purge as before."""

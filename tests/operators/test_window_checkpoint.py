@@ -138,13 +138,15 @@ def test_a_damaged_or_incomplete_checkpoint_is_a_clear_error_at_start() -> None:
         rig.clock.now += 2
         await feed(op, items(AckTracker(), INPUT[12:13]))
         assert op.metrics()["checkpoint_saves"] == 1
-        key = '"k3"'
+        chunks = [r["key"] for r in await sql(f'SELECT key FROM "{rig.table}" WHERE key NOT IN (\'\', \'#epoch\')')]
+        assert len(chunks) > 1  # 7 keys, packed in chunk records
+        key = chunks[0]
         await sql(f'UPDATE "{rig.table}" SET data = overlay(data placing \'\\xff\'::bytea from 20 for 1) '
                   "WHERE key = $1", key)
-        with pytest.raises(CheckpointCorrupt, match=r"checkpoint 'win' partition - key \"k3\": checksum mismatch"):
+        with pytest.raises(CheckpointCorrupt, match=rf"checkpoint 'win' partition - key chunk '{key}': checksum mismatch"):
             await rig.window().start()
         await sql(f'DELETE FROM "{rig.table}" WHERE key = $1', key)
-        with pytest.raises(CheckpointCorrupt, match=r"6 key record\(s\), the meta record says 7"):
+        with pytest.raises(CheckpointCorrupt, match=rf"{len(chunks) - 1} key record\(s\), the meta record says {len(chunks)}"):
             await rig.window().start()
         # a checkpoint of another window definition is refused, not read as this one's
         await sql(f'DELETE FROM "{rig.table}" WHERE key <> \'\'')
@@ -165,7 +167,7 @@ async def _meta(rig: Rig, part: str = "-") -> Any:
 def _meta_with(meta: Any, keys: int, size: int) -> bytes:
     from engine import seal
 
-    meta["keys"] = keys
+    meta["keys"] = meta["chunks"] = keys
     meta["definition"][1] = size
     return seal(meta)
 
@@ -317,5 +319,45 @@ def test_a_superseded_owner_cannot_overwrite_the_new_owners_checkpoint() -> None
         failed = tracker.take()[1]
         assert sorted(t for t, _ in failed) == list(range(13, 22))
         assert all("claimed by another owner" in reason for _, reason in failed)
+
+    run(body)
+
+
+def test_keys_are_packed_in_chunks_that_grow_with_the_keys_and_restore_exactly() -> None:
+    """3,000 keys over two saves: the second outgrows 64 chunks (32 keys each), so every chunk is
+    regrouped over 128; a restore gives back every key's window (the reference: the live window)."""
+    rows = [(i + 1, f"u{i % 3000}", 1.0 + (i % 5), i % 97) for i in range(4500)]
+
+    async def body(rig: Rig) -> None:
+        op = rig.window()
+        await op.start()
+        tracker = AckTracker()
+        await feed(op, items(tracker, rows[:1500]))
+        rig.clock.now += 2
+        await feed(op, items(tracker, rows[1500:1501]))  # a save: 1,501 keys, 64 chunks
+        assert sorted(m["key"] for m in await sql(f'SELECT key FROM "{rig.table}"'))[-1] <= "0003f"
+        rig.clock.now += 2
+        await feed(op, items(tracker, rows[1501:]))  # 3,000 keys: regrouped over 128 chunks
+        assert tracker.in_flight == 0 and op.metrics()["checkpoint_saves"] == 2
+        chunks = [m["key"] for m in await sql(f'SELECT key FROM "{rig.table}" WHERE key NOT IN (\'\', \'#epoch\')')]
+        assert 64 < len(chunks) <= 128 and max(chunks) > "0003f"
+        again = rig.window()
+        await again.start()
+        assert again.metrics()["checkpoint_restores"] == 1
+        assert windows(await flush(again)) == windows(await flush(op))
+
+    run(body)
+
+
+def test_a_checkpoint_of_an_older_format_is_refused_with_a_clear_error() -> None:
+    async def body(rig: Rig) -> None:
+        op = rig.window()
+        await op.start()
+        await feed(op, items(AckTracker(), INPUT[:12]))
+        rig.clock.now += 2
+        await feed(op, items(AckTracker(), INPUT[12:13]))
+        await sql(f"UPDATE \"{rig.table}\" SET data = overlay(data placing '\\x01'::bytea from 5 for 1) WHERE key = ''")
+        with pytest.raises(CheckpointCorrupt, match="checkpoint format version 1, this streamdag reads version 2"):
+            await rig.window().start()
 
     run(body)
