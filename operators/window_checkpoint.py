@@ -1,17 +1,18 @@
 """Checkpoints of the `window` operator's state (`acks: checkpoint`): save, restore, release acks.
 
 Per partition of the input (`meta.partition`; "-" when unpartitioned) the checkpoint holds key
-chunk records and a meta record. A key's windows (aggregate states, counts, earlier emissions) live
-in chunk `crc32(key's JSON) mod buckets` (record name: the chunk number, 5 hex digits); the bucket
-count is a power of two that doubles as keys grow (about 16-32 keys a chunk, from 64 chunks up to
-2^20), so a restore reads and unpickles few large records instead of one per key, and a save
-rewrites only the chunks of the keys that changed (all of them once when the count doubles). The
-meta record holds the window's definition, the watermark, the **covered source positions** (per
-stream, the highest sequence folded: `meta.stream` / `meta.seq` of a JetStream message), the windows
-emitted but not yet committed downstream (the outbox), the bucket count and how many chunks and keys
-there are. A save writes the changed chunks and the meta record in one atomic write
-(`engine.CheckpointStore`); then, and only then, the acks of the items it covers are released
-(counted as delivered). Format version 2 (`engine.CHECKPOINT_VERSION`); a checkpoint of version 1
+chunk records and a meta record. A chunk record packs up to 32 keys' windows (aggregate states,
+counts, earlier emissions; record name: the chunk number in hex): a key joins the open chunk at
+the first save that sees it and stays in that chunk while it holds state, so a save rewrites only
+the chunks of the keys that changed (keys new since the last save fill new chunks) and a restore
+reads and unpickles few large records, not one per key. The meta record holds the window's
+definition, the watermark, the **covered source positions** (per stream, the highest sequence
+folded: `meta.stream` / `meta.seq` of a JetStream message), the windows emitted but not yet
+committed downstream (the outbox), and how many chunks and keys there are. A save writes the
+changed chunks and the meta record in one atomic write (`engine.CheckpointStore`); then, and only
+then, the acks of the items it covers are released (counted as delivered). Format version 2
+(`engine.CHECKPOINT_VERSION`); a checkpoint of version 1 (one record per key) is refused with
+`CheckpointCorrupt` naming both versions: drop it (the source replays what it covered). Format version 2 (`engine.CHECKPOINT_VERSION`); a checkpoint of version 1
 (one record per key) is refused with `CheckpointCorrupt` naming both versions: drop it (the source
 replays) or drain the old version first.
 
@@ -35,7 +36,6 @@ from __future__ import annotations
 import importlib
 import time
 from typing import TYPE_CHECKING, Any, ClassVar
-from zlib import crc32
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
@@ -57,7 +57,7 @@ from engine import (
 if TYPE_CHECKING:
     from operators.window import Window, _Part
 
-__all__ = ["CheckpointConfig", "Checkpointer", "Outbox"]
+__all__ = ["CheckpointConfig", "Checkpointer", "KeyChunks", "Outbox"]
 
 
 class CheckpointConfig(BaseModel):
@@ -108,18 +108,52 @@ def _part_name(partition: int | None) -> str:
     return "-" if partition is None else str(partition)
 
 
-# key records are chunks: a key goes to chunk `crc32(its JSON) mod buckets`; the bucket count (a
-# power of two, in the meta record) doubles as keys grow, so a chunk holds about 16-32 keys: a save
-# rewrites the chunks of its dirty keys only, a restore reads few large records, not one per key
-_MIN_BUCKETS, _KEYS_PER_CHUNK, _MAX_BUCKETS = 64, 32, 1 << 20
+_KEYS_PER_CHUNK = 32
 
 
-def _chunk_name(bucket: int) -> str:
-    return f"{bucket:05x}"
+def _chunk_name(chunk: int) -> str:
+    return f"{chunk:05x}"
 
 
-def _bucket(rk: str, buckets: int) -> int:
-    return crc32(rk.encode()) & (buckets - 1)
+class KeyChunks:
+    """Which chunk record each key of a partition is in, as last saved (see the module docstring)."""
+
+    __slots__ = ("chunk_of", "members", "next", "open", "sizes")
+
+    def __init__(self) -> None:
+        self.chunk_of: dict[str, int] = {}  # key's JSON -> its chunk
+        self.members: dict[int, dict[str, Any]] = {}  # chunk -> {key's JSON: key}
+        self.sizes: dict[str, int] = {}  # chunk record -> its size, as last saved
+        self.open = 0  # the chunk keys new to the checkpoint join, while it has room
+        self.next = 1
+
+    def place(self, rk: str, key: Any) -> int:
+        chunk = self.chunk_of.get(rk)
+        if chunk is None:
+            members = self.members.get(self.open)
+            if members is not None and len(members) >= _KEYS_PER_CHUNK:
+                self.open, self.next = self.next, self.next + 1
+            chunk = self.chunk_of[rk] = self.open
+            self.members.setdefault(chunk, {})[rk] = key
+        return chunk
+
+    def restored(self, chunk: int, members: dict[str, Any]) -> None:
+        self.members[chunk] = members
+        for rk in members:
+            self.chunk_of[rk] = chunk
+        self.next = max(self.next, chunk + 1)
+        self.open = self.next  # new keys go to fresh chunks
+
+    def remove(self, chunk: int, rk: str) -> None:
+        members = self.members[chunk]
+        del members[rk]
+        del self.chunk_of[rk]
+        if not members:
+            del self.members[chunk]
+
+    @property
+    def keys(self) -> int:
+        return len(self.chunk_of)
 
 
 def _row_key(key: Any) -> str:
@@ -245,9 +279,9 @@ class Checkpointer:
         if records:
             self._load(part, records, f"window {self.w.id}: checkpoint {self.name!r} partition {pname}")
             self.restores += 1
-            self.sizes[partition] = sum(part.rows.values()) + len(records.get("", b""))
+            self.sizes[partition] = sum(part.chunks.sizes.values()) + len(records.get("", b""))  # type: ignore[union-attr]
             self.w.ctx.log.info("window %s: restored partition %s: %d key(s), %d window(s) to re-emit",
-                                self.w.id, pname, part.keys, len(part.resend))
+                                self.w.id, pname, part.chunks.keys, len(part.resend))  # type: ignore[union-attr]
         self.epochs[partition] = epoch
         self.w.parts[partition] = part
 
@@ -268,27 +302,25 @@ class Checkpointer:
         # idle time counts from the restore: a partition restored after its input ended must still
         # close its last windows on `idle_timeout`, not wait for an item that may never come
         part.watermark.last_arrival = self.w.ctx.clock()
-        part.buckets = meta["buckets"]
-        mask = part.buckets - 1
         restore_keys, loads = store.restore_keys, orjson.loads
-        chunks, sizes = part.chunks, part.rows
+        chunks = part.chunks
+        assert chunks is not None
         for name, record in records.items():
             try:
-                bucket = int(name, 16)
-                if name != _chunk_name(bucket) or bucket > mask:
+                chunk = int(name, 16)
+                if name != _chunk_name(chunk):
                     raise ValueError(name)
                 rows = unseal(record, what)
-            except (CheckpointCorrupt, ValueError) as exc:  # name the record
-                raise CheckpointCorrupt(str(exc).replace(what, f"{what} key chunk {name!r}", 1)
-                                        if isinstance(exc, CheckpointCorrupt)
-                                        else f"{what}: a record named {name!r} is no key chunk") from None
-            members = chunks[bucket] = {rk: loads(rk) for rk in rows}
+            except CheckpointCorrupt as exc:  # name the record
+                raise CheckpointCorrupt(str(exc).replace(what, f"{what} key chunk {name!r}", 1)) from None
+            except ValueError:
+                raise CheckpointCorrupt(f"{what}: a record named {name!r} is no key chunk") from None
+            members = {rk: loads(rk) for rk in rows}
             restore_keys(zip(members.values(), rows.values()))
-            sizes[name] = len(record)
-        if sum(len(m) for m in chunks.values()) != meta["keys"]:
-            raise CheckpointCorrupt(f"{what}: {sum(len(m) for m in chunks.values())} key(s) in the chunks, "
-                                    f"the meta record says {meta['keys']}")
-        part.keys = meta["keys"]
+            chunks.restored(chunk, members)
+            chunks.sizes[name] = len(record)
+        if chunks.keys != meta["keys"]:
+            raise CheckpointCorrupt(f"{what}: {chunks.keys} key(s) in the chunks, the meta record says {meta['keys']}")
         part.positions = dict(meta["positions"])
         part.resend = list(meta["outbox"])
 
@@ -334,56 +366,32 @@ class Checkpointer:
         if not (store.dirty or part.pending or part.resend or outbox.changed) and partition in self.sizes:
             return  # nothing changed since the last save
         dirty, store.dirty = store.dirty, set()
-        chunks, sizes = part.chunks, part.rows
-        placed = []  # (hash, key's JSON, key) of the dirty keys
-        mask, added = part.buckets - 1, 0
-        for key in dirty:
-            rk = _row_key(key)
-            h = crc32(rk.encode())
-            placed.append((h, rk, key))
-            if rk not in chunks.get(h & mask, ()):
-                added += 1
-        buckets = part.buckets
-        while part.keys + added > buckets * _KEYS_PER_CHUNK and buckets < _MAX_BUCKETS:
-            buckets *= 2
-        touched = set()
-        if buckets != part.buckets:  # regroup: every chunk is rewritten, the names no key maps to deleted
-            every = [item for m in chunks.values() for item in m.items()]
-            chunks = {}
-            for rk, key in every:
-                chunks.setdefault(_bucket(rk, buckets), {})[rk] = key
-            touched = set(chunks) | {int(n, 16) for n in sizes}
-        mask = buckets - 1
-        for h, rk, key in placed:
-            bucket = h & mask
-            chunks.setdefault(bucket, {})[rk] = key
-            touched.add(bucket)
+        chunks = part.chunks
+        assert chunks is not None
+        touched = {chunks.place(_row_key(key), key) for key in dirty}
         upserts: dict[str, bytes] = {}
         deletes: list[str] = []
+        removed: list[tuple[int, str]] = []  # keys holding nothing any more: out of their chunk once saved
         export = store.export_key
-        new_sizes = dict(sizes)
-        for bucket in touched:
-            name = _chunk_name(bucket)
-            members = chunks.get(bucket, {})
+        sizes = dict(chunks.sizes)
+        for chunk in touched:
+            name = _chunk_name(chunk)
             rows: dict[str, Any] = {}
-            for rk, key in list(members.items()):
+            for rk, key in chunks.members[chunk].items():
                 row = export(key)
                 if row is None:
-                    del members[rk]
+                    removed.append((chunk, rk))
                 else:
                     rows[rk] = row
             if rows:
                 upserts[name] = record = seal(rows)
-                new_sizes[name] = len(record)
-            else:
-                chunks.pop(bucket, None)
-                if new_sizes.pop(name, None) is not None:
-                    deletes.append(name)
-        keys = sum(len(m) for m in chunks.values())
+                sizes[name] = len(record)
+            elif sizes.pop(name, None) is not None:
+                deletes.append(name)
+        keys = chunks.keys - len(removed)
         meta: dict[str, Any] = {
             "definition": self.definition,
-            "buckets": buckets,
-            "chunks": len(new_sizes),
+            "chunks": len(sizes),
             "keys": keys,
             "store": store.export_meta(),
             "watermark": (part.watermark.max_event, part.watermark.value),
@@ -392,7 +400,7 @@ class Checkpointer:
         }
         upserts[""] = seal(meta)
         outbox.changed = False  # what settles during the save is in the next one
-        total = sum(new_sizes.values()) + len(upserts[""])
+        total = sum(sizes.values()) + len(upserts[""])
         if total > self.config.max_bytes:
             store.dirty |= dirty
             outbox.changed = True
@@ -413,7 +421,9 @@ class Checkpointer:
             part.pending = acks + part.pending
             raise
         us = int((time.perf_counter() - t0) * 1e6)
-        part.rows, part.chunks, part.buckets, part.keys = new_sizes, chunks, buckets, keys
+        chunks.sizes = sizes
+        for chunk, rk in removed:
+            chunks.remove(chunk, rk)
         self.saves += 1
         self.last_save_us = us
         self.save_us += us

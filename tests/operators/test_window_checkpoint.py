@@ -139,7 +139,7 @@ def test_a_damaged_or_incomplete_checkpoint_is_a_clear_error_at_start() -> None:
         await feed(op, items(AckTracker(), INPUT[12:13]))
         assert op.metrics()["checkpoint_saves"] == 1
         chunks = [r["key"] for r in await sql(f'SELECT key FROM "{rig.table}" WHERE key NOT IN (\'\', \'#epoch\')')]
-        assert len(chunks) > 1  # 7 keys, packed in chunk records
+        assert len(chunks) == 1  # 7 keys, packed in one chunk record
         key = chunks[0]
         await sql(f'UPDATE "{rig.table}" SET data = overlay(data placing \'\\xff\'::bytea from 20 for 1) '
                   "WHERE key = $1", key)
@@ -323,24 +323,35 @@ def test_a_superseded_owner_cannot_overwrite_the_new_owners_checkpoint() -> None
     run(body)
 
 
-def test_keys_are_packed_in_chunks_that_grow_with_the_keys_and_restore_exactly() -> None:
-    """3,000 keys over two saves: the second outgrows 64 chunks (32 keys each), so every chunk is
-    regrouped over 128; a restore gives back every key's window (the reference: the live window)."""
-    rows = [(i + 1, f"u{i % 3000}", 1.0 + (i % 5), i % 97) for i in range(4500)]
+def test_keys_are_packed_in_chunks_a_save_rewrites_only_the_changed_ones_and_restore_is_exact() -> None:
+    """640 keys, then 320 new ones, then one key updated: 20 chunks of 32 keys, then 10 more (the
+    first 20 untouched), then one rewritten; a restore gives back every key's window."""
+    first = [(i + 1, f"u{i}", 1.0, i % 97) for i in range(640)]
+    new = [(641 + i, f"v{i}", 2.0, i) for i in range(320)]
+
+    async def chunks(rig: Rig) -> dict[str, bytes]:
+        return {r["key"]: bytes(r["data"]) for r in await sql(
+            f'SELECT key, data FROM "{rig.table}" WHERE key NOT IN (\'\', \'#epoch\')')}
 
     async def body(rig: Rig) -> None:
         op = rig.window()
         await op.start()
         tracker = AckTracker()
-        await feed(op, items(tracker, rows[:1500]))
+        await feed(op, items(tracker, first))
         rig.clock.now += 2
-        await feed(op, items(tracker, rows[1500:1501]))  # a save: 1,501 keys, 64 chunks
-        assert sorted(m["key"] for m in await sql(f'SELECT key FROM "{rig.table}"'))[-1] <= "0003f"
+        await feed(op, items(tracker, new[:1]))  # a save: u0..u639 and v0
+        saved = await chunks(rig)
+        assert len(saved) == 21
         rig.clock.now += 2
-        await feed(op, items(tracker, rows[1501:]))  # 3,000 keys: regrouped over 128 chunks
-        assert tracker.in_flight == 0 and op.metrics()["checkpoint_saves"] == 2
-        chunks = [m["key"] for m in await sql(f'SELECT key FROM "{rig.table}" WHERE key NOT IN (\'\', \'#epoch\')')]
-        assert 64 < len(chunks) <= 128 and max(chunks) > "0003f"
+        await feed(op, items(tracker, new[1:]))  # v1..v319 join v0's chunk, then fill new ones
+        now = await chunks(rig)
+        assert len(now) == 30 and {k: v for k, v in now.items() if k in saved and k != max(saved)} == \
+            {k: v for k, v in saved.items() if k != max(saved)}  # the 20 full chunks were not rewritten
+        written = op.metrics()["checkpoint_bytes_written"]
+        rig.clock.now += 2
+        await feed(op, items(tracker, [(961, "u5", 3.0, 1000)]))
+        assert len(await chunks(rig)) == 30 and op.metrics()["checkpoint_bytes_written"] - written < 4096  # one chunk
+        assert tracker.in_flight == 0 and op.metrics()["checkpoint_saves"] == 3
         again = rig.window()
         await again.start()
         assert again.metrics()["checkpoint_restores"] == 1
