@@ -109,6 +109,7 @@ def _part_name(partition: int | None) -> str:
 
 
 _KEYS_PER_CHUNK = 32
+_YIELD_CHUNKS = 64  # restore and save give the event loop a turn every 64 chunks (~2,000 keys)
 
 
 def _chunk_name(chunk: int) -> str:
@@ -273,11 +274,12 @@ class Checkpointer:
         revoked = self.revocations.get(partition, 0) if partition is not None else 0
         epoch = await self.store.claim(self.name, pname)  # fences the saves of any earlier owner
         records = await self.store.load(self.name, pname)
-        if partition is not None and self.revocations.get(partition, 0) != revoked:
-            return  # revoked while loading: the new owner restores it; saving it here would overwrite theirs
         part = self.w.new_part()
         if records:
-            self._load(part, records, f"window {self.w.id}: checkpoint {self.name!r} partition {pname}")
+            await self._load(part, records, f"window {self.w.id}: checkpoint {self.name!r} partition {pname}")
+        if partition is not None and self.revocations.get(partition, 0) != revoked:
+            return  # revoked while loading: the new owner restores it; saving it here would overwrite theirs
+        if records:
             self.restores += 1
             self.sizes[partition] = sum(part.chunks.sizes.values()) + len(records.get("", b""))  # type: ignore[union-attr]
             self.w.ctx.log.info("window %s: restored partition %s: %d key(s), %d window(s) to re-emit",
@@ -285,7 +287,9 @@ class Checkpointer:
         self.epochs[partition] = epoch
         self.w.parts[partition] = part
 
-    def _load(self, part: _Part, records: dict[str, bytes], what: str) -> None:
+    async def _load(self, part: _Part, records: dict[str, bytes], what: str) -> None:
+        import asyncio
+
         records = dict(records)
         meta_record = records.pop("", None)
         if meta_record is None:
@@ -305,7 +309,9 @@ class Checkpointer:
         restore_keys, loads = store.restore_keys, orjson.loads
         chunks = part.chunks
         assert chunks is not None
-        for name, record in records.items():
+        for i, (name, record) in enumerate(records.items(), 1):
+            if not i % _YIELD_CHUNKS:  # a large restore must not starve the loop (partition renewals)
+                await asyncio.sleep(0)
             try:
                 chunk = int(name, 16)
                 if name != _chunk_name(chunk):
@@ -359,6 +365,8 @@ class Checkpointer:
         return ok
 
     async def _save(self, partition: int | None, part: _Part) -> None:
+        import asyncio
+
         if self.w.parts.get(partition) is not part:
             return  # revoked meanwhile (its acks were failed): the new owner's checkpoint now
         store, outbox = part.store, part.outbox
@@ -374,7 +382,11 @@ class Checkpointer:
         removed: list[tuple[int, str]] = []  # keys holding nothing any more: out of their chunk once saved
         export = store.export_key
         sizes = dict(chunks.sizes)
-        for chunk in touched:
+        for i, chunk in enumerate(touched, 1):
+            if not i % _YIELD_CHUNKS:
+                await asyncio.sleep(0)
+                if self.w.parts.get(partition) is not part:  # revoked meanwhile: its state is gone
+                    return
             name = _chunk_name(chunk)
             rows: dict[str, Any] = {}
             for rk, key in chunks.members[chunk].items():
