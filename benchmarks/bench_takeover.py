@@ -71,6 +71,11 @@ class Proc:
     def first(self, text: str, since: float = 0.0) -> tuple[float, str] | None:
         return next(((t, m) for t, m in list(self.events) if t >= since and text in m), None)
 
+    def owns(self) -> bool:
+        """Its last word on partition 0 is that it took it."""
+        last = [m for _, m in list(self.events) if "took partition 0" in m or "released partition 0" in m]
+        return bool(last) and "took" in last[-1]
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -164,7 +169,8 @@ async def one(tmp: Path, keys: int) -> dict[str, Any]:
 
         await _wait(folded, 1800, f"{keys} events folded and checkpointed")
         res["fold_and_checkpoint_s"] = round(time.monotonic() - started, 1)
-        owner = next(p for p in procs if p.first("took partition 0"))
+        owner = next(p for p in procs if p.owns())
+        res["moves_before_kill"] = sum(1 for p in procs for _, m in list(p.events) if "took partition 0" in m) - 1
         survivor = next(p for p in procs if p is not owner)
         killed = time.monotonic()
         owner.proc.send_signal(signal.SIGKILL)

@@ -140,8 +140,7 @@ class KeyChunks:
 
     def restored(self, chunk: int, members: dict[str, Any]) -> None:
         self.members[chunk] = members
-        for rk in members:
-            self.chunk_of[rk] = chunk
+        self.chunk_of.update(dict.fromkeys(members, chunk))
         self.next = max(self.next, chunk + 1)
         self.open = self.next  # new keys go to fresh chunks
 

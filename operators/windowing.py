@@ -451,24 +451,25 @@ class WindowStore:
             return
         windows, by_end, starts_of, wm, updates = self._windows, self._by_end, self._starts, self.wm, self._dirty
         for key, row in rows:
-            starts = None if starts_of is None else starts_of.setdefault(key, set())
+            starts = set()
             for start, end, count, states, emitted, pending, seq in row["w"]:
                 window = _Window(key, start, end, states, seq)
                 windows[(key, start)] = window
-                if starts is not None:
-                    starts.add(start)
+                starts.add(start)
                 bucket = by_end.get(end)
                 if bucket is None:
                     by_end[end] = bucket = []
                     heapq.heappush(self._fire if end > wm else self._purge, end)
                 bucket.append(window)
-                window.count, window.emitted = count, [tuple(e) for e in emitted]
+                window.count = count
+                if emitted:  # pickled tuples come back as tuples
+                    window.emitted = emitted
                 if pending:
                     window.acks = [None]
                     if end <= wm:  # fired, with late items not yet re-emitted
                         updates[id(window)] = window
-            if starts is not None and not starts:
-                del starts_of[key]  # type: ignore[union-attr]
+            if starts and starts_of is not None:
+                starts_of[key] = starts
 
     def restore_key(self, key: Hashable, row: dict[str, Any]) -> None:
         """Put back a key's windows (after `restore_meta`): scheduled to fire and purge as before."""
