@@ -147,6 +147,7 @@ class WindowStore:
             self.dirty.update(self._starts or ())
             self.dirty.update(self._sessions)
             self.dirty.update(self._purged_until)
+            self.dirty.update(self._lazy)
             self._starts = {}
         self.wm = NEG_INF
         self._seq = 0
@@ -396,8 +397,8 @@ class WindowStore:
         return out
 
     def discard(self) -> list[Any]:
-        """Forget every window; the acks they held that no emission carries (one per hold)."""
-        self._wake_all()
+        """Forget every window; the acks they held that no emission carries (one per hold). Keys still
+        lazily restored hold none: they are dropped unbuilt."""
         if self.kind == "session":
             held = [w for ws in self._sessions.values() for w in ws]
         else:
