@@ -28,7 +28,7 @@ from engine.errors import ConfigError
 
 __all__ = ["CHECKPOINT_VERSION", "CheckpointCorrupt", "CheckpointFenced", "CheckpointStore", "CheckpointTooLarge", "seal", "unseal"]
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: window keys packed in chunk records
 _MAGIC = b"SDCK"
 _HEADER = len(_MAGIC) + 1 + 4  # magic, version byte, crc32
 

@@ -50,7 +50,7 @@ from engine import (
     own_ack,
 )
 from operators.window_aggregates import make_aggregate
-from operators.window_checkpoint import CheckpointConfig, Checkpointer, Outbox
+from operators.window_checkpoint import CheckpointConfig, Checkpointer, KeyChunks, Outbox
 from operators.windowing import Emission, Watermark, WindowStore
 
 __all__ = [
@@ -274,7 +274,7 @@ def ack_mode(config: WindowConfig, upstream: tuple[Any, ...] | None) -> str:
 class _Part:
     """One partition's windows and watermark, and (acks: checkpoint) what its next checkpoint covers."""
 
-    __slots__ = ("outbox", "pending", "positions", "resend", "rows", "store", "watermark")
+    __slots__ = ("chunks", "outbox", "pending", "positions", "resend", "store", "watermark")
 
     def __init__(self, store: WindowStore, watermark: Watermark):
         self.store = store
@@ -283,7 +283,7 @@ class _Part:
         self.positions: dict[str, int] = {}  # stream -> highest sequence folded
         self.outbox: Outbox | None = None  # emitted windows not yet committed downstream
         self.resend: list[tuple[Any, dict[str, Any], int]] = []  # restored outbox: emit again
-        self.rows: dict[str, int] = {}  # key record -> its size, as last saved
+        self.chunks: KeyChunks | None = None  # which checkpoint record holds each key
 
 
 class Window(Operator):
@@ -407,6 +407,7 @@ nodes:
         if self.checkpoints is not None:
             store.track_keys()
             part.outbox = Outbox()
+            part.chunks = KeyChunks()
         return part
 
     def _part(self, partition: int | None) -> _Part:

@@ -1,17 +1,25 @@
 """Checkpoints of the `window` operator's state (`acks: checkpoint`): save, restore, release acks.
 
-Per partition of the input (`meta.partition`; "-" when unpartitioned) the checkpoint holds one
-record per key (its windows: aggregate states, counts, earlier emissions) and a meta record: the
-window's definition, the watermark, the **covered source positions** (per stream, the highest
-sequence folded: `meta.stream` / `meta.seq` of a JetStream message), the windows emitted but not yet
-committed downstream (the outbox), and how many key records there are. A save writes the keys that
-changed since the last one and the meta record in one atomic write (`engine.CheckpointStore`); then,
-and only then, the acks of the items it covers are released (counted as delivered).
+Per partition of the input (`meta.partition`; "-" when unpartitioned) the checkpoint holds key
+chunk records and a meta record. A chunk record packs up to 32 keys' windows (aggregate states,
+counts, earlier emissions; record name: the chunk number in hex): a key joins the open chunk at
+the first save that sees it and stays in that chunk while it holds state, so a save rewrites only
+the chunks of the keys that changed (keys new since the last save fill new chunks) and a restore
+reads and unpickles few large records, not one per key. The meta record holds the window's
+definition, the watermark, the **covered source positions** (per stream, the highest sequence
+folded: `meta.stream` / `meta.seq` of a JetStream message), the windows emitted but not yet
+committed downstream (the outbox), and how many chunks and keys there are. A save writes the
+changed chunks and the meta record in one atomic write (`engine.CheckpointStore`); then, and only
+then, the acks of the items it covers are released (counted as delivered). Format version 2
+(`engine.CHECKPOINT_VERSION`); a checkpoint of version 1 (one record per key) is refused with
+`CheckpointCorrupt` naming both versions: drop it (the source replays what it covered). Format version 2 (`engine.CHECKPOINT_VERSION`); a checkpoint of version 1
+(one record per key) is refused with `CheckpointCorrupt` naming both versions: drop it (the source
+replays) or drain the old version first.
 
 Restore (at start for the unpartitioned input; for a partition at the first tick after it is
 assigned, or at its first message if that comes first) reads
 the records back, checks each (`engine.unseal`: version, CRC-32), checks that the definition matches
-and that no key record is missing, and re-emits the outbox (sinks are idempotent). A replayed item
+and that no chunk record or key is missing, and re-emits the outbox (sinks are idempotent). A replayed item
 whose sequence the checkpoint covers is skipped and its ack released, so restore + replay gives the
 state of one uninterrupted run. This relies on one partition's items of one stream reaching the
 window in sequence order, redeliveries aside (a JetStream consumer feeding the window through
@@ -49,7 +57,7 @@ from engine import (
 if TYPE_CHECKING:
     from operators.window import Window, _Part
 
-__all__ = ["CheckpointConfig", "Checkpointer", "Outbox"]
+__all__ = ["CheckpointConfig", "Checkpointer", "KeyChunks", "Outbox"]
 
 
 class CheckpointConfig(BaseModel):
@@ -98,6 +106,54 @@ class Outbox:
 
 def _part_name(partition: int | None) -> str:
     return "-" if partition is None else str(partition)
+
+
+_KEYS_PER_CHUNK = 32
+_YIELD_CHUNKS = 64  # restore and save give the event loop a turn every 64 chunks (~2,000 keys)
+
+
+def _chunk_name(chunk: int) -> str:
+    return f"{chunk:05x}"
+
+
+class KeyChunks:
+    """Which chunk record each key of a partition is in, as last saved (see the module docstring)."""
+
+    __slots__ = ("chunk_of", "members", "next", "open", "sizes")
+
+    def __init__(self) -> None:
+        self.chunk_of: dict[str, int] = {}  # key's JSON -> its chunk
+        self.members: dict[int, dict[str, Any]] = {}  # chunk -> {key's JSON: key}
+        self.sizes: dict[str, int] = {}  # chunk record -> its size, as last saved
+        self.open = 0  # the chunk keys new to the checkpoint join, while it has room
+        self.next = 1
+
+    def place(self, rk: str, key: Any) -> int:
+        chunk = self.chunk_of.get(rk)
+        if chunk is None:
+            members = self.members.get(self.open)
+            if members is not None and len(members) >= _KEYS_PER_CHUNK:
+                self.open, self.next = self.next, self.next + 1
+            chunk = self.chunk_of[rk] = self.open
+            self.members.setdefault(chunk, {})[rk] = key
+        return chunk
+
+    def restored(self, chunk: int, members: dict[str, Any]) -> None:
+        self.members[chunk] = members
+        self.chunk_of.update(dict.fromkeys(members, chunk))
+        self.next = max(self.next, chunk + 1)
+        self.open = self.next  # new keys go to fresh chunks
+
+    def remove(self, chunk: int, rk: str) -> None:
+        members = self.members[chunk]
+        del members[rk]
+        del self.chunk_of[rk]
+        if not members:
+            del self.members[chunk]
+
+    @property
+    def keys(self) -> int:
+        return len(self.chunk_of)
 
 
 def _row_key(key: Any) -> str:
@@ -222,19 +278,22 @@ class Checkpointer:
         revoked = self.revocations.get(partition, 0) if partition is not None else 0
         epoch = await self.store.claim(self.name, pname)  # fences the saves of any earlier owner
         records = await self.store.load(self.name, pname)
-        if partition is not None and self.revocations.get(partition, 0) != revoked:
-            return  # revoked while loading: the new owner restores it; saving it here would overwrite theirs
         part = self.w.new_part()
         if records:
-            self._load(part, records, f"window {self.w.id}: checkpoint {self.name!r} partition {pname}")
+            await self._load(part, records, f"window {self.w.id}: checkpoint {self.name!r} partition {pname}")
+        if partition is not None and self.revocations.get(partition, 0) != revoked:
+            return  # revoked while loading: the new owner restores it; saving it here would overwrite theirs
+        if records:
             self.restores += 1
-            self.sizes[partition] = sum(part.rows.values()) + len(records.get("", b""))
+            self.sizes[partition] = sum(part.chunks.sizes.values()) + len(records.get("", b""))  # type: ignore[union-attr]
             self.w.ctx.log.info("window %s: restored partition %s: %d key(s), %d window(s) to re-emit",
-                                self.w.id, pname, len(part.rows), len(part.resend))
+                                self.w.id, pname, part.chunks.keys, len(part.resend))  # type: ignore[union-attr]
         self.epochs[partition] = epoch
         self.w.parts[partition] = part
 
-    def _load(self, part: _Part, records: dict[str, bytes], what: str) -> None:
+    async def _load(self, part: _Part, records: dict[str, bytes], what: str) -> None:
+        import asyncio
+
         records = dict(records)
         meta_record = records.pop("", None)
         if meta_record is None:
@@ -243,22 +302,35 @@ class Checkpointer:
         if meta["definition"] != self.definition:
             raise CheckpointCorrupt(f"{what}: written by a window of another definition ({meta['definition']}); "
                                     "give this one another checkpoint name, or drop the checkpoint")
-        if meta["keys"] != len(records):
-            raise CheckpointCorrupt(f"{what}: {len(records)} key record(s), the meta record says {meta['keys']}")
+        if meta["chunks"] != len(records):
+            raise CheckpointCorrupt(f"{what}: {len(records)} key record(s), the meta record says {meta['chunks']}")
         store = part.store
         store.restore_meta(meta["store"])
         part.watermark.max_event, part.watermark.value = meta["watermark"]
         # idle time counts from the restore: a partition restored after its input ended must still
         # close its last windows on `idle_timeout`, not wait for an item that may never come
         part.watermark.last_arrival = self.w.ctx.clock()
-        rows = part.rows
-        for rk, record in records.items():
+        restore_keys, loads = store.restore_keys, orjson.loads
+        chunks = part.chunks
+        assert chunks is not None
+        for i, (name, record) in enumerate(records.items(), 1):
+            if not i % _YIELD_CHUNKS:  # a large restore must not starve the loop (partition renewals)
+                await asyncio.sleep(0)
             try:
-                row = unseal(record, what)
-            except CheckpointCorrupt as exc:  # name the key
-                raise CheckpointCorrupt(str(exc).replace(what, f"{what} key {rk}", 1)) from None
-            store.restore_key(orjson.loads(rk), row)
-            rows[rk] = len(record)
+                chunk = int(name, 16)
+                if name != _chunk_name(chunk):
+                    raise ValueError(name)
+                rows = unseal(record, what)
+            except CheckpointCorrupt as exc:  # name the record
+                raise CheckpointCorrupt(str(exc).replace(what, f"{what} key chunk {name!r}", 1)) from None
+            except ValueError:
+                raise CheckpointCorrupt(f"{what}: a record named {name!r} is no key chunk") from None
+            members = {rk: loads(rk) for rk in rows}
+            restore_keys(zip(members.values(), rows.values()))
+            chunks.restored(chunk, members)
+            chunks.sizes[name] = len(record)
+        if chunks.keys != meta["keys"]:
+            raise CheckpointCorrupt(f"{what}: {chunks.keys} key(s) in the chunks, the meta record says {meta['keys']}")
         part.positions = dict(meta["positions"])
         part.resend = list(meta["outbox"])
 
@@ -297,6 +369,8 @@ class Checkpointer:
         return ok
 
     async def _save(self, partition: int | None, part: _Part) -> None:
+        import asyncio
+
         if self.w.parts.get(partition) is not part:
             return  # revoked meanwhile (its acks were failed): the new owner's checkpoint now
         store, outbox = part.store, part.outbox
@@ -304,22 +378,37 @@ class Checkpointer:
         if not (store.dirty or part.pending or part.resend or outbox.changed) and partition in self.sizes:
             return  # nothing changed since the last save
         dirty, store.dirty = store.dirty, set()
+        chunks = part.chunks
+        assert chunks is not None
+        touched = {chunks.place(_row_key(key), key) for key in dirty}
         upserts: dict[str, bytes] = {}
         deletes: list[str] = []
-        for key in dirty:
-            rk = _row_key(key)
-            row = store.export_key(key)
-            if row is not None:
-                upserts[rk] = seal(row)
-            elif rk in part.rows:
-                deletes.append(rk)
-        rows = dict(part.rows)
-        for rk in deletes:
-            del rows[rk]
-        rows.update((rk, len(r)) for rk, r in upserts.items())
-        meta = {
+        removed: list[tuple[int, str]] = []  # keys holding nothing any more: out of their chunk once saved
+        export = store.export_key
+        sizes = dict(chunks.sizes)
+        for i, chunk in enumerate(touched, 1):
+            if not i % _YIELD_CHUNKS:
+                await asyncio.sleep(0)
+                if self.w.parts.get(partition) is not part:  # revoked meanwhile: its state is gone
+                    return
+            name = _chunk_name(chunk)
+            rows: dict[str, Any] = {}
+            for rk, key in chunks.members[chunk].items():
+                row = export(key)
+                if row is None:
+                    removed.append((chunk, rk))
+                else:
+                    rows[rk] = row
+            if rows:
+                upserts[name] = record = seal(rows)
+                sizes[name] = len(record)
+            elif sizes.pop(name, None) is not None:
+                deletes.append(name)
+        keys = chunks.keys - len(removed)
+        meta: dict[str, Any] = {
             "definition": self.definition,
-            "keys": len(rows),
+            "chunks": len(sizes),
+            "keys": keys,
             "store": store.export_meta(),
             "watermark": (part.watermark.max_event, part.watermark.value),
             "positions": dict(part.positions),
@@ -327,7 +416,7 @@ class Checkpointer:
         }
         upserts[""] = seal(meta)
         outbox.changed = False  # what settles during the save is in the next one
-        total = sum(rows.values()) + len(upserts[""])
+        total = sum(sizes.values()) + len(upserts[""])
         if total > self.config.max_bytes:
             store.dirty |= dirty
             outbox.changed = True
@@ -348,7 +437,9 @@ class Checkpointer:
             part.pending = acks + part.pending
             raise
         us = int((time.perf_counter() - t0) * 1e6)
-        part.rows = rows
+        chunks.sizes = sizes
+        for chunk, rk in removed:
+            chunks.remove(chunk, rk)
         self.saves += 1
         self.last_save_us = us
         self.save_us += us

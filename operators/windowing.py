@@ -28,13 +28,15 @@ then only remembers that it has items not yet carried by an emission.
 
 Checkpoints: with `track_keys()` the store records which keys changed (`dirty`); `export_key(key)` /
 `restore_key(key, row)` and `export_meta()` / `restore_meta(meta)` turn its state into plain data
-and back (the `window` operator seals and stores them per key).
+and back (the `window` operator packs them in chunk records; `restore_keys` puts a chunk back:
+tumbling and sliding keys lazily, as rows built into windows on first use or when the watermark
+reaches one of their ends).
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from typing import Any, NamedTuple
 
 from operators.window_aggregates import Aggregate
@@ -148,6 +150,7 @@ class WindowStore:
             self.dirty.update(self._starts or ())
             self.dirty.update(self._sessions)
             self.dirty.update(self._purged_until)
+            self.dirty.update(self._lazy)
             self._starts = {}
         self.wm = NEG_INF
         self._seq = 0
@@ -159,6 +162,10 @@ class WindowStore:
         self._purge: list[int] = []
         # sessions: per key a short list; heaps of (time, seq, window, end) checked lazily
         self._sessions: dict[Hashable, list[_Window]] = {}
+        # tumbling / sliding keys restored from a checkpoint and not touched since: their rows, built
+        # into windows on first use (`check`), when the watermark reaches one of their ends, or a flush
+        self._lazy: dict[Hashable, dict[str, Any]] = {}
+        self._lazy_at: dict[int, list[Hashable]] = {}
         self._purged_until: dict[Hashable, int] = {}
         self._prune_at = 1024
         self._session_fire: list[tuple[int, int, _Window, int]] = []
@@ -170,6 +177,8 @@ class WindowStore:
         self, key: Hashable, t: int, values: list[Any]
     ) -> tuple[list[_Window | tuple[int, int]], bool, str | None]:
         """Where an item goes, before anything changes: (targets, too_late_somewhere, error)."""
+        if self._lazy and key in self._lazy:
+            self._wake(key)
         if self.kind == "session":
             return self._check_session(key, t, values)
         wm, lateness, size = self.wm, self.lateness, self.size
@@ -320,11 +329,13 @@ class WindowStore:
             fire, purge = self._fire, self._purge
             while fire and fire[0] <= wm:
                 end = heapq.heappop(fire)
+                self._wake_end(end)
                 for window in self._by_end[end]:
                     self._emit(window, out)
                 heapq.heappush(purge, end)
             while purge and purge[0] + self.lateness <= wm:
                 end = heapq.heappop(purge)
+                self._wake_end(end)
                 for window in self._by_end.pop(end):
                     del self._windows[(window.key, window.start)]
                     if self._starts is not None:
@@ -378,6 +389,7 @@ class WindowStore:
 
     def flush(self) -> list[Emission]:
         """End of input: emit every window still holding unemitted items, then forget all state."""
+        self._wake_all()
         out = self.take_updates()
         if self.kind == "session":
             pending = [w for ws in self._sessions.values() for w in ws]
@@ -389,7 +401,8 @@ class WindowStore:
         return out
 
     def discard(self) -> list[Any]:
-        """Forget every window; the acks they held that no emission carries (one per hold)."""
+        """Forget every window; the acks they held that no emission carries (one per hold). Keys still
+        lazily restored hold none: they are dropped unbuilt."""
         if self.kind == "session":
             held = [w for ws in self._sessions.values() for w in ws]
         else:
@@ -415,7 +428,7 @@ class WindowStore:
         """Windows (or sessions) held in memory."""
         if self.kind == "session":
             return sum(len(ws) for ws in self._sessions.values())
-        return len(self._windows)
+        return len(self._windows) + sum(len(row["w"]) for row in self._lazy.values())
 
     # ----- checkpoints (plain data out and in; see the module docstring) ------------------------
 
@@ -435,6 +448,8 @@ class WindowStore:
 
     def export_key(self, key: Hashable) -> dict[str, Any] | None:
         """A key's windows as plain data, or None when the key holds nothing."""
+        if key in self._lazy:
+            return self._lazy[key]  # untouched since the restore
         if self.kind == "session":
             windows = self._sessions.get(key, [])
             horizon = self._purged_until.get(key)
@@ -445,6 +460,57 @@ class WindowStore:
             return None
         rows = [(w.start, w.end, w.count, w.states, w.emitted, bool(w.acks), w.seq) for w in windows]
         return {"w": rows, "p": horizon}
+
+    def restore_keys(self, rows: Iterable[tuple[Hashable, dict[str, Any]]]) -> None:
+        """`restore_key` of many keys (a checkpoint's chunk). Tumbling / sliding keys are kept as rows
+        and built into windows on first use (a takeover restores a large state without building
+        every window first); their ends are scheduled now, so the watermark still fires them."""
+        if self.kind == "session":
+            for key, row in rows:
+                self.restore_key(key, row)
+            return
+        lazy, lazy_at, by_end, wm = self._lazy, self._lazy_at, self._by_end, self.wm
+        for key, row in rows:
+            eager = False
+            for window in row["w"]:
+                end = window[1]
+                at = lazy_at.get(end)
+                if at is None:
+                    lazy_at[end] = at = []
+                    if end not in by_end:
+                        by_end[end] = []
+                        heapq.heappush(self._fire if end > wm else self._purge, end)
+                at.append(key)
+                eager = eager or (window[5] and end <= wm)  # fired, with late items not yet re-emitted
+            lazy[key] = row
+            if eager:
+                self._wake(key)
+
+    def _wake(self, key: Hashable) -> None:
+        """Build a lazily restored key's windows."""
+        row = self._lazy.pop(key)
+        for start, end, count, states, emitted, pending, seq in row["w"]:
+            window = self._reopen(key, start, end, states, seq)
+            window.count = count
+            if emitted:  # pickled tuples come back as tuples
+                window.emitted = emitted
+            if pending:
+                window.acks = [None]
+                if end <= self.wm:
+                    self._dirty[id(window)] = window
+
+    def _wake_end(self, end: int) -> None:
+        keys = self._lazy_at.pop(end, None) if self._lazy_at else None
+        if keys:
+            lazy = self._lazy
+            for key in keys:
+                if key in lazy:
+                    self._wake(key)
+
+    def _wake_all(self) -> None:
+        for key in list(self._lazy):
+            self._wake(key)
+        self._lazy_at.clear()
 
     def restore_key(self, key: Hashable, row: dict[str, Any]) -> None:
         """Put back a key's windows (after `restore_meta`): scheduled to fire and purge as before."""

@@ -138,13 +138,15 @@ def test_a_damaged_or_incomplete_checkpoint_is_a_clear_error_at_start() -> None:
         rig.clock.now += 2
         await feed(op, items(AckTracker(), INPUT[12:13]))
         assert op.metrics()["checkpoint_saves"] == 1
-        key = '"k3"'
+        chunks = [r["key"] for r in await sql(f'SELECT key FROM "{rig.table}" WHERE key NOT IN (\'\', \'#epoch\')')]
+        assert len(chunks) == 1  # 7 keys, packed in one chunk record
+        key = chunks[0]
         await sql(f'UPDATE "{rig.table}" SET data = overlay(data placing \'\\xff\'::bytea from 20 for 1) '
                   "WHERE key = $1", key)
-        with pytest.raises(CheckpointCorrupt, match=r"checkpoint 'win' partition - key \"k3\": checksum mismatch"):
+        with pytest.raises(CheckpointCorrupt, match=rf"checkpoint 'win' partition - key chunk '{key}': checksum mismatch"):
             await rig.window().start()
         await sql(f'DELETE FROM "{rig.table}" WHERE key = $1', key)
-        with pytest.raises(CheckpointCorrupt, match=r"6 key record\(s\), the meta record says 7"):
+        with pytest.raises(CheckpointCorrupt, match=rf"{len(chunks) - 1} key record\(s\), the meta record says {len(chunks)}"):
             await rig.window().start()
         # a checkpoint of another window definition is refused, not read as this one's
         await sql(f'DELETE FROM "{rig.table}" WHERE key <> \'\'')
@@ -165,7 +167,7 @@ async def _meta(rig: Rig, part: str = "-") -> Any:
 def _meta_with(meta: Any, keys: int, size: int) -> bytes:
     from engine import seal
 
-    meta["keys"] = keys
+    meta["keys"] = meta["chunks"] = keys
     meta["definition"][1] = size
     return seal(meta)
 
@@ -317,5 +319,56 @@ def test_a_superseded_owner_cannot_overwrite_the_new_owners_checkpoint() -> None
         failed = tracker.take()[1]
         assert sorted(t for t, _ in failed) == list(range(13, 22))
         assert all("claimed by another owner" in reason for _, reason in failed)
+
+    run(body)
+
+
+def test_keys_are_packed_in_chunks_a_save_rewrites_only_the_changed_ones_and_restore_is_exact() -> None:
+    """640 keys, then 320 new ones, then one key updated: 20 chunks of 32 keys, then 10 more (the
+    first 20 untouched), then one rewritten; a restore gives back every key's window."""
+    first = [(i + 1, f"u{i}", 1.0, i % 97) for i in range(640)]
+    new = [(641 + i, f"v{i}", 2.0, i) for i in range(320)]
+
+    async def chunks(rig: Rig) -> dict[str, bytes]:
+        return {r["key"]: bytes(r["data"]) for r in await sql(
+            f'SELECT key, data FROM "{rig.table}" WHERE key NOT IN (\'\', \'#epoch\')')}
+
+    async def body(rig: Rig) -> None:
+        op = rig.window()
+        await op.start()
+        tracker = AckTracker()
+        await feed(op, items(tracker, first))
+        rig.clock.now += 2
+        await feed(op, items(tracker, new[:1]))  # a save: u0..u639 and v0
+        saved = await chunks(rig)
+        assert len(saved) == 21
+        rig.clock.now += 2
+        await feed(op, items(tracker, new[1:]))  # v1..v319 join v0's chunk, then fill new ones
+        now = await chunks(rig)
+        assert len(now) == 30 and {k: v for k, v in now.items() if k in saved and k != max(saved)} == \
+            {k: v for k, v in saved.items() if k != max(saved)}  # the 20 full chunks were not rewritten
+        written = op.metrics()["checkpoint_bytes_written"]
+        rig.clock.now += 2
+        await feed(op, items(tracker, [(961, "u5", 3.0, 1000)]))
+        assert len(await chunks(rig)) == 30 and op.metrics()["checkpoint_bytes_written"] - written < 4096  # one chunk
+        assert tracker.in_flight == 0 and op.metrics()["checkpoint_saves"] == 3
+        again = rig.window()
+        await again.start()
+        assert again.metrics()["checkpoint_restores"] == 1
+        assert windows(await flush(again)) == windows(await flush(op))
+
+    run(body)
+
+
+def test_a_checkpoint_of_an_older_format_is_refused_with_a_clear_error() -> None:
+    async def body(rig: Rig) -> None:
+        op = rig.window()
+        await op.start()
+        await feed(op, items(AckTracker(), INPUT[:12]))
+        rig.clock.now += 2
+        await feed(op, items(AckTracker(), INPUT[12:13]))
+        await sql(f"UPDATE \"{rig.table}\" SET data = overlay(data placing '\\x01'::bytea from 5 for 1) WHERE key = ''")
+        with pytest.raises(CheckpointCorrupt, match="checkpoint format version 1, this streamdag reads version 2"):
+            await rig.window().start()
 
     run(body)
