@@ -414,7 +414,11 @@ def _cmd_top(args: argparse.Namespace) -> int:
         from engine.compile.validate import load_graph
         from engine.observe.presence import list_workers, registry_url
 
-        graph = load_graph(args.graph)
+        try:
+            graph = load_graph(args.graph)
+        except GraphInvalid as exc:
+            print(exc, file=sys.stderr)
+            return EXIT_INVALID
         settings = registry_url(graph, args.registry)
         records = asyncio.run(list_workers(settings, graph.spec.name)) if settings else []
         urls = [r["metrics"] for r in records if r.get("metrics")]
@@ -784,9 +788,16 @@ def _positive(text: str) -> int:
     return n
 
 
+def _port(text: str) -> int:
+    n = int(text)
+    if not 0 <= n <= 65535:  # the event loop would bind n % 65536 without a word
+        raise argparse.ArgumentTypeError(f"must be a TCP port from 0 to 65535, not {n}")
+    return n
+
+
 def _add_observe_args(r: argparse.ArgumentParser) -> None:
     """`run` options for metrics, the status page and logs (engine.observe)."""
-    r.add_argument("--metrics-port", type=int, metavar="PORT",
+    r.add_argument("--metrics-port", type=_port, metavar="PORT",
                    help="serve /metrics (Prometheus), /api/stats and a status page / on this port (0: any free)")
     r.add_argument("--metrics-host", default="127.0.0.1", help="address to bind the metrics port (default 127.0.0.1)")
     r.add_argument("--log-level", dest="run_log_levels", action="append", default=[], metavar="LEVEL|node.ID=LEVEL",
@@ -838,6 +849,12 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
     except BrokenPipeError:
         return _closed_stdout()
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        # an output or input file the command was given (-o, --report-json, ...): a message, not a traceback
+        print(f"error: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return EXIT_RUN_ERROR
     return code
 
 

@@ -1,0 +1,65 @@
+"""What a new user gets wrong on the command line gets a one-line error and an exit code, never a
+traceback; and a slow `generate` shows its first messages at once (the first-hour QA of today's main)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from engine.cli import main
+from engine.observe.tap import follow
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = str(ROOT / "graphs" / "demo.yaml")
+
+
+@pytest.mark.parametrize("command", [
+    ["graph", DEMO, "--format", "mermaid"],
+    ["alerts", DEMO],
+    ["dashboard", DEMO],
+])
+def test_an_output_file_in_a_missing_folder_is_an_error_line(command: list[str], tmp_path: Path, capsys) -> None:
+    out = tmp_path / "no-such-folder" / "out.txt"
+    assert main([*command, "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {out}: No such file or directory\n"
+
+
+def test_a_metrics_port_out_of_range_is_refused(capsys) -> None:
+    # the event loop bound 99999 % 65536 = 34463 and the run went on with the metrics somewhere else
+    with pytest.raises(SystemExit) as exc:
+        main(["run", DEMO, "--metrics-port", "99999"])
+    assert exc.value.code == 2
+    assert "--metrics-port: must be a TCP port from 0 to 65535, not 99999" in capsys.readouterr().err
+
+
+def test_top_with_a_missing_graph_file_prints_its_diagnostic(tmp_path: Path, capsys) -> None:
+    missing = tmp_path / "missing.yaml"
+    assert main(["top", "--once", "--graph", str(missing)]) == 1
+    assert "E001 cannot read graph file: No such file or directory" in capsys.readouterr().err
+
+
+def test_tap_takes_host_port_without_a_scheme(capsys) -> None:
+    # urllib raised ValueError("unknown url type") for `127.0.0.1:1`; `top` already takes host:port
+    assert follow("127.0.0.1:1", "g", 10.0, None, 1, "text", io.StringIO()) == 2
+    assert "127.0.0.1:1: [Errno 111] Connection refused" in capsys.readouterr().err
+
+
+def test_a_slow_generate_sends_its_first_messages_at_once(write_graph, tmp_path: Path) -> None:
+    # with `batch: 500` and `rate: 20`, all 10 messages left together after 0.5 s (a `rate: 1` source: 500 s of nothing)
+    path = write_graph("""
+        version: 1
+        name: slow
+        defaults: {dead_letter: out}
+        nodes:
+          g: {type: generate, config: {count: 10, rate: 20}}
+          out: {type: file_sink, inputs: [g], config: {path: out.ndjson}}
+    """)
+    assert main(["run", "-q", str(path)]) == 0
+    stamps = [json.loads(x)["ts"] for x in (tmp_path / "out.ndjson").read_text().splitlines()]
+    assert len(stamps) == 10
+    assert len(set(stamps)) == 5  # batches of 2 (a tenth of a second at 20/s), each stamped when it left
+    assert stamps[-1] - stamps[0] >= 0.3
