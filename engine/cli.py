@@ -497,6 +497,9 @@ def _run_tests(args: argparse.Namespace) -> int:
             invalid[path] = [d for d in diags if d.severity == "error"]
             continue
         results.extend(run_file(tf, args.k))
+    if args.k and not results and not invalid:  # a typo in -k would otherwise pass CI with nothing run
+        print(f"error: no case name contains {args.k!r} in {len(files)} test file(s)", file=sys.stderr)
+        return EXIT_INVALID
     if args.format == "junit":
         xml = junit_report(results, invalid)
         if args.output:

@@ -63,3 +63,10 @@ def test_a_slow_generate_sends_its_first_messages_at_once(write_graph, tmp_path:
     assert len(stamps) == 10
     assert len(set(stamps)) == 5  # batches of 2 (a tenth of a second at 20/s), each stamped when it left
     assert stamps[-1] - stamps[0] >= 0.3
+
+
+def test_test_k_that_selects_no_case_fails(capsys) -> None:
+    # 0 cases run and exit 0: a typo in `-k` passed CI silently
+    tests = str(ROOT / "graphs" / "tests" / "demo.test.yaml")
+    assert main(["test", tests, "-k", "no case is named like this"]) == 1
+    assert "error: no case name contains 'no case is named like this' in 1 test file(s)" in capsys.readouterr().err
