@@ -256,6 +256,8 @@ async def _run_once(args: argparse.Namespace, graph: Any, reloader: Any, signals
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
+    if signals[0]:  # a signal after a reload drained the last run, before this one's handler: stop this one too
+        runner.stop()
     # registering may wait on an unreachable registry: a signal meanwhile goes straight to the (stopped) run
     registering = asyncio.ensure_future(_start_presence(runner, args, graph, observers))
     interrupted = asyncio.ensure_future(signalled.wait())

@@ -70,3 +70,34 @@ def test_test_k_that_selects_no_case_fails(capsys) -> None:
     tests = str(ROOT / "graphs" / "tests" / "demo.test.yaml")
     assert main(["test", tests, "-k", "no case is named like this"]) == 1
     assert "error: no case name contains 'no case is named like this' in 1 test file(s)" in capsys.readouterr().err
+
+
+def test_alerts_consistency_above_one_is_refused(capsys) -> None:
+    # the score is a share of keys (0..1): `--consistency 92` made a rule that fires on a perfect score
+    assert main(["alerts", DEMO, "--consistency", "92"]) == 1
+    assert "error: --consistency 92: a score is a share from 0 to 1 (e.g. 0.92)" in capsys.readouterr().err
+
+
+def test_a_signal_between_two_runs_of_a_reload_stops_the_next_one(write_graph, capsys) -> None:
+    # SIGTERM after a reload drained the old graph, while the new one started (its metrics server
+    # binding): the old run's handler took it, the new graph ran on and the next SIGTERM exited 2
+    import asyncio
+
+    from engine.cli import _run_once, build_parser
+    from engine.compile.validate import load_graph
+
+    path = write_graph("""
+        version: 1
+        name: endless
+        defaults: {dead_letter: out}
+        nodes:
+          g: {type: generate, config: {rate: 1000}}
+          out: {type: drop, inputs: [g]}
+    """)
+    args = build_parser().parse_args(["run", "-q", str(path)])
+    args.argv = []
+
+    async def next_run() -> tuple[int, object]:
+        return await asyncio.wait_for(_run_once(args, load_graph(str(path)), None, [1]), 10)
+
+    assert asyncio.run(next_run()) == (0, None)
