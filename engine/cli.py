@@ -416,7 +416,11 @@ def _cmd_top(args: argparse.Namespace) -> int:
         from engine.compile.validate import load_graph
         from engine.observe.presence import list_workers, registry_url
 
-        graph = load_graph(args.graph)
+        try:
+            graph = load_graph(args.graph)
+        except GraphInvalid as exc:
+            print(exc, file=sys.stderr)
+            return EXIT_INVALID
         settings = registry_url(graph, args.registry)
         records = asyncio.run(list_workers(settings, graph.spec.name)) if settings else []
         urls = [r["metrics"] for r in records if r.get("metrics")]
@@ -499,6 +503,9 @@ def _run_tests(args: argparse.Namespace) -> int:
             invalid[path] = [d for d in diags if d.severity == "error"]
             continue
         results.extend(run_file(tf, args.k))
+    if args.k and not results and not invalid:  # a typo in -k would otherwise pass CI with nothing run
+        print(f"error: no case name contains {args.k!r} in {len(files)} test file(s)", file=sys.stderr)
+        return EXIT_INVALID
     if args.format == "junit":
         xml = junit_report(results, invalid)
         if args.output:
@@ -790,9 +797,16 @@ def _positive(text: str) -> int:
     return n
 
 
+def _port(text: str) -> int:
+    n = int(text)
+    if not 0 <= n <= 65535:  # the event loop would bind n % 65536 without a word
+        raise argparse.ArgumentTypeError(f"must be a TCP port from 0 to 65535, not {n}")
+    return n
+
+
 def _add_observe_args(r: argparse.ArgumentParser) -> None:
     """`run` options for metrics, the status page and logs (engine.observe)."""
-    r.add_argument("--metrics-port", type=int, metavar="PORT",
+    r.add_argument("--metrics-port", type=_port, metavar="PORT",
                    help="serve /metrics (Prometheus), /api/stats and a status page / on this port (0: any free)")
     r.add_argument("--metrics-host", default="127.0.0.1", help="address to bind the metrics port (default 127.0.0.1)")
     r.add_argument("--log-level", dest="run_log_levels", action="append", default=[], metavar="LEVEL|node.ID=LEVEL",
@@ -846,6 +860,12 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
     except BrokenPipeError:
         return _closed_stdout()
+    except OSError as exc:
+        if exc.filename is None:
+            raise
+        # an output or input file the command was given (-o, --report-json, ...): a message, not a traceback
+        print(f"error: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return EXIT_RUN_ERROR
     finally:
         stopsignals.restore()
     return code

@@ -23,7 +23,8 @@ class GenerateConfig(NodeConfig):
         'Default: {"i": i, "ts": <epoch seconds>}.',
         examples=['{"id": msg.i, "user": "u" + string(msg.i % 5), "amount": double(msg.i % 200)}'],
     )
-    batch: int = Field(500, ge=1, le=100_000, description="Messages per emitted batch.")
+    batch: int = Field(500, ge=1, le=100_000, description="Messages per emitted batch; with `rate`, at most a tenth "
+                       "of a second's messages (`rate: 100`: 10 every 0.1 s, not 500 after 5 s).")
 
 
 class Generate(Source):
@@ -62,6 +63,7 @@ nodes:
 
         cfg = self.config
         count, rate = self._share()
+        most = cfg.batch if rate is None else max(1, min(cfg.batch, int(rate / 10)))  # no wait for a full batch
         step, first = self.ctx.worker.count, self.ctx.worker.index
         i = 0
         started = time.monotonic()
@@ -69,7 +71,7 @@ nodes:
         tracker = out.tracker
         while not out.stopping.is_set() and (count is None or i < count):
             await out.wait_room()
-            n = cfg.batch if count is None else min(cfg.batch, count - i)
+            n = most if count is None else min(most, count - i)
             if rate is not None:
                 due = started + (i + n) / rate
                 delay = due - time.monotonic()

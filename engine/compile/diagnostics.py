@@ -15,6 +15,7 @@ E213 operator or sink without inputs                                 E214 cycle
 E215 unknown connection            E216 connection of the wrong type E217 unknown schema
 E218 invalid JSON Schema           E219 schema file not found or unreadable
 E220 unsafe SQL identifier         E221 dead_letter is not a sink of this graph
+E222 an input listed twice (`g` and `g.out` are one port)
 E240 JetStream filter subject outside the declared stream
 E250 http_source on a non-loopback address without auth
 E260 under --workers > 1: an operator with per-process state (window) fed by a source that is not partitioned

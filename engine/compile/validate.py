@@ -541,8 +541,14 @@ def _check_edges(c: _Checker, shells: dict[str, tuple[type[Node], list[tuple[str
         fed_by_defaults = node_id == dead_letter and cls.kind == "sink"  # every unwired errors port feeds it
         if cls.kind != "source" and not refs and not fed_by_defaults:
             c.add(("nodes", node_id), "E213", f"nodes.{node_id}: {'an' if cls.kind == 'operator' else 'a'} {cls.kind} needs at least one input")
+        seen: dict[tuple[str, str], int] = {}
         for i, (up, port) in enumerate(inputs):
             ipath = ("nodes", node_id, "inputs", i)
+            if (up, port) in seen:  # two edges from one port: every message would reach the node twice
+                c.add(ipath, "E222", f"nodes.{node_id}.inputs[{i}]: '{up}.{port}' is already an input "
+                      f"(inputs[{seen[up, port]}]): each message would reach {node_id} twice", value=True)
+                continue
+            seen[up, port] = i
             if up not in nodes_raw:
                 hint = registry.closest(up, list(nodes_raw))
                 c.add(ipath, "E210", f"nodes.{node_id}.inputs[{i}]: unknown node '{up}'"

@@ -55,6 +55,8 @@ class Thresholds:
                              ("stall", self.stall_seconds), ("lag", self.lag_messages)):
             if not value >= 0:
                 raise ValueError(f"--{field} {value}: must be a number >= 0")
+        if self.consistency > 1:  # a share of keys: above 1 the alert would fire on a perfect score
+            raise ValueError(f"--consistency {self.consistency:g}: a score is a share from 0 to 1 (e.g. 0.92)")
 
 
 _DURATION = re.compile(r"(\d+(ms|s|m|h|d|w|y))+")

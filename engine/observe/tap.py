@@ -168,7 +168,8 @@ def follow(url: str, target: str, rate: float, filter_source: str | None, limit:
         params["filter"] = filter_source
     if limit:
         params["limit"] = limit
-    full = f"{url.rstrip('/')}/api/tap?{urlencode(params)}"
+    base = url if "://" in url else "http://" + url  # `host:port` as `top` takes it (urllib: "unknown url type")
+    full = f"{base.rstrip('/')}/api/tap?{urlencode(params)}"
     try:
         with urllib.request.urlopen(full, timeout=None) as resp:
             for raw in resp:
