@@ -228,8 +228,8 @@ class Gen:
         bind, ref = self.once(code)
         k = self.tmp()  # the type, read once
         scalar = (
-            f"({k} := type({bind})) is _str or {k} is _float or {k} is _bool"
-            f" or {k} is _int and {V.INT64_MIN} <= {ref} <= {V.UINT64_MAX}"
+            f"({k} := type({bind})) is _str or {k} is _int and {V.INT64_MIN} <= {ref} <= {V.UINT64_MAX}"
+            f" or {k} is _float or {k} is _bool"
         )
         return f"({ref} if {scalar} else {conv}({ref}))"
 
