@@ -494,3 +494,19 @@ def test_strict_logic_with_bool_typed_operands_agrees() -> None:
         source = compile_strict_batch(src, boolean=True).source
         assert " and " in source or " or " in source, source
         assert _strict_agrees(src, rows, True) > 1, src  # and some batches took the fast path
+
+
+def test_map_literal_field_checks_at_the_int_bounds() -> None:
+    """A copied field is checked as a CEL value: ints at the 64-bit bounds pass as they are, one past
+    them is that message's error (the strict batch declines), other kinds as `plain` gives them."""
+    from engine.expr import EvalError, compile_expr
+
+    expr = compile_expr('{"id": msg.id, "v": msg.v}')
+    for ok in (-(2**63), 2**64 - 1, 0, "s", 1.5, True, None):
+        assert expr.many([_M({"id": ok, "v": [1]}, {})]) == [{"id": ok, "v": [1]}]
+    for bad in (-(2**63) - 1, 2**64):
+        assert expr.many([_M({"id": bad, "v": 1}, {})]) is None
+        with pytest.raises(EvalError, match="out of range"):
+            expr.fn({"id": bad, "v": 1}, {})
+    assert _strict_agrees('{"id": msg.id, "v": msg.v}', [{"id": i, "v": v} for i in (2**63, -1) for v in (b"x", [2])],
+                          False) > 1
