@@ -228,8 +228,8 @@ class Gen:
         bind, ref = self.once(code)
         k = self.tmp()  # the type, read once
         scalar = (
-            f"({k} := type({bind})) is _str or {k} is _float or {k} is _bool"
-            f" or {k} is _int and {V.INT64_MIN} <= {ref} <= {V.UINT64_MAX}"
+            f"({k} := type({bind})) is _str or {k} is _int and {V.INT64_MIN} <= {ref} <= {V.UINT64_MAX}"
+            f" or {k} is _float or {k} is _bool"
         )
         return f"({ref} if {scalar} else {conv}({ref}))"
 
@@ -427,6 +427,9 @@ class Gen:
         codes = [self.gen(op, scope) for op in operands]
         acc = self.strict_bool(codes[-1])
         for code in reversed(codes[:-1]):
+            if code.type == "bool":  # a bool decides or goes on to the next, as Python's `and`/`or` do
+                acc = f"({code.expr} {'and' if decide == 'False' else 'or'} {acc})"
+                continue
             x = self.tmp()
             acc = (f"({decide} if ({x} := {code.expr}) is {decide} else ({acc} if {x} is {other} "
                    f"else {self.helper(_not_bool)}({x})))")
@@ -581,8 +584,9 @@ class Gen:
         c = self.charge_size(self.gen(node_c, scope))  # in a loop, a search costs the size searched
         if x.type == "string":
             cb, cr = self.once(c)
+            k = self.tmp()  # the type, read once
             return Code(
-                f"({x.expr} in {cr} if type({cb}) is _dict or type({cr}) is _list "
+                f"({x.expr} in {cr} if ({k} := type({cb})) is _list or {k} is _dict "
                 f"else {self.helper(V.is_in)}({x.expr}, {cr}))",
                 "bool",
             )

@@ -480,3 +480,33 @@ def test_strict_batch_matches_one_by_one_on_random_expressions(src: str, msgs: l
         _strict_agrees(src, [*msgs, *INPUTS[:2]], boolean)
     except CelError:
         return
+
+
+def test_strict_logic_with_bool_typed_operands_agrees() -> None:
+    """A bool-typed operand of `&&`/`||` is Python's `and`/`or` in a strict batch: the value where
+    every operand is a bool, and the batch declines (the exact path absorbs or raises) otherwise."""
+    from engine.celc import compile_strict_batch
+
+    rows: list[Any] = [{"a": a, "b": b, "c": c} for a in (0, 5, 5.0, "x", None) for b in (True, False, 1, None)
+                       for c in ([1], {"k": 1}, [], "s")]
+    for src in ("msg.a > 1 && msg.b", "msg.a > 1 || msg.b", "msg.a > 1 && 1 in msg.c || msg.b",
+                "msg.b || msg.a > 1 && msg.a < 9"):
+        source = compile_strict_batch(src, boolean=True).source
+        assert " and " in source or " or " in source, source
+        assert _strict_agrees(src, rows, True) > 1, src  # and some batches took the fast path
+
+
+def test_map_literal_field_checks_at_the_int_bounds() -> None:
+    """A copied field is checked as a CEL value: ints at the 64-bit bounds pass as they are, one past
+    them is that message's error (the strict batch declines), other kinds as `plain` gives them."""
+    from engine.expr import EvalError, compile_expr
+
+    expr = compile_expr('{"id": msg.id, "v": msg.v}')
+    for ok in (-(2**63), 2**64 - 1, 0, "s", 1.5, True, None):
+        assert expr.many([_M({"id": ok, "v": [1]}, {})]) == [{"id": ok, "v": [1]}]
+    for bad in (-(2**63) - 1, 2**64):
+        assert expr.many([_M({"id": bad, "v": 1}, {})]) is None
+        with pytest.raises(EvalError, match="out of range"):
+            expr.fn({"id": bad, "v": 1}, {})
+    assert _strict_agrees('{"id": msg.id, "v": msg.v}', [{"id": i, "v": v} for i in (2**63, -1) for v in (b"x", [2])],
+                          False) > 1
