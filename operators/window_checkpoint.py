@@ -254,6 +254,17 @@ class Checkpointer:
         emitted and nobody committed go out again even if no new item comes."""
         self.to_restore.add(partition)
 
+    def redelivery_wait(self) -> float:
+        """Seconds after a restart before the upstream sources redeliver what an earlier run left
+        unacknowledged (JetStream `ack_wait` or its longest `backoff`, Redis `min_idle`); 0 if unknown."""
+        wait = 0.0
+        for u in getattr(self.w.ctx, "upstream", None) or ():
+            c = u.config
+            for value in (getattr(c, "ack_wait", 0), getattr(c, "min_idle", 0), *(getattr(c, "backoff", None) or ())):
+                if isinstance(value, (int, float)):
+                    wait = max(wait, float(value))
+        return wait
+
     def fenced(self, partition: int | None, part: _Part) -> None:
         """Another process claimed the partition since this one restored it: drop it here, failing
         the acks its state holds (the new owner restored the last checkpoint and gets them again)."""
@@ -307,9 +318,11 @@ class Checkpointer:
         store = part.store
         store.restore_meta(meta["store"])
         part.watermark.max_event, part.watermark.value = meta["watermark"]
-        # idle time counts from the restore: a partition restored after its input ended must still
-        # close its last windows on `idle_timeout`, not wait for an item that may never come
-        part.watermark.last_arrival = self.w.ctx.clock()
+        # idle time counts from when the earlier run's unacknowledged items can be back (the restore
+        # + the upstream sources' redelivery wait: the source waits that long before it pulls), not
+        # from the last item: a partition restored after its input ended still closes its last windows
+        # on `idle_timeout`, and one whose old items are on their way does not close them without those
+        part.watermark.last_arrival = self.w.ctx.clock() + self.redelivery_wait()
         restore_keys, loads = store.restore_keys, orjson.loads
         chunks = part.chunks
         assert chunks is not None

@@ -126,6 +126,15 @@ def test_kill_9_mid_window_then_restart_gives_the_rows_of_an_uninterrupted_run(t
 
                     try:
                         await wait_for(finished, timeout=40, what="every window's final row")
+                    except TimeoutError as exc:
+                        got = await rows()
+                        wrong = {w: (got.get(w), (expected_n[w], expected_total[w])) for w in expected_n
+                                 if got.get(w) != (expected_n[w], expected_total[w])}
+                        dead = tmp_path / "dead.ndjson"
+                        raise AssertionError(
+                            f"{len(wrong)} windows wrong (got, want): {sorted(wrong.items())[:5]}; dead letters: "
+                            f"{dead.read_text()[:600] if dead.exists() else 'none'}; log: {log.read_text()[-1500:]}"
+                        ) from exc
                     finally:
                         second.send_signal(signal.SIGTERM)
                         await asyncio.wait_for(second.wait(), 20)
