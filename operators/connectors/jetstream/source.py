@@ -603,7 +603,6 @@ nodes:
                     self.max_ack_pending,
                     cap,
                 )
-        await self._after_a_crash(out)
         relay = asyncio.ensure_future(self._relay_stop(out))
         ticker = asyncio.ensure_future(self._tick_in_progress()) if self.config.in_progress else None
         watchdog = self.config.expires + _LOST_AFTER
@@ -627,30 +626,6 @@ nodes:
             relay.cancel()
             if ticker is not None:
                 ticker.cancel()
-
-    async def _after_a_crash(self, out: SourceSender) -> None:
-        """Messages delivered to an earlier run and never acknowledged (it was killed) come back only
-        after `ack_wait`, and the server sends newer ones first meanwhile: an event-time window
-        downstream would then see the old ones late. With the durable holding unacknowledged messages
-        and no worker alive to settle them (`--workers` share a durable: only the first worker waits),
-        wait `ack_wait` (the longest of `backoff`) before the first pull, so they come first, in order."""
-        import asyncio
-        import contextlib
-
-        if self.ctx.worker.index != 0 or self._h is None:
-            return
-        try:
-            info = await asyncio.wait_for(
-                self._h.js.consumer_info(self.config.stream, self.config.durable), 5)  # type: ignore[union-attr]
-        except Exception:  # noqa: BLE001 - only a hint: pulling starts at once
-            return
-        if not info.num_ack_pending:
-            return
-        wait = float(max([self.config.ack_wait, *self.config.backoff]))
-        log.info("node %s: %d message(s) of an earlier run unacknowledged: waiting %.1fs (ack_wait) so they "
-                 "come back before newer ones", self.id, info.num_ack_pending, wait)
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(out.stopping.wait(), wait)
 
     async def _emit(self, raw: list[tuple[str, str, bytes, dict[str, str] | None]], out: SourceSender,
                     hold: bool) -> None:
