@@ -237,6 +237,13 @@ class Source(Node):
         return None
 
     @classmethod
+    def redelivery_wait(cls, config: Any) -> float:
+        """Seconds after a crash before this source delivers again what the crashed run left
+        unacknowledged (JetStream `ack_wait`, Redis `min_idle`); 0 when it does not redeliver. A
+        stateful node restored from a checkpoint waits this long before it counts its input idle."""
+        return 0.0
+
+    @classmethod
     def partitioned(cls, config: Any) -> int | None:
         """How many keyed partitions this source's input is split into, each read by one worker at a
         time and tagged `meta.partition` (None: not partitioned). A node that keeps per-key state

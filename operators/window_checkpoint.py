@@ -256,14 +256,9 @@ class Checkpointer:
 
     def redelivery_wait(self) -> float:
         """Seconds after a restart before the upstream sources redeliver what an earlier run left
-        unacknowledged (JetStream `ack_wait` or its longest `backoff`, Redis `min_idle`); 0 if unknown."""
-        wait = 0.0
-        for u in getattr(self.w.ctx, "upstream", None) or ():
-            c = u.config
-            for value in (getattr(c, "ack_wait", 0), getattr(c, "min_idle", 0), *(getattr(c, "backoff", None) or ())):
-                if isinstance(value, (int, float)):
-                    wait = max(wait, float(value))
-        return wait
+        unacknowledged (`Source.redelivery_wait`: JetStream `ack_wait`, Redis `min_idle`)."""
+        return max((u.cls.redelivery_wait(u.config) for u in getattr(self.w.ctx, "upstream", None) or ()),
+                   default=0.0)
 
     def fenced(self, partition: int | None, part: _Part) -> None:
         """Another process claimed the partition since this one restored it: drop it here, failing

@@ -372,3 +372,21 @@ def test_a_checkpoint_of_an_older_format_is_refused_with_a_clear_error() -> None
             await rig.window().start()
 
     run(body)
+
+
+def test_a_restored_partition_waits_the_upstream_redelivery_before_it_counts_idle_time() -> None:
+    """Each source says how long after a crash it redelivers (`Source.redelivery_wait`); the window
+    waits the longest of its upstream sources before idle time starts counting."""
+    from engine.api import Upstream
+    from operators.connectors.jetstream.source import JetStreamSource, JetStreamSourceConfig
+    from operators.connectors.redis.streams import RedisStreamSource, RedisStreamSourceConfig
+
+    js = JetStreamSourceConfig(connection="n", stream="S", durable="d", ack_wait=4, backoff=[1, 7])
+    rs = RedisStreamSourceConfig.model_validate({"connection": "r", "stream": "s", "group": "g", "min_idle": 6})
+    assert JetStreamSource.redelivery_wait(js) == 7.0 and RedisStreamSource.redelivery_wait(rs) == 6.0
+    ctx = NodeContext("win", {"pg": {"type": "postgres", "dsn": DSN}}, {}, Resources(), clock=lambda: 0.0,
+                      upstream=(Upstream("a", JetStreamSource, js), Upstream("b", RedisStreamSource, rs)))
+    op = Window("win", WindowConfig(kind="tumbling", size=10, time="event", timestamp="msg.t", key="msg.k",
+                                    idle_timeout=5, aggregates={"n": {"op": "count"}},
+                                    checkpoint={"connection": "pg"}), ctx)
+    assert op.checkpoints is not None and op.checkpoints.redelivery_wait() == 7.0

@@ -248,7 +248,7 @@ class Ownership:
             if not released:  # its last owner may have died holding messages: they come back first
                 info = await source._h.js.consumer_info(source.config.stream, source.config.durable)
                 if info.num_ack_pending:
-                    wait = float(max([source.config.ack_wait, *source.config.backoff]))
+                    wait = source.redelivery_wait(source.config)
         except Exception:
             await self.kv.delete(f"o.{p}", last=revision)
             raise

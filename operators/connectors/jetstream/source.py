@@ -286,6 +286,11 @@ nodes:
         self._seqs: _Seqs | None = None  # a partition's lane: what it emitted and not acked (duplicates)
 
     @classmethod
+    def redelivery_wait(cls, config: JetStreamSourceConfig) -> float:
+        """`ack_wait`, or the longest `backoff` step when there is one."""
+        return float(max([config.ack_wait, *config.backoff]))
+
+    @classmethod
     def redelivery_horizon(cls, config: JetStreamSourceConfig) -> float:
         """`ack_wait` x `max_deliver` (the server waits `ack_wait`, or `backoff[n]`, before each
         redelivery, and delivers at most `max_deliver` times; `max_deliver` is always bounded here)."""

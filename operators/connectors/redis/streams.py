@@ -133,6 +133,11 @@ nodes:
     config: RedisStreamSourceConfig
 
     @classmethod
+    def redelivery_wait(cls, config: RedisStreamSourceConfig) -> float:
+        """`min_idle`: a crashed consumer's pending entries are claimed once they are that old."""
+        return float(config.min_idle)
+
+    @classmethod
     def check(cls, config: Any, ctx: CheckContext) -> Iterable[CheckIssue]:
         if config.claim_interval * 2 > config.min_idle:
             yield CheckIssue(("claim_interval",), "W351", f"claim_interval ({config.claim_interval:g}s) should be "
