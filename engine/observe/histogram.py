@@ -71,10 +71,21 @@ class Histogram:
         """Observe `now - meta["timestamp"]` for each message that has a numeric timestamp.
 
         One clock read serves the batch, and the cost is a sort of the stamps plus one bisect per
-        bucket, not per message. Messages without a numeric timestamp are left out."""
+        bucket, not per message. Messages without a numeric timestamp are left out.
+
+        Messages of one source batch share one `meta` dict (engine.message), so their stamps are
+        equal: when the whole batch has one meta (a C-level identity count), its stamp is read once."""
         if not msgs:
             return
-        stamps = [m.meta.get("timestamp") for m in msgs]
+        metas = [m.meta for m in msgs]
+        first = metas[0]
+        if metas[-1] is first and metas.count(first) == len(metas):  # count: identity first, in C
+            stamp = first.get("timestamp")
+            if stamp is None:  # a source that stamps nothing (a file)
+                return
+            stamps = [stamp] * len(metas)
+        else:
+            stamps = [meta.get("timestamp") for meta in metas]
         try:  # the sum of ages, rounded once (epoch-sized floats cancel exactly in fsum)
             negative_total = fsum([*stamps, *([-now] * len(stamps))])
         except TypeError:  # a stamp is missing or not a number: measure the others

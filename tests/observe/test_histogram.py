@@ -61,3 +61,26 @@ def test_latencies_beyond_a_minute_are_measured_and_beyond_the_buckets_say_so() 
     assert histogram_quantile(0.99, h) == float("inf")
     assert seconds_text(histogram_quantile(0.99, h)) == "> 3600 s"
     assert seconds_text(0.0123) == "12.3 ms" and seconds_text(None) == "-"
+
+
+def test_observe_ages_of_a_batch_under_one_meta_equals_one_meta_each() -> None:
+    """A source batch shares one meta dict (one stamp read for all): counts and sum exactly as with a
+    meta of its own per message; a shared meta without a stamp, or a batch of mixed metas, as before."""
+    now, stamp = 1_795_000_000.0, 1_795_000_000.0 - 0.0123
+    shared = {"timestamp": stamp}
+    one, each = Histogram(), Histogram()
+    one.observe_ages(now, [Msg(i, shared) for i in range(1001)])
+    each.observe_ages(now, [Msg(i, {"timestamp": stamp}) for i in range(1001)])
+    assert one.count == each.count == 1001 and one.counts == each.counts and one.sum == each.sum
+    assert one.counts[bisect_left(LATENCY_BUCKETS, now - stamp)] == 1001
+    plain = {"source": "read"}
+    none = Histogram()
+    none.observe_ages(now, [Msg(i, plain) for i in range(5)])
+    assert none.count == 0 and sum(none.counts) == 0
+    mixed = Histogram()  # first and last share a meta, one in the middle differs: read one by one
+    mixed.observe_ages(now, [Msg(0, shared), Msg(1, {"timestamp": now - 5.0}), Msg(2, plain), Msg(3, shared)])
+    assert mixed.count == 3 and mixed.counts[bisect_left(LATENCY_BUCKETS, 5.0)] == 1
+    assert mixed.counts[bisect_left(LATENCY_BUCKETS, now - stamp)] == 2
+    text = Histogram()  # a shared stamp that is not a number: nothing measured
+    text.observe_ages(now, [Msg(i, {"timestamp": "soon"}) for i in range(3)])
+    assert text.count == 0
