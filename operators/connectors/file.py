@@ -201,7 +201,12 @@ def _encode_raw(batch: list[Msg]) -> tuple[bytes, list[tuple[Msg, str]]]:
 
 def _encode(batch: list[Msg], with_meta: bool) -> tuple[bytes, list[tuple[Msg, str]]]:
     """The batch as NDJSON, and the messages that do not encode (too deep, an int over 64 bits) with why."""
-    try:  # string keys only, the common case: orjson's fast path (OPT_NON_STR_KEYS costs ~20%)
+    if not with_meta and batch:
+        try:  # plain JSON bodies, the common case: `dumps` mapped in C with no keywords (~15% less than below)
+            return b"\n".join(map(orjson.dumps, [m.body for m in batch])) + b"\n", []
+        except TypeError:  # bytes, an int or bool key, ...: the same bytes as `dumps` with these options
+            pass
+    try:  # string keys only: orjson's fast path (OPT_NON_STR_KEYS costs ~20%)
         return _dump_lines(batch, with_meta, orjson.OPT_APPEND_NEWLINE), []
     except TypeError:  # a map with int or bool keys (CEL allows them): written as string keys
         pass
