@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from itertools import compress
-from operator import not_
 
 from pydantic import Field
 
@@ -51,7 +50,7 @@ nodes:
             ok.extend(compress(batch, keep))
             dropped = len(batch) - (len(ok) - before)
             if dropped:  # settled in runs: a source batch's shared ack once per run, not per message
-                finish_all([m.ack for m in compress(batch, map(not_, keep))], FILTERED)
+                finish_all([m.ack for m, k in zip(batch, keep) if not k], FILTERED)
                 out.stats.filtered += dropped
             return
         fn = self.expr.fn
