@@ -129,3 +129,47 @@ def test_a_lane_sends_redeliveries_in_stream_order_though_the_server_does_not() 
             assert seen == [1, 2, 3, 4, 5, 6, 7, 8]
 
     asyncio.run(main())
+
+
+@pytest.mark.services
+def test_a_worker_does_not_take_a_partition_again_while_its_old_lanes_messages_are_in_its_graph() -> None:
+    """Handed back with naked messages still queued before the window: taken again here, they would be
+    folded as the partition's new items, ahead of lower sequences the server still has to redeliver."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from engine.message import DELIVERED, AckTracker, Msg
+    from operators.connectors.jetstream.partitions import Lane, LaneSender, Ownership, bucket_name
+    from tests.connectors.jetstream_fixtures import connect, unique
+
+    async def main() -> None:
+        nc = await connect()
+        js = nc.jetstream()
+        stream = unique("stale")
+        worker = SimpleNamespace(id="w0", host="h", pid=1)
+        node = SimpleNamespace(id="read", config=SimpleNamespace(stream=stream, durable="d"),
+                               ctx=SimpleNamespace(worker=worker))
+        owner = Ownership(node, None, 2, 3.0, 1)
+        await owner.open(js)
+        taken: list[int] = []
+
+        async def take(p: int, revision: int, out: Any, released: bool) -> None:
+            taken.append(p)
+            owner.lanes[p] = Lane(None, LaneSender(out, p), revision)
+
+        owner.take = take  # type: ignore[method-assign]
+        out = SimpleNamespace(tracker=AckTracker(0))
+        old = LaneSender(out, 0)  # type: ignore[arg-type]
+        old.sent = [Msg({}, {}, out.tracker.new())]  # naked, still on its way to the window
+        owner.stale[0] = [old]
+        try:
+            await owner.tick(out)  # type: ignore[arg-type]
+            assert taken == [1]  # its fair share is both, but not partition 0 yet
+            old.sent[0].ack.finish(DELIVERED)  # the window failed or folded it: settled
+            await owner.tick(out)  # type: ignore[arg-type]
+            assert taken == [1, 0] and owner.stale == {}
+        finally:
+            await js.delete_key_value(bucket_name(stream, "d"))
+            await nc.close()
+
+    asyncio.run(main())
