@@ -690,9 +690,9 @@ nodes:
             behind = self._seqs.behind
             raw = self._seqs.filter(raw)
             if self._seqs.behind > behind:
-                log.warning("node %s: %s: %d message(s) came after newer ones of the partition (redelivered late): "
-                            "a window with acks: checkpoint skips a sequence below one it folded", self.id,
-                            self.config.durable, self._seqs.behind - behind)
+                log.warning("node %s: %s: %d message(s) arrived after a newer one of the partition (a late "
+                            "redelivery or a resend): a window with acks: checkpoint takes them as already "
+                            "covered", self.id, self.config.durable, self._seqs.behind - behind)
             if self._seqs.acks:
                 lines, self._seqs.acks = self._seqs.acks, []
                 await write_lines(self._h.nc, lines)  # type: ignore[union-attr]
