@@ -51,6 +51,7 @@ __all__ = [
     "AckTracker",
     "BatchAck",
     "CompositeAck",
+    "DeadLetter",
     "Msg",
     "finish_all",
     "own_ack",
@@ -92,7 +93,14 @@ class Msg:
         return Msg(body, self.meta, self.ack, self.size)
 
     def __repr__(self) -> str:
-        return f"Msg({self.body!r}, meta={self.meta!r})"
+        return f"{type(self).__name__}({self.body!r}, meta={self.meta!r})"
+
+
+class DeadLetter(Msg):
+    """A message that came to a sink by an `errors` edge, where that sink also takes messages by
+    other edges (`Plan.mixed_sinks`): its commit counts as dead-lettered, the others' as delivered."""
+
+    __slots__ = ()
 
 
 class Ack:

@@ -47,7 +47,10 @@ class Plan:
     routes: Mapping[tuple[str, str], tuple[str, ...]]  # (node, port) -> targets, in file order
     writers: Mapping[str, int]  # writers of each non-source node's input channel
     inline: Mapping[str, str]  # inline operator -> the node whose task runs it
-    dead_letter_sinks: frozenset[str]  # sinks whose commits count as dead-lettered
+    dead_letter_sinks: frozenset[str]  # sinks fed only by errors ports: their commits count as dead-lettered
+    # sinks fed by errors ports and by other ports (`defaults.dead_letter` that is also a normal sink): a
+    # message that came by an errors edge (`DeadLetter`) counts as dead-lettered, the others as delivered
+    mixed_sinks: frozenset[str]
     start_order: tuple[str, ...]  # sinks first, then operators, then sources
     closes: Mapping[str, tuple[str, ...]] = field(repr=False)  # channels a node's task closes when it ends
     # sources whose messages reach each node, through any port (`errors` too), sorted
@@ -97,9 +100,13 @@ def build_plan(graph: Graph) -> Plan:
                 routes[(node_id, ERRORS)] = [dl]
                 edges.append(Edge(node_id, ERRORS, dl, implicit=True))
                 writers[dl] += 1
-    dead_letter_sinks = frozenset(
-        node_id for node_id, rn in nodes.items()
-        if rn.kind == "sink" and (node_id == dl or (rn.inputs and all(p == ERRORS for _, p in rn.inputs))))
+    fed_by: dict[str, set[bool]] = {}  # sink -> {came by an errors edge?} over its input edges
+    for e in edges:
+        if nodes[e.target].kind == "sink":
+            fed_by.setdefault(e.target, set()).add(e.port == ERRORS)
+    dead_letter_sinks = frozenset(n for n, kinds in fed_by.items() if kinds == {True}) | (
+        {dl} if dl is not None and nodes[dl].kind == "sink" and dl not in fed_by else set())
+    mixed_sinks = frozenset(n for n, kinds in fed_by.items() if len(kinds) == 2)
     frozen_routes = {key: tuple(targets) for key, targets in routes.items()}
     inline = {n: nodes[n].inputs[0][0] for n in nodes if _can_inline(nodes[n], frozen_routes)}
     for n, host in list(inline.items()):  # a chain of inline operators runs in its first upstream's task
@@ -114,6 +121,7 @@ def build_plan(graph: Graph) -> Plan:
         writers=MappingProxyType(writers),
         inline=MappingProxyType(inline),
         dead_letter_sinks=dead_letter_sinks,
+        mixed_sinks=mixed_sinks,
         start_order=tuple(sorted(nodes, key=lambda n: _START_RANK[nodes[n].kind])),
         closes=MappingProxyType(closes),
         upstream=MappingProxyType(_upstream(nodes, frozen_routes)),

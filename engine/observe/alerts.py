@@ -94,7 +94,8 @@ def alert_rules(graph: Any, th: Thresholds | None = None) -> dict[str, Any]:
     sources = [rn.id for rn in nodes if rn.kind == "source"]
     lagging = [rn.id for rn in nodes if rn.kind == "source" and isinstance(rn.cls, type) and issubclass(rn.cls, HasLag)]
     connected = [rn.id for rn in nodes if _has_connection(rn)]
-    dead_letter_sinks = sorted(build_plan(graph).dead_letter_sinks)
+    plan = build_plan(graph)
+    dead_letter_sinks = sorted(plan.dead_letter_sinks | plan.mixed_sinks)
     g = _sel(name)
     rules: list[dict[str, Any]] = [
         _rule("StreamdagDown", f"absent(streamdag_run_info{g})", th.pending, "critical",

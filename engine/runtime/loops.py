@@ -3,7 +3,7 @@
 An operator takes batches from its channel (up to its `batch_size`), calls `process` through the
 retrier and dispatches what it emitted; on a timer it calls `tick`; at end of input, `flush`. A
 sink calls `write` through the retrier, releases the acks of what committed with the sink's
-outcome (delivered, or dead-lettered for a dead-letter sink) and sends what failed alone to its
+outcome (dead-lettered for what came by an `errors` edge, else delivered) and sends what failed alone to its
 `errors` port. A node whose own code raises outside a batch crashes the run (`NodeCrash`); either
 way its task closes the channels it writes to, so the nodes downstream see end of input.
 """
@@ -19,7 +19,7 @@ from typing import Any
 from engine.api import Operator, Sink, Source
 from engine.compile.validate import ResolvedNode
 from engine.errors import UnhandledError
-from engine.message import DEAD_LETTERED, DELIVERED, Msg, finish_all
+from engine.message import DEAD_LETTERED, DELIVERED, DeadLetter, Msg, finish_all
 from engine.observe.events import deadletter_log
 from engine.observe.events import log_dead_letters as _log_dead_letters
 from engine.runtime.outputs import ERRORS, Outputs, error_envelope
@@ -109,6 +109,7 @@ class NodeLoops:
         stats = s.stats[rn.id]
         inbox = s.channels[rn.id]
         outcome = DEAD_LETTERED if rn.id in s.plan.dead_letter_sinks else DELIVERED
+        mixed = rn.id in s.plan.mixed_sinks  # per message: a DeadLetter (by an errors edge) or delivered
         while True:
             batch = await inbox.get(rn.batch_size)
             if batch is None:
@@ -131,16 +132,23 @@ class NodeLoops:
                 done = [m for m in batch if id(m) not in failed_ids]
             else:
                 done = batch
-            if done:
+            letters = done if outcome == DEAD_LETTERED else None
+            if mixed:
+                letters = [m for m in done if type(m) is DeadLetter]
+                delivered = [m.ack for m in done if type(m) is not DeadLetter]
+                if letters:
+                    finish_all([m.ack for m in letters], DEAD_LETTERED)
+                if delivered:
+                    finish_all(delivered, DELIVERED)
+            elif done:
                 finish_all([m.ack for m in done], outcome)
-            committed = len(done)
-            stats.committed += committed
+            stats.committed += len(done)
             # end-to-end latency: one clock read per batch, ages from each message's meta
             stats.end_to_end.observe_ages(s.clock(), done)
-            if outcome == DEAD_LETTERED:
-                stats.dead_lettered += committed
+            if letters:
+                stats.dead_lettered += len(letters)
                 if deadletter_log.isEnabledFor(logging.WARNING):
-                    _log_dead_letters(rn.id, done)
+                    _log_dead_letters(rn.id, letters)
             if failures:
                 await self.router.dispatch(rn.id, {ERRORS: [error_envelope(m, rn.id, reason) for m, reason in failures]})
             if routed:

@@ -16,7 +16,7 @@ from typing import Any
 
 from engine.compile.validate import ResolvedNode
 from engine.errors import UnhandledError
-from engine.message import AckTracker, Msg, own_ack
+from engine.message import AckTracker, DeadLetter, Msg, own_ack
 from engine.runtime.outputs import ERRORS
 from engine.runtime.retry import FAILED, Retrier
 from engine.runtime.state import RunState
@@ -30,6 +30,7 @@ class Router:
         self.routes = state.plan.routes
         self.retrier = Retrier(state, self.dispatch)
         self._redeliver = state.graph.spec.defaults.on_error == "redeliver"
+        self._mixed = state.plan.mixed_sinks  # an errors edge into one of these marks its messages
 
     async def dispatch(self, node_id: str, lists: dict[str, list[Msg]]) -> None:
         s = self.s
@@ -56,17 +57,21 @@ class Router:
                     m.ack.finish(0)
                 stats.filtered += len(msgs)
                 continue
+            letters = port == ERRORS and self._mixed
             if len(targets) > 1:
                 extra = len(targets) - 1
                 for m in msgs:
                     own_ack(m).retain(extra)
                 # a Msg has one holder (map rewrites its body in place): each further target gets copies
                 for target in targets[1:]:
-                    await s.channels[target].put([Msg(m.body, m.meta, m.ack, m.size) for m in msgs])
+                    cls = DeadLetter if letters and target in self._mixed else Msg
+                    await s.channels[target].put([cls(m.body, m.meta, m.ack, m.size) for m in msgs])
             target = targets[0]
             if target in s.inline:
                 await self.run_inline(s.graph.nodes[target], msgs)
             else:
+                if letters and target in self._mixed:  # counted dead-lettered there, unlike its other input
+                    msgs = [DeadLetter(m.body, m.meta, m.ack, m.size) for m in msgs]
                 await s.channels[target].put(msgs)
 
     async def run_inline(self, rn: ResolvedNode, batch: list[Msg]) -> None:

@@ -64,7 +64,7 @@ class MemorySink(Sink):
         self.received: list[Msg] = []
 
     async def write(self, batch: list[Msg]) -> list[tuple[Msg, str]] | None:
-        self.received.extend(Msg(m.body, dict(m.meta)) for m in batch)
+        self.received.extend(type(m)(m.body, dict(m.meta)) for m in batch)  # a DeadLetter stays one
         return None
 
 

@@ -25,6 +25,7 @@ import orjson
 from engine.compile.plan import Plan, build_plan
 from engine.compile.validate import ResolvedNode
 from engine.expr import EvalError, compile_expr
+from engine.message import DeadLetter
 from engine.testing.doubles import DedupeStub, LookupStub, MemorySink, MemorySource, StubConfig
 from engine.testing.spec import LOOKUPS, Case, Expectation, TestFile, split_target
 
@@ -124,7 +125,8 @@ async def _run_case(tf: TestFile, i: int, case: Case) -> CaseResult:
         node, port = split_target(tf.graph, target)
         msgs = received[node if port is None else _CAPTURE + target]
         result.failures.extend(_check(tf, ("cases", i, "expect", target), target, exp, msgs))
-    letters = [m.body for nid in plan.dead_letter_sinks if not nid.startswith(_CAPTURE) for m in received[nid]]
+    letters = [m.body for nid in sorted(plan.dead_letter_sinks | plan.mixed_sinks) if not nid.startswith(_CAPTURE)
+               for m in received[nid] if nid in plan.dead_letter_sinks or type(m) is DeadLetter]
     result.failures.extend(_check_dead_letters(tf, i, case, letters))
     return result
 

@@ -100,3 +100,10 @@ def test_a_multi_consumer_or_a_timer_keeps_an_operator_off_the_inline_path(write
           dead: {type: drop, inputs: [out.errors]}
     """))))
     assert "a" not in plan.inline and "b" not in plan.inline and "w" not in plan.inline
+
+
+def test_sinks_fed_by_errors_edges_alone_or_with_other_edges(plan) -> None:
+    """`dead` takes only errors edges (its own, and the implicit ones of defaults.dead_letter): every commit
+    there is a dead letter. `high` takes `split.high` and `shape.errors`: each message counts by its edge."""
+    assert plan.dead_letter_sinks == frozenset({"dead"})
+    assert plan.mixed_sinks == frozenset({"high"})

