@@ -450,7 +450,9 @@ def _check_config(c: _Checker, node_id: str, npath: Path, cls: type[Node], type_
                   check_ctx: CheckContext, cel: list[tuple[str, str]]) -> None:
     """CEL, connection and schema references, and the node type's own checks."""
     for fpath, source in cel_fields(config):
-        from engine.expr import CelError, check_expr  # the CEL runtime: only for a graph with CEL
+        # the CEL runtime loads only for an expression the quick check (celcheck) is unsure of
+        from engine.compile.celcheck import surely_valid
+        from engine.expr import CelError, check_expr
 
         cpath = (*npath, "config", *fpath)
         dotted = ".".join(str(p) for p in cpath)
@@ -461,7 +463,7 @@ def _check_config(c: _Checker, node_id: str, npath: Path, cls: type[Node], type_
                       "this one and the rest are not checked (limit cel_expressions)", value=True)
             continue
         try:
-            check_expr(source)  # parse and type-check: what E203 needs
+            check_expr(source, typed=surely_valid(source))  # parse and type-check: what E203 needs
             cel.append((node_id, source))
         except CelError as exc:
             pos = _cel_pos(c.loaded.pos(cpath, prefer_value=True), exc.line, exc.col, c.lines)

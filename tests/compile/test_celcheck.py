@@ -1,0 +1,87 @@
+"""`validate`'s quick CEL check (engine/compile/celcheck.py) never accepts what the runtime rejects.
+
+An expression `surely_valid` accepts is not shown to the CEL runtime by `validate`; one it is unsure
+of is, and its diagnostic is the runtime's as before."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from engine.compile.celcheck import surely_valid
+from engine.expr import _KEY_NAMESPACES, CelError, check_expr
+
+_LEAVES = ["1", "0", "-3", "2u", "1.5", "-2.0", "0x1F", ".5", "1e3", "'a'", '"b"', "r'c'", "b'x'", "true", "false",
+           "null", "msg", "meta", "msg.a", "msg.b.c", "meta.key", "msg['k']", "msg[0]", "msg[1u]", "msg[true]",
+           "msg[1.0]", "[1, 2]", "[1, 'a']", "{'a': 1}", "{'a': 1, 'b': 'x'}", "{'a': 1, 'a': 2}", "{1: 2}", "[]",
+           "{}", "x", "msg.type", "[1,]"]
+_BINARY = ["+", "-", "*", "/", "%", "<", "<=", ">", ">=", "==", "!=", "&&", "||", "in"]
+_FUNCTIONS = ["string", "int", "uint", "double", "size", "dyn", "bool", "bytes", "type", "duration", "timestamp"]
+_METHODS = ["startsWith", "endsWith", "contains", "size", "matches", "lowerAscii", "exists"]
+_UNARY = ["-", "!", "!-", "- -", "!!", "-!"]
+
+
+def _expression(r: random.Random, depth: int) -> str:
+    """A random expression over what the rules cover and what they do not."""
+    if depth <= 0 or r.random() < 0.25:
+        return r.choice(_LEAVES)
+    k, sub = r.random(), depth - 1
+    if k < 0.45:
+        return f"({_expression(r, sub)} {r.choice(_BINARY)} {_expression(r, sub)})"
+    if k < 0.6:
+        fn = r.choice([*_FUNCTIONS, "has"])
+        return f"has({r.choice(['msg.a', 'msg.a.b', 'meta.x'])})" if fn == "has" else f"{fn}({_expression(r, sub)})"
+    if k < 0.7:
+        method = r.choice(_METHODS)
+        arg = "" if method == "size" and r.random() < 0.8 else _expression(r, sub)
+        return f"{_expression(r, sub)}.{method}({arg})"
+    if k < 0.78:
+        return f"({_expression(r, sub)} ? {_expression(r, sub)} : {_expression(r, sub)})"
+    if k < 0.84:
+        return r.choice(_UNARY) + _expression(r, sub)
+    if k < 0.9:
+        return f"{{'x': {_expression(r, sub)}, 'y': {_expression(r, sub)}}}"
+    if k < 0.95:
+        return f"[{_expression(r, sub)}, {_expression(r, sub)}]"
+    return f"{_expression(r, sub)}[{_expression(r, sub)}]"
+
+
+def test_what_it_accepts_the_runtime_accepts() -> None:
+    r = random.Random(20)
+    accepted = unsure = 0
+    for _ in range(3000):
+        source = _expression(r, r.randint(1, 4))
+        if surely_valid(source):
+            accepted += 1
+            check_expr(source)  # raises CelError if the runtime rejects it
+        else:
+            unsure += 1
+    assert accepted > 500 and unsure > 500  # both sides are exercised
+
+
+@pytest.mark.parametrize("source", [
+    '{"id": msg.i, "user": "u" + string(msg.i % 7), "amount": double(msg.i % 250)}',
+    '{"id": msg.id, "user": msg.user, "total": msg.amount * 1.2}',
+    "msg.total > 100.0", "has(msg.a) && msg.a.startsWith('x')", "msg.n % 2 == 0 ? 'even' : 'odd'",
+    "size(msg.items) > 3 || 'vip' in msg.tags", "-msg.x + 1", "int(msg.s) * 2 == int(3u)",
+])
+def test_common_expressions_need_no_runtime(source: str) -> None:
+    assert surely_valid(source)
+
+
+@pytest.mark.parametrize("source", [
+    "1 + 1.0", "msg.a * 1 + 1.5", "x", "msg.in", "!-msg", "-!msg", "size('a',)", "1.", "1 < 2 < 3",
+    "true ? 1 : 'a'", "msg.all(x, x > 0)", "crypto.hmac('sha256', 'k', msg.b)", "msg.a.lowerAscii()",
+    "'é' + msg.a", "msg.`a-b`", "'a\\n'", "msg.?a", "{'a': 1, 'a': 2}", "1 == 1u",
+])
+def test_what_it_leaves_to_the_runtime(source: str) -> None:
+    assert not surely_valid(source)
+
+
+def test_the_key_argument_check_still_runs_on_an_accepted_expression() -> None:
+    from engine.celc.library import KEY_FUNCTIONS
+
+    assert {name.partition(".")[0] for name, _ in KEY_FUNCTIONS} <= set(_KEY_NAMESPACES)
+    with pytest.raises(CelError, match="crypto.hmac"):
+        check_expr("crypto.hmac('sha256', 'not-a-reference', msg.b)", typed=True)
