@@ -81,3 +81,37 @@ def test_a_misused_command_gets_the_usage_of_every_command(capsys: pytest.Captur
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "unrecognized arguments: --bogus" in err and "check-consistency" in err and "workers" in err
+
+
+def test_a_graph_builds_the_models_of_the_connection_types_it_names_only(tmp_path: Path) -> None:
+    graph = tmp_path / "g.yaml"
+    graph.write_text((ROOT / "benchmarks" / "startup.yaml").read_text() + "connections:\n  bus: {type: redis}\n")
+    code = f"""
+import json
+from engine.compile.validate import check_file
+from engine.spec import connections as c
+built = lambda: sorted(m.__name__ for m in c._BY_TYPE.values() if m.__pydantic_complete__)
+graph, diags = check_file("benchmarks/startup.yaml")
+first = built()
+graph, diags = check_file({str(graph)!r})
+print(json.dumps([first, built(), graph.connections["bus"]["url"]]))
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
+    assert json.loads(done.stdout) == [[], ["RedisConnection"], "redis://127.0.0.1:6379/0"]
+
+
+@pytest.mark.parametrize("entry", [
+    {"type": "nats", "url": 5, "nats": 1, "streams": {"S.x": {"subjects": []}}}, {"type": "redis", "urll": "x"},
+    {"type": "postgres", "min_size": -1}, {"type": "kafka"}, {"url": "x"}, 5, None, {"type": ["nats"]},
+    {"type": "nats", "streams": {"S": {"subjects": ["a..b"], "max_age": 1, "duplicate_window": 5}}},
+])
+def test_one_connection_is_checked_as_the_union_checks_it(entry: object) -> None:
+    from pydantic import TypeAdapter, ValidationError
+
+    from engine.spec.connections import Connection, validate_connection
+
+    with pytest.raises(ValidationError) as exc:
+        TypeAdapter(Connection).validate_python(entry)
+    model, errors = validate_connection(entry)
+    assert model is None
+    assert [(e["loc"], e["msg"], e["type"]) for e in errors] == [(e["loc"], e["msg"], e["type"]) for e in exc.value.errors()]
