@@ -115,3 +115,29 @@ def test_one_connection_is_checked_as_the_union_checks_it(entry: object) -> None
     model, errors = validate_connection(entry)
     assert model is None
     assert [(e["loc"], e["msg"], e["type"]) for e in errors] == [(e["loc"], e["msg"], e["type"]) for e in exc.value.errors()]
+
+
+@pytest.mark.parametrize("argv", [["validate", "benchmarks/startup.yaml", "graphs/demo.yaml"],
+                                  ["run", "-q", "benchmarks/startup.yaml"]])
+def test_the_command_line_starts_without_collecting_garbage(argv: list[str]) -> None:
+    """From the process's own command line, no collection runs before the start is over; then what
+    the start built is frozen and collection is back on. Called with an argv (as tests do), no pause."""
+    code = f"""
+import contextlib, gc, io, json, sys
+early, started = [], []
+gc.callbacks.append(lambda phase, info: early.append(info["generation"])
+                    if phase == "start" and started and not gc.get_freeze_count() else None)
+sys.argv = ["streamdag", *{argv!r}]
+from engine.cli import main
+started.append(True)
+with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    status = main()
+frozen = gc.get_freeze_count()
+started.clear()
+gc.unfreeze()
+with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    again = main({argv!r})
+print(json.dumps([status, again, gc.isenabled(), frozen > 10000, early, gc.get_freeze_count()]))
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [0, 0, True, True, [], 0]
