@@ -479,6 +479,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             return EXIT_INVALID
         from engine.supervise import supervise
 
+        _resume_gc()  # the supervisor lasts as long as its workers
         return supervise(args.argv, args.workers)
     try:
         import uvloop

@@ -141,3 +141,17 @@ print(json.dumps([status, again, gc.isenabled(), frozen > 10000, early, gc.get_f
 """
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
     assert json.loads(done.stdout.strip().splitlines()[-1]) == [0, 0, True, True, [], 0]
+
+
+def test_a_supervisor_collects_garbage_while_its_workers_run() -> None:
+    code = """
+import gc, json, sys
+import engine.supervise
+seen = []
+engine.supervise.supervise = lambda argv, workers: seen.append(gc.isenabled()) or 0
+sys.argv = ["streamdag", "run", "-q", "--workers", "2", "benchmarks/startup.yaml"]
+from engine.cli import main
+print(json.dumps([main(), seen]))
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [0, [True]]
