@@ -44,9 +44,12 @@ _METHODS = {  # member function of a string (or dyn) -> (argument types, result)
 }
 # words the runtime's grammar does not take as a field name (the parser refuses the reserved ones)
 _KEYWORDS = frozenset({"in", "true", "false", "null"})
-_MIXED_UNARY = re.compile(r"[!-]\s*[!-]")
+# `!` and `-` in a row (the runtime's grammar takes one kind of unary operator at a time), an
+# upper-case hex prefix, a raw prefix before a bytes one
+_LEXICAL = re.compile(r"[!-]\s*[!-]|0X|[rR][bB]['\"]")
 _MAX_LENGTH = 2000
-_MAX_DEPTH = 24
+_MAX_DEPTH = 24  # AST depth plus opening brackets
+_MAX_BRACKETS = 16
 
 
 class _Unsure(Exception):
@@ -58,13 +61,18 @@ def surely_valid(source: str) -> bool:
     False when it may not (then ask it)."""
     if len(source) > _MAX_LENGTH or "\\" in source or "`" in source or "//" in source or not source.isascii():
         return False  # escapes, quoted fields, comments, other alphabets: the runtime's to judge
-    if _MIXED_UNARY.search(source):
-        return False  # `!-x` and `-!x`: the runtime's grammar takes one kind of unary operator in a row
+    if _LEXICAL.search(source):
+        return False  # `!-x`, `0X1f`, `rb"x"`: the compiler's parser takes them, the runtime's does not
+    # the runtime's parser stops at a nesting depth of ~32, counting brackets and operators (`((x))`
+    # and `1 + 1 + ...` alike): keep well below it, each opening bracket counted as a level
+    opened = source.count("(") + source.count("[") + source.count("{")
+    if opened > _MAX_BRACKETS:
+        return False
     from engine.celc.parser import ParseError, Unsupported, parse
 
     try:
         tree = parse(source)
-        _type(tree, 0)
+        _type(tree, opened)
     except (ParseError, Unsupported, RecursionError, _Unsure):
         return False
     return True

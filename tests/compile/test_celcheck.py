@@ -15,7 +15,7 @@ from engine.expr import _KEY_NAMESPACES, CelError, check_expr
 _LEAVES = ["1", "0", "-3", "2u", "1.5", "-2.0", "0x1F", ".5", "1e3", "'a'", '"b"', "r'c'", "b'x'", "true", "false",
            "null", "msg", "meta", "msg.a", "msg.b.c", "meta.key", "msg['k']", "msg[0]", "msg[1u]", "msg[true]",
            "msg[1.0]", "[1, 2]", "[1, 'a']", "{'a': 1}", "{'a': 1, 'b': 'x'}", "{'a': 1, 'a': 2}", "{1: 2}", "[]",
-           "{}", "x", "msg.type", "[1,]"]
+           "{}", "x", "msg.type", "[1,]", "0X1f", "0x1F", "rb'x'", "Rb'x'", "bR'x'", "1e400", "0x8000000000000000"]
 _BINARY = ["+", "-", "*", "/", "%", "<", "<=", ">", ">=", "==", "!=", "&&", "||", "in"]
 _FUNCTIONS = ["string", "int", "uint", "double", "size", "dyn", "bool", "bytes", "type", "duration", "timestamp"]
 _METHODS = ["startsWith", "endsWith", "contains", "size", "matches", "lowerAscii", "exists"]
@@ -60,6 +60,45 @@ def test_what_it_accepts_the_runtime_accepts() -> None:
     assert accepted > 500 and unsure > 500  # both sides are exercised
 
 
+_NESTED = [  # n -> an expression nested n deep, in each way the runtime's parser counts (it stops at ~32)
+    lambda n: "(" * n + "msg" + ")" * n, lambda n: " + ".join(["1"] * n), lambda n: "[" * n + "]" * n,
+    lambda n: "msg" + ".a" * n, lambda n: "msg" + "[0]" * n, lambda n: "string(" * n + "msg" + ")" * n,
+    lambda n: "-(" * n + "msg" + ")" * n, lambda n: "true ? 1 : " * n + "2", lambda n: '{"a": ' * n + "1" + "}" * n,
+    lambda n: " + ".join(["1"] * n) + " + " + "(" * n + "1" + ")" * n, lambda n: "(" * n + " + ".join(["1"] * n) + ")" * n,
+]
+
+
+_SEEDS = ['{"id": msg.i, "user": "u" + string(msg.i % 7), "amount": double(msg.i % 250)}', "msg.total > 100.0",
+          "has(msg.a) && msg.a.startsWith('x')", "size(msg.items) > 3 || 'vip' in msg.tags", "-msg.x + 1",
+          'msg.user in ["u1", "u2"]', "b'ab' + b'c'", "0x1F + 12u * 3u", "1.5e3 - .5", "r'x' + \"\"\"y\"\"\""]
+_CHARACTERS = [*"()[]{}.,:?!-+*/%<>=&|'\"` \t\n\r\f\vxXeEuUrRbB0123456789_a", "in", "&&", "==", "msg", "null",
+               "'" * 3, "0x", "1e", "\\"]
+
+
+def test_what_it_accepts_of_mistyped_expressions_the_runtime_accepts() -> None:
+    """Characters inserted, deleted or replaced: the lexical corners (prefixes, numbers, operators)."""
+    r = random.Random(24)
+    accepted = 0
+    for _ in range(4000):
+        source = r.choice(_SEEDS)
+        for _ in range(r.randint(1, 3)):
+            i, k = r.randrange(len(source) + 1), r.random()
+            insert = r.choice(_CHARACTERS) if k < 0.4 or k >= 0.7 else ""
+            source = source[:i] + insert + source[i + (k >= 0.4):]
+        if surely_valid(source):
+            accepted += 1
+            check_expr(source)
+    assert accepted > 200
+
+
+def test_what_it_accepts_is_nested_less_deeply_than_the_runtime_allows() -> None:
+    for nested in _NESTED:
+        accepted = [n for n in range(1, 60) if surely_valid(nested(n))]
+        assert accepted, nested(3)
+        for n in accepted:
+            check_expr(nested(n))  # raises CelError past the runtime's limit
+
+
 @pytest.mark.parametrize("source", [
     '{"id": msg.i, "user": "u" + string(msg.i % 7), "amount": double(msg.i % 250)}',
     '{"id": msg.id, "user": msg.user, "total": msg.amount * 1.2}',
@@ -73,7 +112,8 @@ def test_common_expressions_need_no_runtime(source: str) -> None:
 @pytest.mark.parametrize("source", [
     "1 + 1.0", "msg.a * 1 + 1.5", "x", "msg.in", "!-msg", "-!msg", "size('a',)", "1.", "1 < 2 < 3",
     "true ? 1 : 'a'", "msg.all(x, x > 0)", "crypto.hmac('sha256', 'k', msg.b)", "msg.a.lowerAscii()",
-    "'é' + msg.a", "msg.`a-b`", "'a\\n'", "msg.?a", "{'a': 1, 'a': 2}", "1 == 1u",
+    "'é' + msg.a", "msg.`a-b`", "'a\\n'", "msg.?a", "{'a': 1, 'a': 2}", "1 == 1u", "0X1f", "rb'x'",
+    "(" * 40 + "msg" + ")" * 40, " + ".join(["1"] * 40),
 ])
 def test_what_it_leaves_to_the_runtime(source: str) -> None:
     assert not surely_valid(source)
