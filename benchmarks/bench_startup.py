@@ -12,9 +12,10 @@ ours can remove).
 The floors: `import yaml, pydantic` and the same building one model (pydantic's first model loads
 its plugin machinery, `importlib.metadata` included), then "deps of validate" / "deps of run", an
 empty program that imports only what those commands cannot do without (yaml, pydantic and one
-model, argparse, logging and json for the CLI; the CEL runtime for a graph with CEL; asyncio with
-uvloop and orjson for the run's logs), and "pydantic as used": the same with three small models
-that use the pydantic features ours do. What a command costs above its floor is ours to cut.
+model, argparse, logging and json for the CLI; the CEL runtime for CEL that `validate` cannot type
+itself, which the demo graph no longer needs; asyncio with uvloop and orjson for the run's logs),
+and "pydantic as used": the same with three small models that use the pydantic features ours do.
+What a command costs above its floor is ours to cut.
 
 `--compare REF` also measures the tree of a git commit (extracted to a temporary directory and put
 first on PYTHONPATH, with the same interpreter and packages), interleaved with the working tree,
