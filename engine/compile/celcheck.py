@@ -13,13 +13,26 @@ string, a type it is not sure of) gives False, and the caller asks the runtime, 
 and message are then the ones `validate` reports, as before.
 
 It never says True of an expression the runtime rejects: tests/compile/test_celcheck.py checks
-it against the runtime on generated expressions.
+it against the runtime on generated, mistyped and deeply nested expressions.
 """
 
 from __future__ import annotations
 
 import re
 from typing import Any
+
+from engine.celc.parser import (
+    RESERVED,
+    Call,
+    Ident,
+    ListLit,
+    Lit,
+    MapLit,
+    ParseError,
+    Select,
+    Unsupported,
+    parse,
+)
 
 __all__ = ["surely_valid"]
 
@@ -68,8 +81,6 @@ def surely_valid(source: str) -> bool:
     opened = source.count("(") + source.count("[") + source.count("{")
     if opened > _MAX_BRACKETS:
         return False
-    from engine.celc.parser import ParseError, Unsupported, parse
-
     try:
         tree = parse(source)
         _type(tree, opened)
@@ -80,8 +91,6 @@ def surely_valid(source: str) -> bool:
 
 def _type(node: Any, depth: int) -> str:
     """The type CEL's checker gives `node`, or `_Unsure`."""
-    from engine.celc.parser import RESERVED, Call, Ident, ListLit, Lit, MapLit, Select
-
     if depth > _MAX_DEPTH:
         raise _Unsure
     depth += 1
@@ -113,8 +122,6 @@ def _type(node: Any, depth: int) -> str:
 
 
 def _call(node: Any, depth: int) -> str:
-    from engine.celc.parser import ListLit
-
     fn, args = node.fn, node.args
     if node.target is not None:
         target = _type(node.target, depth)
@@ -133,9 +140,9 @@ def _call(node: Any, depth: int) -> str:
         return "bool"
     types = [_type(arg, depth) for arg in args]
     if fn in _ARITH:
-        return _binary(types, _ARITH[fn], same=True)
+        return _binary(types, _ARITH[fn])
     if fn in ("_<_", "_<=_", "_>_", "_>=_"):
-        _binary(types, _ORDERED, same=True)
+        _binary(types, _ORDERED)
         return "bool"
     if fn in ("_==_", "_!=_"):
         a, b = types
@@ -171,7 +178,7 @@ def _call(node: Any, depth: int) -> str:
     raise _Unsure
 
 
-def _binary(types: list[str], allowed: tuple[str, ...], same: bool) -> str:
+def _binary(types: list[str], allowed: tuple[str, ...]) -> str:
     """An operator whose overloads take two operands of one type out of `allowed` and (for
     arithmetic) return it: dyn with such a type gives that type, dyn with dyn gives dyn."""
     a, b = types
