@@ -275,6 +275,10 @@ def compile_expr(source: str, allow_compiler: bool = True, boolean: bool = False
 
     `boolean`: the caller wants a bool (a filter, a route condition); `many` then returns None
     for a batch in which some result is not a bool, so its fast path needs no type check."""
+    if allow_compiler:
+        typed = _compiled_if_typed(source, boolean)
+        if typed is not None:
+            return typed
     check = source.replace(".sortBy(", ".map(") if ".sortBy(" in source else source  # a macro only celc has
     try:
         program = _cel()[0].compile(check)
@@ -301,6 +305,25 @@ def compile_expr(source: str, allow_compiler: bool = True, boolean: bool = False
             if fn is not None:
                 return Expr(source, fn, compiled=True, batch=celc.try_compile_strict(source, boolean))
     return Expr(source, _runtime_fn(program, source), compiled=False)
+
+
+def _compiled_if_typed(source: str, boolean: bool) -> Expr | None:
+    """The compiled `Expr` of an expression `validate`'s quick check types (the runtime would accept
+    it: engine/compile/celcheck.py) and the compiler covers, without building the runtime's
+    environment (~20 ms of a start; a message the compiled code defers builds it then); None for
+    any other, which `compile_expr` checks on the runtime as before. Raises what `check_expr` raises."""
+    try:
+        from engine import celc
+        from engine.compile.celcheck import surely_valid
+    except ImportError:  # the compiler is optional
+        return None
+    if not surely_valid(source):
+        return None
+    fn = celc.try_compile(source)
+    if fn is None:
+        return None
+    check_expr(source, typed=True)  # the checks beyond the type checker (key arguments)
+    return Expr(source, fn, compiled=True, batch=celc.try_compile_strict(source, boolean))
 
 
 _STANDARD = {  # (name, is_member) -> arities of what the runtime has that no table of the compiler lists

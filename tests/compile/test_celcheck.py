@@ -5,7 +5,11 @@ of is, and its diagnostic is the runtime's as before."""
 
 from __future__ import annotations
 
+import json
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -125,3 +129,25 @@ def test_the_key_argument_check_still_runs_on_an_accepted_expression() -> None:
     assert {name.partition(".")[0] for name, _ in KEY_FUNCTIONS} <= set(_KEY_NAMESPACES)
     with pytest.raises(CelError, match="crypto.hmac"):
         check_expr("crypto.hmac('sha256', 'not-a-reference', msg.b)", typed=True)
+
+
+def test_run_compiles_what_the_check_types_without_the_runtime() -> None:
+    """`compile_expr` (what `run` builds its nodes' expressions with) skips the runtime's environment
+    for an expression the check types and the compiler covers; the rest still go through it."""
+    code = """
+import json, sys
+from engine.expr import CelError, compile_expr
+typed = compile_expr('{"total": msg.amount * 1.2, "vip": msg.user in ["u1", "u2"]}', boolean=False)
+first = [typed.compiled, typed({"amount": 2.0, "user": "u1"}), "cel_expr_python" in sys.modules]
+try:
+    compile_expr("crypto.hmac('sha256', 'not-a-reference', msg.b)")
+    key = None
+except CelError as exc:
+    key = exc.message
+other = compile_expr("msg.name.lowerAscii()")
+print(json.dumps([first, "crypto.hmac" in key, other({"name": "AB"}), "cel_expr_python" in sys.modules]))
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], capture_output=True,
+                          text=True, timeout=60, check=True)
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [
+        [True, {"total": 2.4, "vip": True}, False], True, "ab", True]
