@@ -89,8 +89,9 @@ COMMANDS: dict[str, list[str]] = {
     "streamdag validate benchmarks/startup.yaml": [*CLI, "validate", "benchmarks/startup.yaml"],
     "streamdag validate graphs/demo.yaml": [*CLI, "validate", "graphs/demo.yaml"],
     "streamdag run (generate 1 -> drop)": [*CLI, "run", "-q", "benchmarks/startup.yaml"],
+    "streamdag run, CEL (generate 1 -> map -> filter -> drop)": [*CLI, "run", "-q", "benchmarks/startup_cel.yaml"],
 }
-_GRAPH = (ROOT / "benchmarks" / "startup.yaml").read_text()
+_GRAPHS = {name: (ROOT / "benchmarks" / name).read_text() for name in ("startup.yaml", "startup_cel.yaml")}
 
 
 def _once(argv: list[str], root: Path) -> tuple[float, float]:
@@ -145,10 +146,11 @@ def _stats(runs: list[tuple[float, float]]) -> tuple[float, float, float, float]
 def _extract(ref: str, into: Path) -> Path:
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    graph = into / "benchmarks" / "startup.yaml"
-    if not graph.exists():  # a commit from before this benchmark
-        graph.parent.mkdir(parents=True, exist_ok=True)
-        graph.write_text(_GRAPH)
+    for name, text in _GRAPHS.items():
+        graph = into / "benchmarks" / name
+        if not graph.exists():  # a commit from before this benchmark
+            graph.parent.mkdir(parents=True, exist_ok=True)
+            graph.write_text(text)
     return into
 
 
