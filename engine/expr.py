@@ -254,11 +254,14 @@ def _runtime_fn(program: Any, source: str) -> Callable[[Any, Any], Any]:
     return evaluate
 
 
-def check_expr(source: str) -> None:
-    """Parse and type-check `source` only (what `validate` needs); raise `CelError` like `compile_expr`."""
+def check_expr(source: str, typed: bool = False) -> None:
+    """Parse and type-check `source` only (what `validate` needs); raise `CelError` like `compile_expr`.
+    `typed`: the caller knows the runtime accepts it (`engine.compile.celcheck`), so only the checks
+    beyond its type checker run, and the runtime is not loaded."""
     check = source.replace(".sortBy(", ".map(") if ".sortBy(" in source else source  # a macro only celc has
     try:
-        _cel()[0].compile(check)
+        if not typed:
+            _cel()[0].compile(check)
     except RuntimeError as exc:
         err = _parse_error(exc)
         raise _offline_issue(source, rejected=True) or err from None
@@ -272,6 +275,10 @@ def compile_expr(source: str, allow_compiler: bool = True, boolean: bool = False
 
     `boolean`: the caller wants a bool (a filter, a route condition); `many` then returns None
     for a batch in which some result is not a bool, so its fast path needs no type check."""
+    if allow_compiler:
+        typed = _compiled_if_typed(source, boolean)
+        if typed is not None:
+            return typed
     check = source.replace(".sortBy(", ".map(") if ".sortBy(" in source else source  # a macro only celc has
     try:
         program = _cel()[0].compile(check)
@@ -300,6 +307,25 @@ def compile_expr(source: str, allow_compiler: bool = True, boolean: bool = False
     return Expr(source, _runtime_fn(program, source), compiled=False)
 
 
+def _compiled_if_typed(source: str, boolean: bool) -> Expr | None:
+    """The compiled `Expr` of an expression `validate`'s quick check types (the runtime would accept
+    it: engine/compile/celcheck.py) and the compiler covers, without building the runtime's
+    environment (~20 ms of a start; a message the compiled code defers builds it then); None for
+    any other, which `compile_expr` checks on the runtime as before. Raises what `check_expr` raises."""
+    try:
+        from engine import celc
+        from engine.compile.celcheck import surely_valid
+    except ImportError:  # the compiler is optional
+        return None
+    if not surely_valid(source):
+        return None
+    fn = celc.try_compile(source)
+    if fn is None:
+        return None
+    check_expr(source, typed=True)  # the checks beyond the type checker (key arguments)
+    return Expr(source, fn, compiled=True, batch=celc.try_compile_strict(source, boolean))
+
+
 _STANDARD = {  # (name, is_member) -> arities of what the runtime has that no table of the compiler lists
     ("has", False): {1}, ("all", True): {2}, ("exists", True): {2}, ("exists_one", True): {2},
     ("map", True): {2, 3}, ("filter", True): {2}, ("cel.bind", False): {3}, ("sortBy", True): {2},
@@ -319,11 +345,18 @@ def _known() -> dict[tuple[str, bool], set[int]]:
     return known
 
 
+# the namespaces of `engine.celc.library.KEY_FUNCTIONS` (a test checks): an expression that names
+# none of them has no key argument to check
+_KEY_NAMESPACES = ("crypto",)
+
+
 def _offline_issue(source: str, rejected: bool) -> CelError | None:
     """What `validate` reports beyond the type checker: when the checker `rejected` the expression,
     an unknown function (with did-you-mean) or a known one with the wrong number of arguments (its
     own message says only "undeclared reference"); always, a key argument that is not an env/file
     reference."""
+    if not rejected and not any(ns in source for ns in _KEY_NAMESPACES):
+        return None  # no key argument to check: the function tables need not be loaded
     try:
         from engine.celc.library import KEY_FUNCTIONS, key_reference_issue
         from engine.celc.parser import (

@@ -11,8 +11,16 @@ __all__ = ["graph_schema"]
 
 
 def graph_schema() -> dict[str, Any]:
+    from pydantic import TypeAdapter
+
+    from engine.spec.connections import Connection
+
     schema = GraphSpec.model_json_schema()
     defs = schema.setdefault("$defs", {})
+    # `connections` holds `Connection`s, validated one by one (engine.compile.validate)
+    connection = TypeAdapter(Connection).json_schema(ref_template="#/$defs/{model}")
+    defs.update(connection.pop("$defs", {}))
+    schema["properties"]["connections"]["additionalProperties"] = connection
     variants = []
     for name in registry.names(installed_only=True):
         cls = registry.load(name)

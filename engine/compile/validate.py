@@ -97,9 +97,10 @@ class _Checker:
             message = f"{message} (set by {shown})"
         self.diags.append(Diagnostic(p.line, p.col, code, message, self.path, severity))  # type: ignore[arg-type]
 
-    def pydantic_errors(self, exc: ValidationError, prefix: Path, data: Any, model: type[BaseModel],
+    def pydantic_errors(self, exc: ValidationError | list[Any], prefix: Path, data: Any, model: Any,
                         unknown_code: str = "E100", value_code: str = "E101") -> None:
-        for err in exc.errors():
+        """Pydantic's errors (of `model`, validating `data` found at `prefix`) as diagnostics."""
+        for err in exc.errors() if isinstance(exc, ValidationError) else exc:
             loc = _data_path(data, err["loc"])
             full = (*prefix, *loc)
             dotted = ".".join(str(x) for x in full)
@@ -305,9 +306,14 @@ def check_text(text: str, path: str = "<graph>", env: dict[str, str] | None = No
         c.add(mpath, "E110", f"environment variable {name} is not set and has no default (use ${{{name}:-default}})", value=True)
 
     try:
-        spec = GraphSpec.model_validate(data)
+        spec: GraphSpec | None = GraphSpec.model_validate(data)
     except ValidationError as exc:
         c.pydantic_errors(exc, (), data, GraphSpec)
+        spec = None
+    checked = _check_connections(c, data.get("connections"))
+    if spec is not None and checked is not None:
+        spec.connections = checked
+    else:
         spec = None
     if spec is None:
         # still check what can be checked per node, so every error shows in one run
@@ -337,6 +343,24 @@ def check_text(text: str, path: str = "<graph>", env: dict[str, str] | None = No
     warnings = [d for d in c.diags if d.severity == "warning"]
     graph = Graph(path, spec, MappingProxyType(graph_nodes), schemas, connections, warnings, cel)
     return graph, sorted(c.diags)
+
+
+def _check_connections(c: _Checker, raw: Any) -> dict[str, Any] | None:
+    """The entries of `connections`, each validated as its type's model (None when one is not:
+    its errors are reported as GraphSpec's own would be)."""
+    if not isinstance(raw, dict):
+        return {}  # GraphSpec reports a value that is not a mapping
+    from engine.spec.connections import Connection, validate_connection
+
+    checked: dict[str, Any] = {}
+    ok = True
+    for name, entry in raw.items():
+        model, errors = validate_connection(entry)
+        if model is None:
+            c.pydantic_errors(errors, ("connections", name), entry, Connection)
+            ok = False
+        checked[name] = model
+    return checked if ok else None
 
 
 def _check_nodes(c: _Checker, nodes_raw: dict[str, Any], data: dict[str, Any], connections: dict[str, Any],
@@ -450,7 +474,9 @@ def _check_config(c: _Checker, node_id: str, npath: Path, cls: type[Node], type_
                   check_ctx: CheckContext, cel: list[tuple[str, str]]) -> None:
     """CEL, connection and schema references, and the node type's own checks."""
     for fpath, source in cel_fields(config):
-        from engine.expr import CelError, check_expr  # the CEL runtime: only for a graph with CEL
+        # the CEL runtime loads only for an expression the quick check (celcheck) is unsure of
+        from engine.compile.celcheck import surely_valid
+        from engine.expr import CelError, check_expr
 
         cpath = (*npath, "config", *fpath)
         dotted = ".".join(str(p) for p in cpath)
@@ -461,7 +487,7 @@ def _check_config(c: _Checker, node_id: str, npath: Path, cls: type[Node], type_
                       "this one and the rest are not checked (limit cel_expressions)", value=True)
             continue
         try:
-            check_expr(source)  # parse and type-check: what E203 needs
+            check_expr(source, typed=surely_valid(source))  # parse and type-check: what E203 needs
             cel.append((node_id, source))
         except CelError as exc:
             pos = _cel_pos(c.loaded.pos(cpath, prefer_value=True), exc.line, exc.col, c.lines)

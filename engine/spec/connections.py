@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -16,13 +16,15 @@ __all__ = [
     "RedisConnection",
     "parse_duration",
     "parse_size",
+    "validate_connection",
 ]
 
 from engine.spec.units import Duration, Size, parse_duration, parse_size
 
 
 class _Base(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # built on first use (`validate_connection`): a graph pays only for the connection types it names
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 _STREAM_NAME = re.compile(r"^[^.*>\s/\\]+$")
@@ -122,3 +124,29 @@ class HttpConnection(_Base):
 Connection = Annotated[
     NatsConnection | RedisConnection | PostgresConnection | HttpConnection, Field(discriminator="type")
 ]
+
+
+_BY_TYPE: dict[str, type[_Base]] = {
+    "nats": NatsConnection, "redis": RedisConnection, "postgres": PostgresConnection, "http": HttpConnection,
+}
+
+
+def validate_connection(raw: Any) -> tuple[_Base | None, list[Any]]:
+    """One entry of `connections` as the `Connection` union validates it: the model, or None and
+    pydantic's errors, located as the union locates them (`("nats", "url")`). Only the model of the
+    entry's type is built; an entry without a known type goes through the whole union (its error
+    names every type)."""
+    from pydantic import TypeAdapter, ValidationError
+
+    kind = raw.get("type") if type(raw) is dict else None
+    model = _BY_TYPE.get(kind) if type(kind) is str else None
+    try:
+        if model is None:
+            return TypeAdapter(Connection).validate_python(raw), []
+        return model.model_validate(raw), []
+    except ValidationError as exc:
+        errors = exc.errors()
+    if model is not None:  # the union puts the tag first
+        for err in errors:
+            err["loc"] = (str(kind), *err["loc"])
+    return None, errors

@@ -7,7 +7,6 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine.api import RetryPolicy
-from engine.spec.connections import Connection
 
 __all__ = ["NODE_ID_PATTERN", "Defaults", "GraphSpec", "NodeSpec"]
 
@@ -64,7 +63,10 @@ class GraphSpec(BaseModel):
     version: Literal[1] = Field(description="Graph format version.")
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Pipeline name (metrics, consumer names).")
     description: str | None = None
-    connections: dict[str, Connection] = Field(default_factory=dict)
+    # each entry is a `engine.spec.connections.Connection`, validated one by one (`validate_connection`,
+    # engine.compile.validate) so that only the types a graph uses are built; the JSON Schema says so
+    # (engine.compile.schema)
+    connections: dict[str, Any] = Field(default_factory=dict)
     schemas: dict[str, str | dict[str, Any]] = Field(
         default_factory=dict, description="Name → JSON Schema file (relative to the graph file) or inline schema."
     )

@@ -60,10 +60,17 @@ print(json.dumps([status, sorted(sys.modules)]))
     return list(modules)
 
 
-def test_validate_loads_no_plugin_command_and_no_cel_compiler() -> None:
-    modules = _loaded_after(["validate", "graphs/demo.yaml"])  # CEL: the runtime checks it, no compiler
-    assert "cel_expr_python" in modules and "engine.celc.cost" in modules
-    assert not {"engine.celc.compiler", "engine.celc.codegen", "operators.connectors.redis.consistency"} & set(modules)
+def test_validate_loads_no_plugin_command_and_no_cel_compiler(tmp_path: Path) -> None:
+    # CEL the quick check types (engine.compile.celcheck): neither the runtime nor the compiler
+    modules = _loaded_after(["validate", "graphs/demo.yaml"])
+    assert "engine.celc.cost" in modules
+    assert not {"cel_expr_python", "engine.celc.compiler", "engine.celc.codegen", "engine.celc.library",
+                "operators.connectors.redis.consistency"} & set(modules)
+    unsure = tmp_path / "unsure.yaml"  # CEL the quick check leaves to the runtime
+    unsure.write_text((ROOT / "benchmarks" / "startup.yaml").read_text().replace(
+        "config: {count: 1}", "config: {count: 1, template: '{\"a\": \"x\".lowerAscii()}'}"))
+    modules = _loaded_after(["validate", str(unsure)])
+    assert "cel_expr_python" in modules and not {"engine.celc.compiler", "engine.celc.codegen"} & set(modules)
     modules = _loaded_after(["validate", "benchmarks/startup.yaml"])  # no CEL: no CEL runtime either
     assert not {"cel_expr_python", "engine.celc", "orjson"} & set(modules)
 
@@ -74,3 +81,77 @@ def test_a_misused_command_gets_the_usage_of_every_command(capsys: pytest.Captur
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "unrecognized arguments: --bogus" in err and "check-consistency" in err and "workers" in err
+
+
+def test_a_graph_builds_the_models_of_the_connection_types_it_names_only(tmp_path: Path) -> None:
+    graph = tmp_path / "g.yaml"
+    graph.write_text((ROOT / "benchmarks" / "startup.yaml").read_text() + "connections:\n  bus: {type: redis}\n")
+    code = f"""
+import json
+from engine.compile.validate import check_file
+from engine.spec import connections as c
+built = lambda: sorted(m.__name__ for m in c._BY_TYPE.values() if m.__pydantic_complete__)
+graph, diags = check_file("benchmarks/startup.yaml")
+first = built()
+graph, diags = check_file({str(graph)!r})
+print(json.dumps([first, built(), graph.connections["bus"]["url"]]))
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
+    assert json.loads(done.stdout) == [[], ["RedisConnection"], "redis://127.0.0.1:6379/0"]
+
+
+@pytest.mark.parametrize("entry", [
+    {"type": "nats", "url": 5, "nats": 1, "streams": {"S.x": {"subjects": []}}}, {"type": "redis", "urll": "x"},
+    {"type": "postgres", "min_size": -1}, {"type": "kafka"}, {"url": "x"}, 5, None, {"type": ["nats"]},
+    {"type": "nats", "streams": {"S": {"subjects": ["a..b"], "max_age": 1, "duplicate_window": 5}}},
+])
+def test_one_connection_is_checked_as_the_union_checks_it(entry: object) -> None:
+    from pydantic import TypeAdapter, ValidationError
+
+    from engine.spec.connections import Connection, validate_connection
+
+    with pytest.raises(ValidationError) as exc:
+        TypeAdapter(Connection).validate_python(entry)
+    model, errors = validate_connection(entry)
+    assert model is None
+    assert [(e["loc"], e["msg"], e["type"]) for e in errors] == [(e["loc"], e["msg"], e["type"]) for e in exc.value.errors()]
+
+
+@pytest.mark.parametrize("argv", [["validate", "benchmarks/startup.yaml", "graphs/demo.yaml"],
+                                  ["run", "-q", "benchmarks/startup.yaml"]])
+def test_the_command_line_starts_without_collecting_garbage(argv: list[str]) -> None:
+    """From the process's own command line, no collection runs before the start is over; then what
+    the start built is frozen and collection is back on. Called with an argv (as tests do), no pause."""
+    code = f"""
+import contextlib, gc, io, json, sys
+early, started = [], []
+gc.callbacks.append(lambda phase, info: early.append(info["generation"])
+                    if phase == "start" and started and not gc.get_freeze_count() else None)
+sys.argv = ["streamdag", *{argv!r}]
+from engine.cli import main
+started.append(True)
+with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    status = main()
+frozen = gc.get_freeze_count()
+started.clear()
+gc.unfreeze()
+with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    again = main({argv!r})
+print(json.dumps([status, again, gc.isenabled(), frozen > 10000, early, gc.get_freeze_count()]))
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [0, 0, True, True, [], 0]
+
+
+def test_a_supervisor_collects_garbage_while_its_workers_run() -> None:
+    code = """
+import gc, json, sys
+import engine.supervise
+seen = []
+engine.supervise.supervise = lambda argv, workers: seen.append(gc.isenabled()) or 0
+sys.argv = ["streamdag", "run", "-q", "--workers", "2", "benchmarks/startup.yaml"]
+from engine.cli import main
+print(json.dumps([main(), seen]))
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == [0, [True]]
