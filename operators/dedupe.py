@@ -50,6 +50,7 @@ class Dedupe(Operator):
     """SET NX GET per key, one pipeline per batch."""
 
     Config: ClassVar[type[NodeConfig]] = DedupeConfig
+    preserves_bodies = True  # every port but `errors` sends messages it received, bodies unchanged
     example = """\
 version: 1
 name: dedupe_example

@@ -135,6 +135,7 @@ class Route(Operator):
     """Send each message to ports chosen by CEL conditions, or spread messages over `ports`."""
 
     Config = RouteConfig
+    preserves_bodies = True  # every port but `errors` sends messages it received, bodies unchanged
     example = """\
 version: 1
 name: route_example

@@ -286,6 +286,11 @@ nodes:
         self._seqs: _Seqs | None = None  # a partition's lane: what it emitted and not acked (duplicates)
 
     @classmethod
+    def json_bodies(cls, config: JetStreamSourceConfig) -> bool:
+        """codec json (orjson) or text (str); not bytes."""
+        return config.codec in ("json", "text")
+
+    @classmethod
     def redelivery_wait(cls, config: JetStreamSourceConfig) -> float:
         """`ack_wait`, or the longest `backoff` step when there is one."""
         return float(max([config.ack_wait, *config.backoff]))
