@@ -179,7 +179,7 @@ def try_compile_strict(source: str, boolean: bool = False, json_msg: bool = Fals
 @functools.lru_cache(maxsize=1024)
 def _strict_cached(source: str, boolean: bool, budget: int, max_size: int, json_msg: bool = False
                    ) -> StrictBatch | None:
-    if _compile_cached(source, False, budget, max_size)[0] is None:
+    if _compile_cached(source, False, budget, max_size, json_msg)[0] is None:  # the one compile_expr made
         return None
     try:
         return compile_strict_batch(source, boolean=boolean, budget=budget, max_size=max_size, json_msg=json_msg)
