@@ -244,6 +244,15 @@ class Source(Node):
         return 0.0
 
     @classmethod
+    def json_bodies(cls, config: Any) -> bool:
+        """True when every body this source sends on `out` is a value as `orjson.loads` (or
+        `engine.codec.loads`) gives it, or a `str`: dicts with string keys, lists, str, int in
+        [-2**63, 2**64), float, bool, None. The plan then tells the CEL nodes downstream
+        (`ctx.json_bodies`), which skip the checks of the fields they copy. False (the default) when
+        the source may send anything else (bytes, datetimes, numbers a CEL template computed)."""
+        return False
+
+    @classmethod
     def partitioned(cls, config: Any) -> int | None:
         """How many keyed partitions this source's input is split into, each read by one worker at a
         time and tagged `meta.partition` (None: not partitioned). A node that keeps per-key state
@@ -272,6 +281,10 @@ class Operator(Node):
     # timer): when it is the only consumer of its one input, the runtime runs it in its upstream
     # node's task, with no queue in between (map, filter, validate, route, compress, decompress)
     inline: ClassVar[bool] = False
+    # True when every message `process` sends on a port other than `errors` is one it received, its
+    # body unchanged (filter, route, rate_limit, dedupe, validate): JSON bodies stay JSON through it
+    # (`Source.json_bodies`, the plan's `json_inputs`)
+    preserves_bodies: ClassVar[bool] = False
 
     def process(self, batch: list[Msg], out: Output) -> Awaitable[None] | None:
         raise NotImplementedError

@@ -270,13 +270,17 @@ def check_expr(source: str, typed: bool = False) -> None:
         raise issue
 
 
-def compile_expr(source: str, allow_compiler: bool = True, boolean: bool = False) -> Expr:
+def compile_expr(source: str, allow_compiler: bool = True, boolean: bool = False, json_bodies: bool = False) -> Expr:
     """Parse and type-check `source`; raise `CelError` with its position if it is not valid CEL.
 
     `boolean`: the caller wants a bool (a filter, a route condition); `many` then returns None
-    for a batch in which some result is not a bool, so its fast path needs no type check."""
+    for a batch in which some result is not a bool, so its fast path needs no type check.
+
+    `json_bodies`: every body is a value as orjson decodes it (a node's `ctx.json_bodies`, from the
+    plan): the compiled code returns the body's fields it copies as they are, without the checks
+    that convert a result to plain values (they cannot fail or change such a value)."""
     if allow_compiler:
-        typed = _compiled_if_typed(source, boolean)
+        typed = _compiled_if_typed(source, boolean, json_bodies)
         if typed is not None:
             return typed
     check = source.replace(".sortBy(", ".map(") if ".sortBy(" in source else source  # a macro only celc has
@@ -291,23 +295,23 @@ def compile_expr(source: str, allow_compiler: bool = True, boolean: bool = False
     if check is not source:  # the runtime cannot evaluate sortBy: compiled or not at all
         from engine import celc
 
-        fn = celc.try_compile(source)
+        fn = celc.try_compile(source, json_bodies)
         if fn is None:
             raise CelError(f"sortBy is only available compiled, and this expression is not: {celc.explain(source)}")
-        return Expr(source, fn, compiled=True, batch=celc.try_compile_strict(source, boolean))
+        return Expr(source, fn, compiled=True, batch=celc.try_compile_strict(source, boolean, json_bodies))
     if allow_compiler:
         try:
             from engine import celc
         except ImportError:  # the compiler is optional: the runtime covers every expression
             celc = None  # type: ignore[assignment]
         if celc is not None:
-            fn = celc.try_compile(source)
+            fn = celc.try_compile(source, json_bodies)
             if fn is not None:
-                return Expr(source, fn, compiled=True, batch=celc.try_compile_strict(source, boolean))
+                return Expr(source, fn, compiled=True, batch=celc.try_compile_strict(source, boolean, json_bodies))
     return Expr(source, _runtime_fn(program, source), compiled=False)
 
 
-def _compiled_if_typed(source: str, boolean: bool) -> Expr | None:
+def _compiled_if_typed(source: str, boolean: bool, json_bodies: bool = False) -> Expr | None:
     """The compiled `Expr` of an expression `validate`'s quick check types (the runtime would accept
     it: engine/compile/celcheck.py) and the compiler covers, without building the runtime's
     environment (~20 ms of a start; a message the compiled code defers builds it then); None for
@@ -319,11 +323,11 @@ def _compiled_if_typed(source: str, boolean: bool) -> Expr | None:
         return None
     if not surely_valid(source):
         return None
-    fn = celc.try_compile(source)
+    fn = celc.try_compile(source, json_bodies)
     if fn is None:
         return None
     check_expr(source, typed=True)  # the checks beyond the type checker (key arguments)
-    return Expr(source, fn, compiled=True, batch=celc.try_compile_strict(source, boolean))
+    return Expr(source, fn, compiled=True, batch=celc.try_compile_strict(source, boolean, json_bodies))
 
 
 _STANDARD = {  # (name, is_member) -> arities of what the runtime has that no table of the compiler lists

@@ -81,6 +81,13 @@ class Context(Protocol):
     def log(self) -> logging.Logger: ...
 
     @property
+    def json_bodies(self) -> bool:
+        """True when every message reaches the node with a body as a JSON decoder gave it (a source's
+        `json_bodies`, through operators that `preserves_bodies` only): CEL may skip the checks of
+        the fields it copies (`compile_expr(..., json_bodies=True)`). False outside a run."""
+        ...
+
+    @property
     def retry(self) -> RetryPolicy | None:
         """The node's retry policy (its `retry`, else `defaults.retry`), which the runtime applies to a
         failing batch; None outside a run. A sink that counts its attempts at one batch can tell the last

@@ -50,6 +50,7 @@ class Dedupe(Operator):
     """SET NX GET per key, one pipeline per batch."""
 
     Config: ClassVar[type[NodeConfig]] = DedupeConfig
+    preserves_bodies = True  # every port but `errors` sends messages it received, bodies unchanged
     example = """\
 version: 1
 name: dedupe_example
@@ -74,8 +75,9 @@ nodes:
 
     def __init__(self, node_id: str, config: DedupeConfig, ctx: Any):
         super().__init__(node_id, config, ctx)
-        self._key = compile_expr(config.key)
-        self._identity = compile_expr(config.identity) if config.identity else None
+        json = getattr(ctx, "json_bodies", False)  # bodies straight from a JSON decoder: no checks of copied fields
+        self._key = compile_expr(config.key, json_bodies=json)
+        self._identity = compile_expr(config.identity, json_bodies=json) if config.identity else None
         self._prefix = config.prefix if config.prefix is not None else f"streamdag:dedupe:{node_id}:"
         self._ttl_ms = max(1, int(config.ttl * 1000))
         self._token = uuid.uuid4().hex[:12]

@@ -19,6 +19,7 @@ class FilterConfig(NodeConfig):
 
 class Filter(Operator):
     Config = FilterConfig
+    preserves_bodies = True  # every port but `errors` sends messages it received, bodies unchanged
     example = """\
 version: 1
 name: filter_example

@@ -38,7 +38,8 @@ nodes:
 
     def __init__(self, node_id: str, config: MapConfig, ctx) -> None:  # type: ignore[no-untyped-def]
         super().__init__(node_id, config, ctx)
-        self.expr = compile_expr(config.expr)
+        # bodies straight from a JSON decoder: the fields the expression copies need no checks
+        self.expr = compile_expr(config.expr, json_bodies=getattr(ctx, "json_bodies", False))
 
     def process(self, batch: list[Msg], out: Output) -> None:
         # the common case: the whole batch maps in one comprehension; new bodies first, so a

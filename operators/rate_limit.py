@@ -49,6 +49,7 @@ class TokenBucket:
 
 class RateLimit(Operator):
     Config = RateLimitConfig
+    preserves_bodies = True  # every port but `errors` sends messages it received, bodies unchanged
     example = """\
 version: 1
 name: rate_limit_example

@@ -135,6 +135,7 @@ class Route(Operator):
     """Send each message to ports chosen by CEL conditions, or spread messages over `ports`."""
 
     Config = RouteConfig
+    preserves_bodies = True  # every port but `errors` sends messages it received, bodies unchanged
     example = """\
 version: 1
 name: route_example
@@ -176,7 +177,8 @@ nodes:
         exprs = [(p, compile_expr(c, boolean=True)) for p, c in (config.routes or {}).items()]
         self.conditions = [(p, e.fn) for p, e in exprs]
         self.exprs = [e for _, e in exprs]
-        self.key_expr = compile_expr(config.key) if config.key else None
+        json = getattr(ctx, "json_bodies", False)  # bodies straight from a JSON decoder: no checks of copied fields
+        self.key_expr = compile_expr(config.key, json_bodies=json) if config.key else None
         self.key = self.key_expr.fn if self.key_expr else None
         self.turn = 0
         self.slots: dict[bytes, int] = {}  # consistent_hash: key -> port index, keys repeat (users, ids)

@@ -71,6 +71,7 @@ class Validate(Operator):
     also carries `violations: [{path, message, keyword}]`, capped at `max_violations`."""
 
     Config = ValidateConfig
+    preserves_bodies = True  # every port but `errors` sends messages it received, bodies unchanged
     example = """\
 version: 1
 name: validate_example

@@ -356,14 +356,15 @@ nodes:
 
     def __init__(self, node_id: str, config: WindowConfig, ctx: Context):
         super().__init__(node_id, config, ctx)
-        self._key: Expr | None = compile_expr(config.key) if config.key else None
-        self._time: Expr | None = compile_expr(config.timestamp) if config.timestamp else None
+        json = getattr(ctx, "json_bodies", False)  # bodies straight from a JSON decoder: no checks of copied fields
+        self._key: Expr | None = compile_expr(config.key, json_bodies=json) if config.key else None
+        self._time: Expr | None = compile_expr(config.timestamp, json_bodies=json) if config.timestamp else None
         self._event = config.time == "event"
         specs = list(config.aggregates.values())
         self._aggs = [
             make_aggregate(n, s.op, s.expr is not None, s.limit) for n, s in config.aggregates.items()
         ]
-        self._exprs: list[Expr | None] = [compile_expr(s.expr) if s.expr else None for s in specs]
+        self._exprs: list[Expr | None] = [compile_expr(s.expr, json_bodies=json) if s.expr else None for s in specs]
         self._fns = [e.fn if e is not None else None for e in self._exprs]  # skip a call layer per item
         # per partition of a partitioned source (`meta.partition`; None when unpartitioned)
         self.parts: dict[int | None, _Part] = {}

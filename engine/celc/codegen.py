@@ -88,6 +88,9 @@ class Gen:
         # comprehension, `_generate_strict`), so `&&` and `||` may be plain expressions that raise
         # where the exact code would have to absorb an error
         self.strict = False
+        # the parameter holding `msg` when every body is a JSON value (str, bool, float, None, an int
+        # orjson gives, lists, string-keyed maps): a field copied from it needs no conversion to plain
+        self.json_msg: str | None = None
 
     # -- plumbing -----------------------------------------------------------------------------
     def tmp(self) -> str:
@@ -216,12 +219,22 @@ class Gen:
 
         def item(n: Node) -> str:
             c = self.gen(n, scope)
-            return c.expr if c.type in _SCALARS else self.plain_inline(c, conv)
+            return c.expr if c.type in _SCALARS or self.copied_json(n) else self.plain_inline(c, conv)
 
         if isinstance(node, ListLit):
             return Code("[" + ", ".join(item(i) for i in node.items) + "]", "list")
         body = ", ".join(f"{k.value!r}: {item(v)}" for k, v in node.entries)  # type: ignore[attr-defined]
         return Code("{" + body + "}", "map")
+
+    def copied_json(self, node: Node) -> bool:
+        """True when `node` is the body or a field path in it (`msg`, `msg.a.b`) and the body is known
+        to be a JSON value (`json_msg`): `plain` would give it back equal (a copy, for a container),
+        so the result may be the value itself."""
+        if self.json_msg is None:
+            return False
+        while isinstance(node, Select) and not node.test:
+            node = node.operand
+        return isinstance(node, Ident) and node.name == "msg"  # the parameter: results are of the top scope
 
     def plain_inline(self, code: Code, conv: str) -> str:
         """`plain(x)` with the common JSON scalars (str, float, bool, in-range int) checked inline."""
@@ -705,7 +718,7 @@ def _fail_from(err: object, fn: str) -> None:
 
 def generate(
     node: Node, params: dict[str, str], plain: bool = True, batch: bool = False, strict: bool = False,
-    boolean: bool = False, budget: int | None = None, max_size: int | None = None,
+    boolean: bool = False, budget: int | None = None, max_size: int | None = None, json_msg: bool = False,
 ) -> tuple[str, dict[str, object]]:
     """Python source of `def _cel(<params>)` evaluating `node`, and the constants it needs.
 
@@ -723,10 +736,15 @@ def generate(
     comprehensions nested in another, and build (`+`) or search (`in`) that many elements inside
     loops; a nested loop is charged its length once, when it starts. Going over is that message's
     EvalError. `max_size` caps the size of one value a `+` builds or `in` searches inside a loop.
+
+    With `json_msg`, every `msg` is a value as orjson decodes it (the plan's `json_inputs`): the
+    result keeps the body's fields it copies (`msg.a`, `{"x": msg.a}`) as they are, with no check or
+    conversion to plain values, which could neither fail nor change them (a copy for a container).
     """
     if batch and strict:
-        return _generate_strict(node, params, plain, boolean, budget, max_size)
+        return _generate_strict(node, params, plain, boolean, budget, max_size, json_msg)
     g = Gen(params, budget, max_size)
+    g.json_msg = params.get("msg") if json_msg else None
     if batch:
         g.level = 2
     _, result = _result(g, node, params, plain)
@@ -775,10 +793,9 @@ def _result(g: Gen, node: Node, params: dict[str, str], plain: bool) -> tuple[Co
     if plain and isinstance(node, MapLit | ListLit) and code.expr[:1] in "[{":
         code = g.gen_plain_literal(node, dict(params))  # convert element by element, not the whole
         result = code.expr
-    elif plain and code.type is None:
-        result = g.plain_inline(code, g.helper(V.plain))
-    elif plain and code.type not in _SCALARS:
-        result = f"{g.helper(V.plain)}({result})"
+    elif plain and code.type not in _SCALARS and not g.copied_json(node):
+        conv = g.helper(V.plain)
+        result = g.plain_inline(code, conv) if code.type is None else f"{conv}({result})"
     return code, result
 
 
@@ -787,10 +804,12 @@ def _not_bool(value: object) -> None:
 
 
 def _generate_strict(
-    node: Node, params: dict[str, str], plain: bool, boolean: bool, budget: int | None, max_size: int | None
+    node: Node, params: dict[str, str], plain: bool, boolean: bool, budget: int | None, max_size: int | None,
+    json_msg: bool = False,
 ) -> tuple[str, dict[str, object]]:
     g = Gen(params, budget, max_size)
     g.strict = True
+    g.json_msg = params.get("msg") if json_msg else None
     code, result = _result(g, node, params, plain)
     if boolean:
         result = g.strict_bool(Code(result, code.type))

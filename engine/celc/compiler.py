@@ -88,16 +88,19 @@ def compile_program(
     batch: bool = False,
     budget: int | None = None,
     max_size: int | None = None,
+    json_msg: bool = False,
 ) -> Evaluator:
     """Compile `source` to a function of the `variables` (positional, in order).
 
     `runtime` evaluates the same arguments on the full runtime; it is called for a message the
     generated code defers. With `batch` the function takes one sequence per variable and returns a
     list of results, an EvalError in place of each failed one. Raises ParseError, Unsupported or
-    UnsafeCode. `budget` and `max_size`: the run-time limits (see `codegen.generate`).
+    UnsafeCode. `budget` and `max_size`: the run-time limits; `json_msg`: every `msg` is a value as
+    orjson decodes it (see `codegen.generate`).
     """
     params = {name: f"_a{i}" for i, name in enumerate(variables)}
-    src, consts = generate(parse(source, macros), params, batch=batch, budget=budget, max_size=max_size)
+    src, consts = generate(parse(source, macros), params, batch=batch, budget=budget, max_size=max_size,
+                           json_msg=json_msg)
 
     def no_runtime(*_args: Any) -> Any:
         raise _eval_error(V.CelFailure("expression needs the full CEL runtime for this input"))
@@ -147,13 +150,13 @@ class StrictBatch:
 
 def compile_strict_batch(
     source: str, macros: bool = True, boolean: bool = False, variables: Sequence[str] = ("msg", "meta"),
-    budget: int | None = None, max_size: int | None = None,
+    budget: int | None = None, max_size: int | None = None, json_msg: bool = False,
 ) -> StrictBatch:
     """Compile `source` to a `StrictBatch` over `variables` (column i is variable i); raises like
     `compile_program`. With `boolean`, a message whose result is not a bool also makes the batch raise."""
     params = {name: f"_a{i}" for i, name in enumerate(variables)}
     src, consts = generate(parse(source, macros), params, batch=True, strict=True, boolean=boolean,
-                           budget=budget, max_size=max_size)
+                           budget=budget, max_size=max_size, json_msg=json_msg)
     signature = src[: src.index(")")]
     columns = tuple(i for i in range(len(params)) if re.search(rf"\b_b{i}\b", signature))
     return StrictBatch(_load(src, params, {**consts, "_Defer": V.Defer}), columns, src)
@@ -167,17 +170,19 @@ def _limits() -> tuple[int, int]:
     return limits.cel_iterations, limits.cel_value_size
 
 
-def try_compile_strict(source: str, boolean: bool = False) -> StrictBatch | None:
-    """The `StrictBatch` for `source`, or None when the compiler does not cover it."""
-    return _strict_cached(source, boolean, *_limits())
+def try_compile_strict(source: str, boolean: bool = False, json_msg: bool = False) -> StrictBatch | None:
+    """The `StrictBatch` for `source`, or None when the compiler does not cover it. `json_msg`: every
+    body is a value as orjson decodes it (see `codegen.generate`)."""
+    return _strict_cached(source, boolean, *_limits(), json_msg)
 
 
 @functools.lru_cache(maxsize=1024)
-def _strict_cached(source: str, boolean: bool, budget: int, max_size: int) -> StrictBatch | None:
-    if _compile_cached(source, False, budget, max_size)[0] is None:
+def _strict_cached(source: str, boolean: bool, budget: int, max_size: int, json_msg: bool = False
+                   ) -> StrictBatch | None:
+    if _compile_cached(source, False, budget, max_size, json_msg)[0] is None:  # the one compile_expr made
         return None
     try:
-        return compile_strict_batch(source, boolean=boolean, budget=budget, max_size=max_size)
+        return compile_strict_batch(source, boolean=boolean, budget=budget, max_size=max_size, json_msg=json_msg)
     except (ParseError, Unsupported, UnsafeCode, RecursionError, V.CelFailure):
         return None
 
@@ -202,10 +207,11 @@ def _lazy_runtime(source: str) -> Callable[[Any, Any], Any]:
 
 
 @functools.lru_cache(maxsize=1024)
-def _compile_cached(source: str, batch: bool, budget: int, max_size: int) -> tuple[Evaluator | None, str | None]:
+def _compile_cached(source: str, batch: bool, budget: int, max_size: int, json_msg: bool = False
+                    ) -> tuple[Evaluator | None, str | None]:
     try:
         fn = compile_program(source, ("msg", "meta"), _lazy_runtime(source), batch=batch, budget=budget,
-                             max_size=max_size)
+                             max_size=max_size, json_msg=json_msg)
     except (ParseError, Unsupported, UnsafeCode, RecursionError, V.CelFailure) as exc:
         kind = (
             "the compiler's parser rejects it"
@@ -216,9 +222,10 @@ def _compile_cached(source: str, batch: bool, budget: int, max_size: int) -> tup
     return fn, None
 
 
-def try_compile(source: str) -> Evaluator | None:
-    """A compiled `(body, meta) -> value` for `source`, or None when the runtime must evaluate it."""
-    return _compile_cached(source, False, *_limits())[0]
+def try_compile(source: str, json_msg: bool = False) -> Evaluator | None:
+    """A compiled `(body, meta) -> value` for `source`, or None when the runtime must evaluate it.
+    `json_msg`: every body is a value as orjson decodes it (see `codegen.generate`)."""
+    return _compile_cached(source, False, *_limits(), json_msg)[0]
 
 
 def try_compile_batch(source: str) -> Callable[[Sequence[Any], Sequence[Any]], list[Any]] | None:

@@ -55,6 +55,10 @@ class Plan:
     closes: Mapping[str, tuple[str, ...]] = field(repr=False)  # channels a node's task closes when it ends
     # sources whose messages reach each node, through any port (`errors` too), sorted
     upstream: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}), repr=False)
+    # nodes every message of which arrives with a body as a JSON decoder gave it: each input edge is
+    # the `out` of a source whose `json_bodies(config)` is true, or a non-`errors` port of an operator
+    # that `preserves_bodies` and is itself in the set (the node's `ctx.json_bodies`)
+    json_inputs: frozenset[str] = frozenset()
 
     @property
     def name(self) -> str:
@@ -125,7 +129,35 @@ def build_plan(graph: Graph) -> Plan:
         start_order=tuple(sorted(nodes, key=lambda n: _START_RANK[nodes[n].kind])),
         closes=MappingProxyType(closes),
         upstream=MappingProxyType(_upstream(nodes, frozen_routes)),
+        json_inputs=_json_inputs(nodes, edges),
     )
+
+
+def _json_inputs(nodes: Mapping[str, ResolvedNode], edges: list[Edge]) -> frozenset[str]:
+    """The nodes all of whose input edges carry JSON-decoded bodies (see `Plan.json_inputs`)."""
+    inputs: dict[str, list[Edge]] = {}
+    for e in edges:
+        inputs.setdefault(e.target, []).append(e)
+    from engine.api import Source
+
+    json_out = {n for n, rn in nodes.items() if issubclass(rn.cls, Source) and rn.cls.json_bodies(rn.config)}
+    found: set[str] = set()
+    grew = True
+    while grew:  # to a fixed point: a chain of body-preserving operators passes the property on
+        grew = False
+        for n, ins in inputs.items():
+            if n not in found and all(_json_edge(e, nodes, json_out, found) for e in ins):
+                found.add(n)
+                grew = True
+    return frozenset(found)
+
+
+def _json_edge(e: Edge, nodes: Mapping[str, ResolvedNode], json_out: set[str], found: set[str]) -> bool:
+    if e.port == ERRORS:
+        return False
+    if e.source in json_out:
+        return e.port == "out"
+    return e.source in found and getattr(nodes[e.source].cls, "preserves_bodies", False)
 
 
 def _upstream(nodes: Mapping[str, ResolvedNode], routes: Mapping[tuple[str, str], tuple[str, ...]]

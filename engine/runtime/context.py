@@ -84,8 +84,10 @@ class NodeContext:
                  resources: Resources, base_dir: str = ".", clock: Callable[[], float] = time.time,
                  worker: WorkerInfo | None = None, partitions: PartitionEvents | None = None,
                  upstream: tuple[Upstream, ...] | None = None,
-                 load: Callable[[str, str], tuple[int, int]] | None = None):
+                 load: Callable[[str, str], tuple[int, int]] | None = None, json_bodies: bool = False):
         self.node_id = node_id
+        # every message reaches this node with a body as a JSON decoder gave it (the plan's `json_inputs`)
+        self.json_bodies = json_bodies
         # the sources that reach this node (None: not known, a node made outside a run)
         self.upstream = upstream
         self._load = load  # (node, port) -> (held, capacity) of its fullest downstream channel

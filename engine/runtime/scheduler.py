@@ -83,7 +83,7 @@ class Runner:
             upstream = tuple(Upstream(u, g.nodes[u].cls, g.nodes[u].config)  # type: ignore[arg-type]
                              for u in plan.upstream.get(node_id, ()))
             ctx = NodeContext(node_id, g.connections, g.schemas, s.resources, g.base_dir, clock, s.worker,
-                              s.partitions, upstream, s.channel_load)
+                              s.partitions, upstream, s.channel_load, node_id in plan.json_inputs)
             ctx.retry = rn.retry
             s.nodes[node_id] = rn.cls(node_id, rn.config, ctx)
             s.stats[node_id] = NodeStats(node_id, rn.kind, rn.type)

@@ -58,6 +58,10 @@ nodes:
 """
     shared_by = "lines: worker i of N reads the lines numbered i+1, i+1+N, ... (every N-th line)"
 
+    @classmethod
+    def json_bodies(cls, config: Any) -> bool:
+        return True  # ndjson through orjson, `lines` as str; a bad line goes to `errors`
+
     def total(self) -> int | None:
         return None
 

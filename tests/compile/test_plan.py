@@ -107,3 +107,54 @@ def test_sinks_fed_by_errors_edges_alone_or_with_other_edges(plan) -> None:
     there is a dead letter. `high` takes `split.high` and `shape.errors`: each message counts by its edge."""
     assert plan.dead_letter_sinks == frozenset({"dead"})
     assert plan.mixed_sinks == frozenset({"high"})
+
+
+JSON_GRAPH = """
+    version: 1
+    name: json_inputs
+    connections:
+      nats: {type: nats, url: "nats://127.0.0.1:4222", streams: {S: {subjects: ["s.>"]}}}
+    defaults: {dead_letter: dead}
+    nodes:
+      read: {type: file_source, config: {path: in.ndjson}}
+      keep: {type: filter, inputs: [read], config: {expr: 'msg.a > 1'}}
+      split: {type: route, inputs: [keep], config: {routes: {x: 'msg.a > 2', y: 'true'}}}
+      first: {type: map, inputs: [split.x], config: {expr: '{"a": msg.a}'}}
+      second: {type: map, inputs: [first], config: {expr: 'msg.a'}}
+      slow: {type: rate_limit, inputs: [split.y], config: {rate: 1000}}
+      after_slow: {type: map, inputs: [slow], config: {expr: 'msg.a'}}
+      gen: {type: generate, config: {count: 3}}
+      from_gen: {type: map, inputs: [gen], config: {expr: 'msg.i'}}
+      mixed: {type: map, inputs: [keep, gen], config: {expr: 'msg'}}
+      from_errors: {type: map, inputs: [read.errors], config: {expr: 'msg'}}
+      raw: {type: jetstream_source, config: {connection: nats, stream: S, durable: d1, codec: bytes}}
+      from_raw: {type: filter, inputs: [raw], config: {expr: 'true'}}
+      text: {type: jetstream_source, config: {connection: nats, stream: S, durable: d2, codec: text}}
+      from_text: {type: filter, inputs: [text], config: {expr: 'true'}}
+      mapped_filter: {type: filter, inputs: [second], config: {expr: 'true'}}
+      out: {type: file_sink, inputs: [after_slow, from_gen, mixed, from_errors, from_raw, from_text, mapped_filter],
+            config: {path: out.ndjson}}
+      direct: {type: file_sink, inputs: [read], config: {path: direct.ndjson}}
+      dead: {type: file_sink, config: {path: dead.ndjson}}
+"""
+
+
+def test_json_inputs_follow_json_sources_through_body_preserving_operators(write_graph) -> None:
+    plan = build_plan(load_graph(str(write_graph(JSON_GRAPH))))
+    # file_source -> filter -> route -> map / rate_limit -> map: JSON bodies all the way; a text codec is str
+    assert plan.json_inputs == {"keep", "split", "first", "slow", "after_slow", "direct", "from_text"}
+    # not: a map after a map, anything after it; a generate source; a node one of whose inputs is not
+    # JSON; an errors port; a bytes codec; a sink fed by maps; the dead letters
+    for n in ("second", "mapped_filter", "from_gen", "mixed", "from_errors", "from_raw", "out", "dead"):
+        assert n not in plan.json_inputs, n
+    runner = Runner(plan)  # what a node sees of it
+    assert runner.nodes["first"].ctx.json_bodies and not runner.nodes["second"].ctx.json_bodies
+    # ... and which compiled variant its map picks: the unchecked one hands a copied list on as it is
+    # (no conversion to plain values, which copies a container), the checked one converts
+    from engine.message import Msg
+
+    body = {"a": [1, 2]}
+    [unchecked] = runner.nodes["first"].expr.many([Msg(body, {})])
+    [checked] = runner.nodes["second"].expr.many([Msg(body, {})])
+    assert unchecked == {"a": [1, 2]} and unchecked["a"] is body["a"]
+    assert checked == [1, 2] and checked is not body["a"]

@@ -120,6 +120,10 @@ nodes:
         self._ready_cache: tuple[float, int, dict[str, Any]] = (0.0, 0, {})
 
     @classmethod
+    def json_bodies(cls, config: Any) -> bool:
+        return True  # each item as engine.codec.loads (orjson) parsed it; a refused one never leaves
+
+    @classmethod
     def check(cls, config: Any, ctx: CheckContext) -> Iterable[CheckIssue]:
         return check_config(config, ctx)
 

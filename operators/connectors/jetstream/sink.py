@@ -179,12 +179,13 @@ nodes:
 
         super().__init__(node_id, config, ctx)
         self.config: JetStreamSinkConfig = config
-        self._subject_expr = compile_expr(config.subject_expr) if config.subject_expr else None
-        self._msg_id = compile_expr(config.msg_id) if config.msg_id else None
-        self._headers = [(k.encode(), compile_expr(v)) for k, v in config.headers.items()]
+        json = getattr(ctx, "json_bodies", False)  # bodies straight from a JSON decoder: no checks of copied fields
+        self._subject_expr = compile_expr(config.subject_expr, json_bodies=json) if config.subject_expr else None
+        self._msg_id = compile_expr(config.msg_id, json_bodies=json) if config.msg_id else None
+        self._headers = [(k.encode(), compile_expr(v, json_bodies=json)) for k, v in config.headers.items()]
         self._subject = (config.subject or "").encode()
         part = config.partition
-        self._part_key = compile_expr(part.key) if part is not None else None
+        self._part_key = compile_expr(part.key, json_bodies=json) if part is not None else None
         self._part_count = part.count if part is not None else 0
         self._part_of: dict[str, bytes] = {}  # key text -> b".<p>"
         self._plain = not self._headers and not config.copy_headers

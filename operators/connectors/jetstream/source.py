@@ -329,6 +329,11 @@ nodes:
         self._catchup: _CatchUp | None = None  # a partition's lane at its start: earlier owners' messages
 
     @classmethod
+    def json_bodies(cls, config: JetStreamSourceConfig) -> bool:
+        """codec json (orjson) or text (str); not bytes."""
+        return config.codec in ("json", "text")
+
+    @classmethod
     def redelivery_wait(cls, config: JetStreamSourceConfig) -> float:
         """`ack_wait`, or the longest `backoff` step when there is one."""
         return float(max([config.ack_wait, *config.backoff]))

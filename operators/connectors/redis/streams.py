@@ -133,6 +133,11 @@ nodes:
     config: RedisStreamSourceConfig
 
     @classmethod
+    def json_bodies(cls, config: RedisStreamSourceConfig) -> bool:
+        """format json (orjson) or text (str); not bytes."""
+        return config.format in ("json", "text")
+
+    @classmethod
     def redelivery_wait(cls, config: RedisStreamSourceConfig) -> float:
         """`min_idle`: a crashed consumer's pending entries are claimed once they are that old."""
         return float(config.min_idle)
