@@ -203,7 +203,7 @@ def window_config(kind: str) -> dict[str, Any]:
 
 def operator_run(kind: str) -> tuple[Callable[[list[list[Any]]], Result], Callable[[list[dict[str, Any]]], Any]]:
     """(run, prepare): prepare makes the message batches (untimed), run feeds them and flushes."""
-    from engine.message import NOOP_ACK, Msg
+    from engine.message import AckTracker, Msg
     from engine.runtime.context import NodeContext, Resources
     from engine.runtime.outputs import Outputs
     from engine.runtime.stats import NodeStats
@@ -212,7 +212,9 @@ def operator_run(kind: str) -> tuple[Callable[[list[list[Any]]], Result], Callab
     config = WindowConfig(**window_config(kind))
 
     def prepare(events: list[dict[str, Any]]) -> list[list[Any]]:
-        return [Msg.many(events[i : i + BATCH], {}, NOOP_ACK) for i in range(0, len(events), BATCH)]
+        tracker = AckTracker()  # as a source does: one `BatchAck` per batch
+        return [Msg.many(events[i : i + BATCH], {}, tracker.new_batch(min(BATCH, len(events) - i)))
+                for i in range(0, len(events), BATCH)]
 
     def run(batches: list[list[Any]]) -> Result:
         ctx = NodeContext("win", {}, {}, Resources(), clock=lambda: 0.0)
@@ -345,9 +347,13 @@ def uptime() -> str:
 
 def timed(fn: Callable[[], Result]) -> tuple[Result, float, float]:
     gc.collect()
-    c0, t0 = time.process_time(), time.perf_counter()
-    result = fn()
-    return result, time.perf_counter() - t0, time.process_time() - c0
+    gc.freeze()  # the input (and the prepared messages) live throughout: no collection walks them
+    try:
+        c0, t0 = time.process_time(), time.perf_counter()
+        result = fn()
+        return result, time.perf_counter() - t0, time.process_time() - c0
+    finally:
+        gc.unfreeze()
 
 
 def main() -> None:
@@ -369,8 +375,6 @@ def main() -> None:
     print(f"python {sys.version.split()[0]}, {args.n:,} events, {KEYS:,} keys, {RATE:,}/s of event time, "
           f"rounds {args.rounds} (+1 warm-up), warm in-process")
     events = make_events(args.n)
-    gc.collect()
-    gc.freeze()  # the input is made once and lives throughout: no contender's collections walk it
     tmp = Path(tempfile.mkdtemp(prefix="bench_window_"))
     if not args.no_graph:
         with (tmp / "in.ndjson").open("w") as f:

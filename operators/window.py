@@ -646,8 +646,8 @@ nodes:
             else:
                 floor = watermark.max_event
                 after = [max(wm0, h - ooo) if h > floor else wm0 for h in highest]
-        before = [wm0, *after[:-1]]
-        alone = [i for i, (e, w) in enumerate(zip(ends, before)) if e <= w]  # late, or a fired window
+        # items late, or for a fired window, go alone (none when every end is past the last watermark)
+        alone = [] if min(ends) > after[-1] else [i for i, (e, w) in enumerate(zip(ends, [wm0, *after])) if e <= w]
         alone.append(n)
         acks = [own_ack(m) for m in batch] if self._hold else None
         emit = out.port("out")

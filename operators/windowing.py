@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Hashable, Iterable
-from itertools import repeat
 from typing import Any, NamedTuple
 
 from operators.window_aggregates import Aggregate, json_safe
@@ -55,13 +54,14 @@ NEG_INF = -(1 << 62)
 _NO_ROOM = 1 << 63  # above every time: an empty heap closes nothing
 _NUMBERS = (int, float)
 
-# state updates of the batch fold, per op (`s`: the state, `v`: the value, known to be a number)
+# state updates of the batch fold, per op (`st[i]`: the state, `v`: the value, known to be a
+# number; `|` separates lines)
 _FOLD_OPS = {
     "count": "if v{i} is not None: st[{i}] += 1",
     "sum": "s = st[{i}]; st[{i}] = v{i} if s is None else s + v{i}",
     "avg": "s = st[{i}]; st[{i}] = (v{i}, 1) if s is None else (s[0] + v{i}, s[1] + 1)",
-    "min": "s = st[{i}]\n        if s is None or v{i} < s: st[{i}] = v{i}",
-    "max": "s = st[{i}]\n        if s is None or v{i} > s: st[{i}] = v{i}",
+    "min": "s = st[{i}]|if s is None or v{i} < s: st[{i}] = v{i}",
+    "max": "s = st[{i}]|if s is None or v{i} > s: st[{i}] = v{i}",
 }
 
 
@@ -73,10 +73,18 @@ def _make_batch_fold(aggregates: list[Aggregate]) -> Callable[..., None] | None:
     names = [f"v{i}" for i, a in enumerate(aggregates) if a.uses_value]
     lines = []
     for i, a in enumerate(aggregates):
-        lines.append(_FOLD_OPS[a.op].format(i=i) if a.uses_value else f"st[{i}] += 1")
+        lines += (_FOLD_OPS[a.op].format(i=i) if a.uses_value else f"st[{i}] += 1").split("|")
     body = "\n        ".join(lines) or "pass"
-    src = (
+    body12 = "\n            ".join(lines) or "pass"
+    src = (  # acks None: the items hold none (`WindowStore._fold`: a window only marks unemitted items)
         f"def fold(wins, acks, {', '.join(names)}):\n"
+        f"    if acks is None:\n"
+        f"        for w, {''.join(n + ', ' for n in names)} in zip(wins, {', '.join(names)}):\n"
+        f"            st = w.states\n"
+        f"            {body12}\n"
+        f"            w.count += 1\n"
+        f"            if not w.acks: w.acks.append(None)\n"
+        f"        return\n"
         f"    for w, a, {''.join(n + ', ' for n in names)} in zip(wins, acks, {', '.join(names)}):\n"
         f"        st = w.states\n"
         f"        {body}\n"
@@ -430,7 +438,7 @@ class WindowStore:
         get = self._windows.get
         slots = list(zip(keys, plan))
         wins: list[Any] = list(map(get, slots))
-        if None in wins:
+        if not all(wins):  # new windows (a `_Window` is always true)
             for i, w in enumerate(wins):
                 if w is None:
                     slot = slots[i]
@@ -440,7 +448,7 @@ class WindowStore:
                         w = self._open(slot[0], slot[1], slot[1] + size)
                     wins[i] = w
         self._seq = seq0 + len(slots)
-        self._batch_fold(wins, repeat(None) if acks is None else acks, *cols)  # type: ignore[misc]
+        self._batch_fold(wins, acks, *cols)  # type: ignore[misc]
 
     def _fold_sessions(self, keys: list[Hashable], times: list[int], cols: list[list[Any]],
                        acks: list[Any] | None) -> None:
@@ -484,7 +492,7 @@ class WindowStore:
                 self._schedule_session(window)
             wins.append(window)
         if done == 0:  # no merge: no copies
-            fold(wins, repeat(None) if acks is None else acks, *cols)
+            fold(wins, acks, *cols)
         else:
             self._fold_run(fold, wins, acks, cols, done, len(times))
         self._seq = seq
@@ -494,8 +502,7 @@ class WindowStore:
                   start: int, stop: int) -> None:
         """Fold items start..stop-1 (`wins` holds their windows)."""
         if wins:
-            held = repeat(None) if acks is None else acks[start:stop]
-            fold(wins, held, *(c[start:stop] for c in cols))
+            fold(wins, None if acks is None else acks[start:stop], *(c[start:stop] for c in cols))
 
     # ----- time -------------------------------------------------------------------------------
 
