@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from itertools import accumulate, repeat
-from operator import mul, sub
+from operator import attrgetter, methodcaller, mul
 from typing import Any, ClassVar, Literal
 
 import orjson
@@ -70,6 +70,7 @@ _US = timedelta(microseconds=1)
 _EPOCH_SCALE = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": 0.001}
 _KEY_TYPES = frozenset((str, int, float, bool, type(None)))  # keys the batch path takes as they are
 _NUMBER_TYPES = frozenset((int, float))  # event times and sum/avg/min/max values it takes
+_META, _PARTITION = attrgetter("meta"), methodcaller("get", "partition")
 
 
 def _size(body: dict[str, Any]) -> int:
@@ -503,10 +504,12 @@ nodes:
             for part in self.parts.values():
                 self._send(part.store.advance(t_now), emit, part)
         start, n = 0, len(batch)
+        partitions = list(map(_PARTITION, map(_META, batch)))
+        single = partitions.count(partitions[0]) == n if n else True  # one partition: one run
         while start < n:  # runs of one partition (the whole batch when unpartitioned)
-            partition = batch[start].meta.get("partition")
-            end = start + 1
-            while end < n and batch[end].meta.get("partition") == partition:
+            partition = partitions[start]
+            end = n if single else start + 1
+            while end < n and partitions[end] == partition:
                 end += 1
             run = batch[start:end] if start or end < n else batch
             if partition in self.gone:  # in flight when it was revoked: the new owner gets them again
@@ -624,8 +627,7 @@ nodes:
                 return False
         else:
             times = [t_now] * n
-        checkpoint = self.checkpoints is not None
-        if checkpoint and _replays(batch, part.positions):
+        if self.checkpoints is not None and _replays(batch, part.positions):
             return False
         plan = store.plan_batch(keys, times)
         if plan is None:
@@ -634,23 +636,27 @@ nodes:
         if columns is None:
             return False
         starts, ends = plan
-        # the watermark before and after each item (`Watermark.observe`, then the store's)
+        acks = [own_ack(m) for m in batch] if self._hold else None
+        emit = out.port("out")
         wm0 = max(watermark.value, store.wm)
+        t_max = max(times)
+        wm_end = wm0  # the watermark once the batch is in (`Watermark.observe`, then the store's)
+        if self._event and t_max > watermark.max_event:
+            wm_end = max(wm0, t_max - watermark.ooo)
+        if min(ends) > wm_end and wm_end < store.next_close() and store.first_purged(keys, times, 0, n) == n:
+            # the common case: no item is late or for a fired window, nothing closes before the end
+            self._fold_columns(part, batch, keys, starts, columns, acks, t_max, emit)
+            return True
+        # the watermark before and after each item
         if not self._event:
             highest = after = [wm0] * n
         else:
             highest = list(accumulate(times, max))
-            ooo = watermark.ooo
-            if wm0 >= watermark.max_event - ooo:  # always so, but for a watermark set from outside
-                after = list(map(max, repeat(wm0), map(sub, highest, repeat(ooo))))
-            else:
-                floor = watermark.max_event
-                after = [max(wm0, h - ooo) if h > floor else wm0 for h in highest]
-        # items late, or for a fired window, go alone (none when every end is past the last watermark)
-        alone = [] if min(ends) > after[-1] else [i for i, (e, w) in enumerate(zip(ends, [wm0, *after])) if e <= w]
+            ooo, floor = watermark.ooo, watermark.max_event
+            after = [max(wm0, h - ooo) if h > floor else wm0 for h in highest]
+        # items late, or for a fired window, go alone
+        alone = [i for i, (e, w) in enumerate(zip(ends, [wm0, *after])) if e <= w]
         alone.append(n)
-        acks = [own_ack(m) for m in batch] if self._hold else None
-        emit = out.port("out")
         i = next_alone = 0
         while i < n:
             if i == alone[next_alone]:
@@ -672,23 +678,39 @@ nodes:
                 self._fold_items(part, batch[i : i + 1], out, t_now)
                 i += 1
                 continue
-            whole = i == 0 and j == n
-            store.fold_batch(
-                keys if whole else keys[i:j],
-                starts if whole else starts[i:j],
-                columns if whole else [c if c is None else c[i:j] for c in columns],
-                None if acks is None else acks if whole else acks[i:j],
+            self._fold_columns(
+                part,
+                batch[i:j],
+                keys[i:j],
+                starts[i:j],
+                [c if c is None else c[i:j] for c in columns],
+                None if acks is None else acks[i:j],
+                highest[j - 1],
+                emit,
             )
-            run = batch if whole else batch[i:j]
-            if checkpoint:  # released once a checkpoint covers them
-                part.pending.extend([m.ack for m in run])
-                _advance_positions(run, part.positions)
-            elif acks is None:
-                finish_all([m.ack for m in run], DELIVERED)  # release: folded is delivered
-            if self._event and watermark.observe(highest[j - 1]):
-                self._send(store.advance(watermark.value), emit, part)
             i = j
         return True
+
+    def _fold_columns(
+        self,
+        part: _Part,
+        run: list[Msg],
+        keys: list[Any],
+        starts: list[int],
+        columns: list[list[Any] | None],
+        acks: list[Any] | None,
+        t_max: int,
+        emit: list[Msg],
+    ) -> None:
+        """Fold a run of the batch path, release or keep its acks, then move the watermark."""
+        part.store.fold_batch(keys, starts, columns, acks)
+        if self.checkpoints is not None:  # released once a checkpoint covers them
+            part.pending.extend([m.ack for m in run])
+            _advance_positions(run, part.positions)
+        elif acks is None:
+            finish_all([m.ack for m in run], DELIVERED)  # release: folded is delivered
+        if self._event and part.watermark.observe(t_max):
+            self._send(part.store.advance(part.watermark.value), emit, part)
 
     def _event_times(self, batch: list[Msg]) -> list[int] | None:
         """Event times of a batch (as `parse_event_time`), or None if some item has none."""

@@ -44,6 +44,8 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Hashable, Iterable
+from itertools import compress
+from operator import not_
 from typing import Any, NamedTuple
 
 from operators.window_aggregates import Aggregate, json_safe
@@ -415,7 +417,7 @@ class WindowStore:
         """The first item of start..stop-1 that is too late as it falls before a purged session of
         its key (sessions; it goes through `check`), else stop."""
         purged = self._purged_until
-        if purged:
+        if purged and not purged.keys().isdisjoint(keys[start:stop]):
             for i in range(start, stop):
                 if times[i] < purged.get(keys[i], NEG_INF):
                     return i
@@ -439,14 +441,13 @@ class WindowStore:
         slots = list(zip(keys, plan))
         wins: list[Any] = list(map(get, slots))
         if not all(wins):  # new windows (a `_Window` is always true)
-            for i, w in enumerate(wins):
+            for i in compress(range(len(wins)), map(not_, wins)):
+                slot = slots[i]
+                w = get(slot)
                 if w is None:
-                    slot = slots[i]
-                    w = get(slot)
-                    if w is None:
-                        self._seq = seq0 + i + 1  # the window's seq: its first item's
-                        w = self._open(slot[0], slot[1], slot[1] + size)
-                    wins[i] = w
+                    self._seq = seq0 + i + 1  # the window's seq: its first item's
+                    w = self._open(slot[0], slot[1], slot[1] + size)
+                wins[i] = w
         self._seq = seq0 + len(slots)
         self._batch_fold(wins, acks, *cols)  # type: ignore[misc]
 
