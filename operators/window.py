@@ -786,24 +786,29 @@ nodes:
             self._send(part.store.flush(), out.port("out"), part)
 
     def _send(self, emissions: list[Emission], emit: list[Msg], part: _Part | None = None) -> None:
+        if not emissions:
+            return
+        hold, outbox, fmt, append = self._hold, part.outbox if part is not None else None, format_time, emit.append
         for e in emissions:
+            key, replaces = e.key, e.replaces
+            start, end = fmt(e.start), fmt(e.end)
             body: dict[str, Any] = {
-                "key": e.key,
-                "start": format_time(e.start),
-                "end": format_time(e.end),
+                "key": key,
+                "start": start,
+                "end": end,
                 "count": e.items,
                 "aggregates": e.results,
-                "update": bool(e.replaces),
+                "update": bool(replaces),
             }
-            if e.replaces:
-                body["replaces"] = [{"start": format_time(s), "end": format_time(x)} for s, x in e.replaces]
-            meta = {"window_key": e.key, "window_start": body["start"], "window_end": body["end"]}
+            if replaces:
+                body["replaces"] = [{"start": fmt(s), "end": fmt(x)} for s, x in replaces]
+            meta = {"window_key": key, "window_start": start, "window_end": end}
             size = _size(body)
-            if self._hold:
+            if hold:
                 acks = e.acks
                 ack = acks[0] if len(acks) == 1 else CompositeAck(acks)
-            elif part is not None and part.outbox is not None:
-                ack = part.outbox.add(body, meta, size)
+            elif outbox is not None:
+                ack = outbox.add(body, meta, size)
             else:
                 ack = NOOP_ACK
-            emit.append(Msg(body, meta, ack, size))
+            append(Msg(body, meta, ack, size))

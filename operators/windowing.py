@@ -44,8 +44,8 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Hashable, Iterable
-from itertools import compress
-from operator import not_
+from itertools import compress, repeat
+from operator import add, not_
 from typing import Any, NamedTuple
 
 from operators.window_aggregates import Aggregate, json_safe
@@ -411,7 +411,7 @@ class WindowStore:
             return None
         size, offset = self.size, self.offset
         starts = [t - (t - offset) % size for t in times]
-        return starts, [s + size for s in starts]
+        return starts, list(map(add, starts, repeat(size)))
 
     def first_purged(self, keys: list[Hashable], times: list[int], start: int, stop: int) -> int:
         """The first item of start..stop-1 that is too late as it falls before a purged session of
