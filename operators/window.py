@@ -22,9 +22,12 @@ When an item's ack is released (`acks`, docs/window.md):
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
+from itertools import accumulate, repeat
+from operator import attrgetter, methodcaller, mul
 from typing import Any, ClassVar, Literal
 
 import orjson
@@ -47,6 +50,7 @@ from engine import (
     Output,
     PositiveDuration,
     compile_expr,
+    finish_all,
     own_ack,
 )
 from operators.window_aggregates import make_aggregate
@@ -64,6 +68,9 @@ __all__ = [
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 _EPOCH_SCALE = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": 0.001}
+_KEY_TYPES = frozenset((str, int, float, bool, type(None)))  # keys the batch path takes as they are
+_NUMBER_TYPES = frozenset((int, float))  # event times and sum/avg/min/max values it takes
+_META, _PARTITION = attrgetter("meta"), methodcaller("get", "partition")
 
 
 def _size(body: dict[str, Any]) -> int:
@@ -271,6 +278,32 @@ def ack_mode(config: WindowConfig, upstream: tuple[Any, ...] | None) -> str:
     return "hold"
 
 
+def _replays(batch: list[Msg], positions: dict[str, int]) -> bool:
+    """acks: checkpoint: is some item of `batch` at or before its stream's position, counting the
+    items before it in the batch as folded?"""
+    after: dict[str, int] = {}
+    for msg in batch:
+        meta = msg.meta
+        seq = meta.get("seq")
+        if type(seq) is int:
+            stream = meta.get("stream", "")
+            if seq <= after.get(stream, positions.get(stream, -1)):
+                return True
+            after[stream] = seq
+    return False
+
+
+def _advance_positions(run: list[Msg], positions: dict[str, int]) -> None:
+    """acks: checkpoint: the highest sequence folded, per stream."""
+    for msg in run:
+        meta = msg.meta
+        seq = meta.get("seq")
+        if type(seq) is int:
+            stream = meta.get("stream", "")
+            if seq > positions.get(stream, -1):
+                positions[stream] = seq
+
+
 class _Part:
     """One partition's windows and watermark, and (acks: checkpoint) what its next checkpoint covers."""
 
@@ -366,6 +399,13 @@ nodes:
         ]
         self._exprs: list[Expr | None] = [compile_expr(s.expr, json_bodies=json) if s.expr else None for s in specs]
         self._fns = [e.fn if e is not None else None for e in self._exprs]  # skip a call layer per item
+        # the batch path's value columns: (expression, must be a number) per aggregate
+        self._columns_of = [
+            (e if a.uses_value else None, a.checks_value) for e, a in zip(self._exprs, self._aggs)
+        ]
+        # each expression's batch form stands for its `fn`: if one is swapped (a wrapper, a test's
+        # stand-in), item by item
+        self._fns_seen = [(e, e.fn) for e in (self._key, self._time, *self._exprs) if e is not None]
         # per partition of a partitioned source (`meta.partition`; None when unpartitioned)
         self.parts: dict[int | None, _Part] = {}
         self.gone: set[int] = set()  # partitions revoked (and not assigned again): their items go back
@@ -465,10 +505,12 @@ nodes:
             for part in self.parts.values():
                 self._send(part.store.advance(t_now), emit, part)
         start, n = 0, len(batch)
+        partitions = list(map(_PARTITION, map(_META, batch)))
+        single = partitions.count(partitions[0]) == n if n else True  # one partition: one run
         while start < n:  # runs of one partition (the whole batch when unpartitioned)
-            partition = batch[start].meta.get("partition")
-            end = start + 1
-            while end < n and batch[end].meta.get("partition") == partition:
+            partition = partitions[start]
+            end = n if single else start + 1
+            while end < n and partitions[end] == partition:
                 end += 1
             run = batch[start:end] if start or end < n else batch
             if partition in self.gone:  # in flight when it was revoked: the new owner gets them again
@@ -483,6 +525,17 @@ nodes:
 
     def _fold_run(self, part: _Part, batch: list[Msg], out: Output, now: float) -> None:
         """Fold items of one partition into its windows."""
+        t_now = int(now * 1_000_000)
+        if not self._event:
+            self._send(part.store.advance(t_now), out.port("out"), part)
+        elif batch:
+            part.watermark.last_arrival = now
+        if part.store.batch_ready and self._fold_batch(part, batch, out, t_now):
+            return
+        self._fold_items(part, batch, out, t_now)
+
+    def _fold_items(self, part: _Part, batch: list[Msg], out: Output, t_now: int) -> None:
+        """Fold items one by one (each evaluated, checked and added on its own)."""
         emit = out.port("out")
         store, watermark, key_expr, time_expr, event = (
             part.store,
@@ -494,11 +547,6 @@ nodes:
         fns, unit = self._fns, self.config.epoch_unit
         hold, pending = self._hold, part.pending if self.checkpoints is not None else None
         positions = part.positions
-        t_now = int(now * 1_000_000)
-        if not event:
-            self._send(store.advance(t_now), emit, part)
-        elif batch:
-            watermark.last_arrival = now
         for msg in batch:
             body, meta = msg.body, msg.meta
             if pending is not None:  # a replayed item the checkpoint covers: its state is in already
@@ -560,6 +608,144 @@ nodes:
             if event and watermark.observe(t):
                 self._send(store.advance(watermark.value), emit, part)
 
+    def _fold_batch(self, part: _Part, batch: list[Msg], out: Output, t_now: int) -> bool:
+        """The common case, in runs (`WindowStore.fold_batch`): every expression evaluates on the
+        whole batch, keys are plain, times and values numbers, and no item is replayed. A run ends
+        with the item that moves the watermark to a window's end; an item that is late or updates
+        a fired window goes alone, item by item. False when the batch is not such a case (nothing
+        has changed): then it goes item by item. The outcome is the same either way
+        (tests/operators/test_window_batch.py)."""
+        store, n = part.store, len(batch)
+        if not all(e.fn is fn for e, fn in self._fns_seen):
+            return False
+        keys = self._key.many(batch) if self._key is not None else [None] * n
+        if keys is None or not _KEY_TYPES.issuperset(map(type, keys)):
+            return False
+        watermark = part.watermark
+        if self._event:
+            times = self._event_times(batch)
+            if times is None:
+                return False
+        else:
+            times = [t_now] * n
+        if self.checkpoints is not None and _replays(batch, part.positions):
+            return False
+        plan = store.plan_batch(keys, times)
+        if plan is None:
+            return False
+        columns = self._columns(batch)
+        if columns is None:
+            return False
+        starts, ends = plan
+        acks = [own_ack(m) for m in batch] if self._hold else None
+        emit = out.port("out")
+        wm0 = max(watermark.value, store.wm)
+        t_max = max(times)
+        wm_end = wm0  # the watermark once the batch is in (`Watermark.observe`, then the store's)
+        if self._event and t_max > watermark.max_event:
+            wm_end = max(wm0, t_max - watermark.ooo)
+        if min(ends) > wm_end and wm_end < store.next_close() and store.first_purged(keys, times, 0, n) == n:
+            # the common case: no item is late or for a fired window, nothing closes before the end
+            self._fold_columns(part, batch, keys, starts, columns, acks, t_max, emit)
+            return True
+        # the watermark before and after each item
+        if not self._event:
+            highest = after = [wm0] * n
+        else:
+            highest = list(accumulate(times, max))
+            ooo, floor = watermark.ooo, watermark.max_event
+            after = [max(wm0, h - ooo) if h > floor else wm0 for h in highest]
+        # items late, or for a fired window, go alone
+        alone = [i for i, (e, w) in enumerate(zip(ends, [wm0, *after])) if e <= w]
+        alone.append(n)
+        i = next_alone = 0
+        while i < n:
+            if i == alone[next_alone]:
+                next_alone += 1
+                self._fold_items(part, batch[i : i + 1], out, t_now)
+                i += 1
+                continue
+            # the run ends with the item that makes the store close something, or before one alone
+            j = min(bisect_left(after, store.next_close(), i) + 1, alone[next_alone])
+            if j - i > 1 and min(ends[i : j - 1]) <= after[j - 2]:  # a window opened in the run closes
+                low = ends[i]
+                for k in range(i, j - 1):
+                    low = min(low, ends[k])
+                    if after[k] >= low:
+                        j = k + 1
+                        break
+            j = store.first_purged(keys, times, i, j)
+            if j == i:  # too late for a purged session: alone
+                self._fold_items(part, batch[i : i + 1], out, t_now)
+                i += 1
+                continue
+            self._fold_columns(
+                part,
+                batch[i:j],
+                keys[i:j],
+                starts[i:j],
+                [c if c is None else c[i:j] for c in columns],
+                None if acks is None else acks[i:j],
+                highest[j - 1],
+                emit,
+            )
+            i = j
+        return True
+
+    def _fold_columns(
+        self,
+        part: _Part,
+        run: list[Msg],
+        keys: list[Any],
+        starts: list[int],
+        columns: list[list[Any] | None],
+        acks: list[Any] | None,
+        t_max: int,
+        emit: list[Msg],
+    ) -> None:
+        """Fold a run of the batch path, release or keep its acks, then move the watermark."""
+        part.store.fold_batch(keys, starts, columns, acks)
+        if self.checkpoints is not None:  # released once a checkpoint covers them
+            part.pending.extend([m.ack for m in run])
+            _advance_positions(run, part.positions)
+        elif acks is None:
+            finish_all([m.ack for m in run], DELIVERED)  # release: folded is delivered
+        if self._event and part.watermark.observe(t_max):
+            self._send(part.store.advance(part.watermark.value), emit, part)
+
+    def _event_times(self, batch: list[Msg]) -> list[int] | None:
+        """Event times of a batch (as `parse_event_time`), or None if some item has none."""
+        raw = self._time.many(batch)  # type: ignore[union-attr]
+        if raw is None:
+            return None
+        unit = self.config.epoch_unit
+        try:
+            if _NUMBER_TYPES.issuperset(map(type, raw)):
+                return list(map(round, map(mul, raw, repeat(_EPOCH_SCALE[unit]))))
+            return [parse_event_time(v, unit) for v in raw]
+        except (ValueError, TypeError, OverflowError):  # not finite, not a time: item by item says why
+            return None
+
+    def _columns(self, batch: list[Msg]) -> list[list[Any] | None] | None:
+        """Each aggregate's values over the batch (None: a bare count), or None when some item
+        fails or has a value its aggregate must check (not a number for sum/avg/min/max)."""
+        columns: list[list[Any] | None] = []
+        done: dict[str, list[Any]] = {}  # aggregates of one expression share its column
+        for expr, numeric in self._columns_of:
+            if expr is None:
+                columns.append(None)
+                continue
+            column = done.get(expr.source)
+            if column is None:
+                column = expr.many(batch)
+                if column is None:
+                    return None
+                done[expr.source] = column
+            if numeric and not _NUMBER_TYPES.issuperset(map(type, column)):
+                return None
+            columns.append(column)
+        return columns
+
     def tick(self, now: float, out: Output) -> Any:
         """Wall clock: close processing-time windows, or advance an idle event-time watermark."""
         self.advance_clock(now, out)
@@ -601,24 +787,29 @@ nodes:
             self._send(part.store.flush(), out.port("out"), part)
 
     def _send(self, emissions: list[Emission], emit: list[Msg], part: _Part | None = None) -> None:
+        if not emissions:
+            return
+        hold, outbox, fmt, append = self._hold, part.outbox if part is not None else None, format_time, emit.append
         for e in emissions:
+            key, replaces = e.key, e.replaces
+            start, end = fmt(e.start), fmt(e.end)
             body: dict[str, Any] = {
-                "key": e.key,
-                "start": format_time(e.start),
-                "end": format_time(e.end),
+                "key": key,
+                "start": start,
+                "end": end,
                 "count": e.items,
                 "aggregates": e.results,
-                "update": bool(e.replaces),
+                "update": bool(replaces),
             }
-            if e.replaces:
-                body["replaces"] = [{"start": format_time(s), "end": format_time(x)} for s, x in e.replaces]
-            meta = {"window_key": e.key, "window_start": body["start"], "window_end": body["end"]}
+            if replaces:
+                body["replaces"] = [{"start": fmt(s), "end": fmt(x)} for s, x in replaces]
+            meta = {"window_key": key, "window_start": start, "window_end": end}
             size = _size(body)
-            if self._hold:
+            if hold:
                 acks = e.acks
                 ack = acks[0] if len(acks) == 1 else CompositeAck(acks)
-            elif part is not None and part.outbox is not None:
-                ack = part.outbox.add(body, meta, size)
+            elif outbox is not None:
+                ack = outbox.add(body, meta, size)
             else:
                 ack = NOOP_ACK
-            emit.append(Msg(body, meta, ack, size))
+            append(Msg(body, meta, ack, size))

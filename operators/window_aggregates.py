@@ -22,8 +22,13 @@ __all__ = ["AGGREGATE_OPS", "Aggregate", "json_safe", "make_aggregate"]
 AGGREGATE_OPS = ("count", "sum", "min", "max", "avg", "first", "last", "collect", "count_distinct")
 
 
+_PLAIN = frozenset((int, float, str, bool, type(None)))
+
+
 def json_safe(value: Any) -> Any:
     """A value any JSON encoder accepts: CEL timestamps become RFC 3339, durations seconds."""
+    if type(value) in _PLAIN:
+        return value
     if isinstance(value, datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=UTC)

@@ -22,6 +22,13 @@ lateness, and makes the rule independent of other keys (a purge horizon is neede
 Use: `check(key, t, values)` (nothing changes; says where the item goes, or why it cannot), then
 `add(...)`; `advance(wm)`, `take_updates()` and `flush()` return `Emission`s to send.
 
+Batches (the common case, `plan_batch` / `fold_batch`): items whose values are already known to
+fold (numbers for sum/avg/min/max), none of them late, and a watermark that closes nothing while
+the batch goes in. Then folding them all at once is the same as `check` + `add` one by one (same
+windows, states, seq numbers, heaps and acks): windows are looked up in one pass and the states
+updated by a loop generated for the declared aggregates (count, sum, avg, min, max only).
+`plan_batch` says None when a batch is not such a case, and nothing has changed.
+
 Acks: `add` holds the item's ack in each of its windows (an emission carries them). An item added
 with ack None holds nothing (the `window` operator's `release` and `checkpoint` modes): a window
 then only remembers that it has items not yet carried by an emission.
@@ -36,14 +43,60 @@ reaches one of their ends).
 from __future__ import annotations
 
 import heapq
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
+from itertools import compress, repeat
+from operator import add, not_
 from typing import Any, NamedTuple
 
-from operators.window_aggregates import Aggregate
+from operators.window_aggregates import Aggregate, json_safe
 
 __all__ = ["NEG_INF", "Emission", "Watermark", "WindowStore"]
 
 NEG_INF = -(1 << 62)
+_NO_ROOM = 1 << 63  # above every time: an empty heap closes nothing
+_NUMBERS = (int, float)
+
+# state updates of the batch fold, per op (`st[i]`: the state, `v`: the value, known to be a
+# number; `|` separates lines)
+_FOLD_OPS = {
+    "count": "if v{i} is not None: st[{i}] += 1",
+    "sum": "s = st[{i}]; st[{i}] = v{i} if s is None else s + v{i}",
+    "avg": "s = st[{i}]; st[{i}] = (v{i}, 1) if s is None else (s[0] + v{i}, s[1] + 1)",
+    "min": "s = st[{i}]|if s is None or v{i} < s: st[{i}] = v{i}",
+    "max": "s = st[{i}]|if s is None or v{i} > s: st[{i}] = v{i}",
+}
+
+
+def _make_batch_fold(aggregates: list[Aggregate]) -> Callable[..., None] | None:
+    """`fold(windows, acks, *columns)`: fold item i into windows[i] as `WindowStore._fold` does, for
+    aggregates all among `_FOLD_OPS` (else None); a bare count adds 1 (no column)."""
+    if any(a.op not in _FOLD_OPS for a in aggregates):
+        return None
+    names = [f"v{i}" for i, a in enumerate(aggregates) if a.uses_value]
+    lines = []
+    for i, a in enumerate(aggregates):
+        lines += (_FOLD_OPS[a.op].format(i=i) if a.uses_value else f"st[{i}] += 1").split("|")
+    body = "\n        ".join(lines) or "pass"
+    body12 = "\n            ".join(lines) or "pass"
+    src = (  # acks None: the items hold none (`WindowStore._fold`: a window only marks unemitted items)
+        f"def fold(wins, acks, {', '.join(names)}):\n"
+        f"    if acks is None:\n"
+        f"        for w, {''.join(n + ', ' for n in names)} in zip(wins, {', '.join(names)}):\n"
+        f"            st = w.states\n"
+        f"            {body12}\n"
+        f"            w.count += 1\n"
+        f"            if not w.acks: w.acks.append(None)\n"
+        f"        return\n"
+        f"    for w, a, {''.join(n + ', ' for n in names)} in zip(wins, acks, {', '.join(names)}):\n"
+        f"        st = w.states\n"
+        f"        {body}\n"
+        f"        w.count += 1\n"
+        f"        held = w.acks\n"
+        f"        if a is not None or not held: held.append(a)\n"
+    )
+    scope: dict[str, Any] = {}
+    exec(compile(src, "<window batch fold>", "exec"), scope)
+    return scope["fold"]  # type: ignore[no-any-return]
 
 
 class Emission(NamedTuple):
@@ -134,6 +187,15 @@ class WindowStore:
         self.offset = offset
         self.lateness = lateness
         self._checked = [i for i, a in enumerate(aggregates) if a.checks_value]
+        self._batch_fold = _make_batch_fold(aggregates)
+        # a new window's states, copied when every aggregate starts from an immutable value
+        fresh = [a.new() for a in aggregates]
+        self._fresh = fresh if all(type(v) in (int, type(None)) for v in fresh) else None
+        self._names = [a.name for a in aggregates]
+        self._plain = all(a.op in ("count", "sum", "min", "max") for a in aggregates)  # result: json_safe
+        # min/max hold numbers only (the batch fold compares numbers without checking the state)
+        self._ordered = [i for i, a in enumerate(aggregates) if a.checks_state]
+        self.mixed = False  # some min/max state may hold a non-number: no batch fold
         self.dirty: set[Hashable] | None = None  # keys changed since the last checkpoint (track_keys)
         self._starts: dict[Hashable, set[int]] | None = None  # tumbling/sliding: window starts per key
         self._reset()
@@ -210,6 +272,8 @@ class WindowStore:
             if value is None:
                 continue
             agg = aggregates[i]
+            if agg.checks_state and type(value) not in _NUMBERS:
+                self.mixed = True
             reason = agg.check(None, value)
             if reason is None and agg.checks_state:
                 for window in targets:
@@ -240,8 +304,13 @@ class WindowStore:
             if window.end <= self.wm:
                 self._dirty[id(window)] = window
 
+    def _new(self) -> list[Any]:
+        return [a.new() for a in self.aggregates]
+
     def _open(self, key: Hashable, start: int, end: int) -> _Window:
-        return self._reopen(key, start, end, [a.new() for a in self.aggregates], self._seq)
+        fresh = self._fresh
+        states = fresh.copy() if fresh is not None else [a.new() for a in self.aggregates]
+        return self._reopen(key, start, end, states, self._seq)
 
     def _reopen(self, key: Hashable, start: int, end: int, states: list[Any], seq: int) -> _Window:
         window = _Window(key, start, end, states, seq)
@@ -314,6 +383,127 @@ class WindowStore:
             heapq.heappush(self._session_fire, entry)
         else:
             heapq.heappush(self._session_purge, (window.end + self.lateness, *entry[1:]))
+
+    # ----- batches (see the module docstring) ---------------------------------------------------
+
+    @property
+    def batch_ready(self) -> bool:
+        """True when `plan_batch` can take batches (aggregates it folds, no lazily restored keys)."""
+        return self._batch_fold is not None and self.kind != "sliding" and not self.mixed and not self._lazy
+
+    def next_close(self) -> int:
+        """The watermark at which `advance` would next emit or purge something (a bound: it may do
+        nothing there)."""
+        if self.kind == "session":
+            fire, purge = self._session_fire, self._session_purge
+            return min(fire[0][0] if fire else _NO_ROOM, purge[0][0] if purge else _NO_ROOM)
+        return min(self._fire[0] if self._fire else _NO_ROOM,
+                   self._purge[0] + self.lateness if self._purge else _NO_ROOM)
+
+    def plan_batch(self, keys: list[Hashable], times: list[int]) -> tuple[list[int], list[int]] | None:
+        """(plan, ends) for items to `fold_batch`, or None for a kind it does not take (sliding):
+        ends[i] is the end of item i's window (its own session). An item whose end is at or before
+        the watermark when it comes is late, or updates a fired window: it goes through `check`."""
+        if self.kind == "session":
+            gap = self.gap
+            return times, [t + gap for t in times]
+        if self.kind != "tumbling":
+            return None
+        size, offset = self.size, self.offset
+        starts = [t - (t - offset) % size for t in times]
+        return starts, list(map(add, starts, repeat(size)))
+
+    def first_purged(self, keys: list[Hashable], times: list[int], start: int, stop: int) -> int:
+        """The first item of start..stop-1 that is too late as it falls before a purged session of
+        its key (sessions; it goes through `check`), else stop."""
+        purged = self._purged_until
+        if purged and not purged.keys().isdisjoint(keys[start:stop]):
+            for i in range(start, stop):
+                if times[i] < purged.get(keys[i], NEG_INF):
+                    return i
+        return stop
+
+    def fold_batch(self, keys: list[Hashable], plan: Any, columns: list[list[Any] | None],
+                   acks: list[Any] | None) -> None:
+        """Fold items as `check` + `add` would, given their plan (`plan_batch`): item i has key
+        keys[i], value columns[j][i] for each aggregate j (None for a bare count) and ack acks[i]
+        (acks None: the items hold none). The caller makes sure that no item is late or updates a
+        fired window and that the watermark closes nothing before the last item is in."""
+        seq0 = self._seq
+        if self.dirty is not None:
+            self.dirty.update(keys)
+        cols = [c for c in columns if c is not None]
+        if self.kind == "session":
+            self._fold_sessions(keys, plan, cols, acks)
+            return
+        size = self.size
+        get = self._windows.get
+        slots = list(zip(keys, plan))
+        wins: list[Any] = list(map(get, slots))
+        if not all(wins):  # new windows (a `_Window` is always true)
+            for i in compress(range(len(wins)), map(not_, wins)):
+                slot = slots[i]
+                w = get(slot)
+                if w is None:
+                    self._seq = seq0 + i + 1  # the window's seq: its first item's
+                    w = self._open(slot[0], slot[1], slot[1] + size)
+                wins[i] = w
+        self._seq = seq0 + len(slots)
+        self._batch_fold(wins, acks, *cols)  # type: ignore[misc]
+
+    def _fold_sessions(self, keys: list[Hashable], times: list[int], cols: list[list[Any]],
+                       acks: list[Any] | None) -> None:
+        """`_add_session` item by item, the folds deferred and done in runs (before each merge, so
+        merged states add up in the same order)."""
+        gap, sessions_of, fold, fresh = self.gap, self._sessions, self._batch_fold, self._fresh
+        assert fold is not None  # batch_ready
+        seq = self._seq
+        wins: list[Any] = []
+        done = 0  # items before this one are folded
+        for i, (key, t) in enumerate(zip(keys, times)):
+            seq += 1
+            end = t + gap
+            sessions = sessions_of.get(key)
+            if sessions is None:
+                window = _Window(key, t, end, fresh.copy() if fresh is not None else self._new(), seq)
+                sessions_of[key] = [window]
+                self._schedule_session(window)
+                wins.append(window)
+                continue
+            targets = [s for s in sessions if s.start < end and t < s.end]
+            if not targets:
+                window = _Window(key, t, end, fresh.copy() if fresh is not None else self._new(), seq)
+                sessions.append(window)
+                self._schedule_session(window)
+                wins.append(window)
+                continue
+            window = targets[0]
+            old_end = window.end
+            if len(targets) > 1:
+                self._fold_run(fold, wins, acks, cols, done, i)
+                wins, done = [], i
+                for other in targets[1:]:
+                    self._absorb(window, other)
+                    sessions.remove(other)
+            if t < window.start:
+                window.start = t
+            if end > window.end:
+                window.end = end
+            if window.end != old_end:
+                self._schedule_session(window)
+            wins.append(window)
+        if done == 0:  # no merge: no copies
+            fold(wins, acks, *cols)
+        else:
+            self._fold_run(fold, wins, acks, cols, done, len(times))
+        self._seq = seq
+
+    @staticmethod
+    def _fold_run(fold: Any, wins: list[Any], acks: list[Any] | None, cols: list[list[Any]],
+                  start: int, stop: int) -> None:
+        """Fold items start..stop-1 (`wins` holds their windows)."""
+        if wins:
+            fold(wins, None if acks is None else acks[start:stop], *(c[start:stop] for c in cols))
 
     # ----- time -------------------------------------------------------------------------------
 
@@ -416,7 +606,10 @@ class WindowStore:
             return
         if self.dirty is not None:
             self.dirty.add(window.key)
-        results = {a.name: a.result(s) for a, s in zip(self.aggregates, window.states)}
+        if self._plain:
+            results = dict(zip(self._names, map(json_safe, window.states)))
+        else:
+            results = {a.name: a.result(s) for a, s in zip(self.aggregates, window.states)}
         out.append(
             Emission(window.key, window.start, window.end, window.count, results, window.emitted, window.acks)
         )
@@ -490,6 +683,7 @@ class WindowStore:
         """Build a lazily restored key's windows."""
         row = self._lazy.pop(key)
         for start, end, count, states, emitted, pending, seq in row["w"]:
+            self._note_states(states)
             window = self._reopen(key, start, end, states, seq)
             window.count = count
             if emitted:  # pickled tuples come back as tuples
@@ -498,6 +692,12 @@ class WindowStore:
                 window.acks = [None]
                 if end <= self.wm:
                     self._dirty[id(window)] = window
+
+    def _note_states(self, states: list[Any]) -> None:
+        """A restored window: does some min/max state hold a non-number (see `mixed`)?"""
+        for i in self._ordered:
+            if states[i] is not None and type(states[i]) not in _NUMBERS:
+                self.mixed = True
 
     def _wake_end(self, end: int) -> None:
         keys = self._lazy_at.pop(end, None) if self._lazy_at else None
@@ -517,6 +717,7 @@ class WindowStore:
         if row["p"] is not None:
             self._purged_until[key] = row["p"]
         for start, end, count, states, emitted, pending, seq in row["w"]:
+            self._note_states(states)
             if self.kind == "session":
                 window = _Window(key, start, end, states, seq)
                 self._sessions.setdefault(key, []).append(window)
