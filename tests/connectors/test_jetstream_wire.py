@@ -190,3 +190,15 @@ def test_write_acks_writes_what_write_lines_writes() -> None:
     empty = Sink()
     asyncio.run(write_acks(empty, []))
     assert empty.out == []
+
+
+@pytest.mark.parametrize("line", [b"MSG in.1 1 r.1 -3\r\n", b"MSG in.1  1 r.1 3\r\n", b"HMSG in.1 1 r.1 9 3\r\n",
+                                  b"MSG in.1 x r.1 3\r\n", b"MSG in.1 1 r.1 3 4 5\r\n"])
+def test_a_line_the_reader_does_not_know_goes_to_nats_py(line: bytes) -> None:
+    from nats.protocol.parser import Parser
+
+    got: list[Any] = []
+    ps = Parser(FakeClient(lambda *f: got.append(f)))
+    reader = FrameReader(ps, {1: lambda *f: got.append(f)})
+    ps.buf.extend(line + b"abc\r\n")
+    assert reader.take(ps.buf) == 0 and not reader.partial and bytes(ps.buf) == line + b"abc\r\n"

@@ -10,7 +10,7 @@ The Tap also reads the frames of its subscriptions itself (`FrameReader`): nats-
 seven regular expressions per frame, copies each payload twice and awaits a coroutine per message,
 about 1.3 µs a message, more than decoding its JSON. Before nats-py's parser sees a chunk from the
 socket, the reader takes the complete `MSG`/`HMSG` frames for tapped subscriptions from the front
-of its buffer in one synchronous loop (one match, one copy per frame). It stops at the first frame
+of its buffer in one synchronous loop (one split, one copy per frame). It stops at the first frame
 it does not own (another subscription, `PING`, `INFO`, `-ERR`, a line not complete yet or one it
 does not recognise) and leaves the rest to nats-py's parser, so order and every other protocol
 message are nats-py's own. A tapped frame whose payload is cut by the read waits in the buffer for
@@ -64,6 +64,7 @@ class FrameReader:
         self.batches = batches if batches is not None else {}
         self.original = parser.parse
         self.partial = False  # `take` stopped at a tapped frame not complete yet
+        self.ints: dict[bytes, int] = {}  # sids and sizes seen: bytes -> int
 
     async def parse(self, data: bytes = b"") -> None:
         ps = self.parser
@@ -84,33 +85,43 @@ class FrameReader:
             self.partial = True
             return 0
         data = bytes(buf)  # one copy: matching and slicing bytes is cheaper than a bytearray
-        handlers, batches = self.handlers, self.batches
-        msg, hmsg = _MSG.match, _HMSG.match
+        handlers, batches, ints = self.handlers, self.batches, self.ints
+        find = data.find
         end = len(data)
         pos = n = 0
         run: list[tuple[str, str, bytes, dict[str, str] | None]] = []
         run_sid = -1
         try:
             while pos < end:
-                first = data[pos]
-                if first == 77:  # M
-                    m = msg(data, pos)
-                    if m is None:
-                        break
-                    subject, sid_b, reply, size = m.groups()
-                    hdr_end = a = m.end()
-                    b = a + int(size)
+                eol = find(b"\r\n", pos)
+                if eol < 0:
+                    break
+                parts = data[pos:eol].split(b" ")
+                op = parts[0]
+                k = len(parts)
+                if op == b"MSG" and (k == 5 or k == 4):
+                    reply = parts[3] if k == 5 else b""
+                    hsize = b"0"
+                elif op == b"HMSG" and (k == 6 or k == 5):
+                    reply = parts[3] if k == 6 else b""
+                    hsize = parts[-2]
                 else:
-                    m = hmsg(data, pos) if first == 72 else None  # H
-                    if m is None:
+                    break
+                # the same few numbers again and again (sids, sizes): looked up, not parsed (int() costs more)
+                try:
+                    sid, size, hdr = ints[parts[2]], ints[parts[-1]], ints[hsize]
+                except KeyError:
+                    if len(ints) > 4096:
+                        ints.clear()
+                    try:
+                        sid, size, hdr = (ints.setdefault(x, int(x)) for x in (parts[2], parts[-1], hsize))
+                    except ValueError:
                         break
-                    subject, sid_b, reply, hsize, size = m.groups()
-                    a = m.end()
-                    hdr_end = a + int(hsize)
-                    b = a + int(size)
-                    if hdr_end > b:
-                        break
-                sid = int(sid_b)
+                a = eol + 2
+                hdr_end = a + hdr
+                b = a + size
+                if not a <= hdr_end <= b:
+                    break
                 if sid != run_sid and run:
                     batches[run_sid](run)
                     run = []
@@ -125,13 +136,13 @@ class FrameReader:
                 else:
                     headers, status = parse_headers(data[a:hdr_end])
                 if reply and status is None and sid in batches:
-                    run.append((subject.decode(), reply.decode(), data[hdr_end:b], headers))
+                    run.append((parts[1].decode(), reply.decode(), data[hdr_end:b], headers))
                     run_sid = sid
                 else:
                     if run:  # in order: the run before this frame
                         batches[run_sid](run)
                         run = []
-                    handler(subject.decode(), reply.decode() if reply else "", data[hdr_end:b], headers, status)
+                    handler(parts[1].decode(), reply.decode(), data[hdr_end:b], headers, status)
                 pos = b + 2
                 n += 1
         finally:
