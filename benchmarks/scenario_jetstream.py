@@ -180,7 +180,9 @@ def run_ratio(n: int, rounds: int, modes: tuple[str, ...] = ("backlog", "live"),
         summary = {v: {"msg_per_s": med(x["msg_per_s"] for x in rs),
                        "cpu_us_per_msg": med(x["cpu_us_per_msg"] for x in rs),
                        "runs_msg_per_s": [x["msg_per_s"] for x in rs],
-                       "runs_cpu_us_per_msg": [x["cpu_us_per_msg"] for x in rs]} for v, rs in recs.items()}
+                       "runs_cpu_us_per_msg": [x["cpu_us_per_msg"] for x in rs],
+                       **({"runs_published_per_s": [x["published_per_s"] for x in rs]}
+                          if "published_per_s" in rs[0] else {})} for v, rs in recs.items()}
         pairs = list(zip(recs["engine"], recs[baseline]))
         out[mode] = {**summary,
                      "engine_speed_ratio": round(summary["engine"]["msg_per_s"] / summary[baseline]["msg_per_s"], 3),
