@@ -57,6 +57,21 @@ def test_valid_pass_invalid_go_to_errors_with_every_violation() -> None:
     assert bad.ack is lists["errors"][0].ack and tracker.in_flight == 3  # nothing settled by validate itself
 
 
+def test_a_batch_keeps_its_order_on_every_path() -> None:
+    """All valid (one check of the whole batch), some invalid, one body no JSON value (one by one)."""
+    op = make({"schema": {"type": "object", "required": ["id"]}})
+    bodies: list[Any] = [{"id": i} for i in range(20)]
+    lists, _ = run_batch(op, bodies)
+    assert [m.body for m in lists["out"]] == bodies and lists["errors"] == []
+    mixed = [*bodies[:5], {"no": 1}, *bodies[5:9], {"no": 2}]
+    lists, _ = run_batch(op, mixed)
+    assert [m.body for m in lists["out"]] == bodies[:9]
+    assert [m.body["payload"] for m in lists["errors"]] == [{"no": 1}, {"no": 2}]
+    lists, _ = run_batch(op, [*mixed, {2: "int key"}])
+    assert [m.body for m in lists["out"]] == bodies[:9] and len(lists["errors"]) == 3
+    assert lists["errors"][2].body["error"].startswith("schema: body is not a JSON value")
+
+
 def test_violations_are_capped() -> None:
     schema = {"type": "object", "properties": {f"f{i}": {"type": "string"} for i in range(30)}}
     op = make({"schema": schema, "max_violations": 4})
