@@ -12,9 +12,8 @@ committed downstream (the outbox), and how many chunks and keys there are. A sav
 changed chunks and the meta record in one atomic write (`engine.CheckpointStore`); then, and only
 then, the acks of the items it covers are released (counted as delivered). Format version 2
 (`engine.CHECKPOINT_VERSION`); a checkpoint of version 1 (one record per key) is refused with
-`CheckpointCorrupt` naming both versions: drop it (the source replays what it covered). Format version 2 (`engine.CHECKPOINT_VERSION`); a checkpoint of version 1
-(one record per key) is refused with `CheckpointCorrupt` naming both versions: drop it (the source
-replays) or drain the old version first.
+`CheckpointCorrupt` naming both versions: drop it (the source replays what it covered) or drain the
+old version first.
 
 Restore (at start for the unpartitioned input; for a partition at the first tick after it is
 assigned, or at its first message if that comes first) reads
