@@ -12,8 +12,9 @@ disorder, so no item is late), no allowed lateness. Contenders, alternating in r
 warms up and is not counted; all warm, in this process):
 
 * plain: the loop a competent user writes: aggregate into `dict[(key, window_start)]` (sessions:
-  a list per key, merged when an item bridges two), close windows when the watermark passes
-  their end, emit each as a dict.
+  a list per key, merged when an item bridges two; one heap entry per session, moved to its new
+  end when popped after the session grew), close windows when the watermark passes their end, emit
+  each as a dict.
 * streamdag: the `window` operator fed lists of 500 `Msg` as the runtime does (`acks: release`,
   the mode an in-memory source gets); the messages are made before the clock starts.
 * streamdag-graph: the whole graph `file_source` (NDJSON) -> `window` -> `file_sink`, run by
@@ -153,21 +154,33 @@ def plain_session(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 s[4] = amount
             if end > s[1]:
                 s[1] = end
-        if s[1] != old_end:  # a new end: a new heap entry (the old one is skipped when popped)
+        if not old_end:  # a new session: one heap entry; an extension moves it lazily (when popped)
             tie += 1
             heapq.heappush(heap, (s[1], tie, s, key))
         if t > max_t:
             max_t, wm = t, t - ooo
             while heap and heap[0][0] <= wm:
-                _close_session(heapq.heappop(heap), sessions, out)
+                entry = heapq.heappop(heap)
+                s = entry[2]
+                if s[5] and s[1] != entry[0]:  # extended since it was pushed: back at its new end
+                    tie += 1
+                    heapq.heappush(heap, (s[1], tie, s, entry[3]))
+                    continue
+                _close_session(entry, sessions, out)
     while heap:
-        _close_session(heapq.heappop(heap), sessions, out)
+        entry = heapq.heappop(heap)
+        s = entry[2]
+        if s[5] and s[1] != entry[0]:
+            tie += 1
+            heapq.heappush(heap, (s[1], tie, s, entry[3]))
+            continue
+        _close_session(entry, sessions, out)
     return out
 
 
 def _close_session(entry: tuple[int, int, list[Any], str], sessions: dict[str, list[Any]], out: list[Any]) -> None:
     end, _, s, key = entry
-    if not s[5] or s[1] != end:  # merged away, or extended since
+    if not s[5]:  # merged away
         return
     s[5] = False
     mine = sessions[key]
