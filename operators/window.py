@@ -618,12 +618,13 @@ nodes:
         store, n = part.store, len(batch)
         if not all(e.fn is fn for e, fn in self._fns_seen):
             return False
-        keys = self._key.many(batch) if self._key is not None else [None] * n
+        bodies = [m.body for m in batch]  # one list for every expression
+        keys = self._key.many(batch, bodies) if self._key is not None else [None] * n
         if keys is None or not _KEY_TYPES.issuperset(map(type, keys)):
             return False
         watermark = part.watermark
         if self._event:
-            times = self._event_times(batch)
+            times = self._event_times(batch, bodies)
             if times is None:
                 return False
         else:
@@ -633,7 +634,7 @@ nodes:
         plan = store.plan_batch(keys, times)
         if plan is None:
             return False
-        columns = self._columns(batch)
+        columns = self._columns(batch, bodies)
         if columns is None:
             return False
         starts, ends = plan
@@ -713,9 +714,9 @@ nodes:
         if self._event and part.watermark.observe(t_max):
             self._send(part.store.advance(part.watermark.value), emit, part)
 
-    def _event_times(self, batch: list[Msg]) -> list[int] | None:
+    def _event_times(self, batch: list[Msg], bodies: list[Any]) -> list[int] | None:
         """Event times of a batch (as `parse_event_time`), or None if some item has none."""
-        raw = self._time.many(batch)  # type: ignore[union-attr]
+        raw = self._time.many(batch, bodies)  # type: ignore[union-attr]
         if raw is None:
             return None
         unit = self.config.epoch_unit
@@ -726,7 +727,7 @@ nodes:
         except (ValueError, TypeError, OverflowError):  # not finite, not a time: item by item says why
             return None
 
-    def _columns(self, batch: list[Msg]) -> list[list[Any] | None] | None:
+    def _columns(self, batch: list[Msg], bodies: list[Any]) -> list[list[Any] | None] | None:
         """Each aggregate's values over the batch (None: a bare count), or None when some item
         fails or has a value its aggregate must check (not a number for sum/avg/min/max)."""
         columns: list[list[Any] | None] = []
@@ -737,7 +738,7 @@ nodes:
                 continue
             column = done.get(expr.source)
             if column is None:
-                column = expr.many(batch)
+                column = expr.many(batch, bodies)
                 if column is None:
                     return None
                 done[expr.source] = column
