@@ -78,14 +78,14 @@ def _make_batch_fold(aggregates: list[Aggregate]) -> Callable[..., None] | None:
         lines += (_FOLD_OPS[a.op].format(i=i) if a.uses_value else f"st[{i}] += 1").split("|")
     body = "\n        ".join(lines) or "pass"
     body12 = "\n            ".join(lines) or "pass"
-    src = (  # acks None: the items hold none (`WindowStore._fold`: a window only marks unemitted items)
+    src = (  # acks None: the items hold none; the caller marks their windows as holding unemitted
+        # items (`WindowStore._fold`), once per window rather than per item
         f"def fold(wins, acks, {', '.join(names)}):\n"
         f"    if acks is None:\n"
         f"        for w, {''.join(n + ', ' for n in names)} in zip(wins, {', '.join(names)}):\n"
         f"            st = w.states\n"
         f"            {body12}\n"
         f"            w.count += 1\n"
-        f"            if not w.acks: w.acks.append(None)\n"
         f"        return\n"
         f"    for w, a, {''.join(n + ', ' for n in names)} in zip(wins, acks, {', '.join(names)}):\n"
         f"        st = w.states\n"
@@ -436,18 +436,33 @@ class WindowStore:
         if self.kind == "session":
             self._fold_sessions(keys, plan, cols, acks)
             return
-        size = self.size
-        get = self._windows.get
+        windows = self._windows
+        get = windows.get
         slots = list(zip(keys, plan))
         wins: list[Any] = list(map(get, slots))
-        if not all(wins):  # new windows (a `_Window` is always true)
+        if not all(wins):  # new windows (a `_Window` is always true): `_open`, inline
+            size, by_end, fresh, starts_of, wm = self.size, self._by_end, self._fresh, self._starts, self.wm
             for i in compress(range(len(wins)), map(not_, wins)):
                 slot = slots[i]
                 w = get(slot)
                 if w is None:
-                    self._seq = seq0 + i + 1  # the window's seq: its first item's
-                    w = self._open(slot[0], slot[1], slot[1] + size)
+                    key, start = slot
+                    end = start + size
+                    # the window's seq: its first item's
+                    w = _Window(key, start, end, fresh.copy() if fresh is not None else self._new(), seq0 + i + 1)
+                    windows[slot] = w
+                    if starts_of is not None:
+                        starts_of.setdefault(key, set()).add(start)
+                    bucket = by_end.get(end)
+                    if bucket is None:
+                        by_end[end] = bucket = []
+                        heapq.heappush(self._fire if end > wm else self._purge, end)
+                    bucket.append(w)
+                    if acks is None:  # it holds unemitted items (the batch fold marks none)
+                        w.acks.append(None)
                 wins[i] = w
+        # acks None: every other window is open and not fired (no item updates a fired one), so it
+        # holds unemitted items already: its `acks` is not empty
         self._seq = seq0 + len(slots)
         self._batch_fold(wins, acks, *cols)  # type: ignore[misc]
 
@@ -460,6 +475,7 @@ class WindowStore:
         seq = self._seq
         wins: list[Any] = []
         done = 0  # items before this one are folded
+        mark = acks is None  # the items hold no ack: mark their windows as holding unemitted items
         for i, (key, t) in enumerate(zip(keys, times)):
             seq += 1
             end = t + gap
@@ -468,6 +484,8 @@ class WindowStore:
                 window = _Window(key, t, end, fresh.copy() if fresh is not None else self._new(), seq)
                 sessions_of[key] = [window]
                 self._schedule_session(window)
+                if mark:
+                    window.acks.append(None)
                 wins.append(window)
                 continue
             targets = [s for s in sessions if s.start < end and t < s.end]
@@ -475,6 +493,8 @@ class WindowStore:
                 window = _Window(key, t, end, fresh.copy() if fresh is not None else self._new(), seq)
                 sessions.append(window)
                 self._schedule_session(window)
+                if mark:
+                    window.acks.append(None)
                 wins.append(window)
                 continue
             window = targets[0]
@@ -491,6 +511,8 @@ class WindowStore:
                 window.end = end
             if window.end != old_end:
                 self._schedule_session(window)
+            if mark and not window.acks:  # emitted already (a session that fired, now extended)
+                window.acks.append(None)
             wins.append(window)
         if done == 0:  # no merge: no copies
             fold(wins, acks, *cols)
