@@ -73,14 +73,6 @@ _NUMBER_TYPES = frozenset((int, float))  # event times and sum/avg/min/max value
 _META, _PARTITION = attrgetter("meta"), methodcaller("get", "partition")
 
 
-def _size(body: dict[str, Any]) -> int:
-    """Approximate encoded size of an output body (for byte-bounded edges)."""
-    try:
-        return len(orjson.dumps(body, default=str))
-    except (TypeError, orjson.JSONEncodeError):  # e.g. an integer beyond 64 bits: estimate
-        return len(repr(body))
-
-
 def _us(seconds: float | None) -> int:
     return 0 if seconds is None else round(seconds * 1_000_000)
 
@@ -791,6 +783,7 @@ nodes:
         if not emissions:
             return
         hold, outbox, fmt, append = self._hold, part.outbox if part is not None else None, format_time, emit.append
+        dumps, new = orjson.dumps, Msg.__new__
         for e in emissions:
             key, replaces = e.key, e.replaces
             start, end = fmt(e.start), fmt(e.end)
@@ -805,7 +798,10 @@ nodes:
             if replaces:
                 body["replaces"] = [{"start": fmt(s), "end": fmt(x)} for s, x in replaces]
             meta = {"window_key": key, "window_start": start, "window_end": end}
-            size = _size(body)
+            try:  # approximate encoded size (for byte-bounded edges)
+                size = len(dumps(body, default=str))
+            except (TypeError, orjson.JSONEncodeError):  # e.g. an integer beyond 64 bits: estimate
+                size = len(repr(body))
             if hold:
                 acks = e.acks
                 ack = acks[0] if len(acks) == 1 else CompositeAck(acks)
@@ -813,4 +809,6 @@ nodes:
                 ack = outbox.add(body, meta, size)
             else:
                 ack = NOOP_ACK
-            append(Msg(body, meta, ack, size))
+            msg = new(Msg)  # `Msg(body, meta, ack, size)` without its `__init__` frame
+            msg.body, msg.meta, msg.ack, msg.size = body, meta, ack, size
+            append(msg)

@@ -55,6 +55,7 @@ __all__ = ["NEG_INF", "Emission", "Watermark", "WindowStore"]
 NEG_INF = -(1 << 62)
 _NO_ROOM = 1 << 63  # above every time: an empty heap closes nothing
 _NUMBERS = (int, float)
+_new_tuple = tuple.__new__
 
 # state updates of the batch fold, per op (`st[i]`: the state, `v`: the value, known to be a
 # number; `|` separates lines)
@@ -542,8 +543,7 @@ class WindowStore:
             while fire and fire[0] <= wm:
                 end = heapq.heappop(fire)
                 self._wake_end(end)
-                for window in self._by_end[end]:
-                    self._emit(window, out)
+                self._emit_all(self._by_end[end], out)
                 heapq.heappush(purge, end)
             while purge and purge[0] + self.lateness <= wm:
                 end = heapq.heappop(purge)
@@ -607,8 +607,7 @@ class WindowStore:
             pending = [w for ws in self._sessions.values() for w in ws]
         else:
             pending = list(self._windows.values())
-        for window in sorted(pending, key=lambda w: (w.end, w.seq)):
-            self._emit(window, out)
+        self._emit_all(sorted(pending, key=lambda w: (w.end, w.seq)), out)
         self._reset()
         return out
 
@@ -624,19 +623,26 @@ class WindowStore:
         return acks
 
     def _emit(self, window: _Window, out: list[Emission]) -> None:
-        if not window.acks:
-            return
-        if self.dirty is not None:
-            self.dirty.add(window.key)
-        if self._plain:
-            results = dict(zip(self._names, map(json_safe, window.states)))
-        else:
-            results = {a.name: a.result(s) for a, s in zip(self.aggregates, window.states)}
-        out.append(
-            Emission(window.key, window.start, window.end, window.count, results, window.emitted, window.acks)
-        )
-        window.acks = []
-        window.emitted = [(window.start, window.end)]
+        self._emit_all((window,), out)
+
+    def _emit_all(self, windows: Iterable[_Window], out: list[Emission]) -> None:
+        """An emission for each of `windows` that holds unemitted items, in order."""
+        dirty, plain, names, aggregates, append = self.dirty, self._plain, self._names, self.aggregates, out.append
+        for window in windows:
+            if not window.acks:
+                continue
+            if dirty is not None:
+                dirty.add(window.key)
+            if plain:
+                results = dict(zip(names, map(json_safe, window.states)))
+            else:
+                results = {a.name: a.result(s) for a, s in zip(aggregates, window.states)}
+            start, end = window.start, window.end
+            # `Emission(...)` without its Python-level `__new__`
+            append(_new_tuple(Emission, (window.key, start, end, window.count, results, window.emitted,
+                                         window.acks)))
+            window.acks = []
+            window.emitted = [(start, end)]
 
     @property
     def open_windows(self) -> int:
