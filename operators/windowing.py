@@ -218,8 +218,10 @@ class WindowStore:
         self.wm = NEG_INF
         self._seq = 0
         self._dirty: dict[int, _Window] = {}  # fired windows with new items, by id()
-        # tumbling / sliding: windows by (key, start); fire and purge by end
+        # tumbling / sliding: windows by (key, start), and by start and key (the batch fold's
+        # lookups); fire and purge by end
         self._windows: dict[tuple[Hashable, int], _Window] = {}
+        self._by_start: dict[int, dict[Hashable, _Window]] = {}
         self._by_end: dict[int, list[_Window]] = {}
         self._fire: list[int] = []
         self._purge: list[int] = []
@@ -316,6 +318,10 @@ class WindowStore:
     def _reopen(self, key: Hashable, start: int, end: int, states: list[Any], seq: int) -> _Window:
         window = _Window(key, start, end, states, seq)
         self._windows[(key, start)] = window
+        of_start = self._by_start.get(start)
+        if of_start is None:
+            self._by_start[start] = of_start = {}
+        of_start[key] = window
         if self._starts is not None:
             self._starts.setdefault(key, set()).add(start)
         bucket = self._by_end.get(end)
@@ -437,21 +443,27 @@ class WindowStore:
         if self.kind == "session":
             self._fold_sessions(keys, plan, cols, acks)
             return
-        windows = self._windows
-        get = windows.get
-        slots = list(zip(keys, plan))
-        wins: list[Any] = list(map(get, slots))
+        windows, by_start = self._windows, self._by_start
+        first = plan[0]
+        if min(plan) == first == max(plan):  # one window start (most batches): look up by key alone
+            of_first = by_start.get(first)
+            wins: list[Any] = list(map(of_first.get, keys)) if of_first is not None else [None] * len(keys)
+        else:
+            wins = list(map(windows.get, zip(keys, plan)))
         if not all(wins):  # new windows (a `_Window` is always true): `_open`, inline
             size, by_end, fresh, starts_of, wm = self.size, self._by_end, self._fresh, self._starts, self.wm
             for i in compress(range(len(wins)), map(not_, wins)):
-                slot = slots[i]
-                w = get(slot)
+                key, start = keys[i], plan[i]
+                of_start = by_start.get(start)
+                if of_start is None:
+                    by_start[start] = of_start = {}
+                w = of_start.get(key)
                 if w is None:
-                    key, start = slot
                     end = start + size
                     # the window's seq: its first item's
                     w = _Window(key, start, end, fresh.copy() if fresh is not None else self._new(), seq0 + i + 1)
-                    windows[slot] = w
+                    windows[(key, start)] = w
+                    of_start[key] = w
                     if starts_of is not None:
                         starts_of.setdefault(key, set()).add(start)
                     bucket = by_end.get(end)
@@ -464,7 +476,7 @@ class WindowStore:
                 wins[i] = w
         # acks None: every other window is open and not fired (no item updates a fired one), so it
         # holds unemitted items already: its `acks` is not empty
-        self._seq = seq0 + len(slots)
+        self._seq = seq0 + len(keys)
         self._batch_fold(wins, acks, *cols)  # type: ignore[misc]
 
     def _fold_sessions(self, keys: list[Hashable], times: list[int], cols: list[list[Any]],
@@ -548,6 +560,7 @@ class WindowStore:
             while purge and purge[0] + self.lateness <= wm:
                 end = heapq.heappop(purge)
                 self._wake_end(end)
+                self._by_start.pop(end - self.size, None)  # every window ending there starts there
                 for window in self._by_end.pop(end):
                     del self._windows[(window.key, window.start)]
                     if self._starts is not None:
