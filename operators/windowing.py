@@ -48,7 +48,7 @@ from itertools import compress, repeat
 from operator import add, not_
 from typing import Any, NamedTuple
 
-from operators.window_aggregates import Aggregate, json_safe
+from operators.window_aggregates import _PLAIN, Aggregate, json_safe
 
 __all__ = ["NEG_INF", "Emission", "Watermark", "WindowStore"]
 
@@ -561,11 +561,12 @@ class WindowStore:
                 end = heapq.heappop(purge)
                 self._wake_end(end)
                 self._by_start.pop(end - self.size, None)  # every window ending there starts there
+                windows, dirty = self._windows, self._dirty
                 for window in self._by_end.pop(end):
-                    del self._windows[(window.key, window.start)]
+                    del windows[(window.key, window.start)]
                     if self._starts is not None:
                         self._forget_start(window.key, window.start)
-                    if self._dirty.pop(id(window), None) is not None:
+                    if dirty and dirty.pop(id(window), None) is not None:
                         self._emit(window, out)  # a pending update goes out before the state does
         return out
 
@@ -647,7 +648,8 @@ class WindowStore:
             if dirty is not None:
                 dirty.add(window.key)
             if plain:
-                results = dict(zip(names, map(json_safe, window.states)))
+                states = window.states
+                results = dict(zip(names, states if _PLAIN.issuperset(map(type, states)) else map(json_safe, states)))
             else:
                 results = {a.name: a.result(s) for a, s in zip(aggregates, window.states)}
             start, end = window.start, window.end
