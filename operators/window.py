@@ -784,9 +784,14 @@ nodes:
             return
         hold, outbox, fmt, append = self._hold, part.outbox if part is not None else None, format_time, emit.append
         dumps, new = orjson.dumps, Msg.__new__
+        start_us = end_us = None  # the previous emission's edges (windows closing together share them)
+        start = end = ""
         for e in emissions:
             key, replaces = e.key, e.replaces
-            start, end = fmt(e.start), fmt(e.end)
+            if e.start != start_us:
+                start_us, start = e.start, fmt(e.start)
+            if e.end != end_us:
+                end_us, end = e.end, fmt(e.end)
             body: dict[str, Any] = {
                 "key": key,
                 "start": start,
