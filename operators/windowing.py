@@ -56,6 +56,7 @@ NEG_INF = -(1 << 62)
 _NO_ROOM = 1 << 63  # above every time: an empty heap closes nothing
 _NUMBERS = (int, float)
 _new_tuple = tuple.__new__
+_NONE_EMITTED: list[tuple[int, int]] = []  # `_Window.emitted` of a window not emitted yet: never changed
 
 # state updates of the batch fold, per op (`st[i]`: the state, `v`: the value, known to be a
 # number; `|` separates lines)
@@ -124,7 +125,9 @@ class _Window:
         self.count = 0
         self.states = states
         self.acks: list[Any] = []  # acks of items not yet carried by an emission
-        self.emitted: list[tuple[int, int]] = []  # [start, end) of earlier emissions it replaces
+        # [start, end) of earlier emissions it replaces; none yet: one shared empty list (never
+        # changed in place: a window's list is replaced, so open windows cost the collector less)
+        self.emitted: list[tuple[int, int]] = _NONE_EMITTED
         self.alive = True
         self.seq = seq  # tie-breaker for heaps
 
@@ -378,7 +381,8 @@ class WindowStore:
             window.states[i] = agg.merge(window.states[i], other.states[i])
         window.count += other.count
         window.acks.extend(other.acks)
-        window.emitted.extend(other.emitted)
+        if other.emitted:
+            window.emitted = [*window.emitted, *other.emitted]  # not in place (`_NONE_EMITTED`)
         window.start = min(window.start, other.start)
         window.end = max(window.end, other.end)
         other.alive = False
