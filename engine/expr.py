@@ -182,18 +182,21 @@ class Expr:
         self._batch = batch.fn if batch is not None else None
         self._columns = batch.columns if batch is not None else ()
 
-    def many(self, msgs: list[Any]) -> list[Any] | None:
-        """One value per message (objects with `.body` and `.meta`), or None: see the class."""
+    def many(self, msgs: list[Any], bodies: list[Any] | None = None) -> list[Any] | None:
+        """One value per message (objects with `.body` and `.meta`), or None: see the class.
+        `bodies`: the messages' bodies, when the caller has them (several expressions over one
+        batch share the list)."""
         fn = self._batch
         if fn is None or not msgs:
             return None
         columns = self._columns
         try:
             if columns == (0,):
-                return fn([m.body for m in msgs])  # type: ignore[no-any-return]
+                return fn([m.body for m in msgs] if bodies is None else bodies)  # type: ignore[no-any-return]
             if columns == (1,):
                 return fn([m.meta for m in msgs])  # type: ignore[no-any-return]
-            return fn([m.body for m in msgs], [m.meta for m in msgs])  # type: ignore[no-any-return]
+            return fn([m.body for m in msgs] if bodies is None else bodies,  # type: ignore[no-any-return]
+                      [m.meta for m in msgs])
         except Exception:  # noqa: BLE001 - some message fails or defers: the caller goes one by one
             return None
 

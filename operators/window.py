@@ -73,14 +73,6 @@ _NUMBER_TYPES = frozenset((int, float))  # event times and sum/avg/min/max value
 _META, _PARTITION = attrgetter("meta"), methodcaller("get", "partition")
 
 
-def _size(body: dict[str, Any]) -> int:
-    """Approximate encoded size of an output body (for byte-bounded edges)."""
-    try:
-        return len(orjson.dumps(body, default=str))
-    except (TypeError, orjson.JSONEncodeError):  # e.g. an integer beyond 64 bits: estimate
-        return len(repr(body))
-
-
 def _us(seconds: float | None) -> int:
     return 0 if seconds is None else round(seconds * 1_000_000)
 
@@ -618,12 +610,13 @@ nodes:
         store, n = part.store, len(batch)
         if not all(e.fn is fn for e, fn in self._fns_seen):
             return False
-        keys = self._key.many(batch) if self._key is not None else [None] * n
+        bodies = [m.body for m in batch]  # one list for every expression
+        keys = self._key.many(batch, bodies) if self._key is not None else [None] * n
         if keys is None or not _KEY_TYPES.issuperset(map(type, keys)):
             return False
         watermark = part.watermark
         if self._event:
-            times = self._event_times(batch)
+            times = self._event_times(batch, bodies)
             if times is None:
                 return False
         else:
@@ -633,7 +626,7 @@ nodes:
         plan = store.plan_batch(keys, times)
         if plan is None:
             return False
-        columns = self._columns(batch)
+        columns = self._columns(batch, bodies)
         if columns is None:
             return False
         starts, ends = plan
@@ -713,9 +706,9 @@ nodes:
         if self._event and part.watermark.observe(t_max):
             self._send(part.store.advance(part.watermark.value), emit, part)
 
-    def _event_times(self, batch: list[Msg]) -> list[int] | None:
+    def _event_times(self, batch: list[Msg], bodies: list[Any]) -> list[int] | None:
         """Event times of a batch (as `parse_event_time`), or None if some item has none."""
-        raw = self._time.many(batch)  # type: ignore[union-attr]
+        raw = self._time.many(batch, bodies)  # type: ignore[union-attr]
         if raw is None:
             return None
         unit = self.config.epoch_unit
@@ -726,7 +719,7 @@ nodes:
         except (ValueError, TypeError, OverflowError):  # not finite, not a time: item by item says why
             return None
 
-    def _columns(self, batch: list[Msg]) -> list[list[Any] | None] | None:
+    def _columns(self, batch: list[Msg], bodies: list[Any]) -> list[list[Any] | None] | None:
         """Each aggregate's values over the batch (None: a bare count), or None when some item
         fails or has a value its aggregate must check (not a number for sum/avg/min/max)."""
         columns: list[list[Any] | None] = []
@@ -737,7 +730,7 @@ nodes:
                 continue
             column = done.get(expr.source)
             if column is None:
-                column = expr.many(batch)
+                column = expr.many(batch, bodies)
                 if column is None:
                     return None
                 done[expr.source] = column
@@ -790,9 +783,15 @@ nodes:
         if not emissions:
             return
         hold, outbox, fmt, append = self._hold, part.outbox if part is not None else None, format_time, emit.append
+        dumps, new = orjson.dumps, Msg.__new__
+        start_us = end_us = None  # the previous emission's edges (windows closing together share them)
+        start = end = ""
         for e in emissions:
             key, replaces = e.key, e.replaces
-            start, end = fmt(e.start), fmt(e.end)
+            if e.start != start_us:
+                start_us, start = e.start, fmt(e.start)
+            if e.end != end_us:
+                end_us, end = e.end, fmt(e.end)
             body: dict[str, Any] = {
                 "key": key,
                 "start": start,
@@ -804,7 +803,10 @@ nodes:
             if replaces:
                 body["replaces"] = [{"start": fmt(s), "end": fmt(x)} for s, x in replaces]
             meta = {"window_key": key, "window_start": start, "window_end": end}
-            size = _size(body)
+            try:  # approximate encoded size (for byte-bounded edges)
+                size = len(dumps(body, default=str))
+            except (TypeError, orjson.JSONEncodeError):  # e.g. an integer beyond 64 bits: estimate
+                size = len(repr(body))
             if hold:
                 acks = e.acks
                 ack = acks[0] if len(acks) == 1 else CompositeAck(acks)
@@ -812,4 +814,6 @@ nodes:
                 ack = outbox.add(body, meta, size)
             else:
                 ack = NOOP_ACK
-            append(Msg(body, meta, ack, size))
+            msg = new(Msg)  # `Msg(body, meta, ack, size)` without its `__init__` frame
+            msg.body, msg.meta, msg.ack, msg.size = body, meta, ack, size
+            append(msg)

@@ -48,13 +48,15 @@ from itertools import compress, repeat
 from operator import add, not_
 from typing import Any, NamedTuple
 
-from operators.window_aggregates import Aggregate, json_safe
+from operators.window_aggregates import _PLAIN, Aggregate, json_safe
 
 __all__ = ["NEG_INF", "Emission", "Watermark", "WindowStore"]
 
 NEG_INF = -(1 << 62)
 _NO_ROOM = 1 << 63  # above every time: an empty heap closes nothing
 _NUMBERS = (int, float)
+_new_tuple = tuple.__new__
+_NONE_EMITTED: list[tuple[int, int]] = []  # `_Window.emitted` of a window not emitted yet: never changed
 
 # state updates of the batch fold, per op (`st[i]`: the state, `v`: the value, known to be a
 # number; `|` separates lines)
@@ -78,14 +80,14 @@ def _make_batch_fold(aggregates: list[Aggregate]) -> Callable[..., None] | None:
         lines += (_FOLD_OPS[a.op].format(i=i) if a.uses_value else f"st[{i}] += 1").split("|")
     body = "\n        ".join(lines) or "pass"
     body12 = "\n            ".join(lines) or "pass"
-    src = (  # acks None: the items hold none (`WindowStore._fold`: a window only marks unemitted items)
+    src = (  # acks None: the items hold none; the caller marks their windows as holding unemitted
+        # items (`WindowStore._fold`), once per window rather than per item
         f"def fold(wins, acks, {', '.join(names)}):\n"
         f"    if acks is None:\n"
         f"        for w, {''.join(n + ', ' for n in names)} in zip(wins, {', '.join(names)}):\n"
         f"            st = w.states\n"
         f"            {body12}\n"
         f"            w.count += 1\n"
-        f"            if not w.acks: w.acks.append(None)\n"
         f"        return\n"
         f"    for w, a, {''.join(n + ', ' for n in names)} in zip(wins, acks, {', '.join(names)}):\n"
         f"        st = w.states\n"
@@ -123,7 +125,9 @@ class _Window:
         self.count = 0
         self.states = states
         self.acks: list[Any] = []  # acks of items not yet carried by an emission
-        self.emitted: list[tuple[int, int]] = []  # [start, end) of earlier emissions it replaces
+        # [start, end) of earlier emissions it replaces; none yet: one shared empty list (never
+        # changed in place: a window's list is replaced, so open windows cost the collector less)
+        self.emitted: list[tuple[int, int]] = _NONE_EMITTED
         self.alive = True
         self.seq = seq  # tie-breaker for heaps
 
@@ -217,8 +221,10 @@ class WindowStore:
         self.wm = NEG_INF
         self._seq = 0
         self._dirty: dict[int, _Window] = {}  # fired windows with new items, by id()
-        # tumbling / sliding: windows by (key, start); fire and purge by end
+        # tumbling / sliding: windows by (key, start), and by start and key (the batch fold's
+        # lookups); fire and purge by end
         self._windows: dict[tuple[Hashable, int], _Window] = {}
+        self._by_start: dict[int, dict[Hashable, _Window]] = {}
         self._by_end: dict[int, list[_Window]] = {}
         self._fire: list[int] = []
         self._purge: list[int] = []
@@ -315,6 +321,10 @@ class WindowStore:
     def _reopen(self, key: Hashable, start: int, end: int, states: list[Any], seq: int) -> _Window:
         window = _Window(key, start, end, states, seq)
         self._windows[(key, start)] = window
+        of_start = self._by_start.get(start)
+        if of_start is None:
+            self._by_start[start] = of_start = {}
+        of_start[key] = window
         if self._starts is not None:
             self._starts.setdefault(key, set()).add(start)
         bucket = self._by_end.get(end)
@@ -371,7 +381,8 @@ class WindowStore:
             window.states[i] = agg.merge(window.states[i], other.states[i])
         window.count += other.count
         window.acks.extend(other.acks)
-        window.emitted.extend(other.emitted)
+        if other.emitted:
+            window.emitted = [*window.emitted, *other.emitted]  # not in place (`_NONE_EMITTED`)
         window.start = min(window.start, other.start)
         window.end = max(window.end, other.end)
         other.alive = False
@@ -436,19 +447,40 @@ class WindowStore:
         if self.kind == "session":
             self._fold_sessions(keys, plan, cols, acks)
             return
-        size = self.size
-        get = self._windows.get
-        slots = list(zip(keys, plan))
-        wins: list[Any] = list(map(get, slots))
-        if not all(wins):  # new windows (a `_Window` is always true)
+        windows, by_start = self._windows, self._by_start
+        first = plan[0]
+        if min(plan) == first == max(plan):  # one window start (most batches): look up by key alone
+            of_first = by_start.get(first)
+            wins: list[Any] = list(map(of_first.get, keys)) if of_first is not None else [None] * len(keys)
+        else:
+            wins = list(map(windows.get, zip(keys, plan)))
+        if not all(wins):  # new windows (a `_Window` is always true): `_open`, inline
+            size, by_end, fresh, starts_of, wm = self.size, self._by_end, self._fresh, self._starts, self.wm
             for i in compress(range(len(wins)), map(not_, wins)):
-                slot = slots[i]
-                w = get(slot)
+                key, start = keys[i], plan[i]
+                of_start = by_start.get(start)
+                if of_start is None:
+                    by_start[start] = of_start = {}
+                w = of_start.get(key)
                 if w is None:
-                    self._seq = seq0 + i + 1  # the window's seq: its first item's
-                    w = self._open(slot[0], slot[1], slot[1] + size)
+                    end = start + size
+                    # the window's seq: its first item's
+                    w = _Window(key, start, end, fresh.copy() if fresh is not None else self._new(), seq0 + i + 1)
+                    windows[(key, start)] = w
+                    of_start[key] = w
+                    if starts_of is not None:
+                        starts_of.setdefault(key, set()).add(start)
+                    bucket = by_end.get(end)
+                    if bucket is None:
+                        by_end[end] = bucket = []
+                        heapq.heappush(self._fire if end > wm else self._purge, end)
+                    bucket.append(w)
+                    if acks is None:  # it holds unemitted items (the batch fold marks none)
+                        w.acks.append(None)
                 wins[i] = w
-        self._seq = seq0 + len(slots)
+        # acks None: every other window is open and not fired (no item updates a fired one), so it
+        # holds unemitted items already: its `acks` is not empty
+        self._seq = seq0 + len(keys)
         self._batch_fold(wins, acks, *cols)  # type: ignore[misc]
 
     def _fold_sessions(self, keys: list[Hashable], times: list[int], cols: list[list[Any]],
@@ -460,6 +492,7 @@ class WindowStore:
         seq = self._seq
         wins: list[Any] = []
         done = 0  # items before this one are folded
+        mark = acks is None  # the items hold no ack: mark their windows as holding unemitted items
         for i, (key, t) in enumerate(zip(keys, times)):
             seq += 1
             end = t + gap
@@ -468,6 +501,8 @@ class WindowStore:
                 window = _Window(key, t, end, fresh.copy() if fresh is not None else self._new(), seq)
                 sessions_of[key] = [window]
                 self._schedule_session(window)
+                if mark:
+                    window.acks.append(None)
                 wins.append(window)
                 continue
             targets = [s for s in sessions if s.start < end and t < s.end]
@@ -475,6 +510,8 @@ class WindowStore:
                 window = _Window(key, t, end, fresh.copy() if fresh is not None else self._new(), seq)
                 sessions.append(window)
                 self._schedule_session(window)
+                if mark:
+                    window.acks.append(None)
                 wins.append(window)
                 continue
             window = targets[0]
@@ -491,6 +528,8 @@ class WindowStore:
                 window.end = end
             if window.end != old_end:
                 self._schedule_session(window)
+            if mark and not window.acks:  # emitted already (a session that fired, now extended)
+                window.acks.append(None)
             wins.append(window)
         if done == 0:  # no merge: no copies
             fold(wins, acks, *cols)
@@ -520,17 +559,18 @@ class WindowStore:
             while fire and fire[0] <= wm:
                 end = heapq.heappop(fire)
                 self._wake_end(end)
-                for window in self._by_end[end]:
-                    self._emit(window, out)
+                self._emit_all(self._by_end[end], out)
                 heapq.heappush(purge, end)
             while purge and purge[0] + self.lateness <= wm:
                 end = heapq.heappop(purge)
                 self._wake_end(end)
+                self._by_start.pop(end - self.size, None)  # every window ending there starts there
+                windows, dirty = self._windows, self._dirty
                 for window in self._by_end.pop(end):
-                    del self._windows[(window.key, window.start)]
+                    del windows[(window.key, window.start)]
                     if self._starts is not None:
                         self._forget_start(window.key, window.start)
-                    if self._dirty.pop(id(window), None) is not None:
+                    if dirty and dirty.pop(id(window), None) is not None:
                         self._emit(window, out)  # a pending update goes out before the state does
         return out
 
@@ -585,8 +625,7 @@ class WindowStore:
             pending = [w for ws in self._sessions.values() for w in ws]
         else:
             pending = list(self._windows.values())
-        for window in sorted(pending, key=lambda w: (w.end, w.seq)):
-            self._emit(window, out)
+        self._emit_all(sorted(pending, key=lambda w: (w.end, w.seq)), out)
         self._reset()
         return out
 
@@ -602,19 +641,27 @@ class WindowStore:
         return acks
 
     def _emit(self, window: _Window, out: list[Emission]) -> None:
-        if not window.acks:
-            return
-        if self.dirty is not None:
-            self.dirty.add(window.key)
-        if self._plain:
-            results = dict(zip(self._names, map(json_safe, window.states)))
-        else:
-            results = {a.name: a.result(s) for a, s in zip(self.aggregates, window.states)}
-        out.append(
-            Emission(window.key, window.start, window.end, window.count, results, window.emitted, window.acks)
-        )
-        window.acks = []
-        window.emitted = [(window.start, window.end)]
+        self._emit_all((window,), out)
+
+    def _emit_all(self, windows: Iterable[_Window], out: list[Emission]) -> None:
+        """An emission for each of `windows` that holds unemitted items, in order."""
+        dirty, plain, names, aggregates, append = self.dirty, self._plain, self._names, self.aggregates, out.append
+        for window in windows:
+            if not window.acks:
+                continue
+            if dirty is not None:
+                dirty.add(window.key)
+            if plain:
+                states = window.states
+                results = dict(zip(names, states if _PLAIN.issuperset(map(type, states)) else map(json_safe, states)))
+            else:
+                results = {a.name: a.result(s) for a, s in zip(aggregates, window.states)}
+            start, end = window.start, window.end
+            # `Emission(...)` without its Python-level `__new__`
+            append(_new_tuple(Emission, (window.key, start, end, window.count, results, window.emitted,
+                                         window.acks)))
+            window.acks = []
+            window.emitted = [(start, end)]
 
     @property
     def open_windows(self) -> int:
