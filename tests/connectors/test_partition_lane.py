@@ -12,6 +12,13 @@ from engine.runtime.context import Resources
 from operators.connectors.jetstream.source import JetStreamSource, JetStreamSourceConfig, _CatchUp, _Seqs
 
 
+async def _fetch(sub: Any, n: int) -> list[Any]:
+    """`n` messages of a pull subscription: one fetch may return fewer (what was ready then)."""
+    msgs: list[Any] = []
+    while len(msgs) < n:
+        msgs += await sub.fetch(n - len(msgs), timeout=5)
+    return msgs
+
 def _frame(seq: int, delivered: int = 1) -> tuple[str, str, bytes, None]:
     return ("s.0", f"$JS.ACK.S.d-p0.{delivered}.{seq}.{seq}.1700000000000000000.0", b"{}", None)
 
@@ -98,7 +105,7 @@ def test_a_lane_sends_redeliveries_in_stream_order_though_the_server_does_not() 
         """Pull all 8 like an owner, nak the newer half first, then the older: (the server's) redelivery order."""
         await js.add_consumer(stream, config)
         sub = await js.pull_subscribe_bind(durable, stream)
-        msgs = await sub.fetch(8, timeout=5)
+        msgs = await _fetch(sub, 8)
         for m in msgs[4:] + msgs[:4]:
             await m.nak()
         await sub.unsubscribe()
@@ -110,7 +117,7 @@ def test_a_lane_sends_redeliveries_in_stream_order_though_the_server_does_not() 
                 await js.publish(f"{stream}.e.0", b'{"i": %d}' % i)
             nakked = await dead_owner(js, stream, "ctl", ConsumerConfig(durable_name="ctl", ack_wait=30))
             control = await js.pull_subscribe_bind("ctl", stream)
-            again = [m.metadata.sequence.stream for m in await control.fetch(8, timeout=5)]
+            again = [m.metadata.sequence.stream for m in await _fetch(control, 8)]
             assert again == nakked == [5, 6, 7, 8, 1, 2, 3, 4]  # the server's order: not stream order
             resources = Resources()
             cfg = JetStreamSourceConfig(connection="nats", stream=stream, durable="d-p0", subjects=[f"{stream}.e.0"],
@@ -127,6 +134,41 @@ def test_a_lane_sends_redeliveries_in_stream_order_though_the_server_does_not() 
             finally:
                 await resources.close()
             assert seen == [1, 2, 3, 4, 5, 6, 7, 8]
+
+    asyncio.run(main())
+
+
+@pytest.mark.services
+def test_a_restarted_source_sends_the_redeliveries_it_starts_with_in_stream_order() -> None:
+    """Unpartitioned: a run that died holding naked messages; the next run of the same durable gets them
+    back in the server's order and sends them on in stream order, then the new ones."""
+    import asyncio
+
+    from tests.connectors.jetstream_fixtures import NATS_URL, temporary_stream
+    from tests.connectors.jetstream_pipe import Pipe, make_ctx
+
+    async def main() -> None:
+        async with temporary_stream("restart_order") as (stream, js):
+            for i in range(8):
+                await js.publish(f"{stream}.e", b'{"i": %d}' % i)
+            resources = Resources()
+            cfg = JetStreamSourceConfig(connection="nats", stream=stream, durable="d", ack_wait=30, expires=0.5)
+            source = JetStreamSource("read", cfg, make_ctx("read", NATS_URL, resources))
+            await js.add_consumer(stream, source._consumer_config())
+            sub = await js.pull_subscribe_bind("d", stream)
+            msgs = await _fetch(sub, 8)
+            for m in msgs[4:] + msgs[:4]:  # the earlier run's end: the newer half naked first
+                await m.nak()
+            await sub.unsubscribe()
+            for i in range(8, 10):  # and new messages behind them
+                await js.publish(f"{stream}.e", b'{"i": %d}' % i)
+            seen: list[int] = []
+            pipe = Pipe(source, None, lambda body, meta: seen.append(meta["seq"]))
+            try:
+                await pipe.run(lambda: len(seen) >= 10, timeout=10)
+            finally:
+                await resources.close()
+            assert seen == list(range(1, 11))  # the server hands out 5..8 before 1..4
 
     asyncio.run(main())
 

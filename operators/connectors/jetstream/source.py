@@ -410,7 +410,12 @@ nodes:
                                     info.config.num_replicas or 1)
             await self._owner.open(self._h.js)
             return
-        await self._ensure_consumer()
+        info = await self._ensure_consumer()
+        if self._seqs is None and info is not None and info.num_ack_pending:
+            # a restart (or another process on the durable): what an earlier run was delivered and did not
+            # ack comes back first, in the server's redelivery order: send it on in stream order (a
+            # partition's lane is told the same by its `Ownership` when it takes the partition)
+            self.catch_up(info.num_ack_pending, getattr(info.delivered, "stream_seq", 0) or 0)
         nc = self._h.nc
         self._inbox = nc.new_inbox()
         self._sub = await self._h.tap.subscribe(  # type: ignore[union-attr]
@@ -515,7 +520,8 @@ nodes:
             max_ack_pending=self.max_ack_pending,
         )
 
-    async def _ensure_consumer(self) -> None:
+    async def _ensure_consumer(self) -> Any:
+        """Create or bind the durable; its `ConsumerInfo` (pending and delivered counts)."""
         from nats.js.errors import Error as JsError
 
         version = self._h.nc.connected_server_version  # type: ignore[union-attr]
@@ -526,7 +532,7 @@ nodes:
                 f"deliver the whole stream"
             )
         try:
-            await self._h.js.add_consumer(self.config.stream, self._consumer_config())  # type: ignore[union-attr]
+            return await self._h.js.add_consumer(self.config.stream, self._consumer_config())  # type: ignore[union-attr]
         except JsError as exc:
             raise JetStreamConnectionError(
                 f"node {self.id!r}: cannot create or bind consumer {self.config.durable!r} on stream "
@@ -729,8 +735,9 @@ nodes:
         await out.send(msgs, errors)
 
     def catch_up(self, pending: int, last: int) -> None:
-        """A partition lane: send the `pending` messages delivered before (stream sequence <= `last`)
-        in stream order, ahead of the rest (`_CatchUp`)."""
+        """A partition lane, or a source starting on a durable with unacknowledged messages: send the
+        `pending` messages delivered before (stream sequence <= `last`) in stream order, ahead of the rest
+        (`_CatchUp`)."""
         self._catchup = _CatchUp(pending, last)
 
     def _catch_up(self) -> None:
