@@ -20,7 +20,7 @@ _EXPORTS: dict[str, str] = {
     "CheckContext": "engine.api", "CheckIssue": "engine.api", "cel_fields": "engine.api",
     "connection_field": "engine.api",
     # messages and acks (engine.message)
-    "Msg": "engine.message", "Ack": "engine.message", "BatchAck": "engine.message",
+    "Msg": "engine.message", "Ack": "engine.message", "BatchAck": "engine.message", "Bodies": "engine.message",
     "CompositeAck": "engine.message", "own_ack": "engine.message", "NOOP_ACK": "engine.message",
     "finish_all": "engine.message",
     "DELIVERED": "engine.message", "FILTERED": "engine.message", "DEAD_LETTERED": "engine.message",
@@ -130,6 +130,7 @@ if TYPE_CHECKING:
         NOOP_ACK,
         Ack,
         BatchAck,
+        Bodies,
         CompositeAck,
         Msg,
         finish_all,

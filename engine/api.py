@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # not at run time: `engine.spec` and `engine.compile` import 
     import asyncio
 
     from engine.hooks import Context, Output, SourceSender
-    from engine.message import Msg
+    from engine.message import Bodies, Msg
 
 __all__ = [
     "CEL",
@@ -285,9 +285,19 @@ class Operator(Node):
     # body unchanged (filter, route, rate_limit, dedupe, validate): JSON bodies stay JSON through it
     # (`Source.json_bodies`, the plan's `json_inputs`)
     preserves_bodies: ClassVar[bool] = False
+    # True when `process_bodies` may be given a `Bodies` (a source batch's bodies without a `Msg`
+    # each: engine.message) instead of `process` a list of messages
+    takes_bodies: ClassVar[bool] = False
 
     def process(self, batch: list[Msg], out: Output) -> Awaitable[None] | None:
         raise NotImplementedError
+
+    def process_bodies(self, batch: Bodies, out: Output) -> bool:
+        """`process` for a batch carried as bodies (only called when `takes_bodies`): send what it
+        emits with `out.send_bodies` and return True, or return False having done nothing (no ack
+        settled, nothing sent), and the runtime calls `process` with the same messages as `Msg`
+        objects. Raising counts as False. Must not await."""
+        return False
 
     def flush(self, out: Output) -> Awaitable[None] | None:
         """End of input: emit what is held (batch, window)."""
@@ -310,6 +320,16 @@ class Sink(Node):
         """Commit `batch`. Raise to fail the whole batch (retried by the node's retry policy);
         return `(msg, reason)` pairs for messages that failed alone (they go to `errors`)."""
         raise NotImplementedError
+
+    # True when `write_bodies` may be given a `Bodies` (see Operator.takes_bodies); may be set per
+    # instance, from the config
+    takes_bodies: bool = False
+
+    async def write_bodies(self, batch: Bodies) -> bool:
+        """Commit every message of `batch` and return True, or return False having written nothing,
+        and the runtime calls `write` with the same messages as `Msg` objects (as it does when this
+        raises: `write`'s retries and errors then apply). Only called when `takes_bodies`."""
+        return False
 
     def routed(self) -> dict[str, list[tuple[Msg, Any]]]:
         """Messages of the last `write` that go to a named output port (such as `conflicts`) instead

@@ -200,6 +200,21 @@ class Expr:
         except Exception:  # noqa: BLE001 - some message fails or defers: the caller goes one by one
             return None
 
+    def many_bodies(self, batch: Any) -> list[Any] | None:
+        """`many` for an `engine.message.Bodies`: one value per message, or None."""
+        fn = self._batch
+        if fn is None or not batch.bodies:
+            return None
+        columns = self._columns
+        try:
+            if columns == (0,):
+                return fn(batch.bodies)  # type: ignore[no-any-return]
+            if columns == (1,):
+                return fn(batch.metas())  # type: ignore[no-any-return]
+            return fn(batch.bodies, batch.metas())  # type: ignore[no-any-return]
+        except Exception:  # noqa: BLE001 - as in `many`
+            return None
+
     def __call__(self, body: Any, meta: Any = None) -> Any:
         return self.fn(body, meta if meta is not None else {})
 

@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # node types import these protocols; validating a graph loads
     import logging
 
     from engine.api import RetryPolicy, Upstream
-    from engine.message import Ack, Msg
+    from engine.message import Ack, BatchAck, Bodies, Msg
     from engine.partitions import PartitionEvents
 
 __all__ = [
@@ -155,6 +155,10 @@ class Output(Protocol):
 
     def drop(self, msg: Msg) -> None: ...
 
+    def send_bodies(self, batch: Bodies, port: str = "out") -> None:
+        """Send a whole `Bodies` (an operator's `process_bodies`)."""
+        ...
+
     def take(self) -> dict[str, list[Msg]]: ...
 
 
@@ -173,7 +177,7 @@ class AckFactory(Protocol):
 
     def new_many(self, tokens: list[Any]) -> list[Ack]: ...
 
-    def new_batch(self, n: int, token: Any = None) -> Ack: ...
+    def new_batch(self, n: int, token: Any = None) -> BatchAck: ...
 
     def has_room(self) -> bool: ...
 
@@ -194,7 +198,10 @@ class SourceSender(Protocol):
         """`msg` wrapped for the errors port (a body that failed at the source: send it in `errors`)."""
         ...
 
-    async def send(self, msgs: list[Msg], errors: list[Msg] | None = None) -> None: ...
+    async def send(self, msgs: list[Msg] | Bodies, errors: list[Msg] | None = None) -> None:
+        """Send a batch downstream (a `Bodies`: one source batch under one meta and `BatchAck`,
+        without a `Msg` per body: engine.message); waits while the downstream has no room."""
+        ...
 
     async def send_ports(self, lists: dict[str, list[Msg]]) -> None: ...
 

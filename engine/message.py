@@ -27,6 +27,12 @@ under its outcome and out of `in_flight` at once; the batch's token goes to `com
 last. A message whose ack is to be held more than once (fan-out, multicast, sliding windows)
 first gets an ack of its own with `own_ack(msg)`; `BatchAck.retain` refuses.
 
+Bodies: a source whose batch shares one `meta`, one `BatchAck` and one size may send it as a
+`Bodies` (the bodies alone, and runs of `(count, meta, ack, size)`) instead of a `Msg` per body. The
+runtime hands a `Bodies` only to a node that says it takes one (`takes_bodies`: filter, map,
+file_sink) and turns it into `Msg` objects (`Bodies.msgs()`) for any other, for more than one target,
+for taps and tracing: what such nodes see is unchanged. A `Bodies` has one holder, like a `Msg`.
+
 Ownership: a `Msg` object has one holder at a time. The node that receives it may rewrite its
 `body` in place and pass it on (map does); a node that sends one message to several places sends
 a copy to each further place (the runtime does so for an edge fan-out, route for multicast). Bodies
@@ -36,7 +42,7 @@ and `meta` dicts themselves are shared between copies and are never mutated in p
 from __future__ import annotations
 
 from collections.abc import Iterable
-from itertools import groupby, repeat
+from itertools import compress, groupby, repeat
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # imported where awaited: node types import this module, and `validate` loads no asyncio
@@ -50,10 +56,12 @@ __all__ = [
     "Ack",
     "AckTracker",
     "BatchAck",
+    "Bodies",
     "CompositeAck",
     "DeadLetter",
     "Msg",
     "finish_all",
+    "materialize",
     "own_ack",
 ]
 
@@ -94,6 +102,113 @@ class Msg:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.body!r}, meta={self.meta!r})"
+
+
+class Bodies:
+    """Messages carried as their bodies alone: `bodies`, and `runs` of `(count, meta, ack, size)`
+    that say whose they are, in order (message i of a run has that run's meta, ack and size). Every
+    run's ack is a `BatchAck` holding one reference per message of the run (see the module
+    docstring): settling k of them is one `finish_many`, not k calls. `len()` counts messages; a
+    `Bodies` is not iterable (a node that wants messages asks for `msgs()`)."""
+
+    __slots__ = ("bodies", "runs")
+
+    def __init__(self, bodies: list[Any], runs: list[tuple[int, dict[str, Any], BatchAck, int]]):
+        self.bodies = bodies
+        self.runs = runs
+
+    @classmethod
+    def of(cls, bodies: list[Any], meta: dict[str, Any], ack: BatchAck, size: int = 0) -> Bodies:
+        """One source batch: every body under one meta, ack and size."""
+        return cls(bodies, [(len(bodies), meta, ack, size)])
+
+    def __len__(self) -> int:
+        return len(self.bodies)
+
+    def msgs(self) -> list[Msg]:
+        """The same messages as `Msg` objects (what a node that does not take bodies gets)."""
+        runs = self.runs
+        if len(runs) == 1:
+            _, meta, ack, size = runs[0]
+            return Msg.many(self.bodies, meta, ack, size)
+        out: list[Msg] = []
+        i = 0
+        for n, meta, ack, size in runs:
+            out += Msg.many(self.bodies[i:i + n], meta, ack, size)
+            i += n
+        return out
+
+    def metas(self) -> list[dict[str, Any]]:
+        """Each message's meta, in order (shared dicts: never changed in place)."""
+        runs = self.runs
+        if len(runs) == 1:
+            return [runs[0][1]] * runs[0][0]
+        out: list[dict[str, Any]] = []
+        for n, meta, _, _ in runs:
+            out += [meta] * n
+        return out
+
+    def total_size(self) -> int:
+        return sum([n * size for n, _, _, size in self.runs])
+
+    def with_bodies(self, bodies: list[Any]) -> Bodies:
+        """The same messages with new bodies (one per message, in order): a map's output."""
+        return Bodies(bodies, self.runs)
+
+    def concat(self, other: Bodies) -> Bodies:
+        return Bodies(self.bodies + other.bodies, self.runs + other.runs)
+
+    def split(self, k: int) -> tuple[Bodies, Bodies]:
+        """The first `k` messages and the rest (0 < k < len)."""
+        head: list[tuple[int, dict[str, Any], BatchAck, int]] = []
+        runs = self.runs
+        left = k
+        for i, run in enumerate(runs):
+            n = run[0]
+            if n < left:
+                head.append(run)
+                left -= n
+                continue
+            _, meta, ack, size = run
+            head.append((left, meta, ack, size))
+            tail = ([(n - left, meta, ack, size)] if n > left else []) + runs[i + 1:]
+            return Bodies(self.bodies[:k], head), Bodies(self.bodies[k:], tail)
+        raise ValueError(f"split at {k} of {len(self.bodies)}")
+
+    def keep(self, keep: list[bool], outcome: int) -> Bodies:
+        """The messages whose `keep` is true (one bool per message); the others are finished with
+        `outcome` (a filter's FILTERED), one `finish_many` per run."""
+        bodies = list(compress(self.bodies, keep))
+        runs = self.runs
+        if len(runs) == 1:
+            n, meta, ack, size = runs[0]
+            k = len(bodies)
+            if k < n:
+                ack.finish_many(outcome, n - k)
+            return Bodies(bodies, [(k, meta, ack, size)] if k else [])
+        kept = []
+        i = 0
+        for n, meta, ack, size in runs:
+            k = keep[i:i + n].count(True)
+            i += n
+            if k < n:
+                ack.finish_many(outcome, n - k)
+            if k:
+                kept.append((k, meta, ack, size))
+        return Bodies(bodies, kept)
+
+    def finish(self, outcome: int) -> None:
+        """Every message finished with `outcome` (a sink committed them all)."""
+        for n, _, ack, _ in self.runs:
+            ack.finish_many(outcome, n)
+
+    def __repr__(self) -> str:
+        return f"Bodies({len(self.bodies)} message(s) in {len(self.runs)} run(s))"
+
+
+def materialize(lists: dict[str, Any]) -> dict[str, list[Msg]]:
+    """A node's output with every `Bodies` turned into `Msg` objects (for taps and tracing)."""
+    return {port: v.msgs() if type(v) is Bodies else v for port, v in lists.items()}
 
 
 class DeadLetter(Msg):

@@ -6,7 +6,18 @@ from itertools import compress
 
 from pydantic import Field
 
-from engine import FILTERED, CelExpr, EvalError, Msg, NodeConfig, Operator, Output, compile_expr, finish_all
+from engine import (
+    FILTERED,
+    Bodies,
+    CelExpr,
+    EvalError,
+    Msg,
+    NodeConfig,
+    Operator,
+    Output,
+    compile_expr,
+    finish_all,
+)
 
 __all__ = ["Filter", "FilterConfig"]
 
@@ -38,10 +49,20 @@ nodes:
   dead: {type: file_sink, inputs: [orders.errors], config: {path: out/dead.ndjson}}
 """
     inline = True
+    takes_bodies = True
 
     def __init__(self, node_id: str, config: FilterConfig, ctx) -> None:  # type: ignore[no-untyped-def]
         super().__init__(node_id, config, ctx)
         self.expr = compile_expr(config.expr, boolean=True)
+
+    def process_bodies(self, batch: Bodies, out: Output) -> bool:
+        keep = self.expr.many_bodies(batch)  # only bools, or None: then `process`, message by message
+        if keep is None:
+            return False
+        kept = batch.keep(keep, FILTERED)  # the dropped settled once per source batch
+        out.stats.filtered += len(batch) - len(kept)
+        out.send_bodies(kept)
+        return True
 
     def process(self, batch: list[Msg], out: Output) -> None:
         keep = self.expr.many(batch)  # the common case: one comprehension, and only bools

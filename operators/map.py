@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from engine import CelExpr, EvalError, Msg, NodeConfig, Operator, Output, compile_expr
+from engine import Bodies, CelExpr, EvalError, Msg, NodeConfig, Operator, Output, compile_expr
 
 __all__ = ["Map", "MapConfig"]
 
@@ -35,11 +35,19 @@ nodes:
   dead: {type: file_sink, inputs: [orders.errors], config: {path: out/dead.ndjson}}
 """
     inline = True
+    takes_bodies = True
 
     def __init__(self, node_id: str, config: MapConfig, ctx) -> None:  # type: ignore[no-untyped-def]
         super().__init__(node_id, config, ctx)
         # bodies straight from a JSON decoder: the fields the expression copies need no checks
         self.expr = compile_expr(config.expr, json_bodies=getattr(ctx, "json_bodies", False))
+
+    def process_bodies(self, batch: Bodies, out: Output) -> bool:
+        bodies = self.expr.many_bodies(batch)  # None: some message fails or defers; then `process`
+        if bodies is None:
+            return False
+        out.send_bodies(batch.with_bodies(bodies))
+        return True
 
     def process(self, batch: list[Msg], out: Output) -> None:
         # the common case: the whole batch maps in one comprehension; new bodies first, so a

@@ -15,7 +15,7 @@ EXPORTED = {
     "Node", "Source", "Operator", "Sink", "NodeConfig", "RetryPolicy", "StopRetrying", "CelExpr", "CEL", "CheckContext",
     "CheckIssue", "cel_fields", "connection_field",
     # messages and acks
-    "Msg", "Ack", "BatchAck", "CompositeAck", "own_ack", "finish_all", "NOOP_ACK", "DELIVERED", "FILTERED", "DEAD_LETTERED",
+    "Msg", "Ack", "BatchAck", "Bodies", "CompositeAck", "own_ack", "finish_all", "NOOP_ACK", "DELIVERED", "FILTERED", "DEAD_LETTERED",
     # what a node sees
     "Context", "Output", "SourceSender", "AckFactory", "SharedResources", "HasLag", "HasConnectionState",
     "HasLevels", "HasMetrics", "HasTotal", "PartitionEvents", "partition_of", "key_text", "CheckpointStore", "CheckpointCorrupt", "CheckpointFenced",

@@ -86,6 +86,20 @@ class Histogram:
             stamps = [stamp] * len(metas)
         else:
             stamps = [meta.get("timestamp") for meta in metas]
+        self._observe_stamps(now, stamps)
+
+    def observe_runs(self, now: float, runs: list[tuple[int, dict[str, Any], Any, int]]) -> None:
+        """`observe_ages` for the runs of a `Bodies` (engine.message): `count` messages under each
+        meta; runs without a numeric timestamp are left out."""
+        stamps: list[Any] = []
+        for n, meta, _, _ in runs:
+            stamp = meta.get("timestamp")
+            if stamp is not None:
+                stamps += [stamp] * n
+        if stamps:
+            self._observe_stamps(now, stamps)
+
+    def _observe_stamps(self, now: float, stamps: list[Any]) -> None:
         try:  # the sum of ages, rounded once (epoch-sized floats cancel exactly in fsum)
             negative_total = fsum([*stamps, *([-now] * len(stamps))])
         except TypeError:  # a stamp is missing or not a number: measure the others

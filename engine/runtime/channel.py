@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from typing import Any
 
-from engine.message import Msg
+from engine.message import Bodies, Msg
 
 __all__ = ["Channel"]
 
@@ -16,7 +17,8 @@ class Channel:
     A writer waits while the channel holds `capacity` messages or `capacity_bytes` bytes (a batch
     larger than the capacity is let in alone, so an oversized batch cannot deadlock). The reader
     takes up to `max_n` messages at once, merging small batches. When every writer has closed and
-    the queue is empty, `get` returns None.
+    the queue is empty, `get` returns None. A batch may be a `Bodies` (engine.message): merged only
+    with `Bodies`, split like a list.
 
     So the channel never holds more than `capacity` messages and `capacity_bytes` bytes, except one
     batch over either bound, held alone (then it holds that batch: its messages and its bytes).
@@ -43,7 +45,7 @@ class Channel:
         self.bytes = 0
         self.high_water = 0  # most messages ever held: tests assert the bound with it
         self.high_water_bytes = 0  # most bytes ever held
-        self._q: deque[tuple[list[Msg], int]] = deque()
+        self._q: deque[tuple[list[Msg] | Bodies, int]] = deque()
         self._writers = writers
         self._readable = asyncio.Event()
         self._writable = asyncio.Event()
@@ -53,10 +55,10 @@ class Channel:
     def closed(self) -> bool:
         return self._writers <= 0
 
-    async def put(self, batch: list[Msg]) -> None:
+    async def put(self, batch: list[Msg] | Bodies) -> None:
         if not batch:
             return
-        size = sum([m.size for m in batch])
+        size = batch.total_size() if isinstance(batch, Bodies) else sum([m.size for m in batch])
         while self.count and (self.count + len(batch) > self.capacity or self.bytes + size > self.capacity_bytes):
             self._writable.clear()
             await self._writable.wait()
@@ -73,7 +75,7 @@ class Channel:
         self._writers -= 1
         self._readable.set()
 
-    async def get(self, max_n: int, timeout: float | None = None) -> list[Msg] | None:
+    async def get(self, max_n: int, timeout: float | None = None) -> list[Msg] | Bodies | None:
         """Up to `max_n` messages; [] on timeout; None once closed and drained."""
         while not self._q:
             if self._writers <= 0:
@@ -87,18 +89,41 @@ class Channel:
                 except TimeoutError:
                     return []
         batch, size = self._q.popleft()
+        if isinstance(batch, Bodies):
+            return self._get_bodies(batch, size, max_n)
         if len(batch) > max_n:  # take a part; the rest stays first in line
             rest = batch[max_n:]
             batch = batch[:max_n]
             rest_size = sum([m.size for m in rest])
             self._q.appendleft((rest, rest_size))
             size -= rest_size
-        elif len(batch) < max_n and self._q:
+        elif len(batch) < max_n and self._q and not isinstance(self._q[0][0], Bodies):
             batch = list(batch)
             while self._q and len(batch) + len(self._q[0][0]) <= max_n:
                 more, more_size = self._q.popleft()
+                if isinstance(more, Bodies):  # merged with Bodies only: it stays first in line
+                    self._q.appendleft((more, more_size))
+                    break
                 batch.extend(more)
                 size += more_size
+        return self._taken(batch, size)
+
+    def _get_bodies(self, batch: Bodies, size: int, max_n: int) -> Bodies:
+        """`get` for a `Bodies` first in line: split, or merged with the `Bodies` behind it."""
+        q = self._q
+        if len(batch) > max_n:
+            batch, rest = batch.split(max_n)
+            rest_size = rest.total_size()
+            q.appendleft((rest, rest_size))
+            size -= rest_size
+        else:
+            while q and type(q[0][0]) is Bodies and len(batch) + len(q[0][0]) <= max_n:
+                more, more_size = q.popleft()
+                batch = batch.concat(more)  # type: ignore[arg-type]
+                size += more_size
+        return self._taken(batch, size)
+
+    def _taken(self, batch: Any, size: int) -> Any:
         self.count -= len(batch)
         self.bytes -= size
         self._writable.set()

@@ -19,12 +19,12 @@ from typing import Any
 from engine.api import Operator, Sink, Source
 from engine.compile.validate import ResolvedNode
 from engine.errors import UnhandledError
-from engine.message import DEAD_LETTERED, DELIVERED, DeadLetter, Msg, finish_all
+from engine.message import DEAD_LETTERED, DELIVERED, Bodies, DeadLetter, Msg, finish_all
 from engine.observe.events import deadletter_log
 from engine.observe.events import log_dead_letters as _log_dead_letters
 from engine.runtime.outputs import ERRORS, Outputs, error_envelope
 from engine.runtime.retry import FAILED
-from engine.runtime.router import Router
+from engine.runtime.router import Router, retrier_only
 from engine.runtime.state import RunState
 
 __all__ = ["NodeCrash", "NodeLoops"]
@@ -84,6 +84,13 @@ class NodeLoops:
                 stats.received += len(batch)
                 stats.batches += 1
                 t0 = time.perf_counter()
+                if isinstance(batch, Bodies) and self.router.bodies_processed(rn, op, batch, outputs):
+                    stats.observe_batch(len(batch), time.perf_counter() - t0)
+                    await dispatch(rn.id, outputs.take())
+                    batch = []
+            if batch:
+                if isinstance(batch, Bodies):
+                    batch = batch.msgs()
                 call = lambda b=batch: op.process(b, outputs)  # noqa: E731
                 if s.tracer is None:
                     result = await self.retrier.run(rn, call, batch, outputs)
@@ -103,6 +110,16 @@ class NodeLoops:
             await r
         await dispatch(rn.id, outputs.take())
 
+    async def _bodies_written(self, rn: ResolvedNode, sink: Sink, batch: Bodies) -> bool:
+        """`sink.write_bodies(batch)` when nothing stands against it (see `Router.bodies_processed`);
+        False: the batch goes through `write` and the retrier as messages."""
+        if retrier_only(self.s, rn.id) or not sink.takes_bodies:
+            return False
+        try:
+            return await sink.write_bodies(batch)
+        except Exception:  # noqa: BLE001 - `write` is tried next, with its retries and errors
+            return False
+
     async def run_sink(self, rn: ResolvedNode) -> None:
         s = self.s
         sink: Sink = s.nodes[rn.id]
@@ -117,6 +134,14 @@ class NodeLoops:
             stats.received += len(batch)
             stats.batches += 1
             t0 = time.perf_counter()
+            if isinstance(batch, Bodies):
+                if await self._bodies_written(rn, sink, batch):
+                    stats.observe_batch(len(batch), time.perf_counter() - t0)
+                    batch.finish(outcome)  # only a sink that delivers takes bodies (Router.takes_bodies)
+                    stats.committed += len(batch)
+                    stats.end_to_end.observe_runs(s.clock(), batch.runs)
+                    continue
+                batch = batch.msgs()
             call = lambda b=batch: sink.write(b)  # noqa: E731
             if s.tracer is None:
                 failures: Any = await self.retrier.run(rn, call, batch, None)

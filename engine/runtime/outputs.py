@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from engine.codec import safe_payload
-from engine.message import FILTERED, Msg
+from engine.message import FILTERED, Bodies, Msg
 
 if TYPE_CHECKING:
     from engine.runtime.stats import NodeStats
@@ -69,6 +69,17 @@ class Outputs:
         self.stats.filtered += 1
         msg.ack.finish(FILTERED)
 
+    def send_bodies(self, batch: Bodies, port: str = "out") -> None:
+        """Send a whole `Bodies` (`Operator.process_bodies`): it stays one unless the port already
+        holds messages."""
+        held: Any = self.lists[port]
+        if not held:
+            self.lists[port] = batch  # type: ignore[assignment]
+        elif type(held) is Bodies:
+            self.lists[port] = held.concat(batch)  # type: ignore[assignment]
+        else:
+            held.extend(batch.msgs())
+
     def take(self) -> dict[str, list[Msg]]:
         lists = self.lists
         self.lists = {p: [] for p in lists}
@@ -87,8 +98,9 @@ class SourceOutput:
 
         self.stopping = asyncio.Event()  # set on SIGTERM/SIGINT: stop reading, return from run()
 
-    async def send(self, msgs: list[Msg], errors: list[Msg] | None = None) -> None:
-        """Send a batch downstream; waits while the downstream has no room (backpressure)."""
+    async def send(self, msgs: list[Msg] | Bodies, errors: list[Msg] | None = None) -> None:
+        """Send a batch downstream (a list of messages, or a `Bodies`); waits while the downstream
+        has no room (backpressure)."""
         await self._send({"out": msgs, ERRORS: errors or []})
 
     async def send_ports(self, lists: dict[str, list[Msg]]) -> None:

@@ -16,8 +16,8 @@ from typing import Any
 
 from engine.compile.validate import ResolvedNode
 from engine.errors import UnhandledError
-from engine.message import AckTracker, DeadLetter, Msg, own_ack
-from engine.runtime.outputs import ERRORS
+from engine.message import AckTracker, Bodies, DeadLetter, Msg, materialize, own_ack
+from engine.runtime.outputs import ERRORS, Outputs
 from engine.runtime.retry import FAILED, Retrier
 from engine.runtime.state import RunState
 
@@ -31,15 +31,32 @@ class Router:
         self.retrier = Retrier(state, self.dispatch)
         self._redeliver = state.graph.spec.defaults.on_error == "redeliver"
         self._mixed = state.plan.mixed_sinks  # an errors edge into one of these marks its messages
+        plan = state.plan
+        # the nodes a `Bodies` goes to as it is (engine.message): those that take one, but for sinks
+        # that count what they commit as dead-lettered (per message, logged)
+        self.takes_bodies = frozenset(
+            n for n, node in state.nodes.items()
+            if getattr(node, "takes_bodies", False) and n not in plan.mixed_sinks and n not in plan.dead_letter_sinks)
 
-    async def dispatch(self, node_id: str, lists: dict[str, list[Msg]]) -> None:
+    async def dispatch(self, node_id: str, lists: dict[str, list[Msg]] | dict[str, Any]) -> None:
         s = self.s
         stats = s.stats[node_id]
         if s.taps:  # `streamdag tap` (engine.observe.tap): one check per batch when nobody taps
+            lists = materialize(lists)
             _offer_taps(s.taps, node_id, lists)
         for port, msgs in lists.items():
             if not msgs:
                 continue
+            if isinstance(msgs, Bodies):  # as it is only to one target that takes it: Msg objects otherwise
+                targets = self.routes.get((node_id, port))
+                if port != ERRORS and targets and len(targets) == 1 and targets[0] in self.takes_bodies and s.tracer is None:
+                    stats.emitted += len(msgs)
+                    if targets[0] in s.inline:
+                        await self.run_inline(s.graph.nodes[targets[0]], msgs)
+                    else:
+                        await s.channels[targets[0]].put(msgs)
+                    continue
+                msgs = msgs.msgs()
             if port == ERRORS:
                 stats.errors += len(msgs)
             else:
@@ -74,7 +91,7 @@ class Router:
                     msgs = [DeadLetter(m.body, m.meta, m.ack, m.size) for m in msgs]
                 await s.channels[target].put(msgs)
 
-    async def run_inline(self, rn: ResolvedNode, batch: list[Msg]) -> None:
+    async def run_inline(self, rn: ResolvedNode, batch: list[Msg] | Bodies) -> None:
         """One batch through an inline operator, in the task of the node that sent it."""
         s = self.s
         op = s.nodes[rn.id]
@@ -83,6 +100,12 @@ class Router:
         stats.received += len(batch)
         stats.batches += 1
         t0 = time.perf_counter()
+        if isinstance(batch, Bodies):
+            if self.bodies_processed(rn, op, batch, outputs):
+                stats.observe_batch(len(batch), time.perf_counter() - t0)
+                await self.dispatch(rn.id, outputs.take())
+                return
+            batch = batch.msgs()
         if s.tracer is None:
             result = await self.retrier.run(rn, lambda: op.process(batch, outputs), batch, outputs)
         else:
@@ -91,6 +114,20 @@ class Router:
         stats.observe_batch(len(batch), time.perf_counter() - t0)
         if result is not FAILED:
             await self.dispatch(rn.id, outputs.take())
+
+    def bodies_processed(self, rn: ResolvedNode, op: Any, batch: Bodies, outputs: Outputs) -> bool:
+        """`op.process_bodies(batch)` when nothing stands against it (a node stalled or given up on
+        goes through the retrier, as does a batch `process_bodies` declines or raises on: it is then
+        given to `process` as messages, its output so far discarded)."""
+        if retrier_only(self.s, rn.id) or not op.takes_bodies:
+            return False
+        try:
+            if op.process_bodies(batch, outputs):
+                return True
+        except Exception:  # noqa: BLE001 - the message path gives each message its own result or error
+            pass
+        outputs.take()
+        return False
 
     def _redeliver_failed(self, msgs: list[Msg]) -> list[Msg]:
         """`defaults.on_error: redeliver`: a failed message whose source can redeliver it is handed back
@@ -113,6 +150,11 @@ class Router:
         self.s.set_fatal(UnhandledError(
             f"node '{node_id}' sent {len(msgs)} message(s) to its errors port, which nothing consumes "
             f"(first: {reason}); wire '{node_id}.errors' to a sink or set defaults.dead_letter"))
+
+
+def retrier_only(s: RunState, node_id: str) -> bool:
+    """The node is stalled, or the drain gave up on it: its batches go through the retrier only."""
+    return s.stats[node_id].stalled_since is not None or s.stopping
 
 
 def _offer_taps(taps: dict[tuple[str, str], list[Any]], node_id: str, lists: dict[str, list[Msg]]) -> None:

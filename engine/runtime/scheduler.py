@@ -25,7 +25,7 @@ from engine.api import Upstream
 from engine.compile.plan import Plan, build_plan
 from engine.compile.validate import Graph
 from engine.errors import NodeStartError, RunError
-from engine.message import AckTracker
+from engine.message import AckTracker, materialize
 from engine.runtime.acks import AckPump
 from engine.runtime.channel import Channel
 from engine.runtime.context import NodeContext, Resources, WorkerInfo
@@ -215,8 +215,9 @@ class Runner:
                 tracker.redelivers = bool(getattr(s.nodes[node_id], "redelivers", False))
                 s.trackers[node_id] = tracker
                 send: Any = lambda lists, n=node_id: self.router.dispatch(n, lists)  # noqa: E731
-                if s.tracer is not None:
-                    send = s.tracer.wrap_source(rn, send)
+                if s.tracer is not None:  # spans per message: Msg objects from the start
+                    traced = s.tracer.wrap_source(rn, send)
+                    send = lambda lists, t=traced: t(materialize(lists))  # noqa: E731
                 s.outputs[node_id] = SourceOutput(node_id, tracker, send, s.stats[node_id])
                 if s.stopping:
                     s.outputs[node_id].stopping.set()
