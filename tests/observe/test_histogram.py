@@ -27,6 +27,21 @@ def test_observe_ages_matches_one_by_one() -> None:
     assert h.sum == pytest.approx(sum(now - m.meta["timestamp"] for m in msgs[:2000]), abs=1e-6)
 
 
+def test_observe_runs_counts_as_the_messages_of_its_bodies_would() -> None:
+    # a `Bodies` (engine.message) reaches a sink as runs of (count, meta, ack, size)
+    now = 1_795_000_000.0
+    metas = [{"timestamp": now - 0.002}, {}, {"timestamp": now - 1.5}, {"timestamp": "soon"}, {"timestamp": now}]
+    runs = [(n, meta, None, 0) for n, meta in zip([3, 4, 1, 2, 5], metas)]
+    by_runs, by_msgs = Histogram(), Histogram()
+    by_runs.observe_runs(now, runs)
+    by_msgs.observe_ages(now, [Msg(0, meta) for n, meta, _, _ in runs for _ in range(n)])
+    assert (by_runs.counts, by_runs.count, by_runs.sum) == (by_msgs.counts, by_msgs.count, by_msgs.sum)
+    assert by_runs.count == 9
+    nothing = Histogram()
+    nothing.observe_runs(now, [(5, {}, None, 0)])
+    assert nothing.count == 0
+
+
 def test_observe_ages_of_nothing_measurable() -> None:
     h = Histogram()
     h.observe_ages(10.0, [])
