@@ -1,11 +1,13 @@
 """Instructions (valgrind callgrind `Ir`) of the in-memory pipeline, for one or more source trees.
 
-    python benchmarks/bench_ir.py [-n 100000] [--runs 1] TREE [TREE...]
+    python benchmarks/bench_ir.py [-n 100000] [--runs 1] [--plain] TREE [TREE...]
     e.g. git archive <commit> | tar -x -C /tmp/before && python benchmarks/bench_ir.py /tmp/before .
 
 Each tree is put first on PYTHONPATH; one process imports the engine and runs file -> parse ->
 filter -> map -> file (benchmarks/bench_whole.py's graph and data) `--runs` times, and once with 0
-runs for the start-up alone (imports, graph check, nodes built: the graph is loaded in both). Instruction counts are exact where time on a shared machine is not,
+runs for the start-up alone (imports, graph check, nodes built: the graph is loaded in both).
+`--plain` also counts bench_whole.py's hand-written loop the same way (`runs` calls of its `run`
+after importing it, less a process that only imports it). Instruction counts are exact where time on a shared machine is not,
 so they show a change's effect on the work done; they do not see cache misses (docs/perf.md, issue
 24). Needs valgrind; about a minute per count. Not part of the test run.
 """
@@ -49,11 +51,29 @@ def instructions(tree: str, runs: int, cwd: Path) -> int:
     return int(found.group(1))
 
 
+PLAIN_CHILD = """
+import sys
+ns = {}
+exec(compile(open("plain.py").read(), "plain.py", "exec"), ns)
+for _ in range(int(sys.argv[1])):
+    ns["run"]("in.ndjson", "plain.ndjson")
+"""
+
+
+def plain_instructions(runs: int, cwd: Path) -> int:
+    out = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
+                          "-c", PLAIN_CHILD, str(runs)], cwd=cwd, capture_output=True, text=True)
+    found = re.search(r"Collected : (\d+)", out.stderr)
+    assert out.returncode == 0 and found, out.stderr[-2000:]
+    return int(found.group(1))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("trees", nargs="+")
     ap.add_argument("-n", type=int, default=100_000)
     ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--plain", action="store_true", help="also count the plain loop")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-ir-") as tmp:
         d = Path(tmp)
@@ -63,6 +83,11 @@ def main() -> int:
             total = instructions(tree, args.runs, d)
             per = (total - start) / args.runs
             print(f"{tree}: {total / 1e9:.3f} G in all, start-up {start / 1e9:.3f} G, "
+                  f"one run {per / 1e9:.3f} G ({per / args.n:,.0f} a message)")
+        if args.plain:
+            start, total = plain_instructions(0, d), plain_instructions(args.runs, d)
+            per = (total - start) / args.runs
+            print(f"plain loop: {total / 1e9:.3f} G in all, start-up {start / 1e9:.3f} G, "
                   f"one run {per / 1e9:.3f} G ({per / args.n:,.0f} a message)")
     return 0
 

@@ -29,8 +29,8 @@ first gets an ack of its own with `own_ack(msg)`; `BatchAck.retain` refuses.
 
 Bodies: a source whose batch shares one `meta`, one `BatchAck` and one size may send it as a
 `Bodies` (the bodies alone, and runs of `(count, meta, ack, size)`) instead of a `Msg` per body. The
-runtime hands a `Bodies` only to a node that says it takes one (`takes_bodies`: filter, map,
-file_sink) and turns it into `Msg` objects (`Bodies.msgs()`) for any other, for more than one target,
+runtime hands a `Bodies` only to a node that says it takes one (`takes_bodies`: filter, map, validate,
+file_sink, stdout) and turns it into `Msg` objects (`Bodies.msgs()`) for any other, for more than one target,
 for taps and tracing: what such nodes see is unchanged. A `Bodies` has one holder, like a `Msg`.
 
 Ownership: a `Msg` object has one holder at a time. The node that receives it may rewrite its

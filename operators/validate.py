@@ -13,7 +13,7 @@ from typing import Any, Literal
 import jsonschema_rs
 from pydantic import Field
 
-from engine import CheckContext, CheckIssue, Msg, NodeConfig, Operator, Output, error_envelope
+from engine import Bodies, CheckContext, CheckIssue, Msg, NodeConfig, Operator, Output, error_envelope
 
 __all__ = ["Validate", "ValidateConfig", "build_validator"]
 
@@ -97,10 +97,20 @@ nodes:
   invalid: {type: file_sink, inputs: [check.errors], config: {path: out/invalid.ndjson}}
 """
     inline = True
+    takes_bodies = True
 
     def __init__(self, node_id: str, config: ValidateConfig, ctx: Any) -> None:
         super().__init__(node_id, config, ctx)
         self.validator: Any = None
+
+    def process_bodies(self, batch: Bodies, out: Output) -> bool:
+        """A batch that is valid throughout goes on as it came; any other goes to `process`, which
+        sends each invalid message to `errors` with its violations."""
+        valid = list(map(self.validator.is_valid, batch.bodies))  # a body that is no JSON value raises
+        if valid.count(True) != len(valid):
+            return False
+        out.send_bodies(batch)
+        return True
 
     async def start(self) -> None:
         """Compile the schema (a remote `$ref` fails here, before any data flows)."""

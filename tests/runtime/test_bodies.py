@@ -240,3 +240,28 @@ def test_a_sink_whose_bodies_write_raises_goes_through_write_and_its_retries(
     assert [orjson.loads(x)["id"] for x in (tmp_path / "out.ndjson").read_bytes().splitlines()] == list(range(250))
     assert calls["bodies"] >= 1 and calls["write"] == calls["bodies"] + 1
     assert report.stats["out"].retries == 1
+
+
+def test_validate_passes_valid_batches_as_bodies_and_sends_invalid_ones_to_errors(
+    write_graph: Any, tmp_path: Path
+) -> None:
+    rows: list[Any] = [{"id": i, "amount": float(i)} for i in range(1200)]
+    rows[950] = {"id": 950, "amount": "lots"}  # invalid: its batch goes as messages
+    _write(tmp_path, rows)
+    path = write_graph("""
+        version: 1
+        name: bodies
+        defaults: {dead_letter: dead}
+        schemas:
+          order: {type: object, required: [id, amount], properties: {amount: {type: number}}}
+        nodes:
+          read: {type: file_source, config: {path: in.ndjson, batch: 100}}
+          check: {type: validate, inputs: [read], config: {schema: order}}
+          out: {type: file_sink, inputs: [check], config: {path: out.ndjson}}
+          dead: {type: file_sink, config: {path: dead.ndjson}}
+        """)
+    seen, made = _both(path, tmp_path, ["out.ndjson", "dead.ndjson"])
+    assert [orjson.loads(x)["id"] for x in seen["files"]["out.ndjson"].splitlines()] == [i for i in range(1200) if i != 950]
+    dead = [orjson.loads(x) for x in seen["files"]["dead.ndjson"].splitlines()]
+    assert [(d["node"], d["payload"]["id"]) for d in dead] == [("check", 950)]
+    assert 0 < made < 600  # only the batch with the invalid order (one of 3) was made into messages
