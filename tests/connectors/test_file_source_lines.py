@@ -64,3 +64,17 @@ def test_a_missing_input_file_leaves_the_previous_output_alone(write_graph, run,
     # a run that does run, with nothing to write, still replaces the output (mode overwrite)
     out, dead = _run(write_graph, run, tmp_path, b"")
     assert out == [] and dead == []
+
+
+def test_blank_lines_are_skipped_wherever_they_fall(write_graph, run, tmp_path: Path) -> None:
+    # a batch (10 lines here) of nothing but blank lines; whitespace-only lines with and without a
+    # plain empty line in their batch; and a bad line after them keeps its own line number
+    lines = [b"\n"] * 25 + [b'{"i": 1}\n', b"   \n", b'{"i": 2}\n'] + [b'{"i": %d}\n' % i for i in range(3, 12)]
+    lines += [b" \t\r\n", b'{"i": 12}\n', b"{bad\n", b"  "]
+    out, dead = _run(write_graph, run, tmp_path, b"".join(lines))
+    assert out == [{"i": i} for i in range(1, 13)]
+    assert [d["error"].split(":")[0] for d in dead] == [f"line {len(lines) - 1} column 2"]
+    out, dead = _run(write_graph, run, tmp_path, b"\n" * 30)  # only blank lines: nothing, and no crash
+    assert out == [] and dead == []
+    out, dead = _run(write_graph, run, tmp_path, b"a\n\n  \nb\n" + b"\n" * 12 + b"c\n  \n", "lines")
+    assert (out, dead) == (["a", "b", "c"], [])
