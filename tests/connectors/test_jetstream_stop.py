@@ -58,9 +58,11 @@ def _graph(tmp_path: Path, stream: str, out: str) -> Path:
 
 
 def _seqs(path: Path) -> list[int]:
+    """The sequences written so far: a line the sink is still writing (no newline yet) is left out."""
     if not path.exists():
         return []
-    return [orjson.loads(line)["meta"]["seq"] for line in path.read_bytes().splitlines() if line.strip()]
+    lines = path.read_bytes().split(b"\n")[:-1]  # after the last newline: nothing, or a line being written
+    return [orjson.loads(line)["meta"]["seq"] for line in lines if line.strip()]
 
 
 async def _burst(nc, subject: str, n: int) -> None:
