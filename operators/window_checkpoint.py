@@ -52,6 +52,7 @@ from engine import (
     seal,
     unseal,
 )
+from operators.window_coverage import Covered
 
 if TYPE_CHECKING:
     from operators.window import Window, _Part
@@ -73,6 +74,14 @@ class CheckpointConfig(BaseModel):
         256 * 1024 * 1024,
         description="Most bytes one partition's checkpoint may take; beyond it saves fail with an error.",
         examples=["64MiB"],
+    )
+    max_tracked: int = Field(
+        100_000, ge=1_000, le=100_000_000,
+        description="Most source sequences per partition and stream the checkpoint records one by one above "
+        "its floor (every sequence at or below the floor counts as covered; 8 bytes each in memory). Beyond "
+        "it the floor moves past the oldest half: a redelivery that comes after more than half this many "
+        "newer items of its partition is then taken as covered (docs/window.md, Limits).",
+        examples=[100_000],
     )
     table: str = Field("streamdag_checkpoints", description="Table of the checkpoints (created if missing).")
     name: str | None = Field(
@@ -210,6 +219,8 @@ class Checkpointer:
             "checkpoint_save_us": self.save_us,
             "checkpoint_last_save_us": self.last_save_us,
             "checkpoint_replayed_skipped": self.replayed,
+            "checkpoint_tracked_seqs": sum(p.covered.tracked for p in self.w.parts.values()),
+            "checkpoint_coverage_trimmed": sum(p.covered.trimmed for p in self.w.parts.values()),
             "checkpoint_pending_acks": sum(len(p.pending) for p in self.w.parts.values()),
         }
 
@@ -338,7 +349,10 @@ class Checkpointer:
             chunks.sizes[name] = len(record)
         if chunks.keys != meta["keys"]:
             raise CheckpointCorrupt(f"{what}: {chunks.keys} key(s) in the chunks, the meta record says {meta['keys']}")
-        part.positions = dict(meta["positions"])
+        try:  # exact coverage; a checkpoint written before it has the highest sequence per stream only
+            part.covered = Covered.restore(self.config.max_tracked, meta.get("coverage"), meta["positions"])
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise CheckpointCorrupt(f"{what}: its covered sequences are damaged ({exc})") from None
         part.resend = list(meta["outbox"])
 
     def _resend(self, out: Output) -> None:
@@ -418,7 +432,8 @@ class Checkpointer:
             "keys": keys,
             "store": store.export_meta(),
             "watermark": (part.watermark.max_event, part.watermark.value),
-            "positions": dict(part.positions),
+            "coverage": part.covered.export(),
+            "positions": part.covered.highest(),  # what a streamdag before exact coverage reads
             "outbox": list(outbox.entries.values()) + part.resend,
         }
         upserts[""] = seal(meta)
