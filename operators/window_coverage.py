@@ -78,19 +78,23 @@ class Coverage:
 
     def extend(self, seqs: list[int]) -> None:
         """A run folded: `seqs` strictly increasing, the first above `top`, all within 64 bits."""
-        self.seqs.extend(seqs)
-        self.top = seqs[-1]
+        first, top = seqs[0], seqs[-1]
+        self.top = top
+        if not self.seqs and first == self._base(first) + 1 and top - first == len(seqs) - 1:
+            self.floor = top  # a run from the floor on (an unpartitioned stream): nothing to keep
+            return
+        self.seqs += array("q", seqs)  # `array(list)` converts faster than `extend(list)`
         self._settle()
 
-    def _base(self) -> int:
-        """The floor, for runs: a stream starts at 0 or 1 (JetStream: 1), so before anything was
-        folded a run from 1 closes up too."""
+    def _base(self, first: int) -> int:
+        """The floor, for runs starting at `first`: a stream starts at 0 or 1 (JetStream: 1), so
+        before anything was folded a run from 1 counts from the start too."""
         floor = self.floor
-        return 0 if floor == -1 and self.seqs[0] == 1 else floor
+        return 0 if floor == -1 and first == 1 else floor
 
     def _settle(self) -> None:
         seqs = self.seqs
-        base = self._base()
+        base = self._base(seqs[0])
         if seqs[0] == base + 1:  # a run above the floor: the floor takes it (seqs[i] - i rises)
             if seqs[-1] - base == len(seqs):
                 run = len(seqs)
@@ -170,7 +174,7 @@ class Covered(dict[str, Coverage]):
         for meta in metas:
             seq = meta.get("seq")
             if type(seq) is int and -_I64 <= seq < _I64:
-                self[meta.get("stream", "")].add(seq)
+                self[meta.get("stream") or ""].add(seq)
 
     def top(self, stream: str) -> int:
         cov = self.get(stream)
