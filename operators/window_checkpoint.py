@@ -6,9 +6,10 @@ counts, earlier emissions; record name: the chunk number in hex): a key joins th
 the first save that sees it and stays in that chunk while it holds state, so a save rewrites only
 the chunks of the keys that changed (keys new since the last save fill new chunks) and a restore
 reads and unpickles few large records, not one per key. The meta record holds the window's
-definition, the watermark, the **covered source positions** (per stream, the highest sequence
-folded: `meta.stream` / `meta.seq` of a JetStream message), the windows emitted but not yet
-committed downstream (the outbox), and how many chunks and keys there are. A save writes the
+definition, the watermark, the **covered source sequences** (per stream, exactly which
+`meta.seq` of `meta.stream` the state folded: a floor and the sequences above it,
+`operators.window_coverage`), the windows emitted but not yet committed downstream (the outbox),
+and how many chunks and keys there are. A save writes the
 changed chunks and the meta record in one atomic write (`engine.CheckpointStore`); then, and only
 then, the acks of the items it covers are released (counted as delivered). Format version 2
 (`engine.CHECKPOINT_VERSION`); a checkpoint of version 1 (one record per key) is refused with
@@ -20,9 +21,9 @@ assigned, or at its first message if that comes first) reads
 the records back, checks each (`engine.unseal`: version, CRC-32), checks that the definition matches
 and that no chunk record or key is missing, and re-emits the outbox (sinks are idempotent). A replayed item
 whose sequence the checkpoint covers is skipped and its ack released, so restore + replay gives the
-state of one uninterrupted run. This relies on one partition's items of one stream reaching the
-window in sequence order, redeliveries aside (a JetStream consumer feeding the window through
-order-keeping operators).
+state of one uninterrupted run, in whatever order the replay comes (a redelivery behind newer items
+folds). A checkpoint written before exact coverage holds the highest sequence per stream
+(`positions`, still written for older readers): it is restored as the floor.
 
 A save that fails (store down, `max_bytes` exceeded) is logged as an error and retried at the next
 interval; the state and the unreleased acks stay, so nothing is lost (the source stops at
