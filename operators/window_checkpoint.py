@@ -6,9 +6,10 @@ counts, earlier emissions; record name: the chunk number in hex): a key joins th
 the first save that sees it and stays in that chunk while it holds state, so a save rewrites only
 the chunks of the keys that changed (keys new since the last save fill new chunks) and a restore
 reads and unpickles few large records, not one per key. The meta record holds the window's
-definition, the watermark, the **covered source positions** (per stream, the highest sequence
-folded: `meta.stream` / `meta.seq` of a JetStream message), the windows emitted but not yet
-committed downstream (the outbox), and how many chunks and keys there are. A save writes the
+definition, the watermark, the **covered source sequences** (per stream, exactly which
+`meta.seq` of `meta.stream` the state folded: a floor and the sequences above it,
+`operators.window_coverage`), the windows emitted but not yet committed downstream (the outbox),
+and how many chunks and keys there are. A save writes the
 changed chunks and the meta record in one atomic write (`engine.CheckpointStore`); then, and only
 then, the acks of the items it covers are released (counted as delivered). Format version 2
 (`engine.CHECKPOINT_VERSION`); a checkpoint of version 1 (one record per key) is refused with
@@ -20,9 +21,9 @@ assigned, or at its first message if that comes first) reads
 the records back, checks each (`engine.unseal`: version, CRC-32), checks that the definition matches
 and that no chunk record or key is missing, and re-emits the outbox (sinks are idempotent). A replayed item
 whose sequence the checkpoint covers is skipped and its ack released, so restore + replay gives the
-state of one uninterrupted run. This relies on one partition's items of one stream reaching the
-window in sequence order, redeliveries aside (a JetStream consumer feeding the window through
-order-keeping operators).
+state of one uninterrupted run, in whatever order the replay comes (a redelivery behind newer items
+folds). A checkpoint written before exact coverage holds the highest sequence per stream
+(`positions`, still written for older readers): it is restored as the floor.
 
 A save that fails (store down, `max_bytes` exceeded) is logged as an error and retried at the next
 interval; the state and the unreleased acks stay, so nothing is lost (the source stops at
@@ -52,6 +53,7 @@ from engine import (
     seal,
     unseal,
 )
+from operators.window_coverage import Covered
 
 if TYPE_CHECKING:
     from operators.window import Window, _Part
@@ -73,6 +75,14 @@ class CheckpointConfig(BaseModel):
         256 * 1024 * 1024,
         description="Most bytes one partition's checkpoint may take; beyond it saves fail with an error.",
         examples=["64MiB"],
+    )
+    max_tracked: int = Field(
+        100_000, ge=1_000, le=100_000_000,
+        description="Most source sequences per partition and stream the checkpoint records one by one above "
+        "its floor (every sequence at or below the floor counts as covered; 8 bytes each in memory). Beyond "
+        "it the floor moves past the oldest half: a redelivery that comes after more than half this many "
+        "newer items of its partition is then taken as covered (docs/window.md, Limits).",
+        examples=[100_000],
     )
     table: str = Field("streamdag_checkpoints", description="Table of the checkpoints (created if missing).")
     name: str | None = Field(
@@ -210,6 +220,8 @@ class Checkpointer:
             "checkpoint_save_us": self.save_us,
             "checkpoint_last_save_us": self.last_save_us,
             "checkpoint_replayed_skipped": self.replayed,
+            "checkpoint_tracked_seqs": sum(p.covered.tracked for p in self.w.parts.values()),
+            "checkpoint_coverage_trimmed": sum(p.covered.trimmed for p in self.w.parts.values()),
             "checkpoint_pending_acks": sum(len(p.pending) for p in self.w.parts.values()),
         }
 
@@ -338,7 +350,10 @@ class Checkpointer:
             chunks.sizes[name] = len(record)
         if chunks.keys != meta["keys"]:
             raise CheckpointCorrupt(f"{what}: {chunks.keys} key(s) in the chunks, the meta record says {meta['keys']}")
-        part.positions = dict(meta["positions"])
+        try:  # exact coverage; a checkpoint written before it has the highest sequence per stream only
+            part.covered = Covered.restore(self.config.max_tracked, meta.get("coverage"), meta["positions"])
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise CheckpointCorrupt(f"{what}: its covered sequences are damaged ({exc})") from None
         part.resend = list(meta["outbox"])
 
     def _resend(self, out: Output) -> None:
@@ -418,7 +433,8 @@ class Checkpointer:
             "keys": keys,
             "store": store.export_meta(),
             "watermark": (part.watermark.max_event, part.watermark.value),
-            "positions": dict(part.positions),
+            "coverage": part.covered.export(),
+            "positions": part.covered.highest(),  # what a streamdag before exact coverage reads
             "outbox": list(outbox.entries.values()) + part.resend,
         }
         upserts[""] = seal(meta)

@@ -38,6 +38,11 @@ def tokens(ack: Any) -> Any:
     return getattr(ack, "token", repr(type(ack)))
 
 
+def covered(part: Any) -> dict[str, tuple[int, list[int]]]:
+    """The sequences a partition's checkpoint covers: per stream its floor and those above it."""
+    return {s: (c.floor, list(c.seqs)) for s, c in part.covered.items()}
+
+
 def stream(rng: random.Random, n: int, dirty: bool) -> list[dict[str, Any]]:
     items = []
     clock = 0.0
@@ -77,7 +82,7 @@ def run(cfg: dict[str, Any], items: list[dict[str, Any]], cuts: list[int], batch
             [(m.body, m.meta, tokens(m.ack)) for m in ports["late"]],
             [(m.body, m.meta) for m in ports.get("errors", [])],
             tracker.take(),  # acks settled (delivered, failed) in this batch, in order
-            None if part is None else ([tokens(a) for a in part.pending], dict(part.positions)),
+            None if part is None else ([tokens(a) for a in part.pending], covered(part)),
         ])
     op.flush(out)
     ports = out.take()
@@ -191,7 +196,7 @@ def test_batch_path_with_checkpoints_restore_and_replay() -> None:
             seen.append([(m.body, m.meta) for m in ports["out"] + ports["late"]])
             for m in ports["out"] + ports["late"]:
                 m.ack.finish(1)
-            seen.append((tracker.take(), dict(op.parts[None].positions)))
+            seen.append((tracker.take(), covered(op.parts[None])))
             rig.clock.now += 0.1
 
         first = window()

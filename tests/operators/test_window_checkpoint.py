@@ -390,3 +390,117 @@ def test_a_restored_partition_waits_the_upstream_redelivery_before_it_counts_idl
                                     idle_timeout=5, aggregates={"n": {"op": "count"}},
                                     checkpoint={"connection": "pg"}), ctx)
     assert op.checkpoints is not None and op.checkpoints.redelivery_wait() == 7.0
+
+
+def test_a_redelivery_below_a_newer_folded_sequence_folds_exactly_once() -> None:
+    """Exact coverage: 1..10 but 5 folded, then 11; a checkpoint; restore. The redelivered 1..4 and
+    6..11 are skipped, 5 (it comes after 11, as JetStream hands out a naked or timed-out message)
+    folds, once: a second copy of it is skipped too. A high-water mark skipped 5 (data lost)."""
+    rows = [(i + 1, f"k{i % 3}", i * 0.5, 10 * (i + 1)) for i in range(11)]  # 5.5 s: one window per key
+
+    async def body(rig: Rig) -> None:
+        ref = rig.window(name="ref")
+        await ref.start()
+        expected = windows((await feed(ref, items(AckTracker(), rows)))["out"] + await flush(ref))
+
+        first = rig.window()
+        await first.start()
+        tracker = AckTracker()
+        await feed(first, items(tracker, rows[:4] + rows[5:10]))
+        rig.clock.now += 2
+        await feed(first, items(tracker, rows[10:]))  # 11 folded, then the interval's checkpoint
+        assert first.metrics()["checkpoint_saves"] == 1 and tracker.delivered == 10
+        (cov,) = first.parts[None].covered.values()
+        assert (cov.floor, list(cov.seqs)) == (4, [6, 7, 8, 9, 10, 11])
+
+        second = rig.window()  # a restart
+        await second.start()
+        again = AckTracker()
+        await feed(second, items(again, rows[:4] + rows[5:]))  # the earlier run's items come again
+        assert second.metrics()["checkpoint_replayed_skipped"] == 10 and again.delivered == 10
+        await feed(second, items(again, rows[4:5]))  # 5 at last: new to the state
+        assert second.metrics()["checkpoint_replayed_skipped"] == 10
+        assert again.in_flight == 1  # folded: released by the next checkpoint
+        await feed(second, items(again, rows[4:5]))  # a copy of 5: covered now
+        assert second.metrics()["checkpoint_replayed_skipped"] == 11
+        assert windows(await flush(second)) == expected  # each item once
+        assert again.in_flight == 0
+        (cov,) = second.parts[None].covered.values()
+        assert (cov.floor, list(cov.seqs)) == (11, [])  # the gap closed: the floor took the run
+
+    run(body)
+
+
+def test_a_checkpoint_with_positions_only_restores_them_as_the_floor() -> None:
+    """A checkpoint written before exact coverage holds per stream the highest sequence folded: it
+    becomes the floor (what it covered then, it covers now); sequences above it fold."""
+    async def body(rig: Rig) -> None:
+        ref = rig.window(name="ref")
+        await ref.start()
+        expected = windows((await feed(ref, items(AckTracker(), INPUT[:20])))["out"] + await flush(ref))
+
+        op = rig.window()
+        await op.start()
+        await feed(op, items(AckTracker(), INPUT[:12]))
+        rig.clock.now += 2
+        await feed(op, items(AckTracker(), INPUT[12:13]))
+        meta = await _win_meta(rig)
+        assert meta["positions"] == {"S": 13} and set(meta["coverage"]) == {"S"}
+        del meta["coverage"]  # the meta record as the earlier format wrote it
+        await sql(f"UPDATE \"{rig.table}\" SET data = $1 WHERE key = '' AND name = 'win'", _seal(meta))
+
+        again = rig.window()
+        await again.start()
+        (cov,) = again.parts[None].covered.values()
+        assert (cov.floor, list(cov.seqs)) == (13, [])
+        tracker = AckTracker()
+        await feed(again, items(tracker, INPUT[5:20]))  # 6..13 covered, 14..20 new
+        assert again.metrics()["checkpoint_replayed_skipped"] == 8
+        assert windows(await flush(again)) == expected
+
+    run(body)
+
+
+def test_damaged_coverage_is_a_clear_error_and_coverage_stays_bounded() -> None:
+    async def body(rig: Rig) -> None:
+        op = rig.window(max_tracked=1000)
+        await op.start()
+        tracker = AckTracker()
+        # every third sequence (a partition of a stream shared with two others): no run closes
+        rows = [(3 * i + 1, f"k{i % 5}", i * 0.01, i) for i in range(2500)]
+        for i in range(0, 2500, 100):
+            await feed(op, items(tracker, rows[i : i + 100]))
+        (cov,) = op.parts[None].covered.values()
+        assert 500 <= len(cov) <= 1000 and cov.trimmed == 2499 - len(cov)  # 1 was a run from the start
+        assert cov.covers(rows[-1][0]) and not cov.covers(rows[-1][0] - 1) and cov.covers(1)  # below the floor
+        assert op.metrics()["checkpoint_tracked_seqs"] == len(cov)
+        rig.clock.now += 2
+        await feed(op, [])
+        assert op.metrics()["checkpoint_saves"] == 1
+        meta = await _win_meta(rig)
+        floor, data = meta["coverage"]["S"]
+        assert floor == cov.floor and len(data) < len(cov)  # the deltas compress
+        again = rig.window(max_tracked=1000)
+        await again.start()
+        (back,) = again.parts[None].covered.values()
+        assert (back.floor, back.seqs, back.top) == (cov.floor, cov.seqs, cov.top)
+        meta["coverage"]["S"] = (floor, data[:-3])
+        await sql(f"UPDATE \"{rig.table}\" SET data = $1 WHERE key = '' AND name = 'win'", _seal(meta))
+        with pytest.raises(CheckpointCorrupt, match="its covered sequences are damaged"):
+            await rig.window(max_tracked=1000).start()
+
+    run(body)
+
+
+def _seal(meta: Any) -> bytes:
+    from engine import seal
+
+    return seal(meta)
+
+
+async def _win_meta(rig: Rig) -> Any:
+    """The meta record of the window named 'win' (not the reference's)."""
+    from engine import unseal
+
+    (row,) = await sql(f"SELECT data FROM \"{rig.table}\" WHERE key = '' AND name = 'win'")
+    return unseal(bytes(row["data"]), "meta")

@@ -239,8 +239,8 @@ _Frame = tuple[str, str, bytes, "dict[str, str] | None"]  # subject, reply, data
 class _CatchUp:
     """A partition lane's start: the messages earlier owners were delivered and did not ack come back
     first, but not in stream order (the server's redelivery queue keeps the order in which they were
-    naked or their `ack_wait` ran out). A window downstream skips a message whose sequence its
-    checkpoint covers, so a lower sequence folded after a higher one would be lost: the lane holds
+    naked or their `ack_wait` ran out). An event-time window downstream would find a lower sequence
+    that comes after higher ones late (its checkpoint folds it: coverage is exact): the lane holds
     the messages delivered before (sequence <= `last`, the consumer's last delivered one at takeover)
     until all `pending` of them came, a newer one came, or a pull request ended unfilled (the server
     had none left), then sends them in stream order ahead of the rest."""
@@ -721,8 +721,8 @@ nodes:
             raw = self._seqs.filter(raw)
             if self._seqs.behind > behind:
                 log.warning("node %s: %s: %d message(s) arrived after a newer one of the partition (a late "
-                            "redelivery or a resend): a window with acks: checkpoint takes them as already "
-                            "covered", self.id, self.config.durable, self._seqs.behind - behind)
+                            "redelivery or a resend): an event-time window may find them late", self.id,
+                            self.config.durable, self._seqs.behind - behind)
             if self._seqs.acks:
                 lines, self._seqs.acks = self._seqs.acks, []
                 await write_lines(self._h.nc, lines)  # type: ignore[union-attr]
