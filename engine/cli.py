@@ -873,6 +873,9 @@ def main(argv: list[str] | None = None) -> int:
     command = _command_word(words)
     if argv is None and command in ("validate", "run"):  # the process's own command line: its start
         _pause_gc()
+        from engine.pydantic_plugins import skip_plugin_lookup
+
+        skip_plugin_lookup()  # no pydantic plugin installed: no entry-point scan (engine.pydantic_plugins)
     try:
         args = build_parser(command if command in _BUILTIN else None).parse_args(words)
     except _Misuse:

@@ -5,9 +5,10 @@ once per process, in one scan of the installed distributions for both of our gro
 and CLI commands). The scan reads the `entry_points.txt` of each `*.dist-info` / `*.egg-info`
 directory on `sys.path` itself, as `importlib.metadata.entry_points()` does (first distribution of
 a name on the path wins; later entry points of one name override earlier ones): ~1.5 ms against
-~3 ms for `importlib.metadata`'s scan, and no import of it of our own (pydantic's plugin loader
-still imports it, with its ~15 ms, on the first model; issue 20, docs/perf.md). A path entry that
-is not a plain directory (a zip) falls back to `importlib.metadata`.
+~3 ms for `importlib.metadata`'s scan, and no import of it of our own. The same scan tells whether
+any pydantic plugin is installed (PYDANTIC), so that the command line can spare pydantic's own
+lookup, which imports `importlib.metadata` (engine.pydantic_plugins). A path entry that is not a
+plain directory (a zip) falls back to `importlib.metadata`.
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from engine.api import Node
 
-__all__ = ["COMMANDS", "GROUP", "EntryPoint", "RegistryError", "closest", "commands", "load", "names", "register"]
+__all__ = ["COMMANDS", "GROUP", "PYDANTIC", "EntryPoint", "RegistryError", "closest", "commands", "declared", "load",
+           "names", "register"]
 
 GROUP = "streamdag.nodes"
 COMMANDS = "streamdag.commands"  # CLI subcommands contributed by plugins (engine.cli)
+PYDANTIC = "pydantic"  # pydantic's plugins: read by the same scan (engine.pydantic_plugins)
 _extra: dict[str, type[Node]] = {}
 
 
@@ -58,7 +61,7 @@ def _entry_points(group: str) -> dict[str, EntryPoint]:
 
 @cache
 def _scan() -> dict[str, dict[str, EntryPoint]]:
-    found: dict[str, dict[str, EntryPoint]] = {GROUP: {}, COMMANDS: {}}
+    found: dict[str, dict[str, EntryPoint]] = {GROUP: {}, COMMANDS: {}, PYDANTIC: {}}
     for ep in _installed_entry_points():
         if ep.group in found:
             found[ep.group][ep.name] = ep
@@ -73,7 +76,7 @@ def _installed_entry_points() -> list[EntryPoint]:
     if any(entry and not os.path.isdir(entry) and os.path.exists(entry) for entry in sys.path):
         from importlib.metadata import entry_points  # a zip on the path: the library reads those
 
-        return [EntryPoint(ep.name, ep.value, ep.group) for group in (GROUP, COMMANDS)
+        return [EntryPoint(ep.name, ep.value, ep.group) for group in (GROUP, COMMANDS, PYDANTIC)
                 for ep in entry_points(group=group)]
     seen: set[str] = set()
     eps: list[EntryPoint] = []
@@ -113,6 +116,12 @@ def _read(path: str) -> list[EntryPoint]:
             name, _, value = line.partition("=")
             eps.append(EntryPoint(name.strip(), value.strip(), group))
     return eps
+
+
+def declared(group: str) -> bool:
+    """Whether an installed distribution declares an entry point in `group` (one of ours, or
+    PYDANTIC)."""
+    return bool(_scan()[group])
 
 
 def names(installed_only: bool = False) -> list[str]:

@@ -155,3 +155,62 @@ print(json.dumps([main(), seen]))
 """
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
     assert json.loads(done.stdout.strip().splitlines()[-1]) == [0, [True]]
+
+
+_PLUGIN = '''
+import os
+
+class Plugin:
+    """A pydantic plugin that notes each model (schema) it is asked about."""
+
+    def new_schema_validator(self, schema, schema_type, schema_type_path, schema_kind, config, plugin_settings):
+        with open(os.environ["PLUGIN_NOTES"], "a") as fh:
+            fh.write(schema_type_path.name + "\\n")
+        return None, None, None
+
+plugin = Plugin()
+'''
+
+
+def _started(argv: list[str], env: dict[str, str]) -> dict[str, object]:
+    """What the command line (`main()` reading sys.argv, as the `streamdag` script) left in place."""
+    code = f"""
+import contextlib, io, json, sys
+sys.argv = ["streamdag", *{argv!r}]
+from engine.cli import main
+with contextlib.redirect_stdout(io.StringIO()):
+    status = main()
+loader = sys.modules.get("pydantic.plugin._loader")
+print(json.dumps({{"status": status, "metadata": "importlib.metadata" in sys.modules,
+                  "pydantic_loader": hasattr(loader, "PYDANTIC_ENTRY_POINT_GROUP")}}))
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          check=True, env=env)
+    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def test_with_no_pydantic_plugin_installed_nobody_looks_for_one(tmp_path: Path) -> None:
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "PYDANTIC_DISABLE_PLUGINS"}
+    for argv in (["validate", "graphs/demo.yaml"], ["run", "-q", "benchmarks/startup.yaml"]):
+        assert _started(argv, env) == {"status": 0, "metadata": False, "pydantic_loader": False}
+    # pydantic's own switch: pydantic's own loader reads it
+    assert _started(["validate", "graphs/demo.yaml"], env | {"PYDANTIC_DISABLE_PLUGINS": "1"})["pydantic_loader"]
+
+
+def test_an_installed_pydantic_plugin_is_still_loaded(tmp_path: Path) -> None:
+    import os
+
+    site = tmp_path / "site"
+    info = site / "notes_plugin-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: notes-plugin\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[pydantic]\nnotes = notes_plugin:plugin\n")
+    (site / "notes_plugin.py").write_text(_PLUGIN)
+    notes = tmp_path / "notes.txt"
+    env = {k: v for k, v in os.environ.items() if k != "PYDANTIC_DISABLE_PLUGINS"}
+    env |= {"PYTHONPATH": os.pathsep.join([str(site), env.get("PYTHONPATH", "")]), "PLUGIN_NOTES": str(notes)}
+    started = _started(["validate", "graphs/demo.yaml"], env)
+    assert started["status"] == 0 and started["pydantic_loader"]
+    assert {"GraphSpec", "MapConfig"} <= set(notes.read_text().split())  # it saw the models the check built
