@@ -81,24 +81,7 @@ class NodeLoops:
             if batch is None:
                 break
             if batch:
-                stats.received += len(batch)
-                stats.batches += 1
-                t0 = time.perf_counter()
-                if isinstance(batch, Bodies) and self.router.bodies_processed(rn, op, batch, outputs):
-                    stats.observe_batch(len(batch), time.perf_counter() - t0)
-                    await dispatch(rn.id, outputs.take())
-                    batch = []
-            if batch:
-                if isinstance(batch, Bodies):
-                    batch = batch.msgs()
-                call = lambda b=batch: op.process(b, outputs)  # noqa: E731
-                if s.tracer is None:
-                    result = await self.retrier.run(rn, call, batch, outputs)
-                else:
-                    result = await s.tracer.run(rn, self.retrier.run, call, batch, outputs, FAILED)
-                stats.observe_batch(len(batch), time.perf_counter() - t0)
-                if result is not FAILED:
-                    await dispatch(rn.id, outputs.take())
+                await self.router.process(rn, batch, outputs)
             if next_tick is not None and clock() >= next_tick:
                 r = op.tick(clock(), outputs)
                 if r is not None:

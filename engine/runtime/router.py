@@ -93,10 +93,15 @@ class Router:
 
     async def run_inline(self, rn: ResolvedNode, batch: list[Msg] | Bodies) -> None:
         """One batch through an inline operator, in the task of the node that sent it."""
+        await self.process(rn, batch, self.s.inline[rn.id])
+
+    async def process(self, rn: ResolvedNode, batch: list[Msg] | Bodies, outputs: Outputs) -> None:
+        """One batch through an operator (inline, or in its own task: `NodeLoops.run_operator`): a
+        `Bodies` through `process_bodies` when it takes it, else messages through `process` and the
+        retrier; what it emitted is dispatched."""
         s = self.s
         op = s.nodes[rn.id]
         stats = s.stats[rn.id]
-        outputs = s.inline[rn.id]
         stats.received += len(batch)
         stats.batches += 1
         t0 = time.perf_counter()
@@ -106,11 +111,11 @@ class Router:
                 await self.dispatch(rn.id, outputs.take())
                 return
             batch = batch.msgs()
+        call = lambda b=batch: op.process(b, outputs)  # noqa: E731
         if s.tracer is None:
-            result = await self.retrier.run(rn, lambda: op.process(batch, outputs), batch, outputs)
+            result = await self.retrier.run(rn, call, batch, outputs)
         else:
-            result = await s.tracer.run(rn, self.retrier.run, lambda: op.process(batch, outputs), batch, outputs,
-                                        FAILED)
+            result = await s.tracer.run(rn, self.retrier.run, call, batch, outputs, FAILED)
         stats.observe_batch(len(batch), time.perf_counter() - t0)
         if result is not FAILED:
             await self.dispatch(rn.id, outputs.take())

@@ -88,7 +88,7 @@ nodes:
         cfg: FileSourceConfig = self.config
         path = self.ctx.path(cfg.path)
         tracker = out.tracker
-        loads, limit = codec.loads, cfg.max_payload_bytes
+        limit = cfg.max_payload_bytes
         # a line this short can be neither over the size limit nor nested deeper than codec allows
         short = min(limit, 2 * codec.MAX_DEPTH + 1)
         raw_lines = cfg.format == "lines"
@@ -126,22 +126,9 @@ nodes:
                         numbers, lines = [n for n, _ in kept], [raw for _, raw in kept]
                     if not lines:
                         continue
-                bad = False
-                if bodies is not None:
-                    pass
-                elif raw_lines:
-                    try:
-                        bodies = [raw.rstrip(b"\r\n").decode() for raw in lines]
-                    except UnicodeDecodeError:
-                        bodies, bad = _decode_each(lines, numbers), True
+                    bodies, bad = _decode_lines(lines, numbers, raw_lines, limit, short)
                 else:
-                    try:
-                        if max(map(len, lines)) <= short:  # no line can break a limit: orjson itself
-                            bodies = list(map(orjson.loads, lines))
-                        else:
-                            bodies = [loads(raw, limit) for raw in lines]
-                    except (orjson.JSONDecodeError, PayloadTooLarge):
-                        bodies, bad = _parse_each(lines, numbers, limit), True
+                    bad = False
                 # one ack for the batch (a file has nothing to acknowledge per line: engine.message)
                 ack = tracker.new_batch(len(lines), numbers[0] if numbers else first)
                 if cfg.line_numbers:
@@ -159,6 +146,22 @@ nodes:
                     errors = [out.error(m.derive(m.body.raw), m.body.reason) for m in msgs if type(m.body) is _BadLine]
                     msgs = [m for m in msgs if type(m.body) is not _BadLine]
                 await out.send(msgs, errors)
+
+
+def _decode_lines(lines: list[bytes], numbers: Sequence[int], raw_lines: bool, limit: int, short: int
+                  ) -> tuple[list[Any], bool]:
+    """A batch's bodies the careful way, and whether a line is bad (then a `_BadLine` in its place)."""
+    if raw_lines:
+        try:
+            return [raw.rstrip(b"\r\n").decode() for raw in lines], False
+        except UnicodeDecodeError:
+            return _decode_each(lines, numbers), True
+    try:
+        if max(map(len, lines)) <= short:  # no line can break a limit: orjson itself
+            return list(map(orjson.loads, lines)), False
+        return [codec.loads(raw, limit) for raw in lines], False
+    except (orjson.JSONDecodeError, PayloadTooLarge):
+        return _parse_each(lines, numbers, limit), True
 
 
 class _BadLine:
